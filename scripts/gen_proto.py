@@ -1,0 +1,43 @@
+"""Generate the Python code for proto/loadwarden/v1 into a package root.
+
+Usage: python scripts/gen_proto.py [OUT_ROOT]   (default: sdk/)
+
+Writes OUT_ROOT/loadwarden/v1/{name}_pb2.py, _pb2.pyi and _pb2_grpc.py for every
+.proto file. The committed copy under sdk/ must equal a fresh run; a test checks.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import grpc_tools
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = ROOT / "proto"
+
+
+def generate(out_root: Path) -> list[Path]:
+    """Runs protoc over every .proto file; returns the generated files."""
+    out_root.mkdir(parents=True, exist_ok=True)
+    protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
+        f"--python_out={out_root}",
+        f"--pyi_out={out_root}",
+        f"--grpc_python_out={out_root}",
+        *protos,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    return sorted((out_root / "loadwarden" / "v1").glob("*_pb2*.py*"))
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "sdk"
+    for path in generate(target):
+        print(path)

@@ -1,0 +1,235 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from loadwarden.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DenialReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DENIAL_REASON_UNSPECIFIED: _ClassVar[DenialReason]
+    DENIAL_REASON_AT_CAPACITY: _ClassVar[DenialReason]
+    DENIAL_REASON_QUEUE_TIMEOUT: _ClassVar[DenialReason]
+    DENIAL_REASON_NO_ELIGIBLE_SERVER: _ClassVar[DenialReason]
+DENIAL_REASON_UNSPECIFIED: DenialReason
+DENIAL_REASON_AT_CAPACITY: DenialReason
+DENIAL_REASON_QUEUE_TIMEOUT: DenialReason
+DENIAL_REASON_NO_ELIGIBLE_SERVER: DenialReason
+
+class SelectServerRequest(_message.Message):
+    __slots__ = ("pool", "exclude_server_ids")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_SERVER_IDS_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    exclude_server_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pool: _Optional[str] = ..., exclude_server_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SelectServerResponse(_message.Message):
+    __slots__ = ("decision_id", "server_id", "address", "strategy", "explored", "decision_ttl_ms")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    DECISION_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    server_id: str
+    address: str
+    strategy: str
+    explored: bool
+    decision_ttl_ms: int
+    def __init__(self, decision_id: _Optional[str] = ..., server_id: _Optional[str] = ..., address: _Optional[str] = ..., strategy: _Optional[str] = ..., explored: _Optional[bool] = ..., decision_ttl_ms: _Optional[int] = ...) -> None: ...
+
+class Outcome(_message.Message):
+    __slots__ = ("decision_id", "success", "latency_ms", "status")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    success: bool
+    latency_ms: float
+    status: str
+    def __init__(self, decision_id: _Optional[str] = ..., success: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., status: _Optional[str] = ...) -> None: ...
+
+class ReportOutcomeRequest(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ...) -> None: ...
+
+class ReportOutcomeResponse(_message.Message):
+    __slots__ = ("applied", "unknown_decision_ids")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_DECISION_IDS_FIELD_NUMBER: _ClassVar[int]
+    applied: int
+    unknown_decision_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, applied: _Optional[int] = ..., unknown_decision_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AcquireSlotRequest(_message.Message):
+    __slots__ = ("pool", "request_id", "priority", "max_wait_ms", "lease_ttl_ms", "client_key", "select_server")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    SELECT_SERVER_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    request_id: str
+    priority: int
+    max_wait_ms: int
+    lease_ttl_ms: int
+    client_key: str
+    select_server: bool
+    def __init__(self, pool: _Optional[str] = ..., request_id: _Optional[str] = ..., priority: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., client_key: _Optional[str] = ..., select_server: _Optional[bool] = ...) -> None: ...
+
+class AcquireSlotResponse(_message.Message):
+    __slots__ = ("granted", "decision_id", "lease", "server_id", "address", "denial_reason", "reason", "retry_after_ms", "queue_wait_ms")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DENIAL_REASON_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    granted: bool
+    decision_id: str
+    lease: _common_pb2.Lease
+    server_id: str
+    address: str
+    denial_reason: DenialReason
+    reason: str
+    retry_after_ms: int
+    queue_wait_ms: int
+    def __init__(self, granted: _Optional[bool] = ..., decision_id: _Optional[str] = ..., lease: _Optional[_Union[_common_pb2.Lease, _Mapping]] = ..., server_id: _Optional[str] = ..., address: _Optional[str] = ..., denial_reason: _Optional[_Union[DenialReason, str]] = ..., reason: _Optional[str] = ..., retry_after_ms: _Optional[int] = ..., queue_wait_ms: _Optional[int] = ...) -> None: ...
+
+class RenewLeaseRequest(_message.Message):
+    __slots__ = ("lease_id", "ttl_ms")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    ttl_ms: int
+    def __init__(self, lease_id: _Optional[str] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
+
+class RenewLeaseResponse(_message.Message):
+    __slots__ = ("lease",)
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    lease: _common_pb2.Lease
+    def __init__(self, lease: _Optional[_Union[_common_pb2.Lease, _Mapping]] = ...) -> None: ...
+
+class ReleaseSlotRequest(_message.Message):
+    __slots__ = ("lease_id", "request_id", "success", "latency_ms")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    request_id: str
+    success: bool
+    latency_ms: float
+    def __init__(self, lease_id: _Optional[str] = ..., request_id: _Optional[str] = ..., success: _Optional[bool] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
+class ReleaseSlotResponse(_message.Message):
+    __slots__ = ("released", "already_released")
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    already_released: bool
+    def __init__(self, released: _Optional[bool] = ..., already_released: _Optional[bool] = ...) -> None: ...
+
+class GetBatchSizeRequest(_message.Message):
+    __slots__ = ("operation",)
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    operation: str
+    def __init__(self, operation: _Optional[str] = ...) -> None: ...
+
+class GetBatchSizeResponse(_message.Message):
+    __slots__ = ("decision_id", "batch_size", "load_score", "load_level", "reason", "fallback")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SCORE_FIELD_NUMBER: _ClassVar[int]
+    LOAD_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    batch_size: int
+    load_score: float
+    load_level: _common_pb2.LoadLevel
+    reason: str
+    fallback: bool
+    def __init__(self, decision_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., load_score: _Optional[float] = ..., load_level: _Optional[_Union[_common_pb2.LoadLevel, str]] = ..., reason: _Optional[str] = ..., fallback: _Optional[bool] = ...) -> None: ...
+
+class BatchReport(_message.Message):
+    __slots__ = ("operation", "decision_id", "batch_size", "duration_ms", "success")
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    operation: str
+    decision_id: str
+    batch_size: int
+    duration_ms: float
+    success: bool
+    def __init__(self, operation: _Optional[str] = ..., decision_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., duration_ms: _Optional[float] = ..., success: _Optional[bool] = ...) -> None: ...
+
+class ReportBatchRequest(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[BatchReport]
+    def __init__(self, reports: _Optional[_Iterable[_Union[BatchReport, _Mapping]]] = ...) -> None: ...
+
+class ReportBatchResponse(_message.Message):
+    __slots__ = ("applied",)
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    applied: int
+    def __init__(self, applied: _Optional[int] = ...) -> None: ...
+
+class ReportLoadRequest(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[_common_pb2.LoadReport]
+    def __init__(self, reports: _Optional[_Iterable[_Union[_common_pb2.LoadReport, _Mapping]]] = ...) -> None: ...
+
+class ReportLoadResponse(_message.Message):
+    __slots__ = ("applied", "received_at")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    applied: int
+    received_at: _timestamp_pb2.Timestamp
+    def __init__(self, applied: _Optional[int] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetLoadStatusRequest(_message.Message):
+    __slots__ = ("pool",)
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    def __init__(self, pool: _Optional[str] = ...) -> None: ...
+
+class GetLoadStatusResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: _common_pb2.LoadStatus
+    def __init__(self, status: _Optional[_Union[_common_pb2.LoadStatus, _Mapping]] = ...) -> None: ...
+
+class WatchLoadStatusRequest(_message.Message):
+    __slots__ = ("pool", "interval_ms")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    interval_ms: int
+    def __init__(self, pool: _Optional[str] = ..., interval_ms: _Optional[int] = ...) -> None: ...
+
+class WatchLoadStatusResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: _common_pb2.LoadStatus
+    def __init__(self, status: _Optional[_Union[_common_pb2.LoadStatus, _Mapping]] = ...) -> None: ...
