@@ -1,0 +1,53 @@
+"""The ``loadwarden`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from ._config import load_config
+from ._errors import ConfigError
+from ._service import serve
+from ._servicer import VERSION
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loadwarden", description="loadwarden load-decision control plane")
+    parser.add_argument("--version", action="version", version=f"loadwarden {VERSION}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="run the Decision service")
+    run.add_argument("--config", metavar="FILE", help="TOML config file (default: none, empty in-memory state)")
+    run.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
+    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``loadwarden`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, os.environ)
+        if args.listen:
+            config = dataclasses.replace(config, listen=args.listen)
+    except ConfigError as exc:
+        print(f"loadwarden: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config))
+    except ConfigError as exc:
+        print(f"loadwarden: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"loadwarden: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Service configuration: a TOML file, then ``LOADWARDEN_*`` environment overrides.
+
+Example::
+
+    [service]
+    listen = "127.0.0.1:50051"
+    decision_ttl_ms = 30000
+
+    [pools.api]
+    strategy = "least_connections"
+    servers = [
+      { id = "api-1", address = "10.0.0.1:8080" },
+      { id = "api-2", address = "10.0.0.2:8080", weight = 2 },
+    ]
+
+Environment variables override single keys: ``LOADWARDEN_SERVICE__LISTEN`` sets
+``service.listen``, ``LOADWARDEN_POOLS__API__STRATEGY`` sets
+``pools.api.strategy`` (``__`` separates levels; names are lower-cased, so a pool
+whose name has upper-case letters or dashes is set in the file only). Values are
+read as TOML values (``30000``, ``true``, ``"x"``) and otherwise as plain strings.
+Any invalid key stops the start with a ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._core import CoreLimits
+from ._errors import ConfigError, InvalidArgument
+from ._model import ServerSpec
+from ._settings import PoolSettings, parse_pool
+from ._validation import check_count
+
+ENV_PREFIX = "LOADWARDEN_"
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """A pool from config: its settings and servers."""
+
+    settings: PoolSettings
+    servers: tuple[ServerSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """Everything ``loadwarden serve`` needs.
+
+    Attributes:
+        listen: host:port for gRPC; port 0 picks a free port.
+        shutdown_grace_ms: How long in-flight RPCs may finish on SIGTERM/SIGINT.
+        expiry_interval_ms: How often expired decisions are swept when idle.
+        seed: RNG seed for strategies; None seeds from the OS.
+        limits: Bounds on client-grown state.
+        pools: Pools to create at start.
+    """
+
+    listen: str = DEFAULT_LISTEN
+    shutdown_grace_ms: int = 5_000
+    expiry_interval_ms: int = 1_000
+    seed: int | None = None
+    limits: CoreLimits = field(default_factory=CoreLimits)
+    pools: tuple[PoolSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.listen or ":" not in self.listen:
+            raise ConfigError("service.listen", f"must be host:port, got {self.listen!r}")
+        for key in ("shutdown_grace_ms", "expiry_interval_ms"):
+            if not 0 <= getattr(self, key) <= 3_600_000:
+                raise ConfigError(f"service.{key}", "must be in [0, 3600000]")
+
+
+_SERVICE_KEYS = {"listen", "shutdown_grace_ms", "expiry_interval_ms", "seed"}
+_LIMIT_KEYS = {
+    "decision_ttl_ms": (100, 86_400_000),
+    "max_pending_decisions": (1, 10_000_000),
+    "max_pools": (1, 100_000),
+    "max_servers_per_pool": (1, 1_000_000),
+}
+_TOP_KEYS = {"service", "limits", "pools"}
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Reads ``path`` (if given), applies environment overrides and validates.
+
+    Raises:
+        ConfigError: naming the offending key (or environment variable).
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read config file: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"invalid TOML: {exc}") from None
+    apply_env_overrides(raw, environ if environ is not None else {})
+    return parse_config(raw)
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Sets ``raw[a][b][c]`` from each ``LOADWARDEN_A__B__C`` variable, in sorted order."""
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if not all(path) or path[0] not in _TOP_KEYS:
+            raise ConfigError(name, f"unknown setting; use LOADWARDEN_<SECTION>__<KEY> with a section in {sorted(_TOP_KEYS)}")
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(name, f"{part!r} is not a table in the config file")
+            node = child
+        node[path[-1]] = _env_value(environ[name])
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
+    """Validates a config mapping shaped like the TOML file."""
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise ConfigError(key, f"unknown section; valid sections: {', '.join(sorted(_TOP_KEYS))}")
+    service = _section(raw, "service")
+    for key in service:
+        if key not in _SERVICE_KEYS:
+            raise ConfigError(f"service.{key}", f"unknown key; valid keys: {', '.join(sorted(_SERVICE_KEYS))}")
+    limits_raw = _section(raw, "limits")
+    try:
+        limit_values = {}
+        for key, value in limits_raw.items():
+            if key not in _LIMIT_KEYS:
+                raise ConfigError(f"limits.{key}", f"unknown key; valid keys: {', '.join(sorted(_LIMIT_KEYS))}")
+            low, high = _LIMIT_KEYS[key]
+            limit_values[key] = check_count(value, f"limits.{key}", low, high)
+        limits = CoreLimits(**limit_values)
+        pools_raw = _section(raw, "pools")
+        if len(pools_raw) > limits.max_pools:
+            raise ConfigError("pools", f"{len(pools_raw)} pools configured; limits.max_pools is {limits.max_pools}")
+        pools = []
+        for name, values in pools_raw.items():
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"pools.{name}", "must be a table")
+            settings, servers = parse_pool(name, f"pools.{name}", values, f"pools.{name}", limits.max_servers_per_pool)
+            pools.append(PoolSpec(settings, servers or ()))
+        for key in ("shutdown_grace_ms", "expiry_interval_ms"):
+            if key in service:
+                check_count(service[key], f"service.{key}", 0, 3_600_000)
+        seed = service.get("seed")
+        if seed is not None:
+            check_count(seed, "service.seed", 0, 2**63 - 1)
+        listen = service.get("listen", DEFAULT_LISTEN)
+        if not isinstance(listen, str):
+            raise ConfigError("service.listen", f"must be a string host:port, got {listen!r}")
+    except InvalidArgument as exc:
+        raise ConfigError(exc.field, exc.problem) from None
+    return ServiceConfig(
+        listen=listen,
+        shutdown_grace_ms=service.get("shutdown_grace_ms", 5_000),
+        expiry_interval_ms=service.get("expiry_interval_ms", 1_000),
+        seed=seed,
+        limits=limits,
+        pools=tuple(pools),
+    )
+
+
+def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(name, "must be a table")
+    return value

@@ -1,0 +1,152 @@
+"""Protobuf <-> domain translation. Every check names the request field it rejects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from loadwarden.v1 import common_pb2 as _common
+
+from ._core import DecisionCore, LoadReportIn, OutcomeReport
+from ._errors import InvalidArgument
+from ._model import Backend, Health, LoadSample, ServerSpec
+from ._pool import Pool
+from ._settings import PoolSettings, parse_pool, parse_server
+from ._validation import check_count, check_name, check_range
+
+MAX_BATCH = 1_000
+MAX_EXCLUDE = 64
+MAX_LATENCY_MS = 86_400_000.0
+MAX_ACTIVE_REQUESTS = 1_000_000
+MAX_STATUS_LEN = 64
+
+_HEALTH = {
+    Health.SERVING: _common.SERVER_STATE_SERVING,
+    Health.STALE: _common.SERVER_STATE_STALE,
+    Health.DRAINING: _common.SERVER_STATE_DRAINING,
+    Health.EJECTED: _common.SERVER_STATE_EJECTED,
+}
+
+
+def check_batch(entries: Any, field: str) -> None:
+    """A repeated field must hold 1 to MAX_BATCH entries."""
+    if not 1 <= len(entries) <= MAX_BATCH:
+        raise InvalidArgument(field, f"must hold 1-{MAX_BATCH} entries, got {len(entries)}")
+
+
+def exclusions(ids: Any) -> frozenset[str]:
+    if len(ids) > MAX_EXCLUDE:
+        raise InvalidArgument("exclude_server_ids", f"at most {MAX_EXCLUDE} ids, got {len(ids)}")
+    return frozenset(check_name(v, f"exclude_server_ids[{i}]") for i, v in enumerate(ids))
+
+
+def outcomes(entries: Any) -> list[OutcomeReport]:
+    check_batch(entries, "outcomes")
+    out = []
+    for i, o in enumerate(entries):
+        where = f"outcomes[{i}]"
+        if len(o.status) > MAX_STATUS_LEN or not o.status.isprintable():
+            raise InvalidArgument(f"{where}.status", f"must be at most {MAX_STATUS_LEN} printable characters")
+        out.append(
+            OutcomeReport(
+                decision_id=check_name(o.decision_id, f"{where}.decision_id"),
+                success=o.success,
+                latency_ms=check_range(o.latency_ms, f"{where}.latency_ms", 0.0, MAX_LATENCY_MS),
+                status=o.status,
+            )
+        )
+    return out
+
+
+def load_reports(entries: Any) -> list[LoadReportIn]:
+    check_batch(entries, "reports")
+    out = []
+    for i, r in enumerate(entries):
+        where = f"reports[{i}]"
+        sample = LoadSample(
+            cpu_percent=check_range(r.cpu_percent, f"{where}.cpu_percent", 0.0, 100.0),
+            memory_percent=check_range(r.memory_percent, f"{where}.memory_percent", 0.0, 100.0),
+            active_requests=check_count(r.active_requests, f"{where}.active_requests", 0, MAX_ACTIVE_REQUESTS),
+            mean_latency_ms=check_range(r.mean_latency_ms, f"{where}.mean_latency_ms", 0.0, MAX_LATENCY_MS),
+            error_rate=check_range(r.error_rate, f"{where}.error_rate", 0.0, 1.0),
+        )
+        out.append(
+            LoadReportIn(
+                pool=check_name(r.pool, f"{where}.pool"),
+                server_id=check_name(r.server_id, f"{where}.server_id"),
+                sample=sample,
+            )
+        )
+    return out
+
+
+def pool_config(
+    message: _common.PoolConfig, max_servers: int
+) -> tuple[PoolSettings, tuple[ServerSpec, ...] | None]:
+    values = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    values.pop("name", None)
+    if not values.get("servers"):
+        values.pop("servers", None)  # an empty list keeps the pool's current servers
+    return parse_pool(message.name, "pool.name", values, "pool", max_servers)
+
+
+def server_spec(message: _common.ServerSpec) -> ServerSpec:
+    return parse_server(json_format.MessageToDict(message, preserving_proto_field_name=True), "server")
+
+
+def timestamp(wall_s: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(wall_s * 1e9))
+    return ts
+
+
+def server_status(pool: Pool, server: Backend, now: float) -> _common.ServerStatus:
+    status = _common.ServerStatus(
+        id=server.id,
+        address=server.address,
+        weight=server.weight,
+        state=_HEALTH[pool.health(server, now)],
+        in_flight=server.in_flight,
+        ewma_latency_ms=server.ewma_latency_ms,
+        error_rate=server.error_rate,
+        selections_total=server.selections_total,
+    )
+    if server.load is not None and server.load_wall is not None:
+        load = server.load
+        status.load.CopyFrom(
+            _common.LoadReport(
+                pool=pool.name,
+                server_id=server.id,
+                cpu_percent=load.cpu_percent,
+                memory_percent=load.memory_percent,
+                active_requests=load.active_requests,
+                mean_latency_ms=load.mean_latency_ms,
+                error_rate=load.error_rate,
+            )
+        )
+        status.load_reported_at.CopyFrom(timestamp(server.load_wall))
+    return status
+
+
+def pool_status(pool: Pool, now: float) -> _common.PoolStatus:
+    servers = [server_status(pool, pool.servers[sid], now) for sid in sorted(pool.servers)]
+    return _common.PoolStatus(
+        name=pool.name,
+        strategy=pool.settings.strategy,
+        servers=servers,
+        eligible_servers=sum(1 for s in servers if s.state == _common.SERVER_STATE_SERVING),
+        in_flight=sum(s.in_flight for s in servers),
+        concurrency_limit=pool.settings.max_concurrency,
+    )
+
+
+def load_status(core: DecisionCore, pool_name: str) -> _common.LoadStatus:
+    now = core.clock.monotonic()
+    pools = [core.pool(pool_name)] if pool_name else core.pools()
+    return _common.LoadStatus(
+        generated_at=timestamp(core.clock.wall()),
+        pools=[pool_status(p, now) for p in pools],
+        pending_decisions=len(core.pending),
+    )

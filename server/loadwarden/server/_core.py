@@ -1,0 +1,249 @@
+"""The decision core: pools, servers, pending decisions. The servicer's only collaborator.
+
+Runs entirely in the event-loop thread, so nothing here takes a lock. Time comes
+from the injected clock and randomness from the injected RNG.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from ._clock import Clock, SystemClock
+from ._decisions import IdGenerator, PendingDecision, PendingDecisions
+from ._errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from ._model import Backend, LoadSample, ServerSpec
+from ._pool import Pool
+from ._settings import PoolSettings
+from .strategies import StrategyContext, build_strategy
+
+log = logging.getLogger("loadwarden.server")
+
+
+@dataclass(frozen=True, slots=True)
+class CoreLimits:
+    """Bounds on state that clients can grow.
+
+    Attributes:
+        decision_ttl_ms: How long a selection waits for its outcome.
+        max_pending_decisions: Selections awaiting outcomes, service-wide.
+        max_pools: Pools, service-wide.
+        max_servers_per_pool: Servers in one pool.
+    """
+
+    decision_ttl_ms: int = 30_000
+    max_pending_decisions: int = 100_000
+    max_pools: int = 1_000
+    max_servers_per_pool: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """A SelectServer answer."""
+
+    decision_id: str
+    server: Backend
+    strategy: str
+    explored: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeReport:
+    """A validated ReportOutcome entry."""
+
+    decision_id: str
+    success: bool
+    latency_ms: float
+    status: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReportIn:
+    """A validated ReportLoad entry."""
+
+    pool: str
+    server_id: str
+    sample: LoadSample
+
+
+class DecisionCore:
+    """Answers SelectServer, ReportOutcome, ReportLoad, GetLoadStatus and the admin calls."""
+
+    def __init__(
+        self,
+        limits: CoreLimits | None = None,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        ids: IdGenerator | None = None,
+    ) -> None:
+        self.limits = limits or CoreLimits()
+        self.clock = clock or SystemClock()
+        self._context = StrategyContext(clock=self.clock, rng=rng or random.Random())
+        self._ids = ids or IdGenerator()
+        self._pools: dict[str, Pool] = {}
+        self.pending = PendingDecisions(self.limits.decision_ttl_ms / 1000.0, self.limits.max_pending_decisions)
+
+    # --- decisions -------------------------------------------------------------
+
+    def select(self, pool_name: str, exclude: Collection[str] = ()) -> Selection:
+        """Picks a server of ``pool_name`` with its strategy and records the pending decision.
+
+        Raises:
+            NotFound: unknown pool.
+            Unavailable: no eligible server; the message says why.
+        """
+        now = self.clock.monotonic()
+        pool = self.pool(pool_name)
+        candidates = pool.eligible(now, exclude)
+        if not candidates:
+            raise Unavailable(pool.why_none_eligible(now, exclude))
+        server, explored = pool.strategy.choose(candidates)
+        server.in_flight += 1
+        server.selections_total += 1
+        decision_id = self._ids.new()
+        self._settle(self.pending.add(decision_id, pool, server, now))
+        self._settle(self.pending.expire(now))
+        return Selection(decision_id, server, pool.settings.strategy, explored)
+
+    def report_outcomes(self, outcomes: Sequence[OutcomeReport]) -> tuple[int, list[str]]:
+        """Applies outcomes to their pending decisions.
+
+        Returns:
+            The number applied and the decision ids that were not pending.
+
+        Raises:
+            NotFound: when no entry matched a pending decision.
+        """
+        self.expire()
+        unknown: list[str] = []
+        applied = 0
+        for outcome in outcomes:
+            decision = self.pending.pop(outcome.decision_id)
+            if decision is None:
+                unknown.append(outcome.decision_id)
+                continue
+            decision.server.record_outcome(outcome.success, outcome.latency_ms)
+            decision.pool.strategy.observe(decision.server, outcome.success, outcome.latency_ms)
+            applied += 1
+        if outcomes and not applied:
+            first = next(i for i, o in enumerate(outcomes) if o.decision_id == unknown[0])
+            raise NotFound(
+                f"outcomes[{first}].decision_id",
+                f"no pending decision {unknown[0]!r} (never issued, already reported, "
+                f"or expired after {self.limits.decision_ttl_ms} ms)",
+            )
+        return applied, unknown
+
+    def report_load(self, reports: Sequence[LoadReportIn]) -> int:
+        """Stores load reports. All entries are checked before any is applied.
+
+        Raises:
+            NotFound: naming ``reports[i].pool`` or ``reports[i].server_id``.
+        """
+        targets = []
+        for i, report in enumerate(reports):
+            pool = self._pools.get(report.pool)
+            if pool is None:
+                raise NotFound(f"reports[{i}].pool", f"no pool named {report.pool!r}")
+            server = pool.servers.get(report.server_id)
+            if server is None:
+                raise NotFound(f"reports[{i}].server_id", f"pool {report.pool!r} has no server {report.server_id!r}")
+            targets.append((server, report.sample))
+        now, wall = self.clock.monotonic(), self.clock.wall()
+        for server, sample in targets:
+            server.load, server.load_at, server.load_wall = sample, now, wall
+        return len(targets)
+
+    def expire(self) -> int:
+        """Expires decisions whose TTL has passed; returns how many."""
+        expired = self.pending.expire(self.clock.monotonic())
+        self._settle(expired)
+        return len(expired)
+
+    def _settle(self, expired: list[PendingDecision]) -> None:
+        # An expired decision frees its in-flight slot and teaches the strategy a failure.
+        for decision in expired:
+            server = decision.server
+            server.in_flight = max(0, server.in_flight - 1)
+            decision.pool.strategy.observe(server, False, self.limits.decision_ttl_ms)
+
+    # --- state -----------------------------------------------------------------
+
+    def pool(self, name: str, field: str = "pool") -> Pool:
+        """The pool named ``name``; NotFound naming ``field`` otherwise."""
+        pool = self._pools.get(name)
+        if pool is None:
+            raise NotFound(field, f"no pool named {name!r}")
+        return pool
+
+    def pools(self) -> list[Pool]:
+        """All pools, sorted by name."""
+        return [self._pools[name] for name in sorted(self._pools)]
+
+    def configure_pool(
+        self, settings: PoolSettings, servers: Sequence[ServerSpec] | None, where: str = "pool"
+    ) -> tuple[Pool, bool]:
+        """Creates a pool or replaces its settings (and servers, when given).
+
+        The strategy is rebuilt only when its name or parameters change, so a
+        learning strategy keeps what it learned across unrelated changes.
+        """
+        existing = self._pools.get(settings.name)
+        changed_strategy = existing is None or (
+            (existing.settings.strategy, existing.settings.strategy_params)
+            != (settings.strategy, settings.strategy_params)
+        )
+        strategy = (
+            build_strategy(settings.strategy, settings.strategy_params, self._context, where)
+            if changed_strategy
+            else None
+        )
+        if servers is not None and len(servers) > self.limits.max_servers_per_pool:
+            raise InvalidArgument(f"{where}.servers", f"at most {self.limits.max_servers_per_pool} servers per pool")
+        if existing is None:
+            if len(self._pools) >= self.limits.max_pools:
+                raise ResourceExhausted(f"pools: the service holds at most {self.limits.max_pools} pools (max_pools)")
+            assert strategy is not None
+            pool = self._pools[settings.name] = Pool(settings, strategy)
+            created = True
+        else:
+            pool = existing
+            pool.reconfigure(settings, strategy)
+            created = False
+        if servers is not None:
+            pool.replace_servers(servers)
+        log.info("pool %s %s (strategy %s, %d servers)", settings.name,
+                 "created" if created else "reconfigured", settings.strategy, len(pool.servers))
+        return pool, created
+
+    def delete_pool(self, name: str) -> None:
+        self.pool(name)
+        del self._pools[name]
+        log.info("pool %s deleted", name)
+
+    def register_server(self, pool_name: str, spec: ServerSpec) -> tuple[Backend, bool]:
+        pool = self.pool(pool_name)
+        if spec.id not in pool.servers and len(pool.servers) >= self.limits.max_servers_per_pool:
+            raise ResourceExhausted(
+                f"server.id: pool {pool_name!r} holds at most {self.limits.max_servers_per_pool} servers "
+                "(max_servers_per_pool)"
+            )
+        server, created = pool.upsert(spec)
+        log.info("server %s/%s %s at %s", pool_name, spec.id, "registered" if created else "updated", spec.address)
+        return server, created
+
+    def deregister_server(self, pool_name: str, server_id: str) -> None:
+        if self.pool(pool_name).remove(server_id) is None:
+            raise NotFound("server_id", f"pool {pool_name!r} has no server {server_id!r}")
+        log.info("server %s/%s deregistered", pool_name, server_id)
+
+    def drain_server(self, pool_name: str, server_id: str, drain: bool) -> Backend:
+        server = self.pool(pool_name).servers.get(server_id)
+        if server is None:
+            raise NotFound("server_id", f"pool {pool_name!r} has no server {server_id!r}")
+        server.draining = drain
+        log.info("server %s/%s %s", pool_name, server_id, "draining" if drain else "back in rotation")
+        return server

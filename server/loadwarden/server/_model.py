@@ -1,0 +1,91 @@
+"""Decision state of servers. Lives in the event-loop thread: no locks."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Health(enum.Enum):
+    """Why a server may or may not be chosen right now."""
+
+    SERVING = "serving"
+    STALE = "stale"
+    DRAINING = "draining"
+    EJECTED = "ejected"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """A server as registered: id unique in its pool, address, weight 1-1000."""
+
+    id: str
+    address: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSample:
+    """One load report: percentages 0-100, latency in ms, error rate 0-1."""
+
+    cpu_percent: float
+    memory_percent: float
+    active_requests: int
+    mean_latency_ms: float
+    error_rate: float
+
+
+# Weight of the newest outcome in the per-server latency and error-rate EWMAs.
+OUTCOME_EWMA_WEIGHT = 0.2
+
+
+@dataclass(slots=True, eq=False)
+class Backend:
+    """Mutable decision state of one server.
+
+    ``in_flight`` counts selections not yet matched by an outcome or expiry; it is
+    never negative. ``load_at`` is monotonic seconds; ``None`` means never reported.
+    """
+
+    id: str
+    address: str
+    weight: int
+    draining: bool = False
+    in_flight: int = 0
+    load: LoadSample | None = None
+    load_at: float | None = None
+    load_wall: float | None = None
+    ewma_latency_ms: float = 0.0
+    error_rate: float = 0.0
+    outcomes_total: int = 0
+    selections_total: int = 0
+
+    @classmethod
+    def from_spec(cls, spec: ServerSpec) -> Backend:
+        return cls(id=spec.id, address=spec.address, weight=spec.weight)
+
+    def update_spec(self, spec: ServerSpec) -> None:
+        """Takes a re-registration's address and weight, keeping the decision state."""
+        self.address = spec.address
+        self.weight = spec.weight
+
+    def record_outcome(self, success: bool, latency_ms: float) -> None:
+        """Folds one reported outcome into the latency and error-rate EWMAs."""
+        self.in_flight = max(0, self.in_flight - 1)
+        failure = 0.0 if success else 1.0
+        if self.outcomes_total == 0:
+            self.ewma_latency_ms = latency_ms
+            self.error_rate = failure
+        else:
+            w = OUTCOME_EWMA_WEIGHT
+            self.ewma_latency_ms += w * (latency_ms - self.ewma_latency_ms)
+            self.error_rate += w * (failure - self.error_rate)
+        self.outcomes_total += 1
+
+    def health(self, now: float, load_ttl_s: float, require_load: bool) -> Health:
+        """The server's routing state at monotonic time ``now``."""
+        if self.draining:
+            return Health.DRAINING
+        if self.load_at is None:
+            return Health.STALE if require_load else Health.SERVING
+        return Health.STALE if now - self.load_at > load_ttl_s else Health.SERVING

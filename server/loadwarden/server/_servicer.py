@@ -1,0 +1,171 @@
+"""gRPC servicers: translate, call one core method, translate back.
+
+Domain errors map to status codes in ``_STATUS`` and nowhere else. A client's
+mistake never becomes UNKNOWN or INTERNAL; an unexpected exception is logged with
+its traceback and answered INTERNAL without internals in the message.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from loadwarden.v1 import admin_pb2 as _admin
+from loadwarden.v1 import admin_pb2_grpc as _admin_grpc
+from loadwarden.v1 import decision_pb2 as _pb
+from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
+
+from . import _convert as convert
+from ._core import DecisionCore
+from ._errors import DecisionError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from ._validation import check_name
+
+log = logging.getLogger("loadwarden.server")
+
+RETRY_AFTER_KEY = "loadwarden-retry-after-ms"
+VERSION = "0.1.0"
+
+_STATUS: dict[type[DecisionError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _rpc(method: Handler) -> Handler:
+    """Maps domain errors raised by a unary handler to gRPC status codes."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except DecisionError as exc:
+            metadata: tuple[tuple[str, str], ...] = ()
+            if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
+                metadata = ((RETRY_AFTER_KEY, str(max(0, round(exc.retry_after_s * 1000)))),)
+            await context.abort(_STATUS[type(exc)], str(exc), trailing_metadata=metadata)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see service logs")
+
+    return wrapper  # type: ignore[return-value]
+
+
+async def _unimplemented(context: grpc.aio.ServicerContext, rpc: str) -> NoReturn:
+    await context.abort(
+        grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is not implemented in loadwarden {VERSION} yet"
+    )
+    raise AssertionError("unreachable")
+
+
+class DecisionServicer(_pb_grpc.DecisionServiceServicer):
+    """loadwarden.v1.DecisionService over a DecisionCore."""
+
+    def __init__(self, core: DecisionCore) -> None:
+        self._core = core
+        self._ttl_ms = core.limits.decision_ttl_ms
+
+    @_rpc
+    async def SelectServer(self, request: _pb.SelectServerRequest, context: Any) -> _pb.SelectServerResponse:
+        pool = check_name(request.pool, "pool")
+        exclude = convert.exclusions(request.exclude_server_ids) if request.exclude_server_ids else ()
+        choice = self._core.select(pool, exclude)
+        return _pb.SelectServerResponse(
+            decision_id=choice.decision_id,
+            server_id=choice.server.id,
+            address=choice.server.address,
+            strategy=choice.strategy,
+            explored=choice.explored,
+            decision_ttl_ms=self._ttl_ms,
+        )
+
+    @_rpc
+    async def ReportOutcome(self, request: _pb.ReportOutcomeRequest, context: Any) -> _pb.ReportOutcomeResponse:
+        applied, unknown = self._core.report_outcomes(convert.outcomes(request.outcomes))
+        return _pb.ReportOutcomeResponse(applied=applied, unknown_decision_ids=unknown)
+
+    @_rpc
+    async def ReportLoad(self, request: _pb.ReportLoadRequest, context: Any) -> _pb.ReportLoadResponse:
+        applied = self._core.report_load(convert.load_reports(request.reports))
+        return _pb.ReportLoadResponse(applied=applied, received_at=convert.timestamp(self._core.clock.wall()))
+
+    @_rpc
+    async def GetLoadStatus(self, request: _pb.GetLoadStatusRequest, context: Any) -> _pb.GetLoadStatusResponse:
+        pool = check_name(request.pool, "pool") if request.pool else ""
+        return _pb.GetLoadStatusResponse(status=convert.load_status(self._core, pool))
+
+    async def AcquireSlot(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "AcquireSlot")
+
+    async def RenewLease(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "RenewLease")
+
+    async def ReleaseSlot(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "ReleaseSlot")
+
+    async def GetBatchSize(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "GetBatchSize")
+
+    async def ReportBatch(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "ReportBatch")
+
+    async def WatchLoadStatus(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "WatchLoadStatus")
+
+
+class AdminServicer(_admin_grpc.AdminServiceServicer):
+    """loadwarden.v1.AdminService over a DecisionCore."""
+
+    def __init__(self, core: DecisionCore) -> None:
+        self._core = core
+
+    @_rpc
+    async def ConfigurePool(self, request: _admin.ConfigurePoolRequest, context: Any) -> _admin.ConfigurePoolResponse:
+        settings, servers = convert.pool_config(request.pool, self._core.limits.max_servers_per_pool)
+        pool, created = self._core.configure_pool(settings, servers)
+        now = self._core.clock.monotonic()
+        return _admin.ConfigurePoolResponse(pool=convert.pool_status(pool, now), created=created)
+
+    @_rpc
+    async def DeletePool(self, request: _admin.DeletePoolRequest, context: Any) -> _admin.DeletePoolResponse:
+        self._core.delete_pool(check_name(request.pool, "pool"))
+        return _admin.DeletePoolResponse()
+
+    @_rpc
+    async def RegisterServer(
+        self, request: _admin.RegisterServerRequest, context: Any
+    ) -> _admin.RegisterServerResponse:
+        pool_name = check_name(request.pool, "pool")
+        server, created = self._core.register_server(pool_name, convert.server_spec(request.server))
+        pool = self._core.pool(pool_name)
+        status = convert.server_status(pool, server, self._core.clock.monotonic())
+        return _admin.RegisterServerResponse(server=status, created=created)
+
+    @_rpc
+    async def DeregisterServer(
+        self, request: _admin.DeregisterServerRequest, context: Any
+    ) -> _admin.DeregisterServerResponse:
+        self._core.deregister_server(check_name(request.pool, "pool"), check_name(request.server_id, "server_id"))
+        return _admin.DeregisterServerResponse()
+
+    @_rpc
+    async def DrainServer(self, request: _admin.DrainServerRequest, context: Any) -> _admin.DrainServerResponse:
+        pool_name = check_name(request.pool, "pool")
+        server = self._core.drain_server(pool_name, check_name(request.server_id, "server_id"), request.drain)
+        status = convert.server_status(self._core.pool(pool_name), server, self._core.clock.monotonic())
+        return _admin.DrainServerResponse(server=status)
+
+    async def ConfigureOperation(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "ConfigureOperation")
+
+    async def DeleteOperation(self, request: Any, context: Any) -> Any:
+        await _unimplemented(context, "DeleteOperation")

@@ -1,0 +1,199 @@
+"""Pool settings: one parser shared by the TOML config and AdminService.ConfigurePool.
+
+Keys are the protobuf PoolConfig field names, so an operator and a client see
+the same vocabulary, and every error names the field it rejects.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import InvalidArgument
+from ._model import ServerSpec
+from ._validation import check_address, check_count, check_name, check_ttl_ms
+
+LIMIT_ALGORITHMS = ("fixed",)
+_RATE = re.compile(r"(\d{1,9})/(second|minute|hour)")
+_UNIT_S = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``count`` tokens per ``per_s`` seconds, with ``burst`` spendable at once."""
+
+    count: int
+    per_s: float
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """A pool's routing and admission settings (validated; see ``parse_pool``).
+
+    Attributes:
+        name: Pool name.
+        strategy: Routing strategy registry name.
+        strategy_params: Parameters for the strategy, by name.
+        load_report_ttl_ms: A load report older than this makes a server stale.
+        require_load_report: A server that never reported is stale when True.
+        max_concurrency: Slots granted at once; 0 is unlimited.
+        max_queue_length: Requests waiting for a slot at once.
+        max_wait_ms: Longest wait for a slot.
+        lease_ttl_ms: Default lease time to live.
+        limit_algorithm: Admission limit algorithm name.
+        limit_params: Parameters for it, by name.
+        rate_limit: Per-client-key token bucket, or None.
+    """
+
+    name: str
+    strategy: str = "round_robin"
+    strategy_params: Mapping[str, Any] = field(default_factory=dict)
+    load_report_ttl_ms: int = 10_000
+    require_load_report: bool = False
+    max_concurrency: int = 0
+    max_queue_length: int = 1_000
+    max_wait_ms: int = 30_000
+    lease_ttl_ms: int = 30_000
+    limit_algorithm: str = "fixed"
+    limit_params: Mapping[str, Any] = field(default_factory=dict)
+    rate_limit: RateLimit | None = None
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(key, f"must be a string, got {value!r}")
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _int(value: Any, key: str, low: int, high: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return check_count(value, key, low, high)
+
+
+def _table(value: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(key, f"must be a table of parameters, got {value!r}")
+    return dict(value)
+
+
+def parse_rate_limit(spec: str, burst: int, key: str) -> RateLimit | None:
+    """Parses ``"30/minute"``-style specs; empty means no limit."""
+    if not spec:
+        return None
+    match = _RATE.fullmatch(spec.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise InvalidArgument(key, f"must look like '30/minute' (count >= 1 per second, minute or hour), got {spec!r}")
+    count = int(match.group(1))
+    return RateLimit(count=count, per_s=_UNIT_S[match.group(2)], burst=burst or count)
+
+
+def parse_server(values: Any, key: str) -> ServerSpec:
+    """Parses one ``{id, address, weight}`` table."""
+    if not isinstance(values, Mapping):
+        raise InvalidArgument(key, f"must be a table with id, address and weight, got {values!r}")
+    unknown = set(values) - {"id", "address", "weight"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InvalidArgument(f"{key}.{name}", "unknown key; valid keys: address, id, weight")
+    weight = _int(values.get("weight", 0), f"{key}.weight", 0, 1000)
+    return ServerSpec(
+        id=check_name(_str(values.get("id", ""), f"{key}.id"), f"{key}.id"),
+        address=check_address(_str(values.get("address", ""), f"{key}.address"), f"{key}.address"),
+        weight=weight or 1,
+    )
+
+
+def parse_servers(values: Any, key: str, max_servers: int) -> tuple[ServerSpec, ...]:
+    """Parses a server list, rejecting duplicate ids and lists over ``max_servers``."""
+    if not isinstance(values, (list, tuple)):
+        raise InvalidArgument(key, f"must be a list of servers, got {values!r}")
+    if len(values) > max_servers:
+        raise InvalidArgument(key, f"has {len(values)} servers; at most {max_servers} per pool allowed")
+    specs = tuple(parse_server(v, f"{key}[{i}]") for i, v in enumerate(values))
+    seen: set[str] = set()
+    for i, spec in enumerate(specs):
+        if spec.id in seen:
+            raise InvalidArgument(f"{key}[{i}].id", f"duplicate server id {spec.id!r}")
+        seen.add(spec.id)
+    return specs
+
+
+def parse_pool(
+    name: str, name_field: str, values: Mapping[str, Any], where: str, max_servers: int
+) -> tuple[PoolSettings, tuple[ServerSpec, ...] | None]:
+    """Validates one pool's settings.
+
+    Args:
+        name: Pool name, checked here and reported as ``name_field``.
+        name_field: Field path of the name, e.g. ``pool.name`` or ``pools``.
+        values: PoolConfig field names (except ``name``) to values; missing or
+            zero means the default.
+        where: Field path prefix for errors, e.g. ``pools.api`` or ``pool``.
+        max_servers: Cap on the server list.
+
+    Returns:
+        The settings and the server list (None when ``servers`` is absent).
+
+    Raises:
+        InvalidArgument: naming ``<where>.<key>``.
+    """
+    check_name(name, name_field)
+    known = (set(PoolSettings.__dataclass_fields__) - {"name"}) | {"servers", "rate_burst"}
+    for key in values:
+        if key not in known:
+            raise InvalidArgument(f"{where}.{key}", f"unknown key; valid keys: {', '.join(sorted(known))}")
+
+    def get(key: str) -> Any:
+        return values.get(key)
+
+    kwargs: dict[str, Any] = {"name": name}
+    if get("strategy"):
+        kwargs["strategy"] = _str(get("strategy"), f"{where}.strategy")
+    if get("strategy_params") is not None:
+        kwargs["strategy_params"] = _table(get("strategy_params"), f"{where}.strategy_params")
+    if get("load_report_ttl_ms"):
+        kwargs["load_report_ttl_ms"] = check_ttl_ms(
+            _int(get("load_report_ttl_ms"), f"{where}.load_report_ttl_ms", 0, 86_400_000),
+            f"{where}.load_report_ttl_ms",
+        )
+    if get("require_load_report") is not None:
+        kwargs["require_load_report"] = _bool(get("require_load_report"), f"{where}.require_load_report")
+    if get("max_concurrency") is not None:
+        kwargs["max_concurrency"] = _int(get("max_concurrency"), f"{where}.max_concurrency", 0, 1_000_000)
+    if get("max_queue_length"):
+        kwargs["max_queue_length"] = _int(get("max_queue_length"), f"{where}.max_queue_length", 0, 100_000)
+    if get("max_wait_ms"):
+        kwargs["max_wait_ms"] = _int(get("max_wait_ms"), f"{where}.max_wait_ms", 0, 3_600_000)
+    if get("lease_ttl_ms"):
+        kwargs["lease_ttl_ms"] = check_ttl_ms(
+            _int(get("lease_ttl_ms"), f"{where}.lease_ttl_ms", 0, 86_400_000), f"{where}.lease_ttl_ms"
+        )
+    if get("limit_algorithm"):
+        algorithm = _str(get("limit_algorithm"), f"{where}.limit_algorithm")
+        if algorithm not in LIMIT_ALGORITHMS:
+            raise InvalidArgument(
+                f"{where}.limit_algorithm",
+                f"unknown limit algorithm {algorithm!r}; valid algorithms: {', '.join(LIMIT_ALGORITHMS)}",
+            )
+        kwargs["limit_algorithm"] = algorithm
+    if get("limit_params"):
+        kwargs["limit_params"] = _table(get("limit_params"), f"{where}.limit_params")
+        if kwargs.get("limit_algorithm", "fixed") == "fixed":
+            raise InvalidArgument(f"{where}.limit_params", "the 'fixed' limit algorithm takes no parameters")
+    burst = _int(get("rate_burst") or 0, f"{where}.rate_burst", 0, 1_000_000)
+    kwargs["rate_limit"] = parse_rate_limit(
+        _str(get("rate_limit") or "", f"{where}.rate_limit"), burst, f"{where}.rate_limit"
+    )
+    servers = get("servers")
+    specs = None if servers is None else parse_servers(servers, f"{where}.servers", max_servers)
+    return PoolSettings(**kwargs), specs

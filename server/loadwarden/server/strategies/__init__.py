@@ -1,0 +1,45 @@
+"""Routing strategies, chosen per pool by name.
+
+Adding a strategy means one file with a class (``name``, ``Params``, ``choose``)
+and one entry in ``STRATEGIES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .._errors import InvalidArgument
+from ._base import Strategy, StrategyBase, StrategyContext, parse_params
+from .least_connections import LeastConnections
+from .round_robin import RoundRobin
+
+STRATEGIES: dict[str, Any] = {
+    RoundRobin.name: RoundRobin,
+    LeastConnections.name: LeastConnections,
+}
+
+
+def build_strategy(
+    name: str, params: Mapping[str, Any], context: StrategyContext, where: str
+) -> Strategy:
+    """Builds the strategy registered as ``name``.
+
+    Args:
+        name: Registry name, e.g. ``"round_robin"``.
+        params: Parameter values by name.
+        context: Clock and seeded RNG.
+        where: Field path of the pool config, used in error messages
+            (``<where>.strategy``, ``<where>.strategy_params.<name>``).
+
+    Raises:
+        InvalidArgument: unknown name (the message lists the valid ones) or bad parameters.
+    """
+    cls = STRATEGIES.get(name)
+    if cls is None:
+        valid = ", ".join(sorted(STRATEGIES))
+        raise InvalidArgument(f"{where}.strategy", f"unknown strategy {name!r}; valid strategies: {valid}")
+    return cls(parse_params(cls.Params, params, f"{where}.strategy_params"), context)  # type: ignore[no-any-return]
+
+
+__all__ = ["STRATEGIES", "Strategy", "StrategyBase", "StrategyContext", "build_strategy"]
