@@ -14,6 +14,7 @@ from typing import Any
 from ._errors import InvalidArgument
 from ._model import ServerSpec
 from ._validation import check_address, check_count, check_name, check_ttl_ms
+from .strategies import check_strategy
 
 LIMIT_ALGORITHMS = ("fixed",)
 _RATE = re.compile(r"(\d{1,9})/(second|minute|hour)")
@@ -194,6 +195,8 @@ def parse_pool(
     kwargs["rate_limit"] = parse_rate_limit(
         _str(get("rate_limit") or "", f"{where}.rate_limit"), burst, f"{where}.rate_limit"
     )
+    settings = PoolSettings(**kwargs)
+    check_strategy(settings.strategy, settings.strategy_params, where)
     servers = get("servers")
     specs = None if servers is None else parse_servers(servers, f"{where}.servers", max_servers)
-    return PoolSettings(**kwargs), specs
+    return settings, specs

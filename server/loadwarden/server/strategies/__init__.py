@@ -20,6 +20,20 @@ STRATEGIES: dict[str, Any] = {
 }
 
 
+def strategy_class(name: str, where: str) -> Any:
+    """The class registered as ``name``; InvalidArgument naming ``<where>.strategy`` otherwise."""
+    cls = STRATEGIES.get(name)
+    if cls is None:
+        valid = ", ".join(sorted(STRATEGIES))
+        raise InvalidArgument(f"{where}.strategy", f"unknown strategy {name!r}; valid strategies: {valid}")
+    return cls
+
+
+def check_strategy(name: str, params: Mapping[str, Any], where: str) -> None:
+    """Validates a strategy name and its parameters without building it."""
+    parse_params(strategy_class(name, where).Params, params, f"{where}.strategy_params")
+
+
 def build_strategy(
     name: str, params: Mapping[str, Any], context: StrategyContext, where: str
 ) -> Strategy:
@@ -35,11 +49,8 @@ def build_strategy(
     Raises:
         InvalidArgument: unknown name (the message lists the valid ones) or bad parameters.
     """
-    cls = STRATEGIES.get(name)
-    if cls is None:
-        valid = ", ".join(sorted(STRATEGIES))
-        raise InvalidArgument(f"{where}.strategy", f"unknown strategy {name!r}; valid strategies: {valid}")
+    cls = strategy_class(name, where)
     return cls(parse_params(cls.Params, params, f"{where}.strategy_params"), context)  # type: ignore[no-any-return]
 
 
-__all__ = ["STRATEGIES", "Strategy", "StrategyBase", "StrategyContext", "build_strategy"]
+__all__ = ["STRATEGIES", "Strategy", "StrategyBase", "StrategyContext", "build_strategy", "check_strategy"]

@@ -1,0 +1,56 @@
+"""Fixtures shared by the integration tests: a real grpc.aio service on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import pytest
+
+from loadwarden.server import ManualClock, PoolSettings, PoolSpec, RunningService, ServerSpec, ServiceConfig
+from loadwarden.server import start_service
+
+StartService = Callable[..., Awaitable[RunningService]]
+
+
+def three_server_pool(name: str = "api", strategy: str = "round_robin", **settings: object) -> PoolSpec:
+    """A pool of servers s1, s2, s3 at 127.0.0.1:9001-9003."""
+    servers = tuple(ServerSpec(f"s{i}", f"127.0.0.1:900{i}") for i in (1, 2, 3))
+    return PoolSpec(PoolSettings(name=name, strategy=strategy, **settings), servers)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[StartService]:
+    """Starts services on 127.0.0.1:0 with a seeded RNG; stops them all at teardown."""
+    started: list[RunningService] = []
+
+    async def _start(*pools: PoolSpec, clock: ManualClock | None = None, **config: object) -> RunningService:
+        cfg = ServiceConfig(listen="127.0.0.1:0", pools=pools, **config)  # type: ignore[arg-type]
+        running = await start_service(cfg, clock=clock, rng=random.Random(7))
+        started.append(running)
+        return running
+
+    yield _start
+    for running in started:
+        await running.stop(0)
+
+
+@pytest.fixture
+async def channel_to() -> AsyncIterator[Callable[[RunningService], grpc.aio.Channel]]:
+    """Opens grpc.aio channels to running services; closes them at teardown."""
+    channels: list[grpc.aio.Channel] = []
+
+    def _open(running: RunningService) -> grpc.aio.Channel:
+        ch = grpc.aio.insecure_channel(running.target)
+        channels.append(ch)
+        return ch
+
+    yield _open
+    for ch in channels:
+        await ch.close()
