@@ -21,6 +21,8 @@ from .strategies import StrategyContext, build_strategy
 
 log = logging.getLogger("loadwarden.server")
 
+NO_ELIGIBLE_SERVER = "no-eligible-server"
+
 
 @dataclass(frozen=True, slots=True)
 class CoreLimits:
@@ -99,7 +101,7 @@ class DecisionCore:
         pool = self.pool(pool_name)
         candidates = pool.eligible(now, exclude)
         if not candidates:
-            raise Unavailable(pool.why_none_eligible(now, exclude))
+            raise Unavailable(pool.why_none_eligible(now, exclude), reason=NO_ELIGIBLE_SERVER)
         server, explored = pool.strategy.choose(candidates)
         server.in_flight += 1
         server.selections_total += 1

@@ -29,7 +29,16 @@ class NotFound(DecisionError):
 
 
 class Unavailable(DecisionError):
-    """The decision cannot be made right now, e.g. a pool has no eligible server."""
+    """The decision cannot be made right now, e.g. a pool has no eligible server.
+
+    Attributes:
+        reason: Short machine-readable cause, sent in trailing metadata so clients
+            can tell this answer from an unreachable service.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ResourceExhausted(DecisionError):

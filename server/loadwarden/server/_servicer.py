@@ -27,6 +27,7 @@ from ._validation import check_name
 log = logging.getLogger("loadwarden.server")
 
 RETRY_AFTER_KEY = "loadwarden-retry-after-ms"
+UNAVAILABLE_REASON_KEY = "loadwarden-unavailable-reason"
 VERSION = "0.1.0"
 
 _STATUS: dict[type[DecisionError], grpc.StatusCode] = {
@@ -50,6 +51,8 @@ def _rpc(method: Handler) -> Handler:
             metadata: tuple[tuple[str, str], ...] = ()
             if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
                 metadata = ((RETRY_AFTER_KEY, str(max(0, round(exc.retry_after_s * 1000)))),)
+            elif isinstance(exc, Unavailable):
+                metadata = ((UNAVAILABLE_REASON_KEY, exc.reason),)
             await context.abort(_STATUS[type(exc)], str(exc), trailing_metadata=metadata)
         except grpc.aio.AbortError:
             raise

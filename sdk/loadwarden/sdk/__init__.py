@@ -1,0 +1,64 @@
+"""The loadwarden SDK: ask the Decision service which backend takes a request.
+
+Example:
+    from loadwarden.sdk import Client
+
+    with Client("127.0.0.1:50051") as client, client.route("api") as route:
+        call_backend(route.address)
+"""
+
+from loadwarden.sdk._async_client import AsyncClient
+from loadwarden.sdk._client import Client
+from loadwarden.sdk._errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    LoadwardenError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    RpcCancelledError,
+    ServiceError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+)
+from loadwarden.sdk._route import Route
+from loadwarden.sdk._types import (
+    BatchAdjustment,
+    BatchMode,
+    LoadReport,
+    LoadStatus,
+    OperationStatus,
+    OutcomeStats,
+    PoolStatus,
+    Selection,
+    ServerState,
+    ServerStatus,
+)
+
+__all__ = [
+    "AsyncClient",
+    "BatchAdjustment",
+    "BatchMode",
+    "Client",
+    "DeadlineExceededError",
+    "InvalidArgumentError",
+    "LoadReport",
+    "LoadStatus",
+    "LoadwardenError",
+    "NotFoundError",
+    "OperationStatus",
+    "OutcomeStats",
+    "PermissionDeniedError",
+    "PoolStatus",
+    "ResourceExhaustedError",
+    "Route",
+    "RpcCancelledError",
+    "Selection",
+    "ServerState",
+    "ServerStatus",
+    "ServiceError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+]

@@ -1,0 +1,213 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from google.protobuf.message import Message
+
+from loadwarden.sdk._base import DEFAULT_TARGET, ClientBase, ClientOptions, check_wait_timeout
+from loadwarden.sdk._convert import (
+    load_status_from_proto,
+    load_status_request,
+    report_load_request,
+    select_request,
+    selection_from_proto,
+)
+from loadwarden.sdk._errors import error_from_rpc
+from loadwarden.sdk._route import Route
+from loadwarden.sdk._senders import ThreadOutcomeSender
+from loadwarden.sdk._types import LoadReport, LoadStatus, Selection
+from loadwarden.v1 import decision_pb2 as _pb
+from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
+
+
+class Client(ClientBase):
+    """Synchronous client of the loadwarden Decision service; safe to share between threads.
+
+    Outcomes are reported from a background daemon thread. Close the client (or
+    use it as a context manager) so the last outcomes are sent.
+
+    Args:
+        target: Service address, "host:port". Ignored when `channel` is given.
+        timeout_s: Deadline of every call that names none, seconds.
+        channel: A channel to use instead of opening one to `target`; the caller
+            keeps ownership and closes it.
+        outcome_batch_size: Queued outcomes that are sent at once without waiting, count.
+        outcome_flush_interval_s: Longest an outcome waits before it is sent, seconds.
+        outcome_buffer_size: Outcomes held at most; beyond it the oldest are dropped, count.
+
+    Raises:
+        ValueError: An argument is out of range; the message names it.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout_s: float = 1.0,
+        channel: grpc.Channel | None = None,
+        outcome_batch_size: int = 100,
+        outcome_flush_interval_s: float = 0.005,
+        outcome_buffer_size: int = 10_000,
+    ) -> None:
+        self._options = ClientOptions(
+            target=target,
+            timeout_s=timeout_s,
+            outcome_batch_size=outcome_batch_size,
+            outcome_flush_interval_s=outcome_flush_interval_s,
+            outcome_buffer_size=outcome_buffer_size,
+        )
+        self._owns_channel = channel is None
+        self._channel = grpc.insecure_channel(target) if channel is None else channel
+        self._stub = _pb_grpc.DecisionServiceStub(self._channel)
+        self._outcomes = ThreadOutcomeSender(self._options.new_outcome_buffer(), self._send_outcomes)
+        self._closed = False
+
+    def select(self, pool: str, *, exclude: Iterable[str] = (), timeout_s: float | None = None) -> Selection:
+        """Asks the service which server of `pool` should take a request.
+
+        Args:
+            pool: Pool name.
+            exclude: Server ids not to pick, e.g. ones that just failed this request; at most 64.
+            timeout_s: Deadline of this call, seconds; the client's when None.
+
+        Returns:
+            The chosen server; report its outcome with `report_outcome`, or use `route`.
+
+        Raises:
+            NotFoundError: The pool does not exist.
+            UnavailableError: The pool has no eligible server, or the service is unreachable.
+            LoadwardenError: Any other failure, typed by its status code.
+        """
+        return selection_from_proto(self._call("SelectServer", select_request(pool, exclude), timeout_s))
+
+    @contextlib.contextmanager
+    def route(self, pool: str, *, exclude: Iterable[str] = ()) -> Iterator[Route]:
+        """Selects a server, times the block and reports its outcome in the background.
+
+        The selection is the only RPC on the caller's path. The outcome is a success
+        unless an exception escapes the block (re-raised unchanged) or
+        `Route.fail` is called.
+
+        Example:
+            with client.route("api") as route:
+                response = http.get(f"http://{route.address}/work")
+                if response.status_code >= 500:
+                    route.fail(str(response.status_code))
+
+        Args:
+            pool: Pool name.
+            exclude: Server ids not to pick.
+
+        Yields:
+            The handle of the routed request.
+        """
+        route = Route(self.select(pool, exclude=exclude))
+        try:
+            yield route
+        except BaseException as exc:
+            self._finish_route(route, exc)
+            raise
+        self._finish_route(route, None)
+
+    def flush_outcomes(self, timeout_s: float | None = None) -> bool:
+        """Sends every outcome queued so far, and waits until each is sent or given up on.
+
+        Args:
+            timeout_s: Longest to wait, seconds; None waits until done (each send
+                has its own deadline).
+
+        Returns:
+            True when every outcome queued before the call is settled.
+        """
+        check_wait_timeout(timeout_s)
+        return self._outcomes.flush(timeout_s)
+
+    def report_load(
+        self,
+        pool: str,
+        server_id: str,
+        *,
+        cpu_percent: float,
+        memory_percent: float,
+        active_requests: int = 0,
+        mean_latency_ms: float = 0.0,
+        error_rate: float = 0.0,
+        timeout_s: float | None = None,
+    ) -> int:
+        """Pushes one server's load (see `LoadReport` for units); returns reports applied."""
+        report = LoadReport(
+            pool=pool,
+            server_id=server_id,
+            cpu_percent=cpu_percent,
+            memory_percent=memory_percent,
+            active_requests=active_requests,
+            mean_latency_ms=mean_latency_ms,
+            error_rate=error_rate,
+        )
+        return self.report_loads([report], timeout_s=timeout_s)
+
+    def report_loads(self, reports: Iterable[LoadReport], *, timeout_s: float | None = None) -> int:
+        """Pushes load reports in one call, validated whole by the service.
+
+        Args:
+            reports: At most 1,000 reports; none makes no call.
+            timeout_s: Deadline of this call, seconds; the client's when None.
+
+        Returns:
+            Reports applied, count.
+
+        Raises:
+            ValueError: More than 1,000 reports.
+            InvalidArgumentError: A report is malformed; nothing was applied.
+            NotFoundError: A report names an unknown pool or server; nothing was applied.
+        """
+        request = report_load_request(reports)
+        if not request.reports:
+            return 0
+        response: _pb.ReportLoadResponse = self._call("ReportLoad", request, timeout_s)
+        return response.applied
+
+    def load_status(self, pool: str | None = None, *, timeout_s: float | None = None) -> LoadStatus:
+        """Returns a snapshot of pools, servers and operations (only `pool`, without operations, when given)."""
+        response: _pb.GetLoadStatusResponse = self._call("GetLoadStatus", load_status_request(pool), timeout_s)
+        return load_status_from_proto(response.status)
+
+    def close(self) -> None:
+        """Sends the queued outcomes, then closes the channel if the client opened it. Idempotent."""
+        if self._closed:
+            return
+        self._outcomes.close()
+        self._closed = True
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _call(self, method: str, request: Message, timeout_s: float | None = None) -> Any:
+        """Makes one RPC: every call of this client goes through here.
+
+        Applies the deadline and maps a failed call to the SDK's typed error; the
+        place for retries and the circuit breaker.
+        """
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        rpc = getattr(self._stub, method)
+        try:
+            return rpc(request, timeout=self._options.call_timeout_s(timeout_s))
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err
+
+    def _send_outcomes(self, request: _pb.ReportOutcomeRequest) -> _pb.ReportOutcomeResponse:
+        return self._call("ReportOutcome", request)

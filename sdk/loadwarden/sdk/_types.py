@@ -1,0 +1,213 @@
+"""The SDK's public value types; generated protobuf classes never appear in the API."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The server chosen for one request.
+
+    Attributes:
+        decision_id: Identifies the decision; report the request's outcome with it.
+            Empty when `fallback` is True (nothing to report to the service).
+        server_id: Chosen server id within the pool.
+        address: Where to reach the chosen server, e.g. "10.0.0.7:8080".
+        strategy: Routing strategy that decided, e.g. "round_robin".
+        explored: True when a learning strategy explored instead of exploiting.
+        fallback: True when the SDK decided locally because the service could not answer.
+    """
+
+    decision_id: str
+    server_id: str
+    address: str
+    strategy: str
+    explored: bool
+    fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """The load of one backend server.
+
+    Attributes:
+        pool: Pool the server belongs to.
+        server_id: Server id within the pool.
+        cpu_percent: Host CPU utilisation, percent, 0-100.
+        memory_percent: Host memory utilisation, percent, 0-100.
+        active_requests: Requests the server is processing right now, count.
+        mean_latency_ms: Mean request latency over the server's recent window, milliseconds.
+        error_rate: Share of failed requests over the server's recent window, 0-1.
+    """
+
+    pool: str
+    server_id: str
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    active_requests: int = 0
+    mean_latency_ms: float = 0.0
+    error_rate: float = 0.0
+
+
+class ServerState(enum.Enum):
+    """How a server stands for routing."""
+
+    UNSPECIFIED = "unspecified"
+    """The service sent no state (or one this SDK version does not know)."""
+    SERVING = "serving"
+    """Eligible for new work."""
+    STALE = "stale"
+    """Not eligible: its load report is missing or older than the pool's TTL."""
+    DRAINING = "draining"
+    """Not eligible: an operator drained it; in-flight work finishes normally."""
+    EJECTED = "ejected"
+    """Not eligible for now: ejected as an outlier until its ejection time ends."""
+
+
+class BatchMode(enum.Enum):
+    """How an operation's batch size is decided."""
+
+    UNSPECIFIED = "unspecified"
+    """The service sent no mode (or one this SDK version does not know)."""
+    THRESHOLD = "threshold"
+    """Load thresholds: low load answers the max size, high load the min size."""
+    LATENCY_TARGET = "latency_target"
+    """AIMD on reported batch latency against a target."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatus:
+    """What the service knows about one server.
+
+    Attributes:
+        id: Server id within its pool.
+        address: Address clients reach it at.
+        weight: Relative weight, 1-1000.
+        state: Routing state.
+        in_flight: Selections not yet matched by an outcome or expired, count.
+        load: The latest load report; None when the server has never reported.
+        load_reported_at: When `load` was reported (UTC); None when never.
+        ewma_latency_ms: EWMA of reported outcome latencies, milliseconds; 0 before any outcome.
+        error_rate: EWMA of reported outcome failures, 0-1.
+        selections_total: Times the server was selected since it was registered, count.
+    """
+
+    id: str
+    address: str
+    weight: int
+    state: ServerState
+    in_flight: int
+    load: LoadReport | None
+    load_reported_at: datetime | None
+    ewma_latency_ms: float
+    error_rate: float
+    selections_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """What the service knows about one pool.
+
+    Attributes:
+        name: Pool name.
+        strategy: Routing strategy name.
+        servers: Servers, sorted by id.
+        eligible_servers: Servers in state SERVING, count.
+        in_flight: Sum of the servers' in-flight selections, count.
+        active_leases: Leases held right now, count.
+        queue_length: Requests waiting for a slot right now, count.
+        concurrency_limit: Current concurrency limit; 0 means unlimited.
+    """
+
+    name: str
+    strategy: str
+    servers: tuple[ServerStatus, ...]
+    eligible_servers: int
+    in_flight: int
+    active_leases: int
+    queue_length: int
+    concurrency_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAdjustment:
+    """One change of an operation's batch size.
+
+    Attributes:
+        at: When the change happened (UTC).
+        previous_size: Size before, count.
+        new_size: Size after, count.
+        reason: Why, e.g. "load 85.0 >= high threshold 80.0".
+        load_score: Load score that drove it, percent 0-100; 0 in latency-target mode.
+    """
+
+    at: datetime
+    previous_size: int
+    new_size: int
+    reason: str
+    load_score: float
+
+
+@dataclass(frozen=True, slots=True)
+class OperationStatus:
+    """What the service knows about one batch operation.
+
+    Attributes:
+        name: Operation name.
+        batch_size: Current batch size, count.
+        last_load_score: Last load score seen, percent 0-100.
+        adjustments_total: Size changes since the operation was registered, count.
+        recent_adjustments: Most recent changes, newest last, at most 20.
+        mode: Sizing mode.
+    """
+
+    name: str
+    batch_size: int
+    last_load_score: float
+    adjustments_total: int
+    recent_adjustments: tuple[BatchAdjustment, ...]
+    mode: BatchMode
+
+
+@dataclass(frozen=True, slots=True)
+class LoadStatus:
+    """A snapshot of everything the service decides with.
+
+    Attributes:
+        generated_at: When the snapshot was taken (UTC).
+        pools: Pools, sorted by name.
+        pending_decisions: Decisions waiting for their outcome, count.
+        operations: Batch operations, sorted by name; empty when asked for one pool.
+    """
+
+    generated_at: datetime
+    pools: tuple[PoolStatus, ...]
+    pending_decisions: int
+    operations: tuple[OperationStatus, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeStats:
+    """Counters of the client's background outcome reporting, since the client started.
+
+    Every reported outcome ends up counted exactly once in `sent`, `dropped` or a
+    failed batch, or is still `pending`.
+
+    Attributes:
+        sent: Outcomes the service received (including `unknown` ones), count.
+        unknown: Of `sent`, outcomes whose decision the service no longer knew
+            (expired or already reported), count.
+        dropped: Outcomes discarded unsent because the buffer was full (oldest first)
+            or the client was closed, count.
+        failed_batches: Batches whose ReportOutcome call failed; their outcomes are lost, count.
+        pending: Outcomes buffered or being sent right now, count.
+    """
+
+    sent: int
+    unknown: int
+    dropped: int
+    failed_batches: int
+    pending: int
