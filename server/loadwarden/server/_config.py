@@ -68,11 +68,19 @@ class ServiceConfig:
     pools: tuple[PoolSpec, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.listen or ":" not in self.listen:
-            raise ConfigError("service.listen", f"must be host:port, got {self.listen!r}")
+        check_listen(self.listen)
         for key in ("shutdown_grace_ms", "expiry_interval_ms"):
             if not 0 <= getattr(self, key) <= 3_600_000:
                 raise ConfigError(f"service.{key}", "must be in [0, 3600000]")
+
+
+def check_listen(listen: str) -> None:
+    """``host:port`` (IPv6 hosts in brackets) with a port in 0-65535; 0 picks a free port."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError("service.listen", f"must be host:port with a port in 0-65535, got {listen!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ConfigError("service.listen", f"an IPv6 host needs brackets, e.g. [::1]:50051, got {listen!r}")
 
 
 _SERVICE_KEYS = {"listen", "shutdown_grace_ms", "expiry_interval_ms", "seed"}

@@ -36,7 +36,8 @@ _SERVER_OPTIONS = (
 
 @dataclass
 class RunningService:
-    """A started service. ``port`` is the bound port (useful with port 0)."""
+    """A started service. ``port`` is the bound port (useful with port 0); ``host`` keeps
+    IPv6 brackets, so ``target`` is dialable as is."""
 
     server: grpc.aio.Server
     core: DecisionCore
@@ -108,7 +109,7 @@ async def start_service(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     sweeper = asyncio.create_task(_sweep(core, config.expiry_interval_ms / 1000.0), name="loadwarden-sweeper")
     log.info("loadwarden serving on %s:%d (%d pools)", host, port, len(config.pools))
-    return RunningService(server, core, health_servicer, host.strip("[]"), port, sweeper)
+    return RunningService(server, core, health_servicer, host, port, sweeper)
 
 
 async def _sweep(core: DecisionCore, interval_s: float) -> None:
@@ -120,12 +121,13 @@ async def _sweep(core: DecisionCore, interval_s: float) -> None:
 
 async def serve(config: ServiceConfig, ready: asyncio.Event | None = None) -> None:
     """Runs the service until SIGTERM or SIGINT, then drains gracefully."""
-    running = await start_service(config)
-    print(f"loadwarden listening on {running.target}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Handlers first: a signal that arrives as soon as we announce readiness must drain too.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    running = await start_service(config)
+    print(f"loadwarden listening on {running.target}", flush=True)
     if ready is not None:
         ready.set()
     await stop.wait()

@@ -125,3 +125,15 @@ def test_too_many_pools() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"limits": {"max_pools": 1}, "pools": {"a": {}, "b": {}}})
     assert err.value.key == "pools"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "127.0.0.1:65536", "nohost", ":50051", "h:port", "::1:5"])
+def test_listen_must_be_host_and_valid_port(listen: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        ServiceConfig(listen=listen)
+    assert err.value.key == "service.listen"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "localhost:65535", "[::1]:50051", "0.0.0.0:1"])
+def test_valid_listen_addresses(listen: str) -> None:
+    assert ServiceConfig(listen=listen).listen == listen
