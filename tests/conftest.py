@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-import random
+import os
+
+# gRPC core logs connection teardown at INFO; keep test output to what tests say.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import random  # noqa: E402
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc

@@ -61,3 +61,15 @@ def test_readme_sdk_snippet_runs(processes: Processes) -> None:
     )
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_quick_start_serve_command_starts_the_service(processes: Processes) -> None:
+    # ./scripts/serve re-checks the install in .venv (already there when tests run), then serves.
+    proc = processes.spawn([REPO / "scripts" / "serve", "--listen", "127.0.0.1:0"])
+    match = proc.stdout.wait_for(re.compile(r"^loadwarden listening on (\S+)$", re.MULTILINE), 120)
+    assert match, proc.describe()
+    done = subprocess.run(
+        [str(tool("grpcurl")), "-plaintext", "-max-time", "5", match.group(1), "grpc.health.v1.Health/Check"],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert '"SERVING"' in done.stdout, done.stderr

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import os
 import sys
 from collections.abc import Sequence
+
+from loadwarden.observability import LOG_LEVELS, configure_logging
 
 from ._config import load_config
 from ._errors import ConfigError
@@ -23,14 +24,14 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("serve", help="run the Decision service")
     run.add_argument("--config", metavar="FILE", help="TOML config file (default: none, empty in-memory state)")
     run.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
-    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``loadwarden`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         config = load_config(args.config, os.environ)
         if args.listen:

@@ -1,0 +1,10 @@
+"""Observability for loadwarden: logging now; OpenTelemetry tracing and metrics set up here too.
+
+``server/`` and ``sdk/`` only emit (``logging``, and later the OpenTelemetry API);
+this package is the one place that configures where the output goes.
+"""
+
+from ._logging import LEVELS as LOG_LEVELS
+from ._logging import configure_logging
+
+__all__ = ["LOG_LEVELS", "configure_logging"]
