@@ -17,7 +17,7 @@ from ._errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._model import Backend, LoadSample, ServerSpec
 from ._pool import Pool
 from ._settings import PoolSettings
-from .strategies import StrategyContext, build_strategy
+from .strategies import Feedback, StrategyContext, build_strategy
 
 log = logging.getLogger("loadwarden.server")
 
@@ -83,7 +83,7 @@ class DecisionCore:
     ) -> None:
         self.limits = limits or CoreLimits()
         self.clock = clock or SystemClock()
-        self._context = StrategyContext(clock=self.clock, rng=rng or random.Random())
+        self._rng = rng or random.Random()
         self._ids = ids or IdGenerator()
         self._pools: dict[str, Pool] = {}
         self.pending = PendingDecisions(self.limits.decision_ttl_ms / 1000.0, self.limits.max_pending_decisions)
@@ -102,11 +102,11 @@ class DecisionCore:
         candidates = pool.eligible(now, exclude)
         if not candidates:
             raise Unavailable(pool.why_none_eligible(now, exclude), reason=NO_ELIGIBLE_SERVER)
-        server, explored = pool.strategy.choose(candidates)
+        server, explored, memo = pool.strategy.choose(candidates)
         server.in_flight += 1
         server.selections_total += 1
         decision_id = self._ids.new()
-        self._settle(self.pending.add(decision_id, pool, server, now))
+        self._settle(self.pending.add(decision_id, pool, server, now, memo))
         self._settle(self.pending.expire(now))
         return Selection(decision_id, server, pool.settings.strategy, explored)
 
@@ -128,7 +128,9 @@ class DecisionCore:
                 unknown.append(outcome.decision_id)
                 continue
             decision.server.record_outcome(outcome.success, outcome.latency_ms)
-            decision.pool.strategy.observe(decision.server, outcome.success, outcome.latency_ms)
+            decision.pool.strategy.observe(
+                Feedback(decision.server, outcome.success, outcome.latency_ms, decision.memo)
+            )
             applied += 1
         if outcomes and not applied:
             first = next(i for i, o in enumerate(outcomes) if o.decision_id == unknown[0])
@@ -170,7 +172,9 @@ class DecisionCore:
         for decision in expired:
             server = decision.server
             server.in_flight = max(0, server.in_flight - 1)
-            decision.pool.strategy.observe(server, False, self.limits.decision_ttl_ms)
+            decision.pool.strategy.observe(
+                Feedback(server, False, float(self.limits.decision_ttl_ms), decision.memo, expired=True)
+            )
 
     # --- state -----------------------------------------------------------------
 
@@ -198,8 +202,11 @@ class DecisionCore:
             (existing.settings.strategy, existing.settings.strategy_params)
             != (settings.strategy, settings.strategy_params)
         )
+        members: dict[str, Backend] = {} if existing is None else existing.servers
         strategy = (
-            build_strategy(settings.strategy, settings.strategy_params, self._context, where)
+            build_strategy(
+                settings.strategy, settings.strategy_params, StrategyContext(self.clock, self._rng, members), where
+            )
             if changed_strategy
             else None
         )
@@ -209,7 +216,7 @@ class DecisionCore:
             if len(self._pools) >= self.limits.max_pools:
                 raise ResourceExhausted(f"pools: the service holds at most {self.limits.max_pools} pools (max_pools)")
             assert strategy is not None
-            pool = self._pools[settings.name] = Pool(settings, strategy)
+            pool = self._pools[settings.name] = Pool(settings, strategy, members)
             created = True
         else:
             pool = existing

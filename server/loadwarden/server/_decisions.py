@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._model import Backend
 
@@ -39,6 +39,7 @@ class PendingDecision:
     pool: Pool
     server: Backend
     expires_at: float
+    memo: Any = None
 
 
 class PendingDecisions:
@@ -62,12 +63,14 @@ class PendingDecisions:
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, decision_id: str, pool: Pool, server: Backend, now: float) -> list[PendingDecision]:
+    def add(
+        self, decision_id: str, pool: Pool, server: Backend, now: float, memo: Any = None
+    ) -> list[PendingDecision]:
         """Records a decision; returns the decisions evicted to stay within capacity."""
         evicted = []
         while len(self._items) >= self.capacity:
             evicted.append(self._items.popitem(last=False)[1])
-        self._items[decision_id] = PendingDecision(decision_id, pool, server, now + self.ttl_s)
+        self._items[decision_id] = PendingDecision(decision_id, pool, server, now + self.ttl_s, memo)
         self.expired_total += len(evicted)
         return evicted
 

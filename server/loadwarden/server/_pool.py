@@ -15,10 +15,10 @@ class Pool:
 
     __slots__ = ("settings", "strategy", "servers", "_load_ttl_s")
 
-    def __init__(self, settings: PoolSettings, strategy: Strategy) -> None:
+    def __init__(self, settings: PoolSettings, strategy: Strategy, servers: dict[str, Backend]) -> None:
         self.settings = settings
         self.strategy = strategy
-        self.servers: dict[str, Backend] = {}
+        self.servers = servers  # shared with the strategy's context: mutate in place only
         self._load_ttl_s = settings.load_report_ttl_ms / 1000.0
 
     @property

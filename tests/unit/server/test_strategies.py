@@ -23,7 +23,7 @@ def context(seed: int = 1) -> StrategyContext:
 
 def picks(strategy_name: str, candidates: list[Backend], n: int) -> Counter[str]:
     strategy = build_strategy(strategy_name, {}, context(), "pool")
-    return Counter(strategy.choose(candidates)[0].id for _ in range(n))
+    return Counter(strategy.choose(candidates).server.id for _ in range(n))
 
 
 def test_round_robin_spreads_300_picks_evenly() -> None:
@@ -33,13 +33,13 @@ def test_round_robin_spreads_300_picks_evenly() -> None:
 def test_round_robin_rotates_in_order() -> None:
     strategy = build_strategy("round_robin", {}, context(), "pool")
     cands = servers(1, 1, 1)
-    assert [strategy.choose(cands)[0].id for _ in range(6)] == ["s1", "s2", "s3", "s1", "s2", "s3"]
+    assert [strategy.choose(cands).server.id for _ in range(6)] == ["s1", "s2", "s3", "s1", "s2", "s3"]
 
 
 def test_round_robin_honours_weights_and_interleaves() -> None:
     strategy = build_strategy("round_robin", {}, context(), "pool")
     cands = servers(5, 1, 1)
-    seq = [strategy.choose(cands)[0].id for _ in range(7)]
+    seq = [strategy.choose(cands).server.id for _ in range(7)]
     assert Counter(seq) == {"s1": 5, "s2": 1, "s3": 1}
     assert seq == ["s1", "s1", "s2", "s1", "s3", "s1", "s1"]  # smooth: never 5 in a row
 
@@ -48,7 +48,7 @@ def test_round_robin_keeps_rotating_when_candidates_shrink() -> None:
     strategy = build_strategy("round_robin", {}, context(), "pool")
     a, b, c = servers(1, 1, 1)
     strategy.choose([a, b, c])
-    got = Counter(strategy.choose([a, c])[0].id for _ in range(100))
+    got = Counter(strategy.choose([a, c]).server.id for _ in range(100))
     # b's leftover score may shift the phase by one pick, never the share.
     assert set(got) == {"s1", "s3"} and abs(got["s1"] - got["s3"]) <= 2
 
@@ -66,14 +66,14 @@ def test_least_connections_picks_fewest_in_flight() -> None:
     a, b, c = servers(1, 1, 1)
     a.in_flight, b.in_flight, c.in_flight = 4, 1, 3
     strategy = build_strategy("least_connections", {}, context(), "pool")
-    assert all(strategy.choose([a, b, c])[0] is b for _ in range(50))
+    assert all(strategy.choose([a, b, c]).server is b for _ in range(50))
 
 
 def test_least_connections_is_weight_aware() -> None:
     a, b = servers(4, 1)
     a.in_flight, b.in_flight = 3, 1  # 0.75 per weight vs 1.0
     strategy = build_strategy("least_connections", {}, context(), "pool")
-    assert strategy.choose([a, b])[0] is a
+    assert strategy.choose([a, b]).server is a
 
 
 def test_least_connections_breaks_ties_uniformly_and_reproducibly() -> None:

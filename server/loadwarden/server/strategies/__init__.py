@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import InvalidArgument
-from ._base import Strategy, StrategyBase, StrategyContext, parse_params
+from ._base import Choice, Feedback, Strategy, StrategyBase, StrategyContext, parse_params
 from .least_connections import LeastConnections
 from .round_robin import RoundRobin
 
@@ -53,4 +53,14 @@ def build_strategy(
     return cls(parse_params(cls.Params, params, f"{where}.strategy_params"), context)  # type: ignore[no-any-return]
 
 
-__all__ = ["STRATEGIES", "Strategy", "StrategyBase", "StrategyContext", "build_strategy", "check_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "Choice",
+    "Feedback",
+    "Strategy",
+    "StrategyBase",
+    "StrategyContext",
+    "build_strategy",
+    "check_strategy",
+    "strategy_class",
+]

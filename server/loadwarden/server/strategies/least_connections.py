@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .._model import Backend
-from ._base import StrategyBase, StrategyContext
+from ._base import Choice, StrategyBase, StrategyContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,7 @@ class LeastConnections(StrategyBase):
     def __init__(self, params: LeastConnectionsParams, context: StrategyContext) -> None:
         self._rng = context.rng
 
-    def choose(self, candidates: Sequence[Backend]) -> tuple[Backend, bool]:
+    def choose(self, candidates: Sequence[Backend]) -> Choice:
         best = candidates[0]
         best_cost = best.in_flight / best.weight
         ties = 1
@@ -40,4 +40,4 @@ class LeastConnections(StrategyBase):
                 # Reservoir sampling: each tied server ends up chosen with probability 1/ties.
                 if self._rng.random() * ties < 1.0:
                     best = server
-        return best, False
+        return Choice(best)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .._model import Backend
-from ._base import StrategyBase, StrategyContext
+from ._base import Choice, StrategyBase, StrategyContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,7 @@ class RoundRobin(StrategyBase):
     def __init__(self, params: RoundRobinParams, context: StrategyContext) -> None:
         self._score: dict[str, int] = {}  # one entry per server of the pool at most
 
-    def choose(self, candidates: Sequence[Backend]) -> tuple[Backend, bool]:
+    def choose(self, candidates: Sequence[Backend]) -> Choice:
         score = self._score
         total = 0
         best = candidates[0]
@@ -41,7 +41,7 @@ class RoundRobin(StrategyBase):
             if best_score is None or s > best_score:
                 best, best_score = server, s
         score[best.id] -= total
-        return best, False
+        return Choice(best)
 
     def forget(self, server_id: str) -> None:
         self._score.pop(server_id, None)
