@@ -45,6 +45,9 @@ class Backend:
 
     ``in_flight`` counts selections not yet matched by an outcome or expiry; it is
     never negative. ``load_at`` is monotonic seconds; ``None`` means never reported.
+    ``effective_weight`` is what strategies weigh by: ``weight``, scaled down while
+    the server ramps up after joining or returning (slow start); it is refreshed
+    by the pool each time the server is a candidate.
     """
 
     id: str
@@ -59,6 +62,33 @@ class Backend:
     error_rate: float = 0.0
     outcomes_total: int = 0
     selections_total: int = 0
+    effective_weight: float = 0.0
+    consecutive_failures: int = 0
+    ejected_until: float = 0.0
+    ejections_total: int = 0
+    ramp_start: float | None = None
+    routable: bool = False
+
+    def __post_init__(self) -> None:
+        self.effective_weight = float(self.weight)
+
+    @property
+    def cpu_percent(self) -> float:
+        """Reported CPU %, 0 when never reported."""
+        return self.load.cpu_percent if self.load is not None else 0.0
+
+    @property
+    def active_requests(self) -> int:
+        """Requests in progress: the larger of our in-flight count and the server's own report."""
+        reported = self.load.active_requests if self.load is not None else 0
+        return max(self.in_flight, reported)
+
+    @property
+    def response_time_ms(self) -> float:
+        """Outcome latency EWMA; the reported mean latency before any outcome; 0 when neither."""
+        if self.outcomes_total:
+            return self.ewma_latency_ms
+        return self.load.mean_latency_ms if self.load is not None else 0.0
 
     @classmethod
     def from_spec(cls, spec: ServerSpec) -> Backend:
@@ -67,6 +97,7 @@ class Backend:
     def update_spec(self, spec: ServerSpec) -> None:
         """Takes a re-registration's address and weight, keeping the decision state."""
         self.address = spec.address
+        self.effective_weight *= spec.weight / self.weight
         self.weight = spec.weight
 
     def record_outcome(self, success: bool, latency_ms: float) -> None:

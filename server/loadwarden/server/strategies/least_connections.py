@@ -29,10 +29,10 @@ class LeastConnections(StrategyBase):
 
     def choose(self, candidates: Sequence[Backend]) -> Choice:
         best = candidates[0]
-        best_cost = best.in_flight / best.weight
+        best_cost = best.in_flight / best.effective_weight
         ties = 1
         for server in candidates[1:]:
-            cost = server.in_flight / server.weight
+            cost = server.in_flight / server.effective_weight
             if cost < best_cost:
                 best, best_cost, ties = server, cost, 1
             elif cost == best_cost:

@@ -27,17 +27,17 @@ class RoundRobin(StrategyBase):
     Params = RoundRobinParams
 
     def __init__(self, params: RoundRobinParams, context: StrategyContext) -> None:
-        self._score: dict[str, int] = {}  # one entry per server of the pool at most
+        self._score: dict[str, float] = {}  # one entry per server of the pool at most
 
     def choose(self, candidates: Sequence[Backend]) -> Choice:
         score = self._score
-        total = 0
+        total = 0.0
         best = candidates[0]
         best_score = None
         for server in candidates:
-            s = score.get(server.id, 0) + server.weight
+            s = score.get(server.id, 0) + server.effective_weight
             score[server.id] = s
-            total += server.weight
+            total += server.effective_weight
             if best_score is None or s > best_score:
                 best, best_score = server, s
         score[best.id] -= total
