@@ -84,7 +84,7 @@ class LoadReport(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., server_id: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., active_requests: _Optional[int] = ..., mean_latency_ms: _Optional[float] = ..., error_rate: _Optional[float] = ...) -> None: ...
 
 class PoolConfig(_message.Message):
-    __slots__ = ("name", "strategy", "strategy_params", "load_report_ttl_ms", "require_load_report", "max_concurrency", "max_queue_length", "max_wait_ms", "lease_ttl_ms", "limit_algorithm", "limit_params", "rate_limit", "rate_burst", "servers")
+    __slots__ = ("name", "strategy", "strategy_params", "load_report_ttl_ms", "require_load_report", "max_concurrency", "max_queue_length", "max_wait_ms", "lease_ttl_ms", "limit_algorithm", "limit_params", "rate_limit", "rate_burst", "servers", "outlier_detection", "slow_start_ms")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,8 @@ class PoolConfig(_message.Message):
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     RATE_BURST_FIELD_NUMBER: _ClassVar[int]
     SERVERS_FIELD_NUMBER: _ClassVar[int]
+    OUTLIER_DETECTION_FIELD_NUMBER: _ClassVar[int]
+    SLOW_START_MS_FIELD_NUMBER: _ClassVar[int]
     name: str
     strategy: str
     strategy_params: _struct_pb2.Struct
@@ -113,7 +115,25 @@ class PoolConfig(_message.Message):
     rate_limit: str
     rate_burst: int
     servers: _containers.RepeatedCompositeFieldContainer[ServerSpec]
-    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[str] = ..., strategy_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., load_report_ttl_ms: _Optional[int] = ..., require_load_report: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue_length: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., limit_algorithm: _Optional[str] = ..., limit_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., rate_limit: _Optional[str] = ..., rate_burst: _Optional[int] = ..., servers: _Optional[_Iterable[_Union[ServerSpec, _Mapping]]] = ...) -> None: ...
+    outlier_detection: OutlierDetection
+    slow_start_ms: int
+    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[str] = ..., strategy_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., load_report_ttl_ms: _Optional[int] = ..., require_load_report: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue_length: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., limit_algorithm: _Optional[str] = ..., limit_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., rate_limit: _Optional[str] = ..., rate_burst: _Optional[int] = ..., servers: _Optional[_Iterable[_Union[ServerSpec, _Mapping]]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., slow_start_ms: _Optional[int] = ...) -> None: ...
+
+class OutlierDetection(_message.Message):
+    __slots__ = ("consecutive_failures", "base_ejection_time_ms", "max_ejection_time_ms", "max_ejection_percent", "panic_threshold_percent", "disabled")
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    BASE_EJECTION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EJECTION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EJECTION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    PANIC_THRESHOLD_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    consecutive_failures: int
+    base_ejection_time_ms: int
+    max_ejection_time_ms: int
+    max_ejection_percent: int
+    panic_threshold_percent: int
+    disabled: bool
+    def __init__(self, consecutive_failures: _Optional[int] = ..., base_ejection_time_ms: _Optional[int] = ..., max_ejection_time_ms: _Optional[int] = ..., max_ejection_percent: _Optional[int] = ..., panic_threshold_percent: _Optional[int] = ..., disabled: _Optional[bool] = ...) -> None: ...
 
 class OperationConfig(_message.Message):
     __slots__ = ("name", "min_batch_size", "max_batch_size", "default_batch_size", "low_threshold_percent", "high_threshold_percent", "cooldown_ms", "min_step", "mode", "target_latency_ms", "additive_step", "backoff_ratio", "load_source", "pool")
@@ -148,7 +168,7 @@ class OperationConfig(_message.Message):
     def __init__(self, name: _Optional[str] = ..., min_batch_size: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., default_batch_size: _Optional[int] = ..., low_threshold_percent: _Optional[float] = ..., high_threshold_percent: _Optional[float] = ..., cooldown_ms: _Optional[int] = ..., min_step: _Optional[int] = ..., mode: _Optional[_Union[BatchMode, str]] = ..., target_latency_ms: _Optional[float] = ..., additive_step: _Optional[int] = ..., backoff_ratio: _Optional[float] = ..., load_source: _Optional[_Union[LoadSource, str]] = ..., pool: _Optional[str] = ...) -> None: ...
 
 class ServerStatus(_message.Message):
-    __slots__ = ("id", "address", "weight", "state", "in_flight", "load", "load_reported_at", "ewma_latency_ms", "error_rate", "selections_total")
+    __slots__ = ("id", "address", "weight", "state", "in_flight", "load", "load_reported_at", "ewma_latency_ms", "error_rate", "selections_total", "ejections_total", "ejected_until", "effective_weight", "consecutive_failures")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +179,10 @@ class ServerStatus(_message.Message):
     EWMA_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
     SELECTIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    EJECTIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     weight: int
@@ -169,10 +193,21 @@ class ServerStatus(_message.Message):
     ewma_latency_ms: float
     error_rate: float
     selections_total: int
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., state: _Optional[_Union[ServerState, str]] = ..., in_flight: _Optional[int] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., load_reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ewma_latency_ms: _Optional[float] = ..., error_rate: _Optional[float] = ..., selections_total: _Optional[int] = ...) -> None: ...
+    ejections_total: int
+    ejected_until: _timestamp_pb2.Timestamp
+    effective_weight: float
+    consecutive_failures: int
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., state: _Optional[_Union[ServerState, str]] = ..., in_flight: _Optional[int] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., load_reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ewma_latency_ms: _Optional[float] = ..., error_rate: _Optional[float] = ..., selections_total: _Optional[int] = ..., ejections_total: _Optional[int] = ..., ejected_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., effective_weight: _Optional[float] = ..., consecutive_failures: _Optional[int] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
-    __slots__ = ("name", "strategy", "servers", "eligible_servers", "in_flight", "active_leases", "queue_length", "concurrency_limit")
+    __slots__ = ("name", "strategy", "servers", "eligible_servers", "in_flight", "active_leases", "queue_length", "concurrency_limit", "strategy_stats", "panic")
+    class StrategyStatsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     SERVERS_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +216,8 @@ class PoolStatus(_message.Message):
     ACTIVE_LEASES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_STATS_FIELD_NUMBER: _ClassVar[int]
+    PANIC_FIELD_NUMBER: _ClassVar[int]
     name: str
     strategy: str
     servers: _containers.RepeatedCompositeFieldContainer[ServerStatus]
@@ -189,7 +226,9 @@ class PoolStatus(_message.Message):
     active_leases: int
     queue_length: int
     concurrency_limit: int
-    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[str] = ..., servers: _Optional[_Iterable[_Union[ServerStatus, _Mapping]]] = ..., eligible_servers: _Optional[int] = ..., in_flight: _Optional[int] = ..., active_leases: _Optional[int] = ..., queue_length: _Optional[int] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
+    strategy_stats: _containers.ScalarMap[str, float]
+    panic: bool
+    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[str] = ..., servers: _Optional[_Iterable[_Union[ServerStatus, _Mapping]]] = ..., eligible_servers: _Optional[int] = ..., in_flight: _Optional[int] = ..., active_leases: _Optional[int] = ..., queue_length: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., strategy_stats: _Optional[_Mapping[str, float]] = ..., panic: _Optional[bool] = ...) -> None: ...
 
 class BatchAdjustment(_message.Message):
     __slots__ = ("at", "previous_size", "new_size", "reason", "load_score")

@@ -102,7 +102,7 @@ def timestamp(wall_s: float) -> Timestamp:
     return ts
 
 
-def server_status(pool: Pool, server: Backend, now: float) -> _common.ServerStatus:
+def server_status(pool: Pool, server: Backend, now: float, wall_now: float) -> _common.ServerStatus:
     status = _common.ServerStatus(
         id=server.id,
         address=server.address,
@@ -112,7 +112,12 @@ def server_status(pool: Pool, server: Backend, now: float) -> _common.ServerStat
         ewma_latency_ms=server.ewma_latency_ms,
         error_rate=server.error_rate,
         selections_total=server.selections_total,
+        ejections_total=server.ejections_total,
+        effective_weight=server.effective_weight,
+        consecutive_failures=server.consecutive_failures,
     )
+    if server.ejected_until > now:
+        status.ejected_until.CopyFrom(timestamp(wall_now + server.ejected_until - now))
     if server.load is not None and server.load_wall is not None:
         load = server.load
         status.load.CopyFrom(
@@ -130,8 +135,8 @@ def server_status(pool: Pool, server: Backend, now: float) -> _common.ServerStat
     return status
 
 
-def pool_status(pool: Pool, now: float) -> _common.PoolStatus:
-    servers = [server_status(pool, pool.servers[sid], now) for sid in sorted(pool.servers)]
+def pool_status(pool: Pool, now: float, wall_now: float) -> _common.PoolStatus:
+    servers = [server_status(pool, pool.servers[sid], now, wall_now) for sid in sorted(pool.servers)]
     return _common.PoolStatus(
         name=pool.name,
         strategy=pool.settings.strategy,
@@ -139,14 +144,16 @@ def pool_status(pool: Pool, now: float) -> _common.PoolStatus:
         eligible_servers=sum(1 for s in servers if s.state == _common.SERVER_STATE_SERVING),
         in_flight=sum(s.in_flight for s in servers),
         concurrency_limit=pool.settings.max_concurrency,
+        strategy_stats=pool.strategy.stats(),
+        panic=pool.panic,
     )
 
 
 def load_status(core: DecisionCore, pool_name: str) -> _common.LoadStatus:
-    now = core.clock.monotonic()
+    now, wall_now = core.clock.monotonic(), core.clock.wall()
     pools = [core.pool(pool_name)] if pool_name else core.pools()
     return _common.LoadStatus(
-        generated_at=timestamp(core.clock.wall()),
-        pools=[pool_status(p, now) for p in pools],
+        generated_at=timestamp(wall_now),
+        pools=[pool_status(p, now, wall_now) for p in pools],
         pending_decisions=len(core.pending),
     )

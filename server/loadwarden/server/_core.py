@@ -17,7 +17,7 @@ from ._errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._model import Backend, LoadSample, ServerSpec
 from ._pool import Pool
 from ._settings import PoolSettings
-from .strategies import Feedback, StrategyContext, build_strategy
+from .strategies import Feedback, StrategyContext, build_strategy, strategy_class
 
 log = logging.getLogger("loadwarden.server")
 
@@ -119,6 +119,7 @@ class DecisionCore:
         Raises:
             NotFound: when no entry matched a pending decision.
         """
+        now = self.clock.monotonic()
         self.expire()
         unknown: list[str] = []
         applied = 0
@@ -128,6 +129,8 @@ class DecisionCore:
                 unknown.append(outcome.decision_id)
                 continue
             decision.server.record_outcome(outcome.success, outcome.latency_ms)
+            if not outcome.success:
+                decision.pool.maybe_eject(decision.server, now)
             decision.pool.strategy.observe(
                 Feedback(decision.server, outcome.success, outcome.latency_ms, decision.memo)
             )
@@ -212,6 +215,10 @@ class DecisionCore:
         )
         if servers is not None and len(servers) > self.limits.max_servers_per_pool:
             raise InvalidArgument(f"{where}.servers", f"at most {self.limits.max_servers_per_pool} servers per pool")
+        count = len(servers) if servers is not None else len(existing.servers) if existing else 0
+        too_many = _strategy_size_problem(settings.strategy, count)
+        if too_many:
+            raise InvalidArgument(f"{where}.strategy", too_many)
         if existing is None:
             if len(self._pools) >= self.limits.max_pools:
                 raise ResourceExhausted(f"pools: the service holds at most {self.limits.max_pools} pools (max_pools)")
@@ -240,6 +247,10 @@ class DecisionCore:
                 f"server.id: pool {pool_name!r} holds at most {self.limits.max_servers_per_pool} servers "
                 "(max_servers_per_pool)"
             )
+        if spec.id not in pool.servers:
+            too_many = _strategy_size_problem(pool.settings.strategy, len(pool.servers) + 1)
+            if too_many:
+                raise ResourceExhausted(f"server.id: pool {pool_name!r}: {too_many}")
         server, created = pool.upsert(spec)
         log.info("server %s/%s %s at %s", pool_name, spec.id, "registered" if created else "updated", spec.address)
         return server, created
@@ -256,3 +267,13 @@ class DecisionCore:
         server.draining = drain
         log.info("server %s/%s %s", pool_name, server_id, "draining" if drain else "back in rotation")
         return server
+
+
+def _strategy_size_problem(strategy: str, servers: int) -> str:
+    """Why ``strategy`` cannot route over ``servers`` servers; empty when it can."""
+    cls = strategy_class(strategy, "pool")
+    limit = cls.max_servers
+    if limit is None or servers <= limit:
+        return ""
+    hint = getattr(cls, "too_large_hint", "")
+    return f"strategy {strategy!r} supports at most {limit} servers, got {servers}" + (f"; {hint}" if hint else "")

@@ -64,10 +64,12 @@ class Backend:
     selections_total: int = 0
     effective_weight: float = 0.0
     consecutive_failures: int = 0
-    ejected_until: float = 0.0
+    ejected_until: float = 0.0  # monotonic; > now while ejected, 0 once back
     ejections_total: int = 0
-    ramp_start: float | None = None
-    routable: bool = False
+    ejection_level: int = 0  # multiplier of the next ejection's length
+    returned_at: float | None = None  # when the last ejection ended
+    ramp_start: float | None = None  # when the server last became routable
+    routable: bool = False  # routable (not drained, not stale) at the last check
 
     def __post_init__(self) -> None:
         self.effective_weight = float(self.weight)
@@ -101,8 +103,9 @@ class Backend:
         self.weight = spec.weight
 
     def record_outcome(self, success: bool, latency_ms: float) -> None:
-        """Folds one reported outcome into the latency and error-rate EWMAs."""
+        """Folds one reported outcome into the EWMAs and the consecutive-failure count."""
         self.in_flight = max(0, self.in_flight - 1)
+        self.consecutive_failures = 0 if success else self.consecutive_failures + 1
         failure = 0.0 if success else 1.0
         if self.outcomes_total == 0:
             self.ewma_latency_ms = latency_ms
@@ -113,10 +116,16 @@ class Backend:
             self.error_rate += w * (failure - self.error_rate)
         self.outcomes_total += 1
 
+    def is_stale(self, now: float, load_ttl_s: float, require_load: bool) -> bool:
+        """True when the load is unknown: no report (and one is required) or an old one."""
+        if self.load_at is None:
+            return require_load
+        return now - self.load_at > load_ttl_s
+
     def health(self, now: float, load_ttl_s: float, require_load: bool) -> Health:
         """The server's routing state at monotonic time ``now``."""
         if self.draining:
             return Health.DRAINING
-        if self.load_at is None:
-            return Health.STALE if require_load else Health.SERVING
-        return Health.STALE if now - self.load_at > load_ttl_s else Health.SERVING
+        if self.is_stale(now, load_ttl_s, require_load):
+            return Health.STALE
+        return Health.EJECTED if self.ejected_until > now else Health.SERVING

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Collection
 
@@ -9,16 +10,30 @@ from ._model import Backend, Health, ServerSpec
 from ._settings import PoolSettings
 from .strategies import Strategy
 
+log = logging.getLogger("loadwarden.server")
+
+# Slow start never sends less than this share of a server's weight.
+SLOW_START_MIN_FRACTION = 0.1
+
+
+def _ramped(server: Backend, now: float, window_s: float) -> float:
+    """``weight`` scaled linearly from 10 % to 100 % over ``window_s`` after the ramp started."""
+    if window_s <= 0 or server.ramp_start is None:
+        return float(server.weight)
+    fraction = (now - server.ramp_start) / window_s
+    return server.weight * (1.0 if fraction >= 1.0 else max(SLOW_START_MIN_FRACTION, fraction))
+
 
 class Pool:
     """Servers by id (insertion order kept for stable rotation) and the strategy over them."""
 
-    __slots__ = ("settings", "strategy", "servers", "_load_ttl_s")
+    __slots__ = ("settings", "strategy", "servers", "panic", "_load_ttl_s")
 
     def __init__(self, settings: PoolSettings, strategy: Strategy, servers: dict[str, Backend]) -> None:
         self.settings = settings
         self.strategy = strategy
         self.servers = servers  # shared with the strategy's context: mutate in place only
+        self.panic = False
         self._load_ttl_s = settings.load_report_ttl_ms / 1000.0
 
     @property
@@ -59,20 +74,74 @@ class Pool:
         return server.health(now, self._load_ttl_s, self.settings.require_load_report)
 
     def eligible(self, now: float, exclude: Collection[str] = ()) -> list[Backend]:
-        """Servers that may be chosen at monotonic time ``now``, in registration order."""
+        """Servers that may be chosen at monotonic time ``now``, in registration order.
+
+        Drained and stale servers are never eligible, nor are those the request
+        excludes. Ejected servers are left out unless fewer than the panic
+        threshold of the routable servers would remain; then ejection is ignored
+        (``self.panic`` tells). Along the way this advances each server's routing
+        state: an ejection whose time is up ends, and a server that becomes
+        routable starts its slow-start ramp.
+        """
         ttl = self._load_ttl_s
         require = self.settings.require_load_report
-        out = []
+        window = self.settings.slow_start_ms / 1000.0
+        routable: list[Backend] = []
+        healthy: list[Backend] = []
         for server in self.servers.values():
-            if server.draining or (exclude and server.id in exclude):
+            if server.draining or server.is_stale(now, ttl, require):
+                server.routable = False
                 continue
-            if server.load_at is None:
-                if require:
+            if not server.routable:
+                server.routable = True
+                server.ramp_start = now
+            if server.ejected_until:
+                if server.ejected_until > now:
+                    if not (exclude and server.id in exclude):
+                        routable.append(server)
                     continue
-            elif now - server.load_at > ttl:
+                server.ejected_until = 0.0
+                server.returned_at = server.ramp_start = now
+            if exclude and server.id in exclude:
                 continue
-            out.append(server)
-        return out
+            server.effective_weight = _ramped(server, now, window)
+            routable.append(server)
+            healthy.append(server)
+        threshold = self.settings.outlier.panic_threshold_percent
+        self.panic = len(healthy) < len(routable) and len(healthy) * 100 < threshold * len(routable)
+        if self.panic:
+            for server in routable:
+                server.effective_weight = _ramped(server, now, window)
+            return routable
+        return healthy
+
+    def maybe_eject(self, server: Backend, now: float) -> bool:
+        """Ejects ``server`` if its consecutive failures reached the threshold and the cap allows.
+
+        The n-th ejection in a row lasts n times the base time, capped; a server
+        that stayed healthy for the cap since its last return starts again at 1x.
+        """
+        outlier = self.settings.outlier
+        if outlier.disabled or server.ejected_until > now:
+            return False
+        if server.consecutive_failures < outlier.consecutive_failures or server.id not in self.servers:
+            return False
+        ejected = sum(1 for s in self.servers.values() if s.ejected_until > now)
+        if ejected >= max(1, len(self.servers) * outlier.max_ejection_percent // 100):
+            return False
+        max_s = outlier.max_ejection_time_ms / 1000.0
+        if server.returned_at is not None and now - server.returned_at > max_s:
+            server.ejection_level = 0
+        server.ejection_level += 1
+        server.ejections_total += 1
+        duration_s = min(outlier.base_ejection_time_ms / 1000.0 * server.ejection_level, max_s)
+        server.ejected_until = now + duration_s
+        server.consecutive_failures = 0
+        log.warning(
+            "server %s/%s ejected for %.1f s after %d consecutive failures (ejection #%d)",
+            self.name, server.id, duration_s, outlier.consecutive_failures, server.ejections_total,
+        )
+        return True
 
     def why_none_eligible(self, now: float, exclude: Collection[str]) -> str:
         """Explains an empty ``eligible`` result for the UNAVAILABLE message."""

@@ -135,8 +135,10 @@ class AdminServicer(_admin_grpc.AdminServiceServicer):
     async def ConfigurePool(self, request: _admin.ConfigurePoolRequest, context: Any) -> _admin.ConfigurePoolResponse:
         settings, servers = convert.pool_config(request.pool, self._core.limits.max_servers_per_pool)
         pool, created = self._core.configure_pool(settings, servers)
-        now = self._core.clock.monotonic()
-        return _admin.ConfigurePoolResponse(pool=convert.pool_status(pool, now), created=created)
+        clock = self._core.clock
+        return _admin.ConfigurePoolResponse(
+            pool=convert.pool_status(pool, clock.monotonic(), clock.wall()), created=created
+        )
 
     @_rpc
     async def DeletePool(self, request: _admin.DeletePoolRequest, context: Any) -> _admin.DeletePoolResponse:
@@ -150,7 +152,7 @@ class AdminServicer(_admin_grpc.AdminServiceServicer):
         pool_name = check_name(request.pool, "pool")
         server, created = self._core.register_server(pool_name, convert.server_spec(request.server))
         pool = self._core.pool(pool_name)
-        status = convert.server_status(pool, server, self._core.clock.monotonic())
+        status = convert.server_status(pool, server, self._core.clock.monotonic(), self._core.clock.wall())
         return _admin.RegisterServerResponse(server=status, created=created)
 
     @_rpc
@@ -164,7 +166,8 @@ class AdminServicer(_admin_grpc.AdminServiceServicer):
     async def DrainServer(self, request: _admin.DrainServerRequest, context: Any) -> _admin.DrainServerResponse:
         pool_name = check_name(request.pool, "pool")
         server = self._core.drain_server(pool_name, check_name(request.server_id, "server_id"), request.drain)
-        status = convert.server_status(self._core.pool(pool_name), server, self._core.clock.monotonic())
+        clock = self._core.clock
+        status = convert.server_status(self._core.pool(pool_name), server, clock.monotonic(), clock.wall())
         return _admin.DrainServerResponse(server=status)
 
     async def ConfigureOperation(self, request: Any, context: Any) -> Any:

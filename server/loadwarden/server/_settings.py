@@ -31,6 +31,62 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierSettings:
+    """Outlier ejection (Envoy style).
+
+    Attributes:
+        consecutive_failures: Failed outcomes in a row that eject a server.
+        base_ejection_time_ms: The n-th ejection lasts n times this.
+        max_ejection_time_ms: Cap on one ejection.
+        max_ejection_percent: Most of the pool ejected at once (at least one server may be).
+        panic_threshold_percent: Below this share of un-ejected routable servers, ejection is ignored.
+        disabled: True turns ejection off.
+    """
+
+    consecutive_failures: int = 5
+    base_ejection_time_ms: int = 30_000
+    max_ejection_time_ms: int = 300_000
+    max_ejection_percent: int = 50
+    panic_threshold_percent: int = 50
+    disabled: bool = False
+
+
+_OUTLIER_RANGES = {
+    "consecutive_failures": (0, 1_000),
+    "base_ejection_time_ms": (0, 3_600_000),
+    "max_ejection_time_ms": (0, 86_400_000),
+    "max_ejection_percent": (0, 100),
+    "panic_threshold_percent": (0, 100),
+}
+
+
+def parse_outlier(values: Any, key: str) -> OutlierSettings:
+    """Parses an ``outlier_detection`` table; zero values keep the defaults."""
+    table = _table(values, key)
+    kwargs: dict[str, Any] = {}
+    for name, value in table.items():
+        if name == "disabled":
+            kwargs[name] = _bool(value, f"{key}.{name}")
+            continue
+        if name not in _OUTLIER_RANGES:
+            valid = ", ".join(sorted([*_OUTLIER_RANGES, "disabled"]))
+            raise InvalidArgument(f"{key}.{name}", f"unknown key; valid keys: {valid}")
+        low, high = _OUTLIER_RANGES[name]
+        number = _int(value, f"{key}.{name}", low, high)
+        if name.endswith("_time_ms"):
+            check_ttl_ms(number, f"{key}.{name}", high)
+        if number:
+            kwargs[name] = number
+    settings = OutlierSettings(**kwargs)
+    if settings.max_ejection_time_ms < settings.base_ejection_time_ms:
+        raise InvalidArgument(
+            f"{key}.max_ejection_time_ms",
+            f"must be >= base_ejection_time_ms ({settings.base_ejection_time_ms}), got {settings.max_ejection_time_ms}",
+        )
+    return settings
+
+
+@dataclass(frozen=True, slots=True)
 class PoolSettings:
     """A pool's routing and admission settings (validated; see ``parse_pool``).
 
@@ -47,6 +103,8 @@ class PoolSettings:
         limit_algorithm: Admission limit algorithm name.
         limit_params: Parameters for it, by name.
         rate_limit: Per-client-key token bucket, or None.
+        outlier: Outlier ejection settings.
+        slow_start_ms: Weight ramp window for joining/returning servers; 0 is off.
     """
 
     name: str
@@ -61,6 +119,8 @@ class PoolSettings:
     limit_algorithm: str = "fixed"
     limit_params: Mapping[str, Any] = field(default_factory=dict)
     rate_limit: RateLimit | None = None
+    outlier: OutlierSettings = field(default_factory=OutlierSettings)
+    slow_start_ms: int = 0
 
 
 def _str(value: Any, key: str) -> str:
@@ -149,7 +209,11 @@ def parse_pool(
         InvalidArgument: naming ``<where>.<key>``.
     """
     check_name(name, name_field)
-    known = (set(PoolSettings.__dataclass_fields__) - {"name"}) | {"servers", "rate_burst"}
+    known = (set(PoolSettings.__dataclass_fields__) - {"name", "outlier"}) | {
+        "servers",
+        "rate_burst",
+        "outlier_detection",
+    }
     for key in values:
         if key not in known:
             raise InvalidArgument(f"{where}.{key}", f"unknown key; valid keys: {', '.join(sorted(known))}")
@@ -195,6 +259,10 @@ def parse_pool(
     kwargs["rate_limit"] = parse_rate_limit(
         _str(get("rate_limit") or "", f"{where}.rate_limit"), burst, f"{where}.rate_limit"
     )
+    if get("outlier_detection") is not None:
+        kwargs["outlier"] = parse_outlier(get("outlier_detection"), f"{where}.outlier_detection")
+    if get("slow_start_ms") is not None:
+        kwargs["slow_start_ms"] = _int(get("slow_start_ms"), f"{where}.slow_start_ms", 0, 3_600_000)
     settings = PoolSettings(**kwargs)
     check_strategy(settings.strategy, settings.strategy_params, where)
     servers = get("servers")
