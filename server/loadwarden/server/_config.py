@@ -33,6 +33,7 @@ from ._core import CoreLimits
 from ._errors import ConfigError, InvalidArgument
 from ._model import ServerSpec
 from ._settings import PoolSettings, parse_pool
+from ._store import STORES
 from ._validation import check_count
 
 ENV_PREFIX = "LOADWARDEN_"
@@ -48,6 +49,21 @@ class PoolSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class StateSettings:
+    """Where learned state outlives the process.
+
+    Attributes:
+        store: ``memory`` (nothing survives a restart) or ``file``.
+        path: Directory for the ``file`` store.
+        save_interval_ms: How often learned state is saved (and once more at shutdown).
+    """
+
+    store: str = "memory"
+    path: str = ""
+    save_interval_ms: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """Everything ``loadwarden serve`` needs.
 
@@ -58,6 +74,7 @@ class ServiceConfig:
         seed: RNG seed for strategies; None seeds from the OS.
         limits: Bounds on client-grown state.
         pools: Pools to create at start.
+        state: Persistence of learned state.
     """
 
     listen: str = DEFAULT_LISTEN
@@ -66,6 +83,7 @@ class ServiceConfig:
     seed: int | None = None
     limits: CoreLimits = field(default_factory=CoreLimits)
     pools: tuple[PoolSpec, ...] = ()
+    state: StateSettings = field(default_factory=StateSettings)
 
     def __post_init__(self) -> None:
         check_listen(self.listen)
@@ -90,7 +108,7 @@ _LIMIT_KEYS = {
     "max_pools": (1, 100_000),
     "max_servers_per_pool": (1, 1_000_000),
 }
-_TOP_KEYS = {"service", "limits", "pools"}
+_TOP_KEYS = {"service", "limits", "pools", "state"}
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -174,6 +192,7 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
     except InvalidArgument as exc:
         raise ConfigError(exc.field, exc.problem) from None
     return ServiceConfig(
+        state=_parse_state(_section(raw, "state")),
         listen=listen,
         shutdown_grace_ms=service.get("shutdown_grace_ms", 5_000),
         expiry_interval_ms=service.get("expiry_interval_ms", 1_000),
@@ -181,6 +200,27 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
         limits=limits,
         pools=tuple(pools),
     )
+
+
+def _parse_state(raw: Mapping[str, Any]) -> StateSettings:
+    valid = {"store", "path", "save_interval_ms"}
+    for key in raw:
+        if key not in valid:
+            raise ConfigError(f"state.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
+    store = raw.get("store", "memory")
+    if store not in STORES:
+        raise ConfigError("state.store", f"unknown store {store!r}; valid stores: {', '.join(sorted(STORES))}")
+    path = raw.get("path", "")
+    if not isinstance(path, str):
+        raise ConfigError("state.path", f"must be a directory path, got {path!r}")
+    if store == "file" and not path:
+        raise ConfigError("state.path", "is required with store = \"file\"")
+    interval = raw.get("save_interval_ms", 10_000)
+    try:
+        check_count(interval, "state.save_interval_ms", 10, 3_600_000)
+    except InvalidArgument as exc:
+        raise ConfigError(exc.field, exc.problem) from None
+    return StateSettings(store=store, path=path, save_interval_ms=interval)
 
 
 def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:

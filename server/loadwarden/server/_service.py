@@ -19,8 +19,10 @@ from ._clock import Clock
 from ._config import ServiceConfig
 from ._core import DecisionCore
 from ._errors import ConfigError, InvalidArgument
+from ._persistence import Persister, restore
 from ._reflection import enable_reflection
 from ._servicer import AdminServicer, DecisionServicer
+from ._store import STORES, MemoryStore, StateStore
 
 log = logging.getLogger("loadwarden.server")
 
@@ -44,7 +46,8 @@ class RunningService:
     health: health.aio.HealthServicer
     host: str
     port: int
-    _sweeper: asyncio.Task[None]
+    persister: Persister | None
+    _tasks: list[asyncio.Task[None]]
 
     @property
     def target(self) -> str:
@@ -54,10 +57,13 @@ class RunningService:
     async def stop(self, grace_s: float | None = None) -> None:
         """Reports NOT_SERVING, then lets in-flight RPCs finish for ``grace_s`` seconds."""
         await self.health.enter_graceful_shutdown()
-        self._sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._sweeper
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.server.stop(grace_s)
+        if self.persister is not None:
+            await self.persister.save()  # after the last outcome was applied
 
 
 async def start_service(
@@ -66,6 +72,7 @@ async def start_service(
     clock: Clock | None = None,
     rng: random.Random | None = None,
     extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+    store: StateStore | None = None,
 ) -> RunningService:
     """Builds the decision core from ``config`` and starts serving on ``config.listen``.
 
@@ -75,6 +82,7 @@ async def start_service(
         rng: Randomness for strategies; ``random.Random(config.seed)`` by default.
         extra_handlers: More gRPC handlers to serve on the same port (benchmarks use
             this to put an empty handler beside the real ones).
+        store: Where learned state is kept; built from ``config.state`` by default.
 
     Raises:
         ConfigError: a pool's strategy or parameters are invalid.
@@ -87,6 +95,9 @@ async def start_service(
             core.configure_pool(spec.settings, spec.servers, where=where)
         except InvalidArgument as exc:
             raise ConfigError(exc.field, exc.problem) from None
+    if store is None:
+        store = STORES[config.state.store](config.state.path) if config.state.store == "file" else MemoryStore()
+    restore(core, store)
 
     server = grpc.aio.server(options=_SERVER_OPTIONS)
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(core), server)
@@ -107,9 +118,13 @@ async def start_service(
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    sweeper = asyncio.create_task(_sweep(core, config.expiry_interval_ms / 1000.0), name="loadwarden-sweeper")
+    tasks = [asyncio.create_task(_sweep(core, config.expiry_interval_ms / 1000.0), name="loadwarden-sweeper")]
+    persister = None
+    if store.durable:
+        persister = Persister(core, store, config.state.save_interval_ms / 1000.0)
+        tasks.append(asyncio.create_task(persister.run(), name="loadwarden-persister"))
     log.info("loadwarden serving on %s:%d (%d pools)", host, port, len(config.pools))
-    return RunningService(server, core, health_servicer, host, port, sweeper)
+    return RunningService(server, core, health_servicer, host, port, persister, tasks)
 
 
 async def _sweep(core: DecisionCore, interval_s: float) -> None:

@@ -1,0 +1,118 @@
+"""State stores: where state that must outlive the process is kept.
+
+Policies never talk to a store; the service hands them snapshots. ``memory``
+keeps nothing across restarts (the embedded default); ``file`` keeps blobs in a
+directory, written atomically. A shared store (Redis) for several replicas
+implements the same three methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Protocol
+
+from ._errors import ConfigError
+
+log = logging.getLogger("loadwarden.server")
+
+
+class StateStore(Protocol):
+    """Named blobs. ``save`` is atomic: a reader sees the old blob or the new one, never a mix."""
+
+    durable: bool
+
+    def load(self, key: str) -> bytes | None:
+        """The blob saved under ``key``, or None when there is none."""
+        ...
+
+    def save(self, key: str, data: bytes) -> None:
+        """Replaces the blob under ``key``."""
+        ...
+
+    def quarantine(self, key: str) -> str | None:
+        """Moves a blob that cannot be read aside (kept for inspection); returns where to."""
+        ...
+
+
+class MemoryStore:
+    """Blobs in a dict: gone when the process ends."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, bytes] = {}
+
+    def load(self, key: str) -> bytes | None:
+        return self._blobs.get(key)
+
+    def save(self, key: str, data: bytes) -> None:
+        self._blobs[key] = bytes(data)
+
+    def quarantine(self, key: str) -> str | None:
+        blob = self._blobs.pop(key, None)
+        if blob is None:
+            return None
+        aside = f"{key}.corrupt-{time.time_ns()}"
+        self._blobs[aside] = blob
+        return aside
+
+
+class FileStore:
+    """One file per key in ``directory``.
+
+    ``save`` writes a temporary file in the same directory, fsyncs it, renames
+    it over the old one and fsyncs the directory, so a crash at any instant
+    leaves either the previous file or the new one. Temporary files left by a
+    crash are removed when the store opens.
+    """
+
+    durable = True
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("state.path", f"cannot create directory {str(self.directory)!r}: {exc.strerror}") from None
+        if not os.access(self.directory, os.W_OK):
+            raise ConfigError("state.path", f"directory {str(self.directory)!r} is not writable")
+        for leftover in self.directory.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def load(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def save(self, key: str, data: bytes) -> None:
+        target = self._path(key)
+        tmp = self.directory / f".{key}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        directory = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def quarantine(self, key: str) -> str | None:
+        source = self._path(key)
+        aside = source.with_name(f"{source.name}.corrupt-{time.time_ns()}")
+        try:
+            os.replace(source, aside)
+        except FileNotFoundError:
+            return None
+        return str(aside)
+
+
+STORES = {"memory": MemoryStore, "file": FileStore}
