@@ -84,7 +84,7 @@ def test_least_connections_breaks_ties_uniformly_and_reproducibly() -> None:
 
 
 def test_registry_names_match_classes() -> None:
-    assert set(STRATEGIES) == {"round_robin", "least_connections"}
+    assert {"round_robin", "least_connections", "p2c", "peak_ewma"} <= set(STRATEGIES)
     for name, cls in STRATEGIES.items():
         assert cls.name == name
 
@@ -93,7 +93,7 @@ def test_unknown_strategy_lists_valid_names() -> None:
     with pytest.raises(InvalidArgument) as err:
         build_strategy("fastest", {}, context(), "pools.api")
     assert err.value.field == "pools.api.strategy"
-    assert "least_connections, round_robin" in str(err.value)
+    assert "least_connections, p2c, peak_ewma" in str(err.value) and "round_robin" in str(err.value)
 
 
 def test_unknown_strategy_parameter_is_named() -> None:

@@ -12,11 +12,15 @@ from typing import Any
 from .._errors import InvalidArgument
 from ._base import Choice, Feedback, Strategy, StrategyBase, StrategyContext, parse_params
 from .least_connections import LeastConnections
+from .p2c import P2C
+from .peak_ewma import PeakEwma
 from .round_robin import RoundRobin
 
 STRATEGIES: dict[str, Any] = {
     RoundRobin.name: RoundRobin,
     LeastConnections.name: LeastConnections,
+    P2C.name: P2C,
+    PeakEwma.name: PeakEwma,
 }
 
 

@@ -1,0 +1,135 @@
+"""Peak EWMA: power of d choices on latency times load.
+
+Each decision samples ``choice_count`` distinct candidates (as ``p2c`` does) and
+takes the lowest ``latency_ms * (in_flight + 1) / effective_weight``, where
+``latency_ms`` is a per-server moving average that is hyper-sensitive to peaks:
+a sample above the average replaces it at once, a lower one pulls it down with
+weight ``1 - exp(-elapsed_s / decay_s)`` (elapsed since that server's previous
+sample), so a server that turns slow loses traffic on its first slow answer and
+regains it only gradually. This is Finagle's ``PeakEwma`` balancer (Twitter,
+2014) as later adopted by Linkerd and tower's ``peak_ewma`` load.
+
+As in Finagle and tower, the average a decision reads is decayed towards 0 by the
+time since the server's last sample (not stored): a server that stopped getting
+traffic after a spike looks better and better until it is probed again.
+
+Failures and expired decisions count as at least ``failure_penalty_ms``, so a
+server that fails fast does not look fast.
+
+A server without samples yet is priced at ``default_rtt_ms`` when that is set.
+By default (0) it borrows the median estimate of the servers it was sampled
+with: a new server then competes on in-flight requests alone, so it is tried at
+once but takes no more than its share until its own answers arrive. A fixed
+guess would flood it (guess below the pool's latency) or starve it (above).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .._model import Backend
+from ._base import Choice, Feedback, StrategyBase, StrategyContext
+from .p2c import check_choice_count, least_cost, sample_distinct
+
+# Estimates are read as at least 1 µs, so cost still grows with in_flight when latencies read 0 ms.
+_MIN_ESTIMATE_MS = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class PeakEwmaParams:
+    """Parameters of ``peak_ewma``.
+
+    Attributes:
+        choice_count: Distinct random candidates compared per decision, 2-16.
+        decay_ms: Time constant of the average, > 0: a sample ``decay_ms`` after
+            the previous one moves the average 63 % of the way to it.
+        failure_penalty_ms: Latency a failed or expired decision counts as at
+            least, >= 0; 0 counts the reported latency as it is.
+        default_rtt_ms: Estimate for servers without samples, >= 0; 0 borrows
+            the median estimate of the other sampled servers.
+    """
+
+    choice_count: int = 2
+    decay_ms: float = 10_000.0
+    failure_penalty_ms: float = 1_000.0
+    default_rtt_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choice_count(self.choice_count)
+        if not (math.isfinite(self.decay_ms) and self.decay_ms > 0):
+            raise ValueError(f"decay_ms: must be a finite number > 0, got {self.decay_ms}")
+        for name in ("failure_penalty_ms", "default_rtt_ms"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a finite number >= 0, got {value}")
+
+
+class PeakEwma(StrategyBase):
+    """Least ``peak_ewma_latency * (in_flight + 1) / effective_weight`` among random candidates.
+
+    Keeps one ``(average ms, monotonic s of the last sample)`` per server of the
+    pool that has had a sample; feedback for a server no longer in the pool's
+    live map is ignored, so ``forget`` is final. ``Choice.memo`` holds the ids of
+    the sampled candidates.
+    """
+
+    name = "peak_ewma"
+    Params = PeakEwmaParams
+
+    def __init__(self, params: PeakEwmaParams, context: StrategyContext) -> None:
+        self._params = params
+        self._decay_s = params.decay_ms / 1000.0
+        self._clock = context.clock
+        self._rng = context.rng
+        self._servers = context.servers
+        self._ewma: dict[str, tuple[float, float]] = {}
+
+    def choose(self, candidates: Sequence[Backend]) -> Choice:
+        sampled = sample_distinct(candidates, self._params.choice_count, self._rng)
+        now = self._clock.monotonic()
+        estimates = [self._estimate(s.id, now) for s in sampled]
+        prior = self._prior(estimates) if None in estimates else 0.0
+        costs = [
+            max(prior if e is None else e, _MIN_ESTIMATE_MS) * (s.in_flight + 1) / s.effective_weight
+            for s, e in zip(sampled, estimates)
+        ]
+        return Choice(least_cost(sampled, costs, self._rng), memo=tuple(s.id for s in sampled))
+
+    def observe(self, feedback: Feedback) -> None:
+        server = feedback.server
+        if self._servers.get(server.id) is not server:
+            return
+        latency = feedback.latency_ms
+        if not feedback.success or feedback.expired:
+            latency = max(latency, self._params.failure_penalty_ms)
+        now = self._clock.monotonic()
+        entry = self._ewma.get(server.id)
+        if entry is None or latency >= entry[0]:
+            self._ewma[server.id] = (latency, now)
+            return
+        ewma, at = entry
+        w = 1.0 - math.exp(-(now - at) / self._decay_s)
+        self._ewma[server.id] = (ewma + w * (latency - ewma), now)
+
+    def forget(self, server_id: str) -> None:
+        self._ewma.pop(server_id, None)
+
+    def stats(self) -> dict[str, float]:
+        return {"tracked_servers": float(len(self._ewma))}
+
+    def _estimate(self, server_id: str, now: float) -> float | None:
+        entry = self._ewma.get(server_id)
+        if entry is None:
+            return None
+        ewma, at = entry
+        return ewma * math.exp(-(now - at) / self._decay_s)
+
+    def _prior(self, estimates: list[float | None]) -> float:
+        if self._params.default_rtt_ms > 0:
+            return self._params.default_rtt_ms
+        known = [e for e in estimates if e is not None]
+        # With no sampled server known, any positive value ranks them by in_flight / weight.
+        return statistics.median(known) if known else 1.0
