@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .._model import Backend
 from ._base import Choice, StrategyBase, StrategyContext
+from ._sampling import least_cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,16 +29,5 @@ class LeastConnections(StrategyBase):
         self._rng = context.rng
 
     def choose(self, candidates: Sequence[Backend]) -> Choice:
-        best = candidates[0]
-        best_cost = best.in_flight / best.effective_weight
-        ties = 1
-        for server in candidates[1:]:
-            cost = server.in_flight / server.effective_weight
-            if cost < best_cost:
-                best, best_cost, ties = server, cost, 1
-            elif cost == best_cost:
-                ties += 1
-                # Reservoir sampling: each tied server ends up chosen with probability 1/ties.
-                if self._rng.random() * ties < 1.0:
-                    best = server
-        return Choice(best)
+        costs = [server.in_flight / server.effective_weight for server in candidates]
+        return Choice(least_cost(candidates, costs, self._rng))

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from .._model import Backend
 from ._base import Choice, Feedback, StrategyBase, StrategyContext
-from .p2c import check_choice_count, least_cost, sample_distinct
+from ._sampling import check_choice_count, least_cost, sample_distinct
 
 # Estimates are read as at least 1 µs, so cost still grows with in_flight when latencies read 0 ms.
 _MIN_ESTIMATE_MS = 0.001
