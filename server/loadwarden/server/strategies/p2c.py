@@ -23,6 +23,7 @@ from .._model import Backend
 from ._base import Choice, StrategyBase, StrategyContext
 from ._sampling import check_choice_count, least_cost, sample_distinct
 
+
 @dataclass(frozen=True, slots=True)
 class P2CParams:
     """Parameters of ``p2c``.
