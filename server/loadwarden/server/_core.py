@@ -275,5 +275,5 @@ def _strategy_size_problem(strategy: str, servers: int) -> str:
     limit = cls.max_servers
     if limit is None or servers <= limit:
         return ""
-    hint = getattr(cls, "too_large_hint", "")
-    return f"strategy {strategy!r} supports at most {limit} servers, got {servers}" + (f"; {hint}" if hint else "")
+    hint = getattr(cls, "too_large_hint", "") or f"strategy {strategy!r} serves at most {limit} servers"
+    return f"{servers} servers: {hint}"

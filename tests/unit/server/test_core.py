@@ -198,3 +198,19 @@ def test_ids_are_unique_and_prefixed() -> None:
     batch = {ids.new() for _ in range(1000)}
     assert len(batch) == 1000
     assert ids.new().split("-")[0] != other.new().split("-")[0]
+
+
+def test_tabular_agent_refuses_large_pools_naming_the_alternative() -> None:
+    from loadwarden.server._errors import InvalidArgument
+
+    core = DecisionCore(clock=ManualClock())
+    specs = [ServerSpec(f"s{i}", f"h:{i}") for i in range(11)]
+    with pytest.raises(InvalidArgument) as err:
+        core.configure_pool(PoolSettings(name="big", strategy="q_learning"), specs)
+    assert err.value.field == "pool.strategy" and "q_linear" in str(err.value) and "11 servers" in str(err.value)
+    core.configure_pool(PoolSettings(name="big", strategy="q_learning"), specs[:10])
+    with pytest.raises(ResourceExhausted, match="q_linear"):
+        core.register_server("big", specs[10])
+    core.register_server("big", ServerSpec("s0", "h:new"))  # updating an existing server is fine
+    core.configure_pool(PoolSettings(name="big", strategy="q_linear"), specs)
+    core.register_server("big", specs[10])

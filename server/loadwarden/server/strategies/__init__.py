@@ -14,6 +14,8 @@ from ._base import Choice, Feedback, Strategy, StrategyBase, StrategyContext, pa
 from .least_connections import LeastConnections
 from .p2c import P2C
 from .peak_ewma import PeakEwma
+from .q_learning import QLearning
+from .q_linear import QLinear
 from .round_robin import RoundRobin
 
 STRATEGIES: dict[str, Any] = {
@@ -21,6 +23,8 @@ STRATEGIES: dict[str, Any] = {
     LeastConnections.name: LeastConnections,
     P2C.name: P2C,
     PeakEwma.name: PeakEwma,
+    QLearning.name: QLearning,
+    QLinear.name: QLinear,
 }
 
 

@@ -1,0 +1,226 @@
+"""Linear Q-learning over per-server features: learned routing for pools of any size.
+
+``q_learning`` keys its table by the load level of every server, 3^N states, so it
+stops at 10 servers. Here each candidate ``a`` is scored on its own:
+
+    Q(a) = w · φ(a) + b_a
+
+``φ(a)`` are the server's normalised load features (CPU, active requests per unit
+of weight, response time, error rate), ``w`` is shared by all servers and ``b_a``
+is a per-server bias that learns what the features miss, such as a server's
+intrinsic speed (a server not learned yet starts at the mean bias). The target is the reward alone (``-latency_ms / latency_scale_ms``,
+failures counting ``failure_penalty_ms``): a contextual bandit, gamma = 0. For
+per-request routing the next decision's value max_a' Q(s', a') is nearly the same
+whichever server this request took, so bootstrapping on it adds noise and a
+1/(1-gamma) scale without telling actions apart.
+
+Updates are normalised LMS (the step divided by 1 + |φ|², so the prediction moves
+``alpha`` of the way to the target), with features and TD error clipped and
+non-finite values refused, so one outlier cannot make the weights diverge. A
+decision scores at most ``sample_size`` random candidates: O(sample_size) per
+choice, O(features) per outcome, whatever the pool size.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .._model import Backend
+from ._base import Choice, Feedback, StrategyBase, StrategyContext
+from ._state import (
+    EpsilonGreedy,
+    check_exploration,
+    check_int,
+    check_range,
+    pick_best,
+    read_float,
+    read_head,
+    read_mapping,
+    read_server_id,
+    snapshot_head,
+)
+
+FEATURES = ("cpu", "active", "response", "error_rate")
+FEATURE_CLIP = 10.0  # every feature lies in [0, FEATURE_CLIP]
+WEIGHT_LIMIT = 1000.0  # |w_i| and |b_a| never exceed it
+
+
+@dataclass(frozen=True, slots=True)
+class QLinearParams:
+    """Linear Q-learning parameters.
+
+    Attributes:
+        alpha: Learning rate: the share of the TD error each update removes, (0, 1].
+        epsilon: Starting exploration probability, [0, 1].
+        epsilon_decay: Factor applied to epsilon after every update, (0, 1].
+        epsilon_min: Floor of epsilon, [0, epsilon].
+        sample_size: Candidates scored per exploiting decision, 1-10000; all when fewer.
+        latency_scale_ms: Latency worth one reward unit; also divides the response-time
+            feature, > 0.
+        failure_penalty_ms: Latency a failed or expired decision counts as, >= 0.
+        active_scale_requests: Active requests per unit of weight that make the
+            ``active`` feature 1, > 0.
+        td_error_clip: Largest TD error (reward units) one update applies, > 0.
+    """
+
+    alpha: float = 0.1
+    epsilon: float = 0.1
+    epsilon_decay: float = 0.995
+    epsilon_min: float = 0.01
+    sample_size: int = 8
+    latency_scale_ms: float = 100.0
+    failure_penalty_ms: float = 1000.0
+    active_scale_requests: float = 10.0
+    td_error_clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_exploration(self.alpha, self.epsilon, self.epsilon_decay, self.epsilon_min)
+        check_int("sample_size", self.sample_size, 1, 10_000)
+        check_range("latency_scale_ms", self.latency_scale_ms, 0.0, 3_600_000.0, low_open=True)
+        check_range("failure_penalty_ms", self.failure_penalty_ms, 0.0, 3_600_000.0)
+        check_range("active_scale_requests", self.active_scale_requests, 0.0, 1_000_000.0, low_open=True)
+        check_range("td_error_clip", self.td_error_clip, 0.0, 1_000_000.0, low_open=True)
+
+
+class QLinear(StrategyBase):
+    """ε-greedy linear Q-learning with per-server biases; safe to call from several threads."""
+
+    name = "q_linear"
+    max_servers = None
+    Params = QLinearParams
+
+    def __init__(self, params: QLinearParams, context: StrategyContext) -> None:
+        self._p = params
+        self._rng = context.rng
+        self._servers = context.servers
+        self._eps = EpsilonGreedy(params.epsilon, params.epsilon_decay, params.epsilon_min)
+        self._lock = threading.Lock()
+        self._w = [0.0] * len(FEATURES)
+        self._bias: dict[str, float] = {}
+        self._bias_sum = 0.0  # sum of self._bias values: a new server starts at their mean
+        self._episodes = self._updates = self._explored = 0
+        self._scored = 0  # candidates scored by exploiting decisions: the decision cost
+
+    def choose(self, candidates: Sequence[Backend]) -> Choice:
+        rng = self._rng
+        with self._lock:
+            n = len(candidates)
+            if self._eps.explore(rng):
+                self._explored += 1
+                server = candidates[rng.randrange(n)]
+                return Choice(server, True, self._features(server))
+            k = self._p.sample_size
+            pool = candidates if n <= k else [candidates[i] for i in rng.sample(range(n), k)]
+            self._scored += len(pool)
+            scored = []
+            for server in pool:
+                x = self._features(server)
+                scored.append((self._score(x, server.id), (x, server)))
+            x, best = pick_best(scored, rng)
+            return Choice(best, False, x)
+
+    def observe(self, feedback: Feedback) -> None:
+        p = self._p
+        x = feedback.memo
+        if not (isinstance(x, tuple) and len(x) == len(FEATURES)):
+            return  # not decided by this strategy
+        if feedback.success and not feedback.expired:
+            reward = -feedback.latency_ms / p.latency_scale_ms
+        else:
+            reward = -p.failure_penalty_ms / p.latency_scale_ms
+        if not math.isfinite(reward):
+            return
+        with self._lock:
+            self._episodes += 1
+            sid = feedback.server.id
+            if sid not in self._servers:
+                return  # left the pool; forget() dropped its bias
+            td = reward - self._score(x, sid)
+            td = max(-p.td_error_clip, min(p.td_error_clip, td))
+            step = p.alpha * td / (1.0 + sum(v * v for v in x))
+            w = self._w
+            for i, v in enumerate(x):
+                w[i] = _limit(w[i] + step * v)
+            old = self._bias.get(sid)
+            new = _limit((self._mean_bias() if old is None else old) + step)
+            self._bias[sid] = new
+            self._bias_sum += new - (old or 0.0)
+            self._updates += 1
+            self._eps.step()
+
+    def forget(self, server_id: str) -> None:
+        with self._lock:
+            self._bias_sum -= self._bias.pop(server_id, 0.0)
+
+    def stats(self) -> dict[str, float]:
+        with self._lock:
+            out = {
+                "episodes": float(self._episodes),
+                "updates": float(self._updates),
+                "epsilon": self._eps.value,
+                "explored": float(self._explored),
+                "servers_learned": float(len(self._bias)),
+                "scored": float(self._scored),
+            }
+            out.update({f"weight_{name}": w for name, w in zip(FEATURES, self._w)})
+            return out
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            counts = (self._episodes, self._updates, self._explored)
+            return {
+                **snapshot_head(self.name, self._eps.value, counts),
+                "weights": dict(zip(FEATURES, self._w)),
+                "biases": dict(self._bias),
+            }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        body, epsilon, counts = read_head(state, self.name, ("weights", "biases"))
+        weights = read_mapping(body["weights"], "weights")
+        if set(weights) != set(FEATURES):
+            raise ValueError(f"weights: must have exactly the features {', '.join(FEATURES)}")
+        w = [read_float(weights[f], f"weights.{f}", -WEIGHT_LIMIT, WEIGHT_LIMIT) for f in FEATURES]
+        bias = {
+            read_server_id(sid, "biases"): read_float(b, f"biases[{sid!r}]", -WEIGHT_LIMIT, WEIGHT_LIMIT)
+            for sid, b in read_mapping(body["biases"], "biases").items()
+        }
+        with self._lock:
+            if self._servers:  # servers that left while the snapshot was stored
+                bias = {sid: b for sid, b in bias.items() if sid in self._servers}
+            self._eps.value = epsilon
+            self._episodes, self._updates, self._explored = counts
+            self._w = w
+            self._bias = bias
+            self._bias_sum = math.fsum(bias.values())
+
+    # --- model -------------------------------------------------------------------
+
+    def _features(self, server: Backend) -> tuple[float, ...]:
+        p = self._p
+        weight = max(server.effective_weight, 1e-3)
+        return (
+            _clip(server.cpu_percent / 100.0),
+            _clip(server.active_requests / weight / p.active_scale_requests),
+            _clip(server.response_time_ms / p.latency_scale_ms),
+            _clip(server.error_rate),
+        )
+
+    def _score(self, x: tuple[float, ...], server_id: str) -> float:
+        b = self._bias.get(server_id)
+        return sum(w * v for w, v in zip(self._w, x)) + (self._mean_bias() if b is None else b)
+
+    def _mean_bias(self) -> float:
+        return self._bias_sum / len(self._bias) if self._bias else 0.0
+
+
+def _clip(value: float) -> float:
+    # NaN fails both comparisons and becomes 0.
+    return value if 0.0 <= value <= FEATURE_CLIP else (FEATURE_CLIP if value > FEATURE_CLIP else 0.0)
+
+
+def _limit(value: float) -> float:
+    return max(-WEIGHT_LIMIT, min(WEIGHT_LIMIT, value))
