@@ -1,0 +1,157 @@
+"""Scenario configuration: frozen, validated dataclasses.
+
+Every ``ValueError`` raised here reads ``"<field>: <problem>"``, the convention
+the rest of loadwarden uses, so a caller can tell which field to fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+SERVICE_DISTRIBUTIONS = ("exponential", "constant")
+# Hard bound on the requests of one run, whatever the arrival settings say.
+MAX_REQUESTS = 10_000_000
+
+
+def _check_positive(value: object, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise ValueError(f"{field}: must be a finite number > 0, got {value!r}")
+
+
+def _check_count(value: object, field: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not (low <= value <= high):
+        raise ValueError(f"{field}: must be an integer in [{low}, {high}], got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SimServer:
+    """One simulated backend.
+
+    Attributes:
+        id: Server id, unique in the scenario; also its id in the decision core.
+        speed: Service rate multiplier; a request's mean service time is
+            ``base_ms / speed``.
+        workers: Requests served at once; more wait in one FIFO queue, so
+            latency (wait + service) grows with load.
+        base_ms: Mean service time in ms at speed 1.
+        service: ``"exponential"`` (mean ``base_ms / speed``) or ``"constant"``
+            (exactly ``base_ms / speed``).
+        failure_probability: Chance in [0, 1] that a served request fails; a
+            failed request still takes its service time.
+        weight: Weight registered with the decision core (1-1000).
+    """
+
+    id: str
+    speed: float = 1.0
+    workers: int = 1
+    base_ms: float = 10.0
+    service: str = "exponential"
+    failure_probability: float = 0.0
+    weight: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"id: must be a non-empty string, got {self.id!r}")
+        _check_positive(self.speed, "speed")
+        _check_count(self.workers, "workers", 1, 100_000)
+        _check_positive(self.base_ms, "base_ms")
+        if self.service not in SERVICE_DISTRIBUTIONS:
+            raise ValueError(f"service: must be one of {', '.join(SERVICE_DISTRIBUTIONS)}, got {self.service!r}")
+        p = self.failure_probability
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= p <= 1.0):
+            raise ValueError(f"failure_probability: must be a number in [0, 1], got {p!r}")
+        _check_count(self.weight, "weight", 1, 1000)
+
+    @property
+    def capacity_per_s(self) -> float:
+        """Requests per second this server completes when always busy."""
+        return self.workers * self.speed * 1000.0 / self.base_ms
+
+
+def capacity_per_s(servers: Sequence[SimServer]) -> float:
+    """Requests per second the servers complete together when all are always busy.
+
+    The sum over servers of ``workers * speed / base_ms`` (per ms, times 1000).
+    Arrivals at ``0.8 * capacity_per_s(servers)`` load the servers to 80 %
+    when the routing matches each server's share of the capacity.
+    """
+    return sum(server.capacity_per_s for server in servers)
+
+
+@dataclass(frozen=True, slots=True)
+class Arrivals:
+    """Open-loop Poisson arrivals.
+
+    A run stops arriving at ``requests`` arrivals or after ``duration_s``
+    seconds of simulated time, whichever comes first; at least one must be set,
+    and never more than ``MAX_REQUESTS`` arrive.
+
+    Attributes:
+        rate_per_s: Mean arrivals per simulated second.
+        requests: Number of arrivals, or None.
+        duration_s: Simulated seconds during which requests arrive, or None.
+    """
+
+    rate_per_s: float
+    requests: int | None = None
+    duration_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive(self.rate_per_s, "rate_per_s")
+        if self.requests is None and self.duration_s is None:
+            raise ValueError("requests: set requests, duration_s or both")
+        if self.requests is not None:
+            _check_count(self.requests, "requests", 1, MAX_REQUESTS)
+        if self.duration_s is not None:
+            _check_positive(self.duration_s, "duration_s")
+            if self.requests is None and self.rate_per_s * self.duration_s > MAX_REQUESTS:
+                raise ValueError(
+                    f"duration_s: rate_per_s * duration_s expects more than {MAX_REQUESTS} requests; "
+                    "shorten it or set requests"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """Servers, traffic and seed of one simulation; the strategy is chosen per run.
+
+    Attributes:
+        servers: The backends, in registration order; ids unique. A list is
+            stored as a tuple.
+        arrivals: The traffic.
+        seed: Seeds every random draw of a run. Arrival times, request sizes and
+            failure draws come from one stream and routing from another, so
+            runs with the same seed see the same requests whatever the strategy.
+        load_report_interval_ms: Each server reports its load to the decision
+            core this often (simulated time), 1 ms to 1 h.
+        pool: Pool name in the decision core.
+    """
+
+    servers: tuple[SimServer, ...]
+    arrivals: Arrivals
+    seed: int = 0
+    load_report_interval_ms: float = 1000.0
+    pool: str = "sim"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.servers, (tuple, list)) or not self.servers:
+            raise ValueError(f"servers: must be a non-empty sequence of SimServer, got {self.servers!r}")
+        object.__setattr__(self, "servers", tuple(self.servers))  # a list is taken, a tuple is kept
+        seen: set[str] = set()
+        for i, server in enumerate(self.servers):
+            if not isinstance(server, SimServer):
+                raise ValueError(f"servers[{i}]: must be a SimServer, got {server!r}")
+            if server.id in seen:
+                raise ValueError(f"servers[{i}].id: duplicate server id {server.id!r}")
+            seen.add(server.id)
+        if not isinstance(self.arrivals, Arrivals):
+            raise ValueError(f"arrivals: must be an Arrivals, got {self.arrivals!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed: must be an integer, got {self.seed!r}")
+        interval = self.load_report_interval_ms
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (1 <= interval <= 3_600_000):
+            raise ValueError(f"load_report_interval_ms: must be a number in [1, 3600000], got {interval!r}")
+        if not isinstance(self.pool, str) or not self.pool:
+            raise ValueError(f"pool: must be a non-empty string, got {self.pool!r}")
