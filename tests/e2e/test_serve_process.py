@@ -57,6 +57,24 @@ def test_environment_overrides_the_pool_strategy(processes: Processes, grpcurl: 
         ),
         pytest.param("[service]\nshutdown_grace_ms = -1\n", {}, "service.shutdown_grace_ms", id="negative-grace"),
         pytest.param(API_CONFIG, {"LOADWARDEN_POOLS__API__STRATEGY": "nope"}, "pools.api.strategy", id="env-strategy"),
+        pytest.param(
+            '[pools.api]\nstrategy = "p2c"\nstrategy_params = { choice_count = 1 }\n',
+            {}, "pools.api.strategy_params.choice_count", id="strategy-param-range",
+        ),
+        pytest.param(
+            '[pools.api]\nstrategy = "q_learning"\nstrategy_params = { alpha = "fast" }\n',
+            {}, "pools.api.strategy_params.alpha", id="strategy-param-type",
+        ),
+        pytest.param(
+            '[pools.api]\nstrategy = "peak_ewma"\nstrategy_params = { decay = 5 }\n',
+            {}, "pools.api.strategy_params.decay", id="strategy-param-unknown",
+        ),
+        pytest.param(
+            "[pools.api]\nstrategy = \"q_learning\"\nservers = ["
+            + ", ".join(f'{{ id = "s{i}", address = "h:{i}" }}' for i in range(11)) + "]\n",
+            {}, "pools.api.strategy", id="q-learning-pool-too-large",
+        ),
+        pytest.param('[state]\nstore = "file"\n', {}, "state.path", id="file-store-without-path"),
     ],
 )
 def test_invalid_config_exits_2_naming_the_key(

@@ -7,6 +7,7 @@ from collections import Counter
 
 import grpc
 import pytest
+from google.protobuf.struct_pb2 import Struct, Value
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loadwarden.server import ManualClock
@@ -191,6 +192,12 @@ BAD_INPUTS = [
     (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", limit_algorithm="magic")), INVALID, "pool.limit_algorithm"),
     (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", servers=[common.ServerSpec(id="a", address="h 1")])), INVALID, "pool.servers[0].address"),
     (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", servers=[common.ServerSpec(id="a", address="h:1", weight=1001)])), INVALID, "pool.servers[0].weight"),
+    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", strategy="p2c", strategy_params=Struct(fields={"choice_count": Value(number_value=1)}))), INVALID, "pool.strategy_params.choice_count"),
+    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", strategy="p2c", strategy_params=Struct(fields={"choice_count": Value(number_value=2.5)}))), INVALID, "pool.strategy_params.choice_count"),
+    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", strategy="q_learning", strategy_params=Struct(fields={"gamma": Value(number_value=1.5)}))), INVALID, "pool.strategy_params.gamma"),
+    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", outlier_detection=common.OutlierDetection(max_ejection_percent=150))), INVALID, "pool.outlier_detection.max_ejection_percent"),
+    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", slow_start_ms=4_000_000)), INVALID, "pool.slow_start_ms"),
+    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", strategy="q_learning", servers=[common.ServerSpec(id=f"s{i}", address="h:1") for i in range(11)])), INVALID, "pool.strategy"),
     (A, "RegisterServer", admin.RegisterServerRequest(pool="api", server=common.ServerSpec(id="", address="h:1")), INVALID, "server.id"),
     (A, "RegisterServer", admin.RegisterServerRequest(pool="api", server=common.ServerSpec(id="x", address="")), INVALID, "server.address"),
     (A, "RegisterServer", admin.RegisterServerRequest(pool="nope", server=common.ServerSpec(id="x", address="h:1")), NOT_FOUND, "pool"),
@@ -255,3 +262,30 @@ async def test_stop_turns_health_not_serving(start, channel_to) -> None:  # type
     await running.health.enter_graceful_shutdown()
     assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
     watch.cancel()
+
+
+async def test_configure_pool_with_strategy_params_and_outlier_detection(stubs) -> None:  # type: ignore[no-untyped-def]
+    decision, admin_stub, _ = stubs
+    config = common.PoolConfig(
+        name="learned",
+        strategy="q_learning",
+        strategy_params=Struct(fields={"epsilon": Value(number_value=0.2), "alpha": Value(number_value=0.5)}),
+        outlier_detection=common.OutlierDetection(consecutive_failures=2),
+        slow_start_ms=1000,
+        servers=[common.ServerSpec(id=f"s{i}", address=f"h:{i}") for i in range(3)],
+    )
+    answer = await admin_stub.ConfigurePool(admin.ConfigurePoolRequest(pool=config))
+    assert answer.created and answer.pool.strategy == "q_learning"
+    assert answer.pool.strategy_stats["epsilon"] == pytest.approx(0.2)
+    chosen = await decision.SelectServer(pb.SelectServerRequest(pool="learned"))
+    assert chosen.strategy == "q_learning"
+    for _ in range(2):  # two failures in a row eject the server
+        again = await decision.SelectServer(pb.SelectServerRequest(pool="learned", exclude_server_ids=[
+            s for s in ("s0", "s1", "s2") if s != chosen.server_id]))
+        await decision.ReportOutcome(pb.ReportOutcomeRequest(outcomes=[
+            pb.Outcome(decision_id=again.decision_id, success=False, latency_ms=5)]))
+    servers = await status(decision, "learned")
+    assert servers[chosen.server_id].state == common.SERVER_STATE_EJECTED
+    assert servers[chosen.server_id].ejections_total == 1
+    stats = (await decision.GetLoadStatus(pb.GetLoadStatusRequest(pool="learned"))).status.pools[0].strategy_stats
+    assert stats["episodes"] == 2
