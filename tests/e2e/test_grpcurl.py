@@ -66,12 +66,25 @@ def test_unknown_pool_is_not_found_naming_the_field(shared_service: Service, grp
 
 
 def test_unimplemented_rpc_says_so(shared_service: Service, grpcurl: Grpcurl) -> None:
-    result = grpcurl(
-        shared_service.target, f"{DECISION}/AcquireSlot", data={"pool": "api", "request_id": "r-1"}
-    )
+    result = grpcurl(shared_service.target, f"{DECISION}/GetBatchSize", data={"operation": "import"})
 
     assert result.code == "Unimplemented", str(result)
-    assert "AcquireSlot" in result.message and "not implemented" in result.message, str(result)
+    assert "GetBatchSize" in result.message and "not implemented" in result.message, str(result)
+
+
+def test_acquire_and_release_a_slot(shared_service: Service, grpcurl: Grpcurl) -> None:
+    granted = grpcurl(
+        shared_service.target, f"{DECISION}/AcquireSlot",
+        data={"pool": "api", "request_id": "r-1", "select_server": True},
+    ).json()
+    assert granted["granted"] is True and granted["server_id"].startswith("api-"), granted
+    lease_id = granted["lease"]["lease_id"]
+    released = grpcurl(
+        shared_service.target, f"{DECISION}/ReleaseSlot", data={"lease_id": lease_id, "success": True}
+    ).json()
+    assert released == {"released": True}
+    again = grpcurl(shared_service.target, f"{DECISION}/ReleaseSlot", data={"lease_id": lease_id}).json()
+    assert again == {"already_released": True}
 
 
 def test_sigterm_exits_zero_and_stops_answering(processes: Processes, grpcurl: Grpcurl) -> None:

@@ -123,9 +123,6 @@ async def test_admin_lifecycle(stubs) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("method", "request_"),
     [
-        ("AcquireSlot", pb.AcquireSlotRequest(pool="api")),
-        ("RenewLease", pb.RenewLeaseRequest(lease_id="x")),
-        ("ReleaseSlot", pb.ReleaseSlotRequest(lease_id="x")),
         ("GetBatchSize", pb.GetBatchSizeRequest(operation="x")),
         ("ReportBatch", pb.ReportBatchRequest()),
     ],

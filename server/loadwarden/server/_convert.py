@@ -8,19 +8,29 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from loadwarden.v1 import common_pb2 as _common
+from loadwarden.v1 import decision_pb2 as _pb
 
+from ._admission import Denial, Granted, Lease, SlotRequest
 from ._core import DecisionCore, LoadReportIn, OutcomeReport
 from ._errors import InvalidArgument
 from ._model import Backend, Health, LoadSample, ServerSpec
 from ._pool import Pool
 from ._settings import PoolSettings, parse_pool, parse_server
-from ._validation import check_count, check_name, check_range
+from ._validation import check_count, check_name, check_range, check_ttl_ms
 
 MAX_BATCH = 1_000
 MAX_EXCLUDE = 64
 MAX_LATENCY_MS = 86_400_000.0
 MAX_ACTIVE_REQUESTS = 1_000_000
 MAX_STATUS_LEN = 64
+MAX_PRIORITY = 9
+MAX_WAIT_MS = 3_600_000
+
+_DENIAL = {
+    Denial.AT_CAPACITY: _pb.DENIAL_REASON_AT_CAPACITY,
+    Denial.QUEUE_TIMEOUT: _pb.DENIAL_REASON_QUEUE_TIMEOUT,
+    Denial.NO_ELIGIBLE_SERVER: _pb.DENIAL_REASON_NO_ELIGIBLE_SERVER,
+}
 
 _HEALTH = {
     Health.SERVING: _common.SERVER_STATE_SERVING,
@@ -143,7 +153,9 @@ def pool_status(pool: Pool, now: float, wall_now: float) -> _common.PoolStatus:
         servers=servers,
         eligible_servers=sum(1 for s in servers if s.state == _common.SERVER_STATE_SERVING),
         in_flight=sum(s.in_flight for s in servers),
-        concurrency_limit=pool.settings.max_concurrency,
+        active_leases=pool.slots.in_use,
+        queue_length=pool.slots.waiting,
+        concurrency_limit=pool.slots.limit.limit,
         strategy_stats=pool.strategy.stats(),
         panic=pool.panic,
     )
@@ -156,4 +168,53 @@ def load_status(core: DecisionCore, pool_name: str) -> _common.LoadStatus:
         generated_at=timestamp(wall_now),
         pools=[pool_status(p, now, wall_now) for p in pools],
         pending_decisions=len(core.pending),
+    )
+
+
+def _optional_name(value: str, field: str) -> str:
+    return check_name(value, field) if value else ""
+
+
+def slot_request(request: _pb.AcquireSlotRequest) -> SlotRequest:
+    ttl_ms = check_ttl_ms(request.lease_ttl_ms, "lease_ttl_ms")
+    return SlotRequest(
+        pool=check_name(request.pool, "pool"),
+        request_id=_optional_name(request.request_id, "request_id"),
+        priority=check_count(request.priority, "priority", 0, MAX_PRIORITY),
+        max_wait_s=check_count(request.max_wait_ms, "max_wait_ms", 0, MAX_WAIT_MS) / 1000.0,
+        lease_ttl_s=ttl_ms / 1000.0 if ttl_ms else None,
+        client_key=_optional_name(request.client_key, "client_key"),
+        select_server=request.select_server,
+    )
+
+
+def lease(lease_: Lease, now: float, wall_now: float) -> _common.Lease:
+    return _common.Lease(
+        lease_id=lease_.id,
+        pool=lease_.slots.settings.name,
+        ttl_ms=round(lease_.ttl_s * 1000),
+        expires_at=timestamp(wall_now + lease_.expires_at - now),
+    )
+
+
+def acquire_response(answer: Granted | object, core: DecisionCore) -> _pb.AcquireSlotResponse:
+    now, wall_now = core.clock.monotonic(), core.clock.wall()
+    if isinstance(answer, Granted):
+        granted = answer.lease
+        response = _pb.AcquireSlotResponse(
+            granted=True,
+            decision_id=granted.decision_id or granted.id,
+            lease=lease(granted, now, wall_now),
+            queue_wait_ms=round(answer.queue_wait_s * 1000),
+        )
+        if granted.server is not None:
+            response.server_id, response.address = granted.server.id, granted.server.address
+        return response
+    return _pb.AcquireSlotResponse(
+        granted=False,
+        decision_id=core.new_decision_id(),
+        denial_reason=_DENIAL[answer.denial],  # type: ignore[attr-defined]
+        reason=answer.reason,  # type: ignore[attr-defined]
+        retry_after_ms=round(answer.retry_after_s * 1000),  # type: ignore[attr-defined]
+        queue_wait_ms=round(answer.queue_wait_s * 1000),  # type: ignore[attr-defined]
     )

@@ -11,6 +11,7 @@ import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from ._admission import Admission, Answer, Lease, SlotPool, SlotRequest
 from ._clock import Clock, SystemClock
 from ._decisions import IdGenerator, PendingDecision, PendingDecisions
 from ._errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -33,12 +34,16 @@ class CoreLimits:
         max_pending_decisions: Selections awaiting outcomes, service-wide.
         max_pools: Pools, service-wide.
         max_servers_per_pool: Servers in one pool.
+        max_leases: Leases held at once, service-wide.
+        max_request_ids: AcquireSlot request ids remembered for idempotency (least recent forgotten).
     """
 
     decision_ttl_ms: int = 30_000
     max_pending_decisions: int = 100_000
     max_pools: int = 1_000
     max_servers_per_pool: int = 10_000
+    max_leases: int = 200_000
+    max_request_ids: int = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,14 @@ class DecisionCore:
         self._ids = ids or IdGenerator()
         self._pools: dict[str, Pool] = {}
         self.pending = PendingDecisions(self.limits.decision_ttl_ms / 1000.0, self.limits.max_pending_decisions)
+        self.admission = Admission(
+            self.clock,
+            self._select_for_lease,
+            self._report_lease_outcome,
+            max_leases=self.limits.max_leases,
+            max_request_ids=self.limits.max_request_ids,
+            ids=self._ids,
+        )
 
     # --- decisions -------------------------------------------------------------
 
@@ -165,10 +178,48 @@ class DecisionCore:
         return len(targets)
 
     def expire(self) -> int:
-        """Expires decisions whose TTL has passed; returns how many."""
-        expired = self.pending.expire(self.clock.monotonic())
+        """Expires decisions and reclaims leases whose TTL has passed; returns how many decisions."""
+        now = self.clock.monotonic()
+        expired = self.pending.expire(now)
         self._settle(expired)
+        self.admission.expire(now)
         return len(expired)
+
+    # --- admission ---------------------------------------------------------------
+
+    async def acquire(self, request: SlotRequest, time_left_s: float | None) -> Answer:
+        """AcquireSlot: a grant, a denial (an answer), or ResourceExhausted.
+
+        Raises:
+            NotFound: unknown pool.
+            InvalidArgument: a wait longer than the pool's max_wait_ms.
+        """
+        pool = self.pool(request.pool)
+        if request.max_wait_s * 1000.0 > pool.settings.max_wait_ms:
+            raise InvalidArgument(
+                "max_wait_ms", f"pool {request.pool!r} allows waits of at most {pool.settings.max_wait_ms} ms"
+            )
+        return await self.admission.acquire(pool.slots, request, time_left_s)
+
+    def renew_lease(self, lease_id: str, ttl_s: float | None) -> Lease:
+        return self.admission.renew(lease_id, ttl_s)
+
+    def release_slot(self, lease_id: str, success: bool, latency_ms: float) -> bool:
+        return self.admission.release(lease_id, success=success, latency_ms=latency_ms)
+
+    def new_decision_id(self) -> str:
+        """A fresh process-unique id (for decisions that hold no state, e.g. denials)."""
+        return self._ids.new()
+
+    def _select_for_lease(self, pool_name: str) -> tuple[str, Backend]:
+        choice = self.select(pool_name)
+        return choice.decision_id, choice.server
+
+    def _report_lease_outcome(self, decision_id: str, success: bool, latency_ms: float) -> None:
+        try:
+            self.report_outcomes([OutcomeReport(decision_id, success, latency_ms)])
+        except NotFound:
+            pass  # the selection outlived its decision TTL; it was counted as expired
 
     def _settle(self, expired: list[PendingDecision]) -> None:
         # An expired decision frees its in-flight slot and teaches the strategy a failure.
@@ -223,11 +274,13 @@ class DecisionCore:
             if len(self._pools) >= self.limits.max_pools:
                 raise ResourceExhausted(f"pools: the service holds at most {self.limits.max_pools} pools (max_pools)")
             assert strategy is not None
-            pool = self._pools[settings.name] = Pool(settings, strategy, members)
+            pool = self._pools[settings.name] = Pool(settings, strategy, members, SlotPool(settings, where))
             created = True
         else:
             pool = existing
+            pool.slots.reconfigure(settings, where)
             pool.reconfigure(settings, strategy)
+            self.admission.dispatch(pool.slots)  # a higher limit may admit waiters now
             created = False
         if servers is not None:
             pool.replace_servers(servers)
@@ -236,7 +289,8 @@ class DecisionCore:
         return pool, created
 
     def delete_pool(self, name: str) -> None:
-        self.pool(name)
+        pool = self.pool(name)
+        self.admission.close_pool(pool.slots)
         del self._pools[name]
         log.info("pool %s deleted", name)
 

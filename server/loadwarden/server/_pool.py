@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Collection
 
+from ._admission import SlotPool
 from ._model import Backend, Health, ServerSpec
 from ._settings import PoolSettings
 from .strategies import Strategy
@@ -27,11 +28,14 @@ def _ramped(server: Backend, now: float, window_s: float) -> float:
 class Pool:
     """Servers by id (insertion order kept for stable rotation) and the strategy over them."""
 
-    __slots__ = ("settings", "strategy", "servers", "panic", "_load_ttl_s")
+    __slots__ = ("settings", "strategy", "servers", "slots", "panic", "_load_ttl_s")
 
-    def __init__(self, settings: PoolSettings, strategy: Strategy, servers: dict[str, Backend]) -> None:
+    def __init__(
+        self, settings: PoolSettings, strategy: Strategy, servers: dict[str, Backend], slots: SlotPool
+    ) -> None:
         self.settings = settings
         self.strategy = strategy
+        self.slots = slots  # admission state: limit, leases, wait queue
         self.servers = servers  # shared with the strategy's context: mutate in place only
         self.panic = False
         self._load_ttl_s = settings.load_report_ttl_ms / 1000.0

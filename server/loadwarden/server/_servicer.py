@@ -22,7 +22,7 @@ from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 from . import _convert as convert
 from ._core import DecisionCore
 from ._errors import DecisionError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from ._validation import check_name
+from ._validation import check_name, check_range, check_ttl_ms
 
 log = logging.getLogger("loadwarden.server")
 
@@ -106,14 +106,26 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
         pool = check_name(request.pool, "pool") if request.pool else ""
         return _pb.GetLoadStatusResponse(status=convert.load_status(self._core, pool))
 
-    async def AcquireSlot(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "AcquireSlot")
+    @_rpc
+    async def AcquireSlot(self, request: _pb.AcquireSlotRequest, context: Any) -> _pb.AcquireSlotResponse:
+        answer = await self._core.acquire(convert.slot_request(request), context.time_remaining())
+        return convert.acquire_response(answer, self._core)
 
-    async def RenewLease(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "RenewLease")
+    @_rpc
+    async def RenewLease(self, request: _pb.RenewLeaseRequest, context: Any) -> _pb.RenewLeaseResponse:
+        ttl_ms = check_ttl_ms(request.ttl_ms, "ttl_ms")
+        lease = self._core.renew_lease(check_name(request.lease_id, "lease_id"), ttl_ms / 1000.0 or None)
+        clock = self._core.clock
+        return _pb.RenewLeaseResponse(lease=convert.lease(lease, clock.monotonic(), clock.wall()))
 
-    async def ReleaseSlot(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "ReleaseSlot")
+    @_rpc
+    async def ReleaseSlot(self, request: _pb.ReleaseSlotRequest, context: Any) -> _pb.ReleaseSlotResponse:
+        lease_id = check_name(request.lease_id, "lease_id")
+        if request.request_id:
+            check_name(request.request_id, "request_id")
+        latency = check_range(request.latency_ms, "latency_ms", 0.0, convert.MAX_LATENCY_MS)
+        released = self._core.release_slot(lease_id, request.success, latency)
+        return _pb.ReleaseSlotResponse(released=released, already_released=not released)
 
     async def GetBatchSize(self, request: Any, context: Any) -> Any:
         await _unimplemented(context, "GetBatchSize")

@@ -14,9 +14,9 @@ from typing import Any
 from ._errors import InvalidArgument
 from ._model import ServerSpec
 from ._validation import check_address, check_count, check_name, check_ttl_ms
+from .limits import build_limit
 from .strategies import check_strategy
 
-LIMIT_ALGORITHMS = ("fixed",)
 _RATE = re.compile(r"(\d{1,9})/(second|minute|hour)")
 _UNIT_S = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 
@@ -103,6 +103,7 @@ class PoolSettings:
         limit_algorithm: Admission limit algorithm name.
         limit_params: Parameters for it, by name.
         rate_limit: Per-client-key token bucket, or None.
+        rate_limit_keys: Client keys whose buckets are tracked at once (least recently used evicted).
         outlier: Outlier ejection settings.
         slow_start_ms: Weight ramp window for joining/returning servers; 0 is off.
     """
@@ -119,6 +120,7 @@ class PoolSettings:
     limit_algorithm: str = "fixed"
     limit_params: Mapping[str, Any] = field(default_factory=dict)
     rate_limit: RateLimit | None = None
+    rate_limit_keys: int = 10_000
     outlier: OutlierSettings = field(default_factory=OutlierSettings)
     slow_start_ms: int = 0
 
@@ -244,17 +246,11 @@ def parse_pool(
             _int(get("lease_ttl_ms"), f"{where}.lease_ttl_ms", 0, 86_400_000), f"{where}.lease_ttl_ms"
         )
     if get("limit_algorithm"):
-        algorithm = _str(get("limit_algorithm"), f"{where}.limit_algorithm")
-        if algorithm not in LIMIT_ALGORITHMS:
-            raise InvalidArgument(
-                f"{where}.limit_algorithm",
-                f"unknown limit algorithm {algorithm!r}; valid algorithms: {', '.join(LIMIT_ALGORITHMS)}",
-            )
-        kwargs["limit_algorithm"] = algorithm
-    if get("limit_params"):
+        kwargs["limit_algorithm"] = _str(get("limit_algorithm"), f"{where}.limit_algorithm")
+    if get("limit_params") is not None:
         kwargs["limit_params"] = _table(get("limit_params"), f"{where}.limit_params")
-        if kwargs.get("limit_algorithm", "fixed") == "fixed":
-            raise InvalidArgument(f"{where}.limit_params", "the 'fixed' limit algorithm takes no parameters")
+    if get("rate_limit_keys"):
+        kwargs["rate_limit_keys"] = _int(get("rate_limit_keys"), f"{where}.rate_limit_keys", 1, 1_000_000)
     burst = _int(get("rate_burst") or 0, f"{where}.rate_burst", 0, 1_000_000)
     kwargs["rate_limit"] = parse_rate_limit(
         _str(get("rate_limit") or "", f"{where}.rate_limit"), burst, f"{where}.rate_limit"
@@ -265,6 +261,7 @@ def parse_pool(
         kwargs["slow_start_ms"] = _int(get("slow_start_ms"), f"{where}.slow_start_ms", 0, 3_600_000)
     settings = PoolSettings(**kwargs)
     check_strategy(settings.strategy, settings.strategy_params, where)
+    build_limit(settings.limit_algorithm, settings.limit_params, settings.max_concurrency, where)
     servers = get("servers")
     specs = None if servers is None else parse_servers(servers, f"{where}.servers", max_servers)
     return settings, specs
