@@ -1,10 +1,14 @@
-"""The loadwarden SDK: ask the Decision service which backend takes a request.
+"""The loadwarden SDK: ask the Decision service which backend takes a request and
+whether work may start now.
 
 Example:
     from loadwarden.sdk import Client
 
-    with Client("127.0.0.1:50051") as client, client.route("api") as route:
-        call_backend(route.address)
+    with Client("127.0.0.1:50051") as client:
+        with client.route("api") as route:
+            call_backend(route.address)
+        with client.slot("ml", wait_s=2.0):
+            run_inference()
 """
 
 from loadwarden.sdk._async_client import AsyncClient
@@ -18,6 +22,7 @@ from loadwarden.sdk._errors import (
     ResourceExhaustedError,
     RpcCancelledError,
     ServiceError,
+    SlotDenied,
     UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
@@ -26,6 +31,7 @@ from loadwarden.sdk._route import Route
 from loadwarden.sdk._types import (
     BatchAdjustment,
     BatchMode,
+    Lease,
     LoadReport,
     LoadStatus,
     OperationStatus,
@@ -43,6 +49,7 @@ __all__ = [
     "Client",
     "DeadlineExceededError",
     "InvalidArgumentError",
+    "Lease",
     "LoadReport",
     "LoadStatus",
     "LoadwardenError",
@@ -58,6 +65,7 @@ __all__ = [
     "ServerState",
     "ServerStatus",
     "ServiceError",
+    "SlotDenied",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",

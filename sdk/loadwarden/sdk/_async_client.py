@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any, Self
@@ -12,16 +13,23 @@ from google.protobuf.message import Message
 
 from loadwarden.sdk._base import DEFAULT_TARGET, ClientBase, ClientOptions, check_wait_timeout
 from loadwarden.sdk._convert import (
+    acquire_slot_request,
+    acquired_lease,
     load_status_from_proto,
     load_status_request,
+    new_request_id,
+    release_slot_request,
+    renew_lease_request,
+    renewed_lease,
     report_load_request,
     select_request,
     selection_from_proto,
 )
 from loadwarden.sdk._errors import error_from_rpc
+from loadwarden.sdk._leases import AsyncLeaseKeeper, AsyncScheduler, TaskScheduler, latency_ms, log_release_failure
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._senders import TaskOutcomeSender
-from loadwarden.sdk._types import LoadReport, LoadStatus, Selection
+from loadwarden.sdk._types import Lease, LoadReport, LoadStatus, Selection
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
@@ -70,6 +78,9 @@ class AsyncClient(ClientBase):
         self._channel = channel
         self._stub = None if channel is None else _pb_grpc.DecisionServiceStub(channel)
         self._outcomes = TaskOutcomeSender(self._options.new_outcome_buffer(), self._send_outcomes)
+        # Injection points for tests: when slot() renewals run, and how it times its block.
+        self._renewal_scheduler: AsyncScheduler = TaskScheduler()
+        self._clock = time.perf_counter
         self._closed = False
 
     async def select(self, pool: str, *, exclude: Iterable[str] = (), timeout_s: float | None = None) -> Selection:
@@ -118,6 +129,175 @@ class AsyncClient(ClientBase):
             self._finish_route(route, exc)
             raise
         self._finish_route(route, None)
+
+    async def acquire_slot(
+        self,
+        pool: str,
+        *,
+        priority: int = 0,
+        wait_s: float = 0.0,
+        lease_ttl_s: float | None = None,
+        client_key: str = "",
+        select_server: bool = False,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Lease:
+        """Asks for a slot in `pool`'s concurrency limit, waiting in its queue up to `wait_s`.
+
+        Release the lease with `release_slot` (and renew it before it expires), or
+        use `slot`, which does both.
+
+        Args:
+            pool: Pool name.
+            priority: 0-9; higher is served first, FIFO within a priority.
+            wait_s: Longest to wait for a slot, seconds, 0-3,600 (the pool may
+                allow less); 0 answers at once.
+            lease_ttl_s: Lease time to live, seconds, 0.1-86,400; None means the pool's default.
+            client_key: Who is asking, for per-client rate limits; empty is anonymous.
+            select_server: Also pick a server of the pool (`Lease.server_id`, `Lease.address`).
+            request_id: Idempotency key, at most 128 characters of [A-Za-z0-9._:@/-]: a
+                retry with the same id joins the first call's wait, or gets its lease,
+                never a second slot. A fresh one when None; "" opts out.
+            timeout_s: Deadline of the call beyond `wait_s`, seconds; the client's when
+                None. The call's deadline is `wait_s + timeout_s`, so the service's wait
+                is never cut short.
+
+        Returns:
+            The granted lease.
+
+        Raises:
+            SlotDenied: The service did not grant the slot (full, waited too long, or
+                no eligible server); an answer, not a failure.
+            ResourceExhaustedError: The client key's rate is exhausted or the queue is
+                full; `retry_after_s` says when to try again.
+            NotFoundError: The pool does not exist.
+            ValueError: An argument is out of range; the message names it.
+            LoadwardenError: Any other failure, typed by its status code.
+        """
+        request = acquire_slot_request(
+            pool,
+            request_id=new_request_id() if request_id is None else request_id,
+            priority=priority,
+            wait_s=wait_s,
+            lease_ttl_s=lease_ttl_s,
+            client_key=client_key,
+            select_server=select_server,
+        )
+        deadline_s = wait_s + self._options.call_timeout_s(timeout_s)
+        return acquired_lease(await self._call("AcquireSlot", request, deadline_s), pool)
+
+    async def renew_lease(self, lease_id: str, *, ttl_s: float | None = None, timeout_s: float | None = None) -> Lease:
+        """Extends a lease's time to live from now.
+
+        Args:
+            lease_id: `Lease.lease_id`.
+            ttl_s: New time to live, seconds, 0.1-86,400; None keeps the lease's current TTL.
+            timeout_s: Deadline of this call, seconds; the client's when None.
+
+        Returns:
+            The lease with its new TTL and expiry (without the grant's server and decision).
+
+        Raises:
+            NotFoundError: The lease is unknown, released or already expired.
+            ValueError: An argument is out of range.
+            LoadwardenError: Any other failure, typed by its status code.
+        """
+        return renewed_lease(await self._call("RenewLease", renew_lease_request(lease_id, ttl_s), timeout_s))
+
+    async def release_slot(
+        self,
+        lease_id: str,
+        *,
+        success: bool = True,
+        latency_ms: float = 0.0,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> bool:
+        """Ends a lease, reporting how the work went.
+
+        Args:
+            lease_id: `Lease.lease_id`.
+            success: True when the work succeeded.
+            latency_ms: How long the work took, milliseconds, 0-86,400,000.
+            request_id: Idempotency key, at most 128 characters; a fresh one when None.
+            timeout_s: Deadline of this call, seconds; the client's when None.
+
+        Returns:
+            True when this call ended the lease; False when it had already been
+            released or reclaimed.
+
+        Raises:
+            NotFoundError: The service does not know the lease.
+            ValueError: An argument is out of range.
+            LoadwardenError: Any other failure, typed by its status code.
+        """
+        request = release_slot_request(
+            lease_id,
+            request_id=new_request_id() if request_id is None else request_id,
+            success=success,
+            latency_ms=latency_ms,
+        )
+        response: _pb.ReleaseSlotResponse = await self._call("ReleaseSlot", request, timeout_s)
+        return response.released
+
+    @contextlib.asynccontextmanager
+    async def slot(
+        self,
+        pool: str,
+        *,
+        priority: int = 0,
+        wait_s: float = 0.0,
+        lease_ttl_s: float | None = None,
+        client_key: str = "",
+        select_server: bool = False,
+    ) -> AsyncIterator[Lease]:
+        """Holds a slot in `pool` for the block: acquires, renews, always releases.
+
+        While the block runs, the lease is renewed from a background task at 75 %
+        of its TTL; a failed renewal is logged and ends renewing, never raised into
+        the block. When the block exits, however it exits (cancellation included),
+        the slot is released with the block's latency and success (False when an
+        exception escapes it, which is re-raised unchanged). A failed release is
+        logged, never raised: the service reclaims the lease when it expires.
+
+        Example:
+            async with client.slot("ml", priority=5, wait_s=2.0) as lease:
+                await run_inference(lease.address)
+
+        Args:
+            pool: Pool name.
+            priority: 0-9; higher is served first.
+            wait_s: Longest to wait for a slot, seconds.
+            lease_ttl_s: Lease time to live, seconds; None means the pool's default.
+            client_key: Who is asking, for per-client rate limits.
+            select_server: Also pick a server of the pool.
+
+        Yields:
+            The granted lease, as granted (renewals do not change it).
+
+        Raises:
+            SlotDenied: The slot was not granted; the block does not run.
+            ResourceExhaustedError: Rate exhausted or queue full; the block does not run.
+        """
+        lease = await self.acquire_slot(
+            pool,
+            priority=priority,
+            wait_s=wait_s,
+            lease_ttl_s=lease_ttl_s,
+            client_key=client_key,
+            select_server=select_server,
+        )
+        keeper = AsyncLeaseKeeper(lease, self.renew_lease, self._renewal_scheduler)
+        started = self._clock()
+        success = False
+        try:
+            keeper.start()
+            yield lease
+            success = True
+        finally:
+            ended = self._clock()
+            keeper.stop()
+            await self._release_held(lease, success=success, latency_ms=latency_ms(started, ended))
 
     async def flush_outcomes(self, timeout_s: float | None = None) -> bool:
         """Sends every outcome queued so far, and waits until each is sent or given up on.
@@ -215,6 +395,15 @@ class AsyncClient(ClientBase):
             return await rpc(request, timeout=self._options.call_timeout_s(timeout_s))
         except grpc.RpcError as err:
             raise error_from_rpc(err) from err
+
+    async def _release_held(self, lease: Lease, *, success: bool, latency_ms: float) -> None:
+        # Never raises an Exception: one escaping the block must propagate unchanged.
+        if lease.fallback:
+            return
+        try:
+            await self.release_slot(lease.lease_id, success=success, latency_ms=latency_ms)
+        except Exception as err:  # noqa: BLE001 - logged; the lease expires on its own
+            log_release_failure(lease, err)
 
     async def _send_outcomes(self, request: _pb.ReportOutcomeRequest) -> _pb.ReportOutcomeResponse:
         return await self._call("ReportOutcome", request)

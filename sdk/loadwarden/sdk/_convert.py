@@ -5,14 +5,18 @@ Shared by `Client` and `AsyncClient`: neither builds or reads a message itself.
 
 from __future__ import annotations
 
+import math
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from loadwarden.sdk._errors import ServiceError, SlotDenied
 from loadwarden.sdk._types import (
     BatchAdjustment,
     BatchMode,
+    Lease,
     LoadReport,
     LoadStatus,
     OperationStatus,
@@ -30,6 +34,22 @@ MAX_REPORTS_PER_REQUEST = 1000
 MAX_LATENCY_MS = 86_400_000
 # Longest outcome status detail, characters.
 MAX_STATUS_LEN = 64
+# Highest AcquireSlot priority (0 is the lowest).
+MAX_PRIORITY = 9
+# Longest wait for a slot the contract allows (a pool's max_wait_ms may be lower), seconds.
+MAX_WAIT_S = 3600.0
+# Lease TTL bounds, seconds.
+MIN_LEASE_TTL_S = 0.1
+MAX_LEASE_TTL_S = 86_400.0
+# Longest request id, characters.
+MAX_REQUEST_ID_LEN = 128
+
+_DENIAL_PREFIX = "DENIAL_REASON_"
+# "AT_CAPACITY", ... from the generated enum, so a new contract value needs no SDK change here.
+_DENIAL_BY_PROTO: dict[int, str] = {
+    value.number: value.name.removeprefix(_DENIAL_PREFIX)
+    for value in _pb.DESCRIPTOR.enum_types_by_name["DenialReason"].values
+}
 
 _SERVER_STATE_BY_PROTO: dict[int, ServerState] = {
     _common.SERVER_STATE_UNSPECIFIED: ServerState.UNSPECIFIED,
@@ -176,6 +196,127 @@ def load_status_from_proto(message: _common.LoadStatus) -> LoadStatus:
         pending_decisions=message.pending_decisions,
         operations=tuple(operation_status_from_proto(operation) for operation in message.operations),
     )
+
+
+def new_request_id() -> str:
+    """A fresh idempotency key: 32 hex characters, unique per call."""
+    return uuid.uuid4().hex
+
+
+def acquire_slot_request(
+    pool: str,
+    *,
+    request_id: str,
+    priority: int,
+    wait_s: float,
+    lease_ttl_s: float | None,
+    client_key: str,
+    select_server: bool,
+) -> _pb.AcquireSlotRequest:
+    """Builds an AcquireSlot request; raises ValueError naming an out-of-range argument."""
+    _check_request_id(request_id)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be an integer 0-{MAX_PRIORITY}, got {priority!r}")
+    if not (_is_number(wait_s) and 0 <= wait_s <= MAX_WAIT_S):
+        raise ValueError(f"wait_s must be 0-{MAX_WAIT_S:g} seconds, got {wait_s!r}")
+    if lease_ttl_s is not None and not (_is_number(lease_ttl_s) and MIN_LEASE_TTL_S <= lease_ttl_s <= MAX_LEASE_TTL_S):
+        raise ValueError(
+            f"lease_ttl_s must be None or {MIN_LEASE_TTL_S:g}-{MAX_LEASE_TTL_S:g} seconds, got {lease_ttl_s!r}"
+        )
+    if not isinstance(client_key, str):
+        raise ValueError(f"client_key must be a string, got {client_key!r}")
+    return _pb.AcquireSlotRequest(
+        pool=pool,
+        request_id=request_id,
+        priority=priority,
+        max_wait_ms=round(wait_s * 1000),
+        lease_ttl_ms=0 if lease_ttl_s is None else round(lease_ttl_s * 1000),
+        client_key=client_key,
+        select_server=bool(select_server),
+    )
+
+
+def _check_request_id(request_id: str) -> None:
+    # Its characters (name rules) are the service's to check: it answers INVALID_ARGUMENT naming the field.
+    if not (isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID_LEN):
+        raise ValueError(f"request_id must be a string of at most {MAX_REQUEST_ID_LEN} characters, got {request_id!r}")
+
+
+def acquired_lease(response: _pb.AcquireSlotResponse, pool: str) -> Lease:
+    """The lease an AcquireSlot answer granted.
+
+    Args:
+        response: The service's answer.
+        pool: Pool asked for (named in a denial).
+
+    Raises:
+        SlotDenied: The answer is a denial (`granted` false).
+        ServiceError: The answer grants a slot but carries no lease.
+    """
+    if not response.granted:
+        raise SlotDenied(
+            response.reason,
+            denial=_DENIAL_BY_PROTO.get(response.denial_reason, "UNSPECIFIED"),
+            # 0 is proto3's "unset": no hint.
+            retry_after_s=response.retry_after_ms / 1000 if response.retry_after_ms else None,
+            pool=pool,
+            decision_id=response.decision_id,
+            queue_wait_s=response.queue_wait_ms / 1000,
+        )
+    if not response.lease.lease_id:
+        raise ServiceError(f"AcquireSlot granted a slot in pool {pool!r} without a lease id")
+    return Lease(
+        lease_id=response.lease.lease_id,
+        pool=response.lease.pool or pool,
+        ttl_s=response.lease.ttl_ms / 1000,
+        expires_at=_datetime(response.lease.expires_at),
+        server_id=response.server_id or None,
+        address=response.address or None,
+        decision_id=response.decision_id,
+        queue_wait_s=response.queue_wait_ms / 1000,
+    )
+
+
+def renew_lease_request(lease_id: str, ttl_s: float | None) -> _pb.RenewLeaseRequest:
+    """Builds a RenewLease request; `ttl_s` None keeps the lease's current TTL."""
+    _check_lease_id(lease_id)
+    if ttl_s is not None and not (_is_number(ttl_s) and MIN_LEASE_TTL_S <= ttl_s <= MAX_LEASE_TTL_S):
+        raise ValueError(f"ttl_s must be None or {MIN_LEASE_TTL_S:g}-{MAX_LEASE_TTL_S:g} seconds, got {ttl_s!r}")
+    return _pb.RenewLeaseRequest(lease_id=lease_id, ttl_ms=0 if ttl_s is None else round(ttl_s * 1000))
+
+
+def renewed_lease(response: _pb.RenewLeaseResponse) -> Lease:
+    """The lease a RenewLease answer carries; the grant-time fields (server, decision) are not in it."""
+    return Lease(
+        lease_id=response.lease.lease_id,
+        pool=response.lease.pool,
+        ttl_s=response.lease.ttl_ms / 1000,
+        expires_at=_datetime(response.lease.expires_at),
+        server_id=None,
+        address=None,
+        decision_id="",
+        queue_wait_s=0.0,
+    )
+
+
+def release_slot_request(lease_id: str, *, request_id: str, success: bool, latency_ms: float) -> _pb.ReleaseSlotRequest:
+    """Builds a ReleaseSlot request; raises ValueError naming an out-of-range argument."""
+    _check_lease_id(lease_id)
+    _check_request_id(request_id)
+    if not (_is_number(latency_ms) and 0 <= latency_ms <= MAX_LATENCY_MS):
+        raise ValueError(f"latency_ms must be between 0 and {MAX_LATENCY_MS}, got {latency_ms!r}")
+    return _pb.ReleaseSlotRequest(
+        lease_id=lease_id, request_id=request_id, success=bool(success), latency_ms=latency_ms
+    )
+
+
+def _check_lease_id(lease_id: str) -> None:
+    if not isinstance(lease_id, str) or not lease_id:
+        raise ValueError(f"lease_id must be a non-empty string, got {lease_id!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _datetime(timestamp: Timestamp) -> datetime:

@@ -137,6 +137,59 @@ class ServiceError(LoadwardenError):
     default_code = grpc.StatusCode.INTERNAL
 
 
+class SlotDenied(Exception):  # noqa: N818 - an answer, not an error: no "Error" suffix
+    """The service answered an AcquireSlot and did not grant the slot.
+
+    A denial is the service's decision, not a failed call: it is not a
+    `LoadwardenError` and never counts as a transport failure (a circuit breaker
+    ignores it). A rate-limited or queue-full request is different: the call fails
+    with `ResourceExhaustedError`.
+
+    Attributes:
+        reason: The service's human-readable explanation.
+        denial: Why, as the contract's `DenialReason` name without its prefix:
+            "AT_CAPACITY" (full, and the request did not wait), "QUEUE_TIMEOUT"
+            (waited its whole wait time), "NO_ELIGIBLE_SERVER" (`select_server`
+            and no server can take it); "UNSPECIFIED" when the service sent none
+            this SDK version knows.
+        retry_after_s: How long the service suggests waiting before trying again,
+            seconds; None when it sent no hint.
+        pool: Pool the slot was asked for.
+        decision_id: Id of the admission decision, for logs and traces.
+        queue_wait_s: How long the request waited in the queue, seconds.
+    """
+
+    def __init__(
+        self,
+        reason: str = "",
+        *,
+        denial: str = "UNSPECIFIED",
+        retry_after_s: float | None = None,
+        pool: str = "",
+        decision_id: str = "",
+        queue_wait_s: float = 0.0,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.denial = denial
+        self.retry_after_s = retry_after_s
+        self.pool = pool
+        self.decision_id = decision_id
+        self.queue_wait_s = queue_wait_s
+
+    def __str__(self) -> str:
+        text = f"slot denied in pool {self.pool!r}: {self.denial}"
+        if self.reason:
+            text += f": {self.reason}"
+        if self.retry_after_s is not None:
+            text += f" (retry after {self.retry_after_s:g} s)"
+        return text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only fields do not survive Exception's default pickling (args only).
+        return type(self), (self.reason,), self.__dict__
+
+
 # The one mapping from status code to error class; codes not listed map to ServiceError.
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[LoadwardenError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
@@ -172,8 +225,9 @@ def error_from_rpc(err: grpc.RpcError) -> LoadwardenError:
 def is_transport_failure(exc: BaseException) -> bool:
     """Tells whether an error means the service could not be reached in time.
 
-    Business answers (NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) are not
-    transport failures and must not open a circuit breaker.
+    Business answers (NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) and a
+    denied slot (`SlotDenied`) are not transport failures and must not open a
+    circuit breaker.
     """
     if isinstance(exc, UnavailableError) and exc.reason is not None:
         return False  # the service answered: a decision, not a transport failure

@@ -30,6 +30,39 @@ class Selection:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A granted slot in a pool's concurrency limit.
+
+    The slot is the holder's until it is released or `expires_at` passes
+    unrenewed; then the service reclaims it.
+
+    Attributes:
+        lease_id: Lease id; release or renew the slot with it. Empty when
+            `fallback` is True (nothing to release at the service).
+        pool: Pool the slot belongs to.
+        ttl_s: Time to live from the grant or last renewal, seconds.
+        expires_at: When the service reclaims the slot unless renewed or released
+            (UTC, by the service's clock: schedule renewals from `ttl_s`).
+        server_id: Server chosen with the slot (`select_server=True`); None otherwise.
+        address: Where to reach that server; None when no server was chosen.
+        decision_id: Id of the admission decision, for logs and traces; empty on a renewal.
+        queue_wait_s: How long the request waited in the queue, seconds; 0 on a renewal.
+        fallback: True when the SDK granted the slot locally because the service
+            could not answer.
+    """
+
+    lease_id: str
+    pool: str
+    ttl_s: float
+    expires_at: datetime
+    server_id: str | None
+    address: str | None
+    decision_id: str
+    queue_wait_s: float
+    fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class LoadReport:
     """The load of one backend server.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from google.protobuf import json_format
@@ -215,6 +216,6 @@ def acquire_response(answer: Granted | object, core: DecisionCore) -> _pb.Acquir
         decision_id=core.new_decision_id(),
         denial_reason=_DENIAL[answer.denial],  # type: ignore[attr-defined]
         reason=answer.reason,  # type: ignore[attr-defined]
-        retry_after_ms=round(answer.retry_after_s * 1000),  # type: ignore[attr-defined]
+        retry_after_ms=math.ceil(answer.retry_after_s * 1000),  # type: ignore[attr-defined]  # never early
         queue_wait_ms=round(answer.queue_wait_s * 1000),  # type: ignore[attr-defined]
     )

@@ -8,6 +8,7 @@ its traceback and answered INTERNAL without internals in the message.
 from __future__ import annotations
 
 import functools
+import math
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
@@ -50,7 +51,7 @@ def _rpc(method: Handler) -> Handler:
         except DecisionError as exc:
             metadata: tuple[tuple[str, str], ...] = ()
             if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
-                metadata = ((RETRY_AFTER_KEY, str(max(0, round(exc.retry_after_s * 1000)))),)
+                metadata = ((RETRY_AFTER_KEY, str(max(1, math.ceil(exc.retry_after_s * 1000)))),)  # never early
             elif isinstance(exc, Unavailable):
                 metadata = ((UNAVAILABLE_REASON_KEY, exc.reason),)
             await context.abort(_STATUS[type(exc)], str(exc), trailing_metadata=metadata)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 from google.protobuf.message import Message
 
@@ -33,6 +35,8 @@ class FakeChannel:
         self.answers: dict[str, Message | BaseException | Callable[[Message], Any]] = {}
         self.closed = False
         self._decisions = 0
+        self.leases: dict[str, bool] = {}  # lease id -> released
+        self.lease_ttl_ms: dict[str, int] = {}
 
     def methods(self) -> list[str]:
         return [call.method for call in self.calls]
@@ -73,8 +77,38 @@ class FakeChannel:
                 decision_id=f"d-{self._decisions}", server_id="s1", address="10.0.0.1:80", strategy="round_robin"
             )
 
+        def acquire(request: _pb.AcquireSlotRequest) -> Message:
+            self._decisions += 1
+            lease_id = f"l-{len(self.leases) + 1}"
+            self.leases[lease_id] = False
+            self.lease_ttl_ms[lease_id] = request.lease_ttl_ms or DEFAULT_LEASE_TTL_MS
+            server = {"server_id": "s1", "address": "10.0.0.1:80"} if request.select_server else {}
+            return _pb.AcquireSlotResponse(
+                granted=True,
+                decision_id=f"d-{self._decisions}",
+                lease=_lease(lease_id, request.pool, self.lease_ttl_ms[lease_id]),
+                queue_wait_ms=7,
+                **server,
+            )
+
+        def renew(request: _pb.RenewLeaseRequest) -> Message:
+            if self.leases.get(request.lease_id, True):
+                raise grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, details=f"lease {request.lease_id!r} is not held")
+            ttl_ms = self.lease_ttl_ms[request.lease_id] = request.ttl_ms or self.lease_ttl_ms[request.lease_id]
+            return _pb.RenewLeaseResponse(lease=_lease(request.lease_id, "ml", ttl_ms))
+
+        def release(request: _pb.ReleaseSlotRequest) -> Message:
+            if request.lease_id not in self.leases:
+                raise grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, details=f"lease {request.lease_id!r} is unknown")
+            already = self.leases[request.lease_id]
+            self.leases[request.lease_id] = True
+            return _pb.ReleaseSlotResponse(released=not already, already_released=already)
+
         defaults: dict[str, Callable[[Any], Message]] = {
             "SelectServer": select,
+            "AcquireSlot": acquire,
+            "RenewLease": renew,
+            "ReleaseSlot": release,
             "ReportOutcome": lambda request: _pb.ReportOutcomeResponse(applied=len(request.outcomes)),
             "ReportLoad": lambda request: _pb.ReportLoadResponse(applied=len(request.reports)),
             "GetLoadStatus": lambda request: _pb.GetLoadStatusResponse(status=_common.LoadStatus()),
@@ -84,6 +118,61 @@ class FakeChannel:
 
 async def _done() -> None:
     return None
+
+
+# Lease TTL the fake grants when the request names none, milliseconds.
+DEFAULT_LEASE_TTL_MS = 30_000
+
+
+def _lease(lease_id: str, pool: str, ttl_ms: int) -> _common.Lease:
+    lease = _common.Lease(lease_id=lease_id, pool=pool, ttl_ms=ttl_ms)
+    lease.expires_at.FromSeconds(1_700_000_000 + ttl_ms // 1000)
+    return lease
+
+
+@dataclass
+class FakeTimer:
+    delay_s: float
+    callback: Callable[[], Any]
+    cancelled: bool = False
+    fired: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class FakeScheduler:
+    """Stands in for the renewal schedulers: records each `call_later`, runs it only when fired.
+
+    `fire()` runs the pending callback in the test's thread (sync) and returns what it
+    returned, an awaitable for the async scheduler; nothing ever runs by itself.
+    """
+
+    timers: list[FakeTimer] = field(default_factory=list)
+
+    def call_later(self, delay_s: float, callback: Callable[[], Any]) -> FakeTimer:
+        timer = FakeTimer(delay_s, callback)
+        self.timers.append(timer)
+        return timer
+
+    @property
+    def pending(self) -> list[FakeTimer]:
+        return [timer for timer in self.timers if not (timer.cancelled or timer.fired)]
+
+    @property
+    def delays(self) -> list[float]:
+        return [timer.delay_s for timer in self.timers]
+
+    def fire(self) -> Any:
+        [timer] = self.pending
+        timer.fired = True
+        return timer.callback()
+
+    async def afire(self) -> None:
+        result = self.fire()
+        assert isinstance(result, Awaitable)
+        await result
 
 
 class FakeClock:
@@ -112,3 +201,8 @@ def fake_aio_channel() -> FakeChannel:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def fake_scheduler() -> FakeScheduler:
+    return FakeScheduler()
