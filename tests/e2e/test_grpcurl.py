@@ -66,10 +66,10 @@ def test_unknown_pool_is_not_found_naming_the_field(shared_service: Service, grp
 
 
 def test_unimplemented_rpc_says_so(shared_service: Service, grpcurl: Grpcurl) -> None:
-    result = grpcurl(shared_service.target, f"{DECISION}/GetBatchSize", data={"operation": "import"})
+    result = grpcurl(shared_service.target, f"{DECISION}/WatchLoadStatus", data={})
 
     assert result.code == "Unimplemented", str(result)
-    assert "GetBatchSize" in result.message and "not implemented" in result.message, str(result)
+    assert "WatchLoadStatus" in result.message and "not implemented" in result.message, str(result)
 
 
 def test_acquire_and_release_a_slot(shared_service: Service, grpcurl: Grpcurl) -> None:

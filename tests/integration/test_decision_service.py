@@ -120,21 +120,6 @@ async def test_admin_lifecycle(stubs) -> None:  # type: ignore[no-untyped-def]
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.parametrize(
-    ("method", "request_"),
-    [
-        ("GetBatchSize", pb.GetBatchSizeRequest(operation="x")),
-        ("ReportBatch", pb.ReportBatchRequest()),
-    ],
-)
-async def test_later_rpcs_answer_unimplemented_clearly(stubs, method: str, request_: object) -> None:  # type: ignore[no-untyped-def]
-    decision, _, _ = stubs
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await getattr(decision, method)(request_)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert f"{method} is not implemented in loadwarden" in err.value.details()
-
-
 async def test_watch_load_status_is_unimplemented(stubs) -> None:  # type: ignore[no-untyped-def]
     decision, _, _ = stubs
     with pytest.raises(grpc.aio.AioRpcError) as err:

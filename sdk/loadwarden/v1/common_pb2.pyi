@@ -247,32 +247,68 @@ class BatchAdjustment(_message.Message):
     def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_size: _Optional[int] = ..., new_size: _Optional[int] = ..., reason: _Optional[str] = ..., load_score: _Optional[float] = ...) -> None: ...
 
 class OperationStatus(_message.Message):
-    __slots__ = ("name", "batch_size", "last_load_score", "adjustments_total", "recent_adjustments", "mode")
+    __slots__ = ("name", "batch_size", "last_load_score", "adjustments_total", "recent_adjustments", "mode", "load_source", "pool", "min_batch_size", "max_batch_size", "default_batch_size", "last_reason", "fallback", "decisions_total")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LAST_LOAD_SCORE_FIELD_NUMBER: _ClassVar[int]
     ADJUSTMENTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     RECENT_ADJUSTMENTS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    MIN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LAST_REASON_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     batch_size: int
     last_load_score: float
     adjustments_total: int
     recent_adjustments: _containers.RepeatedCompositeFieldContainer[BatchAdjustment]
     mode: BatchMode
-    def __init__(self, name: _Optional[str] = ..., batch_size: _Optional[int] = ..., last_load_score: _Optional[float] = ..., adjustments_total: _Optional[int] = ..., recent_adjustments: _Optional[_Iterable[_Union[BatchAdjustment, _Mapping]]] = ..., mode: _Optional[_Union[BatchMode, str]] = ...) -> None: ...
+    load_source: LoadSource
+    pool: str
+    min_batch_size: int
+    max_batch_size: int
+    default_batch_size: int
+    last_reason: str
+    fallback: bool
+    decisions_total: int
+    def __init__(self, name: _Optional[str] = ..., batch_size: _Optional[int] = ..., last_load_score: _Optional[float] = ..., adjustments_total: _Optional[int] = ..., recent_adjustments: _Optional[_Iterable[_Union[BatchAdjustment, _Mapping]]] = ..., mode: _Optional[_Union[BatchMode, str]] = ..., load_source: _Optional[_Union[LoadSource, str]] = ..., pool: _Optional[str] = ..., min_batch_size: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., default_batch_size: _Optional[int] = ..., last_reason: _Optional[str] = ..., fallback: _Optional[bool] = ..., decisions_total: _Optional[int] = ...) -> None: ...
+
+class HostLoad(_message.Message):
+    __slots__ = ("cpu_percent", "memory_percent", "load_average_percent", "load_score", "sampled_at", "stale", "problem")
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    LOAD_AVERAGE_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SCORE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_AT_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    cpu_percent: float
+    memory_percent: float
+    load_average_percent: float
+    load_score: float
+    sampled_at: _timestamp_pb2.Timestamp
+    stale: bool
+    problem: str
+    def __init__(self, cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., load_average_percent: _Optional[float] = ..., load_score: _Optional[float] = ..., sampled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stale: _Optional[bool] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class LoadStatus(_message.Message):
-    __slots__ = ("generated_at", "pools", "operations", "pending_decisions")
+    __slots__ = ("generated_at", "pools", "operations", "pending_decisions", "host")
     GENERATED_AT_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
     PENDING_DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     generated_at: _timestamp_pb2.Timestamp
     pools: _containers.RepeatedCompositeFieldContainer[PoolStatus]
     operations: _containers.RepeatedCompositeFieldContainer[OperationStatus]
     pending_decisions: int
-    def __init__(self, generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ..., operations: _Optional[_Iterable[_Union[OperationStatus, _Mapping]]] = ..., pending_decisions: _Optional[int] = ...) -> None: ...
+    host: HostLoad
+    def __init__(self, generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pools: _Optional[_Iterable[_Union[PoolStatus, _Mapping]]] = ..., operations: _Optional[_Iterable[_Union[OperationStatus, _Mapping]]] = ..., pending_decisions: _Optional[int] = ..., host: _Optional[_Union[HostLoad, _Mapping]] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("lease_id", "pool", "ttl_ms", "expires_at")

@@ -32,6 +32,7 @@ from typing import Any
 from ._core import CoreLimits
 from ._errors import ConfigError, InvalidArgument
 from ._model import ServerSpec
+from ._operations import OperationSettings, parse_operation
 from ._settings import PoolSettings, parse_pool
 from ._store import STORES
 from ._validation import check_count
@@ -64,6 +65,25 @@ class StateSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorSettings:
+    """The host load monitor (see loadwarden.server._loadmonitor for the score formula).
+
+    Attributes:
+        enabled: False turns it off; host-sourced operations then answer their default size.
+        interval_ms: Sampling interval.
+        cpu_weight / memory_weight / load_average_weight: Weights of the load score's parts.
+        stale_after_ms: A sample older than this is stale (load unknown); 0 means 3 intervals.
+    """
+
+    enabled: bool = True
+    interval_ms: int = 1_000
+    cpu_weight: float = 0.6
+    memory_weight: float = 0.2
+    load_average_weight: float = 0.2
+    stale_after_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """Everything ``loadwarden serve`` needs.
 
@@ -75,6 +95,8 @@ class ServiceConfig:
         limits: Bounds on client-grown state.
         pools: Pools to create at start.
         state: Persistence of learned state.
+        operations: Batch operations to register at start.
+        monitor: The host load monitor.
     """
 
     listen: str = DEFAULT_LISTEN
@@ -84,6 +106,8 @@ class ServiceConfig:
     limits: CoreLimits = field(default_factory=CoreLimits)
     pools: tuple[PoolSpec, ...] = ()
     state: StateSettings = field(default_factory=StateSettings)
+    operations: tuple[OperationSettings, ...] = ()
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
     def __post_init__(self) -> None:
         check_listen(self.listen)
@@ -101,14 +125,17 @@ def check_listen(listen: str) -> None:
         raise ConfigError("service.listen", f"an IPv6 host needs brackets, e.g. [::1]:50051, got {listen!r}")
 
 
-_SERVICE_KEYS = {"listen", "shutdown_grace_ms", "expiry_interval_ms", "seed"}
+_SERVICE_KEYS = {"listen", "shutdown_grace_ms", "expiry_interval_ms", "seed", "auto_register_operations"}
 _LIMIT_KEYS = {
     "decision_ttl_ms": (100, 86_400_000),
     "max_pending_decisions": (1, 10_000_000),
     "max_pools": (1, 100_000),
     "max_servers_per_pool": (1, 1_000_000),
+    "max_leases": (1, 10_000_000),
+    "max_request_ids": (1, 10_000_000),
+    "max_operations": (1, 100_000),
 }
-_TOP_KEYS = {"service", "limits", "pools", "state"}
+_TOP_KEYS = {"service", "limits", "pools", "state", "operations", "monitor"}
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -170,7 +197,10 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
                 raise ConfigError(f"limits.{key}", f"unknown key; valid keys: {', '.join(sorted(_LIMIT_KEYS))}")
             low, high = _LIMIT_KEYS[key]
             limit_values[key] = check_count(value, f"limits.{key}", low, high)
-        limits = CoreLimits(**limit_values)
+        auto = service.get("auto_register_operations", False)
+        if not isinstance(auto, bool):
+            raise ConfigError("service.auto_register_operations", f"must be true or false, got {auto!r}")
+        limits = CoreLimits(**limit_values, auto_register_operations=auto)
         pools_raw = _section(raw, "pools")
         if len(pools_raw) > limits.max_pools:
             raise ConfigError("pools", f"{len(pools_raw)} pools configured; limits.max_pools is {limits.max_pools}")
@@ -180,6 +210,16 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
                 raise ConfigError(f"pools.{name}", "must be a table")
             settings, servers = parse_pool(name, f"pools.{name}", values, f"pools.{name}", limits.max_servers_per_pool)
             pools.append(PoolSpec(settings, servers or ()))
+        operations_raw = _section(raw, "operations")
+        if len(operations_raw) > limits.max_operations:
+            raise ConfigError("operations", f"{len(operations_raw)} operations configured; "
+                                            f"limits.max_operations is {limits.max_operations}")
+        operations = []
+        for name, values in operations_raw.items():
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"operations.{name}", "must be a table")
+            operations.append(parse_operation(name, f"operations.{name}", values, f"operations.{name}"))
+        monitor = _parse_monitor(_section(raw, "monitor"))
         for key in ("shutdown_grace_ms", "expiry_interval_ms"):
             if key in service:
                 check_count(service[key], f"service.{key}", 0, 3_600_000)
@@ -192,6 +232,8 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
     except InvalidArgument as exc:
         raise ConfigError(exc.field, exc.problem) from None
     return ServiceConfig(
+        operations=tuple(operations),
+        monitor=monitor,
         state=_parse_state(_section(raw, "state")),
         listen=listen,
         shutdown_grace_ms=service.get("shutdown_grace_ms", 5_000),
@@ -200,6 +242,27 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
         limits=limits,
         pools=tuple(pools),
     )
+
+
+def _parse_monitor(raw: Mapping[str, Any]) -> MonitorSettings:
+    valid = set(MonitorSettings.__dataclass_fields__)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in valid:
+            raise ConfigError(f"monitor.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
+        if key == "enabled":
+            if not isinstance(value, bool):
+                raise ConfigError("monitor.enabled", f"must be true or false, got {value!r}")
+        elif key.endswith("_ms"):
+            low = 0 if key == "stale_after_ms" else 10
+            check_count(value, f"monitor.{key}", low, 3_600_000)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1_000:
+            raise ConfigError(f"monitor.{key}", f"must be a number in [0, 1000], got {value!r}")
+        values[key] = value
+    settings = MonitorSettings(**values)
+    if settings.cpu_weight + settings.memory_weight + settings.load_average_weight <= 0:
+        raise ConfigError("monitor.cpu_weight", "at least one of the three weights must be > 0")
+    return settings
 
 
 def _parse_state(raw: Mapping[str, Any]) -> StateSettings:

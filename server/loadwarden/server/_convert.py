@@ -12,7 +12,9 @@ from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
 
 from ._admission import Denial, Granted, Lease, SlotRequest
-from ._core import DecisionCore, LoadReportIn, OutcomeReport
+from ._core import BatchReportIn, DecisionCore, LoadReportIn, OutcomeReport
+from ._loadmonitor import HostMonitor
+from ._operations import BatchAnswer, Operation, OperationSettings, parse_operation
 from ._errors import InvalidArgument
 from ._model import Backend, Health, LoadSample, ServerSpec
 from ._pool import Pool
@@ -165,11 +167,16 @@ def pool_status(pool: Pool, now: float, wall_now: float) -> _common.PoolStatus:
 def load_status(core: DecisionCore, pool_name: str) -> _common.LoadStatus:
     now, wall_now = core.clock.monotonic(), core.clock.wall()
     pools = [core.pool(pool_name)] if pool_name else core.pools()
-    return _common.LoadStatus(
+    status = _common.LoadStatus(
         generated_at=timestamp(wall_now),
         pools=[pool_status(p, now, wall_now) for p in pools],
         pending_decisions=len(core.pending),
     )
+    if not pool_name:
+        status.operations.extend(operation_status(core.operations[n]) for n in sorted(core.operations))
+        if core.monitor is not None:
+            status.host.CopyFrom(host_load(core.monitor, now))
+    return status
 
 
 def _optional_name(value: str, field: str) -> str:
@@ -219,3 +226,83 @@ def acquire_response(answer: Granted | object, core: DecisionCore) -> _pb.Acquir
         retry_after_ms=math.ceil(answer.retry_after_s * 1000),  # type: ignore[attr-defined]  # never early
         queue_wait_ms=round(answer.queue_wait_s * 1000),  # type: ignore[attr-defined]
     )
+
+
+_LEVEL = {
+    "low": _common.LOAD_LEVEL_LOW,
+    "medium": _common.LOAD_LEVEL_MEDIUM,
+    "high": _common.LOAD_LEVEL_HIGH,
+    "unknown": _common.LOAD_LEVEL_UNKNOWN,
+}
+_MODE = {"threshold": _common.BATCH_MODE_THRESHOLD, "latency_target": _common.BATCH_MODE_LATENCY_TARGET}
+_SOURCE = {"host": _common.LOAD_SOURCE_HOST, "pool": _common.LOAD_SOURCE_POOL}
+
+
+def batch_size_response(answer: BatchAnswer, decision_id: str) -> _pb.GetBatchSizeResponse:
+    return _pb.GetBatchSizeResponse(
+        decision_id=decision_id,
+        batch_size=answer.size,
+        load_score=answer.load_score or 0.0,
+        load_level=_LEVEL[answer.level],
+        reason=answer.reason,
+        fallback=answer.fallback,
+    )
+
+
+def batch_reports(entries: Any) -> list[BatchReportIn]:
+    check_batch(entries, "reports")
+    out = []
+    for i, r in enumerate(entries):
+        where = f"reports[{i}]"
+        out.append(
+            BatchReportIn(
+                operation=check_name(r.operation, f"{where}.operation"),
+                batch_size=check_count(r.batch_size, f"{where}.batch_size", 1, 1_000_000),
+                duration_ms=check_range(r.duration_ms, f"{where}.duration_ms", 0.0, MAX_LATENCY_MS),
+                success=r.success,
+            )
+        )
+        if r.decision_id:
+            check_name(r.decision_id, f"{where}.decision_id")
+    return out
+
+
+def operation_config(message: _common.OperationConfig) -> OperationSettings:
+    values = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    values.pop("name", None)
+    return parse_operation(message.name, "operation.name", values, "operation")
+
+
+def operation_status(operation: Operation) -> _common.OperationStatus:
+    s = operation.settings
+    return _common.OperationStatus(
+        name=s.name,
+        batch_size=operation.size,
+        last_load_score=operation.last_load,
+        adjustments_total=operation.adjustments_total,
+        recent_adjustments=[
+            _common.BatchAdjustment(at=timestamp(e.at_wall), previous_size=e.previous_size, new_size=e.new_size,
+                                    reason=e.reason, load_score=e.load_score)
+            for e in operation.events
+        ],
+        mode=_MODE[s.mode],
+        load_source=_SOURCE[s.load_source],
+        pool=s.pool,
+        min_batch_size=s.min_batch_size,
+        max_batch_size=s.max_batch_size,
+        default_batch_size=s.default_batch_size,
+        last_reason=operation.last_reason,
+        fallback=operation.fallback,
+        decisions_total=operation.decisions_total,
+    )
+
+
+def host_load(monitor: HostMonitor, now: float) -> _common.HostLoad:
+    reading = monitor.reading(now)
+    host = _common.HostLoad(stale=reading.score is None, problem=reading.problem, load_score=reading.score or 0.0)
+    if monitor.sample is not None and monitor.sampled_wall is not None:
+        host.cpu_percent = monitor.sample.cpu_percent
+        host.memory_percent = monitor.sample.memory_percent
+        host.load_average_percent = monitor.sample.load_average_percent
+        host.sampled_at.CopyFrom(timestamp(monitor.sampled_wall))
+    return host

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from ._admission import Admission, Answer, Lease, SlotPool, SlotRequest
 from ._clock import Clock, SystemClock
 from ._decisions import IdGenerator, PendingDecision, PendingDecisions
+from ._loadmonitor import HostMonitor, LoadReading, LoadWeights, pool_reading
 from ._errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._model import Backend, LoadSample, ServerSpec
+from ._operations import BatchAnswer, Operation, OperationSettings
 from ._pool import Pool
 from ._settings import PoolSettings
 from .strategies import Feedback, StrategyContext, build_strategy, strategy_class
@@ -36,6 +38,9 @@ class CoreLimits:
         max_servers_per_pool: Servers in one pool.
         max_leases: Leases held at once, service-wide.
         max_request_ids: AcquireSlot request ids remembered for idempotency (least recent forgotten).
+        max_operations: Batch operations, service-wide.
+        auto_register_operations: GetBatchSize / ReportBatch on an unknown operation
+            registers it with default settings (up to max_operations) instead of NOT_FOUND.
     """
 
     decision_ttl_ms: int = 30_000
@@ -44,6 +49,8 @@ class CoreLimits:
     max_servers_per_pool: int = 10_000
     max_leases: int = 200_000
     max_request_ids: int = 200_000
+    max_operations: int = 1_000
+    auto_register_operations: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,16 @@ class OutcomeReport:
     success: bool
     latency_ms: float
     status: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReportIn:
+    """A validated ReportBatch entry."""
+
+    operation: str
+    batch_size: int
+    duration_ms: float
+    success: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +109,8 @@ class DecisionCore:
         self._ids = ids or IdGenerator()
         self._pools: dict[str, Pool] = {}
         self.pending = PendingDecisions(self.limits.decision_ttl_ms / 1000.0, self.limits.max_pending_decisions)
+        self.operations: dict[str, Operation] = {}
+        self.monitor: HostMonitor | None = None  # set by the service when the host monitor runs
         self.admission = Admission(
             self.clock,
             self._select_for_lease,
@@ -184,6 +203,60 @@ class DecisionCore:
         self._settle(expired)
         self.admission.expire(now)
         return len(expired)
+
+    # --- batch sizing ------------------------------------------------------------
+
+    def batch_size(self, name: str) -> BatchAnswer:
+        """GetBatchSize. Raises NotFound for an unknown operation (unless auto-registration is on)."""
+        operation = self._operation(name, "operation")
+        now = self.clock.monotonic()
+        return operation.decide(now, self.clock.wall(), self.load_reading(operation.settings, now))
+
+    def load_reading(self, settings: OperationSettings, now: float) -> LoadReading:
+        """The load score an operation's source gives right now (None with the reason when unknown)."""
+        weights = self.monitor.weights if self.monitor is not None else LoadWeights()
+        if settings.load_source == "pool":
+            pool = self._pools.get(settings.pool)
+            if pool is None:
+                return LoadReading(None, f"no pool named {settings.pool!r}")
+            return pool_reading(pool, now, weights)
+        if self.monitor is None:
+            return LoadReading(None, "the host load monitor is off")
+        return self.monitor.reading(now)
+
+    def report_batches(self, reports: Sequence[BatchReportIn]) -> int:
+        """ReportBatch; every entry's operation is checked before any is applied."""
+        targets = [self._operation(r.operation, f"reports[{i}].operation") for i, r in enumerate(reports)]
+        for operation, report in zip(targets, reports):
+            operation.observe(report.batch_size, report.duration_ms, report.success)
+        return len(targets)
+
+    def _operation(self, name: str, field: str) -> Operation:
+        operation = self.operations.get(name)
+        if operation is not None:
+            return operation
+        if not self.limits.auto_register_operations:
+            raise NotFound(field, f"no operation named {name!r} (auto-registration is off)")
+        operation, _ = self.configure_operation(OperationSettings(name=name))
+        return operation
+
+    def configure_operation(self, settings: OperationSettings) -> tuple[Operation, bool]:
+        existing = self.operations.get(settings.name)
+        if existing is not None:
+            existing.reconfigure(settings)
+            return existing, False
+        if len(self.operations) >= self.limits.max_operations:
+            raise ResourceExhausted(
+                f"operation: the service holds at most {self.limits.max_operations} operations (max_operations)"
+            )
+        operation = self.operations[settings.name] = Operation(settings)
+        log.info("operation %s registered (%s mode, sizes %d-%d)", settings.name, settings.mode,
+                 settings.min_batch_size, settings.max_batch_size)
+        return operation, True
+
+    def delete_operation(self, name: str) -> None:
+        if self.operations.pop(name, None) is None:
+            raise NotFound("operation", f"no operation named {name!r}")
 
     # --- admission ---------------------------------------------------------------
 

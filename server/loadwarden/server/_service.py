@@ -19,6 +19,7 @@ from ._clock import Clock
 from ._config import ServiceConfig
 from ._core import DecisionCore
 from ._errors import ConfigError, InvalidArgument
+from ._loadmonitor import HostMonitor, LoadWeights
 from ._persistence import Persister, restore
 from ._reflection import enable_reflection
 from ._servicer import AdminServicer, DecisionServicer
@@ -95,6 +96,17 @@ async def start_service(
             core.configure_pool(spec.settings, spec.servers, where=where)
         except InvalidArgument as exc:
             raise ConfigError(exc.field, exc.problem) from None
+    for operation in config.operations:
+        core.configure_operation(operation)
+    if config.monitor.enabled:
+        m = config.monitor
+        core.monitor = HostMonitor(
+            core.clock,
+            interval_s=m.interval_ms / 1000.0,
+            weights=LoadWeights(m.cpu_weight, m.memory_weight, m.load_average_weight),
+            stale_after_s=m.stale_after_ms / 1000.0 if m.stale_after_ms else None,
+        )
+        core.monitor.sample_now()  # primes psutil's CPU counter; the first real reading follows
     if store is None:
         store = STORES[config.state.store](config.state.path) if config.state.store == "file" else MemoryStore()
     restore(core, store)
@@ -119,6 +131,8 @@ async def start_service(
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     tasks = [asyncio.create_task(_sweep(core, config.expiry_interval_ms / 1000.0), name="loadwarden-sweeper")]
+    if core.monitor is not None:
+        tasks.append(asyncio.create_task(core.monitor.run(), name="loadwarden-host-monitor"))
     persister = None
     if store.durable:
         persister = Persister(core, store, config.state.save_interval_ms / 1000.0)

@@ -128,11 +128,14 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
         released = self._core.release_slot(lease_id, request.success, latency)
         return _pb.ReleaseSlotResponse(released=released, already_released=not released)
 
-    async def GetBatchSize(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "GetBatchSize")
+    @_rpc
+    async def GetBatchSize(self, request: _pb.GetBatchSizeRequest, context: Any) -> _pb.GetBatchSizeResponse:
+        answer = self._core.batch_size(check_name(request.operation, "operation"))
+        return convert.batch_size_response(answer, self._core.new_decision_id())
 
-    async def ReportBatch(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "ReportBatch")
+    @_rpc
+    async def ReportBatch(self, request: _pb.ReportBatchRequest, context: Any) -> _pb.ReportBatchResponse:
+        return _pb.ReportBatchResponse(applied=self._core.report_batches(convert.batch_reports(request.reports)))
 
     async def WatchLoadStatus(self, request: Any, context: Any) -> Any:
         await _unimplemented(context, "WatchLoadStatus")
@@ -183,8 +186,16 @@ class AdminServicer(_admin_grpc.AdminServiceServicer):
         status = convert.server_status(self._core.pool(pool_name), server, clock.monotonic(), clock.wall())
         return _admin.DrainServerResponse(server=status)
 
-    async def ConfigureOperation(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "ConfigureOperation")
+    @_rpc
+    async def ConfigureOperation(
+        self, request: _admin.ConfigureOperationRequest, context: Any
+    ) -> _admin.ConfigureOperationResponse:
+        operation, created = self._core.configure_operation(convert.operation_config(request.operation))
+        return _admin.ConfigureOperationResponse(operation=convert.operation_status(operation), created=created)
 
-    async def DeleteOperation(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "DeleteOperation")
+    @_rpc
+    async def DeleteOperation(
+        self, request: _admin.DeleteOperationRequest, context: Any
+    ) -> _admin.DeleteOperationResponse:
+        self._core.delete_operation(check_name(request.operation, "operation"))
+        return _admin.DeleteOperationResponse()

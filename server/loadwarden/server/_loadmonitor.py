@@ -1,0 +1,160 @@
+"""Load scores for batch sizing: the service host's own (psutil) or a pool's reported load.
+
+Load score, percent 0-100:
+
+    score = (w_cpu * cpu% + w_memory * memory% + w_load * load_average%) / (w_cpu + w_memory + w_load)
+
+where ``load_average%`` is the 1-minute load average divided by the number of
+cores, times 100, capped at 100. A pool's score uses the same weights over each
+server's reported CPU and memory (no load average there), averaged over the
+servers whose report is fresh.
+
+An unknown load is never read as idle: a failing or stale host monitor, or a pool
+with no fresh report, gives a reading with ``score`` None and the reason why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+from ._clock import Clock
+from ._pool import Pool
+
+log = logging.getLogger("loadwarden.server")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadWeights:
+    """Weights of the load score's parts (>= 0, not all 0)."""
+
+    cpu: float = 0.6
+    memory: float = 0.2
+    load_average: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("cpu", "memory", "load_average"):
+            value = getattr(self, name)
+            if not (0.0 <= value < math.inf):
+                raise ValueError(f"weights.{name}: must be a finite number >= 0, got {value!r}")
+        if self.cpu + self.memory + self.load_average <= 0:
+            raise ValueError("weights: at least one weight must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class HostSample:
+    """One psutil reading, percentages 0-100."""
+
+    cpu_percent: float
+    memory_percent: float
+    load_average_percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReading:
+    """A load score, or None with the reason it is unknown."""
+
+    score: float | None
+    problem: str = ""
+
+
+def psutil_sample() -> HostSample:
+    """Blocking: CPU % since the previous call, memory %, load average per core."""
+    cores = os.cpu_count() or 1
+    return HostSample(
+        cpu_percent=float(psutil.cpu_percent(interval=None)),
+        memory_percent=float(psutil.virtual_memory().percent),
+        load_average_percent=min(100.0, psutil.getloadavg()[0] / cores * 100.0),
+    )
+
+
+def host_score(sample: HostSample, weights: LoadWeights) -> float:
+    total = weights.cpu + weights.memory + weights.load_average
+    value = (
+        weights.cpu * sample.cpu_percent
+        + weights.memory * sample.memory_percent
+        + weights.load_average * sample.load_average_percent
+    ) / total
+    return min(100.0, max(0.0, value))
+
+
+def pool_reading(pool: Pool, now: float, weights: LoadWeights) -> LoadReading:
+    """Mean score over the pool's servers with a fresh load report."""
+    part = weights.cpu + weights.memory
+    if part <= 0:
+        return LoadReading(None, "the load weights give CPU and memory no weight, and pools report no load average")
+    scores = []
+    for server in pool.servers.values():
+        if server.load is None or server.is_stale(now, pool.settings.load_report_ttl_ms / 1000.0, True):
+            continue
+        load = server.load
+        scores.append((weights.cpu * load.cpu_percent + weights.memory * load.memory_percent) / part)
+    if not scores:
+        return LoadReading(None, f"no server of pool {pool.name!r} reported its load within "
+                                 f"{pool.settings.load_report_ttl_ms} ms")
+    return LoadReading(sum(scores) / len(scores))
+
+
+class HostMonitor:
+    """Samples the host every ``interval_s`` in a worker thread, never on the event loop.
+
+    The reading is unknown when the last sample failed, or when no sample
+    succeeded within ``stale_after_s`` (a stuck sampler is not an idle host).
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        interval_s: float = 1.0,
+        weights: LoadWeights | None = None,
+        sampler: Callable[[], HostSample] = psutil_sample,
+        stale_after_s: float | None = None,
+    ) -> None:
+        if not interval_s > 0:
+            raise ValueError("interval_s: must be > 0")
+        self.clock = clock
+        self.interval_s = interval_s
+        self.weights = weights or LoadWeights()
+        self.stale_after_s = stale_after_s if stale_after_s is not None else 3 * interval_s
+        self._sampler = sampler
+        self.sample: HostSample | None = None
+        self.sampled_at: float | None = None  # monotonic
+        self.sampled_wall: float | None = None
+        self.error = ""
+
+    def sample_now(self) -> None:
+        """Takes one sample (blocking). A failure is recorded, not raised."""
+        try:
+            sample = self._sampler()
+        except Exception as exc:  # psutil can fail in many platform-specific ways
+            if not self.error:
+                log.warning("host load monitor failed: %s", exc)
+            self.error = f"host load monitor failed: {exc}"
+            return
+        if self.error:
+            log.info("host load monitor recovered")
+        self.sample, self.error = sample, ""
+        self.sampled_at, self.sampled_wall = self.clock.monotonic(), self.clock.wall()
+
+    def reading(self, now: float) -> LoadReading:
+        if self.error:
+            return LoadReading(None, self.error)
+        if self.sample is None or self.sampled_at is None:
+            return LoadReading(None, "host load monitor has no sample yet")
+        age = now - self.sampled_at
+        if age > self.stale_after_s:
+            return LoadReading(None, f"host load sample is {age:.1f} s old (stale after {self.stale_after_s:.1f} s)")
+        return LoadReading(host_score(self.sample, self.weights))
+
+    async def run(self) -> None:
+        """Samples forever; cancel to stop."""
+        while True:
+            await asyncio.to_thread(self.sample_now)
+            await asyncio.sleep(self.interval_s)
