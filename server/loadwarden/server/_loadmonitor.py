@@ -128,6 +128,7 @@ class HostMonitor:
         self.sampled_at: float | None = None  # monotonic
         self.sampled_wall: float | None = None
         self.error = ""
+        self.samples_total = 0  # successful samples
 
     def sample_now(self) -> None:
         """Takes one sample (blocking). A failure is recorded, not raised."""
@@ -142,6 +143,7 @@ class HostMonitor:
             log.info("host load monitor recovered")
         self.sample, self.error = sample, ""
         self.sampled_at, self.sampled_wall = self.clock.monotonic(), self.clock.wall()
+        self.samples_total += 1
 
     def reading(self, now: float) -> LoadReading:
         if self.error:
