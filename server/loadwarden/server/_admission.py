@@ -312,12 +312,13 @@ class Admission:
         Raises:
             NotFound: the lease id was never issued (or is too old to remember).
         """
+        now = self._clock.monotonic()
+        self.expire(now)  # a lease past its TTL was reclaimed, whether or not a sweep ran yet
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             if lease_id in self._released:
                 return False
             raise NotFound("lease_id", f"lease {lease_id!r} does not exist")
-        now = self._clock.monotonic()
         held_ms = (now - lease.granted_at) * 1000.0
         self._end(lease, now, rtt_ms=latency_ms or held_ms, dropped=not success, count_sample=count_sample)
         if lease.decision_id is not None:

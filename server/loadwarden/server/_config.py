@@ -90,7 +90,7 @@ class ServiceConfig:
     Attributes:
         listen: host:port for gRPC; port 0 picks a free port.
         shutdown_grace_ms: How long in-flight RPCs may finish on SIGTERM/SIGINT.
-        expiry_interval_ms: How often expired decisions are swept when idle.
+        expiry_interval_ms: How often expired decisions and leases are swept when no call does it.
         seed: RNG seed for strategies; None seeds from the OS.
         limits: Bounds on client-grown state.
         pools: Pools to create at start.
@@ -101,7 +101,7 @@ class ServiceConfig:
 
     listen: str = DEFAULT_LISTEN
     shutdown_grace_ms: int = 5_000
-    expiry_interval_ms: int = 1_000
+    expiry_interval_ms: int = 100
     seed: int | None = None
     limits: CoreLimits = field(default_factory=CoreLimits)
     pools: tuple[PoolSpec, ...] = ()
@@ -237,7 +237,7 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
         state=_parse_state(_section(raw, "state")),
         listen=listen,
         shutdown_grace_ms=service.get("shutdown_grace_ms", 5_000),
-        expiry_interval_ms=service.get("expiry_interval_ms", 1_000),
+        expiry_interval_ms=service.get("expiry_interval_ms", 100),
         seed=seed,
         limits=limits,
         pools=tuple(pools),

@@ -296,3 +296,12 @@ async def test_lease_cap() -> None:
         await core.acquire(req(), None)
     with pytest.raises(ResourceExhausted, match="max_leases"):
         await core.acquire(req(), None)
+
+
+async def test_release_after_ttl_reports_the_reclaim_even_before_a_sweep() -> None:
+    clock = ManualClock()
+    core = make(clock, max_concurrency=1, lease_ttl_ms=1_000)
+    lease = (await core.acquire(req(), None)).lease  # type: ignore[union-attr]
+    clock.advance(1.001)  # no sweep has run
+    assert core.release_slot(lease.id, True, 1.0) is False
+    assert core.admission.reclaimed_total == 1
