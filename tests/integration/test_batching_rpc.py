@@ -147,8 +147,9 @@ BURN = "import time; print('burning', flush=True); end = time.monotonic() + 60\n
 async def test_host_cpu_burner_shrinks_the_batch_and_it_grows_back_after_cooldown(
     start, channel_to, cpu_burners  # type: ignore[no-untyped-def]
 ) -> None:
+    # High threshold 90: two burners on two cores read ~100 %, while the test need not own an idle machine.
     host_op = OperationSettings(name="host", min_batch_size=5, max_batch_size=100, default_batch_size=25,
-                                low_threshold_percent=50, high_threshold_percent=80, cooldown_ms=1_000)
+                                low_threshold_percent=60, high_threshold_percent=90, cooldown_ms=1_000)
     # CPU only in the score, so the test reads the burner and not the machine's memory.
     monitor = MonitorSettings(interval_ms=250, cpu_weight=1.0, memory_weight=0.0, load_average_weight=0.0)
     running = await start(operations=(host_op,), monitor=monitor)
@@ -159,7 +160,7 @@ async def test_host_cpu_burner_shrinks_the_batch_and_it_grows_back_after_cooldow
     async def size() -> int:
         return (await stub.GetBatchSize(pb.GetBatchSizeRequest(operation="host"))).batch_size
 
-    await wait_until(lambda: _true_if(size, lambda s: s == 100))  # idle enough: max size
+    await wait_until(lambda: _true_if(size, lambda s: s > 5), timeout_s=30)  # below the high threshold
     operation = running.core.operations["host"]
 
     async def cooled_down() -> bool:  # so the cooldown cannot be what delays the shrink
@@ -171,17 +172,21 @@ async def test_host_cpu_burner_shrinks_the_batch_and_it_grows_back_after_cooldow
         cpu_burners.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "burning"
     samples_at_start = host.samples_total
-    await wait_until(lambda: _true_if(size, lambda s: s == 5))
-    # Within two polling intervals: at most two samples after the burners started.
+    before = operation.size
+    await wait_until(lambda: _true_if(size, lambda s: s < before))
+    # Within two polling intervals: at most two samples after the burners started. (A sample
+    # that straddles the start may read a middling load and shrink part way; the cooldown then
+    # holds that size before the next step, as it should.)
     assert host.samples_total - samples_at_start <= 2, host.samples_total - samples_at_start
+    await wait_until(lambda: _true_if(size, lambda s: s == 5))
     status = (await stub.GetLoadStatus(pb.GetLoadStatusRequest())).status
     assert status.host.cpu_percent > 80 and not status.host.stale
     for proc in cpu_burners:
         proc.kill()
-    await wait_until(lambda: _true_if(size, lambda s: s == 100))
+    await wait_until(lambda: _true_if(size, lambda s: s > 5), timeout_s=30)
     op = next(o for o in (await stub.GetLoadStatus(pb.GetLoadStatusRequest())).status.operations if o.name == "host")
     shrink, grow = op.recent_adjustments[-2], op.recent_adjustments[-1]
-    assert (shrink.new_size, grow.new_size) == (5, 100)
+    assert shrink.new_size == 5 and grow.previous_size == 5 and grow.new_size > 5
     gap_ms = (grow.at.ToNanoseconds() - shrink.at.ToNanoseconds()) / 1e6
     assert gap_ms >= 1_000  # the cooldown held the small size at least this long
 
