@@ -1,5 +1,5 @@
-"""The loadwarden SDK: ask the Decision service which backend takes a request and
-whether work may start now.
+"""The loadwarden SDK: ask the Decision service which backend takes a request,
+whether work may start now and how big the next batch should be.
 
 Example:
     from loadwarden.sdk import Client
@@ -9,6 +9,7 @@ Example:
             call_backend(route.address)
         with client.slot("ml", wait_s=2.0):
             run_inference()
+        size = client.batch_size("import", default=100)
 """
 
 from loadwarden.sdk._async_client import AsyncClient
@@ -31,8 +32,12 @@ from loadwarden.sdk._route import Route
 from loadwarden.sdk._types import (
     BatchAdjustment,
     BatchMode,
+    BatchReport,
+    BatchSize,
+    HostLoad,
     Lease,
     LoadReport,
+    LoadSource,
     LoadStatus,
     OperationStatus,
     OutcomeStats,
@@ -46,11 +51,15 @@ __all__ = [
     "AsyncClient",
     "BatchAdjustment",
     "BatchMode",
+    "BatchReport",
+    "BatchSize",
     "Client",
     "DeadlineExceededError",
+    "HostLoad",
     "InvalidArgumentError",
     "Lease",
     "LoadReport",
+    "LoadSource",
     "LoadStatus",
     "LoadwardenError",
     "NotFoundError",

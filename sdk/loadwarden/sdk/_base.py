@@ -6,10 +6,12 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+from loadwarden.sdk._batching import LastKnownSizes
 from loadwarden.sdk._convert import outcome_to_proto
+from loadwarden.sdk._errors import LoadwardenError, is_transport_failure
 from loadwarden.sdk._outcomes import OutcomeBuffer
 from loadwarden.sdk._route import Route
-from loadwarden.sdk._types import OutcomeStats
+from loadwarden.sdk._types import BatchSize, OutcomeStats
 from loadwarden.v1 import decision_pb2 as _pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -79,6 +81,7 @@ class ClientBase:
 
     _options: ClientOptions
     _outcomes: _OutcomeSender
+    _batch_sizes: LastKnownSizes
 
     def report_outcome(self, decision_id: str, *, success: bool, latency_ms: float, status: str = "") -> None:
         """Queues how a request routed by `select` went; sent in the background.
@@ -101,6 +104,16 @@ class ClientBase:
     def outcome_stats(self) -> OutcomeStats:
         """Counters of background outcome reporting since the client started."""
         return self._outcomes.buffer.stats()
+
+    def _local_batch_size(self, operation: str, default: int | None, err: LoadwardenError) -> BatchSize | None:
+        """The size to answer without the service after GetBatchSize failed with `err`.
+
+        None (re-raise `err`) unless the service could not be reached: a business
+        answer (NOT_FOUND, INVALID_ARGUMENT, ...) is never masked.
+        """
+        if not is_transport_failure(err):
+            return None
+        return self._batch_sizes.local_answer(operation, default, err)
 
     def _finish_route(self, route: Route, exc: BaseException | None) -> None:
         # Never raises: an exception escaping the block must propagate unchanged.

@@ -15,21 +15,26 @@ from loadwarden.sdk._base import DEFAULT_TARGET, ClientBase, ClientOptions, chec
 from loadwarden.sdk._convert import (
     acquire_slot_request,
     acquired_lease,
+    batch_size_from_proto,
+    batch_size_request,
+    check_default_batch_size,
     load_status_from_proto,
     load_status_request,
     new_request_id,
     release_slot_request,
     renew_lease_request,
     renewed_lease,
+    report_batch_request,
     report_load_request,
     select_request,
     selection_from_proto,
 )
-from loadwarden.sdk._errors import error_from_rpc
+from loadwarden.sdk._batching import LastKnownSizes
+from loadwarden.sdk._errors import LoadwardenError, error_from_rpc
 from loadwarden.sdk._leases import LeaseKeeper, Scheduler, ThreadScheduler, latency_ms, log_release_failure
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._senders import ThreadOutcomeSender
-from loadwarden.sdk._types import Lease, LoadReport, LoadStatus, Selection
+from loadwarden.sdk._types import BatchReport, BatchSize, Lease, LoadReport, LoadStatus, Selection
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
@@ -74,6 +79,7 @@ class Client(ClientBase):
         self._channel = grpc.insecure_channel(target) if channel is None else channel
         self._stub = _pb_grpc.DecisionServiceStub(self._channel)
         self._outcomes = ThreadOutcomeSender(self._options.new_outcome_buffer(), self._send_outcomes)
+        self._batch_sizes = LastKnownSizes()
         # Injection points for tests: when slot() renewals run, and how it times its block.
         self._renewal_scheduler: Scheduler = ThreadScheduler()
         self._clock = time.perf_counter
@@ -351,6 +357,115 @@ class Client(ClientBase):
         if not request.reports:
             return 0
         response: _pb.ReportLoadResponse = self._call("ReportLoad", request, timeout_s)
+        return response.applied
+
+    def batch_size(
+        self, operation: str, *, default: int | None = None, timeout_s: float | None = None
+    ) -> BatchSize:
+        """Asks the service how big the next batch of `operation` should be.
+
+        When the service cannot be reached (UNAVAILABLE without a service reason,
+        or the deadline passes), the SDK answers locally with `fallback=True`: the
+        last size the service gave this client for `operation`
+        (`source="last_known"`), else `default` (`source="default"`). Remembered
+        sizes are kept for the 1,000 most recently used operations.
+
+        Example:
+            size = client.batch_size("import", default=100)
+            started = time.perf_counter()
+            process(queue.take(size.size))
+            client.report_batch(
+                "import",
+                batch_size=size.size,
+                duration_ms=(time.perf_counter() - started) * 1000,
+                decision_id=size.decision_id,
+            )
+
+        Args:
+            operation: Operation name.
+            default: Size to use when the service is unreachable and has never
+                answered for `operation`, count, 1-1,000,000; None re-raises instead.
+            timeout_s: Deadline of this call, seconds; the client's when None.
+
+        Returns:
+            The size to use next.
+
+        Raises:
+            NotFoundError: The operation does not exist (never answered locally).
+            InvalidArgumentError: The operation name is malformed (never answered locally).
+            UnavailableError, DeadlineExceededError: The service is unreachable and
+                there is neither a remembered size nor a `default`.
+            ValueError: `default` is out of range.
+            LoadwardenError: Any other failure, typed by its status code.
+        """
+        check_default_batch_size(default)
+        try:
+            response = self._call("GetBatchSize", batch_size_request(operation), timeout_s)
+        except LoadwardenError as err:
+            local = self._local_batch_size(operation, default, err)
+            if local is None:
+                raise
+            return local
+        answer = batch_size_from_proto(response)
+        self._batch_sizes.remember(operation, answer)
+        return answer
+
+    def report_batch(
+        self,
+        operation: str,
+        *,
+        batch_size: int,
+        duration_ms: float,
+        success: bool = True,
+        decision_id: str = "",
+        timeout_s: float | None = None,
+    ) -> int:
+        """Reports how one batch went, in one call on the caller's path; returns reports applied.
+
+        Latency-target operations learn from these; see `BatchReport` for the checks.
+
+        Args:
+            operation: Operation name.
+            batch_size: Items in the batch, count, 1-1,000,000.
+            duration_ms: How long the batch took, milliseconds, 0-86,400,000.
+            success: True when the batch succeeded.
+            decision_id: `BatchSize.decision_id` of the size used; optional.
+            timeout_s: Deadline of this call, seconds; the client's when None.
+
+        Raises:
+            ValueError: An argument is out of range; the message names it.
+            NotFoundError: The operation does not exist.
+            InvalidArgumentError: The service refused a field; the message names it.
+            LoadwardenError: Any other failure, typed by its status code.
+        """
+        report = BatchReport(
+            operation=operation,
+            batch_size=batch_size,
+            duration_ms=duration_ms,
+            success=success,
+            decision_id=decision_id,
+        )
+        return self.report_batches([report], timeout_s=timeout_s)
+
+    def report_batches(self, reports: Iterable[BatchReport], *, timeout_s: float | None = None) -> int:
+        """Reports how batches went in one call, validated whole by the service.
+
+        Args:
+            reports: At most 1,000 reports; none makes no call.
+            timeout_s: Deadline of this call, seconds; the client's when None.
+
+        Returns:
+            Reports applied, count.
+
+        Raises:
+            ValueError: More than 1,000 reports.
+            InvalidArgumentError: A report is malformed ("reports[i].field"); nothing was applied.
+            NotFoundError: A report names an unknown operation; nothing was applied.
+        """
+        request = report_batch_request(reports)
+        if not request.reports:
+            return 0
+        response: _pb.ReportBatchResponse = self._call("ReportBatch", request, timeout_s)
         return response.applied
 
     def load_status(self, pool: str | None = None, *, timeout_s: float | None = None) -> LoadStatus:

@@ -14,10 +14,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from loadwarden.sdk._errors import ServiceError, SlotDenied
 from loadwarden.sdk._types import (
+    MAX_BATCH_SIZE,
     BatchAdjustment,
     BatchMode,
+    BatchReport,
+    BatchSize,
+    HostLoad,
     Lease,
     LoadReport,
+    LoadSource,
     LoadStatus,
     OperationStatus,
     PoolStatus,
@@ -28,7 +33,7 @@ from loadwarden.sdk._types import (
 from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
 
-# Entries one ReportOutcome / ReportLoad request may carry (the contract's limit).
+# Entries one ReportOutcome / ReportLoad / ReportBatch request may carry (the contract's limit).
 MAX_REPORTS_PER_REQUEST = 1000
 # Longest latency an outcome may carry, milliseconds (one day).
 MAX_LATENCY_MS = 86_400_000
@@ -64,6 +69,20 @@ _BATCH_MODE_BY_PROTO: dict[int, BatchMode] = {
     _common.BATCH_MODE_THRESHOLD: BatchMode.THRESHOLD,
     _common.BATCH_MODE_LATENCY_TARGET: BatchMode.LATENCY_TARGET,
 }
+
+_LOAD_SOURCE_BY_PROTO: dict[int, LoadSource] = {
+    _common.LOAD_SOURCE_UNSPECIFIED: LoadSource.UNSPECIFIED,
+    _common.LOAD_SOURCE_HOST: LoadSource.HOST,
+    _common.LOAD_SOURCE_POOL: LoadSource.POOL,
+}
+
+# `BatchSize.load_level`; UNSPECIFIED and values this SDK version does not know read as "unknown".
+_LOAD_LEVEL_BY_PROTO: dict[int, str] = {
+    _common.LOAD_LEVEL_LOW: "low",
+    _common.LOAD_LEVEL_MEDIUM: "medium",
+    _common.LOAD_LEVEL_HIGH: "high",
+}
+_UNKNOWN_LEVEL = "unknown"
 
 
 def select_request(pool: str, exclude: Iterable[str]) -> _pb.SelectServerRequest:
@@ -186,6 +205,27 @@ def operation_status_from_proto(message: _common.OperationStatus) -> OperationSt
             for adjustment in message.recent_adjustments
         ),
         mode=_BATCH_MODE_BY_PROTO.get(message.mode, BatchMode.UNSPECIFIED),
+        load_source=_LOAD_SOURCE_BY_PROTO.get(message.load_source, LoadSource.UNSPECIFIED),
+        pool=message.pool,
+        min_batch_size=message.min_batch_size,
+        max_batch_size=message.max_batch_size,
+        default_batch_size=message.default_batch_size,
+        last_reason=message.last_reason,
+        fallback=message.fallback,
+        decisions_total=message.decisions_total,
+    )
+
+
+def host_load_from_proto(message: _common.HostLoad) -> HostLoad:
+    return HostLoad(
+        cpu_percent=message.cpu_percent,
+        memory_percent=message.memory_percent,
+        load_average_percent=message.load_average_percent,
+        # A stale score reads 0 on the wire; unknown must never look idle.
+        load_score=None if message.stale else message.load_score,
+        sampled_at=_datetime(message.sampled_at) if message.HasField("sampled_at") else None,
+        stale=message.stale,
+        problem=message.problem,
     )
 
 
@@ -195,7 +235,59 @@ def load_status_from_proto(message: _common.LoadStatus) -> LoadStatus:
         pools=tuple(pool_status_from_proto(pool) for pool in message.pools),
         pending_decisions=message.pending_decisions,
         operations=tuple(operation_status_from_proto(operation) for operation in message.operations),
+        host=host_load_from_proto(message.host) if message.HasField("host") else None,
     )
+
+
+def batch_size_request(operation: str) -> _pb.GetBatchSizeRequest:
+    # The name's characters are the service's to check: it answers INVALID_ARGUMENT naming the field.
+    return _pb.GetBatchSizeRequest(operation=operation)
+
+
+def check_default_batch_size(default: int | None) -> None:
+    """Raises ValueError unless `default` is None or a batch size the contract allows."""
+    if default is not None and (
+        isinstance(default, bool) or not isinstance(default, int) or not 1 <= default <= MAX_BATCH_SIZE
+    ):
+        raise ValueError(f"default must be None or an integer 1-{MAX_BATCH_SIZE:,}, got {default!r}")
+
+
+def batch_size_from_proto(response: _pb.GetBatchSizeResponse) -> BatchSize:
+    level = _LOAD_LEVEL_BY_PROTO.get(response.load_level, _UNKNOWN_LEVEL)
+    return BatchSize(
+        size=response.batch_size,
+        # The wire's 0 for an unknown load is not a load score.
+        load_score=None if level == _UNKNOWN_LEVEL else response.load_score,
+        load_level=level,
+        reason=response.reason,
+        fallback=response.fallback,
+        decision_id=response.decision_id,
+        source="service",
+    )
+
+
+def batch_report_to_proto(report: BatchReport) -> _pb.BatchReport:
+    if not isinstance(report, BatchReport):
+        raise TypeError(f"reports must hold BatchReport values, got {type(report).__name__}")
+    return _pb.BatchReport(
+        operation=report.operation,
+        decision_id=report.decision_id,
+        batch_size=report.batch_size,
+        duration_ms=report.duration_ms,
+        success=bool(report.success),
+    )
+
+
+def report_batch_request(reports: Iterable[BatchReport]) -> _pb.ReportBatchRequest:
+    """Builds one ReportBatch request; raises ValueError above the contract's 1,000 reports."""
+    if isinstance(reports, BatchReport):
+        raise TypeError("reports must be an iterable of BatchReport, not a single one")
+    messages = [batch_report_to_proto(report) for report in reports]
+    if len(messages) > MAX_REPORTS_PER_REQUEST:
+        raise ValueError(
+            f"reports: at most {MAX_REPORTS_PER_REQUEST} per call (validated as one batch), got {len(messages)}"
+        )
+    return _pb.ReportBatchRequest(reports=messages)
 
 
 def new_request_id() -> str:

@@ -6,6 +6,11 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+# Largest batch size the contract allows, count.
+MAX_BATCH_SIZE = 1_000_000
+# Longest batch duration the contract allows, milliseconds (one day).
+MAX_DURATION_MS = 86_400_000
+
 
 @dataclass(frozen=True, slots=True)
 class Selection:
@@ -111,6 +116,17 @@ class BatchMode(enum.Enum):
     """AIMD on reported batch latency against a target."""
 
 
+class LoadSource(enum.Enum):
+    """Where an operation's load score comes from."""
+
+    UNSPECIFIED = "unspecified"
+    """The service sent no source (or one this SDK version does not know)."""
+    HOST = "host"
+    """The Decision service host's own CPU, memory and load average."""
+    POOL = "pool"
+    """The aggregated load reported by the servers of the operation's pool."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServerStatus:
     """What the service knows about one server.
@@ -195,6 +211,14 @@ class OperationStatus:
         adjustments_total: Size changes since the operation was registered, count.
         recent_adjustments: Most recent changes, newest last, at most 20.
         mode: Sizing mode.
+        load_source: Where the load score comes from.
+        pool: With `LoadSource.POOL`, the pool whose reported load drives the size; else empty.
+        min_batch_size: Smallest size the operation answers, count.
+        max_batch_size: Largest size the operation answers, count.
+        default_batch_size: Size answered first and whenever the load is unknown, count.
+        last_reason: Why the last answer was what it was.
+        fallback: True when the last answer was the default because the load was unknown.
+        decisions_total: Batch sizes answered since the operation was registered, count.
     """
 
     name: str
@@ -203,6 +227,39 @@ class OperationStatus:
     adjustments_total: int
     recent_adjustments: tuple[BatchAdjustment, ...]
     mode: BatchMode
+    # Added with batch sizing in the SDK; defaults keep older constructor calls valid.
+    load_source: LoadSource = LoadSource.UNSPECIFIED
+    pool: str = ""
+    min_batch_size: int = 0
+    max_batch_size: int = 0
+    default_batch_size: int = 0
+    last_reason: str = ""
+    fallback: bool = False
+    decisions_total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HostLoad:
+    """The Decision service host's own load, as its monitor last sampled it.
+
+    Attributes:
+        cpu_percent: CPU utilisation, percent 0-100.
+        memory_percent: Memory utilisation, percent 0-100.
+        load_average_percent: 1-minute load average per core, percent, capped at 100.
+        load_score: Weighted score of the three, percent 0-100; None when `stale`
+            (the load is unknown, never idle).
+        sampled_at: When the sample was taken (UTC); None before the first sample.
+        stale: True when the monitor is failing or its last sample is too old.
+        problem: Why, when stale; empty otherwise.
+    """
+
+    cpu_percent: float
+    memory_percent: float
+    load_average_percent: float
+    load_score: float | None
+    sampled_at: datetime | None
+    stale: bool
+    problem: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,12 +271,14 @@ class LoadStatus:
         pools: Pools, sorted by name.
         pending_decisions: Decisions waiting for their outcome, count.
         operations: Batch operations, sorted by name; empty when asked for one pool.
+        host: The service host's own load; None when the service's host monitor is off.
     """
 
     generated_at: datetime
     pools: tuple[PoolStatus, ...]
     pending_decisions: int
     operations: tuple[OperationStatus, ...] = ()
+    host: HostLoad | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,3 +303,73 @@ class OutcomeStats:
     dropped: int
     failed_batches: int
     pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSize:
+    """The batch size an operation should use next.
+
+    Attributes:
+        size: Items to put in the next batch, count, >= 1.
+        load_score: Load score the size is based on, percent 0-100; None when the
+            load is unknown (`load_level` "unknown").
+        load_level: "low", "medium" or "high" by the operation's thresholds, or
+            "unknown" when the load is not known (always when the SDK answered).
+        reason: Why this size, e.g. "load 62.0 between thresholds 50.0 and 80.0".
+        fallback: True when the size is not a fresh decision: the service answered
+            the operation's default because the load was unknown, or the SDK
+            answered locally (`source` says which).
+        decision_id: Id of the sizing decision; pass it to `report_batch`. Empty
+            when the SDK answered locally.
+        source: "service" when the service answered; "last_known" (the last size
+            the service gave this client for the operation) or "default" (the
+            caller's `default`) when the service could not be reached.
+    """
+
+    size: int
+    load_score: float | None
+    load_level: str
+    reason: str
+    fallback: bool
+    decision_id: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """How one batch went, for `report_batches`; checked when constructed.
+
+    Attributes:
+        operation: Operation name.
+        batch_size: Items in the batch, count, >= 1.
+        duration_ms: How long the batch took, milliseconds, 0-86,400,000.
+        success: True when the batch succeeded.
+        decision_id: `BatchSize.decision_id` of the size used; empty when unknown.
+
+    Raises:
+        ValueError: A field is out of range (it would make the service reject the
+            whole call it travels in); the message names the field.
+    """
+
+    operation: str
+    batch_size: int
+    duration_ms: float
+    success: bool = True
+    decision_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.operation, str) or not self.operation:
+            raise ValueError(f"operation must be a non-empty string, got {self.operation!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not (
+            1 <= self.batch_size <= MAX_BATCH_SIZE
+        ):
+            raise ValueError(f"batch_size must be an integer 1-{MAX_BATCH_SIZE:,}, got {self.batch_size!r}")
+        duration_ms = self.duration_ms
+        if (
+            isinstance(duration_ms, bool)
+            or not isinstance(duration_ms, int | float)
+            or not 0 <= duration_ms <= MAX_DURATION_MS  # False for NaN
+        ):
+            raise ValueError(f"duration_ms must be 0-{MAX_DURATION_MS:,} milliseconds, got {duration_ms!r}")
+        if not isinstance(self.decision_id, str):
+            raise ValueError(f"decision_id must be a string, got {self.decision_id!r}")

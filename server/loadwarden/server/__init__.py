@@ -4,12 +4,13 @@ Run it with ``loadwarden serve``; embed it with ``start_service``.
 """
 
 from ._clock import Clock, ManualClock, SystemClock
-from ._config import PoolSpec, ServiceConfig, load_config
+from ._config import MonitorSettings, PoolSpec, ServiceConfig, StateSettings, load_config
 from ._core import CoreLimits, DecisionCore
 from ._errors import ConfigError
 from ._model import ServerSpec
+from ._operations import OperationSettings
 from ._service import RunningService, serve, start_service
-from ._settings import PoolSettings
+from ._settings import OutlierSettings, PoolSettings, RateLimit
 
 __all__ = [
     "Clock",
@@ -17,11 +18,16 @@ __all__ = [
     "CoreLimits",
     "DecisionCore",
     "ManualClock",
+    "MonitorSettings",
+    "OperationSettings",
+    "OutlierSettings",
     "PoolSettings",
     "PoolSpec",
+    "RateLimit",
     "RunningService",
     "ServerSpec",
     "ServiceConfig",
+    "StateSettings",
     "SystemClock",
     "load_config",
     "serve",

@@ -104,6 +104,16 @@ class FakeChannel:
             self.leases[request.lease_id] = True
             return _pb.ReleaseSlotResponse(released=not already, already_released=already)
 
+        def batch_size(request: _pb.GetBatchSizeRequest) -> Message:
+            self._decisions += 1
+            return _pb.GetBatchSizeResponse(
+                decision_id=f"d-{self._decisions}",
+                batch_size=DEFAULT_BATCH_SIZE,
+                load_score=30.0,
+                load_level=_common.LOAD_LEVEL_LOW,
+                reason="load 30.0 <= low threshold 50.0",
+            )
+
         defaults: dict[str, Callable[[Any], Message]] = {
             "SelectServer": select,
             "AcquireSlot": acquire,
@@ -112,6 +122,8 @@ class FakeChannel:
             "ReportOutcome": lambda request: _pb.ReportOutcomeResponse(applied=len(request.outcomes)),
             "ReportLoad": lambda request: _pb.ReportLoadResponse(applied=len(request.reports)),
             "GetLoadStatus": lambda request: _pb.GetLoadStatusResponse(status=_common.LoadStatus()),
+            "GetBatchSize": batch_size,
+            "ReportBatch": lambda request: _pb.ReportBatchResponse(applied=len(request.reports)),
         }
         return defaults[method]
 
@@ -122,6 +134,8 @@ async def _done() -> None:
 
 # Lease TTL the fake grants when the request names none, milliseconds.
 DEFAULT_LEASE_TTL_MS = 30_000
+# Batch size the fake answers to GetBatchSize, count.
+DEFAULT_BATCH_SIZE = 50
 
 
 def _lease(lease_id: str, pool: str, ttl_ms: int) -> _common.Lease:

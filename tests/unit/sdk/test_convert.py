@@ -11,7 +11,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from loadwarden.sdk import (
     BatchAdjustment,
     BatchMode,
+    BatchReport,
+    BatchSize,
+    HostLoad,
     LoadReport,
+    LoadSource,
     LoadStatus,
     OperationStatus,
     PoolStatus,
@@ -20,11 +24,13 @@ from loadwarden.sdk import (
     ServerStatus,
 )
 from loadwarden.sdk._convert import (
+    batch_size_from_proto,
     load_report_from_proto,
     load_report_to_proto,
     load_status_from_proto,
     load_status_request,
     outcome_to_proto,
+    report_batch_request,
     report_load_request,
     select_request,
     selection_from_proto,
@@ -207,3 +213,133 @@ def test_outcome_fields_that_would_poison_a_batch_are_refused(kwargs: dict, name
 
     with pytest.raises(ValueError, match=name):
         outcome_to_proto(decision_id, **fields)
+
+
+def test_operation_status_carries_its_settings_and_adjustments() -> None:
+    message = _common.LoadStatus(
+        operations=[
+            _common.OperationStatus(
+                name="ingest",
+                batch_size=27,
+                last_load_score=0.0,
+                adjustments_total=2,
+                recent_adjustments=[
+                    _common.BatchAdjustment(at=_timestamp(AT), previous_size=20, new_size=30, reason="under target"),
+                    _common.BatchAdjustment(at=_timestamp(AT), previous_size=30, new_size=27, reason="breach: x0.9"),
+                ],
+                mode=_common.BATCH_MODE_LATENCY_TARGET,
+                load_source=_common.LOAD_SOURCE_POOL,
+                pool="api",
+                min_batch_size=1,
+                max_batch_size=100,
+                default_batch_size=20,
+                last_reason="breach: x0.9",
+                fallback=True,
+                decisions_total=9,
+            )
+        ]
+    )
+
+    [operation] = load_status_from_proto(message).operations
+
+    assert operation == OperationStatus(
+        name="ingest",
+        batch_size=27,
+        last_load_score=0.0,
+        adjustments_total=2,
+        recent_adjustments=(
+            BatchAdjustment(at=AT, previous_size=20, new_size=30, reason="under target", load_score=0.0),
+            BatchAdjustment(at=AT, previous_size=30, new_size=27, reason="breach: x0.9", load_score=0.0),
+        ),
+        mode=BatchMode.LATENCY_TARGET,
+        load_source=LoadSource.POOL,
+        pool="api",
+        min_batch_size=1,
+        max_batch_size=100,
+        default_batch_size=20,
+        last_reason="breach: x0.9",
+        fallback=True,
+        decisions_total=9,
+    )
+
+
+def test_operation_enums_this_sdk_does_not_know_read_as_unspecified() -> None:
+    message = _common.LoadStatus(operations=[_common.OperationStatus(name="x", mode=99, load_source=99)])
+
+    [operation] = load_status_from_proto(message).operations
+
+    assert (operation.mode, operation.load_source) == (BatchMode.UNSPECIFIED, LoadSource.UNSPECIFIED)
+
+
+def test_host_load_comes_through() -> None:
+    message = _common.LoadStatus(
+        host=_common.HostLoad(
+            cpu_percent=40.0, memory_percent=60.0, load_average_percent=20.0, load_score=40.0, sampled_at=_timestamp(AT)
+        )
+    )
+
+    assert load_status_from_proto(message).host == HostLoad(
+        cpu_percent=40.0,
+        memory_percent=60.0,
+        load_average_percent=20.0,
+        load_score=40.0,
+        sampled_at=AT,
+        stale=False,
+        problem="",
+    )
+
+
+def test_a_stale_host_load_has_no_score_and_an_unsampled_one_no_time() -> None:
+    message = _common.LoadStatus(host=_common.HostLoad(stale=True, problem="psutil failed"))
+
+    host = load_status_from_proto(message).host
+
+    assert host is not None
+    assert (host.load_score, host.sampled_at, host.stale, host.problem) == (None, None, True, "psutil failed")
+
+
+def test_no_host_when_the_monitor_is_off() -> None:
+    assert load_status_from_proto(_common.LoadStatus()).host is None
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [
+        (_common.LOAD_LEVEL_LOW, "low"),
+        (_common.LOAD_LEVEL_MEDIUM, "medium"),
+        (_common.LOAD_LEVEL_HIGH, "high"),
+    ],
+)
+def test_batch_size_with_a_known_load(level: int, expected: str) -> None:
+    response = _pb.GetBatchSizeResponse(
+        decision_id="d-1", batch_size=60, load_score=62.0, load_level=level, reason="between"
+    )
+
+    assert batch_size_from_proto(response) == BatchSize(
+        size=60,
+        load_score=62.0,
+        load_level=expected,
+        reason="between",
+        fallback=False,
+        decision_id="d-1",
+        source="service",
+    )
+
+
+@pytest.mark.parametrize("level", [_common.LOAD_LEVEL_UNKNOWN, _common.LOAD_LEVEL_UNSPECIFIED, 99])
+def test_batch_size_with_an_unknown_load_has_no_score(level: int) -> None:
+    response = _pb.GetBatchSizeResponse(batch_size=10, load_score=0.0, load_level=level, fallback=True)
+
+    answer = batch_size_from_proto(response)
+
+    assert (answer.load_score, answer.load_level, answer.fallback) == (None, "unknown", True)
+
+
+def test_batch_report_to_proto() -> None:
+    report = BatchReport("import", batch_size=5, duration_ms=12, success=False, decision_id="d")
+
+    request = report_batch_request([report])
+
+    assert request == _pb.ReportBatchRequest(
+        reports=[_pb.BatchReport(operation="import", batch_size=5, duration_ms=12.0, success=False, decision_id="d")]
+    )

@@ -1,0 +1,13 @@
+"""The server's public surface is pinned: adding or removing a name is a decision."""
+
+import loadwarden.server
+
+
+def test_public_names() -> None:
+    assert sorted(loadwarden.server.__all__) == [
+        "Clock", "ConfigError", "CoreLimits", "DecisionCore", "ManualClock", "MonitorSettings",
+        "OperationSettings", "OutlierSettings", "PoolSettings", "PoolSpec", "RateLimit", "RunningService",
+        "ServerSpec", "ServiceConfig", "StateSettings", "SystemClock", "load_config", "serve", "start_service",
+    ]
+    for name in loadwarden.server.__all__:
+        assert getattr(loadwarden.server, name) is not None
