@@ -13,6 +13,7 @@ Example:
 """
 
 from loadwarden.sdk._async_client import AsyncClient
+from loadwarden.sdk._breaker import BreakerConfig, BreakerEvent, BreakerState, CircuitBreaker
 from loadwarden.sdk._client import Client
 from loadwarden.sdk._errors import (
     DeadlineExceededError,
@@ -28,6 +29,8 @@ from loadwarden.sdk._errors import (
     UnavailableError,
     UnimplementedError,
 )
+from loadwarden.sdk._resilience import BreakerOpenError, deadline
+from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._types import (
     BatchAdjustment,
@@ -53,6 +56,11 @@ __all__ = [
     "BatchMode",
     "BatchReport",
     "BatchSize",
+    "BreakerConfig",
+    "BreakerEvent",
+    "BreakerOpenError",
+    "BreakerState",
+    "CircuitBreaker",
     "Client",
     "DeadlineExceededError",
     "HostLoad",
@@ -68,6 +76,7 @@ __all__ = [
     "PermissionDeniedError",
     "PoolStatus",
     "ResourceExhaustedError",
+    "RetryConfig",
     "Route",
     "RpcCancelledError",
     "Selection",
@@ -78,4 +87,5 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "deadline",
 ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
@@ -11,7 +13,16 @@ from typing import Any, Self
 import grpc
 from google.protobuf.message import Message
 
-from loadwarden.sdk._base import DEFAULT_TARGET, ClientBase, ClientOptions, check_wait_timeout
+from loadwarden.sdk._base import (
+    DEFAULT_TARGET,
+    ClientBase,
+    ClientOptions,
+    check_wait_timeout,
+    retryable,
+    serving_servers,
+    settle,
+)
+from loadwarden.sdk._breaker import BreakerConfig
 from loadwarden.sdk._convert import (
     acquire_slot_request,
     acquired_lease,
@@ -31,12 +42,16 @@ from loadwarden.sdk._convert import (
 )
 from loadwarden.sdk._batching import LastKnownSizes
 from loadwarden.sdk._errors import LoadwardenError, error_from_rpc
+from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
+from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._leases import AsyncLeaseKeeper, AsyncScheduler, TaskScheduler, latency_ms, log_release_failure
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._senders import TaskOutcomeSender
 from loadwarden.sdk._types import BatchReport, BatchSize, Lease, LoadReport, LoadStatus, Selection
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
+
+log = logging.getLogger("loadwarden.sdk")
 
 
 class AsyncClient(ClientBase):
@@ -56,6 +71,16 @@ class AsyncClient(ClientBase):
         outcome_batch_size: Queued outcomes that are sent at once without waiting, count.
         outcome_flush_interval_s: Longest an outcome waits before it is sent, seconds.
         outcome_buffer_size: Outcomes held at most; beyond it the oldest are dropped, count.
+        breaker: Circuit breaker settings, one breaker per method; None turns breakers off.
+        retry: Retry settings (full-jitter backoff within a retry budget, only for
+            calls that did not reach the service); None turns retries off.
+        slot_fallback: What AcquireSlot answers when the service is unreachable:
+            "local_limit" (up to `local_slot_limit` local slots per pool),
+            "fail_open" (always a local slot) or "fail_closed" (always SlotDenied).
+        local_slot_limit: Local slots per pool under "local_limit", count.
+        server_refresh_s: How often the servers known per pool (for local round
+            robin when SelectServer cannot be answered) are refreshed from
+            GetLoadStatus, in the background, seconds; 0 turns refreshing off.
 
     Raises:
         ValueError: An argument is out of range; the message names it.
@@ -70,6 +95,11 @@ class AsyncClient(ClientBase):
         outcome_batch_size: int = 100,
         outcome_flush_interval_s: float = 0.005,
         outcome_buffer_size: int = 10_000,
+        breaker: BreakerConfig | None = BreakerConfig(),  # noqa: B008 - frozen, shared safely
+        retry: RetryConfig | None = RetryConfig(),  # noqa: B008 - frozen, shared safely
+        slot_fallback: str = "local_limit",
+        local_slot_limit: int = 10,
+        server_refresh_s: float = 30.0,
     ) -> None:
         self._options = ClientOptions(
             target=target,
@@ -78,6 +108,8 @@ class AsyncClient(ClientBase):
             outcome_flush_interval_s=outcome_flush_interval_s,
             outcome_buffer_size=outcome_buffer_size,
         )
+        self._setup_resilience(breaker, retry, slot_fallback, local_slot_limit, server_refresh_s)
+        self._refreshes: set[asyncio.Task[None]] = set()
         self._owns_channel = channel is None
         # An owned channel is opened on first use: grpc.aio binds it to the loop running then.
         self._channel = channel
@@ -102,10 +134,45 @@ class AsyncClient(ClientBase):
 
         Raises:
             NotFoundError: The pool does not exist.
-            UnavailableError: The pool has no eligible server, or the service is unreachable.
+            UnavailableError: The pool has no eligible server; or the service is
+                unreachable and no server of the pool is known locally.
             LoadwardenError: Any other failure, typed by its status code.
+
+        When the service cannot be reached (or its breaker is open), the answer is
+        local round robin over the servers the service last returned for the pool,
+        with `fallback=True` and no network round trip.
         """
-        return selection_from_proto(await self._call("SelectServer", select_request(pool, exclude), timeout_s))
+        try:
+            response = await self._call("SelectServer", select_request(pool, exclude), timeout_s)
+        except LoadwardenError as err:
+            local = self._local_selection(pool, exclude, err)
+            if local is None:
+                raise
+            return local
+        selection = selection_from_proto(response)
+        self._known.remember(pool, selection.server_id, selection.address)
+        if self._refresh_due(pool, time.monotonic()):
+            task = asyncio.get_running_loop().create_task(self._refresh_quietly(pool))
+            self._refreshes.add(task)
+            task.add_done_callback(self._refreshes.discard)
+        return selection
+
+    async def refresh_servers(self, pool: str, *, timeout_s: float | None = None) -> int:
+        """Replaces the servers known for `pool` with those the service may choose now.
+
+        Returns:
+            How many servers are known for the pool.
+        """
+        status = await self.load_status(pool, timeout_s=timeout_s)
+        servers = serving_servers(status, pool)
+        self._known.replace(pool, servers, time.monotonic())
+        return len(servers)
+
+    async def _refresh_quietly(self, pool: str) -> None:
+        try:
+            await self.refresh_servers(pool)
+        except Exception as err:  # noqa: BLE001 - a background refresh never raises
+            log.debug("refreshing the servers of pool %s failed: %s", pool, err)
 
     @contextlib.asynccontextmanager
     async def route(self, pool: str, *, exclude: Iterable[str] = ()) -> AsyncIterator[Route]:
@@ -190,7 +257,14 @@ class AsyncClient(ClientBase):
             select_server=select_server,
         )
         deadline_s = wait_s + self._options.call_timeout_s(timeout_s)
-        return acquired_lease(await self._call("AcquireSlot", request, deadline_s), pool)
+        try:
+            response = await self._call("AcquireSlot", request, deadline_s)
+        except LoadwardenError as err:
+            local = self._local_lease(pool, select_server, err)
+            if local is None:
+                raise
+            return local
+        return acquired_lease(response, pool)
 
     async def renew_lease(self, lease_id: str, *, ttl_s: float | None = None, timeout_s: float | None = None) -> Lease:
         """Extends a lease's time to live from now.
@@ -237,6 +311,8 @@ class AsyncClient(ClientBase):
             ValueError: An argument is out of range.
             LoadwardenError: Any other failure, typed by its status code.
         """
+        if is_local_lease(lease_id):
+            return self._local_slots.release(lease_id)
         request = release_slot_request(
             lease_id,
             request_id=new_request_id() if request_id is None else request_id,
@@ -497,23 +573,44 @@ class AsyncClient(ClientBase):
     async def _call(self, method: str, request: Message, timeout_s: float | None = None) -> Any:
         """Makes one RPC: every call of this client goes through here.
 
-        Applies the deadline and maps a failed call to the SDK's typed error; the
-        place for retries and the circuit breaker.
+        The deadline is the call's timeout cut to the caller's `deadline` scope. An
+        open breaker fails the call at once; otherwise attempts are retried per
+        the retry settings, each bounded by the time left, and each outcome feeds
+        the breaker (only transport failures count against it).
         """
         if self._closed:
             raise RuntimeError("the client is closed")
         if self._stub is None:
             self._channel = grpc.aio.insecure_channel(self._options.target)
             self._stub = _pb_grpc.DecisionServiceStub(self._channel)
+        timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
         rpc = getattr(self._stub, method)
-        try:
-            return await rpc(request, timeout=self._options.call_timeout_s(timeout_s))
-        except grpc.RpcError as err:
-            raise error_from_rpc(err) from err
+        self._fail_fast(method)
+
+        async def attempt(time_left_s: float) -> Any:
+            breaker = self._admit(method)
+            try:
+                response = await rpc(request, timeout=time_left_s)
+            except grpc.RpcError as err:
+                error = error_from_rpc(err)
+                settle(breaker, error)
+                raise error from err
+            except BaseException:  # cancelled: no outcome, give back a half-open probe
+                if breaker is not None:
+                    breaker.release()
+                raise
+            if breaker is not None:
+                breaker.record_success()
+            return response
+
+        if self._retrier is None:
+            return await attempt(timeout)
+        return await self._retrier.call_async(attempt, deadline=time.monotonic() + timeout, retryable=retryable)
 
     async def _release_held(self, lease: Lease, *, success: bool, latency_ms: float) -> None:
         # Never raises an Exception: one escaping the block must propagate unchanged.
         if lease.fallback:
+            self._local_slots.release(lease.lease_id)
             return
         try:
             await self.release_slot(lease.lease_id, success=success, latency_ms=latency_ms)

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from loadwarden.sdk._batching import LastKnownSizes
+from loadwarden.sdk._breaker import BreakerConfig, BreakerRegistry, BreakerState, CircuitBreaker
+from loadwarden.sdk._resilience import BreakerOpenError, KnownServers, LocalSlots
+from loadwarden.sdk._retry import Retrier, RetryConfig
 from loadwarden.sdk._convert import outcome_to_proto
 from loadwarden.sdk._errors import LoadwardenError, is_transport_failure
 from loadwarden.sdk._outcomes import OutcomeBuffer
 from loadwarden.sdk._route import Route
-from loadwarden.sdk._types import BatchSize, OutcomeStats
+from loadwarden.sdk._types import BatchSize, Lease, LoadStatus, OutcomeStats, Selection, ServerState
 from loadwarden.v1 import decision_pb2 as _pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -76,8 +79,102 @@ class _OutcomeSender(Protocol):
     def add(self, outcome: _pb.Outcome) -> None: ...
 
 
+def settle(breaker: CircuitBreaker | None, error: LoadwardenError) -> None:
+    """Feeds an attempt's error to its breaker: only transport failures count against it."""
+    if breaker is None:
+        return
+    if is_transport_failure(error):
+        breaker.record_failure()
+    else:
+        breaker.record_success()  # the service answered
+
+
+def serving_servers(status: LoadStatus, pool: str) -> list[tuple[str, str]]:
+    """(id, address) of the pool's servers the service may choose now."""
+    return [
+        (server.id, server.address)
+        for each in status.pools
+        if each.name == pool
+        for server in each.servers
+        if server.state is ServerState.SERVING
+    ]
+
+
+def retryable(exc: BaseException) -> bool:
+    """Retry only calls that did not reach the service; an open breaker is not retried."""
+    return is_transport_failure(exc) and not isinstance(exc, BreakerOpenError)
+
+
 class ClientBase:
     """The part of the client surface that makes no RPC, identical in sync and async."""
+
+    _breakers: BreakerRegistry | None
+    _retrier: Retrier | None
+    _known: KnownServers
+    _local_slots: LocalSlots
+    _server_refresh_s: float
+
+    def _setup_resilience(
+        self,
+        breaker: BreakerConfig | None,
+        retry: RetryConfig | None,
+        slot_fallback: str,
+        local_slot_limit: int,
+        server_refresh_s: float,
+    ) -> None:
+        if breaker is not None and not isinstance(breaker, BreakerConfig):
+            raise ValueError(f"breaker must be a BreakerConfig or None, got {breaker!r}")
+        if retry is not None and not isinstance(retry, RetryConfig):
+            raise ValueError(f"retry must be a RetryConfig or None, got {retry!r}")
+        if not (isinstance(server_refresh_s, (int, float)) and server_refresh_s >= 0):
+            raise ValueError(f"server_refresh_s must be >= 0 (0 turns refreshing off), got {server_refresh_s!r}")
+        self._breakers = BreakerRegistry(breaker) if breaker is not None else None
+        self._retrier = Retrier(retry) if retry is not None else None
+        self._known = KnownServers()
+        self._local_slots = LocalSlots(slot_fallback, local_slot_limit, self._known)
+        self._server_refresh_s = float(server_refresh_s)
+
+    def breaker(self, method: str) -> CircuitBreaker | None:
+        """The circuit breaker guarding `method` ("SelectServer", ...) for this client's target."""
+        return None if self._breakers is None else self._breakers.get(method, self._options.target)
+
+    def _fail_fast(self, method: str) -> None:
+        # While the breaker is open: no retry machinery, no network. Reads the state
+        # only, so it never takes one of HALF_OPEN's probe slots.
+        breaker = self.breaker(method)
+        if breaker is not None and breaker.state is BreakerState.OPEN:
+            raise BreakerOpenError(method, breaker.retry_after_s())
+
+    def _admit(self, method: str) -> CircuitBreaker | None:
+        """The breaker for one attempt, which it has let through (else BreakerOpenError)."""
+        breaker = self.breaker(method)
+        if breaker is not None and not breaker.allow():
+            raise BreakerOpenError(method, breaker.retry_after_s())
+        return breaker
+
+    def _local_selection(self, pool: str, exclude: object, err: LoadwardenError) -> Selection | None:
+        """Round robin over the servers last seen for `pool`, when the service is unreachable."""
+        if not is_transport_failure(err):
+            return None
+        return self._known.pick(pool, exclude)  # type: ignore[arg-type]
+
+    def _local_lease(self, pool: str, select_server: bool, err: LoadwardenError) -> Lease | None:
+        """A local slot per the fallback policy (or SlotDenied), when the service is unreachable."""
+        if not is_transport_failure(err):
+            return None
+        return self._local_slots.grant(pool, select_server, err)
+
+    def _refresh_due(self, pool: str, now: float) -> bool:
+        if not self._server_refresh_s:
+            return False
+        last = self._known.refreshed_at(pool)
+        if last is None:  # the first selections teach the list; the first refresh is one interval on
+            self._known.mark_refreshed(pool, now)
+            return False
+        if now - last < self._server_refresh_s:
+            return False
+        self._known.mark_refreshed(pool, now)  # one refresh at a time per pool
+        return True
 
     _options: ClientOptions
     _outcomes: _OutcomeSender

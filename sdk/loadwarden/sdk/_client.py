@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from types import TracebackType
@@ -11,7 +13,16 @@ from typing import Any, Self
 import grpc
 from google.protobuf.message import Message
 
-from loadwarden.sdk._base import DEFAULT_TARGET, ClientBase, ClientOptions, check_wait_timeout
+from loadwarden.sdk._base import (
+    DEFAULT_TARGET,
+    ClientBase,
+    ClientOptions,
+    check_wait_timeout,
+    retryable,
+    serving_servers,
+    settle,
+)
+from loadwarden.sdk._breaker import BreakerConfig
 from loadwarden.sdk._convert import (
     acquire_slot_request,
     acquired_lease,
@@ -31,12 +42,16 @@ from loadwarden.sdk._convert import (
 )
 from loadwarden.sdk._batching import LastKnownSizes
 from loadwarden.sdk._errors import LoadwardenError, error_from_rpc
+from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
+from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._leases import LeaseKeeper, Scheduler, ThreadScheduler, latency_ms, log_release_failure
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._senders import ThreadOutcomeSender
 from loadwarden.sdk._types import BatchReport, BatchSize, Lease, LoadReport, LoadStatus, Selection
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
+
+log = logging.getLogger("loadwarden.sdk")
 
 
 class Client(ClientBase):
@@ -53,6 +68,16 @@ class Client(ClientBase):
         outcome_batch_size: Queued outcomes that are sent at once without waiting, count.
         outcome_flush_interval_s: Longest an outcome waits before it is sent, seconds.
         outcome_buffer_size: Outcomes held at most; beyond it the oldest are dropped, count.
+        breaker: Circuit breaker settings, one breaker per method; None turns breakers off.
+        retry: Retry settings (full-jitter backoff within a retry budget, only for
+            calls that did not reach the service); None turns retries off.
+        slot_fallback: What AcquireSlot answers when the service is unreachable:
+            "local_limit" (up to `local_slot_limit` local slots per pool),
+            "fail_open" (always a local slot) or "fail_closed" (always SlotDenied).
+        local_slot_limit: Local slots per pool under "local_limit", count.
+        server_refresh_s: How often the servers known per pool (for local round
+            robin when SelectServer cannot be answered) are refreshed from
+            GetLoadStatus, in the background, seconds; 0 turns refreshing off.
 
     Raises:
         ValueError: An argument is out of range; the message names it.
@@ -67,6 +92,11 @@ class Client(ClientBase):
         outcome_batch_size: int = 100,
         outcome_flush_interval_s: float = 0.005,
         outcome_buffer_size: int = 10_000,
+        breaker: BreakerConfig | None = BreakerConfig(),  # noqa: B008 - frozen, shared safely
+        retry: RetryConfig | None = RetryConfig(),  # noqa: B008 - frozen, shared safely
+        slot_fallback: str = "local_limit",
+        local_slot_limit: int = 10,
+        server_refresh_s: float = 30.0,
     ) -> None:
         self._options = ClientOptions(
             target=target,
@@ -75,6 +105,7 @@ class Client(ClientBase):
             outcome_flush_interval_s=outcome_flush_interval_s,
             outcome_buffer_size=outcome_buffer_size,
         )
+        self._setup_resilience(breaker, retry, slot_fallback, local_slot_limit, server_refresh_s)
         self._owns_channel = channel is None
         self._channel = grpc.insecure_channel(target) if channel is None else channel
         self._stub = _pb_grpc.DecisionServiceStub(self._channel)
@@ -98,10 +129,43 @@ class Client(ClientBase):
 
         Raises:
             NotFoundError: The pool does not exist.
-            UnavailableError: The pool has no eligible server, or the service is unreachable.
+            UnavailableError: The pool has no eligible server; or the service is
+                unreachable and no server of the pool is known locally.
             LoadwardenError: Any other failure, typed by its status code.
+
+        When the service cannot be reached (or its breaker is open), the answer is
+        local round robin over the servers the service last returned for the pool,
+        with `fallback=True` and no network round trip.
         """
-        return selection_from_proto(self._call("SelectServer", select_request(pool, exclude), timeout_s))
+        try:
+            response = self._call("SelectServer", select_request(pool, exclude), timeout_s)
+        except LoadwardenError as err:
+            local = self._local_selection(pool, exclude, err)
+            if local is None:
+                raise
+            return local
+        selection = selection_from_proto(response)
+        self._known.remember(pool, selection.server_id, selection.address)
+        if self._refresh_due(pool, time.monotonic()):
+            threading.Thread(target=self._refresh_quietly, args=(pool,), daemon=True).start()
+        return selection
+
+    def refresh_servers(self, pool: str, *, timeout_s: float | None = None) -> int:
+        """Replaces the servers known for `pool` with those the service may choose now.
+
+        Returns:
+            How many servers are known for the pool.
+        """
+        status = self.load_status(pool, timeout_s=timeout_s)
+        servers = serving_servers(status, pool)
+        self._known.replace(pool, servers, time.monotonic())
+        return len(servers)
+
+    def _refresh_quietly(self, pool: str) -> None:
+        try:
+            self.refresh_servers(pool)
+        except Exception as err:  # noqa: BLE001 - a background refresh never raises
+            log.debug("refreshing the servers of pool %s failed: %s", pool, err)
 
     @contextlib.contextmanager
     def route(self, pool: str, *, exclude: Iterable[str] = ()) -> Iterator[Route]:
@@ -175,6 +239,11 @@ class Client(ClientBase):
             NotFoundError: The pool does not exist.
             ValueError: An argument is out of range; the message names it.
             LoadwardenError: Any other failure, typed by its status code.
+
+        When the service cannot be reached (or its breaker is open), the client's
+        `slot_fallback` policy answers locally: a lease with `fallback=True` (id
+        "local-...", released locally, never renewed) or SlotDenied with
+        `denial="LOCAL_LIMIT"` / `"CONTROL_PLANE_UNAVAILABLE"`.
         """
         request = acquire_slot_request(
             pool,
@@ -186,7 +255,14 @@ class Client(ClientBase):
             select_server=select_server,
         )
         deadline_s = wait_s + self._options.call_timeout_s(timeout_s)
-        return acquired_lease(self._call("AcquireSlot", request, deadline_s), pool)
+        try:
+            response = self._call("AcquireSlot", request, deadline_s)
+        except LoadwardenError as err:
+            local = self._local_lease(pool, select_server, err)
+            if local is None:
+                raise
+            return local
+        return acquired_lease(response, pool)
 
     def renew_lease(self, lease_id: str, *, ttl_s: float | None = None, timeout_s: float | None = None) -> Lease:
         """Extends a lease's time to live from now.
@@ -233,6 +309,8 @@ class Client(ClientBase):
             ValueError: An argument is out of range.
             LoadwardenError: Any other failure, typed by its status code.
         """
+        if is_local_lease(lease_id):
+            return self._local_slots.release(lease_id)
         request = release_slot_request(
             lease_id,
             request_id=new_request_id() if request_id is None else request_id,
@@ -493,20 +571,41 @@ class Client(ClientBase):
     def _call(self, method: str, request: Message, timeout_s: float | None = None) -> Any:
         """Makes one RPC: every call of this client goes through here.
 
-        Applies the deadline and maps a failed call to the SDK's typed error; the
-        place for retries and the circuit breaker.
+        The deadline is the call's timeout cut to the caller's `deadline` scope. An
+        open breaker fails the call at once; otherwise attempts are retried per
+        the retry settings, each bounded by the time left, and each outcome feeds
+        the breaker (only transport failures count against it).
         """
         if self._closed:
             raise RuntimeError("the client is closed")
+        timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
         rpc = getattr(self._stub, method)
-        try:
-            return rpc(request, timeout=self._options.call_timeout_s(timeout_s))
-        except grpc.RpcError as err:
-            raise error_from_rpc(err) from err
+        self._fail_fast(method)
+
+        def attempt(time_left_s: float) -> Any:
+            breaker = self._admit(method)
+            try:
+                response = rpc(request, timeout=time_left_s)
+            except grpc.RpcError as err:
+                error = error_from_rpc(err)
+                settle(breaker, error)
+                raise error from err
+            except BaseException:
+                if breaker is not None:
+                    breaker.release()
+                raise
+            if breaker is not None:
+                breaker.record_success()
+            return response
+
+        if self._retrier is None:
+            return attempt(timeout)
+        return self._retrier.call(attempt, deadline=time.monotonic() + timeout, retryable=retryable)
 
     def _release_held(self, lease: Lease, *, success: bool, latency_ms: float) -> None:
         # Never raises: an exception escaping the block must propagate unchanged.
         if lease.fallback:
+            self._local_slots.release(lease.lease_id)
             return
         try:
             self.release_slot(lease.lease_id, success=success, latency_ms=latency_ms)

@@ -16,7 +16,7 @@ NEVER_S = 3600.0
 
 @pytest.fixture
 async def client(fake_aio_channel) -> AsyncIterator[AsyncClient]:
-    client = AsyncClient(channel=fake_aio_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S)
+    client = AsyncClient(channel=fake_aio_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None)
     yield client
     await client.close()
 
@@ -88,7 +88,7 @@ async def test_report_loads_and_load_status(client: AsyncClient, fake_aio_channe
 
 
 async def test_close_sends_queued_outcomes_and_leaves_a_given_channel_open(fake_aio_channel) -> None:
-    async with AsyncClient(channel=fake_aio_channel, outcome_flush_interval_s=NEVER_S) as client:
+    async with AsyncClient(channel=fake_aio_channel, outcome_flush_interval_s=NEVER_S, retry=None) as client:
         client.report_outcome("d-1", success=True, latency_ms=1.0)
         assert fake_aio_channel.calls == []
 

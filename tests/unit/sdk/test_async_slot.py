@@ -23,7 +23,7 @@ NEVER_S = 3600.0
 
 @pytest.fixture
 async def client(fake_aio_channel, fake_scheduler, fake_clock) -> AsyncIterator[AsyncClient]:
-    client = AsyncClient(channel=fake_aio_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S)
+    client = AsyncClient(channel=fake_aio_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None)
     client._renewal_scheduler = fake_scheduler
     client._clock = fake_clock
     yield client

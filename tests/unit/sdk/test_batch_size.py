@@ -57,14 +57,14 @@ def service_unavailable() -> grpc.aio.AioRpcError:
 
 @pytest.fixture
 def client(fake_channel) -> Iterator[Client]:
-    client = Client(channel=fake_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S)
+    client = Client(channel=fake_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None)
     yield client
     client.close()
 
 
 @pytest.fixture
 async def aclient(fake_aio_channel) -> AsyncIterator[AsyncClient]:
-    client = AsyncClient(channel=fake_aio_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S)
+    client = AsyncClient(channel=fake_aio_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None)
     yield client
     await client.close()
 

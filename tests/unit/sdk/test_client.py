@@ -17,7 +17,7 @@ NEVER_S = 3600.0
 
 @pytest.fixture
 def client(fake_channel) -> Iterator[Client]:
-    client = Client(channel=fake_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S)
+    client = Client(channel=fake_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None)
     yield client
     client.close()
 
@@ -145,7 +145,7 @@ def test_load_status_asks_for_one_pool_or_all(client: Client, fake_channel) -> N
 
 
 def test_close_sends_queued_outcomes_and_leaves_a_given_channel_open(fake_channel) -> None:
-    with Client(channel=fake_channel, outcome_flush_interval_s=NEVER_S) as client:
+    with Client(channel=fake_channel, outcome_flush_interval_s=NEVER_S, retry=None) as client:
         client.report_outcome("d-1", success=True, latency_ms=1.0)
 
     assert len(sent_outcomes(fake_channel)) == 1

@@ -8,6 +8,13 @@ import loadwarden.sdk
 
 PUBLIC_NAMES = {
     "AsyncClient",
+    "BreakerConfig",
+    "BreakerEvent",
+    "BreakerOpenError",
+    "BreakerState",
+    "CircuitBreaker",
+    "RetryConfig",
+    "deadline",
     "BatchAdjustment",
     "BatchMode",
     "BatchReport",

@@ -33,7 +33,7 @@ NEVER_S = 3600.0
 
 @pytest.fixture
 def client(fake_channel, fake_scheduler, fake_clock) -> Iterator[Client]:
-    client = Client(channel=fake_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S)
+    client = Client(channel=fake_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None)
     client._renewal_scheduler = fake_scheduler
     client._clock = fake_clock
     yield client
