@@ -29,6 +29,8 @@ from loadwarden.sdk._errors import (
     UnavailableError,
     UnimplementedError,
 )
+from loadwarden.sdk._queue import AsyncRequestQueue, QueueFull, QueueStats, QueueTimeout, RequestQueue
+from loadwarden.sdk._reporter import BackendReporter, ReporterStats
 from loadwarden.sdk._resilience import BreakerOpenError, deadline
 from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
@@ -52,6 +54,8 @@ from loadwarden.sdk._types import (
 
 __all__ = [
     "AsyncClient",
+    "AsyncRequestQueue",
+    "BackendReporter",
     "BatchAdjustment",
     "BatchMode",
     "BatchReport",
@@ -75,6 +79,11 @@ __all__ = [
     "OutcomeStats",
     "PermissionDeniedError",
     "PoolStatus",
+    "QueueFull",
+    "QueueStats",
+    "QueueTimeout",
+    "ReporterStats",
+    "RequestQueue",
     "ResourceExhaustedError",
     "RetryConfig",
     "Route",

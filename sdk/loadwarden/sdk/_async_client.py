@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.message import Message
 
 from loadwarden.sdk._base import (
+    CHANNEL_OPTIONS,
     DEFAULT_TARGET,
     ClientBase,
     ClientOptions,
@@ -581,7 +582,7 @@ class AsyncClient(ClientBase):
         if self._closed:
             raise RuntimeError("the client is closed")
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self._options.target)
+            self._channel = grpc.aio.insecure_channel(self._options.target, options=CHANNEL_OPTIONS)
             self._stub = _pb_grpc.DecisionServiceStub(self._channel)
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
         rpc = getattr(self._stub, method)
@@ -603,7 +604,7 @@ class AsyncClient(ClientBase):
                 breaker.record_success()
             return response
 
-        if self._retrier is None:
+        if self._retrier is None or not self._guarded(method):
             return await attempt(timeout)
         return await self._retrier.call_async(attempt, deadline=time.monotonic() + timeout, retryable=retryable)
 

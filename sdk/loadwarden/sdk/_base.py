@@ -19,6 +19,16 @@ from loadwarden.v1 import decision_pb2 as _pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
+# Options of the channels the SDK opens. A control-plane client must notice a
+# restarted service within a couple of seconds, not after gRPC's default reconnect
+# backoff (which grows to 120 s); and the SDK's retry layer is the only one.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.enable_retries", 0),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ClientOptions:
@@ -79,6 +89,9 @@ class _OutcomeSender(Protocol):
     def add(self, outcome: _pb.Outcome) -> None: ...
 
 
+UNGUARDED_METHODS = frozenset({"ReportLoad"})
+
+
 def settle(breaker: CircuitBreaker | None, error: LoadwardenError) -> None:
     """Feeds an attempt's error to its breaker: only transport failures count against it."""
     if breaker is None:
@@ -136,7 +149,18 @@ class ClientBase:
 
     def breaker(self, method: str) -> CircuitBreaker | None:
         """The circuit breaker guarding `method` ("SelectServer", ...) for this client's target."""
-        return None if self._breakers is None else self._breakers.get(method, self._options.target)
+        if self._breakers is None or method in UNGUARDED_METHODS:
+            return None
+        return self._breakers.get(method, self._options.target)
+
+    def _guarded(self, method: str) -> bool:
+        """Whether `method` goes through the breaker and retries.
+
+        ReportLoad does not: a BackendReporter pushes every interval anyway, and a
+        breaker's open wait (up to a minute) would keep a recovered service from
+        hearing a backend's load for longer than its load-report TTL.
+        """
+        return method not in UNGUARDED_METHODS
 
     def _fail_fast(self, method: str) -> None:
         # While the breaker is open: no retry machinery, no network. Reads the state

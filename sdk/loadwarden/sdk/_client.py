@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.message import Message
 
 from loadwarden.sdk._base import (
+    CHANNEL_OPTIONS,
     DEFAULT_TARGET,
     ClientBase,
     ClientOptions,
@@ -107,7 +108,7 @@ class Client(ClientBase):
         )
         self._setup_resilience(breaker, retry, slot_fallback, local_slot_limit, server_refresh_s)
         self._owns_channel = channel is None
-        self._channel = grpc.insecure_channel(target) if channel is None else channel
+        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS) if channel is None else channel
         self._stub = _pb_grpc.DecisionServiceStub(self._channel)
         self._outcomes = ThreadOutcomeSender(self._options.new_outcome_buffer(), self._send_outcomes)
         self._batch_sizes = LastKnownSizes()
@@ -598,7 +599,7 @@ class Client(ClientBase):
                 breaker.record_success()
             return response
 
-        if self._retrier is None:
+        if self._retrier is None or not self._guarded(method):
             return attempt(timeout)
         return self._retrier.call(attempt, deadline=time.monotonic() + timeout, retryable=retryable)
 

@@ -99,7 +99,7 @@ async def test_close_sends_queued_outcomes_and_leaves_a_given_channel_open(fake_
 async def test_the_owned_channel_opens_on_first_call_and_closes_with_the_client(monkeypatch, fake_aio_channel) -> None:
     opened: list[str] = []
 
-    def insecure_channel(target: str):
+    def insecure_channel(target: str, options: object = ()):
         opened.append(target)
         return fake_aio_channel
 

@@ -156,7 +156,7 @@ def test_close_sends_queued_outcomes_and_leaves_a_given_channel_open(fake_channe
 
 
 def test_close_closes_the_channel_the_client_opened(monkeypatch, fake_channel) -> None:
-    monkeypatch.setattr(grpc, "insecure_channel", lambda target: fake_channel)
+    monkeypatch.setattr(grpc, "insecure_channel", lambda target, options=(): fake_channel)
 
     Client("127.0.0.1:7777").close()
 

@@ -8,6 +8,13 @@ import loadwarden.sdk
 
 PUBLIC_NAMES = {
     "AsyncClient",
+    "AsyncRequestQueue",
+    "BackendReporter",
+    "QueueFull",
+    "QueueStats",
+    "QueueTimeout",
+    "ReporterStats",
+    "RequestQueue",
     "BreakerConfig",
     "BreakerEvent",
     "BreakerOpenError",
