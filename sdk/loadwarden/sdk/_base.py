@@ -11,6 +11,7 @@ from loadwarden.sdk._breaker import BreakerConfig, BreakerRegistry, BreakerState
 from loadwarden.sdk._resilience import BreakerOpenError, KnownServers, LocalSlots
 from loadwarden.sdk._retry import Retrier, RetryConfig
 from loadwarden.sdk._convert import outcome_to_proto
+from loadwarden.sdk._metrics import observe_breakers
 from loadwarden.sdk._errors import LoadwardenError, is_transport_failure
 from loadwarden.sdk._outcomes import OutcomeBuffer
 from loadwarden.sdk._route import Route
@@ -142,6 +143,8 @@ class ClientBase:
         if not (isinstance(server_refresh_s, (int, float)) and server_refresh_s >= 0):
             raise ValueError(f"server_refresh_s must be >= 0 (0 turns refreshing off), got {server_refresh_s!r}")
         self._breakers = BreakerRegistry(breaker) if breaker is not None else None
+        if self._breakers is not None:
+            observe_breakers(self._breakers)
         self._retrier = Retrier(retry) if retry is not None else None
         self._known = KnownServers()
         self._local_slots = LocalSlots(slot_fallback, local_slot_limit, self._known)

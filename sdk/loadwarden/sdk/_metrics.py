@@ -1,0 +1,61 @@
+"""SDK metrics through the OpenTelemetry API: breaker state and transitions.
+
+Only the API is used here; an application that configures a MeterProvider (for
+instance with ``loadwarden.observability``) gets the numbers, one that does not
+pays for a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Iterable
+
+from opentelemetry import metrics
+
+from loadwarden.sdk._breaker import BreakerEvent, BreakerRegistry, BreakerState
+
+log = logging.getLogger("loadwarden.sdk")
+
+_meter = metrics.get_meter("loadwarden.sdk")
+_transitions = _meter.create_counter(
+    "loadwarden.sdk.breaker.transitions",
+    unit="{transition}",
+    description="Circuit breaker state changes, by breaker and new state",
+)
+_STATE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+# Every live client's breakers, read by one gauge (an instrument name may be registered once).
+_registries: weakref.WeakSet[BreakerRegistry] = weakref.WeakSet()
+_gauge_lock = threading.Lock()
+_gauge_created = False
+
+
+def _log_and_count(event: BreakerEvent) -> None:
+    level = logging.WARNING if event.current is BreakerState.OPEN else logging.INFO
+    log.log(level, "circuit breaker %s: %s -> %s (%s)", event.name, event.previous.name, event.current.name,
+            event.reason)
+    _transitions.add(1, {"breaker": event.name, "state": event.current.name})
+
+
+def observe_breakers(registry: BreakerRegistry) -> None:
+    """Logs and counts every transition of ``registry``'s breakers and exposes their
+    states as the gauge ``loadwarden.sdk.breaker.state`` (0 closed, 1 half-open, 2 open)."""
+    global _gauge_created
+    registry.add_listener(_log_and_count)
+    with _gauge_lock:
+        _registries.add(registry)
+        if not _gauge_created:
+            _gauge_created = True
+            _meter.create_observable_gauge(
+                "loadwarden.sdk.breaker.state", callbacks=[_states], unit="1",
+                description="Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            )
+
+
+def _states(_options: object) -> Iterable[metrics.Observation]:
+    return [
+        metrics.Observation(_STATE_VALUE[state], {"breaker": name})
+        for registry in list(_registries)
+        for name, state in registry.snapshot().items()
+    ]
