@@ -65,11 +65,12 @@ def test_unknown_pool_is_not_found_naming_the_field(shared_service: Service, grp
     assert "no-such-pool" in result.message, str(result)
 
 
-def test_unimplemented_rpc_says_so(shared_service: Service, grpcurl: Grpcurl) -> None:
-    result = grpcurl(shared_service.target, f"{DECISION}/WatchLoadStatus", data={})
+def test_watch_load_status_streams_a_snapshot(shared_service: Service, grpcurl: Grpcurl) -> None:
+    # The stream stays open; grpcurl's -max-time ends it after the first snapshot arrived.
+    result = grpcurl(shared_service.target, f"{DECISION}/WatchLoadStatus", data={"pool": "api"}, max_time_s=1.5)
 
-    assert result.code == "Unimplemented", str(result)
-    assert "WatchLoadStatus" in result.message and "not implemented" in result.message, str(result)
+    assert '"name": "api"' in result.stdout and '"id": "api-1"' in result.stdout, str(result)
+    assert result.code == "DeadlineExceeded", str(result)
 
 
 def test_acquire_and_release_a_slot(shared_service: Service, grpcurl: Grpcurl) -> None:

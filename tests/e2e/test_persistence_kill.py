@@ -84,4 +84,4 @@ def test_corrupt_state_file_is_moved_aside_and_learning_starts_fresh(processes: 
     assert "moved aside" in service.process.stderr.text, service.process.describe()
     assert table_size(service.target) == 0
     assert [p.name for p in state_dir.iterdir() if ".corrupt-" in p.name]
-    assert service.stop() == 0
+    assert service.stop() == 0, service.process.describe()

@@ -120,14 +120,6 @@ async def test_admin_lifecycle(stubs) -> None:  # type: ignore[no-untyped-def]
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_watch_load_status_is_unimplemented(stubs) -> None:  # type: ignore[no-untyped-def]
-    decision, _, _ = stubs
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for _ in decision.WatchLoadStatus(pb.WatchLoadStatusRequest()):
-            pass
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 NAN = math.nan
 LONG = "x" * 129
 D = "DecisionService"

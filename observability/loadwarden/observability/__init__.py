@@ -6,5 +6,6 @@ this package is the one place that configures where the output goes.
 
 from ._logging import LEVELS as LOG_LEVELS
 from ._logging import configure_logging
+from ._tracing import build_tracer_provider, configure_tracing, shutdown_tracing
 
-__all__ = ["LOG_LEVELS", "configure_logging"]
+__all__ = ["LOG_LEVELS", "build_tracer_provider", "configure_logging", "configure_tracing", "shutdown_tracing"]

@@ -48,6 +48,7 @@ from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._leases import AsyncLeaseKeeper, AsyncScheduler, TaskScheduler, latency_ms, log_release_failure
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._senders import TaskOutcomeSender
+from loadwarden.sdk._telemetry import traced_aio_insecure_channel
 from loadwarden.sdk._types import BatchReport, BatchSize, Lease, LoadReport, LoadStatus, Selection
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
@@ -582,7 +583,7 @@ class AsyncClient(ClientBase):
         if self._closed:
             raise RuntimeError("the client is closed")
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self._options.target, options=CHANNEL_OPTIONS)
+            self._channel = traced_aio_insecure_channel(self._options.target, CHANNEL_OPTIONS)
             self._stub = _pb_grpc.DecisionServiceStub(self._channel)
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
         rpc = getattr(self._stub, method)

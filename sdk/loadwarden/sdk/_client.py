@@ -48,6 +48,7 @@ from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._leases import LeaseKeeper, Scheduler, ThreadScheduler, latency_ms, log_release_failure
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._senders import ThreadOutcomeSender
+from loadwarden.sdk._telemetry import traced_insecure_channel
 from loadwarden.sdk._types import BatchReport, BatchSize, Lease, LoadReport, LoadStatus, Selection
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
@@ -108,7 +109,7 @@ class Client(ClientBase):
         )
         self._setup_resilience(breaker, retry, slot_fallback, local_slot_limit, server_refresh_s)
         self._owns_channel = channel is None
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS) if channel is None else channel
+        self._channel = traced_insecure_channel(target, CHANNEL_OPTIONS) if channel is None else channel
         self._stub = _pb_grpc.DecisionServiceStub(self._channel)
         self._outcomes = ThreadOutcomeSender(self._options.new_outcome_buffer(), self._send_outcomes)
         self._batch_sizes = LastKnownSizes()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -335,7 +336,9 @@ class BackendReporter:
             return
         self._stop.clear()
         if self._async:
-            self._task = asyncio.get_running_loop().create_task(self._run_task(), name="loadwarden-load-reporter")
+            self._task = asyncio.get_running_loop().create_task(
+                self._run_task(), name="loadwarden-load-reporter", context=contextvars.Context()
+            )  # not the span or deadline of whoever started it
         else:
             self._thread = threading.Thread(target=self._run_thread, name="loadwarden-load-reporter", daemon=True)
             self._thread.start()

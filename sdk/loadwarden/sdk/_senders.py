@@ -7,6 +7,7 @@ every decision about batching lives in the buffer.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -145,7 +146,8 @@ class TaskOutcomeSender:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 return
-            self._task = loop.create_task(self._run(), name="loadwarden-outcomes")
+            # A fresh context: the task must not inherit the span or deadline of the request that started it.
+            self._task = loop.create_task(self._run(), name="loadwarden-outcomes", context=contextvars.Context())
         self._wake.set()
 
     async def _run(self) -> None:

@@ -4,7 +4,7 @@ Run it with ``loadwarden serve``; embed it with ``start_service``.
 """
 
 from ._clock import Clock, ManualClock, SystemClock
-from ._config import MonitorSettings, PoolSpec, ServiceConfig, StateSettings, load_config
+from ._config import AdminSettings, MonitorSettings, PoolSpec, ServiceConfig, StateSettings, load_config
 from ._core import CoreLimits, DecisionCore
 from ._errors import ConfigError
 from ._model import ServerSpec
@@ -13,6 +13,7 @@ from ._service import RunningService, serve, start_service
 from ._settings import OutlierSettings, PoolSettings, RateLimit
 
 __all__ = [
+    "AdminSettings",
     "Clock",
     "ConfigError",
     "CoreLimits",

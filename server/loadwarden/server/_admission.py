@@ -119,6 +119,7 @@ class SlotPool:
         self.queue: list[tuple[int, int, _Waiter]] = []  # (-priority, arrival, waiter)
         self.hold_ewma_s = 0.0
         self.deleted = False
+        self.rate_limited_total = 0  # requests refused by the rate limit, for metrics
 
     def reconfigure(self, settings: PoolSettings, where: str) -> None:
         """Takes new settings; leases and waiters stay. The limit algorithm restarts
@@ -199,6 +200,7 @@ class Admission:
         if slots.rate is not None:
             wait = slots.rate.try_acquire(request.client_key, now)
             if wait > 0:
+                slots.rate_limited_total += 1
                 raise ResourceExhausted(
                     f"client_key: {request.client_key or '(anonymous)'!r} is over pool {request.pool!r}'s rate limit "
                     f"of {slots.settings.rate_limit.count} per {slots.settings.rate_limit.per_s:g} s",  # type: ignore[union-attr]

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from loadwarden.observability import LOG_LEVELS, configure_logging
+from loadwarden.observability import LOG_LEVELS, configure_logging, configure_tracing, shutdown_tracing
 
 from ._config import load_config
 from ._errors import ConfigError
@@ -33,6 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
     try:
+        configure_tracing("loadwarden")  # from the OTEL_* variables; off when they ask for nothing
+    except ValueError as exc:
+        print(f"loadwarden: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
         config = load_config(args.config, os.environ)
         if args.listen:
             config = dataclasses.replace(config, listen=args.listen)
@@ -47,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"loadwarden: {exc}", file=sys.stderr)
         return 1
+    finally:
+        shutdown_tracing()  # exports the spans still buffered
     return 0
 
 

@@ -84,6 +84,45 @@ class MonitorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """The admin HTTP port: ``/metrics``, ``/api/load-status`` and the ``/admin/load`` dashboard.
+
+    Attributes:
+        listen: host:port to serve on; empty (the default) turns the port off. Meant for
+            loopback; any other address is served with a warning at start.
+        token: The bearer token every request must present, at least 16 printable ASCII
+            characters; required when ``listen`` is set. Prefer ``LOADWARDEN_ADMIN__TOKEN``
+            to writing it in the file. Never shown in reprs, logs or errors.
+        history_path: SQLite file of the dashboard's load history; empty keeps it in memory.
+        history_interval_ms: How often a history sample is taken.
+        history_retention_s: How long history samples are kept.
+    """
+
+    listen: str = ""
+    token: str = field(default="", repr=False)
+    history_path: str = ""
+    history_interval_ms: int = 10_000
+    history_retention_s: int = 86_400
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            check_listen(self.listen, "admin.listen")
+            if not self.token:
+                raise ConfigError("admin.token", "is required when admin.listen is set "
+                                                 "(or set LOADWARDEN_ADMIN__TOKEN)")
+        if self.token and (len(self.token) < MIN_ADMIN_TOKEN_LEN
+                           or not all("!" <= c <= "~" for c in self.token)):
+            # The message never echoes the token.
+            raise ConfigError("admin.token", f"must be at least {MIN_ADMIN_TOKEN_LEN} printable ASCII characters "
+                                             "without spaces, e.g. from secrets.token_urlsafe(32)")
+        for key, (low, high) in _ADMIN_RANGES.items():
+            try:
+                check_count(getattr(self, key), f"admin.{key}", low, high)
+            except InvalidArgument as exc:
+                raise ConfigError(exc.field, exc.problem) from None
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """Everything ``loadwarden serve`` needs.
 
@@ -97,6 +136,7 @@ class ServiceConfig:
         state: Persistence of learned state.
         operations: Batch operations to register at start.
         monitor: The host load monitor.
+        admin: The admin HTTP port (off by default).
     """
 
     listen: str = DEFAULT_LISTEN
@@ -108,6 +148,7 @@ class ServiceConfig:
     state: StateSettings = field(default_factory=StateSettings)
     operations: tuple[OperationSettings, ...] = ()
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     def __post_init__(self) -> None:
         check_listen(self.listen)
@@ -116,13 +157,13 @@ class ServiceConfig:
                 raise ConfigError(f"service.{key}", "must be in [0, 3600000]")
 
 
-def check_listen(listen: str) -> None:
+def check_listen(listen: str, key: str = "service.listen") -> None:
     """``host:port`` (IPv6 hosts in brackets) with a port in 0-65535; 0 picks a free port."""
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError("service.listen", f"must be host:port with a port in 0-65535, got {listen!r}")
+        raise ConfigError(key, f"must be host:port with a port in 0-65535, got {listen!r}")
     if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise ConfigError("service.listen", f"an IPv6 host needs brackets, e.g. [::1]:50051, got {listen!r}")
+        raise ConfigError(key, f"an IPv6 host needs brackets, e.g. [::1]:50051, got {listen!r}")
 
 
 _SERVICE_KEYS = {"listen", "shutdown_grace_ms", "expiry_interval_ms", "seed", "auto_register_operations"}
@@ -134,8 +175,12 @@ _LIMIT_KEYS = {
     "max_leases": (1, 10_000_000),
     "max_request_ids": (1, 10_000_000),
     "max_operations": (1, 100_000),
+    "max_watch_streams": (1, 100_000),
 }
-_TOP_KEYS = {"service", "limits", "pools", "state", "operations", "monitor"}
+_TOP_KEYS = {"service", "limits", "pools", "state", "operations", "monitor", "admin"}
+MIN_ADMIN_TOKEN_LEN = 16
+_VERBATIM_ENV = (["admin", "token"],)
+_ADMIN_RANGES = {"history_interval_ms": (100, 3_600_000), "history_retention_s": (60, 366 * 86_400)}
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -170,7 +215,8 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
             if not isinstance(child, dict):
                 raise ConfigError(name, f"{part!r} is not a table in the config file")
             node = child
-        node[path[-1]] = _env_value(environ[name])
+        # A secret is taken verbatim: read as TOML, "1e5" would become a number and "\"x\"" lose its quotes.
+        node[path[-1]] = environ[name] if path in _VERBATIM_ENV else _env_value(environ[name])
 
 
 def _env_value(text: str) -> Any:
@@ -234,6 +280,7 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
     return ServiceConfig(
         operations=tuple(operations),
         monitor=monitor,
+        admin=_parse_admin(_section(raw, "admin")),
         state=_parse_state(_section(raw, "state")),
         listen=listen,
         shutdown_grace_ms=service.get("shutdown_grace_ms", 5_000),
@@ -263,6 +310,20 @@ def _parse_monitor(raw: Mapping[str, Any]) -> MonitorSettings:
     if settings.cpu_weight + settings.memory_weight + settings.load_average_weight <= 0:
         raise ConfigError("monitor.cpu_weight", "at least one of the three weights must be > 0")
     return settings
+
+
+def _parse_admin(raw: Mapping[str, Any]) -> AdminSettings:
+    valid = set(AdminSettings.__dataclass_fields__)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in valid:
+            raise ConfigError(f"admin.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
+        if key in ("listen", "token", "history_path"):
+            if not isinstance(value, str):
+                shown = "a non-string value" if key == "token" else repr(value)
+                raise ConfigError(f"admin.{key}", f"must be a string, got {shown}")
+        values[key] = value
+    return AdminSettings(**values)
 
 
 def _parse_state(raw: Mapping[str, Any]) -> StateSettings:

@@ -15,6 +15,7 @@ from ._admission import Admission, Answer, Lease, SlotPool, SlotRequest
 from ._clock import Clock, SystemClock
 from ._decisions import IdGenerator, PendingDecision, PendingDecisions
 from ._loadmonitor import HostMonitor, LoadReading, LoadWeights, pool_reading
+from ._metrics import RESULT_NO_ELIGIBLE_SERVER, RESULT_SELECTED, ServerMetrics, shared_metrics
 from ._errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._model import Backend, LoadSample, ServerSpec
 from ._operations import BatchAnswer, Operation, OperationSettings
@@ -39,6 +40,7 @@ class CoreLimits:
         max_leases: Leases held at once, service-wide.
         max_request_ids: AcquireSlot request ids remembered for idempotency (least recent forgotten).
         max_operations: Batch operations, service-wide.
+        max_watch_streams: WatchLoadStatus streams open at once.
         auto_register_operations: GetBatchSize / ReportBatch on an unknown operation
             registers it with default settings (up to max_operations) instead of NOT_FOUND.
     """
@@ -50,6 +52,7 @@ class CoreLimits:
     max_leases: int = 200_000
     max_request_ids: int = 200_000
     max_operations: int = 1_000
+    max_watch_streams: int = 100
     auto_register_operations: bool = False
 
 
@@ -102,11 +105,13 @@ class DecisionCore:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         ids: IdGenerator | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.limits = limits or CoreLimits()
         self.clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._ids = ids or IdGenerator()
+        self.metrics = metrics or shared_metrics()
         self._pools: dict[str, Pool] = {}
         self.pending = PendingDecisions(self.limits.decision_ttl_ms / 1000.0, self.limits.max_pending_decisions)
         self.operations: dict[str, Operation] = {}
@@ -133,6 +138,7 @@ class DecisionCore:
         pool = self.pool(pool_name)
         candidates = pool.eligible(now, exclude)
         if not candidates:
+            self.metrics.decided(pool, RESULT_NO_ELIGIBLE_SERVER)
             raise Unavailable(pool.why_none_eligible(now, exclude), reason=NO_ELIGIBLE_SERVER)
         server, explored, memo = pool.strategy.choose(candidates)
         server.in_flight += 1
@@ -140,6 +146,7 @@ class DecisionCore:
         decision_id = self._ids.new()
         self._settle(self.pending.add(decision_id, pool, server, now, memo))
         self._settle(self.pending.expire(now))
+        self.metrics.decided(pool, RESULT_SELECTED)
         return Selection(decision_id, server, pool.settings.strategy, explored)
 
     def report_outcomes(self, outcomes: Sequence[OutcomeReport]) -> tuple[int, list[str]]:
@@ -272,7 +279,9 @@ class DecisionCore:
             raise InvalidArgument(
                 "max_wait_ms", f"pool {request.pool!r} allows waits of at most {pool.settings.max_wait_ms} ms"
             )
-        return await self.admission.acquire(pool.slots, request, time_left_s)
+        answer = await self.admission.acquire(pool.slots, request, time_left_s)
+        self.metrics.answered(pool, answer)
+        return answer
 
     def renew_lease(self, lease_id: str, ttl_s: float | None) -> Lease:
         return self.admission.renew(lease_id, ttl_s)

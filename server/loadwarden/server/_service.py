@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import random
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,11 +22,19 @@ from ._clock import Clock
 from ._config import ServiceConfig
 from ._core import DecisionCore
 from ._errors import ConfigError, InvalidArgument
+from ._convert import load_status
 from ._loadmonitor import HostMonitor, LoadWeights
+from ._metrics import ServerMetrics
 from ._persistence import Persister, restore
 from ._reflection import enable_reflection
 from ._servicer import AdminServicer, DecisionServicer
 from ._store import STORES, MemoryStore, StateStore
+from ._telemetry import server_interceptors
+
+if TYPE_CHECKING:
+    from loadwarden.observability._admin_http import AdminHttp
+    from loadwarden.observability._history import History
+    from loadwarden.observability._metrics import MetricsSetup
 
 log = logging.getLogger("loadwarden.server")
 
@@ -49,6 +60,10 @@ class RunningService:
     port: int
     persister: Persister | None
     _tasks: list[asyncio.Task[None]]
+    admin_port: int | None = None  # the admin HTTP port; None when it is off
+    _admin: AdminHttp | None = None
+    _metrics: MetricsSetup | None = None
+    _history: History | None = None
 
     @property
     def target(self) -> str:
@@ -65,6 +80,12 @@ class RunningService:
         await self.server.stop(grace_s)
         if self.persister is not None:
             await self.persister.save()  # after the last outcome was applied
+        if self._admin is not None:
+            await self._admin.stop()
+        if self._history is not None:
+            await asyncio.to_thread(self._history.close)
+        if self._metrics is not None:
+            self._metrics.shutdown()  # flushes OTLP after the last RPC was counted
 
 
 async def start_service(
@@ -110,8 +131,11 @@ async def start_service(
     if store is None:
         store = STORES[config.state.store](config.state.path) if config.state.store == "file" else MemoryStore()
     restore(core, store)
+    metrics_setup = _configure_metrics(config)
+    core.metrics = ServerMetrics(metrics_setup.meter_provider if metrics_setup is not None else None)
+    core.metrics.observe(core)
 
-    server = grpc.aio.server(options=_SERVER_OPTIONS)
+    server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=(*server_interceptors(), *core.metrics.interceptors()))
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(core), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(core), server)
     health_servicer = health.aio.HealthServicer()
@@ -124,13 +148,19 @@ async def start_service(
     try:
         port = server.add_insecure_port(config.listen)
     except RuntimeError as exc:
+        _shutdown_metrics(metrics_setup)
         raise OSError(f"cannot listen on {config.listen}: {exc}") from None
     if port == 0:
+        _shutdown_metrics(metrics_setup)
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
+    started_admin = await _start_admin(config, core, metrics_setup, server)
+    admin, history = (started_admin[0], started_admin[1]) if started_admin is not None else (None, None)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     tasks = [asyncio.create_task(_sweep(core, config.expiry_interval_ms / 1000.0), name="loadwarden-sweeper")]
+    if started_admin is not None:
+        tasks.append(started_admin[2])
     if core.monitor is not None:
         tasks.append(asyncio.create_task(core.monitor.run(), name="loadwarden-host-monitor"))
     persister = None
@@ -138,7 +168,72 @@ async def start_service(
         persister = Persister(core, store, config.state.save_interval_ms / 1000.0)
         tasks.append(asyncio.create_task(persister.run(), name="loadwarden-persister"))
     log.info("loadwarden serving on %s:%d (%d pools)", host, port, len(config.pools))
-    return RunningService(server, core, health_servicer, host, port, persister, tasks)
+    return RunningService(server, core, health_servicer, host, port, persister, tasks,
+                          admin_port=admin.port if admin is not None else None, _admin=admin, _metrics=metrics_setup,
+                          _history=history)
+
+
+def _configure_metrics(config: ServiceConfig) -> MetricsSetup | None:
+    """A service-owned metrics pipeline when the admin port or an OTLP/console exporter wants one."""
+    if not config.admin.listen and not os.environ.get("OTEL_METRICS_EXPORTER", "").strip():
+        return None  # no SDK import: instruments stay on the global API provider (a no-op unless set)
+    from loadwarden.observability._metrics import configure_metrics, wants_exporters
+
+    try:
+        if not config.admin.listen and not wants_exporters():
+            return None
+        return configure_metrics(prometheus=bool(config.admin.listen))
+    except ValueError as exc:
+        key, _, problem = str(exc).partition(": ")
+        raise ConfigError(key, problem) from None
+
+
+def _shutdown_metrics(metrics_setup: MetricsSetup | None) -> None:
+    if metrics_setup is not None:
+        metrics_setup.shutdown()
+
+
+async def _start_admin(
+    config: ServiceConfig, core: DecisionCore, metrics_setup: MetricsSetup | None, server: grpc.aio.Server
+) -> tuple[AdminHttp, History, asyncio.Task[None]] | None:
+    """Starts the admin HTTP port (metrics, load status, dashboard, history) if configured;
+    on failure stops the (started) gRPC server, which is what releases its port, and the metrics."""
+    if not config.admin.listen:
+        return None
+    from google.protobuf import json_format
+
+    from loadwarden.observability._admin_http import build_admin_app, start_admin_http
+    from loadwarden.observability._dashboard import add_dashboard_routes
+    from loadwarden.observability._history import History
+
+    def snapshot_json() -> dict[str, object]:
+        return json_format.MessageToDict(load_status(core, ""), preserving_proto_field_name=True)
+
+    assert metrics_setup is not None  # configured whenever admin.listen is set
+    settings = config.admin
+    try:
+        history = History(settings.history_path or None, retention_s=settings.history_retention_s)
+    except (OSError, ValueError) as exc:
+        await server.stop(None)
+        _shutdown_metrics(metrics_setup)
+        raise ConfigError("admin.history_path", f"cannot open the history database: {exc}") from None
+    app = build_admin_app(
+        token=settings.token,
+        snapshot_json=snapshot_json,
+        render_metrics=metrics_setup.render,
+        extra_routes=functools.partial(add_dashboard_routes, history=history),
+    )
+    try:
+        admin = await start_admin_http(app, settings.listen)
+    except BaseException:
+        await server.stop(None)
+        _shutdown_metrics(metrics_setup)
+        history.close()
+        raise
+    recorder = asyncio.create_task(
+        history.run(snapshot_json, settings.history_interval_ms / 1000.0), name="loadwarden-history"
+    )
+    return admin, history, recorder
 
 
 async def _sweep(core: DecisionCore, interval_s: float) -> None:

@@ -11,7 +11,7 @@ import functools
 import math
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -21,9 +21,11 @@ from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
 from . import _convert as convert
+from . import _telemetry as telemetry
 from ._core import DecisionCore
 from ._errors import DecisionError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._validation import check_name, check_range, check_ttl_ms
+from ._watch import Watchers, check_interval_ms
 
 log = logging.getLogger("loadwarden.server")
 
@@ -41,6 +43,15 @@ _STATUS: dict[type[DecisionError], grpc.StatusCode] = {
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
+def _trailers(exc: DecisionError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata that lets clients act on an error without parsing its message."""
+    if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
+        return ((RETRY_AFTER_KEY, str(max(1, math.ceil(exc.retry_after_s * 1000)))),)  # never early
+    if isinstance(exc, Unavailable):
+        return ((UNAVAILABLE_REASON_KEY, exc.reason),)
+    return ()
+
+
 def _rpc(method: Handler) -> Handler:
     """Maps domain errors raised by a unary handler to gRPC status codes."""
 
@@ -49,12 +60,7 @@ def _rpc(method: Handler) -> Handler:
         try:
             return await method(self, request, context)
         except DecisionError as exc:
-            metadata: tuple[tuple[str, str], ...] = ()
-            if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
-                metadata = ((RETRY_AFTER_KEY, str(max(1, math.ceil(exc.retry_after_s * 1000)))),)  # never early
-            elif isinstance(exc, Unavailable):
-                metadata = ((UNAVAILABLE_REASON_KEY, exc.reason),)
-            await context.abort(_STATUS[type(exc)], str(exc), trailing_metadata=metadata)
+            await context.abort(_STATUS[type(exc)], str(exc), trailing_metadata=_trailers(exc))
         except grpc.aio.AbortError:
             raise
         except Exception:
@@ -64,25 +70,20 @@ def _rpc(method: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
-async def _unimplemented(context: grpc.aio.ServicerContext, rpc: str) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is not implemented in loadwarden {VERSION} yet"
-    )
-    raise AssertionError("unreachable")
-
-
 class DecisionServicer(_pb_grpc.DecisionServiceServicer):
     """loadwarden.v1.DecisionService over a DecisionCore."""
 
     def __init__(self, core: DecisionCore) -> None:
         self._core = core
         self._ttl_ms = core.limits.decision_ttl_ms
+        self._watchers = Watchers(core.limits.max_watch_streams)
 
     @_rpc
     async def SelectServer(self, request: _pb.SelectServerRequest, context: Any) -> _pb.SelectServerResponse:
         pool = check_name(request.pool, "pool")
         exclude = convert.exclusions(request.exclude_server_ids) if request.exclude_server_ids else ()
         choice = self._core.select(pool, exclude)
+        telemetry.record_selection(self._core, pool, choice)
         return _pb.SelectServerResponse(
             decision_id=choice.decision_id,
             server_id=choice.server.id,
@@ -110,7 +111,9 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
     @_rpc
     async def AcquireSlot(self, request: _pb.AcquireSlotRequest, context: Any) -> _pb.AcquireSlotResponse:
         answer = await self._core.acquire(convert.slot_request(request), context.time_remaining())
-        return convert.acquire_response(answer, self._core)
+        response = convert.acquire_response(answer, self._core)
+        telemetry.record_slot(request.pool, response)
+        return response
 
     @_rpc
     async def RenewLease(self, request: _pb.RenewLeaseRequest, context: Any) -> _pb.RenewLeaseResponse:
@@ -131,14 +134,23 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
     @_rpc
     async def GetBatchSize(self, request: _pb.GetBatchSizeRequest, context: Any) -> _pb.GetBatchSizeResponse:
         answer = self._core.batch_size(check_name(request.operation, "operation"))
+        telemetry.record_batch_size(request.operation, answer)
         return convert.batch_size_response(answer, self._core.new_decision_id())
 
     @_rpc
     async def ReportBatch(self, request: _pb.ReportBatchRequest, context: Any) -> _pb.ReportBatchResponse:
         return _pb.ReportBatchResponse(applied=self._core.report_batches(convert.batch_reports(request.reports)))
 
-    async def WatchLoadStatus(self, request: Any, context: Any) -> Any:
-        await _unimplemented(context, "WatchLoadStatus")
+    async def WatchLoadStatus(self, request: _pb.WatchLoadStatusRequest, context: Any) -> Any:
+        try:
+            pool = check_name(request.pool, "pool") if request.pool else ""
+            interval_s = check_interval_ms(request.interval_ms)
+            if pool:
+                self._core.pool(pool)
+            async for status in self._watchers.stream(self._core, pool, interval_s):
+                yield _pb.WatchLoadStatusResponse(status=status)
+        except DecisionError as exc:
+            await context.abort(_STATUS[type(exc)], str(exc), trailing_metadata=_trailers(exc))
 
 
 class AdminServicer(_admin_grpc.AdminServiceServicer):

@@ -180,3 +180,17 @@ def test_deadline_scope_bounds_every_call(fake_channel, closing, monkeypatch) ->
 def test_constructor_errors_name_the_parameter(fake_channel, kwargs, name) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=name):
         make(fake_channel, **kwargs)
+
+
+async def test_background_outcome_sender_does_not_inherit_the_callers_deadline(fake_aio_channel) -> None:  # type: ignore[no-untyped-def]
+    from loadwarden.sdk import AsyncClient
+
+    client = AsyncClient(channel=fake_aio_channel, timeout_s=0.5, outcome_flush_interval_s=0.001, retry=None,
+                         server_refresh_s=0)
+    with deadline(0.05):
+        async with client.route("api"):
+            pass  # starts the background sender inside the caller's deadline scope
+    await client.flush_outcomes(5.0)
+    [report] = [c for c in fake_aio_channel.calls if c.method == "ReportOutcome"]
+    assert report.timeout == pytest.approx(0.5)  # the client's timeout, not what was left of the caller's
+    await client.close()

@@ -5,7 +5,7 @@ import loadwarden.server
 
 def test_public_names() -> None:
     assert sorted(loadwarden.server.__all__) == [
-        "Clock", "ConfigError", "CoreLimits", "DecisionCore", "ManualClock", "MonitorSettings",
+        "AdminSettings", "Clock", "ConfigError", "CoreLimits", "DecisionCore", "ManualClock", "MonitorSettings",
         "OperationSettings", "OutlierSettings", "PoolSettings", "PoolSpec", "RateLimit", "RunningService",
         "ServerSpec", "ServiceConfig", "StateSettings", "SystemClock", "load_config", "serve", "start_service",
     ]

@@ -1,0 +1,203 @@
+"""The admin HTTP port: ``/metrics``, ``/api/load-status`` and whatever ``extra_routes`` adds.
+
+It runs in the service's event loop (aiohttp), so handlers read the decision
+state directly, with no locks. Every path, known or not, needs the admin token:
+
+* ``Authorization: Bearer <token>``, or ``Authorization: Basic`` with the token
+  as the password (any user name), so a browser can open a dashboard page with
+  its own login prompt and no token in the URL;
+* no usable credentials: 401 with ``WWW-Authenticate`` challenges for both;
+* credentials with the wrong token: 403.
+
+Tokens are compared in constant time and never appear in a response, a log
+line or the access log (which records the path without its query string).
+Errors are JSON: ``{"error": "<reason>", "message": "<text>"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+log = logging.getLogger("loadwarden.observability")
+
+REALM = "loadwarden-admin"
+METRICS_PATH = "/metrics"
+LOAD_STATUS_PATH = "/api/load-status"
+# How long stopping waits for requests in progress, seconds.
+SHUTDOWN_TIMEOUT_S = 2.0
+
+_CHALLENGES = (f'Bearer realm="{REALM}"', f'Basic realm="{REALM}", charset="UTF-8"')
+_NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The JSON error body every admin endpoint answers with."""
+    return web.json_response({"error": error, "message": message}, status=status, headers={**_NO_STORE, **(headers or {})})
+
+
+def build_admin_app(
+    *,
+    token: str,
+    snapshot_json: Callable[[], dict[str, Any]],
+    extra_routes: Callable[[web.Application], None] | None = None,
+    render_metrics: Callable[[str], tuple[bytes, str]] | None = None,
+) -> web.Application:
+    """The admin application; serve it with ``start_admin_http``.
+
+    Args:
+        token: The admin token every request must present; non-empty.
+        snapshot_json: The LoadStatus snapshot as a JSON-ready dict (field names as in the
+            proto), called on the event loop for each ``/api/load-status``.
+        extra_routes: Adds more routes (the dashboard); they sit behind the same token check.
+        render_metrics: Given the request's Accept header, the metrics body and its content
+            type (``MetricsSetup.render``); None answers ``/metrics`` with 404.
+
+    Raises:
+        ValueError: an empty token.
+    """
+    if not token:
+        raise ValueError("token: must not be empty")
+    expected = token.encode("utf-8")
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        presented = _presented_token(request.headers.get("Authorization", ""))
+        if presented is None:
+            response = error_response(401, "unauthenticated",
+                                      "send the admin token as 'Authorization: Bearer <token>'")
+            for challenge in _CHALLENGES:
+                response.headers.add("WWW-Authenticate", challenge)
+            return response
+        if not hmac.compare_digest(presented, expected):
+            return error_response(403, "permission_denied", "the admin token is not valid")
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return error_response(404, "not_found", f"no admin endpoint at {request.path}")
+        except web.HTTPMethodNotAllowed as exc:
+            return error_response(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}",
+                                  {"Allow": ", ".join(sorted(exc.allowed_methods))})
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise  # redirects and the like are answers, not errors
+            return error_response(exc.status, "http_error", exc.reason)
+        except Exception:
+            log.exception("admin endpoint %s failed", request.path)
+            return error_response(500, "internal", "internal error; see the service logs")
+
+    async def metrics(request: web.Request) -> web.Response:
+        if render_metrics is None:
+            return error_response(404, "not_found", "metrics are not configured")
+        body, content_type = render_metrics(request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={**_NO_STORE, "Content-Type": content_type})
+
+    async def load_status(request: web.Request) -> web.Response:
+        return web.json_response(snapshot_json(), headers=_NO_STORE)
+
+    app = web.Application(middlewares=[guard])
+    app.router.add_get(METRICS_PATH, metrics)
+    app.router.add_get(LOAD_STATUS_PATH, load_status)
+    if extra_routes is not None:
+        extra_routes(app)
+    return app
+
+
+def _presented_token(header: str) -> bytes | None:
+    """The token in an Authorization header value; None when there is none to check."""
+    scheme, _, credentials = header.strip().partition(" ")
+    credentials = credentials.strip()
+    if not credentials:
+        return None
+    if scheme.lower() == "bearer":
+        return credentials.encode("utf-8")
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        user, sep, password = decoded.partition(b":")
+        return password if sep else None
+    return None
+
+
+class AdminHttp:
+    """A running admin HTTP server.
+
+    Attributes:
+        host: The bound host, without IPv6 brackets.
+        port: The bound port (useful with port 0).
+    """
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        self._runner = runner
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` for clients."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stops listening; requests in progress get ``SHUTDOWN_TIMEOUT_S`` to finish."""
+        await self._runner.cleanup()
+
+
+class _AccessLogger(AbstractAccessLogger):
+    # The path only: a query string could carry anything, including a token a client put there.
+    def log(self, request: Any, response: Any, time: float) -> None:
+        self.logger.debug("%s %s %d %.1f ms", request.method, request.path, response.status, time * 1000.0)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (IPv6 with or without brackets)."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def start_admin_http(app: web.Application, listen: str) -> AdminHttp:
+    """Serves ``app`` on ``listen`` (``host:port``, IPv6 in brackets; port 0 picks one) in the running loop.
+
+    A non-loopback address is served, with a warning: the port then relies on the token alone.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise OSError(f"cannot listen on {listen}: expected host:port")
+    bind_host = host.strip("[]")
+    if not is_loopback(bind_host):
+        log.warning("admin HTTP listens on %s, not a loopback address: anyone who can reach it "
+                    "and holds the token can read metrics and load status", listen)
+    runner = web.AppRunner(app, access_log_class=_AccessLogger, handle_signals=False,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, bind_host, int(port_text)).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = runner.addresses[0][1]
+    log.info("admin HTTP serving on %s:%d", host, port)
+    return AdminHttp(runner, bind_host, port)

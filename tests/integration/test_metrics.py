@@ -1,0 +1,199 @@
+"""Metrics end to end: a scripted workload over gRPC, then /metrics over HTTP, parsed and checked.
+
+The service runs in-process with the admin port on 127.0.0.1:0 and a manual clock,
+so every counter, gauge and histogram count below is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import aiohttp
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadwarden.server import ManualClock, PoolSettings, PoolSpec, RunningService, ServerSpec
+from loadwarden.server._config import AdminSettings, MonitorSettings
+from loadwarden.server._operations import OperationSettings
+from loadwarden.server._settings import OutlierSettings, RateLimit
+from loadwarden.v1 import common_pb2 as common
+from loadwarden.v1 import decision_pb2 as pb
+from loadwarden.v1 import decision_pb2_grpc as pb_grpc
+
+TOKEN = "metrics-test-token-0123456789"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def servers(*ids: str) -> tuple[ServerSpec, ...]:
+    return tuple(ServerSpec(sid, f"127.0.0.1:{9000 + i}") for i, sid in enumerate(ids, 1))
+
+
+async def scrape(running: RunningService) -> tuple[str, Samples]:
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{running.admin_port}/metrics"
+        async with session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+            assert response.status == 200
+            content_type, text = response.headers["Content-Type"], await response.text()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return content_type, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    key = (name, frozenset(labels.items()))
+    assert key in samples, f"no sample {name}{labels}; {name} has {len(series(samples, name))} series"
+    return samples[key]
+
+
+def series(samples: Samples, name: str) -> Mapping[frozenset[tuple[str, str]], float]:
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+async def wait_for(condition, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def service(start, clock: ManualClock) -> RunningService:  # type: ignore[no-untyped-def]
+    return await start(
+        PoolSpec(PoolSettings(name="api", outlier=OutlierSettings(consecutive_failures=2)), servers("s1", "s2", "s3")),
+        PoolSpec(PoolSettings(name="solo", strategy="least_connections"), servers("only")),
+        PoolSpec(PoolSettings(name="slots", max_concurrency=1, max_wait_ms=10_000), servers("w1")),
+        PoolSpec(PoolSettings(name="rated", rate_limit=RateLimit(count=1, per_s=60.0, burst=1)), servers("r1")),
+        clock=clock,
+        operations=(OperationSettings(name="import", min_batch_size=1, max_batch_size=100, default_batch_size=10,
+                                      load_source="pool", pool="api"),),
+        monitor=MonitorSettings(enabled=False),
+        admin=AdminSettings(listen="127.0.0.1:0", token=TOKEN),
+    )
+
+
+async def test_a_scripted_workload_shows_up_exactly_in_metrics(  # noqa: PLR0915 - one story, told in order
+    service: RunningService, channel_to, clock: ManualClock  # type: ignore[no-untyped-def]
+) -> None:
+    stub = pb_grpc.DecisionServiceStub(channel_to(service))
+
+    # Routing: six selections round-robin over s1, s2, s3; s1's two outcomes fail, so it is ejected.
+    picks = [await stub.SelectServer(pb.SelectServerRequest(pool="api")) for _ in range(6)]
+    assert [p.server_id for p in picks] == ["s1", "s2", "s3", "s1", "s2", "s3"]
+    outcomes = [pb.Outcome(decision_id=p.decision_id, success=p.server_id != "s1", latency_ms=5.0) for p in picks[:5]]
+    await stub.ReportOutcome(pb.ReportOutcomeRequest(outcomes=outcomes))
+    assert service.core.pool("api").servers["s1"].ejections_total == 1
+    with pytest.raises(grpc.aio.AioRpcError) as unavailable:
+        await stub.SelectServer(pb.SelectServerRequest(pool="solo", exclude_server_ids=["only"]))
+    assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.aio.AioRpcError):  # an unknown pool is not a decision, and adds no series
+        await stub.SelectServer(pb.SelectServerRequest(pool="nope"))
+
+    # Load: s2 and s3 report; s1 never does, so it has no cpu/memory series.
+    await stub.ReportLoad(pb.ReportLoadRequest(reports=[
+        common.LoadReport(pool="api", server_id="s2", cpu_percent=10.0, memory_percent=20.0),
+        common.LoadReport(pool="api", server_id="s3", cpu_percent=30.0, memory_percent=40.0),
+    ]))
+
+    # Batch sizing: load 20 is below the low threshold, so the size moves once, from 10 to the max 100.
+    assert (await stub.GetBatchSize(pb.GetBatchSizeRequest(operation="import"))).batch_size == 100
+    assert (await stub.GetBatchSize(pb.GetBatchSizeRequest(operation="import"))).batch_size == 100
+
+    # Admission: a grant, a denial at capacity, a waiter granted after 250 ms, a rate-limit rejection.
+    held = await stub.AcquireSlot(pb.AcquireSlotRequest(pool="slots"))
+    assert held.granted
+    denied = await stub.AcquireSlot(pb.AcquireSlotRequest(pool="slots"))
+    assert not denied.granted and denied.denial_reason == pb.DENIAL_REASON_AT_CAPACITY
+    waiter = asyncio.ensure_future(stub.AcquireSlot(pb.AcquireSlotRequest(pool="slots", max_wait_ms=10_000)))
+    slots = service.core.pool("slots").slots
+    await wait_for(lambda: slots.waiting == 1)
+    _, queued = await scrape(service)
+    assert value(queued, "loadwarden_queue_length", pool="slots") == 1
+    clock.advance(0.25)
+    await stub.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=held.lease.lease_id, success=True))
+    second = await waiter
+    assert second.granted and second.queue_wait_ms == 250
+    assert (await stub.AcquireSlot(pb.AcquireSlotRequest(pool="rated", client_key="k"))).granted
+    with pytest.raises(grpc.aio.AioRpcError) as limited:
+        await stub.AcquireSlot(pb.AcquireSlotRequest(pool="rated", client_key="k"))
+    assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    content_type, m = await scrape(service)
+    assert content_type.startswith("text/plain; version=")
+
+    # Decisions by pool, strategy and result.
+    assert series(m, "loadwarden_decisions_total") == {
+        frozenset({"pool": "api", "strategy": "round_robin", "result": "selected"}.items()): 6,
+        frozenset({"pool": "solo", "strategy": "least_connections", "result": "no_eligible_server"}.items()): 1,
+    }
+    # Handler time of decision RPCs, by method and code.
+    duration = "loadwarden_decision_duration_milliseconds_count"
+    assert value(m, duration, method="SelectServer", code="OK") == 6
+    assert value(m, duration, method="SelectServer", code="UNAVAILABLE") == 1
+    assert value(m, duration, method="SelectServer", code="NOT_FOUND") == 1
+    assert value(m, duration, method="AcquireSlot", code="OK") == 4
+    assert value(m, duration, method="AcquireSlot", code="RESOURCE_EXHAUSTED") == 1
+    assert value(m, duration, method="GetBatchSize", code="OK") == 2
+    assert value(m, duration, method="ReportOutcome", code="OK") == 1
+    assert value(m, "loadwarden_decision_duration_milliseconds_sum", method="SelectServer", code="OK") > 0
+
+    # Admission: denials by reason, rate-limit rejections, queue waits, leases, queue length.
+    assert series(m, "loadwarden_denials_total") == {frozenset({"pool": "slots", "reason": "at_capacity"}.items()): 1}
+    assert value(m, "loadwarden_rate_limit_rejections_total", pool="rated") == 1
+    assert value(m, "loadwarden_rate_limit_rejections_total", pool="slots") == 0
+    wait = "loadwarden_queue_wait_milliseconds"
+    assert value(m, f"{wait}_count", pool="slots", result="granted") == 2
+    assert value(m, f"{wait}_count", pool="slots", result="denied") == 1
+    assert value(m, f"{wait}_count", pool="rated", result="granted") == 1
+    assert value(m, f"{wait}_sum", pool="slots", result="granted") == 250
+    assert value(m, f"{wait}_bucket", pool="slots", result="granted", le="100") == 1
+    assert value(m, f"{wait}_bucket", pool="slots", result="granted", le="250") == 2
+    assert value(m, "loadwarden_leases_active", pool="slots") == 1
+    assert value(m, "loadwarden_leases_active", pool="rated") == 1
+    assert value(m, "loadwarden_leases_active", pool="api") == 0
+    assert value(m, "loadwarden_queue_length", pool="slots") == 0
+    assert value(m, "loadwarden_concurrency_limit", pool="slots") == 1
+    assert value(m, "loadwarden_leases_reclaimed_total") == 0
+
+    # Batch sizing.
+    assert value(m, "loadwarden_batch_size", operation="import") == 100
+    assert value(m, "loadwarden_batch_adjustments_total", operation="import") == 1
+
+    # Per-server load and ejections.
+    assert series(m, "loadwarden_server_cpu_percent") == {
+        frozenset({"pool": "api", "server": "s2"}.items()): 10.0,
+        frozenset({"pool": "api", "server": "s3"}.items()): 30.0,
+    }
+    assert value(m, "loadwarden_server_memory_percent", pool="api", server="s3") == 40.0
+    assert value(m, "loadwarden_server_in_flight", pool="api", server="s3") == 1  # the sixth pick is unreported
+    assert value(m, "loadwarden_server_in_flight", pool="api", server="s1") == 0
+    assert value(m, "loadwarden_server_ejections_total", pool="api", server="s1") == 1
+    assert value(m, "loadwarden_server_ejections_total", pool="api", server="s2") == 0
+
+    # Nothing keyed by a name a client made up.
+    assert not any(("pool", "nope") in labels for _, labels in m)
+
+    # A load report past its TTL is unknown, not idle: its series goes away.
+    clock.advance(11.0)
+    _, later = await scrape(service)
+    assert series(later, "loadwarden_server_cpu_percent") == {}
+    assert value(later, "loadwarden_decisions_total", pool="api", strategy="round_robin", result="selected") == 6
+
+
+async def test_two_services_in_one_process_keep_their_own_numbers(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+    admin = AdminSettings(listen="127.0.0.1:0", token=TOKEN)
+    one = await start(PoolSpec(PoolSettings(name="api"), servers("a")), admin=admin, monitor=MonitorSettings(enabled=False))
+    two = await start(PoolSpec(PoolSettings(name="api"), servers("b")), admin=admin, monitor=MonitorSettings(enabled=False))
+    assert one.admin_port != two.admin_port
+    for _ in range(3):
+        await pb_grpc.DecisionServiceStub(channel_to(one)).SelectServer(pb.SelectServerRequest(pool="api"))
+    _, m1 = await scrape(one)
+    _, m2 = await scrape(two)
+    assert value(m1, "loadwarden_decisions_total", pool="api", strategy="round_robin", result="selected") == 3
+    assert series(m2, "loadwarden_decisions_total") == {}
+    assert value(m2, "loadwarden_server_in_flight", pool="api", server="b") == 0

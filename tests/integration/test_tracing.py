@@ -1,0 +1,155 @@
+"""One trace from the application through the SDK to the service, over a real grpc.aio server.
+
+A TracerProvider exporting to memory is installed globally for each test (and the
+previous global state restored afterwards) before the service and the clients
+are created, as an application would do at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.util._once import Once
+
+from loadwarden.sdk import AsyncClient, Client, NotFoundError
+from loadwarden.server import MonitorSettings, OperationSettings
+
+from ..conftest import StartService, three_server_pool
+
+SELECT = "loadwarden.v1.DecisionService/SelectServer"
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Installs a global TracerProvider exporting to memory; restores the previous state after."""
+    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE  # noqa: SLF001 - test isolation
+    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = None, Once()  # noqa: SLF001
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        provider.shutdown()
+        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved  # noqa: SLF001
+
+
+async def in_trace(
+    exporter: InMemorySpanExporter, app: ReadableSpan | trace.Span, server_spans: int, timeout_s: float = 5.0
+) -> list[ReadableSpan]:
+    """The finished spans of ``app``'s trace, once ``server_spans`` SERVER spans are among them.
+
+    A handler that aborts sends its status before its span ends, so the caller
+    can see the answer a moment before the service's span is finished.
+    """
+    trace_id = app.get_span_context().trace_id
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        found = [s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id]
+        if sum(s.kind is SpanKind.SERVER for s in found) >= server_spans or loop.time() > deadline:
+            return found
+        await asyncio.sleep(0.01)
+
+
+def chain(found: list[ReadableSpan], app_span_id: int, name: str) -> tuple[ReadableSpan, ReadableSpan]:
+    """The CLIENT span ``name`` under the application span and the SERVER span under it."""
+    clients = [s for s in found if s.kind is SpanKind.CLIENT and s.name == name]
+    assert len(clients) == 1, [s.name for s in found]
+    client = clients[0]
+    assert client.parent is not None and client.parent.span_id == app_span_id
+    servers = [s for s in found if s.kind is SpanKind.SERVER and s.name == name]
+    assert len(servers) == 1, [s.name for s in found]
+    server = servers[0]
+    assert server.parent is not None and server.parent.span_id == client.context.span_id
+    assert server.parent.is_remote
+    return client, server
+
+
+async def test_app_span_sdk_span_and_service_span_form_one_trace(
+    spans: InMemorySpanExporter, start: StartService
+) -> None:
+    running = await start(three_server_pool("api", strategy="round_robin"))
+    tracer = trace.get_tracer("test-app")
+    async with AsyncClient(running.target) as client:
+        with tracer.start_as_current_span("handle GET /orders") as app:
+            async with client.route("api") as route:
+                chosen = route.server_id
+        await client.flush_outcomes(5.0)
+
+    client_span, server_span = chain(await in_trace(spans, app, 1), app.get_span_context().span_id, SELECT)
+    assert client_span.attributes["rpc.grpc.status_code"] == 0
+    attributes = dict(server_span.attributes or {})
+    assert attributes["rpc.system"] == "grpc"
+    assert attributes["rpc.service"] == "loadwarden.v1.DecisionService"
+    assert attributes["rpc.method"] == "SelectServer"
+    assert attributes["rpc.grpc.status_code"] == 0
+    assert attributes["loadwarden.pool"] == "api"
+    assert attributes["loadwarden.strategy"] == "round_robin"
+    assert attributes["loadwarden.server_id"] == chosen
+    assert attributes["loadwarden.explored"] is False
+    assert attributes["loadwarden.decision_id"]
+
+
+async def test_sync_client_joins_the_callers_trace_and_errors_are_recorded(
+    spans: InMemorySpanExporter, start: StartService
+) -> None:
+    running = await start(three_server_pool("api", strategy="q_learning"))
+    tracer = trace.get_tracer("test-app")
+
+    def work() -> trace.Span:
+        with Client(running.target) as client, tracer.start_as_current_span("batch job") as app:
+            client.select("api")
+            with pytest.raises(NotFoundError):
+                client.select("missing")
+            return app
+
+    app = await asyncio.to_thread(work)
+    found = await in_trace(spans, app, 2)
+    selects = sorted((s for s in found if s.kind is SpanKind.SERVER), key=lambda s: s.start_time)
+    assert [s.attributes["rpc.grpc.status_code"] for s in selects] == [0, 5]
+    ok, missing = selects
+    assert ok.attributes["loadwarden.strategy"] == "q_learning"
+    assert ok.attributes["loadwarden.epsilon"] == pytest.approx(0.1)
+    assert missing.status.status_code is StatusCode.UNSET  # a client's mistake is not the service's error
+    clients = sorted((s for s in found if s.kind is SpanKind.CLIENT), key=lambda s: s.start_time)
+    assert [s.status.status_code for s in clients] == [StatusCode.UNSET, StatusCode.ERROR]
+    assert all(s.parent is not None and s.parent.span_id == app.get_span_context().span_id for s in clients)
+
+
+async def test_slot_and_batch_size_decisions_carry_their_attributes(
+    spans: InMemorySpanExporter, start: StartService
+) -> None:
+    running = await start(
+        three_server_pool("api", max_concurrency=1),
+        operations=(OperationSettings(name="import", default_batch_size=25),),
+        monitor=MonitorSettings(enabled=False),
+    )
+    tracer = trace.get_tracer("test-app")
+    async with AsyncClient(running.target) as client:
+        with tracer.start_as_current_span("import run") as app:
+            lease = await client.acquire_slot("api", select_server=True)
+            size = await client.batch_size("import")
+            await client.release_slot(lease.lease_id)
+
+    found = {s.name.rpartition("/")[2]: s for s in await in_trace(spans, app, 3) if s.kind is SpanKind.SERVER}
+    slot = dict(found["AcquireSlot"].attributes or {})
+    assert slot["loadwarden.pool"] == "api"
+    assert slot["loadwarden.granted"] is True
+    assert slot["loadwarden.queue_wait_ms"] == 0
+    assert slot["loadwarden.server_id"] == lease.server_id
+    batch = dict(found["GetBatchSize"].attributes or {})
+    assert batch["loadwarden.operation"] == "import"
+    assert batch["loadwarden.batch_size"] == size.size == 25
+    assert batch["loadwarden.load_level"] == "unknown"
+    assert batch["loadwarden.fallback"] is True
+    assert batch["loadwarden.reason"]
+    assert "ReleaseSlot" in found

@@ -1,0 +1,228 @@
+"""History: SQLite round trip, restart, retention, bounded queries, bad ranges."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadwarden.observability._history import MAX_QUERY_POINTS, MAX_QUERY_SPAN_S, History
+
+
+def snapshot(cpu: float = 40.0, batch: int = 50, in_flight: int = 2, host: float | None = 30.0) -> dict[str, Any]:
+    """A LoadStatus dict as MessageToDict(preserving_proto_field_name=True) writes it (defaults omitted)."""
+    snap: dict[str, Any] = {
+        "generated_at": "2026-01-01T00:00:00Z",
+        "pools": [
+            {
+                "name": "api",
+                "strategy": "round_robin",
+                "eligible_servers": 1,
+                "in_flight": in_flight,
+                "active_leases": 3,
+                "queue_length": 1,
+                "concurrency_limit": 10,
+                "servers": [
+                    {"id": "s1", "address": "127.0.0.1:9001", "state": "SERVER_STATE_SERVING", "in_flight": in_flight,
+                     "load": {"pool": "api", "server_id": "s1", "cpu_percent": cpu, "memory_percent": 61.5},
+                     "ewma_latency_ms": 12.5},
+                    {"id": "s2", "address": "127.0.0.1:9002", "state": "SERVER_STATE_STALE"},
+                ],
+            },
+            {"name": "jobs", "strategy": "p2c", "servers": [{"id": "j1", "address": "x:1", "state": "SERVER_STATE_SERVING"}]},
+        ],
+        "operations": [{"name": "export", "batch_size": batch, "mode": "BATCH_MODE_THRESHOLD"}],
+    }
+    if host is not None:
+        snap["host"] = {"cpu_percent": 10.0, "load_score": host}
+    return snap
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "state" / "history.sqlite")
+
+
+def test_record_query_round_trip(db_path: str) -> None:
+    with History(db_path, retention_s=3600) as history:
+        history.record(snapshot(cpu=40.0, batch=50), at=1000.0)
+        history.record(snapshot(cpu=70.0, batch=20, host=None), at=1001.0)
+        out = history.query(999.0, 1002.0)
+
+    assert out["times"] == [1000.0, 1001.0]
+    assert out["downsampled"] is False
+    assert out["host_load_score"] == [30.0, None]
+    api = out["pools"]["api"]
+    assert api["eligible_servers"] == [1, 1]
+    assert api["total_servers"] == [2, 2]
+    assert api["active_leases"] == [3, 3]
+    assert api["queue_length"] == [1, 1]
+    assert api["concurrency_limit"] == [10, 10]
+    s1, s2 = api["servers"]["s1"], api["servers"]["s2"]
+    assert s1["cpu_percent"] == [40.0, 70.0]
+    assert s1["memory_percent"] == [61.5, 61.5]
+    assert s1["ewma_latency_ms"] == [12.5, 12.5]
+    assert s1["state"] == ["SERVING", "SERVING"]
+    assert s2["cpu_percent"] == [None, None]  # never reported: unknown, not 0
+    assert s2["state"] == ["STALE", "STALE"]
+    assert out["pools"]["jobs"]["in_flight"] == [0, 0]  # omitted by MessageToDict = proto default
+    assert out["operations"]["export"]["batch_size"] == [50, 20]
+
+
+def test_query_filters_by_pool_and_range(db_path: str) -> None:
+    with History(db_path, retention_s=3600) as history:
+        for i in range(5):
+            history.record(snapshot(cpu=float(i)), at=100.0 + i)
+        out = history.query(101.0, 103.0, pool="jobs")
+        empty = history.query(0.0, 50.0)
+
+    assert out["times"] == [101.0, 102.0, 103.0]
+    assert list(out["pools"]) == ["jobs"]
+    assert empty["times"] == [] and empty["pools"] == {} and empty["operations"] == {}
+
+
+def test_query_is_bounded_and_keeps_the_newest(db_path: str) -> None:
+    with History(db_path, retention_s=3600) as history:
+        for i in range(100):
+            history.record(snapshot(cpu=float(i)), at=float(i))
+        out = history.query(0.0, 1000.0, limit=10)
+
+    assert out["downsampled"] is True
+    assert len(out["times"]) == 10
+    assert out["times"][0] == 0.0 and out["times"][-1] == 99.0
+    assert out["pools"]["api"]["servers"]["s1"]["cpu_percent"] == out["times"]
+
+
+def test_a_thinned_query_reads_exactly_the_picked_samples() -> None:
+    with History(None, retention_s=1e6) as history:
+        for i in range(1_200):
+            history.record(snapshot(cpu=i / 100, batch=i), at=float(i))
+        out = history.query(0.0, 5_000.0, pool="api", limit=1_100)  # picked times span several IN lists
+
+    assert out["downsampled"] is True and len(out["times"]) == 1_100
+    assert out["pools"]["api"]["servers"]["s1"]["cpu_percent"] == [t / 100 for t in out["times"]]
+    assert out["operations"]["export"]["batch_size"] == [int(t) for t in out["times"]]
+    assert list(out["pools"]) == ["api"]
+
+
+def test_a_sample_at_the_same_time_replaces_the_first(db_path: str) -> None:
+    with History(db_path, retention_s=3600) as history:
+        history.record(snapshot(cpu=10.0), at=5.0)
+        history.record(snapshot(cpu=20.0), at=5.0)
+        out = history.query(0.0, 10.0)
+    assert out["times"] == [5.0]
+    assert out["pools"]["api"]["servers"]["s1"]["cpu_percent"] == [20.0]
+
+
+def test_history_survives_reopen(db_path: str) -> None:
+    with History(db_path, retention_s=3600) as history:
+        history.record(snapshot(cpu=33.0), at=2000.0)
+    with History(db_path, retention_s=3600) as reopened:
+        reopened.record(snapshot(cpu=44.0), at=2001.0)
+        out = reopened.query(0.0, 3000.0)
+    assert out["pools"]["api"]["servers"]["s1"]["cpu_percent"] == [33.0, 44.0]
+    assert Path(db_path + "-wal").exists() or Path(db_path).stat().st_size > 0
+
+
+def test_in_memory_history_works_without_a_file() -> None:
+    with History(None, retention_s=60) as history:
+        history.record(snapshot(), at=1.0)
+        assert history.query(0.0, 2.0)["times"] == [1.0]
+
+
+def test_prune_drops_rows_older_than_retention(db_path: str) -> None:
+    with History(db_path, retention_s=10) as history:
+        for at in (100.0, 105.0, 111.0, 115.0):
+            history.record(snapshot(), at=at)
+        assert history.prune(now=120.0) == 2  # cutoff 110: 100 and 105 go
+        out = history.query(0.0, 200.0)
+        counts = [
+            history._db.execute(f"SELECT COUNT(*) FROM {t} WHERE at < 110").fetchone()[0]
+            for t in ("samples", "pool_samples", "server_samples", "operation_samples")
+        ]
+    assert out["times"] == [111.0, 115.0]
+    assert counts == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "message"),
+    [
+        (10.0, 5.0, "until .* is before since"),
+        (math.nan, 5.0, "since must be a finite number"),
+        (0.0, math.inf, "until must be a finite number"),
+        (-1.0, 5.0, "since must not be negative"),
+        (0.0, MAX_QUERY_SPAN_S + 1, "the range spans .* at most"),
+        ("0", 5.0, "since must be a number"),
+    ],
+)
+def test_bad_ranges_raise_with_a_message(since: Any, until: Any, message: str) -> None:
+    with History(None, retention_s=60) as history, pytest.raises(ValueError, match=message):
+        history.query(since, until)
+
+
+@pytest.mark.parametrize("limit", [0, MAX_QUERY_POINTS + 1, 2.5])
+def test_bad_limits_raise(limit: Any) -> None:
+    with History(None, retention_s=60) as history, pytest.raises(ValueError, match="limit must be an integer"):
+        history.query(0.0, 1.0, limit=limit)
+
+
+@pytest.mark.parametrize("retention", [0, -1, math.nan])
+def test_bad_retention_raises(retention: float) -> None:
+    with pytest.raises(ValueError, match="retention_s must be a positive number"):
+        History(None, retention_s=retention)
+
+
+def test_another_schema_version_is_refused(db_path: str) -> None:
+    with History(db_path, retention_s=60) as history:
+        history._db.execute("PRAGMA user_version = 99")
+    with pytest.raises(ValueError, match="schema version 99"):
+        History(db_path, retention_s=60)
+
+
+async def test_run_records_every_interval_and_prunes() -> None:
+    now = [1000.0]
+    history = History(None, retention_s=2.5, clock=lambda: now[0])
+    taken: list[float] = []
+
+    def snap() -> dict[str, Any]:
+        taken.append(now[0])
+        now[0] += 1.0  # each interval moves the fake wall clock by 1 s
+        return snapshot(cpu=now[0])
+
+    task = asyncio.create_task(history.run(snap, interval_s=0.001))
+    try:
+        while len(taken) < 6:
+            await asyncio.sleep(0.001)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    out = await asyncio.to_thread(history.query, 0.0, 2000.0)
+    history.close()
+    assert out["times"], "nothing recorded"
+    assert out["times"][-1] - out["times"][0] <= 2.5  # older samples were pruned
+    assert out["times"] == sorted(out["times"]) and out["times"][-1] >= 1004.0
+
+
+async def test_run_survives_a_bad_snapshot(caplog: pytest.LogCaptureFixture) -> None:
+    history = History(None, retention_s=60, clock=lambda: 1000.0)
+    calls = [0]
+
+    def snap() -> dict[str, Any]:
+        calls[0] += 1
+        return {"pools": [{"no_name": 1}]} if calls[0] == 1 else snapshot()
+
+    task = asyncio.create_task(history.run(snap, interval_s=0.001))
+    try:
+        while calls[0] < 3:
+            await asyncio.sleep(0.001)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert "not recorded" in caplog.text
+    assert (await asyncio.to_thread(history.query, 0.0, 2000.0))["times"] == [1000.0]
+    history.close()
