@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import contextlib
 import functools
 import re
@@ -161,3 +162,32 @@ async def test_history_off_answers_404(start: Callable[..., Awaitable[RunningSer
             assert "history is off" in (await resp.json())["message"]
     finally:
         await http.stop()
+
+
+async def test_service_admin_port_serves_the_dashboard_and_history_survives_a_restart(
+    start: Callable[..., Awaitable[RunningService]], tmp_path: Path
+) -> None:
+    from loadwarden.server import AdminSettings
+
+    settings = AdminSettings(listen="127.0.0.1:0", token=TOKEN, history_path=str(tmp_path / "h.sqlite"),
+                             history_interval_ms=100)
+
+    async def points(running: RunningService, session: aiohttp.ClientSession) -> list[float]:
+        url = f"http://127.0.0.1:{running.admin_port}/api/history?since={time.time() - 3600:.0f}"
+        async with session.get(url, headers=AUTH) as resp:
+            assert resp.status == 200
+            return list((await resp.json())["times"])
+
+    async with aiohttp.ClientSession() as session:
+        first = await start(three_server_pool("api"), admin=settings)
+        async with session.get(f"http://127.0.0.1:{first.admin_port}/admin/load") as page:
+            assert page.status == 200 and "<html" in (await page.text()).lower()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while len(before := await points(first, session)) < 2:
+            assert loop.time() < deadline, "no history samples recorded"
+            await asyncio.sleep(0.05)
+        await first.stop(0)
+        second = await start(three_server_pool("api"), admin=settings)
+        after = await points(second, session)
+        assert set(before) <= set(after)  # the samples from before the restart are still there

@@ -213,7 +213,7 @@ def test_snapshot_round_trip_gives_identical_choices() -> None:
     copy_ = agent(servers)
     copy_.restore(json.loads(json.dumps(strategy.snapshot())))
     assert copy_.snapshot() == strategy.snapshot()
-    transient = {"scored"}  # counts this process's decisions; not persisted
+    transient = {"scored", "recent_reward"}  # this process's decisions and outcomes; not persisted
     assert {k: v for k, v in copy_.stats().items() if k not in transient} == {
         k: v for k, v in strategy.stats().items() if k not in transient
     }

@@ -236,3 +236,12 @@ def read_server_id(value: str, key: str) -> str:
     if not SERVER_ID.fullmatch(value):
         raise ValueError(f"{key}: {value!r} is not a valid server id")
     return value
+
+
+# Weight of the newest reward in the "recent_reward" statistic (about the last 20 outcomes).
+RECENT_REWARD_WEIGHT = 0.05
+
+
+def recent_reward(previous: float | None, reward: float) -> float:
+    """The EWMA of rewards that learning strategies report as ``recent_reward``."""
+    return reward if previous is None else previous + RECENT_REWARD_WEIGHT * (reward - previous)

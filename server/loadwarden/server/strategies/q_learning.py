@@ -40,6 +40,7 @@ from ._state import (
     pick_best,
     read_head,
     read_mapping,
+    recent_reward,
     read_q_row,
     snapshot_head,
     state_ids,
@@ -146,6 +147,7 @@ class QLearning(StrategyBase):
         self._pending: dict[tuple[str, str], int] = {}  # (state, server id) -> decisions awaiting outcome
         self._means = ActionMeans()  # the "action_mean" prior
         self._episodes = self._updates = self._explored = 0
+        self._recent_reward: float | None = None
 
     def choose(self, candidates: Sequence[Backend]) -> Choice:
         rng = self._rng
@@ -183,6 +185,7 @@ class QLearning(StrategyBase):
                 reward = -feedback.latency_ms / LATENCY_PER_REWARD_MS
             else:
                 reward = FAILURE_REWARD
+            self._recent_reward = recent_reward(self._recent_reward, reward)
             next_row = self._table.get(next_state, {})
             best_next = max((self._q(next_row, sid) for sid in self._ids), default=0.0)
             row = self._table.setdefault(state, {})
@@ -208,6 +211,7 @@ class QLearning(StrategyBase):
                 "epsilon": self._eps.value,
                 "table_size": float(len(self._table)),
                 "explored": float(self._explored),
+                "recent_reward": self._recent_reward or 0.0,
             }
 
     def snapshot(self) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from ._state import (
     read_float,
     read_head,
     read_mapping,
+    recent_reward,
     read_server_id,
     snapshot_head,
 )
@@ -103,6 +104,7 @@ class QLinear(StrategyBase):
         self._bias: dict[str, float] = {}
         self._bias_sum = 0.0  # sum of self._bias values: a new server starts at their mean
         self._episodes = self._updates = self._explored = 0
+        self._recent_reward: float | None = None
         self._scored = 0  # candidates scored by exploiting decisions: the decision cost
 
     def choose(self, candidates: Sequence[Backend]) -> Choice:
@@ -136,6 +138,7 @@ class QLinear(StrategyBase):
             return
         with self._lock:
             self._episodes += 1
+            self._recent_reward = recent_reward(self._recent_reward, reward)
             sid = feedback.server.id
             if sid not in self._servers:
                 return  # left the pool; forget() dropped its bias
@@ -165,6 +168,7 @@ class QLinear(StrategyBase):
                 "explored": float(self._explored),
                 "servers_learned": float(len(self._bias)),
                 "scored": float(self._scored),
+                "recent_reward": self._recent_reward or 0.0,
             }
             out.update({f"weight_{name}": w for name, w in zip(FEATURES, self._w)})
             return out
