@@ -7,8 +7,12 @@ config error) sees exactly what to fix.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import TypeVar
 
 from ._errors import InvalidArgument
+
+T = TypeVar("T")
 
 NAME_MAX_LEN = 128
 NAME_CHARS = "[A-Za-z0-9._:@/-]"
@@ -55,3 +59,15 @@ def check_ttl_ms(value: int, field: str, maximum: int = 86_400_000) -> int:
     if value == 0:
         return value
     return check_count(value, field, 100, maximum)
+
+
+def lookup(registry: Mapping[str, T], name: str, field: str, kind: str, kinds: str) -> T:
+    """``registry[name]``, or InvalidArgument naming ``field`` and listing the valid names.
+
+    ``kind`` and ``kinds`` are the singular and plural used in the message.
+    """
+    found = registry.get(name)
+    if found is None:
+        valid = ", ".join(sorted(registry))
+        raise InvalidArgument(field, f"unknown {kind} {name!r}; valid {kinds}: {valid}")
+    return found

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import InvalidArgument
+from .._validation import lookup
 from ..strategies._base import parse_params
 from ._base import LimitAlgorithm, clamp
 from .aimd import AimdLimit
@@ -27,13 +28,7 @@ LIMITS: dict[str, Any] = {
 
 def limit_class(name: str, where: str) -> Any:
     """The class registered as ``name``; InvalidArgument naming ``<where>.limit_algorithm`` otherwise."""
-    cls = LIMITS.get(name)
-    if cls is None:
-        valid = ", ".join(sorted(LIMITS))
-        raise InvalidArgument(
-            f"{where}.limit_algorithm", f"unknown limit algorithm {name!r}; valid algorithms: {valid}"
-        )
-    return cls
+    return lookup(LIMITS, name, f"{where}.limit_algorithm", "limit algorithm", "algorithms")
 
 
 def check_limit(name: str, params: Mapping[str, Any], initial_limit: int, where: str) -> None:

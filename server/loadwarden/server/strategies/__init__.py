@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import InvalidArgument
+from .._validation import lookup
 from ._base import Choice, Feedback, Strategy, StrategyBase, StrategyContext, parse_params
 from .least_connections import LeastConnections
 from .p2c import P2C
@@ -30,11 +30,7 @@ STRATEGIES: dict[str, Any] = {
 
 def strategy_class(name: str, where: str) -> Any:
     """The class registered as ``name``; InvalidArgument naming ``<where>.strategy`` otherwise."""
-    cls = STRATEGIES.get(name)
-    if cls is None:
-        valid = ", ".join(sorted(STRATEGIES))
-        raise InvalidArgument(f"{where}.strategy", f"unknown strategy {name!r}; valid strategies: {valid}")
-    return cls
+    return lookup(STRATEGIES, name, f"{where}.strategy", "strategy", "strategies")
 
 
 def check_strategy(name: str, params: Mapping[str, Any], where: str) -> None:
