@@ -1,0 +1,149 @@
+"""Django middleware: every request holds a loadwarden slot, configured from settings.py.
+
+Example (settings.py):
+    MIDDLEWARE = ["loadwarden.sdk.integrations.django.AdmissionMiddleware", ...]
+    LOAD_MANAGER_ENABLED = True          # False: the middleware removes itself
+    LOAD_MANAGER_MAX_CONNECTIONS = 100   # local slots per pool while the service is down
+    LOAD_MANAGER_TIMEOUT = 30            # longest a request waits for a slot, seconds
+    LOADWARDEN_TARGET = "127.0.0.1:50051"
+    LOADWARDEN_POOL = "web"
+    LOADWARDEN_FALLBACK = "local_limit"  # or "fail_open" / "fail_closed"
+
+Other settings: LOADWARDEN_PRIORITY (0-9), LOADWARDEN_CALL_TIMEOUT (seconds),
+LOADWARDEN_LEASE_TTL (seconds), LOADWARDEN_CHOOSE (a function of the request, or
+its dotted path, returning an `Admission`, a pool name or None).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.module_loading import import_string
+
+from loadwarden.sdk import Client, NotFoundError, ResourceExhaustedError, SlotDenied
+from loadwarden.sdk.integrations._common import (
+    AdmissionSettings,
+    Chooser,
+    HeldSlot,
+    ReleasingIterable,
+    retry_after_s,
+    unknown_pool,
+)
+
+# AdmissionSettings field -> the Django setting that sets it (first is used when both are present).
+SETTING_NAMES: dict[str, tuple[str, ...]] = {
+    "target": ("LOADWARDEN_TARGET",),
+    "pool": ("LOADWARDEN_POOL",),
+    "priority": ("LOADWARDEN_PRIORITY",),
+    "wait_s": ("LOAD_MANAGER_TIMEOUT",),
+    "lease_ttl_s": ("LOADWARDEN_LEASE_TTL",),
+    "slot_fallback": ("LOADWARDEN_FALLBACK",),
+    "local_slot_limit": ("LOAD_MANAGER_MAX_CONNECTIONS",),
+    "timeout_s": ("LOADWARDEN_CALL_TIMEOUT",),
+}
+
+_clients: dict[AdmissionSettings, Client] = {}  # one client per distinct settings, for the process
+_clients_lock = threading.Lock()
+
+
+def admission_settings() -> AdmissionSettings:
+    """The admission settings in Django's settings.
+
+    Raises:
+        ImproperlyConfigured: A setting is out of range; the message names it.
+    """
+    fields: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for field, names in SETTING_NAMES.items():
+        for name in names:
+            if hasattr(django_settings, name):
+                fields[field], source[field] = getattr(django_settings, name), name
+                break
+    try:
+        return AdmissionSettings(**fields)
+    except ValueError as err:
+        field = str(err).split(" ", 1)[0]
+        name = source.get(field, "/".join(SETTING_NAMES.get(field, (field,))))
+        raise ImproperlyConfigured(f"{name}: {err}") from None
+
+
+def _shared_client(settings: AdmissionSettings) -> Client:
+    with _clients_lock:
+        client = _clients.get(settings)
+        if client is None:
+            client = _clients[settings] = Client(settings.target, **settings.client_options())
+        return client
+
+
+class AdmissionMiddleware:
+    """Admits each request through a slot of a loadwarden pool (sync middleware).
+
+    A response holds its slot until Django has sent it; a streaming response until
+    its content is exhausted or closed. The release reports the latency and
+    success (status below 500; Django turns a view's exception into a 500). A
+    denied request gets 503 with `Retry-After` and a short JSON body, and the view
+    does not run. With `LOAD_MANAGER_ENABLED = False` the middleware removes itself.
+
+    Raises:
+        ImproperlyConfigured: At start-up, a setting is wrong; the message names it.
+        MiddlewareNotUsed: `LOAD_MANAGER_ENABLED` is False.
+    """
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        if not getattr(django_settings, "LOAD_MANAGER_ENABLED", True):
+            raise MiddlewareNotUsed("LOAD_MANAGER_ENABLED is False")
+        self.get_response = get_response
+        self.settings = admission_settings()
+        choose = getattr(django_settings, "LOADWARDEN_CHOOSE", None)
+        if isinstance(choose, str):
+            try:
+                choose = import_string(choose)
+            except ImportError as err:
+                raise ImproperlyConfigured(f"LOADWARDEN_CHOOSE: cannot import {choose!r}: {err}") from None
+        if choose is not None and not callable(choose):
+            raise ImproperlyConfigured(f"LOADWARDEN_CHOOSE must be a function of the request, got {choose!r}")
+        self._choose = choose
+        self._chooser: Chooser[HttpRequest] = Chooser(self.settings, choose)
+        self._client = _shared_client(self.settings)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        admission = self._chooser(request)
+        if admission is None:
+            return self.get_response(request)
+        block = self._client.slot(admission.pool, priority=admission.priority, wait_s=self.settings.wait_s,
+                                  lease_ttl_s=self.settings.lease_ttl_s)
+        try:
+            block.__enter__()
+        except (SlotDenied, ResourceExhaustedError) as denied:
+            return _denied(denied)
+        except NotFoundError:
+            raise unknown_pool(admission, self._choose) from None
+        held = HeldSlot(block)
+        try:
+            response = self.get_response(request)
+        except BaseException as exc:
+            held.end(True, exc)
+            raise
+        failed = response.status_code >= 500
+        if getattr(response, "streaming", False):
+            response.streaming_content = ReleasingIterable(response.streaming_content, held, lambda: failed)
+        else:
+            held.end(failed)
+        return response
+
+
+def _denied(denied: SlotDenied | ResourceExhaustedError) -> JsonResponse:
+    retry_after = retry_after_s(denied)
+    reason = denied.denial if isinstance(denied, SlotDenied) else "RESOURCE_EXHAUSTED"
+    response = JsonResponse({"error": "overloaded", "reason": reason,
+                             "pool": getattr(denied, "pool", ""), "retry_after_s": retry_after}, status=503)
+    response["Retry-After"] = str(retry_after)
+    return response

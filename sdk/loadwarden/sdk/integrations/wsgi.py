@@ -1,0 +1,113 @@
+"""WSGI middleware: every request holds a loadwarden slot until its response is closed.
+
+Example:
+    from flask import Flask
+    from loadwarden.sdk.integrations.wsgi import AdmissionMiddleware
+
+    app = Flask(__name__)
+    app.wsgi_app = AdmissionMiddleware(app.wsgi_app, target="127.0.0.1:50051", pool="api", wait_s=2.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+from loadwarden.sdk import Client, NotFoundError, ResourceExhaustedError, SlotDenied
+from loadwarden.sdk.integrations._common import (
+    Admission,
+    AdmissionSettings,
+    Chooser,
+    HeldSlot,
+    ReleasingIterable,
+    denied_body,
+    retry_after_s,
+    unknown_pool,
+)
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+class AdmissionMiddleware:
+    """Admits each request through a slot of a loadwarden pool.
+
+    The slot is acquired before the app runs and released when the server closes
+    the response iterable (PEP 3333), so a streaming response holds it until it
+    ends; also when the app raises. The release reports the latency and success
+    (a status below 500). A denied request gets 503 with `Retry-After` (seconds,
+    rounded up) and a short JSON body, and the app does not run. While the
+    Decision service is unreachable, the client's `slot_fallback` answers.
+
+    Args:
+        app: The WSGI app.
+        client: Client to use; the caller owns it. When None, one is made from the settings.
+        choose: Function of the WSGI environ returning an `Admission`, a pool name
+            or None (passes through unadmitted); None admits every request to the
+            settings' pool.
+        settings: Admission settings; keyword arguments override its fields.
+        **fields: `AdmissionSettings` fields (target, pool, priority, wait_s, ...).
+
+    Raises:
+        ValueError: A setting is out of range; the message names it.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        client: Client | None = None,
+        choose: Callable[[Environ], Admission | str | None] | None = None,
+        settings: AdmissionSettings | None = None,
+        **fields: Any,
+    ) -> None:
+        self.app = app
+        self.settings = replace(settings or AdmissionSettings(), **fields)
+        self._choose = choose
+        self._chooser: Chooser[Environ] = Chooser(self.settings, choose)
+        self._owns_client = client is None
+        self._client = client if client is not None else Client(self.settings.target, **self.settings.client_options())
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        admission = self._chooser(environ)
+        if admission is None:
+            return self.app(environ, start_response)
+        block = self._client.slot(admission.pool, priority=admission.priority, wait_s=self.settings.wait_s,
+                                  lease_ttl_s=self.settings.lease_ttl_s)
+        try:
+            block.__enter__()
+        except (SlotDenied, ResourceExhaustedError) as denied:
+            return _denied(start_response, denied)
+        except NotFoundError:
+            raise unknown_pool(admission, self._choose) from None
+        held = HeldSlot(block)
+        status: list[int] = []
+
+        def start_with_status(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            status[:] = [int(status_line.split(" ", 1)[0])]
+            return start_response(status_line, headers, exc_info)
+
+        try:
+            body = self.app(environ, start_with_status)
+        except BaseException as exc:
+            held.end(True, exc)
+            raise
+        return ReleasingIterable(body, held, lambda: not status or status[0] >= 500)
+
+    def close(self) -> None:
+        """Closes the client the middleware made (not one it was given)."""
+        if self._owns_client:
+            self._client.close()
+
+
+def _denied(start_response: StartResponse, denied: SlotDenied | ResourceExhaustedError) -> list[bytes]:
+    retry_after = retry_after_s(denied)
+    body = denied_body(denied, retry_after)
+    start_response("503 Service Unavailable", [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("Retry-After", str(retry_after)),
+    ])
+    return [body]

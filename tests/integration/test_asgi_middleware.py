@@ -1,0 +1,237 @@
+"""The ASGI middleware under a real FastAPI app served by uvicorn on 127.0.0.1:0,
+admitting through a real in-process Decision service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+
+from loadwarden.sdk import AsyncClient
+from loadwarden.sdk.integrations import Admission, AdmissionChoiceError
+from loadwarden.sdk.integrations.asgi import AdmissionMiddleware
+
+from ..conftest import three_server_pool
+
+WAIT_S = 3.0  # bound of every wait on a condition, seconds
+
+
+class Meter:
+    """Counts requests inside the handler now, and the most ever at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self.entered = asyncio.Event()
+
+    @contextlib.contextmanager
+    def inside(self):
+        self.now += 1
+        self.most = max(self.most, self.now)
+        self.entered.set()
+        try:
+            yield
+        finally:
+            self.now -= 1
+
+
+def make_app(meter: Meter, release: asyncio.Event | None = None, **middleware: object) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/slow")
+    async def slow(s: float = 0.2) -> dict[str, bool]:
+        with meter.inside():
+            await asyncio.sleep(s)
+        return {"ok": True}
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"first\n"
+            assert release is not None
+            await release.wait()
+            yield b"last\n"
+
+        return StreamingResponse(chunks())
+
+    app.add_middleware(AdmissionMiddleware, **middleware)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, WAIT_S)
+
+
+async def active_leases(target: str, pool: str = "web") -> int:
+    async with AsyncClient(target) as client:
+        status = await client.load_status(pool)
+    return status.pools[0].active_leases
+
+
+async def wait_no_leases(target: str) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while await active_leases(target):
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def service(start):
+    return await start(three_server_pool("web", max_concurrency=3, max_wait_ms=5_000))
+
+
+async def test_twenty_concurrent_requests_never_exceed_the_limit_of_three(service) -> None:
+    meter = Meter()
+    app = make_app(meter, target=service.target, pool="web", wait_s=0.5)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+        answers = await asyncio.gather(*(http.get("/slow") for _ in range(20)))
+    codes = sorted(r.status_code for r in answers)
+    assert set(codes) == {200, 503}, codes
+    assert meter.most == 3
+    assert codes.count(200) >= 6  # the waiters got in as slots freed
+    for r in answers:
+        if r.status_code == 503:
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"] == "overloaded" and r.json()["pool"] == "web"
+    await wait_no_leases(service.target)
+
+
+async def test_a_client_that_disconnects_mid_request_frees_its_slot(service) -> None:
+    meter = Meter()
+    app = make_app(meter, target=service.target, pool="web")
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+        request = asyncio.create_task(http.get("/slow", params={"s": 0.3}))
+        await asyncio.wait_for(meter.entered.wait(), WAIT_S)
+        assert await active_leases(service.target) == 1
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await wait_no_leases(service.target)
+
+
+async def test_a_streaming_response_holds_its_slot_until_it_ends(service) -> None:
+    release = asyncio.Event()
+    app = make_app(Meter(), release, target=service.target, pool="web")
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+        async with http.stream("GET", "/stream") as response:
+            lines = response.aiter_lines()
+            assert await anext(lines) == "first"
+            assert await active_leases(service.target) == 1
+            release.set()
+            assert await anext(lines) == "last"
+        await wait_no_leases(service.target)
+
+
+async def test_an_exception_releases_the_slot_as_a_failure(service) -> None:
+    app = make_app(Meter(), target=service.target, pool="web")
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+        assert (await http.get("/boom")).status_code == 500
+        await wait_no_leases(service.target)
+
+
+async def test_choose_routes_by_path_and_none_passes_through(service) -> None:
+    seen: list[str] = []
+
+    def choose(scope) -> Admission | None:
+        seen.append(scope["path"])
+        return None if scope["path"] == "/boom" else Admission("web", priority=7)
+
+    app = make_app(Meter(), target=service.target, choose=choose)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+        assert (await http.get("/slow", params={"s": 0})).status_code == 200
+    assert seen == ["/slow"]  # lifespan is not an HTTP request
+
+
+async def test_choose_returning_an_unknown_pool_or_priority_is_a_clear_error(service) -> None:
+    async def asgi_call(middleware: AdmissionMiddleware) -> None:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await middleware({"type": "http", "path": "/", "headers": []}, receive, send)
+
+    async def ok_app(scope, receive, send) -> None:
+        raise AssertionError("the app must not run")
+
+    unknown = AdmissionMiddleware(ok_app, target=service.target, choose=lambda scope: "nope")
+    with pytest.raises(AdmissionChoiceError, match="'nope'"):
+        await asgi_call(unknown)
+    bad = AdmissionMiddleware(ok_app, target=service.target, choose=lambda scope: 42)
+    with pytest.raises(AdmissionChoiceError, match="42"):
+        await asgi_call(bad)
+    with pytest.raises(ValueError, match="priority"):
+        Admission("web", priority=12)
+    await unknown.aclose()
+    await bad.aclose()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("wait_s", -1.0), ("local_slot_limit", -5), ("slot_fallback", "maybe"), ("priority", 10), ("timeout_s", 0),
+])
+def test_bad_settings_name_the_setting(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        AdmissionMiddleware(FastAPI(), **{field: value})
+
+
+@pytest.mark.parametrize(("fallback", "served", "denied"), [
+    ("local_limit", 2, 2), ("fail_open", 4, 0), ("fail_closed", 0, 4),
+])
+async def test_a_dead_control_plane_answers_by_the_fallback(start, fallback: str, served: int, denied: int) -> None:
+    running = await start(three_server_pool("web", max_concurrency=3))
+    target = running.target
+    await running.stop(0)
+    meter = Meter()
+    app = make_app(meter, target=target, pool="web", slot_fallback=fallback, local_slot_limit=2, timeout_s=0.3)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+        answers = await asyncio.gather(*(http.get("/slow", params={"s": 0.3}) for _ in range(4)))
+        codes = [r.status_code for r in answers]
+        assert codes.count(200) == served and codes.count(503) == denied, codes
+        assert meter.most == served
+        # Local slots are released: the next request is served again (unless fail_closed).
+        after = await http.get("/slow", params={"s": 0})
+        assert after.status_code == (503 if fallback == "fail_closed" else 200)
+    assert all(int(r.headers["retry-after"]) >= 1 for r in answers if r.status_code == 503)
+
+
+async def test_the_release_reports_latency_and_success_by_status(service) -> None:
+    released: list[tuple[bool, float]] = []
+    core_release = service.core.release_slot
+
+    def recording(lease_id: str, success: bool, latency_ms: float) -> bool:  # spy: the real release still runs
+        released.append((success, latency_ms))
+        return core_release(lease_id, success, latency_ms)
+
+    service.core.release_slot = recording
+    app = make_app(Meter(), target=service.target, pool="web")
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+        assert (await http.get("/slow", params={"s": 0.2})).status_code == 200
+        await wait_no_leases(service.target)
+        assert (await http.get("/boom")).status_code == 500
+        await wait_no_leases(service.target)
+    (ok, ok_ms), (failed, _) = released
+    assert ok and ok_ms >= 150
+    assert not failed

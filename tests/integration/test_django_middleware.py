@@ -1,0 +1,213 @@
+"""The Django middleware, configured with the seed's setting names, under Django's
+test client, admitting through a real in-process Decision service.
+
+Django's test client is synchronous and the service runs on the test's event loop,
+so requests run in worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import django
+import pytest
+from django.conf import settings
+
+if not settings.configured:  # once per process; tests set the rest with override_settings
+    settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, DATABASES={}, MIDDLEWARE=[])
+    django.setup()
+
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse  # noqa: E402
+from django.test import Client as DjangoClient  # noqa: E402
+from django.test import override_settings  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from loadwarden.sdk import AsyncClient  # noqa: E402
+from loadwarden.sdk.integrations.django import AdmissionMiddleware  # noqa: E402
+
+from ..conftest import three_server_pool  # noqa: E402
+
+WAIT_S = 3.0  # bound of every wait on a condition, seconds
+MIDDLEWARE = ["loadwarden.sdk.integrations.django.AdmissionMiddleware"]
+
+
+class Meter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+meter = Meter()
+release = threading.Event()
+
+
+def slow(request: HttpRequest) -> JsonResponse:
+    with meter.inside():
+        time.sleep(float(request.GET.get("s", 0.2)))
+    return JsonResponse({"ok": True})
+
+
+def boom(request: HttpRequest) -> HttpResponse:
+    raise RuntimeError("boom")
+
+
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    def chunks() -> Iterator[bytes]:
+        yield b"first"
+        assert release.wait(WAIT_S)
+        yield b"last"
+
+    return StreamingHttpResponse(chunks())
+
+
+urlpatterns = [path("slow", slow), path("boom", boom), path("stream", stream)]
+
+
+def seed_settings(target: str, **extra: object) -> override_settings:
+    """The seed's names plus loadwarden's own."""
+    values: dict[str, object] = {
+        "ROOT_URLCONF": __name__,
+        "MIDDLEWARE": MIDDLEWARE,
+        "LOAD_MANAGER_ENABLED": True,
+        "LOAD_MANAGER_MAX_CONNECTIONS": 2,
+        "LOAD_MANAGER_TIMEOUT": 0.5,
+        "LOADWARDEN_TARGET": target,
+        "LOADWARDEN_POOL": "web",
+        "LOADWARDEN_FALLBACK": "local_limit",
+        "LOADWARDEN_CALL_TIMEOUT": 0.3,
+    }
+    values.update(extra)
+    return override_settings(**values)
+
+
+def get(url: str) -> HttpResponse:
+    return DjangoClient(raise_request_exception=False).get(url)
+
+
+async def get_many(url: str, n: int) -> list[HttpResponse]:
+    """`n` requests at once, each in its own thread."""
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=n) as threads:
+        return list(await asyncio.gather(*(loop.run_in_executor(threads, get, url) for _ in range(n))))
+
+
+async def active_leases(target: str) -> int:
+    async with AsyncClient(target) as client:
+        return (await client.load_status("web")).pools[0].active_leases
+
+
+async def wait_no_leases(target: str) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while await active_leases(target):
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def fresh_meter() -> None:
+    meter.now = meter.most = 0
+    release.clear()
+
+
+@pytest.fixture
+async def service(start):
+    return await start(three_server_pool("web", max_concurrency=3, max_wait_ms=5_000))
+
+
+async def test_concurrent_requests_never_exceed_the_pool_limit(service) -> None:
+    with seed_settings(service.target):
+        answers = await get_many("/slow", 12)
+    codes = [r.status_code for r in answers]
+    assert set(codes) == {200, 503}, codes
+    assert meter.most == 3
+    for r in answers:
+        if r.status_code == 503:
+            assert int(r["Retry-After"]) >= 1
+            assert r.json()["error"] == "overloaded"
+    await wait_no_leases(service.target)
+
+
+async def test_a_streaming_response_holds_its_slot_until_it_ends(service) -> None:
+    with seed_settings(service.target):
+        response = await asyncio.to_thread(get, "/stream")
+        chunks = iter(response.streaming_content)
+        assert await asyncio.to_thread(next, chunks) == b"first"
+        assert await active_leases(service.target) == 1
+        release.set()
+        assert await asyncio.to_thread(lambda: b"".join(chunks)) == b"last"
+        response.close()
+        await wait_no_leases(service.target)
+
+
+async def test_a_view_exception_releases_the_slot(service) -> None:
+    with seed_settings(service.target):
+        assert (await asyncio.to_thread(get, "/boom")).status_code == 500
+        await wait_no_leases(service.target)
+
+
+@pytest.mark.parametrize(("fallback", "served", "denied"), [
+    ("local_limit", 2, 2), ("fail_open", 4, 0), ("fail_closed", 0, 4),
+])
+async def test_a_dead_control_plane_answers_by_the_fallback(start, fallback: str, served: int, denied: int) -> None:
+    running = await start(three_server_pool("web", max_concurrency=3))
+    await running.stop(0)
+    with seed_settings(running.target, LOADWARDEN_FALLBACK=fallback):
+        answers = await get_many("/slow?s=0.3", 4)
+    codes = [r.status_code for r in answers]
+    assert codes.count(200) == served and codes.count(503) == denied, codes
+    assert meter.most == served
+
+
+async def test_load_manager_enabled_false_passes_everything_through(start) -> None:
+    running = await start(three_server_pool("web", max_concurrency=3))
+    await running.stop(0)
+    with seed_settings(running.target, LOAD_MANAGER_ENABLED=False, LOADWARDEN_FALLBACK="fail_closed"):
+        answers = await get_many("/slow?s=0", 3)
+    assert [r.status_code for r in answers] == [200, 200, 200]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("LOAD_MANAGER_MAX_CONNECTIONS", -1),
+    ("LOAD_MANAGER_TIMEOUT", -0.5),
+    ("LOADWARDEN_FALLBACK", "sometimes"),
+    ("LOADWARDEN_PRIORITY", 11),
+    ("LOADWARDEN_POOL", ""),
+    ("LOADWARDEN_CHOOSE", "no.such.module.choose"),
+])
+def test_bad_settings_fail_at_start_up_naming_the_setting(name: str, value: object) -> None:
+    with seed_settings("127.0.0.1:1", **{name: value}), pytest.raises(ImproperlyConfigured, match=name):
+        AdmissionMiddleware(lambda request: HttpResponse())
+
+
+async def test_the_release_reports_latency_and_success_by_status(service) -> None:
+    released: list[tuple[bool, float]] = []
+    core_release = service.core.release_slot
+
+    def recording(lease_id: str, success: bool, latency_ms: float) -> bool:  # spy: the real release still runs
+        released.append((success, latency_ms))
+        return core_release(lease_id, success, latency_ms)
+
+    service.core.release_slot = recording
+    with seed_settings(service.target):
+        assert (await asyncio.to_thread(get, "/slow?s=0.2")).status_code == 200
+        assert (await asyncio.to_thread(get, "/boom")).status_code == 500
+    await wait_no_leases(service.target)
+    (ok, ok_ms), (failed, _) = released
+    assert ok and ok_ms >= 150
+    assert not failed

@@ -1,0 +1,196 @@
+"""The WSGI middleware under a real Flask app served by waitress (threads) on
+127.0.0.1:0, admitting through a real in-process Decision service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import waitress
+from flask import Flask, Response, request
+
+from loadwarden.sdk import AsyncClient
+from loadwarden.sdk.integrations.wsgi import AdmissionMiddleware
+
+from ..conftest import three_server_pool
+
+WAIT_S = 3.0  # bound of every wait on a condition, seconds
+
+
+class Meter:
+    """Counts requests inside the view now, and the most ever at once (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+        self.entered = threading.Event()
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        self.entered.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+def make_app(meter: Meter, release: threading.Event | None = None, **middleware: object) -> Flask:
+    app = Flask(__name__)
+
+    @app.get("/slow")
+    def slow() -> dict[str, bool]:
+        with meter.inside():
+            time.sleep(float(request.args.get("s", 0.2)))
+        return {"ok": True}
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    @app.get("/stream")
+    def stream() -> Response:
+        def chunks() -> Iterator[bytes]:
+            yield b"first\n"
+            assert release is not None and release.wait(WAIT_S)
+            yield b"last\n"
+
+        return Response(chunks())
+
+    app.wsgi_app = AdmissionMiddleware(app.wsgi_app, **middleware)  # type: ignore[method-assign]
+    return app
+
+
+@contextlib.contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=24)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.close()
+        thread.join(WAIT_S)
+        app.wsgi_app.close()  # type: ignore[attr-defined]
+
+
+async def active_leases(target: str, pool: str = "web") -> int:
+    async with AsyncClient(target) as client:
+        status = await client.load_status(pool)
+    return status.pools[0].active_leases
+
+
+async def wait_no_leases(target: str) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while await active_leases(target):
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def service(start):
+    return await start(three_server_pool("web", max_concurrency=3, max_wait_ms=5_000))
+
+
+async def test_twenty_concurrent_requests_never_exceed_the_limit_of_three(service) -> None:
+    meter = Meter()
+    with serving(make_app(meter, target=service.target, pool="web", wait_s=0.5)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+            answers = await asyncio.gather(*(http.get("/slow") for _ in range(20)))
+    codes = [r.status_code for r in answers]
+    assert set(codes) == {200, 503}, codes
+    assert meter.most == 3
+    assert codes.count(200) >= 6
+    for r in answers:
+        if r.status_code == 503:
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"] == "overloaded"
+    await wait_no_leases(service.target)
+
+
+async def test_a_client_that_disconnects_mid_request_frees_its_slot(service) -> None:
+    meter = Meter()
+    with serving(make_app(meter, target=service.target, pool="web")) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+            req = asyncio.create_task(http.get("/slow", params={"s": 0.3}))
+            assert await asyncio.to_thread(meter.entered.wait, WAIT_S)
+            assert await active_leases(service.target) == 1
+            req.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await req
+            await wait_no_leases(service.target)
+
+
+async def test_a_streaming_response_holds_its_slot_until_it_ends(service) -> None:
+    release = threading.Event()
+    with serving(make_app(Meter(), release, target=service.target, pool="web")) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+            async with http.stream("GET", "/stream") as response:
+                lines = response.aiter_lines()
+                assert await anext(lines) == "first"
+                assert await active_leases(service.target) == 1
+                release.set()
+                assert await anext(lines) == "last"
+            await wait_no_leases(service.target)
+
+
+async def test_an_exception_releases_the_slot(service) -> None:
+    with serving(make_app(Meter(), target=service.target, pool="web")) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+            assert (await http.get("/boom")).status_code == 500
+            await wait_no_leases(service.target)
+
+
+@pytest.mark.parametrize(("fallback", "served", "denied"), [
+    ("local_limit", 2, 2), ("fail_open", 4, 0), ("fail_closed", 0, 4),
+])
+async def test_a_dead_control_plane_answers_by_the_fallback(start, fallback: str, served: int, denied: int) -> None:
+    running = await start(three_server_pool("web", max_concurrency=3))
+    target = running.target
+    await running.stop(0)
+    meter = Meter()
+    app = make_app(meter, target=target, pool="web", slot_fallback=fallback, local_slot_limit=2, timeout_s=0.3)
+    with serving(app) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+            answers = await asyncio.gather(*(http.get("/slow", params={"s": 0.3}) for _ in range(4)))
+            codes = [r.status_code for r in answers]
+            assert codes.count(200) == served and codes.count(503) == denied, codes
+            assert meter.most == served
+            after = await http.get("/slow", params={"s": 0})
+            assert after.status_code == (503 if fallback == "fail_closed" else 200)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("wait_s", -1.0), ("local_slot_limit", -5), ("slot_fallback", "maybe"), ("lease_ttl_s", -1),
+])
+def test_bad_settings_name_the_setting(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        AdmissionMiddleware(Flask(__name__).wsgi_app, **{field: value})
+
+
+async def test_the_release_reports_latency_and_success_by_status(service) -> None:
+    released: list[tuple[bool, float]] = []
+    core_release = service.core.release_slot
+
+    def recording(lease_id: str, success: bool, latency_ms: float) -> bool:  # spy: the real release still runs
+        released.append((success, latency_ms))
+        return core_release(lease_id, success, latency_ms)
+
+    service.core.release_slot = recording
+    with serving(make_app(Meter(), target=service.target, pool="web")) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+            assert (await http.get("/slow", params={"s": 0.2})).status_code == 200
+            await wait_no_leases(service.target)
+            assert (await http.get("/boom")).status_code == 500
+            await wait_no_leases(service.target)
+    (ok, ok_ms), (failed, _) = released
+    assert ok and ok_ms >= 150
+    assert not failed
