@@ -259,8 +259,14 @@ class Retrier:
             DeadlineExceededError: The deadline had passed before the first attempt.
         """
         run = self._start(deadline, retryable)
+        try:
+            return run.attempt(attempt)  # the common case pays for no retry machinery
+        except BaseException as exc:
+            if not run.may_retry(exc):
+                raise
+            first = _Replay(exc)
         retrying = Retrying(sleep=self._sleep, **run.policy())
-        return retrying(run.attempt, attempt)
+        return retrying(run.attempt_after, first, attempt)
 
     async def call_async(
         self,
@@ -271,10 +277,16 @@ class Retrier:
     ) -> T:
         """The coroutine form of `call`: awaits `attempt` and sleeps with `async_sleep`."""
         run = self._start(deadline, retryable)
+        try:
+            return await run.attempt_async(attempt)  # the common case pays for no retry machinery
+        except BaseException as exc:
+            if not run.may_retry(exc):
+                raise
+            first = _Replay(exc)
         # A fresh AsyncRetrying per call: tenacity keeps per-run state on the object,
         # which coroutines on one thread would otherwise share.
         retrying = AsyncRetrying(sleep=self._async_sleep, **run.policy())
-        return await retrying(run.attempt_async, attempt)
+        return await retrying(run.attempt_after_async, first, attempt)
 
     def stats(self) -> dict[str, Any]:
         """Returns counters since the retrier was made.
@@ -299,6 +311,21 @@ class Retrier:
     def _count(self, name: str) -> None:
         with self._lock:
             self._counts[name] += 1
+
+
+class _Replay:
+    """The first attempt's error, handed to tenacity as its first attempt.
+
+    The first attempt runs outside tenacity (building its machinery costs tens of
+    microseconds per call); only a call that will retry enters it, and tenacity then
+    sees that failure as attempt 1, so backoff, stop and budget rules are unchanged.
+    """
+
+    __slots__ = ("error", "pending")
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.pending = True
 
 
 class _Run:
@@ -330,6 +357,22 @@ class _Run:
         return fn(self._begin_attempt())
 
     async def attempt_async(self, fn: Callable[[float], Awaitable[T]]) -> T:
+        return await fn(self._begin_attempt())
+
+    def may_retry(self, exc: BaseException) -> bool:
+        """Whether the first attempt's failure is worth entering the retry loop for."""
+        return self._retrier._config.max_attempts > 1 and self._should_retry(exc)
+
+    def attempt_after(self, first: _Replay, fn: Callable[[float], T]) -> T:
+        if first.pending:
+            first.pending = False
+            raise first.error
+        return fn(self._begin_attempt())
+
+    async def attempt_after_async(self, first: _Replay, fn: Callable[[float], Awaitable[T]]) -> T:
+        if first.pending:
+            first.pending = False
+            raise first.error
         return await fn(self._begin_attempt())
 
     def _begin_attempt(self) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import threading
@@ -556,3 +557,22 @@ def test_default_retrier_uses_real_time_without_sleeping_on_success() -> None:
     assert retrier.call(attempt, deadline=time.monotonic() + 5) == "ok"
     assert 4 < calls[0] <= 5
 
+
+
+def test_a_first_attempt_that_succeeds_never_builds_the_retry_machinery(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Building tenacity's objects costs tens of microseconds: the common case must not.
+    import loadwarden.sdk._retry as retry_module
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tenacity was entered for a call that needed no retry")
+
+    monkeypatch.setattr(retry_module, "Retrying", forbidden)
+    monkeypatch.setattr(retry_module, "AsyncRetrying", forbidden)
+    retrier = retry_module.Retrier(retry_module.RetryConfig())
+    assert retrier.call(lambda timeout_s: "ok", deadline=time.monotonic() + 1) == "ok"
+
+    async def attempt(timeout_s: float) -> str:
+        return "ok"
+
+    assert asyncio.run(retrier.call_async(attempt, deadline=time.monotonic() + 1)) == "ok"
+    assert retrier.stats()["attempts"] == 2 and retrier.stats()["retries"] == 0
