@@ -8,7 +8,7 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import random  # noqa: E402
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 import pytest
@@ -59,3 +59,25 @@ async def channel_to() -> AsyncIterator[Callable[[RunningService], grpc.aio.Chan
     yield _open
     for ch in channels:
         await ch.close()
+
+
+@pytest.fixture
+def global_tracing() -> Iterator[None]:
+    """Starts the test with no global TracerProvider and restores the previous one after it.
+
+    OpenTelemetry lets a process set its provider once; tests reset its private
+    globals so each can install its own.
+    """
+    from opentelemetry import trace
+    from opentelemetry.util._once import Once
+
+    from loadwarden.observability import shutdown_tracing
+
+    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE  # noqa: SLF001 - test isolation
+    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = None, Once()  # noqa: SLF001
+    try:
+        yield
+    finally:
+        shutdown_tracing()
+        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved  # noqa: SLF001
+

@@ -21,7 +21,6 @@ from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from opentelemetry.util._once import Once
 
 from loadwarden.observability import configure_tracing, shutdown_tracing
 from loadwarden.sdk import Client
@@ -83,17 +82,6 @@ def collector() -> Iterator[tuple[Collector, int]]:
     finally:
         server.stop(None)
 
-
-@pytest.fixture
-def global_tracing() -> Iterator[None]:
-    """This process starts with no global TracerProvider; the previous state is restored after."""
-    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE  # noqa: SLF001 - test isolation
-    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = None, Once()  # noqa: SLF001
-    try:
-        yield
-    finally:
-        shutdown_tracing()
-        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved  # noqa: SLF001
 
 
 @pytest.mark.usefixtures("global_tracing")

@@ -16,7 +16,6 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from opentelemetry.util._once import Once
 
 from loadwarden.sdk import AsyncClient, Client, NotFoundError
 from loadwarden.server import MonitorSettings, OperationSettings
@@ -27,10 +26,8 @@ SELECT = "loadwarden.v1.DecisionService/SelectServer"
 
 
 @pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Installs a global TracerProvider exporting to memory; restores the previous state after."""
-    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE  # noqa: SLF001 - test isolation
-    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = None, Once()  # noqa: SLF001
+def spans(global_tracing: None) -> Iterator[InMemorySpanExporter]:
+    """Installs a global TracerProvider exporting to memory (undone by `global_tracing`)."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -39,7 +36,6 @@ def spans() -> Iterator[InMemorySpanExporter]:
         yield exporter
     finally:
         provider.shutdown()
-        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved  # noqa: SLF001
 
 
 async def in_trace(

@@ -19,7 +19,6 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from opentelemetry.util._once import Once
 
 from loadwarden.observability import _tracing
 from loadwarden.observability import build_tracer_provider, configure_tracing, shutdown_tracing
@@ -56,17 +55,6 @@ def memory() -> Iterator[Memory]:
     yield Memory(provider, exporter)
     provider.shutdown()
 
-
-@pytest.fixture
-def global_tracing() -> Iterator[None]:
-    """Starts the test with no global TracerProvider and restores the previous one after it."""
-    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE  # noqa: SLF001 - test isolation
-    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = None, Once()  # noqa: SLF001
-    try:
-        yield
-    finally:
-        shutdown_tracing()
-        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved  # noqa: SLF001
 
 
 # --- the service's interceptor -------------------------------------------------------
