@@ -18,6 +18,8 @@ from loadwarden.server.strategies import Feedback, StrategyContext
 from loadwarden.server.strategies._base import parse_params
 from loadwarden.server.strategies.q_learning import TOO_LARGE_HINT, QLearning, QLearningParams
 
+from ._learning import route
+
 
 def pool(*ids: str) -> dict[str, Backend]:
     return {sid: Backend(id=sid, address=f"h:{i}", weight=1) for i, sid in enumerate(ids)}
@@ -243,19 +245,6 @@ def test_ties_are_broken_at_random() -> None:
 
 # --- learning ------------------------------------------------------------------------------
 
-
-def route(strategy: Any, servers: dict[str, Backend], rng: random.Random, n: int) -> list[str]:
-    """Drives choose/observe by hand: 'slow' answers 5x slower than the others."""
-    picks = []
-    for _ in range(n):
-        choice = strategy.choose(list(servers.values()))
-        server = choice.server
-        server.in_flight += 1
-        latency = (100.0 if server.id == "slow" else 20.0) * rng.uniform(0.5, 1.5)
-        server.record_outcome(True, latency)
-        strategy.observe(Feedback(server, True, latency, choice.memo))
-        picks.append(server.id)
-    return picks
 
 
 def test_learns_to_avoid_a_server_five_times_slower() -> None:
