@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,11 @@ from ._errors import ConfigError
 from ._service import serve
 from ._servicer import VERSION
 
+# Modules that add subcommands: each has ``add_commands(subparsers)``, and each
+# parser it adds sets ``run=callable(args) -> exit code``. Imported by name so the
+# service never imports the simulator's code unless asked for it.
+_COMMAND_MODULES = ("loadwarden.backend_sim._commands",)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loadwarden", description="loadwarden load-decision control plane")
@@ -25,12 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="TOML config file (default: none, empty in-memory state)")
     run.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
     run.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``loadwarden`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        return int(args.run(args))
     configure_logging(args.log_level)
     try:
         configure_tracing("loadwarden")  # from the OTEL_* variables; off when they ask for nothing

@@ -13,7 +13,7 @@ seed gives the same result, and strategies see identical traffic::
     print(result.summary(warmup=2_000).p99_ms)
 """
 
-from ._config import MAX_REQUESTS, Arrivals, Scenario, SimServer, capacity_per_s
+from ._config import MAX_REQUESTS, Arrivals, Phase, Scenario, SimServer, capacity_per_s
 from ._sim import CoreTiming, SimResult, simulate
 from ._summary import LoadRecord, RequestRecord, Summary, reward, summarize
 
@@ -22,6 +22,7 @@ __all__ = [
     "Arrivals",
     "CoreTiming",
     "LoadRecord",
+    "Phase",
     "RequestRecord",
     "Scenario",
     "SimResult",

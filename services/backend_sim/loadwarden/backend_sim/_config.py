@@ -26,6 +26,48 @@ def _check_count(value: object, field: str, low: int, high: int) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Phase:
+    """A stretch of time in which a backend is slower or down.
+
+    Attributes:
+        start_s: Seconds from the start of the run (simulated time in the
+            simulator, wall time since the backend started in ``backend-sim``).
+        duration_s: How long the phase lasts, seconds.
+        service_ms: When set, the mean service time during the phase replaces
+            ``base_ms / speed``.
+        slowdown: Multiplies the mean service time during the phase (>= 1 slows).
+        outage: The backend is down: it fails every request at once and sends
+            no load report, so the decision service sees it go stale.
+    """
+
+    start_s: float
+    duration_s: float
+    service_ms: float | None = None
+    slowdown: float = 1.0
+    outage: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.start_s, bool) or not isinstance(self.start_s, (int, float)) or not (
+            0 <= self.start_s < math.inf
+        ):
+            raise ValueError(f"start_s: must be a finite number >= 0, got {self.start_s!r}")
+        _check_positive(self.duration_s, "duration_s")
+        if self.service_ms is not None:
+            _check_positive(self.service_ms, "service_ms")
+        _check_positive(self.slowdown, "slowdown")
+        if not isinstance(self.outage, bool):
+            raise ValueError(f"outage: must be true or false, got {self.outage!r}")
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+    def covers(self, t_s: float) -> bool:
+        """Whether time ``t_s`` falls in ``[start_s, end_s)``."""
+        return self.start_s <= t_s < self.start_s + self.duration_s
+
+
+@dataclass(frozen=True, slots=True)
 class SimServer:
     """One simulated backend.
 
@@ -41,6 +83,7 @@ class SimServer:
         failure_probability: Chance in [0, 1] that a served request fails; a
             failed request still takes its service time.
         weight: Weight registered with the decision core (1-1000).
+        schedule: Slowdowns and outages over time; phases may not overlap.
     """
 
     id: str
@@ -50,6 +93,7 @@ class SimServer:
     service: str = "exponential"
     failure_probability: float = 0.0
     weight: int = 1
+    schedule: tuple[Phase, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -63,6 +107,29 @@ class SimServer:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= p <= 1.0):
             raise ValueError(f"failure_probability: must be a number in [0, 1], got {p!r}")
         _check_count(self.weight, "weight", 1, 1000)
+        if not isinstance(self.schedule, (tuple, list)):
+            raise ValueError(f"schedule: must be a sequence of Phase, got {self.schedule!r}")
+        object.__setattr__(self, "schedule", tuple(sorted(self.schedule, key=lambda p: p.start_s)))
+        for i, phase in enumerate(self.schedule):
+            if not isinstance(phase, Phase):
+                raise ValueError(f"schedule[{i}]: must be a Phase, got {phase!r}")
+            if i and phase.start_s < self.schedule[i - 1].end_s:
+                raise ValueError(f"schedule[{i}].start_s: overlaps the phase before it")
+
+    def phase_at(self, t_s: float) -> Phase | None:
+        """The phase in force at ``t_s``, or None."""
+        for phase in self.schedule:
+            if phase.covers(t_s):
+                return phase
+        return None
+
+    def mean_service_ms(self, t_s: float = 0.0) -> float:
+        """Mean service time at ``t_s``, ms, with any slowdown phase applied."""
+        phase = self.phase_at(t_s) if self.schedule else None
+        base = self.base_ms / self.speed
+        if phase is None:
+            return base
+        return (phase.service_ms if phase.service_ms is not None else base) * phase.slowdown
 
     @property
     def capacity_per_s(self) -> float:

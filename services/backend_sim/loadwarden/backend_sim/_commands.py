@@ -1,0 +1,30 @@
+"""The simulator's subcommands of ``loadwarden``: ``simulate``, ``evaluate``, ``backend-sim``.
+
+``add_commands`` is called by ``loadwarden.server._cli`` while it builds its
+parser; each subcommand module adds its parser and sets ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+# Modules with ``add_command(subparsers)``; a module that does not exist yet is skipped.
+_SUBCOMMANDS = (
+    "loadwarden.backend_sim._simulate_cli",
+    "loadwarden.backend_sim._evaluate_cli",
+    "loadwarden.backend_sim._backend_cli",
+)
+
+
+def add_commands(commands: "argparse._SubParsersAction[Any]") -> None:
+    """Adds every simulator subcommand to ``commands``."""
+    for name in _SUBCOMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.add_command(commands)
