@@ -25,6 +25,7 @@ PUBLIC_NAMES = {
     "Arrivals",
     "CoreTiming",
     "LoadRecord",
+    "Phase",
     "RequestRecord",
     "Scenario",
     "SimResult",
