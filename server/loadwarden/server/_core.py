@@ -197,10 +197,10 @@ class DecisionCore:
             server = pool.servers.get(report.server_id)
             if server is None:
                 raise NotFound(f"reports[{i}].server_id", f"pool {report.pool!r} has no server {report.server_id!r}")
-            targets.append((server, report.sample))
+            targets.append((pool, server, report.sample))
         now, wall = self.clock.monotonic(), self.clock.wall()
-        for server, sample in targets:
-            server.load, server.load_at, server.load_wall = sample, now, wall
+        for pool, server, sample in targets:
+            pool.record_load(server, sample, now, wall)
         return len(targets)
 
     def expire(self) -> int:
@@ -400,7 +400,7 @@ class DecisionCore:
         server = self.pool(pool_name).servers.get(server_id)
         if server is None:
             raise NotFound("server_id", f"pool {pool_name!r} has no server {server_id!r}")
-        server.draining = drain
+        self.pool(pool_name).set_draining(server, drain)
         log.info("server %s/%s %s", pool_name, server_id, "draining" if drain else "back in rotation")
         return server
 

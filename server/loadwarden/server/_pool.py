@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Collection
 
 from ._admission import SlotPool
-from ._model import Backend, Health, ServerSpec
+from ._model import Backend, Health, LoadSample, ServerSpec
 from ._settings import PoolSettings
 from .strategies import Strategy
 
@@ -26,9 +27,19 @@ def _ramped(server: Backend, now: float, window_s: float) -> float:
 
 
 class Pool:
-    """Servers by id (insertion order kept for stable rotation) and the strategy over them."""
+    """Servers by id (insertion order kept for stable rotation) and the strategy over them.
 
-    __slots__ = ("settings", "strategy", "servers", "slots", "panic", "_load_ttl_s")
+    ``eligible`` keeps its last answer while nothing it depends on can have
+    changed: the answer is recomputed after ``invalidate`` (a server added,
+    removed, re-weighted, drained or undrained, ejected, or reporting load
+    while not routable) and once ``now`` passes ``_valid_until``, the earliest
+    time a load report goes stale or an ejection ends. While a server ramps up
+    (slow start) its weight changes with time, so nothing is kept.
+    """
+
+    __slots__ = (
+        "settings", "strategy", "servers", "slots", "panic", "_load_ttl_s", "_cached", "_valid_until",
+    )
 
     def __init__(
         self, settings: PoolSettings, strategy: Strategy, servers: dict[str, Backend], slots: SlotPool
@@ -39,6 +50,12 @@ class Pool:
         self.servers = servers  # shared with the strategy's context: mutate in place only
         self.panic = False
         self._load_ttl_s = settings.load_report_ttl_ms / 1000.0
+        self._cached: list[Backend] | None = None
+        self._valid_until = -math.inf
+
+    def invalidate(self) -> None:
+        """Drops the kept ``eligible`` answer; call after any change to who may be chosen."""
+        self._cached = None
 
     @property
     def name(self) -> str:
@@ -48,11 +65,13 @@ class Pool:
         """Takes new settings, and a new strategy when the old one no longer applies."""
         self.settings = settings
         self._load_ttl_s = settings.load_report_ttl_ms / 1000.0
+        self._cached = None
         if strategy is not None:
             self.strategy = strategy
 
     def upsert(self, spec: ServerSpec) -> tuple[Backend, bool]:
         """Adds a server or updates its address and weight; returns it and whether it is new."""
+        self._cached = None
         server = self.servers.get(spec.id)
         if server is not None:
             server.update_spec(spec)
@@ -63,8 +82,20 @@ class Pool:
     def remove(self, server_id: str) -> Backend | None:
         server = self.servers.pop(server_id, None)
         if server is not None:
+            self._cached = None
             self.strategy.forget(server_id)
         return server
+
+    def set_draining(self, server: Backend, drain: bool) -> None:
+        """Drains (no new selections) or undrains ``server``."""
+        server.draining = drain
+        self._cached = None
+
+    def record_load(self, server: Backend, sample: LoadSample, now: float, wall: float) -> None:
+        """Stores a load report; a server that was not routable may become so."""
+        server.load, server.load_at, server.load_wall = sample, now, wall
+        if not server.routable:
+            self._cached = None
 
     def replace_servers(self, specs: Collection[ServerSpec]) -> None:
         """Makes the server list equal ``specs``; servers that stay keep their state."""
@@ -87,11 +118,15 @@ class Pool:
         state: an ejection whose time is up ends, and a server that becomes
         routable starts its slow-start ramp.
         """
+        if not exclude and self._cached is not None and now <= self._valid_until:
+            return self._cached
         ttl = self._load_ttl_s
         require = self.settings.require_load_report
         window = self.settings.slow_start_ms / 1000.0
         routable: list[Backend] = []
         healthy: list[Backend] = []
+        # Earliest time the answer can change without a call to invalidate().
+        valid_until = math.inf
         for server in self.servers.values():
             if server.draining or server.is_stale(now, ttl, require):
                 server.routable = False
@@ -99,8 +134,13 @@ class Pool:
             if not server.routable:
                 server.routable = True
                 server.ramp_start = now
+            if server.load_at is not None and server.load_at + ttl < valid_until:
+                # A hair early, so rounding can never keep a stale server.
+                valid_until = math.nextafter(server.load_at + ttl, -math.inf)
             if server.ejected_until:
                 if server.ejected_until > now:
+                    # Strictly before the end: at ejected_until the ejection is over.
+                    valid_until = min(valid_until, math.nextafter(server.ejected_until, -math.inf))
                     if not (exclude and server.id in exclude):
                         routable.append(server)
                     continue
@@ -108,6 +148,8 @@ class Pool:
                 server.returned_at = server.ramp_start = now
             if exclude and server.id in exclude:
                 continue
+            if window > 0 and server.ramp_start is not None and now - server.ramp_start < window:
+                valid_until = -math.inf  # the weight moves with time
             server.effective_weight = _ramped(server, now, window)
             routable.append(server)
             healthy.append(server)
@@ -116,8 +158,12 @@ class Pool:
         if self.panic:
             for server in routable:
                 server.effective_weight = _ramped(server, now, window)
-            return routable
-        return healthy
+            answer = routable
+        else:
+            answer = healthy
+        if not exclude:
+            self._cached, self._valid_until = answer, valid_until
+        return answer
 
     def maybe_eject(self, server: Backend, now: float) -> bool:
         """Ejects ``server`` if its consecutive failures reached the threshold and the cap allows.
@@ -141,6 +187,7 @@ class Pool:
         duration_s = min(outlier.base_ejection_time_ms / 1000.0 * server.ejection_level, max_s)
         server.ejected_until = now + duration_s
         server.consecutive_failures = 0
+        self._cached = None
         log.warning(
             "server %s/%s ejected for %.1f s after %d consecutive failures (ejection #%d)",
             self.name, server.id, duration_s, outlier.consecutive_failures, server.ejections_total,

@@ -33,17 +33,14 @@ def sample_distinct(candidates: Sequence[Backend], k: int, rng: random.Random) -
     return [candidates[i] for i in picked]
 
 
-def least_cost(servers: Sequence[Backend], costs: Sequence[float], rng: random.Random) -> Backend:
-    """The server of lowest cost (``costs[i]`` is ``servers[i]``'s); ties broken uniformly at random."""
-    best = servers[0]
-    best_cost = costs[0]
-    ties = 1
-    for server, c in zip(servers[1:], costs[1:]):
-        if c < best_cost:
-            best, best_cost, ties = server, c, 1
-        elif c == best_cost:
-            ties += 1
-            # Reservoir sampling: each tied server ends up chosen with probability 1/ties.
-            if rng.random() * ties < 1.0:
-                best = server
-    return best
+def least_cost(servers: Sequence[Backend], costs: list[float], rng: random.Random) -> Backend:
+    """The server of lowest cost (``costs[i]`` is ``servers[i]``'s); ties broken uniformly at random.
+
+    ``min``, ``count`` and ``index`` run in C, so a scan of thousands of costs
+    stays cheap; the RNG is drawn from only when there is a tie.
+    """
+    best_cost = min(costs)
+    if costs.count(best_cost) == 1:
+        return servers[costs.index(best_cost)]
+    ties = [server for server, c in zip(servers, costs) if c == best_cost]
+    return ties[rng.randrange(len(ties))]
