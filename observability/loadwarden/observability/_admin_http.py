@@ -1,7 +1,11 @@
 """The admin HTTP port: ``/metrics``, ``/api/load-status`` and whatever ``extra_routes`` adds.
 
 It runs in the service's event loop (aiohttp), so handlers read the decision
-state directly, with no locks. Every path, known or not, needs the admin token:
+state directly, with no locks. It serves HTTPS when given an ``ssl.SSLContext``
+(the service's ``[tls]`` certificate). Every path, known or not, needs the admin
+token, ``/metrics`` and ``/api/load-status`` included: load status shows every
+pool and server, and Prometheus sends a bearer token (``authorization`` in its
+scrape config) as easily as none:
 
 * ``Authorization: Bearer <token>``, or ``Authorization: Basic`` with the token
   as the password (any user name), so a browser can open a dashboard page with
@@ -21,6 +25,7 @@ import binascii
 import hmac
 import ipaddress
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -137,18 +142,20 @@ class AdminHttp:
     Attributes:
         host: The bound host, without IPv6 brackets.
         port: The bound port (useful with port 0).
+        tls: Whether it serves HTTPS.
     """
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+    def __init__(self, runner: web.AppRunner, host: str, port: int, tls: bool = False) -> None:
         self._runner = runner
         self.host = host
         self.port = port
+        self.tls = tls
 
     @property
     def url(self) -> str:
-        """``http://host:port`` for clients."""
+        """``http://host:port`` (``https://`` with TLS) for clients."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     async def stop(self) -> None:
         """Stops listening; requests in progress get ``SHUTDOWN_TIMEOUT_S`` to finish."""
@@ -172,10 +179,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def start_admin_http(app: web.Application, listen: str) -> AdminHttp:
+async def start_admin_http(
+    app: web.Application, listen: str, *, ssl_context: ssl.SSLContext | None = None
+) -> AdminHttp:
     """Serves ``app`` on ``listen`` (``host:port``, IPv6 in brackets; port 0 picks one) in the running loop.
 
-    A non-loopback address is served, with a warning: the port then relies on the token alone.
+    Args:
+        app: From ``build_admin_app``.
+        listen: The address.
+        ssl_context: A server context to serve HTTPS with; None serves plain HTTP.
+
+    A non-loopback address without TLS is served with a warning: the token and the
+    load data would cross the network in plaintext.
 
     Raises:
         OSError: the address cannot be bound.
@@ -184,14 +199,14 @@ async def start_admin_http(app: web.Application, listen: str) -> AdminHttp:
     if not host or not port_text.isdigit():
         raise OSError(f"cannot listen on {listen}: expected host:port")
     bind_host = host.strip("[]")
-    if not is_loopback(bind_host):
-        log.warning("admin HTTP listens on %s, not a loopback address: anyone who can reach it "
-                    "and holds the token can read metrics and load status", listen)
+    if not is_loopback(bind_host) and ssl_context is None:
+        log.warning("admin HTTP listens on %s, not a loopback address, without TLS: the admin token and "
+                    "load data cross the network in plaintext; set tls.cert_file and tls.key_file", listen)
     runner = web.AppRunner(app, access_log_class=_AccessLogger, handle_signals=False,
                            shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
-        await web.TCPSite(runner, bind_host, int(port_text)).start()
+        await web.TCPSite(runner, bind_host, int(port_text), ssl_context=ssl_context).start()
     except OSError as exc:
         await runner.cleanup()
         raise OSError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
@@ -199,5 +214,5 @@ async def start_admin_http(app: web.Application, listen: str) -> AdminHttp:
         await runner.cleanup()
         raise
     port = runner.addresses[0][1]
-    log.info("admin HTTP serving on %s:%d", host, port)
-    return AdminHttp(runner, bind_host, port)
+    log.info("admin HTTP serving %s on %s:%d", "HTTPS" if ssl_context else "HTTP", host, port)
+    return AdminHttp(runner, bind_host, port, tls=ssl_context is not None)

@@ -1,8 +1,10 @@
 """The ``/admin/load`` live dashboard and its ``/api/history`` endpoint, on the admin HTTP app.
 
 How the page gets the admin token: a browser opening a URL cannot set an
-``Authorization`` header, so the page *shell* at ``/admin/load`` is served to
-anyone. It is one static file (HTML, CSS and JS inline; no external URL, no
+``Authorization`` header, so a request for ``/admin/load`` without one is
+answered 401 with the page *shell* as the body of the refusal (a Bearer-only
+challenge, which browsers do not prompt for, so they render it: the shell is
+the sign-in form). It is one static file (HTML, CSS and JS inline; no external URL, no
 data, nothing that depends on the request). Its script takes the token from the
 URL fragment (``/admin/load#token=...``: a fragment never reaches the server,
 its access log or a proxy, and the script removes it from the address bar and
@@ -14,10 +16,11 @@ the token and shows "unauthorised" with the form. The page's requests omit
 browser credentials, so the admin app's Basic challenge never pops up the
 browser's own login dialog over the form.
 
-The shell is the one path exempt from the token check. The exemption is a
-middleware placed in front of the admin app's guard that answers exactly
-``GET``/``HEAD`` ``/admin/load`` (and ``/admin/load/``) with the static page; any
-other path, including unknown ones, still meets the guard.
+The shell is the one body served without the token, always with status 401. A
+middleware placed in front of the admin app's guard answers exactly ``GET``/``HEAD``
+``/admin/load`` (and ``/admin/load/``) without an ``Authorization`` header that way;
+a request with credentials meets the guard (wrong token 403, right token 200 with
+the same page), as does any other path, including unknown ones.
 
 The page is locked down by a Content-Security-Policy allowing only its own inline
 script and style (by hash), requests to its own origin, and nothing else.
@@ -36,7 +39,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from ._admin_http import _NO_STORE, error_response
+from ._admin_http import _NO_STORE, REALM, error_response
 from ._history import DEFAULT_QUERY_POINTS, History
 
 DASHBOARD_PATH = "/admin/load"
@@ -95,11 +98,15 @@ def add_dashboard_routes(
     async def page(request: web.Request) -> web.Response:
         return web.Response(body=body, headers=headers)
 
+    refusal_headers = {**headers, "WWW-Authenticate": f'Bearer realm="{REALM}"'}
+
     @web.middleware
     async def public_shell(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # The static, data-free page shell only; everything else goes on to the token check.
-        if request.method in ("GET", "HEAD") and request.path in (DASHBOARD_PATH, DASHBOARD_PATH + "/"):
-            return await page(request)
+        # No credentials: the static, data-free shell as the 401's body (no Basic challenge, so a
+        # browser renders it instead of prompting). Everything else goes on to the token check.
+        if request.method in ("GET", "HEAD") and request.path in (DASHBOARD_PATH, DASHBOARD_PATH + "/") \
+                and "Authorization" not in request.headers:
+            return web.Response(status=401, body=body, headers=refusal_headers)
         return await handler(request)
 
     async def history_handler(request: web.Request) -> web.Response:

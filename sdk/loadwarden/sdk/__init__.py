@@ -34,6 +34,7 @@ from loadwarden.sdk._reporter import BackendReporter, ReporterStats
 from loadwarden.sdk._resilience import BreakerOpenError, deadline
 from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
+from loadwarden.sdk._tls import TlsConfig
 from loadwarden.sdk._types import (
     BatchAdjustment,
     BatchMode,
@@ -93,6 +94,7 @@ __all__ = [
     "ServerStatus",
     "ServiceError",
     "SlotDenied",
+    "TlsConfig",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",

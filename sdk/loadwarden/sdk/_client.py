@@ -48,7 +48,8 @@ from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._leases import LeaseKeeper, Scheduler, ThreadScheduler, latency_ms, log_release_failure
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._senders import ThreadOutcomeSender
-from loadwarden.sdk._telemetry import traced_insecure_channel
+from loadwarden.sdk._telemetry import traced_insecure_channel, traced_secure_channel
+from loadwarden.sdk._tls import TlsConfig, bearer_metadata, channel_security
 from loadwarden.sdk._types import BatchReport, BatchSize, Lease, LoadReport, LoadStatus, Selection
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
@@ -80,9 +81,14 @@ class Client(ClientBase):
         server_refresh_s: How often the servers known per pool (for local round
             robin when SelectServer cannot be answered) are refreshed from
             GetLoadStatus, in the background, seconds; 0 turns refreshing off.
+        tls: Connect over TLS (and mutual TLS with a client certificate); None
+            connects in plaintext. Only for the channel the client opens.
+        token: The service's client token, sent as ``authorization: Bearer <token>``
+            metadata on every call; None sends none.
 
     Raises:
-        ValueError: An argument is out of range; the message names it.
+        ValueError: An argument is out of range, or a TLS file cannot be read; the
+            message names it (never the token).
     """
 
     def __init__(
@@ -99,6 +105,8 @@ class Client(ClientBase):
         slot_fallback: str = "local_limit",
         local_slot_limit: int = 10,
         server_refresh_s: float = 30.0,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
     ) -> None:
         self._options = ClientOptions(
             target=target,
@@ -108,8 +116,15 @@ class Client(ClientBase):
             outcome_buffer_size=outcome_buffer_size,
         )
         self._setup_resilience(breaker, retry, slot_fallback, local_slot_limit, server_refresh_s)
+        self._metadata = bearer_metadata(token)  # built once: every call passes the same tuple
+        credentials, tls_options = channel_security(tls, channel is not None)
         self._owns_channel = channel is None
-        self._channel = traced_insecure_channel(target, CHANNEL_OPTIONS) if channel is None else channel
+        if channel is not None:
+            self._channel = channel
+        elif credentials is None:
+            self._channel = traced_insecure_channel(target, CHANNEL_OPTIONS)
+        else:
+            self._channel = traced_secure_channel(target, credentials, (*CHANNEL_OPTIONS, *tls_options))
         self._stub = _pb_grpc.DecisionServiceStub(self._channel)
         self._outcomes = ThreadOutcomeSender(self._options.new_outcome_buffer(), self._send_outcomes)
         self._batch_sizes = LastKnownSizes()
@@ -582,12 +597,13 @@ class Client(ClientBase):
             raise RuntimeError("the client is closed")
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
         rpc = getattr(self._stub, method)
+        metadata = self._metadata
         self._fail_fast(method)
 
         def attempt(time_left_s: float) -> Any:
             breaker = self._admit(method)
             try:
-                response = rpc(request, timeout=time_left_s)
+                response = rpc(request, timeout=time_left_s, metadata=metadata)
             except grpc.RpcError as err:
                 error = error_from_rpc(err)
                 settle(breaker, error)

@@ -226,3 +226,23 @@ def traced_aio_insecure_channel(target: str, options: Sequence[tuple[str, Any]] 
     if not tracing_on():
         return grpc.aio.insecure_channel(target, options=options)
     return grpc.aio.insecure_channel(target, options=options, interceptors=[AioClientTracingInterceptor(target)])
+
+
+def traced_secure_channel(
+    target: str, credentials: grpc.ChannelCredentials, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """``grpc.secure_channel(target, credentials, options=options)``, traced if tracing is on now."""
+    channel = grpc.secure_channel(target, credentials, options=options)
+    if not tracing_on():
+        return channel
+    return grpc.intercept_channel(channel, ClientTracingInterceptor(target))
+
+
+def traced_aio_secure_channel(
+    target: str, credentials: grpc.ChannelCredentials, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    """``grpc.aio.secure_channel(target, credentials, options=options)``, traced if tracing is on now."""
+    if not tracing_on():
+        return grpc.aio.secure_channel(target, credentials, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options,
+                                   interceptors=[AioClientTracingInterceptor(target)])

@@ -3,6 +3,7 @@
 Run it with ``loadwarden serve``; embed it with ``start_service``.
 """
 
+from ._auth import AuthSettings
 from ._clock import Clock, ManualClock, SystemClock
 from ._config import AdminSettings, MonitorSettings, PoolSpec, ServiceConfig, StateSettings, load_config
 from ._core import CoreLimits, DecisionCore
@@ -11,9 +12,11 @@ from ._model import ServerSpec
 from ._operations import OperationSettings
 from ._service import RunningService, serve, start_service
 from ._settings import OutlierSettings, PoolSettings, RateLimit
+from ._tls import TlsSettings
 
 __all__ = [
     "AdminSettings",
+    "AuthSettings",
     "Clock",
     "ConfigError",
     "CoreLimits",
@@ -30,6 +33,7 @@ __all__ = [
     "ServiceConfig",
     "StateSettings",
     "SystemClock",
+    "TlsSettings",
     "load_config",
     "serve",
     "start_service",

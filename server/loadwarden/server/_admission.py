@@ -7,7 +7,12 @@ arrival. Invariants, kept after every state change:
 * ``in_use <= limit`` — a slot is granted only below the limit (Sentinel's hard
   cap). A shrinking adaptive limit never revokes a lease; it only stops grants.
 * If anyone is waiting, no slot is free: ``dispatch`` runs after every release,
-  reclaim and limit change, so a newcomer never jumps the queue.
+  reclaim and limit change, so a newcomer never jumps the queue. (Exception: at
+  the service-wide ``max_leases`` cap nobody is granted; a waiter whose pool has
+  room then waits for a release in its own pool, or for its timeout.)
+* Queues and the lease-expiry heap hold at most twice their live entries plus
+  QUEUE_SLACK: entries of waiters that left and of superseded expiries are
+  dropped by a rebuild, so timeouts and renewals cannot grow memory.
 * A waiter whose call was cancelled or timed out never keeps a slot: if a grant
   races with the cancellation, the slot is given straight back.
 * Lease ids are unique per process and never reused; a lease not renewed or
@@ -42,6 +47,8 @@ MIN_RETRY_AFTER_S = 0.01
 MAX_RETRY_AFTER_S = 60.0
 # A waiter answers this long before the call's deadline, so the answer still arrives.
 DEADLINE_MARGIN_S = 0.05
+# Stale entries a heap (wait queue, lease expiry) may hold beyond twice its live ones before it is rebuilt.
+QUEUE_SLACK = 64
 
 
 class Denial(enum.Enum):
@@ -135,6 +142,19 @@ class SlotPool:
             )
         self.settings = settings
 
+    def compact(self) -> None:
+        """Drops the entries of waiters that left (timed out or cancelled) from the queue.
+
+        A leaving waiter is only marked gone; its entry stays until ``dispatch`` pops
+        it. While no slot frees up nothing is popped, so without this, waiters that
+        time out would pile up without bound. Rebuilding once gone entries are the
+        majority keeps the queue within ``2 * waiting + QUEUE_SLACK`` entries at
+        amortised O(1) per waiter.
+        """
+        if len(self.queue) > 2 * self.waiting + QUEUE_SLACK:
+            self.queue = [entry for entry in self.queue if not entry[2].gone]
+            heapq.heapify(self.queue)
+
     def has_room(self) -> bool:
         limit = self.limit.limit
         return limit == 0 or self.in_use < limit
@@ -212,12 +232,14 @@ class Admission:
             return Denied(Denial.AT_CAPACITY, f"pool {request.pool!r} is at its limit of {slots.limit.limit} slots",
                           slots.retry_after_s(), 0.0)
         if slots.waiting >= slots.settings.max_queue_length:
-            raise ResourceExhausted(
-                f"pool {request.pool!r}: wait queue is full ({slots.waiting} waiting; "
-                f"max_queue_length {slots.settings.max_queue_length})",
+            cap = slots.settings.max_queue_length
+            raise ResourceExhausted.cap_reached(
+                "max_queue_length", f"pools.{request.pool}.max_queue_length", cap,
+                f"pool {request.pool!r}: wait queue is full ({slots.waiting} waiting; max_queue_length {cap})",
                 retry_after_s=slots.retry_after_s(),
             )
         waiter = _Waiter(request, now, asyncio.get_running_loop().create_future())
+        slots.compact()
         heapq.heappush(slots.queue, (-request.priority, next(self._arrivals), waiter))
         slots.waiting += 1
         if request.request_id:
@@ -258,9 +280,18 @@ class Admission:
             slots.waiting -= 1
             self._requests.pop((waiter.request.pool, waiter.request.request_id), None)
 
+    def lease_retry_after_s(self, now: float) -> float:
+        """Seconds until the next lease is due to expire (a lease may free up sooner), clamped."""
+        soonest = min((entry[0] for entry in self._expiry[:1]), default=now + MAX_RETRY_AFTER_S)
+        return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, soonest - now))
+
     def _grant(self, slots: SlotPool, request: SlotRequest, now: float, enqueued_at: float) -> Answer:
         if len(self.leases) >= self.max_leases:
-            raise ResourceExhausted(f"leases: the service holds at most {self.max_leases} leases (max_leases)")
+            raise ResourceExhausted.cap_reached(
+                "max_leases", "limits.max_leases", self.max_leases,
+                f"{len(self.leases)} leases are held; pool {request.pool!r} cannot grant another",
+                retry_after_s=self.lease_retry_after_s(now),
+            )
         decision_id, server = None, None
         if request.select_server:
             try:
@@ -270,7 +301,7 @@ class Admission:
         ttl_s = request.lease_ttl_s or slots.settings.lease_ttl_ms / 1000.0
         lease = Lease(self._ids.new(), slots, ttl_s, now, now + ttl_s, request.request_id, decision_id, server)
         self.leases[lease.id] = lease
-        heapq.heappush(self._expiry, (lease.expires_at, lease.id))
+        self._push_expiry(lease)
         slots.in_use += 1
         if request.request_id:
             self._remember((request.pool, request.request_id), lease.id)
@@ -283,9 +314,13 @@ class Admission:
             self._requests.popitem(last=False)
 
     def dispatch(self, slots: SlotPool) -> None:
-        """Grants queued waiters, highest priority first, while there is room."""
+        """Grants queued waiters, highest priority first, while there is room.
+
+        Stops at the service-wide lease cap: the waiters left keep waiting (a later
+        release dispatches again) or time out, so nothing here ever raises.
+        """
         now = self._clock.monotonic()
-        while slots.queue and slots.has_room():
+        while slots.queue and slots.has_room() and len(self.leases) < self.max_leases:
             _, _, waiter = heapq.heappop(slots.queue)
             if waiter.gone:
                 continue
@@ -305,8 +340,19 @@ class Admission:
         if ttl_s:
             lease.ttl_s = ttl_s
         lease.expires_at = now + lease.ttl_s
-        heapq.heappush(self._expiry, (lease.expires_at, lease.id))
+        self._push_expiry(lease)
         return lease
+
+    def _push_expiry(self, lease: Lease) -> None:
+        # Every grant and renewal pushes an entry; the superseded ones are skipped when
+        # popped, which for a long TTL may be a day away. Rebuilding from the live leases
+        # once stale entries are the majority keeps the heap within 2 * leases + QUEUE_SLACK.
+        # ``lease`` is in self.leases already, so a rebuild includes its entry.
+        if len(self._expiry) >= 2 * len(self.leases) + QUEUE_SLACK:
+            self._expiry = [(live.expires_at, live.id) for live in self.leases.values()]
+            heapq.heapify(self._expiry)
+        else:
+            heapq.heappush(self._expiry, (lease.expires_at, lease.id))
 
     def release(self, lease_id: str, *, success: bool, latency_ms: float, count_sample: bool = True) -> bool:
         """Ends a lease; returns False when it had already ended (released or reclaimed).

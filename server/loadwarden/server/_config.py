@@ -19,6 +19,23 @@ Environment variables override single keys: ``LOADWARDEN_SERVICE__LISTEN`` sets
 whose name has upper-case letters or dashes is set in the file only). Values are
 read as TOML values (``30000``, ``true``, ``"x"``) and otherwise as plain strings.
 Any invalid key stops the start with a ConfigError naming it.
+
+Security (see loadwarden.server._tls and loadwarden.server._auth)::
+
+    [tls]                                  # both ports serve TLS when cert_file is set
+    cert_file = "/etc/loadwarden/server.pem"
+    key_file = "/etc/loadwarden/server.key"
+    client_ca_file = "/etc/loadwarden/clients-ca.pem"
+    require_client_cert = true             # mutual TLS on the gRPC port
+
+    [admin]
+    token = "..."                          # AdminService RPCs and the admin HTTP port
+    [auth]
+    client_token = "..."                   # DecisionService RPCs (optional)
+
+Without ``admin.token`` the AdminService is open on a loopback listen address and
+refused on any other. Tokens are best set as ``LOADWARDEN_ADMIN__TOKEN`` and
+``LOADWARDEN_AUTH__CLIENT_TOKEN``; they never appear in reprs, logs or errors.
 """
 
 from __future__ import annotations
@@ -29,12 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._core import CoreLimits
+from ._auth import AuthSettings, parse_auth
+from ._core import LIMIT_RANGES, CoreLimits
 from ._errors import ConfigError, InvalidArgument
 from ._model import ServerSpec
 from ._operations import OperationSettings, parse_operation
 from ._settings import PoolSettings, parse_pool
 from ._store import STORES
+from ._tls import TlsSettings, parse_tls
 from ._validation import check_count
 
 ENV_PREFIX = "LOADWARDEN_"
@@ -89,10 +108,13 @@ class AdminSettings:
 
     Attributes:
         listen: host:port to serve on; empty (the default) turns the port off. Meant for
-            loopback; any other address is served with a warning at start.
-        token: The bearer token every request must present, at least 16 printable ASCII
-            characters; required when ``listen`` is set. Prefer ``LOADWARDEN_ADMIN__TOKEN``
-            to writing it in the file. Never shown in reprs, logs or errors.
+            loopback; any other address without ``[tls]`` is served with a warning at start.
+        token: The admin token, at least 16 printable ASCII characters: every request to
+            the admin HTTP port and every AdminService RPC must present it as
+            ``Authorization: Bearer <token>``. Required when ``listen`` is set; without
+            it AdminService is open on a loopback gRPC address and refused on any other.
+            Prefer ``LOADWARDEN_ADMIN__TOKEN`` to writing it in the file. Never shown in
+            reprs, logs or errors.
         history_path: SQLite file of the dashboard's load history; empty keeps it in memory.
         history_interval_ms: How often a history sample is taken.
         history_retention_s: How long history samples are kept.
@@ -136,7 +158,9 @@ class ServiceConfig:
         state: Persistence of learned state.
         operations: Batch operations to register at start.
         monitor: The host load monitor.
-        admin: The admin HTTP port (off by default).
+        admin: The admin HTTP port (off by default) and the admin token.
+        tls: TLS for the gRPC and admin HTTP ports (off by default: plaintext).
+        auth: The data plane's client token (off by default).
     """
 
     listen: str = DEFAULT_LISTEN
@@ -149,9 +173,13 @@ class ServiceConfig:
     operations: tuple[OperationSettings, ...] = ()
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     def __post_init__(self) -> None:
         check_listen(self.listen)
+        if self.auth.client_token and self.auth.client_token == self.admin.token:
+            raise ConfigError("auth.client_token", "must differ from admin.token (a client could call AdminService)")
         for key in ("shutdown_grace_ms", "expiry_interval_ms"):
             if not 0 <= getattr(self, key) <= 3_600_000:
                 raise ConfigError(f"service.{key}", "must be in [0, 3600000]")
@@ -167,19 +195,11 @@ def check_listen(listen: str, key: str = "service.listen") -> None:
 
 
 _SERVICE_KEYS = {"listen", "shutdown_grace_ms", "expiry_interval_ms", "seed", "auto_register_operations"}
-_LIMIT_KEYS = {
-    "decision_ttl_ms": (100, 86_400_000),
-    "max_pending_decisions": (1, 10_000_000),
-    "max_pools": (1, 100_000),
-    "max_servers_per_pool": (1, 1_000_000),
-    "max_leases": (1, 10_000_000),
-    "max_request_ids": (1, 10_000_000),
-    "max_operations": (1, 100_000),
-    "max_watch_streams": (1, 100_000),
-}
-_TOP_KEYS = {"service", "limits", "pools", "state", "operations", "monitor", "admin"}
+_LIMIT_KEYS = LIMIT_RANGES  # [limits] keys and their ranges; defaults and meanings on CoreLimits
+_TOP_KEYS = {"service", "limits", "pools", "state", "operations", "monitor", "admin", "tls", "auth"}
 MIN_ADMIN_TOKEN_LEN = 16
-_VERBATIM_ENV = (["admin", "token"],)
+_VERBATIM_ENV = (["admin", "token"], ["auth", "client_token"], ["tls", "cert_file"], ["tls", "key_file"],
+                 ["tls", "client_ca_file"])
 _ADMIN_RANGES = {"history_interval_ms": (100, 3_600_000), "history_retention_s": (60, 366 * 86_400)}
 
 
@@ -281,6 +301,8 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
         operations=tuple(operations),
         monitor=monitor,
         admin=_parse_admin(_section(raw, "admin")),
+        tls=parse_tls(_section(raw, "tls")),
+        auth=parse_auth(_section(raw, "auth")),
         state=_parse_state(_section(raw, "state")),
         listen=listen,
         shutdown_grace_ms=service.get("shutdown_grace_ms", 5_000),

@@ -95,9 +95,20 @@ def load_reports(entries: Any) -> list[LoadReportIn]:
     return out
 
 
+def _check_struct(message: Any, field: str) -> None:
+    """A Struct (parameter table) must convert to JSON: NaN and infinities cannot."""
+    try:
+        json_format.MessageToDict(message)
+    except (json_format.SerializeToJsonError, ValueError) as exc:
+        raise InvalidArgument(field, f"must hold only finite numbers, strings, booleans, lists and tables: {exc}") from None
+
+
 def pool_config(
     message: _common.PoolConfig, max_servers: int
 ) -> tuple[PoolSettings, tuple[ServerSpec, ...] | None]:
+    for name in ("strategy_params", "limit_params"):
+        if message.HasField(name):
+            _check_struct(getattr(message, name), f"pool.{name}")
     values = json_format.MessageToDict(message, preserving_proto_field_name=True)
     values.pop("name", None)
     if not values.get("servers"):

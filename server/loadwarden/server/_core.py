@@ -16,7 +16,7 @@ from ._clock import Clock, SystemClock
 from ._decisions import IdGenerator, PendingDecision, PendingDecisions
 from ._loadmonitor import HostMonitor, LoadReading, LoadWeights, pool_reading
 from ._metrics import RESULT_NO_ELIGIBLE_SERVER, RESULT_SELECTED, ServerMetrics, shared_metrics
-from ._errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from ._errors import ConfigError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._model import Backend, LoadSample, ServerSpec
 from ._operations import BatchAnswer, Operation, OperationSettings
 from ._pool import Pool
@@ -28,21 +28,51 @@ log = logging.getLogger("loadwarden.server")
 NO_ELIGIBLE_SERVER = "no-eligible-server"
 
 
+# [limits] keys with their allowed ranges (inclusive). One table for config parsing and CoreLimits.
+LIMIT_RANGES: dict[str, tuple[int, int]] = {
+    "decision_ttl_ms": (100, 86_400_000),
+    "max_pending_decisions": (1, 10_000_000),
+    "max_pools": (1, 100_000),
+    "max_servers_per_pool": (1, 1_000_000),
+    "max_leases": (1, 10_000_000),
+    "max_request_ids": (1, 10_000_000),
+    "max_operations": (1, 100_000),
+    "max_watch_streams": (1, 100_000),
+    "max_message_bytes": (65_536, 256 * 1024 * 1024),
+    "max_concurrent_rpcs": (1, 1_000_000),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class CoreLimits:
-    """Bounds on state that clients can grow.
+    """Bounds on state that clients can grow (the ``[limits]`` config section).
+
+    Past a cap a request gets RESOURCE_EXHAUSTED naming the cap and its key
+    (``max_leases (limits.max_leases = 200000) reached: ...``), except for the
+    maps that forget their least recently used entry instead (pending decisions,
+    request ids). README "Limits and caps" lists what each costs in memory.
 
     Attributes:
-        decision_ttl_ms: How long a selection waits for its outcome.
-        max_pending_decisions: Selections awaiting outcomes, service-wide.
+        decision_ttl_ms: How long a selection waits for its outcome, ms.
+        max_pending_decisions: Selections awaiting outcomes, service-wide; at the cap
+            the oldest expires early (counted as a failure), selection never fails.
         max_pools: Pools, service-wide.
         max_servers_per_pool: Servers in one pool.
         max_leases: Leases held at once, service-wide.
-        max_request_ids: AcquireSlot request ids remembered for idempotency (least recent forgotten).
+        max_request_ids: AcquireSlot request ids remembered for idempotency, and ended
+            lease ids remembered for "already released" answers (least recent forgotten).
         max_operations: Batch operations, service-wide.
         max_watch_streams: WatchLoadStatus streams open at once.
+        max_message_bytes: Largest request message the gRPC server accepts, bytes
+            (gRPC answers RESOURCE_EXHAUSTED past it).
+        max_concurrent_rpcs: RPCs in progress at once, all services together (waiting
+            AcquireSlot calls and open streams included); gRPC answers RESOURCE_EXHAUSTED
+            past it. Each costs roughly 20 KB while it lasts.
         auto_register_operations: GetBatchSize / ReportBatch on an unknown operation
             registers it with default settings (up to max_operations) instead of NOT_FOUND.
+
+    Raises:
+        ConfigError: a value outside LIMIT_RANGES, naming ``limits.<key>``.
     """
 
     decision_ttl_ms: int = 30_000
@@ -53,7 +83,18 @@ class CoreLimits:
     max_request_ids: int = 200_000
     max_operations: int = 1_000
     max_watch_streams: int = 100
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_rpcs: int = 10_000
     auto_register_operations: bool = False
+
+    def __post_init__(self) -> None:
+        for key, (low, high) in LIMIT_RANGES.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"limits.{key}", f"must be an integer in [{low}, {high}], got {value!r}")
+        if not isinstance(self.auto_register_operations, bool):
+            raise ConfigError("service.auto_register_operations",
+                              f"must be true or false, got {self.auto_register_operations!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,8 +294,9 @@ class DecisionCore:
             existing.reconfigure(settings)
             return existing, False
         if len(self.operations) >= self.limits.max_operations:
-            raise ResourceExhausted(
-                f"operation: the service holds at most {self.limits.max_operations} operations (max_operations)"
+            raise ResourceExhausted.cap_reached(
+                "max_operations", "limits.max_operations", self.limits.max_operations,
+                f"the service holds {len(self.operations)} operations; cannot add {settings.name!r}",
             )
         operation = self.operations[settings.name] = Operation(settings)
         log.info("operation %s registered (%s mode, sizes %d-%d)", settings.name, settings.mode,
@@ -347,14 +389,21 @@ class DecisionCore:
             else None
         )
         if servers is not None and len(servers) > self.limits.max_servers_per_pool:
-            raise InvalidArgument(f"{where}.servers", f"at most {self.limits.max_servers_per_pool} servers per pool")
+            raise InvalidArgument(
+                f"{where}.servers",
+                f"has {len(servers)} servers; at most {self.limits.max_servers_per_pool} per pool allowed "
+                "(limits.max_servers_per_pool)",
+            )
         count = len(servers) if servers is not None else len(existing.servers) if existing else 0
         too_many = _strategy_size_problem(settings.strategy, count)
         if too_many:
             raise InvalidArgument(f"{where}.strategy", too_many)
         if existing is None:
             if len(self._pools) >= self.limits.max_pools:
-                raise ResourceExhausted(f"pools: the service holds at most {self.limits.max_pools} pools (max_pools)")
+                raise ResourceExhausted.cap_reached(
+                    "max_pools", "limits.max_pools", self.limits.max_pools,
+                    f"the service holds {len(self._pools)} pools; cannot add {settings.name!r}",
+                )
             assert strategy is not None
             pool = self._pools[settings.name] = Pool(settings, strategy, members, SlotPool(settings, where))
             created = True
@@ -379,9 +428,9 @@ class DecisionCore:
     def register_server(self, pool_name: str, spec: ServerSpec) -> tuple[Backend, bool]:
         pool = self.pool(pool_name)
         if spec.id not in pool.servers and len(pool.servers) >= self.limits.max_servers_per_pool:
-            raise ResourceExhausted(
-                f"server.id: pool {pool_name!r} holds at most {self.limits.max_servers_per_pool} servers "
-                "(max_servers_per_pool)"
+            raise ResourceExhausted.cap_reached(
+                "max_servers_per_pool", "limits.max_servers_per_pool", self.limits.max_servers_per_pool,
+                f"pool {pool_name!r} holds {len(pool.servers)} servers; cannot add {spec.id!r}",
             )
         if spec.id not in pool.servers:
             too_many = _strategy_size_problem(pool.settings.strategy, len(pool.servers) + 1)

@@ -42,11 +42,31 @@ class Unavailable(DecisionError):
 
 
 class ResourceExhausted(DecisionError):
-    """A bound was hit; the caller may retry after ``retry_after_s`` seconds (None: no hint)."""
+    """A bound was hit; the caller may retry after ``retry_after_s`` seconds (None: no hint).
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    Attributes:
+        retry_after_s: Seconds after which a retry may succeed; None when only an
+            operator can make room (e.g. a full pool table).
+        cap: The configured cap that was hit, e.g. ``max_leases``; empty for a rate limit.
+        key: Where that cap is configured, e.g. ``limits.max_leases``.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None, *, cap: str = "", key: str = "") -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.cap = cap
+        self.key = key
+
+    @classmethod
+    def cap_reached(
+        cls, cap: str, key: str, value: int, detail: str, retry_after_s: float | None = None
+    ) -> ResourceExhausted:
+        """The error for a full cap; its message names the cap, its config key and value.
+
+        ``cap_reached("max_leases", "limits.max_leases", 3, "3 leases held")`` reads
+        ``max_leases (limits.max_leases = 3) reached: 3 leases held``.
+        """
+        return cls(f"{cap} ({key} = {value}) reached: {detail}", retry_after_s, cap=cap, key=key)
 
 
 class ConfigError(ValueError):

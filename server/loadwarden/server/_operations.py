@@ -16,7 +16,7 @@ from typing import Any
 
 from ._errors import InvalidArgument
 from ._loadmonitor import LoadReading
-from ._validation import check_count, check_name, check_range
+from ._validation import check_count, check_name, check_range, shown
 from .batching import MODES, BatchController, LatencyTargetController, ThresholdController
 
 log = logging.getLogger("loadwarden.server")
@@ -61,18 +61,18 @@ class OperationSettings:
 
 def _enum(value: Any, key: str, prefix: str, valid: tuple[str, ...]) -> str:
     if not isinstance(value, str):
-        raise InvalidArgument(key, f"must be one of {', '.join(valid)}, got {value!r}")
+        raise InvalidArgument(key, f"must be one of {', '.join(valid)}, got {shown(value)}")
     name = value.lower().removeprefix(prefix)
     if name == "unspecified":
         return valid[0]
     if name not in valid:
-        raise InvalidArgument(key, f"must be one of {', '.join(valid)}, got {value!r}")
+        raise InvalidArgument(key, f"must be one of {', '.join(valid)}, got {shown(value)}")
     return name
 
 
 def _number(value: Any, key: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgument(key, f"must be a number, got {value!r}")
+        raise InvalidArgument(key, f"must be a number, got {shown(value)}")
     return check_range(float(value), key, low, high)
 
 
@@ -112,7 +112,7 @@ def parse_operation(name: str, name_field: str, values: Mapping[str, Any], where
     if values.get("pool"):
         pool = values["pool"]
         if not isinstance(pool, str):
-            raise InvalidArgument(f"{where}.pool", f"must be a pool name, got {pool!r}")
+            raise InvalidArgument(f"{where}.pool", f"must be a pool name, got {shown(pool)}")
         kw["pool"] = check_name(pool, f"{where}.pool")
     if "default_batch_size" not in kw:
         kw["default_batch_size"] = kw.get("min_batch_size", 1)

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from loadwarden.v1 import admin_pb2, admin_pb2_grpc, decision_pb2, decision_pb2_grpc
+from loadwarden.v1 import admin_pb2, decision_pb2
 
+from ._auth import auth_interceptors
 from ._clock import Clock
 from ._config import ServiceConfig
 from ._core import DecisionCore
@@ -27,9 +28,10 @@ from ._loadmonitor import HostMonitor, LoadWeights
 from ._metrics import ServerMetrics
 from ._persistence import Persister, restore
 from ._reflection import enable_reflection
-from ._servicer import AdminServicer, DecisionServicer
+from ._servicer import add_to_server, server_options
 from ._store import STORES, MemoryStore, StateStore
 from ._telemetry import server_interceptors
+from ._tls import TlsMaterial, is_loopback, load_tls
 
 if TYPE_CHECKING:
     from loadwarden.observability._admin_http import AdminHttp
@@ -107,9 +109,11 @@ async def start_service(
         store: Where learned state is kept; built from ``config.state`` by default.
 
     Raises:
-        ConfigError: a pool's strategy or parameters are invalid.
+        ConfigError: a pool's strategy or parameters are invalid, or a ``tls.*`` file
+            cannot be used.
         OSError: the address cannot be bound.
     """
+    tls = load_tls(config.tls)  # before anything starts
     core = DecisionCore(config.limits, clock=clock, rng=rng or random.Random(config.seed))
     for spec in config.pools:
         where = f"pools.{spec.settings.name}"
@@ -135,18 +139,22 @@ async def start_service(
     core.metrics = ServerMetrics(metrics_setup.meter_provider if metrics_setup is not None else None)
     core.metrics.observe(core)
 
-    server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=(*server_interceptors(), *core.metrics.interceptors()))
-    decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(core), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(core), server)
+    host = config.listen.rpartition(":")[0]
+    # Auth after tracing (a refused call still gets its span), before metrics (which time handlers).
+    auth = auth_interceptors(admin_token=config.admin.token, client_token=config.auth.client_token,
+                             loopback=is_loopback(host), listen=config.listen)
+    server = grpc.aio.server(options=(*_SERVER_OPTIONS, *server_options(config.limits)),
+                             maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
+                             interceptors=(*server_interceptors(), *auth, *core.metrics.interceptors()))
+    add_to_server(server, core)  # DecisionService and AdminService; undecodable requests -> INVALID_ARGUMENT
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
     if extra_handlers:
         server.add_generic_rpc_handlers(tuple(extra_handlers))
 
-    host = config.listen.rpartition(":")[0]
     try:
-        port = server.add_insecure_port(config.listen)
+        port = _add_port(server, config.listen, host, tls)
     except RuntimeError as exc:
         _shutdown_metrics(metrics_setup)
         raise OSError(f"cannot listen on {config.listen}: {exc}") from None
@@ -154,7 +162,7 @@ async def start_service(
         _shutdown_metrics(metrics_setup)
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
-    started_admin = await _start_admin(config, core, metrics_setup, server)
+    started_admin = await _start_admin(config, core, metrics_setup, server, tls)
     admin, history = (started_admin[0], started_admin[1]) if started_admin is not None else (None, None)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -193,8 +201,24 @@ def _shutdown_metrics(metrics_setup: MetricsSetup | None) -> None:
         metrics_setup.shutdown()
 
 
+def _add_port(server: grpc.aio.Server, listen: str, host: str, tls: TlsMaterial | None) -> int:
+    """Binds ``listen`` with TLS when configured; warns once about plaintext off loopback."""
+    if tls is not None:
+        log.info("gRPC serves TLS on %s%s", listen,
+                 " and requires client certificates" if tls.settings.require_client_cert else "")
+        return server.add_secure_port(listen, tls.grpc_credentials())
+    if not is_loopback(host):
+        log.warning("gRPC listens on %s, not a loopback address, without TLS: requests and tokens cross the "
+                    "network in plaintext; set tls.cert_file and tls.key_file", listen)
+    return server.add_insecure_port(listen)
+
+
 async def _start_admin(
-    config: ServiceConfig, core: DecisionCore, metrics_setup: MetricsSetup | None, server: grpc.aio.Server
+    config: ServiceConfig,
+    core: DecisionCore,
+    metrics_setup: MetricsSetup | None,
+    server: grpc.aio.Server,
+    tls: TlsMaterial | None = None,
 ) -> tuple[AdminHttp, History, asyncio.Task[None]] | None:
     """Starts the admin HTTP port (metrics, load status, dashboard, history) if configured;
     on failure stops the (started) gRPC server, which is what releases its port, and the metrics."""
@@ -224,7 +248,7 @@ async def _start_admin(
         extra_routes=functools.partial(add_dashboard_routes, history=history),
     )
     try:
-        admin = await start_admin_http(app, settings.listen)
+        admin = await start_admin_http(app, settings.listen, ssl_context=tls.ssl_context() if tls else None)
     except BaseException:
         await server.stop(None)
         _shutdown_metrics(metrics_setup)

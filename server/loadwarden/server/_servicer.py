@@ -3,6 +3,12 @@
 Domain errors map to status codes in ``_STATUS`` and nowhere else. A client's
 mistake never becomes UNKNOWN or INTERNAL; an unexpected exception is logged with
 its traceback and answered INTERNAL without internals in the message.
+
+``add_to_server`` registers both services with request deserializers that never
+raise: bytes that do not decode as the request message reach the handler as a
+``MalformedRequest`` and are answered INVALID_ARGUMENT (gRPC itself would answer
+UNKNOWN). Status messages are clipped to STATUS_MESSAGE_MAX_LEN characters so an
+echoed client value can never outgrow a client's metadata limit.
 """
 
 from __future__ import annotations
@@ -11,9 +17,12 @@ import functools
 import math
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
 
 from loadwarden.v1 import admin_pb2 as _admin
 from loadwarden.v1 import admin_pb2_grpc as _admin_grpc
@@ -22,7 +31,7 @@ from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
 from . import _convert as convert
 from . import _telemetry as telemetry
-from ._core import DecisionCore
+from ._core import CoreLimits, DecisionCore
 from ._errors import DecisionError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._validation import check_name, check_range, check_ttl_ms
 from ._watch import Watchers, check_interval_ms
@@ -40,7 +49,51 @@ _STATUS: dict[type[DecisionError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
+# Longest status message sent, characters; gRPC clients refuse trailers over 8 KiB by default.
+STATUS_MESSAGE_MAX_LEN = 1_024
+
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedRequest:
+    """What a handler receives instead of a request whose bytes did not decode.
+
+    Attributes:
+        message_type: Full name of the expected message, e.g. ``loadwarden.v1.SelectServerRequest``.
+        problem: The protobuf decoder's complaint.
+    """
+
+    message_type: str
+    problem: str
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument("request", f"is not a valid {self.message_type} message: {self.problem}")
+
+
+def _tolerant_deserializer(message_class: Any) -> Callable[[bytes], Any]:
+    from_string = message_class.FromString
+    name = message_class.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return from_string(data)
+        except Exception as exc:  # noqa: BLE001 - any decode failure is the client's bytes
+            return MalformedRequest(name, str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+def _status_message(exc: DecisionError) -> str:
+    """The status message for ``exc``: its text, ASCII-escaped when its UTF-8 form is over twice
+    STATUS_MESSAGE_MAX_LEN bytes, then clipped to STATUS_MESSAGE_MAX_LEN characters."""
+    text = str(exc)
+    if len(text.encode("utf-8")) > 2 * STATUS_MESSAGE_MAX_LEN:
+        text = text.encode("ascii", "backslashreplace").decode("ascii")
+    if len(text) > STATUS_MESSAGE_MAX_LEN:
+        suffix = "... (truncated)"
+        text = text[: STATUS_MESSAGE_MAX_LEN - len(suffix)] + suffix
+    return text
 
 
 def _trailers(exc: DecisionError) -> tuple[tuple[str, str], ...]:
@@ -58,9 +111,11 @@ def _rpc(method: Handler) -> Handler:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if type(request) is MalformedRequest:
+                raise request.error()
             return await method(self, request, context)
         except DecisionError as exc:
-            await context.abort(_STATUS[type(exc)], str(exc), trailing_metadata=_trailers(exc))
+            await context.abort(_STATUS[type(exc)], _status_message(exc), trailing_metadata=_trailers(exc))
         except grpc.aio.AbortError:
             raise
         except Exception:
@@ -143,6 +198,8 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
 
     async def WatchLoadStatus(self, request: _pb.WatchLoadStatusRequest, context: Any) -> Any:
         try:
+            if type(request) is MalformedRequest:
+                raise request.error()
             pool = check_name(request.pool, "pool") if request.pool else ""
             interval_s = check_interval_ms(request.interval_ms)
             if pool:
@@ -150,7 +207,12 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
             async for status in self._watchers.stream(self._core, pool, interval_s):
                 yield _pb.WatchLoadStatusResponse(status=status)
         except DecisionError as exc:
-            await context.abort(_STATUS[type(exc)], str(exc), trailing_metadata=_trailers(exc))
+            await context.abort(_STATUS[type(exc)], _status_message(exc), trailing_metadata=_trailers(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error in WatchLoadStatus")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in WatchLoadStatus; see service logs")
 
 
 class AdminServicer(_admin_grpc.AdminServiceServicer):
@@ -211,3 +273,41 @@ class AdminServicer(_admin_grpc.AdminServiceServicer):
     ) -> _admin.DeleteOperationResponse:
         self._core.delete_operation(check_name(request.operation, "operation"))
         return _admin.DeleteOperationResponse()
+
+
+def _handlers(servicer: object, service: ServiceDescriptor) -> dict[str, grpc.RpcMethodHandler]:
+    """``service``'s method handlers over ``servicer``, with deserializers that never raise."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        if method.client_streaming:
+            raise TypeError(f"{service.full_name}/{method.name}: client streaming is not supported here")
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant_deserializer(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    return handlers
+
+
+def add_to_server(server: grpc.aio.Server, core: DecisionCore) -> None:
+    """Registers DecisionService and AdminService over ``core`` on ``server``.
+
+    Same as the generated ``add_*Servicer_to_server`` functions, except that an
+    undecodable request is answered INVALID_ARGUMENT instead of gRPC's UNKNOWN.
+    """
+    services = (
+        (DecisionServicer(core), _pb.DESCRIPTOR.services_by_name["DecisionService"]),
+        (AdminServicer(core), _admin.DESCRIPTOR.services_by_name["AdminService"]),
+    )
+    for servicer, service in services:
+        handlers = _handlers(servicer, service)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+        server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def server_options(limits: CoreLimits) -> tuple[tuple[str, int], ...]:
+    """gRPC server options enforcing ``limits``: the request size cap (``limits.max_message_bytes``)."""
+    return (("grpc.max_receive_message_length", limits.max_message_bytes),)

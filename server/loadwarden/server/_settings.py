@@ -13,7 +13,7 @@ from typing import Any
 
 from ._errors import InvalidArgument
 from ._model import ServerSpec
-from ._validation import check_address, check_count, check_name, check_ttl_ms
+from ._validation import check_address, check_count, check_name, check_ttl_ms, shown
 from .limits import build_limit
 from .strategies import check_strategy
 
@@ -127,13 +127,13 @@ class PoolSettings:
 
 def _str(value: Any, key: str) -> str:
     if not isinstance(value, str):
-        raise InvalidArgument(key, f"must be a string, got {value!r}")
+        raise InvalidArgument(key, f"must be a string, got {shown(value)}")
     return value
 
 
 def _bool(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
-        raise InvalidArgument(key, f"must be true or false, got {value!r}")
+        raise InvalidArgument(key, f"must be true or false, got {shown(value)}")
     return value
 
 
@@ -145,7 +145,7 @@ def _int(value: Any, key: str, low: int, high: int) -> int:
 
 def _table(value: Any, key: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise InvalidArgument(key, f"must be a table of parameters, got {value!r}")
+        raise InvalidArgument(key, f"must be a table of parameters, got {shown(value)}")
     return dict(value)
 
 
@@ -155,7 +155,9 @@ def parse_rate_limit(spec: str, burst: int, key: str) -> RateLimit | None:
         return None
     match = _RATE.fullmatch(spec.strip())
     if match is None or int(match.group(1)) == 0:
-        raise InvalidArgument(key, f"must look like '30/minute' (count >= 1 per second, minute or hour), got {spec!r}")
+        raise InvalidArgument(
+            key, f"must look like '30/minute' (count >= 1 per second, minute or hour), got {shown(spec)}"
+        )
     count = int(match.group(1))
     return RateLimit(count=count, per_s=_UNIT_S[match.group(2)], burst=burst or count)
 
@@ -163,7 +165,7 @@ def parse_rate_limit(spec: str, burst: int, key: str) -> RateLimit | None:
 def parse_server(values: Any, key: str) -> ServerSpec:
     """Parses one ``{id, address, weight}`` table."""
     if not isinstance(values, Mapping):
-        raise InvalidArgument(key, f"must be a table with id, address and weight, got {values!r}")
+        raise InvalidArgument(key, f"must be a table with id, address and weight, got {shown(values)}")
     unknown = set(values) - {"id", "address", "weight"}
     if unknown:
         name = sorted(unknown)[0]
@@ -179,9 +181,11 @@ def parse_server(values: Any, key: str) -> ServerSpec:
 def parse_servers(values: Any, key: str, max_servers: int) -> tuple[ServerSpec, ...]:
     """Parses a server list, rejecting duplicate ids and lists over ``max_servers``."""
     if not isinstance(values, (list, tuple)):
-        raise InvalidArgument(key, f"must be a list of servers, got {values!r}")
+        raise InvalidArgument(key, f"must be a list of servers, got {shown(values)}")
     if len(values) > max_servers:
-        raise InvalidArgument(key, f"has {len(values)} servers; at most {max_servers} per pool allowed")
+        raise InvalidArgument(
+            key, f"has {len(values)} servers; at most {max_servers} per pool allowed (limits.max_servers_per_pool)"
+        )
     specs = tuple(parse_server(v, f"{key}[{i}]") for i, v in enumerate(values))
     seen: set[str] = set()
     for i, spec in enumerate(specs):

@@ -52,8 +52,9 @@ class Watchers:
             NotFound: the pool does not exist (or stops existing).
         """
         if self.open >= self.max_streams:
-            raise ResourceExhausted(
-                f"WatchLoadStatus: at most {self.max_streams} streams may be open at once (max_watch_streams)",
+            raise ResourceExhausted.cap_reached(
+                "max_watch_streams", "limits.max_watch_streams", self.max_streams,
+                f"{self.open} WatchLoadStatus streams are open",
                 retry_after_s=interval_s,
             )
         self.open += 1

@@ -48,6 +48,7 @@ PUBLIC_NAMES = {
     "ServerStatus",
     "ServiceError",
     "SlotDenied",
+    "TlsConfig",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
