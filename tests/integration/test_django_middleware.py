@@ -28,6 +28,7 @@ from django.test import override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from loadwarden.sdk import AsyncClient  # noqa: E402
+from loadwarden.server import AuthSettings  # noqa: E402
 from loadwarden.sdk.integrations.django import AdmissionMiddleware  # noqa: E402
 
 from ..conftest import three_server_pool  # noqa: E402
@@ -211,3 +212,24 @@ async def test_the_release_reports_latency_and_success_by_status(service) -> Non
     (ok, ok_ms), (failed, _) = released
     assert ok and ok_ms >= 150
     assert not failed
+
+
+CLIENT_TOKEN = "django-client-token-0123456789"
+
+
+async def test_the_client_token_setting_reaches_a_token_guarded_service(start) -> None:
+    service = await start(three_server_pool("web", max_concurrency=3), auth=AuthSettings(client_token=CLIENT_TOKEN))
+    with seed_settings(service.target, LOADWARDEN_TOKEN=CLIENT_TOKEN):
+        answers = await get_many("/slow?s=0.05", 2)
+    assert [r.status_code for r in answers] == [200, 200]
+    with seed_settings(service.target, LOADWARDEN_CALL_TIMEOUT=0.31):  # another client, without the token
+        r = await asyncio.to_thread(get, "/slow?s=0")  # the service runs on this loop
+        assert r.status_code == 500  # refused by the service: an answer, not a fallback
+    async with AsyncClient(service.target, token=CLIENT_TOKEN) as client:
+        assert (await client.load_status("web")).pools[0].active_leases == 0
+
+
+def test_a_tls_setting_of_the_wrong_type_is_named() -> None:
+    with seed_settings("127.0.0.1:1", LOADWARDEN_TLS="/etc/ca.pem"), pytest.raises(ImproperlyConfigured) as err:
+        AdmissionMiddleware(lambda request: HttpResponse())
+    assert str(err.value).startswith("LOADWARDEN_TLS:")

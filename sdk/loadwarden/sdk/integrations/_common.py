@@ -6,10 +6,10 @@ import json
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from loadwarden.sdk import ResourceExhaustedError, SlotDenied
+from loadwarden.sdk import ResourceExhaustedError, SlotDenied, TlsConfig
 
 SLOT_FALLBACKS = ("local_limit", "fail_open", "fail_closed")  # the SDK's `slot_fallback` values
 MAX_PRIORITY = 9
@@ -57,6 +57,9 @@ class AdmissionSettings:
             "fail_open" or "fail_closed".
         local_slot_limit: Local slots per pool under "local_limit", count, >= 1.
         timeout_s: Deadline of each call to the service beyond the wait, seconds, > 0.
+        tls: TLS (or mutual TLS) settings of the channel; None is plaintext.
+        token: The service's client token (``[auth] client_token``); None sends none.
+            Never shown in a repr.
     """
 
     target: str = "127.0.0.1:50051"
@@ -67,6 +70,8 @@ class AdmissionSettings:
     slot_fallback: str = "local_limit"
     local_slot_limit: int = 10
     timeout_s: float = 1.0
+    tls: TlsConfig | None = None
+    token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, str) or not self.target:
@@ -81,11 +86,15 @@ class AdmissionSettings:
                 or self.local_slot_limit < 1:
             raise ValueError(f"local_slot_limit must be an int >= 1, got {self.local_slot_limit!r}")
         _check_number("timeout_s", self.timeout_s, minimum=0.0, exclusive=True)
+        if self.tls is not None and not isinstance(self.tls, TlsConfig):
+            raise ValueError(f"tls must be a loadwarden.sdk.TlsConfig, got a {type(self.tls).__name__}")
+        if self.token is not None and not isinstance(self.token, str):
+            raise ValueError("token must be a string")
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments of `Client` / `AsyncClient` for these settings."""
         return {"timeout_s": self.timeout_s, "slot_fallback": self.slot_fallback,
-                "local_slot_limit": self.local_slot_limit}
+                "local_slot_limit": self.local_slot_limit, "tls": self.tls, "token": self.token}
 
 
 def _check_number(name: str, value: object, *, minimum: float, exclusive: bool = False) -> None:

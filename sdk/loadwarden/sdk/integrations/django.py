@@ -9,7 +9,8 @@ Example (settings.py):
     LOADWARDEN_POOL = "web"
     LOADWARDEN_FALLBACK = "local_limit"  # or "fail_open" / "fail_closed"
 
-Other settings: LOADWARDEN_PRIORITY (0-9), LOADWARDEN_CALL_TIMEOUT (seconds),
+Other settings: LOADWARDEN_TLS (a ``loadwarden.sdk.TlsConfig``), LOADWARDEN_TOKEN
+(the service's client token), LOADWARDEN_PRIORITY (0-9), LOADWARDEN_CALL_TIMEOUT (seconds),
 LOADWARDEN_LEASE_TTL (seconds), LOADWARDEN_CHOOSE (a function of the request, or
 its dotted path, returning an `Admission`, a pool name or None).
 """
@@ -45,6 +46,8 @@ SETTING_NAMES: dict[str, tuple[str, ...]] = {
     "slot_fallback": ("LOADWARDEN_FALLBACK",),
     "local_slot_limit": ("LOAD_MANAGER_MAX_CONNECTIONS",),
     "timeout_s": ("LOADWARDEN_CALL_TIMEOUT",),
+    "tls": ("LOADWARDEN_TLS",),
+    "token": ("LOADWARDEN_TOKEN",),
 }
 
 _clients: dict[AdmissionSettings, Client] = {}  # one client per distinct settings, for the process
