@@ -183,12 +183,13 @@ class Admission:
         self._select = select  # (pool_name, now) -> (decision_id, Backend); raises Unavailable
         self._report_outcome = report_outcome  # (decision_id, success, latency_ms) -> None
         self.max_leases = max_leases
-        self._ids = ids or IdGenerator()
+        # Lease ids have their own id space, so "issued and no longer held" means "ended"
+        # with no per-lease memory of ended leases.
+        self._ids = (ids or IdGenerator()).derived("lease")
         self.leases: dict[str, Lease] = {}
         self._expiry: list[tuple[float, str]] = []  # (expires_at, lease id); stale entries skipped
         self._requests: OrderedDict[tuple[str, str], str | _Waiter] = OrderedDict()  # -> lease id or waiter
         self._max_request_ids = max_request_ids
-        self._released: OrderedDict[str, None] = OrderedDict()  # recently ended lease ids, bounded
         self._arrivals = itertools.count()
         self.reclaimed_total = 0
 
@@ -335,7 +336,7 @@ class Admission:
         self.expire(now)
         lease = self.leases.get(lease_id)
         if lease is None:
-            ended = "was released or reclaimed" if lease_id in self._released else "does not exist"
+            ended = "was released or reclaimed" if self._ids.issued(lease_id) else "does not exist"
             raise NotFound("lease_id", f"lease {lease_id!r} {ended}")
         if ttl_s:
             lease.ttl_s = ttl_s
@@ -358,13 +359,13 @@ class Admission:
         """Ends a lease; returns False when it had already ended (released or reclaimed).
 
         Raises:
-            NotFound: the lease id was never issued (or is too old to remember).
+            NotFound: the lease id was never issued.
         """
         now = self._clock.monotonic()
         self.expire(now)  # a lease past its TTL was reclaimed, whether or not a sweep ran yet
         lease = self.leases.pop(lease_id, None)
         if lease is None:
-            if lease_id in self._released:
+            if self._ids.issued(lease_id):
                 return False
             raise NotFound("lease_id", f"lease {lease_id!r} does not exist")
         held_ms = (now - lease.granted_at) * 1000.0
@@ -398,9 +399,6 @@ class Admission:
             slots.limit.on_sample(now, rtt_ms, slots.in_use + 1, dropped)
             held_s = now - lease.granted_at
             slots.hold_ewma_s += HOLD_EWMA_WEIGHT * (held_s - slots.hold_ewma_s) if slots.hold_ewma_s else held_s
-        self._released[lease.id] = None
-        while len(self._released) > self._max_request_ids:
-            self._released.popitem(last=False)
         self.dispatch(slots)
 
     def close_pool(self, slots: SlotPool) -> None:

@@ -23,7 +23,7 @@ from ._servicer import VERSION
 _COMMAND_MODULES = ("loadwarden.backend_sim._commands",)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(with_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loadwarden", description="loadwarden load-decision control plane")
     parser.add_argument("--version", action="version", version=f"loadwarden {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -31,14 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="TOML config file (default: none, empty in-memory state)")
     run.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
     run.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
-    for name in _COMMAND_MODULES:
+    for name in _COMMAND_MODULES if with_commands else ():
         importlib.import_module(name).add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``loadwarden`` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `serve` alone skips importing the simulator (numpy and all): the service starts faster.
+    args = _parser(with_commands=argv[:1] != ["serve"]).parse_args(argv)
     if args.command != "serve":
         return int(args.run(args))
     configure_logging(args.log_level)

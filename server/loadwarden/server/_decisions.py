@@ -30,6 +30,21 @@ class IdGenerator:
         self._next += 1
         return f"{self._prefix}-{self._next:x}"
 
+    def derived(self, tag: str) -> IdGenerator:
+        """A generator of its own id space under this one's prefix (``<prefix>-<tag>-<n>``)."""
+        return IdGenerator(f"{self._prefix}-{tag}")
+
+    def issued(self, id_: str) -> bool:
+        """Whether ``new`` has returned ``id_``: O(1), whatever the number of ids issued."""
+        head, sep, counter = id_.rpartition("-")
+        if not sep or head != self._prefix or not counter or len(counter) > 16:
+            return False
+        try:
+            n = int(counter, 16)
+        except ValueError:
+            return False
+        return 0 < n <= self._next and counter == f"{n:x}"
+
 
 @dataclass(slots=True, eq=False)
 class PendingDecision:

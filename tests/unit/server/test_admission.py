@@ -305,3 +305,20 @@ async def test_release_after_ttl_reports_the_reclaim_even_before_a_sweep() -> No
     clock.advance(1.001)  # no sweep has run
     assert core.release_slot(lease.id, True, 1.0) is False
     assert core.admission.reclaimed_total == 1
+
+
+async def test_an_ended_lease_is_told_apart_from_a_never_issued_one_however_many_ended_since() -> None:
+    core = make(max_concurrency=1)
+    first = (await core.acquire(req(), None)).lease  # type: ignore[union-attr]
+    assert core.release_slot(first.id, True, 1.0) is True
+    for _ in range(5_000):  # no memory of ended leases to fill or evict
+        lease = (await core.acquire(req(), None)).lease  # type: ignore[union-attr]
+        core.release_slot(lease.id, True, 1.0)
+    assert core.release_slot(first.id, True, 1.0) is False  # already ended: not an error
+    with pytest.raises(NotFound, match="was released or reclaimed"):
+        core.renew_lease(first.id, None)
+    decision_id = core.select("p").decision_id  # issued, but a decision's id, not a lease's
+    prefix = first.id.rsplit("-", 1)[0]
+    for unknown in (decision_id, f"{prefix}-{10**6:x}", f"{prefix}-0", f"{prefix}-01", "x", "-1", first.id.upper()):
+        with pytest.raises(NotFound, match="does not exist"):
+            core.release_slot(unknown, True, 1.0)
