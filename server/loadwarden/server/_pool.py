@@ -92,9 +92,14 @@ class Pool:
         self._cached = None
 
     def record_load(self, server: Backend, sample: LoadSample, now: float, wall: float) -> None:
-        """Stores a load report; a server that was not routable may become so."""
+        """Stores a load report.
+
+        A server that was not routable may become so, and a first report starts a
+        TTL the kept answer's expiry does not know of yet: both drop the kept answer.
+        """
+        first = server.load_at is None
         server.load, server.load_at, server.load_wall = sample, now, wall
-        if not server.routable:
+        if first or not server.routable:
             self._cached = None
 
     def replace_servers(self, specs: Collection[ServerSpec]) -> None:

@@ -151,3 +151,12 @@ def test_round_robin_with_unequal_weights_keeps_the_smooth_interleave() -> None:
     specs = [ServerSpec("a", "h:1", 5), ServerSpec("b", "h:2"), ServerSpec("c", "h:3")]
     core.configure_pool(PoolSettings(name="p"), specs)
     assert "".join(core.select("p").server.id for _ in range(7)) == "aabacaa"
+
+
+def test_a_server_that_never_reported_goes_stale_after_its_first_report_runs_out() -> None:
+    clock = ManualClock()
+    core = make(clock, n=2, load_report_ttl_ms=1_000)  # require_load_report off: never-reported is routable
+    assert ids(core) == ["s1", "s2"]
+    report(core, "s2")  # its first report: the kept answer had no TTL to watch for it
+    clock.advance(1.001)
+    assert ids(core) == ["s1"] == fresh_ids(core)
