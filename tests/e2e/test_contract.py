@@ -16,7 +16,12 @@ pytestmark = pytest.mark.e2e
 
 GENERATED_DIR = REPO / "sdk" / "loadwarden" / "v1"
 NAMESPACE_DIRS = ("sdk", "server", "services/backend_sim", "observability")
-PROTO_FILES = {"loadwarden/v1/admin.proto", "loadwarden/v1/common.proto", "loadwarden/v1/decision.proto"}
+PROTO_FILES = {
+    "loadwarden/v1/admin.proto",
+    "loadwarden/v1/backend_sim.proto",
+    "loadwarden/v1/common.proto",
+    "loadwarden/v1/decision.proto",
+}
 
 
 def _buf(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

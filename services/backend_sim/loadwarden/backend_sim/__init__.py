@@ -1,9 +1,11 @@
-"""Simulated backends and traffic, routed by the real decision core.
+"""Simulated backends and traffic, routed by the real decision core; scenario files and reports.
 
-A seeded discrete-event simulation: Poisson arrivals ask ``DecisionCore.select``
-for a server, queue at it (FIFO, ``workers`` at a time), and report their
-latency and success back; servers report their load every interval. The same
-seed gives the same result, and strategies see identical traffic::
+A seeded discrete-event simulation: arrivals (open-loop Poisson, optionally
+ramping and bounded in flight, or closed-loop users) ask ``DecisionCore.select``
+for a server, queue at it (FIFO, ``workers`` at a time, with slowdown and outage
+phases and client timeouts), and report their latency and success back; servers
+report their load every interval. The same seed gives the same result, and
+strategies see identical traffic::
 
     from loadwarden.backend_sim import Arrivals, Scenario, SimServer, capacity_per_s, simulate
 
@@ -11,25 +13,67 @@ seed gives the same result, and strategies see identical traffic::
     arrivals = Arrivals(rate_per_s=0.8 * capacity_per_s(servers), requests=20_000)
     result = simulate(Scenario(servers, arrivals, seed=1), "least_connections")
     print(result.summary(warmup=2_000).p99_ms)
+
+Scenario files (``scenarios/README.md``) drive ``loadwarden simulate`` and
+``loadwarden evaluate``; both build a ``Report`` of one ``StrategyRun`` per
+strategy and write it with ``write_report`` and ``write_plots``::
+
+    spec = load_scenario("scenarios/heterogeneous.toml").for_simulate()
+    runs = []
+    for name in spec.strategies:
+        result = simulate(spec.scenario(), name, spec.strategy_params(name))
+        runs.append(StrategyRun(name, result.records, tuple(s.id for s in spec.servers), result.loads))
+    print(render_markdown(Report(spec, tuple(runs))))
 """
 
-from ._config import MAX_REQUESTS, Arrivals, Phase, Scenario, SimServer, capacity_per_s
+from ._backend import RunningBackend, SimulatedBackend, start_backend
+from ._batch_mode import BatchRecord, BatchSettings
+from ._config import MAX_REQUESTS, Arrivals, ClosedLoop, Phase, Scenario, SimServer, capacity_per_s
+from ._plots import PlotsUnavailable, write_plots
+from ._processes import ProcessGroup
+from ._progress import Progress
+from ._report import Report, StrategyRun, render_markdown, write_report
+from ._scenario_file import ScenarioError, ScenarioSpec, Traffic, load_scenario, parse_scenario
 from ._sim import CoreTiming, SimResult, simulate
-from ._summary import LoadRecord, RequestRecord, Summary, reward, summarize
+from ._summary import LoadRecord, RequestLog, RequestRecord, Summary, reward, summarize
+from ._traffic import TrafficPlan, TrafficResult, TrafficRunner
 
 __all__ = [
     "MAX_REQUESTS",
     "Arrivals",
+    "BatchRecord",
+    "BatchSettings",
+    "ClosedLoop",
     "CoreTiming",
     "LoadRecord",
     "Phase",
+    "PlotsUnavailable",
+    "ProcessGroup",
+    "Progress",
+    "Report",
+    "RequestLog",
     "RequestRecord",
+    "RunningBackend",
     "Scenario",
+    "ScenarioError",
+    "ScenarioSpec",
     "SimResult",
     "SimServer",
+    "SimulatedBackend",
+    "StrategyRun",
     "Summary",
+    "Traffic",
+    "TrafficPlan",
+    "TrafficResult",
+    "TrafficRunner",
     "capacity_per_s",
+    "load_scenario",
+    "parse_scenario",
+    "render_markdown",
     "reward",
     "simulate",
+    "start_backend",
     "summarize",
+    "write_plots",
+    "write_report",
 ]

@@ -10,7 +10,7 @@ import argparse
 import importlib
 from typing import Any
 
-# Modules with ``add_command(subparsers)``; a module that does not exist yet is skipped.
+# Modules with ``add_command(subparsers)``.
 _SUBCOMMANDS = (
     "loadwarden.backend_sim._simulate_cli",
     "loadwarden.backend_sim._evaluate_cli",
@@ -21,10 +21,4 @@ _SUBCOMMANDS = (
 def add_commands(commands: "argparse._SubParsersAction[Any]") -> None:
     """Adds every simulator subcommand to ``commands``."""
     for name in _SUBCOMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.add_command(commands)
+        importlib.import_module(name).add_command(commands)

@@ -7,8 +7,9 @@ the rest of loadwarden uses, so a caller can tell which field to fix.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 SERVICE_DISTRIBUTIONS = ("exponential", "constant")
 # Hard bound on the requests of one run, whatever the arrival settings say.
@@ -147,6 +148,15 @@ def capacity_per_s(servers: Sequence[SimServer]) -> float:
     return sum(server.capacity_per_s for server in servers)
 
 
+def _check_stop(requests: int | None, duration_s: float | None) -> None:
+    if requests is None and duration_s is None:
+        raise ValueError("requests: set requests, duration_s or both")
+    if requests is not None:
+        _check_count(requests, "requests", 1, MAX_REQUESTS)
+    if duration_s is not None:
+        _check_positive(duration_s, "duration_s")
+
+
 @dataclass(frozen=True, slots=True)
 class Arrivals:
     """Open-loop Poisson arrivals.
@@ -156,28 +166,82 @@ class Arrivals:
     and never more than ``MAX_REQUESTS`` arrive.
 
     Attributes:
-        rate_per_s: Mean arrivals per simulated second.
+        rate_per_s: Mean arrivals per simulated second (at time 0 when the rate ramps).
         requests: Number of arrivals, or None.
         duration_s: Simulated seconds during which requests arrive, or None.
+        rate_end_per_s: When set, the rate ramps linearly from ``rate_per_s`` at
+            time 0 to this at ``duration_s`` (which is then required).
+        max_in_flight: When set, an arrival finding this many requests in flight
+            (arrived, not yet finished) is dropped: recorded as a failure that
+            reached no server.
     """
 
     rate_per_s: float
     requests: int | None = None
     duration_s: float | None = None
+    rate_end_per_s: float | None = None
+    max_in_flight: int | None = None
 
     def __post_init__(self) -> None:
         _check_positive(self.rate_per_s, "rate_per_s")
-        if self.requests is None and self.duration_s is None:
-            raise ValueError("requests: set requests, duration_s or both")
-        if self.requests is not None:
-            _check_count(self.requests, "requests", 1, MAX_REQUESTS)
-        if self.duration_s is not None:
-            _check_positive(self.duration_s, "duration_s")
-            if self.requests is None and self.rate_per_s * self.duration_s > MAX_REQUESTS:
-                raise ValueError(
-                    f"duration_s: rate_per_s * duration_s expects more than {MAX_REQUESTS} requests; "
-                    "shorten it or set requests"
-                )
+        _check_stop(self.requests, self.duration_s)
+        if self.rate_end_per_s is not None:
+            _check_positive(self.rate_end_per_s, "rate_end_per_s")
+            if self.duration_s is None:
+                raise ValueError("rate_end_per_s: a ramp spans duration_s; set duration_s")
+        if self.max_in_flight is not None:
+            _check_count(self.max_in_flight, "max_in_flight", 1, MAX_REQUESTS)
+        if self.duration_s is not None and self.requests is None and self.expected_requests > MAX_REQUESTS:
+            raise ValueError(
+                f"duration_s: rate_per_s * duration_s expects more than {MAX_REQUESTS} requests; "
+                "shorten it or set requests"
+            )
+
+    @property
+    def expected_requests(self) -> float:
+        """Mean number of arrivals in ``duration_s`` (inf without a duration), capped by ``requests``."""
+        if self.duration_s is None:
+            return float(self.requests or 0)
+        end = self.rate_end_per_s if self.rate_end_per_s is not None else self.rate_per_s
+        expected = (self.rate_per_s + end) / 2 * self.duration_s
+        return min(expected, self.requests) if self.requests is not None else expected
+
+    def rate_at(self, t_s: float) -> float:
+        """Arrival rate at simulated time ``t_s``, per second."""
+        if self.rate_end_per_s is None or self.duration_s is None:
+            return self.rate_per_s
+        fraction = min(1.0, max(0.0, t_s / self.duration_s))
+        return self.rate_per_s + (self.rate_end_per_s - self.rate_per_s) * fraction
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedLoop:
+    """Closed-loop traffic: ``users`` users, each with at most one request in flight.
+
+    Every user sends a request, waits for its answer (success, failure or
+    timeout), thinks for an exponentially distributed time of mean ``think_ms``
+    (none when 0) and sends the next. Users start at time 0 (after one think
+    time each when ``think_ms`` > 0). Requests stop at ``requests`` sent or
+    ``duration_s``, whichever comes first.
+
+    Attributes:
+        users: Concurrent users, 1-1,000,000.
+        think_ms: Mean think time between a user's answer and its next request, ms (>= 0).
+        requests: Number of requests, or None.
+        duration_s: Simulated seconds during which requests are sent, or None.
+    """
+
+    users: int
+    think_ms: float = 0.0
+    requests: int | None = None
+    duration_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_count(self.users, "users", 1, 1_000_000)
+        t = self.think_ms
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 <= t < math.inf):
+            raise ValueError(f"think_ms: must be a finite number >= 0, got {t!r}")
+        _check_stop(self.requests, self.duration_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,20 +251,31 @@ class Scenario:
     Attributes:
         servers: The backends, in registration order; ids unique. A list is
             stored as a tuple.
-        arrivals: The traffic.
+        arrivals: The traffic: open-loop ``Arrivals`` or ``ClosedLoop`` users.
         seed: Seeds every random draw of a run. Arrival times, request sizes and
             failure draws come from one stream and routing from another, so
             runs with the same seed see the same requests whatever the strategy.
         load_report_interval_ms: Each server reports its load to the decision
             core this often (simulated time), 1 ms to 1 h.
         pool: Pool name in the decision core.
+        timeout_ms: The client's deadline per request, ms, or None. A request
+            not answered by then fails with latency ``timeout_ms``, and the
+            server drops it (from its queue, or aborts its service, freeing the
+            worker), as a gRPC server does on cancellation.
+        pool_settings: Extra pool settings, keys as in ``[pools.X]`` of
+            ``loadwarden.toml`` (``load_report_ttl_ms``, ``outlier_detection``,
+            ...), except ``strategy``, ``strategy_params`` and ``servers``. When
+            ``load_report_ttl_ms`` is absent the simulator uses
+            ``max(10 s, 3 report intervals)``.
     """
 
     servers: tuple[SimServer, ...]
-    arrivals: Arrivals
+    arrivals: Arrivals | ClosedLoop
     seed: int = 0
     load_report_interval_ms: float = 1000.0
     pool: str = "sim"
+    timeout_ms: float | None = None
+    pool_settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.servers, (tuple, list)) or not self.servers:
@@ -213,8 +288,8 @@ class Scenario:
             if server.id in seen:
                 raise ValueError(f"servers[{i}].id: duplicate server id {server.id!r}")
             seen.add(server.id)
-        if not isinstance(self.arrivals, Arrivals):
-            raise ValueError(f"arrivals: must be an Arrivals, got {self.arrivals!r}")
+        if not isinstance(self.arrivals, (Arrivals, ClosedLoop)):
+            raise ValueError(f"arrivals: must be an Arrivals or a ClosedLoop, got {self.arrivals!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed: must be an integer, got {self.seed!r}")
         interval = self.load_report_interval_ms
@@ -222,3 +297,10 @@ class Scenario:
             raise ValueError(f"load_report_interval_ms: must be a number in [1, 3600000], got {interval!r}")
         if not isinstance(self.pool, str) or not self.pool:
             raise ValueError(f"pool: must be a non-empty string, got {self.pool!r}")
+        if self.timeout_ms is not None:
+            _check_positive(self.timeout_ms, "timeout_ms")
+        if not isinstance(self.pool_settings, Mapping):
+            raise ValueError(f"pool_settings: must be a mapping, got {self.pool_settings!r}")
+        reserved = sorted(set(self.pool_settings) & {"strategy", "strategy_params", "servers"})
+        if reserved:
+            raise ValueError(f"pool_settings.{reserved[0]}: set by the run, not by pool settings")

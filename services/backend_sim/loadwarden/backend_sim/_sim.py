@@ -1,10 +1,22 @@
 """Discrete-event simulation of backends routed by the real ``DecisionCore``.
 
-Simulated time drives a ``ManualClock`` that the core and its strategy read, so
+Simulated time drives a virtual clock that the core and its strategy read, so
 the code that decides in the service decides here too, in process: every
 arrival calls ``core.select``, every completion ``core.report_outcomes``, and
 every load-report interval ``core.report_load``. Nothing here reads the wall
 clock unless a ``timer`` is passed to measure the core's own cost.
+
+What a backend does, in simulated time (the real ``backend-sim`` does the same):
+
+- ``workers`` requests are served at once, the rest wait in one FIFO queue;
+- a request's service time is drawn when its service starts, with the mean
+  ``SimServer.mean_service_ms(start)`` (slowdown phases apply);
+- every server reports its load at time 0 and then every interval;
+- during an ``outage`` phase a request fails at once, without using a worker,
+  and the server sends no load report (the core sees it stale after the TTL);
+- with ``timeout_ms`` a request not answered by its deadline fails with the
+  deadline as latency, and leaves the queue or has its service cut short,
+  freeing the worker, as a gRPC server does when the client cancels.
 """
 
 from __future__ import annotations
@@ -18,19 +30,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
+from loadwarden.server import CoreLimits, DecisionCore, ServerSpec
 from loadwarden.server._core import LoadReportIn, OutcomeReport
 from loadwarden.server._decisions import IdGenerator
-from loadwarden.server._errors import InvalidArgument, NotFound
+from loadwarden.server._errors import InvalidArgument, NotFound, Unavailable
 from loadwarden.server._model import LoadSample
+from loadwarden.server._settings import parse_pool
 
-from ._config import MAX_REQUESTS, Scenario, SimServer
-from ._summary import LoadRecord, RequestRecord, Summary, summarize
+from ._config import MAX_REQUESTS, Arrivals, ClosedLoop, Scenario, SimServer
+from ._summary import LoadRecord, RequestLog, Summary, summarize
 
 # A simulated outcome always arrives, however long the queue: the decision TTL
 # only has to outlast the longest simulated latency.
 _DECISION_TTL_MS = 86_400_000
-_DONE, _REPORT = 0, 1
+# Event kinds, in the heap as (time, seq, kind, payload).
+_DONE, _REPORT, _TIMEOUT, _USER = 0, 1, 2, 3
+# A closed-loop user whose request found no eligible server waits at least this long before the next.
+_RETRY_AFTER_S = 0.1
+# How many requests between two ``progress`` calls.
+PROGRESS_EVERY = 10_000
+_CLOCK_ORIGIN_S = 1000.0
+_WALL_OFFSET_S = 1_700_000_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +61,17 @@ class CoreTiming:
         select_s: Total seconds in ``core.select``.
         selects: Calls to ``core.select``.
         outcome_s: Total seconds in ``core.report_outcomes``.
-        outcome_calls: Calls to ``core.report_outcomes`` (one per request).
+        outcome_calls: Calls to ``core.report_outcomes`` (one per routed request).
+        load_s: Total seconds in ``core.report_load``.
+        load_calls: Calls to ``core.report_load`` (one per report interval).
     """
 
     select_s: float
     selects: int
     outcome_s: float
     outcome_calls: int
+    load_s: float = 0.0
+    load_calls: int = 0
 
     @property
     def select_us(self) -> float:
@@ -59,6 +83,11 @@ class CoreTiming:
         """Mean µs per ``report_outcomes``."""
         return self.outcome_s / self.outcome_calls * 1e6 if self.outcome_calls else 0.0
 
+    @property
+    def core_s(self) -> float:
+        """Seconds in the core altogether."""
+        return self.select_s + self.outcome_s + self.load_s
+
 
 @dataclass(frozen=True, slots=True)
 class SimResult:
@@ -68,47 +97,76 @@ class SimResult:
         scenario: What was simulated.
         strategy: Routing strategy registry name.
         strategy_params: Its parameters.
-        records: One per request, in arrival order.
+        records: One per request, in arrival order (a ``RequestLog``).
         loads: Every load report sent to the core, in time order.
         end_s: Simulated seconds at the last completion.
         expired: Outcomes the core no longer expected (decision TTL or
             pending-decision bound); 0 in any reasonable scenario.
         strategy_stats: The strategy's ``stats()`` at the end.
         timing: Time inside the core, when ``simulate`` was given a timer.
+        counters: ``dropped`` (arrivals over ``max_in_flight``),
+            ``unavailable`` (no eligible server), ``timed_out``, ``outage``
+            (requests failed at once by a server in an outage phase), ``expired``,
+            ``ejections`` (outlier ejections by the pool).
     """
 
     scenario: Scenario
     strategy: str
-    strategy_params: Mapping[str, Any]
-    records: tuple[RequestRecord, ...]
+    strategy_params: dict[str, Any]
+    records: RequestLog
     loads: tuple[LoadRecord, ...]
     end_s: float
     expired: int
     strategy_stats: dict[str, float] = field(default_factory=dict)
     timing: CoreTiming | None = None
+    counters: dict[str, int] = field(default_factory=dict)
 
-    def summary(self, warmup: int = 0, curve_window: int = 500) -> Summary:
-        """Statistics over the requests after the first ``warmup``; see ``summarize``."""
+    def summary(self, warmup: int = 0, curve_window: int = 500, warmup_s: float = 0.0) -> Summary:
+        """Statistics over the requests after the warm-up; see ``summarize``."""
         ids = [s.id for s in self.scenario.servers]
-        return summarize(self.records, ids, warmup=warmup, curve_window=curve_window)
+        return summarize(self.records, ids, warmup=warmup, curve_window=curve_window, warmup_s=warmup_s)
+
+
+class _VirtualClock:
+    """The core's clock: simulated seconds (plus an origin), set by the event loop only."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = _CLOCK_ORIGIN_S
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return _WALL_OFFSET_S + self.now
 
 
 class _Server:
-    """Run-time state of one simulated server. ``busy <= workers``; the queue is FIFO."""
+    """Run-time state of one simulated server.
+
+    ``busy <= workers``; ``queue`` is FIFO, so with one timeout for every
+    request its deadlines ascend and only its head can be the next to time out:
+    at most one deadline event per server is pending (``deadline_pending``).
+    """
 
     __slots__ = (
-        "id", "workers", "mean_s", "constant", "p_fail", "busy", "queue",
-        "busy_area", "changed_at", "lat_sum", "done", "failed", "last_mean_ms",
+        "spec", "index", "id", "workers", "mean_s", "constant", "p_fail", "scheduled", "busy", "queue",
+        "deadline_pending", "busy_area", "changed_at", "lat_sum", "done", "failed", "last_mean_ms",
     )
 
-    def __init__(self, spec: SimServer) -> None:
+    def __init__(self, spec: SimServer, index: int) -> None:
+        self.spec = spec
+        self.index = index
         self.id = spec.id
         self.workers = spec.workers
         self.mean_s = spec.base_ms / spec.speed / 1000.0
         self.constant = spec.service == "constant"
         self.p_fail = spec.failure_probability
+        self.scheduled = bool(spec.schedule)
         self.busy = 0
-        self.queue: deque[tuple[int, float, float, float, str, bool]] = deque()
+        self.queue: deque[list[Any]] = deque()
+        self.deadline_pending = False
         # Worker-seconds busy since the last load report, up to ``changed_at``.
         self.busy_area = 0.0
         self.changed_at = 0.0
@@ -123,21 +181,34 @@ class _Server:
         self.busy_area += self.busy * (now - self.changed_at)
         self.changed_at = now
 
+    def down(self, now: float) -> bool:
+        """Whether an outage phase covers ``now``."""
+        if not self.scheduled:
+            return False
+        phase = self.spec.phase_at(now)
+        return phase is not None and phase.outage
 
-def _build_core(scenario: Scenario, strategy: str, params: Mapping[str, Any], clock: ManualClock,
+
+def _build_core(scenario: Scenario, strategy: str, params: Mapping[str, Any], clock: Any,
                 rng: random.Random) -> DecisionCore:
     limits = CoreLimits(decision_ttl_ms=_DECISION_TTL_MS, max_pending_decisions=MAX_REQUESTS,
                         max_servers_per_pool=max(10_000, len(scenario.servers)))
     core = DecisionCore(limits, clock=clock, rng=rng, ids=IdGenerator("sim"))
-    # Reports come every interval, so a server is never stale while the run lasts.
-    ttl_ms = int(max(10_000, math.ceil(3 * scenario.load_report_interval_ms)))
-    settings = PoolSettings(name=scenario.pool, strategy=strategy, strategy_params=dict(params),
-                            load_report_ttl_ms=ttl_ms)
-    specs = [ServerSpec(s.id, f"sim:{i}", s.weight) for i, s in enumerate(scenario.servers)]
+    values = dict(scenario.pool_settings)
+    # Without a TTL from the scenario, reports come every interval, so a server is never stale
+    # unless an outage stops its reports.
+    values.setdefault("load_report_ttl_ms", int(max(10_000, math.ceil(3 * scenario.load_report_interval_ms))))
+    values["strategy"] = strategy
+    values["strategy_params"] = dict(params)
     try:
+        settings, _ = parse_pool(scenario.pool, "pool", values, "sim", limits.max_servers_per_pool)
+        specs = [ServerSpec(s.id, f"sim:{i}", s.weight) for i, s in enumerate(scenario.servers)]
         core.configure_pool(settings, specs, where="sim")
     except InvalidArgument as exc:
-        raise ValueError(f"{exc.field.removeprefix('sim.')}: {exc.problem}") from None
+        name = exc.field.removeprefix("sim.")
+        if not name.startswith(("strategy", "servers")):
+            name = f"pool_settings.{name}"
+        raise ValueError(f"{name}: {exc.problem}") from None
     return core
 
 
@@ -147,114 +218,267 @@ def simulate(
     strategy_params: Mapping[str, Any] | None = None,
     *,
     timer: Callable[[], float] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> SimResult:
     """Runs ``scenario`` with the real decision core routing by ``strategy``.
 
     The same scenario (seed included) gives the same result, record for record.
-    Arrival times, request sizes and failure draws depend on the seed only, not
-    on the strategy, so strategies are compared on identical traffic.
+    In open loop, arrival times, request sizes and failure draws depend on the
+    seed only, not on the strategy, so strategies are compared on identical
+    traffic; in closed loop each request's size and failure draw are the
+    same, while its start depends on when the user's previous one ended.
 
     Args:
-        scenario: Servers, arrivals and seed.
+        scenario: Servers, traffic and seed.
         strategy: A name registered in ``loadwarden.server.strategies.STRATEGIES``.
         strategy_params: Its parameters by name; defaults when None.
         timer: When given (e.g. ``time.perf_counter``), the seconds spent in
-            ``core.select`` and ``core.report_outcomes`` are measured with it
-            and returned as ``SimResult.timing``. It never affects the run.
+            ``core.select``, ``core.report_outcomes`` and ``core.report_load``
+            are measured with it and returned as ``SimResult.timing``. It never
+            affects the run.
+        progress: Called with the number of requests started since the last
+            call, every ``PROGRESS_EVERY`` requests and once at the end.
 
     Raises:
-        ValueError: unknown strategy or bad parameters, naming ``strategy`` or
-            ``strategy_params.<name>``.
+        ValueError: unknown strategy, bad parameters or pool settings, naming
+            ``strategy``, ``strategy_params.<name>`` or ``pool_settings.<key>``.
     """
     params = dict(strategy_params or {})
     master = random.Random(scenario.seed)
-    traffic = random.Random(master.getrandbits(64))  # arrivals, request sizes, failure draws
+    traffic = random.Random(master.getrandbits(64))  # arrival times, request sizes, failure draws
     routing = random.Random(master.getrandbits(64))  # the core's and its strategy's RNG
-    clock = ManualClock()
+    thinking = random.Random(master.getrandbits(64))  # closed-loop think times
+    clock = _VirtualClock()
     core = _build_core(scenario, strategy, params, clock, routing)
     pool = scenario.pool
-    servers = [_Server(s) for s in scenario.servers]
+    servers = [_Server(s, i) for i, s in enumerate(scenario.servers)]
     by_id = {s.id: s for s in servers}
 
     arrivals = scenario.arrivals
-    rate = arrivals.rate_per_s
+    closed = isinstance(arrivals, ClosedLoop)
     limit = min(arrivals.requests or MAX_REQUESTS, MAX_REQUESTS)
     horizon = arrivals.duration_s if arrivals.duration_s is not None else math.inf
     interval_s = scenario.load_report_interval_ms / 1000.0
+    timeout_s = scenario.timeout_ms / 1000.0 if scenario.timeout_ms is not None else math.inf
+    timeout_ms = scenario.timeout_ms or 0.0
+    max_in_flight = MAX_REQUESTS
+    ramp: Arrivals | None = None
+    rate = peak = 0.0
+    think_mean_s = 0.0
+    if isinstance(arrivals, Arrivals):
+        rate = peak = arrivals.rate_per_s
+        if arrivals.max_in_flight is not None:
+            max_in_flight = arrivals.max_in_flight
+        if arrivals.rate_end_per_s is not None:
+            ramp = arrivals
+            peak = max(arrivals.rate_per_s, arrivals.rate_end_per_s)
+    else:
+        think_mean_s = arrivals.think_ms / 1000.0
 
     expovariate, uniform = traffic.expovariate, traffic.random
     select, report_outcomes, report_load = core.select, core.report_outcomes, core.report_load
     push, pop = heapq.heappush, heapq.heappop
     seq = itertools.count()  # equal-time events run in the order they were scheduled
     heap: list[tuple[float, int, int, Any]] = []
-    records: list[Any] = []
+    log = RequestLog(s.id for s in scenario.servers)
+    times, server_col, latencies, flags = log.time_s, log.server, log.latency_ms, log.flags
+    explored_flag = RequestLog.EXPLORED
     loads: list[LoadRecord] = []
-    select_s = outcome_s = 0.0
-    expired = 0
+    select_s = outcome_s = load_s = 0.0
+    selects = outcome_calls = load_calls = 0
+    expired = dropped = unavailable = timed_out = outage = 0
+    in_flight = 0
+    issued = 0
+    reported = 0  # requests already passed to ``progress``
 
-    def start(server: _Server, request: tuple[int, float, float, float, str, bool], now: float) -> None:
-        service_s = server.mean_s if server.constant else request[2] * server.mean_s
-        push(heap, (now + service_s, next(seq), _DONE, (server, request)))
+    def next_open_arrival(after: float) -> float:
+        """The next arrival time after ``after``: Poisson at ``rate``, thinned when it ramps."""
+        if ramp is None:
+            return after + expovariate(rate)
+        t = after
+        while True:
+            t += expovariate(peak)
+            if t > horizon or uniform() * peak <= ramp.rate_at(t):
+                return t
 
-    now = 0.0
-    last_report = 0.0
-    last_done = 0.0
-    next_arrival = expovariate(rate)
-    arriving = next_arrival <= horizon
-    push(heap, (interval_s, next(seq), _REPORT, None))
-    while heap:
-        if arriving and next_arrival < heap[0][0]:
-            # --- arrival -----------------------------------------------------
-            clock.advance(next_arrival - now)
-            now = next_arrival
-            work, u = expovariate(1.0), uniform()  # drawn for every request, whatever the routing
+    def finish(request: list[Any], server: _Server | None, now: float, success: bool, latency_ms: float) -> None:
+        """Records the answer of a routed request and reports its outcome to the core."""
+        nonlocal expired, outcome_s, outcome_calls, in_flight
+        index = request[0]
+        in_flight -= 1
+        latencies[index] = latency_ms
+        if success:
+            flags[index] |= 1
+        if server is not None:
+            server.lat_sum += latency_ms
+            server.done += 1
+            server.failed += not success
+        outcome = [OutcomeReport(request[4], success, latency_ms)]
+        try:
+            if timer is None:
+                report_outcomes(outcome)
+            else:
+                t0 = timer()
+                report_outcomes(outcome)
+                outcome_s += timer() - t0
+                outcome_calls += 1
+        except NotFound:
+            expired += 1
+        if closed:
+            schedule_user(now)
+
+    def start_next(server: _Server, now: float) -> None:
+        """Fills ``server``'s free workers from its queue (call after ``busy`` dropped)."""
+        nonlocal timed_out, outage
+        queue = server.queue
+        while server.busy < server.workers and queue:
+            request = queue.popleft()
+            if server.scheduled and server.down(now):
+                outage += 1
+                finish(request, server, now, False, (now - request[1]) * 1000.0)
+                continue
+            server.account(now)
+            server.busy += 1
+            begin(server, request, now)
+
+    def begin(server: _Server, request: list[Any], now: float) -> None:
+        """Starts serving ``request`` (a worker is already counted busy)."""
+        mean_s = server.spec.mean_service_ms(now) / 1000.0 if server.scheduled else server.mean_s
+        end = now + (mean_s if server.constant else request[2] * mean_s)
+        deadline = request[1] + timeout_s
+        if end >= deadline:
+            end = deadline
+            request[5] = True  # cut short at the deadline
+        push(heap, (end, next(seq), _DONE, (server, request)))
+
+    def arrive(now: float) -> None:
+        """One request starts at ``now``: drawn, routed, queued or served."""
+        nonlocal issued, in_flight, dropped, unavailable, select_s, selects, outage
+        work, u = expovariate(1.0), uniform()  # drawn for every request, whatever the routing
+        index = issued
+        issued += 1
+        times.append(now)
+        latencies.append(0.0)
+        if not closed and in_flight >= max_in_flight:
+            dropped += 1
+            server_col.append(-1)
+            flags.append(0)
+            return
+        try:
             if timer is None:
                 chosen = select(pool)
             else:
                 t0 = timer()
                 chosen = select(pool)
                 select_s += timer() - t0
-            server = by_id[chosen.server.id]
-            request = (len(records), now, work, u, chosen.decision_id, chosen.explored)
-            records.append(None)
-            if server.busy < server.workers:
-                server.account(now)
-                server.busy += 1
-                start(server, request, now)
-            else:
-                server.queue.append(request)
-            next_arrival = now + expovariate(rate)
-            arriving = len(records) < limit and next_arrival <= horizon
+                selects += 1
+        except Unavailable:
+            unavailable += 1
+            server_col.append(-1)
+            flags.append(0)
+            if closed:
+                schedule_user(now, _RETRY_AFTER_S)
+            return
+        server = by_id[chosen.server.id]
+        server_col.append(server.index)
+        flags.append(explored_flag if chosen.explored else 0)
+        in_flight += 1
+        # [index, arrived, work, failure draw, decision id, cut short at the deadline]
+        request = [index, now, work, u, chosen.decision_id, False]
+        if server.scheduled and server.down(now):
+            outage += 1
+            finish(request, server, now, False, 0.0)
+            return
+        if server.busy < server.workers:
+            server.account(now)
+            server.busy += 1
+            begin(server, request, now)
+        else:
+            server.queue.append(request)
+            if timeout_s < math.inf and not server.deadline_pending:
+                server.deadline_pending = True
+                push(heap, (now + timeout_s, next(seq), _TIMEOUT, server))
+
+    def schedule_user(now: float, at_least: float = 0.0) -> None:
+        """A closed-loop user got its answer at ``now``: it thinks, then sends its next request."""
+        think = thinking.expovariate(1.0 / think_mean_s) if think_mean_s > 0 else 0.0
+        at = now + max(think, at_least)
+        if issued + pending_users[0] < limit and at <= horizon:
+            pending_users[0] += 1
+            push(heap, (at, next(seq), _USER, None))
+
+    pending_users = [0]  # users thinking, whose next request is already scheduled
+    now = 0.0
+    last_report = 0.0
+    last_done = 0.0
+    if closed:
+        assert isinstance(arrivals, ClosedLoop)
+        for _ in range(min(arrivals.users, limit)):
+            think = thinking.expovariate(1.0 / think_mean_s) if think_mean_s > 0 else 0.0
+            if think <= horizon:
+                pending_users[0] += 1
+                push(heap, (think, next(seq), _USER, None))
+        next_arrival = math.inf
+        arriving = False
+    else:
+        next_arrival = next_open_arrival(0.0)
+        arriving = next_arrival <= horizon
+    # Every backend reports once as it starts, before any traffic (as BackendReporter does), so
+    # the core knows each report's age from the first selection on; one in an outage stays silent.
+    first = [server for server in servers if not server.down(0.0)]
+    if first:
+        report_load([LoadReportIn(pool, s.id, LoadSample(0.0, 0.0, 0, 0.0, 0.0)) for s in first])
+        loads.extend(LoadRecord(0.0, s.id, 0.0, 0, 0.0, 0.0) for s in first)
+    push(heap, (interval_s, next(seq), _REPORT, None))
+    while heap:
+        if arriving and next_arrival < heap[0][0]:
+            # --- open-loop arrival ---------------------------------------------
+            now = next_arrival
+            clock.now = now + _CLOCK_ORIGIN_S
+            arrive(now)
+            next_arrival = next_open_arrival(now)
+            arriving = issued < limit and next_arrival <= horizon
+            if progress is not None and issued - reported >= PROGRESS_EVERY:
+                progress(issued - reported)
+                reported = issued
             continue
 
         t, _, kind, payload = pop(heap)
-        clock.advance(t - now)
         now = t
+        clock.now = t + _CLOCK_ORIGIN_S
         if kind == _DONE:
-            # --- completion --------------------------------------------------
-            server, (index, arrived, _work, u, decision_id, explored) = payload
+            # --- completion (or service cut short at the deadline) --------------
+            server, request = payload
             last_done = now
-            latency_ms = (now - arrived) * 1000.0
-            success = u >= server.p_fail
-            outcome = [OutcomeReport(decision_id, success, latency_ms)]
-            try:
-                if timer is None:
-                    report_outcomes(outcome)
-                else:
-                    t0 = timer()
-                    report_outcomes(outcome)
-                    outcome_s += timer() - t0
-            except NotFound:
-                expired += 1
-            records[index] = RequestRecord(arrived, server.id, latency_ms, success, explored)
-            server.lat_sum += latency_ms
-            server.done += 1
-            server.failed += not success
-            if server.queue:
-                start(server, server.queue.popleft(), now)
+            if request[5]:
+                timed_out += 1
+                finish(request, server, now, False, timeout_ms)
             else:
-                server.account(now)
-                server.busy -= 1
+                finish(request, server, now, request[3] >= server.p_fail, (now - request[1]) * 1000.0)
+            server.account(now)
+            server.busy -= 1
+            if server.queue:
+                start_next(server, now)
+        elif kind == _TIMEOUT:
+            # --- deadline of the request at the head of a queue -----------------
+            server = payload
+            server.deadline_pending = False
+            queue = server.queue
+            while queue and queue[0][1] + timeout_s <= now:  # still queued at its deadline: it leaves
+                timed_out += 1
+                last_done = now
+                finish(queue.popleft(), server, now, False, timeout_ms)
+            if queue:
+                server.deadline_pending = True
+                push(heap, (queue[0][1] + timeout_s, next(seq), _TIMEOUT, server))
+        elif kind == _USER:
+            # --- closed-loop user sends its next request ------------------------
+            pending_users[0] -= 1
+            if issued < limit:
+                arrive(now)
+                if progress is not None and issued - reported >= PROGRESS_EVERY:
+                    progress(issued - reported)
+                    reported = issued
         else:
             # --- load reports ------------------------------------------------
             span = now - last_report
@@ -264,6 +488,8 @@ def simulate(
                 server.account(now)
                 cpu = min(100.0, 100.0 * server.busy_area / (server.workers * span))
                 server.busy_area = 0.0
+                if server.scheduled and server.down(now):
+                    continue  # a server in an outage sends nothing; its counts carry over
                 if server.done:
                     server.last_mean_ms = server.lat_sum / server.done
                 error_rate = server.failed / server.done if server.done else 0.0
@@ -272,21 +498,34 @@ def simulate(
                 batch.append(LoadReportIn(pool, server.id, sample))
                 loads.append(LoadRecord(now, server.id, cpu, active, server.last_mean_ms, error_rate))
                 server.lat_sum, server.done, server.failed = 0.0, 0, 0
-            report_load(batch)
+            if batch:
+                if timer is None:
+                    report_load(batch)
+                else:
+                    t0 = timer()
+                    report_load(batch)
+                    load_s += timer() - t0
+                    load_calls += 1
             if arriving or len(heap) > 0:
                 push(heap, (now + interval_s, next(seq), _REPORT, None))
 
+    if progress is not None and issued > reported:
+        progress(issued - reported)
     timing = None
     if timer is not None:
-        timing = CoreTiming(select_s, len(records), outcome_s, len(records))
+        timing = CoreTiming(select_s, selects, outcome_s, outcome_calls, load_s, load_calls)
+    members = core.pool(pool).servers.values()
+    counters = {"dropped": dropped, "unavailable": unavailable, "timed_out": timed_out, "outage": outage,
+                "expired": expired, "ejections": sum(s.ejections_total for s in members)}
     return SimResult(
         scenario=scenario,
         strategy=strategy,
         strategy_params=params,
-        records=tuple(records),
+        records=log,
         loads=tuple(loads),
         end_s=last_done,
         expired=expired,
         strategy_stats=dict(core.pool(pool).strategy.stats()),
         timing=timing,
+        counters=counters,
     )

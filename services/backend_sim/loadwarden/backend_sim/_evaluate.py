@@ -1,0 +1,427 @@
+"""``loadwarden evaluate``: each strategy in turn on fresh real processes, the same seeded traffic.
+
+For every strategy of the scenario (``[evaluate]`` applied):
+
+1. write a service config: the scenario's pool with the strategy (mode route),
+   limit algorithm (slot) or an operation with the batch controller (batch);
+2. start ``loadwarden serve --listen 127.0.0.1:0`` and wait for its address;
+3. start ``loadwarden backend-sim --register``: its backends listen on free
+   ports, register themselves in the pool (AdminService.RegisterServer) and
+   report their load; wait for its JSON line with their addresses;
+4. run the traffic (``_traffic``) from this process through the SDK, while a
+   watchdog stops the run if a child exits;
+5. stop both (SIGTERM, then SIGKILL after a grace period) and keep the records.
+
+Then the ``Report`` (kind ``"evaluate"``) is built, with the simulator's figures
+on the same scenario as ``comparison`` in mode route. Every child is started by
+one ``ProcessGroup``, closed in a ``finally``: on success, on failure, on
+cancellation (SIGINT/SIGTERM cancel the run) and at exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadwarden.sdk import AsyncClient
+
+from ._batch_mode import BatchRecord, BatchSettings, BatchSummary, parse_batch, render_batch_markdown, summarize_batches
+from ._processes import Child, ChildFailed, ProcessGroup
+from ._progress import Progress
+from ._report import Report, StrategyRun
+from ._scenario_file import ScenarioSpec
+from ._summary import LoadRecord, Summary, summarize
+from ._traffic import TrafficPlan, TrafficResult, TrafficRunner, planned_requests
+
+DEFAULT_STARTUP_TIMEOUT_S = 30.0
+# How long a started service may take to finish after its last request, s.
+STOP_GRACE_S = 5.0
+_LISTENING = re.compile(r"^loadwarden listening on (\S+)$", re.MULTILINE)
+_BACKENDS = re.compile(r"^(\{\"backends\".*\})$", re.MULTILINE)
+# The command that runs ``loadwarden``: this interpreter, so no PATH lookup is needed.
+LOADWARDEN = (sys.executable, "-m", "loadwarden.server._cli")
+
+
+class EvaluationFailed(RuntimeError):
+    """A run could not be completed (a process failed to start or died); the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateOptions:
+    """How to run an evaluation.
+
+    Attributes:
+        out_dir: Where the report, the configs and the children's logs go.
+        plots: Write PNG plots (needs the ``eval`` extra).
+        startup_timeout_s: Longest wait for each process to be ready, s.
+        progress_stream: Where the progress bar is drawn (stderr when None).
+        run_id: Marker of every child process (``LW_EVAL_RUN``); fresh when None.
+        command: How to run ``loadwarden``.
+    """
+
+    out_dir: Path
+    plots: bool = True
+    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
+    progress_stream: Any = None
+    run_id: str | None = None
+    command: Sequence[str] = LOADWARDEN
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate`` produced.
+
+    Attributes:
+        report: The comparison (kind ``"evaluate"``), with the simulator's figures in mode route.
+        batch: Mode batch: each controller's batch figures (None when it finished no batch).
+        batches: Mode batch: each controller's batches.
+    """
+
+    report: Report
+    batch: dict[str, BatchSummary | None] = field(default_factory=dict)
+    batches: dict[str, tuple[BatchRecord, ...]] = field(default_factory=dict)
+
+
+# --- configs -------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"cannot write {value!r} to TOML")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ValueError(f"cannot write {value!r} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def to_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """``{"a.b": {key: value}}`` as TOML tables ``[a.b]``; nested mappings become inline tables."""
+    lines = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def pool_name(spec: ScenarioSpec) -> str:
+    """The pool every run uses."""
+    return spec.scenario().pool
+
+
+def service_config(spec: ScenarioSpec, strategy: str, batch: BatchSettings | None) -> str:
+    """The ``loadwarden serve`` config of one run, as TOML text (servers register themselves)."""
+    pool = pool_name(spec)
+    pool_table = spec.pool_config(strategy)
+    if "load_report_ttl_ms" not in pool_table:
+        # As the simulator: max(10 s, 3 intervals), so a loaded machine's late reports do not
+        # make servers flap stale; [pool] load_report_ttl_ms sets it.
+        pool_table["load_report_ttl_ms"] = int(max(10_000, math.ceil(3 * spec.load_report_interval_ms)))
+    timeout_ms = spec.timeout_ms or 30_000
+    tables: dict[str, dict[str, Any]] = {
+        "service": {"seed": spec.seed, "shutdown_grace_ms": 500},
+        "limits": {"decision_ttl_ms": int(min(86_400_000, max(30_000, 3 * timeout_ms)))},
+        # Pool-sourced batch sizing reads the backends' reported CPU (their busy-worker fraction)
+        # alone. The weights only apply while the monitor is enabled (the core falls back to the
+        # default weights without it), so it stays on in mode batch.
+        "monitor": {"enabled": spec.mode == "batch", "cpu_weight": 1.0, "memory_weight": 0.0,
+                    "load_average_weight": 0.0},
+        f"pools.{_toml_key(pool)}": pool_table,
+    }
+    if spec.mode == "batch":
+        assert batch is not None
+        tables[f"operations.{_toml_key(batch.operation)}"] = batch.operation_config(
+            strategy, spec.strategy_params(strategy), pool)
+    return to_toml(tables)
+
+
+def check_batch(spec: ScenarioSpec) -> BatchSettings | None:
+    """Mode batch: the ``[batch]`` settings, validated with every controller's params.
+
+    Raises:
+        ValueError: naming ``batch.<key>`` or ``params.<controller>.<key>``.
+    """
+    if spec.mode != "batch":
+        return None
+    return parse_batch(spec.batch, pool=pool_name(spec), controllers=spec.strategies, params=spec.params)
+
+
+def traffic_plan(spec: ScenarioSpec, batch: BatchSettings | None) -> TrafficPlan:
+    """The traffic every strategy of ``spec`` gets."""
+    wait_ms = spec.pool.get("max_wait_ms", 0) if spec.mode == "slot" else 0
+    return TrafficPlan(
+        mode=spec.mode, pool=pool_name(spec), traffic=spec.traffic.arrivals(), seed=spec.seed,
+        timeout_ms=spec.timeout_ms, slot_wait_s=float(wait_ms) / 1000.0, batch=batch,
+    )
+
+
+def scale_duration(spec: ScenarioSpec, *, scale: float | None = None, duration_s: float | None = None) -> ScenarioSpec:
+    """``spec`` with its traffic shortened or lengthened.
+
+    ``duration_s`` sets the traffic's duration; ``scale`` multiplies its duration,
+    request count and warm-up. The ramp (``load_end``) spans the new duration.
+
+    Raises:
+        ScenarioError: the result is invalid.
+        ValueError: ``scale`` or ``duration_s`` is not a positive number.
+    """
+    t = spec.traffic
+    overrides: dict[str, Any] = {}
+    if scale is not None:
+        if not 0 < scale < math.inf:
+            raise ValueError(f"--duration-scale: must be a positive number, got {scale!r}")
+        if t.duration_s is not None:
+            overrides["duration_s"] = t.duration_s * scale
+        if t.requests is not None:
+            overrides["requests"] = max(1, round(t.requests * scale))
+        overrides["warmup_s"] = spec.warmup_s * scale
+    if duration_s is not None:
+        if not 0 < duration_s < math.inf:
+            raise ValueError(f"--duration-s: must be a positive number, got {duration_s!r}")
+        overrides["duration_s"] = duration_s
+        if spec.warmup_s >= duration_s:
+            overrides["warmup_s"] = duration_s / 10
+    return spec.with_overrides(**overrides) if overrides else spec
+
+
+# --- one run -------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    strategy: str
+    result: TrafficResult
+    loads: list[LoadRecord]
+    wall_s: float
+    addresses: dict[str, str]
+
+
+async def _sample_loads(client: AsyncClient, pool: str, interval_s: float, start: float,
+                        out: list[LoadRecord]) -> None:
+    """Reads the pool's load reports from the service every interval (for the report's load series)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            status = await client.load_status(pool)
+        except Exception:  # noqa: BLE001 - a missed sample only thins the series
+            continue
+        now = time.monotonic() - start
+        for p in status.pools:
+            for server in p.servers:
+                load = server.load
+                if load is not None:
+                    out.append(LoadRecord(now, server.id, load.cpu_percent, load.active_requests,
+                                          load.mean_latency_ms, load.error_rate))
+
+
+async def _wait_ready(child: Child, pattern: re.Pattern[str], timeout_s: float) -> re.Match[str]:
+    try:
+        return await child.wait_for(pattern, timeout_s)
+    except ChildFailed as exc:
+        raise EvaluationFailed(f"{child.name} did not start: {exc}") from None
+
+
+async def run_strategy(
+    spec: ScenarioSpec,
+    strategy: str,
+    plan: TrafficPlan,
+    batch: BatchSettings | None,
+    group: ProcessGroup,
+    options: EvaluateOptions,
+    progress: Callable[[int], None] | None = None,
+) -> _Run:
+    """One strategy on a fresh service and fresh backends; both are stopped before it returns."""
+    began = time.monotonic()
+    work = options.out_dir / "runs" / strategy
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "loadwarden.toml"
+    config.write_text(service_config(spec, strategy, batch), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOADWARDEN_")}  # the run is the file's alone
+    env.setdefault("GRPC_VERBOSITY", "ERROR")
+    started: list[Child] = []
+    try:
+        service = group.start(f"{strategy}-service", [
+            *options.command, "serve", "--config", str(config), "--listen", "127.0.0.1:0", "--log-level", "WARNING",
+        ], env=env)
+        started.append(service)
+        target = (await _wait_ready(service, _LISTENING, options.startup_timeout_s)).group(1)
+        addresses: dict[str, str] = {}
+        for i, chunk in enumerate(_chunks([s.id for s in spec.servers], spec.options.get("max_backends_per_process"))):
+            argv = [*options.command, "backend-sim", "--scenario", spec.source, "--service", target,
+                    "--pool", plan.pool, "--register", "--seed", str(spec.seed + i),
+                    "--report-interval-ms", f"{spec.load_report_interval_ms:g}"]
+            if batch is not None:
+                argv += ["--item-cost", f"{batch.item_cost:g}"]
+            if len(chunk) < len(spec.servers):
+                argv += ["--only", ",".join(chunk)]
+            backends = group.start(f"{strategy}-backends{i}", argv, env=env)
+            started.append(backends)
+            line = (await _wait_ready(backends, _BACKENDS, options.startup_timeout_s)).group(1)
+            addresses.update(json.loads(line)["backends"])
+        _say(options, f"{strategy}: service {target}, {len(addresses)} backends ready; sending traffic")
+        loads: list[LoadRecord] = []
+        async with AsyncClient(target, timeout_s=5.0, breaker=None, retry=None) as client:
+            runner = TrafficRunner(plan, client, addresses, progress=progress)
+            start = time.monotonic()
+            sampler = asyncio.create_task(_sample_loads(client, plan.pool, spec.load_report_interval_ms / 1000.0,
+                                                        start, loads))
+            traffic = asyncio.create_task(runner.run())
+            watchdog = asyncio.create_task(group.watch(started))
+            try:
+                done, _ = await asyncio.wait({traffic, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+                if traffic not in done:
+                    child = watchdog.result()
+                    raise EvaluationFailed(f"{child.describe_exit()}\n(during the run of {strategy!r})")
+                result = traffic.result()
+            finally:
+                for task in (sampler, traffic, watchdog):
+                    task.cancel()
+                await asyncio.gather(sampler, traffic, watchdog, return_exceptions=True)
+    finally:
+        for child in reversed(started):  # backends first: none pushes load to a service already gone
+            group.stop(child)
+    return _Run(strategy, result, loads, time.monotonic() - began, addresses)
+
+
+def _say(options: EvaluateOptions, message: str) -> None:
+    stream = options.progress_stream if options.progress_stream is not None else sys.stderr
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    stream.write(("\r\x1b[K" if tty else "") + f"evaluate: {message}\n")
+    stream.flush()
+
+
+def _chunks(ids: list[str], size: int | None) -> list[list[str]]:
+    if not size or size >= len(ids):
+        return [ids]
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+# --- the whole evaluation ------------------------------------------------------------
+
+
+def simulator_comparison(spec: ScenarioSpec) -> dict[str, Summary]:
+    """The simulator's summary of every strategy on the same scenario (mode route only)."""
+    from ._sim import simulate
+
+    out: dict[str, Summary] = {}
+    scenario = spec.scenario()
+    ids = [s.id for s in spec.servers]
+    server_log = logging.getLogger("loadwarden.server")
+    level = server_log.level
+    server_log.setLevel(logging.ERROR)  # the in-process core's ejection warnings are the simulator's, not the run's
+    try:
+        for strategy in spec.strategies:
+            result = simulate(scenario, strategy, spec.strategy_params(strategy))
+            try:
+                out[strategy] = summarize(result.records, ids, warmup_s=spec.warmup_s)
+            except ValueError:
+                continue  # nothing after the warm-up
+    finally:
+        server_log.setLevel(level)
+    return out
+
+
+def _progress_total(spec: ScenarioSpec, plan: TrafficPlan) -> tuple[int, bool]:
+    """(units per strategy, whether units are requests); closed loop without a count uses seconds."""
+    planned = planned_requests(plan)
+    if planned is not None:
+        return planned, True
+    return int(math.ceil(spec.traffic.duration_s or 0)), False
+
+
+async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessGroup) -> Evaluation:
+    """Runs every strategy of ``spec`` (``[evaluate]`` applied already) and builds the report.
+
+    Raises:
+        ValueError: the ``[batch]`` table or a controller's params are invalid (before anything starts).
+        EvaluationFailed: a process did not start or died during a run.
+    """
+    batch = check_batch(spec)
+    plan = traffic_plan(spec, batch)
+    per_strategy, by_request = _progress_total(spec, plan)
+    server_ids = tuple(s.id for s in spec.servers)
+    runs: list[StrategyRun] = []
+    summaries: dict[str, BatchSummary | None] = {}
+    batches: dict[str, tuple[BatchRecord, ...]] = {}
+    began = time.monotonic()
+    with Progress(per_strategy * len(spec.strategies), "evaluate", stream=options.progress_stream) as bar:
+        for strategy in spec.strategies:
+            bar.set_label(f"evaluate {strategy}")
+            base = bar.done
+
+            def advance(done: int, base: int = base) -> None:
+                bar.advance(max(0, min(base + done, base + per_strategy) - bar.done))
+
+            ticker = None if by_request else asyncio.create_task(_tick(advance))
+            try:
+                run = await run_strategy(spec, strategy, plan, batch, group, options,
+                                         progress=advance if by_request else None)
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
+            bar.advance(max(0, base + per_strategy - bar.done))
+            extra: dict[str, Any] = {"addresses": run.addresses}
+            if spec.mode == "batch":
+                batches[strategy] = run.result.batches
+                summaries[strategy] = summarize_batches(run.result.batches, warmup_s=spec.warmup_s)
+                extra["batch"] = summaries[strategy].as_dict() if summaries[strategy] else None
+            runs.append(StrategyRun(
+                strategy=strategy, records=run.result.records, server_ids=server_ids, loads=run.loads,
+                counters=run.result.counters(), wall_s=round(run.wall_s, 3), extra=extra,
+            ))
+    comparison = simulator_comparison(spec) if spec.mode == "route" else None
+    meta = {"wall_s": round(time.monotonic() - began, 3), "command": " ".join(sys.argv),
+            "run_id": group.run_id, "python": sys.version.split()[0]}
+    report = Report(spec, tuple(runs), kind="evaluate", comparison=comparison, meta=meta)
+    return Evaluation(report, summaries, batches)
+
+
+async def _tick(advance: Callable[[int], None]) -> None:
+    seconds = 0
+    while True:
+        await asyncio.sleep(1.0)
+        seconds += 1
+        advance(seconds)
+
+
+def batch_markdown(evaluation: Evaluation) -> str:
+    """Mode batch: the batch table that follows the main one."""
+    if not evaluation.batch:
+        return ""
+    return ("\nBatches (the background requests above share the backends):\n\n"
+            + render_batch_markdown(evaluation.batch))
+
+
+def write_batch_csv(evaluation: Evaluation, path: Path) -> Path:
+    """``batches.csv``: every batch of every run."""
+    with path.open("w", encoding="utf-8") as out:
+        out.write("strategy,timestamp_s,server,size,latency_ms,success,load_score\n")
+        for strategy, batches in evaluation.batches.items():
+            for b in batches:
+                score = "" if b.load_score is None else f"{b.load_score:.2f}"
+                out.write(f"{strategy},{b.time_s:.6f},{b.server},{b.size},{b.latency_ms:.3f},"
+                          f"{int(b.success)},{score}\n")
+    return path

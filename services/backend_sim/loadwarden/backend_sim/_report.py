@@ -1,0 +1,515 @@
+"""The comparison report of ``simulate`` and ``evaluate``: Markdown, JSON and CSV.
+
+A ``Report`` holds one ``StrategyRun`` per strategy (the requests it saw and
+what the strategy said about itself) and the scenario they ran. Statistics are
+computed here, the same way for simulated and real runs, over the requests
+that arrived after the scenario's ``warmup_s``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._scenario_file import ScenarioSpec
+from ._summary import Columns, LoadRecord, RequestRecord, Summary, columns, summarize_columns
+
+KINDS = ("simulate", "evaluate")
+# Servers up to this many get a column each in the share table; more get min/median/max.
+SHARE_COLUMNS_MAX = 12
+TIME_SERIES_BUCKETS = 100
+REPORT_FILES = ("report.md", "report.json", "summary.csv", "requests.csv")
+
+
+@dataclass(frozen=True)
+class StrategyRun:
+    """What one strategy's run produced.
+
+    Attributes:
+        strategy: The strategy (limit algorithm, batch controller) name.
+        records: Every request, in arrival order (a ``RequestLog`` is cheapest).
+        server_ids: Every backend of the run, in scenario order.
+        loads: Load reports sent during the run (may be empty).
+        strategy_stats: The strategy's ``stats()`` at the end (epsilon, ...).
+        counters: Event counts worth reporting, e.g. ``dropped`` (arrivals over
+            ``max_in_flight``), ``rejected`` (slots refused), ``timed_out``,
+            ``unavailable`` (no eligible server), ``expired`` (outcomes the
+            core no longer expected). Zero counts may be omitted.
+        wall_s: Wall-clock seconds the run took, or None.
+        extra: Any further JSON-ready data for ``report.json`` (e.g. batch
+            sizes over time); not shown in the Markdown table.
+    """
+
+    strategy: str
+    records: Sequence[RequestRecord]
+    server_ids: tuple[str, ...]
+    loads: Sequence[LoadRecord] = ()
+    strategy_stats: Mapping[str, float] = field(default_factory=dict)
+    counters: Mapping[str, int] = field(default_factory=dict)
+    wall_s: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A comparison of strategies on one scenario.
+
+    Attributes:
+        spec: The scenario (with the command's section applied).
+        runs: One per strategy, in the order they ran.
+        kind: ``"simulate"`` or ``"evaluate"``.
+        comparison: For ``evaluate``: the simulator's summary per strategy on
+            the same scenario, shown as "sim p99" with the relative difference.
+        meta: Anything worth recording about how the report was made (wall
+            time, machine, command line); JSON-ready.
+        curve_window: Requests per learning-curve point; None picks one from
+            the run sizes (about 100 points for the largest run, 10-1000).
+    """
+
+    spec: ScenarioSpec
+    runs: tuple[StrategyRun, ...]
+    kind: str = "simulate"
+    comparison: Mapping[str, Summary] | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    curve_window: int | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        object.__setattr__(self, "runs", tuple(self.runs))
+        names = [run.strategy for run in self.runs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"runs: each strategy may appear once, got {names}")
+
+    @property
+    def window(self) -> int:
+        """Requests per learning-curve point."""
+        if self.curve_window is not None:
+            return self.curve_window
+        largest = max((len(run.records) for run in self.runs), default=0)
+        return max(10, min(1000, largest // 100))
+
+    def columns(self, run: StrategyRun) -> Columns:
+        """The run's requests after the warm-up, as columns."""
+        key = f"columns:{run.strategy}"
+        if key not in self._cache:
+            cols = columns(run.records, run.server_ids)
+            if self.spec.warmup_s > 0 and len(cols):
+                cols = cols.select(cols.time_s >= self.spec.warmup_s)
+            self._cache[key] = cols
+        return self._cache[key]  # type: ignore[no-any-return]
+
+    def summary(self, strategy: str) -> Summary | None:
+        """Statistics of ``strategy``'s requests after the warm-up; None when there are none."""
+        key = f"summary:{strategy}"
+        if key not in self._cache:
+            run = self.run(strategy)
+            cols = self.columns(run)
+            self._cache[key] = summarize_columns(cols, self.window) if len(cols) else None
+        return self._cache[key]  # type: ignore[no-any-return]
+
+    def summaries(self) -> dict[str, Summary | None]:
+        """``summary`` of every run, by strategy, in run order."""
+        return {run.strategy: self.summary(run.strategy) for run in self.runs}
+
+    def run(self, strategy: str) -> StrategyRun:
+        """The run of ``strategy``; KeyError when there is none."""
+        for run in self.runs:
+            if run.strategy == strategy:
+                return run
+        raise KeyError(strategy)
+
+    def best(self) -> str | None:
+        """The strategy with the lowest p99 (ties: lowest mean); None without any summary."""
+        ranked = [(s.p99_ms, s.mean_ms, name) for name, s in self.summaries().items()
+                  if s is not None and math.isfinite(s.p99_ms)]
+        return min(ranked)[2] if ranked else None
+
+    def time_series(self, strategy: str, buckets: int = TIME_SERIES_BUCKETS) -> dict[str, list[float]]:
+        """Per time bucket of the whole run (warm-up included): see ``time_series``."""
+        key = f"series:{strategy}:{buckets}"
+        if key not in self._cache:
+            run = self.run(strategy)
+            self._cache[key] = time_series(columns(run.records, run.server_ids), buckets)
+        return self._cache[key]  # type: ignore[no-any-return]
+
+
+def time_series(cols: Columns, buckets: int = TIME_SERIES_BUCKETS) -> dict[str, list[float]]:
+    """Requests bucketed by time, for the over-time plots and ``report.json``.
+
+    Returns:
+        ``t_s`` (bucket starts), ``bucket_s`` (one value: the width),
+        ``mean_latency_ms`` and ``p99_ms`` of the routed requests arriving in
+        the bucket (NaN when none), ``throughput_per_s`` (routed requests
+        completing in the bucket, per second) and ``success_rate`` (of the
+        requests arriving in the bucket; NaN when none).
+    """
+    if not len(cols):
+        return {"t_s": [], "bucket_s": [0.0], "mean_latency_ms": [], "p99_ms": [], "throughput_per_s": [],
+                "success_rate": []}
+    routed = cols.server >= 0
+    done_s = cols.time_s + cols.latency_ms / 1000.0
+    end = float(max(cols.time_s.max(), done_s[routed].max() if routed.any() else 0.0))
+    width = max(end / buckets, 1e-3)
+    n = max(1, math.ceil(end / width))
+    arrival = np.minimum((cols.time_s / width).astype(np.int64), n - 1)
+    completion = np.minimum((done_s[routed] / width).astype(np.int64), n - 1)
+    arrived = np.bincount(arrival, minlength=n)
+    ok = np.bincount(arrival, weights=cols.success.astype(np.float64), minlength=n)
+    lat_n = np.bincount(arrival[routed], minlength=n)
+    lat_sum = np.bincount(arrival[routed], weights=cols.latency_ms[routed], minlength=n)
+    p99 = [math.nan] * n
+    order = np.argsort(arrival[routed], kind="stable")
+    sorted_buckets = arrival[routed][order]
+    sorted_lat = cols.latency_ms[routed][order]
+    bounds = np.searchsorted(sorted_buckets, np.arange(n + 1))
+    for b in range(n):
+        chunk = sorted_lat[bounds[b]:bounds[b + 1]]
+        if chunk.size:
+            p99[b] = float(np.sort(chunk)[max(1, math.ceil(0.99 * chunk.size)) - 1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(lat_n > 0, lat_sum / np.maximum(lat_n, 1), np.nan)
+        success = np.where(arrived > 0, ok / np.maximum(arrived, 1), np.nan)
+    return {
+        "t_s": [round(b * width, 6) for b in range(n)],
+        "bucket_s": [width],
+        "mean_latency_ms": [float(v) for v in mean],
+        "p99_ms": p99,
+        "throughput_per_s": [float(v) / width for v in np.bincount(completion, minlength=n)],
+        "success_rate": [float(v) for v in success],
+    }
+
+
+# --- Markdown -------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.2f}" if value < 0.9995 or value == 1 else f"{value * 100:.3f}"
+
+
+def relative_difference(real: float, sim: float) -> float:
+    """``(real - sim) / sim``; NaN when either is not finite or ``sim`` is 0."""
+    if not (math.isfinite(real) and math.isfinite(sim)) or sim == 0:
+        return math.nan
+    return (real - sim) / sim
+
+
+def _describe(spec: ScenarioSpec) -> list[str]:
+    t = spec.traffic
+    speeds = sorted({s.speed for s in spec.servers})
+    parts = [f"{len(spec.servers)} backends (speeds {', '.join(f'{v:g}' for v in speeds[:8])}"
+             f"{', ...' if len(speeds) > 8 else ''}; capacity {spec.capacity_per_s:,.0f} req/s)"]
+    if t.kind == "open":
+        assert t.rate_per_s is not None
+        rate = f"Poisson arrivals at {t.rate_per_s:,.1f}/s"
+        if t.load is not None:
+            rate += f" ({t.load:.0%} of capacity)"
+        if t.rate_end_per_s is not None:
+            rate += f" ramping to {t.rate_end_per_s:,.1f}/s"
+        parts.append(rate + f", at most {t.max_in_flight} in flight")
+    else:
+        parts.append(f"{t.users} closed-loop users, think {t.think_ms:g} ms")
+    stop = []
+    if t.requests is not None:
+        stop.append(f"{t.requests:,} requests")
+    if t.duration_s is not None:
+        stop.append(f"{t.duration_s:g} s")
+    parts.append(" or ".join(stop) + " per strategy")
+    if spec.timeout_ms is not None:
+        parts.append(f"timeout {spec.timeout_ms:g} ms")
+    parts.append(f"first {spec.warmup_s:g} s left out" if spec.warmup_s else "no warm-up")
+    parts.append(f"seed {spec.seed}")
+    return ([spec.description.strip()] if spec.description.strip() else []) + ["; ".join(parts) + "."]
+
+
+def _counter_note(run: StrategyRun) -> str:
+    return ", ".join(f"{name.replace('_', ' ')} {value:,}" for name, value in sorted(run.counters.items()) if value)
+
+
+def render_markdown(report: Report) -> str:
+    """The report as Markdown: a scenario line, the table, the share table and the verdict.
+
+    One row per strategy with mean, p50, p95, p99, p99.9 (ms), throughput (/s),
+    success rate, CV of per-server request counts, and (``evaluate`` with a
+    comparison) the simulator's p99 and the relative difference. Shares per
+    server go in a second table for up to ``SHARE_COLUMNS_MAX`` servers, as
+    min/median/max columns beyond.
+    """
+    spec = report.spec
+    summaries = report.summaries()
+    ids = report.runs[0].server_ids if report.runs else tuple(s.id for s in spec.servers)
+    wide = len(ids) > SHARE_COLUMNS_MAX
+    how = "discrete-event simulation, virtual time" if report.kind == "simulate" else "real processes"
+    lines = [f"## {spec.name}: {report.kind} ({how}; mode {spec.mode})", "", *_describe(spec), ""]
+    head = ["strategy", "requests", "mean ms", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "throughput /s",
+            "success %", "CV"]
+    if wide:
+        head += ["share min %", "share median %", "share max %"]
+    if report.comparison is not None:
+        head += ["sim p99 ms", "p99 real vs sim"]
+    notes = any(_counter_note(run) for run in report.runs)
+    if notes:
+        head.append("notes")
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("| --- | " + " | ".join("---:" for _ in head[1:-1]) + (" | ---" if notes else " | ---:") + " |")
+    for run in report.runs:
+        s = summaries[run.strategy]
+        if s is None:
+            cells = [run.strategy, "0"] + ["–"] * (len(head) - 2 - notes)
+        else:
+            cells = [run.strategy, f"{s.requests:,}", _ms(s.mean_ms), _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
+                     _ms(s.p999_ms), f"{s.throughput_per_s:,.1f}" if math.isfinite(s.throughput_per_s) else "–",
+                     _pct(s.success_rate), f"{s.cv:.3f}"]
+            if wide:
+                shares = sorted(s.share.values())
+                cells += [f"{shares[0] * 100:.3f}", f"{statistics.median(shares) * 100:.3f}",
+                          f"{shares[-1] * 100:.3f}"]
+            if report.comparison is not None:
+                sim = report.comparison.get(run.strategy)
+                if sim is None:
+                    cells += ["–", "–"]
+                else:
+                    diff = relative_difference(s.p99_ms, sim.p99_ms)
+                    cells += [_ms(sim.p99_ms), f"{diff:+.0%}" if math.isfinite(diff) else "–"]
+        if notes:
+            cells.append(_counter_note(run))
+        lines.append("| " + " | ".join(cells) + " |")
+    if not wide and report.runs:
+        lines += ["", "Share of routed requests per server (%):", ""]
+        lines.append("| strategy | " + " | ".join(ids) + " |")
+        lines.append("| --- | " + " | ".join("---:" for _ in ids) + " |")
+        for run in report.runs:
+            s = summaries[run.strategy]
+            cells = [f"{s.share.get(sid, 0.0) * 100:.1f}" if s else "–" for sid in ids]
+            lines.append(f"| {run.strategy} | " + " | ".join(cells) + " |")
+    lines += ["", verdict(report)]
+    if report.comparison is not None:
+        lines.append(comparison_line(report))
+    return "\n".join(lines) + "\n"
+
+
+def verdict(report: Report) -> str:
+    """One line naming the best strategy by p99 and how it compares with round robin."""
+    best = report.best()
+    if best is None:
+        return "No strategy completed a request after the warm-up."
+    s = report.summary(best)
+    assert s is not None
+    text = f"Best p99: **{best}**, {_ms(s.p99_ms)} ms (success {_pct(s.success_rate)} %)"
+    baseline = report.summary("round_robin") if any(r.strategy == "round_robin" for r in report.runs) else None
+    if best == "round_robin":
+        text += "; round robin was not beaten on p99."
+    elif baseline is not None and math.isfinite(baseline.p99_ms) and s.p99_ms > 0:
+        ratio = baseline.p99_ms / s.p99_ms
+        text += (f"; round robin {_ms(baseline.p99_ms)} ms (success {_pct(baseline.success_rate)} %), "
+                 f"{ratio:.2f}× the best.")
+    else:
+        text += "."
+    return text
+
+
+def comparison_line(report: Report) -> str:
+    """How the real p99 figures differ from the simulator's, and whether both pick the same best."""
+    assert report.comparison is not None
+    diffs = []
+    for run in report.runs:
+        s, sim = report.summary(run.strategy), report.comparison.get(run.strategy)
+        if s is not None and sim is not None:
+            d = relative_difference(s.p99_ms, sim.p99_ms)
+            if math.isfinite(d):
+                diffs.append((abs(d), d, run.strategy))
+    if not diffs:
+        return "No simulator figures to compare with."
+    sim_ranked = [(v.p99_ms, v.mean_ms, k) for k, v in report.comparison.items()
+                  if math.isfinite(v.p99_ms) and any(r.strategy == k for r in report.runs)]
+    sim_best = min(sim_ranked)[2] if sim_ranked else None
+    worst = max(diffs)
+    mean_abs = sum(d[0] for d in diffs) / len(diffs)
+    agree = "agree" if sim_best == report.best() else "disagree"
+    return (f"Simulator vs real: p99 differs by {mean_abs:.0%} on average (at most {worst[1]:+.0%}, "
+            f"{worst[2]}); best by p99: real **{report.best()}**, simulator **{sim_best}** ({agree}).")
+
+
+# --- files ----------------------------------------------------------------------
+
+
+def _spec_dict(spec: ScenarioSpec) -> dict[str, Any]:
+    t = spec.traffic
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "source": spec.source,
+        "section": spec.section,
+        "seed": spec.seed,
+        "mode": spec.mode,
+        "strategies": list(spec.strategies),
+        "params": {k: dict(v) for k, v in spec.params.items()},
+        "warmup_s": spec.warmup_s,
+        "timeout_ms": spec.timeout_ms,
+        "load_report_interval_ms": spec.load_report_interval_ms,
+        "capacity_per_s": spec.capacity_per_s,
+        "traffic": {
+            "kind": t.kind, "rate_per_s": t.rate_per_s, "rate_end_per_s": t.rate_end_per_s,
+            "duration_s": t.duration_s, "requests": t.requests, "max_in_flight": t.max_in_flight,
+            "users": t.users, "think_ms": t.think_ms, "load": t.load, "load_end": t.load_end,
+        },
+        "servers": len(spec.servers),
+        "backends": [
+            {"id": s.id, "speed": s.speed, "workers": s.workers, "base_ms": s.base_ms, "service": s.service,
+             "failure_rate": s.failure_probability, "weight": s.weight,
+             "schedule": [{"start_s": p.start_s, "duration_s": p.duration_s, "service_ms": p.service_ms,
+                           "slowdown": p.slowdown, "outage": p.outage} for p in s.schedule]}
+            for s in spec.servers[:SHARE_COLUMNS_MAX * 10]
+        ],
+    }
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: they become None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _load_series(loads: Sequence[LoadRecord]) -> dict[str, list[float]]:
+    """Mean CPU % and active requests over the servers, per report time."""
+    by_time: dict[float, list[LoadRecord]] = {}
+    for record in loads:
+        by_time.setdefault(record.time_s, []).append(record)
+    times = sorted(by_time)
+    return {
+        "t_s": times,
+        "mean_cpu_percent": [sum(r.cpu_percent for r in by_time[t]) / len(by_time[t]) for t in times],
+        "mean_active_requests": [sum(r.active_requests for r in by_time[t]) / len(by_time[t]) for t in times],
+    }
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    """Everything ``report.json`` holds: the table's figures, learning curves and time series."""
+    runs = []
+    for run in report.runs:
+        s = report.summary(run.strategy)
+        entry: dict[str, Any] = {
+            "strategy": run.strategy,
+            "summary": s.as_dict() if s else None,
+            "records": len(run.records),
+            "counters": dict(run.counters),
+            "strategy_stats": dict(run.strategy_stats),
+            "wall_s": run.wall_s,
+            "time_series": report.time_series(run.strategy),
+            "load_series": _load_series(run.loads),
+            "extra": dict(run.extra),
+        }
+        if report.comparison is not None and run.strategy in report.comparison and s is not None:
+            sim = report.comparison[run.strategy]
+            entry["sim_summary"] = sim.as_dict()
+            entry["p99_real_vs_sim"] = relative_difference(s.p99_ms, sim.p99_ms)
+        runs.append(entry)
+    return _finite({
+        "kind": report.kind,
+        "scenario": _spec_dict(report.spec),
+        "server_ids": list(report.runs[0].server_ids) if report.runs else [],
+        "curve_window": report.window,
+        "runs": runs,
+        "best_p99": report.best(),
+        "verdict": verdict(report),
+        "comparison": comparison_line(report) if report.comparison is not None else None,
+        "meta": dict(report.meta),
+    })
+
+
+SUMMARY_COLUMNS = (
+    "strategy", "requests", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms", "throughput_per_s",
+    "success_rate", "cv", "explored_rate", "unrouted", "share_min", "share_median", "share_max", "sim_p99_ms",
+    "p99_real_vs_sim",
+)
+
+
+def _csv_number(value: float | None, digits: int) -> str:
+    if value is None or not math.isfinite(value):
+        return ""
+    return f"{value:.{digits}f}"
+
+
+def write_summary_csv(report: Report, path: Path) -> None:
+    """``summary.csv``: one row per strategy, ``SUMMARY_COLUMNS`` then one per counter name."""
+    counters = sorted({name for run in report.runs for name in run.counters})
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow([*SUMMARY_COLUMNS, *counters])
+        for run in report.runs:
+            s = report.summary(run.strategy)
+            sim = report.comparison.get(run.strategy) if report.comparison is not None else None
+            row: list[Any] = [run.strategy]
+            if s is None:
+                row += [0] + [""] * (len(SUMMARY_COLUMNS) - 2)
+            else:
+                shares = sorted(s.share.values()) or [0.0]
+                row += [s.requests, _csv_number(s.mean_ms, 3), _csv_number(s.p50_ms, 3), _csv_number(s.p95_ms, 3),
+                        _csv_number(s.p99_ms, 3), _csv_number(s.p999_ms, 3), _csv_number(s.throughput_per_s, 3),
+                        _csv_number(s.success_rate, 6), _csv_number(s.cv, 6), _csv_number(s.explored_rate, 6),
+                        s.unrouted, _csv_number(shares[0], 6), _csv_number(statistics.median(shares), 6),
+                        _csv_number(shares[-1], 6),
+                        _csv_number(sim.p99_ms, 3) if sim else "",
+                        _csv_number(relative_difference(s.p99_ms, sim.p99_ms), 6) if sim else ""]
+            row += [run.counters.get(name, 0) for name in counters]
+            writer.writerow(row)
+
+
+_CSV_CHUNK = 100_000
+REQUEST_COLUMNS = ("strategy", "timestamp_s", "server", "latency_ms", "success", "explored")
+
+
+def write_requests_csv(report: Report, path: Path) -> None:
+    """``requests.csv``: every request of every run (warm-up included), one row each."""
+    with path.open("w", newline="", encoding="utf-8") as out:
+        out.write(",".join(REQUEST_COLUMNS) + "\n")
+        for run in report.runs:
+            cols = columns(run.records, run.server_ids)
+            ids = cols.server_ids
+            name = run.strategy
+            for start in range(0, len(cols), _CSV_CHUNK):  # bounded memory for millions of rows
+                part = slice(start, start + _CSV_CHUNK)
+                out.writelines(
+                    f"{name},{t:.6f},{ids[s] if s >= 0 else ''},{lat:.3f},{int(ok)},{int(ex)}\n"
+                    for t, s, lat, ok, ex in zip(cols.time_s[part].tolist(), cols.server[part].tolist(),
+                                                 cols.latency_ms[part].tolist(), cols.success[part].tolist(),
+                                                 cols.explored[part].tolist())
+                )
+
+
+def write_report(report: Report, out_dir: str | Path) -> list[Path]:
+    """Writes ``report.md``, ``report.json``, ``summary.csv`` and ``requests.csv`` into ``out_dir``.
+
+    The directory is created if needed; existing files of those names are replaced.
+
+    Returns:
+        The paths written, in that order.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / name for name in REPORT_FILES]
+    paths[0].write_text(render_markdown(report), encoding="utf-8")
+    paths[1].write_text(json.dumps(report_dict(report), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    write_summary_csv(report, paths[2])
+    write_requests_csv(report, paths[3])
+    return paths

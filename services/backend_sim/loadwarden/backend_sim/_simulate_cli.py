@@ -1,0 +1,175 @@
+"""``loadwarden simulate SCENARIO.toml``: compare strategies in the discrete-event simulator.
+
+Validates the whole file first (a bad file exits 2 with
+``loadwarden simulate: <file>: <key>: <problem>`` and writes nothing), runs each
+strategy on the same seeded traffic, prints the Markdown table and writes the
+report (and, with matplotlib, the plots) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ._plots import PlotsUnavailable, write_plots
+from ._progress import Progress
+from ._report import Report, StrategyRun, render_markdown, write_report
+from ._scenario_file import ScenarioError, ScenarioSpec, load_scenario
+from ._sim import simulate
+
+PROG = "loadwarden simulate"
+
+
+def add_command(commands: "argparse._SubParsersAction[Any]") -> None:
+    """Adds ``simulate`` to the ``loadwarden`` subcommands."""
+    parser = commands.add_parser(
+        "simulate",
+        help="compare strategies on a scenario file in a discrete-event simulation (virtual time)",
+        description="Runs every strategy of SCENARIO.toml through the real decision core in a seeded "
+                    "discrete-event simulation (no network, virtual time), prints a Markdown table and "
+                    "writes report.md, report.json, summary.csv, requests.csv and PNG plots. "
+                    "The file's [simulate] section applies. Format: scenarios/README.md.",
+    )
+    parser.add_argument("scenario", metavar="SCENARIO.toml", help="scenario file")
+    parser.add_argument("--out", metavar="DIR", help="output directory (default: eval-out/<name>/simulate)")
+    parser.add_argument("--strategies", metavar="A,B", help="run these strategies instead of the file's list")
+    parser.add_argument("--requests", type=int, metavar="N",
+                        help="requests per strategy; replaces the file's duration unless the rate ramps over it")
+    parser.add_argument("--seed", type=int, metavar="N", help="seed instead of the file's")
+    parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    parser.set_defaults(run=run)
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 2
+
+
+def load(args: argparse.Namespace) -> ScenarioSpec:
+    """The scenario with ``[simulate]`` and the command-line overrides applied.
+
+    Raises:
+        ScenarioError: a bad file or override, or a mode the simulator does not run.
+    """
+    overrides: dict[str, Any] = {}
+    if args.strategies is not None:
+        overrides["strategies"] = [name.strip() for name in args.strategies.split(",") if name.strip()]
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    spec = load_scenario(args.scenario, **overrides).for_simulate()
+    if args.requests is not None:
+        extra: dict[str, Any] = {"requests": args.requests}
+        if spec.traffic.rate_end_per_s is None:
+            extra["duration_s"] = None  # N requests, however long they take
+        spec = spec.with_overrides(**extra)
+    if spec.mode != "route":
+        raise ScenarioError(
+            "mode", f"loadwarden simulate runs mode \"route\" only, this scenario is mode {spec.mode!r}; "
+                    "run it with loadwarden evaluate", spec.source)
+    return spec
+
+
+def _estimate(spec: ScenarioSpec) -> int:
+    """Roughly how many requests one strategy's run starts (for the progress bar)."""
+    arrivals = spec.traffic.arrivals()
+    t = spec.traffic
+    if t.kind == "open":
+        return max(1, int(arrivals.expected_requests))  # type: ignore[union-attr]
+    if t.requests is not None:
+        return t.requests
+    assert t.users is not None and t.duration_s is not None
+    per_request_s = t.think_ms / 1000.0 + min(s.base_ms / s.speed for s in spec.servers) / 1000.0
+    return max(1, int(t.users * t.duration_s / per_request_s))
+
+
+def run_all(spec: ScenarioSpec, progress: Progress | None = None) -> tuple[list[StrategyRun], dict[str, Any]]:
+    """Simulates every strategy of ``spec``; returns the runs and timing figures per strategy."""
+    scenario = spec.scenario()
+    runs: list[StrategyRun] = []
+    timing: dict[str, Any] = {}
+    estimate = _estimate(spec)
+    for i, name in enumerate(spec.strategies):
+        if progress is not None:
+            progress.set_label(f"simulate {name}")
+            base = i * estimate
+
+            def advance(n: int, base: int = base) -> None:
+                progress.update(min(base + estimate, progress.done + n))
+        began, began_cpu = time.perf_counter(), time.process_time()
+        result = simulate(scenario, name, spec.strategy_params(name), timer=time.perf_counter,
+                          progress=advance if progress is not None else None)
+        wall, cpu = time.perf_counter() - began, time.process_time() - began_cpu
+        if progress is not None:
+            progress.update((i + 1) * estimate)
+        core = result.timing
+        assert core is not None
+        n = len(result.records)
+        timing[name] = {
+            "requests": n,
+            "wall_s": round(wall, 3),
+            "cpu_s": round(cpu, 3),
+            "core_select_us": round(core.select_us, 2),
+            "core_outcome_us": round(core.outcome_us, 2),
+            "core_load_report_s": round(core.load_s, 3),
+            "core_us_per_request": round(core.core_s / n * 1e6, 2) if n else None,
+            "des_us_per_request": round((wall - core.core_s) / n * 1e6, 2) if n else None,
+        }
+        runs.append(StrategyRun(
+            strategy=name,
+            records=result.records,
+            server_ids=tuple(s.id for s in spec.servers),
+            loads=result.loads,
+            strategy_stats=result.strategy_stats,
+            counters={k: v for k, v in result.counters.items() if v},
+            wall_s=wall,
+        ))
+    return runs, timing
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``loadwarden simulate``; returns the exit code."""
+    try:
+        spec = load(args)
+    except ScenarioError as exc:
+        return _fail(str(exc))
+    out = Path(args.out) if args.out else Path("eval-out") / spec.name / "simulate"
+    # The core logs each outlier ejection; in a simulation they are counted in the report instead.
+    logging.getLogger("loadwarden.server").setLevel(logging.ERROR)
+    estimate = _estimate(spec)
+    began = time.perf_counter()
+    try:
+        with Progress(estimate * len(spec.strategies), "simulate") as bar:
+            runs, timing = run_all(spec, bar)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
+        return 130
+    except ValueError as exc:  # validated before, so only a bug or an unexpected combination lands here
+        return _fail(f"{spec.source}: {exc}")
+    elapsed = time.perf_counter() - began
+    for name, figures in timing.items():
+        print(f"{name}: {figures['requests']:,} requests in {figures['wall_s']:.1f} s ({figures['cpu_s']:.1f} s CPU; "
+              f"{figures['core_us_per_request']} µs/request in the decision core, "
+              f"{figures['des_us_per_request']} µs/request in the simulator)", file=sys.stderr)
+    report = Report(spec, tuple(runs), kind="simulate", meta={
+        "command": "simulate",
+        "argv": sys.argv[1:],
+        "wall_s": round(elapsed, 3),
+        "timing": timing,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    })
+    print(render_markdown(report))
+    paths = write_report(report, out)
+    if not args.no_plots:
+        try:
+            paths += write_plots(report, out)
+        except PlotsUnavailable as exc:
+            print(str(exc), file=sys.stderr)
+    for path in paths:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,344 @@
+"""The pieces of ``backend-sim`` and ``evaluate`` that need no network: pure, fake clocks, seeded RNGs.
+
+FIFO worker hand-over and cancellation, the backend's timing draws and busy
+fraction, option and ``[batch]`` parsing (errors name the key), seeded arrival
+times, the service config ``evaluate`` writes, and the batch figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from loadwarden.backend_sim import Arrivals, Phase, SimServer
+from loadwarden.backend_sim._backend import BackendDown, FifoWorkers, SimulatedBackend, SimulatedFailure
+from loadwarden.backend_sim._backend_cli import UsageError, parse_backend
+from loadwarden.backend_sim._batch_mode import BatchRecord, parse_batch, summarize_batches
+from loadwarden.backend_sim._evaluate import service_config, to_toml, traffic_plan
+from loadwarden.backend_sim._processes import launch_argv
+from loadwarden.backend_sim._scenario_file import parse_scenario
+from loadwarden.backend_sim._traffic import TrafficPlan, arrival_times, planned_requests
+from loadwarden.server._config import parse_config
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- FIFO workers ---------------------------------------------------------------------
+
+
+async def test_workers_are_handed_out_in_arrival_order_and_never_exceed_capacity() -> None:
+    workers = FifoWorkers(2)
+    order: list[int] = []
+    held = 0
+    most = 0
+
+    async def job(i: int, gate: asyncio.Event) -> None:
+        nonlocal held, most
+        await workers.acquire()
+        held += 1
+        most = max(most, held)
+        order.append(i)
+        await gate.wait()
+        held -= 1
+        workers.release()
+
+    gates = [asyncio.Event() for _ in range(6)]
+    tasks = [asyncio.create_task(job(i, gates[i])) for i in range(6)]
+    await asyncio.sleep(0)
+    assert order == [0, 1] and workers.queued == 4
+    for i in (1, 0, 2, 3, 4, 5):  # finishing out of order does not reorder the queue
+        gates[i].set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+
+    assert order == [0, 1, 2, 3, 4, 5]
+    assert most == 2 and workers.busy == 0 and workers.queued == 0
+
+
+async def test_a_waiter_cancelled_in_the_queue_leaves_it_and_loses_no_worker() -> None:
+    workers = FifoWorkers(1)
+    await workers.acquire()
+    waiting = asyncio.create_task(workers.acquire())
+    behind = asyncio.create_task(workers.acquire())
+    await asyncio.sleep(0)
+    assert workers.queued == 2
+
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert workers.queued == 1
+    workers.release()
+    await behind
+
+    assert workers.busy == 1 and workers.queued == 0
+
+
+async def test_a_waiter_cancelled_just_after_being_handed_a_worker_passes_it_on() -> None:
+    workers = FifoWorkers(1)
+    await workers.acquire()
+    first = asyncio.create_task(workers.acquire())
+    second = asyncio.create_task(workers.acquire())
+    await asyncio.sleep(0)
+
+    workers.release()  # hands the worker to ``first``...
+    first.cancel()  # ...which is cancelled before it runs
+    await asyncio.gather(first, return_exceptions=True)
+    await second
+
+    assert workers.busy == 1 and workers.queued == 0
+
+
+def test_workers_need_a_positive_capacity() -> None:
+    with pytest.raises(ValueError, match="^capacity:"):
+        FifoWorkers(0)
+
+
+# --- the backend's draws ----------------------------------------------------------------
+
+
+def test_constant_service_is_the_mean_and_items_scale_it() -> None:
+    backend = SimulatedBackend(SimServer("b", speed=2, base_ms=100, service="constant"), rng=random.Random(1),
+                               clock=FakeClock(), item_cost=0.25)
+
+    assert backend.service_ms() == 50.0
+    assert backend.service_ms(5) == 50.0 * (1 + 0.25 * 4)
+
+
+def test_exponential_service_times_are_seeded_with_the_scheduled_mean() -> None:
+    spec = SimServer("b", base_ms=20, schedule=(Phase(start_s=10, duration_s=10, slowdown=3),))
+    clock = FakeClock()
+    first = SimulatedBackend(spec, rng=random.Random(5), clock=clock)
+    again = SimulatedBackend(spec, rng=random.Random(5), clock=clock)
+
+    draws = [first.service_ms() for _ in range(4000)]
+    assert draws[:50] == [again.service_ms() for _ in range(50)]
+    assert sum(draws) / len(draws) == pytest.approx(20, rel=0.06)
+    clock.now += 12  # inside the slowdown phase
+    slowed = [first.service_ms() for _ in range(4000)]
+    assert sum(slowed) / len(slowed) == pytest.approx(60, rel=0.06)
+
+
+def test_busy_fraction_is_the_mean_share_of_busy_workers_since_the_last_reading() -> None:
+    clock = FakeClock()
+    backend = SimulatedBackend(SimServer("b", workers=4), rng=random.Random(1), clock=clock)
+    backend.begin()
+    backend.in_service = 2
+    backend._account(clock.now)  # noqa: SLF001 - what handle() does around its changes
+    clock.now += 1.0
+    backend._account(clock.now)  # noqa: SLF001
+    backend.in_service = 4
+    clock.now += 1.0
+
+    assert backend.busy_fraction() == pytest.approx((2 * 1 + 4 * 1) / (4 * 2))
+    clock.now += 1.0
+    assert backend.busy_fraction() == pytest.approx(1.0)
+
+
+async def test_an_outage_refuses_before_queueing_and_a_drawn_failure_after_service() -> None:
+    clock = FakeClock()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    spec = SimServer("b", base_ms=40, service="constant", failure_probability=1.0,
+                     schedule=(Phase(start_s=0, duration_s=5, outage=True),))
+    backend = SimulatedBackend(spec, rng=random.Random(1), clock=clock, sleep=sleep)
+    backend.begin()
+
+    with pytest.raises(BackendDown):
+        await backend.handle()
+    assert slept == [] and backend.arrived == 0 and backend.refused == 1
+    clock.now += 5
+    with pytest.raises(SimulatedFailure):
+        await backend.handle()
+    assert slept == [0.04] and backend.failed == 1 and backend.in_service == 0
+
+
+async def test_handle_rejects_a_bad_item_count() -> None:
+    backend = SimulatedBackend(SimServer("b"), rng=random.Random(1), clock=FakeClock())
+
+    with pytest.raises(ValueError, match="^items:"):
+        await backend.handle(0)
+
+
+# --- --backend ------------------------------------------------------------------------------
+
+
+def test_a_backend_option_is_parsed_into_a_sim_server() -> None:
+    server = parse_backend("id=b1,speed=2,workers=4,base_ms=100,service=constant,failure_rate=0.01,weight=3")
+
+    assert server == SimServer("b1", speed=2.0, workers=4, base_ms=100.0, service="constant",
+                               failure_probability=0.01, weight=3)
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("speed=2", "--backend.id"),
+    ("id=b1,colour=red", "--backend.colour"),
+    ("id=b1,workers=two", "--backend.workers"),
+    ("id=b1,workers=0", "--backend.workers"),
+    ("id=b1,base_ms=-5", "--backend.base_ms"),
+    ("id=b1,failure_rate=2", "--backend.failure_rate"),
+    ("id=b1,service=normal", "--backend.service"),
+    ("id=b1,speed=1,speed=2", "--backend.speed"),
+])
+def test_a_bad_backend_option_names_its_key(text: str, key: str) -> None:
+    with pytest.raises(UsageError, match=f"^{key}:"):
+        parse_backend(text)
+
+
+# --- arrivals ---------------------------------------------------------------------------------
+
+
+def test_arrival_times_depend_on_the_seed_alone() -> None:
+    arrivals = Arrivals(rate_per_s=200, duration_s=5)
+
+    first = arrival_times(arrivals, random.Random(7))
+    assert first == arrival_times(arrivals, random.Random(7))
+    assert first != arrival_times(arrivals, random.Random(8))
+    assert first == sorted(first) and first[-1] <= 5
+    assert len(first) == pytest.approx(1000, rel=0.1)
+
+
+def test_a_request_count_stops_arrivals_first() -> None:
+    assert len(arrival_times(Arrivals(rate_per_s=200, requests=50, duration_s=100), random.Random(1))) == 50
+
+
+def test_a_ramp_raises_the_rate_linearly() -> None:
+    times = arrival_times(Arrivals(rate_per_s=100, rate_end_per_s=500, duration_s=20), random.Random(3))
+
+    first = sum(1 for t in times if t < 4)  # mean rate 140/s over the first 4 s
+    last = sum(1 for t in times if t >= 16)  # mean rate 460/s over the last 4 s
+    assert first == pytest.approx(560, rel=0.15)
+    assert last == pytest.approx(1840, rel=0.1)
+    assert len(times) == pytest.approx(6000, rel=0.05)
+
+
+def test_planned_requests_counts_open_loop_arrivals() -> None:
+    plan = TrafficPlan("route", "sim", Arrivals(rate_per_s=50, duration_s=2), seed=4)
+
+    assert planned_requests(plan) == len(arrival_times(plan.traffic, random.Random(4)))  # type: ignore[arg-type]
+
+
+def test_a_bad_plan_names_its_field() -> None:
+    with pytest.raises(ValueError, match="^mode:"):
+        TrafficPlan("teleport", "sim", Arrivals(rate_per_s=1, requests=1))
+    with pytest.raises(ValueError, match="^batch:"):
+        TrafficPlan("batch", "sim", Arrivals(rate_per_s=1, requests=1))
+
+
+# --- [batch] ----------------------------------------------------------------------------------
+
+
+def test_the_batch_table_splits_worker_settings_from_operation_settings() -> None:
+    settings = parse_batch({"operation": "import", "workers": 2, "item_cost": 0.2, "max_batch_size": 50,
+                            "min_batch_size": 5, "cooldown_ms": 1000},
+                           pool="sim", controllers=["threshold", "latency_target"],
+                           params={"latency_target": {"target_latency_ms": 400}})
+
+    assert (settings.operation, settings.workers, settings.item_cost) == ("import", 2, 0.2)
+    assert settings.default_batch_size == 5
+    assert settings.operation_config("latency_target", {"target_latency_ms": 400}, "sim") == {
+        "max_batch_size": 50, "min_batch_size": 5, "cooldown_ms": 1000, "target_latency_ms": 400,
+        "mode": "latency_target", "load_source": "pool", "pool": "sim",
+    }
+
+
+@pytest.mark.parametrize(("table", "params", "key"), [
+    ({"workers": 0}, {}, "batch.workers"),
+    ({"item_cost": -1}, {}, "batch.item_cost"),
+    ({"mode": "threshold"}, {}, "batch.mode"),
+    ({"max_batch_size": 5, "min_batch_size": 10}, {}, "batch.min_batch_size"),
+    ({"batch_colour": 1}, {}, "batch.batch_colour"),
+    ({}, {"latency_target": {"backoff_ratio": 2}}, "params.latency_target.backoff_ratio"),
+    ({}, {}, "params.latency_target.target_latency_ms"),  # latency_target needs a target
+])
+def test_a_bad_batch_setting_names_its_key(table: dict, params: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=f"^{key}:"):
+        parse_batch(table, pool="sim", controllers=["threshold", "latency_target"], params=params)
+
+
+def test_batch_figures_are_per_item_and_leave_out_the_warmup() -> None:
+    records = [BatchRecord(0.5, "b", 10, 100.0, True, 20.0), BatchRecord(1.0, "b", 10, 100.0, True, 30.0),
+               BatchRecord(2.0, "b", 20, 400.0, False, None), BatchRecord(3.0, "b", 5, 50.0, True, 90.0)]
+
+    s = summarize_batches(records, warmup_s=0.9)
+
+    assert s is not None and s.batches == 3 and s.items == 15
+    assert s.mean_size == pytest.approx(35 / 3)
+    assert s.p50_item_ms == 10.0 and s.p99_item_ms == 20.0 and s.p99_batch_ms == 400.0
+    assert s.success_rate == pytest.approx(2 / 3)
+    assert s.items_per_s == pytest.approx(15 / (3.05 - 1.0))
+    assert summarize_batches(records, warmup_s=10) is None
+
+
+# --- the config evaluate writes ------------------------------------------------------------
+
+
+SCENARIO = {
+    "name": "t", "seed": 9, "mode": "slot", "strategies": ["fixed", "aimd"], "load_report_interval_ms": 250,
+    "timeout_ms": 800, "pool": {"max_concurrency": 8, "max_wait_ms": 200},
+    "params": {"aimd": {"min_limit": 2, "max_limit": 16}},
+    "traffic": {"rate_per_s": 50, "duration_s": 2}, "backends": [{"id": "b", "count": 2, "workers": 4}],
+}
+
+
+def test_the_service_config_is_valid_and_carries_the_strategy() -> None:
+    spec = parse_scenario(SCENARIO, "test")
+
+    parsed = parse_config(tomllib.loads(service_config(spec, "aimd", None)))  # the service's own parser
+
+    [pool] = parsed.pools
+    assert pool.settings.name == "sim" and pool.servers == ()
+    assert pool.settings.limit_algorithm == "aimd" and dict(pool.settings.limit_params) == {"min_limit": 2,
+                                                                                          "max_limit": 16}
+    assert pool.settings.max_concurrency == 8 and pool.settings.load_report_ttl_ms == 10_000  # as the simulator's
+    assert parsed.seed == 9 and not parsed.monitor.enabled
+    plan = traffic_plan(spec, None)
+    assert plan.mode == "slot" and plan.slot_wait_s == 0.2 and plan.timeout_s == 0.8
+
+
+def test_toml_writing_round_trips() -> None:
+    tables = {"a": {"s": 'quote " and \\ back', "i": 3, "f": 0.1, "b": True, "l": [1, 2],
+                    "t": {"x": 1, "odd key": "y"}}}
+
+    assert tomllib.loads(to_toml(tables)) == tables
+    with pytest.raises(ValueError):
+        to_toml({"a": {"x": math.nan}})
+
+
+def test_the_launcher_runs_the_command_itself() -> None:
+    argv = launch_argv(["echo", "hi"], parent_pid=123)
+
+    assert argv[-2:] == ["echo", "hi"] and argv[3] == "123"
+
+
+@pytest.mark.parametrize("name", ["overload", "batch-ramp"])
+def test_the_shipped_scenarios_give_valid_service_configs_for_every_strategy(name: str) -> None:
+    from loadwarden.backend_sim import load_scenario
+    from loadwarden.backend_sim._evaluate import check_batch
+
+    spec = load_scenario(Path(__file__).resolve().parents[3] / "scenarios" / f"{name}.toml").for_evaluate()
+    batch = check_batch(spec)
+
+    assert (batch is not None) == (spec.mode == "batch")
+    for strategy in spec.strategies:
+        parsed = parse_config(tomllib.loads(service_config(spec, strategy, batch)))
+        [pool] = parsed.pools
+        if spec.mode == "slot":
+            assert pool.settings.limit_algorithm == strategy
+        else:
+            [operation] = parsed.operations
+            assert operation.mode == strategy and operation.load_source == "pool" and operation.pool == "sim"
+            assert parsed.monitor.enabled and parsed.monitor.memory_weight == 0  # the pool score is the CPU alone
