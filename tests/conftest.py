@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 
 # gRPC core logs connection teardown at INFO; keep test output to what tests say.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import random  # noqa: E402
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -81,3 +84,18 @@ def global_tracing() -> Iterator[None]:
         shutdown_tracing()
         trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved  # noqa: SLF001
 
+
+async def wait_for(
+    fetch: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], what: str, *, timeout_s: float = 5.0
+) -> Any:
+    """Awaits ``fetch()`` until ``done`` holds for its value, which it returns; fails after ``timeout_s``.
+
+    ``what`` names the condition in the failure message, with the last value seen.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await fetch()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout_s} s (last: {value!r})"
+        await asyncio.sleep(0.02)

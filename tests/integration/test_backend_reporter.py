@@ -8,10 +8,10 @@ own thread while the service runs on the test's event loop.
 
 from __future__ import annotations
 
+import functools
 import asyncio
 import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,12 +22,13 @@ from loadwarden.sdk import AsyncClient, Client, ServerStatus, UnavailableError
 from loadwarden.sdk._reporter import BackendReporter
 from loadwarden.server import RunningService, ServiceConfig, start_service
 
-from ..conftest import StartService, three_server_pool
+from ..conftest import StartService, three_server_pool, wait_for
 
 BuildReporter = Callable[[RunningService], BackendReporter]
 
 INTERVAL_S = 0.25  # push interval, seconds
 WAIT_S = 5.0  # bound of every poll, seconds
+poll = functools.partial(wait_for, timeout_s=WAIT_S)  # every wait in this file is bounded by WAIT_S
 CPU_PERCENT, MEMORY_PERCENT = 37.5, 61.0
 
 # A stopped service makes the channel back off before reconnecting (1 s, growing,
@@ -46,15 +47,6 @@ REPORTER_CLIENT: dict[str, Any] = {}
 # Failed pushes the outage lasts at least: longer than one push, so the restart is a real outage.
 OUTAGE_PUSHES = 3
 
-
-async def poll(fetch: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        value = await fetch()
-        if done(value):
-            return value
-        assert time.monotonic() < deadline, f"{what}: not reached within {WAIT_S} s (last: {value!r})"
-        await asyncio.sleep(0.01)
 
 
 async def server_status(running: RunningService, server_id: str) -> ServerStatus:

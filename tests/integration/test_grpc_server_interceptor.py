@@ -7,6 +7,7 @@ a handler sleeps for the seconds its request names (bytes, no serializer).
 
 from __future__ import annotations
 
+import functools
 import asyncio
 import threading
 import time
@@ -26,11 +27,12 @@ from loadwarden.sdk.integrations.grpc_server import (
 )
 from loadwarden.server import PoolSettings, PoolSpec, RunningService, ServerSpec
 
-from ..conftest import StartService
+from ..conftest import StartService, wait_for
 
 RETRY_AFTER = "loadwarden-retry-after-ms"
 SERVICE = "test.Work"
 WAIT_S = 4.0  # bound of every poll, seconds
+poll = functools.partial(wait_for, timeout_s=WAIT_S)  # every wait in this file is bounded by WAIT_S
 
 
 def ml_pool(limit: int) -> PoolSpec:
@@ -158,15 +160,6 @@ async def backend() -> AsyncIterator[BuildBackend]:
     for close in closers:
         await close()
 
-
-async def poll(fetch: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        value = await fetch()
-        if done(value):
-            return value
-        assert time.monotonic() < deadline, f"{what}: not reached within {WAIT_S} s (last: {value!r})"
-        await asyncio.sleep(0.01)
 
 
 async def leases_in_use(service: RunningService) -> int:

@@ -3,12 +3,12 @@ the admin port, the plaintext warning off loopback, and unusable files stopping 
 
 from __future__ import annotations
 
+import functools
 import asyncio
 import logging
 import socket
 import ssl
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,12 @@ from loadwarden.v1 import decision_pb2 as pb
 from loadwarden.v1 import decision_pb2_grpc as pb_grpc
 
 from .._certs import Certs, make_certs
-from ..conftest import StartService, three_server_pool
+from ..conftest import StartService, three_server_pool, wait_for
 
 ADMIN_TOKEN = "tls-test-admin-token-7c2e91"
 CLIENT_TOKEN = "tls-test-client-token-4a8d03"
 WAIT_S = 5.0
+poll = functools.partial(wait_for, timeout_s=WAIT_S)  # every wait in this file is bounded by WAIT_S
 # A refused handshake must fail fast, not wait out the SDK's retries or breaker.
 STRICT: dict[str, Any] = {"retry": None, "breaker": None, "timeout_s": 2.0}
 
@@ -158,15 +159,6 @@ async def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
         with pytest.raises(UnavailableError):
             await anon.select("api")
 
-
-async def poll(fetch: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        value = await fetch()
-        if done(value):
-            return value
-        assert time.monotonic() < deadline, f"{what}: not reached within {WAIT_S} s (last: {value!r})"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import ipaddress
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+
+from ._net import is_loopback
 
 log = logging.getLogger("loadwarden.observability")
 
@@ -166,17 +167,6 @@ class _AccessLogger(AbstractAccessLogger):
     # The path only: a query string could carry anything, including a token a client put there.
     def log(self, request: Any, response: Any, time: float) -> None:
         self.logger.debug("%s %s %d %.1f ms", request.method, request.path, response.status, time * 1000.0)
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP addresses (IPv6 with or without brackets)."""
-    host = host.strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def start_admin_http(

@@ -8,7 +8,6 @@ token). Files are read once, at start: rotating a certificate means a restart.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+from loadwarden.observability._net import is_loopback
 
 from ._errors import ConfigError
 
@@ -163,14 +164,3 @@ def parse_tls(raw: Mapping[str, Any]) -> TlsSettings:
         if key not in valid:
             raise ConfigError(f"tls.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
     return TlsSettings(**raw)
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP addresses (IPv6 with or without brackets)."""
-    host = host.strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

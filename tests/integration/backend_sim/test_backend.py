@@ -8,6 +8,7 @@ queued + in service) to a real Decision service.
 
 from __future__ import annotations
 
+import functools
 import asyncio
 import random
 import time
@@ -26,9 +27,10 @@ from loadwarden.server import PoolSettings, PoolSpec, ServerSpec
 from loadwarden.v1 import backend_sim_pb2 as pb
 from loadwarden.v1 import backend_sim_pb2_grpc as pb_grpc
 
-from ...conftest import StartService
+from ...conftest import StartService, wait_for
 
 WAIT_S = 10.0  # bound of every poll, seconds
+poll = functools.partial(wait_for, timeout_s=WAIT_S)  # every wait in this file is bounded by WAIT_S
 
 StartBackend = Callable[..., Awaitable[RunningBackend]]
 
@@ -62,15 +64,6 @@ async def stub_for() -> AsyncIterator[Callable[[RunningBackend], pb_grpc.Simulat
     for channel in channels:
         await channel.close()
 
-
-async def poll(fetch: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        value = await fetch()
-        if done(value):
-            return value
-        assert time.monotonic() < deadline, f"{what}: not reached within {WAIT_S} s (last: {value!r})"
-        await asyncio.sleep(0.02)
 
 
 async def test_capacity_four_at_100_ms_serves_40_concurrent_requests_in_about_one_second(
