@@ -227,3 +227,19 @@ def test_time_series_buckets_arrivals_and_completions() -> None:
     assert series["p99_ms"][0] == 10.0 and series["p99_ms"][-1] == 30.0
     assert series["success_rate"][0] == 1.0 and series["success_rate"][-1] == 0.0
     assert sum(v * width for v in series["throughput_per_s"]) == pytest.approx(40)  # every routed completion once
+
+
+def test_the_best_strategy_must_succeed_about_as_often_as_the_most_successful_one() -> None:
+    s = spec()
+    ids = tuple(x.id for x in s.servers)
+    # round robin: slow but always succeeds; least connections: fast, but fails 9 in 10.
+    rr = records([(ids[i % 3], 100.0 + i, True) for i in range(100)])
+    lc = records([(ids[i % 3], 5.0, i % 10 == 0) for i in range(100)])
+    report = Report(s, (
+        StrategyRun("round_robin", RequestLog.from_records(rr, ids), ids),
+        StrategyRun("least_connections", RequestLog.from_records(lc, ids), ids),
+    ))
+    assert report.best() == "round_robin"
+    markdown = render_markdown(report)
+    assert "Best p99: **round_robin**" in markdown
+    assert "(least_connections had a lower p99, 5.0 ms, but succeeded for only 10.00 % of requests.)" in markdown

@@ -129,10 +129,8 @@ class Report:
         raise KeyError(strategy)
 
     def best(self) -> str | None:
-        """The strategy with the lowest p99 (ties: lowest mean); None without any summary."""
-        ranked = [(s.p99_ms, s.mean_ms, name) for name, s in self.summaries().items()
-                  if s is not None and math.isfinite(s.p99_ms)]
-        return min(ranked)[2] if ranked else None
+        """The best strategy by p99 among those that succeed about as often as the best; see ``best_of``."""
+        return best_of(self.summaries())
 
     def time_series(self, strategy: str, buckets: int = TIME_SERIES_BUCKETS) -> dict[str, list[float]]:
         """Per time bucket of the whole run (warm-up included): see ``time_series``."""
@@ -303,8 +301,25 @@ def render_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+# A strategy counts as "best" only if its success rate is within this of the highest:
+# failing requests fast (a collapsed admission limit rejects nearly everything, and
+# its few admitted requests are quick) must not win on latency.
+SUCCESS_MARGIN = 0.01
+
+
+def best_of(summaries: Mapping[str, Summary | None]) -> str | None:
+    """Lowest p99 (ties: lowest mean) among the strategies whose success rate is within
+    ``SUCCESS_MARGIN`` of the highest; None without any summary."""
+    finite = {name: s for name, s in summaries.items() if s is not None and math.isfinite(s.p99_ms)}
+    if not finite:
+        return None
+    top = max(s.success_rate for s in finite.values())
+    ranked = [(s.p99_ms, s.mean_ms, name) for name, s in finite.items() if s.success_rate >= top - SUCCESS_MARGIN]
+    return min(ranked)[2]
+
+
 def verdict(report: Report) -> str:
-    """One line naming the best strategy by p99 and how it compares with round robin."""
+    """One line naming the best strategy (``best_of``) and how it compares with round robin."""
     best = report.best()
     if best is None:
         return "No strategy completed a request after the warm-up."
@@ -320,6 +335,12 @@ def verdict(report: Report) -> str:
                  f"{ratio:.2f}× the best.")
     else:
         text += "."
+    faster = [(o.p99_ms, name, o) for name, o in report.summaries().items()
+              if o is not None and o.p99_ms < s.p99_ms and name != best]
+    if faster:
+        p99, name, other = min(faster)
+        text += (f" ({name} had a lower p99, {_ms(p99)} ms, but succeeded for only "
+                 f"{_pct(other.success_rate)} % of requests.)")
     return text
 
 
@@ -335,9 +356,7 @@ def comparison_line(report: Report) -> str:
                 diffs.append((abs(d), d, run.strategy))
     if not diffs:
         return "No simulator figures to compare with."
-    sim_ranked = [(v.p99_ms, v.mean_ms, k) for k, v in report.comparison.items()
-                  if math.isfinite(v.p99_ms) and any(r.strategy == k for r in report.runs)]
-    sim_best = min(sim_ranked)[2] if sim_ranked else None
+    sim_best = best_of({k: v for k, v in report.comparison.items() if any(r.strategy == k for r in report.runs)})
     worst = max(diffs)
     mean_abs = sum(d[0] for d in diffs) / len(diffs)
     agree = "agree" if sim_best == report.best() else "disagree"
