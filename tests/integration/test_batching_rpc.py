@@ -193,3 +193,14 @@ async def test_host_cpu_burner_shrinks_the_batch_and_it_grows_back_after_cooldow
 
 async def _true_if(fetch, predicate):  # type: ignore[no-untyped-def]
     return predicate(await fetch())
+
+
+async def test_monitor_weights_score_pool_reports_with_the_host_sampler_off(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+    workers = PoolSpec(PoolSettings(name="workers"), (ServerSpec("w1", "h:1"),))
+    # CPU only: a report of 100 % CPU and 0 % memory scores 100, not the default weights' 75.
+    monitor = MonitorSettings(enabled=False, cpu_weight=1.0, memory_weight=0.0, load_average_weight=0.0)
+    running = await start(workers, operations=OPERATIONS, monitor=monitor)
+    decision = pb_grpc.DecisionServiceStub(channel_to(running))
+    await decision.ReportLoad(pb.ReportLoadRequest(reports=[report("w1", 100.0, 0.0)]))
+    reading = running.core.load_reading(OPERATIONS[0], running.core.clock.monotonic())
+    assert reading.score == 100.0 and running.core.monitor is None

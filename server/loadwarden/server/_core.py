@@ -157,6 +157,7 @@ class DecisionCore:
         self.pending = PendingDecisions(self.limits.decision_ttl_ms / 1000.0, self.limits.max_pending_decisions)
         self.operations: dict[str, Operation] = {}
         self.monitor: HostMonitor | None = None  # set by the service when the host monitor runs
+        self.load_weights = LoadWeights()  # scores load reports and host samples; set from [monitor]
         self.admission = Admission(
             self.clock,
             self._select_for_lease,
@@ -262,7 +263,7 @@ class DecisionCore:
 
     def load_reading(self, settings: OperationSettings, now: float) -> LoadReading:
         """The load score an operation's source gives right now (None with the reason when unknown)."""
-        weights = self.monitor.weights if self.monitor is not None else LoadWeights()
+        weights = self.load_weights
         if settings.load_source == "pool":
             pool = self._pools.get(settings.pool)
             if pool is None:

@@ -123,12 +123,14 @@ async def start_service(
             raise ConfigError(exc.field, exc.problem) from None
     for operation in config.operations:
         core.configure_operation(operation)
-    if config.monitor.enabled:
-        m = config.monitor
+    m = config.monitor
+    # The weights score pools' load reports too, so they apply with the host sampler off.
+    core.load_weights = LoadWeights(m.cpu_weight, m.memory_weight, m.load_average_weight)
+    if m.enabled:
         core.monitor = HostMonitor(
             core.clock,
             interval_s=m.interval_ms / 1000.0,
-            weights=LoadWeights(m.cpu_weight, m.memory_weight, m.load_average_weight),
+            weights=core.load_weights,
             stale_after_s=m.stale_after_ms / 1000.0 if m.stale_after_ms else None,
         )
         core.monitor.sample_now()  # primes psutil's CPU counter; the first real reading follows
