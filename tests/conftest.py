@@ -99,3 +99,33 @@ async def wait_for(
             return value
         assert time.monotonic() < deadline, f"{what}: not reached within {timeout_s} s (last: {value!r})"
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def spans(global_tracing: None) -> Iterator[Any]:
+    """Installs a global TracerProvider exporting to memory (undone by `global_tracing`);
+    yields its ``InMemorySpanExporter``."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        provider.shutdown()
+
+
+@pytest.fixture
+def processes(tmp_path: Any) -> Iterator[Any]:
+    """Starts real processes in ``tmp_path`` (``tests/e2e/_harness.Processes``); all are
+    stopped at teardown (SIGTERM, then SIGKILL after 10 s)."""
+    from .e2e._harness import Processes
+
+    procs = Processes(tmp_path)
+    yield procs
+    procs.close()

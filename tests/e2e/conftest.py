@@ -6,19 +6,10 @@ Every process started here is stopped at teardown (SIGTERM, then SIGKILL after 1
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from ._harness import API_CONFIG, Grpcurl, Processes, Service, run_grpcurl, tool
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    """Starts processes in ``tmp_path``; all are stopped at teardown."""
-    procs = Processes(tmp_path)
-    yield procs
-    procs.close()
 
 
 @pytest.fixture(scope="module")

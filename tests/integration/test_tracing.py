@@ -8,12 +8,10 @@ are created, as an application would do at start-up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -24,18 +22,6 @@ from ..conftest import StartService, three_server_pool
 
 SELECT = "loadwarden.v1.DecisionService/SelectServer"
 
-
-@pytest.fixture
-def spans(global_tracing: None) -> Iterator[InMemorySpanExporter]:
-    """Installs a global TracerProvider exporting to memory (undone by `global_tracing`)."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    try:
-        yield exporter
-    finally:
-        provider.shutdown()
 
 
 async def in_trace(
