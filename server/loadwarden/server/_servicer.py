@@ -105,6 +105,15 @@ def _trailers(exc: DecisionError) -> tuple[tuple[str, str], ...]:
     return ()
 
 
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
+    """Ends the call for ``exc``: a domain error with its status code, anything else as
+    INTERNAL without internals (logged with its traceback). Call it from an ``except`` block."""
+    if isinstance(exc, DecisionError):
+        await context.abort(_STATUS[type(exc)], _status_message(exc), trailing_metadata=_trailers(exc))
+    log.exception("unexpected error in %s", method)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see service logs")
+
+
 def _rpc(method: Handler) -> Handler:
     """Maps domain errors raised by a unary handler to gRPC status codes."""
 
@@ -114,13 +123,10 @@ def _rpc(method: Handler) -> Handler:
             if type(request) is MalformedRequest:
                 raise request.error()
             return await method(self, request, context)
-        except DecisionError as exc:
-            await context.abort(_STATUS[type(exc)], _status_message(exc), trailing_metadata=_trailers(exc))
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see service logs")
+        except Exception as exc:
+            await _abort(context, exc, method.__name__)
 
     return wrapper  # type: ignore[return-value]
 
@@ -206,13 +212,10 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
                 self._core.pool(pool)
             async for status in self._watchers.stream(self._core, pool, interval_s):
                 yield _pb.WatchLoadStatusResponse(status=status)
-        except DecisionError as exc:
-            await context.abort(_STATUS[type(exc)], _status_message(exc), trailing_metadata=_trailers(exc))
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            log.exception("unexpected error in WatchLoadStatus")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in WatchLoadStatus; see service logs")
+        except Exception as exc:
+            await _abort(context, exc, "WatchLoadStatus")
 
 
 class AdminServicer(_admin_grpc.AdminServiceServicer):
