@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
+from typing import Any
 from pathlib import Path
 
 import grpc
@@ -278,8 +279,20 @@ async def run(target: str, watch: RssWatch, args: argparse.Namespace) -> dict[st
         rss["after_selects"] = watch.rss_mb()
 
         stub = decision_pb2_grpc.DecisionServiceStub(channel)
-        status = (await stub.GetLoadStatus(decision_pb2.GetLoadStatusRequest(), timeout=60.0)).status
-    pools = {p.name: p for p in status.pools}
+        # GetLoadStatus pages (10,000 servers a page); a pool split over pages comes back whole.
+        pools: dict[str, Any] = {}
+        token = ""
+        while True:
+            page = await stub.GetLoadStatus(decision_pb2.GetLoadStatusRequest(page_token=token), timeout=60.0)
+            status = page.status
+            for pool in status.pools:
+                if pool.name in pools:
+                    pools[pool.name].servers.extend(pool.servers)
+                else:
+                    pools[pool.name] = pool
+            token = page.next_page_token
+            if not token:
+                break
     peak, peak_source = watch.peak_mb()
     rss["peak"] = peak
     return {

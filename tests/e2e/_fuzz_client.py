@@ -80,9 +80,14 @@ def _resolve(request: Message, leases: deque[str], decisions: deque[str]) -> Mes
 
 
 class FuzzClient:
-    """One channel to the service under fuzz; ``tally`` accumulates over every ``send``."""
+    """One channel to the service under fuzz; ``tally`` accumulates over every ``send``.
 
-    def __init__(self, target: str) -> None:
+    With ``tokens``, DecisionService calls take turns between the callers they name, so
+    ids one caller was issued are tried by the other (answered NOT_FOUND); AdminService
+    calls carry ``admin_token``.
+    """
+
+    def __init__(self, target: str, tokens: Sequence[str] = (), admin_token: str = "") -> None:
         # Unlimited on the client side, so every size cap seen is the service's.
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         self.channel = grpc.insecure_channel(target, options=options)
@@ -92,6 +97,15 @@ class FuzzClient:
         self._leases: deque[str] = deque(maxlen=32)
         self._decisions: deque[str] = deque(maxlen=256)
         self._unary: dict[str, Any] = {}
+        self._callers = [(("authorization", f"Bearer {t}"),) for t in tokens] or [()]
+        self._admin_md = (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
+        self._turn = 0
+
+    def _metadata(self, call: Call) -> tuple[tuple[str, str], ...]:
+        if call.service != "DecisionService":
+            return self._admin_md
+        self._turn += 1
+        return self._callers[self._turn % len(self._callers)]
 
     def close(self) -> None:
         self.channel.close()
@@ -107,11 +121,14 @@ class FuzzClient:
             request = call.request
             if isinstance(request, Message):
                 request = _resolve(request, self._leases, self._decisions)
+            metadata = self._metadata(call)
             if call.streaming:
-                inflight.append((call, self._stream_callable(call)(request, timeout=WATCH_TIMEOUT_S)))
+                stream = self._stream_callable(call)(request, timeout=WATCH_TIMEOUT_S, metadata=metadata)
+                inflight.append((call, stream))
                 continue
             timeout = ACQUIRE_TIMEOUT_S if call.method == "AcquireSlot" else UNARY_TIMEOUT_S
-            inflight.append((call, self._unary_callable(call, request).future(request, timeout=timeout)))
+            future = self._unary_callable(call, request).future(request, timeout=timeout, metadata=metadata)
+            inflight.append((call, future))
         return inflight
 
     def finish(self, inflight: InFlight) -> None:
@@ -187,12 +204,14 @@ class FuzzClient:
         """Health says SERVING, and a valid SelectServer on the canary pool succeeds."""
         health = self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=UNARY_TIMEOUT_S)
         assert health.status == health_pb2.HealthCheckResponse.SERVING, health
-        choice = self.decision.SelectServer(_pb.SelectServerRequest(pool=CANARY_POOL), timeout=UNARY_TIMEOUT_S)
+        metadata = self._callers[0]
+        choice = self.decision.SelectServer(_pb.SelectServerRequest(pool=CANARY_POOL), timeout=UNARY_TIMEOUT_S,
+                                            metadata=metadata)
         assert choice.server_id in CANARY_SERVERS, choice
         applied = self.decision.ReportOutcome(
             _pb.ReportOutcomeRequest(outcomes=[_pb.Outcome(decision_id=choice.decision_id, success=True,
                                                            latency_ms=1.0)]),
-            timeout=UNARY_TIMEOUT_S,
+            timeout=UNARY_TIMEOUT_S, metadata=metadata,
         )
         assert applied.applied == 1, applied
 

@@ -37,10 +37,20 @@ SHARES = {"decision": 0.6, "admin": 0.25, "raw": 0.15}
 # A generous per-test budget that grows with the long mode (the CI run takes far less).
 TIMEOUT_S = max(300, TOTAL_REQUESTS // 50)
 
-CONFIG = """\
+# Two callers (and the admin): ids issued to one are fuzzed by the other too.
+TOKENS = ("fuzz-alpha-token-0123456789", "fuzz-beta-token-01234567890")
+ADMIN_TOKEN = "fuzz-admin-token-0123456789"
+CONFIG = f"""\
 [service]
 shutdown_grace_ms = 1000
 auto_register_operations = true
+
+[admin]
+token = "{ADMIN_TOKEN}"
+
+[auth.clients]
+alpha = "{TOKENS[0]}"
+beta = "{TOKENS[1]}"
 
 [limits]
 decision_ttl_ms = 5000
@@ -59,9 +69,9 @@ interval_ms = 200
 [pools.api]
 strategy = "round_robin"
 servers = [
-  { id = "api-1", address = "127.0.0.1:9001" },
-  { id = "api-2", address = "127.0.0.1:9002" },
-  { id = "api-3", address = "127.0.0.1:9003" },
+  {{ id = "api-1", address = "127.0.0.1:9001" }},
+  {{ id = "api-2", address = "127.0.0.1:9002" }},
+  {{ id = "api-3", address = "127.0.0.1:9003" }},
 ]
 
 [pools.ml]
@@ -72,12 +82,12 @@ max_wait_ms = 100
 lease_ttl_ms = 2000
 rate_limit = "200/second"
 rate_limit_keys = 50
-servers = [{ id = "ml-1", address = "127.0.0.1:9101" }]
+servers = [{{ id = "ml-1", address = "127.0.0.1:9101" }}]
 
 [pools.canary]
 servers = [
-  { id = "c1", address = "127.0.0.1:9201" },
-  { id = "c2", address = "127.0.0.1:9202" },
+  {{ id = "c1", address = "127.0.0.1:9201" }},
+  {{ id = "c2", address = "127.0.0.1:9202" }},
 ]
 
 [operations.import]
@@ -106,7 +116,7 @@ def fuzz_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 @pytest.fixture
 def client(fuzz_service: Service) -> Iterator[FuzzClient]:
-    fuzz = FuzzClient(fuzz_service.target)
+    fuzz = FuzzClient(fuzz_service.target, TOKENS, ADMIN_TOKEN)
     try:
         yield fuzz
     finally:

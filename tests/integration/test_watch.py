@@ -75,3 +75,56 @@ async def test_bad_watch_requests(service: RunningService, channel_to, request_,
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await asyncio.wait_for(stub.WatchLoadStatus(request_).read(), 5)
     assert err.value.code() == code and err.value.details().startswith(f"{field}: ")
+
+
+async def test_streams_of_one_feed_get_the_same_snapshot(service: RunningService, channel_to) -> None:  # type: ignore[no-untyped-def]
+    stub = pb_grpc.DecisionServiceStub(channel_to(service))
+    streams = [stub.WatchLoadStatus(pb.WatchLoadStatusRequest(pool="api", interval_ms=1_000)) for _ in range(2)]
+    firsts = [await asyncio.wait_for(s.read(), 5) for s in streams]
+    assert firsts[0] == firsts[1] and firsts[0].status.HasField("generated_at")
+    await stub.ReportLoad(pb.ReportLoadRequest(reports=[common.LoadReport(pool="api", server_id="s1", cpu_percent=9)]))
+    seconds = [await asyncio.wait_for(s.read(), 5) for s in streams]
+    assert seconds[0] == seconds[1] and seconds[0].status.pools[0].servers[0].load.cpu_percent == 9
+    for s in streams:
+        s.cancel()
+
+
+LONG_ID = 120  # characters of each server id: makes every server status about 420 bytes
+
+
+def big_pool(name: str, count: int) -> common.PoolConfig:
+    return common.PoolConfig(name=name, servers=[
+        common.ServerSpec(id=f"{name}-{i:06d}-".ljust(LONG_ID, "x"), address=f"{'h' * 240}.example:{1000 + i}")
+        for i in range(count)])
+
+
+async def test_an_unfiltered_status_over_the_receive_limit_comes_in_pages(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+    from loadwarden.v1 import admin_pb2, admin_pb2_grpc
+
+    service = await start(three_server_pool("api"))
+    channel = channel_to(service)  # gRPC's default 4 MiB receive limit, as the SDK's
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    for name in ("big-a", "big-b"):
+        await admin.ConfigurePool(admin_pb2.ConfigurePoolRequest(pool=big_pool(name, 6_000)), timeout=60)
+    stub = pb_grpc.DecisionServiceStub(channel)
+    # An old client (no page fields) gets a valid first page under the limit, with the way on.
+    first = await stub.GetLoadStatus(pb.GetLoadStatusRequest(), timeout=30)
+    assert first.next_page_token and first.ByteSize() < 4 * 1024 * 1024
+    seen: list[str] = [s.id for p in first.status.pools for s in p.servers]
+    token, pages = first.next_page_token, 1
+    while token:
+        page = await stub.GetLoadStatus(pb.GetLoadStatusRequest(page_token=token), timeout=30)
+        seen += [s.id for p in page.status.pools for s in p.servers]
+        token, pages = page.next_page_token, pages + 1
+        assert pages < 20
+    assert len(seen) == 12_003 and len(set(seen)) == len(seen) and pages >= 2
+    small = await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool="api", page_size=2), timeout=30)
+    assert [s.id for s in small.status.pools[0].servers] == ["s1", "s2"] and small.next_page_token
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool="big-a", page_token=small.next_page_token), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("page_token: ")
+    # A watch on a snapshot over the bound ends saying how to get it.
+    stream = stub.WatchLoadStatus(pb.WatchLoadStatusRequest())  # all pools: about 5 MB
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await asyncio.wait_for(stream.read(), 30)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "page GetLoadStatus" in err.value.details()

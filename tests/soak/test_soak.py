@@ -13,7 +13,7 @@ sets e.g. 1800) an AsyncClient drives, each at a fixed rate (open loop):
 while a thread samples the service's RSS and open file descriptors every second.
 It asserts zero unexpected errors (every exception counted by kind; the rate
 limit's RESOURCE_EXHAUSTED and a slot's queue timeout are expected), no SDK fallback answer
-(the service is up throughout), RSS growth under 10 % (median of the last
+(the service is up throughout), RSS growth under 5 % (median of the last
 samples against the median just after warm-up), a flat fd count, and no leaked
 lease, queued request, in-flight selection or pending decision at the end. The
 JSON summary of the run is printed (``pytest -s``) and attached to failures.
@@ -41,7 +41,7 @@ SOAK_S = float(os.environ.get("LOADWARDEN_SOAK_S", "60"))
 WARMUP_S = min(60.0, SOAK_S / 3)
 # Length of the baseline window (right after warm-up) and of the final window, seconds.
 WINDOW_S = min(30.0, SOAK_S / 6)
-MAX_RSS_GROWTH = 0.10
+MAX_RSS_GROWTH = 0.05
 # Open fds may differ by this many between samples (a reconnecting channel, an epoll fd).
 FD_SLACK = 4
 # Every SDK call's deadline. Generous: the soak looks for errors and growth, not latency
@@ -54,16 +54,12 @@ SLACK_S = 1.0  # event-loop scheduling on a shared 2-core machine, on top of a c
 pytestmark = [pytest.mark.e2e, pytest.mark.soak, pytest.mark.timeout(SOAK_S + 90)]
 
 SERVERS = ("api-1", "api-2", "api-3")
-# max_request_ids is small so the two maps it bounds (AcquireSlot request ids, recently
-# ended lease ids) are full before the baseline: growth after it is a leak, not a bounded
-# map filling up. At the default cap (200,000) they grow for the first 200,000 acquires
-# (about 0.5 KB each), which a long soak would otherwise read as growth.
+# Default limits: a request id lives only as long as its lease or its wait, so nothing
+# fills up over the run (it used to need max_request_ids = 500 to hide that the ids of
+# ended leases were remembered until 200,000 of them had piled up).
 CONFIG = """\
 [service]
 shutdown_grace_ms = 1000
-
-[limits]
-max_request_ids = 500
 
 [pools.api]
 strategy = "p2c"

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -73,6 +75,14 @@ _STATE_PREFIX = "SERVER_STATE_"
 _IN_CHUNK = 500  # sample times per "at IN (...)" list, well under SQLite's bound-parameter limit
 
 
+def _is_sqlite_file(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(16) == b"SQLite format 3\0"
+    except OSError:
+        return False
+
+
 class History:
     """Per-interval load aggregates, kept for ``retention_s`` seconds.
 
@@ -82,10 +92,16 @@ class History:
         retention_s: How long samples are kept, seconds, > 0; `prune` drops older ones.
         clock: Wall clock, seconds since the epoch; `run` stamps samples with it.
 
+    A damaged SQLite file is moved aside to ``<path>.corrupt-<ns>`` with a
+    warning and a fresh history starts, so a damaged history never stops the
+    service from starting. A file that is not SQLite at all is refused and left
+    untouched: the path is more likely a mistake than our file.
+
     Raises:
-        ValueError: ``retention_s`` is not a positive finite number, or the file
-            holds another schema version.
-        sqlite3.Error: The file cannot be opened.
+        ValueError: ``retention_s`` is not a positive finite number, the file
+            holds another schema version or is not SQLite, or ``path`` contains a NUL.
+        OSError: The file cannot be opened or created (a directory, a missing
+            permission, a folder that cannot be made), with the path in the message.
     """
 
     def __init__(self, path: str | None, *, retention_s: float, clock: Callable[[], float] = time.time) -> None:
@@ -96,14 +112,43 @@ class History:
         self._clock = clock
         self._lock = threading.Lock()
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if "\0" in path:
+                raise ValueError("history path must not contain a NUL character")
+            if Path(path).is_dir():
+                raise IsADirectoryError(errno.EISDIR, f"{path} is a directory; the history needs a file path")
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise NotADirectoryError(errno.ENOTDIR, f"{Path(path).parent} is not a directory") from None
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) or path is None:
+                raise OSError(f"{path}: cannot open the SQLite history: {exc}") from None
+            if not _is_sqlite_file(path):  # never rename a file that is not ours, e.g. a mistyped path
+                raise ValueError(f"{path} is not an SQLite database (left untouched); name a new file") from None
+            aside = f"{path}.corrupt-{time.time_ns()}"
+            for suffix in ("", "-wal", "-shm"):  # the write-ahead log belongs to the bad file
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(path + suffix, aside + suffix)
+            _log.warning("history file %s is unusable (%s); moved aside to %s; history starts empty", path, exc, aside)
+            try:
+                self._db = self._connect()
+            except sqlite3.Error as again:
+                raise OSError(f"{path}: cannot open the SQLite history: {again}") from None
+        except sqlite3.Error as exc:
+            raise OSError(f"{path}: cannot open the SQLite history: {exc}") from None
+
+    def _connect(self) -> sqlite3.Connection:
         # Used from worker threads (asyncio.to_thread), one at a time under the lock.
-        self._db = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level=None)
+        db = sqlite3.connect(self.path or ":memory:", check_same_thread=False, isolation_level=None)
+        self._db = db
         try:
             self._open()
-        except Exception:
-            self._db.close()
+        except BaseException:
+            db.close()
             raise
+        return db
 
     def _open(self) -> None:
         db = self._db

@@ -84,7 +84,7 @@ class LoadReport(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., server_id: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., active_requests: _Optional[int] = ..., mean_latency_ms: _Optional[float] = ..., error_rate: _Optional[float] = ...) -> None: ...
 
 class PoolConfig(_message.Message):
-    __slots__ = ("name", "strategy", "strategy_params", "load_report_ttl_ms", "require_load_report", "max_concurrency", "max_queue_length", "max_wait_ms", "lease_ttl_ms", "limit_algorithm", "limit_params", "rate_limit", "rate_burst", "servers", "outlier_detection", "slow_start_ms", "rate_limit_keys")
+    __slots__ = ("name", "strategy", "strategy_params", "load_report_ttl_ms", "require_load_report", "max_concurrency", "max_queue_length", "max_wait_ms", "lease_ttl_ms", "limit_algorithm", "limit_params", "rate_limit", "rate_burst", "servers", "outlier_detection", "slow_start_ms", "rate_limit_keys", "max_lease_ttl_ms", "identity_rate_limit", "identity_rate_burst", "rate_limit_keys_per_identity")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,10 @@ class PoolConfig(_message.Message):
     OUTLIER_DETECTION_FIELD_NUMBER: _ClassVar[int]
     SLOW_START_MS_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_KEYS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_RATE_BURST_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_KEYS_PER_IDENTITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     strategy: str
     strategy_params: _struct_pb2.Struct
@@ -119,7 +123,11 @@ class PoolConfig(_message.Message):
     outlier_detection: OutlierDetection
     slow_start_ms: int
     rate_limit_keys: int
-    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[str] = ..., strategy_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., load_report_ttl_ms: _Optional[int] = ..., require_load_report: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue_length: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., limit_algorithm: _Optional[str] = ..., limit_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., rate_limit: _Optional[str] = ..., rate_burst: _Optional[int] = ..., servers: _Optional[_Iterable[_Union[ServerSpec, _Mapping]]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., slow_start_ms: _Optional[int] = ..., rate_limit_keys: _Optional[int] = ...) -> None: ...
+    max_lease_ttl_ms: int
+    identity_rate_limit: str
+    identity_rate_burst: int
+    rate_limit_keys_per_identity: int
+    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[str] = ..., strategy_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., load_report_ttl_ms: _Optional[int] = ..., require_load_report: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue_length: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., limit_algorithm: _Optional[str] = ..., limit_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., rate_limit: _Optional[str] = ..., rate_burst: _Optional[int] = ..., servers: _Optional[_Iterable[_Union[ServerSpec, _Mapping]]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., slow_start_ms: _Optional[int] = ..., rate_limit_keys: _Optional[int] = ..., max_lease_ttl_ms: _Optional[int] = ..., identity_rate_limit: _Optional[str] = ..., identity_rate_burst: _Optional[int] = ..., rate_limit_keys_per_identity: _Optional[int] = ...) -> None: ...
 
 class OutlierDetection(_message.Message):
     __slots__ = ("consecutive_failures", "base_ejection_time_ms", "max_ejection_time_ms", "max_ejection_percent", "panic_threshold_percent", "disabled")

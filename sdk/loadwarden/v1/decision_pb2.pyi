@@ -209,16 +209,22 @@ class ReportLoadResponse(_message.Message):
     def __init__(self, applied: _Optional[int] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetLoadStatusRequest(_message.Message):
-    __slots__ = ("pool",)
+    __slots__ = ("pool", "page_size", "page_token")
     POOL_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     pool: str
-    def __init__(self, pool: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, pool: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetLoadStatusResponse(_message.Message):
-    __slots__ = ("status",)
+    __slots__ = ("status", "next_page_token")
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     status: _common_pb2.LoadStatus
-    def __init__(self, status: _Optional[_Union[_common_pb2.LoadStatus, _Mapping]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, status: _Optional[_Union[_common_pb2.LoadStatus, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchLoadStatusRequest(_message.Message):
     __slots__ = ("pool", "interval_ms")

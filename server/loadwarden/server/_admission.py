@@ -15,8 +15,16 @@ arrival. Invariants, kept after every state change:
   dropped by a rebuild, so timeouts and renewals cannot grow memory.
 * A waiter whose call was cancelled or timed out never keeps a slot: if a grant
   races with the cancellation, the slot is given straight back.
-* Lease ids are unique per process and never reused; a lease not renewed or
-  released within its TTL is reclaimed, so a crashed client cannot leak capacity.
+* Lease ids are unique per process, never reused and unguessable; a lease, its
+  request id and its selection belong to the caller that acquired it, and are
+  NOT_FOUND to any other. A lease not renewed or released within its TTL (at most
+  the pool's ``max_lease_ttl_ms``) is reclaimed, so a crashed client cannot leak
+  capacity.
+* A request id is remembered while its waiter waits or its lease is held, and
+  forgotten when the lease ends, so the map holds at most leases + waiters entries
+  (and ``max_request_ids`` in all).
+* A deleted pool's leases stay counted: recreating a pool of the same name takes
+  over the old admission state, so the cap holds across the recreation.
 
 Everything runs in the event-loop thread; waiting is an asyncio future per waiter.
 """
@@ -29,11 +37,13 @@ import heapq
 import itertools
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from ._clock import Clock
 from ._decisions import IdGenerator
-from ._errors import NotFound, ResourceExhausted, Unavailable
+from ._errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._model import Backend
 from ._ratelimit import RateLimiter
 from ._settings import PoolSettings
@@ -57,9 +67,17 @@ class Denial(enum.Enum):
     NO_ELIGIBLE_SERVER = "no_eligible_server"
 
 
+class LeaseSelection(Protocol):
+    """A server chosen together with a slot; it is settled when the lease ends, so it
+    lives exactly as long as the lease (renewals extend it), never a decision TTL."""
+
+    decision_id: str
+    server: Backend
+
+
 @dataclass(slots=True, eq=False)
 class Lease:
-    """A granted slot. ``expires_at`` is monotonic seconds."""
+    """A granted slot, owned by the caller identity ``owner``. ``expires_at`` is monotonic seconds."""
 
     id: str
     slots: SlotPool
@@ -67,8 +85,16 @@ class Lease:
     granted_at: float
     expires_at: float
     request_id: str
-    decision_id: str | None = None
-    server: Backend | None = None
+    owner: str = ""
+    selection: LeaseSelection | None = None
+
+    @property
+    def decision_id(self) -> str | None:
+        return self.selection.decision_id if self.selection is not None else None
+
+    @property
+    def server(self) -> Backend | None:
+        return self.selection.server if self.selection is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +125,7 @@ class SlotRequest:
     lease_ttl_s: float | None
     client_key: str
     select_server: bool
+    owner: str = ""  # the caller identity; "" is the anonymous caller (no credentials configured)
 
 
 @dataclass(slots=True, eq=False)
@@ -118,9 +145,7 @@ class SlotPool:
         self.limit: LimitAlgorithm = build_limit(
             settings.limit_algorithm, settings.limit_params, settings.max_concurrency, where
         )
-        self.rate = (
-            RateLimiter(settings.rate_limit, max_keys=settings.rate_limit_keys) if settings.rate_limit else None
-        )
+        self.rate = _rate_limiter(settings)
         self.in_use = 0
         self.waiting = 0
         self.queue: list[tuple[int, int, _Waiter]] = []  # (-priority, arrival, waiter)
@@ -136,10 +161,8 @@ class SlotPool:
             settings.limit_algorithm, settings.limit_params, settings.max_concurrency,
         ):
             self.limit = build_limit(settings.limit_algorithm, settings.limit_params, settings.max_concurrency, where)
-        if old.rate_limit != settings.rate_limit or old.rate_limit_keys != settings.rate_limit_keys:
-            self.rate = (
-                RateLimiter(settings.rate_limit, max_keys=settings.rate_limit_keys) if settings.rate_limit else None
-            )
+        if _rate_settings(old) != _rate_settings(settings):
+            self.rate = _rate_limiter(settings)
         self.settings = settings
 
     def compact(self) -> None:
@@ -166,31 +189,60 @@ class SlotPool:
         return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, estimate))
 
 
+def _rate_settings(settings: PoolSettings) -> tuple[object, ...]:
+    return (settings.rate_limit, settings.rate_limit_keys, settings.identity_rate_limit,
+            settings.rate_limit_keys_per_identity)
+
+
+def _rate_limiter(settings: PoolSettings) -> RateLimiter | None:
+    if settings.rate_limit is None:
+        return None
+    return RateLimiter(settings.rate_limit, max_keys=settings.rate_limit_keys,
+                       identity_limit=settings.identity_rate_limit,
+                       max_keys_per_identity=settings.rate_limit_keys_per_identity)
+
+
 class Admission:
-    """Slots, leases and wait queues of every pool."""
+    """Slots, leases and wait queues of every pool.
+
+    Args:
+        clock: Monotonic time.
+        select: ``(pool_name, owner) -> LeaseSelection`` for ``select_server``
+            requests; raises Unavailable when no server is eligible.
+        settle: ``(selection, success, latency_ms, expired) -> None``, called once
+            when a lease with a selection ends (released, or reclaimed: expired).
+        max_leases: Leases held at once, service-wide.
+        max_request_ids: Request ids remembered at most (each lives as long as its
+            waiter or lease).
+        ids: Where lease ids come from (a derived id space).
+    """
 
     def __init__(
         self,
         clock: Clock,
-        select: object,
-        report_outcome: object,
+        select: Callable[[str, str], LeaseSelection],
+        settle: Callable[[LeaseSelection, bool, float, bool], None],
         *,
         max_leases: int = 200_000,
         max_request_ids: int = 200_000,
         ids: IdGenerator | None = None,
     ) -> None:
         self._clock = clock
-        self._select = select  # (pool_name, now) -> (decision_id, Backend); raises Unavailable
-        self._report_outcome = report_outcome  # (decision_id, success, latency_ms) -> None
+        self._select = select
+        self._settle = settle
         self.max_leases = max_leases
         # Lease ids have their own id space, so "issued and no longer held" means "ended"
         # with no per-lease memory of ended leases.
         self._ids = (ids or IdGenerator()).derived("lease")
         self.leases: dict[str, Lease] = {}
         self._expiry: list[tuple[float, str]] = []  # (expires_at, lease id); stale entries skipped
-        self._requests: OrderedDict[tuple[str, str], str | _Waiter] = OrderedDict()  # -> lease id or waiter
+        # (owner, pool, request id) -> lease id or waiter; an entry lives as long as its lease or waiter.
+        self._requests: OrderedDict[tuple[str, str, str], str | _Waiter] = OrderedDict()
         self._max_request_ids = max_request_ids
         self._arrivals = itertools.count()
+        # Admission state of deleted pools whose leases are still held, by pool name: a pool
+        # created again under the name takes it over, so those leases keep counting.
+        self._closed: dict[str, SlotPool] = {}
         self.reclaimed_total = 0
 
     # --- acquire ---------------------------------------------------------------------
@@ -205,10 +257,13 @@ class Admission:
 
         Raises:
             ResourceExhausted: full queue, exhausted rate, or the lease cap.
+            InvalidArgument: a lease TTL over the pool's max_lease_ttl_ms.
         """
         now = self._clock.monotonic()
         self.expire(now)
-        key = (request.pool, request.request_id)
+        if request.lease_ttl_s is not None:
+            self._check_ttl(slots, request.lease_ttl_s, "lease_ttl_ms")
+        key = (request.owner, request.pool, request.request_id)
         if request.request_id:
             earlier = self._requests.get(key)
             if isinstance(earlier, str):
@@ -219,12 +274,20 @@ class Admission:
                 earlier.callers += 1
                 return await self._wait(slots, earlier, request, time_left_s)
         if slots.rate is not None:
-            wait = slots.rate.try_acquire(request.client_key, now)
+            wait = slots.rate.try_acquire(request.client_key, now, request.owner or None)
             if wait > 0:
                 slots.rate_limited_total += 1
+                if request.owner:
+                    who = f"caller {request.owner!r}"
+                    if request.client_key:
+                        who += f" (client_key {request.client_key!r})"
+                else:
+                    who = f"client_key {request.client_key or '(anonymous)'!r}"
+                rate = slots.settings.rate_limit
+                assert rate is not None
                 raise ResourceExhausted(
-                    f"client_key: {request.client_key or '(anonymous)'!r} is over pool {request.pool!r}'s rate limit "
-                    f"of {slots.settings.rate_limit.count} per {slots.settings.rate_limit.per_s:g} s",  # type: ignore[union-attr]
+                    f"client_key: {who} is over pool {request.pool!r}'s rate limit "
+                    f"of {rate.count} per {rate.per_s:g} s",
                     retry_after_s=wait,
                 )
         if slots.has_room():
@@ -246,6 +309,15 @@ class Admission:
         if request.request_id:
             self._remember(key, waiter)
         return await self._wait(slots, waiter, request, time_left_s)
+
+    @staticmethod
+    def _check_ttl(slots: SlotPool, ttl_s: float, field_name: str) -> None:
+        longest_ms = slots.settings.max_lease_ttl_ms
+        if ttl_s * 1000.0 > longest_ms:
+            raise InvalidArgument(
+                field_name, f"pool {slots.settings.name!r} allows leases of at most {longest_ms} ms "
+                f"(max_lease_ttl_ms); renew a long-held lease instead"
+            )
 
     async def _wait(self, slots: SlotPool, waiter: _Waiter, request: SlotRequest, time_left_s: float | None) -> Answer:
         timeout = request.max_wait_s
@@ -269,7 +341,7 @@ class Admission:
                 answer = waiter.future.result()
                 if waiter.callers <= 0 and isinstance(answer, Granted):
                     # The caller is gone: the slot goes straight back, it never counts.
-                    self.release(answer.lease.id, success=True, latency_ms=0.0, count_sample=False)
+                    self.give_back(answer.lease)
             else:
                 self._leave(slots, waiter)
             raise
@@ -279,7 +351,8 @@ class Admission:
         if waiter.callers <= 0 and not waiter.gone:
             waiter.gone = True
             slots.waiting -= 1
-            self._requests.pop((waiter.request.pool, waiter.request.request_id), None)
+            request = waiter.request
+            self._forget((request.owner, request.pool, request.request_id), waiter)
 
     def lease_retry_after_s(self, now: float) -> float:
         """Seconds until the next lease is due to expire (a lease may free up sooner), clamped."""
@@ -293,26 +366,32 @@ class Admission:
                 f"{len(self.leases)} leases are held; pool {request.pool!r} cannot grant another",
                 retry_after_s=self.lease_retry_after_s(now),
             )
-        decision_id, server = None, None
+        selection = None
         if request.select_server:
             try:
-                decision_id, server = self._select(request.pool)  # type: ignore[operator]
+                selection = self._select(request.pool, request.owner)
             except Unavailable as exc:
                 return Denied(Denial.NO_ELIGIBLE_SERVER, str(exc), slots.retry_after_s(), now - enqueued_at)
         ttl_s = request.lease_ttl_s or slots.settings.lease_ttl_ms / 1000.0
-        lease = Lease(self._ids.new(), slots, ttl_s, now, now + ttl_s, request.request_id, decision_id, server)
+        lease = Lease(self._ids.new(request.owner), slots, ttl_s, now, now + ttl_s, request.request_id,
+                      request.owner, selection)
         self.leases[lease.id] = lease
         self._push_expiry(lease)
         slots.in_use += 1
         if request.request_id:
-            self._remember((request.pool, request.request_id), lease.id)
+            self._remember((request.owner, request.pool, request.request_id), lease.id)
         return Granted(lease, now - enqueued_at)
 
-    def _remember(self, key: tuple[str, str], value: str | _Waiter) -> None:
+    def _remember(self, key: tuple[str, str, str], value: str | _Waiter) -> None:
         self._requests[key] = value
         self._requests.move_to_end(key)
         while len(self._requests) > self._max_request_ids:
             self._requests.popitem(last=False)
+
+    def _forget(self, key: tuple[str, str, str], value: str | _Waiter) -> None:
+        """Drops a request id's entry if it still maps to ``value`` (a lease id or waiter)."""
+        if key[2] and self._requests.get(key) is value:
+            del self._requests[key]
 
     def dispatch(self, slots: SlotPool) -> None:
         """Grants queued waiters, highest priority first, while there is room.
@@ -331,14 +410,34 @@ class Admission:
 
     # --- renew / release / expire ----------------------------------------------------
 
-    def renew(self, lease_id: str, ttl_s: float | None) -> Lease:
+    def _held(self, lease_id: str, owner: str) -> Lease | None:
+        """``owner``'s live lease ``lease_id``; None when it ended.
+
+        Raises:
+            NotFound: ``owner`` was never issued ``lease_id`` (another caller's lease
+                looks exactly like one that never existed).
+        """
+        lease = self.leases.get(lease_id)
+        if lease is not None and lease.owner == owner:
+            return lease
+        if lease is None and self._ids.issued(lease_id, owner):
+            return None
+        raise NotFound("lease_id", f"lease {lease_id!r} does not exist")
+
+    def renew(self, lease_id: str, ttl_s: float | None, owner: str = "") -> Lease:
+        """Extends ``owner``'s lease by its TTL (or a new ``ttl_s``) from now.
+
+        Raises:
+            NotFound: the lease ended, or was never issued to ``owner``.
+            InvalidArgument: ``ttl_s`` over the pool's max_lease_ttl_ms.
+        """
         now = self._clock.monotonic()
         self.expire(now)
-        lease = self.leases.get(lease_id)
+        lease = self._held(lease_id, owner)
         if lease is None:
-            ended = "was released or reclaimed" if self._ids.issued(lease_id) else "does not exist"
-            raise NotFound("lease_id", f"lease {lease_id!r} {ended}")
+            raise NotFound("lease_id", f"lease {lease_id!r} was released or reclaimed")
         if ttl_s:
+            self._check_ttl(lease.slots, ttl_s, "ttl_ms")
             lease.ttl_s = ttl_s
         lease.expires_at = now + lease.ttl_s
         self._push_expiry(lease)
@@ -355,24 +454,35 @@ class Admission:
         else:
             heapq.heappush(self._expiry, (lease.expires_at, lease.id))
 
-    def release(self, lease_id: str, *, success: bool, latency_ms: float, count_sample: bool = True) -> bool:
-        """Ends a lease; returns False when it had already ended (released or reclaimed).
+    def release(self, lease_id: str, *, success: bool, latency_ms: float, owner: str = "") -> bool:
+        """Ends ``owner``'s lease; returns False when it had already ended (released or reclaimed).
 
         Raises:
-            NotFound: the lease id was never issued.
+            NotFound: the lease id was never issued to ``owner``.
         """
         now = self._clock.monotonic()
         self.expire(now)  # a lease past its TTL was reclaimed, whether or not a sweep ran yet
-        lease = self.leases.pop(lease_id, None)
+        lease = self._held(lease_id, owner)
         if lease is None:
-            if self._ids.issued(lease_id):
-                return False
-            raise NotFound("lease_id", f"lease {lease_id!r} does not exist")
+            return False
+        del self.leases[lease_id]
         held_ms = (now - lease.granted_at) * 1000.0
-        self._end(lease, now, rtt_ms=latency_ms or held_ms, dropped=not success, count_sample=count_sample)
-        if lease.decision_id is not None:
-            self._report_outcome(lease.decision_id, success, latency_ms or held_ms)  # type: ignore[operator]
+        self._end(lease, now, rtt_ms=latency_ms or held_ms, dropped=not success, count_sample=True)
+        if lease.selection is not None:
+            self._settle(lease.selection, success, latency_ms or held_ms, False)
         return True
+
+    def give_back(self, lease: Lease) -> None:
+        """Ends a lease whose caller never got it (gone before the answer reached it): the
+        slot returns at once and teaches the limit nothing; a selection is settled as a
+        success of the time held (as a release would), so the strategy's bookkeeping of
+        decisions in flight stays balanced."""
+        if self.leases.pop(lease.id, None) is None:
+            return
+        now = self._clock.monotonic()
+        self._end(lease, now, rtt_ms=0.0, dropped=False, count_sample=False)
+        if lease.selection is not None:
+            self._settle(lease.selection, True, (now - lease.granted_at) * 1000.0, False)
 
     def expire(self, now: float | None = None) -> int:
         """Reclaims leases whose TTL passed; returns how many."""
@@ -387,7 +497,10 @@ class Admission:
             del self.leases[lease_id]
             log.warning("lease %s in pool %s reclaimed: not renewed or released within %.1f s",
                         lease_id, lease.slots.settings.name, lease.ttl_s)
-            self._end(lease, now, rtt_ms=(now - lease.granted_at) * 1000.0, dropped=True, count_sample=True)
+            held_ms = (now - lease.granted_at) * 1000.0
+            self._end(lease, now, rtt_ms=held_ms, dropped=True, count_sample=True)
+            if lease.selection is not None:
+                self._settle(lease.selection, False, held_ms, True)
             reclaimed += 1
         self.reclaimed_total += reclaimed
         return reclaimed
@@ -395,15 +508,37 @@ class Admission:
     def _end(self, lease: Lease, now: float, *, rtt_ms: float, dropped: bool, count_sample: bool) -> None:
         slots = lease.slots
         slots.in_use -= 1
+        self._forget((lease.owner, slots.settings.name, lease.request_id), lease.id)
         if count_sample:
             slots.limit.on_sample(now, rtt_ms, slots.in_use + 1, dropped)
             held_s = now - lease.granted_at
             slots.hold_ewma_s += HOLD_EWMA_WEIGHT * (held_s - slots.hold_ewma_s) if slots.hold_ewma_s else held_s
+        if slots.deleted:
+            if slots.in_use == 0 and self._closed.get(slots.settings.name) is slots:
+                del self._closed[slots.settings.name]
+            return
         self.dispatch(slots)
 
+    # --- pools -------------------------------------------------------------------------
+
+    def open_pool(self, settings: PoolSettings, where: str) -> SlotPool:
+        """The admission state for a new pool: a deleted namesake's, when its leases are
+        still held (they keep counting against the new settings' limit), else fresh."""
+        slots = self._closed.pop(settings.name, None)
+        if slots is None:
+            return SlotPool(settings, where)
+        slots.reconfigure(settings, where)
+        slots.deleted = False
+        log.info("pool %s re-created with %d leases of its former self still held; they count against "
+                 "its limit", settings.name, slots.in_use)
+        return slots
+
     def close_pool(self, slots: SlotPool) -> None:
-        """Answers every waiter of a deleted pool with a denial; leases end as usual."""
+        """Answers every waiter of a deleted pool with a denial; leases end as usual, and keep
+        counting if a pool of the same name is created before they do."""
         slots.deleted = True
+        if slots.in_use > 0:
+            self._closed[slots.settings.name] = slots
         while slots.queue:
             _, _, waiter = heapq.heappop(slots.queue)
             if not waiter.gone:

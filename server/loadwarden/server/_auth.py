@@ -4,23 +4,27 @@
   port uses) when one is configured. With none configured it is open only while
   the service listens on a loopback address; on any other address it is refused
   (PERMISSION_DENIED), since anyone who can reach the port could reconfigure pools.
-* ``DecisionService`` needs the client token (``[auth] client_token``) when one is
-  configured, and is open otherwise.
+* ``DecisionService`` needs a client token (``[auth] client_token`` or one of the
+  named ``[auth.clients]``) when any is configured, and is open otherwise. The
+  token presented names the caller (``Callers``): what a caller makes (leases,
+  decisions, request ids, rate buckets) is its own, and another caller's ids are
+  NOT_FOUND to it.
 * Health and reflection are always open: they reveal no decision state, and
   load balancers and grpcurl need them without credentials.
 
 Callers send ``authorization: Bearer <token>`` metadata. No usable token is
 UNAUTHENTICATED; a wrong one is PERMISSION_DENIED. ``AuthInterceptor`` answers
 before the request is even deserialised, and sits after the tracing interceptor,
-so refused calls still get a span with their status code. Tokens are compared in
-constant time and appear in no log line, span, status message, repr or exception.
+so refused calls still get a span with their status code. Tokens are looked up by
+their SHA-256 digest (no comparison of the secret itself) and appear in no log
+line, span, status message, repr or exception.
 """
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +33,7 @@ import grpc
 from loadwarden.v1 import admin_pb2, decision_pb2
 
 from ._errors import ConfigError
+from ._validation import _NAME, NAME_CHARS, NAME_MAX_LEN
 
 log = logging.getLogger("loadwarden.server")
 
@@ -48,22 +53,65 @@ _KINDS = {
 }
 
 
+# Named client credentials at most ([auth.clients]); each costs a dict entry.
+MAX_CLIENTS = 1_000
+# The identity the single ``auth.client_token`` stands for.
+DEFAULT_CLIENT = "client"
+# Certificate identities are prefixed so they can never equal a token's name.
+CERT_PREFIX = "cert:"
+
+
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
-    """The ``[auth]`` section: the data plane's token.
+    """The ``[auth]`` section: the data plane's credentials and the callers they name.
+
+    Every lease, decision, request id and rate-limit key belongs to the caller that
+    made it: the name of the token it presented, else (with ``tls.require_client_cert``)
+    its certificate's identity, else the anonymous caller (no credentials configured).
 
     Attributes:
-        client_token: Bearer token every DecisionService RPC must present; empty (the
-            default) leaves the data plane open. At least 16 printable ASCII characters
-            without spaces, different from ``admin.token``. Prefer
-            ``LOADWARDEN_AUTH__CLIENT_TOKEN`` to writing it in the file. Never shown in
+        client_token: One bearer token for the data plane, standing for the caller
+            named ``client``; empty (the default) configures none. At least 16 printable
+            ASCII characters without spaces, different from ``admin.token``. Prefer
+            ``LOADWARDEN_AUTH__CLIENT_TOKEN`` to writing it in the file.
+        clients: Named callers, name -> bearer token (``[auth.clients]``, at most
+            MAX_CLIENTS; names follow the pool-name rules; tokens as for
+            ``client_token`` and all different). With any token configured, every
+            DecisionService RPC must present one of them. Tokens are never shown in
             reprs, logs or errors.
     """
 
     client_token: str = field(default="", repr=False)
+    clients: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         check_token(self.client_token, "auth.client_token")
+        if not isinstance(self.clients, Mapping):
+            raise ConfigError("auth.clients", "must be a table of name = token")
+        if len(self.clients) > MAX_CLIENTS:
+            raise ConfigError("auth.clients", f"has {len(self.clients)} entries; at most {MAX_CLIENTS} allowed")
+        seen: dict[str, str] = {}
+        if self.client_token:
+            seen[self.client_token] = "auth.client_token"
+        for name, token in self.clients.items():
+            key = f"auth.clients.{name}"
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
+                raise ConfigError(key, f"a client name must be 1-{NAME_MAX_LEN} characters of {NAME_CHARS}")
+            if name == DEFAULT_CLIENT and self.client_token:
+                raise ConfigError(key, f"{DEFAULT_CLIENT!r} is the name auth.client_token stands for; pick another")
+            check_token(token, key)
+            if not token:
+                raise ConfigError(key, "must not be empty")
+            if token in seen:
+                raise ConfigError(key, f"uses the same token as {seen[token]}; every caller needs its own")
+            seen[token] = key
+
+    def tokens(self) -> dict[str, str]:
+        """Every configured data-plane token -> the caller name it stands for."""
+        named = {token: name for name, token in self.clients.items()}
+        if self.client_token:
+            named[self.client_token] = DEFAULT_CLIENT
+        return named
 
 
 def check_token(token: object, key: str) -> None:
@@ -85,15 +133,64 @@ def parse_auth(raw: Mapping[str, Any]) -> AuthSettings:
     for key in raw:
         if key not in valid:
             raise ConfigError(f"auth.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
-    return AuthSettings(**raw)
+    values = dict(raw)
+    if "clients" in values and not isinstance(values["clients"], Mapping):
+        raise ConfigError("auth.clients", "must be a table of name = token")
+    return AuthSettings(**values)
+
+
+def _digest(token: bytes) -> bytes:
+    # Tokens are looked up by their SHA-256: the dict compares digests, never the secret itself.
+    return hashlib.sha256(token).digest()
+
+
+class Callers:
+    """Names the caller of an RPC: the identity its leases, decisions and rate buckets belong to.
+
+    The name of the data-plane token presented; else, when client certificates are
+    required, ``cert:`` + the certificate's first peer identity (its first SAN, or
+    its CN without SANs); else ``""``, the anonymous caller (nothing configured).
+    The auth interceptor has already refused calls without a valid token, so an
+    unknown token here (a race with nothing) also answers anonymous.
+
+    Args:
+        tokens: Token -> caller name (``AuthSettings.tokens()``).
+        certificates: Whether client certificates are required (``tls.require_client_cert``).
+    """
+
+    __slots__ = ("_by_digest", "_certificates", "anonymous")
+
+    def __init__(self, tokens: Mapping[str, str] | None = None, *, certificates: bool = False) -> None:
+        self._by_digest = {_digest(token.encode("utf-8")): name for token, name in (tokens or {}).items()}
+        self._certificates = certificates
+        self.anonymous = not self._by_digest and not certificates  # every caller is ""
+
+    def of(self, context: grpc.aio.ServicerContext) -> str:
+        """The caller of the RPC ``context`` belongs to."""
+        if self.anonymous:
+            return ""
+        if self._by_digest:
+            presented = _presented_token(context.invocation_metadata())
+            if presented is not None:
+                name = self._by_digest.get(_digest(presented))
+                if name is not None:
+                    return name
+        if self._certificates:
+            identities = context.peer_identities()
+            if identities:
+                first = identities[0]
+                text = first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first)
+                return CERT_PREFIX + text
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
-    """How one service is guarded: by a token (its UTF-8 bytes), or refused outright (None)."""
+    """How one service is guarded: by tokens (the SHA-256 digests of their UTF-8 bytes), or
+    refused outright (None)."""
 
     service: str
-    expected: bytes | None = field(repr=False)
+    expected: frozenset[bytes] | None = field(repr=False)
     refusal: str = ""  # the PERMISSION_DENIED message when expected is None
 
 
@@ -102,23 +199,25 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     Args:
         admin_token: The AdminService token; empty means none is configured.
-        client_token: The DecisionService token; empty leaves the data plane open.
+        client_tokens: The DecisionService tokens (any one admits); none leaves the data plane open.
         admin_open: With no admin token, whether AdminService is open (a loopback
             listen address) or refused.
     """
 
-    def __init__(self, *, admin_token: str, client_token: str, admin_open: bool) -> None:
+    def __init__(self, *, admin_token: str, client_tokens: Collection[str], admin_open: bool) -> None:
         admin_name, decision_name = _ADMIN_SERVICE.full_name, _DECISION_SERVICE.full_name
         self._admin: _Rule | None
         if admin_token:
-            self._admin = _Rule(admin_name, admin_token.encode("utf-8"))
+            self._admin = _Rule(admin_name, frozenset({_digest(admin_token.encode("utf-8"))}))
         elif admin_open:
             self._admin = None
         else:
             self._admin = _Rule(admin_name, None, f"{admin_name} is refused: the service listens on a "
                                                   "non-loopback address and no admin token is configured "
                                                   "(set admin.token)")
-        self._decision = _Rule(decision_name, client_token.encode("utf-8")) if client_token else None
+        self._decision = (
+            _Rule(decision_name, frozenset(_digest(t.encode("utf-8")) for t in client_tokens)) if client_tokens else None
+        )
         # (method, code, message) -> refusing handler; bounded by the protected methods x 3 answers.
         self._refusals: dict[tuple[str, grpc.StatusCode, str], grpc.RpcMethodHandler] = {}
 
@@ -147,7 +246,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if presented is None:
             return self._refuse(method, grpc.StatusCode.UNAUTHENTICATED,
                                 f"{rule.service} needs a token: send 'authorization: Bearer <token>' metadata")
-        if not hmac.compare_digest(presented, rule.expected):
+        if _digest(presented) not in rule.expected:
             return self._refuse(method, grpc.StatusCode.PERMISSION_DENIED,
                                 f"the token is not valid for {rule.service}")
         return await continuation(handler_call_details)
@@ -197,17 +296,17 @@ def _refusing_handler(method: str, code: grpc.StatusCode, message: str) -> grpc.
 
 
 def auth_interceptors(
-    *, admin_token: str, client_token: str, loopback: bool, listen: str
+    *, admin_token: str, client_tokens: Collection[str], loopback: bool, listen: str
 ) -> tuple[grpc.aio.ServerInterceptor, ...]:
     """The auth interceptor for these settings, or none when nothing is guarded (and logs the policy).
 
     Args:
         admin_token: ``admin.token``; empty when not configured.
-        client_token: ``auth.client_token``; empty when not configured.
+        client_tokens: ``auth.client_token`` and the ``auth.clients`` tokens; none when not configured.
         loopback: Whether the gRPC listen address is a loopback address.
         listen: The gRPC listen address, for the log line.
     """
-    interceptor = AuthInterceptor(admin_token=admin_token, client_token=client_token, admin_open=loopback)
+    interceptor = AuthInterceptor(admin_token=admin_token, client_tokens=client_tokens, admin_open=loopback)
     if admin_token:
         log.info("AdminService requires the admin token")
     elif loopback:
@@ -216,6 +315,6 @@ def auth_interceptors(
     else:
         log.warning("AdminService is refused on %s: no admin.token is configured for a non-loopback "
                     "address", listen)
-    if client_token:
-        log.info("DecisionService requires the client token")
+    if client_tokens:
+        log.info("DecisionService requires a client token (%d callers configured)", len(client_tokens))
     return (interceptor,) if interceptor.active else ()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,9 @@ from ._servicer import VERSION
 # parser it adds sets ``run=callable(args) -> exit code``. Imported by name so the
 # service never imports the simulator's code unless asked for it.
 _COMMAND_MODULES = ("loadwarden.backend_sim._commands",)
+_MESSAGE_MAX_LEN = 2_000
+
+log = logging.getLogger("loadwarden.server")
 
 
 def _parser(with_commands: bool = True) -> argparse.ArgumentParser:
@@ -47,26 +51,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         configure_tracing("loadwarden")  # from the OTEL_* variables; off when they ask for nothing
     except ValueError as exc:
-        print(f"loadwarden: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+        return _invalid(exc)
     try:
         config = load_config(args.config, os.environ)
         if args.listen:
             config = dataclasses.replace(config, listen=args.listen)
     except ConfigError as exc:
-        print(f"loadwarden: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+        return _invalid(exc)
+    except Exception as exc:  # a parser bug, yet the input is what caused it: one line, never a traceback
+        log.debug("reading the configuration failed", exc_info=True)
+        where = args.config if args.config is not None else "the LOADWARDEN_* environment"
+        return _invalid(f"{where}: cannot be read ({type(exc).__name__}: {exc}); run with --log-level DEBUG "
+                        "for details")
     try:
         asyncio.run(serve(config))
     except ConfigError as exc:
-        print(f"loadwarden: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+        return _invalid(exc)
     except OSError as exc:
         print(f"loadwarden: {exc}", file=sys.stderr)
         return 1
     finally:
         shutdown_tracing()  # exports the spans still buffered
     return 0
+
+
+def _invalid(problem: object) -> int:
+    """Prints ``problem`` as exactly one line on stderr and returns exit code 2."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(problem))
+    if len(text) > _MESSAGE_MAX_LEN:  # a huge key or value in a config never floods the terminal
+        text = f"{text[:_MESSAGE_MAX_LEN]}... ({len(text)} characters)"
+    print(f"loadwarden: invalid configuration: {text}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

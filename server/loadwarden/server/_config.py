@@ -40,6 +40,8 @@ refused on any other. Tokens are best set as ``LOADWARDEN_ADMIN__TOKEN`` and
 
 from __future__ import annotations
 
+import stat
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,7 +56,7 @@ from ._operations import OperationSettings, parse_operation
 from ._settings import PoolSettings, parse_pool
 from ._store import STORES
 from ._tls import TlsSettings, parse_tls
-from ._validation import check_count
+from ._validation import check_count, shown
 
 ENV_PREFIX = "LOADWARDEN_"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -178,26 +180,36 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         check_listen(self.listen)
-        if self.auth.client_token and self.auth.client_token == self.admin.token:
-            raise ConfigError("auth.client_token", "must differ from admin.token (a client could call AdminService)")
+        name = self.auth.tokens().get(self.admin.token) if self.admin.token else None
+        if name is not None:
+            key = "auth.client_token" if self.admin.token == self.auth.client_token else f"auth.clients.{name}"
+            raise ConfigError(key, "must differ from admin.token (a client could call AdminService)")
         for key in ("shutdown_grace_ms", "expiry_interval_ms"):
             if not 0 <= getattr(self, key) <= 3_600_000:
                 raise ConfigError(f"service.{key}", "must be in [0, 3600000]")
+        # An operation reading a pool that does not exist would answer its default size forever.
+        pools = {spec.settings.name for spec in self.pools}
+        for operation in self.operations:
+            if operation.load_source == "pool" and operation.pool not in pools:
+                raise ConfigError(f"operations.{operation.name}.pool",
+                                  f"no pool named {operation.pool!r} is configured; configured pools: "
+                                  f"{', '.join(sorted(pools)) or 'none'}")
 
 
 def check_listen(listen: str, key: str = "service.listen") -> None:
     """``host:port`` (IPv6 hosts in brackets) with a port in 0-65535; 0 picks a free port."""
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(key, f"must be host:port with a port in 0-65535, got {listen!r}")
+        raise ConfigError(key, f"must be host:port with a port in 0-65535, got {shown(listen)}")
     if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise ConfigError(key, f"an IPv6 host needs brackets, e.g. [::1]:50051, got {listen!r}")
+        raise ConfigError(key, f"an IPv6 host needs brackets, e.g. [::1]:50051, got {shown(listen)}")
 
 
 _SERVICE_KEYS = {"listen", "shutdown_grace_ms", "expiry_interval_ms", "seed", "auto_register_operations"}
 _LIMIT_KEYS = LIMIT_RANGES  # [limits] keys and their ranges; defaults and meanings on CoreLimits
 _TOP_KEYS = {"service", "limits", "pools", "state", "operations", "monitor", "admin", "tls", "auth"}
 MIN_ADMIN_TOKEN_LEN = 16
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config file larger than this is a mistake, not a config
 _VERBATIM_ENV = (["admin", "token"], ["auth", "client_token"], ["tls", "cert_file"], ["tls", "key_file"],
                  ["tls", "client_ca_file"])
 _ADMIN_RANGES = {"history_interval_ms": (100, 3_600_000), "history_retention_s": (60, 366 * 86_400)}
@@ -211,14 +223,46 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(str(path), f"cannot read config file: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(str(path), f"invalid TOML: {exc}") from None
+        raw = _parse_toml(_read_config_text(Path(path)), str(path))
     apply_env_overrides(raw, environ if environ is not None else {})
     return parse_config(raw)
+
+
+def _read_config_text(path: Path) -> str:
+    """The file's text: UTF-8, a leading UTF-8 byte order mark dropped; a ConfigError naming the file otherwise."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a fifo or device would block the start, a directory fail vaguely
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a named pipe" if stat.S_ISFIFO(info.st_mode) \
+                else "a device or socket"
+            raise ConfigError(str(path), f"cannot read config file: it is {kind}, not a regular file")
+        size = info.st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(str(path), f"config file is {size} bytes; at most {MAX_CONFIG_BYTES} allowed")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read config file: {exc.strerror or exc}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(str(path), "config file is UTF-16; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), f"config file is not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line} "
+                                     f"(offset {exc.start}); save it as UTF-8") from None
+
+
+def _parse_toml(text: str, where: str) -> dict[str, Any]:
+    """``tomllib.loads`` with every failure (syntax, nesting, huge numbers) a ConfigError naming ``where``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(where, f"invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(where, "invalid TOML: arrays or tables nested too deeply") from None
+    except ValueError:  # the only ValueError tomllib lets through: an integer too long to convert
+        raise ConfigError(where, f"invalid TOML: an integer has more than {sys.get_int_max_str_digits()} "
+                                 "digits") from None
 
 
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -236,14 +280,16 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
                 raise ConfigError(name, f"{part!r} is not a table in the config file")
             node = child
         # A secret is taken verbatim: read as TOML, "1e5" would become a number and "\"x\"" lose its quotes.
-        node[path[-1]] = environ[name] if path in _VERBATIM_ENV else _env_value(environ[name])
+        verbatim = path in _VERBATIM_ENV or (len(path) == 3 and path[:2] == ["auth", "clients"])
+        node[path[-1]] = environ[name] if verbatim else _env_value(environ[name])
 
 
 def _env_value(text: str) -> Any:
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        parsed = tomllib.loads(f"v = {text}")
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):  # ValueError: an integer too long to read
         return text
+    return parsed["v"] if len(parsed) == 1 else text  # "1\nx = 2" is one string, never two settings
 
 
 def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
@@ -265,7 +311,7 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
             limit_values[key] = check_count(value, f"limits.{key}", low, high)
         auto = service.get("auto_register_operations", False)
         if not isinstance(auto, bool):
-            raise ConfigError("service.auto_register_operations", f"must be true or false, got {auto!r}")
+            raise ConfigError("service.auto_register_operations", f"must be true or false, got {shown(auto)}")
         limits = CoreLimits(**limit_values, auto_register_operations=auto)
         pools_raw = _section(raw, "pools")
         if len(pools_raw) > limits.max_pools:
@@ -294,14 +340,14 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
             check_count(seed, "service.seed", 0, 2**63 - 1)
         listen = service.get("listen", DEFAULT_LISTEN)
         if not isinstance(listen, str):
-            raise ConfigError("service.listen", f"must be a string host:port, got {listen!r}")
+            raise ConfigError("service.listen", f"must be a string host:port, got {shown(listen)}")
     except InvalidArgument as exc:
         raise ConfigError(exc.field, exc.problem) from None
     return ServiceConfig(
         operations=tuple(operations),
         monitor=monitor,
         admin=_parse_admin(_section(raw, "admin")),
-        tls=parse_tls(_section(raw, "tls")),
+        tls=parse_tls(_no_nul(_section(raw, "tls"), "tls")),
         auth=parse_auth(_section(raw, "auth")),
         state=_parse_state(_section(raw, "state")),
         listen=listen,
@@ -321,12 +367,12 @@ def _parse_monitor(raw: Mapping[str, Any]) -> MonitorSettings:
             raise ConfigError(f"monitor.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
         if key == "enabled":
             if not isinstance(value, bool):
-                raise ConfigError("monitor.enabled", f"must be true or false, got {value!r}")
+                raise ConfigError("monitor.enabled", f"must be true or false, got {shown(value)}")
         elif key.endswith("_ms"):
             low = 0 if key == "stale_after_ms" else 10
             check_count(value, f"monitor.{key}", low, 3_600_000)
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1_000:
-            raise ConfigError(f"monitor.{key}", f"must be a number in [0, 1000], got {value!r}")
+            raise ConfigError(f"monitor.{key}", f"must be a number in [0, 1000], got {shown(value)}")
         values[key] = value
     settings = MonitorSettings(**values)
     if settings.cpu_weight + settings.memory_weight + settings.load_average_weight <= 0:
@@ -342,8 +388,10 @@ def _parse_admin(raw: Mapping[str, Any]) -> AdminSettings:
             raise ConfigError(f"admin.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
         if key in ("listen", "token", "history_path"):
             if not isinstance(value, str):
-                shown = "a non-string value" if key == "token" else repr(value)
-                raise ConfigError(f"admin.{key}", f"must be a string, got {shown}")
+                got = "a non-string value" if key == "token" else shown(value)
+                raise ConfigError(f"admin.{key}", f"must be a string, got {got}")
+        if key == "history_path" and "\0" in value:
+            raise ConfigError("admin.history_path", "must not contain a NUL character")
         values[key] = value
     return AdminSettings(**values)
 
@@ -354,11 +402,11 @@ def _parse_state(raw: Mapping[str, Any]) -> StateSettings:
         if key not in valid:
             raise ConfigError(f"state.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
     store = raw.get("store", "memory")
-    if store not in STORES:
-        raise ConfigError("state.store", f"unknown store {store!r}; valid stores: {', '.join(sorted(STORES))}")
+    if not isinstance(store, str) or store not in STORES:
+        raise ConfigError("state.store", f"unknown store {shown(store)}; valid stores: {', '.join(sorted(STORES))}")
     path = raw.get("path", "")
-    if not isinstance(path, str):
-        raise ConfigError("state.path", f"must be a directory path, got {path!r}")
+    if not isinstance(path, str) or "\0" in path:
+        raise ConfigError("state.path", f"must be a directory path, got {shown(path)}")
     if store == "file" and not path:
         raise ConfigError("state.path", "is required with store = \"file\"")
     interval = raw.get("save_interval_ms", 10_000)
@@ -367,6 +415,14 @@ def _parse_state(raw: Mapping[str, Any]) -> StateSettings:
     except InvalidArgument as exc:
         raise ConfigError(exc.field, exc.problem) from None
     return StateSettings(store=store, path=path, save_interval_ms=interval)
+
+
+def _no_nul(section: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """``section`` if no string value holds a NUL (file paths with one fail deep in the OS layer)."""
+    for key, value in section.items():
+        if isinstance(value, str) and "\0" in value:
+            raise ConfigError(f"{name}.{key}", "must not contain a NUL character")
+    return section
 
 
 def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:

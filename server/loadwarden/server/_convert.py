@@ -161,18 +161,30 @@ def server_status(pool: Pool, server: Backend, now: float, wall_now: float) -> _
 
 def pool_status(pool: Pool, now: float, wall_now: float) -> _common.PoolStatus:
     servers = [server_status(pool, pool.servers[sid], now, wall_now) for sid in sorted(pool.servers)]
+    status = pool_header(pool, sum(1 for s in servers if s.state == _common.SERVER_STATE_SERVING),
+                         sum(s.in_flight for s in servers))
+    status.servers.extend(servers)
+    return status
+
+
+def pool_header(pool: Pool, eligible: int, in_flight: int) -> _common.PoolStatus:
+    """``pool``'s status without its servers, with the given whole-pool counts."""
     return _common.PoolStatus(
         name=pool.name,
         strategy=pool.settings.strategy,
-        servers=servers,
-        eligible_servers=sum(1 for s in servers if s.state == _common.SERVER_STATE_SERVING),
-        in_flight=sum(s.in_flight for s in servers),
+        eligible_servers=eligible,
+        in_flight=in_flight,
         active_leases=pool.slots.in_use,
         queue_length=pool.slots.waiting,
         concurrency_limit=pool.slots.limit.limit,
         strategy_stats=pool.strategy.stats(),
         panic=pool.panic,
     )
+
+
+def is_serving(pool: Pool, server: Backend, now: float) -> bool:
+    """Whether ``server`` shows as SERVING in a status (the one Health -> ServerState table)."""
+    return _HEALTH[pool.health(server, now)] == _common.SERVER_STATE_SERVING
 
 
 def load_status(core: DecisionCore, pool_name: str) -> _common.LoadStatus:
@@ -194,7 +206,7 @@ def _optional_name(value: str, field: str) -> str:
     return check_name(value, field) if value else ""
 
 
-def slot_request(request: _pb.AcquireSlotRequest) -> SlotRequest:
+def slot_request(request: _pb.AcquireSlotRequest, owner: str = "") -> SlotRequest:
     ttl_ms = check_ttl_ms(request.lease_ttl_ms, "lease_ttl_ms")
     return SlotRequest(
         pool=check_name(request.pool, "pool"),
@@ -204,6 +216,7 @@ def slot_request(request: _pb.AcquireSlotRequest) -> SlotRequest:
         lease_ttl_s=ttl_ms / 1000.0 if ttl_ms else None,
         client_key=_optional_name(request.client_key, "client_key"),
         select_server=request.select_server,
+        owner=owner,
     )
 
 
@@ -216,7 +229,7 @@ def lease(lease_: Lease, now: float, wall_now: float) -> _common.Lease:
     )
 
 
-def acquire_response(answer: Granted | object, core: DecisionCore) -> _pb.AcquireSlotResponse:
+def acquire_response(answer: Granted | object, core: DecisionCore, owner: str = "") -> _pb.AcquireSlotResponse:
     now, wall_now = core.clock.monotonic(), core.clock.wall()
     if isinstance(answer, Granted):
         granted = answer.lease
@@ -231,7 +244,7 @@ def acquire_response(answer: Granted | object, core: DecisionCore) -> _pb.Acquir
         return response
     return _pb.AcquireSlotResponse(
         granted=False,
-        decision_id=core.new_decision_id(),
+        decision_id=core.new_decision_id(owner),
         denial_reason=_DENIAL[answer.denial],  # type: ignore[attr-defined]
         reason=answer.reason,  # type: ignore[attr-defined]
         retry_after_ms=math.ceil(answer.retry_after_s * 1000),  # type: ignore[attr-defined]  # never early

@@ -11,7 +11,7 @@ import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from ._admission import Admission, Answer, Lease, SlotPool, SlotRequest
+from ._admission import Admission, Answer, Lease, LeaseSelection, SlotRequest
 from ._clock import Clock, SystemClock
 from ._decisions import IdGenerator, PendingDecision, PendingDecisions
 from ._loadmonitor import HostMonitor, LoadReading, LoadWeights, pool_reading
@@ -40,6 +40,16 @@ LIMIT_RANGES: dict[str, tuple[int, int]] = {
     "max_watch_streams": (1, 100_000),
     "max_message_bytes": (65_536, 256 * 1024 * 1024),
     "max_concurrent_rpcs": (1, 1_000_000),
+    "max_servers": (1, 10_000_000),
+    "max_watch_streams_per_caller": (1, 100_000),
+    "max_connections": (0, 1_000_000),
+    "handshake_timeout_ms": (100, 600_000),
+    "keepalive_time_ms": (1_000, 86_400_000),
+    "keepalive_timeout_ms": (100, 600_000),
+    "max_pings_without_data": (0, 1_000),
+    "max_connection_idle_ms": (0, 86_400_000),
+    "max_connection_age_ms": (0, 86_400_000 * 30),
+    "max_connection_age_grace_ms": (0, 86_400_000),
 }
 
 
@@ -68,6 +78,28 @@ class CoreLimits:
         max_concurrent_rpcs: RPCs in progress at once, all services together (waiting
             AcquireSlot calls and open streams included); gRPC answers RESOURCE_EXHAUSTED
             past it. Each costs roughly 20 KB while it lasts.
+        max_servers: Servers in all pools together (about 1.4 KB each, bench/memory.py);
+            ConfigurePool / RegisterServer past it: RESOURCE_EXHAUSTED; a config past it
+            does not start.
+        max_watch_streams_per_caller: WatchLoadStatus streams one caller identity may
+            hold open at once (within max_watch_streams).
+        max_connections: Incoming connections at once (gRPC's
+            ``grpc.max_allowed_incoming_connections``: one past it is closed at accept);
+            0 means the open-files limit less a reserve for the process's own files.
+        handshake_timeout_ms: A connection that has not finished its TLS and HTTP/2
+            handshake by then is closed (``grpc.server_handshake_timeout_ms``), so idle
+            sockets that never speak HTTP/2 do not hold a connection place, ms.
+        keepalive_time_ms: The service pings a connection after this long without
+            activity, to find dead peers (``grpc.keepalive_time_ms``), ms.
+        keepalive_timeout_ms: A ping unanswered this long closes the connection, ms.
+        max_pings_without_data: Keepalive pings the service sends on a connection while
+            no data flows (``grpc.http2.max_pings_without_data``); 0 means no limit.
+        max_connection_idle_ms: A connection with no RPC in progress for this long is
+            closed with GOAWAY (clients reconnect on their next call); 0 means never, ms.
+        max_connection_age_ms: A connection older than this is closed with GOAWAY; 0
+            means never, ms.
+        max_connection_age_grace_ms: RPCs still running on a connection past its age
+            get this long to finish, ms.
         auto_register_operations: GetBatchSize / ReportBatch on an unknown operation
             registers it with default settings (up to max_operations) instead of NOT_FOUND.
 
@@ -85,6 +117,16 @@ class CoreLimits:
     max_watch_streams: int = 100
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_rpcs: int = 10_000
+    max_servers: int = 100_000
+    max_watch_streams_per_caller: int = 20
+    max_connections: int = 0
+    handshake_timeout_ms: int = 10_000
+    keepalive_time_ms: int = 120_000
+    keepalive_timeout_ms: int = 20_000
+    max_pings_without_data: int = 0
+    max_connection_idle_ms: int = 300_000
+    max_connection_age_ms: int = 0
+    max_connection_age_grace_ms: int = 30_000
     auto_register_operations: bool = False
 
     def __post_init__(self) -> None:
@@ -105,6 +147,16 @@ class Selection:
     server: Backend
     strategy: str
     explored: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseDecision:
+    """A selection made with a lease (``select_server``); settled when the lease ends."""
+
+    decision_id: str
+    pool: Pool
+    server: Backend
+    memo: object
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +213,7 @@ class DecisionCore:
         self.admission = Admission(
             self.clock,
             self._select_for_lease,
-            self._report_lease_outcome,
+            self._settle_lease,
             max_leases=self.limits.max_leases,
             max_request_ids=self.limits.max_request_ids,
             ids=self._ids,
@@ -169,8 +221,9 @@ class DecisionCore:
 
     # --- decisions -------------------------------------------------------------
 
-    def select(self, pool_name: str, exclude: Collection[str] = ()) -> Selection:
-        """Picks a server of ``pool_name`` with its strategy and records the pending decision.
+    def select(self, pool_name: str, exclude: Collection[str] = (), owner: str = "") -> Selection:
+        """Picks a server of ``pool_name`` with its strategy and records the pending decision,
+        which belongs to ``owner`` (the caller identity).
 
         Raises:
             NotFound: unknown pool.
@@ -178,6 +231,13 @@ class DecisionCore:
         """
         now = self.clock.monotonic()
         pool = self.pool(pool_name)
+        server, explored, memo = self._choose(pool, exclude, now)
+        decision_id = self._ids.new(owner)
+        self._settle(self.pending.add(decision_id, pool, server, now, memo, owner))
+        self._settle(self.pending.expire(now))
+        return Selection(decision_id, server, pool.settings.strategy, explored)
+
+    def _choose(self, pool: Pool, exclude: Collection[str], now: float) -> tuple[Backend, bool, object]:
         candidates = pool.eligible(now, exclude)
         if not candidates:
             self.metrics.decided(pool, RESULT_NO_ELIGIBLE_SERVER)
@@ -185,14 +245,18 @@ class DecisionCore:
         server, explored, memo = pool.strategy.choose(candidates)
         server.in_flight += 1
         server.selections_total += 1
-        decision_id = self._ids.new()
-        self._settle(self.pending.add(decision_id, pool, server, now, memo))
-        self._settle(self.pending.expire(now))
         self.metrics.decided(pool, RESULT_SELECTED)
-        return Selection(decision_id, server, pool.settings.strategy, explored)
+        return server, explored, memo
 
-    def report_outcomes(self, outcomes: Sequence[OutcomeReport]) -> tuple[int, list[str]]:
-        """Applies outcomes to their pending decisions.
+    def _apply(self, pool: Pool, server: Backend, memo: object, success: bool, latency_ms: float, now: float) -> None:
+        """One outcome of a selection: the server's counters, ejection, and the strategy's lesson."""
+        server.record_outcome(success, latency_ms)
+        if not success:
+            pool.maybe_eject(server, now)
+        pool.strategy.observe(Feedback(server, success, latency_ms, memo))
+
+    def report_outcomes(self, outcomes: Sequence[OutcomeReport], owner: str = "") -> tuple[int, list[str]]:
+        """Applies outcomes to ``owner``'s pending decisions (another caller's are unknown).
 
         Returns:
             The number applied and the decision ids that were not pending.
@@ -205,16 +269,11 @@ class DecisionCore:
         unknown: list[str] = []
         applied = 0
         for outcome in outcomes:
-            decision = self.pending.pop(outcome.decision_id)
+            decision = self.pending.pop(outcome.decision_id, owner)
             if decision is None:
                 unknown.append(outcome.decision_id)
                 continue
-            decision.server.record_outcome(outcome.success, outcome.latency_ms)
-            if not outcome.success:
-                decision.pool.maybe_eject(decision.server, now)
-            decision.pool.strategy.observe(
-                Feedback(decision.server, outcome.success, outcome.latency_ms, decision.memo)
-            )
+            self._apply(decision.pool, decision.server, decision.memo, outcome.success, outcome.latency_ms, now)
             applied += 1
         if outcomes and not applied:
             first = next(i for i, o in enumerate(outcomes) if o.decision_id == unknown[0])
@@ -290,6 +349,19 @@ class DecisionCore:
         return operation
 
     def configure_operation(self, settings: OperationSettings) -> tuple[Operation, bool]:
+        """Creates or reconfigures an operation.
+
+        A ``pool``-sourced operation must name an existing pool. A pool deleted
+        later is allowed: the operation then answers its default size with
+        ``fallback`` set and a reason naming the missing pool.
+
+        Raises:
+            NotFound: naming ``operation.pool`` when that pool does not exist.
+            ResourceExhausted: ``limits.max_operations`` reached.
+        """
+        if settings.load_source == "pool" and settings.pool not in self._pools:
+            raise NotFound("operation.pool", f"no pool named {settings.pool!r}; create it first "
+                                             "(an operation reading its load would answer its default size)")
         existing = self.operations.get(settings.name)
         if existing is not None:
             existing.reconfigure(settings)
@@ -326,25 +398,34 @@ class DecisionCore:
         self.metrics.answered(pool, answer)
         return answer
 
-    def renew_lease(self, lease_id: str, ttl_s: float | None) -> Lease:
-        return self.admission.renew(lease_id, ttl_s)
+    def renew_lease(self, lease_id: str, ttl_s: float | None, owner: str = "") -> Lease:
+        return self.admission.renew(lease_id, ttl_s, owner)
 
-    def release_slot(self, lease_id: str, success: bool, latency_ms: float) -> bool:
-        return self.admission.release(lease_id, success=success, latency_ms=latency_ms)
+    def release_slot(self, lease_id: str, success: bool, latency_ms: float, owner: str = "") -> bool:
+        return self.admission.release(lease_id, success=success, latency_ms=latency_ms, owner=owner)
 
-    def new_decision_id(self) -> str:
-        """A fresh process-unique id (for decisions that hold no state, e.g. denials)."""
-        return self._ids.new()
+    def give_back(self, lease: Lease) -> None:
+        """Ends a lease whose caller was gone before the grant reached it."""
+        self.admission.give_back(lease)
 
-    def _select_for_lease(self, pool_name: str) -> tuple[str, Backend]:
-        choice = self.select(pool_name)
-        return choice.decision_id, choice.server
+    def new_decision_id(self, owner: str = "") -> str:
+        """A fresh unguessable id issued to ``owner`` (for decisions that hold no state, e.g. denials)."""
+        return self._ids.new(owner)
 
-    def _report_lease_outcome(self, decision_id: str, success: bool, latency_ms: float) -> None:
-        try:
-            self.report_outcomes([OutcomeReport(decision_id, success, latency_ms)])
-        except NotFound:
-            pass  # the selection outlived its decision TTL; it was counted as expired
+    def _select_for_lease(self, pool_name: str, owner: str) -> LeaseDecision:
+        # Not a pending decision: it lives and is settled with its lease, whatever the decision TTL.
+        pool = self.pool(pool_name)
+        server, _, memo = self._choose(pool, (), self.clock.monotonic())
+        return LeaseDecision(self._ids.new(owner), pool, server, memo)
+
+    def _settle_lease(self, selection: LeaseSelection, success: bool, latency_ms: float, expired: bool) -> None:
+        assert isinstance(selection, LeaseDecision)
+        pool, server = selection.pool, selection.server
+        if expired:  # reclaimed: the work's fate is unknown, like a decision that timed out
+            server.in_flight = max(0, server.in_flight - 1)
+            pool.strategy.observe(Feedback(server, False, latency_ms, selection.memo, expired=True))
+            return
+        self._apply(pool, server, selection.memo, success, latency_ms, self.clock.monotonic())
 
     def _settle(self, expired: list[PendingDecision]) -> None:
         # An expired decision frees its in-flight slot and teaches the strategy a failure.
@@ -396,6 +477,13 @@ class DecisionCore:
                 "(limits.max_servers_per_pool)",
             )
         count = len(servers) if servers is not None else len(existing.servers) if existing else 0
+        if servers is not None:
+            others = sum(len(p.servers) for p in self._pools.values() if p is not existing)
+            if others + len(servers) > self.limits.max_servers:
+                raise ResourceExhausted.cap_reached(
+                    "max_servers", "limits.max_servers", self.limits.max_servers,
+                    f"the other pools hold {others} servers; pool {settings.name!r} cannot have {len(servers)}",
+                )
         too_many = _strategy_size_problem(settings.strategy, count)
         if too_many:
             raise InvalidArgument(f"{where}.strategy", too_many)
@@ -406,7 +494,8 @@ class DecisionCore:
                     f"the service holds {len(self._pools)} pools; cannot add {settings.name!r}",
                 )
             assert strategy is not None
-            pool = self._pools[settings.name] = Pool(settings, strategy, members, SlotPool(settings, where))
+            slots = self.admission.open_pool(settings, where)  # a deleted namesake's leases keep counting
+            pool = self._pools[settings.name] = Pool(settings, strategy, members, slots)
             created = True
         else:
             pool = existing
@@ -434,6 +523,12 @@ class DecisionCore:
                 f"pool {pool_name!r} holds {len(pool.servers)} servers; cannot add {spec.id!r}",
             )
         if spec.id not in pool.servers:
+            total = sum(len(p.servers) for p in self._pools.values())
+            if total >= self.limits.max_servers:
+                raise ResourceExhausted.cap_reached(
+                    "max_servers", "limits.max_servers", self.limits.max_servers,
+                    f"the service holds {total} servers; cannot add {spec.id!r} to pool {pool_name!r}",
+                )
             too_many = _strategy_size_problem(pool.settings.strategy, len(pool.servers) + 1)
             if too_many:
                 raise ResourceExhausted(f"server.id: pool {pool_name!r}: {too_many}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -14,36 +16,62 @@ if TYPE_CHECKING:
 
 
 class IdGenerator:
-    """Process-unique ids: a random per-process prefix and a counter.
+    """Unguessable ids, each bound to the caller it was issued to.
 
-    An id is never reused within a process, and a restarted process starts a new
-    prefix, so an outcome meant for an old process can never match a new decision.
+    An id is ``<prefix>-<counter>-<tag>``: the prefix is random per process (a
+    restarted process never matches an old id), the counter makes ids unique within
+    the process (never reused), and the tag is 96 bits of keyed BLAKE2b over the
+    prefix, counter and owner, under a 256-bit key from ``secrets`` that never
+    leaves the process. Without the key nobody can forge an id, guess another
+    caller's, or turn one caller's id into another's; with it, ``issued`` answers
+    "was this id issued to this owner" in O(1) without remembering any id.
+
+    Args:
+        prefix: Fixed prefix (tests and the simulator use one for readable ids);
+            random when None.
+        key: MAC key, at least 16 bytes; random when None.
     """
 
-    __slots__ = ("_prefix", "_next")
+    __slots__ = ("_prefix", "_next", "_key")
 
-    def __init__(self, prefix: str | None = None) -> None:
+    TAG_BYTES = 12  # 96 bits
+
+    def __init__(self, prefix: str | None = None, key: bytes | None = None) -> None:
         self._prefix = prefix if prefix is not None else secrets.token_hex(4)
+        self._key = key if key is not None else secrets.token_bytes(32)
+        if len(self._key) < 16:
+            raise ValueError("key: must be at least 16 bytes")
         self._next = 0
 
-    def new(self) -> str:
+    def new(self, owner: str = "") -> str:
+        """A fresh id issued to ``owner`` (the caller identity; empty when anonymous)."""
         self._next += 1
-        return f"{self._prefix}-{self._next:x}"
+        head = f"{self._prefix}-{self._next:x}"
+        return f"{head}-{self._tag(head, owner)}"
 
     def derived(self, tag: str) -> IdGenerator:
-        """A generator of its own id space under this one's prefix (``<prefix>-<tag>-<n>``)."""
-        return IdGenerator(f"{self._prefix}-{tag}")
+        """A generator of its own id space under this one's prefix and key (``<prefix>-<tag>-<n>-<mac>``)."""
+        return IdGenerator(f"{self._prefix}-{tag}", self._key)
 
-    def issued(self, id_: str) -> bool:
-        """Whether ``new`` has returned ``id_``: O(1), whatever the number of ids issued."""
-        head, sep, counter = id_.rpartition("-")
-        if not sep or head != self._prefix or not counter or len(counter) > 16:
+    def issued(self, id_: str, owner: str = "") -> bool:
+        """Whether ``new(owner)`` has returned ``id_``: O(1), whatever the number of ids issued."""
+        head, sep, tag = id_.rpartition("-")
+        if not sep or len(tag) != 2 * self.TAG_BYTES:
+            return False
+        prefix, sep, counter = head.rpartition("-")
+        if not sep or prefix != self._prefix or not counter or len(counter) > 16:
             return False
         try:
             n = int(counter, 16)
         except ValueError:
             return False
-        return 0 < n <= self._next and counter == f"{n:x}"
+        if not (0 < n <= self._next and counter == f"{n:x}"):
+            return False
+        return hmac.compare_digest(tag, self._tag(head, owner))
+
+    def _tag(self, head: str, owner: str) -> str:
+        data = f"{head}\x00{owner}".encode("utf-8", "surrogateescape")
+        return hashlib.blake2b(data, key=self._key, digest_size=self.TAG_BYTES).hexdigest()
 
 
 @dataclass(slots=True, eq=False)
@@ -55,6 +83,7 @@ class PendingDecision:
     server: Backend
     expires_at: float
     memo: Any = None
+    owner: str = ""  # the caller identity it was issued to
 
 
 class PendingDecisions:
@@ -79,19 +108,22 @@ class PendingDecisions:
         return len(self._items)
 
     def add(
-        self, decision_id: str, pool: Pool, server: Backend, now: float, memo: Any = None
+        self, decision_id: str, pool: Pool, server: Backend, now: float, memo: Any = None, owner: str = ""
     ) -> list[PendingDecision]:
-        """Records a decision; returns the decisions evicted to stay within capacity."""
+        """Records a decision issued to ``owner``; returns the decisions evicted to stay within capacity."""
         evicted = []
         while len(self._items) >= self.capacity:
             evicted.append(self._items.popitem(last=False)[1])
-        self._items[decision_id] = PendingDecision(decision_id, pool, server, now + self.ttl_s, memo)
+        self._items[decision_id] = PendingDecision(decision_id, pool, server, now + self.ttl_s, memo, owner)
         self.expired_total += len(evicted)
         return evicted
 
-    def pop(self, decision_id: str) -> PendingDecision | None:
-        """Removes and returns the decision, or None if unknown, reported or expired."""
-        return self._items.pop(decision_id, None)
+    def pop(self, decision_id: str, owner: str = "") -> PendingDecision | None:
+        """Removes and returns ``owner``'s decision; None if unknown, reported, expired or another's."""
+        decision = self._items.get(decision_id)
+        if decision is None or decision.owner != owner:
+            return None
+        return self._items.pop(decision_id)
 
     def expire(self, now: float) -> list[PendingDecision]:
         """Removes and returns the decisions whose TTL has passed at ``now``."""

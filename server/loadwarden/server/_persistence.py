@@ -10,15 +10,18 @@ import asyncio
 import json
 import logging
 import math
+import sys
 from typing import Any
 
 from ._core import DecisionCore
+from ._errors import ConfigError
 from ._store import StateStore
 
 log = logging.getLogger("loadwarden.server")
 
 LEARNED_KEY = "learned-state"
 FORMAT = "loadwarden.learned/1"
+_PROBLEM_MAX_LEN = 300
 
 
 class CorruptState(ValueError):
@@ -49,6 +52,13 @@ def decode(blob: bytes) -> dict[str, Any]:
         data = json.loads(blob.decode("utf-8"), parse_constant=no_constants)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptState(f"not JSON: {exc}") from None
+    except CorruptState:  # from no_constants
+        raise
+    except RecursionError:
+        raise CorruptState("not JSON this service reads: arrays or objects nested too deeply") from None
+    except ValueError:  # the only ValueError json lets through: an integer too long to convert
+        raise CorruptState(f"not JSON this service reads: an integer has more than {sys.get_int_max_str_digits()} "
+                           "digits") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CorruptState(f"not a {FORMAT} document")
     pools = data.get("pools")
@@ -64,33 +74,57 @@ def decode(blob: bytes) -> dict[str, Any]:
 def restore(core: DecisionCore, store: StateStore) -> int:
     """Loads the saved learned state into matching pools; returns how many pools took it.
 
-    A blob that cannot be read is moved aside with a warning and every pool
-    starts fresh; a pool whose strategy changed since the save starts fresh too.
-    Never raises for bad data.
+    A blob that cannot be read or parsed for any reason (unreadable, too large,
+    not JSON, nested too deeply, wrong shapes) is moved aside with a warning and
+    every pool starts fresh. A pool whose saved entry does not fit its strategy
+    starts fresh while the other pools keep theirs, and the blob is moved aside
+    too, kept for inspection. A pool whose strategy changed since the save starts
+    fresh. Never raises for bad data.
+
+    Raises:
+        ConfigError: naming ``state.path`` when an unusable blob cannot be moved aside
+            (the service would otherwise read it again at every start).
     """
-    blob = store.load(LEARNED_KEY)
-    if blob is None:
-        return 0
     try:
+        blob = store.load(LEARNED_KEY)
+        if blob is None:
+            return 0
         data = decode(blob)
-        restored = 0
-        for name, entry in data["pools"].items():
-            pool = next((p for p in core.pools() if p.name == name), None)
-            if pool is None or pool.settings.strategy != entry["strategy"]:
-                log.info("learned state for pool %s (%s) not restored: pool gone or strategy changed",
-                         name, entry["strategy"])
-                continue
-            try:
-                pool.strategy.restore(entry["state"])
-            except (ValueError, TypeError, KeyError) as exc:
-                raise CorruptState(f"pool {name!r}: {exc}") from None
-            restored += 1
-    except CorruptState as exc:
-        aside = store.quarantine(LEARNED_KEY)
-        log.warning("saved learned state is unusable (%s); moved aside to %s; learning starts fresh", exc, aside)
+    except (OSError, CorruptState) as exc:
+        _set_aside(store, f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc), "learning starts fresh")
         return 0
-    log.info("restored learned state for %d pools", restored)
+    restored = 0
+    unusable = []
+    for name, entry in data["pools"].items():
+        pool = next((p for p in core.pools() if p.name == name), None)
+        if pool is None or pool.settings.strategy != entry["strategy"]:
+            log.info("learned state for pool %s (%s) not restored: pool gone or strategy changed",
+                     name, entry["strategy"])
+            continue
+        try:
+            pool.strategy.restore(entry["state"])
+        except RecursionError:
+            unusable.append(f"pool {name!r}: nested too deeply")
+        except Exception as exc:  # any shape restore() does not expect: the pool starts fresh, never the service dies
+            unusable.append(f"pool {name!r}: {type(exc).__name__}: {exc}")
+        else:
+            restored += 1
+    if unusable:
+        _set_aside(store, "; ".join(unusable), f"those pools start fresh, {restored} restored")
+    else:
+        log.info("restored learned state for %d pools", restored)
     return restored
+
+
+def _set_aside(store: StateStore, problem: str, outcome: str) -> None:
+    if len(problem) > _PROBLEM_MAX_LEN:  # a message quoting a huge bad value stays one readable line
+        problem = f"{problem[:_PROBLEM_MAX_LEN]}..."
+    try:
+        aside = store.quarantine(LEARNED_KEY)
+    except OSError as exc:
+        raise ConfigError("state.path", f"saved learned state is unusable ({problem}) and cannot be moved aside: "
+                                        f"{exc.strerror or exc}") from None
+    log.warning("saved learned state is unusable (%s); moved aside to %s; %s", problem, aside, outcome)
 
 
 class Persister:

@@ -1,4 +1,4 @@
-"""Per-client-key token buckets: one ``RateLimiter`` per pool.
+"""Per-caller and per-client-key token buckets: one ``RateLimiter`` per pool.
 
 Each client key owns a bucket of ``burst`` tokens that refills at
 ``count / per_s`` tokens per second and starts full. A request spends one token;
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 from ._settings import RateLimit
 
@@ -30,8 +32,73 @@ class _Bucket:
         self.counted_at = counted_at  # monotonic seconds when `tokens` was right
 
 
+class _Rate:
+    """One rate's arithmetic over buckets: refill, check, spend."""
+
+    __slots__ = ("count", "per_s", "burst")
+
+    def __init__(self, limit: RateLimit, name: str) -> None:
+        if not isinstance(limit, RateLimit):
+            raise ValueError(f"{name} must be a RateLimit, got {limit!r}")
+        _check_count(f"{name}.count", limit.count)
+        _check_count(f"{name}.burst", limit.burst)
+        if isinstance(limit.per_s, bool) or not isinstance(limit.per_s, int | float) or not 0 < limit.per_s < math.inf:
+            raise ValueError(f"{name}.per_s must be a positive number of seconds, got {limit.per_s!r}")
+        self.count = float(limit.count)
+        self.per_s = float(limit.per_s)
+        self.burst = float(limit.burst)
+
+    def new(self, now: float) -> _Bucket:
+        return _Bucket(self.burst, now)
+
+    def wait_s(self, bucket: _Bucket, now: float) -> float:
+        """Refills ``bucket`` to ``now``; 0.0 when it holds a token, else the seconds until it will."""
+        if now > bucket.counted_at:
+            # (elapsed * count) / per_s rounds exactly where elapsed * rate would not.
+            refill = (now - bucket.counted_at) * self.count / self.per_s
+            bucket.tokens = min(self.burst, bucket.tokens + refill)  # inf refill caps at burst too
+            bucket.counted_at = now
+        if bucket.tokens >= 1.0 - _EPSILON_TOKENS:
+            return 0.0
+        return (1.0 - bucket.tokens) * self.per_s / self.count
+
+    @staticmethod
+    def spend(bucket: _Bucket) -> None:
+        bucket.tokens = max(0.0, bucket.tokens - 1.0)
+
+
+class _Caller:
+    """One identified caller's buckets: its own, and one per client key it subdivides into."""
+
+    __slots__ = ("bucket", "keys")
+
+    def __init__(self, bucket: _Bucket) -> None:
+        self.bucket = bucket
+        self.keys: OrderedDict[str, _Bucket] = OrderedDict()  # least recently used first
+
+
+def _touch(table: OrderedDict[str, Any], key: str, cap: int, make: Callable[[], Any]) -> Any:
+    """``table[key]``, made with ``make`` (evicting the least recently used at ``cap``) or moved to the end."""
+    entry = table.get(key)
+    if entry is None:
+        if len(table) >= cap:
+            table.popitem(last=False)
+        entry = table[key] = make()
+    else:
+        table.move_to_end(key)
+    return entry
+
+
 class RateLimiter:
     """Token buckets per client key, with at most ``max_keys`` keys tracked.
+
+    The anonymous caller (``identity=None``: no credentials configured) gets one bucket
+    per client key, as before identities existed. An identified caller is limited as
+    a whole: its own bucket at ``identity_limit`` (the pool's rate unless set) bounds
+    everything it does, and a client key it sends subdivides within it (one more
+    bucket at ``limit`` per key, at most ``max_keys_per_identity`` keys), so rotating
+    keys never buys a caller more than its own rate. A request spends one token from
+    every bucket it passes, and only when all of them hold one.
 
     Keys are evicted least recently used first (a refused request counts as a use).
     An evicted key forgets its bucket and comes back full: a client can get up to
@@ -39,42 +106,49 @@ class RateLimiter:
     admitting, and only happens when more than ``max_keys`` keys are active at
     once; the alternative, refusing keys never seen before while the table is
     full, would let a few busy keys lock every new client out. Memory stays
-    bounded by ``max_keys`` either way.
+    bounded by ``max_keys`` anonymous keys plus ``max_keys`` identities with at most
+    ``max_keys_per_identity`` keys each (identities are the configured callers).
 
     Args:
-        limit: The rate (``count`` tokens per ``per_s`` seconds) and ``burst``.
-        max_keys: Client keys tracked at most, count, >= 1.
+        limit: The rate (``count`` tokens per ``per_s`` seconds) and ``burst`` per client key.
+        max_keys: Client keys (and identities) tracked at most, count, >= 1.
+        identity_limit: The rate of one identified caller over all its keys; ``limit`` when None.
+        max_keys_per_identity: Client keys tracked per identified caller, count, >= 1.
 
     Raises:
         ValueError: An argument is out of range; the message names it.
     """
 
-    __slots__ = ("_burst", "_count", "_per_s", "_max_keys", "_buckets")
+    __slots__ = ("_key_rate", "_identity_rate", "_max_keys", "_max_keys_per_identity", "_buckets", "_callers")
 
-    def __init__(self, limit: RateLimit, max_keys: int) -> None:
-        if not isinstance(limit, RateLimit):
-            raise ValueError(f"limit must be a RateLimit, got {limit!r}")
-        _check_count("limit.count", limit.count)
-        _check_count("limit.burst", limit.burst)
-        if isinstance(limit.per_s, bool) or not isinstance(limit.per_s, int | float) or not 0 < limit.per_s < math.inf:
-            raise ValueError(f"limit.per_s must be a positive number of seconds, got {limit.per_s!r}")
+    def __init__(
+        self,
+        limit: RateLimit,
+        max_keys: int,
+        identity_limit: RateLimit | None = None,
+        max_keys_per_identity: int = 1_000,
+    ) -> None:
+        self._key_rate = _Rate(limit, "limit")
+        self._identity_rate = _Rate(identity_limit, "identity_limit") if identity_limit is not None else self._key_rate
         _check_count("max_keys", max_keys)
-        self._count = float(limit.count)
-        self._per_s = float(limit.per_s)
-        self._burst = float(limit.burst)
+        _check_count("max_keys_per_identity", max_keys_per_identity)
         self._max_keys = max_keys
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()  # least recently used first
+        self._max_keys_per_identity = max_keys_per_identity
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()  # anonymous keys, least recently used first
+        self._callers: OrderedDict[str, _Caller] = OrderedDict()  # identities, least recently used first
 
-    def try_acquire(self, key: str, now: float) -> float:
-        """Takes one token from ``key``'s bucket if it has one.
+    def try_acquire(self, key: str, now: float, identity: str | None = None) -> float:
+        """Takes one token from each bucket the request passes if every one has one.
 
         Args:
-            key: Client key; the empty string (anonymous) is one key like any other.
-            now: Monotonic time, seconds. An earlier ``now`` than the key's last one
+            key: Client key; the empty string is one key like any other for the
+                anonymous caller, and "no subdivision" for an identified one.
+            now: Monotonic time, seconds. An earlier ``now`` than a bucket's last one
                 adds no tokens (time never runs backwards for a bucket).
+            identity: The caller identity; None for the anonymous caller.
 
         Returns:
-            0.0 when a token was taken; otherwise the seconds until one will be
+            0.0 when the tokens were taken; otherwise the seconds until they will be
             there, > 0 (retry after that long).
 
         Raises:
@@ -82,29 +156,37 @@ class RateLimiter:
         """
         if not math.isfinite(now):
             raise ValueError(f"now must be a finite number of seconds, got {now!r}")
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self._max_keys:
-                self._buckets.popitem(last=False)
-            bucket = self._buckets[key] = _Bucket(self._burst, now)
-        else:
-            self._buckets.move_to_end(key)
-            if now > bucket.counted_at:
-                # (elapsed * count) / per_s rounds exactly where elapsed * rate would not.
-                refill = (now - bucket.counted_at) * self._count / self._per_s
-                bucket.tokens = min(self._burst, bucket.tokens + refill)  # inf refill caps at burst too
-                bucket.counted_at = now
-        if bucket.tokens >= 1.0 - _EPSILON_TOKENS:
-            bucket.tokens = max(0.0, bucket.tokens - 1.0)
-            return 0.0
-        return (1.0 - bucket.tokens) * self._per_s / self._count
+        if identity is None:
+            key_rate = self._key_rate
+            bucket = _touch(self._buckets, key, self._max_keys, lambda: key_rate.new(now))
+            wait = key_rate.wait_s(bucket, now)
+            if wait == 0.0:
+                key_rate.spend(bucket)
+            return wait
+        identity_rate, key_rate = self._identity_rate, self._key_rate
+        caller = _touch(self._callers, identity, self._max_keys, lambda: _Caller(identity_rate.new(now)))
+        wait = identity_rate.wait_s(caller.bucket, now)
+        sub = None
+        if key:
+            sub = _touch(caller.keys, key, self._max_keys_per_identity, lambda: key_rate.new(now))
+            wait = max(wait, key_rate.wait_s(sub, now))
+        if wait == 0.0:
+            identity_rate.spend(caller.bucket)
+            if sub is not None:
+                key_rate.spend(sub)
+        return wait
 
     def __len__(self) -> int:
-        """Client keys tracked right now, count, <= ``max_keys``."""
-        return len(self._buckets)
+        """Anonymous client keys and identified callers tracked right now, count."""
+        return len(self._buckets) + len(self._callers)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._buckets
+        return key in self._buckets or key in self._callers
+
+    def keys_of(self, identity: str) -> int:
+        """Client keys tracked under ``identity``, count, <= ``max_keys_per_identity``."""
+        caller = self._callers.get(identity)
+        return len(caller.keys) if caller is not None else 0
 
 
 def _check_count(name: str, value: object) -> None:

@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import random
+import resource
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,11 +19,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from loadwarden.v1 import admin_pb2, decision_pb2
 
-from ._auth import auth_interceptors
+from ._auth import Callers, auth_interceptors
 from ._clock import Clock
 from ._config import ServiceConfig
-from ._core import DecisionCore
-from ._errors import ConfigError, InvalidArgument
+from ._core import CoreLimits, DecisionCore
+from ._errors import ConfigError, InvalidArgument, ResourceExhausted
 from ._convert import load_status
 from ._loadmonitor import HostMonitor, LoadWeights
 from ._metrics import ServerMetrics
@@ -115,12 +116,18 @@ async def start_service(
     """
     tls = load_tls(config.tls)  # before anything starts
     core = DecisionCore(config.limits, clock=clock, rng=rng or random.Random(config.seed))
+    configured = sum(len(spec.servers or ()) for spec in config.pools)
+    if configured > config.limits.max_servers:
+        raise ConfigError("limits.max_servers", f"the pools configure {configured} servers in all; "
+                                                f"limits.max_servers is {config.limits.max_servers}")
     for spec in config.pools:
         where = f"pools.{spec.settings.name}"
         try:
             core.configure_pool(spec.settings, spec.servers, where=where)
         except InvalidArgument as exc:
             raise ConfigError(exc.field, exc.problem) from None
+        except ResourceExhausted as exc:
+            raise ConfigError(exc.key or where, str(exc)) from None
     for operation in config.operations:
         core.configure_operation(operation)
     m = config.monitor
@@ -143,12 +150,16 @@ async def start_service(
 
     host = config.listen.rpartition(":")[0]
     # Auth after tracing (a refused call still gets its span), before metrics (which time handlers).
-    auth = auth_interceptors(admin_token=config.admin.token, client_token=config.auth.client_token,
+    client_tokens = config.auth.tokens()
+    auth = auth_interceptors(admin_token=config.admin.token, client_tokens=tuple(client_tokens),
                              loopback=is_loopback(host), listen=config.listen)
-    server = grpc.aio.server(options=(*_SERVER_OPTIONS, *server_options(config.limits)),
+    callers = Callers(client_tokens, certificates=config.tls.require_client_cert)
+    open_files = open_files_limit()
+    server = grpc.aio.server(options=(*_SERVER_OPTIONS, *server_options(config.limits),
+                                      *connection_options(config.limits, open_files)),
                              maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
                              interceptors=(*server_interceptors(), *auth, *core.metrics.interceptors()))
-    add_to_server(server, core)  # DecisionService and AdminService; undecodable requests -> INVALID_ARGUMENT
+    add_to_server(server, core, callers)  # DecisionService and AdminService; undecodable requests -> INVALID_ARGUMENT
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
@@ -177,7 +188,8 @@ async def start_service(
     if store.durable:
         persister = Persister(core, store, config.state.save_interval_ms / 1000.0)
         tasks.append(asyncio.create_task(persister.run(), name="loadwarden-persister"))
-    log.info("loadwarden serving on %s:%d (%d pools)", host, port, len(config.pools))
+    log.info("loadwarden serving on %s:%d (%d pools); connections capped at %s (open files limit %s)",
+             host, port, len(config.pools), connection_cap(config.limits, open_files), open_files)
     return RunningService(server, core, health_servicer, host, port, persister, tasks,
                           admin_port=admin.port if admin is not None else None, _admin=admin, _metrics=metrics_setup,
                           _history=history)
@@ -262,6 +274,79 @@ async def _start_admin(
     return admin, history, recorder
 
 
+# File descriptors kept free of connections when max_connections is 0 ("auto"): the
+# process's own files (listeners, admin HTTP, state and history files, gRPC's pipes).
+FD_RESERVE_MIN = 64
+FD_RESERVE_SHARE = 0.1
+
+
+def connection_cap(limits: CoreLimits, open_files: int | None) -> int | None:
+    """Incoming connections allowed at once: ``limits.max_connections``, or with 0 the
+    open-files limit less max(FD_RESERVE_MIN, 10 %) of it (None: no limit known)."""
+    if limits.max_connections:
+        return limits.max_connections
+    if open_files is None:
+        return None
+    return max(1, open_files - max(FD_RESERVE_MIN, int(open_files * FD_RESERVE_SHARE)))
+
+
+def connection_options(limits: CoreLimits, open_files: int | None) -> tuple[tuple[str, int], ...]:
+    """gRPC server options for the connection limits: cap, handshake timeout, keepalive,
+    idle and age (``limits.*``, documented on CoreLimits).
+
+    ``open_files`` is the process's open-files limit, which sizes the cap when
+    ``limits.max_connections`` is 0. A connection past the cap is closed as soon as
+    it is accepted, so descriptors never run out; one that has not finished its TLS
+    and HTTP/2 handshake within ``handshake_timeout_ms`` is closed, which frees the
+    places held by sockets that never speak HTTP/2, so a new client (a health check)
+    gets in after at most that long.
+    """
+    options = [
+        ("grpc.server_handshake_timeout_ms", limits.handshake_timeout_ms),
+        ("grpc.keepalive_time_ms", limits.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", limits.keepalive_timeout_ms),
+        ("grpc.http2.max_pings_without_data", limits.max_pings_without_data),
+    ]
+    if limits.max_connection_idle_ms:
+        options.append(("grpc.max_connection_idle_ms", limits.max_connection_idle_ms))
+    if limits.max_connection_age_ms:
+        options.append(("grpc.max_connection_age_ms", limits.max_connection_age_ms))
+        options.append(("grpc.max_connection_age_grace_ms", limits.max_connection_age_grace_ms))
+    cap = connection_cap(limits, open_files)
+    if cap is not None:
+        options.append(("grpc.max_allowed_incoming_connections", cap))
+    return tuple(options)
+
+
+# Highest soft open-files limit asked for when the hard limit is unlimited.
+_NOFILE_CEILING = 1 << 20
+
+
+def open_files_limit() -> int | None:
+    """The process's soft RLIMIT_NOFILE (None when unlimited or unknown)."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def raise_open_files_limit() -> int | None:
+    """Raises the soft RLIMIT_NOFILE to the hard limit (each connection holds a
+    descriptor) and logs the result; returns the soft limit in force."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = min(hard, _NOFILE_CEILING) if hard == resource.RLIM_INFINITY else hard
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            log.info("open files limit raised from %d to %d (the hard limit)", soft, wanted)
+        else:
+            log.info("open files limit %s (the hard limit)", soft)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot raise the open files limit: %s", exc)
+    return open_files_limit()
+
+
 async def _sweep(core: DecisionCore, interval_s: float) -> None:
     # Expires decisions even when no request arrives to do it on the way.
     while True:
@@ -276,6 +361,7 @@ async def serve(config: ServiceConfig, ready: asyncio.Event | None = None) -> No
     # Handlers first: a signal that arrives as soon as we announce readiness must drain too.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    raise_open_files_limit()
     running = await start_service(config)
     print(f"loadwarden listening on {running.target}", flush=True)
     if ready is not None:

@@ -31,10 +31,12 @@ from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
 from . import _convert as convert
 from . import _telemetry as telemetry
+from ._admission import MIN_RETRY_AFTER_S, Denial, Denied, Granted, Lease
+from ._auth import Callers
 from ._core import CoreLimits, DecisionCore
 from ._errors import DecisionError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._validation import check_name, check_range, check_ttl_ms
-from ._watch import Watchers, check_interval_ms
+from ._watch import Watchers, check_interval_ms, status_page
 
 log = logging.getLogger("loadwarden.server")
 
@@ -114,6 +116,12 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see service logs")
 
 
+def _past_deadline(context: Any) -> bool:
+    """Whether the call's deadline has passed (the client has then given up on the answer)."""
+    left = context.time_remaining()
+    return left is not None and left <= 0
+
+
 def _rpc(method: Handler) -> Handler:
     """Maps domain errors raised by a unary handler to gRPC status codes."""
 
@@ -134,16 +142,17 @@ def _rpc(method: Handler) -> Handler:
 class DecisionServicer(_pb_grpc.DecisionServiceServicer):
     """loadwarden.v1.DecisionService over a DecisionCore."""
 
-    def __init__(self, core: DecisionCore) -> None:
+    def __init__(self, core: DecisionCore, callers: Callers | None = None) -> None:
         self._core = core
+        self._callers = callers or Callers()
         self._ttl_ms = core.limits.decision_ttl_ms
-        self._watchers = Watchers(core.limits.max_watch_streams)
+        self._watchers = Watchers(core.limits.max_watch_streams, core.limits.max_watch_streams_per_caller)
 
     @_rpc
     async def SelectServer(self, request: _pb.SelectServerRequest, context: Any) -> _pb.SelectServerResponse:
         pool = check_name(request.pool, "pool")
         exclude = convert.exclusions(request.exclude_server_ids) if request.exclude_server_ids else ()
-        choice = self._core.select(pool, exclude)
+        choice = self._core.select(pool, exclude, self._callers.of(context))
         telemetry.record_selection(self._core, pool, choice)
         return _pb.SelectServerResponse(
             decision_id=choice.decision_id,
@@ -156,7 +165,7 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
 
     @_rpc
     async def ReportOutcome(self, request: _pb.ReportOutcomeRequest, context: Any) -> _pb.ReportOutcomeResponse:
-        applied, unknown = self._core.report_outcomes(convert.outcomes(request.outcomes))
+        applied, unknown = self._core.report_outcomes(convert.outcomes(request.outcomes), self._callers.of(context))
         return _pb.ReportOutcomeResponse(applied=applied, unknown_decision_ids=unknown)
 
     @_rpc
@@ -167,19 +176,33 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
     @_rpc
     async def GetLoadStatus(self, request: _pb.GetLoadStatusRequest, context: Any) -> _pb.GetLoadStatusResponse:
         pool = check_name(request.pool, "pool") if request.pool else ""
-        return _pb.GetLoadStatusResponse(status=convert.load_status(self._core, pool))
+        status, next_token = await status_page(self._core, pool, request.page_size, request.page_token)
+        return _pb.GetLoadStatusResponse(status=status, next_page_token=next_token)
 
     @_rpc
     async def AcquireSlot(self, request: _pb.AcquireSlotRequest, context: Any) -> _pb.AcquireSlotResponse:
-        answer = await self._core.acquire(convert.slot_request(request), context.time_remaining())
-        response = convert.acquire_response(answer, self._core)
+        caller = self._callers.of(context)
+        answer = await self._core.acquire(convert.slot_request(request, caller), context.time_remaining())
+        if isinstance(answer, Granted):
+            if _past_deadline(context):
+                # The caller has given up (its deadline passed while the call waited for the
+                # event loop): the grant would never reach it, so the slot goes straight back
+                # and the (undeliverable) answer is a denial.
+                self._core.give_back(answer.lease)
+                answer = Denied(Denial.QUEUE_TIMEOUT, "the call's deadline passed before the grant could be answered",
+                                MIN_RETRY_AFTER_S, answer.queue_wait_s)
+            else:
+                self._give_back_if_gone(context, answer.lease)
+        response = convert.acquire_response(answer, self._core, caller)
         telemetry.record_slot(request.pool, response)
         return response
 
     @_rpc
     async def RenewLease(self, request: _pb.RenewLeaseRequest, context: Any) -> _pb.RenewLeaseResponse:
         ttl_ms = check_ttl_ms(request.ttl_ms, "ttl_ms")
-        lease = self._core.renew_lease(check_name(request.lease_id, "lease_id"), ttl_ms / 1000.0 or None)
+        lease = self._core.renew_lease(
+            check_name(request.lease_id, "lease_id"), ttl_ms / 1000.0 or None, self._callers.of(context)
+        )
         clock = self._core.clock
         return _pb.RenewLeaseResponse(lease=convert.lease(lease, clock.monotonic(), clock.wall()))
 
@@ -189,18 +212,29 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
         if request.request_id:
             check_name(request.request_id, "request_id")
         latency = check_range(request.latency_ms, "latency_ms", 0.0, convert.MAX_LATENCY_MS)
-        released = self._core.release_slot(lease_id, request.success, latency)
+        released = self._core.release_slot(lease_id, request.success, latency, self._callers.of(context))
         return _pb.ReleaseSlotResponse(released=released, already_released=not released)
 
     @_rpc
     async def GetBatchSize(self, request: _pb.GetBatchSizeRequest, context: Any) -> _pb.GetBatchSizeResponse:
         answer = self._core.batch_size(check_name(request.operation, "operation"))
         telemetry.record_batch_size(request.operation, answer)
-        return convert.batch_size_response(answer, self._core.new_decision_id())
+        return convert.batch_size_response(answer, self._core.new_decision_id(self._callers.of(context)))
 
     @_rpc
     async def ReportBatch(self, request: _pb.ReportBatchRequest, context: Any) -> _pb.ReportBatchResponse:
         return _pb.ReportBatchResponse(applied=self._core.report_batches(convert.batch_reports(request.reports)))
+
+    def _give_back_if_gone(self, context: Any, lease: Lease) -> None:
+        """Releases ``lease`` if its AcquireSlot call ends cancelled (the caller went away
+        before the answer reached it), so a grant never outlives a caller that gave up."""
+        core = self._core
+
+        def done(call: Any) -> None:
+            if call.cancelled():
+                core.give_back(lease)
+
+        context.add_done_callback(done)
 
     async def WatchLoadStatus(self, request: _pb.WatchLoadStatusRequest, context: Any) -> Any:
         try:
@@ -210,8 +244,11 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
             interval_s = check_interval_ms(request.interval_ms)
             if pool:
                 self._core.pool(pool)
-            async for status in self._watchers.stream(self._core, pool, interval_s):
-                yield _pb.WatchLoadStatusResponse(status=status)
+            # Each item is a BytesValue whose bytes are the shared serialized snapshot; the
+            # response serializer writes them as they are, which is WatchLoadStatusResponse's
+            # wire form (field 1, length-delimited), so N streams cost one serialization.
+            async for item in self._watchers.stream(self._core, pool, interval_s, caller=self._callers.of(context)):
+                yield item
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -295,14 +332,17 @@ def _handlers(servicer: object, service: ServiceDescriptor) -> dict[str, grpc.Rp
     return handlers
 
 
-def add_to_server(server: grpc.aio.Server, core: DecisionCore) -> None:
+def add_to_server(server: grpc.aio.Server, core: DecisionCore, callers: Callers | None = None) -> None:
     """Registers DecisionService and AdminService over ``core`` on ``server``.
+
+    ``callers`` names each RPC's caller (the owner of what it makes); every caller is
+    the anonymous one when None.
 
     Same as the generated ``add_*Servicer_to_server`` functions, except that an
     undecodable request is answered INVALID_ARGUMENT instead of gRPC's UNKNOWN.
     """
     services = (
-        (DecisionServicer(core), _pb.DESCRIPTOR.services_by_name["DecisionService"]),
+        (DecisionServicer(core, callers), _pb.DESCRIPTOR.services_by_name["DecisionService"]),
         (AdminServicer(core), _admin.DESCRIPTOR.services_by_name["AdminService"]),
     )
     for servicer, service in services:

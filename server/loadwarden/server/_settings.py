@@ -19,6 +19,8 @@ from .strategies import check_strategy
 
 _RATE = re.compile(r"(\d{1,9})/(second|minute|hour)")
 _UNIT_S = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+DEFAULT_LEASE_TTL_MS = 30_000
+DEFAULT_MAX_LEASE_TTL_MS = 600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +101,19 @@ class PoolSettings:
         max_concurrency: Slots granted at once; 0 is unlimited.
         max_queue_length: Requests waiting for a slot at once.
         max_wait_ms: Longest wait for a slot.
-        lease_ttl_ms: Default lease time to live.
+        lease_ttl_ms: Default lease time to live, ms.
+        max_lease_ttl_ms: Longest TTL a lease may ask for or be renewed with, ms; at
+            least ``lease_ttl_ms``. Unset, the larger of 600,000 and ``lease_ttl_ms``.
         limit_algorithm: Admission limit algorithm name.
         limit_params: Parameters for it, by name.
-        rate_limit: Per-client-key token bucket, or None.
+        rate_limit: Per-client-key token bucket, or None. With caller identities
+            configured it also bounds each caller as a whole (unless
+            ``identity_rate_limit`` says otherwise), and client keys subdivide it.
         rate_limit_keys: Client keys whose buckets are tracked at once (least recently used evicted).
+        identity_rate_limit: One identified caller's rate over all its client keys;
+            None means ``rate_limit``. Only with ``rate_limit`` set.
+        rate_limit_keys_per_identity: Client keys tracked per identified caller (least
+            recently used evicted; the caller's own bucket still bounds it).
         outlier: Outlier ejection settings.
         slow_start_ms: Weight ramp window for joining/returning servers; 0 is off.
     """
@@ -116,11 +126,14 @@ class PoolSettings:
     max_concurrency: int = 0
     max_queue_length: int = 1_000
     max_wait_ms: int = 30_000
-    lease_ttl_ms: int = 30_000
+    lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS
+    max_lease_ttl_ms: int = DEFAULT_MAX_LEASE_TTL_MS
     limit_algorithm: str = "fixed"
     limit_params: Mapping[str, Any] = field(default_factory=dict)
     rate_limit: RateLimit | None = None
     rate_limit_keys: int = 10_000
+    identity_rate_limit: RateLimit | None = None
+    rate_limit_keys_per_identity: int = 1_000
     outlier: OutlierSettings = field(default_factory=OutlierSettings)
     slow_start_ms: int = 0
 
@@ -218,6 +231,7 @@ def parse_pool(
     known = (set(PoolSettings.__dataclass_fields__) - {"name", "outlier"}) | {
         "servers",
         "rate_burst",
+        "identity_rate_burst",
         "outlier_detection",
     }
     for key in values:
@@ -249,6 +263,17 @@ def parse_pool(
         kwargs["lease_ttl_ms"] = check_ttl_ms(
             _int(get("lease_ttl_ms"), f"{where}.lease_ttl_ms", 0, 86_400_000), f"{where}.lease_ttl_ms"
         )
+    if get("max_lease_ttl_ms"):
+        kwargs["max_lease_ttl_ms"] = check_ttl_ms(
+            _int(get("max_lease_ttl_ms"), f"{where}.max_lease_ttl_ms", 0, 86_400_000), f"{where}.max_lease_ttl_ms"
+        )
+        lease_ttl_ms = kwargs.get("lease_ttl_ms", DEFAULT_LEASE_TTL_MS)
+        if kwargs["max_lease_ttl_ms"] < lease_ttl_ms:
+            raise InvalidArgument(
+                f"{where}.max_lease_ttl_ms", f"must be >= lease_ttl_ms ({lease_ttl_ms}), got {kwargs['max_lease_ttl_ms']}"
+            )
+    else:
+        kwargs["max_lease_ttl_ms"] = max(DEFAULT_MAX_LEASE_TTL_MS, kwargs.get("lease_ttl_ms", 0))
     if get("limit_algorithm"):
         kwargs["limit_algorithm"] = _str(get("limit_algorithm"), f"{where}.limit_algorithm")
     if get("limit_params") is not None:
@@ -259,6 +284,17 @@ def parse_pool(
     kwargs["rate_limit"] = parse_rate_limit(
         _str(get("rate_limit") or "", f"{where}.rate_limit"), burst, f"{where}.rate_limit"
     )
+    identity_burst = _int(get("identity_rate_burst") or 0, f"{where}.identity_rate_burst", 0, 1_000_000)
+    kwargs["identity_rate_limit"] = parse_rate_limit(
+        _str(get("identity_rate_limit") or "", f"{where}.identity_rate_limit"), identity_burst,
+        f"{where}.identity_rate_limit",
+    )
+    if kwargs["identity_rate_limit"] is not None and kwargs["rate_limit"] is None:
+        raise InvalidArgument(f"{where}.identity_rate_limit", "needs rate_limit set too (it subdivides that limit)")
+    if get("rate_limit_keys_per_identity"):
+        kwargs["rate_limit_keys_per_identity"] = _int(
+            get("rate_limit_keys_per_identity"), f"{where}.rate_limit_keys_per_identity", 1, 1_000_000
+        )
     if get("outlier_detection") is not None:
         kwargs["outlier"] = parse_outlier(get("outlier_detection"), f"{where}.outlier_detection")
     if get("slow_start_ms") is not None:

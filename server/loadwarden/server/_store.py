@@ -8,8 +8,10 @@ implements the same three methods.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Protocol
@@ -70,26 +72,43 @@ class FileStore:
     """
 
     durable = True
+    max_bytes = 512 * 1024 * 1024  # a larger blob is set aside unread
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError("state.path", f"cannot create directory {str(self.directory)!r}: {exc.strerror}") from None
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+            problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError("state.path", f"cannot create directory {str(self.directory)!r}: {problem}") from None
         if not os.access(self.directory, os.W_OK):
             raise ConfigError("state.path", f"directory {str(self.directory)!r} is not writable")
         for leftover in self.directory.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError as exc:  # e.g. a directory of that name: harmless, never ours to remove
+                log.warning("state.path: cannot remove leftover %s: %s", leftover, exc.strerror or exc)
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}.json"
 
     def load(self, key: str) -> bytes | None:
+        """The file's bytes; None when there is none.
+
+        Raises:
+            OSError: the file cannot be read, is not a regular file, or is larger than
+                ``max_bytes`` (reading it would need several times that in memory).
+        """
+        path = self._path(key)
         try:
-            return self._path(key).read_bytes()
+            info = path.stat()
         except FileNotFoundError:
             return None
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        if info.st_size > self.max_bytes:
+            raise OSError(errno.EFBIG, f"{path} is {info.st_size} bytes, more than the {self.max_bytes} allowed")
+        return path.read_bytes()
 
     def save(self, key: str, data: bytes) -> None:
         target = self._path(key)

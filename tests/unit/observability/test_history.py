@@ -226,3 +226,32 @@ async def test_run_survives_a_bad_snapshot(caplog: pytest.LogCaptureFixture) -> 
     assert "not recorded" in caplog.text
     assert (await asyncio.to_thread(history.query, 0.0, 2000.0))["times"] == [1000.0]
     history.close()
+
+
+def test_a_directory_or_a_file_below_a_file_is_an_os_error(tmp_path: Path) -> None:
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        History(str(tmp_path), retention_s=60)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is not a directory"):
+        History(str(tmp_path / "file" / "history.sqlite"), retention_s=60)
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "loadwarden.toml"  # e.g. a mistyped history_path
+    path.write_text("[service]\n")
+    with pytest.raises(ValueError, match="is not an SQLite database"):
+        History(str(path), retention_s=60)
+    assert path.read_text() == "[service]\n" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_damaged_sqlite_file_is_moved_aside_and_history_starts_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "history.sqlite"
+    History(str(path), retention_s=60).close()
+    data = path.read_bytes()
+    path.write_bytes(data[:100] + b"\xab" * (len(data) - 100))  # header intact, pages garbage
+    with History(str(path), retention_s=60) as history:
+        assert history.path == str(path)
+    assert "moved aside" in caplog.text
+    assert [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]

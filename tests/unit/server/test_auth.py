@@ -77,7 +77,7 @@ def bearer(token: str) -> tuple[str, str]:
     return ("authorization", f"Bearer {token}")
 
 
-GUARDED = AuthInterceptor(admin_token=ADMIN_TOKEN, client_token=CLIENT_TOKEN, admin_open=True)
+GUARDED = AuthInterceptor(admin_token=ADMIN_TOKEN, client_tokens=[CLIENT_TOKEN], admin_open=True)
 
 
 # --- the token in the metadata --------------------------------------------------------
@@ -143,17 +143,17 @@ async def test_health_reflection_and_unknown_methods_are_left_to_the_server(meth
 
 
 async def test_without_a_client_token_the_data_plane_is_open() -> None:
-    interceptor = AuthInterceptor(admin_token=ADMIN_TOKEN, client_token="", admin_open=False)
+    interceptor = AuthInterceptor(admin_token=ADMIN_TOKEN, client_tokens=(), admin_open=False)
     assert (await decide(interceptor, SELECT))[0] is REAL
     assert (await refusal((await decide(interceptor, CONFIGURE))[0])).code is grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_without_an_admin_token_admin_is_open_on_loopback_and_refused_elsewhere() -> None:
-    open_ = AuthInterceptor(admin_token="", client_token="", admin_open=True)
+    open_ = AuthInterceptor(admin_token="", client_tokens=(), admin_open=True)
     assert not open_.active
     assert (await decide(open_, CONFIGURE))[0] is REAL
 
-    closed = AuthInterceptor(admin_token="", client_token="", admin_open=False)
+    closed = AuthInterceptor(admin_token="", client_tokens=(), admin_open=False)
     assert closed.active
     for metadata in ((), (bearer(ADMIN_TOKEN),)):
         handler, passed = await decide(closed, CONFIGURE, *metadata)
@@ -165,15 +165,15 @@ async def test_without_an_admin_token_admin_is_open_on_loopback_and_refused_else
 
 def test_auth_interceptors_install_nothing_when_nothing_is_guarded(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", "loadwarden.server")
-    assert auth_interceptors(admin_token="", client_token="", loopback=True, listen="127.0.0.1:1") == ()
+    assert auth_interceptors(admin_token="", client_tokens=(), loopback=True, listen="127.0.0.1:1") == ()
     assert "AdminService is open without a token" in caplog.text
     caplog.clear()
-    refused = auth_interceptors(admin_token="", client_token="", loopback=False, listen="0.0.0.0:1")
+    refused = auth_interceptors(admin_token="", client_tokens=(), loopback=False, listen="0.0.0.0:1")
     assert len(refused) == 1
     assert [r.levelname for r in caplog.records if "AdminService is refused on 0.0.0.0:1" in r.getMessage()] \
         == ["WARNING"]
-    assert len(auth_interceptors(admin_token=ADMIN_TOKEN, client_token="", loopback=True, listen="x:1")) == 1
-    assert len(auth_interceptors(admin_token="", client_token=CLIENT_TOKEN, loopback=True, listen="x:1")) == 1
+    assert len(auth_interceptors(admin_token=ADMIN_TOKEN, client_tokens=(), loopback=True, listen="x:1")) == 1
+    assert len(auth_interceptors(admin_token="", client_tokens=[CLIENT_TOKEN], loopback=True, listen="x:1")) == 1
     assert ADMIN_TOKEN not in caplog.text and CLIENT_TOKEN not in caplog.text
 
 

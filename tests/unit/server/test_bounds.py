@@ -114,7 +114,7 @@ async def test_lease_expiry_heap_stays_bounded_under_renewals() -> None:
     """Each renewal pushes an expiry; the superseded ones of a day-long lease would otherwise
     stay a day. The lease is still reclaimed exactly when its last TTL runs out."""
     clock = ManualClock()
-    core = core_with(PoolSettings(name="p"), clock=clock)
+    core = core_with(PoolSettings(name="p", max_lease_ttl_ms=86_400_000), clock=clock)
     lease = (await core.acquire(req(ttl_s=86_400.0), None)).lease  # type: ignore[union-attr]
     for _ in range(10_000):
         clock.advance(0.001)

@@ -3,11 +3,13 @@
 Adding an algorithm means one file with a class (``name``, ``Params``,
 ``adaptive``, ``limit``, ``on_sample``) and one entry in ``LIMITS``. An adaptive
 algorithm starts from the pool's ``max_concurrency``, which must then lie in
-its ``[min_limit, max_limit]``; only ``fixed`` reads 0 as unlimited.
+its ``[min_limit, max_limit]``, and never grows past it unless ``max_limit`` is
+set explicitly in ``limit_params``; only ``fixed`` reads 0 as unlimited.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,6 +78,10 @@ def _parse(name: str, params: Mapping[str, Any], initial_limit: int, where: str)
             raise InvalidArgument(
                 field, f"{initial_limit} is above limit_params.max_limit {parsed.max_limit} of {name!r}"
             )
+        if "max_limit" not in params:
+            # max_concurrency is the ceiling operators read in the config; only an explicit
+            # limit_params.max_limit lets the algorithm grow past it.
+            parsed = dataclasses.replace(parsed, max_limit=initial_limit)
     return cls, parsed
 
 
