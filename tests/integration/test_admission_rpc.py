@@ -169,6 +169,10 @@ CASES = [
     ("ReleaseSlot", pb.ReleaseSlotRequest(lease_id="x", latency_ms=-1), BAD, "latency_ms"),
     ("ReleaseSlot", pb.ReleaseSlotRequest(lease_id="x", latency_ms=float("nan")), BAD, "latency_ms"),
     ("ReleaseSlot", pb.ReleaseSlotRequest(lease_id="x", request_id="bad id"), BAD, "request_id"),
+    ("ReleaseSlot", pb.ReleaseSlotRequest(request_id="acquire-1"), BAD, "pool"),
+    ("ReleaseSlot", pb.ReleaseSlotRequest(request_id="acquire-1", pool="bad pool"), BAD, "pool"),
+    ("ReleaseSlot", pb.ReleaseSlotRequest(lease_id="x", pool="bad pool"), BAD, "pool"),
+    ("ReleaseSlot", pb.ReleaseSlotRequest(), BAD, "lease_id"),
 ]
 
 

@@ -127,16 +127,18 @@ class RenewLeaseResponse(_message.Message):
     def __init__(self, lease: _Optional[_Union[_common_pb2.Lease, _Mapping]] = ...) -> None: ...
 
 class ReleaseSlotRequest(_message.Message):
-    __slots__ = ("lease_id", "request_id", "success", "latency_ms")
+    __slots__ = ("lease_id", "request_id", "success", "latency_ms", "pool")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     request_id: str
     success: bool
     latency_ms: float
-    def __init__(self, lease_id: _Optional[str] = ..., request_id: _Optional[str] = ..., success: _Optional[bool] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+    pool: str
+    def __init__(self, lease_id: _Optional[str] = ..., request_id: _Optional[str] = ..., success: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., pool: _Optional[str] = ...) -> None: ...
 
 class ReleaseSlotResponse(_message.Message):
     __slots__ = ("released", "already_released")

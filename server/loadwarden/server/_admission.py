@@ -131,6 +131,7 @@ class SlotRequest:
 @dataclass(slots=True, eq=False)
 class _Waiter:
     request: SlotRequest
+    slots: SlotPool
     enqueued_at: float
     future: asyncio.Future[Answer]
     callers: int = 1  # idempotent retries attach to the same waiter
@@ -302,7 +303,7 @@ class Admission:
                 f"pool {request.pool!r}: wait queue is full ({slots.waiting} waiting; max_queue_length {cap})",
                 retry_after_s=slots.retry_after_s(),
             )
-        waiter = _Waiter(request, now, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(request, slots, now, asyncio.get_running_loop().create_future())
         slots.compact()
         heapq.heappush(slots.queue, (-request.priority, next(self._arrivals), waiter))
         slots.waiting += 1
@@ -471,6 +472,25 @@ class Admission:
         if lease.selection is not None:
             self._settle(lease.selection, success, latency_ms or held_ms, False)
         return True
+
+    def release_request(self, pool: str, request_id: str, *, success: bool, latency_ms: float,
+                        owner: str = "") -> bool:
+        """Ends what ``owner``'s AcquireSlot with ``request_id`` in ``pool`` holds: its lease
+        (as ``release``) or its wait (the slot it may still be granted goes unclaimed by that
+        caller). For a client that gave up on an AcquireSlot whose answer it never saw.
+
+        Returns:
+            True when a lease or a wait ended; False when nothing was held or waiting.
+        """
+        self.expire(self._clock.monotonic())
+        entry = self._requests.get((owner, pool, request_id))
+        if isinstance(entry, str):
+            return self.release(entry, success=success, latency_ms=latency_ms, owner=owner)
+        if isinstance(entry, _Waiter) and not entry.gone:
+            entry.callers = 1  # every caller of this request id has given up
+            self._leave(entry.slots, entry)
+            return True
+        return False
 
     def give_back(self, lease: Lease) -> None:
         """Ends a lease whose caller never got it (gone before the answer reached it): the

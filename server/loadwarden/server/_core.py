@@ -404,6 +404,10 @@ class DecisionCore:
     def release_slot(self, lease_id: str, success: bool, latency_ms: float, owner: str = "") -> bool:
         return self.admission.release(lease_id, success=success, latency_ms=latency_ms, owner=owner)
 
+    def release_request(self, pool: str, request_id: str, success: bool, latency_ms: float, owner: str = "") -> bool:
+        """Ends what ``owner``'s AcquireSlot with ``request_id`` in ``pool`` holds (lease or wait)."""
+        return self.admission.release_request(pool, request_id, success=success, latency_ms=latency_ms, owner=owner)
+
     def give_back(self, lease: Lease) -> None:
         """Ends a lease whose caller was gone before the grant reached it."""
         self.admission.give_back(lease)

@@ -208,11 +208,20 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
 
     @_rpc
     async def ReleaseSlot(self, request: _pb.ReleaseSlotRequest, context: Any) -> _pb.ReleaseSlotResponse:
+        latency = check_range(request.latency_ms, "latency_ms", 0.0, convert.MAX_LATENCY_MS)
+        caller = self._callers.of(context)
+        if not request.lease_id and request.request_id:  # end an AcquireSlot by its request id
+            released = self._core.release_request(
+                check_name(request.pool, "pool"), check_name(request.request_id, "request_id"),
+                request.success, latency, caller,
+            )
+            return _pb.ReleaseSlotResponse(released=released, already_released=not released)
         lease_id = check_name(request.lease_id, "lease_id")
         if request.request_id:
             check_name(request.request_id, "request_id")
-        latency = check_range(request.latency_ms, "latency_ms", 0.0, convert.MAX_LATENCY_MS)
-        released = self._core.release_slot(lease_id, request.success, latency, self._callers.of(context))
+        if request.pool:
+            check_name(request.pool, "pool")
+        released = self._core.release_slot(lease_id, request.success, latency, caller)
         return _pb.ReleaseSlotResponse(released=released, already_released=not released)
 
     @_rpc

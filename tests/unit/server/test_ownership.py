@@ -317,3 +317,33 @@ def test_without_credentials_every_caller_is_anonymous() -> None:
     assert Callers().anonymous and Callers({}, certificates=False).anonymous
     assert not Callers({"t" * 20: "app"}).anonymous
     assert not Callers(certificates=True).anonymous
+
+
+# --- ending an AcquireSlot by its request id -----------------------------------------------------
+
+
+async def test_an_acquire_whose_answer_was_lost_is_ended_by_its_request_id() -> None:
+    core = make(max_concurrency=1)
+    lease = (await grant(core, request_id="lost-answer")).lease
+    assert not core.release_request("p", "lost-answer", True, 0.0, ATTACKER)  # not the attacker's
+    assert core.pool("p").slots.in_use == 1
+    assert core.release_request("p", "lost-answer", True, 0.0, VICTIM)
+    assert core.pool("p").slots.in_use == 0 and lease.id not in core.admission.leases
+    assert not core.release_request("p", "lost-answer", True, 0.0, VICTIM)  # nothing left: already released
+
+
+async def test_ending_a_waiting_acquire_by_its_request_id_frees_its_place() -> None:
+    import asyncio
+
+    core = make(max_concurrency=1)
+    holder = (await grant(core)).lease
+    waiting = asyncio.ensure_future(core.acquire(req(request_id="gave-up", max_wait_s=30.0), 60.0))
+    await asyncio.sleep(0)
+    assert core.pool("p").slots.waiting == 1
+    assert core.release_request("p", "gave-up", False, 0.0, VICTIM)
+    assert core.pool("p").slots.waiting == 0
+    core.release_slot(holder.id, True, 1.0, VICTIM)  # the freed slot does not go to the abandoned wait
+    assert core.pool("p").slots.in_use == 0
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
