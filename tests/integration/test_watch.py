@@ -118,6 +118,16 @@ async def test_an_unfiltered_status_over_the_receive_limit_comes_in_pages(start,
         token, pages = page.next_page_token, pages + 1
         assert pages < 20
     assert len(seen) == 12_003 and len(set(seen)) == len(seen) and pages >= 2
+    # The SDK reads every page and returns one snapshot; a pool split over pages comes back whole.
+    from loadwarden.sdk import AsyncClient, Client
+
+    async with AsyncClient(service.target, timeout_s=30.0) as client:
+        whole = await client.load_status()
+    assert sorted(p.name for p in whole.pools) == ["api", "big-a", "big-b"]
+    assert sorted(len(p.servers) for p in whole.pools) == [3, 6_000, 6_000]
+    assert [s.id for p in whole.pools for s in p.servers] == seen
+    with Client(service.target, timeout_s=30.0) as sync_client:
+        assert (await asyncio.to_thread(sync_client.load_status)).pools == whole.pools
     small = await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool="api", page_size=2), timeout=30)
     assert [s.id for s in small.status.pools[0].servers] == ["s1", "s2"] and small.next_page_token
     with pytest.raises(grpc.aio.AioRpcError) as err:

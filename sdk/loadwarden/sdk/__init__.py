@@ -7,8 +7,8 @@ Example:
     with Client("127.0.0.1:50051") as client:
         with client.route("api") as route:
             call_backend(route.address)
-        with client.slot("ml", wait_s=2.0):
-            run_inference()
+        with client.slot("ml", wait_s=2.0) as lease:
+            run_inference()   # LeaseLostError at the exit if the lease was lost meanwhile
         size = client.batch_size("import", default=100)
 """
 
@@ -18,6 +18,7 @@ from loadwarden.sdk._client import Client
 from loadwarden.sdk._errors import (
     DeadlineExceededError,
     InvalidArgumentError,
+    LeaseLostError,
     LoadwardenError,
     NotFoundError,
     PermissionDeniedError,
@@ -40,6 +41,7 @@ from loadwarden.sdk._types import (
     BatchMode,
     BatchReport,
     BatchSize,
+    HeldLease,
     HostLoad,
     Lease,
     LoadReport,
@@ -68,9 +70,11 @@ __all__ = [
     "CircuitBreaker",
     "Client",
     "DeadlineExceededError",
+    "HeldLease",
     "HostLoad",
     "InvalidArgumentError",
     "Lease",
+    "LeaseLostError",
     "LoadReport",
     "LoadSource",
     "LoadStatus",

@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2 as _health_pb
+from grpc_health.v1 import health_pb2_grpc as _health_pb_grpc
 
 from loadwarden.sdk._base import (
     CHANNEL_OPTIONS,
     DEFAULT_TARGET,
     ClientBase,
     ClientOptions,
+    check_on_lost,
     check_wait_timeout,
     retryable,
     serving_servers,
@@ -25,6 +29,7 @@ from loadwarden.sdk._base import (
 )
 from loadwarden.sdk._breaker import BreakerConfig
 from loadwarden.sdk._convert import (
+    MAX_STATUS_PAGES,
     acquire_slot_request,
     acquired_lease,
     batch_size_from_proto,
@@ -32,6 +37,7 @@ from loadwarden.sdk._convert import (
     check_default_batch_size,
     load_status_from_proto,
     load_status_request,
+    merge_status_pages,
     new_request_id,
     release_slot_request,
     renew_lease_request,
@@ -42,15 +48,31 @@ from loadwarden.sdk._convert import (
     selection_from_proto,
 )
 from loadwarden.sdk._batching import LastKnownSizes
-from loadwarden.sdk._errors import LoadwardenError, error_from_rpc
+from loadwarden.sdk._errors import (
+    LeaseLostError,
+    LoadwardenError,
+    NotFoundError,
+    error_from_rpc,
+    is_transport_failure,
+)
 from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
 from loadwarden.sdk._retry import RetryConfig
-from loadwarden.sdk._leases import AsyncLeaseKeeper, AsyncScheduler, TaskScheduler, latency_ms, log_release_failure
+from loadwarden.sdk._leases import (
+    AsyncLeaseKeeper,
+    AsyncReleaseRetries,
+    AsyncScheduler,
+    PendingRelease,
+    TaskScheduler,
+    held,
+    latency_ms,
+    log_release_failure,
+)
+from loadwarden.sdk._probe import HEALTH_SERVICE, TaskProber
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._senders import TaskOutcomeSender
 from loadwarden.sdk._telemetry import traced_aio_insecure_channel, traced_aio_secure_channel
 from loadwarden.sdk._tls import TlsConfig, bearer_metadata, channel_security
-from loadwarden.sdk._types import BatchReport, BatchSize, Lease, LoadReport, LoadStatus, Selection
+from loadwarden.sdk._types import BatchReport, BatchSize, HeldLease, Lease, LoadReport, LoadStatus, Selection
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
@@ -88,6 +110,10 @@ class AsyncClient(ClientBase):
             connects in plaintext. Only for the channel the client opens.
         token: The service's client token, sent as ``authorization: Bearer <token>``
             metadata on every call; None sends none.
+        max_pending_releases: Failed `slot()` releases retried in the background
+            at most, count; beyond it a failed release is left to expire.
+        close_timeout_s: Longest `close()` waits for releases in flight and
+            retries the pending ones before closing the channel, seconds.
 
     Raises:
         ValueError: An argument is out of range, or a TLS file cannot be read; the
@@ -110,6 +136,8 @@ class AsyncClient(ClientBase):
         server_refresh_s: float = 30.0,
         tls: TlsConfig | None = None,
         token: str | None = None,
+        max_pending_releases: int = 1_000,
+        close_timeout_s: float = 2.0,
     ) -> None:
         self._options = ClientOptions(
             target=target,
@@ -117,6 +145,8 @@ class AsyncClient(ClientBase):
             outcome_batch_size=outcome_batch_size,
             outcome_flush_interval_s=outcome_flush_interval_s,
             outcome_buffer_size=outcome_buffer_size,
+            max_pending_releases=max_pending_releases,
+            close_timeout_s=close_timeout_s,
         )
         self._setup_resilience(breaker, retry, slot_fallback, local_slot_limit, server_refresh_s)
         self._refreshes: set[asyncio.Task[None]] = set()
@@ -127,11 +157,28 @@ class AsyncClient(ClientBase):
         # An owned channel is opened on first use: grpc.aio binds it to the loop running then.
         self._channel = channel
         self._stub = None if channel is None else _pb_grpc.DecisionServiceStub(channel)
+        self._health = None if channel is None else _health_pb_grpc.HealthStub(channel)
         self._outcomes = TaskOutcomeSender(self._options.new_outcome_buffer(), self._send_outcomes)
         self._batch_sizes = LastKnownSizes()
-        # Injection points for tests: when slot() renewals run, and how it times its block.
+        # Injection points for tests: when slot() renewals run, how it times its block and
+        # lease expiries (a monotonic clock, seconds), and the jitter of background retries.
         self._renewal_scheduler: AsyncScheduler = TaskScheduler()
         self._clock = time.perf_counter
+        self._rng = random.Random()
+        self._releases = AsyncReleaseRetries(
+            self._retry_release,
+            TaskScheduler(),
+            capacity=self._options.max_pending_releases,
+            clock=lambda: self._clock(),
+            rng=self._rng,
+            on_settled=self._local_slots.untrack,
+        )
+        interval_s = self._probe_interval_s()
+        self._prober = None if interval_s is None else TaskProber(
+            self._breakers, interval_s, self._health_check, rng=self._rng  # type: ignore[arg-type]
+        )
+        if self._prober is not None and self._breakers is not None:
+            self._breakers.add_listener(self._prober.on_breaker_event)
         self._closed = False
 
     async def select(self, pool: str, *, exclude: Iterable[str] = (), timeout_s: float | None = None) -> Selection:
@@ -277,7 +324,7 @@ class AsyncClient(ClientBase):
             if local is None:
                 raise
             return local
-        return acquired_lease(response, pool)
+        return self._track_grant(acquired_lease(response, pool))
 
     async def renew_lease(self, lease_id: str, *, ttl_s: float | None = None, timeout_s: float | None = None) -> Lease:
         """Extends a lease's time to live from now.
@@ -295,7 +342,12 @@ class AsyncClient(ClientBase):
             ValueError: An argument is out of range.
             LoadwardenError: Any other failure, typed by its status code.
         """
-        return renewed_lease(await self._call("RenewLease", renew_lease_request(lease_id, ttl_s), timeout_s))
+        try:
+            response = await self._call("RenewLease", renew_lease_request(lease_id, ttl_s), timeout_s)
+        except NotFoundError:
+            self._local_slots.untrack(lease_id)
+            raise
+        return self._track_renewal(lease_id, renewed_lease(response))
 
     async def release_slot(
         self,
@@ -332,7 +384,12 @@ class AsyncClient(ClientBase):
             success=success,
             latency_ms=latency_ms,
         )
-        response: _pb.ReleaseSlotResponse = await self._call("ReleaseSlot", request, timeout_s)
+        try:
+            response: _pb.ReleaseSlotResponse = await self._call("ReleaseSlot", request, timeout_s)
+        except NotFoundError:
+            self._local_slots.untrack(lease_id)
+            raise
+        self._local_slots.untrack(lease_id)
         return response.released
 
     @contextlib.asynccontextmanager
@@ -345,15 +402,21 @@ class AsyncClient(ClientBase):
         lease_ttl_s: float | None = None,
         client_key: str = "",
         select_server: bool = False,
-    ) -> AsyncIterator[Lease]:
+        on_lost: Callable[[LeaseLostError], None] | None = None,
+    ) -> AsyncIterator[HeldLease]:
         """Holds a slot in `pool` for the block: acquires, renews, always releases.
 
         While the block runs, the lease is renewed from a background task at 75 %
-        of its TTL; a failed renewal is logged and ends renewing, never raised into
-        the block. When the block exits, however it exits (cancellation included),
-        the slot is released with the block's latency and success (False when an
-        exception escapes it, which is re-raised unchanged). A failed release is
-        logged, never raised: the service reclaims the lease when it expires.
+        of its TTL. A renewal that gets no answer (the service unreachable) is tried
+        again; the lease is lost when a renewal is answered NOT_FOUND (the service
+        reclaimed it) or when none succeeded within its TTL. A loss never interrupts
+        the block: `lease.lost` turns True, `on_lost` is called (once, on the event
+        loop), and the block's exit raises `LeaseLostError` unless the block raised.
+        When the block exits, however it exits (cancellation included), a held slot
+        is released with the block's latency and success (False when an exception
+        escapes it, which is re-raised unchanged). A release that gets no answer is
+        retried in the background until answered or the lease's TTL has passed
+        (and `close()` waits for it, up to `close_timeout_s`); it is never raised.
 
         Example:
             async with client.slot("ml", priority=5, wait_s=2.0) as lease:
@@ -366,23 +429,37 @@ class AsyncClient(ClientBase):
             lease_ttl_s: Lease time to live, seconds; None means the pool's default.
             client_key: Who is asking, for per-client rate limits.
             select_server: Also pick a server of the pool.
+            on_lost: Called with the `LeaseLostError` when the lease is lost while
+                the block runs; an exception it raises is logged.
 
         Yields:
-            The granted lease, as granted (renewals do not change it).
+            The granted lease, as granted (renewals do not change it), with `lost`.
 
         Raises:
             SlotDenied: The slot was not granted; the block does not run.
             ResourceExhaustedError: Rate exhausted or queue full; the block does not run.
+            LeaseLostError: At the block's exit, when the lease was lost while the
+                block ran and the block did not raise.
         """
-        lease = await self.acquire_slot(
-            pool,
-            priority=priority,
-            wait_s=wait_s,
-            lease_ttl_s=lease_ttl_s,
-            client_key=client_key,
-            select_server=select_server,
+        check_on_lost(on_lost)
+        lease = held(
+            await self.acquire_slot(
+                pool,
+                priority=priority,
+                wait_s=wait_s,
+                lease_ttl_s=lease_ttl_s,
+                client_key=client_key,
+                select_server=select_server,
+            )
         )
-        keeper = AsyncLeaseKeeper(lease, self.renew_lease, self._renewal_scheduler)
+        keeper = AsyncLeaseKeeper(
+            lease,
+            self.renew_lease,
+            self._renewal_scheduler,
+            on_lost=self._lost_handler(lease, on_lost),
+            clock=self._clock,
+            rng=self._rng,
+        )
         started = self._clock()
         success = False
         try:
@@ -392,7 +469,13 @@ class AsyncClient(ClientBase):
         finally:
             ended = self._clock()
             keeper.stop()
-            await self._release_held(lease, success=success, latency_ms=latency_ms(started, ended))
+            if not lease.lost:  # a lost lease is no longer held: nothing to release
+                await self._release_held(
+                    lease, success=success, latency_ms=latency_ms(started, ended),
+                    until=self._release_until(keeper.valid_until),
+                )
+        if lease.loss.error is not None:
+            raise lease.loss.error
 
     async def flush_outcomes(self, timeout_s: float | None = None) -> bool:
         """Sends every outcome queued so far, and waits until each is sent or given up on.
@@ -562,14 +645,34 @@ class AsyncClient(ClientBase):
         return response.applied
 
     async def load_status(self, pool: str | None = None, *, timeout_s: float | None = None) -> LoadStatus:
-        """Returns a snapshot of pools, servers and operations (only `pool`, without operations, when given)."""
-        response: _pb.GetLoadStatusResponse = await self._call("GetLoadStatus", load_status_request(pool), timeout_s)
-        return load_status_from_proto(response.status)
+        """Returns a snapshot of pools, servers and operations (only `pool`, without operations, when given).
+
+        The service answers in pages of at most 10,000 servers; this reads every page
+        (each call with its own `timeout_s`) and returns them as one snapshot.
+        """
+        pages = []
+        token = ""
+        while len(pages) < MAX_STATUS_PAGES:
+            response: _pb.GetLoadStatusResponse = await self._call(
+                "GetLoadStatus", load_status_request(pool, token), timeout_s
+            )
+            pages.append(response.status)
+            token = response.next_page_token
+            if not token:
+                break
+        return load_status_from_proto(merge_status_pages(pages))
 
     async def close(self) -> None:
-        """Sends the queued outcomes, then closes the channel if the client opened it. Idempotent."""
+        """Finishes background work, then closes the channel if the client opened it. Idempotent.
+
+        Stops the health probe, waits for releases in flight and tries the pending
+        ones once more (within `close_timeout_s` together), and sends the queued outcomes.
+        """
         if self._closed:
             return
+        if self._prober is not None:
+            await self._prober.stop()
+        await self._releases.drain(self._options.close_timeout_s)
         await self._outcomes.close()
         self._closed = True
         if self._owns_channel and self._channel is not None:
@@ -600,6 +703,7 @@ class AsyncClient(ClientBase):
                 self._channel = traced_aio_secure_channel(self._options.target, self._credentials,
                                                           (*CHANNEL_OPTIONS, *self._tls_options))
             self._stub = _pb_grpc.DecisionServiceStub(self._channel)
+            self._health = _health_pb_grpc.HealthStub(self._channel)
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
         rpc = getattr(self._stub, method)
         metadata = self._metadata
@@ -625,15 +729,53 @@ class AsyncClient(ClientBase):
             return await attempt(timeout)
         return await self._retrier.call_async(attempt, deadline=time.monotonic() + timeout, retryable=retryable)
 
-    async def _release_held(self, lease: Lease, *, success: bool, latency_ms: float) -> None:
+    async def _release_held(self, lease: Lease, *, success: bool, latency_ms: float, until: float) -> None:
         # Never raises an Exception: one escaping the block must propagate unchanged.
         if lease.fallback:
             self._local_slots.release(lease.lease_id)
             return
+        request_id = new_request_id()  # the same on every retry: the service ends the lease once
+        self._releases.begin()
         try:
-            await self.release_slot(lease.lease_id, success=success, latency_ms=latency_ms)
-        except Exception as err:  # noqa: BLE001 - logged; the lease expires on its own
-            log_release_failure(lease, err)
+            await self.release_slot(lease.lease_id, success=success, latency_ms=latency_ms, request_id=request_id)
+        except NotFoundError:
+            pass  # the service no longer holds it
+        except Exception as err:  # noqa: BLE001 - retried or logged; the lease expires on its own
+            if not (
+                is_transport_failure(err)
+                and self._releases.add(lease, request_id=request_id, success=success, latency_ms=latency_ms,
+                                       until=until)
+            ):
+                log_release_failure(lease, err)
+        finally:
+            self._releases.end()
+
+    async def _retry_release(self, item: PendingRelease, timeout_s: float | None) -> None:
+        # Straight to the stub, past the breaker: a background retry holds no caller up and
+        # its own backoff paces it, while an open breaker (a slow service's releases timing
+        # out) would otherwise leave every pending release to its lease's TTL.
+        request = release_slot_request(item.lease_id, request_id=item.request_id, success=item.success,
+                                       latency_ms=item.latency_ms)
+        timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
+        try:
+            await self._stub.ReleaseSlot(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err
+
+    async def _health_check(self, timeout_s: float) -> bool:
+        # The probe's one call: not through `_call`, so no breaker, retry or budget.
+        if self._health is None:
+            return False
+        try:
+            response = await self._health.Check(
+                _health_pb.HealthCheckRequest(service=HEALTH_SERVICE),
+                timeout=timeout_s,
+                wait_for_ready=True,
+                metadata=self._metadata,
+            )
+        except Exception:  # noqa: BLE001 - any failure means "not serving yet"
+            return False
+        return bool(response.status == _health_pb.HealthCheckResponse.SERVING)
 
     async def _send_outcomes(self, request: _pb.ReportOutcomeRequest) -> _pb.ReportOutcomeResponse:
         return await self._call("ReportOutcome", request)

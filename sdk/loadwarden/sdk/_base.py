@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 from loadwarden.sdk._batching import LastKnownSizes
@@ -12,21 +13,24 @@ from loadwarden.sdk._resilience import BreakerOpenError, KnownServers, LocalSlot
 from loadwarden.sdk._retry import Retrier, RetryConfig
 from loadwarden.sdk._convert import outcome_to_proto
 from loadwarden.sdk._metrics import observe_breakers
-from loadwarden.sdk._errors import LoadwardenError, is_transport_failure
+from loadwarden.sdk._errors import LeaseLostError, LoadwardenError, is_transport_failure
+from loadwarden.sdk._leases import log_lost
 from loadwarden.sdk._outcomes import OutcomeBuffer
 from loadwarden.sdk._route import Route
-from loadwarden.sdk._types import BatchSize, Lease, LoadStatus, OutcomeStats, Selection, ServerState
+from loadwarden.sdk._types import BatchSize, HeldLease, Lease, LoadStatus, OutcomeStats, Selection, ServerState
 from loadwarden.v1 import decision_pb2 as _pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
-# Options of the channels the SDK opens. A control-plane client must notice a
-# restarted service within a couple of seconds, not after gRPC's default reconnect
-# backoff (which grows to 120 s); and the SDK's retry layer is the only one.
+# Options of the channels the SDK opens. A control-plane client must reach a
+# restarted service within 2 s, not after gRPC's default reconnect backoff (which
+# grows to 120 s): at most 1 s between reconnect attempts (1.2 s with gRPC's 20 %
+# jitter), during which the health probe waits for the channel (`_probe.py`).
+# The SDK's retry layer is the only one.
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
     ("grpc.enable_retries", 0),
 )
 
@@ -42,6 +46,10 @@ class ClientOptions:
         outcome_flush_interval_s: Longest an outcome waits before it is sent, seconds, > 0.
         outcome_buffer_size: Outcomes held at most; beyond it the oldest are dropped,
             count, >= outcome_batch_size.
+        max_pending_releases: Failed releases retried in the background at most,
+            count, >= 1; a failed release beyond it is left to expire.
+        close_timeout_s: Longest `close()` waits for releases in flight and
+            retries the pending ones before closing the channel, seconds, > 0.
     """
 
     target: str
@@ -49,6 +57,8 @@ class ClientOptions:
     outcome_batch_size: int
     outcome_flush_interval_s: float
     outcome_buffer_size: int
+    max_pending_releases: int = 1_000
+    close_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, str) or not self.target:
@@ -57,6 +67,8 @@ class ClientOptions:
         _check_positive_seconds("outcome_flush_interval_s", self.outcome_flush_interval_s)
         _check_positive_count("outcome_batch_size", self.outcome_batch_size)
         _check_positive_count("outcome_buffer_size", self.outcome_buffer_size)
+        _check_positive_count("max_pending_releases", self.max_pending_releases)
+        _check_positive_seconds("close_timeout_s", self.close_timeout_s)
         if self.outcome_buffer_size < self.outcome_batch_size:
             raise ValueError(
                 f"outcome_buffer_size must be >= outcome_batch_size ({self.outcome_batch_size}), "
@@ -82,6 +94,12 @@ def check_wait_timeout(timeout_s: float | None) -> None:
     """Checks an optional wait bound (None waits until done), seconds."""
     if timeout_s is not None:
         _check_positive_seconds("timeout_s", timeout_s)
+
+
+def check_on_lost(on_lost: object) -> None:
+    """Checks `slot(on_lost=...)` before anything is acquired."""
+    if on_lost is not None and not callable(on_lost):
+        raise ValueError(f"on_lost must be a callable or None, got {on_lost!r}")
 
 
 class _OutcomeSender(Protocol):
@@ -123,6 +141,7 @@ class ClientBase:
     """The part of the client surface that makes no RPC, identical in sync and async."""
 
     _breakers: BreakerRegistry | None
+    _breaker_config: BreakerConfig | None
     _retrier: Retrier | None
     _known: KnownServers
     _local_slots: LocalSlots
@@ -142,13 +161,51 @@ class ClientBase:
             raise ValueError(f"retry must be a RetryConfig or None, got {retry!r}")
         if not (isinstance(server_refresh_s, (int, float)) and server_refresh_s >= 0):
             raise ValueError(f"server_refresh_s must be >= 0 (0 turns refreshing off), got {server_refresh_s!r}")
+        self._breaker_config = breaker
         self._breakers = BreakerRegistry(breaker) if breaker is not None else None
         if self._breakers is not None:
             observe_breakers(self._breakers)
         self._retrier = Retrier(retry) if retry is not None else None
         self._known = KnownServers()
-        self._local_slots = LocalSlots(slot_fallback, local_slot_limit, self._known)
+        # The clock is read through the client, so a test's fake clock applies everywhere.
+        self._local_slots = LocalSlots(slot_fallback, local_slot_limit, self._known, lambda: self._clock())
         self._server_refresh_s = float(server_refresh_s)
+
+    _clock: Callable[[], float]
+
+    def _probe_interval_s(self) -> float | None:
+        """Seconds between health probes while a breaker is open; None when not probing."""
+        if self._breakers is None or self._breaker_config is None:
+            return None
+        return self._breaker_config.probe_interval_s
+
+    def _track_grant(self, lease: Lease) -> Lease:
+        # The lease counts against the local limit until an upper bound of its expiry.
+        self._local_slots.track(lease.lease_id, lease.pool, self._clock() + lease.ttl_s)
+        return lease
+
+    def _track_renewal(self, lease_id: str, lease: Lease) -> Lease:
+        self._local_slots.extend(lease_id, self._clock() + lease.ttl_s)
+        return lease
+
+    def _lost_handler(
+        self, lease: HeldLease, on_lost: Callable[[LeaseLostError], None] | None
+    ) -> Callable[[LeaseLostError], None]:
+        """What a slot's keeper calls once its lease is lost: mark, stop counting, log, tell."""
+
+        def lost(error: LeaseLostError) -> None:
+            lease.loss.error = error
+            self._local_slots.untrack(lease.lease_id)
+            log_lost(error)
+            if on_lost is not None:
+                on_lost(error)
+
+        return lost
+
+    def _release_until(self, keeper_valid_until: float) -> float:
+        # The service has reclaimed a lease by then: its expiry as the keeper knows it,
+        # plus the longest a renewal's grant can follow its sending (one call timeout).
+        return keeper_valid_until + self._options.timeout_s
 
     def breaker(self, method: str) -> CircuitBreaker | None:
         """The circuit breaker guarding `method` ("SelectServer", ...) for this client's target."""

@@ -97,6 +97,12 @@ class BreakerConfig:
             from HALF_OPEN; closing resets the wait to `open_wait_s`.
         half_open_probes: Calls let through in HALF_OPEN, >= 1; all must
             succeed to close.
+        probe_interval_s: While a client's breaker is OPEN, the client asks the
+            service's `grpc.health.v1.Health/Check` in the background at most
+            this often (each gap jittered up to 1.5 times it), seconds, > 0; a
+            SERVING answer ends the open wait (the breaker moves to HALF_OPEN at
+            once, whatever the wait was). None turns probing off. Used by
+            `Client`/`AsyncClient`, not by a bare `CircuitBreaker`.
     """
 
     failure_rate_threshold: float = 0.5
@@ -109,6 +115,7 @@ class BreakerConfig:
     max_open_wait_s: float = 60.0
     open_wait_multiplier: float = 2.0
     half_open_probes: int = 3
+    probe_interval_s: float | None = 0.5
 
     def __post_init__(self) -> None:
         if not _is_number(self.failure_rate_threshold) or not 0 < self.failure_rate_threshold <= 1:
@@ -133,6 +140,8 @@ class BreakerConfig:
         if not _is_number(self.open_wait_multiplier) or not 1 <= self.open_wait_multiplier < math.inf:
             raise ValueError(f"open_wait_multiplier must be a finite number >= 1, got {self.open_wait_multiplier!r}")
         _check_count("half_open_probes", self.half_open_probes, minimum=1)
+        if self.probe_interval_s is not None:
+            _check_seconds("probe_interval_s", self.probe_interval_s)
 
 
 @dataclass(frozen=True)
@@ -276,6 +285,27 @@ class CircuitBreaker:
         with self._lock:
             if self._state is BreakerState.HALF_OPEN and self._probes_done < self._probes_issued:
                 self._probes_issued -= 1
+
+    def end_open_wait(self, reason: str) -> bool:
+        """Ends an OPEN breaker's wait now: it moves to HALF_OPEN and lets its probes through.
+
+        For a caller that learnt out of band that the service is back (a health
+        check answered SERVING). The wait grows as before should a probe fail.
+
+        Returns:
+            True when the breaker was OPEN and is now HALF_OPEN.
+        """
+        with self._lock:
+            now = self._clock()
+            event = self._half_open_if_due(now)
+            if event is None and self._state is BreakerState.OPEN:
+                self._open_until = now
+                event = self._half_open_if_due(now)
+                if event is not None:
+                    event = BreakerEvent(event.name, event.previous, event.current, event.at, reason)
+        if event is not None:
+            self._notify(event)
+        return event is not None and event.current is BreakerState.HALF_OPEN
 
     def add_listener(self, fn: BreakerListener) -> None:
         """Calls `fn` with every later state change; an exception it raises is logged and dropped."""
@@ -455,6 +485,11 @@ class BreakerRegistry:
             self._listeners.append(fn)
             for breaker in self._breakers.values():
                 breaker.add_listener(fn)
+
+    def breakers(self) -> list[CircuitBreaker]:
+        """Every kept breaker, least recently used first."""
+        with self._lock:
+            return list(self._breakers.values())
 
     def snapshot(self) -> dict[str, BreakerState]:
         """The state of every kept breaker, by breaker name ("method@target")."""

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2 as _health_pb
+from grpc_health.v1 import health_pb2_grpc as _health_pb_grpc
 
 from loadwarden.sdk._base import (
     CHANNEL_OPTIONS,
     DEFAULT_TARGET,
     ClientBase,
     ClientOptions,
+    check_on_lost,
     check_wait_timeout,
     retryable,
     serving_servers,
@@ -25,6 +29,7 @@ from loadwarden.sdk._base import (
 )
 from loadwarden.sdk._breaker import BreakerConfig
 from loadwarden.sdk._convert import (
+    MAX_STATUS_PAGES,
     acquire_slot_request,
     acquired_lease,
     batch_size_from_proto,
@@ -32,6 +37,7 @@ from loadwarden.sdk._convert import (
     check_default_batch_size,
     load_status_from_proto,
     load_status_request,
+    merge_status_pages,
     new_request_id,
     release_slot_request,
     renew_lease_request,
@@ -42,15 +48,31 @@ from loadwarden.sdk._convert import (
     selection_from_proto,
 )
 from loadwarden.sdk._batching import LastKnownSizes
-from loadwarden.sdk._errors import LoadwardenError, error_from_rpc
+from loadwarden.sdk._errors import (
+    LeaseLostError,
+    LoadwardenError,
+    NotFoundError,
+    error_from_rpc,
+    is_transport_failure,
+)
 from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
 from loadwarden.sdk._retry import RetryConfig
-from loadwarden.sdk._leases import LeaseKeeper, Scheduler, ThreadScheduler, latency_ms, log_release_failure
+from loadwarden.sdk._leases import (
+    LeaseKeeper,
+    PendingRelease,
+    ReleaseRetries,
+    Scheduler,
+    ThreadScheduler,
+    held,
+    latency_ms,
+    log_release_failure,
+)
+from loadwarden.sdk._probe import HEALTH_SERVICE, ThreadProber
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._senders import ThreadOutcomeSender
 from loadwarden.sdk._telemetry import traced_insecure_channel, traced_secure_channel
 from loadwarden.sdk._tls import TlsConfig, bearer_metadata, channel_security
-from loadwarden.sdk._types import BatchReport, BatchSize, Lease, LoadReport, LoadStatus, Selection
+from loadwarden.sdk._types import BatchReport, BatchSize, HeldLease, Lease, LoadReport, LoadStatus, Selection
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
@@ -85,6 +107,10 @@ class Client(ClientBase):
             connects in plaintext. Only for the channel the client opens.
         token: The service's client token, sent as ``authorization: Bearer <token>``
             metadata on every call; None sends none.
+        max_pending_releases: Failed `slot()` releases retried in the background
+            at most, count; beyond it a failed release is left to expire.
+        close_timeout_s: Longest `close()` waits for releases in flight and
+            retries the pending ones before closing the channel, seconds.
 
     Raises:
         ValueError: An argument is out of range, or a TLS file cannot be read; the
@@ -107,6 +133,8 @@ class Client(ClientBase):
         server_refresh_s: float = 30.0,
         tls: TlsConfig | None = None,
         token: str | None = None,
+        max_pending_releases: int = 1_000,
+        close_timeout_s: float = 2.0,
     ) -> None:
         self._options = ClientOptions(
             target=target,
@@ -114,6 +142,8 @@ class Client(ClientBase):
             outcome_batch_size=outcome_batch_size,
             outcome_flush_interval_s=outcome_flush_interval_s,
             outcome_buffer_size=outcome_buffer_size,
+            max_pending_releases=max_pending_releases,
+            close_timeout_s=close_timeout_s,
         )
         self._setup_resilience(breaker, retry, slot_fallback, local_slot_limit, server_refresh_s)
         self._metadata = bearer_metadata(token)  # built once: every call passes the same tuple
@@ -126,11 +156,28 @@ class Client(ClientBase):
         else:
             self._channel = traced_secure_channel(target, credentials, (*CHANNEL_OPTIONS, *tls_options))
         self._stub = _pb_grpc.DecisionServiceStub(self._channel)
+        self._health = _health_pb_grpc.HealthStub(self._channel)
         self._outcomes = ThreadOutcomeSender(self._options.new_outcome_buffer(), self._send_outcomes)
         self._batch_sizes = LastKnownSizes()
-        # Injection points for tests: when slot() renewals run, and how it times its block.
+        # Injection points for tests: when slot() renewals run, how it times its block and
+        # lease expiries (a monotonic clock, seconds), and the jitter of background retries.
         self._renewal_scheduler: Scheduler = ThreadScheduler()
         self._clock = time.perf_counter
+        self._rng = random.Random()
+        self._releases = ReleaseRetries(
+            self._retry_release,
+            ThreadScheduler(),
+            capacity=self._options.max_pending_releases,
+            clock=lambda: self._clock(),
+            rng=self._rng,
+            on_settled=self._local_slots.untrack,
+        )
+        interval_s = self._probe_interval_s()
+        self._prober = None if interval_s is None else ThreadProber(
+            self._breakers, interval_s, self._health_check, rng=self._rng  # type: ignore[arg-type]
+        )
+        if self._prober is not None and self._breakers is not None:
+            self._breakers.add_listener(self._prober.on_breaker_event)
         self._closed = False
 
     def select(self, pool: str, *, exclude: Iterable[str] = (), timeout_s: float | None = None) -> Selection:
@@ -279,7 +326,7 @@ class Client(ClientBase):
             if local is None:
                 raise
             return local
-        return acquired_lease(response, pool)
+        return self._track_grant(acquired_lease(response, pool))
 
     def renew_lease(self, lease_id: str, *, ttl_s: float | None = None, timeout_s: float | None = None) -> Lease:
         """Extends a lease's time to live from now.
@@ -297,7 +344,12 @@ class Client(ClientBase):
             ValueError: An argument is out of range.
             LoadwardenError: Any other failure, typed by its status code.
         """
-        return renewed_lease(self._call("RenewLease", renew_lease_request(lease_id, ttl_s), timeout_s))
+        try:
+            response = self._call("RenewLease", renew_lease_request(lease_id, ttl_s), timeout_s)
+        except NotFoundError:
+            self._local_slots.untrack(lease_id)
+            raise
+        return self._track_renewal(lease_id, renewed_lease(response))
 
     def release_slot(
         self,
@@ -334,7 +386,12 @@ class Client(ClientBase):
             success=success,
             latency_ms=latency_ms,
         )
-        response: _pb.ReleaseSlotResponse = self._call("ReleaseSlot", request, timeout_s)
+        try:
+            response: _pb.ReleaseSlotResponse = self._call("ReleaseSlot", request, timeout_s)
+        except NotFoundError:
+            self._local_slots.untrack(lease_id)
+            raise
+        self._local_slots.untrack(lease_id)
         return response.released
 
     @contextlib.contextmanager
@@ -347,15 +404,21 @@ class Client(ClientBase):
         lease_ttl_s: float | None = None,
         client_key: str = "",
         select_server: bool = False,
-    ) -> Iterator[Lease]:
+        on_lost: Callable[[LeaseLostError], None] | None = None,
+    ) -> Iterator[HeldLease]:
         """Holds a slot in `pool` for the block: acquires, renews, always releases.
 
         While the block runs, the lease is renewed from a background thread at 75 %
-        of its TTL; a failed renewal is logged and ends renewing, never raised into
-        the block. When the block exits, however it exits, the slot is released with
-        the block's latency and success (False when an exception escapes it, which is
-        re-raised unchanged). A failed release is logged, never raised: the service
-        reclaims the lease when it expires.
+        of its TTL. A renewal that gets no answer (the service unreachable) is tried
+        again; the lease is lost when a renewal is answered NOT_FOUND (the service
+        reclaimed it) or when none succeeded within its TTL. A loss never interrupts
+        the block: `lease.lost` turns True, `on_lost` is called (once, from the
+        renewal thread), and the block's exit raises `LeaseLostError` unless the
+        block raised. When the block exits, however it exits, a held slot is
+        released with the block's latency and success (False when an exception
+        escapes it, which is re-raised unchanged). A release that gets no answer is
+        retried in the background until answered or the lease's TTL has passed
+        (and `close()` waits for it, up to `close_timeout_s`); it is never raised.
 
         Example:
             with client.slot("ml", priority=5, wait_s=2.0) as lease:
@@ -368,23 +431,37 @@ class Client(ClientBase):
             lease_ttl_s: Lease time to live, seconds; None means the pool's default.
             client_key: Who is asking, for per-client rate limits.
             select_server: Also pick a server of the pool.
+            on_lost: Called with the `LeaseLostError` when the lease is lost while
+                the block runs; an exception it raises is logged.
 
         Yields:
-            The granted lease, as granted (renewals do not change it).
+            The granted lease, as granted (renewals do not change it), with `lost`.
 
         Raises:
             SlotDenied: The slot was not granted; the block does not run.
             ResourceExhaustedError: Rate exhausted or queue full; the block does not run.
+            LeaseLostError: At the block's exit, when the lease was lost while the
+                block ran and the block did not raise.
         """
-        lease = self.acquire_slot(
-            pool,
-            priority=priority,
-            wait_s=wait_s,
-            lease_ttl_s=lease_ttl_s,
-            client_key=client_key,
-            select_server=select_server,
+        check_on_lost(on_lost)
+        lease = held(
+            self.acquire_slot(
+                pool,
+                priority=priority,
+                wait_s=wait_s,
+                lease_ttl_s=lease_ttl_s,
+                client_key=client_key,
+                select_server=select_server,
+            )
         )
-        keeper = LeaseKeeper(lease, self.renew_lease, self._renewal_scheduler)
+        keeper = LeaseKeeper(
+            lease,
+            self.renew_lease,
+            self._renewal_scheduler,
+            on_lost=self._lost_handler(lease, on_lost),
+            clock=self._clock,
+            rng=self._rng,
+        )
         started = self._clock()
         success = False
         try:
@@ -394,7 +471,13 @@ class Client(ClientBase):
         finally:
             ended = self._clock()
             keeper.stop()
-            self._release_held(lease, success=success, latency_ms=latency_ms(started, ended))
+            if not lease.lost:  # a lost lease is no longer held: nothing to release
+                self._release_held(
+                    lease, success=success, latency_ms=latency_ms(started, ended),
+                    until=self._release_until(keeper.valid_until),
+                )
+        if lease.loss.error is not None:
+            raise lease.loss.error
 
     def flush_outcomes(self, timeout_s: float | None = None) -> bool:
         """Sends every outcome queued so far, and waits until each is sent or given up on.
@@ -564,14 +647,34 @@ class Client(ClientBase):
         return response.applied
 
     def load_status(self, pool: str | None = None, *, timeout_s: float | None = None) -> LoadStatus:
-        """Returns a snapshot of pools, servers and operations (only `pool`, without operations, when given)."""
-        response: _pb.GetLoadStatusResponse = self._call("GetLoadStatus", load_status_request(pool), timeout_s)
-        return load_status_from_proto(response.status)
+        """Returns a snapshot of pools, servers and operations (only `pool`, without operations, when given).
+
+        The service answers in pages of at most 10,000 servers; this reads every page
+        (each call with its own `timeout_s`) and returns them as one snapshot.
+        """
+        pages = []
+        token = ""
+        while len(pages) < MAX_STATUS_PAGES:
+            response: _pb.GetLoadStatusResponse = self._call(
+                "GetLoadStatus", load_status_request(pool, token), timeout_s
+            )
+            pages.append(response.status)
+            token = response.next_page_token
+            if not token:
+                break
+        return load_status_from_proto(merge_status_pages(pages))
 
     def close(self) -> None:
-        """Sends the queued outcomes, then closes the channel if the client opened it. Idempotent."""
+        """Finishes background work, then closes the channel if the client opened it. Idempotent.
+
+        Stops the health probe, waits for releases in flight and tries the pending
+        ones once more (within `close_timeout_s` together), and sends the queued outcomes.
+        """
         if self._closed:
             return
+        if self._prober is not None:
+            self._prober.stop()
+        self._releases.drain(self._options.close_timeout_s)
         self._outcomes.close()
         self._closed = True
         if self._owns_channel:
@@ -620,15 +723,51 @@ class Client(ClientBase):
             return attempt(timeout)
         return self._retrier.call(attempt, deadline=time.monotonic() + timeout, retryable=retryable)
 
-    def _release_held(self, lease: Lease, *, success: bool, latency_ms: float) -> None:
+    def _release_held(self, lease: Lease, *, success: bool, latency_ms: float, until: float) -> None:
         # Never raises: an exception escaping the block must propagate unchanged.
         if lease.fallback:
             self._local_slots.release(lease.lease_id)
             return
+        request_id = new_request_id()  # the same on every retry: the service ends the lease once
+        self._releases.begin()
         try:
-            self.release_slot(lease.lease_id, success=success, latency_ms=latency_ms)
-        except Exception as err:  # noqa: BLE001 - logged; the lease expires on its own
-            log_release_failure(lease, err)
+            self.release_slot(lease.lease_id, success=success, latency_ms=latency_ms, request_id=request_id)
+        except NotFoundError:
+            pass  # the service no longer holds it
+        except Exception as err:  # noqa: BLE001 - retried or logged; the lease expires on its own
+            if not (
+                is_transport_failure(err)
+                and self._releases.add(lease, request_id=request_id, success=success, latency_ms=latency_ms,
+                                       until=until)
+            ):
+                log_release_failure(lease, err)
+        finally:
+            self._releases.end()
+
+    def _retry_release(self, item: PendingRelease, timeout_s: float | None) -> None:
+        # Straight to the stub, past the breaker: a background retry holds no caller up and
+        # its own backoff paces it, while an open breaker (a slow service's releases timing
+        # out) would otherwise leave every pending release to its lease's TTL.
+        request = release_slot_request(item.lease_id, request_id=item.request_id, success=item.success,
+                                       latency_ms=item.latency_ms)
+        timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
+        try:
+            self._stub.ReleaseSlot(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err
+
+    def _health_check(self, timeout_s: float) -> bool:
+        # The probe's one call: not through `_call`, so no breaker, retry or budget.
+        try:
+            response = self._health.Check(
+                _health_pb.HealthCheckRequest(service=HEALTH_SERVICE),
+                timeout=timeout_s,
+                wait_for_ready=True,
+                metadata=self._metadata,
+            )
+        except Exception:  # noqa: BLE001 - any failure means "not serving yet"
+            return False
+        return bool(response.status == _health_pb.HealthCheckResponse.SERVING)
 
     def _send_outcomes(self, request: _pb.ReportOutcomeRequest) -> _pb.ReportOutcomeResponse:
         return self._call("ReportOutcome", request)

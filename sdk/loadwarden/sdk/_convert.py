@@ -132,8 +132,30 @@ def report_load_request(reports: Iterable[LoadReport]) -> _pb.ReportLoadRequest:
     return _pb.ReportLoadRequest(reports=messages)
 
 
-def load_status_request(pool: str | None) -> _pb.GetLoadStatusRequest:
-    return _pb.GetLoadStatusRequest(pool=pool or "")
+# GetLoadStatus pages read at most for one load_status() (10,000 servers a page: 10 M servers).
+MAX_STATUS_PAGES = 1_000
+
+
+def load_status_request(pool: str | None, page_token: str = "") -> _pb.GetLoadStatusRequest:
+    return _pb.GetLoadStatusRequest(pool=pool or "", page_token=page_token)
+
+
+def merge_status_pages(pages: list[_common.LoadStatus]) -> _common.LoadStatus:
+    """One snapshot from GetLoadStatus pages: a pool split over pages keeps the first
+    page's counts and all its servers; operations are appended in page order."""
+    merged = _common.LoadStatus()
+    merged.CopyFrom(pages[0])
+    by_name = {pool.name: pool for pool in merged.pools}
+    for page in pages[1:]:
+        for pool in page.pools:
+            known = by_name.get(pool.name)
+            if known is None:
+                known = by_name[pool.name] = merged.pools.add()
+                known.CopyFrom(pool)
+            else:
+                known.servers.extend(pool.servers)
+        merged.operations.extend(page.operations)
+    return merged
 
 
 def load_report_to_proto(report: LoadReport) -> _common.LoadReport:

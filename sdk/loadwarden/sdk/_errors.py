@@ -137,6 +137,35 @@ class ServiceError(LoadwardenError):
     default_code = grpc.StatusCode.INTERNAL
 
 
+class LeaseLostError(LoadwardenError):
+    """A lease held by `slot()` stopped being this client's before the block ended.
+
+    Raised at the slot's exit when the block itself did not raise, and passed to
+    `slot(on_lost=...)` when it happens. Not a failed call, so never a transport
+    failure: its code is NOT_FOUND (the service no longer holds the lease for
+    this client) whatever ended it; `__cause__` is the renewal error that did.
+
+    Attributes:
+        lease_id: The lost lease.
+        pool: Its pool.
+        why: "reclaimed" (a renewal was answered NOT_FOUND: the service reclaimed
+            the lease, or it was never this caller's), "expired" (no renewal
+            succeeded within the lease's TTL: the service was unreachable) or
+            "renewal_refused" (a renewal failed with another error).
+    """
+
+    default_code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, details: str = "", *, lease_id: str = "", pool: str = "", why: str = "reclaimed") -> None:
+        super().__init__(details)
+        self.lease_id = lease_id
+        self.pool = pool
+        self.why = why
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.details,), self.__dict__
+
+
 class SlotDenied(Exception):  # noqa: N818 - an answer, not an error: no "Error" suffix
     """The service answered an AcquireSlot and did not grant the slot.
 
@@ -191,6 +220,7 @@ class SlotDenied(Exception):  # noqa: N818 - an answer, not an error: no "Error"
 
 
 # The one mapping from status code to error class; codes not listed map to ServiceError.
+# (LeaseLostError is raised by the SDK itself, never mapped from a call's status.)
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[LoadwardenError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,

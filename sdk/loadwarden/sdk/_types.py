@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 # Largest batch size the contract allows, count.
@@ -65,6 +65,42 @@ class Lease:
     decision_id: str
     queue_wait_s: float
     fallback: bool = False
+
+
+class LeaseLoss:
+    """Whether a held lease has been lost, and why; written once by its keeper.
+
+    Attributes:
+        error: The `LeaseLostError` that ended the lease; None while it is held.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLease(Lease):
+    """The lease a `slot()` block holds: a `Lease` that also says whether it was lost.
+
+    A lease is lost when a renewal is answered NOT_FOUND (the service reclaimed
+    it, or it was never this caller's) or when no renewal succeeded within its
+    TTL. Once lost it stays lost; the block keeps running, and the slot's exit
+    raises `LeaseLostError` unless the block raised.
+    """
+
+    loss: LeaseLoss = field(default_factory=LeaseLoss, compare=False, repr=False)
+
+    @property
+    def lost(self) -> bool:
+        """True once the lease is no longer this client's."""
+        return self.loss.error is not None
+
+    @property
+    def lost_error(self) -> Exception | None:
+        """The `LeaseLostError` that ended the lease (its `__cause__` is the renewal error); None while held."""
+        return self.loss.error
 
 
 @dataclass(frozen=True, slots=True)

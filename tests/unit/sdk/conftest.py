@@ -37,12 +37,18 @@ class FakeChannel:
         self._decisions = 0
         self.leases: dict[str, bool] = {}  # lease id -> released
         self.lease_ttl_ms: dict[str, int] = {}
+        self.health_calls: list[RecordedCall] = []
+        self.health_answer: Message | BaseException = grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="no service"
+        )
 
     def methods(self) -> list[str]:
         return [call.method for call in self.calls]
 
     def unary_unary(self, path: str, **_: Any) -> Callable[..., Any]:
         method = path.rsplit("/", 1)[-1]
+        if path == "/grpc.health.v1.Health/Check":
+            return self._health_check()
 
         def call(request: Message, timeout: float | None = None, **__: Any) -> Any:
             self.calls.append(RecordedCall(method, request, timeout))
@@ -52,6 +58,20 @@ class FakeChannel:
             if isinstance(answer, BaseException):
                 raise answer
             return answer
+
+        async def acall(request: Message, timeout: float | None = None, **kwargs: Any) -> Any:
+            return call(request, timeout, **kwargs)
+
+        return acall if self.asynchronous else call
+
+    def _health_check(self) -> Callable[..., Any]:
+        # The client's background health probe: recorded apart (it runs on its own
+        # thread or task), answered by `health_answer`, UNAVAILABLE by default.
+        def call(request: Message, timeout: float | None = None, **__: Any) -> Any:
+            self.health_calls.append(RecordedCall("Check", request, timeout))
+            if isinstance(self.health_answer, BaseException):
+                raise self.health_answer
+            return self.health_answer
 
         async def acall(request: Message, timeout: float | None = None, **kwargs: Any) -> Any:
             return call(request, timeout, **kwargs)

@@ -14,7 +14,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from loadwarden.sdk import AsyncClient, Lease, SlotDenied
+from loadwarden.sdk import AsyncClient, Lease, LeaseLostError, SlotDenied
 from loadwarden.sdk._leases import AsyncLeaseKeeper, TaskScheduler
 from loadwarden.v1 import decision_pb2 as _pb
 
@@ -133,32 +133,37 @@ async def test_slot_renews_at_three_quarters_of_the_ttl_until_released(
     assert len(calls(fake_aio_channel, "RenewLease")) == 2
 
 
-async def test_a_failed_renewal_is_logged_and_stops_renewing(
+async def test_a_renewal_answered_not_found_loses_the_lease_and_its_exit_raises(
     client: AsyncClient, fake_aio_channel, fake_scheduler, caplog
 ) -> None:
     fake_aio_channel.answers["RenewLease"] = grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, details="expired")
+    told: list[LeaseLostError] = []
 
-    with caplog.at_level(logging.WARNING, logger="loadwarden.sdk"):
-        async with client.slot("ml"):
+    with caplog.at_level(logging.WARNING, logger="loadwarden.sdk"), pytest.raises(LeaseLostError) as raised:
+        async with client.slot("ml", on_lost=told.append) as lease:
+            assert not lease.lost
             await fake_scheduler.afire()
             assert fake_scheduler.pending == []
+            assert lease.lost and lease.lost_error is told[0]
 
-    assert "expired or was reclaimed" in caplog.text
-    assert fake_aio_channel.methods() == ["AcquireSlot", "RenewLease", "ReleaseSlot"]
+    assert raised.value is told[0]
+    assert (raised.value.lease_id, raised.value.pool, raised.value.why) == ("l-1", "ml", "reclaimed")
+    assert "was reclaimed by the service" in caplog.text
+    assert fake_aio_channel.methods() == ["AcquireSlot", "RenewLease"]  # nothing left to release
 
 
-async def test_a_failed_release_never_masks_the_block_exception(
-    client: AsyncClient, fake_aio_channel, caplog
+async def test_a_failed_release_never_masks_the_block_exception_and_is_retried(
+    client: AsyncClient, fake_aio_channel
 ) -> None:
     fake_aio_channel.answers["ReleaseSlot"] = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, details="down")
     error = ValueError("work failed")
 
-    with caplog.at_level(logging.WARNING, logger="loadwarden.sdk"), pytest.raises(ValueError) as raised:
+    with pytest.raises(ValueError) as raised:
         async with client.slot("ml"):
             raise error
 
     assert raised.value is error
-    assert "the service reclaims it when it expires" in caplog.text
+    assert client._releases.pending() == 1
 
 
 async def test_the_task_scheduler_runs_on_the_loop_and_cancels_a_renewal_in_flight() -> None:

@@ -19,6 +19,7 @@ from loadwarden.sdk import (
     Client,
     InvalidArgumentError,
     Lease,
+    LeaseLostError,
     NotFoundError,
     ResourceExhaustedError,
     ServiceError,
@@ -338,46 +339,53 @@ def test_a_renewal_after_release_makes_no_call(client: Client, fake_channel, fak
     assert len(fake_scheduler.timers) == 1
 
 
-def test_a_failed_renewal_is_logged_stops_renewing_and_never_reaches_the_block(
+def test_a_renewal_answered_not_found_loses_the_lease_without_interrupting_the_block(
     client: Client, fake_channel, fake_scheduler, caplog
 ) -> None:
     fake_channel.answers["RenewLease"] = grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, details="lease 'l-1' expired")
+    finished = False
 
-    with caplog.at_level(logging.WARNING, logger="loadwarden.sdk"), client.slot("ml") as lease:
-        fake_scheduler.fire()
-        assert fake_scheduler.pending == []
-        finished = True
+    with caplog.at_level(logging.WARNING, logger="loadwarden.sdk"), pytest.raises(LeaseLostError) as raised:
+        with client.slot("ml") as lease:
+            fake_scheduler.fire()
+            assert fake_scheduler.pending == []
+            assert lease.lost
+            finished = True
 
     assert finished
-    assert f"lease {lease.lease_id} in pool 'ml' expired or was reclaimed" in caplog.text
-    assert fake_channel.methods() == ["AcquireSlot", "RenewLease", "ReleaseSlot"]
+    assert raised.value is lease.lost_error
+    assert raised.value.why == "reclaimed" and isinstance(raised.value.__cause__, NotFoundError)
+    assert not is_transport_failure(raised.value)
+    assert f"lease {lease.lease_id} in pool 'ml' was reclaimed by the service" in caplog.text
+    assert fake_channel.methods() == ["AcquireSlot", "RenewLease"]
 
 
-def test_an_unexpected_renewal_error_is_logged_with_its_traceback(
+def test_an_unexpected_renewal_error_loses_the_lease_and_is_logged_with_its_traceback(
     client: Client, fake_channel, fake_scheduler, caplog
 ) -> None:
     fake_channel.answers["RenewLease"] = RuntimeError("bug")
 
-    with caplog.at_level(logging.WARNING, logger="loadwarden.sdk"), client.slot("ml"):
-        fake_scheduler.fire()
+    with caplog.at_level(logging.WARNING, logger="loadwarden.sdk"), pytest.raises(LeaseLostError) as raised:
+        with client.slot("ml"):
+            fake_scheduler.fire()
 
+    assert raised.value.why == "renewal_refused"
     [record] = [r for r in caplog.records if "renewing lease" in r.getMessage()]
     assert record.exc_info is not None
     assert fake_scheduler.pending == []
 
 
-def test_a_failed_release_never_masks_the_block_exception(client: Client, fake_channel, caplog) -> None:
+def test_a_failed_release_never_masks_the_block_exception_and_is_retried(client: Client, fake_channel) -> None:
     fake_channel.answers["ReleaseSlot"] = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, details="connection reset")
     error = ValueError("work failed")
 
-    with caplog.at_level(logging.WARNING, logger="loadwarden.sdk"):
-        with pytest.raises(ValueError) as raised, client.slot("ml"):
-            raise error
-        with client.slot("ml"):
-            pass  # a successful block is not failed by its release either
+    with pytest.raises(ValueError) as raised, client.slot("ml"):
+        raise error
+    with client.slot("ml"):
+        pass  # a successful block is not failed by its release either
 
     assert raised.value is error
-    assert caplog.text.count("the service reclaims it when it expires") == 2
+    assert client._releases.pending() == 2
 
 
 def test_a_release_after_the_client_closed_is_logged(client: Client, fake_channel, caplog) -> None:
