@@ -31,7 +31,7 @@ from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
 from . import _convert as convert
 from . import _telemetry as telemetry
-from ._admission import MIN_RETRY_AFTER_S, Denial, Denied, Granted, Lease
+from ._admission import MIN_RETRY_AFTER_S, Denial, Denied, Granted
 from ._auth import Callers
 from ._core import CoreLimits, DecisionCore
 from ._errors import DecisionError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -191,8 +191,6 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
                 self._core.give_back(answer.lease)
                 answer = Denied(Denial.QUEUE_TIMEOUT, "the call's deadline passed before the grant could be answered",
                                 MIN_RETRY_AFTER_S, answer.queue_wait_s)
-            else:
-                self._give_back_if_gone(context, answer.lease)
         response = convert.acquire_response(answer, self._core, caller)
         telemetry.record_slot(request.pool, response)
         return response
@@ -233,17 +231,6 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
     @_rpc
     async def ReportBatch(self, request: _pb.ReportBatchRequest, context: Any) -> _pb.ReportBatchResponse:
         return _pb.ReportBatchResponse(applied=self._core.report_batches(convert.batch_reports(request.reports)))
-
-    def _give_back_if_gone(self, context: Any, lease: Lease) -> None:
-        """Releases ``lease`` if its AcquireSlot call ends cancelled (the caller went away
-        before the answer reached it), so a grant never outlives a caller that gave up."""
-        core = self._core
-
-        def done(call: Any) -> None:
-            if call.cancelled():
-                core.give_back(lease)
-
-        context.add_done_callback(done)
 
     async def WatchLoadStatus(self, request: _pb.WatchLoadStatusRequest, context: Any) -> Any:
         try:
