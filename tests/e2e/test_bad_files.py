@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,19 +24,10 @@ ADMIN = f'[admin]\nlisten = "127.0.0.1:0"\ntoken = "{TOKEN}"\n'
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING) ")
 
 
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.close()
-
-
-def expect_one_line(procs: Processes, args: list[str | Path], env: dict[str, str] | None = None) -> str:
+def expect_one_line(processes: Processes, args: list[str | Path], env: dict[str, str] | None = None) -> str:
     """Runs ``loadwarden serve args``; asserts exit 2, no traceback, one error line (the last); returns it."""
-    process = procs.spawn([tool("loadwarden"), "serve", "--listen", "127.0.0.1:0", *args], env=env)
-    rc = procs.expect_exit(process)
+    process = processes.spawn([tool("loadwarden"), "serve", "--listen", "127.0.0.1:0", *args], env=env)
+    rc = processes.expect_exit(process)
     err = process.stderr.text
     lines = [line for line in err.splitlines() if line.strip()]
     errors = [line for line in lines if not _LOG_LINE.match(line)]
@@ -109,19 +99,19 @@ BAD_CONFIGS: list[tuple[str, bytes | str, str]] = [
 
 
 @pytest.mark.parametrize(("data", "expected"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
-def test_bad_config_file_ends_in_one_line(procs: Processes, tmp_path: Path, data: bytes | str, expected: str) -> None:
-    line = expect_one_line(procs, ["--config", config_file(tmp_path, data)])
+def test_bad_config_file_ends_in_one_line(processes: Processes, tmp_path: Path, data: bytes | str, expected: str) -> None:
+    line = expect_one_line(processes, ["--config", config_file(tmp_path, data)])
     assert expected in line
     assert len(line) < 2_200  # a huge key is cut
 
 
-def test_the_config_file_itself_cannot_be_read(procs: Processes, tmp_path: Path) -> None:
+def test_the_config_file_itself_cannot_be_read(processes: Processes, tmp_path: Path) -> None:
     fifo = tmp_path / "fifo.toml"
     os.mkfifo(fifo)  # tests run as root, so chmod 000 would still be readable: a fifo would block instead
     cases = {tmp_path / "missing.toml": "No such file or directory", tmp_path: "it is a directory",
              fifo: "it is a named pipe", Path("/dev/zero"): "it is a device"}
     for path, problem in cases.items():
-        line = expect_one_line(procs, ["--config", path])
+        line = expect_one_line(processes, ["--config", path])
         assert line.startswith(f"loadwarden: invalid configuration: {path}: cannot read config file: ")
         assert problem in line
 
@@ -141,8 +131,8 @@ BAD_ENV = [
 
 
 @pytest.mark.parametrize(("env", "expected"), BAD_ENV, ids=[next(iter(e)) + str(i) for i, (e, _) in enumerate(BAD_ENV)])
-def test_bad_environment_override_ends_in_one_line(procs: Processes, env: dict[str, str], expected: str) -> None:
-    assert expected in expect_one_line(procs, [], env=env)
+def test_bad_environment_override_ends_in_one_line(processes: Processes, env: dict[str, str], expected: str) -> None:
+    assert expected in expect_one_line(processes, [], env=env)
 
 
 # --- the state file -------------------------------------------------------------------
@@ -174,7 +164,7 @@ BAD_STATES: list[tuple[str, bytes | None]] = [
 
 @pytest.mark.parametrize("blob", [c[1] for c in BAD_STATES], ids=[c[0] for c in BAD_STATES])
 def test_unusable_state_file_is_moved_aside_and_the_service_serves(
-    procs: Processes, tmp_path: Path, grpcurl: Grpcurl, blob: bytes | None
+    processes: Processes, tmp_path: Path, grpcurl: Grpcurl, blob: bytes | None
 ) -> None:
     state = tmp_path / "state"
     state.mkdir()
@@ -186,7 +176,7 @@ def test_unusable_state_file_is_moved_aside_and_the_service_serves(
             handle.truncate(600 * 1024 * 1024)  # sparse: over the 512 MiB limit, never read
     else:
         target.write_bytes(blob)
-    service = procs.serve(POOL + f'[state]\nstore = "file"\npath = "{state}"\n')
+    service = processes.serve(POOL + f'[state]\nstore = "file"\npath = "{state}"\n')
     health = grpcurl(service.target, "grpc.health.v1.Health/Check", data={})
     assert health.json() == {"status": "SERVING"}, health
     assert not target.exists()
@@ -197,9 +187,9 @@ def test_unusable_state_file_is_moved_aside_and_the_service_serves(
 
 
 def test_operation_reading_a_missing_pool_is_refused_by_admin_service(
-    procs: Processes, grpcurl: Grpcurl
+    processes: Processes, grpcurl: Grpcurl
 ) -> None:
-    service = procs.serve(POOL)
+    service = processes.serve(POOL)
     method = "loadwarden.v1.AdminService/ConfigureOperation"
     missing = grpcurl(service.target, method,
                       data={"operation": {"name": "x", "load_source": "LOAD_SOURCE_POOL", "pool": "nope"}})

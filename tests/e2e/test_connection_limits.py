@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -34,20 +33,11 @@ HANDSHAKE_TIMEOUT_MS = CoreLimits().handshake_timeout_ms  # the default: what op
 HEALTH_DEADLINE_S = 3 * HANDSHAKE_TIMEOUT_MS / 1000
 
 
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.close()
-
-
-def serve_with_nofile(procs: Processes, config: str, soft: int, hard: int) -> Service:
+def serve_with_nofile(processes: Processes, config: str, soft: int, hard: int) -> Service:
     """``loadwarden serve`` started under ``prlimit --nofile=soft:hard``."""
-    path = procs.workdir / "limits.toml"
+    path = processes.workdir / "limits.toml"
     path.write_text(config, encoding="utf-8")
-    process = procs.spawn(["prlimit", f"--nofile={soft}:{hard}", "--", tool("loadwarden"), "serve",
+    process = processes.spawn(["prlimit", f"--nofile={soft}:{hard}", "--", tool("loadwarden"), "serve",
                            "--config", path, "--listen", "127.0.0.1:0"])
     match = process.stdout.wait_for(_LISTENING, STARTUP_TIMEOUT_S)
     if match is None:
@@ -60,8 +50,8 @@ def open_descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def test_health_is_answered_with_1100_idle_sockets_open_under_a_1024_fd_limit(procs: Processes) -> None:
-    service = serve_with_nofile(procs, API_CONFIG, FD_LIMIT, FD_LIMIT)
+def test_health_is_answered_with_1100_idle_sockets_open_under_a_1024_fd_limit(processes: Processes) -> None:
+    service = serve_with_nofile(processes, API_CONFIG, FD_LIMIT, FD_LIMIT)
     cap = FD_LIMIT - max(64, FD_LIMIT // 10)
     assert service.process.stderr.wait_for(rf"connections capped at {cap} \(open files limit {FD_LIMIT}\)", 5), \
         service.process.describe()
@@ -83,15 +73,15 @@ def test_health_is_answered_with_1100_idle_sockets_open_under_a_1024_fd_limit(pr
             sock.close()
 
 
-def test_the_soft_open_files_limit_is_raised_to_the_hard_limit(procs: Processes) -> None:
-    service = serve_with_nofile(procs, API_CONFIG, 512, 2_048)
+def test_the_soft_open_files_limit_is_raised_to_the_hard_limit(processes: Processes) -> None:
+    service = serve_with_nofile(processes, API_CONFIG, 512, 2_048)
     assert service.process.stderr.wait_for(r"open files limit raised from 512 to 2048", 5), service.process.describe()
     limits = Path(f"/proc/{service.proc.pid}/limits").read_text()
     assert re.search(r"^Max open files\s+2048\s+2048", limits, re.MULTILINE), limits
 
 
-def test_the_global_server_cap_holds_across_pools(procs: Processes) -> None:
-    service = procs.serve(API_CONFIG + "\n[limits]\nmax_servers = 4\n")  # api holds 3
+def test_the_global_server_cap_holds_across_pools(processes: Processes) -> None:
+    service = processes.serve(API_CONFIG + "\n[limits]\nmax_servers = 4\n")  # api holds 3
     with grpc.insecure_channel(service.target) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         admin.RegisterServer(admin_pb2.RegisterServerRequest(
@@ -112,7 +102,7 @@ def test_the_global_server_cap_holds_across_pools(procs: Processes) -> None:
         assert not admin.ConfigurePool(admin_pb2.ConfigurePoolRequest(pool=smaller), timeout=5).created
 
 
-def test_a_config_over_the_server_cap_does_not_start(procs: Processes) -> None:
+def test_a_config_over_the_server_cap_does_not_start(processes: Processes) -> None:
     config = API_CONFIG + """
 [pools.more]
 servers = [{ id = "m-1", address = "127.0.0.1:9201" }, { id = "m-2", address = "127.0.0.1:9202" }]
@@ -120,8 +110,8 @@ servers = [{ id = "m-1", address = "127.0.0.1:9201" }, { id = "m-2", address = "
 [limits]
 max_servers = 4
 """
-    process = procs.loadwarden(config)
-    assert procs.expect_exit(process) == 2
+    process = processes.loadwarden(config)
+    assert processes.expect_exit(process) == 2
     text = process.stderr.text
     errors = [line for line in text.splitlines() if line.startswith("loadwarden:")]
     assert "Traceback" not in text and len(errors) == 1, text
