@@ -33,7 +33,6 @@ import asyncio
 import json
 import os
 import platform
-import queue
 import re
 import statistics
 import subprocess
@@ -50,17 +49,17 @@ import psutil
 
 from loadwarden.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decision_pb2, decision_pb2_grpc
 
+from _serve import start_service  # bench/ is on sys.path: the benchmarks run as scripts
+
 TARGET_MB = 200.0
 LEASE_TTL_MS = 3_600_000
 SMALL_SERVERS = 10
 SELECT_ROUND = 100  # SelectServer calls per round; rounds alternate between the two pools
-STARTUP_TIMEOUT_S = 30.0
 SETTLE_S = 1.0  # lets the service finish start-up work (monitor, first sweeps) before the baseline
 MIB = 2**20
 MB = 10**6  # the unit of every RSS figure printed
 # GetLoadStatus of a pool of many servers is larger than gRPC's default 4 MiB receive limit.
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * MIB), ("grpc.max_send_message_length", 256 * MIB)]
-_LISTENING = re.compile(r"^loadwarden listening on (\S+)$")
 
 
 def config_text(leases: int) -> str:
@@ -122,38 +121,6 @@ class RssWatch:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
-
-
-def start_service(workdir: Path, leases: int) -> tuple[subprocess.Popen[str], str]:
-    """Runs ``loadwarden serve`` next to this interpreter; returns it and its address."""
-    config = workdir / "loadwarden.toml"
-    config.write_text(config_text(leases), encoding="utf-8")
-    command = Path(sys.executable).parent / "loadwarden"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOADWARDEN_")}
-    stderr = (workdir / "service.stderr").open("w")
-    proc = subprocess.Popen(
-        [str(command), "serve", "--config", str(config), "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:  # drains stdout for the process's whole life, so it never blocks on a full pipe
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        match = _LISTENING.match(line.strip())
-        if match:
-            return proc, match.group(1)
-    proc.kill()
-    raise SystemExit(f"loadwarden did not start within {STARTUP_TIMEOUT_S} s; see {workdir / 'service.stderr'}")
 
 
 def server_specs(first: int, count: int) -> list[common_pb2.ServerSpec]:
@@ -337,7 +304,7 @@ def main() -> None:
     if args.pools > args.servers:
         parser.error("--pools must be <= --servers")
     with tempfile.TemporaryDirectory(prefix="loadwarden-memory-") as tmp:
-        proc, target = start_service(Path(tmp), args.leases)
+        proc, target = start_service(Path(tmp), config_text(args.leases))
         watch = RssWatch(proc.pid)
         try:
             report = asyncio.run(run(target, watch, args))

@@ -25,14 +25,11 @@ import asyncio
 import json
 import os
 import platform
-import queue
 import random
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,13 +37,13 @@ import grpc
 
 from loadwarden.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decision_pb2, decision_pb2_grpc
 
+from _serve import start_service  # bench/ is on sys.path: the benchmarks run as scripts
+
 SMALL_SERVERS = 10
 CHANGE_EVERY_S = 0.1
 MIN_INTERVAL_MS = 1_000  # the shortest interval the service serves (smaller requests are rounded up)
 TARGET_RATIO = 2.0
-STARTUP_TIMEOUT_S = 30.0
 WATCH_METHOD = "/loadwarden.v1.DecisionService/WatchLoadStatus"
-_LISTENING = re.compile(r"^loadwarden listening on (\S+)$")
 
 
 def config_text(streams: int) -> str:
@@ -64,36 +61,6 @@ servers = [
 {servers},
 ]
 """
-
-
-def start_service(workdir: Path, streams: int) -> tuple[subprocess.Popen[str], str]:
-    config = workdir / "loadwarden.toml"
-    config.write_text(config_text(streams), encoding="utf-8")
-    command = Path(sys.executable).parent / "loadwarden"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOADWARDEN_")}
-    stderr = (workdir / "service.stderr").open("w")
-    proc = subprocess.Popen(
-        [str(command), "serve", "--config", str(config), "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            match = _LISTENING.match(lines.get(timeout=max(0.0, deadline - time.monotonic())).strip())
-        except queue.Empty:
-            break
-        if match:
-            return proc, match.group(1)
-    proc.kill()
-    raise SystemExit(f"loadwarden did not start within {STARTUP_TIMEOUT_S} s; see {workdir / 'service.stderr'}")
 
 
 # --- the watchers process ------------------------------------------------------------
@@ -239,7 +206,7 @@ def main() -> None:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     with tempfile.TemporaryDirectory(prefix="loadwarden-watch-") as tmp:
-        proc, target = start_service(Path(tmp), args.streams)
+        proc, target = start_service(Path(tmp), config_text(args.streams))
         try:
             report = asyncio.run(run(target, args))
         finally:
