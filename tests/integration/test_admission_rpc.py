@@ -173,6 +173,13 @@ CASES = [
     ("ReleaseSlot", pb.ReleaseSlotRequest(request_id="acquire-1", pool="bad pool"), BAD, "pool"),
     ("ReleaseSlot", pb.ReleaseSlotRequest(lease_id="x", pool="bad pool"), BAD, "pool"),
     ("ReleaseSlot", pb.ReleaseSlotRequest(), BAD, "lease_id"),
+    ("ReleaseSlot", pb.ReleaseSlotRequest(abandoned_request_ids=["a-1"]), BAD, "pool"),
+    ("ReleaseSlot", pb.ReleaseSlotRequest(lease_id="x", abandoned_request_ids=["a-1"]), BAD, "pool"),
+    ("ReleaseSlot", pb.ReleaseSlotRequest(pool="p", abandoned_request_ids=["a-1", "bad id"]), BAD,
+     "abandoned_request_ids[1]"),
+    ("ReleaseSlot", pb.ReleaseSlotRequest(pool="p", abandoned_request_ids=[""]), BAD, "abandoned_request_ids[0]"),
+    ("ReleaseSlot", pb.ReleaseSlotRequest(pool="p", abandoned_request_ids=[f"a-{i}" for i in range(101)]), BAD,
+     "abandoned_request_ids"),
 ]
 
 

@@ -39,6 +39,7 @@ from loadwarden.sdk._convert import (
     load_status_request,
     merge_status_pages,
     new_request_id,
+    abandon_request,
     release_slot_request,
     renew_lease_request,
     renewed_lease,
@@ -319,7 +320,11 @@ class AsyncClient(ClientBase):
         deadline_s = wait_s + self._options.call_timeout_s(timeout_s)
         try:
             response = await self._call("AcquireSlot", request, deadline_s)
+        except asyncio.CancelledError:
+            self._abandon(request, lease_ttl_s, None)
+            raise
         except LoadwardenError as err:
+            self._abandon(request, lease_ttl_s, err)
             local = self._local_lease(pool, select_server, err)
             if local is None:
                 raise
@@ -754,8 +759,11 @@ class AsyncClient(ClientBase):
         # Straight to the stub, past the breaker: a background retry holds no caller up and
         # its own backoff paces it, while an open breaker (a slow service's releases timing
         # out) would otherwise leave every pending release to its lease's TTL.
-        request = release_slot_request(item.lease_id, request_id=item.request_id, success=item.success,
-                                       latency_ms=item.latency_ms)
+        if item.abandoned:
+            request = abandon_request(item.pool, item.abandoned)
+        else:
+            request = release_slot_request(item.lease_id, request_id=item.request_id, success=item.success,
+                                           latency_ms=item.latency_ms)
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
         try:
             await self._stub.ReleaseSlot(request, timeout=timeout, metadata=self._metadata)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+
+import grpc
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Protocol
@@ -14,13 +16,17 @@ from loadwarden.sdk._retry import Retrier, RetryConfig
 from loadwarden.sdk._convert import outcome_to_proto
 from loadwarden.sdk._metrics import observe_breakers
 from loadwarden.sdk._errors import LeaseLostError, LoadwardenError, is_transport_failure
-from loadwarden.sdk._leases import log_lost
+from loadwarden.sdk._leases import ABANDON_DEFAULT_TTL_S, log_lost
 from loadwarden.sdk._outcomes import OutcomeBuffer
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._types import BatchSize, HeldLease, Lease, LoadStatus, OutcomeStats, Selection, ServerState
 from loadwarden.v1 import decision_pb2 as _pb
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+
+# How an AcquireSlot ends when the service may have granted it unseen: its answer did not
+# come before the deadline, or the call was cancelled.
+ABANDONING_CODES = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 
 # Options of the channels the SDK opens. A control-plane client must reach a
 # restarted service within 2 s, not after gRPC's default reconnect backoff (which
@@ -108,6 +114,10 @@ class _OutcomeSender(Protocol):
     def add(self, outcome: _pb.Outcome) -> None: ...
 
 
+class _Abandons(Protocol):
+    def abandon(self, pool: str, request_id: str, *, until: float) -> bool: ...
+
+
 UNGUARDED_METHODS = frozenset({"ReportLoad"})
 
 
@@ -172,6 +182,16 @@ class ClientBase:
         self._server_refresh_s = float(server_refresh_s)
 
     _clock: Callable[[], float]
+    _releases: _Abandons
+
+    def _abandon(self, request: _pb.AcquireSlotRequest, lease_ttl_s: float | None, err: BaseException | None) -> None:
+        """Has the service end, in the background, an AcquireSlot whose answer never came
+        (`err` with a code of ABANDONING_CODES, or None when the caller cancelled it): the
+        service may have granted that slot, and nobody would release it before its TTL."""
+        if not request.request_id or (err is not None and getattr(err, "code", None) not in ABANDONING_CODES):
+            return
+        ttl_s = ABANDON_DEFAULT_TTL_S if lease_ttl_s is None else lease_ttl_s
+        self._releases.abandon(request.pool, request.request_id, until=self._clock() + ttl_s + self._options.timeout_s)
 
     def _probe_interval_s(self) -> float | None:
         """Seconds between health probes while a breaker is open; None when not probing."""

@@ -39,6 +39,7 @@ from loadwarden.sdk._convert import (
     load_status_request,
     merge_status_pages,
     new_request_id,
+    abandon_request,
     release_slot_request,
     renew_lease_request,
     renewed_lease,
@@ -322,6 +323,7 @@ class Client(ClientBase):
         try:
             response = self._call("AcquireSlot", request, deadline_s)
         except LoadwardenError as err:
+            self._abandon(request, lease_ttl_s, err)
             local = self._local_lease(pool, select_server, err)
             if local is None:
                 raise
@@ -748,8 +750,11 @@ class Client(ClientBase):
         # Straight to the stub, past the breaker: a background retry holds no caller up and
         # its own backoff paces it, while an open breaker (a slow service's releases timing
         # out) would otherwise leave every pending release to its lease's TTL.
-        request = release_slot_request(item.lease_id, request_id=item.request_id, success=item.success,
-                                       latency_ms=item.latency_ms)
+        if item.abandoned:
+            request = abandon_request(item.pool, item.abandoned)
+        else:
+            request = release_slot_request(item.lease_id, request_id=item.request_id, success=item.success,
+                                           latency_ms=item.latency_ms)
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
         try:
             self._stub.ReleaseSlot(request, timeout=timeout, metadata=self._metadata)

@@ -424,6 +424,11 @@ def release_slot_request(lease_id: str, *, request_id: str, success: bool, laten
     )
 
 
+def abandon_request(pool: str, request_ids: list[str]) -> _pb.ReleaseSlotRequest:
+    """Builds a ReleaseSlot request that ends these AcquireSlot calls in `pool` as never granted."""
+    return _pb.ReleaseSlotRequest(pool=pool, abandoned_request_ids=request_ids)
+
+
 def _check_lease_id(lease_id: str) -> None:
     if not isinstance(lease_id, str) or not lease_id:
         raise ValueError(f"lease_id must be a non-empty string, got {lease_id!r}")

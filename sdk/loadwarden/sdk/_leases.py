@@ -8,7 +8,10 @@ since the last renewal that succeeded. A loss is reported once, through `on_lost
 
 `ReleaseRetries` / `AsyncReleaseRetries` retry, in the background, a release that
 failed without an answer, until it is answered or the lease's TTL has passed (the
-service has reclaimed it by then), and are drained when the client closes.
+service has reclaimed it by then), and are drained when the client closes. They
+also end, in batches, the AcquireSlot calls whose answers never came (the call
+timed out or was cancelled): the service may have granted those slots, and nobody
+else would ever release them before their TTL.
 
 A scheduler only runs a callback later; clocks and RNGs are passed in. Tests pass
 a scheduler they fire by hand and a fake clock, so nothing sleeps.
@@ -48,6 +51,14 @@ RELEASE_RETRY_BASE_S = 0.1
 RELEASE_RETRY_MIN_S = 0.01
 # Slack when deciding a retry is due, seconds: a timer may fire a little early.
 DUE_SLACK_S = 0.001
+# An abandoned AcquireSlot is ended after a wait uniform in this range, seconds: long
+# enough for the call's deadline to have passed on the service too (a grant made later
+# is a denial there) and for the abandons of a burst of timeouts to share one call.
+ABANDON_DELAY_S = (0.1, 0.2)
+# AcquireSlot request ids ended by one ReleaseSlot call, at most (the service's limit).
+ABANDON_BATCH = 100
+# How long an abandoned AcquireSlot with the pool's default TTL is tried, seconds.
+ABANDON_DEFAULT_TTL_S = 60.0
 
 
 class Timer(Protocol):
@@ -373,6 +384,8 @@ class PendingRelease:
         latency_ms: How long the work took, milliseconds.
         until: When the service has reclaimed the lease anyway, on the clock, seconds.
         attempts: Retries made so far, count.
+        abandoned: Instead of `lease_id` (then empty): request ids of AcquireSlot calls
+            in `pool` whose answers never came, to end as never granted.
     """
 
     due: float
@@ -384,6 +397,13 @@ class PendingRelease:
     latency_ms: float = field(compare=False)
     until: float = field(compare=False)
     attempts: int = field(default=0, compare=False)
+    abandoned: list[str] = field(default_factory=list, compare=False)
+
+    def describe(self) -> str:
+        """What the call ends, for logs."""
+        if self.abandoned:
+            return f"{len(self.abandoned)} abandoned AcquireSlot calls"
+        return f"lease {self.lease_id}"
 
 
 class _ReleaseState:
@@ -408,6 +428,7 @@ class _ReleaseState:
         self._rng = rng
         self._on_settled = on_settled
         self._heap: list[PendingRelease] = []
+        self._gathering: dict[str, PendingRelease] = {}  # per pool, the abandon batch still filling
         self._seq = itertools.count()
         self._timer: Timer | None = None
         self._timer_due = 0.0
@@ -417,7 +438,8 @@ class _ReleaseState:
         self.retried = 0  # retry attempts made, count
         self.released = 0  # retried releases that the service answered, count
         self.given_up = 0  # releases whose lease expired before an answer, count
-        self.dropped = 0  # failed releases not queued (full or closing), count
+        self.dropped = 0  # failed releases and abandons not queued (full or closing), count
+        self.abandoned = 0  # AcquireSlot calls queued to be ended, count
 
     def pending(self) -> int:
         """Releases waiting for a retry, count."""
@@ -434,14 +456,35 @@ class _ReleaseState:
                                                   success, latency_ms, until))
         return True
 
+    def _queue_abandon(self, pool: str, request_id: str, until: float) -> bool:
+        # Caller holds the lock, if any. Joins the pool's batch still filling, if any.
+        now = self._clock()
+        batch = self._gathering.get(pool)
+        if batch is not None and len(batch.abandoned) < ABANDON_BATCH:
+            batch.abandoned.append(request_id)
+            batch.until = max(batch.until, until)
+            self.abandoned += 1
+            return True
+        if self._closing or len(self._heap) >= self.capacity:
+            self.dropped += 1
+            return False
+        batch = PendingRelease(now + self._rng.uniform(*ABANDON_DELAY_S), next(self._seq), "", pool, "", True, 0.0,
+                               until, abandoned=[request_id])
+        heapq.heappush(self._heap, batch)
+        self._gathering[pool] = batch
+        self.abandoned += 1
+        return True
+
     def _next_due(self, now: float, *, all_of_them: bool = False) -> PendingRelease | None:
         # Caller holds the lock, if any. Expired releases are given up on here.
         while self._heap and (all_of_them or self._heap[0].due <= now + DUE_SLACK_S):
             item = heapq.heappop(self._heap)
+            if self._gathering.get(item.pool) is item:
+                del self._gathering[item.pool]  # sent as it is; later abandons start a new batch
             if item.until > now:
                 return item
             self._gave_up(item)
-            _log.debug("gave up releasing lease %s: its TTL has passed, the service has reclaimed it", item.lease_id)
+            _log.debug("gave up ending %s: its TTL has passed, the service has reclaimed it", item.describe())
         return None
 
     def _after(self, item: PendingRelease, err: BaseException | None, *, retry: bool) -> None:
@@ -469,7 +512,7 @@ class _ReleaseState:
         self._settled(item.lease_id)
 
     def _settled(self, lease_id: str) -> None:
-        if self._on_settled is not None:
+        if self._on_settled is not None and lease_id:
             try:
                 self._on_settled(lease_id)
             except Exception:  # noqa: BLE001 - bookkeeping must not stop the retries
@@ -478,8 +521,8 @@ class _ReleaseState:
 
 def log_release_failure_of(item: PendingRelease, err: BaseException) -> None:
     _log.warning(
-        "releasing lease %s in pool %r failed after %d retries; the service reclaims it when it expires: %r",
-        item.lease_id,
+        "ending %s in pool %r failed after %d retries; the service reclaims what they hold when it expires: %r",
+        item.describe(),
         item.pool,
         item.attempts,
         err,
@@ -530,6 +573,13 @@ class ReleaseRetries(_ReleaseState):
         """Queues a release that failed without an answer; False when it cannot be queued."""
         with self._cond:
             queued = self._queue(lease, request_id, success, latency_ms, until)
+            self._arm()
+        return queued
+
+    def abandon(self, pool: str, request_id: str, *, until: float) -> bool:
+        """Queues the end of an AcquireSlot whose answer never came; False when it cannot be queued."""
+        with self._cond:
+            queued = self._queue_abandon(pool, request_id, until)
             self._arm()
         return queued
 
@@ -647,6 +697,12 @@ class AsyncReleaseRetries(_ReleaseState):
     def add(self, lease: Lease, *, request_id: str, success: bool, latency_ms: float, until: float) -> bool:
         """Queues a release that failed without an answer; False when it cannot be queued."""
         queued = self._queue(lease, request_id, success, latency_ms, until)
+        self._arm()
+        return queued
+
+    def abandon(self, pool: str, request_id: str, *, until: float) -> bool:
+        """Queues the end of an AcquireSlot whose answer never came; False when it cannot be queued."""
+        queued = self._queue_abandon(pool, request_id, until)
         self._arm()
         return queued
 

@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from loadwarden.v1 import common_pb2 as loadwarden_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cloadwarden/v1/decision.proto\x12\rloadwarden.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aloadwarden/v1/common.proto\"?\n\x13SelectServerRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x1a\n\x12\x65xclude_server_ids\x18\x02 \x03(\t\"\x8c\x01\n\x14SelectServerResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x10\n\x08strategy\x18\x04 \x01(\t\x12\x10\n\x08\x65xplored\x18\x05 \x01(\x08\x12\x17\n\x0f\x64\x65\x63ision_ttl_ms\x18\x06 \x01(\r\"S\n\x07Outcome\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x0e\n\x06status\x18\x04 \x01(\t\"@\n\x14ReportOutcomeRequest\x12(\n\x08outcomes\x18\x01 \x03(\x0b\x32\x16.loadwarden.v1.Outcome\"F\n\x15ReportOutcomeResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\x12\x1c\n\x14unknown_decision_ids\x18\x02 \x03(\t\"\x9e\x01\n\x12\x41\x63quireSlotRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x04 \x01(\r\x12\x14\n\x0clease_ttl_ms\x18\x05 \x01(\r\x12\x12\n\nclient_key\x18\x06 \x01(\t\x12\x15\n\rselect_server\x18\x07 \x01(\x08\"\xf7\x01\n\x13\x41\x63quireSlotResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12#\n\x05lease\x18\x03 \x01(\x0b\x32\x14.loadwarden.v1.Lease\x12\x11\n\tserver_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x32\n\rdenial_reason\x18\x06 \x01(\x0e\x32\x1b.loadwarden.v1.DenialReason\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x08 \x01(\r\x12\x15\n\rqueue_wait_ms\x18\t \x01(\r\"5\n\x11RenewLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\r\"9\n\x12RenewLeaseResponse\x12#\n\x05lease\x18\x01 \x01(\x0b\x32\x14.loadwarden.v1.Lease\"m\n\x12ReleaseSlotRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x0c\n\x04pool\x18\x05 \x01(\t\"A\n\x13ReleaseSlotResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\x18\n\x10\x61lready_released\x18\x02 \x01(\x08\"(\n\x13GetBatchSizeRequest\x12\x11\n\toperation\x18\x01 \x01(\t\"\xa3\x01\n\x14GetBatchSizeResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x12\n\nload_score\x18\x03 \x01(\x01\x12,\n\nload_level\x18\x04 \x01(\x0e\x32\x18.loadwarden.v1.LoadLevel\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x06 \x01(\x08\"o\n\x0b\x42\x61tchReport\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x01\x12\x0f\n\x07success\x18\x05 \x01(\x08\"A\n\x12ReportBatchRequest\x12+\n\x07reports\x18\x01 \x03(\x0b\x32\x1a.loadwarden.v1.BatchReport\"&\n\x13ReportBatchResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\"?\n\x11ReportLoadRequest\x12*\n\x07reports\x18\x01 \x03(\x0b\x32\x19.loadwarden.v1.LoadReport\"V\n\x12ReportLoadResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\x12/\n\x0breceived_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x14GetLoadStatusRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x15GetLoadStatusResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.loadwarden.v1.LoadStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x16WatchLoadStatusRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x13\n\x0binterval_ms\x18\x02 \x01(\r\"D\n\x17WatchLoadStatusResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.loadwarden.v1.LoadStatus*\x93\x01\n\x0c\x44\x65nialReason\x12\x1d\n\x19\x44\x45NIAL_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44\x45NIAL_REASON_AT_CAPACITY\x10\x01\x12\x1f\n\x1b\x44\x45NIAL_REASON_QUEUE_TIMEOUT\x10\x02\x12$\n DENIAL_REASON_NO_ELIGIBLE_SERVER\x10\x03\x32\x87\x07\n\x0f\x44\x65\x63isionService\x12W\n\x0cSelectServer\x12\".loadwarden.v1.SelectServerRequest\x1a#.loadwarden.v1.SelectServerResponse\x12Z\n\rReportOutcome\x12#.loadwarden.v1.ReportOutcomeRequest\x1a$.loadwarden.v1.ReportOutcomeResponse\x12T\n\x0b\x41\x63quireSlot\x12!.loadwarden.v1.AcquireSlotRequest\x1a\".loadwarden.v1.AcquireSlotResponse\x12Q\n\nRenewLease\x12 .loadwarden.v1.RenewLeaseRequest\x1a!.loadwarden.v1.RenewLeaseResponse\x12T\n\x0bReleaseSlot\x12!.loadwarden.v1.ReleaseSlotRequest\x1a\".loadwarden.v1.ReleaseSlotResponse\x12W\n\x0cGetBatchSize\x12\".loadwarden.v1.GetBatchSizeRequest\x1a#.loadwarden.v1.GetBatchSizeResponse\x12T\n\x0bReportBatch\x12!.loadwarden.v1.ReportBatchRequest\x1a\".loadwarden.v1.ReportBatchResponse\x12Q\n\nReportLoad\x12 .loadwarden.v1.ReportLoadRequest\x1a!.loadwarden.v1.ReportLoadResponse\x12Z\n\rGetLoadStatus\x12#.loadwarden.v1.GetLoadStatusRequest\x1a$.loadwarden.v1.GetLoadStatusResponse\x12\x62\n\x0fWatchLoadStatus\x12%.loadwarden.v1.WatchLoadStatusRequest\x1a&.loadwarden.v1.WatchLoadStatusResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cloadwarden/v1/decision.proto\x12\rloadwarden.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aloadwarden/v1/common.proto\"?\n\x13SelectServerRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x1a\n\x12\x65xclude_server_ids\x18\x02 \x03(\t\"\x8c\x01\n\x14SelectServerResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x10\n\x08strategy\x18\x04 \x01(\t\x12\x10\n\x08\x65xplored\x18\x05 \x01(\x08\x12\x17\n\x0f\x64\x65\x63ision_ttl_ms\x18\x06 \x01(\r\"S\n\x07Outcome\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x0e\n\x06status\x18\x04 \x01(\t\"@\n\x14ReportOutcomeRequest\x12(\n\x08outcomes\x18\x01 \x03(\x0b\x32\x16.loadwarden.v1.Outcome\"F\n\x15ReportOutcomeResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\x12\x1c\n\x14unknown_decision_ids\x18\x02 \x03(\t\"\x9e\x01\n\x12\x41\x63quireSlotRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x04 \x01(\r\x12\x14\n\x0clease_ttl_ms\x18\x05 \x01(\r\x12\x12\n\nclient_key\x18\x06 \x01(\t\x12\x15\n\rselect_server\x18\x07 \x01(\x08\"\xf7\x01\n\x13\x41\x63quireSlotResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12#\n\x05lease\x18\x03 \x01(\x0b\x32\x14.loadwarden.v1.Lease\x12\x11\n\tserver_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x32\n\rdenial_reason\x18\x06 \x01(\x0e\x32\x1b.loadwarden.v1.DenialReason\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x08 \x01(\r\x12\x15\n\rqueue_wait_ms\x18\t \x01(\r\"5\n\x11RenewLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\r\"9\n\x12RenewLeaseResponse\x12#\n\x05lease\x18\x01 \x01(\x0b\x32\x14.loadwarden.v1.Lease\"\x8c\x01\n\x12ReleaseSlotRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\x0c\n\x04pool\x18\x05 \x01(\t\x12\x1d\n\x15\x61\x62\x61ndoned_request_ids\x18\x06 \x03(\t\"T\n\x13ReleaseSlotResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\x18\n\x10\x61lready_released\x18\x02 \x01(\x08\x12\x11\n\tabandoned\x18\x03 \x01(\r\"(\n\x13GetBatchSizeRequest\x12\x11\n\toperation\x18\x01 \x01(\t\"\xa3\x01\n\x14GetBatchSizeResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x12\n\nload_score\x18\x03 \x01(\x01\x12,\n\nload_level\x18\x04 \x01(\x0e\x32\x18.loadwarden.v1.LoadLevel\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x06 \x01(\x08\"o\n\x0b\x42\x61tchReport\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x01\x12\x0f\n\x07success\x18\x05 \x01(\x08\"A\n\x12ReportBatchRequest\x12+\n\x07reports\x18\x01 \x03(\x0b\x32\x1a.loadwarden.v1.BatchReport\"&\n\x13ReportBatchResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\"?\n\x11ReportLoadRequest\x12*\n\x07reports\x18\x01 \x03(\x0b\x32\x19.loadwarden.v1.LoadReport\"V\n\x12ReportLoadResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\x12/\n\x0breceived_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x14GetLoadStatusRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x15GetLoadStatusResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.loadwarden.v1.LoadStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x16WatchLoadStatusRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x13\n\x0binterval_ms\x18\x02 \x01(\r\"D\n\x17WatchLoadStatusResponse\x12)\n\x06status\x18\x01 \x01(\x0b\x32\x19.loadwarden.v1.LoadStatus*\x93\x01\n\x0c\x44\x65nialReason\x12\x1d\n\x19\x44\x45NIAL_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44\x45NIAL_REASON_AT_CAPACITY\x10\x01\x12\x1f\n\x1b\x44\x45NIAL_REASON_QUEUE_TIMEOUT\x10\x02\x12$\n DENIAL_REASON_NO_ELIGIBLE_SERVER\x10\x03\x32\x87\x07\n\x0f\x44\x65\x63isionService\x12W\n\x0cSelectServer\x12\".loadwarden.v1.SelectServerRequest\x1a#.loadwarden.v1.SelectServerResponse\x12Z\n\rReportOutcome\x12#.loadwarden.v1.ReportOutcomeRequest\x1a$.loadwarden.v1.ReportOutcomeResponse\x12T\n\x0b\x41\x63quireSlot\x12!.loadwarden.v1.AcquireSlotRequest\x1a\".loadwarden.v1.AcquireSlotResponse\x12Q\n\nRenewLease\x12 .loadwarden.v1.RenewLeaseRequest\x1a!.loadwarden.v1.RenewLeaseResponse\x12T\n\x0bReleaseSlot\x12!.loadwarden.v1.ReleaseSlotRequest\x1a\".loadwarden.v1.ReleaseSlotResponse\x12W\n\x0cGetBatchSize\x12\".loadwarden.v1.GetBatchSizeRequest\x1a#.loadwarden.v1.GetBatchSizeResponse\x12T\n\x0bReportBatch\x12!.loadwarden.v1.ReportBatchRequest\x1a\".loadwarden.v1.ReportBatchResponse\x12Q\n\nReportLoad\x12 .loadwarden.v1.ReportLoadRequest\x1a!.loadwarden.v1.ReportLoadResponse\x12Z\n\rGetLoadStatus\x12#.loadwarden.v1.GetLoadStatusRequest\x1a$.loadwarden.v1.GetLoadStatusResponse\x12\x62\n\x0fWatchLoadStatus\x12%.loadwarden.v1.WatchLoadStatusRequest\x1a&.loadwarden.v1.WatchLoadStatusResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loadwarden.v1.decision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DENIALREASON']._serialized_start=2125
-  _globals['_DENIALREASON']._serialized_end=2272
+  _globals['_DENIALREASON']._serialized_start=2176
+  _globals['_DENIALREASON']._serialized_end=2323
   _globals['_SELECTSERVERREQUEST']._serialized_start=108
   _globals['_SELECTSERVERREQUEST']._serialized_end=171
   _globals['_SELECTSERVERRESPONSE']._serialized_start=174
@@ -53,32 +53,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RENEWLEASEREQUEST']._serialized_end=1003
   _globals['_RENEWLEASERESPONSE']._serialized_start=1005
   _globals['_RENEWLEASERESPONSE']._serialized_end=1062
-  _globals['_RELEASESLOTREQUEST']._serialized_start=1064
-  _globals['_RELEASESLOTREQUEST']._serialized_end=1173
-  _globals['_RELEASESLOTRESPONSE']._serialized_start=1175
-  _globals['_RELEASESLOTRESPONSE']._serialized_end=1240
-  _globals['_GETBATCHSIZEREQUEST']._serialized_start=1242
-  _globals['_GETBATCHSIZEREQUEST']._serialized_end=1282
-  _globals['_GETBATCHSIZERESPONSE']._serialized_start=1285
-  _globals['_GETBATCHSIZERESPONSE']._serialized_end=1448
-  _globals['_BATCHREPORT']._serialized_start=1450
-  _globals['_BATCHREPORT']._serialized_end=1561
-  _globals['_REPORTBATCHREQUEST']._serialized_start=1563
-  _globals['_REPORTBATCHREQUEST']._serialized_end=1628
-  _globals['_REPORTBATCHRESPONSE']._serialized_start=1630
-  _globals['_REPORTBATCHRESPONSE']._serialized_end=1668
-  _globals['_REPORTLOADREQUEST']._serialized_start=1670
-  _globals['_REPORTLOADREQUEST']._serialized_end=1733
-  _globals['_REPORTLOADRESPONSE']._serialized_start=1735
-  _globals['_REPORTLOADRESPONSE']._serialized_end=1821
-  _globals['_GETLOADSTATUSREQUEST']._serialized_start=1823
-  _globals['_GETLOADSTATUSREQUEST']._serialized_end=1898
-  _globals['_GETLOADSTATUSRESPONSE']._serialized_start=1900
-  _globals['_GETLOADSTATUSRESPONSE']._serialized_end=1991
-  _globals['_WATCHLOADSTATUSREQUEST']._serialized_start=1993
-  _globals['_WATCHLOADSTATUSREQUEST']._serialized_end=2052
-  _globals['_WATCHLOADSTATUSRESPONSE']._serialized_start=2054
-  _globals['_WATCHLOADSTATUSRESPONSE']._serialized_end=2122
-  _globals['_DECISIONSERVICE']._serialized_start=2275
-  _globals['_DECISIONSERVICE']._serialized_end=3178
+  _globals['_RELEASESLOTREQUEST']._serialized_start=1065
+  _globals['_RELEASESLOTREQUEST']._serialized_end=1205
+  _globals['_RELEASESLOTRESPONSE']._serialized_start=1207
+  _globals['_RELEASESLOTRESPONSE']._serialized_end=1291
+  _globals['_GETBATCHSIZEREQUEST']._serialized_start=1293
+  _globals['_GETBATCHSIZEREQUEST']._serialized_end=1333
+  _globals['_GETBATCHSIZERESPONSE']._serialized_start=1336
+  _globals['_GETBATCHSIZERESPONSE']._serialized_end=1499
+  _globals['_BATCHREPORT']._serialized_start=1501
+  _globals['_BATCHREPORT']._serialized_end=1612
+  _globals['_REPORTBATCHREQUEST']._serialized_start=1614
+  _globals['_REPORTBATCHREQUEST']._serialized_end=1679
+  _globals['_REPORTBATCHRESPONSE']._serialized_start=1681
+  _globals['_REPORTBATCHRESPONSE']._serialized_end=1719
+  _globals['_REPORTLOADREQUEST']._serialized_start=1721
+  _globals['_REPORTLOADREQUEST']._serialized_end=1784
+  _globals['_REPORTLOADRESPONSE']._serialized_start=1786
+  _globals['_REPORTLOADRESPONSE']._serialized_end=1872
+  _globals['_GETLOADSTATUSREQUEST']._serialized_start=1874
+  _globals['_GETLOADSTATUSREQUEST']._serialized_end=1949
+  _globals['_GETLOADSTATUSRESPONSE']._serialized_start=1951
+  _globals['_GETLOADSTATUSRESPONSE']._serialized_end=2042
+  _globals['_WATCHLOADSTATUSREQUEST']._serialized_start=2044
+  _globals['_WATCHLOADSTATUSREQUEST']._serialized_end=2103
+  _globals['_WATCHLOADSTATUSRESPONSE']._serialized_start=2105
+  _globals['_WATCHLOADSTATUSRESPONSE']._serialized_end=2173
+  _globals['_DECISIONSERVICE']._serialized_start=2326
+  _globals['_DECISIONSERVICE']._serialized_end=3229
 # @@protoc_insertion_point(module_scope)

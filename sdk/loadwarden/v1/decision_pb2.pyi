@@ -127,26 +127,30 @@ class RenewLeaseResponse(_message.Message):
     def __init__(self, lease: _Optional[_Union[_common_pb2.Lease, _Mapping]] = ...) -> None: ...
 
 class ReleaseSlotRequest(_message.Message):
-    __slots__ = ("lease_id", "request_id", "success", "latency_ms", "pool")
+    __slots__ = ("lease_id", "request_id", "success", "latency_ms", "pool", "abandoned_request_ids")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
+    ABANDONED_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     request_id: str
     success: bool
     latency_ms: float
     pool: str
-    def __init__(self, lease_id: _Optional[str] = ..., request_id: _Optional[str] = ..., success: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., pool: _Optional[str] = ...) -> None: ...
+    abandoned_request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, lease_id: _Optional[str] = ..., request_id: _Optional[str] = ..., success: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., pool: _Optional[str] = ..., abandoned_request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReleaseSlotResponse(_message.Message):
-    __slots__ = ("released", "already_released")
+    __slots__ = ("released", "already_released", "abandoned")
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     ALREADY_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    ABANDONED_FIELD_NUMBER: _ClassVar[int]
     released: bool
     already_released: bool
-    def __init__(self, released: _Optional[bool] = ..., already_released: _Optional[bool] = ...) -> None: ...
+    abandoned: int
+    def __init__(self, released: _Optional[bool] = ..., already_released: _Optional[bool] = ..., abandoned: _Optional[int] = ...) -> None: ...
 
 class GetBatchSizeRequest(_message.Message):
     __slots__ = ("operation",)

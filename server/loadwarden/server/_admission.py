@@ -37,7 +37,7 @@ import heapq
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -491,6 +491,29 @@ class Admission:
             self._leave(entry.slots, entry)
             return True
         return False
+
+    def abandon_requests(self, pool: str, request_ids: Iterable[str], *, owner: str = "") -> int:
+        """Ends what each of ``owner``'s AcquireSlots with these request ids in ``pool`` holds,
+        as never granted: a lease is given back (``give_back``), a wait leaves its queue. For a
+        client whose call timed out or was cancelled, so it never saw the answer.
+
+        Returns:
+            Leases and waits ended, count.
+        """
+        self.expire(self._clock.monotonic())
+        ended = 0
+        for request_id in request_ids:
+            entry = self._requests.get((owner, pool, request_id))
+            if isinstance(entry, str):
+                lease = self.leases.get(entry)
+                if lease is not None:
+                    self.give_back(lease)
+                    ended += 1
+            elif isinstance(entry, _Waiter) and not entry.gone:
+                entry.callers = 1  # every caller of this request id has given up
+                self._leave(entry.slots, entry)
+                ended += 1
+        return ended
 
     def give_back(self, lease: Lease) -> None:
         """Ends a lease whose caller never got it (gone before the answer reached it): the

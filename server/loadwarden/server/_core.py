@@ -408,6 +408,10 @@ class DecisionCore:
         """Ends what ``owner``'s AcquireSlot with ``request_id`` in ``pool`` holds (lease or wait)."""
         return self.admission.release_request(pool, request_id, success=success, latency_ms=latency_ms, owner=owner)
 
+    def abandon_requests(self, pool: str, request_ids: list[str], owner: str = "") -> int:
+        """Ends, as never granted, what ``owner``'s AcquireSlots with these request ids hold."""
+        return self.admission.abandon_requests(pool, request_ids, owner=owner)
+
     def give_back(self, lease: Lease) -> None:
         """Ends a lease whose caller was gone before the grant reached it."""
         self.admission.give_back(lease)

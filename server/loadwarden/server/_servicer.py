@@ -54,7 +54,22 @@ _STATUS: dict[type[DecisionError], grpc.StatusCode] = {
 # Longest status message sent, characters; gRPC clients refuse trailers over 8 KiB by default.
 STATUS_MESSAGE_MAX_LEN = 1_024
 
+# AcquireSlot request ids one ReleaseSlot may abandon, at most.
+MAX_ABANDONED_REQUEST_IDS = 100
+
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def check_abandoned(request: _pb.ReleaseSlotRequest) -> list[str]:
+    """ReleaseSlot's abandoned_request_ids, checked: at most 100 valid request ids."""
+    ids = list(request.abandoned_request_ids)
+    if len(ids) > MAX_ABANDONED_REQUEST_IDS:
+        raise InvalidArgument(
+            "abandoned_request_ids", f"has {len(ids)} entries; at most {MAX_ABANDONED_REQUEST_IDS} allowed"
+        )
+    for index, request_id in enumerate(ids):
+        check_name(request_id, f"abandoned_request_ids[{index}]")
+    return ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,19 +223,25 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
     async def ReleaseSlot(self, request: _pb.ReleaseSlotRequest, context: Any) -> _pb.ReleaseSlotResponse:
         latency = check_range(request.latency_ms, "latency_ms", 0.0, convert.MAX_LATENCY_MS)
         caller = self._callers.of(context)
-        if not request.lease_id and request.request_id:  # end an AcquireSlot by its request id
-            released = self._core.release_request(
-                check_name(request.pool, "pool"), check_name(request.request_id, "request_id"),
-                request.success, latency, caller,
-            )
-            return _pb.ReleaseSlotResponse(released=released, already_released=not released)
+        abandoned = check_abandoned(request)
+        if not request.lease_id and (request.request_id or abandoned):  # end AcquireSlots by request id
+            pool = check_name(request.pool, "pool")
+            released = False
+            if request.request_id:
+                released = self._core.release_request(
+                    pool, check_name(request.request_id, "request_id"), request.success, latency, caller
+                )
+            ended = self._core.abandon_requests(pool, abandoned, caller) if abandoned else 0
+            already = bool(request.request_id) and not released
+            return _pb.ReleaseSlotResponse(released=released, already_released=already, abandoned=ended)
         lease_id = check_name(request.lease_id, "lease_id")
         if request.request_id:
             check_name(request.request_id, "request_id")
-        if request.pool:
+        if request.pool or abandoned:
             check_name(request.pool, "pool")
         released = self._core.release_slot(lease_id, request.success, latency, caller)
-        return _pb.ReleaseSlotResponse(released=released, already_released=not released)
+        ended = self._core.abandon_requests(request.pool, abandoned, caller) if abandoned else 0
+        return _pb.ReleaseSlotResponse(released=released, already_released=not released, abandoned=ended)
 
     @_rpc
     async def GetBatchSize(self, request: _pb.GetBatchSizeRequest, context: Any) -> _pb.GetBatchSizeResponse:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +62,8 @@ class FakeChannel:
             return answer
 
         async def acall(request: Message, timeout: float | None = None, **kwargs: Any) -> Any:
-            return call(request, timeout, **kwargs)
+            answer = call(request, timeout, **kwargs)
+            return await answer if inspect.isawaitable(answer) else answer  # an async answer function
 
         return acall if self.asynchronous else call
 
@@ -118,6 +121,8 @@ class FakeChannel:
             return _pb.RenewLeaseResponse(lease=_lease(request.lease_id, "ml", ttl_ms))
 
         def release(request: _pb.ReleaseSlotRequest) -> Message:
+            if not request.lease_id:  # ending abandoned AcquireSlot calls
+                return _pb.ReleaseSlotResponse(abandoned=len(request.abandoned_request_ids))
             if request.lease_id not in self.leases:
                 raise grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, details=f"lease {request.lease_id!r} is unknown")
             already = self.leases[request.lease_id]

@@ -345,3 +345,32 @@ async def test_ending_a_waiting_acquire_by_its_request_id_frees_its_place() -> N
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_abandoned_acquires_end_as_never_granted_and_only_the_callers_own() -> None:
+    import asyncio
+
+    clock = ManualClock()
+    core = make(clock, max_concurrency=3)
+    routed = (await grant(core, request_id="a-1", select_server=True)).lease
+    plain = (await grant(core, request_id="a-2")).lease
+    theirs = (await grant(core, ATTACKER, request_id="a-3")).lease
+    waiting = asyncio.ensure_future(core.acquire(req(request_id="a-4", max_wait_s=30.0), 60.0))
+    await asyncio.sleep(0)
+    assert core.pool("p").slots.waiting == 1
+    assert sum(server.in_flight for server in core.pool("p").servers.values()) == 1  # a-1's selection
+    clock.advance(5.0)
+
+    ended = core.abandon_requests("p", ["a-1", "a-2", "a-3", "a-4", "never-sent"], VICTIM)
+
+    slots = core.pool("p").slots
+    assert ended == 3  # a-1, a-2 and the wait of a-4; a-3 is the attacker's, never-sent is unknown
+    assert routed.id not in core.admission.leases and plain.id not in core.admission.leases
+    assert theirs.id in core.admission.leases and slots.in_use == 1 and slots.waiting == 0
+    assert slots.hold_ewma_s == 0.0  # never granted, as far as the limit learns: no sample
+    assert all(server.in_flight == 0 for server in core.pool("p").servers.values())  # its selection settled
+    assert core.abandon_requests("p", ["a-1", "a-2"], VICTIM) == 0  # nothing left to end
+    assert core.abandon_requests("other", ["a-3"], ATTACKER) == 0  # request ids are per pool
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
