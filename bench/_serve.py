@@ -25,7 +25,11 @@ def start_service(workdir: Path, config: str) -> tuple[subprocess.Popen[str], st
     stderr = (workdir / "service.stderr").open("w")
     proc = subprocess.Popen(
         [str(command), "serve", "--config", str(path), "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=env,
     )
     lines: queue.Queue[str] = queue.Queue()
 

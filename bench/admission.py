@@ -160,9 +160,21 @@ async def offer(target: str, args: argparse.Namespace) -> dict[str, object]:
 def start_service(config: Path) -> tuple[subprocess.Popen[str], str]:
     """Starts ``loadwarden serve`` on a free port; returns the process and its address."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "loadwarden.server", "serve", "--config", str(config),
-         "--listen", "127.0.0.1:0", "--log-level", "WARNING"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "loadwarden.server",
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "WARNING",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert server.stdout is not None
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -213,8 +225,13 @@ def main() -> None:
         "benchmark": "admission",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "grpcio": grpc.__version__},
         "scenario": {
-            "capacity": args.capacity, "work_ms": args.work_ms, "load": args.load, "wait_ms": args.wait_ms,
-            "seconds": args.seconds, "seed": args.seed, "priorities": list(PRIORITIES),
+            "capacity": args.capacity,
+            "work_ms": args.work_ms,
+            "load": args.load,
+            "wait_ms": args.wait_ms,
+            "seconds": args.seconds,
+            "seed": args.seed,
+            "priorities": list(PRIORITIES),
         },
         "results": results,
     }

@@ -53,8 +53,14 @@ from loadwarden.server._operations import Operation, parse_operation
 FIXED_SIZES = (5, 10, 25, 50, 75, 100)
 LOW_LOAD_PERCENT, HIGH_LOAD_PERCENT = 10.0, 95.0
 # Trapezoid corners: (fraction of the duration, background load percent).
-PROFILE = ((0.0, LOW_LOAD_PERCENT), (0.15, LOW_LOAD_PERCENT), (0.40, HIGH_LOAD_PERCENT),
-           (0.60, HIGH_LOAD_PERCENT), (0.85, LOW_LOAD_PERCENT), (1.0, LOW_LOAD_PERCENT))
+PROFILE = (
+    (0.0, LOW_LOAD_PERCENT),
+    (0.15, LOW_LOAD_PERCENT),
+    (0.40, HIGH_LOAD_PERCENT),
+    (0.60, HIGH_LOAD_PERCENT),
+    (0.85, LOW_LOAD_PERCENT),
+    (1.0, LOW_LOAD_PERCENT),
+)
 PHASES = (("low", 0.0, 50.0), ("medium", 50.0, 80.0), ("high", 80.0, math.inf))
 
 
@@ -183,8 +189,14 @@ def simulate(policy: Policy, model: Model, duration_s: float, seed: int) -> dict
 
 def policies(target_ms: float, cooldown_ms: int) -> dict[str, tuple[dict[str, Any] | None, Callable[[], Policy]]]:
     """Name -> (dynamic settings or None, factory); dynamic first, then the fixed grid."""
-    seed003 = {"min_batch_size": 5, "max_batch_size": 100, "default_batch_size": 25,
-               "low_threshold_percent": 50.0, "high_threshold_percent": 80.0, "cooldown_ms": cooldown_ms}
+    seed003 = {
+        "min_batch_size": 5,
+        "max_batch_size": 100,
+        "default_batch_size": 25,
+        "low_threshold_percent": 50.0,
+        "high_threshold_percent": 80.0,
+        "cooldown_ms": cooldown_ms,
+    }
     threshold = {**seed003, "mode": "threshold"}
     latency = {**seed003, "mode": "latency_target", "target_latency_ms": target_ms}
     out: dict[str, tuple[dict[str, Any] | None, Callable[[], Policy]]] = {
@@ -234,9 +246,11 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, r in report["results"].items():
         phases = " / ".join("-" if v is None else f"{v:.0f}" for v in r["throughput_by_phase"].values())
-        lines.append(f"| {name} | {r['throughput_items_per_s']:.1f} | {r['p50_batch_ms']:.0f} | "
-                     f"{r['p95_batch_ms']:.0f} | {r['p99_batch_ms']:.0f} | {r['max_batch_ms']:.0f} | "
-                     f"{r['mean_size']:.1f} | {r['adjustments']} | {phases} |")
+        lines.append(
+            f"| {name} | {r['throughput_items_per_s']:.1f} | {r['p50_batch_ms']:.0f} | "
+            f"{r['p95_batch_ms']:.0f} | {r['p99_batch_ms']:.0f} | {r['max_batch_ms']:.0f} | "
+            f"{r['mean_size']:.1f} | {r['adjustments']} | {phases} |"
+        )
     best = report["best_fixed"]
     lines.append("")
     lines.append(f"Best fixed size by throughput: {best['by_throughput']}; by p95: {best['by_p95']}.")

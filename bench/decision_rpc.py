@@ -114,7 +114,9 @@ async def run(target: str, seconds: float, levels: list[int], rounds: int) -> di
         for level in levels:
             for name, call in modes.items():
                 await drive(call, level, seconds / rounds, cells[name][level])
-    results = {name: {str(level): cell.summary() for level, cell in by_level.items()} for name, by_level in cells.items()}
+    results = {
+        name: {str(level): cell.summary() for level, cell in by_level.items()} for name, by_level in cells.items()
+    }
     await client.close()
     await channel.close()
 

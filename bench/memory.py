@@ -36,20 +36,18 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
+from _serve import start_service  # bench/ is on sys.path: the benchmarks run as scripts
 
 from loadwarden.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decision_pb2, decision_pb2_grpc
-
-from _serve import start_service  # bench/ is on sys.path: the benchmarks run as scripts
 
 TARGET_MB = 200.0
 LEASE_TTL_MS = 3_600_000
@@ -154,8 +152,9 @@ async def acquire_leases(channel: grpc.aio.Channel, leases: int, concurrency: in
         nonlocal remaining, granted
         while remaining > 0:
             remaining -= 1
-            request = decision_pb2.AcquireSlotRequest(pool="leases", request_id=uuid.uuid4().hex,
-                                                      lease_ttl_ms=LEASE_TTL_MS)
+            request = decision_pb2.AcquireSlotRequest(
+                pool="leases", request_id=uuid.uuid4().hex, lease_ttl_ms=LEASE_TTL_MS
+            )
             response = await stub.AcquireSlot(request, timeout=30.0)
             granted += response.granted
 
@@ -174,10 +173,14 @@ async def churn_leases(channel: grpc.aio.Channel, pairs: int, concurrency: int) 
         while remaining > 0:
             remaining -= 1
             granted = await stub.AcquireSlot(
-                decision_pb2.AcquireSlotRequest(pool="leases", request_id=uuid.uuid4().hex), timeout=30.0)
+                decision_pb2.AcquireSlotRequest(pool="leases", request_id=uuid.uuid4().hex), timeout=30.0
+            )
             response = await stub.ReleaseSlot(
-                decision_pb2.ReleaseSlotRequest(lease_id=granted.lease.lease_id, request_id=uuid.uuid4().hex,
-                                                success=True, latency_ms=1.0), timeout=30.0)
+                decision_pb2.ReleaseSlotRequest(
+                    lease_id=granted.lease.lease_id, request_id=uuid.uuid4().hex, success=True, latency_ms=1.0
+                ),
+                timeout=30.0,
+            )
             released += response.released
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, pairs)))))
@@ -291,8 +294,12 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=10_000, help="servers to register, in total")
     parser.add_argument("--pools", type=int, default=1, help="pools the servers are spread over")
     parser.add_argument("--leases", type=int, default=100_000, help="leases to hold")
-    parser.add_argument("--churn", type=int, default=0,
-                        help="leases acquired and released before the held ones (fills the request-id memory)")
+    parser.add_argument(
+        "--churn",
+        type=int,
+        default=0,
+        help="leases acquired and released before the held ones (fills the request-id memory)",
+    )
     parser.add_argument("--selects", type=int, default=2_000, help="timed SelectServer calls per pool size")
     parser.add_argument("--concurrency", type=int, default=64, help="AcquireSlot calls in flight while filling")
     args = parser.parse_args()

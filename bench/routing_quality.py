@@ -108,13 +108,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="seeds arrivals, request sizes and routing")
     parser.add_argument("--requests", type=int, default=50_000, help="arrivals per strategy")
     parser.add_argument("--load", type=float, default=0.8, help="arrival rate as a fraction of capacity")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="leading requests left out of the statistics (default: a tenth)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="leading requests left out of the statistics (default: a tenth)"
+    )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table instead of JSON")
     args = parser.parse_args()
     if args.requests < 1:
         parser.error("--requests: must be >= 1")
-    if not 0 < args.load:
+    if not args.load > 0:
         parser.error("--load: must be > 0")
     warmup = args.requests // 10 if args.warmup is None else args.warmup
     if not 0 <= warmup < args.requests:

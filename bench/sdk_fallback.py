@@ -26,8 +26,15 @@ import time
 from collections.abc import Awaitable, Callable
 
 from loadwarden.sdk import AsyncClient, BreakerConfig, Client
-from loadwarden.server import OperationSettings, PoolSettings, PoolSpec, ServerSpec, ServiceConfig, start_service
-from loadwarden.server import MonitorSettings
+from loadwarden.server import (
+    MonitorSettings,
+    OperationSettings,
+    PoolSettings,
+    PoolSpec,
+    ServerSpec,
+    ServiceConfig,
+    start_service,
+)
 
 BREAKER = BreakerConfig(consecutive_failures=1, open_wait_s=3600.0, max_open_wait_s=3600.0)
 
@@ -66,8 +73,9 @@ async def time_async(fn: Callable[[], Awaitable[object]], calls: int) -> dict[st
 async def main(calls: int) -> dict[str, object]:
     pool = PoolSpec(PoolSettings(name="api"), tuple(ServerSpec(f"s{i}", f"127.0.0.1:{9000 + i}") for i in range(3)))
     operation = OperationSettings(name="import", mode="latency_target", target_latency_ms=100.0, default_batch_size=7)
-    config = ServiceConfig(listen="127.0.0.1:0", pools=(pool,), operations=(operation,),
-                           monitor=MonitorSettings(enabled=False))
+    config = ServiceConfig(
+        listen="127.0.0.1:0", pools=(pool,), operations=(operation,), monitor=MonitorSettings(enabled=False)
+    )
     running = await start_service(config)
     sync = Client(running.target, timeout_s=0.5, breaker=BREAKER)
     aio = AsyncClient(running.target, timeout_s=0.5, breaker=BREAKER)

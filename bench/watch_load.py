@@ -34,10 +34,9 @@ import time
 from pathlib import Path
 
 import grpc
+from _serve import start_service  # bench/ is on sys.path: the benchmarks run as scripts
 
 from loadwarden.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decision_pb2, decision_pb2_grpc
-
-from _serve import start_service  # bench/ is on sys.path: the benchmarks run as scripts
 
 SMALL_SERVERS = 10
 CHANGE_EVERY_S = 0.1
@@ -103,18 +102,22 @@ async def run_watchers(target: str, streams: int, interval_ms: int) -> None:
 
 
 async def register_big(channel: grpc.aio.Channel, servers: int) -> None:
-    specs = [common_pb2.ServerSpec(id=f"big-{i:05d}", address=f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}:80")
-             for i in range(servers)]
+    specs = [
+        common_pb2.ServerSpec(id=f"big-{i:05d}", address=f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}:80")
+        for i in range(servers)
+    ]
     await admin_pb2_grpc.AdminServiceStub(channel).ConfigurePool(
-        admin_pb2.ConfigurePoolRequest(pool=common_pb2.PoolConfig(name="big", servers=specs)), timeout=120)
+        admin_pb2.ConfigurePoolRequest(pool=common_pb2.PoolConfig(name="big", servers=specs)), timeout=120
+    )
 
 
 async def keep_changing(channel: grpc.aio.Channel, servers: int, stop: asyncio.Event) -> None:
     stub = decision_pb2_grpc.DecisionServiceStub(channel)
     rng = random.Random(1)
     while not stop.is_set():
-        report = common_pb2.LoadReport(pool="big", server_id=f"big-{rng.randrange(servers):05d}",
-                                       cpu_percent=rng.uniform(0, 100))
+        report = common_pb2.LoadReport(
+            pool="big", server_id=f"big-{rng.randrange(servers):05d}", cpu_percent=rng.uniform(0, 100)
+        )
         await stub.ReportLoad(decision_pb2.ReportLoadRequest(reports=[report]), timeout=10)
         try:
             await asyncio.wait_for(stop.wait(), CHANGE_EVERY_S)
@@ -153,9 +156,19 @@ async def run(target: str, args: argparse.Namespace) -> dict[str, object]:
         without = await time_selects(channel, args.selects)
 
         watchers = subprocess.Popen(
-            [sys.executable, __file__, "--watchers", target, "--streams", str(args.streams),
-             "--interval-ms", str(args.interval_ms)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                __file__,
+                "--watchers",
+                target,
+                "--streams",
+                str(args.streams),
+                "--interval-ms",
+                str(args.interval_ms),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         try:
             assert watchers.stdout is not None and watchers.stdin is not None
@@ -186,8 +199,11 @@ async def run(target: str, args: argparse.Namespace) -> dict[str, object]:
         "p99_ratio": round(ratio, 2) if ratio is not None else None,
         "target_ratio": TARGET_RATIO,
         "within_target": ratio is not None and ratio <= TARGET_RATIO,
-        "watch_received": {"snapshots": received["snapshots"], "bytes": received["bytes"],
-                           "seconds": round(elapsed, 2)},
+        "watch_received": {
+            "snapshots": received["snapshots"],
+            "bytes": received["bytes"],
+            "seconds": round(elapsed, 2),
+        },
     }
 
 

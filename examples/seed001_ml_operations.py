@@ -121,8 +121,10 @@ def main() -> None:
     parser.add_argument("--work-ms", type=float, default=1000.0, help="simulated work per job, milliseconds")
     args = parser.parse_args()
     configure_pool(args.target)
-    print(f"pool {POOL!r}: at most {MAX_CONCURRENT_ML_OPERATIONS} concurrent ML operations, "
-          f"{QUEUE_TIMEOUT_S:g} s queue timeout")
+    print(
+        f"pool {POOL!r}: at most {MAX_CONCURRENT_ML_OPERATIONS} concurrent ML operations, "
+        f"{QUEUE_TIMEOUT_S:g} s queue timeout"
+    )
     asyncio.run(run(args.target, args.jobs, args.work_ms / 1000.0))
 
 

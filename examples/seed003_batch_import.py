@@ -63,8 +63,10 @@ def ensure_operation(client: Client, target: str, mode: str, target_ms: float, s
     """Registers ``data-import`` unless the service already has it (then it is used as configured)."""
     existing = next((op for op in client.load_status().operations if op.name == OPERATION), None)
     if existing is not None:
-        print(f"operation {OPERATION!r} exists: {existing.mode.value}, sizes {existing.min_batch_size}-"
-              f"{existing.max_batch_size} (default {existing.default_batch_size}), current size {existing.batch_size}")
+        print(
+            f"operation {OPERATION!r} exists: {existing.mode.value}, sizes {existing.min_batch_size}-"
+            f"{existing.max_batch_size} (default {existing.default_batch_size}), current size {existing.batch_size}"
+        )
         return
     config = common_pb2.OperationConfig(
         name=OPERATION,
@@ -82,10 +84,15 @@ def ensure_operation(client: Client, target: str, mode: str, target_ms: float, s
         admin_pb2_grpc.AdminServiceStub(channel).ConfigureOperation(
             admin_pb2.ConfigureOperationRequest(operation=config), timeout=RPC_TIMEOUT_S
         )
-    how = f"target {target_ms:g} ms, +{step} per batch under it" if mode == "latency_target" else (
-        f"thresholds {LOW_LOAD_PERCENT:g}/{HIGH_LOAD_PERCENT:g} % of host load")
-    print(f"operation {OPERATION!r} registered: {mode}, sizes {MIN_BATCH_SIZE}-{MAX_BATCH_SIZE} "
-          f"(default {DEFAULT_BATCH_SIZE}), {how}, cooldown {cooldown_ms} ms")
+    how = (
+        f"target {target_ms:g} ms, +{step} per batch under it"
+        if mode == "latency_target"
+        else (f"thresholds {LOW_LOAD_PERCENT:g}/{HIGH_LOAD_PERCENT:g} % of host load")
+    )
+    print(
+        f"operation {OPERATION!r} registered: {mode}, sizes {MIN_BATCH_SIZE}-{MAX_BATCH_SIZE} "
+        f"(default {DEFAULT_BATCH_SIZE}), {how}, cooldown {cooldown_ms} ms"
+    )
 
 
 def import_items(client: Client, items: int, item_s: float) -> list[Batch]:
@@ -115,8 +122,10 @@ def import_items(client: Client, items: int, item_s: float) -> list[Batch]:
 def print_adjustments(client: Client) -> None:
     operation = next(op for op in client.load_status().operations if op.name == OPERATION)
     events = operation.recent_adjustments
-    print(f"adjustment events: {operation.adjustments_total} (latest {len(events)} shown), "
-          f"size now {operation.batch_size}")
+    print(
+        f"adjustment events: {operation.adjustments_total} (latest {len(events)} shown), "
+        f"size now {operation.batch_size}"
+    )
     for event in events:
         at = event.at.astimezone().strftime("%H:%M:%S.%f")[:-3]
         print(f"  {at}  {event.previous_size:>3} -> {event.new_size:<3}  {event.reason}")
@@ -127,10 +136,12 @@ def main() -> None:
     parser.add_argument("--target", default="127.0.0.1:50051", help="loadwarden service address")
     parser.add_argument("--items", type=int, default=2000, help="items to import, count")
     parser.add_argument("--item-ms", type=float, default=2.0, help="simulated import time per item, milliseconds")
-    parser.add_argument("--mode", choices=sorted(MODES), default="threshold",
-                        help="sizing mode when the job registers the operation")
-    parser.add_argument("--target-ms", type=float, default=150.0,
-                        help="latency_target mode: target batch duration, milliseconds")
+    parser.add_argument(
+        "--mode", choices=sorted(MODES), default="threshold", help="sizing mode when the job registers the operation"
+    )
+    parser.add_argument(
+        "--target-ms", type=float, default=150.0, help="latency_target mode: target batch duration, milliseconds"
+    )
     parser.add_argument("--step", type=int, default=5, help="latency_target mode: size added per batch under target")
     parser.add_argument("--cooldown-ms", type=int, default=0, help="shortest time between two size changes, ms")
     args = parser.parse_args()
@@ -143,8 +154,10 @@ def main() -> None:
         batches = import_items(client, args.items, args.item_ms / 1000.0)
         elapsed_s = time.perf_counter() - began
         sizes = [b.size for b in batches]
-        print(f"imported: {sum(sizes)} items in {len(batches)} batches, {elapsed_s:.2f} s; "
-              f"batch sizes {min(sizes)}-{max(sizes)}")
+        print(
+            f"imported: {sum(sizes)} items in {len(batches)} batches, {elapsed_s:.2f} s; "
+            f"batch sizes {min(sizes)}-{max(sizes)}"
+        )
         print_adjustments(client)
 
 

@@ -9,15 +9,22 @@ import time
 # gRPC core logs connection teardown at INFO; keep test output to what tests say.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-import random  # noqa: E402
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
 
-from loadwarden.server import ManualClock, PoolSettings, PoolSpec, RunningService, ServerSpec, ServiceConfig
-from loadwarden.server import start_service
+from loadwarden.server import (
+    ManualClock,
+    PoolSettings,
+    PoolSpec,
+    RunningService,
+    ServerSpec,
+    ServiceConfig,
+    start_service,
+)
 
 StartService = Callable[..., Awaitable[RunningService]]
 
@@ -76,13 +83,13 @@ def global_tracing() -> Iterator[None]:
 
     from loadwarden.observability import shutdown_tracing
 
-    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE  # noqa: SLF001 - test isolation
-    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = None, Once()  # noqa: SLF001
+    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE
+    trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = None, Once()
     try:
         yield
     finally:
         shutdown_tracing()
-        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved  # noqa: SLF001
+        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved
 
 
 async def wait_for(

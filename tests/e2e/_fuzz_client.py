@@ -24,14 +24,16 @@ from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 from ._fuzz_strategies import CANARY_POOL, DECISION_REF, LEASE_REF, Call
 
 # Codes a client's mistake may get (DESIGN.md "Errors"); never UNKNOWN or INTERNAL.
-CLIENT_ERRORS = frozenset({
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.OUT_OF_RANGE,
-})
+CLIENT_ERRORS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
 # Calls whose answer may legitimately come at their deadline: a slot wait, a stream.
 DEADLINE_BOUND = frozenset({"AcquireSlot", "WatchLoadStatus"})
 # Every RESOURCE_EXHAUSTED names what was exhausted: a configured cap (``... (limits.x = n) reached: ...``),
@@ -159,7 +161,8 @@ class FuzzClient:
             method = self.channel.unary_unary(call.path)  # bytes in, bytes out
         else:
             method = self.channel.unary_unary(
-                call.path, request_serializer=type(request).SerializeToString,
+                call.path,
+                request_serializer=type(request).SerializeToString,
                 response_deserializer=_response_class(call).FromString,
             )
         self._unary[key] = method
@@ -168,8 +171,11 @@ class FuzzClient:
     def _stream_callable(self, call: Call) -> Any:
         if isinstance(call.request, bytes):
             return self.channel.unary_stream(call.path)
-        return self.channel.unary_stream(call.path, request_serializer=type(call.request).SerializeToString,
-                                         response_deserializer=_pb.WatchLoadStatusResponse.FromString)
+        return self.channel.unary_stream(
+            call.path,
+            request_serializer=type(call.request).SerializeToString,
+            response_deserializer=_pb.WatchLoadStatusResponse.FromString,
+        )
 
     def _first_snapshot(self, call: Call, stream: Any) -> None:
         """Reads a stream's first snapshot (or its error), then cancels it."""
@@ -205,13 +211,16 @@ class FuzzClient:
         health = self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=UNARY_TIMEOUT_S)
         assert health.status == health_pb2.HealthCheckResponse.SERVING, health
         metadata = self._callers[0]
-        choice = self.decision.SelectServer(_pb.SelectServerRequest(pool=CANARY_POOL), timeout=UNARY_TIMEOUT_S,
-                                            metadata=metadata)
+        choice = self.decision.SelectServer(
+            _pb.SelectServerRequest(pool=CANARY_POOL), timeout=UNARY_TIMEOUT_S, metadata=metadata
+        )
         assert choice.server_id in CANARY_SERVERS, choice
         applied = self.decision.ReportOutcome(
-            _pb.ReportOutcomeRequest(outcomes=[_pb.Outcome(decision_id=choice.decision_id, success=True,
-                                                           latency_ms=1.0)]),
-            timeout=UNARY_TIMEOUT_S, metadata=metadata,
+            _pb.ReportOutcomeRequest(
+                outcomes=[_pb.Outcome(decision_id=choice.decision_id, success=True, latency_ms=1.0)]
+            ),
+            timeout=UNARY_TIMEOUT_S,
+            metadata=metadata,
         )
         assert applied.applied == 1, applied
 

@@ -35,11 +35,35 @@ OPERATIONS = ("import", "latency", "poolop", "ghost-op")
 STRATEGIES = ("round_robin", "least_connections", "p2c", "peak_ewma", "q_learning", "q_linear")
 LIMIT_ALGORITHMS = ("fixed", "aimd", "gradient2")
 PARAM_NAMES = (
-    "choice_count", "decay_ms", "failure_penalty_ms", "default_rtt_ms", "alpha", "gamma", "epsilon",
-    "epsilon_decay", "epsilon_min", "cpu_medium_percent", "cpu_high_percent", "active_medium_requests",
-    "active_high_requests", "response_medium_ms", "response_high_ms", "initial_q", "virtual_loss",
-    "sample_size", "latency_scale_ms", "active_scale_requests", "td_error_clip", "min_limit", "max_limit",
-    "backoff_ratio", "timeout_ms", "long_window", "rtt_tolerance", "queue_size", "smoothing",
+    "choice_count",
+    "decay_ms",
+    "failure_penalty_ms",
+    "default_rtt_ms",
+    "alpha",
+    "gamma",
+    "epsilon",
+    "epsilon_decay",
+    "epsilon_min",
+    "cpu_medium_percent",
+    "cpu_high_percent",
+    "active_medium_requests",
+    "active_high_requests",
+    "response_medium_ms",
+    "response_high_ms",
+    "initial_q",
+    "virtual_loss",
+    "sample_size",
+    "latency_scale_ms",
+    "active_scale_requests",
+    "td_error_clip",
+    "min_limit",
+    "max_limit",
+    "backoff_ratio",
+    "timeout_ms",
+    "long_window",
+    "rtt_tolerance",
+    "queue_size",
+    "smoothing",
 )
 LEASE_REF = "\x00lease-ref\x00"
 DECISION_REF = "\x00decision-ref\x00"
@@ -84,8 +108,25 @@ long_strings = st.builds(
     st.one_of(st.integers(129, 5_000), st.sampled_from([65_536, 200_000])),
 )
 odd_strings = st.sampled_from(
-    ["", " ", "\x00", "a\x00b", "é", "\U0001f642", "a" * 128, "a" * 129, "../..", "api ", "API", "\ufeffapi",
-     "api\n", "%s%n", "' OR 1=1", "\\", "a/b:c@d.e-f_g"]
+    [
+        "",
+        " ",
+        "\x00",
+        "a\x00b",
+        "é",
+        "\U0001f642",
+        "a" * 128,
+        "a" * 129,
+        "../..",
+        "api ",
+        "API",
+        "\ufeffapi",
+        "api\n",
+        "%s%n",
+        "' OR 1=1",
+        "\\",
+        "a/b:c@d.e-f_g",
+    ]
 )
 texts = st.one_of(
     odd_strings,
@@ -107,8 +148,25 @@ def refs(ref: str) -> st.SearchStrategy[str]:
 
 floats = st.one_of(
     st.floats(),
-    st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 0.0, 0.5, 1.0, 50.0, 100.0, 100.0001, 1e308, -1e308,
-                     5e-324, 86_400_000.0, 86_400_000.5]),
+    st.sampled_from(
+        [
+            math.nan,
+            math.inf,
+            -math.inf,
+            -0.0,
+            0.0,
+            0.5,
+            1.0,
+            50.0,
+            100.0,
+            100.0001,
+            1e308,
+            -1e308,
+            5e-324,
+            86_400_000.0,
+            86_400_000.5,
+        ]
+    ),
 )
 u32 = st.one_of(
     st.integers(0, 2**32 - 1),
@@ -140,8 +198,14 @@ def repeated(item: st.SearchStrategy[Any], huge: int = 3_000) -> st.SearchStrate
 
 
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), floats, st.integers(-(2**60), 2**60), st.text(max_size=12),
-              st.sampled_from(["action_mean", "zero", "optimistic"])),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        floats,
+        st.integers(-(2**60), 2**60),
+        st.text(max_size=12),
+        st.sampled_from(["action_mean", "zero", "optimistic"]),
+    ),
     lambda children: st.one_of(
         st.lists(children, max_size=4),
         st.dictionaries(st.one_of(st.sampled_from(PARAM_NAMES), st.text(max_size=8)), children, max_size=4),
@@ -189,12 +253,21 @@ operations = names(OPERATIONS)
 
 select_server = _decision("SelectServer", _pb.SelectServerRequest, pool=pools, exclude_server_ids=repeated(servers))
 report_outcome = _decision(
-    "ReportOutcome", _pb.ReportOutcomeRequest,
-    outcomes=repeated(st.builds(lambda **kw: _pb.Outcome(**kw), decision_id=refs(DECISION_REF),
-                                success=st.booleans(), latency_ms=floats, status=st.one_of(st.just(""), texts))),
+    "ReportOutcome",
+    _pb.ReportOutcomeRequest,
+    outcomes=repeated(
+        st.builds(
+            lambda **kw: _pb.Outcome(**kw),
+            decision_id=refs(DECISION_REF),
+            success=st.booleans(),
+            latency_ms=floats,
+            status=st.one_of(st.just(""), texts),
+        )
+    ),
 )
 acquire_slot = _decision(
-    "AcquireSlot", _pb.AcquireSlotRequest,
+    "AcquireSlot",
+    _pb.AcquireSlotRequest,
     pool=pools,
     request_id=st.one_of(st.just(""), st.sampled_from(["r1", "r2"]), texts),
     priority=st.one_of(st.integers(0, 9), u32),
@@ -203,29 +276,52 @@ acquire_slot = _decision(
     client_key=st.one_of(st.just(""), st.sampled_from(["c1", "c2"]), texts),
     select_server=st.booleans(),
 )
-renew_lease = _decision("RenewLease", _pb.RenewLeaseRequest, lease_id=refs(LEASE_REF),
-                        ttl_ms=st.one_of(small_u32, u32))
+renew_lease = _decision("RenewLease", _pb.RenewLeaseRequest, lease_id=refs(LEASE_REF), ttl_ms=st.one_of(small_u32, u32))
 release_slot = _decision(
-    "ReleaseSlot", _pb.ReleaseSlotRequest,
-    lease_id=refs(LEASE_REF), request_id=st.one_of(st.just(""), texts), success=st.booleans(), latency_ms=floats,
+    "ReleaseSlot",
+    _pb.ReleaseSlotRequest,
+    lease_id=refs(LEASE_REF),
+    request_id=st.one_of(st.just(""), texts),
+    success=st.booleans(),
+    latency_ms=floats,
 )
 get_batch_size = _decision("GetBatchSize", _pb.GetBatchSizeRequest, operation=operations)
 report_batch = _decision(
-    "ReportBatch", _pb.ReportBatchRequest,
-    reports=repeated(st.builds(lambda **kw: _pb.BatchReport(**kw), operation=operations,
-                               decision_id=st.one_of(st.just(""), texts), batch_size=st.one_of(small_u32, u32),
-                               duration_ms=floats, success=st.booleans())),
+    "ReportBatch",
+    _pb.ReportBatchRequest,
+    reports=repeated(
+        st.builds(
+            lambda **kw: _pb.BatchReport(**kw),
+            operation=operations,
+            decision_id=st.one_of(st.just(""), texts),
+            batch_size=st.one_of(small_u32, u32),
+            duration_ms=floats,
+            success=st.booleans(),
+        )
+    ),
 )
 report_load = _decision(
-    "ReportLoad", _pb.ReportLoadRequest,
-    reports=repeated(st.builds(lambda **kw: _common.LoadReport(**kw), pool=pools, server_id=servers,
-                               cpu_percent=floats, memory_percent=floats, active_requests=u32,
-                               mean_latency_ms=floats, error_rate=floats)),
+    "ReportLoad",
+    _pb.ReportLoadRequest,
+    reports=repeated(
+        st.builds(
+            lambda **kw: _common.LoadReport(**kw),
+            pool=pools,
+            server_id=servers,
+            cpu_percent=floats,
+            memory_percent=floats,
+            active_requests=u32,
+            mean_latency_ms=floats,
+            error_rate=floats,
+        )
+    ),
 )
 get_load_status = _decision("GetLoadStatus", _pb.GetLoadStatusRequest, pool=st.one_of(st.just(""), pools))
 watch_load_status = _decision(
-    "WatchLoadStatus", _pb.WatchLoadStatusRequest,
-    pool=st.one_of(st.just(""), pools), interval_ms=st.one_of(st.just(0), small_u32, u32),
+    "WatchLoadStatus",
+    _pb.WatchLoadStatusRequest,
+    pool=st.one_of(st.just(""), pools),
+    interval_ms=st.one_of(st.just(0), small_u32, u32),
 )
 
 # Well-formed requests about things that exist, so that the paths past validation run as often as the rejections.
@@ -235,49 +331,100 @@ _latencies = st.floats(0.0, 10_000.0)
 _percent = st.floats(0.0, 100.0)
 
 
-def _load_report(member: tuple[str, str], cpu: float, memory: float, active: int, latency: float,
-                 error_rate: float) -> _common.LoadReport:
-    return _common.LoadReport(pool=member[0], server_id=member[1], cpu_percent=cpu, memory_percent=memory,
-                              active_requests=active, mean_latency_ms=latency, error_rate=error_rate)
+def _load_report(
+    member: tuple[str, str], cpu: float, memory: float, active: int, latency: float, error_rate: float
+) -> _common.LoadReport:
+    return _common.LoadReport(
+        pool=member[0],
+        server_id=member[1],
+        cpu_percent=cpu,
+        memory_percent=memory,
+        active_requests=active,
+        mean_latency_ms=latency,
+        error_rate=error_rate,
+    )
 
 
 VALID_DECISION_CALLS: dict[str, st.SearchStrategy[Call]] = {
-    "SelectServer": _decision("SelectServer", _pb.SelectServerRequest, pool=_valid_pools,
-                              exclude_server_ids=st.lists(st.sampled_from(SERVERS), max_size=2)),
+    "SelectServer": _decision(
+        "SelectServer",
+        _pb.SelectServerRequest,
+        pool=_valid_pools,
+        exclude_server_ids=st.lists(st.sampled_from(SERVERS), max_size=2),
+    ),
     "ReportOutcome": _decision(
-        "ReportOutcome", _pb.ReportOutcomeRequest,
-        outcomes=st.lists(st.builds(lambda **kw: _pb.Outcome(**kw), decision_id=st.just(DECISION_REF),
-                                    success=st.booleans(), latency_ms=_latencies), min_size=1, max_size=5),
+        "ReportOutcome",
+        _pb.ReportOutcomeRequest,
+        outcomes=st.lists(
+            st.builds(
+                lambda **kw: _pb.Outcome(**kw),
+                decision_id=st.just(DECISION_REF),
+                success=st.booleans(),
+                latency_ms=_latencies,
+            ),
+            min_size=1,
+            max_size=5,
+        ),
     ),
     "AcquireSlot": _decision(
-        "AcquireSlot", _pb.AcquireSlotRequest, pool=_valid_pools,
+        "AcquireSlot",
+        _pb.AcquireSlotRequest,
+        pool=_valid_pools,
         request_id=st.one_of(st.just(""), st.text(NAME_ALPHABET, min_size=1, max_size=8)),
-        priority=st.integers(0, 9), max_wait_ms=st.sampled_from([0, 0, 10, 50]),
-        lease_ttl_ms=st.sampled_from([0, 100, 500, 2_000]), client_key=st.sampled_from(["", "c1", "c2", "c3"]),
+        priority=st.integers(0, 9),
+        max_wait_ms=st.sampled_from([0, 0, 10, 50]),
+        lease_ttl_ms=st.sampled_from([0, 100, 500, 2_000]),
+        client_key=st.sampled_from(["", "c1", "c2", "c3"]),
         select_server=st.booleans(),
     ),
-    "RenewLease": _decision("RenewLease", _pb.RenewLeaseRequest, lease_id=st.just(LEASE_REF),
-                            ttl_ms=st.sampled_from([0, 100, 1_000, 5_000])),
-    "ReleaseSlot": _decision("ReleaseSlot", _pb.ReleaseSlotRequest, lease_id=st.just(LEASE_REF),
-                             success=st.booleans(), latency_ms=_latencies),
-    "GetBatchSize": _decision("GetBatchSize", _pb.GetBatchSizeRequest,
-                              operation=st.sampled_from(("import", "latency", "poolop"))),
+    "RenewLease": _decision(
+        "RenewLease", _pb.RenewLeaseRequest, lease_id=st.just(LEASE_REF), ttl_ms=st.sampled_from([0, 100, 1_000, 5_000])
+    ),
+    "ReleaseSlot": _decision(
+        "ReleaseSlot", _pb.ReleaseSlotRequest, lease_id=st.just(LEASE_REF), success=st.booleans(), latency_ms=_latencies
+    ),
+    "GetBatchSize": _decision(
+        "GetBatchSize", _pb.GetBatchSizeRequest, operation=st.sampled_from(("import", "latency", "poolop"))
+    ),
     "ReportBatch": _decision(
-        "ReportBatch", _pb.ReportBatchRequest,
-        reports=st.lists(st.builds(lambda **kw: _pb.BatchReport(**kw),
-                                   operation=st.sampled_from(("import", "latency", "poolop")),
-                                   batch_size=st.integers(1, 1_000), duration_ms=_latencies,
-                                   success=st.booleans()), min_size=1, max_size=5),
+        "ReportBatch",
+        _pb.ReportBatchRequest,
+        reports=st.lists(
+            st.builds(
+                lambda **kw: _pb.BatchReport(**kw),
+                operation=st.sampled_from(("import", "latency", "poolop")),
+                batch_size=st.integers(1, 1_000),
+                duration_ms=_latencies,
+                success=st.booleans(),
+            ),
+            min_size=1,
+            max_size=5,
+        ),
     ),
     "ReportLoad": _decision(
-        "ReportLoad", _pb.ReportLoadRequest,
-        reports=st.lists(st.builds(_load_report, st.sampled_from(MEMBERS), _percent, _percent, st.integers(0, 1_000),
-                                   _latencies, st.floats(0.0, 1.0)), min_size=1, max_size=4),
+        "ReportLoad",
+        _pb.ReportLoadRequest,
+        reports=st.lists(
+            st.builds(
+                _load_report,
+                st.sampled_from(MEMBERS),
+                _percent,
+                _percent,
+                st.integers(0, 1_000),
+                _latencies,
+                st.floats(0.0, 1.0),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
     ),
-    "GetLoadStatus": _decision("GetLoadStatus", _pb.GetLoadStatusRequest,
-                               pool=st.sampled_from(("", "api", "ml"))),
-    "WatchLoadStatus": _decision("WatchLoadStatus", _pb.WatchLoadStatusRequest,
-                                 pool=st.sampled_from(("", "api", "ml")), interval_ms=st.sampled_from([0, 100, 1_000])),
+    "GetLoadStatus": _decision("GetLoadStatus", _pb.GetLoadStatusRequest, pool=st.sampled_from(("", "api", "ml"))),
+    "WatchLoadStatus": _decision(
+        "WatchLoadStatus",
+        _pb.WatchLoadStatusRequest,
+        pool=st.sampled_from(("", "api", "ml")),
+        interval_ms=st.sampled_from([0, 100, 1_000]),
+    ),
 }
 
 FUZZ_DECISION_CALLS: dict[str, st.SearchStrategy[Call]] = {
@@ -300,14 +447,20 @@ DECISION_CALLS: dict[str, st.SearchStrategy[Call]] = {
 # --- AdminService -------------------------------------------------------------------
 
 addresses = st.one_of(st.sampled_from(["127.0.0.1:9001", "backend-3.internal:443", "[::1]:80", "h:1"]), texts)
-server_specs = st.builds(lambda **kw: _common.ServerSpec(**kw), id=servers, address=addresses,
-                         weight=st.one_of(small_u32, u32))
+server_specs = st.builds(
+    lambda **kw: _common.ServerSpec(**kw), id=servers, address=addresses, weight=st.one_of(small_u32, u32)
+)
 outliers = st.one_of(
     st.none(),
-    st.builds(lambda **kw: _common.OutlierDetection(**kw), consecutive_failures=st.one_of(small_u32, u32),
-              base_ejection_time_ms=st.one_of(small_u32, u32), max_ejection_time_ms=st.one_of(small_u32, u32),
-              max_ejection_percent=st.one_of(small_u32, u32), panic_threshold_percent=st.one_of(small_u32, u32),
-              disabled=st.booleans()),
+    st.builds(
+        lambda **kw: _common.OutlierDetection(**kw),
+        consecutive_failures=st.one_of(small_u32, u32),
+        base_ejection_time_ms=st.one_of(small_u32, u32),
+        max_ejection_time_ms=st.one_of(small_u32, u32),
+        max_ejection_percent=st.one_of(small_u32, u32),
+        panic_threshold_percent=st.one_of(small_u32, u32),
+        disabled=st.booleans(),
+    ),
 )
 pool_configs = st.builds(
     lambda **kw: _message(_common.PoolConfig, **kw),
@@ -322,8 +475,13 @@ pool_configs = st.builds(
     lease_ttl_ms=st.one_of(small_u32, u32),
     limit_algorithm=st.one_of(st.just(""), st.sampled_from(LIMIT_ALGORITHMS), texts),
     limit_params=structs,
-    rate_limit=st.one_of(st.just(""), st.sampled_from(["30/minute", "5/second", "1/hour", "0/second", "9999999999/second",
-                                                       "x/minute", "5/fortnight"]), texts),
+    rate_limit=st.one_of(
+        st.just(""),
+        st.sampled_from(
+            ["30/minute", "5/second", "1/hour", "0/second", "9999999999/second", "x/minute", "5/fortnight"]
+        ),
+        texts,
+    ),
     rate_burst=st.one_of(small_u32, u32),
     servers=repeated(server_specs, huge=200),
     outlier_detection=outliers,
@@ -351,7 +509,9 @@ operation_configs = st.builds(
 _extra_pools = st.sampled_from(("ghost", "extra-1", "extra-2", "extra-3"))
 _valid_specs = st.builds(
     lambda sid, port, weight: _common.ServerSpec(id=sid, address=f"127.0.0.1:{port}", weight=weight),
-    st.sampled_from(("api-1", "api-2", "api-4", "x1", "x2")), st.integers(1, 65_535), st.integers(0, 10),
+    st.sampled_from(("api-1", "api-2", "api-4", "x1", "x2")),
+    st.integers(1, 65_535),
+    st.integers(0, 10),
 )
 _valid_pool_configs = st.builds(
     lambda **kw: _message(_common.PoolConfig, **kw),
@@ -368,39 +528,61 @@ _valid_pool_configs = st.builds(
 )
 _valid_operation_configs = st.builds(
     lambda name, low, high, mode, source: _common.OperationConfig(
-        name=name, min_batch_size=low, max_batch_size=high, mode=mode, target_latency_ms=100.0,
-        load_source=source, pool="api" if source == _common.LOAD_SOURCE_POOL else ""),
-    st.sampled_from(("import", "latency", "ghost-op")), st.integers(1, 10), st.integers(10, 1_000),
-    st.sampled_from([0, 1, 2]), st.sampled_from([0, 1, 2]),
+        name=name,
+        min_batch_size=low,
+        max_batch_size=high,
+        mode=mode,
+        target_latency_ms=100.0,
+        load_source=source,
+        pool="api" if source == _common.LOAD_SOURCE_POOL else "",
+    ),
+    st.sampled_from(("import", "latency", "ghost-op")),
+    st.integers(1, 10),
+    st.integers(10, 1_000),
+    st.sampled_from([0, 1, 2]),
+    st.sampled_from([0, 1, 2]),
 )
 
 VALID_ADMIN_CALLS: dict[str, st.SearchStrategy[Call]] = {
     "ConfigurePool": _admin_call("ConfigurePool", _admin.ConfigurePoolRequest, pool=_valid_pool_configs),
     "DeletePool": _admin_call("DeletePool", _admin.DeletePoolRequest, pool=_extra_pools),
-    "RegisterServer": _admin_call("RegisterServer", _admin.RegisterServerRequest,
-                                  pool=st.one_of(_valid_pools, _extra_pools), server=_valid_specs),
-    "DeregisterServer": _admin_call("DeregisterServer", _admin.DeregisterServerRequest,
-                                    pool=st.one_of(_valid_pools, _extra_pools),
-                                    server_id=st.sampled_from(("api-4", "x1", "x2"))),
-    "DrainServer": _admin_call("DrainServer", _admin.DrainServerRequest, pool=st.just("api"),
-                               server_id=st.sampled_from(("api-1", "api-2", "api-3")), drain=st.booleans()),
-    "ConfigureOperation": _admin_call("ConfigureOperation", _admin.ConfigureOperationRequest,
-                                      operation=_valid_operation_configs),
-    "DeleteOperation": _admin_call("DeleteOperation", _admin.DeleteOperationRequest,
-                                   operation=st.sampled_from(("ghost-op",))),
+    "RegisterServer": _admin_call(
+        "RegisterServer", _admin.RegisterServerRequest, pool=st.one_of(_valid_pools, _extra_pools), server=_valid_specs
+    ),
+    "DeregisterServer": _admin_call(
+        "DeregisterServer",
+        _admin.DeregisterServerRequest,
+        pool=st.one_of(_valid_pools, _extra_pools),
+        server_id=st.sampled_from(("api-4", "x1", "x2")),
+    ),
+    "DrainServer": _admin_call(
+        "DrainServer",
+        _admin.DrainServerRequest,
+        pool=st.just("api"),
+        server_id=st.sampled_from(("api-1", "api-2", "api-3")),
+        drain=st.booleans(),
+    ),
+    "ConfigureOperation": _admin_call(
+        "ConfigureOperation", _admin.ConfigureOperationRequest, operation=_valid_operation_configs
+    ),
+    "DeleteOperation": _admin_call(
+        "DeleteOperation", _admin.DeleteOperationRequest, operation=st.sampled_from(("ghost-op",))
+    ),
 }
 
 FUZZ_ADMIN_CALLS: dict[str, st.SearchStrategy[Call]] = {
     "ConfigurePool": _admin_call("ConfigurePool", _admin.ConfigurePoolRequest, pool=st.one_of(st.none(), pool_configs)),
     "DeletePool": _admin_call("DeletePool", _admin.DeletePoolRequest, pool=pools),
-    "RegisterServer": _admin_call("RegisterServer", _admin.RegisterServerRequest, pool=pools,
-                                  server=st.one_of(st.none(), server_specs)),
-    "DeregisterServer": _admin_call("DeregisterServer", _admin.DeregisterServerRequest, pool=pools,
-                                    server_id=servers),
-    "DrainServer": _admin_call("DrainServer", _admin.DrainServerRequest, pool=pools, server_id=servers,
-                               drain=st.booleans()),
-    "ConfigureOperation": _admin_call("ConfigureOperation", _admin.ConfigureOperationRequest,
-                                      operation=st.one_of(st.none(), operation_configs)),
+    "RegisterServer": _admin_call(
+        "RegisterServer", _admin.RegisterServerRequest, pool=pools, server=st.one_of(st.none(), server_specs)
+    ),
+    "DeregisterServer": _admin_call("DeregisterServer", _admin.DeregisterServerRequest, pool=pools, server_id=servers),
+    "DrainServer": _admin_call(
+        "DrainServer", _admin.DrainServerRequest, pool=pools, server_id=servers, drain=st.booleans()
+    ),
+    "ConfigureOperation": _admin_call(
+        "ConfigureOperation", _admin.ConfigureOperationRequest, operation=st.one_of(st.none(), operation_configs)
+    ),
     "DeleteOperation": _admin_call("DeleteOperation", _admin.DeleteOperationRequest, operation=operations),
 }
 # Per method: a well-formed request one time in three, a fuzzed one otherwise.
@@ -417,7 +599,7 @@ def _flip(data: bytes, position: int, value: int) -> bytes:
     if not data:
         return bytes([value])
     i = position % len(data)
-    return data[:i] + bytes([value]) + data[i + 1:]
+    return data[:i] + bytes([value]) + data[i + 1 :]
 
 
 def _cut(data: bytes, keep: int) -> bytes:
@@ -431,17 +613,19 @@ garbage = st.one_of(
     st.binary(max_size=256),
     st.builds(_flip, _valid_bytes, st.integers(0, 10**6), st.integers(0, 255)),
     st.builds(_cut, _valid_bytes, st.integers(0, 10**6)),
-    st.sampled_from([
-        b"\xff" * 11,  # a varint that never ends
-        b"\x0a\xff\xff\xff\xff\x0f",  # a length far beyond the message
-        b"\x08",  # a tag without its value
-        b"\x0b\x0c",  # group start/end (deprecated wire types)
-        b"\x0f",  # wire type 7: invalid
-        b"\x00",  # field number 0: invalid
-        b"\x12\x02\xc3\x28",  # a string field holding invalid UTF-8
-        b"\x0a\x03\xed\xa0\x80",  # a surrogate encoded in UTF-8
-        (b"\x5a\x02" * 2) + b"\x5a\x00" * 2,  # nested empty messages
-        b"\x1a" + b"\x80" * 9 + b"\x01",  # a 10-byte length varint
-    ]),
+    st.sampled_from(
+        [
+            b"\xff" * 11,  # a varint that never ends
+            b"\x0a\xff\xff\xff\xff\x0f",  # a length far beyond the message
+            b"\x08",  # a tag without its value
+            b"\x0b\x0c",  # group start/end (deprecated wire types)
+            b"\x0f",  # wire type 7: invalid
+            b"\x00",  # field number 0: invalid
+            b"\x12\x02\xc3\x28",  # a string field holding invalid UTF-8
+            b"\x0a\x03\xed\xa0\x80",  # a surrogate encoded in UTF-8
+            (b"\x5a\x02" * 2) + b"\x5a\x00" * 2,  # nested empty messages
+            b"\x1a" + b"\x80" * 9 + b"\x01",  # a 10-byte length varint
+        ]
+    ),
 )
 raw_calls = st.builds(lambda target, data: Call(target[0], target[1], data), st.sampled_from(ALL_METHODS), garbage)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ._harness import Grpcurl, Processes, Proc, tool
+from ._harness import Grpcurl, Proc, Processes, tool
 
 pytestmark = pytest.mark.e2e
 
@@ -33,8 +33,13 @@ def backend_sim(processes: Processes, *args: str) -> tuple[Proc, dict[str, str]]
 def test_backends_listen_serve_health_and_handle_and_stop_cleanly(
     processes: Processes, grpcurl: Grpcurl, sig: signal.Signals
 ) -> None:
-    proc, backends = backend_sim(processes, "--backend", "id=b1,workers=2,base_ms=20,service=constant",
-                                 "--backend", "id=b2,speed=2,base_ms=20,service=constant")
+    proc, backends = backend_sim(
+        processes,
+        "--backend",
+        "id=b1,workers=2,base_ms=20,service=constant",
+        "--backend",
+        "id=b2,speed=2,base_ms=20,service=constant",
+    )
 
     assert set(backends) == {"b1", "b2"}
     assert len(set(backends.values())) == 2  # one port each
@@ -47,10 +52,13 @@ def test_backends_listen_serve_health_and_handle_and_stop_cleanly(
     assert proc.wait() == 0
 
 
-@pytest.mark.parametrize(("spec", "key"), [  # every key's checks: tests/unit/backend_sim/test_evaluate_parts.py
-    ("id=b1,workers=x", "--backend[0].workers"),
-    ("id=b1,colour=red", "--backend[0].colour"),
-])
+@pytest.mark.parametrize(
+    ("spec", "key"),
+    [  # every key's checks: tests/unit/backend_sim/test_evaluate_parts.py
+        ("id=b1,workers=x", "--backend[0].workers"),
+        ("id=b1,colour=red", "--backend[0].colour"),
+    ],
+)
 def test_a_bad_backend_option_exits_2_naming_the_key(processes: Processes, spec: str, key: str) -> None:
     proc = processes.spawn([tool("loadwarden"), "backend-sim", "--backend", spec])
 
@@ -59,20 +67,28 @@ def test_a_bad_backend_option_exits_2_naming_the_key(processes: Processes, spec:
     assert proc.stdout.text == ""
 
 
-def test_registered_backends_appear_in_the_pool_and_report_their_load(
-    processes: Processes, grpcurl: Grpcurl
-) -> None:
+def test_registered_backends_appear_in_the_pool_and_report_their_load(processes: Processes, grpcurl: Grpcurl) -> None:
     service = processes.serve('[pools.sim]\nstrategy = "least_connections"\n')
-    proc, backends = backend_sim(processes, "--backend", "id=b1,base_ms=5", "--backend", "id=b2,base_ms=5",
-                                 "--service", service.target, "--pool", "sim", "--register",
-                                 "--report-interval-ms", "100")
+    proc, backends = backend_sim(
+        processes,
+        "--backend",
+        "id=b1,base_ms=5",
+        "--backend",
+        "id=b2,base_ms=5",
+        "--service",
+        service.target,
+        "--pool",
+        "sim",
+        "--register",
+        "--report-interval-ms",
+        "100",
+    )
 
     (pool,) = grpcurl(service.target, f"{DECISION}/GetLoadStatus", data={"pool": "sim"}).json()["status"]["pools"]
     assert {s["id"]: s["address"] for s in pool["servers"]} == backends
     deadline = time.monotonic() + STARTUP_S
     while True:
-        (pool,) = grpcurl(service.target, f"{DECISION}/GetLoadStatus",
-                          data={"pool": "sim"}).json()["status"]["pools"]
+        (pool,) = grpcurl(service.target, f"{DECISION}/GetLoadStatus", data={"pool": "sim"}).json()["status"]["pools"]
         if all("load" in s for s in pool["servers"]):
             break
         assert time.monotonic() < deadline, f"no load reports within {STARTUP_S} s: {pool}"
@@ -85,8 +101,19 @@ def test_registered_backends_appear_in_the_pool_and_report_their_load(
 
 def test_registering_in_a_missing_pool_fails_the_start(processes: Processes) -> None:
     service = processes.serve(config=None)
-    proc = processes.spawn([tool("loadwarden"), "backend-sim", "--backend", "id=b1", "--service", service.target,
-                            "--pool", "nope", "--register"])
+    proc = processes.spawn(
+        [
+            tool("loadwarden"),
+            "backend-sim",
+            "--backend",
+            "id=b1",
+            "--service",
+            service.target,
+            "--pool",
+            "nope",
+            "--register",
+        ]
+    )
 
     assert proc.wait(STARTUP_S) == 1
     assert "NOT_FOUND" in proc.stderr.text and "'nope'" in proc.stderr.text

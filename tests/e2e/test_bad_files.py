@@ -45,7 +45,7 @@ def config_file(tmp_path: Path, data: bytes | str, name: str = "bad.toml") -> Pa
 
 
 BAD_CONFIGS: list[tuple[str, bytes | str, str]] = [
-    ("utf16", '[service]\n'.encode("utf-16"), "bad.toml: config file is UTF-16"),
+    ("utf16", "[service]\n".encode("utf-16"), "bad.toml: config file is UTF-16"),
     ("latin1", '[service]\nlisten = "caf\xe9"\n'.encode("latin-1"), "bad.toml: config file is not UTF-8"),
     ("binary", bytes(range(256)) * 4, "bad.toml: config file is not UTF-8"),
     ("deep-array", "a = " + "[" * 5000 + "]" * 5000, "bad.toml: invalid TOML: arrays or tables nested too deeply"),
@@ -70,28 +70,46 @@ BAD_CONFIGS: list[tuple[str, bytes | str, str]] = [
     ("strategy-unknown", '[pools.api]\nstrategy = "nope"\n', "pools.api.strategy: unknown strategy"),
     ("params-not-table", "[pools.api]\nstrategy_params = 1\n", "pools.api.strategy_params"),
     ("concurrency-nan", "[pools.api]\nmax_concurrency = nan\n", "pools.api.max_concurrency"),
-    ("limit-param-nan", '[pools.api]\nlimit_algorithm = "aimd"\nlimit_params = { backoff_ratio = nan }\n',
-     "pools.api.limit_params.backoff_ratio"),
+    (
+        "limit-param-nan",
+        '[pools.api]\nlimit_algorithm = "aimd"\nlimit_params = { backoff_ratio = nan }\n',
+        "pools.api.limit_params.backoff_ratio",
+    ),
     ("servers-string", '[pools.api]\nservers = "a"\n', "pools.api.servers"),
     ("server-int", "[pools.api]\nservers = [1]\n", "pools.api.servers[0]"),
-    ("server-weight-inf", '[pools.api]\nservers = [{ id = "a", address = "h:1", weight = inf }]\n',
-     "pools.api.servers[0].weight"),
-    ("server-duplicate", '[pools.api]\nservers = [{ id = "a", address = "h:1" }, { id = "a", address = "h:2" }]\n',
-     "pools.api.servers[1].id"),
+    (
+        "server-weight-inf",
+        '[pools.api]\nservers = [{ id = "a", address = "h:1", weight = inf }]\n',
+        "pools.api.servers[0].weight",
+    ),
+    (
+        "server-duplicate",
+        '[pools.api]\nservers = [{ id = "a", address = "h:1" }, { id = "a", address = "h:2" }]\n',
+        "pools.api.servers[1].id",
+    ),
     ("operation-min-inf", "[operations.x]\nmin_batch_size = inf\n", "operations.x.min_batch_size"),
     ("operation-mode-list", '[operations.x]\nmode = ["x"]\n', "operations.x.mode"),
-    ("operation-missing-pool", '[operations.x]\nload_source = "pool"\npool = "nope"\n',
-     "operations.x.pool: no pool named 'nope' is configured"),
+    (
+        "operation-missing-pool",
+        '[operations.x]\nload_source = "pool"\npool = "nope"\n',
+        "operations.x.pool: no pool named 'nope' is configured",
+    ),
     ("monitor-weight-nan", "[monitor]\ncpu_weight = nan\n", "monitor.cpu_weight"),
     ("state-store-list", '[state]\nstore = ["file"]\n', "state.store: unknown store"),
     ("state-path-nul", '[state]\nstore = "file"\npath = "a\\u0000b"\n', "state.path"),
     ("state-path-a-file", '[state]\nstore = "file"\npath = "bad.toml"\n', "state.path: cannot create directory"),
     ("admin-no-token", '[admin]\nlisten = "127.0.0.1:0"\n', "admin.token: is required"),
     ("admin-history-nul", ADMIN + 'history_path = "a\\u0000"\n', "admin.history_path: must not contain a NUL"),
-    ("admin-history-directory", ADMIN + 'history_path = "."\n', "admin.history_path: cannot open the history "
-                                                                "database: [Errno 21] . is a directory"),
-    ("admin-history-not-sqlite", ADMIN + 'history_path = "bad.toml"\n', "admin.history_path: cannot open the "
-                                                                        "history database: bad.toml is not an SQLite"),
+    (
+        "admin-history-directory",
+        ADMIN + 'history_path = "."\n',
+        "admin.history_path: cannot open the history database: [Errno 21] . is a directory",
+    ),
+    (
+        "admin-history-not-sqlite",
+        ADMIN + 'history_path = "bad.toml"\n',
+        "admin.history_path: cannot open the history database: bad.toml is not an SQLite",
+    ),
     ("tls-nul", '[tls]\ncert_file = "a\\u0000"\nkey_file = "k"\n', "tls.cert_file: must not contain a NUL"),
     ("tls-directory", '[tls]\ncert_file = "."\nkey_file = "."\n', "tls.cert_file"),
     ("auth-clients-int", "[auth]\nclients = 1\n", "auth.clients"),
@@ -99,7 +117,9 @@ BAD_CONFIGS: list[tuple[str, bytes | str, str]] = [
 
 
 @pytest.mark.parametrize(("data", "expected"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
-def test_bad_config_file_ends_in_one_line(processes: Processes, tmp_path: Path, data: bytes | str, expected: str) -> None:
+def test_bad_config_file_ends_in_one_line(
+    processes: Processes, tmp_path: Path, data: bytes | str, expected: str
+) -> None:
     line = expect_one_line(processes, ["--config", config_file(tmp_path, data)])
     assert expected in line
     assert len(line) < 2_200  # a huge key is cut
@@ -108,8 +128,12 @@ def test_bad_config_file_ends_in_one_line(processes: Processes, tmp_path: Path, 
 def test_the_config_file_itself_cannot_be_read(processes: Processes, tmp_path: Path) -> None:
     fifo = tmp_path / "fifo.toml"
     os.mkfifo(fifo)  # tests run as root, so chmod 000 would still be readable: a fifo would block instead
-    cases = {tmp_path / "missing.toml": "No such file or directory", tmp_path: "it is a directory",
-             fifo: "it is a named pipe", Path("/dev/zero"): "it is a device"}
+    cases = {
+        tmp_path / "missing.toml": "No such file or directory",
+        tmp_path: "it is a directory",
+        fifo: "it is a named pipe",
+        Path("/dev/zero"): "it is a device",
+    }
     for path, problem in cases.items():
         line = expect_one_line(processes, ["--config", path])
         assert line.startswith(f"loadwarden: invalid configuration: {path}: cannot read config file: ")
@@ -125,8 +149,7 @@ BAD_ENV = [
     ({"LOADWARDEN_POOLS__API__STRATEGY": "round_robin\nmax_concurrency = 5"}, "pools.api.strategy"),
     ({"LOADWARDEN_STATE__STORE": "[1]"}, "state.store"),
     ({"LOADWARDEN_ADMIN__TOKEN": "short"}, "admin.token"),
-    ({"LOADWARDEN_OPERATIONS__X__LOAD_SOURCE": "pool", "LOADWARDEN_OPERATIONS__X__POOL": "nope"},
-     "operations.x.pool"),
+    ({"LOADWARDEN_OPERATIONS__X__LOAD_SOURCE": "pool", "LOADWARDEN_OPERATIONS__X__POOL": "nope"}, "operations.x.pool"),
 ]
 
 
@@ -155,8 +178,12 @@ BAD_STATES: list[tuple[str, bytes | None]] = [
     ("wrong-format", b'{"format": "other"}'),
     ("pools-list", json.dumps({"format": FORMAT, "saved_at": 1, "pools": []}).encode()),
     ("state-list", envelope({"api": {"strategy": "q_learning", "state": [1]}})),
-    ("state-deep", envelope({"api": {"strategy": "q_learning", "state": 0}}).replace(
-        b'"state": 0', b'"state": ' + b"[" * 500 + b"]" * 500)),
+    (
+        "state-deep",
+        envelope({"api": {"strategy": "q_learning", "state": 0}}).replace(
+            b'"state": 0', b'"state": ' + b"[" * 500 + b"]" * 500
+        ),
+    ),
     ("directory", None),
     ("huge", b"huge"),
 ]
@@ -186,17 +213,26 @@ def test_unusable_state_file_is_moved_aside_and_the_service_serves(
     assert service.stop() == 0
 
 
-def test_operation_reading_a_missing_pool_is_refused_by_admin_service(
-    processes: Processes, grpcurl: Grpcurl
-) -> None:
+def test_operation_reading_a_missing_pool_is_refused_by_admin_service(processes: Processes, grpcurl: Grpcurl) -> None:
     service = processes.serve(POOL)
     method = "loadwarden.v1.AdminService/ConfigureOperation"
-    missing = grpcurl(service.target, method,
-                      data={"operation": {"name": "x", "load_source": "LOAD_SOURCE_POOL", "pool": "nope"}})
+    missing = grpcurl(
+        service.target, method, data={"operation": {"name": "x", "load_source": "LOAD_SOURCE_POOL", "pool": "nope"}}
+    )
     assert missing.code == "NotFound" and missing.message.startswith("operation.pool: no pool named 'nope'"), missing
-    ok = grpcurl(service.target, method,
-                 data={"operation": {"name": "x", "load_source": "LOAD_SOURCE_POOL", "pool": "api",
-                                     "default_batch_size": 3, "max_batch_size": 10}})
+    ok = grpcurl(
+        service.target,
+        method,
+        data={
+            "operation": {
+                "name": "x",
+                "load_source": "LOAD_SOURCE_POOL",
+                "pool": "api",
+                "default_batch_size": 3,
+                "max_batch_size": 10,
+            }
+        },
+    )
     assert ok.code == "OK", ok
     assert grpcurl(service.target, "loadwarden.v1.AdminService/DeletePool", data={"pool": "api"}).code == "OK"
     answer = grpcurl(service.target, "loadwarden.v1.DecisionService/GetBatchSize", data={"operation": "x"}).json()

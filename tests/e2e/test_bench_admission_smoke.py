@@ -15,9 +15,25 @@ pytestmark = pytest.mark.e2e
 
 def test_admission_bench_prints_its_json_shape() -> None:
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "admission.py"), "--seconds", "0.5", "--capacity", "2",
-         "--work-ms", "20", "--wait-ms", "50", "--seed", "3"],
-        capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "bench" / "admission.py"),
+            "--seconds",
+            "0.5",
+            "--capacity",
+            "2",
+            "--work-ms",
+            "20",
+            "--wait-ms",
+            "50",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

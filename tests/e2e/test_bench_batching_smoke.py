@@ -19,7 +19,11 @@ FIXED = ["fixed_5", "fixed_10", "fixed_25", "fixed_50", "fixed_75", "fixed_100"]
 def bench(*args: str) -> str:
     done = subprocess.run(
         [sys.executable, SCRIPT, "--duration-s", "30", "--seed", "3", *args],
-        capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -20,7 +20,11 @@ SCRIPT = str(REPO / "bench" / "routing_quality.py")
 def bench(*args: str) -> str:
     done = subprocess.run(
         [sys.executable, SCRIPT, "--requests", "400", "--seed", "3", *args],
-        capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -15,9 +15,21 @@ pytestmark = pytest.mark.e2e
 
 def test_decision_rpc_bench_prints_its_json_shape() -> None:
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "decision_rpc.py"), "--seconds", "0.2", "--rounds", "1",
-         "--concurrency", "1,4"],
-        capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "bench" / "decision_rpc.py"),
+            "--seconds",
+            "0.2",
+            "--rounds",
+            "1",
+            "--concurrency",
+            "1,4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

@@ -17,9 +17,21 @@ SERVERS, STREAMS, SELECTS = 200, 5, 100
 
 def test_watch_bench_prints_its_json_shape() -> None:
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "watch_load.py"), "--servers", str(SERVERS), "--streams", str(STREAMS),
-         "--selects", str(SELECTS)],
-        capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "bench" / "watch_load.py"),
+            "--servers",
+            str(SERVERS),
+            "--streams",
+            str(STREAMS),
+            "--selects",
+            str(SELECTS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+        cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loadwarden.server import CoreLimits
 from loadwarden.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 
-from ._harness import API_CONFIG, STARTUP_TIMEOUT_S, Processes, Service, _LISTENING, tool
+from ._harness import _LISTENING, API_CONFIG, STARTUP_TIMEOUT_S, Processes, Service, tool
 
 pytestmark = pytest.mark.e2e
 
@@ -37,8 +37,19 @@ def serve_with_nofile(processes: Processes, config: str, soft: int, hard: int) -
     """``loadwarden serve`` started under ``prlimit --nofile=soft:hard``."""
     path = processes.workdir / "limits.toml"
     path.write_text(config, encoding="utf-8")
-    process = processes.spawn(["prlimit", f"--nofile={soft}:{hard}", "--", tool("loadwarden"), "serve",
-                           "--config", path, "--listen", "127.0.0.1:0"])
+    process = processes.spawn(
+        [
+            "prlimit",
+            f"--nofile={soft}:{hard}",
+            "--",
+            tool("loadwarden"),
+            "serve",
+            "--config",
+            path,
+            "--listen",
+            "127.0.0.1:0",
+        ]
+    )
     match = process.stdout.wait_for(_LISTENING, STARTUP_TIMEOUT_S)
     if match is None:
         process.stop()
@@ -53,8 +64,9 @@ def open_descriptors(pid: int) -> int:
 def test_health_is_answered_with_1100_idle_sockets_open_under_a_1024_fd_limit(processes: Processes) -> None:
     service = serve_with_nofile(processes, API_CONFIG, FD_LIMIT, FD_LIMIT)
     cap = FD_LIMIT - max(64, FD_LIMIT // 10)
-    assert service.process.stderr.wait_for(rf"connections capped at {cap} \(open files limit {FD_LIMIT}\)", 5), \
+    assert service.process.stderr.wait_for(rf"connections capped at {cap} \(open files limit {FD_LIMIT}\)", 5), (
         service.process.describe()
+    )
     host, _, port = service.target.rpartition(":")
     idle: list[socket.socket] = []
     try:
@@ -65,7 +77,8 @@ def test_health_is_answered_with_1100_idle_sockets_open_under_a_1024_fd_limit(pr
         assert open_descriptors(service.proc.pid) < FD_LIMIT
         with grpc.insecure_channel(service.target) as channel:
             answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_DEADLINE_S, wait_for_ready=True)
+                health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_DEADLINE_S, wait_for_ready=True
+            )
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
         assert service.proc.poll() is None
     finally:
@@ -84,11 +97,19 @@ def test_the_global_server_cap_holds_across_pools(processes: Processes) -> None:
     service = processes.serve(API_CONFIG + "\n[limits]\nmax_servers = 4\n")  # api holds 3
     with grpc.insecure_channel(service.target) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
-        admin.RegisterServer(admin_pb2.RegisterServerRequest(
-            pool="api", server=common_pb2.ServerSpec(id="api-4", address="127.0.0.1:9004")), timeout=5)
+        admin.RegisterServer(
+            admin_pb2.RegisterServerRequest(
+                pool="api", server=common_pb2.ServerSpec(id="api-4", address="127.0.0.1:9004")
+            ),
+            timeout=5,
+        )
         with pytest.raises(grpc.RpcError) as refused:
-            admin.RegisterServer(admin_pb2.RegisterServerRequest(
-                pool="api", server=common_pb2.ServerSpec(id="api-5", address="127.0.0.1:9005")), timeout=5)
+            admin.RegisterServer(
+                admin_pb2.RegisterServerRequest(
+                    pool="api", server=common_pb2.ServerSpec(id="api-5", address="127.0.0.1:9005")
+                ),
+                timeout=5,
+            )
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_servers (limits.max_servers = 4) reached" in refused.value.details()
         other = common_pb2.PoolConfig(name="other", servers=[common_pb2.ServerSpec(id="o-1", address="127.0.0.1:9101")])
@@ -97,19 +118,27 @@ def test_the_global_server_cap_holds_across_pools(processes: Processes) -> None:
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "limits.max_servers" in refused.value.details()
         # Replacing a pool's servers counts its old ones out: 4 -> 2 is fine.
-        smaller = common_pb2.PoolConfig(name="api", servers=[common_pb2.ServerSpec(id="a", address="127.0.0.1:1"),
-                                                             common_pb2.ServerSpec(id="b", address="127.0.0.1:2")])
+        smaller = common_pb2.PoolConfig(
+            name="api",
+            servers=[
+                common_pb2.ServerSpec(id="a", address="127.0.0.1:1"),
+                common_pb2.ServerSpec(id="b", address="127.0.0.1:2"),
+            ],
+        )
         assert not admin.ConfigurePool(admin_pb2.ConfigurePoolRequest(pool=smaller), timeout=5).created
 
 
 def test_a_config_over_the_server_cap_does_not_start(processes: Processes) -> None:
-    config = API_CONFIG + """
+    config = (
+        API_CONFIG
+        + """
 [pools.more]
 servers = [{ id = "m-1", address = "127.0.0.1:9201" }, { id = "m-2", address = "127.0.0.1:9202" }]
 
 [limits]
 max_servers = 4
 """
+    )
     process = processes.loadwarden(config)
     assert processes.expect_exit(process) == 2
     text = process.stderr.text

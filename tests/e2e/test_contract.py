@@ -51,7 +51,12 @@ def test_committed_generated_code_equals_a_fresh_run(tmp_path: Path) -> None:
     out = tmp_path / "gen"
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "gen_proto.py"), str(out)],
-        cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, f"gen_proto.py failed:\n{done.stdout}{done.stderr}"
 
@@ -81,7 +86,12 @@ def test_loadwarden_is_a_namespace_over_every_top_level_folder(tmp_path: Path) -
     script = "import json, loadwarden; print(json.dumps([loadwarden.__file__, list(loadwarden.__path__)]))"
 
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
 

@@ -74,7 +74,9 @@ class Browser:
             if not future.done():
                 future.set_exception(CdpError(f"DevTools connection closed; chromium stderr:\n{self.log_tail()}"))
 
-    async def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
+    async def send(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
+    ) -> dict[str, Any]:
         msg_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = future
@@ -93,8 +95,10 @@ class Browser:
         tab = Tab(self, attached["sessionId"])
         for domain in ("Page", "Runtime", "Log"):
             await tab.send(f"{domain}.enable")
-        await tab.send("Emulation.setDeviceMetricsOverride",
-                       {"width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+        await tab.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        )
         return tab
 
     async def close(self) -> None:
@@ -120,10 +124,14 @@ class Tab:
 
     async def evaluate(self, expression: str) -> Any:
         """The value of a JS expression (promises awaited)."""
-        answer = await self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
+        answer = await self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}
+        )
         if "exceptionDetails" in answer:
-            raise CdpError(f"{expression}: {answer['exceptionDetails'].get('text')} "
-                           f"{answer['exceptionDetails'].get('exception', {}).get('description', '')}")
+            raise CdpError(
+                f"{expression}: {answer['exceptionDetails'].get('text')} "
+                f"{answer['exceptionDetails'].get('exception', {}).get('description', '')}"
+            )
         return answer["result"].get("value")
 
     async def wait_for(self, expression: str, what: str) -> Any:
@@ -145,8 +153,10 @@ class Tab:
 
     async def screenshot(self, *paths: Path) -> bytes:
         height = int(await self.evaluate("Math.ceil(document.documentElement.scrollHeight)"))
-        await self.send("Emulation.setDeviceMetricsOverride",
-                        {"width": 1400, "height": max(600, min(height, 6000)), "deviceScaleFactor": 1, "mobile": False})
+        await self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1400, "height": max(600, min(height, 6000)), "deviceScaleFactor": 1, "mobile": False},
+        )
         await asyncio.sleep(0.3)  # a layout pass, and the charts redraw at the new size on the next poll
         png = base64.b64decode((await self.send("Page.captureScreenshot", {"format": "png"}))["data"])
         for path in paths:
@@ -159,14 +169,27 @@ class Tab:
 async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         found = shutil.which("chromium")
-        pytest.fail(f"Chromium is needed at {CHROMIUM} for the dashboard browser test "
-                    f"({'found ' + found + ', set LOADWARDEN_CHROMIUM' if found else 'not installed'}); "
-                    "install it with: apt-get install -y chromium")
+        pytest.fail(
+            f"Chromium is needed at {CHROMIUM} for the dashboard browser test "
+            f"({'found ' + found + ', set LOADWARDEN_CHROMIUM' if found else 'not installed'}); "
+            "install it with: apt-get install -y chromium"
+        )
     profile = tmp_path / "chromium-profile"
     stderr = tmp_path / "chromium.stderr"
-    args = [CHROMIUM, "--headless", "--remote-debugging-port=0", "--no-sandbox", "--disable-gpu",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-            "--disable-dev-shm-usage", f"--user-data-dir={profile}", "about:blank"]
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--remote-debugging-port=0",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "about:blank",
+    ]
     with stderr.open("wb") as err:  # a file, not a pipe: chromium never blocks on a full pipe
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     session = aiohttp.ClientSession()
@@ -178,7 +201,9 @@ async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
             match = re.search(r"DevTools listening on (ws://\S+)", stderr.read_text(errors="replace"))
             url = match.group(1) if match else None
             if url is None and (proc.poll() is not None or time.monotonic() > deadline):
-                pytest.fail(f"chromium did not open DevTools (exit {proc.poll()}); stderr:\n{stderr.read_text()[-3000:]}")
+                pytest.fail(
+                    f"chromium did not open DevTools (exit {proc.poll()}); stderr:\n{stderr.read_text()[-3000:]}"
+                )
             await asyncio.sleep(0.05)
         ws = await session.ws_connect(url, max_msg_size=0)
         browser = Browser(proc, ws, stderr)
@@ -196,23 +221,31 @@ async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
-async def dashboard(start: Callable[..., Awaitable[RunningService]], tmp_path: Path) -> AsyncIterator[tuple[RunningService, str]]:
+async def dashboard(
+    start: Callable[..., Awaitable[RunningService]], tmp_path: Path
+) -> AsyncIterator[tuple[RunningService, str]]:
     """A service (pools ``api`` round robin and ``learn`` q_learning, operation ``export``) and its admin
     HTTP app with the dashboard and a history sampled every 200 ms; yields (service, admin base URL)."""
-    api = PoolSpec(PoolSettings(name="api", strategy="round_robin", max_concurrency=8),
-                   tuple(ServerSpec(f"api-{i}", f"127.0.0.1:900{i}") for i in (1, 2, 3)))
-    learn = PoolSpec(PoolSettings(name="learn", strategy="q_learning"),
-                     tuple(ServerSpec(f"learn-{i}", f"127.0.0.1:910{i}") for i in (1, 2)))
-    export = OperationSettings(name="export", min_batch_size=10, max_batch_size=500, default_batch_size=100,
-                               load_source="pool", pool="api")
+    api = PoolSpec(
+        PoolSettings(name="api", strategy="round_robin", max_concurrency=8),
+        tuple(ServerSpec(f"api-{i}", f"127.0.0.1:900{i}") for i in (1, 2, 3)),
+    )
+    learn = PoolSpec(
+        PoolSettings(name="learn", strategy="q_learning"),
+        tuple(ServerSpec(f"learn-{i}", f"127.0.0.1:910{i}") for i in (1, 2)),
+    )
+    export = OperationSettings(
+        name="export", min_batch_size=10, max_batch_size=500, default_batch_size=100, load_source="pool", pool="api"
+    )
     running = await start(api, learn, operations=(export,))
 
     def snapshot() -> dict[str, Any]:
         return json_format.MessageToDict(convert.load_status(running.core, ""), preserving_proto_field_name=True)
 
     history = History(str(tmp_path / "history.sqlite"), retention_s=3600)
-    app = build_admin_app(token=TOKEN, snapshot_json=snapshot,
-                          extra_routes=functools.partial(add_dashboard_routes, history=history))
+    app = build_admin_app(
+        token=TOKEN, snapshot_json=snapshot, extra_routes=functools.partial(add_dashboard_routes, history=history)
+    )
     http: AdminHttp = await start_admin_http(app, "127.0.0.1:0")
     recorder = asyncio.create_task(history.run(snapshot, interval_s=0.2))
     try:
@@ -226,9 +259,11 @@ async def dashboard(start: Callable[..., Awaitable[RunningService]], tmp_path: P
 
 
 CPU_CELL = "(document.querySelector('tr[data-server=\"api/api-1\"] td.cpu') || {}).textContent"
-REFUSED = ("!document.getElementById('login').hidden && document.getElementById('main').hidden "
-           "&& document.getElementById('status').textContent === 'unauthorised' ? "
-           "document.getElementById('login-reason').textContent : ''")
+REFUSED = (
+    "!document.getElementById('login').hidden && document.getElementById('main').hidden "
+    "&& document.getElementById('status').textContent === 'unauthorised' ? "
+    "document.getElementById('login-reason').textContent : ''"
+)
 
 
 async def test_dashboard_shows_live_load_and_refuses_without_the_token(
@@ -243,14 +278,21 @@ async def test_dashboard_shows_live_load_and_refuses_without_the_token(
 
         tab = await browser.new_tab()
         await tab.navigate(f"{base}/admin/load#token={TOKEN}")
-        await tab.wait_for("document.querySelector('tr[data-pool=\"api\"]') && "
-                           "document.querySelector('tr[data-pool=\"learn\"]')", "the pools")
-        await tab.wait_for("['api-1','api-2','api-3','learn-1','learn-2'].every("
-                           "id => document.body.innerText.includes(id))", "the server ids")
+        await tab.wait_for(
+            "document.querySelector('tr[data-pool=\"api\"]') && document.querySelector('tr[data-pool=\"learn\"]')",
+            "the pools",
+        )
+        await tab.wait_for(
+            "['api-1','api-2','api-3','learn-1','learn-2'].every(id => document.body.innerText.includes(id))",
+            "the server ids",
+        )
         assert await tab.wait_for(f"{CPU_CELL} === '37.5 %'", "api-1 at 37.5 % CPU")
         assert await tab.evaluate("location.hash") == ""  # the token left the address bar at once
         assert await tab.evaluate("sessionStorage.getItem('loadwarden.admin-token')") == TOKEN
-        assert await tab.evaluate("document.querySelector('tr[data-server=\"api/api-2\"] td.cpu').textContent") == "unknown"
+        assert (
+            await tab.evaluate("document.querySelector('tr[data-server=\"api/api-2\"] td.cpu').textContent")
+            == "unknown"
+        )
         assert await tab.evaluate("document.querySelector('tr[data-server=\"api/api-1\"]').dataset.state") == "SERVING"
         await tab.wait_for("document.querySelector('tr[data-agent=\"learn\"]')", "the learning agent of pool learn")
         await tab.wait_for("document.querySelector('tr[data-operation=\"export\"]')", "the batch operation")
@@ -261,20 +303,30 @@ async def test_dashboard_shows_live_load_and_refuses_without_the_token(
         await tab.wait_for(f"{CPU_CELL} === '91.5 %'", "api-1's new CPU, 91.5 %")
         second = await client.batch_size("export")
         assert second.size != first.size
-        await tab.wait_for(f"document.querySelector('tr[data-operation=\"export\"] .batch-size').textContent === '{second.size}'",
-                           f"export's new batch size {second.size}")
+        await tab.wait_for(
+            f"document.querySelector('tr[data-operation=\"export\"] .batch-size').textContent === '{second.size}'",
+            f"export's new batch size {second.size}",
+        )
         assert await tab.evaluate("window.__same_document") == marker  # no reload happened
-        await tab.wait_for("/^[1-9]\\d* samples/.test(document.getElementById('history-status').textContent) && "
-                           "document.querySelectorAll('#charts canvas').length >= 5", "history charts")
+        await tab.wait_for(
+            "/^[1-9]\\d* samples/.test(document.getElementById('history-status').textContent) && "
+            "document.querySelectorAll('#charts canvas').length >= 5",
+            "history charts",
+        )
         await asyncio.sleep(0.5)  # a history sample or two after the new load
         samples = await tab.evaluate("document.getElementById('history-status').textContent")
         await tab.evaluate("document.getElementById('range').dispatchEvent(new Event('change'))")  # refresh now
-        await tab.wait_for(f"document.getElementById('history-status').textContent !== {json.dumps(samples)}",
-                           "refreshed history")
+        await tab.wait_for(
+            f"document.getElementById('history-status').textContent !== {json.dumps(samples)}", "refreshed history"
+        )
         errors = tab.session_events("Runtime.exceptionThrown")
-        errors += [e for e in tab.session_events("Log.entryAdded") if e["params"]["entry"]["level"] == "error"
-                   # the page itself arrives as a 401 (no token in a navigation): expected, not an error
-                   and not e["params"]["entry"].get("url", "").startswith(f"{base}/admin/load")]
+        errors += [
+            e
+            for e in tab.session_events("Log.entryAdded")
+            if e["params"]["entry"]["level"] == "error"
+            # the page itself arrives as a 401 (no token in a navigation): expected, not an error
+            and not e["params"]["entry"].get("url", "").startswith(f"{base}/admin/load")
+        ]
         assert not errors, f"the page logged errors (CSP violations appear here too): {errors}"
         png = await tab.screenshot(tmp_path / "dashboard.png", REPO / "build" / "dashboard.png")
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
@@ -294,10 +346,16 @@ async def test_dashboard_shows_live_load_and_refuses_without_the_token(
         reason = await wrong.wait_for(REFUSED, "'unauthorised' with a wrong token")
         assert "403" in reason
         assert await wrong.evaluate("sessionStorage.getItem('loadwarden.admin-token')") is None
-        assert await wrong.evaluate(
-            "fetch('/api/load-status', {headers: {Authorization: 'Bearer not-the-token'}}).then(r => r.status)") == 403
+        assert (
+            await wrong.evaluate(
+                "fetch('/api/load-status', {headers: {Authorization: 'Bearer not-the-token'}}).then(r => r.status)"
+            )
+            == 403
+        )
 
         # the form: the right token opens the dashboard in that tab
-        await wrong.evaluate(f"document.getElementById('token-input').value = {json.dumps(TOKEN)}; "
-                             "document.getElementById('login-form').requestSubmit()")
+        await wrong.evaluate(
+            f"document.getElementById('token-input').value = {json.dumps(TOKEN)}; "
+            "document.getElementById('login-form').requestSubmit()"
+        )
         await wrong.wait_for(f"{CPU_CELL} === '91.5 %'", "the dashboard after signing in with the form")

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ._harness import REPO, Processes, Proc, tool
+from ._harness import REPO, Proc, Processes, tool
 
 pytestmark = pytest.mark.e2e
 
@@ -156,13 +156,12 @@ def test_a_child_dying_mid_run_fails_the_run_and_stops_the_rest(processes: Proce
     assert not marked(run_id), describe(marked(run_id))
 
 
-def test_a_service_that_is_not_ready_in_time_fails_the_run_and_is_stopped(
-    processes: Processes, tmp_path: Path
-) -> None:
+def test_a_service_that_is_not_ready_in_time_fails_the_run_and_is_stopped(processes: Processes, tmp_path: Path) -> None:
     run_id = uuid.uuid4().hex
 
-    proc = evaluate(processes, tiny(tmp_path, 3), "--startup-timeout-s", "0.001", "--out", str(tmp_path / "out"),
-                    run_id=run_id)
+    proc = evaluate(
+        processes, tiny(tmp_path, 3), "--startup-timeout-s", "0.001", "--out", str(tmp_path / "out"), run_id=run_id
+    )
 
     assert proc.wait(WAIT_S) == 1, proc.describe()
     assert "round_robin-service did not start" in proc.stderr.text, proc.describe()
@@ -185,11 +184,15 @@ def _cut_backends(text: str) -> str:
     return text[: text.index("[[backends]]")]
 
 
-@pytest.mark.parametrize(("edit", "key"), [
-    (lambda t: t.replace('"least_connections"]', '"fastest"]'), "strategies[1]"),
-    (lambda t: t.replace("load = 0.6", "rate_per_s = -5"), "traffic.rate_per_s"),
-    (_cut_backends, "backends"),
-], ids=["unknown-strategy", "negative-rate", "missing-backends"])
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda t: t.replace('"least_connections"]', '"fastest"]'), "strategies[1]"),
+        (lambda t: t.replace("load = 0.6", "rate_per_s = -5"), "traffic.rate_per_s"),
+        (_cut_backends, "backends"),
+    ],
+    ids=["unknown-strategy", "negative-rate", "missing-backends"],
+)
 def test_a_bad_scenario_exits_2_naming_the_key_before_anything_starts(
     processes: Processes, tmp_path: Path, edit: Callable[[str], str], key: str
 ) -> None:
@@ -221,8 +224,18 @@ def test_simulator_and_real_evaluation_agree_the_best_strategy_beats_round_robin
     out = tmp_path / "out"
     run_id = uuid.uuid4().hex
 
-    proc = evaluate(processes, scenario, "--strategies", "round_robin,least_connections", "--duration-s", "12",
-                    "--no-plots", "--out", str(out), run_id=run_id)
+    proc = evaluate(
+        processes,
+        scenario,
+        "--strategies",
+        "round_robin,least_connections",
+        "--duration-s",
+        "12",
+        "--no-plots",
+        "--out",
+        str(out),
+        run_id=run_id,
+    )
 
     assert proc.wait(WAIT_S * 2) == 0, proc.describe()
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -241,18 +254,32 @@ def test_simulator_and_real_evaluation_agree_the_best_strategy_beats_round_robin
     assert not marked(run_id), describe(marked(run_id))
 
 
-@pytest.mark.parametrize(("name", "strategy", "files"), [
-    ("overload", "aimd", ()),
-    ("batch-ramp", "threshold", ("batches.csv",)),
-], ids=["slot", "batch"])
+@pytest.mark.parametrize(
+    ("name", "strategy", "files"),
+    [
+        ("overload", "aimd", ()),
+        ("batch-ramp", "threshold", ("batches.csv",)),
+    ],
+    ids=["slot", "batch"],
+)
 def test_the_slot_and_batch_scenarios_run_at_reduced_size(
     processes: Processes, tmp_path: Path, name: str, strategy: str, files: tuple[str, ...]
 ) -> None:
     out = tmp_path / "out"
     run_id = uuid.uuid4().hex
 
-    proc = evaluate(processes, REPO / "scenarios" / f"{name}.toml", "--strategies", strategy, "--duration-s", "4",
-                    "--no-plots", "--out", str(out), run_id=run_id)
+    proc = evaluate(
+        processes,
+        REPO / "scenarios" / f"{name}.toml",
+        "--strategies",
+        strategy,
+        "--duration-s",
+        "4",
+        "--no-plots",
+        "--out",
+        str(out),
+        run_id=run_id,
+    )
 
     assert proc.wait(WAIT_S * 2) == 0, proc.describe()
     [run] = json.loads((out / "report.json").read_text(encoding="utf-8"))["runs"]

@@ -39,8 +39,20 @@ def batches(out: str) -> list[tuple[int, str]]:
 
 
 def test_batches_grow_while_under_the_latency_target(processes: Processes) -> None:
-    out = run_example(processes, None, "--items", "400", "--item-ms", "1",
-                      "--mode", "latency_target", "--target-ms", "5000", "--step", "5")
+    out = run_example(
+        processes,
+        None,
+        "--items",
+        "400",
+        "--item-ms",
+        "1",
+        "--mode",
+        "latency_target",
+        "--target-ms",
+        "5000",
+        "--step",
+        "5",
+    )
 
     assert "operation 'data-import' registered: latency_target, sizes 5-100 (default 25)" in out, out
     sizes = [size for size, _ in batches(out)]
@@ -82,6 +94,9 @@ def test_threshold_mode_sizes_every_batch_from_the_host_load(processes: Processe
     assert sum(size for size, _ in found) == 300 and found, out
     for size, reason in found[:-1]:
         assert 5 <= size <= 100, out
-        assert re.match(r"load [\d.]+ (<= low threshold 50: max size|>= high threshold 80: min size|"
-                        r"between thresholds 50 and 80: proportional)|fallback \(service\): load unknown", reason), out
+        assert re.match(
+            r"load [\d.]+ (<= low threshold 50: max size|>= high threshold 80: min size|"
+            r"between thresholds 50 and 80: proportional)|fallback \(service\): load unknown",
+            reason,
+        ), out
     assert re.search(r"^adjustment events: \d+ \(latest \d+ shown\), size now \d+$", out, re.MULTILINE), out

@@ -56,8 +56,14 @@ def test_workload_survives_sigkill_and_restart(processes: Processes) -> None:
     client = Client(
         target,
         timeout_s=TIMEOUT_S,
-        breaker=BreakerConfig(window_size=10, minimum_calls=5, consecutive_failures=3,
-                              open_wait_s=0.2, max_open_wait_s=0.5, half_open_probes=2),
+        breaker=BreakerConfig(
+            window_size=10,
+            minimum_calls=5,
+            consecutive_failures=3,
+            open_wait_s=0.2,
+            max_open_wait_s=0.5,
+            half_open_probes=2,
+        ),
         retry=RetryConfig(max_attempts=2, initial_backoff_s=0.01, max_backoff_s=0.05),
         slot_fallback="local_limit",
         local_slot_limit=THREADS,

@@ -143,9 +143,15 @@ def _fuzz(client: FuzzClient, service: Service, calls: st.SearchStrategy[Call], 
         assert service.proc.poll() is None, f"the service exited\n{service.process.describe()}"
         client.check_healthy()
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=not SEED,
-              report_multiple_bugs=False, phases=(Phase.explicit, Phase.generate),
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=not SEED,
+        report_multiple_bugs=False,
+        phases=(Phase.explicit, Phase.generate),
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.lists(calls, min_size=BATCH, max_size=BATCH))
     def run(batch: list[Call]) -> None:
         judge_previous()

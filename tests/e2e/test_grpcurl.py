@@ -75,7 +75,8 @@ def test_watch_load_status_streams_a_snapshot(shared_service: Service, grpcurl: 
 
 def test_acquire_and_release_a_slot(shared_service: Service, grpcurl: Grpcurl) -> None:
     granted = grpcurl(
-        shared_service.target, f"{DECISION}/AcquireSlot",
+        shared_service.target,
+        f"{DECISION}/AcquireSlot",
         data={"pool": "api", "request_id": "r-1", "select_server": True},
     ).json()
     assert granted["granted"] is True and granted["server_id"].startswith("api-"), granted

@@ -83,7 +83,6 @@ def collector() -> Iterator[tuple[Collector, int]]:
         server.stop(None)
 
 
-
 @pytest.mark.usefixtures("global_tracing")
 def test_route_call_is_one_trace_from_the_application_to_the_service(
     processes: Processes, collector: tuple[Collector, int]
@@ -122,8 +121,10 @@ def test_route_call_is_one_trace_from_the_application_to_the_service(
     if found is None:
         service.stop(signal.SIGTERM)  # its exit flushes; show what arrived
         seen = [(name, s.name, Span.SpanKind.Name(s.kind)) for name, s in receiver.spans]
-        pytest.fail(f"no SDK span -> service span chain in trace {trace_id.hex()}; collector got {seen}\n"
-                    f"{service.process.describe()}")
+        pytest.fail(
+            f"no SDK span -> service span chain in trace {trace_id.hex()}; collector got {seen}\n"
+            f"{service.process.describe()}"
+        )
     client_span, server_span = found
 
     assert client_span.name == server_span.name == SELECT

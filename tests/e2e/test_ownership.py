@@ -169,16 +169,20 @@ def test_ids_are_unguessable(victim: Caller) -> None:
 def test_another_caller_cannot_report_outcomes_on_a_decision(victim: Caller, attacker: Caller) -> None:
     choices = [victim.call("SelectServer", decision_pb2.SelectServerRequest(pool="api")) for _ in range(40)]
     failures = decision_pb2.ReportOutcomeRequest(
-        outcomes=[decision_pb2.Outcome(decision_id=c.decision_id, success=False, latency_ms=1.0)  # type: ignore[attr-defined]
-                  for c in choices]
+        outcomes=[
+            decision_pb2.Outcome(decision_id=c.decision_id, success=False, latency_ms=1.0)  # type: ignore[attr-defined]
+            for c in choices
+        ]
     )
     assert attacker.code_of("ReportOutcome", failures) == grpc.StatusCode.NOT_FOUND
     status = victim.pool_status("api")
     assert status.eligible_servers == 2  # nothing was ejected
     # The victim's own outcomes still apply.
     report = decision_pb2.ReportOutcomeRequest(
-        outcomes=[decision_pb2.Outcome(decision_id=c.decision_id, success=True, latency_ms=1.0)  # type: ignore[attr-defined]
-                  for c in choices]
+        outcomes=[
+            decision_pb2.Outcome(decision_id=c.decision_id, success=True, latency_ms=1.0)  # type: ignore[attr-defined]
+            for c in choices
+        ]
     )
     assert victim.call("ReportOutcome", report).applied == 40  # type: ignore[attr-defined]
 
@@ -197,8 +201,10 @@ def test_a_request_id_is_the_callers_own(victim: Caller, attacker: Caller) -> No
 
 
 def test_rotating_client_keys_gets_no_more_than_the_callers_rate(attacker: Caller) -> None:
-    codes = [attacker.code_of("AcquireSlot", decision_pb2.AcquireSlotRequest(pool="limited", client_key=f"k{i}"))
-             for i in range(200)]
+    codes = [
+        attacker.code_of("AcquireSlot", decision_pb2.AcquireSlotRequest(pool="limited", client_key=f"k{i}"))
+        for i in range(200)
+    ]
     assert codes.count(grpc.StatusCode.OK) <= 2, codes  # 60/minute, burst 1 (a second token may refill)
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 198
 
@@ -228,15 +234,15 @@ def test_a_lease_with_a_selection_keeps_its_in_flight_past_the_decision_ttl(vict
         (server,) = [s for p in status.status.pools for s in p.servers if s.id == answer.server_id]  # type: ignore[attr-defined]
         assert server.in_flight == 1 and server.consecutive_failures == 0
         time.sleep(0.5)  # renewal cadence of a real long job
-    victim.call("ReleaseSlot", decision_pb2.ReleaseSlotRequest(lease_id=answer.lease.lease_id, success=True,
-                                                               latency_ms=3500.0))
+    victim.call(
+        "ReleaseSlot", decision_pb2.ReleaseSlotRequest(lease_id=answer.lease.lease_id, success=True, latency_ms=3500.0)
+    )
     status = victim.call("GetLoadStatus", decision_pb2.GetLoadStatusRequest(pool="jobs"))
     (server,) = [s for p in status.status.pools for s in p.servers if s.id == answer.server_id]  # type: ignore[attr-defined]
     assert server.in_flight == 0 and server.consecutive_failures == 0
 
 
-def test_recreating_a_pool_keeps_counting_the_leases_held(service: Service, victim: Caller,
-                                                          attacker: Caller) -> None:
+def test_recreating_a_pool_keeps_counting_the_leases_held(service: Service, victim: Caller, attacker: Caller) -> None:
     admin = admin_pb2_grpc.AdminServiceStub(victim.channel)
     config = common_pb2.PoolConfig(name="recreated", max_concurrency=CAPACITY)
     admin.ConfigurePool(admin_pb2.ConfigurePoolRequest(pool=config), metadata=_md(ADMIN_TOKEN), timeout=5)
@@ -262,6 +268,5 @@ def test_max_concurrency_is_the_ceiling_of_an_adaptive_limit(victim: Caller) -> 
             held.append(answer.lease.lease_id)
         assert len(held) <= CAPACITY
         for lease_id in held:
-            victim.call("ReleaseSlot", decision_pb2.ReleaseSlotRequest(lease_id=lease_id, success=True,
-                                                                       latency_ms=1.0))
+            victim.call("ReleaseSlot", decision_pb2.ReleaseSlotRequest(lease_id=lease_id, success=True, latency_ms=1.0))
     assert victim.pool_status("adaptive").concurrency_limit <= CAPACITY

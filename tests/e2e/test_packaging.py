@@ -40,7 +40,12 @@ print(json.dumps(out))
 def _where(cwd: Path, env: Mapping[str, str], drop: str = "") -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-c", _WHERE, drop, *MODULES],
-        cwd=cwd, env=clean_env(env), capture_output=True, text=True, timeout=60, check=False,
+        cwd=cwd,
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, f"importing {', '.join(MODULES)} failed:\n{done.stderr}"
     return json.loads(done.stdout)  # type: ignore[no-any-return]
@@ -56,9 +61,25 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("wheel-target")
     # --no-build-isolation --no-index: build with the venv's hatchling (dev extra), offline.
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(REPO)],
-        cwd=target, env=clean_env(), capture_output=True, text=True, timeout=180, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(REPO),
+        ],
+        cwd=target,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert done.returncode == 0, f"pip install of the repo failed:\n{done.stdout}{done.stderr}"
     return target
@@ -68,8 +89,11 @@ def test_wheel_modules_import_from_the_installed_copy(installed: Path, tmp_path:
     where = _where(tmp_path, {"PYTHONPATH": str(installed)}, drop=str(REPO))
 
     assert [Path(p).resolve() for p in where["loadwarden"]["path"]] == [installed.resolve() / "loadwarden"]
-    outside = {name: info["file"] for name, info in where.items() if name != "loadwarden"
-               and not _under(info["file"], installed)}
+    outside = {
+        name: info["file"]
+        for name, info in where.items()
+        if name != "loadwarden" and not _under(info["file"], installed)
+    }
     assert not outside, f"not imported from the wheel's files under {installed}: {outside}"
 
 
@@ -88,15 +112,21 @@ def test_wheel_has_no_loadwarden_init(installed: Path) -> None:
 def test_editable_install_imports_from_outside_the_repo(tmp_path: Path) -> None:
     where = _where(tmp_path, {})
 
-    elsewhere = {name: info["file"] for name, info in where.items() if name != "loadwarden"
-                 and not _under(info["file"], REPO)}
+    elsewhere = {
+        name: info["file"] for name, info in where.items() if name != "loadwarden" and not _under(info["file"], REPO)
+    }
     assert not elsewhere, f"expected the editable install to import from {REPO}: {elsewhere}"
 
 
 def test_console_script_prints_the_version(tmp_path: Path) -> None:
     done = subprocess.run(
         [str(tool("loadwarden")), "--version"],
-        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
     assert done.returncode == 0, done.stderr

@@ -70,6 +70,8 @@ def test_quick_start_serve_command_starts_the_service(processes: Processes) -> N
     assert match, proc.describe()
     done = subprocess.run(
         [str(tool("grpcurl")), "-plaintext", "-max-time", "5", match.group(1), "grpc.health.v1.Health/Check"],
-        capture_output=True, text=True, timeout=20,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert '"SERVING"' in done.stdout, done.stderr

@@ -127,8 +127,14 @@ async def run_load(processes: Processes) -> tuple[dict, AsyncClient, Any]:
         "abandoned": sum(c._releases.abandoned for c in clients),
         "left": sum(c._releases.pending() + c._releases.in_flight for c in clients),
     }
-    summary = {**counts, "releases": releases, "peak": gauge.peak, "peak_total": gauge.peak_total, "service_peak": service_peak,
-               "worst_case": WORST_CASE}
+    summary = {
+        **counts,
+        "releases": releases,
+        "peak": gauge.peak,
+        "peak_total": gauge.peak_total,
+        "service_peak": service_peak,
+        "worst_case": WORST_CASE,
+    }
     print(summary)
     assert not unexpected, (unexpected[:5], summary)
     return summary, observer, service

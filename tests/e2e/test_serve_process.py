@@ -53,26 +53,37 @@ def test_environment_overrides_the_pool_strategy(processes: Processes, grpcurl: 
         pytest.param("[bogus]\nx = 1\n", {}, "bogus", id="unknown-section"),
         pytest.param(
             '[pools.api]\nservers = [ { id = "a", address = "h:1" }, { id = "a", address = "h:2" } ]\n',
-            {}, "pools.api.servers[1].id", id="duplicate-server-id",
+            {},
+            "pools.api.servers[1].id",
+            id="duplicate-server-id",
         ),
         pytest.param("[service]\nshutdown_grace_ms = -1\n", {}, "service.shutdown_grace_ms", id="negative-grace"),
         pytest.param(API_CONFIG, {"LOADWARDEN_POOLS__API__STRATEGY": "nope"}, "pools.api.strategy", id="env-strategy"),
         pytest.param(
             '[pools.api]\nstrategy = "p2c"\nstrategy_params = { choice_count = 1 }\n',
-            {}, "pools.api.strategy_params.choice_count", id="strategy-param-range",
+            {},
+            "pools.api.strategy_params.choice_count",
+            id="strategy-param-range",
         ),
         pytest.param(
             '[pools.api]\nstrategy = "q_learning"\nstrategy_params = { alpha = "fast" }\n',
-            {}, "pools.api.strategy_params.alpha", id="strategy-param-type",
+            {},
+            "pools.api.strategy_params.alpha",
+            id="strategy-param-type",
         ),
         pytest.param(
             '[pools.api]\nstrategy = "peak_ewma"\nstrategy_params = { decay = 5 }\n',
-            {}, "pools.api.strategy_params.decay", id="strategy-param-unknown",
+            {},
+            "pools.api.strategy_params.decay",
+            id="strategy-param-unknown",
         ),
         pytest.param(
-            "[pools.api]\nstrategy = \"q_learning\"\nservers = ["
-            + ", ".join(f'{{ id = "s{i}", address = "h:{i}" }}' for i in range(11)) + "]\n",
-            {}, "pools.api.strategy", id="q-learning-pool-too-large",
+            '[pools.api]\nstrategy = "q_learning"\nservers = ['
+            + ", ".join(f'{{ id = "s{i}", address = "h:{i}" }}' for i in range(11))
+            + "]\n",
+            {},
+            "pools.api.strategy",
+            id="q-learning-pool-too-large",
         ),
         pytest.param('[state]\nstore = "file"\n', {}, "state.path", id="file-store-without-path"),
     ],
@@ -166,8 +177,7 @@ def test_signal_right_after_the_ready_line_still_drains(processes: Processes, si
 def test_health_watch_sees_not_serving_before_exit(processes: Processes) -> None:
     service = processes.serve()
     watch = processes.spawn(
-        [tool("grpcurl"), "-plaintext", "-max-time", "30", "-d", '{"service": ""}', service.target,
-         f"{HEALTH}/Watch"]
+        [tool("grpcurl"), "-plaintext", "-max-time", "30", "-d", '{"service": ""}', service.target, f"{HEALTH}/Watch"]
     )
     assert watch.stdout.wait_for(r'"status": "SERVING"', 10), watch.describe()
 

@@ -36,8 +36,14 @@ id = "slow"
 base_ms = 20
 """
 REPORT_FILES = {"report.md", "report.json", "summary.csv", "requests.csv"}
-PLOT_FILES = {"latency_over_time.png", "throughput_over_time.png", "server_distribution.png", "learning_curve.png",
-              "latency_histogram.png", "summary.png"}
+PLOT_FILES = {
+    "latency_over_time.png",
+    "throughput_over_time.png",
+    "server_distribution.png",
+    "learning_curve.png",
+    "latency_histogram.png",
+    "summary.png",
+}
 
 
 def simulate(processes: Processes, *args: str | Path) -> tuple[int, Proc]:
@@ -54,8 +60,10 @@ def test_a_tiny_scenario_prints_the_table_and_writes_every_file(processes: Proce
 
     assert rc == 0, proc.describe()
     stdout = proc.stdout.text
-    assert "| strategy | requests | mean ms | p50 ms | p95 ms | p99 ms | p99.9 ms | throughput /s | success % | CV |" \
+    assert (
+        "| strategy | requests | mean ms | p50 ms | p95 ms | p99 ms | p99.9 ms | throughput /s | success % | CV |"
         in stdout
+    )
     assert "| round_robin | " in stdout and "| least_connections | " in stdout
     assert "| strategy | fast-0 | fast-1 | slow |" in stdout and "Best p99: **" in stdout
     assert {p.name for p in out.iterdir()} == REPORT_FILES | PLOT_FILES
@@ -77,8 +85,9 @@ def test_options_override_the_file(processes: Processes, tmp_path: Path) -> None
     scenario.write_text(TINY, encoding="utf-8")
     out = tmp_path / "out"
 
-    rc, proc = simulate(processes, scenario, "--out", out, "--strategies", "p2c", "--requests", "500",
-                        "--seed", "9", "--no-plots")
+    rc, proc = simulate(
+        processes, scenario, "--out", out, "--strategies", "p2c", "--requests", "500", "--seed", "9", "--no-plots"
+    )
 
     assert rc == 0, proc.describe()
     assert {p.name for p in out.iterdir()} == REPORT_FILES
@@ -93,9 +102,13 @@ def test_options_override_the_file(processes: Processes, tmp_path: Path) -> None
         (lambda t: t.replace('"least_connections"', '"fastest_first"'), "strategies[1]"),
         (lambda t: t.replace("load = 0.7", "rate_per_s = -5"), "traffic.rate_per_s"),
         (lambda t: t[: t.index("[[backends]]")], "backends"),
-        (lambda t: t.replace("seed = 5", "seed = 5\ncolour = \"red\""), "colour"),
-        (lambda t: t.replace('strategies = ["round_robin", "least_connections"]',
-                             'mode = "slot"\nstrategies = ["fixed"]'), "mode"),
+        (lambda t: t.replace("seed = 5", 'seed = 5\ncolour = "red"'), "colour"),
+        (
+            lambda t: t.replace(
+                'strategies = ["round_robin", "least_connections"]', 'mode = "slot"\nstrategies = ["fixed"]'
+            ),
+            "mode",
+        ),
     ],
 )
 def test_a_bad_file_exits_2_naming_the_key_and_writes_nothing(

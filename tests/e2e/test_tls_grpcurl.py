@@ -55,8 +55,9 @@ def tls_service(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Itera
 @pytest.fixture(scope="module")
 def mtls_service(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> Iterator[Service]:
     # The admin token from the environment, as an operator would pass it.
-    yield from _serve(tmp_path_factory, "mtls", tls_config(certs, mutual=True),
-                      env={"LOADWARDEN_ADMIN__TOKEN": ADMIN_TOKEN})
+    yield from _serve(
+        tmp_path_factory, "mtls", tls_config(certs, mutual=True), env={"LOADWARDEN_ADMIN__TOKEN": ADMIN_TOKEN}
+    )
 
 
 def grpcurl(target: str, *args: str, flags: Sequence[str | Path], data: Any = None) -> GrpcurlResult:
@@ -66,8 +67,9 @@ def grpcurl(target: str, *args: str, flags: Sequence[str | Path], data: Any = No
     if data is not None:
         argv += ["-d", json.dumps(data)]
     argv += [target, *args]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=GRPCURL_MAX_TIME_S + 10, env=clean_env(),
-                          check=False)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=GRPCURL_MAX_TIME_S + 10, env=clean_env(), check=False
+    )
     return GrpcurlResult(argv, done.returncode, done.stdout, done.stderr)
 
 
@@ -78,8 +80,9 @@ REFUSED_CONNECT_TIMEOUT_S = 2
 def refused(target: str, flags: Sequence[str | Path]) -> GrpcurlResult:
     """Asks SelectServer expecting no answer: the connection itself fails (grpcurl says so before any
     RPC status)."""
-    result = grpcurl(target, SELECT, flags=[*flags, "-connect-timeout", str(REFUSED_CONNECT_TIMEOUT_S)],
-                     data={"pool": "api"})
+    result = grpcurl(
+        target, SELECT, flags=[*flags, "-connect-timeout", str(REFUSED_CONNECT_TIMEOUT_S)], data={"pool": "api"}
+    )
     assert result.returncode != 0 and not result.stdout.strip(), str(result)
     assert "Failed to dial target host" in result.stderr, str(result)
     return result
@@ -113,8 +116,14 @@ def test_mutual_tls_refuses_a_client_without_a_trusted_certificate(
 ) -> None:
     flags: list[str | Path] = {
         "no certificate": ["-cacert", certs.ca],
-        "certificate from another CA": ["-cacert", certs.ca, "-cert", certs.rogue_client_cert,
-                                        "-key", certs.rogue_client_key],
+        "certificate from another CA": [
+            "-cacert",
+            certs.ca,
+            "-cert",
+            certs.rogue_client_cert,
+            "-key",
+            certs.rogue_client_key,
+        ],
         "plaintext": ["-plaintext"],
     }[client]
     refused(mtls_service.target, flags)
@@ -122,11 +131,14 @@ def test_mutual_tls_refuses_a_client_without_a_trusted_certificate(
     assert grpcurl(mtls_service.target, SELECT, flags=good, data={"pool": "api"}).returncode == 0  # still serving
 
 
-@pytest.mark.parametrize(("header", "code"), [
-    (None, "Unauthenticated"),
-    (f"authorization: Bearer not-{ADMIN_TOKEN}", "PermissionDenied"),
-    (f"authorization: Bearer {ADMIN_TOKEN}", "OK"),
-])
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        (None, "Unauthenticated"),
+        (f"authorization: Bearer not-{ADMIN_TOKEN}", "PermissionDenied"),
+        (f"authorization: Bearer {ADMIN_TOKEN}", "OK"),
+    ],
+)
 def test_admin_rpc_over_mutual_tls_needs_the_admin_token(
     mtls_service: Service, certs: Certs, header: str | None, code: str
 ) -> None:
@@ -140,8 +152,11 @@ def test_admin_rpc_over_mutual_tls_needs_the_admin_token(
 
 def test_plaintext_off_loopback_warns_naming_the_address(processes: Processes) -> None:
     service = processes.serve(listen="0.0.0.0:0")
-    warning = service.process.stderr.wait_for(r"WARNING loadwarden\.server: gRPC listens on (\S+), not a loopback "
-                                              r"address, without TLS", 10.0)
+    warning = service.process.stderr.wait_for(
+        r"WARNING loadwarden\.server: gRPC listens on (\S+), not a loopback "
+        r"address, without TLS",
+        10.0,
+    )
     assert warning is not None and warning.group(1) == "0.0.0.0:0", service.process.describe()
 
 
@@ -149,5 +164,6 @@ def test_a_missing_certificate_file_stops_the_start_naming_the_key(processes: Pr
     config = f'[tls]\ncert_file = "{tmp_path / "nope.pem"}"\nkey_file = "{tmp_path / "nope.key"}"\n'
     process = processes.loadwarden(config)
     assert processes.expect_exit(process) == 2
-    assert re.search(r"invalid configuration: tls\.cert_file: cannot read .*nope\.pem", process.stderr.text), \
+    assert re.search(r"invalid configuration: tls\.cert_file: cannot read .*nope\.pem", process.stderr.text), (
         process.describe()
+    )

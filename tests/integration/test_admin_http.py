@@ -9,8 +9,17 @@ import aiohttp
 import pytest
 from google.protobuf import json_format
 
-from loadwarden.server import ConfigError, ManualClock, PoolSettings, PoolSpec, RunningService, ServerSpec
-from loadwarden.server import ServiceConfig, load_config, start_service
+from loadwarden.server import (
+    ConfigError,
+    ManualClock,
+    PoolSettings,
+    PoolSpec,
+    RunningService,
+    ServerSpec,
+    ServiceConfig,
+    load_config,
+    start_service,
+)
 from loadwarden.server._config import AdminSettings, MonitorSettings, parse_config
 from loadwarden.server._operations import OperationSettings
 from loadwarden.v1 import common_pb2 as common
@@ -45,18 +54,21 @@ def test_the_token_from_the_environment_is_taken_verbatim() -> None:
         assert config.admin.token == token
 
 
-@pytest.mark.parametrize(("admin", "key", "fragment"), [
-    ({"listen": "localhost"}, "admin.listen", "host:port"),
-    ({"listen": "127.0.0.1:70000"}, "admin.listen", "0-65535"),
-    ({"listen": "::1:9090", "token": TOKEN}, "admin.listen", "brackets"),
-    ({"listen": 9090}, "admin.listen", "string"),
-    ({"listen": "127.0.0.1:0", "token": "short"}, "admin.token", "at least 16"),
-    ({"listen": "127.0.0.1:0", "token": "has spaces in the middle"}, "admin.token", "without spaces"),
-    ({"history_interval_ms": 10}, "admin.history_interval_ms", "[100, 3600000]"),
-    ({"history_retention_s": "1d"}, "admin.history_retention_s", "integer"),
-    ({"history_path": 3}, "admin.history_path", "string"),
-    ({"port": 9090}, "admin.port", "valid keys"),
-])
+@pytest.mark.parametrize(
+    ("admin", "key", "fragment"),
+    [
+        ({"listen": "localhost"}, "admin.listen", "host:port"),
+        ({"listen": "127.0.0.1:70000"}, "admin.listen", "0-65535"),
+        ({"listen": "::1:9090", "token": TOKEN}, "admin.listen", "brackets"),
+        ({"listen": 9090}, "admin.listen", "string"),
+        ({"listen": "127.0.0.1:0", "token": "short"}, "admin.token", "at least 16"),
+        ({"listen": "127.0.0.1:0", "token": "has spaces in the middle"}, "admin.token", "without spaces"),
+        ({"history_interval_ms": 10}, "admin.history_interval_ms", "[100, 3600000]"),
+        ({"history_retention_s": "1d"}, "admin.history_retention_s", "integer"),
+        ({"history_path": 3}, "admin.history_path", "string"),
+        ({"port": 9090}, "admin.port", "valid keys"),
+    ],
+)
 def test_invalid_admin_settings_name_the_key(admin: dict[str, object], key: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as error:
         parse_config({"admin": admin})
@@ -101,9 +113,13 @@ async def test_load_status_json_matches_get_load_status(service: RunningService,
     stub = pb_grpc.DecisionServiceStub(channel_to(service))
     await stub.SelectServer(pb.SelectServerRequest(pool="api"))
     await stub.AcquireSlot(pb.AcquireSlotRequest(pool="api"))
-    await stub.ReportLoad(pb.ReportLoadRequest(reports=[
-        common.LoadReport(pool="api", server_id="s1", cpu_percent=55.5, memory_percent=12.0, active_requests=3),
-    ]))
+    await stub.ReportLoad(
+        pb.ReportLoadRequest(
+            reports=[
+                common.LoadReport(pool="api", server_id="s1", cpu_percent=55.5, memory_percent=12.0, active_requests=3),
+            ]
+        )
+    )
     await stub.GetBatchSize(pb.GetBatchSizeRequest(operation="import"))
     status, body = await get(service, "/api/load-status", BEARER)
     assert status == 200
@@ -120,13 +136,18 @@ async def test_every_endpoint_needs_the_token(service: RunningService) -> None:
         assert (await get(service, path))[0] == 401
         status, body = await get(service, path, {"Authorization": "Bearer not-the-token-at-all"})
         assert status == 403 and TOKEN not in str(body)
-    assert await get(service, "/nothing", BEARER) == (404, {"error": "not_found",
-                                                           "message": "no admin endpoint at /nothing"})
+    assert await get(service, "/nothing", BEARER) == (
+        404,
+        {"error": "not_found", "message": "no admin endpoint at /nothing"},
+    )
 
 
 async def test_stop_closes_the_admin_port() -> None:
-    config = ServiceConfig(listen="127.0.0.1:0", admin=AdminSettings(listen="127.0.0.1:0", token=TOKEN),
-                           monitor=MonitorSettings(enabled=False))
+    config = ServiceConfig(
+        listen="127.0.0.1:0",
+        admin=AdminSettings(listen="127.0.0.1:0", token=TOKEN),
+        monitor=MonitorSettings(enabled=False),
+    )
     running = await start_service(config)
     port = running.admin_port
     assert port is not None and (await get(running, "/api/load-status", BEARER))[0] == 200
@@ -143,12 +164,17 @@ async def test_a_busy_admin_port_fails_the_start_and_frees_the_grpc_port() -> No
         with socket.socket() as free:
             free.bind(("127.0.0.1", 0))
             grpc_port = free.getsockname()[1]
-        config = ServiceConfig(listen=f"127.0.0.1:{grpc_port}", monitor=MonitorSettings(enabled=False),
-                               admin=AdminSettings(listen=f"127.0.0.1:{taken}", token=TOKEN))
+        config = ServiceConfig(
+            listen=f"127.0.0.1:{grpc_port}",
+            monitor=MonitorSettings(enabled=False),
+            admin=AdminSettings(listen=f"127.0.0.1:{taken}", token=TOKEN),
+        )
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{taken}"):
             await start_service(config)
     # The gRPC port was released: a service can start on it now.
-    running = await start_service(ServiceConfig(listen=f"127.0.0.1:{grpc_port}", monitor=MonitorSettings(enabled=False)))
+    running = await start_service(
+        ServiceConfig(listen=f"127.0.0.1:{grpc_port}", monitor=MonitorSettings(enabled=False))
+    )
     assert running.port == grpc_port
     await running.stop(0)
 

@@ -55,7 +55,9 @@ async def test_hard_cap_over_rpc(service: RunningService, stub: pb_grpc.Decision
             service_peak = max(service_peak, slots.in_use)
             await asyncio.sleep(0)
             held -= 1
-            assert (await stub.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=answer.lease.lease_id, success=True))).released
+            assert (
+                await stub.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=answer.lease.lease_id, success=True))
+            ).released
 
     service.core.configure_pool(PoolSettings(name="p", max_concurrency=10, max_queue_length=1000), None)
     await asyncio.gather(*(client(n) for n in range(100)))
@@ -74,7 +76,9 @@ async def test_grant_renew_release_cycle(stub: pb_grpc.DecisionServiceStub) -> N
     assert renewed.lease.ttl_ms == 60_000 and renewed.lease.expires_at.seconds > granted.lease.expires_at.seconds
     status = (await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool="p"))).status.pools[0]
     assert status.active_leases == 1 and status.in_flight == 1
-    released = await stub.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=granted.lease.lease_id, success=True, latency_ms=12))
+    released = await stub.ReleaseSlot(
+        pb.ReleaseSlotRequest(lease_id=granted.lease.lease_id, success=True, latency_ms=12)
+    )
     assert released.released and not released.already_released
     again = await stub.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=granted.lease.lease_id))
     assert again.already_released and not again.released
@@ -136,7 +140,9 @@ async def test_rate_limit_is_resource_exhausted_with_retry_after(stub: pb_grpc.D
     assert (await stub.AcquireSlot(pb.AcquireSlotRequest(pool="rated", client_key="bob"))).granted
 
 
-async def test_cancelled_callers_do_not_consume_slots(service: RunningService, stub: pb_grpc.DecisionServiceStub) -> None:
+async def test_cancelled_callers_do_not_consume_slots(
+    service: RunningService, stub: pb_grpc.DecisionServiceStub
+) -> None:
     slots = service.core.pool("p").slots
     service.core.configure_pool(PoolSettings(name="p", max_concurrency=2, max_queue_length=100), None)
     holders = [await stub.AcquireSlot(acquire()) for _ in range(2)]
@@ -175,16 +181,28 @@ CASES = [
     ("ReleaseSlot", pb.ReleaseSlotRequest(), BAD, "lease_id"),
     ("ReleaseSlot", pb.ReleaseSlotRequest(abandoned_request_ids=["a-1"]), BAD, "pool"),
     ("ReleaseSlot", pb.ReleaseSlotRequest(lease_id="x", abandoned_request_ids=["a-1"]), BAD, "pool"),
-    ("ReleaseSlot", pb.ReleaseSlotRequest(pool="p", abandoned_request_ids=["a-1", "bad id"]), BAD,
-     "abandoned_request_ids[1]"),
+    (
+        "ReleaseSlot",
+        pb.ReleaseSlotRequest(pool="p", abandoned_request_ids=["a-1", "bad id"]),
+        BAD,
+        "abandoned_request_ids[1]",
+    ),
     ("ReleaseSlot", pb.ReleaseSlotRequest(pool="p", abandoned_request_ids=[""]), BAD, "abandoned_request_ids[0]"),
-    ("ReleaseSlot", pb.ReleaseSlotRequest(pool="p", abandoned_request_ids=[f"a-{i}" for i in range(101)]), BAD,
-     "abandoned_request_ids"),
+    (
+        "ReleaseSlot",
+        pb.ReleaseSlotRequest(pool="p", abandoned_request_ids=[f"a-{i}" for i in range(101)]),
+        BAD,
+        "abandoned_request_ids",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("method", "request_", "code", "field"), CASES, ids=[f"{m}-{f}-{i}" for i, (m, _, _, f) in enumerate(CASES)])
-async def test_bad_slot_input_names_the_field(service: RunningService, stub, channel_to, method, request_, code, field) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("method", "request_", "code", "field"), CASES, ids=[f"{m}-{f}-{i}" for i, (m, _, _, f) in enumerate(CASES)]
+)
+async def test_bad_slot_input_names_the_field(
+    service: RunningService, stub, channel_to, method, request_, code, field
+) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await getattr(stub, method)(request_)
     assert err.value.code() == code and err.value.details().startswith(f"{field}: "), err.value.details()
@@ -196,10 +214,14 @@ async def test_bad_slot_input_names_the_field(service: RunningService, stub, cha
 ADMIN_CASES = [
     (common.PoolConfig(name="q", limit_algorithm="aimd"), "pool.max_concurrency"),
     (common.PoolConfig(name="q", limit_algorithm="magic"), "pool.limit_algorithm"),
-    (common.PoolConfig(name="q", max_concurrency=5, limit_algorithm="aimd",
-                       limit_params={"backoff_ratio": 1.5}), "pool.limit_params.backoff_ratio"),
-    (common.PoolConfig(name="q", max_concurrency=5, limit_algorithm="gradient2",
-                       limit_params={"min_limit": 10}), "pool.max_concurrency"),
+    (
+        common.PoolConfig(name="q", max_concurrency=5, limit_algorithm="aimd", limit_params={"backoff_ratio": 1.5}),
+        "pool.limit_params.backoff_ratio",
+    ),
+    (
+        common.PoolConfig(name="q", max_concurrency=5, limit_algorithm="gradient2", limit_params={"min_limit": 10}),
+        "pool.max_concurrency",
+    ),
     (common.PoolConfig(name="q", rate_limit="30/fortnight"), "pool.rate_limit"),
     (common.PoolConfig(name="q", rate_limit="0/minute"), "pool.rate_limit"),
     (common.PoolConfig(name="q", max_wait_ms=4_000_000), "pool.max_wait_ms"),
@@ -217,8 +239,9 @@ async def test_bad_limit_settings_name_the_field(service: RunningService, channe
 
 async def test_adaptive_limit_through_admin(service: RunningService, channel_to, stub) -> None:  # type: ignore[no-untyped-def]
     admin_stub = admin_grpc.AdminServiceStub(channel_to(service))
-    config = common.PoolConfig(name="adaptive", max_concurrency=8, limit_algorithm="aimd",
-                               limit_params={"min_limit": 2, "max_limit": 16})
+    config = common.PoolConfig(
+        name="adaptive", max_concurrency=8, limit_algorithm="aimd", limit_params={"min_limit": 2, "max_limit": 16}
+    )
     answer = await admin_stub.ConfigurePool(admin.ConfigurePoolRequest(pool=config))
     assert answer.pool.concurrency_limit == 8
     lease = (await stub.AcquireSlot(pb.AcquireSlotRequest(pool="adaptive"))).lease

@@ -190,17 +190,29 @@ async def test_choose_returning_an_unknown_pool_or_priority_is_a_clear_error(ser
     await bad.aclose()
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("wait_s", -1.0), ("local_slot_limit", -5), ("slot_fallback", "maybe"), ("priority", 10), ("timeout_s", 0),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("wait_s", -1.0),
+        ("local_slot_limit", -5),
+        ("slot_fallback", "maybe"),
+        ("priority", 10),
+        ("timeout_s", 0),
+    ],
+)
 def test_bad_settings_name_the_setting(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         AdmissionMiddleware(FastAPI(), **{field: value})
 
 
-@pytest.mark.parametrize(("fallback", "served", "denied"), [
-    ("local_limit", 2, 2), ("fail_open", 4, 0), ("fail_closed", 0, 4),
-])
+@pytest.mark.parametrize(
+    ("fallback", "served", "denied"),
+    [
+        ("local_limit", 2, 2),
+        ("fail_open", 4, 0),
+        ("fail_closed", 0, 4),
+    ],
+)
 async def test_a_dead_control_plane_answers_by_the_fallback(start, fallback: str, served: int, denied: int) -> None:
     running = await start(three_server_pool("web", max_concurrency=3))
     target = running.target
@@ -222,7 +234,9 @@ async def test_the_release_reports_latency_and_success_by_status(service) -> Non
     released: list[tuple[bool, float]] = []
     core_release = service.core.release_slot
 
-    def recording(lease_id: str, success: bool, latency_ms: float, owner: str = "") -> bool:  # spy: the real release runs
+    def recording(
+        lease_id: str, success: bool, latency_ms: float, owner: str = ""
+    ) -> bool:  # spy: the real release runs
         released.append((success, latency_ms))
         return core_release(lease_id, success, latency_ms, owner)
 

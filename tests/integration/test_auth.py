@@ -19,8 +19,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from loadwarden.sdk import AsyncClient, BreakerState, Client, PermissionDeniedError, UnauthenticatedError
-from loadwarden.server import AdminSettings, AuthSettings, MonitorSettings, OperationSettings, RunningService
-from loadwarden.server import ServiceConfig, start_service
+from loadwarden.server import (
+    AdminSettings,
+    AuthSettings,
+    MonitorSettings,
+    OperationSettings,
+    RunningService,
+    ServiceConfig,
+    start_service,
+)
 from loadwarden.v1 import admin_pb2 as admin
 from loadwarden.v1 import admin_pb2_grpc as admin_grpc
 from loadwarden.v1 import common_pb2 as common
@@ -39,8 +46,9 @@ TIMEOUT_S = 5.0
 ADMIN_CALLS: dict[str, Message] = {
     "ConfigurePool": admin.ConfigurePoolRequest(pool=common.PoolConfig(name="new-pool")),
     "DeletePool": admin.DeletePoolRequest(pool="batch"),
-    "RegisterServer": admin.RegisterServerRequest(pool="api",
-                                                  server=common.ServerSpec(id="s9", address="127.0.0.1:9009")),
+    "RegisterServer": admin.RegisterServerRequest(
+        pool="api", server=common.ServerSpec(id="s9", address="127.0.0.1:9009")
+    ),
     "DeregisterServer": admin.DeregisterServerRequest(pool="api", server_id="s3"),
     "DrainServer": admin.DrainServerRequest(pool="api", server_id="s1", drain=True),
     "ConfigureOperation": admin.ConfigureOperationRequest(operation=common.OperationConfig(name="export")),
@@ -73,12 +81,20 @@ async def _service(start: StartService, **config: Any) -> RunningService:
 @pytest.fixture
 async def service(start: StartService) -> RunningService:
     """Both tokens configured, and the admin HTTP port on."""
-    return await _service(start, admin=AdminSettings(listen="127.0.0.1:0", token=ADMIN_TOKEN),
-                          auth=AuthSettings(client_token=CLIENT_TOKEN))
+    return await _service(
+        start,
+        admin=AdminSettings(listen="127.0.0.1:0", token=ADMIN_TOKEN),
+        auth=AuthSettings(client_token=CLIENT_TOKEN),
+    )
 
 
-async def call(channel: grpc.aio.Channel, service_name: str, rpc: str, request: Message,
-               metadata: tuple[tuple[str, str], ...] | None) -> tuple[grpc.StatusCode, str]:
+async def call(
+    channel: grpc.aio.Channel,
+    service_name: str,
+    rpc: str,
+    request: Message,
+    metadata: tuple[tuple[str, str], ...] | None,
+) -> tuple[grpc.StatusCode, str]:
     """The status code and details of one call (a stream: of its first message)."""
     stub: Any = (admin_grpc.AdminServiceStub if service_name == "admin" else pb_grpc.DecisionServiceStub)(channel)
     try:
@@ -96,7 +112,8 @@ async def call(channel: grpc.aio.Channel, service_name: str, rpc: str, request: 
 async def state(channel: grpc.aio.Channel) -> pb.GetLoadStatusResponse:
     """Pools, servers and operations as the service sees them (generated_at left out)."""
     response = await pb_grpc.DecisionServiceStub(channel).GetLoadStatus(
-        pb.GetLoadStatusRequest(), metadata=bearer(CLIENT_TOKEN), timeout=TIMEOUT_S)
+        pb.GetLoadStatusRequest(), metadata=bearer(CLIENT_TOKEN), timeout=TIMEOUT_S
+    )
     response.status.ClearField("generated_at")
     return response
 
@@ -133,9 +150,7 @@ async def test_admin_rpc_with_a_wrong_token_is_permission_denied(
 
 
 @pytest.mark.parametrize("rpc", sorted(ADMIN_CALLS))
-async def test_admin_rpc_with_the_right_token_is_ok(
-    rpc: str, service: RunningService, channel_to: ChannelTo
-) -> None:
+async def test_admin_rpc_with_the_right_token_is_ok(rpc: str, service: RunningService, channel_to: ChannelTo) -> None:
     channel = channel_to(service)
     before = await state(channel)
     assert await call(channel, "admin", rpc, ADMIN_CALLS[rpc], bearer(ADMIN_TOKEN)) == (grpc.StatusCode.OK, "")
@@ -195,11 +210,11 @@ async def test_data_rpc_with_a_wrong_token_is_permission_denied(
 
 
 @pytest.mark.parametrize("rpc", sorted(DATA_CALLS))
-async def test_data_rpc_with_the_right_token_is_ok(
-    rpc: str, service: RunningService, channel_to: ChannelTo
-) -> None:
-    assert await call(channel_to(service), "decision", rpc, DATA_CALLS[rpc], bearer(CLIENT_TOKEN)) == \
-        (grpc.StatusCode.OK, "")
+async def test_data_rpc_with_the_right_token_is_ok(rpc: str, service: RunningService, channel_to: ChannelTo) -> None:
+    assert await call(channel_to(service), "decision", rpc, DATA_CALLS[rpc], bearer(CLIENT_TOKEN)) == (
+        grpc.StatusCode.OK,
+        "",
+    )
 
 
 async def test_health_and_reflection_stay_open(service: RunningService, channel_to: ChannelTo) -> None:
@@ -259,15 +274,17 @@ async def test_without_an_admin_token_admin_rpcs_are_open_on_loopback(
 
 async def test_without_an_admin_token_admin_rpcs_are_refused_off_loopback(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "loadwarden.server")
-    running = await start_service(ServiceConfig(listen="0.0.0.0:0", monitor=MonitorSettings(enabled=False),
-                                                pools=(three_server_pool("api"),)))
+    running = await start_service(
+        ServiceConfig(listen="0.0.0.0:0", monitor=MonitorSettings(enabled=False), pools=(three_server_pool("api"),))
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             for metadata in (None, bearer(ADMIN_TOKEN)):
                 code, details = await call(channel, "admin", "DeletePool", ADMIN_CALLS["DeletePool"], metadata)
                 assert code is grpc.StatusCode.PERMISSION_DENIED and "admin.token" in details
-            assert (await call(channel, "decision", "SelectServer", DATA_CALLS["SelectServer"], None))[0] \
-                is grpc.StatusCode.OK
+            assert (await call(channel, "decision", "SelectServer", DATA_CALLS["SelectServer"], None))[
+                0
+            ] is grpc.StatusCode.OK
     finally:
         await running.stop(0)
     refused = [r for r in caplog.records if "AdminService is refused on 0.0.0.0:0" in r.getMessage()]
@@ -275,7 +292,6 @@ async def test_without_an_admin_token_admin_rpcs_are_refused_off_loopback(caplog
 
 
 # --- no token anywhere: logs, spans, errors -----------------------------------------------------
-
 
 
 def span_text(span: ReadableSpan) -> str:
@@ -294,27 +310,38 @@ async def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 
 
 
 async def test_tokens_appear_in_no_log_span_or_error(
-    start: StartService, channel_to: ChannelTo,
-    spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture,
+    start: StartService,
+    channel_to: ChannelTo,
+    spans: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    running = await _service(start, admin=AdminSettings(listen="127.0.0.1:0", token=ADMIN_TOKEN),
-                             auth=AuthSettings(client_token=CLIENT_TOKEN))
+    running = await _service(
+        start,
+        admin=AdminSettings(listen="127.0.0.1:0", token=ADMIN_TOKEN),
+        auth=AuthSettings(client_token=CLIENT_TOKEN),
+    )
     channel = channel_to(running)
-    seen: list[str] = [repr(running), repr(ServiceConfig(admin=AdminSettings(token=ADMIN_TOKEN),
-                                                         auth=AuthSettings(client_token=CLIENT_TOKEN)))]
+    seen: list[str] = [
+        repr(running),
+        repr(ServiceConfig(admin=AdminSettings(token=ADMIN_TOKEN), auth=AuthSettings(client_token=CLIENT_TOKEN))),
+    ]
     codes = []
     for metadata in (None, bearer(WRONG_TOKEN), bearer(ADMIN_TOKEN), bearer(CLIENT_TOKEN)):
-        for service_name, rpc, request in (("admin", "DrainServer", ADMIN_CALLS["DrainServer"]),
-                                           ("decision", "SelectServer", DATA_CALLS["SelectServer"]),
-                                           ("decision", "WatchLoadStatus", DATA_CALLS["WatchLoadStatus"])):
+        for service_name, rpc, request in (
+            ("admin", "DrainServer", ADMIN_CALLS["DrainServer"]),
+            ("decision", "SelectServer", DATA_CALLS["SelectServer"]),
+            ("decision", "WatchLoadStatus", DATA_CALLS["WatchLoadStatus"]),
+        ):
             code, details = await call(channel, service_name, rpc, request, metadata)
             codes.append(code)
             seen.append(details)
     for token in (None, WRONG_TOKEN, ADMIN_TOKEN):
         seen.append(repr(await http_get(running, "/api/load-status", token)))
-    async with AsyncClient(running.target, token=CLIENT_TOKEN) as good, \
-            AsyncClient(running.target, token=WRONG_TOKEN) as bad:
+    async with (
+        AsyncClient(running.target, token=CLIENT_TOKEN) as good,
+        AsyncClient(running.target, token=WRONG_TOKEN) as bad,
+    ):
         await good.select("api")
         try:
             await bad.select("api")
@@ -332,12 +359,16 @@ async def test_tokens_appear_in_no_log_span_or_error(
                 found[code] = found.get(code, 0) + 1  # type: ignore[index]
         return found
 
-    expected = {grpc.StatusCode.OK.value[0]: 2, grpc.StatusCode.UNAUTHENTICATED.value[0]: 1,
-                grpc.StatusCode.PERMISSION_DENIED.value[0]: 3}
+    expected = {
+        grpc.StatusCode.OK.value[0]: 2,
+        grpc.StatusCode.UNAUTHENTICATED.value[0]: 1,
+        grpc.StatusCode.PERMISSION_DENIED.value[0]: 3,
+    }
     await wait_for(lambda: server_codes() == expected, f"SelectServer server spans {expected}")
     finished = spans.get_finished_spans()
-    assert any(s.kind is SpanKind.CLIENT for s in finished) and any(s.name.endswith("AdminService/DrainServer")
-                                                                      for s in finished)
+    assert any(s.kind is SpanKind.CLIENT for s in finished) and any(
+        s.name.endswith("AdminService/DrainServer") for s in finished
+    )
     seen += [span_text(span) for span in finished]
     seen.append(caplog.text)
     assert any("refused /loadwarden.v1.AdminService/DrainServer" in r.getMessage() for r in caplog.records)

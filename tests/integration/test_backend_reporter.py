@@ -8,8 +8,8 @@ own thread while the service runs on the test's event loop.
 
 from __future__ import annotations
 
-import functools
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -46,7 +46,6 @@ REPORTER_CLIENT: dict[str, Any] = {}
 
 # Failed pushes the outage lasts at least: longer than one push, so the restart is a real outage.
 OUTAGE_PUSHES = 3
-
 
 
 async def server_status(running: RunningService, server_id: str) -> ServerStatus:

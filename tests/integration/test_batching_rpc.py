@@ -20,10 +20,18 @@ from loadwarden.v1 import decision_pb2 as pb
 from loadwarden.v1 import decision_pb2_grpc as pb_grpc
 
 OPERATIONS = (
-    OperationSettings(name="import", min_batch_size=5, max_batch_size=100, default_batch_size=25,
-                      load_source="pool", pool="workers"),
-    OperationSettings(name="transcribe", min_batch_size=1, max_batch_size=50, default_batch_size=10,
-                      mode="latency_target", target_latency_ms=200.0, additive_step=2),
+    OperationSettings(
+        name="import", min_batch_size=5, max_batch_size=100, default_batch_size=25, load_source="pool", pool="workers"
+    ),
+    OperationSettings(
+        name="transcribe",
+        min_batch_size=1,
+        max_batch_size=50,
+        default_batch_size=10,
+        mode="latency_target",
+        target_latency_ms=200.0,
+        additive_step=2,
+    ),
 )
 
 
@@ -86,10 +94,19 @@ async def test_latency_target_learns_from_report_batch(stubs) -> None:  # type: 
 
 async def test_operation_admin(stubs) -> None:  # type: ignore[no-untyped-def]
     decision, admin_stub = stubs
-    config = common.OperationConfig(name="sync", min_batch_size=2, max_batch_size=20, default_batch_size=4,
-                                    cooldown_ms=1000, load_source=common.LOAD_SOURCE_POOL, pool="workers")
+    config = common.OperationConfig(
+        name="sync",
+        min_batch_size=2,
+        max_batch_size=20,
+        default_batch_size=4,
+        cooldown_ms=1000,
+        load_source=common.LOAD_SOURCE_POOL,
+        pool="workers",
+    )
     created = await admin_stub.ConfigureOperation(admin.ConfigureOperationRequest(operation=config))
-    assert created.created and created.operation.batch_size == 4 and created.operation.mode == common.BATCH_MODE_THRESHOLD
+    assert (
+        created.created and created.operation.batch_size == 4 and created.operation.mode == common.BATCH_MODE_THRESHOLD
+    )
     again = await admin_stub.ConfigureOperation(admin.ConfigureOperationRequest(operation=config))
     assert not again.created
     await admin_stub.DeleteOperation(admin.DeleteOperationRequest(operation="sync"))
@@ -105,24 +122,109 @@ CASES = [
     (D, "GetBatchSize", pb.GetBatchSizeRequest(operation=""), BAD, "operation"),
     (D, "GetBatchSize", pb.GetBatchSizeRequest(operation="unknown"), MISSING, "operation"),
     (D, "ReportBatch", pb.ReportBatchRequest(), BAD, "reports"),
-    (D, "ReportBatch", pb.ReportBatchRequest(reports=[pb.BatchReport(operation="transcribe", batch_size=5, duration_ms=-1)]), BAD, "reports[0].duration_ms"),
-    (D, "ReportBatch", pb.ReportBatchRequest(reports=[pb.BatchReport(operation="transcribe", batch_size=5, duration_ms=float("nan"))]), BAD, "reports[0].duration_ms"),
-    (D, "ReportBatch", pb.ReportBatchRequest(reports=[pb.BatchReport(operation="transcribe", batch_size=0)]), BAD, "reports[0].batch_size"),
-    (D, "ReportBatch", pb.ReportBatchRequest(reports=[pb.BatchReport(operation="nope", batch_size=1)]), MISSING, "reports[0].operation"),
-    (A, "ConfigureOperation", admin.ConfigureOperationRequest(operation=common.OperationConfig(name="x", min_batch_size=50, max_batch_size=10)), BAD, "operation.min_batch_size"),
-    (A, "ConfigureOperation", admin.ConfigureOperationRequest(operation=common.OperationConfig(name="x", min_batch_size=5, max_batch_size=10, default_batch_size=20)), BAD, "operation.default_batch_size"),
-    (A, "ConfigureOperation", admin.ConfigureOperationRequest(operation=common.OperationConfig(name="x", low_threshold_percent=90, high_threshold_percent=60)), BAD, "operation.high_threshold_percent"),
-    (A, "ConfigureOperation", admin.ConfigureOperationRequest(operation=common.OperationConfig(name="x", high_threshold_percent=150)), BAD, "operation.high_threshold_percent"),
-    (A, "ConfigureOperation", admin.ConfigureOperationRequest(operation=common.OperationConfig(name="x", mode=common.BATCH_MODE_LATENCY_TARGET)), BAD, "operation.target_latency_ms"),
-    (A, "ConfigureOperation", admin.ConfigureOperationRequest(operation=common.OperationConfig(name="x", target_latency_ms=-5)), BAD, "operation.target_latency_ms"),
-    (A, "ConfigureOperation", admin.ConfigureOperationRequest(operation=common.OperationConfig(name="x", load_source=common.LOAD_SOURCE_POOL)), BAD, "operation.pool"),
-    (A, "ConfigureOperation", admin.ConfigureOperationRequest(operation=common.OperationConfig(name="")), BAD, "operation.name"),
+    (
+        D,
+        "ReportBatch",
+        pb.ReportBatchRequest(reports=[pb.BatchReport(operation="transcribe", batch_size=5, duration_ms=-1)]),
+        BAD,
+        "reports[0].duration_ms",
+    ),
+    (
+        D,
+        "ReportBatch",
+        pb.ReportBatchRequest(reports=[pb.BatchReport(operation="transcribe", batch_size=5, duration_ms=float("nan"))]),
+        BAD,
+        "reports[0].duration_ms",
+    ),
+    (
+        D,
+        "ReportBatch",
+        pb.ReportBatchRequest(reports=[pb.BatchReport(operation="transcribe", batch_size=0)]),
+        BAD,
+        "reports[0].batch_size",
+    ),
+    (
+        D,
+        "ReportBatch",
+        pb.ReportBatchRequest(reports=[pb.BatchReport(operation="nope", batch_size=1)]),
+        MISSING,
+        "reports[0].operation",
+    ),
+    (
+        A,
+        "ConfigureOperation",
+        admin.ConfigureOperationRequest(
+            operation=common.OperationConfig(name="x", min_batch_size=50, max_batch_size=10)
+        ),
+        BAD,
+        "operation.min_batch_size",
+    ),
+    (
+        A,
+        "ConfigureOperation",
+        admin.ConfigureOperationRequest(
+            operation=common.OperationConfig(name="x", min_batch_size=5, max_batch_size=10, default_batch_size=20)
+        ),
+        BAD,
+        "operation.default_batch_size",
+    ),
+    (
+        A,
+        "ConfigureOperation",
+        admin.ConfigureOperationRequest(
+            operation=common.OperationConfig(name="x", low_threshold_percent=90, high_threshold_percent=60)
+        ),
+        BAD,
+        "operation.high_threshold_percent",
+    ),
+    (
+        A,
+        "ConfigureOperation",
+        admin.ConfigureOperationRequest(operation=common.OperationConfig(name="x", high_threshold_percent=150)),
+        BAD,
+        "operation.high_threshold_percent",
+    ),
+    (
+        A,
+        "ConfigureOperation",
+        admin.ConfigureOperationRequest(
+            operation=common.OperationConfig(name="x", mode=common.BATCH_MODE_LATENCY_TARGET)
+        ),
+        BAD,
+        "operation.target_latency_ms",
+    ),
+    (
+        A,
+        "ConfigureOperation",
+        admin.ConfigureOperationRequest(operation=common.OperationConfig(name="x", target_latency_ms=-5)),
+        BAD,
+        "operation.target_latency_ms",
+    ),
+    (
+        A,
+        "ConfigureOperation",
+        admin.ConfigureOperationRequest(
+            operation=common.OperationConfig(name="x", load_source=common.LOAD_SOURCE_POOL)
+        ),
+        BAD,
+        "operation.pool",
+    ),
+    (
+        A,
+        "ConfigureOperation",
+        admin.ConfigureOperationRequest(operation=common.OperationConfig(name="")),
+        BAD,
+        "operation.name",
+    ),
     (A, "DeleteOperation", admin.DeleteOperationRequest(operation="nope"), MISSING, "operation"),
 ]
 
 
-@pytest.mark.parametrize(("stub_name", "method", "request_", "code", "field"), CASES,
-                         ids=[f"{m}-{f}-{i}" for i, (_, m, _, _, f) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("stub_name", "method", "request_", "code", "field"),
+    CASES,
+    ids=[f"{m}-{f}-{i}" for i, (_, m, _, _, f) in enumerate(CASES)],
+)
 async def test_bad_batch_input_names_the_field(stubs, stub_name, method, request_, code, field) -> None:  # type: ignore[no-untyped-def]
     decision, admin_stub = stubs
     stub = decision if stub_name == D else admin_stub
@@ -145,11 +247,20 @@ BURN = "import time; print('burning', flush=True); end = time.monotonic() + 60\n
 
 
 async def test_host_cpu_burner_shrinks_the_batch_and_it_grows_back_after_cooldown(
-    start, channel_to, cpu_burners  # type: ignore[no-untyped-def]
+    start,
+    channel_to,
+    cpu_burners,  # type: ignore[no-untyped-def]
 ) -> None:
     # High threshold 90: two burners on two cores read ~100 %, while the test need not own an idle machine.
-    host_op = OperationSettings(name="host", min_batch_size=5, max_batch_size=100, default_batch_size=25,
-                                low_threshold_percent=60, high_threshold_percent=90, cooldown_ms=1_000)
+    host_op = OperationSettings(
+        name="host",
+        min_batch_size=5,
+        max_batch_size=100,
+        default_batch_size=25,
+        low_threshold_percent=60,
+        high_threshold_percent=90,
+        cooldown_ms=1_000,
+    )
     # CPU only in the score, so the test reads the burner and not the machine's memory.
     monitor = MonitorSettings(interval_ms=250, cpu_weight=1.0, memory_weight=0.0, load_average_weight=0.0)
     running = await start(operations=(host_op,), monitor=monitor)

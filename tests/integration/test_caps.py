@@ -79,11 +79,16 @@ async def test_servers_per_pool_cap(start, channel_to) -> None:  # type: ignore[
     service = await start(three_server_pool("api"), limits=CoreLimits(max_servers_per_pool=3))
     decision, adm = stubs(service, channel_to)
     new = admin.RegisterServerRequest(pool="api", server=common.ServerSpec(id="s4", address="127.0.0.1:9004"))
-    await exhausted(adm.RegisterServer(new), "max_servers_per_pool (limits.max_servers_per_pool = 3) reached",
-                    retry=False)
+    await exhausted(
+        adm.RegisterServer(new), "max_servers_per_pool (limits.max_servers_per_pool = 3) reached", retry=False
+    )
     # A whole list over the cap is a malformed request: INVALID_ARGUMENT naming the field and the maximum.
-    await invalid(adm.ConfigurePool(pool_config("api", "a", "b", "c", "d")), "pool.servers", "at most 3",
-                  "limits.max_servers_per_pool")
+    await invalid(
+        adm.ConfigurePool(pool_config("api", "a", "b", "c", "d")),
+        "pool.servers",
+        "at most 3",
+        "limits.max_servers_per_pool",
+    )
     # Updating a registered server is no growth; routing goes on over the three.
     moved = admin.RegisterServerRequest(pool="api", server=common.ServerSpec(id="s1", address="127.0.0.1:9999"))
     assert not (await adm.RegisterServer(moved)).created
@@ -92,16 +97,21 @@ async def test_servers_per_pool_cap(start, channel_to) -> None:  # type: ignore[
 
 
 async def test_operations_cap_with_auto_registration(start, channel_to) -> None:  # type: ignore[no-untyped-def]
-    service = await start(operations=(OperationSettings(name="import"),),
-                          limits=CoreLimits(max_operations=2, auto_register_operations=True))
+    service = await start(
+        operations=(OperationSettings(name="import"),),
+        limits=CoreLimits(max_operations=2, auto_register_operations=True),
+    )
     decision, adm = stubs(service, channel_to)
     assert (await decision.GetBatchSize(pb.GetBatchSizeRequest(operation="auto-1"))).batch_size >= 1
     cap = "max_operations (limits.max_operations = 2) reached"
     await exhausted(decision.GetBatchSize(pb.GetBatchSizeRequest(operation="auto-2")), cap, retry=False)
     reports = [pb.BatchReport(operation=f"new-{i}", batch_size=1, duration_ms=1.0, success=True) for i in range(5)]
     await exhausted(decision.ReportBatch(pb.ReportBatchRequest(reports=reports)), cap, retry=False)
-    await exhausted(adm.ConfigureOperation(admin.ConfigureOperationRequest(
-        operation=common.OperationConfig(name="manual"))), cap, retry=False)
+    await exhausted(
+        adm.ConfigureOperation(admin.ConfigureOperationRequest(operation=common.OperationConfig(name="manual"))),
+        cap,
+        retry=False,
+    )
     # Registered operations still answer; deleting one makes room.
     assert (await decision.GetBatchSize(pb.GetBatchSizeRequest(operation="import"))).batch_size >= 1
     await adm.DeleteOperation(admin.DeleteOperationRequest(operation="auto-1"))
@@ -112,10 +122,14 @@ async def test_operations_cap_with_auto_registration(start, channel_to) -> None:
 async def test_leases_cap(start, channel_to) -> None:  # type: ignore[no-untyped-def]
     service = await start(three_server_pool("api"), limits=CoreLimits(max_leases=3))
     decision, _ = stubs(service, channel_to)
-    leases = [(await decision.AcquireSlot(pb.AcquireSlotRequest(pool="api", lease_ttl_ms=5_000))).lease
-              for _ in range(3)]
-    err = await exhausted(decision.AcquireSlot(pb.AcquireSlotRequest(pool="api")),
-                          "max_leases (limits.max_leases = 3) reached", retry=True)
+    leases = [
+        (await decision.AcquireSlot(pb.AcquireSlotRequest(pool="api", lease_ttl_ms=5_000))).lease for _ in range(3)
+    ]
+    err = await exhausted(
+        decision.AcquireSlot(pb.AcquireSlotRequest(pool="api")),
+        "max_leases (limits.max_leases = 3) reached",
+        retry=True,
+    )
     assert int(trailer(err, RETRY_AFTER) or 0) <= 5_000  # at most until the soonest lease expires
     # Granted leases are intact: they renew and release; a release makes room for a new grant.
     for lease in leases:
@@ -129,21 +143,27 @@ async def test_leases_cap(start, channel_to) -> None:  # type: ignore[no-untyped
 async def test_lease_cap_never_breaks_a_dispatch(start, channel_to) -> None:  # type: ignore[no-untyped-def]
     """Raising a pool's limit while the service holds max_leases leaves its waiters waiting
     (the admin call succeeds); a release then grants one of them."""
-    service = await start(three_server_pool("q", max_concurrency=1, max_wait_ms=10_000),
-                          three_server_pool("other"), limits=CoreLimits(max_leases=2))
+    service = await start(
+        three_server_pool("q", max_concurrency=1, max_wait_ms=10_000),
+        three_server_pool("other"),
+        limits=CoreLimits(max_leases=2),
+    )
     decision, adm = stubs(service, channel_to)
     held = (await decision.AcquireSlot(pb.AcquireSlotRequest(pool="q"))).lease
     assert (await decision.AcquireSlot(pb.AcquireSlotRequest(pool="other"))).granted
-    waiters = [asyncio.ensure_future(decision.AcquireSlot(pb.AcquireSlotRequest(pool="q", max_wait_ms=10_000),
-                                                          timeout=15)) for _ in range(2)]
+    waiters = [
+        asyncio.ensure_future(decision.AcquireSlot(pb.AcquireSlotRequest(pool="q", max_wait_ms=10_000), timeout=15))
+        for _ in range(2)
+    ]
     slots = service.core.pool("q").slots
     for _ in range(500):
         if slots.waiting == 2:
             break
         await asyncio.sleep(0.01)
     assert slots.waiting == 2
-    raised = await adm.ConfigurePool(admin.ConfigurePoolRequest(
-        pool=common.PoolConfig(name="q", max_concurrency=3, max_wait_ms=10_000)))
+    raised = await adm.ConfigurePool(
+        admin.ConfigurePoolRequest(pool=common.PoolConfig(name="q", max_concurrency=3, max_wait_ms=10_000))
+    )
     assert raised.pool.concurrency_limit == 3 and raised.pool.queue_length == 2
     await decision.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=held.lease_id, success=True))
     done, _ = await asyncio.wait(waiters, timeout=10, return_when=asyncio.FIRST_COMPLETED)
@@ -156,15 +176,22 @@ async def test_wait_queue_cap(start, channel_to) -> None:  # type: ignore[no-unt
     service = await start(three_server_pool("q", max_concurrency=1, max_queue_length=2, max_wait_ms=10_000))
     decision, _ = stubs(service, channel_to)
     held = (await decision.AcquireSlot(pb.AcquireSlotRequest(pool="q"))).lease
-    waiters = [asyncio.ensure_future(decision.AcquireSlot(
-        pb.AcquireSlotRequest(pool="q", max_wait_ms=10_000, priority=i), timeout=15)) for i in range(2)]
+    waiters = [
+        asyncio.ensure_future(
+            decision.AcquireSlot(pb.AcquireSlotRequest(pool="q", max_wait_ms=10_000, priority=i), timeout=15)
+        )
+        for i in range(2)
+    ]
     slots = service.core.pool("q").slots
     for _ in range(500):
         if slots.waiting == 2:
             break
         await asyncio.sleep(0.01)
-    await exhausted(decision.AcquireSlot(pb.AcquireSlotRequest(pool="q", max_wait_ms=1_000)),
-                    "max_queue_length (pools.q.max_queue_length = 2) reached", retry=True)
+    await exhausted(
+        decision.AcquireSlot(pb.AcquireSlotRequest(pool="q", max_wait_ms=1_000)),
+        "max_queue_length (pools.q.max_queue_length = 2) reached",
+        retry=True,
+    )
     # The queue is intact: a release grants the highest-priority waiter.
     await decision.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=held.lease_id, success=True))
     granted = await asyncio.wait_for(waiters[1], 10)
@@ -180,8 +207,9 @@ async def test_watch_streams_cap_names_its_key(start, channel_to) -> None:  # ty
     second = decision.WatchLoadStatus(pb.WatchLoadStatusRequest(interval_ms=100))
     await exhausted(second.read(), "max_watch_streams (limits.max_watch_streams = 1) reached", retry=True)
     # The open stream is untouched: it sends the next change.
-    await decision.ReportLoad(pb.ReportLoadRequest(reports=[common.LoadReport(pool="api", server_id="s1",
-                                                                              cpu_percent=7)]))
+    await decision.ReportLoad(
+        pb.ReportLoadRequest(reports=[common.LoadReport(pool="api", server_id="s1", cpu_percent=7)])
+    )
     update = await asyncio.wait_for(first.read(), 5)
     assert update.status.pools[0].servers[0].load.cpu_percent == 7
     first.cancel()
@@ -243,12 +271,15 @@ async def test_request_size_cap(start, channel_to) -> None:  # type: ignore[no-u
 async def test_concurrent_rpcs_cap(start, channel_to) -> None:  # type: ignore[no-untyped-def]
     """max_concurrent_rpcs counts every call in progress (here, queued AcquireSlot calls);
     past it gRPC answers RESOURCE_EXHAUSTED, and the calls in progress are unharmed."""
-    service = await start(three_server_pool("q", max_concurrency=1, max_wait_ms=10_000),
-                          limits=CoreLimits(max_concurrent_rpcs=3))
+    service = await start(
+        three_server_pool("q", max_concurrency=1, max_wait_ms=10_000), limits=CoreLimits(max_concurrent_rpcs=3)
+    )
     decision, _ = stubs(service, channel_to)
     held = (await decision.AcquireSlot(pb.AcquireSlotRequest(pool="q"))).lease
-    waiters = {asyncio.ensure_future(decision.AcquireSlot(pb.AcquireSlotRequest(pool="q", max_wait_ms=10_000),
-                                                          timeout=15)) for _ in range(3)}
+    waiters = {
+        asyncio.ensure_future(decision.AcquireSlot(pb.AcquireSlotRequest(pool="q", max_wait_ms=10_000), timeout=15))
+        for _ in range(3)
+    }
     slots = service.core.pool("q").slots
     for _ in range(500):
         if slots.waiting == 3:
@@ -271,19 +302,34 @@ async def test_concurrent_rpcs_cap(start, channel_to) -> None:  # type: ignore[n
 @pytest.mark.parametrize(
     ("method", "request_", "texts"),
     [
-        ("ReportOutcome", pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="d", latency_ms=1)] * 1_001),
-         ("outcomes", "1-1000 entries", "1001")),
-        ("ReportLoad", pb.ReportLoadRequest(reports=[common.LoadReport(pool="api", server_id="s1")] * 1_001),
-         ("reports", "1-1000 entries")),
-        ("ReportBatch", pb.ReportBatchRequest(reports=[pb.BatchReport(operation="o", batch_size=1)] * 1_001),
-         ("reports", "1-1000 entries")),
-        ("SelectServer", pb.SelectServerRequest(pool="api", exclude_server_ids=["s1"] * 65),
-         ("exclude_server_ids", "at most 64")),
+        (
+            "ReportOutcome",
+            pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="d", latency_ms=1)] * 1_001),
+            ("outcomes", "1-1000 entries", "1001"),
+        ),
+        (
+            "ReportLoad",
+            pb.ReportLoadRequest(reports=[common.LoadReport(pool="api", server_id="s1")] * 1_001),
+            ("reports", "1-1000 entries"),
+        ),
+        (
+            "ReportBatch",
+            pb.ReportBatchRequest(reports=[pb.BatchReport(operation="o", batch_size=1)] * 1_001),
+            ("reports", "1-1000 entries"),
+        ),
+        (
+            "SelectServer",
+            pb.SelectServerRequest(pool="api", exclude_server_ids=["s1"] * 65),
+            ("exclude_server_ids", "at most 64"),
+        ),
         ("SelectServer", pb.SelectServerRequest(pool="a" * 129), ("pool", "at most 128")),
         ("AcquireSlot", pb.AcquireSlotRequest(pool="api", client_key="k" * 100_000), ("client_key", "at most 128")),
         ("AcquireSlot", pb.AcquireSlotRequest(pool="api", request_id="\x00" * 10), ("request_id",)),
-        ("ReportOutcome", pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="d", status="x" * 65)]),
-         ("outcomes[0].status", "at most 64")),
+        (
+            "ReportOutcome",
+            pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="d", status="x" * 65)]),
+            ("outcomes[0].status", "at most 64"),
+        ),
     ],
 )
 async def test_oversize_fields_name_the_field_and_maximum(start, channel_to, method, request_, texts) -> None:  # type: ignore[no-untyped-def]
@@ -318,19 +364,30 @@ async def test_non_finite_parameters_are_invalid(start, channel_to, value: float
     _, adm = stubs(service, channel_to)
     params = struct_pb2.Struct()
     params.update({"nested": {"alpha": value}})
-    request = admin.ConfigurePoolRequest(pool=common.PoolConfig(name="q", strategy="q_learning",
-                                                               strategy_params=params))
+    request = admin.ConfigurePoolRequest(
+        pool=common.PoolConfig(name="q", strategy="q_learning", strategy_params=params)
+    )
     await invalid(adm.ConfigurePool(request), "pool.strategy_params")
     limit_params = struct_pb2.Struct()
     limit_params.update({"timeout_ms": value})
-    await invalid(adm.ConfigurePool(admin.ConfigurePoolRequest(
-        pool=common.PoolConfig(name="q", limit_algorithm="aimd", limit_params=limit_params))), "pool.limit_params")
+    await invalid(
+        adm.ConfigurePool(
+            admin.ConfigurePoolRequest(
+                pool=common.PoolConfig(name="q", limit_algorithm="aimd", limit_params=limit_params)
+            )
+        ),
+        "pool.limit_params",
+    )
 
 
 @pytest.mark.parametrize(
     "path",
-    ["/loadwarden.v1.DecisionService/SelectServer", "/loadwarden.v1.DecisionService/ReportOutcome",
-     "/loadwarden.v1.AdminService/ConfigurePool", "/loadwarden.v1.AdminService/DeleteOperation"],
+    [
+        "/loadwarden.v1.DecisionService/SelectServer",
+        "/loadwarden.v1.DecisionService/ReportOutcome",
+        "/loadwarden.v1.AdminService/ConfigurePool",
+        "/loadwarden.v1.AdminService/DeleteOperation",
+    ],
 )
 async def test_undecodable_request_is_invalid_argument(start, channel_to, path: str) -> None:  # type: ignore[no-untyped-def]
     """Bytes that are not the request message: INVALID_ARGUMENT naming its type (gRPC's own answer is UNKNOWN)."""

@@ -89,9 +89,16 @@ async def acquire_range(stub: pb_grpc.DecisionServiceStub, first: int, last: int
 
     async def worker() -> None:
         for i in queue:
-            answer = await stub.AcquireSlot(pb.AcquireSlotRequest(
-                pool="keys", request_id=key("request", i), client_key=key("client", i), select_server=True,
-                lease_ttl_ms=100), timeout=30)
+            answer = await stub.AcquireSlot(
+                pb.AcquireSlotRequest(
+                    pool="keys",
+                    request_id=key("request", i),
+                    client_key=key("client", i),
+                    select_server=True,
+                    lease_ttl_ms=100,
+                ),
+                timeout=30,
+            )
             assert answer.granted, answer
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -109,8 +116,12 @@ async def report_unknown_keys(stub: pb_grpc.DecisionServiceStub) -> None:
             cap_hit += 1
         ids = [key("decision", call * 1_000 + j) for j in range(1_000)]
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.ReportOutcome(pb.ReportOutcomeRequest(
-                outcomes=[pb.Outcome(decision_id=d, success=True, latency_ms=1.0) for d in ids]), timeout=30)
+            await stub.ReportOutcome(
+                pb.ReportOutcomeRequest(
+                    outcomes=[pb.Outcome(decision_id=d, success=True, latency_ms=1.0) for d in ids]
+                ),
+                timeout=30,
+            )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert cap_hit == REPORT_CALLS  # the first call filled max_operations; every call hit it
 
@@ -136,9 +147,11 @@ async def test_rss_stays_bounded_after_100k_distinct_client_keys(service: Servic
         elapsed = time.monotonic() - began
     finally:
         await channel.close()
-    print(f"\n{DISTINCT_KEYS} distinct keys in {elapsed:.1f} s: RSS {start_mb:.1f} MB at start, "
-          f"{warm_mb:.1f} MB with the caps full, {end_mb:.1f} MB at the end "
-          f"(+{end_mb - warm_mb:.1f} MB after the caps were full)")
+    print(
+        f"\n{DISTINCT_KEYS} distinct keys in {elapsed:.1f} s: RSS {start_mb:.1f} MB at start, "
+        f"{warm_mb:.1f} MB with the caps full, {end_mb:.1f} MB at the end "
+        f"(+{end_mb - warm_mb:.1f} MB after the caps were full)"
+    )
     assert service.proc.poll() is None
     assert end_mb - warm_mb < RSS_GROWTH_BOUND_MB, (start_mb, warm_mb, end_mb)
     assert end_mb - start_mb < RSS_TOTAL_BOUND_MB, (start_mb, warm_mb, end_mb)

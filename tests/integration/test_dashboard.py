@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import contextlib
 import functools
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +56,8 @@ async def admin(start: Callable[..., Awaitable[RunningService]], tmp_path: Path)
 
     history = History(str(tmp_path / "history.sqlite"), retention_s=3600)
     app = build_admin_app(
-        token=TOKEN, snapshot_json=snapshot,
+        token=TOKEN,
+        snapshot_json=snapshot,
         extra_routes=functools.partial(add_dashboard_routes, history=history),
     )
     http = await start_admin_http(app, "127.0.0.1:0")
@@ -153,8 +154,9 @@ async def test_bad_history_ranges_get_400_with_a_message(admin: Admin, query: st
 
 
 async def test_history_off_answers_404(start: Callable[..., Awaitable[RunningService]]) -> None:
-    app = build_admin_app(token=TOKEN, snapshot_json=dict,
-                          extra_routes=functools.partial(add_dashboard_routes, history=None))
+    app = build_admin_app(
+        token=TOKEN, snapshot_json=dict, extra_routes=functools.partial(add_dashboard_routes, history=None)
+    )
     http = await start_admin_http(app, "127.0.0.1:0")
     try:
         async with aiohttp.ClientSession() as session, session.get(http.url + "/api/history", headers=AUTH) as resp:
@@ -169,8 +171,9 @@ async def test_service_admin_port_serves_the_dashboard_and_history_survives_a_re
 ) -> None:
     from loadwarden.server import AdminSettings
 
-    settings = AdminSettings(listen="127.0.0.1:0", token=TOKEN, history_path=str(tmp_path / "h.sqlite"),
-                             history_interval_ms=100)
+    settings = AdminSettings(
+        listen="127.0.0.1:0", token=TOKEN, history_path=str(tmp_path / "h.sqlite"), history_interval_ms=100
+    )
 
     async def points(running: RunningService, session: aiohttp.ClientSession) -> list[float]:
         url = f"http://127.0.0.1:{running.admin_port}/api/history?since={time.time() - 3600:.0f}"

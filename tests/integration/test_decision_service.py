@@ -135,46 +135,256 @@ BAD_INPUTS = [
     (D, "SelectServer", pb.SelectServerRequest(pool="tab\there"), INVALID, "pool"),
     (D, "SelectServer", pb.SelectServerRequest(pool="nope"), NOT_FOUND, "pool"),
     (D, "SelectServer", pb.SelectServerRequest(pool="api", exclude_server_ids=[""]), INVALID, "exclude_server_ids[0]"),
-    (D, "SelectServer", pb.SelectServerRequest(pool="api", exclude_server_ids=["s"] * 65), INVALID, "exclude_server_ids"),
+    (
+        D,
+        "SelectServer",
+        pb.SelectServerRequest(pool="api", exclude_server_ids=["s"] * 65),
+        INVALID,
+        "exclude_server_ids",
+    ),
     (D, "ReportOutcome", pb.ReportOutcomeRequest(), INVALID, "outcomes"),
-    (D, "ReportOutcome", pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="zz-1")] * 1001), INVALID, "outcomes"),
-    (D, "ReportOutcome", pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="zz-1")]), NOT_FOUND, "outcomes[0].decision_id"),
-    (D, "ReportOutcome", pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="")]), INVALID, "outcomes[0].decision_id"),
-    (D, "ReportOutcome", pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="a", latency_ms=-1)]), INVALID, "outcomes[0].latency_ms"),
-    (D, "ReportOutcome", pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="a", latency_ms=NAN)]), INVALID, "outcomes[0].latency_ms"),
-    (D, "ReportOutcome", pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="a", latency_ms=math.inf)]), INVALID, "outcomes[0].latency_ms"),
-    (D, "ReportOutcome", pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="a", status="\x07")]), INVALID, "outcomes[0].status"),
+    (
+        D,
+        "ReportOutcome",
+        pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="zz-1")] * 1001),
+        INVALID,
+        "outcomes",
+    ),
+    (
+        D,
+        "ReportOutcome",
+        pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="zz-1")]),
+        NOT_FOUND,
+        "outcomes[0].decision_id",
+    ),
+    (
+        D,
+        "ReportOutcome",
+        pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="")]),
+        INVALID,
+        "outcomes[0].decision_id",
+    ),
+    (
+        D,
+        "ReportOutcome",
+        pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="a", latency_ms=-1)]),
+        INVALID,
+        "outcomes[0].latency_ms",
+    ),
+    (
+        D,
+        "ReportOutcome",
+        pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="a", latency_ms=NAN)]),
+        INVALID,
+        "outcomes[0].latency_ms",
+    ),
+    (
+        D,
+        "ReportOutcome",
+        pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="a", latency_ms=math.inf)]),
+        INVALID,
+        "outcomes[0].latency_ms",
+    ),
+    (
+        D,
+        "ReportOutcome",
+        pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id="a", status="\x07")]),
+        INVALID,
+        "outcomes[0].status",
+    ),
     (D, "ReportLoad", pb.ReportLoadRequest(), INVALID, "reports"),
-    (D, "ReportLoad", pb.ReportLoadRequest(reports=[load("api", "s1", cpu_percent=-1)]), INVALID, "reports[0].cpu_percent"),
-    (D, "ReportLoad", pb.ReportLoadRequest(reports=[load("api", "s1", cpu_percent=NAN)]), INVALID, "reports[0].cpu_percent"),
-    (D, "ReportLoad", pb.ReportLoadRequest(reports=[load("api", "s1", memory_percent=101)]), INVALID, "reports[0].memory_percent"),
-    (D, "ReportLoad", pb.ReportLoadRequest(reports=[load("api", "s1", mean_latency_ms=-0.5)]), INVALID, "reports[0].mean_latency_ms"),
-    (D, "ReportLoad", pb.ReportLoadRequest(reports=[load("api", "s1", error_rate=NAN)]), INVALID, "reports[0].error_rate"),
-    (D, "ReportLoad", pb.ReportLoadRequest(reports=[load("api", "s1", error_rate=1.5)]), INVALID, "reports[0].error_rate"),
-    (D, "ReportLoad", pb.ReportLoadRequest(reports=[common.LoadReport(pool="api", server_id="s1", active_requests=2_000_000)]), INVALID, "reports[0].active_requests"),
+    (
+        D,
+        "ReportLoad",
+        pb.ReportLoadRequest(reports=[load("api", "s1", cpu_percent=-1)]),
+        INVALID,
+        "reports[0].cpu_percent",
+    ),
+    (
+        D,
+        "ReportLoad",
+        pb.ReportLoadRequest(reports=[load("api", "s1", cpu_percent=NAN)]),
+        INVALID,
+        "reports[0].cpu_percent",
+    ),
+    (
+        D,
+        "ReportLoad",
+        pb.ReportLoadRequest(reports=[load("api", "s1", memory_percent=101)]),
+        INVALID,
+        "reports[0].memory_percent",
+    ),
+    (
+        D,
+        "ReportLoad",
+        pb.ReportLoadRequest(reports=[load("api", "s1", mean_latency_ms=-0.5)]),
+        INVALID,
+        "reports[0].mean_latency_ms",
+    ),
+    (
+        D,
+        "ReportLoad",
+        pb.ReportLoadRequest(reports=[load("api", "s1", error_rate=NAN)]),
+        INVALID,
+        "reports[0].error_rate",
+    ),
+    (
+        D,
+        "ReportLoad",
+        pb.ReportLoadRequest(reports=[load("api", "s1", error_rate=1.5)]),
+        INVALID,
+        "reports[0].error_rate",
+    ),
+    (
+        D,
+        "ReportLoad",
+        pb.ReportLoadRequest(reports=[common.LoadReport(pool="api", server_id="s1", active_requests=2_000_000)]),
+        INVALID,
+        "reports[0].active_requests",
+    ),
     (D, "ReportLoad", pb.ReportLoadRequest(reports=[load("", "s1")]), INVALID, "reports[0].pool"),
     (D, "ReportLoad", pb.ReportLoadRequest(reports=[load("api", LONG)]), INVALID, "reports[0].server_id"),
-    (D, "ReportLoad", pb.ReportLoadRequest(reports=[load("api", "s1"), load("nope", "s1")]), NOT_FOUND, "reports[1].pool"),
+    (
+        D,
+        "ReportLoad",
+        pb.ReportLoadRequest(reports=[load("api", "s1"), load("nope", "s1")]),
+        NOT_FOUND,
+        "reports[1].pool",
+    ),
     (D, "ReportLoad", pb.ReportLoadRequest(reports=[load("api", "s9")]), NOT_FOUND, "reports[0].server_id"),
     (D, "GetLoadStatus", pb.GetLoadStatusRequest(pool="nope"), NOT_FOUND, "pool"),
     (D, "GetLoadStatus", pb.GetLoadStatusRequest(pool="bad name"), INVALID, "pool"),
     (A, "ConfigurePool", admin.ConfigurePoolRequest(), INVALID, "pool.name"),
     (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name=LONG)), INVALID, "pool.name"),
-    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", strategy="fastest")), INVALID, "pool.strategy"),
-    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", load_report_ttl_ms=5)), INVALID, "pool.load_report_ttl_ms"),
-    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", rate_limit="lots")), INVALID, "pool.rate_limit"),
-    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", limit_algorithm="magic")), INVALID, "pool.limit_algorithm"),
-    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", servers=[common.ServerSpec(id="a", address="h 1")])), INVALID, "pool.servers[0].address"),
-    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", servers=[common.ServerSpec(id="a", address="h:1", weight=1001)])), INVALID, "pool.servers[0].weight"),
-    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", strategy="p2c", strategy_params=Struct(fields={"choice_count": Value(number_value=1)}))), INVALID, "pool.strategy_params.choice_count"),
-    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", strategy="p2c", strategy_params=Struct(fields={"choice_count": Value(number_value=2.5)}))), INVALID, "pool.strategy_params.choice_count"),
-    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", strategy="q_learning", strategy_params=Struct(fields={"gamma": Value(number_value=1.5)}))), INVALID, "pool.strategy_params.gamma"),
-    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", outlier_detection=common.OutlierDetection(max_ejection_percent=150))), INVALID, "pool.outlier_detection.max_ejection_percent"),
-    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", slow_start_ms=4_000_000)), INVALID, "pool.slow_start_ms"),
-    (A, "ConfigurePool", admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", strategy="q_learning", servers=[common.ServerSpec(id=f"s{i}", address="h:1") for i in range(11)])), INVALID, "pool.strategy"),
-    (A, "RegisterServer", admin.RegisterServerRequest(pool="api", server=common.ServerSpec(id="", address="h:1")), INVALID, "server.id"),
-    (A, "RegisterServer", admin.RegisterServerRequest(pool="api", server=common.ServerSpec(id="x", address="")), INVALID, "server.address"),
-    (A, "RegisterServer", admin.RegisterServerRequest(pool="nope", server=common.ServerSpec(id="x", address="h:1")), NOT_FOUND, "pool"),
+    (
+        A,
+        "ConfigurePool",
+        admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", strategy="fastest")),
+        INVALID,
+        "pool.strategy",
+    ),
+    (
+        A,
+        "ConfigurePool",
+        admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", load_report_ttl_ms=5)),
+        INVALID,
+        "pool.load_report_ttl_ms",
+    ),
+    (
+        A,
+        "ConfigurePool",
+        admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", rate_limit="lots")),
+        INVALID,
+        "pool.rate_limit",
+    ),
+    (
+        A,
+        "ConfigurePool",
+        admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", limit_algorithm="magic")),
+        INVALID,
+        "pool.limit_algorithm",
+    ),
+    (
+        A,
+        "ConfigurePool",
+        admin.ConfigurePoolRequest(
+            pool=common.PoolConfig(name="p", servers=[common.ServerSpec(id="a", address="h 1")])
+        ),
+        INVALID,
+        "pool.servers[0].address",
+    ),
+    (
+        A,
+        "ConfigurePool",
+        admin.ConfigurePoolRequest(
+            pool=common.PoolConfig(name="p", servers=[common.ServerSpec(id="a", address="h:1", weight=1001)])
+        ),
+        INVALID,
+        "pool.servers[0].weight",
+    ),
+    (
+        A,
+        "ConfigurePool",
+        admin.ConfigurePoolRequest(
+            pool=common.PoolConfig(
+                name="p", strategy="p2c", strategy_params=Struct(fields={"choice_count": Value(number_value=1)})
+            )
+        ),
+        INVALID,
+        "pool.strategy_params.choice_count",
+    ),
+    (
+        A,
+        "ConfigurePool",
+        admin.ConfigurePoolRequest(
+            pool=common.PoolConfig(
+                name="p", strategy="p2c", strategy_params=Struct(fields={"choice_count": Value(number_value=2.5)})
+            )
+        ),
+        INVALID,
+        "pool.strategy_params.choice_count",
+    ),
+    (
+        A,
+        "ConfigurePool",
+        admin.ConfigurePoolRequest(
+            pool=common.PoolConfig(
+                name="p", strategy="q_learning", strategy_params=Struct(fields={"gamma": Value(number_value=1.5)})
+            )
+        ),
+        INVALID,
+        "pool.strategy_params.gamma",
+    ),
+    (
+        A,
+        "ConfigurePool",
+        admin.ConfigurePoolRequest(
+            pool=common.PoolConfig(name="p", outlier_detection=common.OutlierDetection(max_ejection_percent=150))
+        ),
+        INVALID,
+        "pool.outlier_detection.max_ejection_percent",
+    ),
+    (
+        A,
+        "ConfigurePool",
+        admin.ConfigurePoolRequest(pool=common.PoolConfig(name="p", slow_start_ms=4_000_000)),
+        INVALID,
+        "pool.slow_start_ms",
+    ),
+    (
+        A,
+        "ConfigurePool",
+        admin.ConfigurePoolRequest(
+            pool=common.PoolConfig(
+                name="p",
+                strategy="q_learning",
+                servers=[common.ServerSpec(id=f"s{i}", address="h:1") for i in range(11)],
+            )
+        ),
+        INVALID,
+        "pool.strategy",
+    ),
+    (
+        A,
+        "RegisterServer",
+        admin.RegisterServerRequest(pool="api", server=common.ServerSpec(id="", address="h:1")),
+        INVALID,
+        "server.id",
+    ),
+    (
+        A,
+        "RegisterServer",
+        admin.RegisterServerRequest(pool="api", server=common.ServerSpec(id="x", address="")),
+        INVALID,
+        "server.address",
+    ),
+    (
+        A,
+        "RegisterServer",
+        admin.RegisterServerRequest(pool="nope", server=common.ServerSpec(id="x", address="h:1")),
+        NOT_FOUND,
+        "pool",
+    ),
     (A, "DeregisterServer", admin.DeregisterServerRequest(pool="api", server_id="s9"), NOT_FOUND, "server_id"),
     (A, "DeregisterServer", admin.DeregisterServerRequest(pool="api", server_id="\u2028"), INVALID, "server_id"),
     (A, "DrainServer", admin.DrainServerRequest(pool="api", server_id="s9", drain=True), NOT_FOUND, "server_id"),
@@ -254,10 +464,14 @@ async def test_configure_pool_with_strategy_params_and_outlier_detection(stubs) 
     chosen = await decision.SelectServer(pb.SelectServerRequest(pool="learned"))
     assert chosen.strategy == "q_learning"
     for _ in range(2):  # two failures in a row eject the server
-        again = await decision.SelectServer(pb.SelectServerRequest(pool="learned", exclude_server_ids=[
-            s for s in ("s0", "s1", "s2") if s != chosen.server_id]))
-        await decision.ReportOutcome(pb.ReportOutcomeRequest(outcomes=[
-            pb.Outcome(decision_id=again.decision_id, success=False, latency_ms=5)]))
+        again = await decision.SelectServer(
+            pb.SelectServerRequest(
+                pool="learned", exclude_server_ids=[s for s in ("s0", "s1", "s2") if s != chosen.server_id]
+            )
+        )
+        await decision.ReportOutcome(
+            pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id=again.decision_id, success=False, latency_ms=5)])
+        )
     servers = await status(decision, "learned")
     assert servers[chosen.server_id].state == common.SERVER_STATE_EJECTED
     assert servers[chosen.server_id].ejections_total == 1

@@ -21,17 +21,17 @@ if not settings.configured:  # once per process; tests set the rest with overrid
     settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, DATABASES={}, MIDDLEWARE=[])
     django.setup()
 
-from django.core.exceptions import ImproperlyConfigured  # noqa: E402
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse  # noqa: E402
-from django.test import Client as DjangoClient  # noqa: E402
-from django.test import override_settings  # noqa: E402
-from django.urls import path  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.test import Client as DjangoClient
+from django.test import override_settings
+from django.urls import path
 
-from loadwarden.sdk import AsyncClient  # noqa: E402
-from loadwarden.server import AuthSettings  # noqa: E402
-from loadwarden.sdk.integrations.django import AdmissionMiddleware  # noqa: E402
+from loadwarden.sdk import AsyncClient
+from loadwarden.sdk.integrations.django import AdmissionMiddleware
+from loadwarden.server import AuthSettings
 
-from ..conftest import three_server_pool  # noqa: E402
+from ..conftest import three_server_pool
 
 WAIT_S = 3.0  # bound of every wait on a condition, seconds
 MIDDLEWARE = ["loadwarden.sdk.integrations.django.AdmissionMiddleware"]
@@ -162,9 +162,14 @@ async def test_a_view_exception_releases_the_slot(service) -> None:
         await wait_no_leases(service.target)
 
 
-@pytest.mark.parametrize(("fallback", "served", "denied"), [
-    ("local_limit", 2, 2), ("fail_open", 4, 0), ("fail_closed", 0, 4),
-])
+@pytest.mark.parametrize(
+    ("fallback", "served", "denied"),
+    [
+        ("local_limit", 2, 2),
+        ("fail_open", 4, 0),
+        ("fail_closed", 0, 4),
+    ],
+)
 async def test_a_dead_control_plane_answers_by_the_fallback(start, fallback: str, served: int, denied: int) -> None:
     running = await start(three_server_pool("web", max_concurrency=3))
     await running.stop(0)
@@ -183,14 +188,17 @@ async def test_load_manager_enabled_false_passes_everything_through(start) -> No
     assert [r.status_code for r in answers] == [200, 200, 200]
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("LOAD_MANAGER_MAX_CONNECTIONS", -1),
-    ("LOAD_MANAGER_TIMEOUT", -0.5),
-    ("LOADWARDEN_FALLBACK", "sometimes"),
-    ("LOADWARDEN_PRIORITY", 11),
-    ("LOADWARDEN_POOL", ""),
-    ("LOADWARDEN_CHOOSE", "no.such.module.choose"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LOAD_MANAGER_MAX_CONNECTIONS", -1),
+        ("LOAD_MANAGER_TIMEOUT", -0.5),
+        ("LOADWARDEN_FALLBACK", "sometimes"),
+        ("LOADWARDEN_PRIORITY", 11),
+        ("LOADWARDEN_POOL", ""),
+        ("LOADWARDEN_CHOOSE", "no.such.module.choose"),
+    ],
+)
 def test_bad_settings_fail_at_start_up_naming_the_setting(name: str, value: object) -> None:
     with seed_settings("127.0.0.1:1", **{name: value}), pytest.raises(ImproperlyConfigured, match=name):
         AdmissionMiddleware(lambda request: HttpResponse())
@@ -200,7 +208,9 @@ async def test_the_release_reports_latency_and_success_by_status(service) -> Non
     released: list[tuple[bool, float]] = []
     core_release = service.core.release_slot
 
-    def recording(lease_id: str, success: bool, latency_ms: float, owner: str = "") -> bool:  # spy: the real release runs
+    def recording(
+        lease_id: str, success: bool, latency_ms: float, owner: str = ""
+    ) -> bool:  # spy: the real release runs
         released.append((success, latency_ms))
         return core_release(lease_id, success, latency_ms, owner)
 

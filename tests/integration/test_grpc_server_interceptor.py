@@ -7,8 +7,8 @@ a handler sleeps for the seconds its request names (bytes, no serializer).
 
 from __future__ import annotations
 
-import functools
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -96,14 +96,17 @@ def async_handlers(work: Work, gate: asyncio.Event) -> grpc.GenericRpcHandler:
     async def bad(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "your fault")
 
-    return grpc.method_handlers_generic_handler(SERVICE, {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
-        "Free": grpc.unary_unary_rpc_method_handler(unary),
-        "Stream": grpc.unary_stream_rpc_method_handler(stream),
-        "Hold": grpc.unary_unary_rpc_method_handler(hold),
-        "Fail": grpc.unary_unary_rpc_method_handler(fail),
-        "Bad": grpc.unary_unary_rpc_method_handler(bad),
-    })
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Free": grpc.unary_unary_rpc_method_handler(unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "Hold": grpc.unary_unary_rpc_method_handler(hold),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+            "Bad": grpc.unary_unary_rpc_method_handler(bad),
+        },
+    )
 
 
 class Backend:
@@ -114,8 +117,9 @@ class Backend:
     async def call(self, method: str, request: bytes = b"0", **kw: Any) -> tuple[grpc.StatusCode, Any]:
         """(status code, response or trailing metadata dict)."""
         try:
-            return grpc.StatusCode.OK, await self.channel.unary_unary(f"/{SERVICE}/{method}")(request, timeout=WAIT_S,
-                                                                                                **kw)
+            return grpc.StatusCode.OK, await self.channel.unary_unary(f"/{SERVICE}/{method}")(
+                request, timeout=WAIT_S, **kw
+            )
         except grpc.aio.AioRpcError as err:
             return err.code(), dict(err.trailing_metadata() or ())
 
@@ -130,9 +134,16 @@ async def backend() -> AsyncIterator[BuildBackend]:
     closers: list[Callable[[], Awaitable[None]]] = []
     gates: list[asyncio.Event] = []
 
-    async def build(target: str, *, wait_s: float = 0.0, reporter_server: str | None = None,
-                    client_options: dict[str, Any] | None = None, gate: asyncio.Event | None = None,
-                    pool: Callable[[str], str | None] = ml_methods, **kw: Any) -> Backend:
+    async def build(
+        target: str,
+        *,
+        wait_s: float = 0.0,
+        reporter_server: str | None = None,
+        client_options: dict[str, Any] | None = None,
+        gate: asyncio.Event | None = None,
+        pool: Callable[[str], str | None] = ml_methods,
+        **kw: Any,
+    ) -> Backend:
         client = AsyncClient(target, **(client_options or {}))
         closers.append(client.close)
         reporter = None
@@ -141,8 +152,9 @@ async def backend() -> AsyncIterator[BuildBackend]:
             closers.insert(0, reporter.stop_async)
         work, gate = Work(), gate or asyncio.Event()
         gates.append(gate)
-        server = grpc.aio.server(interceptors=[
-            AsyncAdmissionInterceptor(client, pool, wait_s=wait_s, reporter=reporter, **kw)])
+        server = grpc.aio.server(
+            interceptors=[AsyncAdmissionInterceptor(client, pool, wait_s=wait_s, reporter=reporter, **kw)]
+        )
         server.add_generic_rpc_handlers((async_handlers(work, gate),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -159,7 +171,6 @@ async def backend() -> AsyncIterator[BuildBackend]:
         await server.stop(0)
     for close in closers:
         await close()
-
 
 
 async def leases_in_use(service: RunningService) -> int:
@@ -281,8 +292,9 @@ async def test_success_counts_server_faults_only(start: StartService, backend: B
     # grpc.aio sends an abort's status before the handler's exception unwinds: poll.
     code, _ = await b.call("Bad")
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    report = await poll(lambda: asyncio.sleep(0, reporter.current_report()),
-                        lambda r: r.active_requests == 0, "Bad tracked")
+    report = await poll(
+        lambda: asyncio.sleep(0, reporter.current_report()), lambda r: r.active_requests == 0, "Bad tracked"
+    )
     assert report.error_rate == 0.0 and report.mean_latency_ms > 0
 
     code, _ = await b.call("Fail")
@@ -317,12 +329,15 @@ async def test_an_unknown_pool_is_served_unadmitted(start: StartService, backend
     assert (await b.call("Unary"))[0] == grpc.StatusCode.OK
 
 
-@pytest.mark.parametrize(("kwargs", "named"), [
-    ({"pool": "ml"}, "pool"),
-    ({"wait_s": -1}, "wait_s"),
-    ({"priority": 3}, "priority"),
-    ({"reporter": object()}, "reporter"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"pool": "ml"}, "pool"),
+        ({"wait_s": -1}, "wait_s"),
+        ({"priority": 3}, "priority"),
+        ({"reporter": object()}, "reporter"),
+    ],
+)
 async def test_bad_configuration_names_the_parameter(kwargs: dict[str, Any], named: str) -> None:
     args = {"pool": ml_methods, **kwargs}
     async with AsyncClient("127.0.0.1:1") as client:
@@ -360,11 +375,14 @@ def sync_handlers(work: Work, gate: threading.Event) -> grpc.GenericRpcHandler:
     def fail(request: bytes, context: grpc.ServicerContext) -> bytes:
         context.abort(grpc.StatusCode.INTERNAL, "boom")
 
-    return grpc.method_handlers_generic_handler(SERVICE, {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
-        "Stream": grpc.unary_stream_rpc_method_handler(stream),
-        "Fail": grpc.unary_unary_rpc_method_handler(fail),
-    })
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        },
+    )
 
 
 @pytest.fixture
@@ -373,8 +391,10 @@ async def sync_backend(start: StartService) -> AsyncIterator[tuple[RunningServic
     client = Client(service.target)
     reporter = BackendReporter(client, "ml", "b1", interval_s=60, sampler=lambda: (10.0, 20.0))
     work, gate = Work(), threading.Event()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
-                         interceptors=[AdmissionInterceptor(client, ml_methods, reporter=reporter)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16),
+        interceptors=[AdmissionInterceptor(client, ml_methods, reporter=reporter)],
+    )
     server.add_generic_rpc_handlers((sync_handlers(work, gate),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -416,16 +436,18 @@ async def test_sync_server_stream_holds_its_slot_and_faults_count(sync_backend: 
     await assert_all_released(service)
 
 
-@pytest.mark.parametrize(("fallback", "expected"), [
-    ("local_limit", grpc.StatusCode.OK), ("fail_closed", grpc.StatusCode.RESOURCE_EXHAUSTED)])
+@pytest.mark.parametrize(
+    ("fallback", "expected"), [("local_limit", grpc.StatusCode.OK), ("fail_closed", grpc.StatusCode.RESOURCE_EXHAUSTED)]
+)
 async def test_sync_server_with_the_control_plane_down(
     start: StartService, fallback: str, expected: grpc.StatusCode
 ) -> None:
     service = await start(ml_pool(2))
     await service.stop(0)
     client = Client(service.target, slot_fallback=fallback, **DOWN_CLIENT)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
-                         interceptors=[AdmissionInterceptor(client, ml_methods)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=[AdmissionInterceptor(client, ml_methods)]
+    )
     server.add_generic_rpc_handlers((sync_handlers(Work(), threading.Event()),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

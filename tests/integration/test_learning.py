@@ -40,9 +40,11 @@ def run(strategy: str) -> Summary:
 
 def describe(strategy: str, summary: Summary) -> str:
     shares = ", ".join(f"{sid} {share:.3f}" for sid, share in summary.share.items())
-    return (f"{strategy} (seed {SEED}, load {LOAD}, {REQUESTS} requests, warm-up {WARMUP}): mean "
-            f"{summary.mean_ms:.1f} ms, p99 {summary.p99_ms:.1f} ms, explored {summary.explored_rate:.3f}; "
-            f"shares {shares}")
+    return (
+        f"{strategy} (seed {SEED}, load {LOAD}, {REQUESTS} requests, warm-up {WARMUP}): mean "
+        f"{summary.mean_ms:.1f} ms, p99 {summary.p99_ms:.1f} ms, explored {summary.explored_rate:.3f}; "
+        f"shares {shares}"
+    )
 
 
 @pytest.fixture

@@ -70,15 +70,25 @@ async def service(start, clock: ManualClock) -> RunningService:  # type: ignore[
         PoolSpec(PoolSettings(name="slots", max_concurrency=1, max_wait_ms=10_000), servers("w1")),
         PoolSpec(PoolSettings(name="rated", rate_limit=RateLimit(count=1, per_s=60.0, burst=1)), servers("r1")),
         clock=clock,
-        operations=(OperationSettings(name="import", min_batch_size=1, max_batch_size=100, default_batch_size=10,
-                                      load_source="pool", pool="api"),),
+        operations=(
+            OperationSettings(
+                name="import",
+                min_batch_size=1,
+                max_batch_size=100,
+                default_batch_size=10,
+                load_source="pool",
+                pool="api",
+            ),
+        ),
         monitor=MonitorSettings(enabled=False),
         admin=AdminSettings(listen="127.0.0.1:0", token=TOKEN),
     )
 
 
-async def test_a_scripted_workload_shows_up_exactly_in_metrics(  # noqa: PLR0915 - one story, told in order
-    service: RunningService, channel_to, clock: ManualClock  # type: ignore[no-untyped-def]
+async def test_a_scripted_workload_shows_up_exactly_in_metrics(
+    service: RunningService,
+    channel_to,
+    clock: ManualClock,  # type: ignore[no-untyped-def]
 ) -> None:
     stub = pb_grpc.DecisionServiceStub(channel_to(service))
 
@@ -95,10 +105,14 @@ async def test_a_scripted_workload_shows_up_exactly_in_metrics(  # noqa: PLR0915
         await stub.SelectServer(pb.SelectServerRequest(pool="nope"))
 
     # Load: s2 and s3 report; s1 never does, so it has no cpu/memory series.
-    await stub.ReportLoad(pb.ReportLoadRequest(reports=[
-        common.LoadReport(pool="api", server_id="s2", cpu_percent=10.0, memory_percent=20.0),
-        common.LoadReport(pool="api", server_id="s3", cpu_percent=30.0, memory_percent=40.0),
-    ]))
+    await stub.ReportLoad(
+        pb.ReportLoadRequest(
+            reports=[
+                common.LoadReport(pool="api", server_id="s2", cpu_percent=10.0, memory_percent=20.0),
+                common.LoadReport(pool="api", server_id="s3", cpu_percent=30.0, memory_percent=40.0),
+            ]
+        )
+    )
 
     # Batch sizing: load 20 is below the low threshold, so the size moves once, from 10 to the max 100.
     assert (await stub.GetBatchSize(pb.GetBatchSizeRequest(operation="import"))).batch_size == 100
@@ -187,8 +201,12 @@ async def test_a_scripted_workload_shows_up_exactly_in_metrics(  # noqa: PLR0915
 
 async def test_two_services_in_one_process_keep_their_own_numbers(start, channel_to) -> None:  # type: ignore[no-untyped-def]
     admin = AdminSettings(listen="127.0.0.1:0", token=TOKEN)
-    one = await start(PoolSpec(PoolSettings(name="api"), servers("a")), admin=admin, monitor=MonitorSettings(enabled=False))
-    two = await start(PoolSpec(PoolSettings(name="api"), servers("b")), admin=admin, monitor=MonitorSettings(enabled=False))
+    one = await start(
+        PoolSpec(PoolSettings(name="api"), servers("a")), admin=admin, monitor=MonitorSettings(enabled=False)
+    )
+    two = await start(
+        PoolSpec(PoolSettings(name="api"), servers("b")), admin=admin, monitor=MonitorSettings(enabled=False)
+    )
     assert one.admin_port != two.admin_port
     for _ in range(3):
         await pb_grpc.DecisionServiceStub(channel_to(one)).SelectServer(pb.SelectServerRequest(pool="api"))

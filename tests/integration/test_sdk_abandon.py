@@ -14,8 +14,7 @@ import time
 import pytest
 
 from loadwarden.sdk import AsyncClient, Client, SlotDenied
-from loadwarden.server import RunningService
-from loadwarden.server import _servicer
+from loadwarden.server import RunningService, _servicer
 
 from ..conftest import three_server_pool
 

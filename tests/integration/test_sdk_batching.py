@@ -129,12 +129,15 @@ async def test_the_first_answer_is_the_configured_default(service: RunningServic
 
 
 async def test_latency_target_grows_under_target_and_backs_off_on_a_breach(
-    service: RunningService, connect  # type: ignore[no-untyped-def]
+    service: RunningService,
+    connect,  # type: ignore[no-untyped-def]
 ) -> None:
     client = connect(service.target)
     first = await client.batch_size("ingest")
 
-    applied = await client.report_batch("ingest", batch_size=first.size, duration_ms=40.0, decision_id=first.decision_id)
+    applied = await client.report_batch(
+        "ingest", batch_size=first.size, duration_ms=40.0, decision_id=first.decision_id
+    )
     assert applied == 1
     grown = await client.batch_size("ingest")
     assert grown.size == first.size + 1

@@ -137,8 +137,7 @@ async def test_a_lease_whose_service_died_is_lost_once_its_ttl_passes_unrenewed(
 async def test_a_release_that_got_no_answer_lands_in_the_background(start: StartService, proxy_to) -> None:
     running = await start(ml_pool())
     proxy = await proxy_to(running.port)
-    client = AsyncClient(f"127.0.0.1:{proxy.port}", timeout_s=0.2,
-                         retry=RetryConfig(max_attempts=1), breaker=None)
+    client = AsyncClient(f"127.0.0.1:{proxy.port}", timeout_s=0.2, retry=RetryConfig(max_attempts=1), breaker=None)
     observer = AsyncClient(running.target)
     try:
         async with client.slot("ml", lease_ttl_s=30.0):
@@ -157,8 +156,7 @@ async def test_a_release_that_got_no_answer_lands_in_the_background(start: Start
 async def test_close_drains_a_pending_release_before_closing_the_channel(start: StartService, proxy_to) -> None:
     running = await start(ml_pool())
     proxy = await proxy_to(running.port)
-    client = AsyncClient(f"127.0.0.1:{proxy.port}", timeout_s=0.2, retry=None, breaker=None,
-                         close_timeout_s=3.0)
+    client = AsyncClient(f"127.0.0.1:{proxy.port}", timeout_s=0.2, retry=None, breaker=None, close_timeout_s=3.0)
     async with AsyncClient(running.target) as observer:
         async with client.slot("ml", lease_ttl_s=30.0):
             proxy.stall()
@@ -174,8 +172,12 @@ async def test_calls_reach_a_restarted_service_within_two_seconds_whatever_the_o
 ) -> None:
     config = clock_free_service_config
     running = await start_service(config)
-    client = AsyncClient(config.listen, timeout_s=0.2, retry=None,
-                         breaker=BreakerConfig(consecutive_failures=2, open_wait_s=60.0, max_open_wait_s=60.0))
+    client = AsyncClient(
+        config.listen,
+        timeout_s=0.2,
+        retry=None,
+        breaker=BreakerConfig(consecutive_failures=2, open_wait_s=60.0, max_open_wait_s=60.0),
+    )
     try:
         await client.acquire_slot("ml")
         await running.stop(0)

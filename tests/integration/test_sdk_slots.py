@@ -250,9 +250,7 @@ async def test_the_same_request_id_gets_the_same_lease(
         await slots.release(lease.lease_id)
 
 
-async def test_release_twice_answers_true_then_false(
-    service: RunningService, connect: Callable[[str], Slots]
-) -> None:
+async def test_release_twice_answers_true_then_false(service: RunningService, connect: Callable[[str], Slots]) -> None:
     slots = connect(service.target)
     lease = await slots.acquire("api")
     assert await slots.release(lease.lease_id, success=True, latency_ms=12.5) is True

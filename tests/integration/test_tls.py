@@ -3,8 +3,8 @@ the admin port, the plaintext warning off loopback, and unusable files stopping 
 
 from __future__ import annotations
 
-import functools
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -17,8 +17,16 @@ import grpc
 import pytest
 
 from loadwarden.sdk import AsyncClient, BackendReporter, Client, TlsConfig, UnavailableError
-from loadwarden.server import AdminSettings, AuthSettings, ConfigError, MonitorSettings, RunningService
-from loadwarden.server import ServiceConfig, TlsSettings, start_service
+from loadwarden.server import (
+    AdminSettings,
+    AuthSettings,
+    ConfigError,
+    MonitorSettings,
+    RunningService,
+    ServiceConfig,
+    TlsSettings,
+    start_service,
+)
 from loadwarden.v1 import decision_pb2 as pb
 from loadwarden.v1 import decision_pb2_grpc as pb_grpc
 
@@ -41,20 +49,32 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 def tls_settings(certs: Certs, *, mutual: bool = False) -> TlsSettings:
     if not mutual:
         return TlsSettings(cert_file=str(certs.server_cert), key_file=str(certs.server_key))
-    return TlsSettings(cert_file=str(certs.server_cert), key_file=str(certs.server_key),
-                       client_ca_file=str(certs.ca), require_client_cert=True)
+    return TlsSettings(
+        cert_file=str(certs.server_cert),
+        key_file=str(certs.server_key),
+        client_ca_file=str(certs.ca),
+        require_client_cert=True,
+    )
 
 
 @pytest.fixture
 async def tls_service(start: StartService, certs: Certs) -> RunningService:
-    return await start(three_server_pool("api"), tls=tls_settings(certs), monitor=MonitorSettings(enabled=False),
-                       admin=AdminSettings(listen="127.0.0.1:0", token=ADMIN_TOKEN))
+    return await start(
+        three_server_pool("api"),
+        tls=tls_settings(certs),
+        monitor=MonitorSettings(enabled=False),
+        admin=AdminSettings(listen="127.0.0.1:0", token=ADMIN_TOKEN),
+    )
 
 
 @pytest.fixture
 async def mtls_service(start: StartService, certs: Certs) -> RunningService:
-    return await start(three_server_pool("api"), tls=tls_settings(certs, mutual=True),
-                       auth=AuthSettings(client_token=CLIENT_TOKEN), monitor=MonitorSettings(enabled=False))
+    return await start(
+        three_server_pool("api"),
+        tls=tls_settings(certs, mutual=True),
+        auth=AuthSettings(client_token=CLIENT_TOKEN),
+        monitor=MonitorSettings(enabled=False),
+    )
 
 
 def client_tls(certs: Certs) -> TlsConfig:
@@ -67,7 +87,8 @@ async def select_code(target: str, credentials: grpc.ChannelCredentials | None, 
     async with channel:
         try:
             await pb_grpc.DecisionServiceStub(channel).SelectServer(
-                pb.SelectServerRequest(pool="api"), timeout=WAIT_S, metadata=tuple(metadata.items()) or None)
+                pb.SelectServerRequest(pool="api"), timeout=WAIT_S, metadata=tuple(metadata.items()) or None
+            )
         except grpc.aio.AioRpcError as err:
             return err.code()
     return grpc.StatusCode.OK
@@ -103,10 +124,14 @@ async def test_plaintext_and_untrusting_clients_get_no_answer_from_a_tls_port(
 
 async def test_server_name_override(start: StartService, certs: Certs) -> None:
     # A certificate for loadwarden.test only, served on 127.0.0.1: the name must be given.
-    running = await start(three_server_pool("api"), monitor=MonitorSettings(enabled=False),
-                          tls=TlsSettings(cert_file=str(certs.named_cert), key_file=str(certs.named_key)))
-    async with AsyncClient(running.target, tls=TlsConfig(ca=certs.ca, server_name="loadwarden.test"),
-                           **STRICT) as named:
+    running = await start(
+        three_server_pool("api"),
+        monitor=MonitorSettings(enabled=False),
+        tls=TlsSettings(cert_file=str(certs.named_cert), key_file=str(certs.named_key)),
+    )
+    async with AsyncClient(
+        running.target, tls=TlsConfig(ca=certs.ca, server_name="loadwarden.test"), **STRICT
+    ) as named:
         assert not (await named.select("api")).fallback
     async with AsyncClient(running.target, tls=TlsConfig(ca=certs.ca), **STRICT) as unnamed:
         with pytest.raises(UnavailableError):
@@ -147,8 +172,9 @@ async def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
     ca = certs.ca_pem
     token = {"authorization": f"Bearer {CLIENT_TOKEN}"}
     no_cert = grpc.ssl_channel_credentials(ca)
-    rogue_cert = grpc.ssl_channel_credentials(ca, certs.rogue_client_key.read_bytes(),
-                                              certs.rogue_client_cert.read_bytes())
+    rogue_cert = grpc.ssl_channel_credentials(
+        ca, certs.rogue_client_key.read_bytes(), certs.rogue_client_cert.read_bytes()
+    )
     good = grpc.ssl_channel_credentials(ca, certs.client_key.read_bytes(), certs.client_cert.read_bytes())
     assert await select_code(mtls_service.target, no_cert, **token) is grpc.StatusCode.UNAVAILABLE
     assert await select_code(mtls_service.target, rogue_cert, **token) is grpc.StatusCode.UNAVAILABLE
@@ -160,10 +186,10 @@ async def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
             await anon.select("api")
 
 
-
 @pytest.fixture(params=["sync", "async"])
-async def reporter_client(request: pytest.FixtureRequest, mtls_service: RunningService,
-                          certs: Certs) -> AsyncIterator[Client | AsyncClient]:
+async def reporter_client(
+    request: pytest.FixtureRequest, mtls_service: RunningService, certs: Certs
+) -> AsyncIterator[Client | AsyncClient]:
     if request.param == "sync":
         client: Client | AsyncClient = Client(mtls_service.target, tls=client_tls(certs), token=CLIENT_TOKEN)
         yield client
@@ -174,12 +200,14 @@ async def reporter_client(request: pytest.FixtureRequest, mtls_service: RunningS
         await client.close()
 
 
-async def test_backend_reporter_over_mutual_tls(mtls_service: RunningService, certs: Certs,
-                                                reporter_client: Client | AsyncClient) -> None:
+async def test_backend_reporter_over_mutual_tls(
+    mtls_service: RunningService, certs: Certs, reporter_client: Client | AsyncClient
+) -> None:
     reporter = BackendReporter(reporter_client, "api", "s2", interval_s=0.1, sampler=lambda: (41.5, 23.0))
     reporter.start()
     try:
         async with AsyncClient(mtls_service.target, tls=client_tls(certs), token=CLIENT_TOKEN) as checker:
+
             async def s2() -> Any:
                 [server] = [s for s in (await checker.load_status("api")).pools[0].servers if s.id == "s2"]
                 return server
@@ -203,8 +231,10 @@ async def test_plaintext_off_loopback_logs_one_warning_per_port(caplog: pytest.L
     base = {"monitor": MonitorSettings(enabled=False)}
     admin = AdminSettings(listen="0.0.0.0:0", token=ADMIN_TOKEN)
     for config, expected in (
-        (ServiceConfig(listen="0.0.0.0:0", admin=admin, **base),
-         ["gRPC listens on 0.0.0.0:0", "admin HTTP listens on 0.0.0.0:0"]),
+        (
+            ServiceConfig(listen="0.0.0.0:0", admin=admin, **base),
+            ["gRPC listens on 0.0.0.0:0", "admin HTTP listens on 0.0.0.0:0"],
+        ),
         (ServiceConfig(listen="0.0.0.0:0", admin=admin, tls=tls_settings(certs), **base), []),
         (ServiceConfig(listen="127.0.0.1:0", admin=AdminSettings(listen="127.0.0.1:0", token=ADMIN_TOKEN), **base), []),
     ):
@@ -233,11 +263,22 @@ async def test_an_unusable_tls_file_stops_the_start_before_anything_listens(tmp_
     for tls, key in (
         (TlsSettings(cert_file=missing, key_file=str(certs.server_key)), "tls.cert_file"),
         (TlsSettings(cert_file=str(certs.server_cert), key_file=str(certs.client_key)), "tls.key_file"),
-        (TlsSettings(cert_file=str(certs.server_cert), key_file=str(certs.server_key), client_ca_file=missing,
-                     require_client_cert=True), "tls.client_ca_file"),
+        (
+            TlsSettings(
+                cert_file=str(certs.server_cert),
+                key_file=str(certs.server_key),
+                client_ca_file=missing,
+                require_client_cert=True,
+            ),
+            "tls.client_ca_file",
+        ),
     ):
-        config = ServiceConfig(listen=f"127.0.0.1:{port}", tls=tls, monitor=MonitorSettings(enabled=False),
-                               admin=AdminSettings(listen="127.0.0.1:0", token=ADMIN_TOKEN))
+        config = ServiceConfig(
+            listen=f"127.0.0.1:{port}",
+            tls=tls,
+            monitor=MonitorSettings(enabled=False),
+            admin=AdminSettings(listen="127.0.0.1:0", token=ADMIN_TOKEN),
+        )
         with pytest.raises(ConfigError) as error:
             await start_service(config)
         assert error.value.key == key

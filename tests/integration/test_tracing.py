@@ -23,7 +23,6 @@ from ..conftest import StartService, three_server_pool
 SELECT = "loadwarden.v1.DecisionService/SelectServer"
 
 
-
 async def in_trace(
     exporter: InMemorySpanExporter, app: ReadableSpan | trace.Span, server_spans: int, timeout_s: float = 5.0
 ) -> list[ReadableSpan]:

@@ -93,9 +93,13 @@ LONG_ID = 120  # characters of each server id: makes every server status about 4
 
 
 def big_pool(name: str, count: int) -> common.PoolConfig:
-    return common.PoolConfig(name=name, servers=[
-        common.ServerSpec(id=f"{name}-{i:06d}-".ljust(LONG_ID, "x"), address=f"{'h' * 240}.example:{1000 + i}")
-        for i in range(count)])
+    return common.PoolConfig(
+        name=name,
+        servers=[
+            common.ServerSpec(id=f"{name}-{i:06d}-".ljust(LONG_ID, "x"), address=f"{'h' * 240}.example:{1000 + i}")
+            for i in range(count)
+        ],
+    )
 
 
 async def test_an_unfiltered_status_over_the_receive_limit_comes_in_pages(start, channel_to) -> None:  # type: ignore[no-untyped-def]

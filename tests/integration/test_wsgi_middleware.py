@@ -151,9 +151,14 @@ async def test_an_exception_releases_the_slot(service) -> None:
             await wait_no_leases(service.target)
 
 
-@pytest.mark.parametrize(("fallback", "served", "denied"), [
-    ("local_limit", 2, 2), ("fail_open", 4, 0), ("fail_closed", 0, 4),
-])
+@pytest.mark.parametrize(
+    ("fallback", "served", "denied"),
+    [
+        ("local_limit", 2, 2),
+        ("fail_open", 4, 0),
+        ("fail_closed", 0, 4),
+    ],
+)
 async def test_a_dead_control_plane_answers_by_the_fallback(start, fallback: str, served: int, denied: int) -> None:
     running = await start(three_server_pool("web", max_concurrency=3))
     target = running.target
@@ -170,9 +175,15 @@ async def test_a_dead_control_plane_answers_by_the_fallback(start, fallback: str
             assert after.status_code == (503 if fallback == "fail_closed" else 200)
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("wait_s", -1.0), ("local_slot_limit", -5), ("slot_fallback", "maybe"), ("lease_ttl_s", -1),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("wait_s", -1.0),
+        ("local_slot_limit", -5),
+        ("slot_fallback", "maybe"),
+        ("lease_ttl_s", -1),
+    ],
+)
 def test_bad_settings_name_the_setting(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         AdmissionMiddleware(Flask(__name__).wsgi_app, **{field: value})
@@ -182,7 +193,9 @@ async def test_the_release_reports_latency_and_success_by_status(service) -> Non
     released: list[tuple[bool, float]] = []
     core_release = service.core.release_slot
 
-    def recording(lease_id: str, success: bool, latency_ms: float, owner: str = "") -> bool:  # spy: the real release runs
+    def recording(
+        lease_id: str, success: bool, latency_ms: float, owner: str = ""
+    ) -> bool:  # spy: the real release runs
         released.append((success, latency_ms))
         return core_release(lease_id, success, latency_ms, owner)
 

@@ -103,8 +103,12 @@ class Tally:
 
     def total(self, op: str) -> int:
         with self._lock:
-            return (self.answered[op] + self.fallback[op] + sum(n for (o, _), n in self.expected.items() if o == op)
-                    + sum(n for (o, _), n in self.unexpected.items() if o == op))
+            return (
+                self.answered[op]
+                + self.fallback[op]
+                + sum(n for (o, _), n in self.expected.items() if o == op)
+                + sum(n for (o, _), n in self.unexpected.items() if o == op)
+            )
 
     def summary(self) -> dict[str, object]:
         """Counts and latency percentiles (ms) per operation, JSON-ready."""

@@ -98,8 +98,14 @@ async def test_sdk_fallbacks_absorb_a_sigkilled_service_and_recover_after_restar
     client = AsyncClient(
         target,
         timeout_s=CALL_TIMEOUT_S,
-        breaker=BreakerConfig(window_size=10, minimum_calls=5, consecutive_failures=3,
-                              open_wait_s=0.3, max_open_wait_s=1.0, half_open_probes=2),
+        breaker=BreakerConfig(
+            window_size=10,
+            minimum_calls=5,
+            consecutive_failures=3,
+            open_wait_s=0.3,
+            max_open_wait_s=1.0,
+            half_open_probes=2,
+        ),
         retry=RetryConfig(max_attempts=2, initial_backoff_s=0.01, max_backoff_s=0.05),
         slot_fallback="local_limit",
         local_slot_limit=8,
@@ -115,8 +121,12 @@ async def test_sdk_fallbacks_absorb_a_sigkilled_service_and_recover_after_restar
 
     tally = Tally(
         expected_kinds={"slot": {"SlotDenied:LOCAL_LIMIT"}, "report_batch": OUTAGE_ERRORS},
-        allowed_s={"route": CALL_TIMEOUT_S + WORK_S + SLACK_S, "slot": 2 * CALL_TIMEOUT_S + WORK_S + SLACK_S,
-                   "batch_size": CALL_TIMEOUT_S + SLACK_S, "report_batch": CALL_TIMEOUT_S + SLACK_S},
+        allowed_s={
+            "route": CALL_TIMEOUT_S + WORK_S + SLACK_S,
+            "slot": 2 * CALL_TIMEOUT_S + WORK_S + SLACK_S,
+            "batch_size": CALL_TIMEOUT_S + SLACK_S,
+            "report_batch": CALL_TIMEOUT_S + SLACK_S,
+        },
     )
     answers: list[tuple[float, str, bool]] = []  # (started at, operation, answered locally)
     report_errors: list[float] = []  # when report_batch calls that failed had started
@@ -130,6 +140,7 @@ async def test_sdk_fallbacks_absorb_a_sigkilled_service_and_recover_after_restar
                 answers.append((began, op, local))
             elif op == "report_batch":
                 report_errors.append(began)
+
         return call
 
     async def route() -> bool:
@@ -149,8 +160,12 @@ async def test_sdk_fallbacks_absorb_a_sigkilled_service_and_recover_after_restar
         await client.report_batch("import", batch_size=10, duration_ms=5.0)
         return False
 
-    rates = {"route": (50.0, route), "slot": (30.0, slot), "batch_size": (10.0, batch_size),
-             "report_batch": (5.0, report_batch)}
+    rates = {
+        "route": (50.0, route),
+        "slot": (30.0, slot),
+        "batch_size": (10.0, batch_size),
+        "report_batch": (5.0, report_batch),
+    }
     drivers = asyncio.gather(
         *(drive(op, rate, lambda: stop, recorded(op, fn), tally) for op, (rate, fn) in rates.items())
     )
@@ -166,8 +181,13 @@ async def test_sdk_fallbacks_absorb_a_sigkilled_service_and_recover_after_restar
         await wait_until(lambda: each_op(began, 20, local=False), 30, "answers from the service before the kill")
         killed_at = time.monotonic()
         service.process.kill()  # SIGKILL: no drain, connections drop
-        await wait_until(lambda: all(any(e.name.startswith(f"{m}@") and e.current is BreakerState.OPEN
-                                         for e in events) for m in GUARDED), 15, "every breaker opens")
+        await wait_until(
+            lambda: all(
+                any(e.name.startswith(f"{m}@") and e.current is BreakerState.OPEN for e in events) for m in GUARDED
+            ),
+            15,
+            "every breaker opens",
+        )
         await wait_until(lambda: each_op(killed_at, 20, local=True), 20, "local answers while the service is down")
         pushed_before_restart = reporter.stats().pushed
         await asyncio.to_thread(processes.serve, SERVICE_CONFIG, listen=target)  # the loop keeps driving meanwhile
@@ -180,8 +200,11 @@ async def test_sdk_fallbacks_absorb_a_sigkilled_service_and_recover_after_restar
         recovery_s = await wait_until(recovered, 20, "breakers close and the service answers again")
         recovered_at = time.monotonic()
         await wait_until(lambda: each_op(recovered_at, 30, local=False), 30, "answers from the restarted service")
-        await wait_until(lambda: reporter.stats().pushed > pushed_before_restart, 10,
-                         "the backend's load reports reach the restarted service")
+        await wait_until(
+            lambda: reporter.stats().pushed > pushed_before_restart,
+            10,
+            "the backend's load reports reach the restarted service",
+        )
     finally:
         stop = True
         await drivers
@@ -229,12 +252,15 @@ lease_ttl_ms = 30000
 
 def test_leases_of_sigkilled_clients_are_reclaimed_after_their_ttl(processes: Processes) -> None:
     service = processes.serve(LEASE_CONFIG)
-    holders = [processes.spawn([sys.executable, HOLDER_SCRIPT, service.target, LEASE_POOL, str(SLOTS_EACH),
-                                str(LEASE_TTL_S)]) for _ in range(HOLDERS)]
+    holders = [
+        processes.spawn([sys.executable, HOLDER_SCRIPT, service.target, LEASE_POOL, str(SLOTS_EACH), str(LEASE_TTL_S)])
+        for _ in range(HOLDERS)
+    ]
     for holder in holders:
         assert holder.stdout.wait_for(f"holding {SLOTS_EACH} leases", 20), holder.describe()
 
     with Client(service.target, timeout_s=5.0) as client:
+
         def active() -> int:
             return client.load_status(LEASE_POOL).pools[0].active_leases
 
@@ -279,8 +305,10 @@ VICTIM = "b2"
 
 def start_backends(processes: Processes, target: str, pool: str) -> dict[str, tuple[Proc, str]]:
     """Starts one backend process per id; returns id -> (process, address)."""
-    procs = {sid: processes.spawn([sys.executable, BACKEND_SCRIPT, target, pool, sid, "--interval-s", "0.2"])
-             for sid in BACKENDS}
+    procs = {
+        sid: processes.spawn([sys.executable, BACKEND_SCRIPT, target, pool, sid, "--interval-s", "0.2"])
+        for sid in BACKENDS
+    }
     started = {}
     for sid, proc in procs.items():
         match = proc.stdout.wait_for(_BACKEND_LISTENING, 20)
@@ -291,8 +319,9 @@ def start_backends(processes: Processes, target: str, pool: str) -> dict[str, tu
 
 async def configure_pool(target: str, pool: common_pb2.PoolConfig) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
-        await admin_pb2_grpc.AdminServiceStub(channel).ConfigurePool(admin_pb2.ConfigurePoolRequest(pool=pool),
-                                                                     timeout=5.0)
+        await admin_pb2_grpc.AdminServiceStub(channel).ConfigurePool(
+            admin_pb2.ConfigurePoolRequest(pool=pool), timeout=5.0
+        )
 
 
 class BackendTraffic:
@@ -369,8 +398,9 @@ async def _kill_backend_under_load(
     running = asyncio.ensure_future(traffic.run(60.0))
     try:
         began = time.monotonic()
-        await wait_until(lambda: all(traffic.picked(sid, began) >= 20 for sid in BACKENDS), 20,
-                         "traffic reaches every backend")
+        await wait_until(
+            lambda: all(traffic.picked(sid, began) >= 20 for sid in BACKENDS), 20, "traffic reaches every backend"
+        )
         assert not traffic.failures, traffic.failures
         backends[VICTIM][0].kill()  # SIGKILL mid-load
         await wait_until(victim_gone, 15, f"{VICTIM} becomes {gone.name}")
@@ -388,12 +418,18 @@ async def _kill_backend_under_load(
 
 
 def _check_victim_no_longer_selected(
-    traffic: BackendTraffic, tally: Tally, at_gone: dict[str, tuple[ServerState, int]],
-    at_end: dict[str, tuple[ServerState, int]], gone_at: float, gone: ServerState,
+    traffic: BackendTraffic,
+    tally: Tally,
+    at_gone: dict[str, tuple[ServerState, int]],
+    at_end: dict[str, tuple[ServerState, int]],
+    gone_at: float,
+    gone: ServerState,
 ) -> None:
     summary = tally.summary()
-    print(f"backend kill ({gone.name}): failed calls {len(traffic.failures)}, selections at gone {at_gone}, "
-          f"at end {at_end}")
+    print(
+        f"backend kill ({gone.name}): failed calls {len(traffic.failures)}, selections at gone {at_gone}, "
+        f"at end {at_end}"
+    )
     assert not tally.unexpected and not tally.fallback, summary
     assert at_end[VICTIM] == at_gone[VICTIM], (at_gone, at_end)  # still gone, and not selected once since
     assert traffic.picked(VICTIM, gone_at) == 0, traffic.picks[-20:]
@@ -410,8 +446,7 @@ async def test_a_backend_killed_mid_load_is_ejected_and_no_longer_selected(proce
     pool = common_pb2.PoolConfig(
         name="api",
         strategy="round_robin",
-        outlier_detection=common_pb2.OutlierDetection(consecutive_failures=consecutive,
-                                                      base_ejection_time_ms=120_000),
+        outlier_detection=common_pb2.OutlierDetection(consecutive_failures=consecutive, base_ejection_time_ms=120_000),
     )
     traffic, tally, at_gone, at_end, gone_at = await _kill_backend_under_load(processes, pool, ServerState.EJECTED)
     _check_victim_no_longer_selected(traffic, tally, at_gone, at_end, gone_at, ServerState.EJECTED)

@@ -101,14 +101,21 @@ async def test_short_soak_has_no_errors_no_growth_and_no_leaked_leases(processes
     tally = Tally(
         expected_kinds={"limited": {"ResourceExhaustedError"}, "slot": {"SlotDenied:QUEUE_TIMEOUT"}},
         # The SDK's deadlines plus the block's own work and slot wait; the slack is event-loop scheduling.
-        allowed_s={"route": TIMEOUT_S + SLACK_S, "slot": 2 * TIMEOUT_S + 1.0 + SLACK_S,
-                   "limited": 2 * TIMEOUT_S + SLACK_S, "batch": 2 * TIMEOUT_S + SLACK_S, "status": TIMEOUT_S + SLACK_S},
+        allowed_s={
+            "route": TIMEOUT_S + SLACK_S,
+            "slot": 2 * TIMEOUT_S + 1.0 + SLACK_S,
+            "limited": 2 * TIMEOUT_S + SLACK_S,
+            "batch": 2 * TIMEOUT_S + SLACK_S,
+            "status": TIMEOUT_S + SLACK_S,
+        },
     )
     client = AsyncClient(service.target, timeout_s=TIMEOUT_S)
     # Each reporter has its own client and channel, as each backend would.
     reporter_clients = [AsyncClient(service.target, timeout_s=TIMEOUT_S) for _ in SERVERS]
-    reporters = [BackendReporter(c, "api", sid, interval_s=REPORT_INTERVAL_S)
-                 for c, sid in zip(reporter_clients, SERVERS, strict=True)]
+    reporters = [
+        BackendReporter(c, "api", sid, interval_s=REPORT_INTERVAL_S)
+        for c, sid in zip(reporter_clients, SERVERS, strict=True)
+    ]
     for reporter in reporters:
         reporter.start()
     ends_at = time.monotonic() + SOAK_S
@@ -135,8 +142,13 @@ async def test_short_soak_has_no_errors_no_growth_and_no_leaked_leases(processes
 
     async def batch(operation: str) -> bool:
         size = await client.batch_size(operation)
-        await client.report_batch(operation, batch_size=size.size, duration_ms=rng.uniform(10, 90),
-                                  success=rng.random() > 0.01, decision_id=size.decision_id)
+        await client.report_batch(
+            operation,
+            batch_size=size.size,
+            duration_ms=rng.uniform(10, 90),
+            success=rng.random() > 0.01,
+            decision_id=size.decision_id,
+        )
         return size.source != "service"
 
     async def status() -> bool:
@@ -150,10 +162,12 @@ async def test_short_soak_has_no_errors_no_growth_and_no_leaked_leases(processes
         "batch": (15.0, lambda: batch(rng.choice(("import", "transcribe")))),
         "status": (2.0, status),
     }
-    started = await asyncio.gather(*(
-        drive(op, rate, over, lambda op=op, fn=fn: tally.call(op, fn), tally)  # type: ignore[misc]
-        for op, (rate, fn) in workload.items()
-    ))
+    started = await asyncio.gather(
+        *(
+            drive(op, rate, over, lambda op=op, fn=fn: tally.call(op, fn), tally)  # type: ignore[misc]
+            for op, (rate, fn) in workload.items()
+        )
+    )
     for reporter in reporters:
         await reporter.stop_async()
     flushed = await client.flush_outcomes(timeout_s=10.0)
@@ -174,19 +188,35 @@ async def test_short_soak_has_no_errors_no_growth_and_no_leaked_leases(processes
         "calls_started": dict(zip(workload, started, strict=True)),
         "target_rates_per_s": {op: rate for op, (rate, _) in workload.items()},
         **tally.summary(),
-        "reporters": [{"pushed": r.stats().pushed, "failed": r.stats().failed, "last_error": repr(r.stats().last_error)}
-                      for r in reporters],
-        "outcomes": {"sent": outcomes.sent, "unknown": outcomes.unknown, "dropped": outcomes.dropped,
-                     "failed_batches": outcomes.failed_batches, "pending": outcomes.pending},
-        "rss_mib": {"baseline_median": rss_base, "end_median": rss_end,
-                   "growth_percent": round((rss_end - rss_base) / rss_base * 100, 2),
-                   "min": min(s.rss_mib for s in samples), "max": max(s.rss_mib for s in samples)},
-        "fds": {"baseline_median": median_fds(baseline), "end_median": median_fds(end),
-                "min_after_warmup": min(s.fds for s in after_warmup),
-                "max_after_warmup": max(s.fds for s in after_warmup)},
+        "reporters": [
+            {"pushed": r.stats().pushed, "failed": r.stats().failed, "last_error": repr(r.stats().last_error)}
+            for r in reporters
+        ],
+        "outcomes": {
+            "sent": outcomes.sent,
+            "unknown": outcomes.unknown,
+            "dropped": outcomes.dropped,
+            "failed_batches": outcomes.failed_batches,
+            "pending": outcomes.pending,
+        },
+        "rss_mib": {
+            "baseline_median": rss_base,
+            "end_median": rss_end,
+            "growth_percent": round((rss_end - rss_base) / rss_base * 100, 2),
+            "min": min(s.rss_mib for s in samples),
+            "max": max(s.rss_mib for s in samples),
+        },
+        "fds": {
+            "baseline_median": median_fds(baseline),
+            "end_median": median_fds(end),
+            "min_after_warmup": min(s.fds for s in after_warmup),
+            "max_after_warmup": max(s.fds for s in after_warmup),
+        },
         "service_cpu_s": samples[-1].cpu_s,
-        "final_pools": {p.name: {"active_leases": p.active_leases, "queue_length": p.queue_length,
-                                 "in_flight": p.in_flight} for p in final.pools},
+        "final_pools": {
+            p.name: {"active_leases": p.active_leases, "queue_length": p.queue_length, "in_flight": p.in_flight}
+            for p in final.pools
+        },
         "final_pending_decisions": final.pending_decisions,
     }
     # One line per sample keeps the printed summary readable.

@@ -49,7 +49,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def error_response(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """The JSON error body every admin endpoint answers with."""
-    return web.json_response({"error": error, "message": message}, status=status, headers={**_NO_STORE, **(headers or {})})
+    return web.json_response(
+        {"error": error, "message": message}, status=status, headers={**_NO_STORE, **(headers or {})}
+    )
 
 
 def build_admin_app(
@@ -80,8 +82,7 @@ def build_admin_app(
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         presented = _presented_token(request.headers.get("Authorization", ""))
         if presented is None:
-            response = error_response(401, "unauthenticated",
-                                      "send the admin token as 'Authorization: Bearer <token>'")
+            response = error_response(401, "unauthenticated", "send the admin token as 'Authorization: Bearer <token>'")
             for challenge in _CHALLENGES:
                 response.headers.add("WWW-Authenticate", challenge)
             return response
@@ -92,8 +93,12 @@ def build_admin_app(
         except web.HTTPNotFound:
             return error_response(404, "not_found", f"no admin endpoint at {request.path}")
         except web.HTTPMethodNotAllowed as exc:
-            return error_response(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}",
-                                  {"Allow": ", ".join(sorted(exc.allowed_methods))})
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed on {request.path}",
+                {"Allow": ", ".join(sorted(exc.allowed_methods))},
+            )
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise  # redirects and the like are answers, not errors
@@ -190,10 +195,14 @@ async def start_admin_http(
         raise OSError(f"cannot listen on {listen}: expected host:port")
     bind_host = host.strip("[]")
     if not is_loopback(bind_host) and ssl_context is None:
-        log.warning("admin HTTP listens on %s, not a loopback address, without TLS: the admin token and "
-                    "load data cross the network in plaintext; set tls.cert_file and tls.key_file", listen)
-    runner = web.AppRunner(app, access_log_class=_AccessLogger, handle_signals=False,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        log.warning(
+            "admin HTTP listens on %s, not a loopback address, without TLS: the admin token and "
+            "load data cross the network in plaintext; set tls.cert_file and tls.key_file",
+            listen,
+        )
+    runner = web.AppRunner(
+        app, access_log_class=_AccessLogger, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, bind_host, int(port_text), ssl_context=ssl_context).start()

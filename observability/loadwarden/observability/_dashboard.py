@@ -104,8 +104,11 @@ def add_dashboard_routes(
     async def public_shell(request: web.Request, handler: Handler) -> web.StreamResponse:
         # No credentials: the static, data-free shell as the 401's body (no Basic challenge, so a
         # browser renders it instead of prompting). Everything else goes on to the token check.
-        if request.method in ("GET", "HEAD") and request.path in (DASHBOARD_PATH, DASHBOARD_PATH + "/") \
-                and "Authorization" not in request.headers:
+        if (
+            request.method in ("GET", "HEAD")
+            and request.path in (DASHBOARD_PATH, DASHBOARD_PATH + "/")
+            and "Authorization" not in request.headers
+        ):
             return web.Response(status=401, body=body, headers=refusal_headers)
         return await handler(request)
 

@@ -187,19 +187,32 @@ class History:
         for pool in snapshot.get("pools", ()):
             name = str(pool["name"])
             members = pool.get("servers", ())
-            pools.append((
-                at, name, int(pool.get("eligible_servers", 0)), len(members), int(pool.get("in_flight", 0)),
-                int(pool.get("active_leases", 0)), int(pool.get("queue_length", 0)),
-                int(pool.get("concurrency_limit", 0)),
-            ))
+            pools.append(
+                (
+                    at,
+                    name,
+                    int(pool.get("eligible_servers", 0)),
+                    len(members),
+                    int(pool.get("in_flight", 0)),
+                    int(pool.get("active_leases", 0)),
+                    int(pool.get("queue_length", 0)),
+                    int(pool.get("concurrency_limit", 0)),
+                )
+            )
             for server in members:
                 load = server.get("load")
-                servers.append((
-                    at, name, str(server["id"]), _state(server.get("state")),
-                    None if load is None else float(load.get("cpu_percent", 0.0)),
-                    None if load is None else float(load.get("memory_percent", 0.0)),
-                    int(server.get("in_flight", 0)), float(server.get("ewma_latency_ms", 0.0)),
-                ))
+                servers.append(
+                    (
+                        at,
+                        name,
+                        str(server["id"]),
+                        _state(server.get("state")),
+                        None if load is None else float(load.get("cpu_percent", 0.0)),
+                        None if load is None else float(load.get("memory_percent", 0.0)),
+                        int(server.get("in_flight", 0)),
+                        float(server.get("ewma_latency_ms", 0.0)),
+                    )
+                )
         operations = [(at, str(op["name"]), int(op.get("batch_size", 0))) for op in snapshot.get("operations", ())]
         host = snapshot.get("host")
         host_score = None if not host or host.get("stale") else float(host.get("load_score", 0.0))
@@ -258,8 +271,13 @@ class History:
             times = [r[0] for r in rows]
             index = {t: i for i, t in enumerate(times)}
             out: dict[str, Any] = {
-                "since": since, "until": until, "downsampled": downsampled, "times": times,
-                "host_load_score": [r[1] for r in rows], "pools": {}, "operations": {},
+                "since": since,
+                "until": until,
+                "downsampled": downsampled,
+                "times": times,
+                "host_load_score": [r[1] for r in rows],
+                "pools": {},
+                "operations": {},
             }
             if not times:
                 return out

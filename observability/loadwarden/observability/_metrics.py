@@ -116,8 +116,9 @@ def _exporters(environ: Mapping[str, str]) -> set[str]:
     names = {name.strip().lower() for name in environ.get(EXPORTERS_VARIABLE, "").split(",") if name.strip()}
     unknown = names - set(EXPORTERS)
     if unknown:
-        raise ValueError(f"{EXPORTERS_VARIABLE}: unknown exporter {sorted(unknown)[0]!r}; "
-                         f"valid exporters: {', '.join(EXPORTERS)}")
+        raise ValueError(
+            f"{EXPORTERS_VARIABLE}: unknown exporter {sorted(unknown)[0]!r}; valid exporters: {', '.join(EXPORTERS)}"
+        )
     return set() if "none" in names else names
 
 

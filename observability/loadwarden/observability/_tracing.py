@@ -111,8 +111,11 @@ def configure_tracing(
             return None
         trace.set_tracer_provider(provider)
         _installed = provider
-        log.info("tracing on: service %s, exporters %s", provider.resource.attributes.get(SERVICE_NAME),
-                 ", ".join(_exporter_names(exporter, environ)))
+        log.info(
+            "tracing on: service %s, exporters %s",
+            provider.resource.attributes.get(SERVICE_NAME),
+            ", ".join(_exporter_names(exporter, environ)),
+        )
         return provider
 
 
@@ -164,7 +167,8 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
             traces_endpoint = endpoint.rstrip("/") + "/v1/traces"
         return HttpExporter(endpoint=traces_endpoint or None)
     variable = (
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" if environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+        if environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         else "OTEL_EXPORTER_OTLP_PROTOCOL"
     )
     raise ValueError(f"{variable}: unsupported OTLP protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")

@@ -27,9 +27,11 @@ from loadwarden.sdk._base import (
     serving_servers,
     settle,
 )
+from loadwarden.sdk._batching import LastKnownSizes
 from loadwarden.sdk._breaker import BreakerConfig
 from loadwarden.sdk._convert import (
     MAX_STATUS_PAGES,
+    abandon_request,
     acquire_slot_request,
     acquired_lease,
     batch_size_from_proto,
@@ -39,7 +41,6 @@ from loadwarden.sdk._convert import (
     load_status_request,
     merge_status_pages,
     new_request_id,
-    abandon_request,
     release_slot_request,
     renew_lease_request,
     renewed_lease,
@@ -48,7 +49,6 @@ from loadwarden.sdk._convert import (
     select_request,
     selection_from_proto,
 )
-from loadwarden.sdk._batching import LastKnownSizes
 from loadwarden.sdk._errors import (
     LeaseLostError,
     LoadwardenError,
@@ -56,8 +56,6 @@ from loadwarden.sdk._errors import (
     error_from_rpc,
     is_transport_failure,
 )
-from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
-from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._leases import (
     AsyncLeaseKeeper,
     AsyncReleaseRetries,
@@ -69,6 +67,8 @@ from loadwarden.sdk._leases import (
     log_release_failure,
 )
 from loadwarden.sdk._probe import HEALTH_SERVICE, TaskProber
+from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
+from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._senders import TaskOutcomeSender
 from loadwarden.sdk._telemetry import traced_aio_insecure_channel, traced_aio_secure_channel
@@ -175,8 +175,15 @@ class AsyncClient(ClientBase):
             on_settled=self._local_slots.untrack,
         )
         interval_s = self._probe_interval_s()
-        self._prober = None if interval_s is None else TaskProber(
-            self._breakers, interval_s, self._health_check, rng=self._rng  # type: ignore[arg-type]
+        self._prober = (
+            None
+            if interval_s is None
+            else TaskProber(
+                self._breakers,
+                interval_s,
+                self._health_check,
+                rng=self._rng,  # type: ignore[arg-type]
+            )
         )
         if self._prober is not None and self._breakers is not None:
             self._breakers.add_listener(self._prober.on_breaker_event)
@@ -476,7 +483,9 @@ class AsyncClient(ClientBase):
             keeper.stop()
             if not lease.lost:  # a lost lease is no longer held: nothing to release
                 await self._release_held(
-                    lease, success=success, latency_ms=latency_ms(started, ended),
+                    lease,
+                    success=success,
+                    latency_ms=latency_ms(started, ended),
                     until=self._release_until(keeper.valid_until),
                 )
         if lease.loss.error is not None:
@@ -705,8 +714,9 @@ class AsyncClient(ClientBase):
             if self._credentials is None:
                 self._channel = traced_aio_insecure_channel(self._options.target, CHANNEL_OPTIONS)
             else:
-                self._channel = traced_aio_secure_channel(self._options.target, self._credentials,
-                                                          (*CHANNEL_OPTIONS, *self._tls_options))
+                self._channel = traced_aio_secure_channel(
+                    self._options.target, self._credentials, (*CHANNEL_OPTIONS, *self._tls_options)
+                )
             self._stub = _pb_grpc.DecisionServiceStub(self._channel)
             self._health = _health_pb_grpc.HealthStub(self._channel)
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
@@ -748,8 +758,9 @@ class AsyncClient(ClientBase):
         except Exception as err:  # noqa: BLE001 - retried or logged; the lease expires on its own
             if not (
                 is_transport_failure(err)
-                and self._releases.add(lease, request_id=request_id, success=success, latency_ms=latency_ms,
-                                       until=until)
+                and self._releases.add(
+                    lease, request_id=request_id, success=success, latency_ms=latency_ms, until=until
+                )
             ):
                 log_release_failure(lease, err)
         finally:
@@ -762,8 +773,9 @@ class AsyncClient(ClientBase):
         if item.abandoned:
             request = abandon_request(item.pool, item.abandoned)
         else:
-            request = release_slot_request(item.lease_id, request_id=item.request_id, success=item.success,
-                                           latency_ms=item.latency_ms)
+            request = release_slot_request(
+                item.lease_id, request_id=item.request_id, success=item.success, latency_ms=item.latency_ms
+            )
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
         try:
             await self._stub.ReleaseSlot(request, timeout=timeout, metadata=self._metadata)

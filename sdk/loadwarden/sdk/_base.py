@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
-from dataclasses import dataclass
-from collections.abc import Callable
-from typing import Protocol
 
 from loadwarden.sdk._batching import LastKnownSizes
 from loadwarden.sdk._breaker import BreakerConfig, BreakerRegistry, BreakerState, CircuitBreaker
-from loadwarden.sdk._resilience import BreakerOpenError, KnownServers, LocalSlots
-from loadwarden.sdk._retry import Retrier, RetryConfig
 from loadwarden.sdk._convert import outcome_to_proto
-from loadwarden.sdk._metrics import observe_breakers
 from loadwarden.sdk._errors import LeaseLostError, LoadwardenError, is_transport_failure
 from loadwarden.sdk._leases import ABANDON_DEFAULT_TTL_S, log_lost
+from loadwarden.sdk._metrics import observe_breakers
 from loadwarden.sdk._outcomes import OutcomeBuffer
+from loadwarden.sdk._resilience import BreakerOpenError, KnownServers, LocalSlots
+from loadwarden.sdk._retry import Retrier, RetryConfig
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._types import BatchSize, HeldLease, Lease, LoadStatus, OutcomeStats, Selection, ServerState
 from loadwarden.v1 import decision_pb2 as _pb

@@ -187,7 +187,7 @@ class CircuitBreaker:
     def __init__(
         self,
         name: str,
-        config: BreakerConfig = BreakerConfig(),  # noqa: B008 - frozen, so sharing the default is safe
+        config: BreakerConfig = BreakerConfig(),
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -443,7 +443,7 @@ class BreakerRegistry:
 
     def __init__(
         self,
-        config: BreakerConfig = BreakerConfig(),  # noqa: B008 - frozen, so sharing the default is safe
+        config: BreakerConfig = BreakerConfig(),
         *,
         clock: Callable[[], float] = time.monotonic,
         max_breakers: int = 1000,
@@ -595,4 +595,3 @@ class _TimeWindow:
             self._failures[slot] = 0
         self._head = index
         return index
-

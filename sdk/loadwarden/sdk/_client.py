@@ -27,9 +27,11 @@ from loadwarden.sdk._base import (
     serving_servers,
     settle,
 )
+from loadwarden.sdk._batching import LastKnownSizes
 from loadwarden.sdk._breaker import BreakerConfig
 from loadwarden.sdk._convert import (
     MAX_STATUS_PAGES,
+    abandon_request,
     acquire_slot_request,
     acquired_lease,
     batch_size_from_proto,
@@ -39,7 +41,6 @@ from loadwarden.sdk._convert import (
     load_status_request,
     merge_status_pages,
     new_request_id,
-    abandon_request,
     release_slot_request,
     renew_lease_request,
     renewed_lease,
@@ -48,7 +49,6 @@ from loadwarden.sdk._convert import (
     select_request,
     selection_from_proto,
 )
-from loadwarden.sdk._batching import LastKnownSizes
 from loadwarden.sdk._errors import (
     LeaseLostError,
     LoadwardenError,
@@ -56,8 +56,6 @@ from loadwarden.sdk._errors import (
     error_from_rpc,
     is_transport_failure,
 )
-from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
-from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._leases import (
     LeaseKeeper,
     PendingRelease,
@@ -69,6 +67,8 @@ from loadwarden.sdk._leases import (
     log_release_failure,
 )
 from loadwarden.sdk._probe import HEALTH_SERVICE, ThreadProber
+from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
+from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._senders import ThreadOutcomeSender
 from loadwarden.sdk._telemetry import traced_insecure_channel, traced_secure_channel
@@ -174,8 +174,15 @@ class Client(ClientBase):
             on_settled=self._local_slots.untrack,
         )
         interval_s = self._probe_interval_s()
-        self._prober = None if interval_s is None else ThreadProber(
-            self._breakers, interval_s, self._health_check, rng=self._rng  # type: ignore[arg-type]
+        self._prober = (
+            None
+            if interval_s is None
+            else ThreadProber(
+                self._breakers,
+                interval_s,
+                self._health_check,
+                rng=self._rng,  # type: ignore[arg-type]
+            )
         )
         if self._prober is not None and self._breakers is not None:
             self._breakers.add_listener(self._prober.on_breaker_event)
@@ -475,7 +482,9 @@ class Client(ClientBase):
             keeper.stop()
             if not lease.lost:  # a lost lease is no longer held: nothing to release
                 self._release_held(
-                    lease, success=success, latency_ms=latency_ms(started, ended),
+                    lease,
+                    success=success,
+                    latency_ms=latency_ms(started, ended),
                     until=self._release_until(keeper.valid_until),
                 )
         if lease.loss.error is not None:
@@ -539,9 +548,7 @@ class Client(ClientBase):
         response: _pb.ReportLoadResponse = self._call("ReportLoad", request, timeout_s)
         return response.applied
 
-    def batch_size(
-        self, operation: str, *, default: int | None = None, timeout_s: float | None = None
-    ) -> BatchSize:
+    def batch_size(self, operation: str, *, default: int | None = None, timeout_s: float | None = None) -> BatchSize:
         """Asks the service how big the next batch of `operation` should be.
 
         When the service cannot be reached (UNAVAILABLE without a service reason,
@@ -739,8 +746,9 @@ class Client(ClientBase):
         except Exception as err:  # noqa: BLE001 - retried or logged; the lease expires on its own
             if not (
                 is_transport_failure(err)
-                and self._releases.add(lease, request_id=request_id, success=success, latency_ms=latency_ms,
-                                       until=until)
+                and self._releases.add(
+                    lease, request_id=request_id, success=success, latency_ms=latency_ms, until=until
+                )
             ):
                 log_release_failure(lease, err)
         finally:
@@ -753,8 +761,9 @@ class Client(ClientBase):
         if item.abandoned:
             request = abandon_request(item.pool, item.abandoned)
         else:
-            request = release_slot_request(item.lease_id, request_id=item.request_id, success=item.success,
-                                           latency_ms=item.latency_ms)
+            request = release_slot_request(
+                item.lease_id, request_id=item.request_id, success=item.success, latency_ms=item.latency_ms
+            )
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
         try:
             self._stub.ReleaseSlot(request, timeout=timeout, metadata=self._metadata)

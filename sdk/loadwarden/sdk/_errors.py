@@ -166,7 +166,7 @@ class LeaseLostError(LoadwardenError):
         return type(self), (self.details,), self.__dict__
 
 
-class SlotDenied(Exception):  # noqa: N818 - an answer, not an error: no "Error" suffix
+class SlotDenied(Exception):
     """The service answered an AcquireSlot and did not grant the slot.
 
     A denial is the service's decision, not a failed call: it is not a

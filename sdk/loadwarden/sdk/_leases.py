@@ -141,8 +141,10 @@ def lost_error(lease: Lease, err: BaseException, why: str) -> LeaseLostError:
     if why == "reclaimed":
         text = f"lease {lease.lease_id} in pool {lease.pool!r} was reclaimed by the service (renewal: {err})"
     elif why == "expired":
-        text = (f"lease {lease.lease_id} in pool {lease.pool!r} was not renewed within its TTL of "
-                f"{lease.ttl_s:g} s (last renewal: {err}); the service reclaims it")
+        text = (
+            f"lease {lease.lease_id} in pool {lease.pool!r} was not renewed within its TTL of "
+            f"{lease.ttl_s:g} s (last renewal: {err}); the service reclaims it"
+        )
     else:
         text = f"renewing lease {lease.lease_id} in pool {lease.pool!r} failed: {err!r}"
     lost = LeaseLostError(text, lease_id=lease.lease_id, pool=lease.pool, why=why)
@@ -452,8 +454,10 @@ class _ReleaseState:
             self.dropped += 1
             return False
         due = now + release_retry_delay_s(0, self._rng)
-        heapq.heappush(self._heap, PendingRelease(due, next(self._seq), lease.lease_id, lease.pool, request_id,
-                                                  success, latency_ms, until))
+        heapq.heappush(
+            self._heap,
+            PendingRelease(due, next(self._seq), lease.lease_id, lease.pool, request_id, success, latency_ms, until),
+        )
         return True
 
     def _queue_abandon(self, pool: str, request_id: str, until: float) -> bool:
@@ -468,8 +472,17 @@ class _ReleaseState:
         if self._closing or len(self._heap) >= self.capacity:
             self.dropped += 1
             return False
-        batch = PendingRelease(now + self._rng.uniform(*ABANDON_DELAY_S), next(self._seq), "", pool, "", True, 0.0,
-                               until, abandoned=[request_id])
+        batch = PendingRelease(
+            now + self._rng.uniform(*ABANDON_DELAY_S),
+            next(self._seq),
+            "",
+            pool,
+            "",
+            True,
+            0.0,
+            until,
+            abandoned=[request_id],
+        )
         heapq.heappush(self._heap, batch)
         self._gathering[pool] = batch
         self.abandoned += 1

@@ -33,8 +33,9 @@ _gauge_created = False
 
 def _log_and_count(event: BreakerEvent) -> None:
     level = logging.WARNING if event.current is BreakerState.OPEN else logging.INFO
-    log.log(level, "circuit breaker %s: %s -> %s (%s)", event.name, event.previous.name, event.current.name,
-            event.reason)
+    log.log(
+        level, "circuit breaker %s: %s -> %s (%s)", event.name, event.previous.name, event.current.name, event.reason
+    )
     _transitions.add(1, {"breaker": event.name, "state": event.current.name})
 
 
@@ -48,7 +49,9 @@ def observe_breakers(registry: BreakerRegistry) -> None:
         if not _gauge_created:
             _gauge_created = True
             _meter.create_observable_gauge(
-                "loadwarden.sdk.breaker.state", callbacks=[_states], unit="1",
+                "loadwarden.sdk.breaker.state",
+                callbacks=[_states],
+                unit="1",
                 description="Circuit breaker state: 0 closed, 1 half-open, 2 open",
             )
 

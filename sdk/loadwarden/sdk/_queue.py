@@ -23,7 +23,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class QueueTimeout(Exception):  # noqa: N818 - named like the contract's QUEUE_TIMEOUT denial
+class QueueTimeout(Exception):
     """A call waited its whole `timeout_s` in a `RequestQueue` without starting.
 
     Attributes:
@@ -42,7 +42,7 @@ class QueueTimeout(Exception):  # noqa: N818 - named like the contract's QUEUE_T
         return type(self), (self.priority, self.waited_s, self.timeout_s)
 
 
-class QueueFull(Exception):  # noqa: N818 - an answer, like SlotDenied: no "Error" suffix
+class QueueFull(Exception):
     """A call could not start at once and `max_queue` calls were already waiting.
 
     Attributes:

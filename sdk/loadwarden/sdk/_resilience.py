@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from loadwarden.sdk._errors import DeadlineExceededError, SlotDenied, UnavailableError
 from loadwarden.sdk._types import Lease, Selection
@@ -229,25 +229,40 @@ class LocalSlots:
     def grant(self, pool: str, select_server: bool, cause: Exception) -> Lease:
         """A local lease, or SlotDenied (``denial="CONTROL_PLANE_UNAVAILABLE"`` or ``"LOCAL_LIMIT"``)."""
         if self.policy == "fail_closed":
-            raise SlotDenied(f"the control plane is unavailable ({cause}) and the policy is fail_closed",
-                             denial="CONTROL_PLANE_UNAVAILABLE", pool=pool)
+            raise SlotDenied(
+                f"the control plane is unavailable ({cause}) and the policy is fail_closed",
+                denial="CONTROL_PLANE_UNAVAILABLE",
+                pool=pool,
+            )
         with self._lock:
             held = self._held.get(pool, 0)
             if self.policy == "local_limit":
                 from_service = self._service_count(pool, self._clock()) if pool in self._service else 0
                 if held + from_service >= self.limit:
-                    raise SlotDenied(f"the control plane is unavailable ({cause}) and the local limit of "
-                                     f"{self.limit} slots for pool {pool!r} is reached ({held} local, "
-                                     f"{from_service} from the service)",
-                                     denial="LOCAL_LIMIT", pool=pool)
+                    raise SlotDenied(
+                        f"the control plane is unavailable ({cause}) and the local limit of "
+                        f"{self.limit} slots for pool {pool!r} is reached ({held} local, "
+                        f"{from_service} from the service)",
+                        denial="LOCAL_LIMIT",
+                        pool=pool,
+                    )
             if held == 0 and len(self._held) >= MAX_POOLS:
                 raise SlotDenied("too many pools hold local slots", denial="LOCAL_LIMIT", pool=pool)
             self._held[pool] = held + 1
             lease_id = f"{LOCAL_LEASE_PREFIX}{next(self._ids)}"
             self._pool_of[lease_id] = pool
         server = self._known.pick(pool) if select_server else None
-        return Lease(lease_id, pool, 0.0, datetime.now(timezone.utc), server.server_id if server else None,
-                     server.address if server else None, "", 0.0, fallback=True)
+        return Lease(
+            lease_id,
+            pool,
+            0.0,
+            datetime.now(UTC),
+            server.server_id if server else None,
+            server.address if server else None,
+            "",
+            0.0,
+            fallback=True,
+        )
 
     def release(self, lease_id: str) -> bool:
         """Ends a local lease; False when it had already ended (or never existed)."""

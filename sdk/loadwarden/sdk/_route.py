@@ -20,7 +20,7 @@ class Route:
         selection: The service's choice.
     """
 
-    __slots__ = ("selection", "_clock", "_started", "_failure_status")
+    __slots__ = ("_clock", "_failure_status", "_started", "selection")
 
     def __init__(self, selection: Selection, *, clock: Callable[[], float] = time.perf_counter) -> None:
         self.selection = selection

@@ -51,7 +51,9 @@ class _Tracers:
         if provider is not self._provider:
             # A no-op or not-yet-configured (proxy) provider means tracing is off.
             tracer = (
-                None if isinstance(provider, _OFF) else provider.get_tracer(INSTRUMENTATION_NAME, INSTRUMENTATION_VERSION)
+                None
+                if isinstance(provider, _OFF)
+                else provider.get_tracer(INSTRUMENTATION_NAME, INSTRUMENTATION_VERSION)
             )
             self._provider, self._tracer = provider, tracer
         return self._tracer
@@ -119,8 +121,9 @@ def _aio_details_with(
     details: grpc.aio.ClientCallDetails, headers: list[tuple[str, str]]
 ) -> grpc.aio.ClientCallDetails:
     metadata = grpc.aio.Metadata(*(details.metadata or ()), *headers)
-    return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
-                                      details.wait_for_ready)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
 
 
 class ClientTracingInterceptor(grpc.UnaryUnaryClientInterceptor):
@@ -136,7 +139,9 @@ class ClientTracingInterceptor(grpc.UnaryUnaryClientInterceptor):
         self._tracers = _Tracers(tracer_provider)
 
     def intercept_unary_unary(
-        self, continuation: Callable[[grpc.ClientCallDetails, Any], Any], client_call_details: grpc.ClientCallDetails,
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
         request: Any,
     ) -> Any:
         tracer = self._tracers.current()
@@ -244,5 +249,6 @@ def traced_aio_secure_channel(
     """``grpc.aio.secure_channel(target, credentials, options=options)``, traced if tracing is on now."""
     if not tracing_on():
         return grpc.aio.secure_channel(target, credentials, options=options)
-    return grpc.aio.secure_channel(target, credentials, options=options,
-                                   interceptors=[AioClientTracingInterceptor(target)])
+    return grpc.aio.secure_channel(
+        target, credentials, options=options, interceptors=[AioClientTracingInterceptor(target)]
+    )

@@ -396,8 +396,10 @@ class BatchReport:
     def __post_init__(self) -> None:
         if not isinstance(self.operation, str) or not self.operation:
             raise ValueError(f"operation must be a non-empty string, got {self.operation!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not (
-            1 <= self.batch_size <= MAX_BATCH_SIZE
+        if (
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, int)
+            or not (1 <= self.batch_size <= MAX_BATCH_SIZE)
         ):
             raise ValueError(f"batch_size must be an integer 1-{MAX_BATCH_SIZE:,}, got {self.batch_size!r}")
         duration_ms = self.duration_ms

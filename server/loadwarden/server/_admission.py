@@ -159,7 +159,9 @@ class SlotPool:
         only when its name, parameters or initial limit changed."""
         old = self.settings
         if (old.limit_algorithm, old.limit_params, old.max_concurrency) != (
-            settings.limit_algorithm, settings.limit_params, settings.max_concurrency,
+            settings.limit_algorithm,
+            settings.limit_params,
+            settings.max_concurrency,
         ):
             self.limit = build_limit(settings.limit_algorithm, settings.limit_params, settings.max_concurrency, where)
         if _rate_settings(old) != _rate_settings(settings):
@@ -191,16 +193,23 @@ class SlotPool:
 
 
 def _rate_settings(settings: PoolSettings) -> tuple[object, ...]:
-    return (settings.rate_limit, settings.rate_limit_keys, settings.identity_rate_limit,
-            settings.rate_limit_keys_per_identity)
+    return (
+        settings.rate_limit,
+        settings.rate_limit_keys,
+        settings.identity_rate_limit,
+        settings.rate_limit_keys_per_identity,
+    )
 
 
 def _rate_limiter(settings: PoolSettings) -> RateLimiter | None:
     if settings.rate_limit is None:
         return None
-    return RateLimiter(settings.rate_limit, max_keys=settings.rate_limit_keys,
-                       identity_limit=settings.identity_rate_limit,
-                       max_keys_per_identity=settings.rate_limit_keys_per_identity)
+    return RateLimiter(
+        settings.rate_limit,
+        max_keys=settings.rate_limit_keys,
+        identity_limit=settings.identity_rate_limit,
+        max_keys_per_identity=settings.rate_limit_keys_per_identity,
+    )
 
 
 class Admission:
@@ -294,12 +303,18 @@ class Admission:
         if slots.has_room():
             return self._grant(slots, request, now, now)
         if request.max_wait_s <= 0:
-            return Denied(Denial.AT_CAPACITY, f"pool {request.pool!r} is at its limit of {slots.limit.limit} slots",
-                          slots.retry_after_s(), 0.0)
+            return Denied(
+                Denial.AT_CAPACITY,
+                f"pool {request.pool!r} is at its limit of {slots.limit.limit} slots",
+                slots.retry_after_s(),
+                0.0,
+            )
         if slots.waiting >= slots.settings.max_queue_length:
             cap = slots.settings.max_queue_length
             raise ResourceExhausted.cap_reached(
-                "max_queue_length", f"pools.{request.pool}.max_queue_length", cap,
+                "max_queue_length",
+                f"pools.{request.pool}.max_queue_length",
+                cap,
                 f"pool {request.pool!r}: wait queue is full ({slots.waiting} waiting; max_queue_length {cap})",
                 retry_after_s=slots.retry_after_s(),
             )
@@ -316,8 +331,9 @@ class Admission:
         longest_ms = slots.settings.max_lease_ttl_ms
         if ttl_s * 1000.0 > longest_ms:
             raise InvalidArgument(
-                field_name, f"pool {slots.settings.name!r} allows leases of at most {longest_ms} ms "
-                f"(max_lease_ttl_ms); renew a long-held lease instead"
+                field_name,
+                f"pool {slots.settings.name!r} allows leases of at most {longest_ms} ms "
+                f"(max_lease_ttl_ms); renew a long-held lease instead",
             )
 
     async def _wait(self, slots: SlotPool, waiter: _Waiter, request: SlotRequest, time_left_s: float | None) -> Answer:
@@ -334,8 +350,12 @@ class Admission:
                 return waiter.future.result()  # granted at the last instant: keep it
             self._leave(slots, waiter)
             waited = self._clock.monotonic() - waiter.enqueued_at
-            return Denied(Denial.QUEUE_TIMEOUT, f"no slot in pool {request.pool!r} freed up within {timeout * 1000:.0f} ms",
-                          slots.retry_after_s(), waited)
+            return Denied(
+                Denial.QUEUE_TIMEOUT,
+                f"no slot in pool {request.pool!r} freed up within {timeout * 1000:.0f} ms",
+                slots.retry_after_s(),
+                waited,
+            )
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled():
                 waiter.callers -= 1
@@ -363,7 +383,9 @@ class Admission:
     def _grant(self, slots: SlotPool, request: SlotRequest, now: float, enqueued_at: float) -> Answer:
         if len(self.leases) >= self.max_leases:
             raise ResourceExhausted.cap_reached(
-                "max_leases", "limits.max_leases", self.max_leases,
+                "max_leases",
+                "limits.max_leases",
+                self.max_leases,
                 f"{len(self.leases)} leases are held; pool {request.pool!r} cannot grant another",
                 retry_after_s=self.lease_retry_after_s(now),
             )
@@ -374,8 +396,9 @@ class Admission:
             except Unavailable as exc:
                 return Denied(Denial.NO_ELIGIBLE_SERVER, str(exc), slots.retry_after_s(), now - enqueued_at)
         ttl_s = request.lease_ttl_s or slots.settings.lease_ttl_ms / 1000.0
-        lease = Lease(self._ids.new(request.owner), slots, ttl_s, now, now + ttl_s, request.request_id,
-                      request.owner, selection)
+        lease = Lease(
+            self._ids.new(request.owner), slots, ttl_s, now, now + ttl_s, request.request_id, request.owner, selection
+        )
         self.leases[lease.id] = lease
         self._push_expiry(lease)
         slots.in_use += 1
@@ -473,8 +496,7 @@ class Admission:
             self._settle(lease.selection, success, latency_ms or held_ms, False)
         return True
 
-    def release_request(self, pool: str, request_id: str, *, success: bool, latency_ms: float,
-                        owner: str = "") -> bool:
+    def release_request(self, pool: str, request_id: str, *, success: bool, latency_ms: float, owner: str = "") -> bool:
         """Ends what ``owner``'s AcquireSlot with ``request_id`` in ``pool`` holds: its lease
         (as ``release``) or its wait (the slot it may still be granted goes unclaimed by that
         caller). For a client that gave up on an AcquireSlot whose answer it never saw.
@@ -538,8 +560,12 @@ class Admission:
             if lease is None or lease.expires_at > now:
                 continue  # released, or renewed since this entry was pushed
             del self.leases[lease_id]
-            log.warning("lease %s in pool %s reclaimed: not renewed or released within %.1f s",
-                        lease_id, lease.slots.settings.name, lease.ttl_s)
+            log.warning(
+                "lease %s in pool %s reclaimed: not renewed or released within %.1f s",
+                lease_id,
+                lease.slots.settings.name,
+                lease.ttl_s,
+            )
             held_ms = (now - lease.granted_at) * 1000.0
             self._end(lease, now, rtt_ms=held_ms, dropped=True, count_sample=True)
             if lease.selection is not None:
@@ -572,8 +598,11 @@ class Admission:
             return SlotPool(settings, where)
         slots.reconfigure(settings, where)
         slots.deleted = False
-        log.info("pool %s re-created with %d leases of its former self still held; they count against "
-                 "its limit", settings.name, slots.in_use)
+        log.info(
+            "pool %s re-created with %d leases of its former self still held; they count against its limit",
+            settings.name,
+            slots.in_use,
+        )
         return slots
 
     def close_pool(self, slots: SlotPool) -> None:

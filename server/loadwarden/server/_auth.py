@@ -123,8 +123,11 @@ def check_token(token: object, key: str) -> None:
     if not isinstance(token, str):
         raise ConfigError(key, "must be a string, got a non-string value")
     if token and (len(token) < MIN_TOKEN_LEN or not all("!" <= c <= "~" for c in token)):
-        raise ConfigError(key, f"must be at least {MIN_TOKEN_LEN} printable ASCII characters "
-                               "without spaces, e.g. from secrets.token_urlsafe(32)")
+        raise ConfigError(
+            key,
+            f"must be at least {MIN_TOKEN_LEN} printable ASCII characters "
+            "without spaces, e.g. from secrets.token_urlsafe(32)",
+        )
 
 
 def parse_auth(raw: Mapping[str, Any]) -> AuthSettings:
@@ -212,11 +215,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         elif admin_open:
             self._admin = None
         else:
-            self._admin = _Rule(admin_name, None, f"{admin_name} is refused: the service listens on a "
-                                                  "non-loopback address and no admin token is configured "
-                                                  "(set admin.token)")
+            self._admin = _Rule(
+                admin_name,
+                None,
+                f"{admin_name} is refused: the service listens on a "
+                "non-loopback address and no admin token is configured "
+                "(set admin.token)",
+            )
         self._decision = (
-            _Rule(decision_name, frozenset(_digest(t.encode("utf-8")) for t in client_tokens)) if client_tokens else None
+            _Rule(decision_name, frozenset(_digest(t.encode("utf-8")) for t in client_tokens))
+            if client_tokens
+            else None
         )
         # (method, code, message) -> refusing handler; bounded by the protected methods x 3 answers.
         self._refusals: dict[tuple[str, grpc.StatusCode, str], grpc.RpcMethodHandler] = {}
@@ -244,11 +253,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return self._refuse(method, grpc.StatusCode.PERMISSION_DENIED, rule.refusal)
         presented = _presented_token(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
         if presented is None:
-            return self._refuse(method, grpc.StatusCode.UNAUTHENTICATED,
-                                f"{rule.service} needs a token: send 'authorization: Bearer <token>' metadata")
+            return self._refuse(
+                method,
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{rule.service} needs a token: send 'authorization: Bearer <token>' metadata",
+            )
         if _digest(presented) not in rule.expected:
-            return self._refuse(method, grpc.StatusCode.PERMISSION_DENIED,
-                                f"the token is not valid for {rule.service}")
+            return self._refuse(method, grpc.StatusCode.PERMISSION_DENIED, f"the token is not valid for {rule.service}")
         return await continuation(handler_call_details)
 
     def _refuse(self, method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
@@ -310,11 +321,11 @@ def auth_interceptors(
     if admin_token:
         log.info("AdminService requires the admin token")
     elif loopback:
-        log.info("AdminService is open without a token: %s is a loopback address and no admin.token "
-                 "is configured", listen)
+        log.info(
+            "AdminService is open without a token: %s is a loopback address and no admin.token is configured", listen
+        )
     else:
-        log.warning("AdminService is refused on %s: no admin.token is configured for a non-loopback "
-                    "address", listen)
+        log.warning("AdminService is refused on %s: no admin.token is configured for a non-loopback address", listen)
     if client_tokens:
         log.info("DecisionService requires a client token (%d callers configured)", len(client_tokens))
     return (interceptor,) if interceptor.active else ()

@@ -61,8 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a parser bug, yet the input is what caused it: one line, never a traceback
         log.debug("reading the configuration failed", exc_info=True)
         where = args.config if args.config is not None else "the LOADWARDEN_* environment"
-        return _invalid(f"{where}: cannot be read ({type(exc).__name__}: {exc}); run with --log-level DEBUG "
-                        "for details")
+        return _invalid(
+            f"{where}: cannot be read ({type(exc).__name__}: {exc}); run with --log-level DEBUG for details"
+        )
     try:
         asyncio.run(serve(config))
     except ConfigError as exc:

@@ -132,13 +132,16 @@ class AdminSettings:
         if self.listen:
             check_listen(self.listen, "admin.listen")
             if not self.token:
-                raise ConfigError("admin.token", "is required when admin.listen is set "
-                                                 "(or set LOADWARDEN_ADMIN__TOKEN)")
-        if self.token and (len(self.token) < MIN_ADMIN_TOKEN_LEN
-                           or not all("!" <= c <= "~" for c in self.token)):
+                raise ConfigError(
+                    "admin.token", "is required when admin.listen is set (or set LOADWARDEN_ADMIN__TOKEN)"
+                )
+        if self.token and (len(self.token) < MIN_ADMIN_TOKEN_LEN or not all("!" <= c <= "~" for c in self.token)):
             # The message never echoes the token.
-            raise ConfigError("admin.token", f"must be at least {MIN_ADMIN_TOKEN_LEN} printable ASCII characters "
-                                             "without spaces, e.g. from secrets.token_urlsafe(32)")
+            raise ConfigError(
+                "admin.token",
+                f"must be at least {MIN_ADMIN_TOKEN_LEN} printable ASCII characters "
+                "without spaces, e.g. from secrets.token_urlsafe(32)",
+            )
         for key, (low, high) in _ADMIN_RANGES.items():
             try:
                 check_count(getattr(self, key), f"admin.{key}", low, high)
@@ -191,9 +194,11 @@ class ServiceConfig:
         pools = {spec.settings.name for spec in self.pools}
         for operation in self.operations:
             if operation.load_source == "pool" and operation.pool not in pools:
-                raise ConfigError(f"operations.{operation.name}.pool",
-                                  f"no pool named {operation.pool!r} is configured; configured pools: "
-                                  f"{', '.join(sorted(pools)) or 'none'}")
+                raise ConfigError(
+                    f"operations.{operation.name}.pool",
+                    f"no pool named {operation.pool!r} is configured; configured pools: "
+                    f"{', '.join(sorted(pools)) or 'none'}",
+                )
 
 
 def check_listen(listen: str, key: str = "service.listen") -> None:
@@ -210,8 +215,13 @@ _LIMIT_KEYS = LIMIT_RANGES  # [limits] keys and their ranges; defaults and meani
 _TOP_KEYS = {"service", "limits", "pools", "state", "operations", "monitor", "admin", "tls", "auth"}
 MIN_ADMIN_TOKEN_LEN = 16
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config file larger than this is a mistake, not a config
-_VERBATIM_ENV = (["admin", "token"], ["auth", "client_token"], ["tls", "cert_file"], ["tls", "key_file"],
-                 ["tls", "client_ca_file"])
+_VERBATIM_ENV = (
+    ["admin", "token"],
+    ["auth", "client_token"],
+    ["tls", "cert_file"],
+    ["tls", "key_file"],
+    ["tls", "client_ca_file"],
+)
 _ADMIN_RANGES = {"history_interval_ms": (100, 3_600_000), "history_retention_s": (60, 366 * 86_400)}
 
 
@@ -233,8 +243,13 @@ def _read_config_text(path: Path) -> str:
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):  # a fifo or device would block the start, a directory fail vaguely
-            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a named pipe" if stat.S_ISFIFO(info.st_mode) \
+            kind = (
+                "a directory"
+                if stat.S_ISDIR(info.st_mode)
+                else "a named pipe"
+                if stat.S_ISFIFO(info.st_mode)
                 else "a device or socket"
+            )
             raise ConfigError(str(path), f"cannot read config file: it is {kind}, not a regular file")
         size = info.st_size
         if size > MAX_CONFIG_BYTES:
@@ -248,8 +263,11 @@ def _read_config_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(str(path), f"config file is not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line} "
-                                     f"(offset {exc.start}); save it as UTF-8") from None
+        raise ConfigError(
+            str(path),
+            f"config file is not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line} "
+            f"(offset {exc.start}); save it as UTF-8",
+        ) from None
 
 
 def _parse_toml(text: str, where: str) -> dict[str, Any]:
@@ -261,8 +279,9 @@ def _parse_toml(text: str, where: str) -> dict[str, Any]:
     except RecursionError:
         raise ConfigError(where, "invalid TOML: arrays or tables nested too deeply") from None
     except ValueError:  # the only ValueError tomllib lets through: an integer too long to convert
-        raise ConfigError(where, f"invalid TOML: an integer has more than {sys.get_int_max_str_digits()} "
-                                 "digits") from None
+        raise ConfigError(
+            where, f"invalid TOML: an integer has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
 
 
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -270,9 +289,11 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if not all(path) or path[0] not in _TOP_KEYS:
-            raise ConfigError(name, f"unknown setting; use LOADWARDEN_<SECTION>__<KEY> with a section in {sorted(_TOP_KEYS)}")
+            raise ConfigError(
+                name, f"unknown setting; use LOADWARDEN_<SECTION>__<KEY> with a section in {sorted(_TOP_KEYS)}"
+            )
         node = raw
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -324,8 +345,10 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
             pools.append(PoolSpec(settings, servers or ()))
         operations_raw = _section(raw, "operations")
         if len(operations_raw) > limits.max_operations:
-            raise ConfigError("operations", f"{len(operations_raw)} operations configured; "
-                                            f"limits.max_operations is {limits.max_operations}")
+            raise ConfigError(
+                "operations",
+                f"{len(operations_raw)} operations configured; limits.max_operations is {limits.max_operations}",
+            )
         operations = []
         for name, values in operations_raw.items():
             if not isinstance(values, Mapping):
@@ -408,7 +431,7 @@ def _parse_state(raw: Mapping[str, Any]) -> StateSettings:
     if not isinstance(path, str) or "\0" in path:
         raise ConfigError("state.path", f"must be a directory path, got {shown(path)}")
     if store == "file" and not path:
-        raise ConfigError("state.path", "is required with store = \"file\"")
+        raise ConfigError("state.path", 'is required with store = "file"')
     interval = raw.get("save_interval_ms", 10_000)
     try:
         check_count(interval, "state.save_interval_ms", 10, 3_600_000)

@@ -13,10 +13,10 @@ from loadwarden.v1 import decision_pb2 as _pb
 
 from ._admission import Denial, Granted, Lease, SlotRequest
 from ._core import BatchReportIn, DecisionCore, LoadReportIn, OutcomeReport
-from ._loadmonitor import HostMonitor
-from ._operations import BatchAnswer, Operation, OperationSettings, parse_operation
 from ._errors import InvalidArgument
+from ._loadmonitor import HostMonitor
 from ._model import Backend, Health, LoadSample, ServerSpec
+from ._operations import BatchAnswer, Operation, OperationSettings, parse_operation
 from ._pool import Pool
 from ._settings import PoolSettings, parse_pool, parse_server
 from ._validation import check_count, check_name, check_range, check_ttl_ms
@@ -100,12 +100,12 @@ def _check_struct(message: Any, field: str) -> None:
     try:
         json_format.MessageToDict(message)
     except (json_format.SerializeToJsonError, ValueError) as exc:
-        raise InvalidArgument(field, f"must hold only finite numbers, strings, booleans, lists and tables: {exc}") from None
+        raise InvalidArgument(
+            field, f"must hold only finite numbers, strings, booleans, lists and tables: {exc}"
+        ) from None
 
 
-def pool_config(
-    message: _common.PoolConfig, max_servers: int
-) -> tuple[PoolSettings, tuple[ServerSpec, ...] | None]:
+def pool_config(message: _common.PoolConfig, max_servers: int) -> tuple[PoolSettings, tuple[ServerSpec, ...] | None]:
     for name in ("strategy_params", "limit_params"):
         if message.HasField(name):
             _check_struct(getattr(message, name), f"pool.{name}")
@@ -161,8 +161,9 @@ def server_status(pool: Pool, server: Backend, now: float, wall_now: float) -> _
 
 def pool_status(pool: Pool, now: float, wall_now: float) -> _common.PoolStatus:
     servers = [server_status(pool, pool.servers[sid], now, wall_now) for sid in sorted(pool.servers)]
-    status = pool_header(pool, sum(1 for s in servers if s.state == _common.SERVER_STATE_SERVING),
-                         sum(s.in_flight for s in servers))
+    status = pool_header(
+        pool, sum(1 for s in servers if s.state == _common.SERVER_STATE_SERVING), sum(s.in_flight for s in servers)
+    )
     status.servers.extend(servers)
     return status
 
@@ -305,8 +306,13 @@ def operation_status(operation: Operation) -> _common.OperationStatus:
         last_load_score=operation.last_load,
         adjustments_total=operation.adjustments_total,
         recent_adjustments=[
-            _common.BatchAdjustment(at=timestamp(e.at_wall), previous_size=e.previous_size, new_size=e.new_size,
-                                    reason=e.reason, load_score=e.load_score)
+            _common.BatchAdjustment(
+                at=timestamp(e.at_wall),
+                previous_size=e.previous_size,
+                new_size=e.new_size,
+                reason=e.reason,
+                load_score=e.load_score,
+            )
             for e in operation.events
         ],
         mode=_MODE[s.mode],

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from ._admission import Admission, Answer, Lease, LeaseSelection, SlotRequest
 from ._clock import Clock, SystemClock
 from ._decisions import IdGenerator, PendingDecision, PendingDecisions
+from ._errors import ConfigError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._loadmonitor import HostMonitor, LoadReading, LoadWeights, pool_reading
 from ._metrics import RESULT_NO_ELIGIBLE_SERVER, RESULT_SELECTED, ServerMetrics, shared_metrics
-from ._errors import ConfigError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._model import Backend, LoadSample, ServerSpec
 from ._operations import BatchAnswer, Operation, OperationSettings
 from ._pool import Pool
@@ -135,8 +135,9 @@ class CoreLimits:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ConfigError(f"limits.{key}", f"must be an integer in [{low}, {high}], got {value!r}")
         if not isinstance(self.auto_register_operations, bool):
-            raise ConfigError("service.auto_register_operations",
-                              f"must be true or false, got {self.auto_register_operations!r}")
+            raise ConfigError(
+                "service.auto_register_operations", f"must be true or false, got {self.auto_register_operations!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,20 +361,30 @@ class DecisionCore:
             ResourceExhausted: ``limits.max_operations`` reached.
         """
         if settings.load_source == "pool" and settings.pool not in self._pools:
-            raise NotFound("operation.pool", f"no pool named {settings.pool!r}; create it first "
-                                             "(an operation reading its load would answer its default size)")
+            raise NotFound(
+                "operation.pool",
+                f"no pool named {settings.pool!r}; create it first "
+                "(an operation reading its load would answer its default size)",
+            )
         existing = self.operations.get(settings.name)
         if existing is not None:
             existing.reconfigure(settings)
             return existing, False
         if len(self.operations) >= self.limits.max_operations:
             raise ResourceExhausted.cap_reached(
-                "max_operations", "limits.max_operations", self.limits.max_operations,
+                "max_operations",
+                "limits.max_operations",
+                self.limits.max_operations,
                 f"the service holds {len(self.operations)} operations; cannot add {settings.name!r}",
             )
         operation = self.operations[settings.name] = Operation(settings)
-        log.info("operation %s registered (%s mode, sizes %d-%d)", settings.name, settings.mode,
-                 settings.min_batch_size, settings.max_batch_size)
+        log.info(
+            "operation %s registered (%s mode, sizes %d-%d)",
+            settings.name,
+            settings.mode,
+            settings.min_batch_size,
+            settings.max_batch_size,
+        )
         return operation, True
 
     def delete_operation(self, name: str) -> None:
@@ -489,7 +500,9 @@ class DecisionCore:
             others = sum(len(p.servers) for p in self._pools.values() if p is not existing)
             if others + len(servers) > self.limits.max_servers:
                 raise ResourceExhausted.cap_reached(
-                    "max_servers", "limits.max_servers", self.limits.max_servers,
+                    "max_servers",
+                    "limits.max_servers",
+                    self.limits.max_servers,
                     f"the other pools hold {others} servers; pool {settings.name!r} cannot have {len(servers)}",
                 )
         too_many = _strategy_size_problem(settings.strategy, count)
@@ -498,7 +511,9 @@ class DecisionCore:
         if existing is None:
             if len(self._pools) >= self.limits.max_pools:
                 raise ResourceExhausted.cap_reached(
-                    "max_pools", "limits.max_pools", self.limits.max_pools,
+                    "max_pools",
+                    "limits.max_pools",
+                    self.limits.max_pools,
                     f"the service holds {len(self._pools)} pools; cannot add {settings.name!r}",
                 )
             assert strategy is not None
@@ -513,8 +528,13 @@ class DecisionCore:
             created = False
         if servers is not None:
             pool.replace_servers(servers)
-        log.info("pool %s %s (strategy %s, %d servers)", settings.name,
-                 "created" if created else "reconfigured", settings.strategy, len(pool.servers))
+        log.info(
+            "pool %s %s (strategy %s, %d servers)",
+            settings.name,
+            "created" if created else "reconfigured",
+            settings.strategy,
+            len(pool.servers),
+        )
         return pool, created
 
     def delete_pool(self, name: str) -> None:
@@ -527,14 +547,18 @@ class DecisionCore:
         pool = self.pool(pool_name)
         if spec.id not in pool.servers and len(pool.servers) >= self.limits.max_servers_per_pool:
             raise ResourceExhausted.cap_reached(
-                "max_servers_per_pool", "limits.max_servers_per_pool", self.limits.max_servers_per_pool,
+                "max_servers_per_pool",
+                "limits.max_servers_per_pool",
+                self.limits.max_servers_per_pool,
                 f"pool {pool_name!r} holds {len(pool.servers)} servers; cannot add {spec.id!r}",
             )
         if spec.id not in pool.servers:
             total = sum(len(p.servers) for p in self._pools.values())
             if total >= self.limits.max_servers:
                 raise ResourceExhausted.cap_reached(
-                    "max_servers", "limits.max_servers", self.limits.max_servers,
+                    "max_servers",
+                    "limits.max_servers",
+                    self.limits.max_servers,
                     f"the service holds {total} servers; cannot add {spec.id!r} to pool {pool_name!r}",
                 )
             too_many = _strategy_size_problem(pool.settings.strategy, len(pool.servers) + 1)

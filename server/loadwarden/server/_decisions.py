@@ -32,7 +32,7 @@ class IdGenerator:
         key: MAC key, at least 16 bytes; random when None.
     """
 
-    __slots__ = ("_prefix", "_next", "_key")
+    __slots__ = ("_key", "_next", "_prefix")
 
     TAG_BYTES = 12  # 96 bits
 

@@ -96,8 +96,9 @@ def pool_reading(pool: Pool, now: float, weights: LoadWeights) -> LoadReading:
         load = server.load
         scores.append((weights.cpu * load.cpu_percent + weights.memory * load.memory_percent) / part)
     if not scores:
-        return LoadReading(None, f"no server of pool {pool.name!r} reported its load within "
-                                 f"{pool.settings.load_report_ttl_ms} ms")
+        return LoadReading(
+            None, f"no server of pool {pool.name!r} reported its load within {pool.settings.load_report_ttl_ms} ms"
+        )
     return LoadReading(sum(scores) / len(scores))
 
 

@@ -66,21 +66,27 @@ class ServerMetrics:
         self._explicit = meter_provider is not None
         self._observed = False
         self._decisions = self._meter.create_counter(
-            "loadwarden.decisions", unit="{decision}",
+            "loadwarden.decisions",
+            unit="{decision}",
             description="SelectServer decisions (including AcquireSlot with select_server) by pool, strategy "
-                        "and result: selected or no_eligible_server",
+            "and result: selected or no_eligible_server",
         )
         self._denials = self._meter.create_counter(
-            "loadwarden.denials", unit="{denial}",
+            "loadwarden.denials",
+            unit="{denial}",
             description="AcquireSlot denials by pool and reason: at_capacity, queue_timeout, no_eligible_server",
         )
         self._queue_wait = self._meter.create_histogram(
-            "loadwarden.queue.wait", unit="ms", explicit_bucket_boundaries_advisory=WAIT_BUCKETS_MS,
+            "loadwarden.queue.wait",
+            unit="ms",
+            explicit_bucket_boundaries_advisory=WAIT_BUCKETS_MS,
             description="Time an AcquireSlot answer waited in its pool's queue (0 for an immediate answer), "
-                        "by pool and result: granted or denied",
+            "by pool and result: granted or denied",
         )
         self.duration = self._meter.create_histogram(
-            "loadwarden.decision.duration", unit="ms", explicit_bucket_boundaries_advisory=DURATION_BUCKETS_MS,
+            "loadwarden.decision.duration",
+            unit="ms",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_MS,
             description="Server-side handler time of DecisionService RPCs by method and status code",
         )
 
@@ -114,6 +120,7 @@ class ServerMetrics:
         def every(build: Callable[[DecisionCore], list[Observation]]) -> list[Callback]:
             def callback(options: CallbackOptions) -> Iterable[Observation]:
                 return _collect(ref, build)
+
             return [callback]
 
         def pools(read: Callable[[Pool], float]) -> list[Callback]:
@@ -126,38 +133,71 @@ class ServerMetrics:
             return every(lambda c: [Observation(read(op), {"operation": n}) for n, op in list(c.operations.items())])
 
         meter.create_observable_gauge(
-            "loadwarden.queue.length", pools(lambda p: p.slots.waiting), unit="{request}",
-            description="AcquireSlot requests waiting in the pool's queue")
+            "loadwarden.queue.length",
+            pools(lambda p: p.slots.waiting),
+            unit="{request}",
+            description="AcquireSlot requests waiting in the pool's queue",
+        )
         meter.create_observable_gauge(
-            "loadwarden.leases.active", pools(lambda p: p.slots.in_use), unit="{lease}",
-            description="Slots held (leases granted and not yet released or reclaimed) in the pool")
+            "loadwarden.leases.active",
+            pools(lambda p: p.slots.in_use),
+            unit="{lease}",
+            description="Slots held (leases granted and not yet released or reclaimed) in the pool",
+        )
         meter.create_observable_gauge(
-            "loadwarden.concurrency.limit", pools(lambda p: p.slots.limit.limit), unit="{slot}",
-            description="The pool's current concurrency limit (0 means unlimited)")
+            "loadwarden.concurrency.limit",
+            pools(lambda p: p.slots.limit.limit),
+            unit="{slot}",
+            description="The pool's current concurrency limit (0 means unlimited)",
+        )
         meter.create_observable_counter(
-            "loadwarden.rate_limit.rejections", pools(lambda p: p.slots.rate_limited_total), unit="{request}",
-            description="AcquireSlot requests refused by the pool's rate limit (RESOURCE_EXHAUSTED)")
+            "loadwarden.rate_limit.rejections",
+            pools(lambda p: p.slots.rate_limited_total),
+            unit="{request}",
+            description="AcquireSlot requests refused by the pool's rate limit (RESOURCE_EXHAUSTED)",
+        )
         meter.create_observable_counter(
-            "loadwarden.leases.reclaimed", every(lambda c: [Observation(c.admission.reclaimed_total)]),
-            unit="{lease}", description="Leases reclaimed because they were neither renewed nor released within their TTL")
+            "loadwarden.leases.reclaimed",
+            every(lambda c: [Observation(c.admission.reclaimed_total)]),
+            unit="{lease}",
+            description="Leases reclaimed because they were neither renewed nor released within their TTL",
+        )
         meter.create_observable_gauge(
-            "loadwarden.server.cpu", servers("cpu_percent"), unit="%",
-            description="CPU of the server's latest load report, 0-100; absent while the report is stale")
+            "loadwarden.server.cpu",
+            servers("cpu_percent"),
+            unit="%",
+            description="CPU of the server's latest load report, 0-100; absent while the report is stale",
+        )
         meter.create_observable_gauge(
-            "loadwarden.server.memory", servers("memory_percent"), unit="%",
-            description="Memory of the server's latest load report, 0-100; absent while the report is stale")
+            "loadwarden.server.memory",
+            servers("memory_percent"),
+            unit="%",
+            description="Memory of the server's latest load report, 0-100; absent while the report is stale",
+        )
         meter.create_observable_gauge(
-            "loadwarden.server.in_flight", servers("in_flight"), unit="{request}",
-            description="Selections of the server awaiting their outcome")
+            "loadwarden.server.in_flight",
+            servers("in_flight"),
+            unit="{request}",
+            description="Selections of the server awaiting their outcome",
+        )
         meter.create_observable_counter(
-            "loadwarden.server.ejections", servers("ejections_total"), unit="{ejection}",
-            description="Outlier ejections of the server")
+            "loadwarden.server.ejections",
+            servers("ejections_total"),
+            unit="{ejection}",
+            description="Outlier ejections of the server",
+        )
         meter.create_observable_gauge(
-            "loadwarden.batch.size", operations(lambda op: op.size), unit="{item}",
-            description="The operation's current batch size")
+            "loadwarden.batch.size",
+            operations(lambda op: op.size),
+            unit="{item}",
+            description="The operation's current batch size",
+        )
         meter.create_observable_counter(
-            "loadwarden.batch.adjustments", operations(lambda op: op.adjustments_total), unit="{adjustment}",
-            description="Changes of the operation's batch size")
+            "loadwarden.batch.adjustments",
+            operations(lambda op: op.adjustments_total),
+            unit="{adjustment}",
+            description="Changes of the operation's batch size",
+        )
 
     # --- RPC handler time ---------------------------------------------------------------
 
@@ -228,7 +268,7 @@ class _DurationInterceptor(grpc.aio.ServerInterceptor):
             return handler
         cached = self._wrapped.get(method)
         if cached is None or cached[0] is not handler:
-            cached = self._wrapped[method] = (handler, self._wrap(handler, method[len(DECISION_SERVICE_PREFIX):]))
+            cached = self._wrapped[method] = (handler, self._wrap(handler, method[len(DECISION_SERVICE_PREFIX) :]))
         return cached[1]
 
     def _wrap(self, handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandler:

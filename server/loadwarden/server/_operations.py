@@ -94,14 +94,23 @@ def parse_operation(name: str, name_field: str, values: Mapping[str, Any], where
         if key not in known:
             raise InvalidArgument(f"{where}.{key}", f"unknown key; valid keys: {', '.join(sorted(known))}")
     kw: dict[str, Any] = {"name": name}
-    ints = {"min_batch_size": (1, MAX_BATCH_SIZE), "max_batch_size": (1, MAX_BATCH_SIZE),
-            "default_batch_size": (1, MAX_BATCH_SIZE), "cooldown_ms": (0, 86_400_000),
-            "min_step": (0, MAX_BATCH_SIZE), "additive_step": (1, MAX_BATCH_SIZE)}
+    ints = {
+        "min_batch_size": (1, MAX_BATCH_SIZE),
+        "max_batch_size": (1, MAX_BATCH_SIZE),
+        "default_batch_size": (1, MAX_BATCH_SIZE),
+        "cooldown_ms": (0, 86_400_000),
+        "min_step": (0, MAX_BATCH_SIZE),
+        "additive_step": (1, MAX_BATCH_SIZE),
+    }
     for key, (low, high) in ints.items():
         if values.get(key):
             kw[key] = _integer(values[key], f"{where}.{key}", low, high)
-    floats = {"low_threshold_percent": (0.0, 100.0), "high_threshold_percent": (0.0, 100.0),
-              "target_latency_ms": (0.0, 86_400_000.0), "backoff_ratio": (0.0, 1.0)}
+    floats = {
+        "low_threshold_percent": (0.0, 100.0),
+        "high_threshold_percent": (0.0, 100.0),
+        "target_latency_ms": (0.0, 86_400_000.0),
+        "backoff_ratio": (0.0, 1.0),
+    }
     for key, (flow, fhigh) in floats.items():
         if values.get(key):
             kw[key] = _number(values[key], f"{where}.{key}", flow, fhigh)
@@ -118,16 +127,20 @@ def parse_operation(name: str, name_field: str, values: Mapping[str, Any], where
         kw["default_batch_size"] = kw.get("min_batch_size", 1)
     s = OperationSettings(**kw)
     if s.min_batch_size > s.max_batch_size:
-        raise InvalidArgument(f"{where}.min_batch_size",
-                              f"must be <= max_batch_size ({s.max_batch_size}), got {s.min_batch_size}")
+        raise InvalidArgument(
+            f"{where}.min_batch_size", f"must be <= max_batch_size ({s.max_batch_size}), got {s.min_batch_size}"
+        )
     if not s.min_batch_size <= s.default_batch_size <= s.max_batch_size:
-        raise InvalidArgument(f"{where}.default_batch_size",
-                              f"must be in [min_batch_size, max_batch_size] = [{s.min_batch_size}, {s.max_batch_size}], "
-                              f"got {s.default_batch_size}")
+        raise InvalidArgument(
+            f"{where}.default_batch_size",
+            f"must be in [min_batch_size, max_batch_size] = [{s.min_batch_size}, {s.max_batch_size}], "
+            f"got {s.default_batch_size}",
+        )
     if not s.low_threshold_percent < s.high_threshold_percent:
-        raise InvalidArgument(f"{where}.high_threshold_percent",
-                              f"must be above low_threshold_percent ({s.low_threshold_percent:g}), "
-                              f"got {s.high_threshold_percent:g}")
+        raise InvalidArgument(
+            f"{where}.high_threshold_percent",
+            f"must be above low_threshold_percent ({s.low_threshold_percent:g}), got {s.high_threshold_percent:g}",
+        )
     if s.mode == "latency_target" and s.target_latency_ms <= 0:
         raise InvalidArgument(f"{where}.target_latency_ms", "must be > 0 in latency_target mode")
     if not 0.0 < s.backoff_ratio < 1.0:
@@ -139,10 +152,10 @@ def parse_operation(name: str, name_field: str, values: Mapping[str, Any], where
 
 def make_controller(s: OperationSettings, start: int) -> BatchController:
     if s.mode == "latency_target":
-        return LatencyTargetController(s.min_batch_size, s.max_batch_size, start, s.target_latency_ms,
-                                       s.additive_step, s.backoff_ratio)
-    return ThresholdController(s.min_batch_size, s.max_batch_size, s.low_threshold_percent,
-                               s.high_threshold_percent)
+        return LatencyTargetController(
+            s.min_batch_size, s.max_batch_size, start, s.target_latency_ms, s.additive_step, s.backoff_ratio
+        )
+    return ThresholdController(s.min_batch_size, s.max_batch_size, s.low_threshold_percent, s.high_threshold_percent)
 
 
 @dataclass(frozen=True, slots=True)

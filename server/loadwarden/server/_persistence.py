@@ -57,8 +57,9 @@ def decode(blob: bytes) -> dict[str, Any]:
     except RecursionError:
         raise CorruptState("not JSON this service reads: arrays or objects nested too deeply") from None
     except ValueError:  # the only ValueError json lets through: an integer too long to convert
-        raise CorruptState(f"not JSON this service reads: an integer has more than {sys.get_int_max_str_digits()} "
-                           "digits") from None
+        raise CorruptState(
+            f"not JSON this service reads: an integer has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CorruptState(f"not a {FORMAT} document")
     pools = data.get("pools")
@@ -98,8 +99,9 @@ def restore(core: DecisionCore, store: StateStore) -> int:
     for name, entry in data["pools"].items():
         pool = next((p for p in core.pools() if p.name == name), None)
         if pool is None or pool.settings.strategy != entry["strategy"]:
-            log.info("learned state for pool %s (%s) not restored: pool gone or strategy changed",
-                     name, entry["strategy"])
+            log.info(
+                "learned state for pool %s (%s) not restored: pool gone or strategy changed", name, entry["strategy"]
+            )
             continue
         try:
             pool.strategy.restore(entry["state"])
@@ -122,8 +124,10 @@ def _set_aside(store: StateStore, problem: str, outcome: str) -> None:
     try:
         aside = store.quarantine(LEARNED_KEY)
     except OSError as exc:
-        raise ConfigError("state.path", f"saved learned state is unusable ({problem}) and cannot be moved aside: "
-                                        f"{exc.strerror or exc}") from None
+        raise ConfigError(
+            "state.path",
+            f"saved learned state is unusable ({problem}) and cannot be moved aside: {exc.strerror or exc}",
+        ) from None
     log.warning("saved learned state is unusable (%s); moved aside to %s; %s", problem, aside, outcome)
 
 

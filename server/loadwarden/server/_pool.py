@@ -38,7 +38,14 @@ class Pool:
     """
 
     __slots__ = (
-        "settings", "strategy", "servers", "slots", "panic", "_load_ttl_s", "_cached", "_valid_until",
+        "_cached",
+        "_load_ttl_s",
+        "_valid_until",
+        "panic",
+        "servers",
+        "settings",
+        "slots",
+        "strategy",
     )
 
     def __init__(
@@ -195,7 +202,11 @@ class Pool:
         self._cached = None
         log.warning(
             "server %s/%s ejected for %.1f s after %d consecutive failures (ejection #%d)",
-            self.name, server.id, duration_s, outlier.consecutive_failures, server.ejections_total,
+            self.name,
+            server.id,
+            duration_s,
+            outlier.consecutive_failures,
+            server.ejections_total,
         )
         return True
 

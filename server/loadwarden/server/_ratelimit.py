@@ -25,7 +25,7 @@ _EPSILON_TOKENS = 1e-9
 
 
 class _Bucket:
-    __slots__ = ("tokens", "counted_at")
+    __slots__ = ("counted_at", "tokens")
 
     def __init__(self, tokens: float, counted_at: float) -> None:
         self.tokens = tokens  # 0 <= tokens <= burst
@@ -35,7 +35,7 @@ class _Bucket:
 class _Rate:
     """One rate's arithmetic over buckets: refill, check, spend."""
 
-    __slots__ = ("count", "per_s", "burst")
+    __slots__ = ("burst", "count", "per_s")
 
     def __init__(self, limit: RateLimit, name: str) -> None:
         if not isinstance(limit, RateLimit):
@@ -119,7 +119,7 @@ class RateLimiter:
         ValueError: An argument is out of range; the message names it.
     """
 
-    __slots__ = ("_key_rate", "_identity_rate", "_max_keys", "_max_keys_per_identity", "_buckets", "_callers")
+    __slots__ = ("_buckets", "_callers", "_identity_rate", "_key_rate", "_max_keys", "_max_keys_per_identity")
 
     def __init__(
         self,

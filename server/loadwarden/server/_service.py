@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from loadwarden.observability._net import is_loopback
 from loadwarden.v1 import admin_pb2, decision_pb2
 
 from ._auth import Callers, auth_interceptors
 from ._clock import Clock
 from ._config import ServiceConfig
+from ._convert import load_status
 from ._core import CoreLimits, DecisionCore
 from ._errors import ConfigError, InvalidArgument, ResourceExhausted
-from ._convert import load_status
 from ._loadmonitor import HostMonitor, LoadWeights
 from ._metrics import ServerMetrics
 from ._persistence import Persister, restore
@@ -32,7 +33,7 @@ from ._reflection import enable_reflection
 from ._servicer import add_to_server, server_options
 from ._store import STORES, MemoryStore, StateStore
 from ._telemetry import server_interceptors
-from ._tls import TlsMaterial, is_loopback, load_tls
+from ._tls import TlsMaterial, load_tls
 
 if TYPE_CHECKING:
     from loadwarden.observability._admin_http import AdminHttp
@@ -118,8 +119,10 @@ async def start_service(
     core = DecisionCore(config.limits, clock=clock, rng=rng or random.Random(config.seed))
     configured = sum(len(spec.servers or ()) for spec in config.pools)
     if configured > config.limits.max_servers:
-        raise ConfigError("limits.max_servers", f"the pools configure {configured} servers in all; "
-                                                f"limits.max_servers is {config.limits.max_servers}")
+        raise ConfigError(
+            "limits.max_servers",
+            f"the pools configure {configured} servers in all; limits.max_servers is {config.limits.max_servers}",
+        )
     for spec in config.pools:
         where = f"pools.{spec.settings.name}"
         try:
@@ -151,14 +154,19 @@ async def start_service(
     host = config.listen.rpartition(":")[0]
     # Auth after tracing (a refused call still gets its span), before metrics (which time handlers).
     client_tokens = config.auth.tokens()
-    auth = auth_interceptors(admin_token=config.admin.token, client_tokens=tuple(client_tokens),
-                             loopback=is_loopback(host), listen=config.listen)
+    auth = auth_interceptors(
+        admin_token=config.admin.token,
+        client_tokens=tuple(client_tokens),
+        loopback=is_loopback(host),
+        listen=config.listen,
+    )
     callers = Callers(client_tokens, certificates=config.tls.require_client_cert)
     open_files = open_files_limit()
-    server = grpc.aio.server(options=(*_SERVER_OPTIONS, *server_options(config.limits),
-                                      *connection_options(config.limits, open_files)),
-                             maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
-                             interceptors=(*server_interceptors(), *auth, *core.metrics.interceptors()))
+    server = grpc.aio.server(
+        options=(*_SERVER_OPTIONS, *server_options(config.limits), *connection_options(config.limits, open_files)),
+        maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
+        interceptors=(*server_interceptors(), *auth, *core.metrics.interceptors()),
+    )
     add_to_server(server, core, callers)  # DecisionService and AdminService; undecodable requests -> INVALID_ARGUMENT
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -188,11 +196,27 @@ async def start_service(
     if store.durable:
         persister = Persister(core, store, config.state.save_interval_ms / 1000.0)
         tasks.append(asyncio.create_task(persister.run(), name="loadwarden-persister"))
-    log.info("loadwarden serving on %s:%d (%d pools); connections capped at %s (open files limit %s)",
-             host, port, len(config.pools), connection_cap(config.limits, open_files), open_files)
-    return RunningService(server, core, health_servicer, host, port, persister, tasks,
-                          admin_port=admin.port if admin is not None else None, _admin=admin, _metrics=metrics_setup,
-                          _history=history)
+    log.info(
+        "loadwarden serving on %s:%d (%d pools); connections capped at %s (open files limit %s)",
+        host,
+        port,
+        len(config.pools),
+        connection_cap(config.limits, open_files),
+        open_files,
+    )
+    return RunningService(
+        server,
+        core,
+        health_servicer,
+        host,
+        port,
+        persister,
+        tasks,
+        admin_port=admin.port if admin is not None else None,
+        _admin=admin,
+        _metrics=metrics_setup,
+        _history=history,
+    )
 
 
 def _configure_metrics(config: ServiceConfig) -> MetricsSetup | None:
@@ -218,12 +242,18 @@ def _shutdown_metrics(metrics_setup: MetricsSetup | None) -> None:
 def _add_port(server: grpc.aio.Server, listen: str, host: str, tls: TlsMaterial | None) -> int:
     """Binds ``listen`` with TLS when configured; warns once about plaintext off loopback."""
     if tls is not None:
-        log.info("gRPC serves TLS on %s%s", listen,
-                 " and requires client certificates" if tls.settings.require_client_cert else "")
+        log.info(
+            "gRPC serves TLS on %s%s",
+            listen,
+            " and requires client certificates" if tls.settings.require_client_cert else "",
+        )
         return server.add_secure_port(listen, tls.grpc_credentials())
     if not is_loopback(host):
-        log.warning("gRPC listens on %s, not a loopback address, without TLS: requests and tokens cross the "
-                    "network in plaintext; set tls.cert_file and tls.key_file", listen)
+        log.warning(
+            "gRPC listens on %s, not a loopback address, without TLS: requests and tokens cross the "
+            "network in plaintext; set tls.cert_file and tls.key_file",
+            listen,
+        )
     return server.add_insecure_port(listen)
 
 

@@ -14,8 +14,8 @@ echoed client value can never outgrow a client's metadata limit.
 from __future__ import annotations
 
 import functools
-import math
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -204,8 +204,12 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
                 # event loop): the grant would never reach it, so the slot goes straight back
                 # and the (undeliverable) answer is a denial.
                 self._core.give_back(answer.lease)
-                answer = Denied(Denial.QUEUE_TIMEOUT, "the call's deadline passed before the grant could be answered",
-                                MIN_RETRY_AFTER_S, answer.queue_wait_s)
+                answer = Denied(
+                    Denial.QUEUE_TIMEOUT,
+                    "the call's deadline passed before the grant could be answered",
+                    MIN_RETRY_AFTER_S,
+                    answer.queue_wait_s,
+                )
         response = convert.acquire_response(answer, self._core, caller)
         telemetry.record_slot(request.pool, response)
         return response

@@ -270,7 +270,8 @@ def parse_pool(
         lease_ttl_ms = kwargs.get("lease_ttl_ms", DEFAULT_LEASE_TTL_MS)
         if kwargs["max_lease_ttl_ms"] < lease_ttl_ms:
             raise InvalidArgument(
-                f"{where}.max_lease_ttl_ms", f"must be >= lease_ttl_ms ({lease_ttl_ms}), got {kwargs['max_lease_ttl_ms']}"
+                f"{where}.max_lease_ttl_ms",
+                f"must be >= lease_ttl_ms ({lease_ttl_ms}), got {kwargs['max_lease_ttl_ms']}",
             )
     else:
         kwargs["max_lease_ttl_ms"] = max(DEFAULT_MAX_LEASE_TTL_MS, kwargs.get("lease_ttl_ms", 0))
@@ -286,7 +287,8 @@ def parse_pool(
     )
     identity_burst = _int(get("identity_rate_burst") or 0, f"{where}.identity_rate_burst", 0, 1_000_000)
     kwargs["identity_rate_limit"] = parse_rate_limit(
-        _str(get("identity_rate_limit") or "", f"{where}.identity_rate_limit"), identity_burst,
+        _str(get("identity_rate_limit") or "", f"{where}.identity_rate_limit"),
+        identity_burst,
         f"{where}.identity_rate_limit",
     )
     if kwargs["identity_rate_limit"] is not None and kwargs["rate_limit"] is None:

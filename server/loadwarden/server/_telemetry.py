@@ -54,7 +54,7 @@ AttributeValue = str | bool | int | float | tuple[str, ...] | tuple[bool, ...] |
 class _Tracers:
     """The tracer of the global (or a fixed) provider; None while tracing is off."""
 
-    __slots__ = ("_fixed", "_provider", "_tracer", "_name", "_version")
+    __slots__ = ("_fixed", "_name", "_provider", "_tracer", "_version")
 
     def __init__(self, name: str, version: str, provider: trace.TracerProvider | None) -> None:
         self._name, self._version = name, version

@@ -16,8 +16,6 @@ from typing import Any
 
 import grpc
 
-from loadwarden.observability._net import is_loopback
-
 from ._errors import ConfigError
 
 _FILE_KEYS = ("cert_file", "key_file", "client_ca_file")
@@ -54,13 +52,18 @@ class TlsSettings:
         if self.cert_file and not self.key_file:
             raise ConfigError("tls.key_file", "is required when tls.cert_file is set")
         if self.client_ca_file and not self.cert_file:
-            raise ConfigError("tls.cert_file", "is required when tls.client_ca_file is set (client "
-                                               "certificates are only asked for over TLS)")
+            raise ConfigError(
+                "tls.cert_file",
+                "is required when tls.client_ca_file is set (client certificates are only asked for over TLS)",
+            )
         if self.require_client_cert and not self.client_ca_file:
             raise ConfigError("tls.client_ca_file", "is required when tls.require_client_cert is true")
         if self.client_ca_file and not self.require_client_cert:
-            raise ConfigError("tls.require_client_cert", "must be true when tls.client_ca_file is set: gRPC asks "
-                                                         "for a client certificate only when it requires one")
+            raise ConfigError(
+                "tls.require_client_cert",
+                "must be true when tls.client_ca_file is set: gRPC asks "
+                "for a client certificate only when it requires one",
+            )
 
     @property
     def enabled(self) -> bool:
@@ -121,8 +124,9 @@ def load_tls(settings: TlsSettings) -> TlsMaterial | None:
         try:
             context.load_verify_locations(cadata=contents["client_ca_file"].decode("ascii", "replace"))
         except (ssl.SSLError, ValueError):
-            raise ConfigError("tls.client_ca_file",
-                              f"{settings.client_ca_file!r} holds no valid PEM CA certificate") from None
+            raise ConfigError(
+                "tls.client_ca_file", f"{settings.client_ca_file!r} holds no valid PEM CA certificate"
+            ) from None
     return TlsMaterial(settings, contents["cert_file"], contents["key_file"], contents.get("client_ca_file"))
 
 
@@ -138,11 +142,16 @@ def _load_chain(context: ssl.SSLContext, settings: TlsSettings) -> None:
     try:
         context.load_cert_chain(settings.cert_file, settings.key_file, password=_no_password)
     except _EncryptedKey:
-        raise ConfigError("tls.key_file", f"{settings.key_file!r} is encrypted; give an unencrypted key "
-                                          "(readable by the service user only)") from None
+        raise ConfigError(
+            "tls.key_file",
+            f"{settings.key_file!r} is encrypted; give an unencrypted key (readable by the service user only)",
+        ) from None
     except OSError as exc:  # ssl.SSLError is an OSError; a file that vanished since it was read too
-        problem = "is not the private key of tls.cert_file" if "MISMATCH" in str(exc).upper() \
+        problem = (
+            "is not the private key of tls.cert_file"
+            if "MISMATCH" in str(exc).upper()
             else "holds no valid PEM private key"
+        )
         raise ConfigError("tls.key_file", f"{settings.key_file!r} {problem}") from None
 
 

@@ -32,7 +32,7 @@ def shown(value: object) -> str:
     if isinstance(value, str) and len(value) > SHOWN_MAX_LEN:
         return f"{value[:SHOWN_MAX_LEN]!r}... ({len(value)} characters)"
     text = repr(value)
-    return text if len(text) <= 2 * SHOWN_MAX_LEN else f"{text[:2 * SHOWN_MAX_LEN]}... ({len(text)} characters)"
+    return text if len(text) <= 2 * SHOWN_MAX_LEN else f"{text[: 2 * SHOWN_MAX_LEN]}... ({len(text)} characters)"
 
 
 def check_name(value: str, field: str) -> str:
@@ -54,8 +54,9 @@ def check_address(value: str, field: str) -> str:
         raise InvalidArgument(field, "is required")
     if len(value) > ADDRESS_MAX_LEN:
         raise InvalidArgument(field, f"is {len(value)} characters long; at most {ADDRESS_MAX_LEN} allowed")
-    raise InvalidArgument(field, f"must be 1-{ADDRESS_MAX_LEN} printable ASCII characters without spaces, "
-                                 f"got {shown(value)}")
+    raise InvalidArgument(
+        field, f"must be 1-{ADDRESS_MAX_LEN} printable ASCII characters without spaces, got {shown(value)}"
+    )
 
 
 def check_range(value: float, field: str, low: float, high: float) -> float:

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import bisect
 import binascii
+import bisect
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -100,16 +100,21 @@ def decode_token(token: str, filter_pool: str) -> Cursor:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         version, issued_for, pool, after, operation = json.loads(raw.decode("utf-8"))
         valid = (
-            version == 1 and isinstance(issued_for, str) and isinstance(pool, str)
-            and (after is None or isinstance(after, str)) and (operation is None or isinstance(operation, str))
+            version == 1
+            and isinstance(issued_for, str)
+            and isinstance(pool, str)
+            and (after is None or isinstance(after, str))
+            and (operation is None or isinstance(operation, str))
         )
     except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
         valid = False
     if not valid:
         raise InvalidArgument("page_token", "is not a next_page_token this service issued")
     if issued_for != filter_pool:
-        raise InvalidArgument("page_token", f"was issued for pool filter {issued_for!r}; send the same pool as "
-                                            "in the request that returned it")
+        raise InvalidArgument(
+            "page_token",
+            f"was issued for pool filter {issued_for!r}; send the same pool as in the request that returned it",
+        )
     return Cursor(pool, after, operation)
 
 
@@ -273,8 +278,9 @@ class _Feed:
         try:
             while True:
                 began = w.monotonic()
-                status, rest = await build_snapshot(self._core, pool, max_bytes=w.max_bytes, chunk=w.chunk,
-                                                    pause=w.pause)
+                status, rest = await build_snapshot(
+                    self._core, pool, max_bytes=w.max_bytes, chunk=w.chunk, pause=w.pause
+                )
                 self.builds += 1
                 if rest is not None:
                     where = f"pool {pool!r}" if pool else "the unfiltered status"
@@ -340,14 +346,18 @@ class Watchers:
     def _admit(self, caller: str, interval_s: float) -> None:
         if self.open >= self.max_streams:
             raise ResourceExhausted.cap_reached(
-                "max_watch_streams", "limits.max_watch_streams", self.max_streams,
+                "max_watch_streams",
+                "limits.max_watch_streams",
+                self.max_streams,
                 f"{self.open} WatchLoadStatus streams are open",
                 retry_after_s=interval_s,
             )
         held = self.by_caller.get(caller, 0)
         if caller and held >= self.max_streams_per_caller:
             raise ResourceExhausted.cap_reached(
-                "max_watch_streams_per_caller", "limits.max_watch_streams_per_caller", self.max_streams_per_caller,
+                "max_watch_streams_per_caller",
+                "limits.max_watch_streams_per_caller",
+                self.max_streams_per_caller,
                 f"caller {caller[:64]!r} has {held} WatchLoadStatus streams open",
                 retry_after_s=interval_s,
             )
@@ -403,4 +413,3 @@ class Watchers:
             if feed.streams == 0:
                 feed.stop()
                 self._forget(feed)
-

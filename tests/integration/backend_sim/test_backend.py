@@ -8,8 +8,8 @@ queued + in service) to a real Decision service.
 
 from __future__ import annotations
 
-import functools
 import asyncio
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -63,7 +63,6 @@ async def stub_for() -> AsyncIterator[Callable[[RunningBackend], pb_grpc.Simulat
     yield _open
     for channel in channels:
         await channel.close()
-
 
 
 async def test_capacity_four_at_100_ms_serves_40_concurrent_requests_in_about_one_second(
@@ -190,8 +189,11 @@ async def test_an_outage_refuses_at_once_with_unavailable_and_health_not_serving
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert time.monotonic() - began < 0.5
 
-    await poll(lambda: health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=WAIT_S),
-               lambda r: r.status == health_pb2.HealthCheckResponse.SERVING, "health back to SERVING")
+    await poll(
+        lambda: health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=WAIT_S),
+        lambda r: r.status == health_pb2.HealthCheckResponse.SERVING,
+        "health back to SERVING",
+    )
     response = await stub.Handle(pb.HandleRequest(), timeout=WAIT_S)
     assert response.service_ms == pytest.approx(50.0)
 
@@ -210,8 +212,12 @@ async def test_load_reports_carry_the_busy_worker_fraction_and_queued_plus_in_se
 ) -> None:
     service = await start(PoolSpec(PoolSettings(name="sim"), ()))
     async with AsyncClient(service.target) as client:
-        running = await backend(SimServer("b1", workers=2, base_ms=3000, service="constant"),
-                                client=client, pool="sim", report_interval_s=0.1)
+        running = await backend(
+            SimServer("b1", workers=2, base_ms=3000, service="constant"),
+            client=client,
+            pool="sim",
+            report_interval_s=0.1,
+        )
         await register(service.target, "sim", [running])
         stub = stub_for(running)
         calls = [asyncio.ensure_future(stub.Handle(pb.HandleRequest(), timeout=WAIT_S)) for _ in range(5)]
@@ -221,8 +227,11 @@ async def test_load_reports_carry_the_busy_worker_fraction_and_queued_plus_in_se
             [server] = status.pools[0].servers
             return server
 
-        server = await poll(server_load, lambda s: s.load is not None and s.load.active_requests == 5
-                            and s.load.cpu_percent >= 99.0, "a report of 5 active, 100 % busy")
+        server = await poll(
+            server_load,
+            lambda s: s.load is not None and s.load.active_requests == 5 and s.load.cpu_percent >= 99.0,
+            "a report of 5 active, 100 % busy",
+        )
         assert server.address == running.address
         assert server.load.memory_percent == 0.0
         for call in calls:
@@ -232,9 +241,7 @@ async def test_load_reports_carry_the_busy_worker_fraction_and_queued_plus_in_se
         assert running.reporter is not None and running.reporter.stats().pushed >= 2
 
 
-async def test_an_outage_stops_the_load_reports_until_it_ends(
-    start: StartService, backend: StartBackend
-) -> None:
+async def test_an_outage_stops_the_load_reports_until_it_ends(start: StartService, backend: StartBackend) -> None:
     service = await start(PoolSpec(PoolSettings(name="sim"), (ServerSpec("b1", "127.0.0.1:1"),)))
     spec = SimServer("b1", base_ms=10, schedule=(Phase(start_s=0.5, duration_s=1.0, outage=True),))
     async with AsyncClient(service.target) as client:
@@ -244,6 +251,9 @@ async def test_an_outage_stops_the_load_reports_until_it_ends(
         assert pushed >= 1
         await asyncio.sleep(0.3)  # several intervals inside the outage: nothing may be pushed
         assert running.down and running.reporter is not None and running.reporter.stats().pushed == pushed
-        await poll(lambda: asyncio.sleep(0, running.reporter.stats().pushed if running.reporter else 0),
-                   lambda n: n > pushed, "reports resumed after the outage")
+        await poll(
+            lambda: asyncio.sleep(0, running.reporter.stats().pushed if running.reporter else 0),
+            lambda n: n > pushed,
+            "reports resumed after the outage",
+        )
         assert not running.down

@@ -37,18 +37,23 @@ async def deploy(start: StartService) -> AsyncIterator[Deploy]:
     backends: list[RunningBackend] = []
     clients: list[AsyncClient] = []
 
-    async def _deploy(*specs: SimServer, operations: tuple[OperationSettings, ...] = (),
-                      **pool: Any) -> tuple[RunningService, dict[str, RunningBackend]]:
-        service = await start(PoolSpec(PoolSettings(name="sim", outlier=NO_EJECTION, **pool), ()),
-                              operations=operations,
-                              monitor=MonitorSettings(enabled=bool(operations), cpu_weight=1.0, memory_weight=0.0,
-                                                      load_average_weight=0.0))
+    async def _deploy(
+        *specs: SimServer, operations: tuple[OperationSettings, ...] = (), **pool: Any
+    ) -> tuple[RunningService, dict[str, RunningBackend]]:
+        service = await start(
+            PoolSpec(PoolSettings(name="sim", outlier=NO_EJECTION, **pool), ()),
+            operations=operations,
+            monitor=MonitorSettings(
+                enabled=bool(operations), cpu_weight=1.0, memory_weight=0.0, load_average_weight=0.0
+            ),
+        )
         reporter_client = AsyncClient(service.target)
         clients.append(reporter_client)
         started = {}
         for i, spec in enumerate(specs):
-            running = await start_backend(spec, rng=random.Random(i), client=reporter_client, pool="sim",
-                                          report_interval_s=0.1, item_cost=0.5)
+            running = await start_backend(
+                spec, rng=random.Random(i), client=reporter_client, pool="sim", report_interval_s=0.1, item_cost=0.5
+            )
             backends.append(running)
             started[spec.id] = running
         await register(service.target, "sim", list(started.values()))
@@ -69,8 +74,10 @@ async def run(service: RunningService, backends: dict[str, RunningBackend], plan
 
 
 async def test_route_mode_records_every_arrival_at_its_seeded_time(deploy: Deploy) -> None:
-    service, backends = await deploy(SimServer("a", workers=2, base_ms=10, service="constant"),
-                                     SimServer("b", workers=2, base_ms=10, service="constant"))
+    service, backends = await deploy(
+        SimServer("a", workers=2, base_ms=10, service="constant"),
+        SimServer("b", workers=2, base_ms=10, service="constant"),
+    )
     arrivals = Arrivals(rate_per_s=100, requests=80)
     plan = TrafficPlan("route", "sim", arrivals, seed=11, timeout_ms=2000)
 
@@ -87,8 +94,9 @@ async def test_route_mode_records_every_arrival_at_its_seeded_time(deploy: Deplo
 
 
 async def test_failures_and_timeouts_reach_the_service_as_failed_outcomes(deploy: Deploy) -> None:
-    service, backends = await deploy(SimServer("failing", base_ms=5, failure_probability=1.0),
-                                     SimServer("stuck", base_ms=2000, service="constant"))
+    service, backends = await deploy(
+        SimServer("failing", base_ms=5, failure_probability=1.0), SimServer("stuck", base_ms=2000, service="constant")
+    )
     plan = TrafficPlan("route", "sim", Arrivals(rate_per_s=50, requests=20), seed=1, timeout_ms=150)
 
     result = await run(service, backends, plan)
@@ -106,8 +114,7 @@ async def test_failures_and_timeouts_reach_the_service_as_failed_outcomes(deploy
 
 async def test_arrivals_over_the_in_flight_bound_are_dropped_without_reaching_a_server(deploy: Deploy) -> None:
     service, backends = await deploy(SimServer("a", base_ms=300, service="constant"))
-    plan = TrafficPlan("route", "sim", Arrivals(rate_per_s=200, requests=30, max_in_flight=3), seed=2,
-                       timeout_ms=5000)
+    plan = TrafficPlan("route", "sim", Arrivals(rate_per_s=200, requests=30, max_in_flight=3), seed=2, timeout_ms=5000)
 
     result = await run(service, backends, plan)
 
@@ -118,10 +125,10 @@ async def test_arrivals_over_the_in_flight_bound_are_dropped_without_reaching_a_
 
 
 async def test_slot_mode_holds_slots_and_records_denials_with_no_server(deploy: Deploy) -> None:
-    service, backends = await deploy(SimServer("a", workers=4, base_ms=200, service="constant"),
-                                     max_concurrency=2, max_wait_ms=50)
-    plan = TrafficPlan("slot", "sim", Arrivals(rate_per_s=200, requests=20), seed=3, timeout_ms=5000,
-                       slot_wait_s=0.05)
+    service, backends = await deploy(
+        SimServer("a", workers=4, base_ms=200, service="constant"), max_concurrency=2, max_wait_ms=50
+    )
+    plan = TrafficPlan("slot", "sim", Arrivals(rate_per_s=200, requests=20), seed=3, timeout_ms=5000, slot_wait_s=0.05)
 
     result = await run(service, backends, plan)
 
@@ -145,19 +152,38 @@ PARAMS = {"target_latency_ms": 10_000, "additive_step": 5}
 
 
 async def test_batch_workers_size_batches_by_get_batch_size(deploy: Deploy) -> None:
-    batch = parse_batch({"operation": "import", "workers": 2, "item_cost": 0.5, "min_batch_size": 2,
-                         "max_batch_size": 40, "default_batch_size": 5},
-                        pool="sim", controllers=["latency_target"], params={"latency_target": PARAMS})
+    batch = parse_batch(
+        {
+            "operation": "import",
+            "workers": 2,
+            "item_cost": 0.5,
+            "min_batch_size": 2,
+            "max_batch_size": 40,
+            "default_batch_size": 5,
+        },
+        pool="sim",
+        controllers=["latency_target"],
+        params={"latency_target": PARAMS},
+    )
     config = batch.operation_config("latency_target", PARAMS, "sim")
-    operation = OperationSettings(name="import", min_batch_size=2, max_batch_size=40, default_batch_size=5,
-                                  mode="latency_target", target_latency_ms=10_000, additive_step=5,
-                                  load_source="pool", pool="sim")
+    operation = OperationSettings(
+        name="import",
+        min_batch_size=2,
+        max_batch_size=40,
+        default_batch_size=5,
+        mode="latency_target",
+        target_latency_ms=10_000,
+        additive_step=5,
+        load_source="pool",
+        pool="sim",
+    )
     assert config["mode"] == operation.mode and config["pool"] == operation.pool
-    service, backends = await deploy(SimServer("a", workers=4, base_ms=10, service="constant"),
-                                     SimServer("b", workers=4, base_ms=10, service="constant"),
-                                     operations=(operation,))
-    plan = TrafficPlan("batch", "sim", Arrivals(rate_per_s=20, duration_s=1.5), seed=5, timeout_ms=5000,
-                       batch=batch)
+    service, backends = await deploy(
+        SimServer("a", workers=4, base_ms=10, service="constant"),
+        SimServer("b", workers=4, base_ms=10, service="constant"),
+        operations=(operation,),
+    )
+    plan = TrafficPlan("batch", "sim", Arrivals(rate_per_s=20, duration_s=1.5), seed=5, timeout_ms=5000, batch=batch)
 
     result = await run(service, backends, plan)
 

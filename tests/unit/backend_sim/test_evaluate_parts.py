@@ -108,8 +108,12 @@ def test_workers_need_a_positive_capacity() -> None:
 
 
 def test_constant_service_is_the_mean_and_items_scale_it() -> None:
-    backend = SimulatedBackend(SimServer("b", speed=2, base_ms=100, service="constant"), rng=random.Random(1),
-                               clock=FakeClock(), item_cost=0.25)
+    backend = SimulatedBackend(
+        SimServer("b", speed=2, base_ms=100, service="constant"),
+        rng=random.Random(1),
+        clock=FakeClock(),
+        item_cost=0.25,
+    )
 
     assert backend.service_ms() == 50.0
     assert backend.service_ms(5) == 50.0 * (1 + 0.25 * 4)
@@ -134,9 +138,9 @@ def test_busy_fraction_is_the_mean_share_of_busy_workers_since_the_last_reading(
     backend = SimulatedBackend(SimServer("b", workers=4), rng=random.Random(1), clock=clock)
     backend.begin()
     backend.in_service = 2
-    backend._account(clock.now)  # noqa: SLF001 - what handle() does around its changes
+    backend._account(clock.now)
     clock.now += 1.0
-    backend._account(clock.now)  # noqa: SLF001
+    backend._account(clock.now)
     backend.in_service = 4
     clock.now += 1.0
 
@@ -152,8 +156,13 @@ async def test_an_outage_refuses_before_queueing_and_a_drawn_failure_after_servi
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    spec = SimServer("b", base_ms=40, service="constant", failure_probability=1.0,
-                     schedule=(Phase(start_s=0, duration_s=5, outage=True),))
+    spec = SimServer(
+        "b",
+        base_ms=40,
+        service="constant",
+        failure_probability=1.0,
+        schedule=(Phase(start_s=0, duration_s=5, outage=True),),
+    )
     backend = SimulatedBackend(spec, rng=random.Random(1), clock=clock, sleep=sleep)
     backend.begin()
 
@@ -179,20 +188,24 @@ async def test_handle_rejects_a_bad_item_count() -> None:
 def test_a_backend_option_is_parsed_into_a_sim_server() -> None:
     server = parse_backend("id=b1,speed=2,workers=4,base_ms=100,service=constant,failure_rate=0.01,weight=3")
 
-    assert server == SimServer("b1", speed=2.0, workers=4, base_ms=100.0, service="constant",
-                               failure_probability=0.01, weight=3)
+    assert server == SimServer(
+        "b1", speed=2.0, workers=4, base_ms=100.0, service="constant", failure_probability=0.01, weight=3
+    )
 
 
-@pytest.mark.parametrize(("text", "key"), [
-    ("speed=2", "--backend.id"),
-    ("id=b1,colour=red", "--backend.colour"),
-    ("id=b1,workers=two", "--backend.workers"),
-    ("id=b1,workers=0", "--backend.workers"),
-    ("id=b1,base_ms=-5", "--backend.base_ms"),
-    ("id=b1,failure_rate=2", "--backend.failure_rate"),
-    ("id=b1,service=normal", "--backend.service"),
-    ("id=b1,speed=1,speed=2", "--backend.speed"),
-])
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("speed=2", "--backend.id"),
+        ("id=b1,colour=red", "--backend.colour"),
+        ("id=b1,workers=two", "--backend.workers"),
+        ("id=b1,workers=0", "--backend.workers"),
+        ("id=b1,base_ms=-5", "--backend.base_ms"),
+        ("id=b1,failure_rate=2", "--backend.failure_rate"),
+        ("id=b1,service=normal", "--backend.service"),
+        ("id=b1,speed=1,speed=2", "--backend.speed"),
+    ],
+)
 def test_a_bad_backend_option_names_its_key(text: str, key: str) -> None:
     with pytest.raises(UsageError, match=f"^{key}:"):
         parse_backend(text)
@@ -242,36 +255,57 @@ def test_a_bad_plan_names_its_field() -> None:
 
 
 def test_the_batch_table_splits_worker_settings_from_operation_settings() -> None:
-    settings = parse_batch({"operation": "import", "workers": 2, "item_cost": 0.2, "max_batch_size": 50,
-                            "min_batch_size": 5, "cooldown_ms": 1000},
-                           pool="sim", controllers=["threshold", "latency_target"],
-                           params={"latency_target": {"target_latency_ms": 400}})
+    settings = parse_batch(
+        {
+            "operation": "import",
+            "workers": 2,
+            "item_cost": 0.2,
+            "max_batch_size": 50,
+            "min_batch_size": 5,
+            "cooldown_ms": 1000,
+        },
+        pool="sim",
+        controllers=["threshold", "latency_target"],
+        params={"latency_target": {"target_latency_ms": 400}},
+    )
 
     assert (settings.operation, settings.workers, settings.item_cost) == ("import", 2, 0.2)
     assert settings.default_batch_size == 5
     assert settings.operation_config("latency_target", {"target_latency_ms": 400}, "sim") == {
-        "max_batch_size": 50, "min_batch_size": 5, "cooldown_ms": 1000, "target_latency_ms": 400,
-        "mode": "latency_target", "load_source": "pool", "pool": "sim",
+        "max_batch_size": 50,
+        "min_batch_size": 5,
+        "cooldown_ms": 1000,
+        "target_latency_ms": 400,
+        "mode": "latency_target",
+        "load_source": "pool",
+        "pool": "sim",
     }
 
 
-@pytest.mark.parametrize(("table", "params", "key"), [
-    ({"workers": 0}, {}, "batch.workers"),
-    ({"item_cost": -1}, {}, "batch.item_cost"),
-    ({"mode": "threshold"}, {}, "batch.mode"),
-    ({"max_batch_size": 5, "min_batch_size": 10}, {}, "batch.min_batch_size"),
-    ({"batch_colour": 1}, {}, "batch.batch_colour"),
-    ({}, {"latency_target": {"backoff_ratio": 2}}, "params.latency_target.backoff_ratio"),
-    ({}, {}, "params.latency_target.target_latency_ms"),  # latency_target needs a target
-])
+@pytest.mark.parametrize(
+    ("table", "params", "key"),
+    [
+        ({"workers": 0}, {}, "batch.workers"),
+        ({"item_cost": -1}, {}, "batch.item_cost"),
+        ({"mode": "threshold"}, {}, "batch.mode"),
+        ({"max_batch_size": 5, "min_batch_size": 10}, {}, "batch.min_batch_size"),
+        ({"batch_colour": 1}, {}, "batch.batch_colour"),
+        ({}, {"latency_target": {"backoff_ratio": 2}}, "params.latency_target.backoff_ratio"),
+        ({}, {}, "params.latency_target.target_latency_ms"),  # latency_target needs a target
+    ],
+)
 def test_a_bad_batch_setting_names_its_key(table: dict, params: dict, key: str) -> None:
     with pytest.raises(ValueError, match=f"^{key}:"):
         parse_batch(table, pool="sim", controllers=["threshold", "latency_target"], params=params)
 
 
 def test_batch_figures_are_per_item_and_leave_out_the_warmup() -> None:
-    records = [BatchRecord(0.5, "b", 10, 100.0, True, 20.0), BatchRecord(1.0, "b", 10, 100.0, True, 30.0),
-               BatchRecord(2.0, "b", 20, 400.0, False, None), BatchRecord(3.0, "b", 5, 50.0, True, 90.0)]
+    records = [
+        BatchRecord(0.5, "b", 10, 100.0, True, 20.0),
+        BatchRecord(1.0, "b", 10, 100.0, True, 30.0),
+        BatchRecord(2.0, "b", 20, 400.0, False, None),
+        BatchRecord(3.0, "b", 5, 50.0, True, 90.0),
+    ]
 
     s = summarize_batches(records, warmup_s=0.9)
 
@@ -287,10 +321,16 @@ def test_batch_figures_are_per_item_and_leave_out_the_warmup() -> None:
 
 
 SCENARIO = {
-    "name": "t", "seed": 9, "mode": "slot", "strategies": ["fixed", "aimd"], "load_report_interval_ms": 250,
-    "timeout_ms": 800, "pool": {"max_concurrency": 8, "max_wait_ms": 200},
+    "name": "t",
+    "seed": 9,
+    "mode": "slot",
+    "strategies": ["fixed", "aimd"],
+    "load_report_interval_ms": 250,
+    "timeout_ms": 800,
+    "pool": {"max_concurrency": 8, "max_wait_ms": 200},
     "params": {"aimd": {"min_limit": 2, "max_limit": 16}},
-    "traffic": {"rate_per_s": 50, "duration_s": 2}, "backends": [{"id": "b", "count": 2, "workers": 4}],
+    "traffic": {"rate_per_s": 50, "duration_s": 2},
+    "backends": [{"id": "b", "count": 2, "workers": 4}],
 }
 
 
@@ -301,8 +341,10 @@ def test_the_service_config_is_valid_and_carries_the_strategy() -> None:
 
     [pool] = parsed.pools
     assert pool.settings.name == "sim" and pool.servers == ()
-    assert pool.settings.limit_algorithm == "aimd" and dict(pool.settings.limit_params) == {"min_limit": 2,
-                                                                                          "max_limit": 16}
+    assert pool.settings.limit_algorithm == "aimd" and dict(pool.settings.limit_params) == {
+        "min_limit": 2,
+        "max_limit": 16,
+    }
     assert pool.settings.max_concurrency == 8 and pool.settings.load_report_ttl_ms == 10_000  # as the simulator's
     assert parsed.seed == 9 and not parsed.monitor.enabled
     plan = traffic_plan(spec, None)
@@ -310,8 +352,9 @@ def test_the_service_config_is_valid_and_carries_the_strategy() -> None:
 
 
 def test_toml_writing_round_trips() -> None:
-    tables = {"a": {"s": 'quote " and \\ back', "i": 3, "f": 0.1, "b": True, "l": [1, 2],
-                    "t": {"x": 1, "odd key": "y"}}}
+    tables = {
+        "a": {"s": 'quote " and \\ back', "i": 3, "f": 0.1, "b": True, "l": [1, 2], "t": {"x": 1, "odd key": "y"}}
+    }
 
     assert tomllib.loads(to_toml(tables)) == tables
     with pytest.raises(ValueError):

@@ -17,16 +17,30 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def report(servers: int) -> Report:
-    spec = parse_scenario({
-        "name": "plots", "strategies": ["round_robin", "q_linear"], "warmup_s": 1,
-        "traffic": {"rate_per_s": 50, "requests": 2_000}, "backends": [{"id": "s", "count": servers}],
-    }, "plots.toml")
+    spec = parse_scenario(
+        {
+            "name": "plots",
+            "strategies": ["round_robin", "q_linear"],
+            "warmup_s": 1,
+            "traffic": {"rate_per_s": 50, "requests": 2_000},
+            "backends": [{"id": "s", "count": servers}],
+        },
+        "plots.toml",
+    )
     ids = tuple(s.id for s in spec.servers)
     rng = random.Random(1)
     runs = []
     for name, scale in (("round_robin", 40.0), ("q_linear", 20.0)):
-        records = [RequestRecord(i * 0.02, ids[rng.randrange(len(ids))] if i % 50 else "", rng.expovariate(1 / scale),
-                                 i % 13 != 0, name == "q_linear" and i % 10 == 0) for i in range(2_000)]
+        records = [
+            RequestRecord(
+                i * 0.02,
+                ids[rng.randrange(len(ids))] if i % 50 else "",
+                rng.expovariate(1 / scale),
+                i % 13 != 0,
+                name == "q_linear" and i % 10 == 0,
+            )
+            for i in range(2_000)
+        ]
         runs.append(StrategyRun(name, records, ids))
     return Report(spec, tuple(runs))
 

@@ -23,21 +23,40 @@ from loadwarden.backend_sim import (
 )
 from loadwarden.backend_sim._summary import coefficient_of_variation
 
-COLUMNS = ["strategy", "requests", "mean ms", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "throughput /s",
-           "success %", "CV"]
+COLUMNS = [
+    "strategy",
+    "requests",
+    "mean ms",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "throughput /s",
+    "success %",
+    "CV",
+]
 
 
 def spec(servers: int = 3, warmup_s: float = 0.0, **extra: Any) -> Any:
-    return parse_scenario({
-        "name": "unit", "strategies": ["round_robin", "least_connections"], "warmup_s": warmup_s,
-        "traffic": {"rate_per_s": 10, "requests": 100}, "backends": [{"id": "s", "count": servers}], **extra,
-    }, "unit.toml")
+    return parse_scenario(
+        {
+            "name": "unit",
+            "strategies": ["round_robin", "least_connections"],
+            "warmup_s": warmup_s,
+            "traffic": {"rate_per_s": 10, "requests": 100},
+            "backends": [{"id": "s", "count": servers}],
+            **extra,
+        },
+        "unit.toml",
+    )
 
 
 def records(pattern: list[tuple[str, float, bool]], start_s: float = 0.0) -> list[RequestRecord]:
     """One request per entry, 0.125 s apart (exact in binary and in 6 decimals)."""
-    return [RequestRecord(start_s + i * 0.125, server, latency, ok, i % 7 == 0)
-            for i, (server, latency, ok) in enumerate(pattern)]
+    return [
+        RequestRecord(start_s + i * 0.125, server, latency, ok, i % 7 == 0)
+        for i, (server, latency, ok) in enumerate(pattern)
+    ]
 
 
 def table_rows(markdown: str, first_cell: str = "strategy") -> list[list[str]]:
@@ -56,10 +75,13 @@ def two_runs(s: Any = None) -> Report:
     ids = tuple(x.id for x in s.servers)
     rr = records([(ids[i % 3], 10.0 + i, True) for i in range(100)])
     lc = records([(ids[0] if i % 2 else ids[1], 5.0 + i % 10, i != 3) for i in range(100)])
-    return Report(s, (
-        StrategyRun("round_robin", rr, ids, counters={"timed_out": 2}),
-        StrategyRun("least_connections", RequestLog.from_records(lc, ids), ids, strategy_stats={"epsilon": 0.1}),
-    ))
+    return Report(
+        s,
+        (
+            StrategyRun("round_robin", rr, ids, counters={"timed_out": 2}),
+            StrategyRun("least_connections", RequestLog.from_records(lc, ids), ids, strategy_stats={"epsilon": 0.1}),
+        ),
+    )
 
 
 def test_the_table_has_every_column_and_one_row_per_strategy() -> None:
@@ -72,8 +94,17 @@ def test_the_table_has_every_column_and_one_row_per_strategy() -> None:
     assert [row[0] for row in rows[2:]] == ["round_robin", "least_connections"]
     rr = report.summary("round_robin")
     assert rr is not None
-    assert rows[2][1:10] == ["100", f"{rr.mean_ms:.1f}", f"{rr.p50_ms:.1f}", f"{rr.p95_ms:.1f}", f"{rr.p99_ms:.1f}",
-                             f"{rr.p999_ms:.1f}", f"{rr.throughput_per_s:,.1f}", "100.00", f"{rr.cv:.3f}"]
+    assert rows[2][1:10] == [
+        "100",
+        f"{rr.mean_ms:.1f}",
+        f"{rr.p50_ms:.1f}",
+        f"{rr.p95_ms:.1f}",
+        f"{rr.p99_ms:.1f}",
+        f"{rr.p999_ms:.1f}",
+        f"{rr.throughput_per_s:,.1f}",
+        "100.00",
+        f"{rr.cv:.3f}",
+    ]
     assert rows[2][-1] == "timed out 2" and rows[3][-1] == ""
     shares = table_rows(markdown, "strategy | s-0")
     assert shares[0] == ["strategy", "s-0", "s-1", "s-2"]
@@ -90,8 +121,8 @@ def test_many_servers_get_min_median_max_share_columns() -> None:
     markdown = render_markdown(Report(s, (run,)))
 
     rows = table_rows(markdown)
-    assert rows[0][len(COLUMNS):] == ["share min %", "share median %", "share max %"]
-    assert rows[2][len(COLUMNS):] == ["0.000", "5.000", "10.000"]
+    assert rows[0][len(COLUMNS) :] == ["share min %", "share median %", "share max %"]
+    assert rows[2][len(COLUMNS) :] == ["0.000", "5.000", "10.000"]
     assert "strategy | s-0" not in markdown
 
 
@@ -136,15 +167,17 @@ def test_warmup_leaves_out_early_arrivals() -> None:
 
 def test_comparison_shows_sim_p99_and_the_difference() -> None:
     base = two_runs()
-    sim = {name: summarize(run.records, run.server_ids) for name, run in zip(
-        ("round_robin", "least_connections"), base.runs)}
+    sim = {
+        name: summarize(run.records, run.server_ids)
+        for name, run in zip(("round_robin", "least_connections"), base.runs)
+    }
     halved = {name: dataclasses.replace(s, p99_ms=s.p99_ms / 2) for name, s in sim.items()}
     report = Report(base.spec, base.runs, kind="evaluate", comparison=halved)
 
     markdown = render_markdown(report)
 
     rows = table_rows(markdown)
-    assert rows[0][len(COLUMNS):len(COLUMNS) + 2] == ["sim p99 ms", "p99 real vs sim"]
+    assert rows[0][len(COLUMNS) : len(COLUMNS) + 2] == ["sim p99 ms", "p99 real vs sim"]
     assert rows[2][len(COLUMNS) + 1] == "+100%" and rows[3][len(COLUMNS) + 1] == "+100%"
     assert "Simulator vs real: p99 differs by 100% on average" in markdown
     assert "best by p99: real **least_connections**, simulator **least_connections** (agree)" in markdown
@@ -185,8 +218,13 @@ def test_json_and_csv_round_trip(tmp_path: Path) -> None:
         back = list(csv.DictReader(f))
     assert len(back) == 200
     for run in report.runs:
-        mine = [RequestRecord(float(r["timestamp_s"]), r["server"], float(r["latency_ms"]), r["success"] == "1",
-                              r["explored"] == "1") for r in back if r["strategy"] == run.strategy]
+        mine = [
+            RequestRecord(
+                float(r["timestamp_s"]), r["server"], float(r["latency_ms"]), r["success"] == "1", r["explored"] == "1"
+            )
+            for r in back
+            if r["strategy"] == run.strategy
+        ]
         assert mine == list(run.records)
 
 
@@ -235,10 +273,13 @@ def test_the_best_strategy_must_succeed_about_as_often_as_the_most_successful_on
     # round robin: slow but always succeeds; least connections: fast, but fails 9 in 10.
     rr = records([(ids[i % 3], 100.0 + i, True) for i in range(100)])
     lc = records([(ids[i % 3], 5.0, i % 10 == 0) for i in range(100)])
-    report = Report(s, (
-        StrategyRun("round_robin", RequestLog.from_records(rr, ids), ids),
-        StrategyRun("least_connections", RequestLog.from_records(lc, ids), ids),
-    ))
+    report = Report(
+        s,
+        (
+            StrategyRun("round_robin", RequestLog.from_records(rr, ids), ids),
+            StrategyRun("least_connections", RequestLog.from_records(lc, ids), ids),
+        ),
+    )
     assert report.best() == "round_robin"
     markdown = render_markdown(report)
     assert "Best p99: **round_robin**" in markdown

@@ -135,7 +135,13 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     assert [s.id for s in spec.servers] == ["a-0", "a-1", "a-2", "z"]
     a0 = spec.servers[0]
     assert (a0.speed, a0.workers, a0.base_ms, a0.service, a0.failure_probability, a0.weight) == (
-        2.0, 4, 20.0, "constant", 0.01, 3)
+        2.0,
+        4,
+        20.0,
+        "constant",
+        0.01,
+        3,
+    )
     assert a0.schedule == (Phase(10, 5, service_ms=400, slowdown=2), Phase(20, 1, outage=True))
     assert spec.servers[3] == SimServer("z")
     # load resolves against capacity: 3 x (4 workers x speed 2 x 1000 / 20 ms) + 1000 / 10 ms
@@ -157,8 +163,10 @@ def test_the_scenario_for_the_simulator_carries_everything(tmp_path: Path) -> No
     assert (scenario.timeout_ms, scenario.load_report_interval_ms) == (800.0, 250.0)
     assert scenario.pool_settings == {"load_report_ttl_ms": 2000, "outlier_detection": {"disabled": True}}
     assert spec.pool_config("q_linear") == {
-        "load_report_ttl_ms": 2000, "outlier_detection": {"disabled": True},
-        "strategy": "q_linear", "strategy_params": {"epsilon": 0.05, "sample_size": 4},
+        "load_report_ttl_ms": 2000,
+        "outlier_detection": {"disabled": True},
+        "strategy": "q_linear",
+        "strategy_params": {"epsilon": 0.05, "sample_size": 4},
     }
 
 
@@ -210,14 +218,25 @@ def test_closed_loop_traffic() -> None:
 
 
 def test_slot_and_batch_modes_check_their_own_registries() -> None:
-    slot = parse(mode="slot", strategies=["fixed", "aimd", "gradient2"], pool={"max_concurrency": 8},
-                 params={"aimd": {"backoff_ratio": 0.8}})
-    batch = parse(mode="batch", strategies=["threshold", "latency_target"],
-                  params={"latency_target": {"target_latency_ms": 200}}, batch={"operation": "import"})
+    slot = parse(
+        mode="slot",
+        strategies=["fixed", "aimd", "gradient2"],
+        pool={"max_concurrency": 8},
+        params={"aimd": {"backoff_ratio": 0.8}},
+    )
+    batch = parse(
+        mode="batch",
+        strategies=["threshold", "latency_target"],
+        params={"latency_target": {"target_latency_ms": 200}},
+        batch={"operation": "import"},
+    )
 
     assert slot.strategies == ("fixed", "aimd", "gradient2")
-    assert slot.pool_config("aimd") == {"max_concurrency": 8, "limit_algorithm": "aimd",
-                                        "limit_params": {"backoff_ratio": 0.8}}
+    assert slot.pool_config("aimd") == {
+        "max_concurrency": 8,
+        "limit_algorithm": "aimd",
+        "limit_params": {"backoff_ratio": 0.8},
+    }
     assert batch.strategies == ("threshold", "latency_target") and dict(batch.batch) == {"operation": "import"}
 
 
@@ -285,12 +304,21 @@ def test_shipped_scenarios_load(tmp_path: Path) -> None:
         ({"backends": [{"id": "a", "colour": "red"}]}, "backends[0].colour", "unknown key; valid keys: base_ms"),
         ({"backends": [{"id": "a", "schedule": {}}]}, "backends[0].schedule", "list"),
         ({"backends": [{"id": "a", "schedule": [{"duration_s": 1}]}]}, "backends[0].schedule[0].start_s", "required"),
-        ({"backends": [{"id": "a", "schedule": [{"start_s": 0, "duration_s": 1, "outage": 1}]}]},
-         "backends[0].schedule[0].outage", "true or false"),
-        ({"backends": [{"id": "a", "schedule": [{"start_s": 0, "duration_s": 1, "when": 1}]}]},
-         "backends[0].schedule[0].when", "unknown key"),
-        ({"backends": [{"id": "a", "schedule": [{"start_s": 0, "duration_s": 5}, {"start_s": 4, "duration_s": 1}]}]},
-         "backends[0].schedule[1].start_s", "overlaps backends[0].schedule[0]"),
+        (
+            {"backends": [{"id": "a", "schedule": [{"start_s": 0, "duration_s": 1, "outage": 1}]}]},
+            "backends[0].schedule[0].outage",
+            "true or false",
+        ),
+        (
+            {"backends": [{"id": "a", "schedule": [{"start_s": 0, "duration_s": 1, "when": 1}]}]},
+            "backends[0].schedule[0].when",
+            "unknown key",
+        ),
+        (
+            {"backends": [{"id": "a", "schedule": [{"start_s": 0, "duration_s": 5}, {"start_s": 4, "duration_s": 1}]}]},
+            "backends[0].schedule[1].start_s",
+            "overlaps backends[0].schedule[0]",
+        ),
         ({"bogus": 1}, "bogus", "unknown key; valid keys: backends, batch, description"),
         ({"name": "a b"}, "name", "letters, digits"),
         ({"seed": -1}, "seed", "integer"),

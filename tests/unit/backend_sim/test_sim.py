@@ -62,7 +62,11 @@ PUBLIC_NAMES = {
 
 
 def run(
-    servers: tuple[SimServer, ...], rate_per_s: float, requests: int, seed: int = 1, strategy: str = "round_robin",
+    servers: tuple[SimServer, ...],
+    rate_per_s: float,
+    requests: int,
+    seed: int = 1,
+    strategy: str = "round_robin",
     **scenario: object,
 ) -> SimResult:
     arrivals = Arrivals(rate_per_s, requests=requests)
@@ -126,8 +130,10 @@ def test_workers_serve_in_parallel_like_mmc() -> None:
 def test_latency_grows_with_load() -> None:
     servers = (SimServer("a", workers=2), SimServer("b", speed=2, workers=2))
     capacity = capacity_per_s(servers)
-    means = [run(servers, load * capacity, 5_000, strategy="least_connections").summary().mean_ms
-             for load in (0.2, 0.5, 0.8, 0.95)]
+    means = [
+        run(servers, load * capacity, 5_000, strategy="least_connections").summary().mean_ms
+        for load in (0.2, 0.5, 0.8, 0.95)
+    ]
 
     assert means == sorted(means) and means[-1] > 2 * means[0]
 

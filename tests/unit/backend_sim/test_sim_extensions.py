@@ -70,8 +70,13 @@ def test_a_service_ms_phase_replaces_the_mean_from_when_service_starts() -> None
 
 def test_an_outage_fails_at_once_then_the_server_goes_stale_and_gets_nothing() -> None:
     down = SimServer("b", schedule=(Phase(5, 20, outage=True),))
-    scenario = Scenario((SimServer("a", speed=10), down), Arrivals(50, duration_s=40), seed=3,
-                        load_report_interval_ms=100, pool_settings={"load_report_ttl_ms": 500, **NO_EJECTION})
+    scenario = Scenario(
+        (SimServer("a", speed=10), down),
+        Arrivals(50, duration_s=40),
+        seed=3,
+        load_report_interval_ms=100,
+        pool_settings={"load_report_ttl_ms": 500, **NO_EJECTION},
+    )
 
     result = simulate(scenario, "round_robin")
 
@@ -87,8 +92,13 @@ def test_an_outage_fails_at_once_then_the_server_goes_stale_and_gets_nothing() -
 
 def test_with_every_server_down_requests_reach_no_server() -> None:
     server = SimServer("a", schedule=(Phase(2, 5, outage=True),))
-    scenario = Scenario((server,), Arrivals(20, duration_s=10), seed=1, load_report_interval_ms=100,
-                        pool_settings={"load_report_ttl_ms": 300, **NO_EJECTION})
+    scenario = Scenario(
+        (server,),
+        Arrivals(20, duration_s=10),
+        seed=1,
+        load_report_interval_ms=100,
+        pool_settings={"load_report_ttl_ms": 300, **NO_EJECTION},
+    )
 
     result = simulate(scenario)
 
@@ -122,7 +132,7 @@ def test_a_request_that_times_out_in_the_queue_leaves_it() -> None:
 
     result = simulate(scenario)
 
-    ok = sorted((r.time_s + r.latency_ms / 1000.0 for r in result.records if r.success))
+    ok = sorted(r.time_s + r.latency_ms / 1000.0 for r in result.records if r.success)
     timed_out = [r for r in result.records if not r.success]
     assert timed_out and ok
     assert all(r.latency_ms == 250 for r in timed_out)
@@ -195,8 +205,7 @@ def test_new_features_are_deterministic_under_a_seed() -> None:
     servers = (SimServer("a", workers=2, schedule=(Phase(1, 1, slowdown=8),)), SimServer("b", speed=2))
 
     def once() -> Any:
-        return simulate(Scenario(servers, ClosedLoop(6, think_ms=5, duration_s=5), seed=11, timeout_ms=60),
-                        "peak_ewma")
+        return simulate(Scenario(servers, ClosedLoop(6, think_ms=5, duration_s=5), seed=11, timeout_ms=60), "peak_ewma")
 
     first, again = once(), once()
     assert first.records == again.records and first.loads == again.loads and first.counters == again.counters
@@ -222,10 +231,14 @@ def test_progress_is_reported_in_chunks_adding_up_to_the_requests() -> None:
         (lambda: ClosedLoop(2, think_ms=-1, requests=5), "think_ms"),
         (lambda: ClosedLoop(2), "requests"),
         (lambda: Scenario((SimServer("a"),), Arrivals(1, requests=1), timeout_ms=0), "timeout_ms"),
-        (lambda: Scenario((SimServer("a"),), Arrivals(1, requests=1), pool_settings={"strategy": "x"}),
-         "pool_settings.strategy"),
-        (lambda: simulate(Scenario((SimServer("a"),), Arrivals(1, requests=1), pool_settings={"bogus": 1})),
-         "pool_settings.bogus"),
+        (
+            lambda: Scenario((SimServer("a"),), Arrivals(1, requests=1), pool_settings={"strategy": "x"}),
+            "pool_settings.strategy",
+        ),
+        (
+            lambda: simulate(Scenario((SimServer("a"),), Arrivals(1, requests=1), pool_settings={"bogus": 1})),
+            "pool_settings.bogus",
+        ),
     ],
 )
 def test_new_settings_name_the_bad_field(make: Callable[[], object], field: str) -> None:

@@ -50,10 +50,13 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("path", ["/metrics", "/api/load-status", "/no/such/path"])
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer"}, {"Authorization": "Token abc"},
-                                     {"Authorization": "Basic !!!not-base64"}])
-async def test_missing_credentials_get_401_with_a_bearer_challenge(client: Client, path: str,
-                                                                   headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer"}, {"Authorization": "Token abc"}, {"Authorization": "Basic !!!not-base64"}],
+)
+async def test_missing_credentials_get_401_with_a_bearer_challenge(
+    client: Client, path: str, headers: dict[str, str]
+) -> None:
     c = await client()
     response = await c.get(path, headers=headers)
     assert response.status == 401
@@ -215,10 +218,20 @@ async def test_start_admin_http_on_a_busy_port_is_an_oserror() -> None:
         await first.stop()
 
 
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("127.0.0.1", True), ("127.8.9.10", True), ("localhost", True), ("[::1]", True), ("::1", True),
-    ("0.0.0.0", False), ("[::]", False), ("10.0.0.1", False), ("example.com", False),
-])
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("localhost", True),
+        ("[::1]", True),
+        ("::1", True),
+        ("0.0.0.0", False),
+        ("[::]", False),
+        ("10.0.0.1", False),
+        ("example.com", False),
+    ],
+)
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 

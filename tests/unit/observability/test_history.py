@@ -26,13 +26,22 @@ def snapshot(cpu: float = 40.0, batch: int = 50, in_flight: int = 2, host: float
                 "queue_length": 1,
                 "concurrency_limit": 10,
                 "servers": [
-                    {"id": "s1", "address": "127.0.0.1:9001", "state": "SERVER_STATE_SERVING", "in_flight": in_flight,
-                     "load": {"pool": "api", "server_id": "s1", "cpu_percent": cpu, "memory_percent": 61.5},
-                     "ewma_latency_ms": 12.5},
+                    {
+                        "id": "s1",
+                        "address": "127.0.0.1:9001",
+                        "state": "SERVER_STATE_SERVING",
+                        "in_flight": in_flight,
+                        "load": {"pool": "api", "server_id": "s1", "cpu_percent": cpu, "memory_percent": 61.5},
+                        "ewma_latency_ms": 12.5,
+                    },
                     {"id": "s2", "address": "127.0.0.1:9002", "state": "SERVER_STATE_STALE"},
                 ],
             },
-            {"name": "jobs", "strategy": "p2c", "servers": [{"id": "j1", "address": "x:1", "state": "SERVER_STATE_SERVING"}]},
+            {
+                "name": "jobs",
+                "strategy": "p2c",
+                "servers": [{"id": "j1", "address": "x:1", "state": "SERVER_STATE_SERVING"}],
+            },
         ],
         "operations": [{"name": "export", "batch_size": batch, "mode": "BATCH_MODE_THRESHOLD"}],
     }

@@ -20,8 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from loadwarden.observability import _tracing
-from loadwarden.observability import build_tracer_provider, configure_tracing, shutdown_tracing
+from loadwarden.observability import _tracing, build_tracer_provider, configure_tracing, shutdown_tracing
 from loadwarden.sdk import _telemetry as sdk_telemetry
 from loadwarden.server import DecisionCore, PoolSettings, ServerSpec
 from loadwarden.server import _telemetry as server_telemetry
@@ -54,7 +53,6 @@ def memory() -> Iterator[Memory]:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     yield Memory(provider, exporter)
     provider.shutdown()
-
 
 
 # --- the service's interceptor -------------------------------------------------------
@@ -144,7 +142,9 @@ async def test_client_mistake_leaves_status_unset_but_a_crash_is_an_error(memory
 
     interceptor = server_telemetry.ServerTracingInterceptor(memory.provider)
     for behavior, error in ((not_found, grpc.aio.AbortError), (crash, RuntimeError)):
-        traced = await intercept(interceptor, grpc.unary_unary_rpc_method_handler(behavior), f"/svc.S/{behavior.__name__}")
+        traced = await intercept(
+            interceptor, grpc.unary_unary_rpc_method_handler(behavior), f"/svc.S/{behavior.__name__}"
+        )
         with pytest.raises(error):
             await traced.unary_unary(b"", FakeServicerContext())
 
@@ -437,7 +437,7 @@ def test_an_otlp_endpoint_alone_turns_on_otlp_over_grpc(processors: list[Recordi
         assert provider is not None
         (processor,) = processors
         assert isinstance(processor.exporter, OTLPSpanExporter)
-        assert processor.exporter._endpoint == "127.0.0.1:4317"  # noqa: SLF001
+        assert processor.exporter._endpoint == "127.0.0.1:4317"
         assert processor.settings == {"schedule_delay_millis": 50}
 
 
@@ -449,7 +449,7 @@ def test_otlp_over_http_appends_the_signal_path_to_the_base_endpoint(processors:
     build({**base, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/custom"})
     build({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
     assert all(isinstance(p.exporter, OTLPSpanExporter) for p in processors)
-    assert [p.exporter._endpoint for p in processors] == [  # noqa: SLF001
+    assert [p.exporter._endpoint for p in processors] == [
         "http://collector:4318/v1/traces",
         "http://collector:4318/custom",
         "http://c:4318/v1/traces",

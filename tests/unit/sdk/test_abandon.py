@@ -45,18 +45,31 @@ def releases() -> FakeScheduler:
 
 @pytest.fixture
 def client(fake_channel: FakeChannel, fake_clock: FakeClock, releases: FakeScheduler) -> Iterator[Client]:
-    client = Client(channel=fake_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None, breaker=None,
-                    slot_fallback="fail_closed")
+    client = Client(
+        channel=fake_channel,
+        timeout_s=0.5,
+        outcome_flush_interval_s=NEVER_S,
+        retry=None,
+        breaker=None,
+        slot_fallback="fail_closed",
+    )
     wire(client, fake_clock, releases)
     yield client
     client.close()
 
 
 @pytest.fixture
-async def aclient(fake_aio_channel: FakeChannel, fake_clock: FakeClock, releases: FakeScheduler
-                  ) -> AsyncIterator[AsyncClient]:
-    client = AsyncClient(channel=fake_aio_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None,
-                         breaker=None, slot_fallback="fail_closed")
+async def aclient(
+    fake_aio_channel: FakeChannel, fake_clock: FakeClock, releases: FakeScheduler
+) -> AsyncIterator[AsyncClient]:
+    client = AsyncClient(
+        channel=fake_aio_channel,
+        timeout_s=0.5,
+        outcome_flush_interval_s=NEVER_S,
+        retry=None,
+        breaker=None,
+        slot_fallback="fail_closed",
+    )
     wire(client, fake_clock, releases)
     yield client
     await client.close()
@@ -115,8 +128,13 @@ def test_each_pool_gets_its_own_call_and_a_full_batch_starts_the_next(
 
 
 @pytest.mark.parametrize(
-    "code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.INVALID_ARGUMENT],
+    "code",
+    [
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ],
 )
 def test_an_acquire_answered_with_another_failure_is_not_abandoned(
     client: Client, fake_channel: FakeChannel, releases: FakeScheduler, code: grpc.StatusCode
@@ -170,8 +188,7 @@ def test_an_abandon_is_given_up_without_a_call_once_the_lease_ttl_has_passed(
 
 
 def test_abandons_share_the_pending_releases_cap(fake_clock: FakeClock, releases: FakeScheduler) -> None:
-    retries = ReleaseRetries(lambda item, timeout_s: None, releases, capacity=2, clock=fake_clock,
-                             rng=random.Random(1))
+    retries = ReleaseRetries(lambda item, timeout_s: None, releases, capacity=2, clock=fake_clock, rng=random.Random(1))
 
     queued = [retries.abandon(pool, "r", until=fake_clock.now + 30) for pool in ("a", "a", "b", "c")]
 

@@ -188,9 +188,7 @@ def test_half_open_admits_exactly_the_probes() -> None:
 
 def test_all_probes_succeeding_closes_and_resets_window_and_wait() -> None:
     clock = FakeClock()
-    breaker = make(
-        clock, minimum_calls=2, window_size=2, half_open_probes=2, open_wait_s=1.0, open_wait_multiplier=3.0
-    )
+    breaker = make(clock, minimum_calls=2, window_size=2, half_open_probes=2, open_wait_s=1.0, open_wait_multiplier=3.0)
     trip(breaker)
     clock.advance(1.0)
     feed(breaker, "f")  # probe fails: open for 3 s
@@ -464,9 +462,7 @@ def test_registry_evicts_least_recent_when_none_is_closed() -> None:
 
 
 def test_registry_listeners_apply_to_present_and_future_breakers() -> None:
-    registry = BreakerRegistry(
-        BreakerConfig(minimum_calls=2, window_size=2, consecutive_failures=0), clock=FakeClock()
-    )
+    registry = BreakerRegistry(BreakerConfig(minimum_calls=2, window_size=2, consecutive_failures=0), clock=FakeClock())
     before = registry.get("m", "before")
     events: list[BreakerEvent] = []
     registry.add_listener(events.append)

@@ -162,9 +162,8 @@ def test_deadline_scope_bounds_every_call(fake_channel, closing, monkeypatch) ->
         local = client.select("api")  # no time for the service: a local answer costs none
         assert local.fallback
     assert len(fake_channel.calls) == 1  # no call was made without time left
-    with pytest.raises(ValueError, match="seconds"):
-        with deadline(0):
-            pass
+    with pytest.raises(ValueError, match="seconds"), deadline(0):
+        pass
 
 
 @pytest.mark.parametrize(
@@ -185,8 +184,9 @@ def test_constructor_errors_name_the_parameter(fake_channel, kwargs, name) -> No
 async def test_background_outcome_sender_does_not_inherit_the_callers_deadline(fake_aio_channel) -> None:  # type: ignore[no-untyped-def]
     from loadwarden.sdk import AsyncClient
 
-    client = AsyncClient(channel=fake_aio_channel, timeout_s=0.5, outcome_flush_interval_s=0.001, retry=None,
-                         server_refresh_s=0)
+    client = AsyncClient(
+        channel=fake_aio_channel, timeout_s=0.5, outcome_flush_interval_s=0.001, retry=None, server_refresh_s=0
+    )
     with deadline(0.05):
         async with client.route("api"):
             pass  # starts the background sender inside the caller's deadline scope

@@ -53,8 +53,14 @@ def releases() -> FakeScheduler:
 
 @pytest.fixture
 def client(fake_channel: FakeChannel, fake_scheduler, fake_clock, releases) -> Iterator[Client]:
-    client = Client(channel=fake_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None,
-                    breaker=NO_BREAKER, local_slot_limit=2)
+    client = Client(
+        channel=fake_channel,
+        timeout_s=0.5,
+        outcome_flush_interval_s=NEVER_S,
+        retry=None,
+        breaker=NO_BREAKER,
+        local_slot_limit=2,
+    )
     wire(client, fake_scheduler, fake_clock, releases)
     yield client
     client.close()
@@ -62,8 +68,14 @@ def client(fake_channel: FakeChannel, fake_scheduler, fake_clock, releases) -> I
 
 @pytest.fixture
 async def aclient(fake_aio_channel: FakeChannel, fake_scheduler, fake_clock, releases) -> AsyncIterator[AsyncClient]:
-    client = AsyncClient(channel=fake_aio_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None,
-                         breaker=NO_BREAKER, local_slot_limit=2)
+    client = AsyncClient(
+        channel=fake_aio_channel,
+        timeout_s=0.5,
+        outcome_flush_interval_s=NEVER_S,
+        retry=None,
+        breaker=NO_BREAKER,
+        local_slot_limit=2,
+    )
     wire(client, fake_scheduler, fake_clock, releases)
     yield client
     await client.close()
@@ -267,12 +279,15 @@ def test_a_release_is_given_up_without_a_call_once_the_lease_ttl_has_passed(
 
 def test_pending_releases_are_capped(fake_clock, releases) -> None:
     sent: list[str] = []
-    retries = ReleaseRetries(lambda item, timeout_s: sent.append(item.lease_id), releases, capacity=2,
-                             clock=fake_clock, rng=random.Random(1))
+    retries = ReleaseRetries(
+        lambda item, timeout_s: sent.append(item.lease_id), releases, capacity=2, clock=fake_clock, rng=random.Random(1)
+    )
     lease = Lease("l-1", "ml", 30.0, datetime.now(UTC), None, None, "", 0.0)
 
-    queued = [retries.add(lease, request_id=f"r{i}", success=True, latency_ms=1.0, until=fake_clock.now + 30)
-              for i in range(3)]
+    queued = [
+        retries.add(lease, request_id=f"r{i}", success=True, latency_ms=1.0, until=fake_clock.now + 30)
+        for i in range(3)
+    ]
 
     assert queued == [True, True, False] and retries.dropped == 1
     assert len(releases.pending) == 1  # one timer for the earliest
@@ -294,8 +309,9 @@ def test_release_retry_waits_use_full_jitter_capped_at_one_second() -> None:
 def test_close_retries_every_pending_release_once_before_closing_the_channel(
     fake_channel: FakeChannel, fake_clock: FakeClock, releases: FakeScheduler, fake_scheduler
 ) -> None:
-    client = Client(channel=fake_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None,
-                    breaker=NO_BREAKER)
+    client = Client(
+        channel=fake_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None, breaker=NO_BREAKER
+    )
     wire(client, fake_scheduler, fake_clock, releases)
     fake_channel.answers["ReleaseSlot"] = unavailable()
     with client.slot("ml"), client.slot("ml"):
@@ -393,9 +409,15 @@ def test_a_held_slot_counts_against_the_local_limit_while_the_block_runs(
 def test_an_open_breaker_starts_one_background_probe_and_serving_ends_its_wait(fake_channel) -> None:
     from grpc_health.v1 import health_pb2
 
-    client = Client(channel=fake_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None,
-                    breaker=BreakerConfig(consecutive_failures=1, open_wait_s=NEVER_S, max_open_wait_s=NEVER_S,
-                                          probe_interval_s=0.01))
+    client = Client(
+        channel=fake_channel,
+        timeout_s=0.5,
+        outcome_flush_interval_s=NEVER_S,
+        retry=None,
+        breaker=BreakerConfig(
+            consecutive_failures=1, open_wait_s=NEVER_S, max_open_wait_s=NEVER_S, probe_interval_s=0.01
+        ),
+    )
     assert client._prober is not None
     ran: list[float] = []
     client._prober._wait = lambda delay_s: ran.append(delay_s) or False  # no sleeping

@@ -16,8 +16,9 @@ LONG_S = 60.0
 
 
 def open_registry(clock: FakeClock, *methods: str) -> BreakerRegistry:
-    registry = BreakerRegistry(BreakerConfig(consecutive_failures=1, open_wait_s=LONG_S, max_open_wait_s=LONG_S),
-                               clock=clock)
+    registry = BreakerRegistry(
+        BreakerConfig(consecutive_failures=1, open_wait_s=LONG_S, max_open_wait_s=LONG_S), clock=clock
+    )
     for method in methods:
         breaker = registry.get(method, "t")
         assert breaker.allow()
@@ -50,8 +51,9 @@ def test_a_serving_answer_moves_every_open_breaker_to_half_open_and_the_prober_s
         fake_clock.advance(delay_s)
         return False
 
-    prober = ThreadProber(registry, 0.5, lambda timeout_s: next(answers), rng=random.Random(2), clock=fake_clock,
-                          wait=wait)
+    prober = ThreadProber(
+        registry, 0.5, lambda timeout_s: next(answers), rng=random.Random(2), clock=fake_clock, wait=wait
+    )
     prober.run()
 
     assert prober.probes == 3 and prober.recoveries == 1
@@ -65,14 +67,26 @@ def test_a_serving_answer_moves_every_open_breaker_to_half_open_and_the_prober_s
 
 def test_no_probe_runs_while_every_breaker_is_closed_and_stop_ends_the_loop(fake_clock: FakeClock) -> None:
     calls: list[float] = []
-    closed = ThreadProber(BreakerRegistry(clock=fake_clock), 0.5, lambda t: calls.append(t) or True,
-                          rng=random.Random(1), clock=fake_clock, wait=lambda d: False)
+    closed = ThreadProber(
+        BreakerRegistry(clock=fake_clock),
+        0.5,
+        lambda t: calls.append(t) or True,
+        rng=random.Random(1),
+        clock=fake_clock,
+        wait=lambda d: False,
+    )
     closed.run()
     assert calls == []
 
     registry = open_registry(fake_clock, "SelectServer")
-    stopping = ThreadProber(registry, 0.5, lambda t: calls.append(t) or False, rng=random.Random(1),
-                            clock=fake_clock, wait=lambda d: len(calls) >= 2)
+    stopping = ThreadProber(
+        registry,
+        0.5,
+        lambda t: calls.append(t) or False,
+        rng=random.Random(1),
+        clock=fake_clock,
+        wait=lambda d: len(calls) >= 2,
+    )
     stopping.run()
     assert len(calls) == 2
     assert registry.get("SelectServer", "t").state is BreakerState.OPEN
@@ -83,8 +97,9 @@ def test_wake_starts_at_most_one_probe_thread(fake_clock: FakeClock) -> None:
     import threading
 
     release = threading.Event()
-    prober = ThreadProber(registry, 0.5, lambda t: False, rng=random.Random(1), clock=fake_clock,
-                          wait=lambda d: release.wait(5.0))
+    prober = ThreadProber(
+        registry, 0.5, lambda t: False, rng=random.Random(1), clock=fake_clock, wait=lambda d: release.wait(5.0)
+    )
     prober.wake()
     first = prober._thread
     prober.wake()
@@ -111,8 +126,14 @@ async def test_the_task_prober_probes_on_the_loop_and_stop_cancels_it(fake_clock
 
     import asyncio
 
-    blocked = TaskProber(open_registry(fake_clock, "X"), 0.5, check, rng=random.Random(4), clock=fake_clock,
-                         sleep=lambda d: asyncio.Event().wait())
+    blocked = TaskProber(
+        open_registry(fake_clock, "X"),
+        0.5,
+        check,
+        rng=random.Random(4),
+        clock=fake_clock,
+        sleep=lambda d: asyncio.Event().wait(),
+    )
     blocked.wake()
     assert blocked._task is not None
     await blocked.stop()
@@ -120,8 +141,11 @@ async def test_the_task_prober_probes_on_the_loop_and_stop_cancels_it(fake_clock
 
 
 def test_end_open_wait_keeps_half_open_semantics_and_the_growing_wait(fake_clock: FakeClock) -> None:
-    breaker = CircuitBreaker("m", BreakerConfig(consecutive_failures=1, open_wait_s=1.0, max_open_wait_s=8.0,
-                                                half_open_probes=1), clock=fake_clock)
+    breaker = CircuitBreaker(
+        "m",
+        BreakerConfig(consecutive_failures=1, open_wait_s=1.0, max_open_wait_s=8.0, half_open_probes=1),
+        clock=fake_clock,
+    )
     assert not breaker.end_open_wait("serving")  # CLOSED: nothing to end
     breaker.allow()
     breaker.record_failure()

@@ -238,9 +238,7 @@ def test_threads_never_exceed_the_limit() -> None:
         thread.join(DEADLINE_S)
     assert not errors
     assert peak == 3
-    assert queue.stats() == QueueStats(
-        in_flight=0, waiting=0, max_in_flight_seen=3, timeouts=0, rejected=0, started=20
-    )
+    assert queue.stats() == QueueStats(in_flight=0, waiting=0, max_in_flight_seen=3, timeouts=0, rejected=0, started=20)
 
 
 def test_threads_start_by_priority_then_arrival() -> None:
@@ -261,9 +259,8 @@ def test_threads_start_by_priority_then_arrival() -> None:
 def test_thread_waiting_too_long_raises_queue_timeout_and_leaves() -> None:
     queue = RequestQueue(1)
     with queue.slot():
-        with pytest.raises(QueueTimeout) as raised:
-            with queue.slot(priority=4, timeout_s=0.02):
-                pytest.fail("the block must not run")
+        with pytest.raises(QueueTimeout) as raised, queue.slot(priority=4, timeout_s=0.02):
+            pytest.fail("the block must not run")
         with pytest.raises(QueueTimeout):
             queue.run(print, timeout_s=0)  # no wait at all
     assert raised.value.priority == 4
@@ -279,9 +276,8 @@ def test_thread_timeout_of_the_head_lets_the_next_start() -> None:
     hold = queue.slot()
     hold.__enter__()
     follower = threading.Thread(target=lambda: result.append(queue.run(lambda: "ran", timeout_s=DEADLINE_S)))
-    with pytest.raises(QueueTimeout):
-        with queue.slot(priority=9, timeout_s=0.0):
-            pass
+    with pytest.raises(QueueTimeout), queue.slot(priority=9, timeout_s=0.0):
+        pass
     follower.start()
     wait_until(lambda: queue.stats().waiting == 1)
     hold.__exit__(None, None, None)
@@ -298,12 +294,9 @@ def test_thread_queue_full_and_release_on_error() -> None:
         with pytest.raises(QueueFull):
             queue.run(lambda: None)
     waiter.join(DEADLINE_S)
-    with pytest.raises(ZeroDivisionError):
-        with queue.slot():
-            _ = 1 / 0
-    assert queue.stats() == QueueStats(
-        in_flight=0, waiting=0, max_in_flight_seen=1, timeouts=0, rejected=1, started=3
-    )
+    with pytest.raises(ZeroDivisionError), queue.slot():
+        _ = 1 / 0
+    assert queue.stats() == QueueStats(in_flight=0, waiting=0, max_in_flight_seen=1, timeouts=0, rejected=1, started=3)
 
 
 def test_thread_spacing_between_starts() -> None:
@@ -322,9 +315,8 @@ def test_thread_spacing_between_starts() -> None:
 
 @pytest.mark.parametrize(("kwargs", "name"), [({"priority": 1.0}, "priority"), ({"timeout_s": -1}, "timeout_s")])
 def test_slot_arguments_are_checked(kwargs: dict, name: str) -> None:
-    with pytest.raises(ValueError, match=name):
-        with RequestQueue(1).slot(**kwargs):
-            pass
+    with pytest.raises(ValueError, match=name), RequestQueue(1).slot(**kwargs):
+        pass
 
 
 # -- AsyncRequestQueue: tasks ---------------------------------------------------
@@ -353,9 +345,7 @@ async def test_tasks_never_exceed_the_limit() -> None:
     async with asyncio.timeout(DEADLINE_S):
         assert await asyncio.gather(*tasks) == list(range(30))
     assert peak == 4
-    assert queue.stats() == QueueStats(
-        in_flight=0, waiting=0, max_in_flight_seen=4, timeouts=0, rejected=0, started=30
-    )
+    assert queue.stats() == QueueStats(in_flight=0, waiting=0, max_in_flight_seen=4, timeouts=0, rejected=0, started=30)
 
 
 async def test_tasks_start_by_priority_then_arrival() -> None:

@@ -86,10 +86,9 @@ def test_track_counts_in_flight_and_folds_latency_and_failures(reporter, fake_cl
     assert report.mean_latency_ms == pytest.approx(100 + 0.5 * (300 - 100))
     assert report.error_rate == 0.0
 
-    with pytest.raises(Boom):
-        with reporter.track():
-            fake_clock.advance(0.040)
-            raise Boom()
+    with pytest.raises(Boom), reporter.track():
+        fake_clock.advance(0.040)
+        raise Boom()
     report = reporter.current_report()
     assert report.active_requests == 0
     assert report.mean_latency_ms == pytest.approx(200 + 0.5 * (40 - 200))
@@ -101,9 +100,8 @@ def test_track_counts_in_flight_and_folds_latency_and_failures(reporter, fake_cl
 
 
 def test_first_finished_request_that_fails_seeds_the_error_rate(reporter) -> None:
-    with pytest.raises(Boom):
-        with reporter.track():
-            raise Boom()
+    with pytest.raises(Boom), reporter.track():
+        raise Boom()
     assert reporter.current_report().error_rate == 1.0
 
 

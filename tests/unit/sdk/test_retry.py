@@ -201,9 +201,7 @@ def test_the_caller_chooses_what_is_retryable() -> None:
     fake = FakeTime()
     retrier = make_retrier(fake, max_attempts=3)
     script = Script(fake, [ResourceExhaustedError("busy"), "ok"])
-    result = retrier.call(
-        script, deadline=fake.now + 5, retryable=lambda exc: isinstance(exc, ResourceExhaustedError)
-    )
+    result = retrier.call(script, deadline=fake.now + 5, retryable=lambda exc: isinstance(exc, ResourceExhaustedError))
     assert result == "ok" and len(script.calls) == 2
 
 
@@ -556,7 +554,6 @@ def test_default_retrier_uses_real_time_without_sleeping_on_success() -> None:
 
     assert retrier.call(attempt, deadline=time.monotonic() + 5) == "ok"
     assert 4 < calls[0] <= 5
-
 
 
 def test_a_first_attempt_that_succeeds_never_builds_the_retry_machinery(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,7 +38,9 @@ def test_transitions_are_logged_counted_and_gauged(monkeypatch: pytest.MonkeyPat
     data = reader.get_metrics_data()
     points = {
         metric.name: [(dict(p.attributes), p.value) for p in metric.data.data_points]
-        for rm in data.resource_metrics for sm in rm.scope_metrics for metric in sm.metrics
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
     }
     assert points["loadwarden.sdk.breaker.state"] == [({"breaker": "SelectServer@h:1"}, 2)]
     assert points["loadwarden.sdk.breaker.transitions"] == [({"breaker": "SelectServer@h:1", "state": "OPEN"}, 1)]

@@ -298,9 +298,7 @@ def test_a_denied_slot_raises_and_never_runs_the_block(client: Client, fake_chan
     assert fake_scheduler.timers == []
 
 
-def test_slot_renews_at_three_quarters_of_the_ttl_until_released(
-    client: Client, fake_channel, fake_scheduler
-) -> None:
+def test_slot_renews_at_three_quarters_of_the_ttl_until_released(client: Client, fake_channel, fake_scheduler) -> None:
     with client.slot("ml", lease_ttl_s=2.0) as lease:
         assert fake_scheduler.delays == [1.5]
         assert calls(fake_channel, "RenewLease") == []

@@ -80,8 +80,9 @@ def test_tls_opens_a_secure_channel_with_the_files_read_once(monkeypatch: pytest
         return FakeChannel()
 
     monkeypatch.setattr(grpc, "secure_channel", secure_channel)
-    tls = TlsConfig(ca=certs.ca, cert=str(certs.client_cert), key=certs.client_key.read_bytes(),
-                    server_name="loadwarden.test")
+    tls = TlsConfig(
+        ca=certs.ca, cert=str(certs.client_cert), key=certs.client_key.read_bytes(), server_name="loadwarden.test"
+    )
     Client("10.0.0.1:50051", tls=tls).close()
     [(target, credentials, options)] = opened
     assert target == "10.0.0.1:50051" and isinstance(credentials, grpc.ChannelCredentials)

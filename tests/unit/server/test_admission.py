@@ -24,8 +24,13 @@ def make(clock: ManualClock | None = None, **settings: object) -> DecisionCore:
 
 def req(priority: int = 0, wait_s: float = 0.0, request_id: str = "", **kw: object) -> SlotRequest:
     values: dict[str, object] = dict(
-        pool="p", request_id=request_id, priority=priority, max_wait_s=wait_s, lease_ttl_s=None,
-        client_key="", select_server=False,
+        pool="p",
+        request_id=request_id,
+        priority=priority,
+        max_wait_s=wait_s,
+        lease_ttl_s=None,
+        client_key="",
+        select_server=False,
     )
     values.update(kw)
     return SlotRequest(**values)  # type: ignore[arg-type]

@@ -83,16 +83,19 @@ GUARDED = AuthInterceptor(admin_token=ADMIN_TOKEN, client_tokens=[CLIENT_TOKEN],
 # --- the token in the metadata --------------------------------------------------------
 
 
-@pytest.mark.parametrize(("metadata", "token"), [
-    ([("authorization", "Bearer abc")], b"abc"),
-    ([("authorization", "bearer   abc  ")], b"abc"),
-    ([("x-other", "1"), ("authorization", "BEARER abc"), ("authorization", "Bearer second")], b"abc"),
-    ([], None),
-    ([("authorization", "Bearer ")], None),
-    ([("authorization", "Basic YWRtaW46eA==")], None),
-    ([("authorization", "abc")], None),
-    ([("x-authorization", "Bearer abc")], None),
-])
+@pytest.mark.parametrize(
+    ("metadata", "token"),
+    [
+        ([("authorization", "Bearer abc")], b"abc"),
+        ([("authorization", "bearer   abc  ")], b"abc"),
+        ([("x-other", "1"), ("authorization", "BEARER abc"), ("authorization", "Bearer second")], b"abc"),
+        ([], None),
+        ([("authorization", "Bearer ")], None),
+        ([("authorization", "Basic YWRtaW46eA==")], None),
+        ([("authorization", "abc")], None),
+        ([("x-authorization", "Bearer abc")], None),
+    ],
+)
 def test_presented_token(metadata: list[tuple[str, str]], token: bytes | None) -> None:
     assert _presented_token(metadata) == token
 
@@ -114,12 +117,15 @@ async def test_no_token_is_unauthenticated_before_the_server_is_asked(method: st
     assert "authorization: Bearer <token>" in context.details
 
 
-@pytest.mark.parametrize(("method", "token"), [
-    (SELECT, ADMIN_TOKEN),  # the admin token is not a client token...
-    (CONFIGURE, CLIENT_TOKEN),  # ...nor the client token an admin token
-    (WATCH, CLIENT_TOKEN + "x"),
-    (CONFIGURE, ADMIN_TOKEN[:-1]),
-])
+@pytest.mark.parametrize(
+    ("method", "token"),
+    [
+        (SELECT, ADMIN_TOKEN),  # the admin token is not a client token...
+        (CONFIGURE, CLIENT_TOKEN),  # ...nor the client token an admin token
+        (WATCH, CLIENT_TOKEN + "x"),
+        (CONFIGURE, ADMIN_TOKEN[:-1]),
+    ],
+)
 async def test_a_wrong_token_is_permission_denied_and_never_echoed(method: str, token: str) -> None:
     handler, passed = await decide(GUARDED, method, bearer(token))
     context = await refusal(handler)
@@ -170,8 +176,9 @@ def test_auth_interceptors_install_nothing_when_nothing_is_guarded(caplog: pytes
     caplog.clear()
     refused = auth_interceptors(admin_token="", client_tokens=(), loopback=False, listen="0.0.0.0:1")
     assert len(refused) == 1
-    assert [r.levelname for r in caplog.records if "AdminService is refused on 0.0.0.0:1" in r.getMessage()] \
-        == ["WARNING"]
+    assert [r.levelname for r in caplog.records if "AdminService is refused on 0.0.0.0:1" in r.getMessage()] == [
+        "WARNING"
+    ]
     assert len(auth_interceptors(admin_token=ADMIN_TOKEN, client_tokens=(), loopback=True, listen="x:1")) == 1
     assert len(auth_interceptors(admin_token="", client_tokens=[CLIENT_TOKEN], loopback=True, listen="x:1")) == 1
     assert ADMIN_TOKEN not in caplog.text and CLIENT_TOKEN not in caplog.text
@@ -187,14 +194,17 @@ def test_client_token_from_file_and_verbatim_from_the_environment() -> None:
         assert load_config(None, {"LOADWARDEN_AUTH__CLIENT_TOKEN": token}).auth.client_token == token
 
 
-@pytest.mark.parametrize(("raw", "key", "fragment"), [
-    ({"auth": {"client_token": "short"}}, "auth.client_token", "at least 16"),
-    ({"auth": {"client_token": "has spaces in the middle"}}, "auth.client_token", "without spaces"),
-    ({"auth": {"client_token": 1234567890123456789}}, "auth.client_token", "must be a string"),
-    ({"auth": {"admin_token": ADMIN_TOKEN}}, "auth.admin_token", "valid keys: client_token"),
-    ({"auth": "x"}, "auth", "table"),
-    ({"auth": {"client_token": ADMIN_TOKEN}, "admin": {"token": ADMIN_TOKEN}}, "auth.client_token", "differ"),
-])
+@pytest.mark.parametrize(
+    ("raw", "key", "fragment"),
+    [
+        ({"auth": {"client_token": "short"}}, "auth.client_token", "at least 16"),
+        ({"auth": {"client_token": "has spaces in the middle"}}, "auth.client_token", "without spaces"),
+        ({"auth": {"client_token": 1234567890123456789}}, "auth.client_token", "must be a string"),
+        ({"auth": {"admin_token": ADMIN_TOKEN}}, "auth.admin_token", "valid keys: client_token"),
+        ({"auth": "x"}, "auth", "table"),
+        ({"auth": {"client_token": ADMIN_TOKEN}, "admin": {"token": ADMIN_TOKEN}}, "auth.client_token", "differ"),
+    ],
+)
 def test_invalid_auth_settings_name_the_key_and_never_the_token(raw: dict[str, Any], key: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as error:
         parse_config(raw)

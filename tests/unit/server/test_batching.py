@@ -17,8 +17,12 @@ SEED = OperationSettings(name="data-import", min_batch_size=5, max_batch_size=10
 
 
 def op(**kw: object) -> Operation:
-    values: dict[str, object] = {"name": "data-import", "min_batch_size": 5, "max_batch_size": 100,
-                                 "default_batch_size": 25}
+    values: dict[str, object] = {
+        "name": "data-import",
+        "min_batch_size": 5,
+        "max_batch_size": 100,
+        "default_batch_size": 25,
+    }
     values.update(kw)
     return Operation(OperationSettings(**values))  # type: ignore[arg-type]
 
@@ -26,13 +30,18 @@ def op(**kw: object) -> Operation:
 @pytest.mark.parametrize(
     ("load", "size", "level"),
     [
-        (0.0, 100, "low"), (10.0, 100, "low"), (49.9, 100, "low"), (50.0, 100, "low"),
+        (0.0, 100, "low"),
+        (10.0, 100, "low"),
+        (49.9, 100, "low"),
+        (50.0, 100, "low"),
         (50.1, 100, "medium"),  # 100 - 0.1/30 * 95 = 99.68 -> 100
         (56.0, 81, "medium"),  # 100 - 6/30 * 95 = 81
         (65.0, 52, "medium"),  # 100 - 15/30 * 95 = 52.5 -> 52 (round half to even)
         (74.0, 24, "medium"),  # 100 - 24/30 * 95 = 24
         (79.9, 5, "medium"),  # 100 - 29.9/30 * 95 = 5.3 -> 5
-        (80.0, 5, "high"), (95.0, 5, "high"), (100.0, 5, "high"),
+        (80.0, 5, "high"),
+        (95.0, 5, "high"),
+        (100.0, 5, "high"),
     ],
 )
 def test_seed_table(load: float, size: int, level: str) -> None:
@@ -154,8 +163,16 @@ def load(cpu: float, memory: float) -> LoadSample:
 def test_pool_source_follows_reported_backend_load() -> None:
     clock = ManualClock()
     core = core_with_pool(clock)
-    core.configure_operation(OperationSettings(name="import", min_batch_size=10, max_batch_size=200,
-                                               default_batch_size=50, load_source="pool", pool="workers"))
+    core.configure_operation(
+        OperationSettings(
+            name="import",
+            min_batch_size=10,
+            max_batch_size=200,
+            default_batch_size=50,
+            load_source="pool",
+            pool="workers",
+        )
+    )
     answer = core.batch_size("import")
     assert answer.fallback and "no server of pool 'workers'" in answer.reason
     core.report_load([LoadReportIn("workers", "w1", load(20, 20)), LoadReportIn("workers", "w2", load(30, 30))])
@@ -190,8 +207,11 @@ def test_unknown_operation_and_bounded_auto_registration() -> None:
 
 def test_report_batch_is_validated_whole() -> None:
     core = core_with_pool(ManualClock())
-    core.configure_operation(OperationSettings(name="lt", mode="latency_target", target_latency_ms=100,
-                                               default_batch_size=10, max_batch_size=50))
+    core.configure_operation(
+        OperationSettings(
+            name="lt", mode="latency_target", target_latency_ms=100, default_batch_size=10, max_batch_size=50
+        )
+    )
     with pytest.raises(NotFound):
         core.report_batches([BatchReportIn("lt", 10, 1.0, True), BatchReportIn("missing", 10, 1.0, True)])
     assert core.batch_size("lt").size == 10  # nothing was applied
@@ -238,8 +258,12 @@ def test_bad_operation_settings_name_the_field(values: dict[str, object], field:
 
 
 def test_operation_defaults_and_proto_enum_names() -> None:
-    settings = parse_operation("x", "op.name", {"mode": "BATCH_MODE_LATENCY_TARGET", "target_latency_ms": 50,
-                                                "load_source": "LOAD_SOURCE_HOST"}, "op")
+    settings = parse_operation(
+        "x",
+        "op.name",
+        {"mode": "BATCH_MODE_LATENCY_TARGET", "target_latency_ms": 50, "load_source": "LOAD_SOURCE_HOST"},
+        "op",
+    )
     assert settings.mode == "latency_target" and settings.load_source == "host"
     assert parse_operation("x", "op.name", {"min_batch_size": 7}, "op").default_batch_size == 7
     with pytest.raises(InvalidArgument) as err:

@@ -33,8 +33,9 @@ from loadwarden.v1 import decision_pb2 as pb
 
 
 def req(pool: str = "p", wait_s: float = 0.0, ttl_s: float | None = None) -> SlotRequest:
-    return SlotRequest(pool=pool, request_id="", priority=0, max_wait_s=wait_s, lease_ttl_s=ttl_s, client_key="",
-                       select_server=False)
+    return SlotRequest(
+        pool=pool, request_id="", priority=0, max_wait_s=wait_s, lease_ttl_s=ttl_s, client_key="", select_server=False
+    )
 
 
 def core_with(*pools: PoolSettings, clock: ManualClock | None = None, **limits: int) -> DecisionCore:
@@ -119,7 +120,7 @@ async def test_lease_expiry_heap_stays_bounded_under_renewals() -> None:
     for _ in range(10_000):
         clock.advance(0.001)
         core.renew_lease(lease.id, None)
-        assert len(core.admission._expiry) <= 2 * len(core.admission.leases) + QUEUE_SLACK  # noqa: SLF001
+        assert len(core.admission._expiry) <= 2 * len(core.admission.leases) + QUEUE_SLACK
     clock.advance(86_399.9)
     assert core.admission.expire() == 0
     clock.advance(0.2)

@@ -28,9 +28,10 @@ from loadwarden.server import (
     PoolSpec,
     ServerSpec,
     ServiceConfig,
+    _cli,
+    _config,
     load_config,
 )
-from loadwarden.server import _cli, _config
 from loadwarden.server._config import parse_config
 from loadwarden.server._errors import NotFound
 from loadwarden.server._persistence import LEARNED_KEY, decode, restore
@@ -55,7 +56,7 @@ DEEP_TABLE = b"a = " + b"{b = " * 3000 + b"1" + b"}" * 3000
     ("data", "problem"),
     [
         (b"\xff\xfe[\x00s\x00]\x00", "UTF-16"),
-        ("[service]\nlisten = \"caf\xe9\"\n".encode("latin-1"), "not UTF-8 text: byte 0xe9 at line 2"),
+        ('[service]\nlisten = "caf\xe9"\n'.encode("latin-1"), "not UTF-8 text: byte 0xe9 at line 2"),
         (bytes(range(256)) * 4, "not UTF-8 text"),
         (b"[service]\x00\n", "invalid TOML"),
         (DEEP_ARRAY, "nested too deeply"),
@@ -73,15 +74,19 @@ def test_unreadable_file_contents_name_the_file(tmp_path: Path, data: bytes, pro
 
 
 def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
-    path = write_bytes(tmp_path, b"\xef\xbb\xbf[service]\nlisten = \"127.0.0.1:7\"\n")
+    path = write_bytes(tmp_path, b'\xef\xbb\xbf[service]\nlisten = "127.0.0.1:7"\n')
     assert load_config(path, {}).listen == "127.0.0.1:7"
 
 
 def test_files_that_are_not_regular_files(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo.toml"
     os.mkfifo(fifo)  # reading it would block the start forever
-    cases = {tmp_path: "a directory", fifo: "a named pipe", Path("/dev/zero"): "a device",
-             tmp_path / "missing.toml": "No such file"}
+    cases = {
+        tmp_path: "a directory",
+        fifo: "a named pipe",
+        Path("/dev/zero"): "a device",
+        tmp_path / "missing.toml": "No such file",
+    }
     for path, problem in cases.items():
         with pytest.raises(ConfigError, match=problem) as err:
             load_config(path, {})
@@ -133,14 +138,18 @@ ADMIN = {"listen": "127.0.0.1:0", "token": TOKEN}
         ({"pools": {"api": {"max_concurrency": float("nan")}}}, "pools.api.max_concurrency"),
         ({"pools": {"api": {"max_concurrency": 2**63}}}, "pools.api.max_concurrency"),
         ({"pools": {"api": {"lease_ttl_ms": float("inf")}}}, "pools.api.lease_ttl_ms"),
-        ({"pools": {"api": {"limit_algorithm": "aimd", "limit_params": {"backoff_ratio": float("nan")}}}},
-         "pools.api.limit_params.backoff_ratio"),
+        (
+            {"pools": {"api": {"limit_algorithm": "aimd", "limit_params": {"backoff_ratio": float("nan")}}}},
+            "pools.api.limit_params.backoff_ratio",
+        ),
         ({"pools": {"api": {"outlier_detection": 1}}}, "pools.api.outlier_detection"),
         ({"pools": {"api": {"servers": "a"}}}, "pools.api.servers"),
         ({"pools": {"api": {"servers": [1]}}}, "pools.api.servers[0]"),
         ({"pools": {"api": {"servers": [{"id": "a", "address": ["h:1"]}]}}}, "pools.api.servers[0].address"),
-        ({"pools": {"api": {"servers": [{"id": "a", "address": "h:1", "weight": float("nan")}]}}},
-         "pools.api.servers[0].weight"),
+        (
+            {"pools": {"api": {"servers": [{"id": "a", "address": "h:1", "weight": float("nan")}]}}},
+            "pools.api.servers[0].weight",
+        ),
         ({"operations": 1}, "operations"),
         ({"operations": {"x": 1}}, "operations.x"),
         ({"operations": {"x": {"min_batch_size": float("inf")}}}, "operations.x.min_batch_size"),
@@ -185,8 +194,10 @@ def test_bad_values_name_their_key(raw: Mapping[str, Any], key: str) -> None:
         ({"LOADWARDEN_POOLS__API": "5"}, "pools.api"),
         ({"LOADWARDEN_STATE__STORE": "[1]"}, "state.store"),
         ({"LOADWARDEN_ADMIN__TOKEN": "x"}, "admin.token"),
-        ({"LOADWARDEN_OPERATIONS__X__LOAD_SOURCE": "pool", "LOADWARDEN_OPERATIONS__X__POOL": "nope"},
-         "operations.x.pool"),
+        (
+            {"LOADWARDEN_OPERATIONS__X__LOAD_SOURCE": "pool", "LOADWARDEN_OPERATIONS__X__POOL": "nope"},
+            "operations.x.pool",
+        ),
     ],
 )
 def test_bad_environment_overrides_name_their_key(env: dict[str, str], key: str) -> None:
@@ -264,8 +275,10 @@ def test_cli_turns_an_unexpected_parser_failure_into_one_line(
     monkeypatch.setattr(_cli, "load_config", broken)
     assert _cli.main(["serve", "--config", "x.toml"]) == 2
     err = capsys.readouterr().err
-    assert err == ("loadwarden: invalid configuration: x.toml: cannot be read (TypeError: unhashable type: 'list'); "
-                   "run with --log-level DEBUG for details\n")
+    assert err == (
+        "loadwarden: invalid configuration: x.toml: cannot be read (TypeError: unhashable type: 'list'); "
+        "run with --log-level DEBUG for details\n"
+    )
 
 
 # --- the state file -------------------------------------------------------------------
@@ -312,8 +325,14 @@ def bad_q_states() -> list[Any]:
     for _ in range(500):  # parses, then restore() meets a shape it never expected
         deep = [deep]
     return [
-        1, [1], {}, {**state, "q_table": [1]}, {**state, "q_table": {"s": {"a": "x"}}},
-        {**state, "q_table": {"s": deep}}, {**state, "epsilon": 1e308}, {**state, "episodes": -1},
+        1,
+        [1],
+        {},
+        {**state, "q_table": [1]},
+        {**state, "q_table": {"s": {"a": "x"}}},
+        {**state, "q_table": {"s": deep}},
+        {**state, "epsilon": 1e308},
+        {**state, "episodes": -1},
     ]
 
 
@@ -334,8 +353,10 @@ def test_wrong_shapes_inside_valid_json_are_moved_aside(
 def test_one_bad_pool_leaves_the_others_restored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = FileStore(tmp_path)
     state = {**good_state(), "episodes": 5}
-    store.save(LEARNED_KEY, envelope({"good": {"strategy": "q_learning", "state": state},
-                                      "bad": {"strategy": "q_learning", "state": [1]}}))
+    store.save(
+        LEARNED_KEY,
+        envelope({"good": {"strategy": "q_learning", "state": state}, "bad": {"strategy": "q_learning", "state": [1]}}),
+    )
     core = q_core("good", "bad")
     with caplog.at_level(logging.WARNING, logger="loadwarden.server"):
         assert restore(core, store) == 1

@@ -5,10 +5,28 @@ import loadwarden.server
 
 def test_public_names() -> None:
     assert sorted(loadwarden.server.__all__) == [
-        "AdminSettings", "AuthSettings", "Clock", "ConfigError", "CoreLimits", "DecisionCore", "ManualClock",
-        "MonitorSettings", "OperationSettings", "OutlierSettings", "PoolSettings", "PoolSpec", "RateLimit",
-        "RunningService", "ServerSpec", "ServiceConfig", "StateSettings", "SystemClock", "TlsSettings", "load_config",
-        "serve", "start_service",
+        "AdminSettings",
+        "AuthSettings",
+        "Clock",
+        "ConfigError",
+        "CoreLimits",
+        "DecisionCore",
+        "ManualClock",
+        "MonitorSettings",
+        "OperationSettings",
+        "OutlierSettings",
+        "PoolSettings",
+        "PoolSpec",
+        "RateLimit",
+        "RunningService",
+        "ServerSpec",
+        "ServiceConfig",
+        "StateSettings",
+        "SystemClock",
+        "TlsSettings",
+        "load_config",
+        "serve",
+        "start_service",
     ]
     for name in loadwarden.server.__all__:
         assert getattr(loadwarden.server, name) is not None

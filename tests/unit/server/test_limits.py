@@ -208,7 +208,12 @@ def test_gradient2_ignores_non_finite_rtt_and_survives_zero() -> None:
 def test_public_names() -> None:
     assert sorted(LIMITS) == ["aimd", "fixed", "gradient2"]
     assert sorted(limits_pkg.__all__) == [
-        "LIMITS", "LimitAlgorithm", "build_limit", "check_limit", "clamp", "limit_class"
+        "LIMITS",
+        "LimitAlgorithm",
+        "build_limit",
+        "check_limit",
+        "clamp",
+        "limit_class",
     ]
     for name, cls in LIMITS.items():
         assert cls.name == name

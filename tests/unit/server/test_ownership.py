@@ -31,8 +31,14 @@ def make(clock: ManualClock | None = None, **settings: object) -> DecisionCore:
 
 def req(owner: str = VICTIM, request_id: str = "", **kw: object) -> SlotRequest:
     values: dict[str, object] = dict(
-        pool="p", request_id=request_id, priority=0, max_wait_s=0.0, lease_ttl_s=None,
-        client_key="", select_server=False, owner=owner,
+        pool="p",
+        request_id=request_id,
+        priority=0,
+        max_wait_s=0.0,
+        lease_ttl_s=None,
+        client_key="",
+        select_server=False,
+        owner=owner,
     )
     values.update(kw)
     return SlotRequest(**values)  # type: ignore[arg-type]
@@ -120,7 +126,7 @@ async def test_request_ids_are_forgotten_when_their_lease_ends() -> None:
     reclaimed = (await grant(core, request_id="reclaimed")).lease
     clock.advance(reclaimed.ttl_s + 1)
     core.expire()
-    assert len(core.admission._requests) == 0  # noqa: SLF001 - the bound under test
+    assert len(core.admission._requests) == 0
 
 
 async def test_lease_ttls_are_bounded_by_the_pool() -> None:
@@ -207,7 +213,7 @@ async def test_a_deleted_pool_with_no_leases_left_is_forgotten() -> None:
     lease = (await grant(core)).lease
     core.delete_pool("p")
     core.release_slot(lease.id, True, 1.0, VICTIM)
-    assert core.admission._closed == {}  # noqa: SLF001 - nothing kept for a pool nobody holds
+    assert core.admission._closed == {}
     core.configure_pool(PoolSettings(name="p", max_concurrency=10), None)
     assert core.pool("p").slots.in_use == 0
 
@@ -253,8 +259,11 @@ def test_rotating_client_keys_gets_no_more_than_the_callers_rate() -> None:
 
 
 def test_client_keys_subdivide_a_callers_rate() -> None:
-    limiter = RateLimiter(RateLimit(count=1, per_s=60.0, burst=1), max_keys=100,
-                          identity_limit=RateLimit(count=100, per_s=60.0, burst=100))
+    limiter = RateLimiter(
+        RateLimit(count=1, per_s=60.0, burst=1),
+        max_keys=100,
+        identity_limit=RateLimit(count=100, per_s=60.0, burst=100),
+    )
     assert limiter.try_acquire("ip-1", 0.0, VICTIM) == 0.0
     assert limiter.try_acquire("ip-1", 0.1, VICTIM) > 0  # that key's own rate
     assert limiter.try_acquire("ip-2", 0.2, VICTIM) == 0.0  # a second key has its own share
@@ -262,9 +271,12 @@ def test_client_keys_subdivide_a_callers_rate() -> None:
 
 
 def test_keys_per_caller_are_capped() -> None:
-    limiter = RateLimiter(RateLimit(count=1, per_s=1.0, burst=1), max_keys=100,
-                          identity_limit=RateLimit(count=1_000_000, per_s=1.0, burst=1_000_000),
-                          max_keys_per_identity=5)
+    limiter = RateLimiter(
+        RateLimit(count=1, per_s=1.0, burst=1),
+        max_keys=100,
+        identity_limit=RateLimit(count=1_000_000, per_s=1.0, burst=1_000_000),
+        max_keys_per_identity=5,
+    )
     for i in range(50):
         limiter.try_acquire(f"k{i}", 0.0, VICTIM)
     assert limiter.keys_of(VICTIM) == 5 and len(limiter) == 1
@@ -287,8 +299,13 @@ def test_identity_rate_limit_needs_a_rate_limit() -> None:
     with pytest.raises(InvalidArgument) as err:
         parse_pool("p", "pool.name", {"identity_rate_limit": "10/minute"}, "pools.p", 10)
     assert err.value.field == "pools.p.identity_rate_limit"
-    settings, _ = parse_pool("p", "pool.name", {"rate_limit": "1/second", "identity_rate_limit": "10/minute",
-                                                "rate_limit_keys_per_identity": 7}, "pools.p", 10)
+    settings, _ = parse_pool(
+        "p",
+        "pool.name",
+        {"rate_limit": "1/second", "identity_rate_limit": "10/minute", "rate_limit_keys_per_identity": 7},
+        "pools.p",
+        10,
+    )
     assert settings.identity_rate_limit == RateLimit(count=10, per_s=60.0, burst=10)
     assert settings.rate_limit_keys_per_identity == 7
 

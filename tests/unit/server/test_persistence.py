@@ -19,7 +19,6 @@ from loadwarden.server._store import FileStore, MemoryStore
 from loadwarden.server.strategies import Choice, Feedback, StrategyBase, StrategyContext
 
 
-
 class Counting(StrategyBase):
     """A learning strategy in miniature: counts outcomes per server, picks the first candidate."""
 

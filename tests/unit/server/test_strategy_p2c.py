@@ -53,7 +53,9 @@ def test_never_picks_the_busier_of_its_sampled_pair() -> None:
 def test_uses_the_servers_own_report_of_active_requests() -> None:
     a, b = pool = servers(1, 1)
     a.in_flight, b.in_flight = 0, 1
-    a.load = LoadSample(cpu_percent=0, memory_percent=0, active_requests=5, mean_latency_ms=0, error_rate=0)  # a is busier than our in-flight count says
+    a.load = LoadSample(
+        cpu_percent=0, memory_percent=0, active_requests=5, mean_latency_ms=0, error_rate=0
+    )  # a is busier than our in-flight count says
     assert p2c(pool).choose(pool).server is b
 
 

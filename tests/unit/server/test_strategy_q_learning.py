@@ -40,8 +40,17 @@ def state_of(strategy: QLearning, servers: dict[str, Backend]) -> str:
 
 
 def with_table(strategy: QLearning, table: dict[str, dict[str, float]], epsilon: float = 0.0) -> None:
-    strategy.restore({"strategy": "q_learning", "version": 1, "epsilon": epsilon, "episodes": 0,
-                      "updates": 0, "explored": 0, "q_table": table})
+    strategy.restore(
+        {
+            "strategy": "q_learning",
+            "version": 1,
+            "epsilon": epsilon,
+            "episodes": 0,
+            "updates": 0,
+            "explored": 0,
+            "q_table": table,
+        }
+    )
 
 
 def q(strategy: QLearning, state: str, server_id: str) -> float:
@@ -246,7 +255,6 @@ def test_ties_are_broken_at_random() -> None:
 # --- learning ------------------------------------------------------------------------------
 
 
-
 def test_learns_to_avoid_a_server_five_times_slower() -> None:
     servers = pool("f1", "f2", "f3", "f4", "slow")
     strategy = agent(servers, seed=7)
@@ -292,6 +300,7 @@ def _set(path: tuple[Any, ...], value: Any) -> Any:
             target = target[key]
         target[path[-1]] = value
         return state
+
     return mutate
 
 
@@ -352,12 +361,26 @@ def test_restore_into_an_empty_pool_keeps_rows_until_servers_join() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("alpha", 0.0), ("alpha", 1.5), ("gamma", 1.0), ("gamma", -0.1), ("epsilon", 1.1),
-        ("epsilon", -0.1), ("epsilon_decay", 0.0), ("epsilon_decay", 1.01), ("epsilon_min", 0.2),
-        ("cpu_medium_percent", 0.0), ("cpu_high_percent", 50.0), ("cpu_high_percent", 101.0),
-        ("active_medium_requests", 0), ("active_high_requests", 5), ("response_medium_ms", 0.0),
-        ("response_high_ms", 100.0), ("initial_q", "optimistic"), ("virtual_loss", -0.1),
-        ("virtual_loss", 2.0), ("alpha", math.nan),
+        ("alpha", 0.0),
+        ("alpha", 1.5),
+        ("gamma", 1.0),
+        ("gamma", -0.1),
+        ("epsilon", 1.1),
+        ("epsilon", -0.1),
+        ("epsilon_decay", 0.0),
+        ("epsilon_decay", 1.01),
+        ("epsilon_min", 0.2),
+        ("cpu_medium_percent", 0.0),
+        ("cpu_high_percent", 50.0),
+        ("cpu_high_percent", 101.0),
+        ("active_medium_requests", 0),
+        ("active_high_requests", 5),
+        ("response_medium_ms", 0.0),
+        ("response_high_ms", 100.0),
+        ("initial_q", "optimistic"),
+        ("virtual_loss", -0.1),
+        ("virtual_loss", 2.0),
+        ("alpha", math.nan),
     ],
 )
 def test_invalid_params_are_rejected_naming_the_field(field: str, value: Any) -> None:

@@ -34,7 +34,6 @@ def greedy(servers: dict[str, Backend], **params: Any) -> QLinear:
     return agent(servers, epsilon=0.0, epsilon_min=0.0, **params)
 
 
-
 # --- learning ------------------------------------------------------------------------
 
 
@@ -186,8 +185,16 @@ def test_sampling_exploits_the_best_of_the_sample() -> None:
 
 def snapshot_with(biases: dict[str, float], **weights: float) -> dict[str, Any]:
     w = {"cpu": 0.0, "active": 0.0, "response": 0.0, "error_rate": 0.0} | weights
-    return {"strategy": "q_linear", "version": 1, "epsilon": 0.0, "episodes": 0, "updates": 0,
-            "explored": 0, "weights": w, "biases": biases}
+    return {
+        "strategy": "q_linear",
+        "version": 1,
+        "epsilon": 0.0,
+        "episodes": 0,
+        "updates": 0,
+        "explored": 0,
+        "weights": w,
+        "biases": biases,
+    }
 
 
 def trained() -> tuple[QLinear, dict[str, Backend]]:
@@ -228,6 +235,7 @@ def _set(path: tuple[Any, ...], value: Any) -> Any:
             target = target[key]
         target[path[-1]] = value
         return state
+
     return mutate
 
 
@@ -268,9 +276,17 @@ def test_corrupt_snapshots_are_refused_and_change_nothing(corruption: str) -> No
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("alpha", 0.0), ("alpha", 1.5), ("epsilon", 1.1), ("epsilon_decay", 0.0),
-        ("epsilon_decay", 1.5), ("epsilon_min", 0.5), ("sample_size", 0), ("latency_scale_ms", 0.0),
-        ("failure_penalty_ms", -1.0), ("active_scale_requests", 0.0), ("td_error_clip", 0.0),
+        ("alpha", 0.0),
+        ("alpha", 1.5),
+        ("epsilon", 1.1),
+        ("epsilon_decay", 0.0),
+        ("epsilon_decay", 1.5),
+        ("epsilon_min", 0.5),
+        ("sample_size", 0),
+        ("latency_scale_ms", 0.0),
+        ("failure_penalty_ms", -1.0),
+        ("active_scale_requests", 0.0),
+        ("td_error_clip", 0.0),
         ("td_error_clip", math.inf),
     ],
 )

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from loadwarden.observability._net import is_loopback
 from loadwarden.server import ConfigError, TlsSettings, load_config
 from loadwarden.server._config import parse_config
-from loadwarden.server._tls import is_loopback, load_tls
+from loadwarden.server._tls import load_tls
 
 from ..._certs import Certs, make_certs
 
@@ -46,17 +47,23 @@ def test_a_numeric_looking_path_from_the_environment_stays_a_path() -> None:
     assert (settings.cert_file, settings.key_file) == ("1234", "true")
 
 
-@pytest.mark.parametrize(("tls", "key", "fragment"), [
-    ({"cert_file": "/x.pem"}, "tls.key_file", "required when tls.cert_file"),
-    ({"key_file": "/x.key"}, "tls.cert_file", "required when tls.key_file"),
-    ({"client_ca_file": "/ca.pem"}, "tls.cert_file", "required when tls.client_ca_file"),
-    ({"cert_file": "/x.pem", "key_file": "/x.key", "require_client_cert": True}, "tls.client_ca_file", "required"),
-    ({"cert_file": "/x.pem", "key_file": "/x.key", "client_ca_file": "/ca.pem"}, "tls.require_client_cert",
-     "must be true when tls.client_ca_file is set"),
-    ({"cert_file": 5}, "tls.cert_file", "string"),
-    ({"require_client_cert": "yes"}, "tls.require_client_cert", "true or false"),
-    ({"ca_file": "/ca.pem"}, "tls.ca_file", "valid keys: cert_file, client_ca_file, key_file, require_client_cert"),
-])
+@pytest.mark.parametrize(
+    ("tls", "key", "fragment"),
+    [
+        ({"cert_file": "/x.pem"}, "tls.key_file", "required when tls.cert_file"),
+        ({"key_file": "/x.key"}, "tls.cert_file", "required when tls.key_file"),
+        ({"client_ca_file": "/ca.pem"}, "tls.cert_file", "required when tls.client_ca_file"),
+        ({"cert_file": "/x.pem", "key_file": "/x.key", "require_client_cert": True}, "tls.client_ca_file", "required"),
+        (
+            {"cert_file": "/x.pem", "key_file": "/x.key", "client_ca_file": "/ca.pem"},
+            "tls.require_client_cert",
+            "must be true when tls.client_ca_file is set",
+        ),
+        ({"cert_file": 5}, "tls.cert_file", "string"),
+        ({"require_client_cert": "yes"}, "tls.require_client_cert", "true or false"),
+        ({"ca_file": "/ca.pem"}, "tls.ca_file", "valid keys: cert_file, client_ca_file, key_file, require_client_cert"),
+    ],
+)
 def test_invalid_tls_settings_name_the_key(tls: dict[str, Any], key: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as error:
         parse_config({"tls": tls})
@@ -64,8 +71,12 @@ def test_invalid_tls_settings_name_the_key(tls: dict[str, Any], key: str, fragme
 
 
 def _settings(certs: Certs, **overrides: object) -> TlsSettings:
-    values: dict[str, Any] = {"cert_file": str(certs.server_cert), "key_file": str(certs.server_key),
-                              "client_ca_file": str(certs.ca), "require_client_cert": True}
+    values: dict[str, Any] = {
+        "cert_file": str(certs.server_cert),
+        "key_file": str(certs.server_key),
+        "client_ca_file": str(certs.ca),
+        "require_client_cert": True,
+    }
     values.update(overrides)
     return TlsSettings(**values)
 
@@ -77,8 +88,13 @@ def test_unusable_files_name_their_key(tmp_path: Path, certs: Certs) -> None:
     broken.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", encoding="utf-8")
     key = serialization.load_pem_private_key(certs.server_key.read_bytes(), None)
     encrypted = tmp_path / "encrypted.key"
-    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.BestAvailableEncryption(b"secret")))
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     cases = [
         ({"cert_file": str(tmp_path / "missing.pem")}, "tls.cert_file", "cannot read"),
         ({"key_file": str(tmp_path)}, "tls.key_file", "cannot read"),  # a directory: unreadable as a file
@@ -97,9 +113,18 @@ def test_unusable_files_name_their_key(tmp_path: Path, certs: Certs) -> None:
         assert "PRIVATE KEY" not in str(error.value)
 
 
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("127.0.0.1", True), ("127.8.9.10", True), ("localhost", True), ("[::1]", True),
-    ("0.0.0.0", False), ("[::]", False), ("10.0.0.1", False), ("example.com", False),
-])
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("localhost", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("[::]", False),
+        ("10.0.0.1", False),
+        ("example.com", False),
+    ],
+)
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback

@@ -172,8 +172,9 @@ async def test_a_late_stream_gets_the_feeds_snapshot_at_once(
     await late.aclose()
 
 
-@pytest.mark.parametrize(("interval_ms", "served_s"),
-                         [(0, 1.0), (100, 1.0), (1_000, 1.0), (1_001, 2.0), (4_000, 5.0), (59_000, 60.0)])
+@pytest.mark.parametrize(
+    ("interval_ms", "served_s"), [(0, 1.0), (100, 1.0), (1_000, 1.0), (1_001, 2.0), (4_000, 5.0), (59_000, 60.0)]
+)
 def test_intervals_are_rounded_up_to_a_few_steps(interval_ms: int, served_s: float) -> None:
     assert check_interval_ms(interval_ms) == served_s
 
@@ -188,8 +189,10 @@ async def test_feeds_are_per_filter_and_interval_and_end_with_their_last_stream(
     clock: ManualClock, watchers: Watchers
 ) -> None:
     core = make_core(clock, pools=("api", "ml"))
-    streams = [watchers.stream(core, pool, interval, "") for pool, interval in
-               [("api", 1.0), ("api", 1.0), ("api", 2.0), ("ml", 1.0), ("", 1.0)]]
+    streams = [
+        watchers.stream(core, pool, interval, "")
+        for pool, interval in [("api", 1.0), ("api", 1.0), ("api", 2.0), ("ml", 1.0), ("", 1.0)]
+    ]
     for s in streams:
         await read(s)
     assert sorted((k[1], k[2]) for k in watchers.feeds) == [("", 1.0), ("api", 1.0), ("api", 2.0), ("ml", 1.0)]

@@ -33,8 +33,11 @@ class Admission:
     def __post_init__(self) -> None:
         if not isinstance(self.pool, str) or not self.pool:
             raise ValueError(f"pool must be a non-empty string, got {self.pool!r}")
-        if isinstance(self.priority, bool) or not isinstance(self.priority, int) \
-                or not 0 <= self.priority <= MAX_PRIORITY:
+        if (
+            isinstance(self.priority, bool)
+            or not isinstance(self.priority, int)
+            or not 0 <= self.priority <= MAX_PRIORITY
+        ):
             raise ValueError(f"priority must be an int 0-{MAX_PRIORITY}, got {self.priority!r}")
 
 
@@ -82,8 +85,11 @@ class AdmissionSettings:
             _check_number("lease_ttl_s", self.lease_ttl_s, minimum=0.1)
         if self.slot_fallback not in SLOT_FALLBACKS:
             raise ValueError(f"slot_fallback must be one of {', '.join(SLOT_FALLBACKS)}, got {self.slot_fallback!r}")
-        if isinstance(self.local_slot_limit, bool) or not isinstance(self.local_slot_limit, int) \
-                or self.local_slot_limit < 1:
+        if (
+            isinstance(self.local_slot_limit, bool)
+            or not isinstance(self.local_slot_limit, int)
+            or self.local_slot_limit < 1
+        ):
             raise ValueError(f"local_slot_limit must be an int >= 1, got {self.local_slot_limit!r}")
         _check_number("timeout_s", self.timeout_s, minimum=0.0, exclusive=True)
         if self.tls is not None and not isinstance(self.tls, TlsConfig):
@@ -93,8 +99,13 @@ class AdmissionSettings:
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments of `Client` / `AsyncClient` for these settings."""
-        return {"timeout_s": self.timeout_s, "slot_fallback": self.slot_fallback,
-                "local_slot_limit": self.local_slot_limit, "tls": self.tls, "token": self.token}
+        return {
+            "timeout_s": self.timeout_s,
+            "slot_fallback": self.slot_fallback,
+            "local_slot_limit": self.local_slot_limit,
+            "tls": self.tls,
+            "token": self.token,
+        }
 
 
 def _check_number(name: str, value: object, *, minimum: float, exclusive: bool = False) -> None:
@@ -110,8 +121,9 @@ class Chooser(Generic[RequestT]):
     """Turns a request into its `Admission`, or None (the request is not admitted
     through loadwarden and passes straight through)."""
 
-    def __init__(self, settings: AdmissionSettings,
-                 choose: Callable[[RequestT], Admission | str | None] | None) -> None:
+    def __init__(
+        self, settings: AdmissionSettings, choose: Callable[[RequestT], Admission | str | None] | None
+    ) -> None:
         self._default = Admission(settings.pool, settings.priority)
         self._choose = choose
 
@@ -125,13 +137,18 @@ class Chooser(Generic[RequestT]):
             try:
                 return Admission(chosen, self._default.priority)
             except ValueError as err:
-                raise AdmissionChoiceError(f"choose function {self._choose!r} returned an invalid pool: {err}") from None
+                raise AdmissionChoiceError(
+                    f"choose function {self._choose!r} returned an invalid pool: {err}"
+                ) from None
         raise AdmissionChoiceError(
-            f"choose function {self._choose!r} must return an Admission, a pool name or None, got {chosen!r}")
+            f"choose function {self._choose!r} must return an Admission, a pool name or None, got {chosen!r}"
+        )
 
 
 def unknown_pool(admission: Admission, choose: object) -> AdmissionChoiceError:
-    return AdmissionChoiceError(f"pool {admission.pool!r} (chosen by {choose!r}) does not exist at the Decision service")
+    return AdmissionChoiceError(
+        f"pool {admission.pool!r} (chosen by {choose!r}) does not exist at the Decision service"
+    )
 
 
 def retry_after_s(denied: SlotDenied | ResourceExhaustedError) -> int:
@@ -146,8 +163,7 @@ def denied_body(denied: SlotDenied | ResourceExhaustedError, retry_after: int) -
     """The short JSON body of a 503 answer."""
     reason = denied.denial if isinstance(denied, SlotDenied) else "RESOURCE_EXHAUSTED"
     pool = denied.pool if isinstance(denied, SlotDenied) else ""
-    return json.dumps({"error": "overloaded", "reason": reason, "pool": pool,
-                       "retry_after_s": retry_after}).encode()
+    return json.dumps({"error": "overloaded", "reason": reason, "pool": pool, "retry_after_s": retry_after}).encode()
 
 
 class ServerError(Exception):

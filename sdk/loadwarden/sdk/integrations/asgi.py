@@ -72,8 +72,9 @@ class AdmissionMiddleware:
         self._chooser: Chooser[Scope] = Chooser(self.settings, choose)
         self._owns_client = client is None
         # An AsyncClient binds to the loop of its first call; making it here is safe.
-        self._client = client if client is not None else AsyncClient(self.settings.target,
-                                                                     **self.settings.client_options())
+        self._client = (
+            client if client is not None else AsyncClient(self.settings.target, **self.settings.client_options())
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan" and self._owns_client:
@@ -89,8 +90,12 @@ class AdmissionMiddleware:
         await self._admitted(admission, scope, receive, send)
 
     async def _admitted(self, admission: Admission, scope: Scope, receive: Receive, send: Send) -> None:
-        block = self._client.slot(admission.pool, priority=admission.priority, wait_s=self.settings.wait_s,
-                                  lease_ttl_s=self.settings.lease_ttl_s)
+        block = self._client.slot(
+            admission.pool,
+            priority=admission.priority,
+            wait_s=self.settings.wait_s,
+            lease_ttl_s=self.settings.lease_ttl_s,
+        )
         try:
             await block.__aenter__()
         except (SlotDenied, ResourceExhaustedError) as denied:
@@ -134,13 +139,15 @@ class AdmissionMiddleware:
 async def _send_denied(send: Send, denied: SlotDenied | ResourceExhaustedError) -> None:
     retry_after = retry_after_s(denied)
     body = denied_body(denied, retry_after)
-    await send({
-        "type": "http.response.start",
-        "status": 503,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(retry_after).encode()),
-        ],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(retry_after).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

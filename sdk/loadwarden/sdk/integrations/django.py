@@ -121,8 +121,12 @@ class AdmissionMiddleware:
         admission = self._chooser(request)
         if admission is None:
             return self.get_response(request)
-        block = self._client.slot(admission.pool, priority=admission.priority, wait_s=self.settings.wait_s,
-                                  lease_ttl_s=self.settings.lease_ttl_s)
+        block = self._client.slot(
+            admission.pool,
+            priority=admission.priority,
+            wait_s=self.settings.wait_s,
+            lease_ttl_s=self.settings.lease_ttl_s,
+        )
         try:
             block.__enter__()
         except (SlotDenied, ResourceExhaustedError) as denied:
@@ -146,7 +150,9 @@ class AdmissionMiddleware:
 def _denied(denied: SlotDenied | ResourceExhaustedError) -> JsonResponse:
     retry_after = retry_after_s(denied)
     reason = denied.denial if isinstance(denied, SlotDenied) else "RESOURCE_EXHAUSTED"
-    response = JsonResponse({"error": "overloaded", "reason": reason,
-                             "pool": getattr(denied, "pool", ""), "retry_after_s": retry_after}, status=503)
+    response = JsonResponse(
+        {"error": "overloaded", "reason": reason, "pool": getattr(denied, "pool", ""), "retry_after_s": retry_after},
+        status=503,
+    )
     response["Retry-After"] = str(retry_after)
     return response

@@ -61,14 +61,16 @@ DEFAULT_RETRY_AFTER_S = 1.0  # retry-after sent when a denial carries no hint, s
 
 # Codes that mean the backend failed the call, not the caller: they count as
 # failures in the release and the reporter. CANCELLED and client errors do not.
-SERVER_FAULT_CODES = frozenset({
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.DATA_LOSS,
-})
+SERVER_FAULT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 
 
 def priority_from_metadata(key: str = "loadwarden-priority", default: int = 0) -> PriorityOf:
@@ -151,8 +153,9 @@ class _Admitter:
             raise ValueError(f"priority must be a callable from invocation metadata to 0-9, or None, got {priority!r}")
         if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or not 0 <= wait_s < math.inf:
             raise ValueError(f"wait_s must be a finite number of seconds >= 0, got {wait_s!r}")
-        if lease_ttl_s is not None and (isinstance(lease_ttl_s, bool) or not isinstance(lease_ttl_s, int | float)
-                                        or not 0 < lease_ttl_s < math.inf):
+        if lease_ttl_s is not None and (
+            isinstance(lease_ttl_s, bool) or not isinstance(lease_ttl_s, int | float) or not 0 < lease_ttl_s < math.inf
+        ):
             raise ValueError(f"lease_ttl_s must be a positive number of seconds or None, got {lease_ttl_s!r}")
         if reporter is not None and not isinstance(reporter, BackendReporter):
             raise ValueError(f"reporter must be a BackendReporter or None, got {reporter!r}")
@@ -169,12 +172,17 @@ class _Admitter:
         try:
             chosen = self.pool_of(method)
         except Exception:  # noqa: BLE001 - a broken pool function must not break the backend
-            _log.exception("pool function %r failed for %s; the call is not admitted through loadwarden",
-                           self.pool_of, method)
+            _log.exception(
+                "pool function %r failed for %s; the call is not admitted through loadwarden", self.pool_of, method
+            )
             return None
         if chosen is not None and (not isinstance(chosen, str) or not chosen):
-            _log.error("pool function %r returned %r for %s, not a pool name or None; not admitted",
-                       self.pool_of, chosen, method)
+            _log.error(
+                "pool function %r returned %r for %s, not a pool name or None; not admitted",
+                self.pool_of,
+                chosen,
+                method,
+            )
             return None
         return chosen
 
@@ -196,8 +204,13 @@ class _Admitter:
 
     def unexpected(self, pool: str, method: str, err: Exception) -> bool:
         """Logs an acquire failure that is not a denial; True when the RPC is to be rejected."""
-        _log.warning("loadwarden could not admit %s in pool %r (%s); %s", method, pool, err,
-                     "rejecting (fail_closed)" if self.fail_closed else "serving it unadmitted")
+        _log.warning(
+            "loadwarden could not admit %s in pool %r (%s); %s",
+            method,
+            pool,
+            err,
+            "rejecting (fail_closed)" if self.fail_closed else "serving it unadmitted",
+        )
         return self.fail_closed
 
 
@@ -213,8 +226,9 @@ def _handler_factory(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., Any]
 
 
 def _rebuild(handler: grpc.RpcMethodHandler, factory: Callable[..., Any], behavior: Any) -> grpc.RpcMethodHandler:
-    return factory(behavior, request_deserializer=handler.request_deserializer,
-                   response_serializer=handler.response_serializer)
+    return factory(
+        behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
 
 
 # --------------------------------------------------------------------------- sync
@@ -418,14 +432,20 @@ class AsyncAdmissionInterceptor(grpc.aio.ServerInterceptor):
         except (SlotDenied, ResourceExhaustedError) as denied:
             if entered:
                 raise
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _denied_details(denied),
-                                trailing_metadata=((RETRY_AFTER_METADATA_KEY, _retry_after_ms(denied)),))
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                _denied_details(denied),
+                trailing_metadata=((RETRY_AFTER_METADATA_KEY, _retry_after_ms(denied)),),
+            )
         except LoadwardenError as err:
             if entered:
                 raise
             if admit.unexpected(pool, method, err):
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "loadwarden: the slot could not be acquired",
-                                    trailing_metadata=((RETRY_AFTER_METADATA_KEY, _retry_after_ms(SlotDenied())),))
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "loadwarden: the slot could not be acquired",
+                    trailing_metadata=((RETRY_AFTER_METADATA_KEY, _retry_after_ms(SlotDenied())),),
+                )
             async with self._tracked(outcome):
                 yield outcome
         if outcome.exc is not None:

@@ -74,8 +74,12 @@ class AdmissionMiddleware:
         admission = self._chooser(environ)
         if admission is None:
             return self.app(environ, start_response)
-        block = self._client.slot(admission.pool, priority=admission.priority, wait_s=self.settings.wait_s,
-                                  lease_ttl_s=self.settings.lease_ttl_s)
+        block = self._client.slot(
+            admission.pool,
+            priority=admission.priority,
+            wait_s=self.settings.wait_s,
+            lease_ttl_s=self.settings.lease_ttl_s,
+        )
         try:
             block.__enter__()
         except (SlotDenied, ResourceExhaustedError) as denied:
@@ -105,9 +109,12 @@ class AdmissionMiddleware:
 def _denied(start_response: StartResponse, denied: SlotDenied | ResourceExhaustedError) -> list[bytes]:
     retry_after = retry_after_s(denied)
     body = denied_body(denied, retry_after)
-    start_response("503 Service Unavailable", [
-        ("Content-Type", "application/json"),
-        ("Content-Length", str(len(body))),
-        ("Retry-After", str(retry_after)),
-    ])
+    start_response(
+        "503 Service Unavailable",
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Retry-After", str(retry_after)),
+        ],
+    )
     return [body]

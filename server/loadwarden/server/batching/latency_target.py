@@ -30,7 +30,9 @@ class LatencyTargetController:
     def observe(self, batch_size: int, duration_ms: float, success: bool) -> None:
         if success and duration_ms <= self._target_ms:
             self.size = min(self._max, self.size + self._step)
-            self._why = f"batch of {batch_size} took {duration_ms:.0f} ms <= target {self._target_ms:g} ms: +{self._step}"
+            self._why = (
+                f"batch of {batch_size} took {duration_ms:.0f} ms <= target {self._target_ms:g} ms: +{self._step}"
+            )
         else:
             self.size = max(self._min, math.floor(self.size * self._backoff))
             cause = "failed" if not success else f"took {duration_ms:.0f} ms > target {self._target_ms:g} ms"

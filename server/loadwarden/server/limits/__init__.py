@@ -67,8 +67,9 @@ def _parse(name: str, params: Mapping[str, Any], initial_limit: int, where: str)
     if cls.adaptive:
         if initial_limit == 0:
             raise InvalidArgument(
-                field, f"limit algorithm {name!r} starts from max_concurrency and needs it > 0; "
-                "0 (unlimited) is valid only with 'fixed'"
+                field,
+                f"limit algorithm {name!r} starts from max_concurrency and needs it > 0; "
+                "0 (unlimited) is valid only with 'fixed'",
             )
         if initial_limit < parsed.min_limit:
             raise InvalidArgument(

@@ -38,9 +38,7 @@ def check_strategy(name: str, params: Mapping[str, Any], where: str) -> None:
     parse_params(strategy_class(name, where).Params, params, f"{where}.strategy_params")
 
 
-def build_strategy(
-    name: str, params: Mapping[str, Any], context: StrategyContext, where: str
-) -> Strategy:
+def build_strategy(name: str, params: Mapping[str, Any], context: StrategyContext, where: str) -> Strategy:
     """Builds the strategy registered as ``name``.
 
     Args:

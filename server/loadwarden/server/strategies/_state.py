@@ -56,7 +56,7 @@ class LoadLevels:
     load has CPU 0, so its level comes from in-flight requests and outcome latency.
     """
 
-    __slots__ = ("_cpu", "_active", "_response")
+    __slots__ = ("_active", "_cpu", "_response")
 
     def __init__(
         self, cpu_percent: tuple[float, float], active_requests: tuple[int, int], response_ms: tuple[float, float]
@@ -113,7 +113,7 @@ def read_q_row(state: str, row: Any, max_servers: int, where: str) -> dict[str, 
 class ActionMeans:
     """Mean Q-value per server over the states where it was learned, kept as sums and counts."""
 
-    __slots__ = ("_per", "_all")
+    __slots__ = ("_all", "_per")
 
     def __init__(self) -> None:
         self._per: dict[str, list[float]] = {}  # server id -> [sum, count]
@@ -141,7 +141,7 @@ class ActionMeans:
 class EpsilonGreedy:
     """ε for ε-greedy: multiplied by ``decay`` on every update, never below ``floor``."""
 
-    __slots__ = ("value", "_decay", "_floor")
+    __slots__ = ("_decay", "_floor", "value")
 
     def __init__(self, start: float, decay: float, floor: float) -> None:
         self.value = start

@@ -40,8 +40,8 @@ from ._state import (
     pick_best,
     read_head,
     read_mapping,
-    recent_reward,
     read_q_row,
+    recent_reward,
     snapshot_head,
     state_ids,
     state_key,
@@ -106,11 +106,9 @@ class QLearningParams:
         check_range("cpu_medium_percent", self.cpu_medium_percent, 0.0, 100.0, low_open=True)
         check_range("cpu_high_percent", self.cpu_high_percent, self.cpu_medium_percent, 100.0, low_open=True)
         check_int("active_medium_requests", self.active_medium_requests, 1, 1_000_000)
-        check_int("active_high_requests", self.active_high_requests, self.active_medium_requests + 1,
-                  1_000_001)
+        check_int("active_high_requests", self.active_high_requests, self.active_medium_requests + 1, 1_000_001)
         check_range("response_medium_ms", self.response_medium_ms, 0.0, 3_600_000.0, low_open=True)
-        check_range("response_high_ms", self.response_high_ms, self.response_medium_ms, 3_600_000.0,
-                    low_open=True)
+        check_range("response_high_ms", self.response_high_ms, self.response_medium_ms, 3_600_000.0, low_open=True)
         if self.initial_q not in INITIAL_Q:
             raise ValueError(f"initial_q: must be one of {', '.join(INITIAL_Q)}, got {self.initial_q!r}")
         check_range("virtual_loss", self.virtual_loss, 0.0, 1.0)
@@ -174,8 +172,9 @@ class QLearning(StrategyBase):
             self._episodes += 1
             next_state = self._encode()
             memo, action = feedback.memo, feedback.server.id
-            if not (isinstance(memo, tuple) and len(memo) == 2 and memo[0] == self._generation
-                    and isinstance(memo[1], str)):
+            if not (
+                isinstance(memo, tuple) and len(memo) == 2 and memo[0] == self._generation and isinstance(memo[1], str)
+            ):
                 return  # decided under another membership (or by another strategy)
             state = memo[1]
             left = self._pending.pop((state, action), 1) - 1
@@ -266,4 +265,3 @@ class QLearning(StrategyBase):
 
     def _prune(self) -> None:
         self._table = {s: row for s, row in self._table.items() if state_ids(s) == self._ids}
-

@@ -40,8 +40,8 @@ from ._state import (
     read_float,
     read_head,
     read_mapping,
-    recent_reward,
     read_server_id,
+    recent_reward,
     snapshot_head,
 )
 

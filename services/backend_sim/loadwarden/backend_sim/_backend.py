@@ -272,8 +272,10 @@ class BackendServicer(_pb_grpc.SimulatedBackendServiceServicer):
         self, request: _pb.HandleRequest, context: grpc.aio.ServicerContext
     ) -> _pb.HandleResponse:
         if len(request.request_id) > MAX_REQUEST_ID_LEN:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"request_id: at most {MAX_REQUEST_ID_LEN} characters, got {len(request.request_id)}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request_id: at most {MAX_REQUEST_ID_LEN} characters, got {len(request.request_id)}",
+            )
         items = request.items or 1
         if items > MAX_ITEMS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"items: must be in [0, {MAX_ITEMS}], got {items}")
@@ -411,7 +413,10 @@ async def start_backend(
         # Its own CPU figure: the busy-worker fraction (the host's would mix every backend
         # of the process); memory is not simulated.
         reporter = BackendReporter(
-            client, pool, spec.id, interval_s=report_interval_s,
+            client,
+            pool,
+            spec.id,
+            interval_s=report_interval_s,
             sampler=lambda: (100.0 * backend.busy_fraction(), 0.0),
         )
     server = grpc.aio.server()

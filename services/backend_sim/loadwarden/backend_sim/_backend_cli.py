@@ -40,8 +40,13 @@ DEFAULT_REPORT_INTERVAL_MS = 1000.0
 REGISTER_TIMEOUT_S = 10.0
 # --backend keys -> SimServer fields.
 _BACKEND_KEYS = {
-    "id": "id", "speed": "speed", "workers": "workers", "base_ms": "base_ms", "service": "service",
-    "failure_rate": "failure_probability", "weight": "weight",
+    "id": "id",
+    "speed": "speed",
+    "workers": "workers",
+    "base_ms": "base_ms",
+    "service": "service",
+    "failure_rate": "failure_probability",
+    "weight": "weight",
 }
 _INT_KEYS = ("workers", "weight")
 _FLOAT_KEYS = ("speed", "base_ms", "failure_rate")
@@ -82,8 +87,9 @@ def parse_backend(text: str, where: str = "--backend") -> SimServer:
     if "id" not in values:
         raise UsageError(f"{where}.id: is required")
     if values.get("service", "exponential") not in SERVICE_DISTRIBUTIONS:
-        raise UsageError(f"{where}.service: must be one of {', '.join(SERVICE_DISTRIBUTIONS)}, "
-                         f"got {values['service']!r}")
+        raise UsageError(
+            f"{where}.service: must be one of {', '.join(SERVICE_DISTRIBUTIONS)}, got {values['service']!r}"
+        )
     try:
         return SimServer(**values)
     except ValueError as exc:
@@ -98,27 +104,46 @@ def add_command(commands: argparse._SubParsersAction[Any]) -> None:
         "backend-sim",
         help="serve simulated gRPC backends (queueing workers, schedules) that report load",
         description="Serves simulated backends, each on its own port with grpc.health.v1.Health, and prints "
-                    "one JSON line with their addresses once all listen.",
+        "one JSON line with their addresses once all listen.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--scenario", metavar="FILE", help="serve every backend of this scenario file "
-                                                            "(its [evaluate] section applied)")
-    source.add_argument("--backend", metavar="SPEC", action="append",
-                        help="id=b1,speed=1,workers=4,base_ms=100,service=constant|exponential,"
-                             "failure_rate=0.01,weight=1 (repeatable)")
+    source.add_argument(
+        "--scenario", metavar="FILE", help="serve every backend of this scenario file (its [evaluate] section applied)"
+    )
+    source.add_argument(
+        "--backend",
+        metavar="SPEC",
+        action="append",
+        help="id=b1,speed=1,workers=4,base_ms=100,service=constant|exponential,failure_rate=0.01,weight=1 (repeatable)",
+    )
     parser.add_argument("--only", metavar="ID,ID", help="with --scenario: serve only these backend ids")
     parser.add_argument("--service", metavar="HOST:PORT", help="Decision service to report load to (none: no reports)")
     parser.add_argument("--pool", default=None, help=f"pool the backends belong to (default {DEFAULT_POOL!r})")
-    parser.add_argument("--register", action="store_true",
-                        help="register each backend in --pool with AdminService.RegisterServer before serving")
+    parser.add_argument(
+        "--register",
+        action="store_true",
+        help="register each backend in --pool with AdminService.RegisterServer before serving",
+    )
     parser.add_argument("--listen-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the service-time and failure draws "
-                                                              "(default: the scenario's, else 1)")
-    parser.add_argument("--item-cost", type=float, default=None,
-                        help=f"extra service time per batch item beyond the first, as a fraction of a request's "
-                             f"(default: the scenario's [batch] item_cost, else {DEFAULT_ITEM_COST})")
-    parser.add_argument("--report-interval-ms", type=float, default=None,
-                        help="load report interval, ms (default: the scenario's, else 1000)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the service-time and failure draws (default: the scenario's, else 1)",
+    )
+    parser.add_argument(
+        "--item-cost",
+        type=float,
+        default=None,
+        help=f"extra service time per batch item beyond the first, as a fraction of a request's "
+        f"(default: the scenario's [batch] item_cost, else {DEFAULT_ITEM_COST})",
+    )
+    parser.add_argument(
+        "--report-interval-ms",
+        type=float,
+        default=None,
+        help="load report interval, ms (default: the scenario's, else 1000)",
+    )
     parser.add_argument("--log-level", default="WARNING", choices=LOG_LEVELS)
     parser.set_defaults(run=run)
 
@@ -134,8 +159,12 @@ def resolve(args: argparse.Namespace) -> tuple[list[SimServer], dict[str, Any]]:
     Raises:
         UsageError: naming the option or key.
     """
-    settings: dict[str, Any] = {"seed": 1, "interval_ms": DEFAULT_REPORT_INTERVAL_MS,
-                                "item_cost": DEFAULT_ITEM_COST, "pool": DEFAULT_POOL}
+    settings: dict[str, Any] = {
+        "seed": 1,
+        "interval_ms": DEFAULT_REPORT_INTERVAL_MS,
+        "item_cost": DEFAULT_ITEM_COST,
+        "pool": DEFAULT_POOL,
+    }
     if args.scenario:
         from ._scenario_file import ScenarioError, load_scenario
 
@@ -144,9 +173,12 @@ def resolve(args: argparse.Namespace) -> tuple[list[SimServer], dict[str, Any]]:
         except ScenarioError as exc:
             raise UsageError(str(exc)) from None
         servers = list(spec.servers)
-        settings.update(seed=spec.seed, interval_ms=spec.load_report_interval_ms,
-                        item_cost=float(spec.batch.get("item_cost", DEFAULT_ITEM_COST)),
-                        pool=spec.scenario().pool)
+        settings.update(
+            seed=spec.seed,
+            interval_ms=spec.load_report_interval_ms,
+            item_cost=float(spec.batch.get("item_cost", DEFAULT_ITEM_COST)),
+            pool=spec.scenario().pool,
+        )
         if args.only:
             wanted = [s.strip() for s in args.only.split(",") if s.strip()]
             known = {s.id for s in servers}
@@ -193,8 +225,9 @@ async def register(target: str, pool: str, backends: Sequence[RunningBackend]) -
         for running in backends:
             spec = running.backend.spec
             server = _common.ServerSpec(id=spec.id, address=running.address, weight=spec.weight)
-            await stub.RegisterServer(_admin.RegisterServerRequest(pool=pool, server=server),
-                                      timeout=REGISTER_TIMEOUT_S, wait_for_ready=True)
+            await stub.RegisterServer(
+                _admin.RegisterServerRequest(pool=pool, server=server), timeout=REGISTER_TIMEOUT_S, wait_for_ready=True
+            )
 
 
 async def serve(servers: Sequence[SimServer], settings: dict[str, Any], args: argparse.Namespace) -> int:
@@ -208,17 +241,26 @@ async def serve(servers: Sequence[SimServer], settings: dict[str, Any], args: ar
     started: list[RunningBackend] = []
     try:
         for spec in servers:
-            started.append(await start_backend(
-                spec, host=args.listen_host, rng=random.Random(master.getrandbits(64)), client=client,
-                pool=settings["pool"], report_interval_s=settings["interval_ms"] / 1000.0,
-                item_cost=settings["item_cost"],
-            ))
+            started.append(
+                await start_backend(
+                    spec,
+                    host=args.listen_host,
+                    rng=random.Random(master.getrandbits(64)),
+                    client=client,
+                    pool=settings["pool"],
+                    report_interval_s=settings["interval_ms"] / 1000.0,
+                    item_cost=settings["item_cost"],
+                )
+            )
         if args.register:
             try:
                 await register(args.service, settings["pool"], started)
             except grpc.aio.AioRpcError as exc:
-                print(f"loadwarden backend-sim: registering in pool {settings['pool']!r} at {args.service} failed: "
-                      f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+                print(
+                    f"loadwarden backend-sim: registering in pool {settings['pool']!r} at {args.service} failed: "
+                    f"{exc.code().name}: {exc.details()}",
+                    file=sys.stderr,
+                )
                 return 1
         for running in started:
             await running.begin()

@@ -149,15 +149,17 @@ def parse_batch(
         raise ValueError(f"{exc.field}: {exc.problem}") from None
     for i, controller in enumerate(controllers):
         if controller not in CONTROLLERS:
-            raise ValueError(f"strategies[{i}]: mode batch compares batch controllers "
-                             f"({', '.join(CONTROLLERS)}), got {controller!r}")
+            raise ValueError(
+                f"strategies[{i}]: mode batch compares batch controllers ({', '.join(CONTROLLERS)}), got {controller!r}"
+            )
         own = params.get(controller, {})
         for key in own:
             if key in _RESERVED or key in _WORKER_KEYS:
                 raise ValueError(f"params.{controller}.{key}: not an operation setting a run may change")
         try:
-            parse_operation(operation, "batch.operation", settings.operation_config(controller, own, pool),
-                            f"params.{controller}")
+            parse_operation(
+                operation, "batch.operation", settings.operation_config(controller, own, pool), f"params.{controller}"
+            )
         except InvalidArgument as exc:
             raise ValueError(f"{exc.field}: {exc.problem}") from None
     return settings
@@ -198,8 +200,13 @@ async def run_batch_workers(
                 success = False
             latency_ms = (clock() - began) * 1000.0
             try:
-                await client.report_batch(settings.operation, batch_size=size.size, duration_ms=latency_ms,
-                                          success=success, decision_id=size.decision_id)
+                await client.report_batch(
+                    settings.operation,
+                    batch_size=size.size,
+                    duration_ms=latency_ms,
+                    success=success,
+                    decision_id=size.decision_id,
+                )
             except LoadwardenError:
                 pass  # the size controller misses one observation; the batch itself is recorded
             records.append(BatchRecord(at, server, size.size, latency_ms, success, size.load_score))

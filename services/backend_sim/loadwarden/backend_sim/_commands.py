@@ -18,7 +18,7 @@ _SUBCOMMANDS = (
 )
 
 
-def add_commands(commands: "argparse._SubParsersAction[Any]") -> None:
+def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     """Adds every simulator subcommand to ``commands``."""
     for name in _SUBCOMMANDS:
         importlib.import_module(name).add_command(commands)

@@ -48,8 +48,10 @@ class Phase:
     outage: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.start_s, bool) or not isinstance(self.start_s, (int, float)) or not (
-            0 <= self.start_s < math.inf
+        if (
+            isinstance(self.start_s, bool)
+            or not isinstance(self.start_s, (int, float))
+            or not (0 <= self.start_s < math.inf)
         ):
             raise ValueError(f"start_s: must be a finite number >= 0, got {self.start_s!r}")
         _check_positive(self.duration_s, "duration_s")

@@ -147,14 +147,19 @@ def service_config(spec: ScenarioSpec, strategy: str, batch: BatchSettings | Non
         # Pool-sourced batch sizing reads the backends' reported CPU (their busy-worker fraction)
         # alone. The weights only apply while the monitor is enabled (the core falls back to the
         # default weights without it), so it stays on in mode batch.
-        "monitor": {"enabled": spec.mode == "batch", "cpu_weight": 1.0, "memory_weight": 0.0,
-                    "load_average_weight": 0.0},
+        "monitor": {
+            "enabled": spec.mode == "batch",
+            "cpu_weight": 1.0,
+            "memory_weight": 0.0,
+            "load_average_weight": 0.0,
+        },
         f"pools.{_toml_key(pool)}": pool_table,
     }
     if spec.mode == "batch":
         assert batch is not None
         tables[f"operations.{_toml_key(batch.operation)}"] = batch.operation_config(
-            strategy, spec.strategy_params(strategy), pool)
+            strategy, spec.strategy_params(strategy), pool
+        )
     return to_toml(tables)
 
 
@@ -173,8 +178,13 @@ def traffic_plan(spec: ScenarioSpec, batch: BatchSettings | None) -> TrafficPlan
     """The traffic every strategy of ``spec`` gets."""
     wait_ms = spec.pool.get("max_wait_ms", 0) if spec.mode == "slot" else 0
     return TrafficPlan(
-        mode=spec.mode, pool=pool_name(spec), traffic=spec.traffic.arrivals(), seed=spec.seed,
-        timeout_ms=spec.timeout_ms, slot_wait_s=float(wait_ms) / 1000.0, batch=batch,
+        mode=spec.mode,
+        pool=pool_name(spec),
+        traffic=spec.traffic.arrivals(),
+        seed=spec.seed,
+        timeout_ms=spec.timeout_ms,
+        slot_wait_s=float(wait_ms) / 1000.0,
+        batch=batch,
     )
 
 
@@ -219,8 +229,7 @@ class _Run:
     addresses: dict[str, str]
 
 
-async def _sample_loads(client: AsyncClient, pool: str, interval_s: float, start: float,
-                        out: list[LoadRecord]) -> None:
+async def _sample_loads(client: AsyncClient, pool: str, interval_s: float, start: float, out: list[LoadRecord]) -> None:
     """Reads the pool's load reports from the service every interval (for the report's load series)."""
     while True:
         await asyncio.sleep(interval_s)
@@ -233,8 +242,16 @@ async def _sample_loads(client: AsyncClient, pool: str, interval_s: float, start
             for server in p.servers:
                 load = server.load
                 if load is not None:
-                    out.append(LoadRecord(now, server.id, load.cpu_percent, load.active_requests,
-                                          load.mean_latency_ms, load.error_rate))
+                    out.append(
+                        LoadRecord(
+                            now,
+                            server.id,
+                            load.cpu_percent,
+                            load.active_requests,
+                            load.mean_latency_ms,
+                            load.error_rate,
+                        )
+                    )
 
 
 async def _wait_ready(child: Child, pattern: re.Pattern[str], timeout_s: float) -> re.Match[str]:
@@ -263,16 +280,39 @@ async def run_strategy(
     env.setdefault("GRPC_VERBOSITY", "ERROR")
     started: list[Child] = []
     try:
-        service = group.start(f"{strategy}-service", [
-            *options.command, "serve", "--config", str(config), "--listen", "127.0.0.1:0", "--log-level", "WARNING",
-        ], env=env)
+        service = group.start(
+            f"{strategy}-service",
+            [
+                *options.command,
+                "serve",
+                "--config",
+                str(config),
+                "--listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "WARNING",
+            ],
+            env=env,
+        )
         started.append(service)
         target = (await _wait_ready(service, _LISTENING, options.startup_timeout_s)).group(1)
         addresses: dict[str, str] = {}
         for i, chunk in enumerate(_chunks([s.id for s in spec.servers], spec.options.get("max_backends_per_process"))):
-            argv = [*options.command, "backend-sim", "--scenario", spec.source, "--service", target,
-                    "--pool", plan.pool, "--register", "--seed", str(spec.seed + i),
-                    "--report-interval-ms", f"{spec.load_report_interval_ms:g}"]
+            argv = [
+                *options.command,
+                "backend-sim",
+                "--scenario",
+                spec.source,
+                "--service",
+                target,
+                "--pool",
+                plan.pool,
+                "--register",
+                "--seed",
+                str(spec.seed + i),
+                "--report-interval-ms",
+                f"{spec.load_report_interval_ms:g}",
+            ]
             if batch is not None:
                 argv += ["--item-cost", f"{batch.item_cost:g}"]
             if len(chunk) < len(spec.servers):
@@ -286,8 +326,9 @@ async def run_strategy(
         async with AsyncClient(target, timeout_s=5.0, breaker=None, retry=None) as client:
             runner = TrafficRunner(plan, client, addresses, progress=progress)
             start = time.monotonic()
-            sampler = asyncio.create_task(_sample_loads(client, plan.pool, spec.load_report_interval_ms / 1000.0,
-                                                        start, loads))
+            sampler = asyncio.create_task(
+                _sample_loads(client, plan.pool, spec.load_report_interval_ms / 1000.0, start, loads)
+            )
             traffic = asyncio.create_task(runner.run())
             watchdog = asyncio.create_task(group.watch(started))
             try:
@@ -316,7 +357,7 @@ def _say(options: EvaluateOptions, message: str) -> None:
 def _chunks(ids: list[str], size: int | None) -> list[list[str]]:
     if not size or size >= len(ids):
         return [ids]
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
 # --- the whole evaluation ------------------------------------------------------------
@@ -377,8 +418,9 @@ async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessG
 
             ticker = None if by_request else asyncio.create_task(_tick(advance))
             try:
-                run = await run_strategy(spec, strategy, plan, batch, group, options,
-                                         progress=advance if by_request else None)
+                run = await run_strategy(
+                    spec, strategy, plan, batch, group, options, progress=advance if by_request else None
+                )
             finally:
                 if ticker is not None:
                     ticker.cancel()
@@ -388,13 +430,24 @@ async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessG
                 batches[strategy] = run.result.batches
                 summaries[strategy] = summarize_batches(run.result.batches, warmup_s=spec.warmup_s)
                 extra["batch"] = summaries[strategy].as_dict() if summaries[strategy] else None
-            runs.append(StrategyRun(
-                strategy=strategy, records=run.result.records, server_ids=server_ids, loads=run.loads,
-                counters=run.result.counters(), wall_s=round(run.wall_s, 3), extra=extra,
-            ))
+            runs.append(
+                StrategyRun(
+                    strategy=strategy,
+                    records=run.result.records,
+                    server_ids=server_ids,
+                    loads=run.loads,
+                    counters=run.result.counters(),
+                    wall_s=round(run.wall_s, 3),
+                    extra=extra,
+                )
+            )
     comparison = simulator_comparison(spec) if spec.mode == "route" else None
-    meta = {"wall_s": round(time.monotonic() - began, 3), "command": " ".join(sys.argv),
-            "run_id": group.run_id, "python": sys.version.split()[0]}
+    meta = {
+        "wall_s": round(time.monotonic() - began, 3),
+        "command": " ".join(sys.argv),
+        "run_id": group.run_id,
+        "python": sys.version.split()[0],
+    }
     report = Report(spec, tuple(runs), kind="evaluate", comparison=comparison, meta=meta)
     return Evaluation(report, summaries, batches)
 
@@ -411,8 +464,7 @@ def batch_markdown(evaluation: Evaluation) -> str:
     """Mode batch: the batch table that follows the main one."""
     if not evaluation.batch:
         return ""
-    return ("\nBatches (the background requests above share the backends):\n\n"
-            + render_batch_markdown(evaluation.batch))
+    return "\nBatches (the background requests above share the backends):\n\n" + render_batch_markdown(evaluation.batch)
 
 
 def write_batch_csv(evaluation: Evaluation, path: Path) -> Path:
@@ -422,6 +474,7 @@ def write_batch_csv(evaluation: Evaluation, path: Path) -> Path:
         for strategy, batches in evaluation.batches.items():
             for b in batches:
                 score = "" if b.load_score is None else f"{b.load_score:.2f}"
-                out.write(f"{strategy},{b.time_s:.6f},{b.server},{b.size},{b.latency_ms:.3f},"
-                          f"{int(b.success)},{score}\n")
+                out.write(
+                    f"{strategy},{b.time_s:.6f},{b.server},{b.size},{b.latency_ms:.3f},{int(b.success)},{score}\n"
+                )
     return path

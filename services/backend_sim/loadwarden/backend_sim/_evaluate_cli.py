@@ -38,21 +38,29 @@ def add_command(commands: argparse._SubParsersAction[Any]) -> None:
         "evaluate",
         help="run each strategy of a scenario on real processes (service + simulated backends) and compare",
         description="Runs every strategy of SCENARIO on a fresh `loadwarden serve` and fresh `loadwarden "
-                    "backend-sim` processes with the same seeded traffic; prints a Markdown table and writes "
-                    "JSON, CSV and (with the eval extra) PNG plots.",
+        "backend-sim` processes with the same seeded traffic; prints a Markdown table and writes "
+        "JSON, CSV and (with the eval extra) PNG plots.",
     )
     parser.add_argument("scenario", metavar="SCENARIO.toml", help="scenario file (see scenarios/README.md)")
     parser.add_argument("--out", metavar="DIR", help="output directory (default eval-out/<name>/evaluate)")
     parser.add_argument("--strategies", metavar="A,B", help="run only these strategies, in this order")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--duration-scale", type=float, metavar="X",
-                        help="multiply the traffic's duration, request count and warm-up by X")
+    length.add_argument(
+        "--duration-scale",
+        type=float,
+        metavar="X",
+        help="multiply the traffic's duration, request count and warm-up by X",
+    )
     length.add_argument("--duration-s", type=float, metavar="S", help="traffic duration per strategy, seconds")
     parser.add_argument("--seed", type=int, help="seed (default: the scenario's)")
     parser.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
-    parser.add_argument("--startup-timeout-s", type=float, default=None,
-                        help=f"longest wait for each process to be ready (default: the scenario's "
-                             f"[evaluate] startup_timeout_s, else {DEFAULT_STARTUP_TIMEOUT_S:g})")
+    parser.add_argument(
+        "--startup-timeout-s",
+        type=float,
+        default=None,
+        help=f"longest wait for each process to be ready (default: the scenario's "
+        f"[evaluate] startup_timeout_s, else {DEFAULT_STARTUP_TIMEOUT_S:g})",
+    )
     parser.set_defaults(run=run)
 
 
@@ -93,8 +101,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < timeout < float("inf"):
         return _fail(f"--startup-timeout-s: must be a positive number, got {timeout!r}", 2)
     out = Path(args.out) if args.out else Path("eval-out") / spec.name / "evaluate"
-    options = EvaluateOptions(out_dir=out, plots=not args.no_plots, startup_timeout_s=float(timeout),
-                              run_id=os.environ.get(MARKER_ENV) or None)
+    options = EvaluateOptions(
+        out_dir=out,
+        plots=not args.no_plots,
+        startup_timeout_s=float(timeout),
+        run_id=os.environ.get(MARKER_ENV) or None,
+    )
     return asyncio.run(_main(spec, options))
 
 
@@ -112,8 +124,12 @@ async def _main(spec: ScenarioSpec, options: EvaluateOptions) -> int:
     for sig in _EXIT_BY_SIGNAL:
         loop.add_signal_handler(sig, interrupt, sig)
     group = ProcessGroup(options.out_dir / "logs", run_id=options.run_id)
-    print(f"loadwarden evaluate: {spec.name} ({len(spec.strategies)} strategies, mode {spec.mode}); "
-          f"run {group.run_id}; logs in {group.log_dir}", file=sys.stderr, flush=True)
+    print(
+        f"loadwarden evaluate: {spec.name} ({len(spec.strategies)} strategies, mode {spec.mode}); "
+        f"run {group.run_id}; logs in {group.log_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         evaluation = await evaluate(spec, options, group)
     except asyncio.CancelledError:
@@ -157,6 +173,9 @@ def _plots(evaluation: Any, out_dir: Path) -> list[Path]:
     if evaluation.batches:
         from ._batch_mode import write_batch_plot
 
-        paths.append(write_batch_plot(evaluation.batches, out_dir / "batch_sizes.png",
-                                      title=f"{evaluation.report.spec.name}: batch sizes"))
+        paths.append(
+            write_batch_plot(
+                evaluation.batches, out_dir / "batch_sizes.png", title=f"{evaluation.report.spec.name}: batch sizes"
+            )
+        )
     return paths

@@ -87,8 +87,13 @@ def _latency_over_time(ax: Any, report: Report) -> None:
 def _throughput_over_time(ax: Any, report: Report) -> None:
     for run in report.runs:
         series = report.time_series(run.strategy)
-        ax.plot(series["t_s"], _smooth(series["throughput_per_s"]), label=run.strategy, linewidth=1.2,
-                color=_color(report, run.strategy))
+        ax.plot(
+            series["t_s"],
+            _smooth(series["throughput_per_s"]),
+            label=run.strategy,
+            linewidth=1.2,
+            color=_color(report, run.strategy),
+        )
     ax.set_xlabel("time (s)")
     ax.set_ylabel("completed requests / s")
     ax.set_title("Throughput over time")
@@ -105,8 +110,7 @@ def _server_distribution(ax: Any, report: Report) -> None:
         for i, run in enumerate(report.runs):
             s = summaries[run.strategy]
             shares = [s.share.get(sid, 0.0) * 100 if s else 0.0 for sid in ids]
-            ax.bar(x + (i - (n - 1) / 2) * width, shares, width, label=run.strategy,
-                   color=_color(report, run.strategy))
+            ax.bar(x + (i - (n - 1) / 2) * width, shares, width, label=run.strategy, color=_color(report, run.strategy))
         ax.set_xticks(x, ids, rotation=45 if len(ids) > 6 else 0, ha="right" if len(ids) > 6 else "center")
         ax.set_ylabel("share of requests (%)")
     else:
@@ -115,8 +119,13 @@ def _server_distribution(ax: Any, report: Report) -> None:
             if s is None:
                 continue
             shares = np.sort(np.array(list(s.share.values())))[::-1] * 100
-            ax.plot(np.arange(1, shares.size + 1), shares, label=run.strategy, linewidth=1.2,
-                    color=_color(report, run.strategy))
+            ax.plot(
+                np.arange(1, shares.size + 1),
+                shares,
+                label=run.strategy,
+                linewidth=1.2,
+                color=_color(report, run.strategy),
+            )
         ax.set_xlabel("server rank")
         ax.set_ylabel("share of requests (%)")
     ax.set_title("Requests per server")
@@ -158,8 +167,15 @@ def _latency_histogram(ax: Any, report: Report) -> None:
     bins = np.geomspace(low, high * 1.0001, 60) if high > low else np.array([low * 0.9, low * 1.1])
     for name, values in latencies:
         if values.size:
-            ax.hist(values, bins=bins, histtype="step", label=name, linewidth=1.2,
-                    weights=np.full(values.size, 100.0 / values.size), color=_color(report, name))
+            ax.hist(
+                values,
+                bins=bins,
+                histtype="step",
+                label=name,
+                linewidth=1.2,
+                weights=np.full(values.size, 100.0 / values.size),
+                color=_color(report, name),
+            )
     ax.set_xscale("log")
     ax.set_xlabel("latency (ms, log scale)")
     ax.set_ylabel("share of requests (%)")
@@ -171,8 +187,7 @@ def _percentiles(ax: Any, report: Report) -> None:
     summaries = report.summaries()
     names = [run.strategy for run in report.runs]
     x = np.arange(len(names))
-    for offset, (label, attr) in zip((-0.27, 0.0, 0.27), (("p50", "p50_ms"), ("p99", "p99_ms"),
-                                                          ("p99.9", "p999_ms"))):
+    for offset, (label, attr) in zip((-0.27, 0.0, 0.27), (("p50", "p50_ms"), ("p99", "p99_ms"), ("p99.9", "p999_ms"))):
         values = [getattr(summaries[n], attr) if summaries[n] else math.nan for n in names]
         ax.bar(x + offset, values, 0.27, label=label)
     finite = [getattr(s, a) for s in summaries.values() if s for a in ("p50_ms", "p999_ms")]
@@ -205,8 +220,10 @@ def write_plots(report: Report, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     title = f"{report.spec.name} ({report.kind})"
     paths = []
-    for name, draw in zip(PLOT_FILES[:5], (_latency_over_time, _throughput_over_time, _server_distribution,
-                                           _learning_curve, _latency_histogram)):
+    for name, draw in zip(
+        PLOT_FILES[:5],
+        (_latency_over_time, _throughput_over_time, _server_distribution, _learning_curve, _latency_histogram),
+    ):
         figure, axes = _figure(8, 4.5)
         draw(axes[0][0], report)
         figure.suptitle(title, fontsize="medium")

@@ -88,8 +88,7 @@ class Child:
         self.log_path = log_path
         self._lines: list[str] = []
         self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, args=(popen.stdout,), daemon=True,
-                                        name=f"lw-{name}-stdout")
+        self._reader = threading.Thread(target=self._read, args=(popen.stdout,), daemon=True, name=f"lw-{name}-stdout")
         self._reader.start()
 
     @property
@@ -198,8 +197,12 @@ class ProcessGroup:
         child_env = dict(os.environ if env is None else env)
         child_env[MARKER_ENV] = self.run_id
         with open(log_path, "wb") as log:
-            popen = subprocess.Popen(  # noqa: S603 - our own command line
-                launch_argv(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=child_env,
+            popen = subprocess.Popen(
+                launch_argv(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=child_env,
                 start_new_session=True,
             )
         child = Child(name, argv, popen, log_path)

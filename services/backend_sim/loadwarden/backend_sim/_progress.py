@@ -102,8 +102,10 @@ class Progress:
         if 0 < self.done < self.total:
             eta = f", ~{elapsed * (self.total - self.done) / self.done:.0f}s left"
         label = f"{self.label} " if self.label else ""
-        return (f"{label}[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction:4.0%} "
-                f"{self.done}/{self.total} {elapsed:.1f}s{eta}")
+        return (
+            f"{label}[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction:4.0%} "
+            f"{self.done}/{self.total} {elapsed:.1f}s{eta}"
+        )
 
     def _draw(self, *, force: bool, final: bool = False) -> None:
         now = self._clock()

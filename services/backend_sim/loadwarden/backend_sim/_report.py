@@ -152,8 +152,14 @@ def time_series(cols: Columns, buckets: int = TIME_SERIES_BUCKETS) -> dict[str, 
         requests arriving in the bucket; NaN when none).
     """
     if not len(cols):
-        return {"t_s": [], "bucket_s": [0.0], "mean_latency_ms": [], "p99_ms": [], "throughput_per_s": [],
-                "success_rate": []}
+        return {
+            "t_s": [],
+            "bucket_s": [0.0],
+            "mean_latency_ms": [],
+            "p99_ms": [],
+            "throughput_per_s": [],
+            "success_rate": [],
+        }
     routed = cols.server >= 0
     done_s = cols.time_s + cols.latency_ms / 1000.0
     end = float(max(cols.time_s.max(), done_s[routed].max() if routed.any() else 0.0))
@@ -171,7 +177,7 @@ def time_series(cols: Columns, buckets: int = TIME_SERIES_BUCKETS) -> dict[str, 
     sorted_lat = cols.latency_ms[routed][order]
     bounds = np.searchsorted(sorted_buckets, np.arange(n + 1))
     for b in range(n):
-        chunk = sorted_lat[bounds[b]:bounds[b + 1]]
+        chunk = sorted_lat[bounds[b] : bounds[b + 1]]
         if chunk.size:
             p99[b] = float(np.sort(chunk)[max(1, math.ceil(0.99 * chunk.size)) - 1])
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -210,8 +216,10 @@ def relative_difference(real: float, sim: float) -> float:
 def _describe(spec: ScenarioSpec) -> list[str]:
     t = spec.traffic
     speeds = sorted({s.speed for s in spec.servers})
-    parts = [f"{len(spec.servers)} backends (speeds {', '.join(f'{v:g}' for v in speeds[:8])}"
-             f"{', ...' if len(speeds) > 8 else ''}; capacity {spec.capacity_per_s:,.0f} req/s)"]
+    parts = [
+        f"{len(spec.servers)} backends (speeds {', '.join(f'{v:g}' for v in speeds[:8])}"
+        f"{', ...' if len(speeds) > 8 else ''}; capacity {spec.capacity_per_s:,.0f} req/s)"
+    ]
     if t.kind == "open":
         assert t.rate_per_s is not None
         rate = f"Poisson arrivals at {t.rate_per_s:,.1f}/s"
@@ -254,8 +262,18 @@ def render_markdown(report: Report) -> str:
     wide = len(ids) > SHARE_COLUMNS_MAX
     how = "discrete-event simulation, virtual time" if report.kind == "simulate" else "real processes"
     lines = [f"## {spec.name}: {report.kind} ({how}; mode {spec.mode})", "", *_describe(spec), ""]
-    head = ["strategy", "requests", "mean ms", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "throughput /s",
-            "success %", "CV"]
+    head = [
+        "strategy",
+        "requests",
+        "mean ms",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "throughput /s",
+        "success %",
+        "CV",
+    ]
     if wide:
         head += ["share min %", "share median %", "share max %"]
     if report.comparison is not None:
@@ -270,13 +288,21 @@ def render_markdown(report: Report) -> str:
         if s is None:
             cells = [run.strategy, "0"] + ["–"] * (len(head) - 2 - notes)
         else:
-            cells = [run.strategy, f"{s.requests:,}", _ms(s.mean_ms), _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
-                     _ms(s.p999_ms), f"{s.throughput_per_s:,.1f}" if math.isfinite(s.throughput_per_s) else "–",
-                     _pct(s.success_rate), f"{s.cv:.3f}"]
+            cells = [
+                run.strategy,
+                f"{s.requests:,}",
+                _ms(s.mean_ms),
+                _ms(s.p50_ms),
+                _ms(s.p95_ms),
+                _ms(s.p99_ms),
+                _ms(s.p999_ms),
+                f"{s.throughput_per_s:,.1f}" if math.isfinite(s.throughput_per_s) else "–",
+                _pct(s.success_rate),
+                f"{s.cv:.3f}",
+            ]
             if wide:
                 shares = sorted(s.share.values())
-                cells += [f"{shares[0] * 100:.3f}", f"{statistics.median(shares) * 100:.3f}",
-                          f"{shares[-1] * 100:.3f}"]
+                cells += [f"{shares[0] * 100:.3f}", f"{statistics.median(shares) * 100:.3f}", f"{shares[-1] * 100:.3f}"]
             if report.comparison is not None:
                 sim = report.comparison.get(run.strategy)
                 if sim is None:
@@ -331,16 +357,22 @@ def verdict(report: Report) -> str:
         text += "; round robin was not beaten on p99."
     elif baseline is not None and math.isfinite(baseline.p99_ms) and s.p99_ms > 0:
         ratio = baseline.p99_ms / s.p99_ms
-        text += (f"; round robin {_ms(baseline.p99_ms)} ms (success {_pct(baseline.success_rate)} %), "
-                 f"{ratio:.2f}× the best.")
+        text += (
+            f"; round robin {_ms(baseline.p99_ms)} ms (success {_pct(baseline.success_rate)} %), {ratio:.2f}× the best."
+        )
     else:
         text += "."
-    faster = [(o.p99_ms, name, o) for name, o in report.summaries().items()
-              if o is not None and o.p99_ms < s.p99_ms and name != best]
+    faster = [
+        (o.p99_ms, name, o)
+        for name, o in report.summaries().items()
+        if o is not None and o.p99_ms < s.p99_ms and name != best
+    ]
     if faster:
         p99, name, other = min(faster)
-        text += (f" ({name} had a lower p99, {_ms(p99)} ms, but succeeded for only "
-                 f"{_pct(other.success_rate)} % of requests.)")
+        text += (
+            f" ({name} had a lower p99, {_ms(p99)} ms, but succeeded for only "
+            f"{_pct(other.success_rate)} % of requests.)"
+        )
     return text
 
 
@@ -360,8 +392,10 @@ def comparison_line(report: Report) -> str:
     worst = max(diffs)
     mean_abs = sum(d[0] for d in diffs) / len(diffs)
     agree = "agree" if sim_best == report.best() else "disagree"
-    return (f"Simulator vs real: p99 differs by {mean_abs:.0%} on average (at most {worst[1]:+.0%}, "
-            f"{worst[2]}); best by p99: real **{report.best()}**, simulator **{sim_best}** ({agree}).")
+    return (
+        f"Simulator vs real: p99 differs by {mean_abs:.0%} on average (at most {worst[1]:+.0%}, "
+        f"{worst[2]}); best by p99: real **{report.best()}**, simulator **{sim_best}** ({agree})."
+    )
 
 
 # --- files ----------------------------------------------------------------------
@@ -383,17 +417,39 @@ def _spec_dict(spec: ScenarioSpec) -> dict[str, Any]:
         "load_report_interval_ms": spec.load_report_interval_ms,
         "capacity_per_s": spec.capacity_per_s,
         "traffic": {
-            "kind": t.kind, "rate_per_s": t.rate_per_s, "rate_end_per_s": t.rate_end_per_s,
-            "duration_s": t.duration_s, "requests": t.requests, "max_in_flight": t.max_in_flight,
-            "users": t.users, "think_ms": t.think_ms, "load": t.load, "load_end": t.load_end,
+            "kind": t.kind,
+            "rate_per_s": t.rate_per_s,
+            "rate_end_per_s": t.rate_end_per_s,
+            "duration_s": t.duration_s,
+            "requests": t.requests,
+            "max_in_flight": t.max_in_flight,
+            "users": t.users,
+            "think_ms": t.think_ms,
+            "load": t.load,
+            "load_end": t.load_end,
         },
         "servers": len(spec.servers),
         "backends": [
-            {"id": s.id, "speed": s.speed, "workers": s.workers, "base_ms": s.base_ms, "service": s.service,
-             "failure_rate": s.failure_probability, "weight": s.weight,
-             "schedule": [{"start_s": p.start_s, "duration_s": p.duration_s, "service_ms": p.service_ms,
-                           "slowdown": p.slowdown, "outage": p.outage} for p in s.schedule]}
-            for s in spec.servers[:SHARE_COLUMNS_MAX * 10]
+            {
+                "id": s.id,
+                "speed": s.speed,
+                "workers": s.workers,
+                "base_ms": s.base_ms,
+                "service": s.service,
+                "failure_rate": s.failure_probability,
+                "weight": s.weight,
+                "schedule": [
+                    {
+                        "start_s": p.start_s,
+                        "duration_s": p.duration_s,
+                        "service_ms": p.service_ms,
+                        "slowdown": p.slowdown,
+                        "outage": p.outage,
+                    }
+                    for p in s.schedule
+                ],
+            }
+            for s in spec.servers[: SHARE_COLUMNS_MAX * 10]
         ],
     }
 
@@ -443,22 +499,38 @@ def report_dict(report: Report) -> dict[str, Any]:
             entry["sim_summary"] = sim.as_dict()
             entry["p99_real_vs_sim"] = relative_difference(s.p99_ms, sim.p99_ms)
         runs.append(entry)
-    return _finite({
-        "kind": report.kind,
-        "scenario": _spec_dict(report.spec),
-        "server_ids": list(report.runs[0].server_ids) if report.runs else [],
-        "curve_window": report.window,
-        "runs": runs,
-        "best_p99": report.best(),
-        "verdict": verdict(report),
-        "comparison": comparison_line(report) if report.comparison is not None else None,
-        "meta": dict(report.meta),
-    })
+    return _finite(
+        {
+            "kind": report.kind,
+            "scenario": _spec_dict(report.spec),
+            "server_ids": list(report.runs[0].server_ids) if report.runs else [],
+            "curve_window": report.window,
+            "runs": runs,
+            "best_p99": report.best(),
+            "verdict": verdict(report),
+            "comparison": comparison_line(report) if report.comparison is not None else None,
+            "meta": dict(report.meta),
+        }
+    )
 
 
 SUMMARY_COLUMNS = (
-    "strategy", "requests", "mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms", "throughput_per_s",
-    "success_rate", "cv", "explored_rate", "unrouted", "share_min", "share_median", "share_max", "sim_p99_ms",
+    "strategy",
+    "requests",
+    "mean_ms",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "p999_ms",
+    "throughput_per_s",
+    "success_rate",
+    "cv",
+    "explored_rate",
+    "unrouted",
+    "share_min",
+    "share_median",
+    "share_max",
+    "sim_p99_ms",
     "p99_real_vs_sim",
 )
 
@@ -483,13 +555,24 @@ def write_summary_csv(report: Report, path: Path) -> None:
                 row += [0] + [""] * (len(SUMMARY_COLUMNS) - 2)
             else:
                 shares = sorted(s.share.values()) or [0.0]
-                row += [s.requests, _csv_number(s.mean_ms, 3), _csv_number(s.p50_ms, 3), _csv_number(s.p95_ms, 3),
-                        _csv_number(s.p99_ms, 3), _csv_number(s.p999_ms, 3), _csv_number(s.throughput_per_s, 3),
-                        _csv_number(s.success_rate, 6), _csv_number(s.cv, 6), _csv_number(s.explored_rate, 6),
-                        s.unrouted, _csv_number(shares[0], 6), _csv_number(statistics.median(shares), 6),
-                        _csv_number(shares[-1], 6),
-                        _csv_number(sim.p99_ms, 3) if sim else "",
-                        _csv_number(relative_difference(s.p99_ms, sim.p99_ms), 6) if sim else ""]
+                row += [
+                    s.requests,
+                    _csv_number(s.mean_ms, 3),
+                    _csv_number(s.p50_ms, 3),
+                    _csv_number(s.p95_ms, 3),
+                    _csv_number(s.p99_ms, 3),
+                    _csv_number(s.p999_ms, 3),
+                    _csv_number(s.throughput_per_s, 3),
+                    _csv_number(s.success_rate, 6),
+                    _csv_number(s.cv, 6),
+                    _csv_number(s.explored_rate, 6),
+                    s.unrouted,
+                    _csv_number(shares[0], 6),
+                    _csv_number(statistics.median(shares), 6),
+                    _csv_number(shares[-1], 6),
+                    _csv_number(sim.p99_ms, 3) if sim else "",
+                    _csv_number(relative_difference(s.p99_ms, sim.p99_ms), 6) if sim else "",
+                ]
             row += [run.counters.get(name, 0) for name in counters]
             writer.writerow(row)
 
@@ -510,9 +593,13 @@ def write_requests_csv(report: Report, path: Path) -> None:
                 part = slice(start, start + _CSV_CHUNK)
                 out.writelines(
                     f"{name},{t:.6f},{ids[s] if s >= 0 else ''},{lat:.3f},{int(ok)},{int(ex)}\n"
-                    for t, s, lat, ok, ex in zip(cols.time_s[part].tolist(), cols.server[part].tolist(),
-                                                 cols.latency_ms[part].tolist(), cols.success[part].tolist(),
-                                                 cols.explored[part].tolist())
+                    for t, s, lat, ok, ex in zip(
+                        cols.time_s[part].tolist(),
+                        cols.server[part].tolist(),
+                        cols.latency_ms[part].tolist(),
+                        cols.success[part].tolist(),
+                        cols.explored[part].tolist(),
+                    )
                 )
 
 

@@ -62,19 +62,48 @@ _POOL_RESERVED = {
 }
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _TOP_KEYS = (
-    "name", "description", "seed", "mode", "strategies", "warmup_s", "timeout_ms", "load_report_interval_ms",
-    "params", "pool", "traffic", "backends", "batch", "simulate", "evaluate",
+    "name",
+    "description",
+    "seed",
+    "mode",
+    "strategies",
+    "warmup_s",
+    "timeout_ms",
+    "load_report_interval_ms",
+    "params",
+    "pool",
+    "traffic",
+    "backends",
+    "batch",
+    "simulate",
+    "evaluate",
 )
 _TRAFFIC_KEYS = (
-    "kind", "load", "rate_per_s", "load_end", "rate_end_per_s", "duration_s", "requests", "max_in_flight",
-    "users", "think_ms",
+    "kind",
+    "load",
+    "rate_per_s",
+    "load_end",
+    "rate_end_per_s",
+    "duration_s",
+    "requests",
+    "max_in_flight",
+    "users",
+    "think_ms",
 )
 _BACKEND_KEYS = ("id", "count", "speed", "workers", "base_ms", "service", "failure_rate", "weight", "schedule")
 _PHASE_KEYS = ("start_s", "duration_s", "service_ms", "slowdown", "outage")
 # Keys an override section may set besides the traffic keys and the command's options.
 _OVERRIDE_KEYS = (
-    "seed", "strategies", "warmup_s", "timeout_ms", "load_report_interval_ms", "params", "pool", "traffic",
-    "backends", "batch",
+    "seed",
+    "strategies",
+    "warmup_s",
+    "timeout_ms",
+    "load_report_interval_ms",
+    "params",
+    "pool",
+    "traffic",
+    "backends",
+    "batch",
 )
 _MERGED_TABLES = ("params", "pool", "traffic", "batch")
 DEFAULT_MAX_IN_FLIGHT = 1_000
@@ -494,7 +523,10 @@ def parse_scenario(mapping: Mapping[str, Any], source: str, **overrides: Any) ->
 
 
 def _parse(
-    merged: Mapping[str, Any], source: str, section: str | None, overrides: Mapping[str, Any],
+    merged: Mapping[str, Any],
+    source: str,
+    section: str | None,
+    overrides: Mapping[str, Any],
     raw: Mapping[str, Any],
 ) -> ScenarioSpec:
     """Builds the spec from ``merged`` (file, section and overrides applied), remembering
@@ -538,8 +570,13 @@ def _build(raw: Mapping[str, Any], section: str | None) -> ScenarioSpec:
         raise ScenarioError("mode", f"must be one of {', '.join(MODES_BY_NAME)}, got {mode!r}")
     warmup_s = _number(raw.get("warmup_s", 0.0), "warmup_s", strict=False)
     timeout_ms = None if raw.get("timeout_ms") is None else _number(raw["timeout_ms"], "timeout_ms")
-    interval = _number(raw.get("load_report_interval_ms", DEFAULT_LOAD_REPORT_INTERVAL_MS),
-                       "load_report_interval_ms", 1.0, strict=False, high=3_600_000.0)
+    interval = _number(
+        raw.get("load_report_interval_ms", DEFAULT_LOAD_REPORT_INTERVAL_MS),
+        "load_report_interval_ms",
+        1.0,
+        strict=False,
+        high=3_600_000.0,
+    )
     servers = _servers(raw)
     traffic = _traffic(raw, servers)
     pool = _plain(_table(raw.get("pool", {}), "pool"))
@@ -604,15 +641,15 @@ def _servers(raw: Mapping[str, Any]) -> tuple[SimServer, ...]:
         count = _integer(table.get("count", 1), f"{key}.count", 1, MAX_SERVERS)
         service = table.get("service", "exponential")
         if service not in SERVICE_DISTRIBUTIONS:
-            raise ScenarioError(f"{key}.service",
-                                f"must be one of {', '.join(SERVICE_DISTRIBUTIONS)}, got {service!r}")
+            raise ScenarioError(f"{key}.service", f"must be one of {', '.join(SERVICE_DISTRIBUTIONS)}, got {service!r}")
         values = {
             "speed": _number(table.get("speed", 1.0), f"{key}.speed"),
             "workers": _integer(table.get("workers", 1), f"{key}.workers", 1, 100_000),
             "base_ms": _number(table.get("base_ms", 10.0), f"{key}.base_ms"),
             "service": service,
-            "failure_probability": _number(table.get("failure_rate", 0.0), f"{key}.failure_rate", 0.0,
-                                           strict=False, high=1.0),
+            "failure_probability": _number(
+                table.get("failure_rate", 0.0), f"{key}.failure_rate", 0.0, strict=False, high=1.0
+            ),
             "weight": _integer(table.get("weight", 1), f"{key}.weight", 1, 1000),
             "schedule": _schedule(table.get("schedule", []), f"{key}.schedule"),
         }
@@ -647,13 +684,15 @@ def _schedule(value: Any, key: str) -> tuple[Phase, ...]:
             if required not in table:
                 raise ScenarioError(f"{where}.{required}", "is required")
         service_ms = table.get("service_ms")
-        phases.append(Phase(
-            start_s=_number(table["start_s"], f"{where}.start_s", strict=False),
-            duration_s=_number(table["duration_s"], f"{where}.duration_s"),
-            service_ms=None if service_ms is None else _number(service_ms, f"{where}.service_ms"),
-            slowdown=_number(table.get("slowdown", 1.0), f"{where}.slowdown"),
-            outage=_boolean(table.get("outage", False), f"{where}.outage"),
-        ))
+        phases.append(
+            Phase(
+                start_s=_number(table["start_s"], f"{where}.start_s", strict=False),
+                duration_s=_number(table["duration_s"], f"{where}.duration_s"),
+                service_ms=None if service_ms is None else _number(service_ms, f"{where}.service_ms"),
+                slowdown=_number(table.get("slowdown", 1.0), f"{where}.slowdown"),
+                outage=_boolean(table.get("outage", False), f"{where}.outage"),
+            )
+        )
     ordered = sorted(range(len(phases)), key=lambda j: phases[j].start_s)
     for before, after in zip(ordered, ordered[1:]):
         if phases[after].start_s < phases[before].end_s:
@@ -670,16 +709,17 @@ def _traffic(raw: Mapping[str, Any], servers: tuple[SimServer, ...]) -> Traffic:
     if kind not in TRAFFIC_KINDS:
         raise ScenarioError("traffic.kind", f"must be one of {', '.join(TRAFFIC_KINDS)}, got {kind!r}")
     duration_s = None if table.get("duration_s") is None else _number(table["duration_s"], "traffic.duration_s")
-    requests = None if table.get("requests") is None else _integer(
-        table["requests"], "traffic.requests", 1, MAX_REQUESTS)
+    requests = (
+        None if table.get("requests") is None else _integer(table["requests"], "traffic.requests", 1, MAX_REQUESTS)
+    )
     if duration_s is None and requests is None:
         raise ScenarioError("traffic.duration_s", "set traffic.duration_s, traffic.requests or both")
     if kind == "closed":
         for key in ("load", "rate_per_s", "load_end", "rate_end_per_s", "max_in_flight"):
             if key in table:
-                raise ScenarioError(f"traffic.{key}", "applies to kind = \"open\" only; this traffic is closed")
+                raise ScenarioError(f"traffic.{key}", 'applies to kind = "open" only; this traffic is closed')
         if "users" not in table:
-            raise ScenarioError("traffic.users", "is required with kind = \"closed\"")
+            raise ScenarioError("traffic.users", 'is required with kind = "closed"')
         return Traffic(
             kind="closed",
             duration_s=duration_s,
@@ -689,22 +729,28 @@ def _traffic(raw: Mapping[str, Any], servers: tuple[SimServer, ...]) -> Traffic:
         )
     for key in ("users", "think_ms"):
         if key in table:
-            raise ScenarioError(f"traffic.{key}", "applies to kind = \"closed\" only; this traffic is open")
+            raise ScenarioError(f"traffic.{key}", 'applies to kind = "closed" only; this traffic is open')
     has_load, has_rate = "load" in table, "rate_per_s" in table
     if has_load == has_rate:
-        raise ScenarioError("traffic.load" if has_load else "traffic.rate_per_s",
-                            "set exactly one of traffic.load (fraction of capacity) and traffic.rate_per_s")
+        raise ScenarioError(
+            "traffic.load" if has_load else "traffic.rate_per_s",
+            "set exactly one of traffic.load (fraction of capacity) and traffic.rate_per_s",
+        )
     capacity = _capacity_per_s(servers)
     load = load_end = None
     if has_load:
         load = _number(table["load"], "traffic.load")
         rate = load * capacity
         if "rate_end_per_s" in table:
-            raise ScenarioError("traffic.rate_end_per_s", "goes with traffic.rate_per_s; with traffic.load use load_end")
+            raise ScenarioError(
+                "traffic.rate_end_per_s", "goes with traffic.rate_per_s; with traffic.load use load_end"
+            )
     else:
         rate = _number(table["rate_per_s"], "traffic.rate_per_s")
         if "load_end" in table:
-            raise ScenarioError("traffic.load_end", "goes with traffic.load; with traffic.rate_per_s use rate_end_per_s")
+            raise ScenarioError(
+                "traffic.load_end", "goes with traffic.load; with traffic.rate_per_s use rate_end_per_s"
+            )
     rate_end = None
     if "load_end" in table:
         load_end = _number(table["load_end"], "traffic.load_end")
@@ -714,11 +760,18 @@ def _traffic(raw: Mapping[str, Any], servers: tuple[SimServer, ...]) -> Traffic:
     if rate_end is not None and duration_s is None:
         end_key = "traffic.load_end" if "load_end" in table else "traffic.rate_end_per_s"
         raise ScenarioError(end_key, "a ramp spans traffic.duration_s; set it")
-    max_in_flight = _integer(table.get("max_in_flight", DEFAULT_MAX_IN_FLIGHT), "traffic.max_in_flight", 1,
-                             MAX_REQUESTS)
+    max_in_flight = _integer(
+        table.get("max_in_flight", DEFAULT_MAX_IN_FLIGHT), "traffic.max_in_flight", 1, MAX_REQUESTS
+    )
     traffic = Traffic(
-        kind="open", rate_per_s=rate, rate_end_per_s=rate_end, duration_s=duration_s, requests=requests,
-        max_in_flight=max_in_flight, load=load, load_end=load_end,
+        kind="open",
+        rate_per_s=rate,
+        rate_end_per_s=rate_end,
+        duration_s=duration_s,
+        requests=requests,
+        max_in_flight=max_in_flight,
+        load=load,
+        load_end=load_end,
     )
     try:
         traffic.arrivals()
@@ -742,26 +795,31 @@ def _params(raw: Mapping[str, Any], mode: str) -> dict[str, dict[str, Any]]:
     params: dict[str, dict[str, Any]] = {}
     for name, values in table.items():
         if name not in registry:
-            raise ScenarioError(f"params.{name}", f"unknown {kind} {name!r} (mode {mode}); "
-                                                  f"valid: {', '.join(sorted(registry))}")
+            raise ScenarioError(
+                f"params.{name}", f"unknown {kind} {name!r} (mode {mode}); valid: {', '.join(sorted(registry))}"
+            )
         params[name] = dict(_table(values, f"params.{name}"))
     return params
 
 
 def _strategies(
-    raw: Mapping[str, Any], mode: str, params: Mapping[str, Mapping[str, Any]], pool: Mapping[str, Any],
+    raw: Mapping[str, Any],
+    mode: str,
+    params: Mapping[str, Mapping[str, Any]],
+    pool: Mapping[str, Any],
     servers: int,
 ) -> tuple[str, ...]:
     if "strategies" not in raw:
-        raise ScenarioError("strategies", "is required: the names to compare, e.g. [\"round_robin\", \"p2c\"]")
+        raise ScenarioError("strategies", 'is required: the names to compare, e.g. ["round_robin", "p2c"]')
     names = raw["strategies"]
     if not isinstance(names, list) or not names:
         raise ScenarioError("strategies", f"must be a non-empty list of names, got {names!r}")
     registry, kind = _registry(mode)
     for i, name in enumerate(names):
         if not isinstance(name, str) or name not in registry:
-            raise ScenarioError(f"strategies[{i}]", f"unknown {kind} {name!r} for mode {mode!r}; "
-                                                   f"valid: {', '.join(sorted(registry))}")
+            raise ScenarioError(
+                f"strategies[{i}]", f"unknown {kind} {name!r} for mode {mode!r}; valid: {', '.join(sorted(registry))}"
+            )
         if name in names[:i]:
             raise ScenarioError(f"strategies[{i}]", f"{name!r} is listed twice")
     for key, problem_key in _POOL_RESERVED.items():

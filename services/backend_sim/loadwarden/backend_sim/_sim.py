@@ -151,8 +151,23 @@ class _Server:
     """
 
     __slots__ = (
-        "spec", "index", "id", "workers", "mean_s", "constant", "p_fail", "scheduled", "busy", "queue",
-        "deadline_pending", "busy_area", "changed_at", "lat_sum", "done", "failed", "last_mean_ms",
+        "busy",
+        "busy_area",
+        "changed_at",
+        "constant",
+        "deadline_pending",
+        "done",
+        "failed",
+        "id",
+        "index",
+        "last_mean_ms",
+        "lat_sum",
+        "mean_s",
+        "p_fail",
+        "queue",
+        "scheduled",
+        "spec",
+        "workers",
     )
 
     def __init__(self, spec: SimServer, index: int) -> None:
@@ -189,10 +204,14 @@ class _Server:
         return phase is not None and phase.outage
 
 
-def _build_core(scenario: Scenario, strategy: str, params: Mapping[str, Any], clock: Any,
-                rng: random.Random) -> DecisionCore:
-    limits = CoreLimits(decision_ttl_ms=_DECISION_TTL_MS, max_pending_decisions=MAX_REQUESTS,
-                        max_servers_per_pool=max(10_000, len(scenario.servers)))
+def _build_core(
+    scenario: Scenario, strategy: str, params: Mapping[str, Any], clock: Any, rng: random.Random
+) -> DecisionCore:
+    limits = CoreLimits(
+        decision_ttl_ms=_DECISION_TTL_MS,
+        max_pending_decisions=MAX_REQUESTS,
+        max_servers_per_pool=max(10_000, len(scenario.servers)),
+    )
     core = DecisionCore(limits, clock=clock, rng=rng, ids=IdGenerator("sim"))
     values = dict(scenario.pool_settings)
     # Without a TTL from the scenario, reports come every interval, so a server is never stale
@@ -515,8 +534,14 @@ def simulate(
     if timer is not None:
         timing = CoreTiming(select_s, selects, outcome_s, outcome_calls, load_s, load_calls)
     members = core.pool(pool).servers.values()
-    counters = {"dropped": dropped, "unavailable": unavailable, "timed_out": timed_out, "outage": outage,
-                "expired": expired, "ejections": sum(s.ejections_total for s in members)}
+    counters = {
+        "dropped": dropped,
+        "unavailable": unavailable,
+        "timed_out": timed_out,
+        "outage": outage,
+        "expired": expired,
+        "ejections": sum(s.ejections_total for s in members),
+    }
     return SimResult(
         scenario=scenario,
         strategy=strategy,

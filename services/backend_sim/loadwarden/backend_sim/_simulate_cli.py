@@ -26,21 +26,25 @@ from ._sim import simulate
 PROG = "loadwarden simulate"
 
 
-def add_command(commands: "argparse._SubParsersAction[Any]") -> None:
+def add_command(commands: argparse._SubParsersAction[Any]) -> None:
     """Adds ``simulate`` to the ``loadwarden`` subcommands."""
     parser = commands.add_parser(
         "simulate",
         help="compare strategies on a scenario file in a discrete-event simulation (virtual time)",
         description="Runs every strategy of SCENARIO.toml through the real decision core in a seeded "
-                    "discrete-event simulation (no network, virtual time), prints a Markdown table and "
-                    "writes report.md, report.json, summary.csv, requests.csv and PNG plots. "
-                    "The file's [simulate] section applies. Format: scenarios/README.md.",
+        "discrete-event simulation (no network, virtual time), prints a Markdown table and "
+        "writes report.md, report.json, summary.csv, requests.csv and PNG plots. "
+        "The file's [simulate] section applies. Format: scenarios/README.md.",
     )
     parser.add_argument("scenario", metavar="SCENARIO.toml", help="scenario file")
     parser.add_argument("--out", metavar="DIR", help="output directory (default: eval-out/<name>/simulate)")
     parser.add_argument("--strategies", metavar="A,B", help="run these strategies instead of the file's list")
-    parser.add_argument("--requests", type=int, metavar="N",
-                        help="requests per strategy; replaces the file's duration unless the rate ramps over it")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        metavar="N",
+        help="requests per strategy; replaces the file's duration unless the rate ramps over it",
+    )
     parser.add_argument("--seed", type=int, metavar="N", help="seed instead of the file's")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.set_defaults(run=run)
@@ -70,8 +74,11 @@ def load(args: argparse.Namespace) -> ScenarioSpec:
         spec = spec.with_overrides(**extra)
     if spec.mode != "route":
         raise ScenarioError(
-            "mode", f"loadwarden simulate runs mode \"route\" only, this scenario is mode {spec.mode!r}; "
-                    "run it with loadwarden evaluate", spec.source)
+            "mode",
+            f'loadwarden simulate runs mode "route" only, this scenario is mode {spec.mode!r}; '
+            "run it with loadwarden evaluate",
+            spec.source,
+        )
     return spec
 
 
@@ -101,9 +108,15 @@ def run_all(spec: ScenarioSpec, progress: Progress | None = None) -> tuple[list[
 
             def advance(n: int, base: int = base) -> None:
                 progress.update(min(base + estimate, progress.done + n))
+
         began, began_cpu = time.perf_counter(), time.process_time()
-        result = simulate(scenario, name, spec.strategy_params(name), timer=time.perf_counter,
-                          progress=advance if progress is not None else None)
+        result = simulate(
+            scenario,
+            name,
+            spec.strategy_params(name),
+            timer=time.perf_counter,
+            progress=advance if progress is not None else None,
+        )
         wall, cpu = time.perf_counter() - began, time.process_time() - began_cpu
         if progress is not None:
             progress.update((i + 1) * estimate)
@@ -120,15 +133,17 @@ def run_all(spec: ScenarioSpec, progress: Progress | None = None) -> tuple[list[
             "core_us_per_request": round(core.core_s / n * 1e6, 2) if n else None,
             "des_us_per_request": round((wall - core.core_s) / n * 1e6, 2) if n else None,
         }
-        runs.append(StrategyRun(
-            strategy=name,
-            records=result.records,
-            server_ids=tuple(s.id for s in spec.servers),
-            loads=result.loads,
-            strategy_stats=result.strategy_stats,
-            counters={k: v for k, v in result.counters.items() if v},
-            wall_s=wall,
-        ))
+        runs.append(
+            StrategyRun(
+                strategy=name,
+                records=result.records,
+                server_ids=tuple(s.id for s in spec.servers),
+                loads=result.loads,
+                strategy_stats=result.strategy_stats,
+                counters={k: v for k, v in result.counters.items() if v},
+                wall_s=wall,
+            )
+        )
     return runs, timing
 
 
@@ -153,16 +168,24 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{spec.source}: {exc}")
     elapsed = time.perf_counter() - began
     for name, figures in timing.items():
-        print(f"{name}: {figures['requests']:,} requests in {figures['wall_s']:.1f} s ({figures['cpu_s']:.1f} s CPU; "
-              f"{figures['core_us_per_request']} µs/request in the decision core, "
-              f"{figures['des_us_per_request']} µs/request in the simulator)", file=sys.stderr)
-    report = Report(spec, tuple(runs), kind="simulate", meta={
-        "command": "simulate",
-        "argv": sys.argv[1:],
-        "wall_s": round(elapsed, 3),
-        "timing": timing,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-    })
+        print(
+            f"{name}: {figures['requests']:,} requests in {figures['wall_s']:.1f} s ({figures['cpu_s']:.1f} s CPU; "
+            f"{figures['core_us_per_request']} µs/request in the decision core, "
+            f"{figures['des_us_per_request']} µs/request in the simulator)",
+            file=sys.stderr,
+        )
+    report = Report(
+        spec,
+        tuple(runs),
+        kind="simulate",
+        meta={
+            "command": "simulate",
+            "argv": sys.argv[1:],
+            "wall_s": round(elapsed, 3),
+            "timing": timing,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        },
+    )
     print(render_markdown(report))
     paths = write_report(report, out)
     if not args.no_plots:

@@ -54,8 +54,6 @@ class LoadRecord(NamedTuple):
     error_rate: float
 
 
-
-
 class RequestLog(Sequence[RequestRecord]):
     """Requests stored by column (about 21 bytes each), read as ``RequestRecord`` s.
 
@@ -64,7 +62,7 @@ class RequestLog(Sequence[RequestRecord]):
     indexes into ``server_ids``; ``""`` (no server) is index -1.
     """
 
-    __slots__ = ("server_ids", "_index", "time_s", "server", "latency_ms", "flags")
+    __slots__ = ("_index", "flags", "latency_ms", "server", "server_ids", "time_s")
 
     SUCCESS, EXPLORED = 1, 2
 
@@ -105,8 +103,13 @@ class RequestLog(Sequence[RequestRecord]):
 
     def _record(self, i: int) -> RequestRecord:
         s, f = self.server[i], self.flags[i]
-        return RequestRecord(self.time_s[i], self.server_ids[s] if s >= 0 else "", self.latency_ms[i],
-                             bool(f & self.SUCCESS), bool(f & self.EXPLORED))
+        return RequestRecord(
+            self.time_s[i],
+            self.server_ids[s] if s >= 0 else "",
+            self.latency_ms[i],
+            bool(f & self.SUCCESS),
+            bool(f & self.EXPLORED),
+        )
 
     @overload
     def __getitem__(self, index: int) -> RequestRecord: ...
@@ -168,8 +171,14 @@ class Columns:
 
     def select(self, mask: Any) -> Columns:
         """The requests where ``mask`` (bool array or slice) holds."""
-        return Columns(self.time_s[mask], self.server[mask], self.latency_ms[mask], self.success[mask],
-                       self.explored[mask], self.server_ids)
+        return Columns(
+            self.time_s[mask],
+            self.server[mask],
+            self.latency_ms[mask],
+            self.success[mask],
+            self.explored[mask],
+            self.server_ids,
+        )
 
 
 def columns(records: Sequence[RequestRecord], server_ids: Sequence[str] = ()) -> Columns:
@@ -198,6 +207,7 @@ def columns(records: Sequence[RequestRecord], server_ids: Sequence[str] = ()) ->
         explored=(flags & RequestLog.EXPLORED).astype(bool),
         server_ids=tuple(ids),
     )
+
 
 def reward(latency_ms: float) -> float:
     """The reward the learning curve averages: ``-latency_ms / 10``."""
@@ -293,7 +303,11 @@ def coefficient_of_variation(counts: Sequence[float]) -> float:
 
 
 def summarize(
-    records: Sequence[RequestRecord], server_ids: Sequence[str], *, warmup: int = 0, curve_window: int = 500,
+    records: Sequence[RequestRecord],
+    server_ids: Sequence[str],
+    *,
+    warmup: int = 0,
+    curve_window: int = 500,
     warmup_s: float = 0.0,
 ) -> Summary:
     """Summarises ``records[warmup:]``, less those arriving before ``warmup_s``.
@@ -328,8 +342,11 @@ def summarize_columns(cols: Columns, curve_window: int = 500) -> Summary:
     routed = cols.server >= 0
     latencies = cols.latency_ms[routed]
     m = int(latencies.shape[0])
-    counts = np.bincount(cols.server[routed], minlength=len(cols.server_ids)) if m else np.zeros(
-        len(cols.server_ids), np.int64)
+    counts = (
+        np.bincount(cols.server[routed], minlength=len(cols.server_ids))
+        if m
+        else np.zeros(len(cols.server_ids), np.int64)
+    )
     share = {sid: (int(c) / m if m else 0.0) for sid, c in zip(cols.server_ids, counts)}
     if m:
         ordered = np.sort(latencies)

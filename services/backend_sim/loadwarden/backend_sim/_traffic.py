@@ -124,8 +124,13 @@ class TrafficResult:
 
     def counters(self) -> dict[str, int]:
         """The counters, by the report's names (``StrategyRun.counters``)."""
-        return {"dropped": self.dropped, "rejected": self.rejected, "timed_out": self.timeouts,
-                "unavailable": self.unrouted, "fallbacks": self.fallbacks}
+        return {
+            "dropped": self.dropped,
+            "rejected": self.rejected,
+            "timed_out": self.timeouts,
+            "unavailable": self.unrouted,
+            "fallbacks": self.fallbacks,
+        }
 
 
 def arrival_times(arrivals: Arrivals, rng: random.Random) -> list[float]:
@@ -262,10 +267,18 @@ class TrafficRunner:
                     finally:
                         stop.set()
 
-                _, batches = await asyncio.gather(background(), run_batch_workers(
-                    self.plan.batch, self._client, self._backends, stop, start=self._start,
-                    clock=self._clock, timeout_s=self.plan.timeout_s,
-                ))
+                _, batches = await asyncio.gather(
+                    background(),
+                    run_batch_workers(
+                        self.plan.batch,
+                        self._client,
+                        self._backends,
+                        stop,
+                        start=self._start,
+                        clock=self._clock,
+                        timeout_s=self.plan.timeout_s,
+                    ),
+                )
             else:
                 await sender
         finally:
@@ -274,8 +287,7 @@ class TrafficRunner:
         records = tuple(r for r in c.records if r is not None)
         end = max((r.time_s + r.latency_ms / 1000.0 for r in records), default=0.0)
         end = max([end, *(b.time_s + b.latency_ms / 1000.0 for b in batches)])
-        return TrafficResult(records, tuple(batches), c.dropped, c.rejected, c.timeouts, c.unrouted,
-                             c.fallbacks, end)
+        return TrafficResult(records, tuple(batches), c.dropped, c.rejected, c.timeouts, c.unrouted, c.fallbacks, end)
 
     # -- senders ---------------------------------------------------------------
 
