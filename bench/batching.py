@@ -40,6 +40,8 @@ Usage: python bench/batching.py [--seed 1] [--duration-s 300] [--target-ms 500] 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import math
 import random
@@ -99,7 +101,7 @@ class Model:
 def background_load(t_s: float, duration_s: float) -> float:
     """The trapezoid's background load at ``t_s``, percent (10 % after the end)."""
     x = t_s / duration_s
-    for (x0, y0), (x1, y1) in zip(PROFILE, PROFILE[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(PROFILE):
         if x0 <= x < x1:
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     return PROFILE[-1][1]
@@ -204,7 +206,7 @@ def policies(target_ms: float, cooldown_ms: int) -> dict[str, tuple[dict[str, An
         "latency_target": (latency, lambda: Dynamic(latency)),
     }
     for n in FIXED_SIZES:
-        out[f"fixed_{n}"] = (None, lambda n=n: Fixed(n))
+        out[f"fixed_{n}"] = (None, functools.partial(Fixed, n))
     return out
 
 

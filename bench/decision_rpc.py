@@ -91,7 +91,7 @@ async def drive(call: Callable[[], Awaitable[object]], concurrency: int, seconds
 
 async def run(target: str, seconds: float, levels: list[int], rounds: int) -> dict[str, object]:
     channel = grpc.aio.insecure_channel(target)
-    empty = channel.unary_unary(EMPTY_METHOD)
+    empty: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(EMPTY_METHOD)
     stub = pb_grpc.DecisionServiceStub(channel)
     select_request = pb.SelectServerRequest(pool="bench")
     client = AsyncClient(target, timeout_s=5.0)

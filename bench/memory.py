@@ -41,13 +41,17 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import psutil
-from _serve import start_service  # bench/ is on sys.path: the benchmarks run as scripts
 
 from loadwarden.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decision_pb2, decision_pb2_grpc
+
+if TYPE_CHECKING:  # mypy reads bench/ as the namespace package `bench`
+    from bench._serve import start_service
+else:  # bench/ is on sys.path: the benchmarks run as scripts
+    from _serve import start_service
 
 TARGET_MB = 200.0
 LEASE_TTL_MS = 3_600_000

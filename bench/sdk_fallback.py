@@ -92,7 +92,8 @@ async def main(calls: int) -> dict[str, object]:
     await aio.select("api")
     await aio.batch_size("import")
     await aio.acquire_slot("api")
-    assert sync.breaker("SelectServer").state.name == "OPEN"
+    breaker = sync.breaker("SelectServer")
+    assert breaker is not None and breaker.state.name == "OPEN"
 
     def route() -> None:
         with sync.route("api"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -32,11 +33,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
-from _serve import start_service  # bench/ is on sys.path: the benchmarks run as scripts
 
 from loadwarden.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decision_pb2, decision_pb2_grpc
+
+if TYPE_CHECKING:  # mypy reads bench/ as the namespace package `bench`
+    from bench._serve import start_service
+else:  # bench/ is on sys.path: the benchmarks run as scripts
+    from _serve import start_service
 
 SMALL_SERVERS = 10
 CHANGE_EVERY_S = 0.1
@@ -73,7 +79,9 @@ async def run_watchers(target: str, streams: int, interval_ms: int) -> None:
     first = asyncio.Event()
     got_first = 0
     async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 2**20)]) as ch:
-        watch = ch.unary_stream(WATCH_METHOD, request_serializer=None, response_deserializer=None)
+        watch: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = ch.unary_stream(
+            WATCH_METHOD, request_serializer=None, response_deserializer=None
+        )
 
         async def one() -> None:
             nonlocal got_first
@@ -119,10 +127,8 @@ async def keep_changing(channel: grpc.aio.Channel, servers: int, stop: asyncio.E
             pool="big", server_id=f"big-{rng.randrange(servers):05d}", cpu_percent=rng.uniform(0, 100)
         )
         await stub.ReportLoad(decision_pb2.ReportLoadRequest(reports=[report]), timeout=10)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), CHANGE_EVERY_S)
-        except TimeoutError:
-            pass
 
 
 async def time_selects(channel: grpc.aio.Channel, calls: int) -> dict[str, float]:

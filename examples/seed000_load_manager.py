@@ -30,6 +30,7 @@ more than fit) and prints what happened to them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import threading
 import time
@@ -84,11 +85,9 @@ def release_server_connection(server: Lease | None, *, success: bool = True) -> 
     """
     if server is None or _client is None:
         return
-    try:
-        # No latency given: the service takes the time the slot was held.
+    # No latency given: the service takes the time the slot was held.
+    with contextlib.suppress(LoadwardenError):
         _client.release_slot(server.lease_id, success=success)
-    except LoadwardenError:
-        pass
 
 
 def process_request(request_data: Any) -> str:
@@ -185,12 +184,12 @@ def main() -> None:
     print(f"pool {POOL!r}: max {args.max_connections} connections, {TIMEOUT_S} s timeout, {args.servers} servers")
     with Client(args.target, timeout_s=5.0) as client:
         use_client(client)
-        _burst = Burst(args.requests, args.work_ms / 1000.0)
+        burst = _burst = Burst(args.requests, args.work_ms / 1000.0)
 
         def handle(n: int) -> str:
             answer = process_request(n)
             if not answer.startswith("request "):
-                _burst.settle()  # type: ignore[union-attr]
+                burst.settle()
             return answer
 
         with ThreadPoolExecutor(max_workers=args.requests) as pool:
@@ -201,7 +200,7 @@ def main() -> None:
 
         print(f"processed: {len(handled)}")
         print(f"turned away: {sum(turned_away.values())}" + "".join(f" ({m!r} x{n})" for m, n in turned_away.items()))
-        print(f"max concurrent: {_burst.max_concurrent} (limit {args.max_connections})")
+        print(f"max concurrent: {burst.max_concurrent} (limit {args.max_connections})")
         print("per server: " + " ".join(f"{s}={n}" for s, n in sorted(per_server.items())))
         _burst = None
         print(f"after the burst: {process_request('late')}")

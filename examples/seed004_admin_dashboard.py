@@ -130,9 +130,8 @@ class AdminDashboard:
     def route_once(self) -> str:
         """Routes one demo request; says which server and who decided."""
         try:
-            with self.queue.slot(priority=0, timeout_s=self.queue_wait_s):
-                with self.client.route(self.pool) as route:
-                    pass  # the request's own work against route.address would run here
+            with self.queue.slot(priority=0, timeout_s=self.queue_wait_s), self.client.route(self.pool) as route:
+                pass  # the request's own work against route.address would run here
         except (QueueTimeout, QueueFull) as err:
             return f"skipped ({type(err).__name__})"
         except NotFoundError:
@@ -168,7 +167,7 @@ class AdminDashboard:
                     admin_pb2.ConfigurePoolRequest(pool=pool), timeout=CALL_TIMEOUT_S
                 )
         except grpc.RpcError as err:
-            self._event(f"creating pool {self.pool!r} failed: {err.code().name}")  # type: ignore[attr-defined]
+            self._event(f"creating pool {self.pool!r} failed: {err.code().name}")
         else:
             self._event(f"created pool {self.pool!r} with {DEMO_SERVERS} demo servers")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import grpc_tools
+import grpc_tools  # type: ignore[import-untyped]  # grpcio-tools ships no stubs or py.typed marker
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,10 +29,10 @@ from loadwarden.server import (
 StartService = Callable[..., Awaitable[RunningService]]
 
 
-def three_server_pool(name: str = "api", strategy: str = "round_robin", **settings: object) -> PoolSpec:
+def three_server_pool(name: str = "api", strategy: str = "round_robin", **settings: Any) -> PoolSpec:
     """A pool of servers s1, s2, s3 at 127.0.0.1:9001-9003."""
     servers = tuple(ServerSpec(f"s{i}", f"127.0.0.1:900{i}") for i in (1, 2, 3))
-    return PoolSpec(PoolSettings(name=name, strategy=strategy, **settings), servers)  # type: ignore[arg-type]
+    return PoolSpec(PoolSettings(name=name, strategy=strategy, **settings), servers)
 
 
 @pytest.fixture
@@ -45,8 +45,8 @@ async def start() -> AsyncIterator[StartService]:
     """Starts services on 127.0.0.1:0 with a seeded RNG; stops them all at teardown."""
     started: list[RunningService] = []
 
-    async def _start(*pools: PoolSpec, clock: ManualClock | None = None, **config: object) -> RunningService:
-        cfg = ServiceConfig(listen="127.0.0.1:0", pools=pools, **config)  # type: ignore[arg-type]
+    async def _start(*pools: PoolSpec, clock: ManualClock | None = None, **config: Any) -> RunningService:
+        cfg = ServiceConfig(listen="127.0.0.1:0", pools=pools, **config)
         running = await start_service(cfg, clock=clock, rng=random.Random(7))
         started.append(running)
         return running

@@ -12,11 +12,11 @@ import re
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import Message
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking: no stubs, no py.typed
 
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
@@ -99,7 +99,7 @@ class FuzzClient:
         self._leases: deque[str] = deque(maxlen=32)
         self._decisions: deque[str] = deque(maxlen=256)
         self._unary: dict[str, Any] = {}
-        self._callers = [(("authorization", f"Bearer {t}"),) for t in tokens] or [()]
+        self._callers: list[tuple[tuple[str, str], ...]] = [(("authorization", f"Bearer {t}"),) for t in tokens] or [()]
         self._admin_md = (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
         self._turn = 0
 
@@ -142,7 +142,7 @@ class FuzzClient:
             try:
                 response = pending.result()
             except grpc.RpcError as exc:
-                self._judge(call, exc.code(), exc.details() or "", exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+                self._judge(call, exc.code(), exc.details() or "", _trailers(exc))
             else:
                 self._judge(call, grpc.StatusCode.OK, "", ())
                 self._harvest(response)
@@ -185,7 +185,7 @@ class FuzzClient:
             self._judge(call, grpc.StatusCode.OK, "", ())
             self.tally.problems.append(f"{call.describe()}: the stream ended without sending a snapshot")
         except grpc.RpcError as exc:
-            self._judge(call, exc.code(), exc.details() or "", exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+            self._judge(call, exc.code(), exc.details() or "", _trailers(exc))
         else:
             self._judge(call, grpc.StatusCode.OK, "", ())
         finally:
@@ -223,6 +223,11 @@ class FuzzClient:
             metadata=metadata,
         )
         assert applied.applied == 1, applied
+
+
+def _trailers(exc: grpc.RpcError) -> Sequence[tuple[str, Any]]:
+    # grpc's _Metadatum is a (key, value) namedtuple; the stubs declare a plain class.
+    return cast("Sequence[tuple[str, Any]]", exc.trailing_metadata() or ())
 
 
 def judge(method: str, code: grpc.StatusCode, details: str, trailers: dict[str, Any]) -> str:

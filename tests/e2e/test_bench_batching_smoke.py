@@ -47,7 +47,7 @@ def test_batching_bench_prints_its_json_shape() -> None:
         assert r["max_batch_ms"] >= r["p99_batch_ms"] >= r["p95_batch_ms"] >= r["p50_batch_ms"] > 0, name
         assert r["throughput_items_per_s"] > 0 and set(r["throughput_by_phase"]) == {"low", "medium", "high"}, name
         assert 5 <= r["mean_size"] <= 100, name
-    for n, name in zip([5, 10, 25, 50, 75, 100], FIXED):
+    for n, name in zip([5, 10, 25, 50, 75, 100], FIXED, strict=True):
         assert report["results"][name]["mean_size"] == n and report["results"][name]["adjustments"] == 0
     best = report["best_fixed"]
     assert best["by_throughput"] in FIXED and best["by_p95"] in FIXED

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking: no stubs, no py.typed
 
 from loadwarden.server import CoreLimits
 from loadwarden.v1 import admin_pb2, admin_pb2_grpc, common_pb2
@@ -111,12 +111,12 @@ def test_the_global_server_cap_holds_across_pools(processes: Processes) -> None:
                 timeout=5,
             )
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "max_servers (limits.max_servers = 4) reached" in refused.value.details()
+        assert "max_servers (limits.max_servers = 4) reached" in (refused.value.details() or "")
         other = common_pb2.PoolConfig(name="other", servers=[common_pb2.ServerSpec(id="o-1", address="127.0.0.1:9101")])
         with pytest.raises(grpc.RpcError) as refused:
             admin.ConfigurePool(admin_pb2.ConfigurePoolRequest(pool=other), timeout=5)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "limits.max_servers" in refused.value.details()
+        assert "limits.max_servers" in (refused.value.details() or "")
         # Replacing a pool's servers counts its old ones out: 4 -> 2 is fine.
         smaller = common_pb2.PoolConfig(
             name="api",

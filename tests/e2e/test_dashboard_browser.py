@@ -87,7 +87,7 @@ class Browser:
         answer = await asyncio.wait_for(future, WAIT_S)
         if "error" in answer:
             raise CdpError(f"{method}: {answer['error']}")
-        return answer.get("result", {})  # type: ignore[no-any-return]
+        return answer.get("result", {})
 
     async def new_tab(self) -> Tab:
         target = await self.send("Target.createTarget", {"url": "about:blank"})

@@ -69,9 +69,9 @@ def marked(run_id: str, *, exclude: int | None = None) -> list[psutil.Process]:
     return found
 
 
-def wait_until(condition: object, what: str, timeout_s: float = WAIT_S) -> None:
+def wait_until(condition: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
         time.sleep(0.05)
 

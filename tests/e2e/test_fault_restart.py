@@ -112,7 +112,7 @@ def test_workload_survives_sigkill_and_restart(processes: Processes) -> None:
                 if took > allowed:
                     late.append((kind, took))
 
-    def wait_for(condition, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    def wait_for(condition, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not condition():
             assert time.monotonic() < deadline, "condition not met before the deadline"

@@ -91,7 +91,7 @@ def test_a_killed_clients_leases_are_reclaimed_within_their_ttl(processes: Proce
     assert service.process.stderr.wait_for(reclaimed, 5), service.process.describe()
 
 
-class ReleaseRecorder(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class ReleaseRecorder(grpc.UnaryUnaryClientInterceptor):
     """Records the `released` answer of every ReleaseSlot made through its channel."""
 
     def __init__(self) -> None:

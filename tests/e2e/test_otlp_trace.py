@@ -40,7 +40,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
         self._cond = threading.Condition()
         self.spans: list[tuple[str, Span]] = []
 
-    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any) -> Any:
+    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any) -> Any:  # noqa: N802 - the .proto's RPC name
         with self._cond:
             for resource_spans in request.resource_spans:
                 service = attributes(resource_spans.resource.attributes).get("service.name", "")
@@ -98,10 +98,12 @@ def test_route_call_is_one_trace_from_the_application_to_the_service(
     provider = configure_tracing("checkout-app", environ={**otlp, "OTEL_BSP_SCHEDULE_DELAY": "60000"})
     assert provider is not None
 
-    with Client(service.target) as client:
-        with trace.get_tracer("checkout-app").start_as_current_span("POST /checkout") as app:
-            with client.route("api") as route:
-                chosen = route.server_id
+    with (
+        Client(service.target) as client,
+        trace.get_tracer("checkout-app").start_as_current_span("POST /checkout") as app,
+        client.route("api") as route,
+    ):
+        chosen = route.server_id
     shutdown_tracing()  # the application's spans go out now (its batch delay is a minute)
 
     app_context = app.get_span_context()

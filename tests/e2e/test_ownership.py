@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -76,23 +77,24 @@ class Caller:
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.md = _md(token)
 
-    def call(self, method: str, request: object, timeout_s: float = 5.0) -> object:
+    def call(self, method: str, request: object, timeout_s: float = 5.0) -> Any:
+        """The response message of ``method`` (its type depends on the method named)."""
         return getattr(self.stub, method)(request, metadata=self.md, timeout=timeout_s)
 
     def code_of(self, method: str, request: object) -> grpc.StatusCode:
         try:
             self.call(method, request)
         except grpc.RpcError as err:
-            return err.code()  # type: ignore[no-any-return]
+            return err.code()
         return grpc.StatusCode.OK
 
-    def acquire(self, pool: str, **kw: object) -> decision_pb2.AcquireSlotResponse:
-        return self.call("AcquireSlot", decision_pb2.AcquireSlotRequest(pool=pool, **kw))  # type: ignore[return-value]
+    def acquire(self, pool: str, **kw: Any) -> decision_pb2.AcquireSlotResponse:
+        return self.call("AcquireSlot", decision_pb2.AcquireSlotRequest(pool=pool, **kw))
 
     def pool_status(self, pool: str) -> common_pb2.PoolStatus:
         response = self.call("GetLoadStatus", decision_pb2.GetLoadStatusRequest(pool=pool))
-        (status,) = [p for p in response.status.pools if p.name == pool]  # type: ignore[attr-defined]
-        return status  # type: ignore[no-any-return]
+        (status,) = [p for p in response.status.pools if p.name == pool]
+        return status
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +153,7 @@ def test_an_unknown_and_another_callers_lease_look_the_same(victim: Caller, atta
             with pytest.raises(grpc.RpcError) as err:
                 attacker.call("ReleaseSlot", decision_pb2.ReleaseSlotRequest(lease_id=probe))
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
-            messages.append(err.value.details().replace(probe, "<id>"))
+            messages.append((err.value.details() or "").replace(probe, "<id>"))
         assert len(set(messages)) == 1, messages
     finally:
         victim.call("ReleaseSlot", decision_pb2.ReleaseSlotRequest(lease_id=lease_id, success=True))
@@ -169,22 +171,16 @@ def test_ids_are_unguessable(victim: Caller) -> None:
 def test_another_caller_cannot_report_outcomes_on_a_decision(victim: Caller, attacker: Caller) -> None:
     choices = [victim.call("SelectServer", decision_pb2.SelectServerRequest(pool="api")) for _ in range(40)]
     failures = decision_pb2.ReportOutcomeRequest(
-        outcomes=[
-            decision_pb2.Outcome(decision_id=c.decision_id, success=False, latency_ms=1.0)  # type: ignore[attr-defined]
-            for c in choices
-        ]
+        outcomes=[decision_pb2.Outcome(decision_id=c.decision_id, success=False, latency_ms=1.0) for c in choices]
     )
     assert attacker.code_of("ReportOutcome", failures) == grpc.StatusCode.NOT_FOUND
     status = victim.pool_status("api")
     assert status.eligible_servers == 2  # nothing was ejected
     # The victim's own outcomes still apply.
     report = decision_pb2.ReportOutcomeRequest(
-        outcomes=[
-            decision_pb2.Outcome(decision_id=c.decision_id, success=True, latency_ms=1.0)  # type: ignore[attr-defined]
-            for c in choices
-        ]
+        outcomes=[decision_pb2.Outcome(decision_id=c.decision_id, success=True, latency_ms=1.0) for c in choices]
     )
-    assert victim.call("ReportOutcome", report).applied == 40  # type: ignore[attr-defined]
+    assert victim.call("ReportOutcome", report).applied == 40
 
 
 def test_a_request_id_is_the_callers_own(victim: Caller, attacker: Caller) -> None:
@@ -212,13 +208,13 @@ def test_rotating_client_keys_gets_no_more_than_the_callers_rate(attacker: Calle
 def test_lease_ttls_are_bounded(victim: Caller) -> None:
     with pytest.raises(grpc.RpcError) as err:
         victim.acquire("jobs", lease_ttl_ms=86_400_000)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "lease_ttl_ms" in err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "lease_ttl_ms" in (err.value.details() or "")
     lease_id = victim.acquire("jobs").lease.lease_id
     try:
         with pytest.raises(grpc.RpcError) as renew_err:
             victim.call("RenewLease", decision_pb2.RenewLeaseRequest(lease_id=lease_id, ttl_ms=86_400_000))
         assert renew_err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert renew_err.value.details().startswith("ttl_ms:")
+        assert (renew_err.value.details() or "").startswith("ttl_ms:")
     finally:
         victim.call("ReleaseSlot", decision_pb2.ReleaseSlotRequest(lease_id=lease_id, success=True))
 
@@ -231,14 +227,14 @@ def test_a_lease_with_a_selection_keeps_its_in_flight_past_the_decision_ttl(vict
     while time.monotonic() < end:
         victim.call("RenewLease", decision_pb2.RenewLeaseRequest(lease_id=answer.lease.lease_id))
         status = victim.call("GetLoadStatus", decision_pb2.GetLoadStatusRequest(pool="jobs"))
-        (server,) = [s for p in status.status.pools for s in p.servers if s.id == answer.server_id]  # type: ignore[attr-defined]
+        (server,) = [s for p in status.status.pools for s in p.servers if s.id == answer.server_id]
         assert server.in_flight == 1 and server.consecutive_failures == 0
         time.sleep(0.5)  # renewal cadence of a real long job
     victim.call(
         "ReleaseSlot", decision_pb2.ReleaseSlotRequest(lease_id=answer.lease.lease_id, success=True, latency_ms=3500.0)
     )
     status = victim.call("GetLoadStatus", decision_pb2.GetLoadStatusRequest(pool="jobs"))
-    (server,) = [s for p in status.status.pools for s in p.servers if s.id == answer.server_id]  # type: ignore[attr-defined]
+    (server,) = [s for p in status.status.pools for s in p.servers if s.id == answer.server_id]
     assert server.in_flight == 0 and server.consecutive_failures == 0
 
 

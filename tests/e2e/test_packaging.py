@@ -48,7 +48,7 @@ def _where(cwd: Path, env: Mapping[str, str], drop: str = "") -> dict[str, Any]:
         check=False,
     )
     assert done.returncode == 0, f"importing {', '.join(MODULES)} failed:\n{done.stderr}"
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
+    return json.loads(done.stdout)
 
 
 def _under(path: str | None, root: Path) -> bool:

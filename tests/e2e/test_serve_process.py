@@ -104,7 +104,7 @@ def test_listen_on_a_port_in_use_exits_1(processes: Processes) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
 
         process = processes.loadwarden(None, listen=address)
         rc = processes.expect_exit(process)

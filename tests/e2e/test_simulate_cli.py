@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -112,10 +113,10 @@ def test_options_override_the_file(processes: Processes, tmp_path: Path) -> None
     ],
 )
 def test_a_bad_file_exits_2_naming_the_key_and_writes_nothing(
-    processes: Processes, tmp_path: Path, edit: object, key: str
+    processes: Processes, tmp_path: Path, edit: Callable[[str], str], key: str
 ) -> None:
     scenario = tmp_path / "bad.toml"
-    scenario.write_text(edit(TINY), encoding="utf-8")  # type: ignore[operator]
+    scenario.write_text(edit(TINY), encoding="utf-8")
     out = tmp_path / "out"
 
     rc, proc = simulate(processes, scenario, "--out", out)

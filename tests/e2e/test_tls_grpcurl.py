@@ -105,7 +105,7 @@ def test_a_client_that_does_not_trust_the_certificate_fails(tls_service: Service
 
 
 def test_select_server_over_mutual_tls_with_cert_and_key(mtls_service: Service, certs: Certs) -> None:
-    flags = ["-cacert", certs.ca, "-cert", certs.client_cert, "-key", certs.client_key]
+    flags: list[str | Path] = ["-cacert", certs.ca, "-cert", certs.client_cert, "-key", certs.client_key]
     answer = grpcurl(mtls_service.target, SELECT, flags=flags, data={"pool": "api"}).json()
     assert answer["server_id"] in API_SERVERS
 
@@ -114,7 +114,7 @@ def test_select_server_over_mutual_tls_with_cert_and_key(mtls_service: Service, 
 def test_mutual_tls_refuses_a_client_without_a_trusted_certificate(
     mtls_service: Service, certs: Certs, client: str
 ) -> None:
-    flags: list[str | Path] = {
+    by_client: dict[str, list[str | Path]] = {
         "no certificate": ["-cacert", certs.ca],
         "certificate from another CA": [
             "-cacert",
@@ -125,9 +125,9 @@ def test_mutual_tls_refuses_a_client_without_a_trusted_certificate(
             certs.rogue_client_key,
         ],
         "plaintext": ["-plaintext"],
-    }[client]
-    refused(mtls_service.target, flags)
-    good = ["-cacert", certs.ca, "-cert", certs.client_cert, "-key", certs.client_key]
+    }
+    refused(mtls_service.target, by_client[client])
+    good: list[str | Path] = ["-cacert", certs.ca, "-cert", certs.client_cert, "-key", certs.client_key]
     assert grpcurl(mtls_service.target, SELECT, flags=good, data={"pool": "api"}).returncode == 0  # still serving
 
 

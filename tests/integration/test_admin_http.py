@@ -86,7 +86,7 @@ def test_a_bad_token_is_never_echoed() -> None:
 
 
 @pytest.fixture
-async def service(start, clock: ManualClock) -> RunningService:  # type: ignore[no-untyped-def]
+async def service(start, clock: ManualClock) -> RunningService:
     servers = tuple(ServerSpec(f"s{i}", f"127.0.0.1:900{i}") for i in (1, 2))
     return await start(
         PoolSpec(PoolSettings(name="api", max_concurrency=4), servers),
@@ -99,17 +99,19 @@ async def service(start, clock: ManualClock) -> RunningService:  # type: ignore[
 
 
 async def get(running: RunningService, path: str, headers: dict[str, str] | None = None) -> tuple[int, object]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{running.admin_port}{path}", headers=headers) as response:
-            return response.status, await response.json()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{running.admin_port}{path}", headers=headers) as response,
+    ):
+        return response.status, await response.json()
 
 
-async def test_no_admin_port_unless_configured(start) -> None:  # type: ignore[no-untyped-def]
+async def test_no_admin_port_unless_configured(start) -> None:
     running = await start()
     assert running.admin_port is None
 
 
-async def test_load_status_json_matches_get_load_status(service: RunningService, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_load_status_json_matches_get_load_status(service: RunningService, channel_to) -> None:
     stub = pb_grpc.DecisionServiceStub(channel_to(service))
     await stub.SelectServer(pb.SelectServerRequest(pool="api"))
     await stub.AcquireSlot(pb.AcquireSlotRequest(pool="api"))
@@ -126,9 +128,9 @@ async def test_load_status_json_matches_get_load_status(service: RunningService,
     expected = (await stub.GetLoadStatus(pb.GetLoadStatusRequest())).status
     # The manual clock stands still, so even generated_at is the same.
     assert body == json_format.MessageToDict(expected, preserving_proto_field_name=True)
-    pools = {p["name"]: p for p in body["pools"]}  # type: ignore[index]
+    pools = {p["name"]: p for p in body["pools"]}
     assert pools["api"]["active_leases"] == 1 and pools["api"]["concurrency_limit"] == 4
-    assert body["operations"][0]["name"] == "import"  # type: ignore[index]
+    assert body["operations"][0]["name"] == "import"
 
 
 async def test_every_endpoint_needs_the_token(service: RunningService) -> None:

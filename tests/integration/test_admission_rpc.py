@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking: no stubs, no py.typed
 
 from loadwarden.server import PoolSettings, PoolSpec, RunningService, ServerSpec
 from loadwarden.server._settings import RateLimit
@@ -19,13 +20,13 @@ from loadwarden.v1 import decision_pb2_grpc as pb_grpc
 RETRY_AFTER = "loadwarden-retry-after-ms"
 
 
-def pool(name: str = "p", **settings: object) -> PoolSpec:
+def pool(name: str = "p", **settings: Any) -> PoolSpec:
     servers = tuple(ServerSpec(f"s{i}", f"127.0.0.1:900{i}") for i in (1, 2))
-    return PoolSpec(PoolSettings(name=name, **settings), servers)  # type: ignore[arg-type]
+    return PoolSpec(PoolSettings(name=name, **settings), servers)
 
 
 @pytest.fixture
-async def service(start) -> RunningService:  # type: ignore[no-untyped-def]
+async def service(start) -> RunningService:
     return await start(
         pool("p", max_concurrency=10, max_queue_length=3, max_wait_ms=5_000),
         pool("rated", rate_limit=RateLimit(count=2, per_s=60.0, burst=2)),
@@ -33,12 +34,12 @@ async def service(start) -> RunningService:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def stub(service: RunningService, channel_to) -> pb_grpc.DecisionServiceStub:  # type: ignore[no-untyped-def]
+def stub(service: RunningService, channel_to) -> pb_grpc.DecisionServiceStub:
     return pb_grpc.DecisionServiceStub(channel_to(service))
 
 
-def acquire(**fields: object) -> pb.AcquireSlotRequest:
-    return pb.AcquireSlotRequest(**{"pool": "p", **fields})  # type: ignore[arg-type]
+def acquire(**fields: Any) -> pb.AcquireSlotRequest:
+    return pb.AcquireSlotRequest(**{"pool": "p", **fields})
 
 
 async def test_hard_cap_over_rpc(service: RunningService, stub: pb_grpc.DecisionServiceStub) -> None:
@@ -104,7 +105,7 @@ async def test_call_deadline_bounds_the_wait_and_answers_before_it(stub: pb_grpc
     assert answer.queue_wait_ms < 1_000
 
 
-async def wait_until(condition, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_until(condition, timeout_s: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while not condition():
@@ -122,7 +123,7 @@ async def test_full_queue_is_resource_exhausted_with_retry_after(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.AcquireSlot(acquire(max_wait_ms=5_000))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "max_queue_length 3" in err.value.details()
+    assert "max_queue_length 3" in (err.value.details() or "")
     assert int(dict(err.value.trailing_metadata())[RETRY_AFTER]) > 0
     for call in waiting:
         call.cancel()
@@ -135,7 +136,7 @@ async def test_rate_limit_is_resource_exhausted_with_retry_after(stub: pb_grpc.D
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.AcquireSlot(pb.AcquireSlotRequest(pool="rated", client_key="alice"))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert err.value.details().startswith("client_key:") and "rate limit" in err.value.details()
+    assert (err.value.details() or "").startswith("client_key:") and "rate limit" in (err.value.details() or "")
     assert 29_000 <= int(dict(err.value.trailing_metadata())[RETRY_AFTER]) <= 30_000
     assert (await stub.AcquireSlot(pb.AcquireSlotRequest(pool="rated", client_key="bob"))).granted
 
@@ -202,10 +203,10 @@ CASES = [
 )
 async def test_bad_slot_input_names_the_field(
     service: RunningService, stub, channel_to, method, request_, code, field
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await getattr(stub, method)(request_)
-    assert err.value.code() == code and err.value.details().startswith(f"{field}: "), err.value.details()
+    assert err.value.code() == code and (err.value.details() or "").startswith(f"{field}: "), err.value.details()
     health = health_pb2_grpc.HealthStub(channel_to(service))
     assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
     assert (await stub.AcquireSlot(acquire())).granted
@@ -230,14 +231,14 @@ ADMIN_CASES = [
 
 
 @pytest.mark.parametrize(("config", "field"), ADMIN_CASES, ids=[f for _, f in ADMIN_CASES])
-async def test_bad_limit_settings_name_the_field(service: RunningService, channel_to, config, field) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_limit_settings_name_the_field(service: RunningService, channel_to, config, field) -> None:
     stub = admin_grpc.AdminServiceStub(channel_to(service))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ConfigurePool(admin.ConfigurePoolRequest(pool=config))
-    assert err.value.code() == BAD and err.value.details().startswith(f"{field}: "), err.value.details()
+    assert err.value.code() == BAD and (err.value.details() or "").startswith(f"{field}: "), err.value.details()
 
 
-async def test_adaptive_limit_through_admin(service: RunningService, channel_to, stub) -> None:  # type: ignore[no-untyped-def]
+async def test_adaptive_limit_through_admin(service: RunningService, channel_to, stub) -> None:
     admin_stub = admin_grpc.AdminServiceStub(channel_to(service))
     config = common.PoolConfig(
         name="adaptive", max_concurrency=8, limit_algorithm="aimd", limit_params={"min_limit": 2, "max_limit": 16}

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 
 import httpx
 import pytest
@@ -41,7 +42,7 @@ class Meter:
             self.now -= 1
 
 
-def make_app(meter: Meter, release: asyncio.Event | None = None, **middleware: object) -> FastAPI:
+def make_app(meter: Meter, release: asyncio.Event | None = None, **middleware: Any) -> FastAPI:
     app = FastAPI()
 
     @app.get("/slow")
@@ -64,7 +65,7 @@ def make_app(meter: Meter, release: asyncio.Event | None = None, **middleware: o
 
         return StreamingResponse(chunks())
 
-    app.add_middleware(AdmissionMiddleware, **middleware)
+    app.add_middleware(AdmissionMiddleware, **middleware)  # type: ignore[arg-type]  # mypy can't match an __init__ with **fields to Starlette's ParamSpec factory
     return app
 
 
@@ -165,12 +166,12 @@ async def test_choose_routes_by_path_and_none_passes_through(service) -> None:
 
 async def test_choose_returning_an_unknown_pool_or_priority_is_a_clear_error(service) -> None:
     async def asgi_call(middleware: AdmissionMiddleware) -> None:
-        sent: list[dict] = []
+        sent: list[MutableMapping[str, Any]] = []
 
-        async def receive() -> dict:
+        async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b""}
 
-        async def send(message: dict) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
         await middleware({"type": "http", "path": "/", "headers": []}, receive, send)
@@ -181,7 +182,11 @@ async def test_choose_returning_an_unknown_pool_or_priority_is_a_clear_error(ser
     unknown = AdmissionMiddleware(ok_app, target=service.target, choose=lambda scope: "nope")
     with pytest.raises(AdmissionChoiceError, match="'nope'"):
         await asgi_call(unknown)
-    bad = AdmissionMiddleware(ok_app, target=service.target, choose=lambda scope: 42)
+
+    def not_a_choice(scope: object) -> Any:
+        return 42  # neither an Admission, a pool name nor None
+
+    bad = AdmissionMiddleware(ok_app, target=service.target, choose=not_a_choice)
     with pytest.raises(AdmissionChoiceError, match="42"):
         await asgi_call(bad)
     with pytest.raises(ValueError, match="priority"):
@@ -200,7 +205,7 @@ async def test_choose_returning_an_unknown_pool_or_priority_is_a_clear_error(ser
         ("timeout_s", 0),
     ],
 )
-def test_bad_settings_name_the_setting(field: str, value: object) -> None:
+def test_bad_settings_name_the_setting(field: str, value: Any) -> None:
     with pytest.raises(ValueError, match=field):
         AdmissionMiddleware(FastAPI(), **{field: value})
 

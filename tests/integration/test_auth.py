@@ -12,8 +12,8 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf.message import Message
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking: no stubs, no py.typed
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # type: ignore[import-untyped]  # grpcio-reflection: no stubs, no py.typed
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -162,9 +162,11 @@ async def test_admin_rpc_with_the_right_token_is_ok(rpc: str, service: RunningSe
 
 async def http_get(running: RunningService, path: str, token: str | None) -> tuple[int, str]:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{running.admin_port}{path}", headers=headers) as response:
-            return response.status, await response.text()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{running.admin_port}{path}", headers=headers) as response,
+    ):
+        return response.status, await response.text()
 
 
 @pytest.mark.parametrize("path", HTTP_PATHS)
@@ -257,7 +259,8 @@ async def test_the_async_client_sends_its_token_and_auth_errors_are_answers(serv
             with pytest.raises(PermissionDeniedError) as denied:
                 await wrong.select("api")
             assert WRONG_TOKEN not in str(denied.value)
-        assert anonymous.breaker("SelectServer").state is BreakerState.CLOSED  # no local fallback either
+        breaker = anonymous.breaker("SelectServer")
+        assert breaker is not None and breaker.state is BreakerState.CLOSED  # no local fallback either
 
 
 # --- the default without an admin token ---------------------------------------------------------
@@ -354,9 +357,11 @@ async def test_tokens_appear_in_no_log_span_or_error(
     def server_codes() -> dict[int, int]:
         found: dict[int, int] = {}
         for span in spans.get_finished_spans():
-            if span.kind is SpanKind.SERVER and (span.attributes or {}).get("rpc.method") == "SelectServer":
-                code = (span.attributes or {})["rpc.grpc.status_code"]
-                found[code] = found.get(code, 0) + 1  # type: ignore[index]
+            attributes = span.attributes or {}
+            if span.kind is SpanKind.SERVER and attributes.get("rpc.method") == "SelectServer":
+                code = attributes["rpc.grpc.status_code"]
+                assert isinstance(code, int), code
+                found[code] = found.get(code, 0) + 1
         return found
 
     expected = {

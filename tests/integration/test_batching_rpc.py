@@ -35,7 +35,7 @@ OPERATIONS = (
 )
 
 
-async def wait_until(condition, timeout_s: float = 10.0, step_s: float = 0.02):  # type: ignore[no-untyped-def]
+async def wait_until(condition, timeout_s: float = 10.0, step_s: float = 0.02):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
@@ -47,13 +47,13 @@ async def wait_until(condition, timeout_s: float = 10.0, step_s: float = 0.02): 
 
 
 @pytest.fixture
-async def service(start) -> RunningService:  # type: ignore[no-untyped-def]
+async def service(start) -> RunningService:
     workers = PoolSpec(PoolSettings(name="workers"), (ServerSpec("w1", "h:1"), ServerSpec("w2", "h:2")))
     return await start(workers, operations=OPERATIONS, monitor=MonitorSettings(enabled=False))
 
 
 @pytest.fixture
-def stubs(service: RunningService, channel_to):  # type: ignore[no-untyped-def]
+def stubs(service: RunningService, channel_to):
     channel = channel_to(service)
     return pb_grpc.DecisionServiceStub(channel), admin_grpc.AdminServiceStub(channel)
 
@@ -62,7 +62,7 @@ def report(server: str, cpu: float, memory: float) -> common.LoadReport:
     return common.LoadReport(pool="workers", server_id=server, cpu_percent=cpu, memory_percent=memory)
 
 
-async def test_pool_load_drives_the_batch_size(stubs) -> None:  # type: ignore[no-untyped-def]
+async def test_pool_load_drives_the_batch_size(stubs) -> None:
     decision, _ = stubs
     first = await decision.GetBatchSize(pb.GetBatchSizeRequest(operation="import"))
     assert first.batch_size == 25 and first.fallback and first.load_level == common.LOAD_LEVEL_UNKNOWN
@@ -80,7 +80,7 @@ async def test_pool_load_drives_the_batch_size(stubs) -> None:  # type: ignore[n
     assert not status.HasField("host")  # the host monitor is off in this service
 
 
-async def test_latency_target_learns_from_report_batch(stubs) -> None:  # type: ignore[no-untyped-def]
+async def test_latency_target_learns_from_report_batch(stubs) -> None:
     decision, _ = stubs
     assert (await decision.GetBatchSize(pb.GetBatchSizeRequest(operation="transcribe"))).batch_size == 10
     under = [pb.BatchReport(operation="transcribe", batch_size=10, duration_ms=150, success=True)] * 3
@@ -92,7 +92,7 @@ async def test_latency_target_learns_from_report_batch(stubs) -> None:  # type: 
     assert (await decision.GetBatchSize(pb.GetBatchSizeRequest(operation="transcribe"))).batch_size == 14
 
 
-async def test_operation_admin(stubs) -> None:  # type: ignore[no-untyped-def]
+async def test_operation_admin(stubs) -> None:
     decision, admin_stub = stubs
     config = common.OperationConfig(
         name="sync",
@@ -112,7 +112,7 @@ async def test_operation_admin(stubs) -> None:  # type: ignore[no-untyped-def]
     await admin_stub.DeleteOperation(admin.DeleteOperationRequest(operation="sync"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await decision.GetBatchSize(pb.GetBatchSizeRequest(operation="sync"))
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND and err.value.details().startswith("operation:")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and (err.value.details() or "").startswith("operation:")
 
 
 BAD = grpc.StatusCode.INVALID_ARGUMENT
@@ -225,12 +225,12 @@ CASES = [
     CASES,
     ids=[f"{m}-{f}-{i}" for i, (_, m, _, _, f) in enumerate(CASES)],
 )
-async def test_bad_batch_input_names_the_field(stubs, stub_name, method, request_, code, field) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_batch_input_names_the_field(stubs, stub_name, method, request_, code, field) -> None:
     decision, admin_stub = stubs
     stub = decision if stub_name == D else admin_stub
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await getattr(stub, method)(request_)
-    assert err.value.code() == code and err.value.details().startswith(f"{field}: "), err.value.details()
+    assert err.value.code() == code and (err.value.details() or "").startswith(f"{field}: "), err.value.details()
     assert (await decision.GetBatchSize(pb.GetBatchSizeRequest(operation="transcribe"))).batch_size >= 1
 
 
@@ -249,7 +249,7 @@ BURN = "import time; print('burning', flush=True); end = time.monotonic() + 60\n
 async def test_host_cpu_burner_shrinks_the_batch_and_it_grows_back_after_cooldown(
     start,
     channel_to,
-    cpu_burners,  # type: ignore[no-untyped-def]
+    cpu_burners,
 ) -> None:
     # High threshold 90: two burners on two cores read ~100 %, while the test need not own an idle machine.
     host_op = OperationSettings(
@@ -302,11 +302,11 @@ async def test_host_cpu_burner_shrinks_the_batch_and_it_grows_back_after_cooldow
     assert gap_ms >= 1_000  # the cooldown held the small size at least this long
 
 
-async def _true_if(fetch, predicate):  # type: ignore[no-untyped-def]
+async def _true_if(fetch, predicate):
     return predicate(await fetch())
 
 
-async def test_monitor_weights_score_pool_reports_with_the_host_sampler_off(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_monitor_weights_score_pool_reports_with_the_host_sampler_off(start, channel_to) -> None:
     workers = PoolSpec(PoolSettings(name="workers"), (ServerSpec("w1", "h:1"),))
     # CPU only: a report of 100 % CPU and 0 % memory scores 100, not the default weights' 75.
     monitor = MonitorSettings(enabled=False, cpu_weight=1.0, memory_weight=0.0, load_average_weight=0.0)

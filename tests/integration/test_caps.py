@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import grpc
 import pytest
@@ -29,7 +30,7 @@ from ..conftest import three_server_pool
 RETRY_AFTER = "loadwarden-retry-after-ms"
 
 
-def stubs(service: RunningService, channel_to) -> tuple[pb_grpc.DecisionServiceStub, admin_grpc.AdminServiceStub]:  # type: ignore[no-untyped-def]
+def stubs(service: RunningService, channel_to) -> tuple[pb_grpc.DecisionServiceStub, admin_grpc.AdminServiceStub]:
     channel = channel_to(service)
     return pb_grpc.DecisionServiceStub(channel), admin_grpc.AdminServiceStub(channel)
 
@@ -38,31 +39,31 @@ def trailer(err: grpc.aio.AioRpcError, key: str) -> str | None:
     return dict(err.trailing_metadata() or ()).get(key)
 
 
-async def exhausted(call, cap_text: str, *, retry: bool) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
+async def exhausted(call, cap_text: str, *, retry: bool) -> grpc.aio.AioRpcError:
     """Awaits ``call``; it must fail RESOURCE_EXHAUSTED naming ``cap_text``, with a retry hint iff ``retry``."""
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
-    assert cap_text in err.value.details(), err.value.details()
+    assert cap_text in (err.value.details() or ""), err.value.details()
     hint = trailer(err.value, RETRY_AFTER)
     assert (hint is not None and int(hint) >= 1) is retry, err.value.trailing_metadata()
     return err.value
 
 
-async def invalid(call, *texts: str) -> None:  # type: ignore[no-untyped-def]
+async def invalid(call, *texts: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
     for text in texts:
-        assert text in err.value.details(), err.value.details()
+        assert text in (err.value.details() or ""), err.value.details()
 
 
-def pool_config(name: str, *server_ids: str, **fields: object) -> admin.ConfigurePoolRequest:
+def pool_config(name: str, *server_ids: str, **fields: Any) -> admin.ConfigurePoolRequest:
     servers = [common.ServerSpec(id=s, address=f"127.0.0.1:{9000 + i}") for i, s in enumerate(server_ids)]
-    return admin.ConfigurePoolRequest(pool=common.PoolConfig(name=name, servers=servers, **fields))  # type: ignore[arg-type]
+    return admin.ConfigurePoolRequest(pool=common.PoolConfig(name=name, servers=servers, **fields))
 
 
-async def test_pools_cap(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_pools_cap(start, channel_to) -> None:
     service = await start(three_server_pool("api"), limits=CoreLimits(max_pools=2))
     decision, adm = stubs(service, channel_to)
     assert (await adm.ConfigurePool(pool_config("b", "b1"))).created
@@ -75,7 +76,7 @@ async def test_pools_cap(start, channel_to) -> None:  # type: ignore[no-untyped-
     assert [p.name for p in (await decision.GetLoadStatus(pb.GetLoadStatusRequest())).status.pools] == ["api", "c"]
 
 
-async def test_servers_per_pool_cap(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_servers_per_pool_cap(start, channel_to) -> None:
     service = await start(three_server_pool("api"), limits=CoreLimits(max_servers_per_pool=3))
     decision, adm = stubs(service, channel_to)
     new = admin.RegisterServerRequest(pool="api", server=common.ServerSpec(id="s4", address="127.0.0.1:9004"))
@@ -96,7 +97,7 @@ async def test_servers_per_pool_cap(start, channel_to) -> None:  # type: ignore[
     assert chosen == {"s1", "s2", "s3"}
 
 
-async def test_operations_cap_with_auto_registration(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_operations_cap_with_auto_registration(start, channel_to) -> None:
     service = await start(
         operations=(OperationSettings(name="import"),),
         limits=CoreLimits(max_operations=2, auto_register_operations=True),
@@ -119,7 +120,7 @@ async def test_operations_cap_with_auto_registration(start, channel_to) -> None:
     assert len(service.core.operations) == 2
 
 
-async def test_leases_cap(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_leases_cap(start, channel_to) -> None:
     service = await start(three_server_pool("api"), limits=CoreLimits(max_leases=3))
     decision, _ = stubs(service, channel_to)
     leases = [
@@ -140,7 +141,7 @@ async def test_leases_cap(start, channel_to) -> None:  # type: ignore[no-untyped
     assert len(service.core.admission.leases) == 3
 
 
-async def test_lease_cap_never_breaks_a_dispatch(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_lease_cap_never_breaks_a_dispatch(start, channel_to) -> None:
     """Raising a pool's limit while the service holds max_leases leaves its waiters waiting
     (the admin call succeeds); a release then grants one of them."""
     service = await start(
@@ -172,7 +173,7 @@ async def test_lease_cap_never_breaks_a_dispatch(start, channel_to) -> None:  # 
         waiter.cancel()
 
 
-async def test_wait_queue_cap(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_wait_queue_cap(start, channel_to) -> None:
     service = await start(three_server_pool("q", max_concurrency=1, max_queue_length=2, max_wait_ms=10_000))
     decision, _ = stubs(service, channel_to)
     held = (await decision.AcquireSlot(pb.AcquireSlotRequest(pool="q"))).lease
@@ -199,7 +200,7 @@ async def test_wait_queue_cap(start, channel_to) -> None:  # type: ignore[no-unt
     waiters[0].cancel()
 
 
-async def test_watch_streams_cap_names_its_key(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_watch_streams_cap_names_its_key(start, channel_to) -> None:
     service = await start(three_server_pool("api"), limits=CoreLimits(max_watch_streams=1))
     decision, _ = stubs(service, channel_to)
     first = decision.WatchLoadStatus(pb.WatchLoadStatusRequest(interval_ms=100))
@@ -215,7 +216,7 @@ async def test_watch_streams_cap_names_its_key(start, channel_to) -> None:  # ty
     first.cancel()
 
 
-async def test_pending_decisions_evict_oldest(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_pending_decisions_evict_oldest(start, channel_to) -> None:
     """At max_pending_decisions the oldest decision expires early: selection never fails."""
     service = await start(three_server_pool("api"), limits=CoreLimits(max_pending_decisions=3))
     decision, _ = stubs(service, channel_to)
@@ -228,7 +229,7 @@ async def test_pending_decisions_evict_oldest(start, channel_to) -> None:  # typ
     assert sum(s.in_flight for s in service.core.pool("api").servers.values()) == 0
 
 
-async def test_request_ids_are_least_recently_used(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_request_ids_are_least_recently_used(start, channel_to) -> None:
     """Past max_request_ids the least recently used id is forgotten: its retry gets a new lease."""
     service = await start(three_server_pool("api"), limits=CoreLimits(max_request_ids=3))
     decision, _ = stubs(service, channel_to)
@@ -242,7 +243,7 @@ async def test_request_ids_are_least_recently_used(start, channel_to) -> None:  
     assert len(service.core.admission.leases) == 5  # nothing granted was lost
 
 
-async def test_rate_limit_keys_are_least_recently_used(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_rate_limit_keys_are_least_recently_used(start, channel_to) -> None:
     """Past rate_limit_keys the least recently used client key is forgotten (and comes back full)."""
     rated = three_server_pool("rated", rate_limit=RateLimit(count=1, per_s=3600.0, burst=1), rate_limit_keys=2)
     service = await start(rated)
@@ -259,7 +260,7 @@ async def test_rate_limit_keys_are_least_recently_used(start, channel_to) -> Non
     assert (await acquire("a")).granted
 
 
-async def test_request_size_cap(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_request_size_cap(start, channel_to) -> None:
     service = await start(three_server_pool("api"), limits=CoreLimits(max_message_bytes=65_536))
     decision, _ = stubs(service, channel_to)
     big = pb.SelectServerRequest(pool="api", exclude_server_ids=["x" * 100] * 700)  # ~72 KB
@@ -268,7 +269,7 @@ async def test_request_size_cap(start, channel_to) -> None:  # type: ignore[no-u
     assert (await decision.SelectServer(pb.SelectServerRequest(pool="api"))).server_id
 
 
-async def test_concurrent_rpcs_cap(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_rpcs_cap(start, channel_to) -> None:
     """max_concurrent_rpcs counts every call in progress (here, queued AcquireSlot calls);
     past it gRPC answers RESOURCE_EXHAUSTED, and the calls in progress are unharmed."""
     service = await start(
@@ -332,14 +333,14 @@ async def test_concurrent_rpcs_cap(start, channel_to) -> None:  # type: ignore[n
         ),
     ],
 )
-async def test_oversize_fields_name_the_field_and_maximum(start, channel_to, method, request_, texts) -> None:  # type: ignore[no-untyped-def]
+async def test_oversize_fields_name_the_field_and_maximum(start, channel_to, method, request_, texts) -> None:
     service = await start(three_server_pool("api"))
     decision, _ = stubs(service, channel_to)
     await invalid(getattr(decision, method)(request_), *texts)
     assert (await decision.SelectServer(pb.SelectServerRequest(pool="api"))).server_id
 
 
-async def test_echoed_values_are_clipped(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_echoed_values_are_clipped(start, channel_to) -> None:
     """A 900,000-character address is INVALID_ARGUMENT with a short message (gRPC clients refuse
     trailers over 8 KiB: an echo of the value would have turned into a client-side error)."""
     service = await start(three_server_pool("api"))
@@ -348,16 +349,16 @@ async def test_echoed_values_are_clipped(start, channel_to) -> None:  # type: ig
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await adm.RegisterServer(huge)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details().startswith("server.address: is 900000 characters long; at most 255")
+    assert (err.value.details() or "").startswith("server.address: is 900000 characters long; at most 255")
     bad_rate = pool_config("api", "s1", rate_limit="1/" + "é" * 200_000)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await adm.ConfigurePool(bad_rate)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and len(err.value.details()) < 300
-    assert err.value.details().startswith("pool.rate_limit: must look like '30/minute'")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and len(err.value.details() or "") < 300
+    assert (err.value.details() or "").startswith("pool.rate_limit: must look like '30/minute'")
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
-async def test_non_finite_parameters_are_invalid(start, channel_to, value: float) -> None:  # type: ignore[no-untyped-def]
+async def test_non_finite_parameters_are_invalid(start, channel_to, value: float) -> None:
     """NaN or infinity in strategy_params cannot become JSON: INVALID_ARGUMENT naming the field
     (it used to escape as INTERNAL)."""
     service = await start(three_server_pool("api"))
@@ -389,7 +390,7 @@ async def test_non_finite_parameters_are_invalid(start, channel_to, value: float
         "/loadwarden.v1.AdminService/DeleteOperation",
     ],
 )
-async def test_undecodable_request_is_invalid_argument(start, channel_to, path: str) -> None:  # type: ignore[no-untyped-def]
+async def test_undecodable_request_is_invalid_argument(start, channel_to, path: str) -> None:
     """Bytes that are not the request message: INVALID_ARGUMENT naming its type (gRPC's own answer is UNKNOWN)."""
     service = await start(three_server_pool("api"))
     channel = channel_to(service)
@@ -397,7 +398,7 @@ async def test_undecodable_request_is_invalid_argument(start, channel_to, path: 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call(b"\x0a\xff\xff\xff\xff\x0f")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details().startswith("request: is not a valid loadwarden.v1.")
+    assert (err.value.details() or "").startswith("request: is not a valid loadwarden.v1.")
     stream = channel.unary_stream("/loadwarden.v1.DecisionService/WatchLoadStatus")(b"\xff")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stream.read()

@@ -13,19 +13,19 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import django
+import django  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
 import pytest
-from django.conf import settings
+from django.conf import settings  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
 
 if not settings.configured:  # once per process; tests set the rest with override_settings
     settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, DATABASES={}, MIDDLEWARE=[])
     django.setup()
 
-from django.core.exceptions import ImproperlyConfigured
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.test import Client as DjangoClient
+from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
+from django.test import Client as DjangoClient  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
 from django.test import override_settings
-from django.urls import path
+from django.urls import path  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
 
 from loadwarden.sdk import AsyncClient
 from loadwarden.sdk.integrations.django import AdmissionMiddleware

@@ -110,16 +110,16 @@ def async_handlers(work: Work, gate: asyncio.Event) -> grpc.GenericRpcHandler:
 
 
 class Backend:
-    def __init__(self, target: str, work: Work) -> None:
+    def __init__(self, target: str, work: Work, reporter: BackendReporter | None = None) -> None:
         self.channel = grpc.aio.insecure_channel(target)
         self.work = work
+        self.reporter = reporter
 
     async def call(self, method: str, request: bytes = b"0", **kw: Any) -> tuple[grpc.StatusCode, Any]:
         """(status code, response or trailing metadata dict)."""
+        rpc: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(f"/{SERVICE}/{method}")
         try:
-            return grpc.StatusCode.OK, await self.channel.unary_unary(f"/{SERVICE}/{method}")(
-                request, timeout=WAIT_S, **kw
-            )
+            return grpc.StatusCode.OK, await rpc(request, timeout=WAIT_S, **kw)
         except grpc.aio.AioRpcError as err:
             return err.code(), dict(err.trailing_metadata() or ())
 
@@ -159,8 +159,7 @@ async def backend() -> AsyncIterator[BuildBackend]:
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         servers.append(server)
-        made = Backend(f"127.0.0.1:{port}", work)
-        made.reporter = reporter  # type: ignore[attr-defined]
+        made = Backend(f"127.0.0.1:{port}", work, reporter)
         closers.append(made.channel.close)
         return made
 
@@ -223,7 +222,8 @@ async def test_a_stream_holds_its_slot_until_it_ends(start: StartService, backen
     gate = asyncio.Event()
     b = await backend(service.target, gate=gate)
 
-    stream = b.channel.unary_stream(f"/{SERVICE}/Stream")(b"s", timeout=WAIT_S)
+    rpc: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = b.channel.unary_stream(f"/{SERVICE}/Stream")
+    stream = rpc(b"s", timeout=WAIT_S)
     assert await stream.read() == b"0"
     assert (await b.call("Unary"))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert await leases_in_use(service) == 1
@@ -271,7 +271,8 @@ async def test_reporter_feeds_the_services_load_status(start: StartService, back
     hold = asyncio.create_task(b.call("Hold"))
     await poll(lambda: asyncio.sleep(0, b.work.running), lambda n: n == 1, "handler running")
 
-    reporter: BackendReporter = b.reporter  # type: ignore[attr-defined]
+    reporter = b.reporter
+    assert reporter is not None
     assert await reporter.report_now_async()
     async with AsyncClient(service.target) as checker:
         status = await checker.load_status("ml")
@@ -287,7 +288,8 @@ async def test_reporter_feeds_the_services_load_status(start: StartService, back
 async def test_success_counts_server_faults_only(start: StartService, backend: BuildBackend) -> None:
     service = await start(ml_pool(2))
     b = await backend(service.target, reporter_server="b1")
-    reporter: BackendReporter = b.reporter  # type: ignore[attr-defined]
+    reporter = b.reporter
+    assert reporter is not None
 
     # grpc.aio sends an abort's status before the handler's exception unwinds: poll.
     code, _ = await b.call("Bad")
@@ -303,7 +305,7 @@ async def test_success_counts_server_faults_only(start: StartService, backend: B
     await assert_all_released(service)
 
 
-DOWN_CLIENT = {"timeout_s": 0.3, "retry": None, "breaker": None, "server_refresh_s": 0}
+DOWN_CLIENT: dict[str, Any] = {"timeout_s": 0.3, "retry": None, "breaker": None, "server_refresh_s": 0}
 
 
 @pytest.mark.parametrize(("fallback", "served"), [("local_limit", True), ("fail_open", True), ("fail_closed", False)])
@@ -347,7 +349,7 @@ async def test_bad_configuration_names_the_parameter(kwargs: dict[str, Any], nam
         with pytest.raises(ValueError, match=named):
             AdmissionInterceptor(sync_client, **args)
         with pytest.raises(ValueError, match="client"):
-            AsyncAdmissionInterceptor(sync_client, ml_methods)  # type: ignore[arg-type]
+            AsyncAdmissionInterceptor(sync_client, ml_methods)  # type: ignore[arg-type]  # a sync Client on purpose: the check under test
 
 
 # -------------------------------------------------------------------- grpc.server
@@ -423,7 +425,8 @@ async def test_sync_server_denies_beyond_the_limit(sync_backend: Any) -> None:
 async def test_sync_server_stream_holds_its_slot_and_faults_count(sync_backend: Any) -> None:
     service, b, gate, reporter = sync_backend
 
-    stream = b.channel.unary_stream(f"/{SERVICE}/Stream")(b"s", timeout=WAIT_S)
+    rpc: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = b.channel.unary_stream(f"/{SERVICE}/Stream")
+    stream = rpc(b"s", timeout=WAIT_S)
     assert await stream.read() == b"0"
     assert await leases_in_use(service) == 1
     gate.set()

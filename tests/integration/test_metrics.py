@@ -54,7 +54,7 @@ def series(samples: Samples, name: str) -> Mapping[frozenset[tuple[str, str]], f
     return {labels: v for (n, labels), v in samples.items() if n == name}
 
 
-async def wait_for(condition, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(condition, timeout_s: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while not condition():
@@ -63,7 +63,7 @@ async def wait_for(condition, timeout_s: float = 10.0) -> None:  # type: ignore[
 
 
 @pytest.fixture
-async def service(start, clock: ManualClock) -> RunningService:  # type: ignore[no-untyped-def]
+async def service(start, clock: ManualClock) -> RunningService:
     return await start(
         PoolSpec(PoolSettings(name="api", outlier=OutlierSettings(consecutive_failures=2)), servers("s1", "s2", "s3")),
         PoolSpec(PoolSettings(name="solo", strategy="least_connections"), servers("only")),
@@ -88,7 +88,7 @@ async def service(start, clock: ManualClock) -> RunningService:  # type: ignore[
 async def test_a_scripted_workload_shows_up_exactly_in_metrics(
     service: RunningService,
     channel_to,
-    clock: ManualClock,  # type: ignore[no-untyped-def]
+    clock: ManualClock,
 ) -> None:
     stub = pb_grpc.DecisionServiceStub(channel_to(service))
 
@@ -199,7 +199,7 @@ async def test_a_scripted_workload_shows_up_exactly_in_metrics(
     assert value(later, "loadwarden_decisions_total", pool="api", strategy="round_robin", result="selected") == 6
 
 
-async def test_two_services_in_one_process_keep_their_own_numbers(start, channel_to) -> None:  # type: ignore[no-untyped-def]
+async def test_two_services_in_one_process_keep_their_own_numbers(start, channel_to) -> None:
     admin = AdminSettings(listen="127.0.0.1:0", token=TOKEN)
     one = await start(
         PoolSpec(PoolSettings(name="api"), servers("a")), admin=admin, monitor=MonitorSettings(enabled=False)

@@ -118,11 +118,11 @@ async def connect(request: pytest.FixtureRequest) -> AsyncIterator[Callable[...,
 
 
 @pytest.fixture
-async def service(start) -> RunningService:  # type: ignore[no-untyped-def]
+async def service(start) -> RunningService:
     return await start(three_server_pool("api"))
 
 
-async def test_select_round_robins(service: RunningService, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_select_round_robins(service: RunningService, connect) -> None:
     client = connect(service.target)
     picks = [await client.select("api") for _ in range(30)]
     assert Counter(p.server_id for p in picks) == {"s1": 10, "s2": 10, "s3": 10}
@@ -130,7 +130,7 @@ async def test_select_round_robins(service: RunningService, connect) -> None:  #
     assert (await client.select("api", exclude=["s1", "s2"])).server_id == "s3"
 
 
-async def test_route_reports_success_failure_and_exceptions(service: RunningService, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_route_reports_success_failure_and_exceptions(service: RunningService, connect) -> None:
     client = connect(service.target)
     ok = await client.route("api")
     failed = await client.route("api", "fail")
@@ -147,7 +147,7 @@ async def test_route_reports_success_failure_and_exceptions(service: RunningServ
     assert client.client.outcome_stats().sent == 3
 
 
-async def test_typed_errors(service: RunningService, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_typed_errors(service: RunningService, connect) -> None:
     client = connect(service.target)
     with pytest.raises(NotFoundError, match="pool"):
         await client.select("nope")
@@ -160,7 +160,7 @@ async def test_typed_errors(service: RunningService, connect) -> None:  # type: 
         await client.report_load("api", "s9", cpu_percent=1, memory_percent=1)
 
 
-async def test_no_eligible_server_is_unavailable_with_reason(start, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_no_eligible_server_is_unavailable_with_reason(start, connect) -> None:
     from loadwarden.server import PoolSettings, PoolSpec
 
     running = await start(PoolSpec(PoolSettings(name="empty")))
@@ -171,7 +171,7 @@ async def test_no_eligible_server_is_unavailable_with_reason(start, connect) -> 
     assert not is_transport_failure(err.value)  # the service answered: must not trip a breaker
 
 
-async def test_report_load_then_status(service: RunningService, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_report_load_then_status(service: RunningService, connect) -> None:
     client = connect(service.target)
     applied = await client.report_load(
         "api", "s2", cpu_percent=42.0, memory_percent=30.0, active_requests=3, mean_latency_ms=8.5
@@ -186,7 +186,7 @@ async def test_report_load_then_status(service: RunningService, connect) -> None
     assert s1.load is None and s1.load_reported_at is None
 
 
-async def test_unreachable_service_fails_within_deadline(connect) -> None:  # type: ignore[no-untyped-def]
+async def test_unreachable_service_fails_within_deadline(connect) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -199,7 +199,7 @@ async def test_unreachable_service_fails_within_deadline(connect) -> None:  # ty
     assert loop.time() - began < 5.0  # bounded by the deadline, not hanging
 
 
-async def test_silent_service_hits_the_deadline(connect) -> None:  # type: ignore[no-untyped-def]
+async def test_silent_service_hits_the_deadline(connect) -> None:
     release = asyncio.Event()
 
     async def never(request: bytes, context: grpc.aio.ServicerContext) -> bytes:

@@ -14,7 +14,9 @@ import time
 import pytest
 
 from loadwarden.sdk import AsyncClient, Client, SlotDenied
+from loadwarden.sdk._leases import AsyncReleaseRetries, ReleaseRetries
 from loadwarden.server import RunningService, _servicer
+from loadwarden.v1 import decision_pb2 as pb
 
 from ..conftest import three_server_pool
 
@@ -23,12 +25,12 @@ BACK_WITHIN_S = 5.0
 
 
 @pytest.fixture
-async def service(start, monkeypatch) -> RunningService:  # type: ignore[no-untyped-def]
+async def service(start, monkeypatch) -> RunningService:
     running = await start(three_server_pool("jobs", max_concurrency=1, lease_ttl_ms=LEASE_TTL_MS))
     record_slot = _servicer.telemetry.record_slot
 
-    def slow_after_the_grant(pool: str, response: object) -> None:
-        if getattr(response, "granted", False):
+    def slow_after_the_grant(pool: str, response: pb.AcquireSlotResponse) -> None:
+        if response.granted:
             time.sleep(0.3)  # the answer is late: the client's 100 ms deadline passes meanwhile
         record_slot(pool, response)
 
@@ -51,6 +53,7 @@ async def test_the_async_sdk_ends_a_grant_it_never_saw(service: RunningService) 
             await client.acquire_slot("jobs", request_id="late-1")
         assert service.core.pool("jobs").slots.in_use == 1  # granted, and the answer lost
         await wait_until_free(service)
+        assert isinstance(client._releases, AsyncReleaseRetries)
         assert client._releases.abandoned == 1 and client._releases.given_up == 0
         lease = await client.acquire_slot("jobs", timeout_s=5.0)  # the slot is free for the next caller
         assert not lease.fallback
@@ -64,6 +67,7 @@ async def test_the_sync_sdk_ends_a_grant_it_never_saw(service: RunningService) -
         with pytest.raises(SlotDenied, match="DEADLINE_EXCEEDED"):
             await asyncio.to_thread(client.acquire_slot, "jobs", request_id="late-1")
         await wait_until_free(service)
+        assert isinstance(client._releases, ReleaseRetries)
         assert client._releases.abandoned == 1
     finally:
         await asyncio.to_thread(client.close)

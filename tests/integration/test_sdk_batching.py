@@ -109,11 +109,11 @@ async def connect(request: pytest.FixtureRequest) -> AsyncIterator[Callable[...,
 
 
 @pytest.fixture
-async def service(start) -> RunningService:  # type: ignore[no-untyped-def]
+async def service(start) -> RunningService:
     return await start(operations=(INGEST, EXPORT), monitor=MonitorSettings(enabled=False))
 
 
-async def test_the_first_answer_is_the_configured_default(service: RunningService, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_the_first_answer_is_the_configured_default(service: RunningService, connect) -> None:
     client = connect(service.target)
 
     ingest = await client.batch_size("ingest")
@@ -130,7 +130,7 @@ async def test_the_first_answer_is_the_configured_default(service: RunningServic
 
 async def test_latency_target_grows_under_target_and_backs_off_on_a_breach(
     service: RunningService,
-    connect,  # type: ignore[no-untyped-def]
+    connect,
 ) -> None:
     client = connect(service.target)
     first = await client.batch_size("ingest")
@@ -150,7 +150,7 @@ async def test_latency_target_grows_under_target_and_backs_off_on_a_breach(
     assert (await client.batch_size("ingest")).size == math.floor(shrunk.size * 0.9)  # a failure is a breach too
 
 
-async def test_load_status_shows_the_operation_and_its_adjustments(service: RunningService, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_load_status_shows_the_operation_and_its_adjustments(service: RunningService, connect) -> None:
     client = connect(service.target)
     await client.batch_size("ingest")
     await client.report_batch("ingest", batch_size=20, duration_ms=40.0)
@@ -173,18 +173,18 @@ async def test_load_status_shows_the_operation_and_its_adjustments(service: Runn
     assert (export.mode, export.batch_size, export.decisions_total) == (BatchMode.THRESHOLD, 50, 0)
 
 
-async def test_load_status_shows_the_host_when_the_monitor_is_on(start, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_load_status_shows_the_host_when_the_monitor_is_on(start, connect) -> None:
     running = await start(operations=(EXPORT,))
     client = connect(running.target)
 
     status = await client.load_status()
 
     assert status.host is not None
-    assert status.host.stale or 0.0 <= status.host.load_score <= 100.0  # type: ignore[operator]
+    assert status.host.stale or 0.0 <= status.host.load_score <= 100.0
     assert status.operations[0].load_source is LoadSource.HOST
 
 
-async def test_an_unknown_operation_is_not_found_even_with_a_default(service: RunningService, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_an_unknown_operation_is_not_found_even_with_a_default(service: RunningService, connect) -> None:
     client = connect(service.target)
 
     with pytest.raises(NotFoundError, match="nope"):
@@ -193,7 +193,7 @@ async def test_an_unknown_operation_is_not_found_even_with_a_default(service: Ru
         await client.batch_size("bad name!", default=10)
 
 
-async def test_bad_reports_are_refused_naming_the_field(service: RunningService, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_reports_are_refused_naming_the_field(service: RunningService, connect) -> None:
     client = connect(service.target)
     crafted = BatchReport("ingest", batch_size=5, duration_ms=1.0)
     # Past the SDK's own check, to see the service's answer to what that check prevents.
@@ -212,7 +212,7 @@ async def test_bad_reports_are_refused_naming_the_field(service: RunningService,
     assert (await client.batch_size("ingest")).size == 20
 
 
-async def test_a_stopped_service_answers_the_last_known_size_locally(start, connect) -> None:  # type: ignore[no-untyped-def]
+async def test_a_stopped_service_answers_the_last_known_size_locally(start, connect) -> None:
     running = await start(operations=(INGEST, EXPORT), monitor=MonitorSettings(enabled=False))
     client = connect(running.target)
     await client.report_batch("ingest", batch_size=20, duration_ms=1.0)

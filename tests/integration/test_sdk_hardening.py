@@ -12,10 +12,12 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from loadwarden.sdk import AsyncClient, BreakerConfig, BreakerState, LeaseLostError, RetryConfig
+from loadwarden.sdk._leases import AsyncReleaseRetries
 from loadwarden.server import PoolSettings, PoolSpec, ServiceConfig, start_service
 
 from ..conftest import StartService, wait_for
@@ -91,9 +93,9 @@ async def proxy_to() -> AsyncIterator:
         await proxy.close()
 
 
-def ml_pool(**settings: object) -> PoolSpec:
+def ml_pool(**settings: Any) -> PoolSpec:
     settings.setdefault("max_concurrency", 2)
-    return PoolSpec(PoolSettings(name="ml", **settings), ())  # type: ignore[arg-type]
+    return PoolSpec(PoolSettings(name="ml", **settings), ())
 
 
 async def active_leases(client: AsyncClient) -> int:
@@ -139,15 +141,17 @@ async def test_a_release_that_got_no_answer_lands_in_the_background(start: Start
     proxy = await proxy_to(running.port)
     client = AsyncClient(f"127.0.0.1:{proxy.port}", timeout_s=0.2, retry=RetryConfig(max_attempts=1), breaker=None)
     observer = AsyncClient(running.target)
+    releases = client._releases
+    assert isinstance(releases, AsyncReleaseRetries)
     try:
         async with client.slot("ml", lease_ttl_s=30.0):
             proxy.stall()  # the release below gets no answer in its 0.2 s
-        assert client._releases.pending() == 1
+        assert releases.pending() == 1
         assert await active_leases(observer) == 1
 
         proxy.flow()
         await wait_for(lambda: active_leases(observer), lambda n: n == 0, "the retried release lands", timeout_s=5.0)
-        await wait_for(lambda: asyncio.sleep(0, client._releases.pending()), lambda n: n == 0, "retries settle")
+        await wait_for(lambda: asyncio.sleep(0, releases.pending()), lambda n: n == 0, "retries settle")
     finally:
         await client.close()
         await observer.close()

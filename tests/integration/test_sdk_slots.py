@@ -116,7 +116,7 @@ async def connect(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[str
 
 
 @pytest.fixture
-async def service(start, clock: ManualClock) -> RunningService:  # type: ignore[no-untyped-def]
+async def service(start, clock: ManualClock) -> RunningService:
     return await start(
         three_server_pool("api"),  # unlimited slots, servers s1..s3 round robin
         PoolSpec(PoolSettings(name="cap", max_concurrency=2)),
@@ -277,7 +277,11 @@ async def test_renewal_keeps_a_short_ttl_lease_while_the_block_outlives_it(
     for _ in range(4):
         expires_at = leases[lease_id].expires_at
         clock.advance(0.4)
-        await wait_until(lambda: leases[lease_id].expires_at > expires_at, "the client renews the lease")
+
+        def renewed(before: float = expires_at) -> bool:
+            return leases[lease_id].expires_at > before
+
+        await wait_until(renewed, "the client renews the lease")
     gate.set()
     await block
 

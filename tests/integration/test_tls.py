@@ -228,15 +228,20 @@ def plaintext_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 async def test_plaintext_off_loopback_logs_one_warning_per_port(caplog: pytest.LogCaptureFixture, certs: Certs) -> None:
     caplog.set_level(logging.INFO)
-    base = {"monitor": MonitorSettings(enabled=False)}
+    monitor = MonitorSettings(enabled=False)
     admin = AdminSettings(listen="0.0.0.0:0", token=ADMIN_TOKEN)
     for config, expected in (
         (
-            ServiceConfig(listen="0.0.0.0:0", admin=admin, **base),
+            ServiceConfig(listen="0.0.0.0:0", admin=admin, monitor=monitor),
             ["gRPC listens on 0.0.0.0:0", "admin HTTP listens on 0.0.0.0:0"],
         ),
-        (ServiceConfig(listen="0.0.0.0:0", admin=admin, tls=tls_settings(certs), **base), []),
-        (ServiceConfig(listen="127.0.0.1:0", admin=AdminSettings(listen="127.0.0.1:0", token=ADMIN_TOKEN), **base), []),
+        (ServiceConfig(listen="0.0.0.0:0", admin=admin, tls=tls_settings(certs), monitor=monitor), []),
+        (
+            ServiceConfig(
+                listen="127.0.0.1:0", admin=AdminSettings(listen="127.0.0.1:0", token=ADMIN_TOKEN), monitor=monitor
+            ),
+            [],
+        ),
     ):
         caplog.clear()
         running = await start_service(config)
@@ -247,7 +252,8 @@ async def test_plaintext_off_loopback_logs_one_warning_per_port(caplog: pytest.L
         finally:
             await running.stop(0)
         warnings = plaintext_warnings(caplog)
-        assert len(warnings) == len(expected) and all(w.startswith(e) for w, e in zip(warnings, expected)), warnings
+        assert len(warnings) == len(expected), warnings
+        assert all(w.startswith(e) for w, e in zip(warnings, expected, strict=True)), warnings
         assert all("set tls.cert_file and tls.key_file" in w for w in warnings)
 
 

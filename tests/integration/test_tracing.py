@@ -31,7 +31,9 @@ async def in_trace(
     A handler that aborts sends its status before its span ends, so the caller
     can see the answer a moment before the service's span is finished.
     """
-    trace_id = app.get_span_context().trace_id
+    context = app.get_span_context()
+    assert context is not None
+    trace_id = context.trace_id
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
@@ -39,6 +41,12 @@ async def in_trace(
         if sum(s.kind is SpanKind.SERVER for s in found) >= server_spans or loop.time() > deadline:
             return found
         await asyncio.sleep(0.01)
+
+
+def started_ns(span: ReadableSpan) -> int:
+    """A finished span's start time, ns."""
+    assert span.start_time is not None
+    return span.start_time
 
 
 def chain(found: list[ReadableSpan], app_span_id: int, name: str) -> tuple[ReadableSpan, ReadableSpan]:
@@ -67,7 +75,7 @@ async def test_app_span_sdk_span_and_service_span_form_one_trace(
         await client.flush_outcomes(5.0)
 
     client_span, server_span = chain(await in_trace(spans, app, 1), app.get_span_context().span_id, SELECT)
-    assert client_span.attributes["rpc.grpc.status_code"] == 0
+    assert (client_span.attributes or {})["rpc.grpc.status_code"] == 0
     attributes = dict(server_span.attributes or {})
     assert attributes["rpc.system"] == "grpc"
     assert attributes["rpc.service"] == "loadwarden.v1.DecisionService"
@@ -95,13 +103,14 @@ async def test_sync_client_joins_the_callers_trace_and_errors_are_recorded(
 
     app = await asyncio.to_thread(work)
     found = await in_trace(spans, app, 2)
-    selects = sorted((s for s in found if s.kind is SpanKind.SERVER), key=lambda s: s.start_time)
-    assert [s.attributes["rpc.grpc.status_code"] for s in selects] == [0, 5]
+    selects = sorted((s for s in found if s.kind is SpanKind.SERVER), key=started_ns)
+    assert [(s.attributes or {})["rpc.grpc.status_code"] for s in selects] == [0, 5]
     ok, missing = selects
-    assert ok.attributes["loadwarden.strategy"] == "q_learning"
-    assert ok.attributes["loadwarden.epsilon"] == pytest.approx(0.1)
+    ok_attributes = ok.attributes or {}
+    assert ok_attributes["loadwarden.strategy"] == "q_learning"
+    assert ok_attributes["loadwarden.epsilon"] == pytest.approx(0.1)
     assert missing.status.status_code is StatusCode.UNSET  # a client's mistake is not the service's error
-    clients = sorted((s for s in found if s.kind is SpanKind.CLIENT), key=lambda s: s.start_time)
+    clients = sorted((s for s in found if s.kind is SpanKind.CLIENT), key=started_ns)
     assert [s.status.status_code for s in clients] == [StatusCode.UNSET, StatusCode.ERROR]
     assert all(s.parent is not None and s.parent.span_id == app.get_span_context().span_id for s in clients)
 

@@ -8,10 +8,11 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import httpx
 import pytest
-import waitress
+import waitress  # type: ignore[import-untyped]  # waitress ships no type hints; types-waitress is not installed
 from flask import Flask, Response, request
 
 from loadwarden.sdk import AsyncClient
@@ -44,7 +45,7 @@ class Meter:
                 self.now -= 1
 
 
-def make_app(meter: Meter, release: threading.Event | None = None, **middleware: object) -> Flask:
+def make_app(meter: Meter, release: threading.Event | None = None, **middleware: Any) -> Flask:
     app = Flask(__name__)
 
     @app.get("/slow")
@@ -54,7 +55,7 @@ def make_app(meter: Meter, release: threading.Event | None = None, **middleware:
         return {"ok": True}
 
     @app.get("/boom")
-    def boom() -> None:
+    def boom() -> NoReturn:
         raise RuntimeError("boom")
 
     @app.get("/stream")
@@ -66,7 +67,7 @@ def make_app(meter: Meter, release: threading.Event | None = None, **middleware:
 
         return Response(chunks())
 
-    app.wsgi_app = AdmissionMiddleware(app.wsgi_app, **middleware)  # type: ignore[method-assign]
+    app.wsgi_app = AdmissionMiddleware(app.wsgi_app, **middleware)  # type: ignore[method-assign]  # Flask's documented way to add WSGI middleware
     return app
 
 
@@ -80,7 +81,9 @@ def serving(app: Flask) -> Iterator[str]:
     finally:
         server.close()
         thread.join(WAIT_S)
-        app.wsgi_app.close()  # type: ignore[attr-defined]
+        middleware = app.wsgi_app
+        assert isinstance(middleware, AdmissionMiddleware)
+        middleware.close()
 
 
 async def active_leases(target: str, pool: str = "web") -> int:
@@ -184,7 +187,7 @@ async def test_a_dead_control_plane_answers_by_the_fallback(start, fallback: str
         ("lease_ttl_s", -1),
     ],
 )
-def test_bad_settings_name_the_setting(field: str, value: object) -> None:
+def test_bad_settings_name_the_setting(field: str, value: Any) -> None:
     with pytest.raises(ValueError, match=field):
         AdmissionMiddleware(Flask(__name__).wsgi_app, **{field: value})
 

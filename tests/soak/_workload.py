@@ -13,8 +13,9 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
@@ -137,7 +138,7 @@ async def drive(
     op: str,
     rate_per_s: float,
     until: Callable[[], bool],
-    make_call: Callable[[], Awaitable[object]],
+    make_call: Callable[[], Coroutine[Any, Any, object]],
     tally: Tally,
     *,
     max_in_flight: int = 50,
@@ -169,7 +170,7 @@ async def drive(
         if len(running) >= max_in_flight:
             tally.skipped[op] += 1
             continue
-        task = loop.create_task(make_call())  # type: ignore[arg-type]
+        task = loop.create_task(make_call())
         running.add(task)
         task.add_done_callback(running.discard)
         started += 1

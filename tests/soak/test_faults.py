@@ -21,8 +21,9 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -132,7 +133,7 @@ async def test_sdk_fallbacks_absorb_a_sigkilled_service_and_recover_after_restar
     report_errors: list[float] = []  # when report_batch calls that failed had started
     stop = False
 
-    def recorded(op: str, fn: Callable[[], Awaitable[bool]]) -> Callable[[], Awaitable[None]]:
+    def recorded(op: str, fn: Callable[[], Awaitable[bool]]) -> Callable[[], Coroutine[Any, Any, None]]:
         async def call() -> None:
             began = time.monotonic()
             local = await tally.call(op, fn)
@@ -193,9 +194,13 @@ async def test_sdk_fallbacks_absorb_a_sigkilled_service_and_recover_after_restar
         await asyncio.to_thread(processes.serve, SERVICE_CONFIG, listen=target)  # the loop keeps driving meanwhile
         restarted_at = time.monotonic()
 
+        def closed(method: str) -> bool:
+            breaker = client.breaker(method)
+            assert breaker is not None, f"{method} has no breaker"
+            return breaker.state is BreakerState.CLOSED
+
         def recovered() -> bool:
-            closed = all(client.breaker(m).state is BreakerState.CLOSED for m in BREAKERS)  # type: ignore[union-attr]
-            return closed and each_op(restarted_at, 1, local=False)
+            return all(closed(m) for m in BREAKERS) and each_op(restarted_at, 1, local=False)
 
         recovery_s = await wait_until(recovered, 20, "breakers close and the service answers again")
         recovered_at = time.monotonic()
@@ -343,8 +348,9 @@ class BackendTraffic:
             channel = self._channels.get(routed.address)
             if channel is None:
                 channel = self._channels[routed.address] = grpc.aio.insecure_channel(routed.address)
+            backend: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(BACKEND_METHOD)
             try:
-                await channel.unary_unary(BACKEND_METHOD)(b"x", timeout=0.5)
+                await backend(b"x", timeout=0.5)
             except grpc.aio.AioRpcError as err:
                 routed.fail(err.code().name)
                 self.failures.append((asked_at, routed.server_id, err.code().name))

@@ -24,6 +24,7 @@ Run the long version with ``LOADWARDEN_SOAK_S=1800 .venv/bin/python -m pytest -s
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import random
@@ -163,10 +164,7 @@ async def test_short_soak_has_no_errors_no_growth_and_no_leaked_leases(processes
         "status": (2.0, status),
     }
     started = await asyncio.gather(
-        *(
-            drive(op, rate, over, lambda op=op, fn=fn: tally.call(op, fn), tally)  # type: ignore[misc]
-            for op, (rate, fn) in workload.items()
-        )
+        *(drive(op, rate, over, functools.partial(tally.call, op, fn), tally) for op, (rate, fn) in workload.items())
     )
     for reporter in reporters:
         await reporter.stop_async()

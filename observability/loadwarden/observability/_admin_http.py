@@ -137,7 +137,7 @@ def _presented_token(header: str) -> bytes | None:
             decoded = base64.b64decode(credentials, validate=True)
         except (binascii.Error, ValueError):
             return None
-        user, sep, password = decoded.partition(b":")
+        _user, sep, password = decoded.partition(b":")
         return password if sep else None
     return None
 

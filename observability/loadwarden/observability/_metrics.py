@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -105,7 +105,10 @@ def configure_metrics(
 
 
 def default_resource() -> Resource:
-    """The resource from ``OTEL_RESOURCE_ATTRIBUTES``/``OTEL_SERVICE_NAME``, named loadwarden unless they say otherwise."""
+    """The resource from ``OTEL_RESOURCE_ATTRIBUTES``/``OTEL_SERVICE_NAME``.
+
+    Named loadwarden unless they say otherwise.
+    """
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
@@ -122,7 +125,7 @@ def _exporters(environ: Mapping[str, str]) -> set[str]:
     return set() if "none" in names else names
 
 
-def _otlp_exporter(environ: Mapping[str, str]):  # type: ignore[no-untyped-def]
+def _otlp_exporter(environ: Mapping[str, str]) -> MetricExporter:
     key = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"
     if not environ.get(key):
         key = "OTEL_EXPORTER_OTLP_PROTOCOL"

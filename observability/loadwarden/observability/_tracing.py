@@ -29,6 +29,7 @@ import os
 import threading
 import urllib.parse
 from collections.abc import Mapping
+from typing import Literal, TypedDict
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -39,7 +40,19 @@ log = logging.getLogger("loadwarden.observability")
 
 EXPORTERS = ("otlp", "console", "none")
 PROTOCOLS = ("grpc", "http/protobuf")
-_BSP_SETTINGS = {
+
+
+class _BatchSettings(TypedDict, total=False):
+    """``BatchSpanProcessor`` keywords set by ``OTEL_BSP_*``; a missing one keeps the SDK's default."""
+
+    schedule_delay_millis: int
+    max_queue_size: int
+    max_export_batch_size: int
+    export_timeout_millis: int
+
+
+_BatchParameter = Literal["schedule_delay_millis", "max_queue_size", "max_export_batch_size", "export_timeout_millis"]
+_BSP_SETTINGS: dict[str, _BatchParameter] = {
     "OTEL_BSP_SCHEDULE_DELAY": "schedule_delay_millis",
     "OTEL_BSP_MAX_QUEUE_SIZE": "max_queue_size",
     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "max_export_batch_size",
@@ -185,8 +198,8 @@ def _service_name(default: str | None, environ: Mapping[str, str]) -> str:
     return default or "unknown_service"
 
 
-def _batch_settings(environ: Mapping[str, str]) -> dict[str, int]:
-    settings = {}
+def _batch_settings(environ: Mapping[str, str]) -> _BatchSettings:
+    settings: _BatchSettings = {}
     for variable, parameter in _BSP_SETTINGS.items():
         raw = environ.get(variable)
         if raw is None or not raw.strip():

@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import grpc
 from google.protobuf.message import Message
-from grpc_health.v1 import health_pb2 as _health_pb
+from grpc_health.v1 import health_pb2 as _health_pb  # type: ignore[import-untyped]  # no types-grpcio-health-checking
 from grpc_health.v1 import health_pb2_grpc as _health_pb_grpc
 
 from loadwarden.sdk._base import (
@@ -74,6 +74,7 @@ from loadwarden.sdk._senders import TaskOutcomeSender
 from loadwarden.sdk._telemetry import traced_aio_insecure_channel, traced_aio_secure_channel
 from loadwarden.sdk._tls import TlsConfig, bearer_metadata, channel_security
 from loadwarden.sdk._types import BatchReport, BatchSize, HeldLease, Lease, LoadReport, LoadStatus, Selection
+from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
@@ -157,16 +158,16 @@ class AsyncClient(ClientBase):
         self._owns_channel = channel is None
         # An owned channel is opened on first use: grpc.aio binds it to the loop running then.
         self._channel = channel
-        self._stub = None if channel is None else _pb_grpc.DecisionServiceStub(channel)
+        self._stub = None if channel is None else _pb_grpc.DecisionServiceStub(channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
         self._health = None if channel is None else _health_pb_grpc.HealthStub(channel)
-        self._outcomes = TaskOutcomeSender(self._options.new_outcome_buffer(), self._send_outcomes)
+        self._outcomes: TaskOutcomeSender = TaskOutcomeSender(self._options.new_outcome_buffer(), self._send_outcomes)
         self._batch_sizes = LastKnownSizes()
         # Injection points for tests: when slot() renewals run, how it times its block and
         # lease expiries (a monotonic clock, seconds), and the jitter of background retries.
         self._renewal_scheduler: AsyncScheduler = TaskScheduler()
         self._clock = time.perf_counter
         self._rng = random.Random()
-        self._releases = AsyncReleaseRetries(
+        self._releases: AsyncReleaseRetries = AsyncReleaseRetries(
             self._retry_release,
             TaskScheduler(),
             capacity=self._options.max_pending_releases,
@@ -177,12 +178,12 @@ class AsyncClient(ClientBase):
         interval_s = self._probe_interval_s()
         self._prober = (
             None
-            if interval_s is None
+            if interval_s is None or self._breakers is None
             else TaskProber(
                 self._breakers,
                 interval_s,
                 self._health_check,
-                rng=self._rng,  # type: ignore[arg-type]
+                rng=self._rng,
             )
         )
         if self._prober is not None and self._breakers is not None:
@@ -664,7 +665,7 @@ class AsyncClient(ClientBase):
         The service answers in pages of at most 10,000 servers; this reads every page
         (each call with its own `timeout_s`) and returns them as one snapshot.
         """
-        pages = []
+        pages: list[_common.LoadStatus] = []
         token = ""
         while len(pages) < MAX_STATUS_PAGES:
             response: _pb.GetLoadStatusResponse = await self._call(
@@ -717,7 +718,7 @@ class AsyncClient(ClientBase):
                 self._channel = traced_aio_secure_channel(
                     self._options.target, self._credentials, (*CHANNEL_OPTIONS, *self._tls_options)
                 )
-            self._stub = _pb_grpc.DecisionServiceStub(self._channel)
+            self._stub = _pb_grpc.DecisionServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
             self._health = _health_pb_grpc.HealthStub(self._channel)
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
         rpc = getattr(self._stub, method)
@@ -777,6 +778,7 @@ class AsyncClient(ClientBase):
                 item.lease_id, request_id=item.request_id, success=item.success, latency_ms=item.latency_ms
             )
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
+        assert self._stub is not None  # opened by the `_call` that acquired the slot
         try:
             await self._stub.ReleaseSlot(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as err:
@@ -798,4 +800,5 @@ class AsyncClient(ClientBase):
         return bool(response.status == _health_pb.HealthCheckResponse.SERVING)
 
     async def _send_outcomes(self, request: _pb.ReportOutcomeRequest) -> _pb.ReportOutcomeResponse:
-        return await self._call("ReportOutcome", request)
+        response: _pb.ReportOutcomeResponse = await self._call("ReportOutcome", request)
+        return response

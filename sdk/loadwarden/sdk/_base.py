@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -256,11 +256,11 @@ class ClientBase:
             raise BreakerOpenError(method, breaker.retry_after_s())
         return breaker
 
-    def _local_selection(self, pool: str, exclude: object, err: LoadwardenError) -> Selection | None:
+    def _local_selection(self, pool: str, exclude: Iterable[str], err: LoadwardenError) -> Selection | None:
         """Round robin over the servers last seen for `pool`, when the service is unreachable."""
         if not is_transport_failure(err):
             return None
-        return self._known.pick(pool, exclude)  # type: ignore[arg-type]
+        return self._known.pick(pool, exclude)
 
     def _local_lease(self, pool: str, select_server: bool, err: LoadwardenError) -> Lease | None:
         """A local slot per the fallback policy (or SlotDenied), when the service is unreachable."""
@@ -318,7 +318,7 @@ class ClientBase:
 
     def _finish_route(self, route: Route, exc: BaseException | None) -> None:
         # Never raises: an exception escaping the block must propagate unchanged.
-        outcome = route._outcome(exc)
+        outcome = route._outcome(exc)  # noqa: SLF001 - Route is the SDK's own; its outcome is not public API
         if outcome is not None:
             self._outcomes.add(outcome)
 

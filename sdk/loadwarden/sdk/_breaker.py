@@ -44,6 +44,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 _LOG = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ _TIME_BUCKETS = 20
 _WINDOWS = ("count", "time")
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -64,7 +65,7 @@ def _check_count(name: str, value: object, *, minimum: int) -> None:
 
 
 def _check_seconds(name: str, value: object) -> None:
-    if not _is_number(value) or not 0 < value < math.inf:  # type: ignore[operator]
+    if not _is_number(value) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
 
 
@@ -429,7 +430,7 @@ class CircuitBreaker:
         for fn in self._listeners:
             try:
                 fn(event)
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged; a failing listener must not fail the call it observes
                 _LOG.exception("circuit breaker %r: listener %r failed on %s", self._name, fn, event)
 
 
@@ -504,7 +505,7 @@ class BreakerRegistry:
     def _evict_one(self) -> None:
         # Caller holds the lock.
         for key, breaker in self._breakers.items():
-            if breaker._peek_closed():
+            if breaker._peek_closed():  # noqa: SLF001 - the registry and its breakers share this module
                 del self._breakers[key]
                 return
         self._breakers.popitem(last=False)

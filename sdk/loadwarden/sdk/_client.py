@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import grpc
 from google.protobuf.message import Message
-from grpc_health.v1 import health_pb2 as _health_pb
+from grpc_health.v1 import health_pb2 as _health_pb  # type: ignore[import-untyped]  # no types-grpcio-health-checking
 from grpc_health.v1 import health_pb2_grpc as _health_pb_grpc
 
 from loadwarden.sdk._base import (
@@ -74,6 +74,7 @@ from loadwarden.sdk._senders import ThreadOutcomeSender
 from loadwarden.sdk._telemetry import traced_insecure_channel, traced_secure_channel
 from loadwarden.sdk._tls import TlsConfig, bearer_metadata, channel_security
 from loadwarden.sdk._types import BatchReport, BatchSize, HeldLease, Lease, LoadReport, LoadStatus, Selection
+from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
@@ -156,16 +157,18 @@ class Client(ClientBase):
             self._channel = traced_insecure_channel(target, CHANNEL_OPTIONS)
         else:
             self._channel = traced_secure_channel(target, credentials, (*CHANNEL_OPTIONS, *tls_options))
-        self._stub = _pb_grpc.DecisionServiceStub(self._channel)
+        self._stub = _pb_grpc.DecisionServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
         self._health = _health_pb_grpc.HealthStub(self._channel)
-        self._outcomes = ThreadOutcomeSender(self._options.new_outcome_buffer(), self._send_outcomes)
+        self._outcomes: ThreadOutcomeSender = ThreadOutcomeSender(
+            self._options.new_outcome_buffer(), self._send_outcomes
+        )
         self._batch_sizes = LastKnownSizes()
         # Injection points for tests: when slot() renewals run, how it times its block and
         # lease expiries (a monotonic clock, seconds), and the jitter of background retries.
         self._renewal_scheduler: Scheduler = ThreadScheduler()
         self._clock = time.perf_counter
         self._rng = random.Random()
-        self._releases = ReleaseRetries(
+        self._releases: ReleaseRetries = ReleaseRetries(
             self._retry_release,
             ThreadScheduler(),
             capacity=self._options.max_pending_releases,
@@ -176,12 +179,12 @@ class Client(ClientBase):
         interval_s = self._probe_interval_s()
         self._prober = (
             None
-            if interval_s is None
+            if interval_s is None or self._breakers is None
             else ThreadProber(
                 self._breakers,
                 interval_s,
                 self._health_check,
-                rng=self._rng,  # type: ignore[arg-type]
+                rng=self._rng,
             )
         )
         if self._prober is not None and self._breakers is not None:
@@ -661,7 +664,7 @@ class Client(ClientBase):
         The service answers in pages of at most 10,000 servers; this reads every page
         (each call with its own `timeout_s`) and returns them as one snapshot.
         """
-        pages = []
+        pages: list[_common.LoadStatus] = []
         token = ""
         while len(pages) < MAX_STATUS_PAGES:
             response: _pb.GetLoadStatusResponse = self._call(
@@ -784,4 +787,5 @@ class Client(ClientBase):
         return bool(response.status == _health_pb.HealthCheckResponse.SERVING)
 
     def _send_outcomes(self, request: _pb.ReportOutcomeRequest) -> _pb.ReportOutcomeResponse:
-        return self._call("ReportOutcome", request)
+        response: _pb.ReportOutcomeResponse = self._call("ReportOutcome", request)
+        return response

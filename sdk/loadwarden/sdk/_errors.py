@@ -249,7 +249,8 @@ def error_from_rpc(err: grpc.RpcError) -> LoadwardenError:
     code = _call_attr(err, "code") or grpc.StatusCode.UNKNOWN
     details = _call_attr(err, "details") or ""
     trailing_metadata = _call_attr(err, "trailing_metadata") or ()
-    return _ERROR_BY_CODE.get(code, ServiceError)._from_rpc(code, details, trailing_metadata)
+    error_class = _ERROR_BY_CODE.get(code, ServiceError)
+    return error_class._from_rpc(code, details, trailing_metadata)  # noqa: SLF001 - this module's own constructor hook
 
 
 def is_transport_failure(exc: BaseException) -> bool:

@@ -20,6 +20,7 @@ a scheduler they fire by hand and a fake clock, so nothing sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -733,10 +734,8 @@ class AsyncReleaseRetries(_ReleaseState):
         if self.in_flight and (left_s := end - self._clock()) > 0:
             waiter = asyncio.get_running_loop().create_future()
             self._idle.append(waiter)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter, left_s)
-            except TimeoutError:
-                pass
         while (left_s := end - self._clock()) > 0:
             item = self._next_due(self._clock(), all_of_them=True)
             if item is None:

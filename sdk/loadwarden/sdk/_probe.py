@@ -18,6 +18,7 @@ function, so tests drive them without sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -199,10 +200,8 @@ class TaskProber:
         task, self._task = self._task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
 
     async def run(self) -> None:
         """The probe loop, until no breaker is OPEN or the prober is stopped."""

@@ -17,9 +17,8 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -285,8 +284,9 @@ class RequestQueue:
                 self._schedule.release()
                 self._wake_head()
 
+    # `fn`'s arguments are untyped: PEP 612 allows no keyword-only parameter between P.args and P.kwargs.
     def run(
-        self, fn: Callable[P, T], *args: P.args, priority: int = 0, timeout_s: float | None = None, **kwargs: P.kwargs
+        self, fn: Callable[..., T], *args: Any, priority: int = 0, timeout_s: float | None = None, **kwargs: Any
     ) -> T:
         """Calls `fn(*args, **kwargs)` in a slot and returns its result; see `slot`."""
         with self.slot(priority=priority, timeout_s=timeout_s):
@@ -373,13 +373,14 @@ class AsyncRequestQueue:
             self._schedule.release()
             self._wake_head()
 
+    # `fn`'s arguments are untyped: PEP 612 allows no keyword-only parameter between P.args and P.kwargs.
     async def run(
         self,
-        fn: Callable[P, Awaitable[T]],
-        *args: P.args,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
         priority: int = 0,
         timeout_s: float | None = None,
-        **kwargs: P.kwargs,
+        **kwargs: Any,
     ) -> T:
         """Awaits `fn(*args, **kwargs)` in a slot and returns its result; see `slot`."""
         async with self.slot(priority=priority, timeout_s=timeout_s):

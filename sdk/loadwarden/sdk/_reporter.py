@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import psutil
 
@@ -255,14 +255,14 @@ class BackendReporter:
                 with self.track():
                     return await fn(*args, **kwargs)
 
-            return tracked_async  # type: ignore[return-value]
+            return cast(F, tracked_async)  # functools.wraps keeps fn's signature
 
         @functools.wraps(fn)
         def tracked_sync(*args: Any, **kwargs: Any) -> Any:
             with self.track():
                 return fn(*args, **kwargs)
 
-        return tracked_sync  # type: ignore[return-value]
+        return cast(F, tracked_sync)
 
     # -- reporting ----------------------------------------------------------
 
@@ -393,7 +393,7 @@ class BackendReporter:
 
     def _push_timeout_s(self) -> float:
         # A report older than its interval is superseded: it never waits longer than that.
-        return min(self.interval_s, self._client._options.timeout_s)
+        return min(self.interval_s, self._client._options.timeout_s)  # noqa: SLF001 - the SDK's own client; options are not public
 
     def _next_push_at(self, previous: float) -> float:
         # Pushes keep to a fixed grid; one that overran its slot is not caught up.

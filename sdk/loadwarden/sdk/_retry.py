@@ -266,7 +266,9 @@ class Retrier:
                 raise
             first = _Replay(exc)
         retrying = Retrying(sleep=self._sleep, **run.policy())
-        return retrying(run.attempt_after, first, attempt)
+        # Bound to a T-typed name: tenacity's `Retrying.__call__` cannot solve T from a generic method.
+        attempt_after: Callable[[_Replay, Callable[[float], T]], T] = run.attempt_after
+        return retrying(attempt_after, first, attempt)
 
     async def call_async(
         self,
@@ -306,7 +308,15 @@ class Retrier:
             raise DeadlineExceededError("deadline passed before the first attempt")
         self._budget.record_call()
         self._count("calls")
-        return _Run(self, deadline, retryable)
+        return _Run(
+            deadline,
+            retryable,
+            config=self._config,
+            budget=self._budget,
+            rng=self._rng,
+            clock=self._clock,
+            count=self._count,
+        )
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -331,9 +341,23 @@ class _Replay:
 class _Run:
     """One call's state; tenacity's retry, wait, stop and before_sleep hooks read it."""
 
-    def __init__(self, retrier: Retrier, deadline: float, retryable: Callable[[BaseException], bool]) -> None:
-        self._retrier = retrier
-        self._clock = retrier._clock
+    def __init__(
+        self,
+        deadline: float,
+        retryable: Callable[[BaseException], bool],
+        *,
+        config: RetryConfig,
+        budget: RetryBudget,
+        rng: random.Random,
+        clock: Callable[[], float],
+        count: Callable[[str], None],
+    ) -> None:
+        self._config = config
+        self._stop_after_attempts = stop_after_attempt(config.max_attempts)
+        self._budget = budget
+        self._rng = rng
+        self._clock = clock
+        self._count = count  # adds one to the retrier's counter of that name
         self._deadline = deadline
         self._retryable = retryable
         self._started = 0.0
@@ -342,13 +366,10 @@ class _Run:
         self._final = False  # the last sleep was clipped: the attempt after it is the last
 
     def policy(self) -> dict[str, Any]:
-        config = self._retrier._config
         return {
             "retry": retry_if_exception(self._should_retry),
             "wait": self._backoff_s,
-            # Evaluated in order and only while the previous says go on, so a budget
-            # token is spent only for a retry that will happen.
-            "stop": stop_after_attempt(config.max_attempts) | self._budget_refuses,
+            "stop": self._stop,
             "before_sleep": self._before_sleep,
             "reraise": True,  # the last error itself, never tenacity's RetryError
         }
@@ -361,7 +382,7 @@ class _Run:
 
     def may_retry(self, exc: BaseException) -> bool:
         """Whether the first attempt's failure is worth entering the retry loop for."""
-        return self._retrier._config.max_attempts > 1 and self._should_retry(exc)
+        return self._config.max_attempts > 1 and self._should_retry(exc)
 
     def attempt_after(self, first: _Replay, fn: Callable[[float], T]) -> T:
         if first.pending:
@@ -382,7 +403,7 @@ class _Run:
             # The sleep overran the time it left for this attempt: give up with the last error.
             raise self._last_error
         self._started, self._timeout_s = now, timeout_s
-        self._retrier._count("attempts")
+        self._count("attempts")
         return timeout_s
 
     def _should_retry(self, exc: BaseException) -> bool:
@@ -400,13 +421,13 @@ class _Run:
     def _backoff_s(self, retry_state: RetryCallState) -> float:
         # tenacity's wait_random_exponential draws from the global `random`; this one
         # uses the injected rng. Retry n (from 0) follows attempt n + 1.
-        config = self._retrier._config
+        config = self._config
         n = retry_state.attempt_number - 1
         try:
             cap_s = min(config.max_backoff_s, config.initial_backoff_s * config.multiplier**n)
         except OverflowError:
             cap_s = config.max_backoff_s
-        sleep_s = self._retrier._rng.uniform(0.0, cap_s)
+        sleep_s = self._rng.uniform(0.0, cap_s)
         # Clipped so the next attempt still starts with at least MIN_ATTEMPT_S left; that
         # attempt then runs to the deadline and is the last.
         latest_s = self._deadline - self._clock() - MIN_ATTEMPT_S
@@ -415,11 +436,16 @@ class _Run:
             return max(0.0, latest_s)
         return sleep_s
 
-    def _budget_refuses(self, retry_state: RetryCallState) -> bool:
-        if self._retrier._budget.try_spend():
+    def _stop(self, retry_state: RetryCallState) -> bool:
+        # Evaluated in order and only while the previous says go on, so a budget
+        # token is spent only for a retry that will happen.
+        return self._stop_after_attempts(retry_state) or self._budget_refuses()
+
+    def _budget_refuses(self) -> bool:
+        if self._budget.try_spend():
             return False
-        self._retrier._count("budget_exhausted")
+        self._count("budget_exhausted")
         return True
 
     def _before_sleep(self, retry_state: RetryCallState) -> None:
-        self._retrier._count("retries")
+        self._count("retries")

@@ -160,16 +160,18 @@ class ClientTracingInterceptor(grpc.UnaryUnaryClientInterceptor):
 
 def _sync_code(call: Any) -> grpc.StatusCode | None:
     try:
-        return call.code()
+        code: grpc.StatusCode | None = call.code()
     except Exception:  # noqa: BLE001 - a cancelled future has no code
         return grpc.StatusCode.CANCELLED
+    return code
 
 
 def _sync_details(call: Any) -> str | None:
     try:
-        return call.details()
-    except Exception:  # noqa: BLE001
+        details: str | None = call.details()
+    except Exception:  # noqa: BLE001 - a cancelled future has no details; the span keeps the code's name
         return None
+    return details
 
 
 class AioClientTracingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):

@@ -71,8 +71,11 @@ class LeaseSelection(Protocol):
     """A server chosen together with a slot; it is settled when the lease ends, so it
     lives exactly as long as the lease (renewals extend it), never a decision TTL."""
 
-    decision_id: str
-    server: Backend
+    @property
+    def decision_id(self) -> str: ...
+
+    @property
+    def server(self) -> Backend: ...
 
 
 @dataclass(slots=True, eq=False)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,9 +179,8 @@ class Callers:
                 if name is not None:
                     return name
         if self._certificates:
-            identities = context.peer_identities()
-            if identities:
-                first = identities[0]
+            first = next(iter(context.peer_identities() or ()), None)
+            if first is not None:
                 text = first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first)
                 return CERT_PREFIX + text
         return ""
@@ -240,7 +239,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method = handler_call_details.method
         if method.startswith(_DECISION_PREFIX):
             rule = self._decision
         elif method.startswith(_ADMIN_PREFIX):
@@ -251,7 +250,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(handler_call_details)
         if rule.expected is None:
             return self._refuse(method, grpc.StatusCode.PERMISSION_DENIED, rule.refusal)
-        presented = _presented_token(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
+        presented = _presented_token(handler_call_details.invocation_metadata)
         if presented is None:
             return self._refuse(
                 method,
@@ -270,7 +269,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-def _presented_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes | None:
+def _presented_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
     """The bearer token of the first ``authorization`` entry; None when there is none to check."""
     for key, value in metadata or ():
         if key != AUTHORIZATION:

@@ -409,10 +409,9 @@ def _parse_admin(raw: Mapping[str, Any]) -> AdminSettings:
     for key, value in raw.items():
         if key not in valid:
             raise ConfigError(f"admin.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
-        if key in ("listen", "token", "history_path"):
-            if not isinstance(value, str):
-                got = "a non-string value" if key == "token" else shown(value)
-                raise ConfigError(f"admin.{key}", f"must be a string, got {got}")
+        if key in ("listen", "token", "history_path") and not isinstance(value, str):
+            got = "a non-string value" if key == "token" else shown(value)
+            raise ConfigError(f"admin.{key}", f"must be a string, got {got}")
         if key == "history_path" and "\0" in value:
             raise ConfigError("admin.history_path", "must not contain a NUL character")
         values[key] = value

@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
 
-from ._admission import Denial, Granted, Lease, SlotRequest
+from ._admission import Answer, Denial, Granted, Lease, SlotRequest
 from ._core import BatchReportIn, DecisionCore, LoadReportIn, OutcomeReport
 from ._errors import InvalidArgument
 from ._loadmonitor import HostMonitor
@@ -230,7 +230,7 @@ def lease(lease_: Lease, now: float, wall_now: float) -> _common.Lease:
     )
 
 
-def acquire_response(answer: Granted | object, core: DecisionCore, owner: str = "") -> _pb.AcquireSlotResponse:
+def acquire_response(answer: Answer, core: DecisionCore, owner: str = "") -> _pb.AcquireSlotResponse:
     now, wall_now = core.clock.monotonic(), core.clock.wall()
     if isinstance(answer, Granted):
         granted = answer.lease
@@ -246,10 +246,10 @@ def acquire_response(answer: Granted | object, core: DecisionCore, owner: str = 
     return _pb.AcquireSlotResponse(
         granted=False,
         decision_id=core.new_decision_id(owner),
-        denial_reason=_DENIAL[answer.denial],  # type: ignore[attr-defined]
-        reason=answer.reason,  # type: ignore[attr-defined]
-        retry_after_ms=math.ceil(answer.retry_after_s * 1000),  # type: ignore[attr-defined]  # never early
-        queue_wait_ms=round(answer.queue_wait_s * 1000),  # type: ignore[attr-defined]
+        denial_reason=_DENIAL[answer.denial],
+        reason=answer.reason,
+        retry_after_ms=math.ceil(answer.retry_after_s * 1000),  # never early
+        queue_wait_ms=round(answer.queue_wait_s * 1000),
     )
 
 

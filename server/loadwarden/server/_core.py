@@ -336,7 +336,7 @@ class DecisionCore:
     def report_batches(self, reports: Sequence[BatchReportIn]) -> int:
         """ReportBatch; every entry's operation is checked before any is applied."""
         targets = [self._operation(r.operation, f"reports[{i}].operation") for i, r in enumerate(reports)]
-        for operation, report in zip(targets, reports):
+        for operation, report in zip(targets, reports, strict=True):
             operation.observe(report.batch_size, report.duration_ms, report.success)
         return len(targets)
 

@@ -135,7 +135,7 @@ class HostMonitor:
         """Takes one sample (blocking). A failure is recorded, not raised."""
         try:
             sample = self._sampler()
-        except Exception as exc:  # psutil can fail in many platform-specific ways
+        except Exception as exc:  # noqa: BLE001 - psutil can fail in many platform-specific ways
             if not self.error:
                 log.warning("host load monitor failed: %s", exc)
             self.error = f"host load monitor failed: {exc}"

@@ -24,7 +24,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from opentelemetry import metrics
@@ -255,15 +255,15 @@ class _DurationInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, histogram: metrics.Histogram) -> None:
         self._histogram = histogram
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method = handler_call_details.method
         if handler is None or handler.unary_unary is None or not method.startswith(DECISION_SERVICE_PREFIX):
             return handler
         cached = self._wrapped.get(method)
@@ -271,8 +271,10 @@ class _DurationInterceptor(grpc.aio.ServerInterceptor):
             cached = self._wrapped[method] = (handler, self._wrap(handler, method[len(DECISION_SERVICE_PREFIX) :]))
         return cached[1]
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandler:
-        behavior = handler.unary_unary
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], name: str) -> grpc.RpcMethodHandler[Any, Any]:
+        # Only unary-unary handlers of the grpc.aio server get here: a coroutine function that
+        # takes the aio context (the stubs type RpcMethodHandler for the sync server only).
+        behavior = cast(Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], handler.unary_unary)
         record = self._histogram.record
         ok = {"method": name, "code": grpc.StatusCode.OK.name}
 

@@ -107,7 +107,7 @@ def restore(core: DecisionCore, store: StateStore) -> int:
             pool.strategy.restore(entry["state"])
         except RecursionError:
             unusable.append(f"pool {name!r}: nested too deeply")
-        except Exception as exc:  # any shape restore() does not expect: the pool starts fresh, never the service dies
+        except Exception as exc:  # noqa: BLE001 - any shape restore() does not expect: that pool starts fresh, the service lives
             unusable.append(f"pool {name!r}: {type(exc).__name__}: {exc}")
         else:
             restored += 1

@@ -11,14 +11,14 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]  # grpcio-reflection: no stubs, no py.typed
 
 
 class _MethodAwarePool:
     def __init__(self, pool: Any) -> None:
         self._pool = pool
 
-    def FindFileContainingSymbol(self, symbol: str) -> Any:  # noqa: N802 (protobuf API name)
+    def FindFileContainingSymbol(self, symbol: str) -> Any:  # noqa: N802 - the protobuf DescriptorPool method name
         try:
             return self._pool.FindFileContainingSymbol(symbol)
         except KeyError:

@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, final
 
 import grpc
 from google.protobuf import message_factory
@@ -72,6 +72,7 @@ def check_abandoned(request: _pb.ReleaseSlotRequest) -> list[str]:
     return ids
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class MalformedRequest:
     """What a handler receives instead of a request whose bytes did not decode.
@@ -148,10 +149,10 @@ def _rpc(method: Handler) -> Handler:
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - _abort maps every error to a status; unknown ones to INTERNAL
             await _abort(context, exc, method.__name__)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # wraps() keeps method's signature; mypy types it _Wrapped
 
 
 class DecisionServicer(_pb_grpc.DecisionServiceServicer):
@@ -198,18 +199,17 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
     async def AcquireSlot(self, request: _pb.AcquireSlotRequest, context: Any) -> _pb.AcquireSlotResponse:
         caller = self._callers.of(context)
         answer = await self._core.acquire(convert.slot_request(request, caller), context.time_remaining())
-        if isinstance(answer, Granted):
-            if _past_deadline(context):
-                # The caller has given up (its deadline passed while the call waited for the
-                # event loop): the grant would never reach it, so the slot goes straight back
-                # and the (undeliverable) answer is a denial.
-                self._core.give_back(answer.lease)
-                answer = Denied(
-                    Denial.QUEUE_TIMEOUT,
-                    "the call's deadline passed before the grant could be answered",
-                    MIN_RETRY_AFTER_S,
-                    answer.queue_wait_s,
-                )
+        if isinstance(answer, Granted) and _past_deadline(context):
+            # The caller has given up (its deadline passed while the call waited for the
+            # event loop): the grant would never reach it, so the slot goes straight back
+            # and the (undeliverable) answer is a denial.
+            self._core.give_back(answer.lease)
+            answer = Denied(
+                Denial.QUEUE_TIMEOUT,
+                "the call's deadline passed before the grant could be answered",
+                MIN_RETRY_AFTER_S,
+                answer.queue_wait_s,
+            )
         response = convert.acquire_response(answer, self._core, caller)
         telemetry.record_slot(request.pool, response)
         return response
@@ -257,7 +257,7 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
     async def ReportBatch(self, request: _pb.ReportBatchRequest, context: Any) -> _pb.ReportBatchResponse:
         return _pb.ReportBatchResponse(applied=self._core.report_batches(convert.batch_reports(request.reports)))
 
-    async def WatchLoadStatus(self, request: _pb.WatchLoadStatusRequest, context: Any) -> Any:
+    async def WatchLoadStatus(self, request: _pb.WatchLoadStatusRequest | MalformedRequest, context: Any) -> Any:
         try:
             if type(request) is MalformedRequest:
                 raise request.error()
@@ -272,7 +272,7 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
                 yield item
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - _abort maps every error to a status; unknown ones to INTERNAL
             await _abort(context, exc, "WatchLoadStatus")
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -71,14 +71,14 @@ class _Tracers:
         return self._tracer
 
 
-class _MetadataGetter(Getter[Sequence[tuple[str, Any]]]):
-    """Reads W3C headers from gRPC metadata (a sequence of key/value pairs)."""
+class _MetadataGetter(Getter[Collection[tuple[str, str | bytes]]]):
+    """Reads W3C headers from gRPC metadata (a collection of key/value pairs)."""
 
-    def get(self, carrier: Sequence[tuple[str, Any]], key: str) -> list[str] | None:
+    def get(self, carrier: Collection[tuple[str, str | bytes]], key: str) -> list[str] | None:
         values = [v if isinstance(v, str) else v.decode("latin-1") for k, v in carrier if k == key]
         return values or None
 
-    def keys(self, carrier: Sequence[tuple[str, Any]]) -> list[str]:
+    def keys(self, carrier: Collection[tuple[str, str | bytes]]) -> list[str]:
         return [k for k, _ in carrier]
 
 
@@ -170,26 +170,29 @@ def _traced_handler(handler: grpc.RpcMethodHandler, tracer: trace.Tracer, method
 
         return traced
 
-    def wrap(behavior: Callable[..., Any] | None) -> Callable[..., Any] | None:
-        if behavior is None:
-            return None
+    def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(behavior):
             return wrap_streaming(behavior)
         if inspect.iscoroutinefunction(behavior):
             return wrap_unary(behavior)
         return behavior  # a sync behaviour runs on an executor thread: left untraced
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    behavior: Callable[..., Any] | None
     if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **kwargs)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **kwargs)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **kwargs)
-    return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **kwargs)
+        behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        behavior, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        behavior, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    else:
+        behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    if behavior is None:  # nothing to trace; a handler grpc builds has the behaviour its flags select
+        return handler
+    return make(
+        wrap(behavior),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 def _finish(span: trace.Span, context: grpc.aio.ServicerContext, exc: BaseException | None) -> None:
@@ -245,7 +248,7 @@ def _attribute(value: Any) -> AttributeValue:
         return ",".join(f"{k}={_scalar(v)}" for k, v in value.items())
     if isinstance(value, (bytes, bytearray)):
         return value.decode("utf-8", "replace")
-    if isinstance(value, Sequence) or isinstance(value, (set, frozenset)):
+    if isinstance(value, (Sequence, set, frozenset)):
         items = tuple(value)
         kinds = {type(item) for item in items}
         if len(kinds) == 1 and kinds <= {str, bool, int, float}:

@@ -177,7 +177,7 @@ async def build_snapshot(
                 return status, Cursor(pool.name, cursor.after if pool.name == cursor.pool else None)
             room -= size
             placed += 1
-            servers = []
+            servers: list[_common.ServerStatus] = []
             last = ids[first - 1] if first else None
             for i, server_id in enumerate(ids[first:], 1):
                 server = pool.servers.get(server_id)
@@ -206,11 +206,11 @@ async def build_snapshot(
         operation = core.operations.get(name)
         if operation is None:
             continue
-        entry = convert.operation_status(operation)
-        size = entry.ByteSize() + _FIELD_OVERHEAD
+        operation_entry = convert.operation_status(operation)
+        size = operation_entry.ByteSize() + _FIELD_OVERHEAD
         if full(size):
             return status, Cursor(operation=last_op)
-        status.operations.append(entry)
+        status.operations.append(operation_entry)
         room -= size
         entries += 1
         placed += 1

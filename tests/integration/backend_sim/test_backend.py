@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking: no stubs, no py.typed
 
 from loadwarden.backend_sim import Phase, SimServer
 from loadwarden.backend_sim._backend import SERVICE_NAME, RunningBackend, start_backend
@@ -103,8 +103,8 @@ async def test_the_queue_is_first_come_first_served(backend: StartBackend, stub_
     tasks = []
     for i in range(6):
         tasks.append(asyncio.create_task(one(i)))
-        # The next request is sent once this one has joined the queue.
-        await poll(lambda: asyncio.sleep(0, running.backend.arrived), lambda n, i=i: n == i + 2, "request arrived")
+        # The next request is sent once this one has joined the queue (after the first, unnumbered one).
+        await poll(lambda: asyncio.sleep(0, running.backend.arrived), lambda n: n == 1 + len(tasks), "request arrived")
     await asyncio.gather(*tasks)
 
     assert finished == list(range(6))

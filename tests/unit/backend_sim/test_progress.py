@@ -66,5 +66,5 @@ def test_zero_total_and_bad_total() -> None:
     out = io.StringIO()
     Progress(0, "empty", stream=out, clock=Clock(), tty=False).close()
     assert "100% 0/0" in out.getvalue()
-    with pytest.raises(ValueError, match="^total: "):
+    with pytest.raises(ValueError, match=r"^total: "):
         Progress(-1)

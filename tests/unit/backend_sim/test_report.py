@@ -169,7 +169,7 @@ def test_comparison_shows_sim_p99_and_the_difference() -> None:
     base = two_runs()
     sim = {
         name: summarize(run.records, run.server_ids)
-        for name, run in zip(("round_robin", "least_connections"), base.runs)
+        for name, run in zip(("round_robin", "least_connections"), base.runs, strict=True)
     }
     halved = {name: dataclasses.replace(s, p99_ms=s.p99_ms / 2) for name, s in sim.items()}
     report = Report(base.spec, base.runs, kind="evaluate", comparison=halved)
@@ -230,9 +230,9 @@ def test_json_and_csv_round_trip(tmp_path: Path) -> None:
 
 def test_kind_and_duplicate_strategies_are_checked() -> None:
     report = two_runs()
-    with pytest.raises(ValueError, match="^kind: "):
+    with pytest.raises(ValueError, match=r"^kind: "):
         Report(report.spec, report.runs, kind="other")
-    with pytest.raises(ValueError, match="^runs: "):
+    with pytest.raises(ValueError, match=r"^runs: "):
         Report(report.spec, (report.runs[0], report.runs[0]))
 
 

@@ -159,6 +159,7 @@ def test_the_scenario_for_the_simulator_carries_everything(tmp_path: Path) -> No
     scenario = spec.scenario()
 
     assert scenario.servers == spec.servers and scenario.seed == 7
+    assert spec.traffic.rate_per_s is not None
     assert scenario.arrivals == Arrivals(spec.traffic.rate_per_s, 5000, 30.0, spec.traffic.rate_end_per_s, 64)
     assert (scenario.timeout_ms, scenario.load_report_interval_ms) == (800.0, 250.0)
     assert scenario.pool_settings == {"load_report_ttl_ms": 2000, "outlier_detection": {"disabled": True}}

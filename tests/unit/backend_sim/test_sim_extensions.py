@@ -5,6 +5,7 @@ Pure and seeded: the real decision core in process, virtual time, no sockets.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -138,7 +139,7 @@ def test_a_request_that_times_out_in_the_queue_leaves_it() -> None:
     assert all(r.latency_ms == 250 for r in timed_out)
     assert all(r.latency_ms <= 250 for r in result.records)
     # One worker: successful services (100 ms each) never overlap.
-    assert all(later - earlier >= 0.1 - 1e-9 for earlier, later in zip(ok, ok[1:]))
+    assert all(later - earlier >= 0.1 - 1e-9 for earlier, later in itertools.pairwise(ok))
     # A request waits 250 ms at most: a report counts the one served plus those that arrived since t - 250 ms.
     arrivals = [r.time_s for r in result.records]
     for report in result.loads:

@@ -7,9 +7,9 @@ which restores the global OpenTelemetry state afterwards.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import grpc
 import grpc.aio
@@ -58,10 +58,12 @@ def memory() -> Iterator[Memory]:
 # --- the service's interceptor -------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class CallDetails:
+    """grpc.HandlerCallDetails as the server would pass it."""
+
     method: str
-    invocation_metadata: tuple[tuple[str, str], ...] = ()
+    invocation_metadata: tuple[tuple[str, str | bytes], ...] = ()
 
 
 @dataclass
@@ -85,22 +87,42 @@ class FakeServicerContext:
 
 
 async def intercept(
-    interceptor: grpc.aio.ServerInterceptor, handler: grpc.RpcMethodHandler, method: str = SELECT
-) -> grpc.RpcMethodHandler:
-    async def continuation(details: Any) -> grpc.RpcMethodHandler:
+    interceptor: grpc.aio.ServerInterceptor, handler: grpc.RpcMethodHandler[Any, Any], method: str = SELECT
+) -> grpc.RpcMethodHandler[Any, Any]:
+    async def continuation(details: Any) -> grpc.RpcMethodHandler[Any, Any]:
         return handler
 
-    return await interceptor.intercept_service(continuation, CallDetails(method))
+    traced = await interceptor.intercept_service(continuation, CallDetails(method))
+    assert traced is not None
+    return traced
+
+
+# grpc's stubs type a handler's behaviours as sync; these handlers are grpc.aio ones.
+def unary(handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Awaitable[Any]]:
+    """The handler's unary-unary behaviour, a coroutine function."""
+    assert handler.unary_unary is not None
+    return cast(Callable[..., Awaitable[Any]], handler.unary_unary)
+
+
+def unary_stream(handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., AsyncIterator[Any]]:
+    """The handler's unary-stream behaviour, an async generator function."""
+    assert handler.unary_stream is not None
+    return cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)
+
+
+def attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    assert span.attributes is not None
+    return span.attributes
 
 
 async def test_server_span_named_after_the_rpc_with_rpc_attributes_and_ok_status(memory: Memory) -> None:
     async def behavior(request: bytes, context: Any) -> bytes:
         return b"pong"
 
-    handler = grpc.unary_unary_rpc_method_handler(behavior)
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(behavior)
     traced = await intercept(server_telemetry.ServerTracingInterceptor(memory.provider), handler)
 
-    assert await traced.unary_unary(b"ping", FakeServicerContext()) == b"pong"
+    assert await unary(traced)(b"ping", FakeServicerContext()) == b"pong"
     span = memory.one(SpanKind.SERVER)
     assert span.name == "loadwarden.v1.DecisionService/SelectServer"
     assert dict(span.attributes or {}) == {
@@ -123,7 +145,7 @@ async def test_server_span_continues_the_trace_in_the_incoming_metadata(memory: 
     traced = await intercept(
         server_telemetry.ServerTracingInterceptor(memory.provider), grpc.unary_unary_rpc_method_handler(behavior)
     )
-    await traced.unary_unary(b"", FakeServicerContext(metadata=(("traceparent", TRACEPARENT), ("other", "x"))))
+    await unary(traced)(b"", FakeServicerContext(metadata=(("traceparent", TRACEPARENT), ("other", "x"))))
 
     span = memory.one(SpanKind.SERVER)
     assert format(span.context.trace_id, "032x") == TRACE_ID
@@ -146,13 +168,13 @@ async def test_client_mistake_leaves_status_unset_but_a_crash_is_an_error(memory
             interceptor, grpc.unary_unary_rpc_method_handler(behavior), f"/svc.S/{behavior.__name__}"
         )
         with pytest.raises(error):
-            await traced.unary_unary(b"", FakeServicerContext())
+            await unary(traced)(b"", FakeServicerContext())
 
     spans = {span.name: span for span in memory.spans()}
     aborted, crashed = spans["svc.S/not_found"], spans["svc.S/crash"]
-    assert aborted.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert attributes(aborted)["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
     assert aborted.status.status_code is StatusCode.UNSET and not aborted.events
-    assert crashed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNKNOWN.value[0]
+    assert attributes(crashed)["rpc.grpc.status_code"] == grpc.StatusCode.UNKNOWN.value[0]
     assert crashed.status.status_code is StatusCode.ERROR
     assert [event.name for event in crashed.events] == ["exception"]
 
@@ -162,19 +184,19 @@ async def test_streaming_handlers_are_traced_until_their_last_message(memory: Me
         for item in (b"a", b"b"):
             yield item
 
-    handler = grpc.unary_stream_rpc_method_handler(stream)
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(stream)
     traced = await intercept(server_telemetry.ServerTracingInterceptor(memory.provider), handler, "/svc.S/Watch")
 
-    assert [item async for item in traced.unary_stream(b"", FakeServicerContext())] == [b"a", b"b"]
+    assert [item async for item in unary_stream(traced)(b"", FakeServicerContext())] == [b"a", b"b"]
     span = memory.one(SpanKind.SERVER)
-    assert span.name == "svc.S/Watch" and span.attributes["rpc.grpc.status_code"] == 0
+    assert span.name == "svc.S/Watch" and attributes(span)["rpc.grpc.status_code"] == 0
 
 
 async def test_wrapped_handler_is_reused_per_method(memory: Memory) -> None:
     async def behavior(request: bytes, context: Any) -> bytes:
         return b""
 
-    handler = grpc.unary_unary_rpc_method_handler(behavior)
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(behavior)
     interceptor = server_telemetry.ServerTracingInterceptor(memory.provider)
     assert await intercept(interceptor, handler) is await intercept(interceptor, handler)
 
@@ -184,19 +206,23 @@ async def test_tracing_off_installs_nothing_and_passes_handlers_through(monkeypa
     async def behavior(request: bytes, context: Any) -> bytes:
         return b""
 
-    handler = grpc.unary_unary_rpc_method_handler(behavior)
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(behavior)
     assert server_telemetry.server_interceptors() == ()
     assert await intercept(server_telemetry.ServerTracingInterceptor(), handler) is handler
     opened: list[dict[str, Any]] = []
+    channel = object()
 
-    def insecure_channel(target: str, **kwargs: Any) -> str:
+    def insecure_channel(target: str, **kwargs: Any) -> object:
         opened.append(kwargs)
-        return "channel"
+        return channel
 
     monkeypatch.setattr(grpc, "insecure_channel", insecure_channel)
     monkeypatch.setattr(grpc.aio, "insecure_channel", insecure_channel)
-    assert sdk_telemetry.traced_insecure_channel("127.0.0.1:1") == "channel"
-    assert sdk_telemetry.traced_aio_insecure_channel("127.0.0.1:1") == "channel"
+    returned = [
+        sdk_telemetry.traced_insecure_channel("127.0.0.1:1"),
+        sdk_telemetry.traced_aio_insecure_channel("127.0.0.1:1"),
+    ]
+    assert all(each is channel for each in returned)  # the plain channel, not intercepted
     assert opened == [{"options": ()}, {"options": ()}]  # no interceptors at all
 
     trace.set_tracer_provider(TracerProvider())
@@ -260,12 +286,22 @@ def test_record_selection_adds_a_learning_strategys_epsilon(memory: Memory) -> N
 
 @dataclass(frozen=True)
 class ClientDetails:
-    method: str
+    """ClientCallDetails as interceptors get them: grpc.aio passes the method as bytes."""
+
+    method: str | bytes
     timeout: float | None = 1.0
     metadata: Any = None
     credentials: Any = None
     wait_for_ready: bool | None = None
     compression: Any = None
+
+
+def sync_details(method: str, **fields: Any) -> grpc.ClientCallDetails:
+    return cast(grpc.ClientCallDetails, ClientDetails(method, **fields))
+
+
+def aio_details(method: bytes, **fields: Any) -> grpc.aio.ClientCallDetails:
+    return cast(grpc.aio.ClientCallDetails, ClientDetails(method, **fields))
 
 
 @dataclass
@@ -301,7 +337,7 @@ def test_sync_client_span_is_a_child_of_the_callers_span_and_its_context_is_sent
 
     interceptor = sdk_telemetry.ClientTracingInterceptor("127.0.0.1:50051", memory.provider)
     with memory.provider.get_tracer("app").start_as_current_span("handle request") as app:
-        interceptor.intercept_unary_unary(continuation, ClientDetails(SELECT, metadata=(("x-id", "7"),)), b"")
+        interceptor.intercept_unary_unary(continuation, sync_details(SELECT, metadata=(("x-id", "7"),)), b"")
 
     client = memory.one(SpanKind.CLIENT)
     assert client.name == "loadwarden.v1.DecisionService/SelectServer"
@@ -327,12 +363,12 @@ def test_sync_client_span_is_a_child_of_the_callers_span_and_its_context_is_sent
 def test_sync_client_span_is_an_error_for_a_failed_call(memory: Memory) -> None:
     interceptor = sdk_telemetry.ClientTracingInterceptor(tracer_provider=memory.provider)
     outcome = interceptor.intercept_unary_unary(
-        lambda details, request: DoneOutcome(grpc.StatusCode.NOT_FOUND), ClientDetails(SELECT), b""
+        lambda details, request: DoneOutcome(grpc.StatusCode.NOT_FOUND), sync_details(SELECT), b""
     )
     assert outcome.code() is grpc.StatusCode.NOT_FOUND  # handed back unchanged
     span = memory.one(SpanKind.CLIENT)
     assert span.status.status_code is StatusCode.ERROR
-    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert attributes(span)["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 class FakeAioCall:
@@ -355,13 +391,13 @@ async def test_aio_client_span_is_a_child_of_the_callers_span_and_its_context_is
 
     interceptor = sdk_telemetry.AioClientTracingInterceptor("localhost:7000", memory.provider)
     with memory.provider.get_tracer("app").start_as_current_span("handle request") as app:
-        call = await interceptor.intercept_unary_unary(continuation, ClientDetails(SELECT.encode()), b"")
+        call = await interceptor.intercept_unary_unary(continuation, aio_details(SELECT.encode()), b"")
 
     assert isinstance(call, FakeAioCall)
     client = memory.one(SpanKind.CLIENT)
     assert client.name == "loadwarden.v1.DecisionService/SelectServer"
     assert client.parent is not None and client.parent.span_id == app.get_span_context().span_id
-    assert client.attributes["server.address"] == "localhost" and client.attributes["server.port"] == 7000
+    assert attributes(client)["server.address"] == "localhost" and attributes(client)["server.port"] == 7000
     (details,) = sent
     assert isinstance(details.metadata, grpc.aio.Metadata)
     assert sent_traceparent(details.metadata) == (
@@ -377,7 +413,7 @@ async def test_batched_outcome_reports_start_their_own_trace(memory: Memory) -> 
     interceptor = sdk_telemetry.AioClientTracingInterceptor(tracer_provider=memory.provider)
     with memory.provider.get_tracer("app").start_as_current_span("first request") as app:
         await interceptor.intercept_unary_unary(
-            continuation, ClientDetails(b"/loadwarden.v1.DecisionService/ReportOutcome"), b""
+            continuation, aio_details(b"/loadwarden.v1.DecisionService/ReportOutcome"), b""
         )
     span = memory.one(SpanKind.CLIENT)
     assert span.parent is None and span.context.trace_id != app.get_span_context().trace_id
@@ -389,7 +425,7 @@ async def test_batched_outcome_reports_start_their_own_trace(memory: Memory) -> 
 class RecordingProcessor(SpanProcessor):
     """Stands in for BatchSpanProcessor: records what it was built with."""
 
-    built: list[RecordingProcessor] = []
+    built: ClassVar[list[RecordingProcessor]] = []
 
     def __init__(self, exporter: Any, **settings: Any) -> None:
         self.exporter, self.settings = exporter, settings

@@ -5,15 +5,19 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
 import pytest
 from google.protobuf.message import Message
 
+from loadwarden.sdk import AsyncClient, Client
+from loadwarden.sdk._leases import AsyncReleaseRetries, ReleaseRetries
 from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
+
+RequestT = TypeVar("RequestT", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,8 @@ class FakeChannel:
     def __init__(self, *, asynchronous: bool = False) -> None:
         self.asynchronous = asynchronous
         self.calls: list[RecordedCall] = []
-        self.answers: dict[str, Message | BaseException | Callable[[Message], Any]] = {}
+        # An answer function takes the method's own request type.
+        self.answers: dict[str, Message | BaseException | Callable[[Any], Any]] = {}
         self.closed = False
         self._decisions = 0
         self.leases: dict[str, bool] = {}  # lease id -> released
@@ -45,6 +50,15 @@ class FakeChannel:
 
     def methods(self) -> list[str]:
         return [call.method for call in self.calls]
+
+    def requests(self, method: str, kind: type[RequestT]) -> list[RequestT]:
+        """The requests of the recorded `method` calls, in order; each must be a `kind`."""
+        sent: list[RequestT] = []
+        for call in self.calls:
+            if call.method == method:
+                assert isinstance(call.request, kind), call.request
+                sent.append(call.request)
+        return sent
 
     def unary_unary(self, path: str, **_: Any) -> Callable[..., Any]:
         method = path.rsplit("/", 1)[-1]
@@ -104,14 +118,15 @@ class FakeChannel:
             lease_id = f"l-{len(self.leases) + 1}"
             self.leases[lease_id] = False
             self.lease_ttl_ms[lease_id] = request.lease_ttl_ms or DEFAULT_LEASE_TTL_MS
-            server = {"server_id": "s1", "address": "10.0.0.1:80"} if request.select_server else {}
-            return _pb.AcquireSlotResponse(
+            response = _pb.AcquireSlotResponse(
                 granted=True,
                 decision_id=f"d-{self._decisions}",
                 lease=_lease(lease_id, request.pool, self.lease_ttl_ms[lease_id]),
                 queue_wait_ms=7,
-                **server,
             )
+            if request.select_server:
+                response.server_id, response.address = "s1", "10.0.0.1:80"
+            return response
 
         def renew(request: _pb.RenewLeaseRequest) -> Message:
             if self.leases.get(request.lease_id, True):
@@ -154,6 +169,24 @@ class FakeChannel:
 
 async def _done() -> None:
     return None
+
+
+def as_channel(fake: FakeChannel) -> grpc.Channel:
+    """`fake` typed as the `channel=` a Client takes: it fakes only the calls the client makes."""
+    return cast(grpc.Channel, fake)
+
+
+def as_aio_channel(fake: FakeChannel) -> grpc.aio.Channel:
+    """`fake` (asynchronous) typed as the `channel=` an AsyncClient takes."""
+    assert fake.asynchronous
+    return cast(grpc.aio.Channel, fake)
+
+
+def release_retries(client: Client | AsyncClient) -> ReleaseRetries | AsyncReleaseRetries:
+    """The client's release retrier as its class (the shared base declares only `abandon`)."""
+    retries = client._releases
+    assert isinstance(retries, ReleaseRetries | AsyncReleaseRetries)
+    return retries
 
 
 # Lease TTL the fake grants when the request names none, milliseconds.

@@ -23,7 +23,7 @@ from loadwarden.sdk import AsyncClient, Client, LoadwardenError, SlotDenied
 from loadwarden.sdk._leases import ABANDON_BATCH, ABANDON_DELAY_S, ReleaseRetries
 from loadwarden.v1 import decision_pb2 as _pb
 
-from .conftest import FakeChannel, FakeClock, FakeScheduler
+from .conftest import FakeChannel, FakeClock, FakeScheduler, as_aio_channel, as_channel, release_retries
 
 NEVER_S = 3600.0
 
@@ -35,7 +35,7 @@ def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
 def wire(client: Client | AsyncClient, clock: FakeClock, releases: FakeScheduler) -> None:
     client._clock = clock
     client._rng.seed(7)
-    client._releases._scheduler = releases  # type: ignore[assignment]
+    release_retries(client)._scheduler = releases
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def releases() -> FakeScheduler:
 @pytest.fixture
 def client(fake_channel: FakeChannel, fake_clock: FakeClock, releases: FakeScheduler) -> Iterator[Client]:
     client = Client(
-        channel=fake_channel,
+        channel=as_channel(fake_channel),
         timeout_s=0.5,
         outcome_flush_interval_s=NEVER_S,
         retry=None,
@@ -63,7 +63,7 @@ async def aclient(
     fake_aio_channel: FakeChannel, fake_clock: FakeClock, releases: FakeScheduler
 ) -> AsyncIterator[AsyncClient]:
     client = AsyncClient(
-        channel=fake_aio_channel,
+        channel=as_aio_channel(fake_aio_channel),
         timeout_s=0.5,
         outcome_flush_interval_s=NEVER_S,
         retry=None,
@@ -76,11 +76,11 @@ async def aclient(
 
 
 def releases_sent(channel: FakeChannel) -> list[_pb.ReleaseSlotRequest]:
-    return [call.request for call in channel.calls if call.method == "ReleaseSlot"]  # type: ignore[misc]
+    return channel.requests("ReleaseSlot", _pb.ReleaseSlotRequest)
 
 
 def acquire_ids(channel: FakeChannel) -> list[str]:
-    return [call.request.request_id for call in channel.calls if call.method == "AcquireSlot"]  # type: ignore[attr-defined]
+    return [request.request_id for request in channel.requests("AcquireSlot", _pb.AcquireSlotRequest)]
 
 
 def ended_by_abandon(request: _pb.ReleaseSlotRequest) -> list[str]:
@@ -103,7 +103,8 @@ def test_timed_out_acquires_in_a_pool_are_ended_together_after_the_abandon_delay
     [sent] = releases_sent(fake_channel)
     assert sent.pool == "ml" and sent.lease_id == "" and sent.request_id == ""
     assert ended_by_abandon(sent) == acquire_ids(fake_channel)
-    assert client._releases.abandoned == 3 and client._releases.pending() == 0
+    retries = release_retries(client)
+    assert retries.abandoned == 3 and retries.pending() == 0
 
 
 def test_each_pool_gets_its_own_call_and_a_full_batch_starts_the_next(
@@ -143,7 +144,7 @@ def test_an_acquire_answered_with_another_failure_is_not_abandoned(
     with pytest.raises((LoadwardenError, SlotDenied)):  # SlotDenied (fail_closed) for UNAVAILABLE
         client.acquire_slot("ml")
 
-    assert client._releases.abandoned == 0 and releases.pending == []
+    assert release_retries(client).abandoned == 0 and releases.pending == []
 
 
 def test_an_acquire_without_a_request_id_cannot_be_abandoned(
@@ -153,7 +154,7 @@ def test_an_acquire_without_a_request_id_cannot_be_abandoned(
     with pytest.raises(SlotDenied):  # fail_closed: no local slot
         client.acquire_slot("ml", request_id="")
 
-    assert client._releases.abandoned == 0 and releases.pending == []
+    assert release_retries(client).abandoned == 0 and releases.pending == []
 
 
 def test_an_unanswered_abandon_is_retried_and_close_sends_what_is_left(
@@ -165,13 +166,14 @@ def test_an_unanswered_abandon_is_retried_and_close_sends_what_is_left(
     fake_channel.answers["ReleaseSlot"] = rpc_error(grpc.StatusCode.UNAVAILABLE)
     fake_clock.advance(ABANDON_DELAY_S[1])
     releases.fire()
-    assert client._releases.pending() == 1  # queued again, with its backoff
+    assert release_retries(client).pending() == 1  # queued again, with its backoff
 
     fake_channel.answers["ReleaseSlot"] = _pb.ReleaseSlotResponse(abandoned=1)
     client.close()
 
     assert [ended_by_abandon(request) for request in releases_sent(fake_channel)] == [["r-1"], ["r-1"]]
-    assert client._releases.pending() == 0 and client._releases.given_up == 0
+    retries = release_retries(client)
+    assert retries.pending() == 0 and retries.given_up == 0
 
 
 def test_an_abandon_is_given_up_without_a_call_once_the_lease_ttl_has_passed(
@@ -184,7 +186,7 @@ def test_an_abandon_is_given_up_without_a_call_once_the_lease_ttl_has_passed(
     fake_clock.advance(10.0)  # past the TTL it asked for, and the call's timeout: reclaimed by now
     releases.fire()
 
-    assert releases_sent(fake_channel) == [] and client._releases.given_up == 1
+    assert releases_sent(fake_channel) == [] and release_retries(client).given_up == 1
 
 
 def test_abandons_share_the_pending_releases_cap(fake_clock: FakeClock, releases: FakeScheduler) -> None:
@@ -218,7 +220,7 @@ async def test_an_async_acquire_cancelled_by_its_caller_is_abandoned(
         started.set()
         await asyncio.Event().wait()
 
-    fake_aio_channel.answers["AcquireSlot"] = never_answered  # type: ignore[assignment]
+    fake_aio_channel.answers["AcquireSlot"] = never_answered
     task = asyncio.create_task(aclient.acquire_slot("ml", request_id="r-1", wait_s=5.0))
     await started.wait()
     task.cancel()

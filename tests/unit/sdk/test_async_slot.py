@@ -18,6 +18,8 @@ from loadwarden.sdk import AsyncClient, Lease, LeaseLostError, SlotDenied
 from loadwarden.sdk._leases import AsyncLeaseKeeper, TaskScheduler
 from loadwarden.v1 import decision_pb2 as _pb
 
+from .conftest import release_retries
+
 NEVER_S = 3600.0
 
 
@@ -163,7 +165,7 @@ async def test_a_failed_release_never_masks_the_block_exception_and_is_retried(
             raise error
 
     assert raised.value is error
-    assert client._releases.pending() == 1
+    assert release_retries(client).pending() == 1
 
 
 async def test_the_task_scheduler_runs_on_the_loop_and_cancels_a_renewal_in_flight() -> None:
@@ -182,9 +184,10 @@ async def test_the_task_scheduler_runs_on_the_loop_and_cancels_a_renewal_in_flig
 
     timer = TaskScheduler().call_later(0.0, slow)
     await asyncio.wait_for(started.wait(), 5.0)
+    assert isinstance(timer, asyncio.Task)
     timer.cancel()
     await asyncio.sleep(0)
-    assert timer.cancelled()  # type: ignore[attr-defined]
+    assert timer.cancelled()
 
 
 async def test_the_keeper_with_the_task_scheduler_renews_for_real_and_stops() -> None:

@@ -199,7 +199,9 @@ def test_last_known_sizes_forget_the_least_recently_used() -> None:
     sizes.remember("c", BatchSize(3, None, "unknown", "", False, "", "service"))
 
     assert sizes.local_answer("b", None, err) is None
-    assert [sizes.local_answer(name, None, err).size for name in ("a", "c")] == [1, 3]  # type: ignore[union-attr]
+    a, c = (sizes.local_answer(name, None, err) for name in ("a", "c"))
+    assert a is not None and c is not None
+    assert (a.size, c.size) == (1, 3)
 
 
 # --- report_batch, sync --------------------------------------------------------------------------
@@ -268,7 +270,7 @@ def test_report_batches_refuses_more_than_one_batch(client: Client, fake_channel
 
 def test_report_batches_refuses_a_single_report(client: Client) -> None:
     with pytest.raises(TypeError, match="reports"):
-        client.report_batches(BatchReport("import", batch_size=1, duration_ms=1.0))  # type: ignore[arg-type]
+        client.report_batches(BatchReport("import", batch_size=1, duration_ms=1.0))  # type: ignore[arg-type]  # not a list, on purpose
 
 
 def test_report_batch_errors_are_typed(client: Client, fake_channel) -> None:

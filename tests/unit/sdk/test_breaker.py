@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from typing import Any
 
 import pytest
 
@@ -30,10 +31,10 @@ class FakeClock:
         self.now += seconds
 
 
-def make(clock: FakeClock, **overrides: object) -> CircuitBreaker:
+def make(clock: FakeClock, **overrides: Any) -> CircuitBreaker:
     # Rate trigger only unless a test turns the consecutive trigger on.
-    settings: dict[str, object] = {"consecutive_failures": 0, **overrides}
-    return CircuitBreaker("m@t", BreakerConfig(**settings), clock=clock)  # type: ignore[arg-type]
+    settings: dict[str, Any] = {"consecutive_failures": 0, **overrides}
+    return CircuitBreaker("m@t", BreakerConfig(**settings), clock=clock)
 
 
 def feed(breaker: CircuitBreaker, outcomes: str) -> None:
@@ -302,7 +303,8 @@ def test_listener_may_call_back_into_the_breaker() -> None:
     seen: list[tuple[BreakerState, float]] = []
     breaker.add_listener(lambda event: seen.append((breaker.state, breaker.retry_after_s())))
     trip(breaker)  # would deadlock if listeners ran under the lock
-    assert seen == [(OPEN, pytest.approx(5.0))]
+    [(state, retry_after_s)] = seen
+    assert state is OPEN and retry_after_s == pytest.approx(5.0)
 
 
 # --- threads ------------------------------------------------------------------------------------
@@ -394,7 +396,7 @@ def test_threads_racing_for_half_open_probes_get_exactly_n() -> None:
 )
 def test_config_rejects_bad_values_naming_the_parameter(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=rf"^{field} "):
-        BreakerConfig(**{field: value})  # type: ignore[arg-type]
+        BreakerConfig(**{field: value})  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
 
 
 def test_config_accepts_edges_and_is_frozen() -> None:
@@ -409,7 +411,7 @@ def test_config_accepts_edges_and_is_frozen() -> None:
         half_open_probes=1,
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.window = "count"  # type: ignore[misc]
+        config.window = "count"  # type: ignore[misc]  # frozen on purpose: the assignment must raise
 
 
 # --- registry -----------------------------------------------------------------------------------

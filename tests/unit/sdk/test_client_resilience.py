@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +22,8 @@ from loadwarden.sdk import (
 )
 from loadwarden.v1 import decision_pb2 as _pb
 
+from .conftest import FakeChannel, as_channel
+
 NEVER_S = 3600.0
 FAST_RETRY = RetryConfig(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002)
 TRIP_AT_ONCE = BreakerConfig(consecutive_failures=1, open_wait_s=NEVER_S, max_open_wait_s=NEVER_S)
@@ -30,10 +33,10 @@ def unavailable() -> grpc.RpcError:
     return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down")
 
 
-def make(fake_channel, **options) -> Client:  # type: ignore[no-untyped-def]
-    values = {"timeout_s": 0.5, "outcome_flush_interval_s": NEVER_S, "server_refresh_s": 0}
+def make(fake_channel: FakeChannel, **options: Any) -> Client:
+    values: dict[str, Any] = {"timeout_s": 0.5, "outcome_flush_interval_s": NEVER_S, "server_refresh_s": 0}
     values.update(options)
-    return Client(channel=fake_channel, **values)
+    return Client(channel=as_channel(fake_channel), **values)
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ def closing() -> Iterator[list[Client]]:
         client.close()
 
 
-def test_acquire_and_release_retries_reuse_their_request_id(fake_channel, closing) -> None:  # type: ignore[no-untyped-def]
+def test_acquire_and_release_retries_reuse_their_request_id(fake_channel, closing) -> None:
     client = make(fake_channel, retry=FAST_RETRY, breaker=None)
     closing.append(client)
     granted = _pb.AcquireSlotResponse(granted=True)
@@ -62,7 +65,7 @@ def test_acquire_and_release_retries_reuse_their_request_id(fake_channel, closin
     assert len(sent) == 2 and sent[0] == sent[1] != ""
 
 
-def test_business_errors_are_never_retried(fake_channel, closing) -> None:  # type: ignore[no-untyped-def]
+def test_business_errors_are_never_retried(fake_channel, closing) -> None:
     client = make(fake_channel, retry=FAST_RETRY)
     closing.append(client)
     fake_channel.answers["SelectServer"] = grpc.aio.AioRpcError(
@@ -71,17 +74,19 @@ def test_business_errors_are_never_retried(fake_channel, closing) -> None:  # ty
     with pytest.raises(NotFoundError):
         client.select("x")
     assert fake_channel.methods() == ["SelectServer"]
-    assert client.breaker("SelectServer").state is BreakerState.CLOSED  # the service answered
+    breaker = client.breaker("SelectServer")
+    assert breaker is not None and breaker.state is BreakerState.CLOSED  # the service answered
 
 
-def test_open_breaker_answers_locally_without_the_network(fake_channel, closing) -> None:  # type: ignore[no-untyped-def]
+def test_open_breaker_answers_locally_without_the_network(fake_channel, closing) -> None:
     client = make(fake_channel, retry=None, breaker=TRIP_AT_ONCE)
     closing.append(client)
     learned = {client.select("api").server_id for _ in range(3)}
     fake_channel.answers["SelectServer"] = unavailable()
     first = client.select("api")  # fails over the network, trips the breaker, answers locally
     assert first.fallback and first.decision_id == "" and first.server_id in learned
-    assert client.breaker("SelectServer").state is BreakerState.OPEN
+    breaker = client.breaker("SelectServer")
+    assert breaker is not None and breaker.state is BreakerState.OPEN
     calls = len(fake_channel.calls)
     local = [client.select("api") for _ in range(30)]
     assert len(fake_channel.calls) == calls  # no network round trip while open
@@ -91,7 +96,7 @@ def test_open_breaker_answers_locally_without_the_network(fake_channel, closing)
     assert client.outcome_stats().pending == 0  # a local answer reports nothing
 
 
-def test_unknown_pool_with_service_down_raises(fake_channel, closing) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_pool_with_service_down_raises(fake_channel, closing) -> None:
     client = make(fake_channel, retry=None, breaker=TRIP_AT_ONCE)
     closing.append(client)
     fake_channel.answers["SelectServer"] = unavailable()
@@ -103,7 +108,7 @@ def test_unknown_pool_with_service_down_raises(fake_channel, closing) -> None:  
 
 
 @pytest.mark.parametrize(("policy", "granted"), [("local_limit", 2), ("fail_open", 5), ("fail_closed", 0)])
-def test_slot_fallback_policies(fake_channel, closing, policy: str, granted: int) -> None:  # type: ignore[no-untyped-def]
+def test_slot_fallback_policies(fake_channel, closing, policy: str, granted: int) -> None:
     client = make(fake_channel, retry=None, breaker=TRIP_AT_ONCE, slot_fallback=policy, local_slot_limit=2)
     closing.append(client)
     fake_channel.answers["AcquireSlot"] = unavailable()
@@ -126,7 +131,7 @@ def test_slot_fallback_policies(fake_channel, closing, policy: str, granted: int
         assert client._local_slots.held("ml") == 0
 
 
-def test_report_load_bypasses_breaker_and_retries(fake_channel, closing) -> None:  # type: ignore[no-untyped-def]
+def test_report_load_bypasses_breaker_and_retries(fake_channel, closing) -> None:
     client = make(fake_channel, retry=FAST_RETRY, breaker=TRIP_AT_ONCE)
     closing.append(client)
     fake_channel.answers["ReportLoad"] = unavailable()
@@ -145,11 +150,9 @@ class FakeMonotonic:
         return self.now
 
 
-def test_deadline_scope_bounds_every_call(fake_channel, closing, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from loadwarden.sdk import _resilience
-
+def test_deadline_scope_bounds_every_call(fake_channel, closing, monkeypatch) -> None:
     clock = FakeMonotonic()
-    monkeypatch.setattr(_resilience.time, "monotonic", clock)
+    monkeypatch.setattr("loadwarden.sdk._resilience.time.monotonic", clock)
     client = make(fake_channel, retry=None, timeout_s=5.0)
     closing.append(client)
     with deadline(0.2):
@@ -176,12 +179,12 @@ def test_deadline_scope_bounds_every_call(fake_channel, closing, monkeypatch) ->
         ({"retry": 3}, "retry"),
     ],
 )
-def test_constructor_errors_name_the_parameter(fake_channel, kwargs, name) -> None:  # type: ignore[no-untyped-def]
+def test_constructor_errors_name_the_parameter(fake_channel, kwargs, name) -> None:
     with pytest.raises(ValueError, match=name):
         make(fake_channel, **kwargs)
 
 
-async def test_background_outcome_sender_does_not_inherit_the_callers_deadline(fake_aio_channel) -> None:  # type: ignore[no-untyped-def]
+async def test_background_outcome_sender_does_not_inherit_the_callers_deadline(fake_aio_channel) -> None:
     from loadwarden.sdk import AsyncClient
 
     client = AsyncClient(

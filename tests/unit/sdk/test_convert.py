@@ -169,7 +169,7 @@ def test_load_status_from_proto() -> None:
 
 
 def test_a_server_state_this_sdk_does_not_know_reads_as_unspecified() -> None:
-    message = _common.ServerStatus(id="s1", state=99)
+    message = _common.ServerStatus(id="s1", state=99)  # type: ignore[arg-type]  # an unknown value on purpose
 
     status = load_status_from_proto(_common.LoadStatus(pools=[_common.PoolStatus(servers=[message])]))
 
@@ -264,7 +264,8 @@ def test_operation_status_carries_its_settings_and_adjustments() -> None:
 
 
 def test_operation_enums_this_sdk_does_not_know_read_as_unspecified() -> None:
-    message = _common.LoadStatus(operations=[_common.OperationStatus(name="x", mode=99, load_source=99)])
+    unknown = _common.OperationStatus(name="x", mode=99, load_source=99)  # type: ignore[arg-type]  # unknown values on purpose
+    message = _common.LoadStatus(operations=[unknown])
 
     [operation] = load_status_from_proto(message).operations
 
@@ -310,7 +311,7 @@ def test_no_host_when_the_monitor_is_off() -> None:
         (_common.LOAD_LEVEL_HIGH, "high"),
     ],
 )
-def test_batch_size_with_a_known_load(level: int, expected: str) -> None:
+def test_batch_size_with_a_known_load(level: _common.LoadLevel, expected: str) -> None:
     response = _pb.GetBatchSizeResponse(
         decision_id="d-1", batch_size=60, load_score=62.0, load_level=level, reason="between"
     )
@@ -327,7 +328,7 @@ def test_batch_size_with_a_known_load(level: int, expected: str) -> None:
 
 
 @pytest.mark.parametrize("level", [_common.LOAD_LEVEL_UNKNOWN, _common.LOAD_LEVEL_UNSPECIFIED, 99])
-def test_batch_size_with_an_unknown_load_has_no_score(level: int) -> None:
+def test_batch_size_with_an_unknown_load_has_no_score(level: _common.LoadLevel) -> None:
     response = _pb.GetBatchSizeResponse(batch_size=10, load_score=0.0, load_level=level, fallback=True)
 
     answer = batch_size_from_proto(response)

@@ -6,6 +6,7 @@ nothing sleeps and nothing depends on timing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +26,7 @@ from loadwarden.sdk._leases import (
 )
 from loadwarden.sdk._types import Lease
 
-from .conftest import FakeChannel, FakeClock, FakeScheduler
+from .conftest import FakeChannel, FakeClock, FakeScheduler, as_aio_channel, as_channel, release_retries
 
 NEVER_S = 3600.0
 NO_BREAKER = None
@@ -43,7 +44,7 @@ def wire(client: Client | AsyncClient, scheduler: FakeScheduler, clock: FakeCloc
     client._renewal_scheduler = scheduler
     client._clock = clock
     client._rng.seed(7)
-    client._releases._scheduler = releases  # type: ignore[assignment]
+    release_retries(client)._scheduler = releases
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def releases() -> FakeScheduler:
 @pytest.fixture
 def client(fake_channel: FakeChannel, fake_scheduler, fake_clock, releases) -> Iterator[Client]:
     client = Client(
-        channel=fake_channel,
+        channel=as_channel(fake_channel),
         timeout_s=0.5,
         outcome_flush_interval_s=NEVER_S,
         retry=None,
@@ -69,7 +70,7 @@ def client(fake_channel: FakeChannel, fake_scheduler, fake_clock, releases) -> I
 @pytest.fixture
 async def aclient(fake_aio_channel: FakeChannel, fake_scheduler, fake_clock, releases) -> AsyncIterator[AsyncClient]:
     client = AsyncClient(
-        channel=fake_aio_channel,
+        channel=as_aio_channel(fake_aio_channel),
         timeout_s=0.5,
         outcome_flush_interval_s=NEVER_S,
         retry=None,
@@ -149,15 +150,18 @@ def test_an_on_lost_callback_that_raises_is_logged_and_the_exit_still_raises(
     def broken(error: LeaseLostError) -> None:
         raise RuntimeError("callback bug")
 
-    with caplog.at_level(logging.ERROR, logger="loadwarden.sdk"), pytest.raises(LeaseLostError):
-        with client.slot("ml", on_lost=broken):
-            fake_scheduler.fire()
+    with (
+        caplog.at_level(logging.ERROR, logger="loadwarden.sdk"),
+        pytest.raises(LeaseLostError),
+        client.slot("ml", on_lost=broken),
+    ):
+        fake_scheduler.fire()
 
     assert "on_lost callback of lease l-1 failed" in caplog.text
 
 
 def test_a_non_callable_on_lost_is_refused_before_anything_is_acquired(client: Client, fake_channel) -> None:
-    with pytest.raises(ValueError, match="on_lost"), client.slot("ml", on_lost="nope"):  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="on_lost"), client.slot("ml", on_lost="nope"):  # type: ignore[arg-type]  # not callable on purpose
         pytest.fail("the block must not run")
 
     assert fake_channel.calls == []
@@ -244,7 +248,7 @@ def test_a_release_without_an_answer_is_retried_with_the_same_request_id_until_i
     sent = methods(fake_channel, "ReleaseSlot")
     assert len(sent) == 5 and len({call.request.request_id for call in sent}) == 1
     assert fake_channel.leases == {"l-1": True}
-    assert releases.pending == [] and client._releases.pending() == 0
+    assert releases.pending == [] and release_retries(client).pending() == 0
     assert client._local_slots.held_from_service("ml") == 0
 
 
@@ -259,7 +263,7 @@ def test_a_release_answered_not_found_ends_its_retries(
     fake_clock.advance(releases.pending[0].delay_s)
     releases.fire()
 
-    assert releases.pending == [] and client._releases.pending() == 0
+    assert releases.pending == [] and release_retries(client).pending() == 0
     assert client._local_slots.held_from_service("ml") == 0
 
 
@@ -274,7 +278,8 @@ def test_a_release_is_given_up_without_a_call_once_the_lease_ttl_has_passed(
     releases.fire()
 
     assert len(methods(fake_channel, "ReleaseSlot")) == 1
-    assert client._releases.given_up == 1 and client._releases.pending() == 0
+    retries = release_retries(client)
+    assert retries.given_up == 1 and retries.pending() == 0
 
 
 def test_pending_releases_are_capped(fake_clock, releases) -> None:
@@ -310,7 +315,11 @@ def test_close_retries_every_pending_release_once_before_closing_the_channel(
     fake_channel: FakeChannel, fake_clock: FakeClock, releases: FakeScheduler, fake_scheduler
 ) -> None:
     client = Client(
-        channel=fake_channel, timeout_s=0.5, outcome_flush_interval_s=NEVER_S, retry=None, breaker=NO_BREAKER
+        channel=as_channel(fake_channel),
+        timeout_s=0.5,
+        outcome_flush_interval_s=NEVER_S,
+        retry=None,
+        breaker=NO_BREAKER,
     )
     wire(client, fake_scheduler, fake_clock, releases)
     fake_channel.answers["ReleaseSlot"] = unavailable()
@@ -322,7 +331,7 @@ def test_close_retries_every_pending_release_once_before_closing_the_channel(
 
     assert fake_channel.leases == {"l-1": True, "l-2": True}
     assert releases.timers and all(timer.cancelled for timer in releases.timers)
-    assert client._releases.pending() == 0
+    assert release_retries(client).pending() == 0
 
 
 async def test_async_close_retries_every_pending_release_once(
@@ -351,7 +360,7 @@ async def test_async_retries_run_one_pass_for_every_due_release(
     await releases.afire()
 
     assert fake_aio_channel.leases == {"l-1": True, "l-2": True}
-    assert aclient._releases.pending() == 0 and releases.pending == []
+    assert release_retries(aclient).pending() == 0 and releases.pending == []
 
 
 # --- the local limit counts the service's slots --------------------------------------------
@@ -406,11 +415,13 @@ def test_a_held_slot_counts_against_the_local_limit_while_the_block_runs(
 # --- probe wiring ----------------------------------------------------------------------------
 
 
-def test_an_open_breaker_starts_one_background_probe_and_serving_ends_its_wait(fake_channel) -> None:
-    from grpc_health.v1 import health_pb2
+def test_an_open_breaker_starts_one_background_probe_and_serving_ends_its_wait(
+    fake_channel: FakeChannel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from grpc_health.v1 import health_pb2  # type: ignore[import-untyped]  # no stubs, no py.typed
 
     client = Client(
-        channel=fake_channel,
+        channel=as_channel(fake_channel),
         timeout_s=0.5,
         outcome_flush_interval_s=NEVER_S,
         retry=None,
@@ -420,8 +431,13 @@ def test_an_open_breaker_starts_one_background_probe_and_serving_ends_its_wait(f
     )
     assert client._prober is not None
     ran: list[float] = []
-    client._prober._wait = lambda delay_s: ran.append(delay_s) or False  # no sleeping
-    client._prober.wake = lambda: None  # run below on this thread instead of a new one
+
+    def no_sleeping(delay_s: float) -> bool:
+        ran.append(delay_s)
+        return False
+
+    client._prober._wait = no_sleeping
+    monkeypatch.setattr(client._prober, "wake", lambda: None)  # run below on this thread instead of a new one
     fake_channel.health_answer = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
     fake_channel.answers["SelectServer"] = unavailable()
     with pytest.raises(Exception, match="UNAVAILABLE"):
@@ -432,7 +448,9 @@ def test_an_open_breaker_starts_one_background_probe_and_serving_ends_its_wait(f
     client._prober.run()
 
     assert breaker.state.name == "HALF_OPEN"
-    assert [call.request.service for call in fake_channel.health_calls] == ["loadwarden.v1.DecisionService"]
+    [check] = fake_channel.health_calls
+    assert isinstance(check.request, health_pb2.HealthCheckRequest)
+    assert check.request.service == "loadwarden.v1.DecisionService"
     assert client._prober.recoveries == 1
     client.close()
 
@@ -450,6 +468,7 @@ async def test_background_tasks_run_outside_the_callers_deadline_scope() -> None
     with deadline(0.001):  # spent long before the renewal runs
         task = TaskScheduler().call_later(0.01, renew)
         assert bounded_timeout_s(5.0) <= 0.001
-    await task  # type: ignore[misc]
+    assert isinstance(task, asyncio.Task)
+    await task
 
     assert seen == [5.0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 
 import grpc
 import pytest
@@ -18,7 +19,7 @@ def outcome(n: int) -> _pb.Outcome:
     return _pb.Outcome(decision_id=f"d-{n}", success=True, latency_ms=1.0)
 
 
-def ids(batch: list[_pb.Outcome]) -> list[str]:
+def ids(batch: Iterable[_pb.Outcome]) -> list[str]:
     return [item.decision_id for item in batch]
 
 
@@ -248,7 +249,7 @@ async def test_task_sender_counts_a_failed_send() -> None:
 
 
 def test_task_sender_queues_outcomes_added_without_a_running_loop() -> None:
-    sender = TaskOutcomeSender(slow_buffer(), send=None)  # type: ignore[arg-type]
+    sender = TaskOutcomeSender(slow_buffer(), send=None)  # type: ignore[arg-type]  # never called: no loop, no send
 
     sender.add(outcome(1))
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from loadwarden.sdk import BreakerConfig, BreakerState, CircuitBreaker
+from loadwarden.sdk import BreakerConfig, BreakerEvent, BreakerState, CircuitBreaker
 from loadwarden.sdk._breaker import BreakerRegistry
 from loadwarden.sdk._probe import ProbeSchedule, TaskProber, ThreadProber
 
@@ -67,10 +67,19 @@ def test_a_serving_answer_moves_every_open_breaker_to_half_open_and_the_prober_s
 
 def test_no_probe_runs_while_every_breaker_is_closed_and_stop_ends_the_loop(fake_clock: FakeClock) -> None:
     calls: list[float] = []
+
+    def serving(timeout_s: float) -> bool:
+        calls.append(timeout_s)
+        return True
+
+    def not_serving(timeout_s: float) -> bool:
+        calls.append(timeout_s)
+        return False
+
     closed = ThreadProber(
         BreakerRegistry(clock=fake_clock),
         0.5,
-        lambda t: calls.append(t) or True,
+        serving,
         rng=random.Random(1),
         clock=fake_clock,
         wait=lambda d: False,
@@ -82,7 +91,7 @@ def test_no_probe_runs_while_every_breaker_is_closed_and_stop_ends_the_loop(fake
     stopping = ThreadProber(
         registry,
         0.5,
-        lambda t: calls.append(t) or False,
+        not_serving,
         rng=random.Random(1),
         clock=fake_clock,
         wait=lambda d: len(calls) >= 2,
@@ -149,7 +158,7 @@ def test_end_open_wait_keeps_half_open_semantics_and_the_growing_wait(fake_clock
     assert not breaker.end_open_wait("serving")  # CLOSED: nothing to end
     breaker.allow()
     breaker.record_failure()
-    events = []
+    events: list[BreakerEvent] = []
     breaker.add_listener(events.append)
 
     assert breaker.end_open_wait("health check answered SERVING")
@@ -162,6 +171,6 @@ def test_end_open_wait_keeps_half_open_semantics_and_the_growing_wait(fake_clock
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "0.5"])
 def test_probe_interval_is_validated(bad: object) -> None:
     with pytest.raises(ValueError, match="probe_interval_s"):
-        BreakerConfig(probe_interval_s=bad)  # type: ignore[arg-type]
+        BreakerConfig(probe_interval_s=bad)  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
     assert BreakerConfig(probe_interval_s=None).probe_interval_s is None
     assert BreakerConfig().probe_interval_s == 0.5

@@ -9,6 +9,7 @@ deadlines.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import pickle
 import threading
 import time
@@ -16,7 +17,15 @@ from collections.abc import Callable
 
 import pytest
 
-from loadwarden.sdk._queue import AsyncRequestQueue, QueueFull, QueueStats, QueueTimeout, RequestQueue, SlotSchedule
+from loadwarden.sdk._queue import (
+    AsyncRequestQueue,
+    QueueFull,
+    QueueStats,
+    QueueTimeout,
+    RequestQueue,
+    SlotSchedule,
+    Ticket,
+)
 
 # Longest any test waits for another thread or task to get somewhere, seconds.
 DEADLINE_S = 5.0
@@ -41,11 +50,11 @@ def record_starts(queue: RequestQueue | AsyncRequestQueue) -> list[float]:
     schedule = queue._schedule
     start = schedule.start
 
-    def spy(ticket: object, now: float) -> None:
-        start(ticket, now)  # type: ignore[arg-type]
+    def spy(ticket: Ticket, now: float) -> None:
+        start(ticket, now)
         starts.append(now)
 
-    schedule.start = spy  # type: ignore[method-assign]
+    schedule.start = spy  # type: ignore[method-assign]  # a spy on this one schedule's bound method
     return starts
 
 
@@ -250,7 +259,11 @@ def test_threads_start_by_priority_then_arrival() -> None:
             thread = threading.Thread(target=queue.run, args=(started.append, name), kwargs={"priority": priority})
             thread.start()
             threads.append(thread)
-            wait_until(lambda n=waiting: queue.stats().waiting == n)  # arrival order is fixed
+
+            def arrived(n: int = waiting) -> bool:
+                return queue.stats().waiting == n
+
+            wait_until(arrived)  # arrival order is fixed
     for thread in threads:
         thread.join(DEADLINE_S)
     assert started == ["b", "d", "c", "a", "e"]
@@ -309,7 +322,7 @@ def test_thread_spacing_between_starts() -> None:
     for thread in threads:
         thread.join(DEADLINE_S)
     assert len(starts) == 4
-    assert all(b - a >= spacing_s for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a >= spacing_s for a, b in itertools.pairwise(starts))
     assert queue.next_start_at() == starts[-1] + spacing_s
 
 
@@ -421,7 +434,7 @@ async def test_task_spacing_between_starts() -> None:
     async with asyncio.timeout(DEADLINE_S):
         await asyncio.gather(*(queue.run(asyncio.sleep, 0) for _ in range(4)))
     assert len(starts) == 4
-    assert all(b - a >= spacing_s for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a >= spacing_s for a, b in itertools.pairwise(starts))
 
 
 @pytest.mark.parametrize("queue_class", [RequestQueue, AsyncRequestQueue])

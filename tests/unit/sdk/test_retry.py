@@ -24,7 +24,7 @@ from loadwarden.sdk._retry import MIN_ATTEMPT_S, Retrier, RetryBudget, RetryConf
 # Float slack for "start + timeout <= deadline": timeout is computed as deadline - start.
 EPS = 1e-9
 # A budget that never refuses, for tests about backoff and deadlines.
-ROOMY = {"budget_ratio": 1.0, "budget_min_per_s": 1000.0}
+ROOMY: dict[str, Any] = {"budget_ratio": 1.0, "budget_min_per_s": 1000.0}
 
 
 class FakeTime:
@@ -541,7 +541,7 @@ def test_config_is_frozen_with_documented_defaults() -> None:
     assert backoff == (3, 0.05, 1.0, 2.0)
     assert (config.budget_ratio, config.budget_min_per_s, config.budget_window_s) == (0.2, 1.0, 10.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.max_attempts = 5  # type: ignore[misc]
+        config.max_attempts = 5  # type: ignore[misc]  # frozen on purpose: the assignment must raise
 
 
 def test_default_retrier_uses_real_time_without_sleeping_on_success() -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 from loadwarden.sdk import _metrics
 from loadwarden.sdk._breaker import BreakerConfig, BreakerRegistry
@@ -19,7 +20,15 @@ class Clock:
         return self.now
 
 
-def test_transitions_are_logged_counted_and_gauged(monkeypatch: pytest.MonkeyPatch, caplog) -> None:  # type: ignore[no-untyped-def]
+def number_point(point: object) -> tuple[dict[str, Any], float]:
+    """A counter's or gauge's data point as (attributes, value)."""
+    assert isinstance(point, NumberDataPoint) and point.attributes is not None
+    return dict(point.attributes), point.value
+
+
+def test_transitions_are_logged_counted_and_gauged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     reader = InMemoryMetricReader()
     meter = MeterProvider(metric_readers=[reader]).get_meter("test")
     monkeypatch.setattr(_metrics, "_meter", meter)
@@ -36,8 +45,9 @@ def test_transitions_are_logged_counted_and_gauged(monkeypatch: pytest.MonkeyPat
             breaker.record_failure()
     assert "SelectServer@h:1: CLOSED -> OPEN" in caplog.text
     data = reader.get_metrics_data()
+    assert data is not None
     points = {
-        metric.name: [(dict(p.attributes), p.value) for p in metric.data.data_points]
+        metric.name: [number_point(p) for p in metric.data.data_points]
         for rm in data.resource_metrics
         for sm in rm.scope_metrics
         for metric in sm.metrics

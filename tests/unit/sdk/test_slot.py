@@ -29,6 +29,8 @@ from loadwarden.sdk._errors import is_transport_failure
 from loadwarden.sdk._leases import ThreadScheduler
 from loadwarden.v1 import decision_pb2 as _pb
 
+from .conftest import release_retries
+
 NEVER_S = 3600.0
 
 
@@ -140,7 +142,7 @@ def test_a_denial_raises_slot_denied_with_the_answer(client: Client, fake_channe
     ],
 )
 def test_denial_reasons_are_named_without_their_prefix(client: Client, fake_channel, reason: int, name: str) -> None:
-    fake_channel.answers["AcquireSlot"] = denial(denial_reason=reason)  # type: ignore[arg-type]
+    fake_channel.answers["AcquireSlot"] = denial(denial_reason=reason)
 
     with pytest.raises(SlotDenied) as raised:
         client.acquire_slot("ml")
@@ -343,12 +345,15 @@ def test_a_renewal_answered_not_found_loses_the_lease_without_interrupting_the_b
     fake_channel.answers["RenewLease"] = grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, details="lease 'l-1' expired")
     finished = False
 
-    with caplog.at_level(logging.WARNING, logger="loadwarden.sdk"), pytest.raises(LeaseLostError) as raised:
-        with client.slot("ml") as lease:
-            fake_scheduler.fire()
-            assert fake_scheduler.pending == []
-            assert lease.lost
-            finished = True
+    with (
+        caplog.at_level(logging.WARNING, logger="loadwarden.sdk"),
+        pytest.raises(LeaseLostError) as raised,
+        client.slot("ml") as lease,
+    ):
+        fake_scheduler.fire()
+        assert fake_scheduler.pending == []
+        assert lease.lost
+        finished = True
 
     assert finished
     assert raised.value is lease.lost_error
@@ -363,9 +368,12 @@ def test_an_unexpected_renewal_error_loses_the_lease_and_is_logged_with_its_trac
 ) -> None:
     fake_channel.answers["RenewLease"] = RuntimeError("bug")
 
-    with caplog.at_level(logging.WARNING, logger="loadwarden.sdk"), pytest.raises(LeaseLostError) as raised:
-        with client.slot("ml"):
-            fake_scheduler.fire()
+    with (
+        caplog.at_level(logging.WARNING, logger="loadwarden.sdk"),
+        pytest.raises(LeaseLostError) as raised,
+        client.slot("ml"),
+    ):
+        fake_scheduler.fire()
 
     assert raised.value.why == "renewal_refused"
     [record] = [r for r in caplog.records if "renewing lease" in r.getMessage()]
@@ -383,7 +391,7 @@ def test_a_failed_release_never_masks_the_block_exception_and_is_retried(client:
         pass  # a successful block is not failed by its release either
 
     assert raised.value is error
-    assert client._releases.pending() == 2
+    assert release_retries(client).pending() == 2
 
 
 def test_a_release_after_the_client_closed_is_logged(client: Client, fake_channel, caplog) -> None:

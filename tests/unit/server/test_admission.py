@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
 
@@ -14,16 +15,16 @@ from loadwarden.server._errors import InvalidArgument, NotFound, ResourceExhaust
 from loadwarden.server._settings import RateLimit
 
 
-def make(clock: ManualClock | None = None, **settings: object) -> DecisionCore:
+def make(clock: ManualClock | None = None, **settings: Any) -> DecisionCore:
     core = DecisionCore(CoreLimits(), clock=clock or ManualClock(), rng=random.Random(2))
-    values: dict[str, object] = {"max_concurrency": 10, **settings}
+    values: dict[str, Any] = {"max_concurrency": 10, **settings}
     specs = [ServerSpec(f"s{i}", f"h:{i}") for i in (1, 2)]
-    core.configure_pool(PoolSettings(name="p", **values), specs)  # type: ignore[arg-type]
+    core.configure_pool(PoolSettings(name="p", **values), specs)
     return core
 
 
-def req(priority: int = 0, wait_s: float = 0.0, request_id: str = "", **kw: object) -> SlotRequest:
-    values: dict[str, object] = dict(
+def req(priority: int = 0, wait_s: float = 0.0, request_id: str = "", **kw: Any) -> SlotRequest:
+    values: dict[str, Any] = dict(
         pool="p",
         request_id=request_id,
         priority=priority,
@@ -33,7 +34,14 @@ def req(priority: int = 0, wait_s: float = 0.0, request_id: str = "", **kw: obje
         select_server=False,
     )
     values.update(kw)
-    return SlotRequest(**values)  # type: ignore[arg-type]
+    return SlotRequest(**values)
+
+
+async def grant(core: DecisionCore, request: SlotRequest | None = None) -> Granted:
+    """Acquires a slot that must be granted at once."""
+    answer = await core.acquire(request if request is not None else req(), None)
+    assert isinstance(answer, Granted), answer
+    return answer
 
 
 async def test_hard_cap_holds_for_100_clients_times_1000_acquires() -> None:
@@ -85,7 +93,7 @@ async def test_priority_then_fifo_under_saturation() -> None:
 async def test_cancelled_waiters_never_consume_slots() -> None:
     core = make(max_concurrency=2)
     slots = core.pool("p").slots
-    holders = [await core.acquire(req(), None) for _ in range(2)]
+    holders = [await grant(core) for _ in range(2)]
     waiters = [asyncio.create_task(core.acquire(req(wait_s=30.0), None)) for _ in range(20)]
     await asyncio.sleep(0)
     assert slots.waiting == 20
@@ -94,7 +102,7 @@ async def test_cancelled_waiters_never_consume_slots() -> None:
     await asyncio.gather(*waiters[::2], return_exceptions=True)
     assert slots.waiting == 10
     for holder in holders:
-        core.release_slot(holder.lease.id, True, 1.0)  # type: ignore[union-attr]
+        core.release_slot(holder.lease.id, True, 1.0)
     done = 0
     for task in waiters[1::2]:
         while not task.done():
@@ -111,10 +119,10 @@ async def test_cancelled_waiters_never_consume_slots() -> None:
 async def test_a_grant_racing_a_cancellation_is_given_back() -> None:
     core = make(max_concurrency=1)
     slots = core.pool("p").slots
-    holder = await core.acquire(req(), None)
+    holder = await grant(core)
     waiter = asyncio.create_task(core.acquire(req(wait_s=30.0), None))
     await asyncio.sleep(0)
-    core.release_slot(holder.lease.id, True, 1.0)  # type: ignore[union-attr]  # grants the waiter...
+    core.release_slot(holder.lease.id, True, 1.0)  # grants the waiter...
     waiter.cancel()  # ...whose caller goes away before it runs again
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -158,7 +166,7 @@ async def test_full_queue_is_resource_exhausted_with_retry_after() -> None:
 async def test_lease_expires_and_capacity_returns(tmp_path: object) -> None:
     clock = ManualClock()
     core = make(clock, max_concurrency=1, lease_ttl_ms=2_000)
-    lease = (await core.acquire(req(), None)).lease  # type: ignore[union-attr]
+    lease = (await grant(core)).lease
     assert isinstance(await core.acquire(req(), None), Denied)
     clock.advance(1.5)
     core.renew_lease(lease.id, None)  # renewal keeps it alive past the first TTL
@@ -191,19 +199,19 @@ async def test_same_request_id_never_takes_two_slots() -> None:
     retry = await core.acquire(req(request_id="job-1"), None)
     assert isinstance(first, Granted) and isinstance(retry, Granted)
     assert retry.lease is first.lease and core.pool("p").slots.in_use == 1
-    other = await core.acquire(req(request_id="job-2"), None)
-    assert other.lease is not first.lease  # type: ignore[union-attr]
+    other = await grant(core, req(request_id="job-2"))
+    assert other.lease is not first.lease
 
 
 async def test_retry_while_waiting_joins_the_same_wait() -> None:
     core = make(max_concurrency=1)
-    holder = await core.acquire(req(), None)
+    holder = await grant(core)
     a = asyncio.create_task(core.acquire(req(request_id="r", wait_s=30.0), None))
     await asyncio.sleep(0)
     b = asyncio.create_task(core.acquire(req(request_id="r", wait_s=30.0), None))
     await asyncio.sleep(0)
     assert core.pool("p").slots.waiting == 1
-    core.release_slot(holder.lease.id, True, 1.0)  # type: ignore[union-attr]
+    core.release_slot(holder.lease.id, True, 1.0)
     first, second = await a, await b
     assert isinstance(first, Granted) and isinstance(second, Granted) and first.lease is second.lease
     assert core.pool("p").slots.in_use == 1
@@ -211,7 +219,7 @@ async def test_retry_while_waiting_joins_the_same_wait() -> None:
 
 async def test_second_release_is_a_no_op_that_says_so_and_unknown_is_not_found() -> None:
     core = make()
-    lease = (await core.acquire(req(), None)).lease  # type: ignore[union-attr]
+    lease = (await grant(core)).lease
     assert core.release_slot(lease.id, True, 3.0) is True
     assert core.release_slot(lease.id, True, 3.0) is False
     with pytest.raises(NotFound) as err:
@@ -250,7 +258,7 @@ async def test_rate_limit_per_client_key() -> None:
     clock = ManualClock()
     core = make(clock, max_concurrency=0, rate_limit=RateLimit(count=30, per_s=60.0, burst=5))
     for _ in range(5):
-        lease = (await core.acquire(req(client_key="alice"), None)).lease  # type: ignore[union-attr]
+        lease = (await grant(core, req(client_key="alice"))).lease
         core.release_slot(lease.id, True, 1.0)
     with pytest.raises(ResourceExhausted, match="rate limit") as err:
         await core.acquire(req(client_key="alice"), None)
@@ -269,7 +277,7 @@ async def test_unlimited_pool_grants_everything() -> None:
 async def test_aimd_limit_shrinks_on_failures_without_revoking_leases() -> None:
     core = make(max_concurrency=10, limit_algorithm="aimd", limit_params={"min_limit": 2, "max_limit": 20})
     slots = core.pool("p").slots
-    leases = [(await core.acquire(req(), None)).lease for _ in range(10)]  # type: ignore[union-attr]
+    leases = [(await grant(core)).lease for _ in range(10)]
     for lease in leases[:5]:
         core.release_slot(lease.id, False, 10.0)  # failures: x0.9 each
     assert slots.limit.limit < 10 and slots.in_use == 5
@@ -307,7 +315,7 @@ async def test_lease_cap() -> None:
 async def test_release_after_ttl_reports_the_reclaim_even_before_a_sweep() -> None:
     clock = ManualClock()
     core = make(clock, max_concurrency=1, lease_ttl_ms=1_000)
-    lease = (await core.acquire(req(), None)).lease  # type: ignore[union-attr]
+    lease = (await grant(core)).lease
     clock.advance(1.001)  # no sweep has run
     assert core.release_slot(lease.id, True, 1.0) is False
     assert core.admission.reclaimed_total == 1
@@ -315,10 +323,10 @@ async def test_release_after_ttl_reports_the_reclaim_even_before_a_sweep() -> No
 
 async def test_an_ended_lease_is_told_apart_from_a_never_issued_one_however_many_ended_since() -> None:
     core = make(max_concurrency=1)
-    first = (await core.acquire(req(), None)).lease  # type: ignore[union-attr]
+    first = (await grant(core)).lease
     assert core.release_slot(first.id, True, 1.0) is True
     for _ in range(5_000):  # no memory of ended leases to fill or evict
-        lease = (await core.acquire(req(), None)).lease  # type: ignore[union-attr]
+        lease = (await grant(core)).lease
         core.release_slot(lease.id, True, 1.0)
     assert core.release_slot(first.id, True, 1.0) is False  # already ended: not an error
     with pytest.raises(NotFound, match="was released or reclaimed"):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -22,10 +22,12 @@ HEALTH = "/grpc.health.v1.Health/Check"
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Details:
+    """grpc.HandlerCallDetails as the server would pass it."""
+
     method: str
-    invocation_metadata: Sequence[tuple[str, str]] = ()
+    invocation_metadata: tuple[tuple[str, str | bytes], ...] = ()
 
 
 class Aborted(Exception):
@@ -47,29 +49,33 @@ class Context:
         raise Aborted
 
 
-REAL = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")
+REAL: grpc.RpcMethodHandler[Any, bytes] = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")
 
 
 async def decide(interceptor: AuthInterceptor, method: str, *metadata: tuple[str, str]) -> tuple[Any, list[str]]:
     """The handler the interceptor answers with, and the methods it let through to the server."""
     passed: list[str] = []
 
-    async def continuation(details: Details) -> grpc.RpcMethodHandler:
+    async def continuation(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, bytes]:
         passed.append(details.method)
         return REAL
 
     return await interceptor.intercept_service(continuation, Details(method, metadata)), passed
 
 
-async def refusal(handler: grpc.RpcMethodHandler) -> Context:
+async def refusal(handler: grpc.RpcMethodHandler[Any, Any]) -> Context:
     """Runs a refusing handler; returns the context it aborted."""
     context = Context()
+    # grpc's stubs type a handler's behaviours as sync; the interceptor's are grpc.aio ones.
+    unary_stream = cast(Callable[..., AsyncIterator[Any]] | None, handler.unary_stream)
+    unary_unary = cast(Callable[..., Awaitable[Any]] | None, handler.unary_unary)
     with pytest.raises(Aborted):
-        if handler.unary_stream is not None:
-            async for _ in handler.unary_stream(b"", context):
+        if unary_stream is not None:
+            async for _ in unary_stream(b"", context):
                 pass
         else:
-            await handler.unary_unary(b"", context)
+            assert unary_unary is not None
+            await unary_unary(b"", context)
     return context
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,7 +40,7 @@ def req(pool: str = "p", wait_s: float = 0.0, ttl_s: float | None = None) -> Slo
     )
 
 
-def core_with(*pools: PoolSettings, clock: ManualClock | None = None, **limits: int) -> DecisionCore:
+def core_with(*pools: PoolSettings, clock: ManualClock | None = None, **limits: Any) -> DecisionCore:
     core = DecisionCore(CoreLimits(**limits), clock=clock or ManualClock(), rng=random.Random(1))
     for settings in pools:
         core.configure_pool(settings, [ServerSpec("s1", "h:1")])
@@ -58,7 +60,7 @@ def test_core_caps_raise_named_errors() -> None:
     assert err.value.retry_after_s is None  # only an operator can make room
     with pytest.raises(ResourceExhausted, match=r"^max_servers_per_pool \(limits.max_servers_per_pool = 1\)"):
         core.register_server("p", ServerSpec("s2", "h:2"))
-    with pytest.raises(InvalidArgument, match="limits.max_servers_per_pool") as invalid:
+    with pytest.raises(InvalidArgument, match=re.escape("limits.max_servers_per_pool")) as invalid:
         core.configure_pool(PoolSettings(name="p"), [ServerSpec("a", "h:1"), ServerSpec("b", "h:2")])
     assert invalid.value.field == "pool.servers"
     core.configure_operation(OperationSettings(name="one"))
@@ -116,7 +118,9 @@ async def test_lease_expiry_heap_stays_bounded_under_renewals() -> None:
     stay a day. The lease is still reclaimed exactly when its last TTL runs out."""
     clock = ManualClock()
     core = core_with(PoolSettings(name="p", max_lease_ttl_ms=86_400_000), clock=clock)
-    lease = (await core.acquire(req(ttl_s=86_400.0), None)).lease  # type: ignore[union-attr]
+    answer = await core.acquire(req(ttl_s=86_400.0), None)
+    assert isinstance(answer, Granted), answer
+    lease = answer.lease
     for _ in range(10_000):
         clock.advance(0.001)
         core.renew_lease(lease.id, None)
@@ -139,7 +143,7 @@ async def test_lease_expiry_heap_stays_bounded_under_renewals() -> None:
 )
 def test_limits_out_of_range_name_their_key(limits: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as err:
-        CoreLimits(**limits)  # type: ignore[arg-type]
+        CoreLimits(**limits)  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
     assert err.value.key == key
 
 

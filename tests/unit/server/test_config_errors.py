@@ -361,7 +361,8 @@ def test_one_bad_pool_leaves_the_others_restored(tmp_path: Path, caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="loadwarden.server"):
         assert restore(core, store) == 1
     assert "pool 'bad'" in caplog.text and "1 restored" in caplog.text
-    assert core.pool("good").strategy.snapshot()["episodes"] == 5
+    restored = core.pool("good").strategy.snapshot()
+    assert restored is not None and restored["episodes"] == 5
     assert any(p.name.startswith(f"{LEARNED_KEY}.json.corrupt-") for p in tmp_path.iterdir())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from loadwarden.server._model import LoadSample
 SAMPLE = LoadSample(cpu_percent=10, memory_percent=20, active_requests=1, mean_latency_ms=5, error_rate=0)
 
 
-def make_core(clock: ManualClock, strategy: str = "round_robin", **limits: int) -> DecisionCore:
+def make_core(clock: ManualClock, strategy: str = "round_robin", **limits: Any) -> DecisionCore:
     core = DecisionCore(CoreLimits(**limits), clock=clock, rng=random.Random(3), ids=IdGenerator("t"))
     specs = [ServerSpec(f"s{i}", f"h:{i}") for i in (1, 2, 3)]
     core.configure_pool(PoolSettings(name="api", strategy=strategy, load_report_ttl_ms=10_000), specs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Any
 
 from loadwarden.server import DecisionCore, ManualClock, PoolSettings, ServerSpec
 from loadwarden.server._core import LoadReportIn
@@ -17,10 +18,10 @@ from loadwarden.server._settings import OutlierSettings
 SAMPLE = LoadSample(10.0, 10.0, 0, 5.0, 0.0)
 
 
-def make(clock: ManualClock, n: int = 4, **settings: object) -> DecisionCore:
+def make(clock: ManualClock, n: int = 4, **settings: Any) -> DecisionCore:
     core = DecisionCore(clock=clock, rng=random.Random(3))
     specs = [ServerSpec(f"s{i}", f"h:{i}") for i in range(1, n + 1)]
-    core.configure_pool(PoolSettings(name="p", **settings), specs)  # type: ignore[arg-type]
+    core.configure_pool(PoolSettings(name="p", **settings), specs)
     return core
 
 

@@ -108,7 +108,8 @@ def test_snapshot_restore_round_trip() -> None:
     store.save(LEARNED_KEY, encode(snapshot(core, 123.0)))
     fresh = core_with()
     assert restore(fresh, store) == 1
-    assert fresh.pool("p").strategy.counts == {"a": 7}  # type: ignore[attr-defined]
+    strategy = fresh.pool("p").strategy
+    assert isinstance(strategy, Counting) and strategy.counts == {"a": 7}
 
 
 def test_pools_without_learned_state_are_left_out() -> None:
@@ -125,7 +126,10 @@ def test_pools_without_learned_state_are_left_out() -> None:
         b'{"format": "loadwarden.learned/1", "saved_at": NaN, "pools": {}}',
         b'{"format": "loadwarden.learned/1", "saved_at": 1, "pools": []}',
         b'{"format": "loadwarden.learned/1", "saved_at": 1, "pools": {"p": {"strategy": "counting"}}}',
-        b'{"format": "loadwarden.learned/1", "saved_at": 1, "pools": {"p": {"strategy": "counting", "state": {"counts": {"a": "x"}}}}}',
+        (
+            b'{"format": "loadwarden.learned/1", "saved_at": 1, '
+            b'"pools": {"p": {"strategy": "counting", "state": {"counts": {"a": "x"}}}}}'
+        ),
     ],
     ids=["binary", "truncated", "other-format", "nan", "pools-list", "no-state", "bad-state"],
 )
@@ -138,7 +142,8 @@ def test_corrupt_state_is_moved_aside_and_learning_starts_fresh(
     with caplog.at_level(logging.WARNING, logger="loadwarden.server"):
         assert restore(core, store) == 0
     assert "moved aside" in caplog.text
-    assert core.pool("p").strategy.counts == {}  # type: ignore[attr-defined]
+    strategy = core.pool("p").strategy
+    assert isinstance(strategy, Counting) and strategy.counts == {}
     assert store.load(LEARNED_KEY) is None
     assert any(p.name.startswith(f"{LEARNED_KEY}.json.corrupt-") for p in tmp_path.iterdir())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -13,10 +14,10 @@ from loadwarden.server._errors import InvalidArgument
 from loadwarden.server._settings import OutlierSettings, parse_pool
 
 
-def make(clock: ManualClock, n: int = 4, **settings: object) -> DecisionCore:
+def make(clock: ManualClock, n: int = 4, **settings: Any) -> DecisionCore:
     core = DecisionCore(clock=clock, rng=random.Random(5))
     specs = [ServerSpec(f"s{i}", f"h:{i}") for i in range(1, n + 1)]
-    core.configure_pool(PoolSettings(name="p", **settings), specs)  # type: ignore[arg-type]
+    core.configure_pool(PoolSettings(name="p", **settings), specs)
     return core
 
 

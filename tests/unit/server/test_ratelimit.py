@@ -147,4 +147,4 @@ def test_non_finite_now_is_refused() -> None:
 )
 def test_invalid_arguments_are_refused_by_name(limit: object, max_keys: object, name: str) -> None:
     with pytest.raises(ValueError, match=f"^{name} "):
-        RateLimiter(limit, max_keys)  # type: ignore[arg-type]
+        RateLimiter(limit, max_keys)  # type: ignore[arg-type]  # a wrong type on purpose: the check under test

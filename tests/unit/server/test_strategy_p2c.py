@@ -73,7 +73,7 @@ def test_weighs_by_effective_weight() -> None:
 
 
 def test_idle_servers_prefer_the_heavier() -> None:
-    light, heavy = pool = servers(1, 3)
+    _light, heavy = pool = servers(1, 3)
     assert p2c(pool).choose(pool).server is heavy
 
 

@@ -29,7 +29,7 @@ def peak_ewma(pool: list[Backend], seed: int = 1, **params: Any) -> tuple[PeakEw
 
 
 def ewma(strategy: PeakEwma, server: Backend) -> float:
-    return strategy._ewma[server.id][0]  # type: ignore[attr-defined]
+    return strategy._ewma[server.id][0]
 
 
 def route(
@@ -227,7 +227,8 @@ def test_same_seed_same_decisions() -> None:
 def test_forget_drops_state_and_late_feedback_is_ignored() -> None:
     a, b = pool = servers(1, 1)
     strategy, _ = peak_ewma(pool)
-    members = strategy._servers  # type: ignore[attr-defined]
+    members = strategy._servers
+    assert isinstance(members, dict)  # the pool's own dict, shared with the strategy
     strategy.observe(Feedback(a, True, 10.0))
     strategy.observe(Feedback(b, True, 10.0))
     assert strategy.stats() == {"tracked_servers": 2.0}

@@ -86,9 +86,8 @@ def test_level_per_metric_and_worst_of_three(cpu: float, active: int, latency_ms
 def test_thresholds_are_configurable() -> None:
     servers = pool("a")
     report(servers["a"], cpu=30.0)
-    tight = dict(cpu_medium_percent=20.0, cpu_high_percent=25.0)
     assert state_of(agent(servers), servers) == "a=0"
-    assert state_of(agent(servers, **tight), servers) == "a=2"
+    assert state_of(agent(servers, cpu_medium_percent=20.0, cpu_high_percent=25.0), servers) == "a=2"
     report(servers["a"], active=3)
     assert state_of(agent(servers, active_medium_requests=2, active_high_requests=4), servers) == "a=1"
     report(servers["a"], latency_ms=40.0)
@@ -194,7 +193,7 @@ def test_outcome_of_a_removed_server_or_foreign_memo_is_not_learned() -> None:
 def test_epsilon_decays_per_update_down_to_its_floor() -> None:
     servers = pool("a")
     strategy = agent(servers, epsilon=0.5, epsilon_decay=0.5, epsilon_min=0.1)
-    seen = []
+    seen: list[float] = []
     for _ in range(4):
         choice = strategy.choose(list(servers.values()))
         assert strategy.stats()["epsilon"] == (seen[-1] if seen else 0.5)  # choosing does not decay
@@ -345,7 +344,7 @@ def test_corrupt_snapshots_are_refused_and_change_nothing(corruption: str) -> No
 
 
 def test_restore_into_an_empty_pool_keeps_rows_until_servers_join() -> None:
-    strategy, servers = trained()
+    strategy, _servers = trained()
     state = strategy.snapshot()
     later: dict[str, Backend] = {}
     copy_ = agent(later)
@@ -424,21 +423,12 @@ def test_concurrent_threads_keep_counters_consistent() -> None:
 
 
 def test_recent_reward_is_an_ewma_of_outcome_rewards() -> None:
-    import random as _random
-
-    from loadwarden.server import ManualClock as _Clock
-    from loadwarden.server._model import Backend as _Backend
-    from loadwarden.server.strategies import Feedback as _Feedback
-    from loadwarden.server.strategies import StrategyContext as _Context
-    from loadwarden.server.strategies.q_learning import QLearning as _Q
-    from loadwarden.server.strategies.q_learning import QLearningParams as _P
-
-    servers = {"a": _Backend("a", "h:1", 1)}
-    agent = _Q(_P(), _Context(_Clock(), _random.Random(1), servers))
-    assert agent.stats()["recent_reward"] == 0.0
-    choice = agent.choose(list(servers.values()))
-    agent.observe(_Feedback(servers["a"], True, 100.0, choice.memo))
-    assert agent.stats()["recent_reward"] == -10.0
-    choice = agent.choose(list(servers.values()))
-    agent.observe(_Feedback(servers["a"], False, 1.0, choice.memo))
-    assert agent.stats()["recent_reward"] == pytest.approx(-10.0 + 0.05 * (-1000.0 + 10.0))
+    servers = {"a": Backend("a", "h:1", 1)}
+    strategy = QLearning(QLearningParams(), StrategyContext(ManualClock(), random.Random(1), servers))
+    assert strategy.stats()["recent_reward"] == 0.0
+    choice = strategy.choose(list(servers.values()))
+    strategy.observe(Feedback(servers["a"], True, 100.0, choice.memo))
+    assert strategy.stats()["recent_reward"] == -10.0
+    choice = strategy.choose(list(servers.values()))
+    strategy.observe(Feedback(servers["a"], False, 1.0, choice.memo))
+    assert strategy.stats()["recent_reward"] == pytest.approx(-10.0 + 0.05 * (-1000.0 + 10.0))

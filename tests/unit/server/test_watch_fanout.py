@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import pytest
@@ -94,6 +94,12 @@ async def watchers(clock: ManualClock, timer: FakeTimer) -> AsyncIterator[Watche
         feed.stop()
 
 
+async def close(stream: AsyncIterator[Any]) -> None:
+    """Ends a stream as a departing caller does (``Watchers.stream`` is an async generator)."""
+    assert isinstance(stream, AsyncGenerator)
+    await stream.aclose()
+
+
 async def read(stream: Any) -> common.LoadStatus:
     item = await asyncio.wait_for(stream.__anext__(), READ_DEADLINE_S)
     return common.LoadStatus.FromString(item.value)
@@ -116,7 +122,7 @@ async def test_many_streams_share_one_build_and_one_serialization(
     status = common.LoadStatus.FromString(seconds[0].value)
     assert {s.id: s.load.cpu_percent for s in status.pools[0].servers}["api-001"] == 42.0
     for s in streams:
-        await s.aclose()
+        await close(s)
     assert watchers.feeds == {} and watchers.open == 0
 
 
@@ -135,7 +141,7 @@ async def test_an_unchanged_snapshot_is_built_but_not_sent(
     await timer.advance(1.0)
     changed = common.LoadStatus.FromString((await asyncio.wait_for(pending, READ_DEADLINE_S)).value)
     assert changed.generated_at.ToNanoseconds() > first.generated_at.ToNanoseconds()
-    await stream.aclose()
+    await close(stream)
 
 
 async def test_a_slow_reader_skips_to_the_latest_snapshot(
@@ -155,7 +161,7 @@ async def test_a_slow_reader_skips_to_the_latest_snapshot(
     pending.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await pending  # the cancelled read ends the stream and frees its place
-    await stream.aclose()
+    await close(stream)
     assert watchers.open == 0
 
 
@@ -168,8 +174,8 @@ async def test_a_late_stream_gets_the_feeds_snapshot_at_once(
     late = watchers.stream(core, "api", 1.0, "")
     assert [s.id for s in (await read(late)).pools[0].servers] == ["api-000", "api-001", "api-002"]
     assert next(iter(watchers.feeds.values())).builds == 1
-    await early.aclose()
-    await late.aclose()
+    await close(early)
+    await close(late)
 
 
 @pytest.mark.parametrize(
@@ -181,7 +187,7 @@ def test_intervals_are_rounded_up_to_a_few_steps(interval_ms: int, served_s: flo
 
 @pytest.mark.parametrize("interval_ms", [1, 99, 60_001])
 def test_intervals_outside_the_contract_are_refused(interval_ms: int) -> None:
-    with pytest.raises(InvalidArgument, match="^interval_ms: "):
+    with pytest.raises(InvalidArgument, match=r"^interval_ms: "):
         check_interval_ms(interval_ms)
 
 
@@ -196,10 +202,10 @@ async def test_feeds_are_per_filter_and_interval_and_end_with_their_last_stream(
     for s in streams:
         await read(s)
     assert sorted((k[1], k[2]) for k in watchers.feeds) == [("", 1.0), ("api", 1.0), ("api", 2.0), ("ml", 1.0)]
-    await streams[0].aclose()
+    await close(streams[0])
     assert len(watchers.feeds) == 4  # one api/1 s stream is still open
     for s in streams[1:]:
-        await s.aclose()
+        await close(s)
     assert watchers.feeds == {} and watchers.by_caller == {}
 
 
@@ -223,11 +229,11 @@ async def test_streams_are_capped_per_caller_and_service_wide(clock: ManualClock
         await read(watchers.stream(core, "api", 1.0, ""))
     assert refused.value.key == "limits.max_watch_streams"
     for s in (*alice, bob, *anonymous):
-        await s.aclose()
+        await close(s)
     assert watchers.open == 0 and watchers.by_caller == {}
     again = watchers.stream(core, "api", 1.0, "alice")
     await read(again)
-    await again.aclose()
+    await close(again)
 
 
 async def test_a_deleted_pool_ends_its_streams(clock: ManualClock, timer: FakeTimer, watchers: Watchers) -> None:
@@ -271,7 +277,7 @@ async def test_building_yields_to_the_loop_between_chunks_and_backs_off_when_slo
     await settle()
     spent = pauses * 0.01
     assert timer.asked == [pytest.approx(max(1.0, spent / MAX_BUILD_SHARE))] and timer.asked[0] > 1.0
-    await stream.aclose()
+    await close(stream)
 
 
 def test_watch_items_are_watch_responses_on_the_wire(clock: ManualClock) -> None:
@@ -279,7 +285,7 @@ def test_watch_items_are_watch_responses_on_the_wire(clock: ManualClock) -> None
         watchers = Watchers(1, 1)
         stream = watchers.stream(make_core(clock), "api", 1.0, "")
         item = await stream.__anext__()
-        await stream.aclose()
+        await close(stream)
         return item
 
     item = asyncio.run(first_item())
@@ -287,7 +293,7 @@ def test_watch_items_are_watch_responses_on_the_wire(clock: ManualClock) -> None
     wire = pb.WatchLoadStatusResponse.SerializeToString(item)
     parsed = pb.WatchLoadStatusResponse.FromString(wire)
     assert parsed.status == common.LoadStatus.FromString(item.value)
-    assert parsed.status.HasField("generated_at") and [s.id for s in parsed.status.pools[0].servers][0] == "api-000"
+    assert parsed.status.HasField("generated_at") and parsed.status.pools[0].servers[0].id == "api-000"
 
 
 # --- GetLoadStatus pages ----------------------------------------------------------------
@@ -333,15 +339,15 @@ async def test_a_filtered_page_token_is_tied_to_its_filter(clock: ManualClock) -
     core = make_core(clock, servers=4, pools=("a", "b"))
     pages = await all_pages(core, "a", 3)
     assert [[s.id for s in status.pools[0].servers] for status, _ in pages] == [["a-000", "a-001", "a-002"], ["a-003"]]
-    with pytest.raises(InvalidArgument, match="^page_token: was issued for pool filter 'a'"):
+    with pytest.raises(InvalidArgument, match=r"^page_token: was issued for pool filter 'a'"):
         await status_page(core, "b", 3, pages[0][1])
-    with pytest.raises(InvalidArgument, match="^page_token: is not a next_page_token"):
+    with pytest.raises(InvalidArgument, match=r"^page_token: is not a next_page_token"):
         await status_page(core, "a", 3, "not-a-token")
 
 
 async def test_paging_survives_changes_between_pages(clock: ManualClock) -> None:
     core = make_core(clock, servers=6, pools=("a", "b"))
-    first, token = await status_page(core, "", 4, "")
+    _first, token = await status_page(core, "", 4, "")
     core.deregister_server("a", "a-004")  # not yet sent
     core.delete_pool("b")
     second, token = await status_page(core, "", 4, token)

@@ -109,9 +109,12 @@ class AdmissionSettings:
 
 
 def _check_number(name: str, value: object, *, minimum: float, exclusive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and (value <= minimum if exclusive else value < minimum):  # type: ignore[operator]
-        ok = False
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and not (value <= minimum if exclusive else value < minimum)
+    )
     if not ok:
         bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")

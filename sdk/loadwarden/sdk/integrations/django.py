@@ -21,10 +21,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings as django_settings
-from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils.module_loading import import_string
+from django.conf import settings as django_settings  # type: ignore[import-untyped]  # Django ships no type hints
+from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed  # type: ignore[import-untyped]  # Django ships no type hints
+from django.http import HttpRequest, HttpResponse, JsonResponse  # type: ignore[import-untyped]  # Django ships no type hints
+from django.utils.module_loading import import_string  # type: ignore[import-untyped]  # Django ships no type hints
 
 from loadwarden.sdk import Client, NotFoundError, ResourceExhaustedError, SlotDenied
 from loadwarden.sdk.integrations._common import (

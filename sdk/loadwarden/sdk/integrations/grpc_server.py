@@ -34,7 +34,7 @@ import inspect
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import grpc
 
@@ -55,6 +55,9 @@ _log = logging.getLogger("loadwarden.sdk.grpc_server")
 Metadata = Sequence[tuple[str, str | bytes]]
 PoolOf = Callable[[str], str | None]
 PriorityOf = Callable[[Metadata], int]
+# A string: grpc.RpcMethodHandler is generic only in its stubs.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+AnyClient = TypeVar("AnyClient", Client, AsyncClient)
 
 MAX_PRIORITY = 9
 DEFAULT_RETRY_AFTER_S = 1.0  # retry-after sent when a denial carries no hint, seconds
@@ -116,7 +119,7 @@ class _Outcome:
 
 def _code_of(context: Any) -> grpc.StatusCode | None:
     try:
-        code = context.code()
+        code: grpc.StatusCode | int | None = context.code()
     except Exception:  # noqa: BLE001 - a context without code() counts as unset
         return None
     if isinstance(code, int) and not isinstance(code, grpc.StatusCode):  # grpc.aio may answer the raw value
@@ -135,12 +138,12 @@ def _denied_details(denied: SlotDenied | ResourceExhaustedError) -> str:
     return f"loadwarden: {denied}"
 
 
-class _Admitter:
+class _Admitter(Generic[AnyClient]):
     """Configuration and per-RPC choices shared by the sync and async interceptors."""
 
     def __init__(
         self,
-        client: Client | AsyncClient,
+        client: AnyClient,
         pool: PoolOf,
         priority: PriorityOf | None,
         wait_s: float,
@@ -159,7 +162,7 @@ class _Admitter:
             raise ValueError(f"lease_ttl_s must be a positive number of seconds or None, got {lease_ttl_s!r}")
         if reporter is not None and not isinstance(reporter, BackendReporter):
             raise ValueError(f"reporter must be a BackendReporter or None, got {reporter!r}")
-        self.client = client
+        self.client: AnyClient = client
         self.pool_of = pool
         self.priority_of = priority
         self.wait_s = float(wait_s)
@@ -214,7 +217,7 @@ class _Admitter:
         return self.fail_closed
 
 
-def _handler_factory(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., Any], Any, str]:
+def _handler_factory(handler: Handler) -> tuple[Callable[..., Handler], Any, str]:
     """(the factory of `handler`'s kind, its behaviour, its kind)."""
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler, handler.unary_unary, "unary_unary"
@@ -225,7 +228,7 @@ def _handler_factory(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., Any]
     return grpc.stream_stream_rpc_method_handler, handler.stream_stream, "stream_stream"
 
 
-def _rebuild(handler: grpc.RpcMethodHandler, factory: Callable[..., Any], behavior: Any) -> grpc.RpcMethodHandler:
+def _rebuild(handler: Handler, factory: Callable[..., Handler], behavior: Any) -> Handler:
     return factory(
         behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
     )
@@ -267,13 +270,13 @@ class AdmissionInterceptor(grpc.ServerInterceptor):
     ) -> None:
         if not isinstance(client, Client):
             raise ValueError(f"client must be a loadwarden Client, got {client!r}")
-        self._admit = _Admitter(client, pool, priority, wait_s, reporter, lease_ttl_s)
+        self._admit: _Admitter[Client] = _Admitter(client, pool, priority, wait_s, reporter, lease_ttl_s)
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
@@ -392,13 +395,13 @@ class AsyncAdmissionInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         if not isinstance(client, AsyncClient):
             raise ValueError(f"client must be a loadwarden AsyncClient, got {client!r}")
-        self._admit = _Admitter(client, pool, priority, wait_s, reporter, lease_ttl_s)
+        self._admit: _Admitter[AsyncClient] = _Admitter(client, pool, priority, wait_s, reporter, lease_ttl_s)
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -415,13 +418,12 @@ class AsyncAdmissionInterceptor(grpc.aio.ServerInterceptor):
 
     @contextlib.asynccontextmanager
     async def _admitted(
-        self, method: str, pool: str, priority: int, context: grpc.aio.ServicerContext
+        self, method: str, pool: str, priority: int, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[_Outcome]:
         """`AdmissionInterceptor._admitted` for asyncio."""
         admit, outcome, entered = self._admit, _Outcome(), False
-        client: AsyncClient = admit.client  # type: ignore[assignment]
         try:
-            async with client.slot(pool, **admit.slot_options(priority)):
+            async with admit.client.slot(pool, **admit.slot_options(priority)):
                 entered = True
                 async with self._tracked(outcome):
                     yield outcome
@@ -463,7 +465,7 @@ class AsyncAdmissionInterceptor(grpc.aio.ServerInterceptor):
                 tracked.fail()
 
     def _unary(self, behavior: Callable[..., Any], method: str, pool: str, priority: int) -> Callable[..., Any]:
-        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             response = None
             async with self._admitted(method, pool, priority, context) as outcome:
                 try:
@@ -477,7 +479,7 @@ class AsyncAdmissionInterceptor(grpc.aio.ServerInterceptor):
         return admitted
 
     def _streaming(self, behavior: Callable[..., Any], method: str, pool: str, priority: int) -> Callable[..., Any]:
-        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def admitted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             async with self._admitted(method, pool, priority, context) as outcome:
                 try:
                     async for response in behavior(request, context):
@@ -491,4 +493,4 @@ class AsyncAdmissionInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _is_async_gen(fn: Any) -> bool:
-    return inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(getattr(fn, "__call__", None))
+    return inspect.isasyncgenfunction(fn) or (callable(fn) and inspect.isasyncgenfunction(fn.__call__))

@@ -55,7 +55,7 @@ def build_limit(name: str, params: Mapping[str, Any], initial_limit: int, where:
             parameters, or an initial limit the algorithm cannot start from.
     """
     cls, parsed = _parse(name, params, initial_limit, where)
-    return cls(parsed, initial_limit)  # type: ignore[no-any-return]
+    return cls(parsed, initial_limit)
 
 
 def _parse(name: str, params: Mapping[str, Any], initial_limit: int, where: str) -> tuple[Any, Any]:

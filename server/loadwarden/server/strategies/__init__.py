@@ -52,7 +52,7 @@ def build_strategy(name: str, params: Mapping[str, Any], context: StrategyContex
         InvalidArgument: unknown name (the message lists the valid ones) or bad parameters.
     """
     cls = strategy_class(name, where)
-    return cls(parse_params(cls.Params, params, f"{where}.strategy_params"), context)  # type: ignore[no-any-return]
+    return cls(parse_params(cls.Params, params, f"{where}.strategy_params"), context)
 
 
 __all__ = [

@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 from .._clock import Clock
 from .._errors import InvalidArgument
 from .._model import Backend
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -116,7 +119,7 @@ class StrategyBase:
         return {}
 
 
-P = TypeVar("P")
+P = TypeVar("P", bound="DataclassInstance")
 
 
 def parse_params(params_type: type[P], values: Mapping[str, Any], where: str) -> P:
@@ -126,7 +129,7 @@ def parse_params(params_type: type[P], values: Mapping[str, Any], where: str) ->
     InvalidArgument naming ``where.<name>``. Integral floats are accepted for int
     fields, because a protobuf Struct carries every number as a float.
     """
-    fields = {f.name: f for f in dataclasses.fields(params_type)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(params_type)}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         field = fields.get(key)
@@ -155,7 +158,6 @@ def _coerce(value: Any, type_name: Any, field: str) -> Any:
     elif kind == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-    elif kind == "str":
-        if isinstance(value, str):
-            return value
+    elif kind == "str" and isinstance(value, str):
+        return value
     raise InvalidArgument(field, f"must be of type {kind}, got {value!r}")

@@ -42,5 +42,5 @@ def least_cost(servers: Sequence[Backend], costs: list[float], rng: random.Rando
     best_cost = min(costs)
     if costs.count(best_cost) == 1:
         return servers[costs.index(best_cost)]
-    ties = [server for server, c in zip(servers, costs) if c == best_cost]
+    ties = [server for server, c in zip(servers, costs, strict=True) if c == best_cost]
     return ties[rng.randrange(len(ties))]

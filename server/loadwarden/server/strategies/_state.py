@@ -76,7 +76,7 @@ class LoadLevels:
 
 def state_key(ids: Sequence[str], levels: Sequence[int]) -> str:
     """A whole-pool state as text: ``"s1=0,s2=2,s3=1"`` (ids sorted)."""
-    return ",".join(f"{sid}={level}" for sid, level in zip(ids, levels))
+    return ",".join(f"{sid}={level}" for sid, level in zip(ids, levels, strict=True))
 
 
 def state_ids(state: str) -> tuple[str, ...]:
@@ -179,7 +179,12 @@ COUNTERS = ("episodes", "updates", "explored")
 
 def snapshot_head(strategy: str, epsilon: float, counts: Sequence[int]) -> dict[str, Any]:
     """The fields every learning snapshot starts with; ``counts`` follow ``COUNTERS``."""
-    return {"strategy": strategy, "version": SNAPSHOT_VERSION, "epsilon": epsilon, **dict(zip(COUNTERS, counts))}
+    return {
+        "strategy": strategy,
+        "version": SNAPSHOT_VERSION,
+        "epsilon": epsilon,
+        **dict(zip(COUNTERS, counts, strict=True)),
+    }
 
 
 def read_head(state: Any, strategy: str, keys: Iterable[str]) -> tuple[Mapping[str, Any], float, list[int]]:

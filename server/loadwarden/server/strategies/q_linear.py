@@ -8,8 +8,9 @@ stops at 10 servers. Here each candidate ``a`` is scored on its own:
 ``φ(a)`` are the server's normalised load features (CPU, active requests per unit
 of weight, response time, error rate), ``w`` is shared by all servers and ``b_a``
 is a per-server bias that learns what the features miss, such as a server's
-intrinsic speed (a server not learned yet starts at the mean bias). The target is the reward alone (``-latency_ms / latency_scale_ms``,
-failures counting ``failure_penalty_ms``): a contextual bandit, gamma = 0. For
+intrinsic speed (a server not learned yet starts at the mean bias). The target is
+the reward alone (``-latency_ms / latency_scale_ms``, failures counting
+``failure_penalty_ms``): a contextual bandit, gamma = 0. For
 per-request routing the next decision's value max_a' Q(s', a') is nearly the same
 whichever server this request took, so bootstrapping on it adds noise and a
 1/(1-gamma) scale without telling actions apart.
@@ -170,7 +171,7 @@ class QLinear(StrategyBase):
                 "scored": float(self._scored),
                 "recent_reward": self._recent_reward or 0.0,
             }
-            out.update({f"weight_{name}": w for name, w in zip(FEATURES, self._w)})
+            out.update({f"weight_{name}": w for name, w in zip(FEATURES, self._w, strict=True)})
             return out
 
     def snapshot(self) -> dict[str, Any]:
@@ -178,7 +179,7 @@ class QLinear(StrategyBase):
             counts = (self._episodes, self._updates, self._explored)
             return {
                 **snapshot_head(self.name, self._eps.value, counts),
-                "weights": dict(zip(FEATURES, self._w)),
+                "weights": dict(zip(FEATURES, self._w, strict=True)),
                 "biases": dict(self._bias),
             }
 
@@ -215,7 +216,7 @@ class QLinear(StrategyBase):
 
     def _score(self, x: tuple[float, ...], server_id: str) -> float:
         b = self._bias.get(server_id)
-        return sum(w * v for w, v in zip(self._w, x)) + (self._mean_bias() if b is None else b)
+        return sum(w * v for w, v in zip(self._w, x, strict=True)) + (self._mean_bias() if b is None else b)
 
     def _mean_bias(self) -> float:
         return self._bias_sum / len(self._bias) if self._bias else 0.0

@@ -26,6 +26,7 @@ interactive traffic shares.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -199,7 +200,8 @@ async def run_batch_workers(
             except grpc.aio.AioRpcError:
                 success = False
             latency_ms = (clock() - began) * 1000.0
-            try:
+            # A failed report costs the size controller one observation; the batch itself is recorded.
+            with contextlib.suppress(LoadwardenError):
                 await client.report_batch(
                     settings.operation,
                     batch_size=size.size,
@@ -207,8 +209,6 @@ async def run_batch_workers(
                     success=success,
                     decision_id=size.decision_id,
                 )
-            except LoadwardenError:
-                pass  # the size controller misses one observation; the batch itself is recorded
             records.append(BatchRecord(at, server, size.size, latency_ms, success, size.load_score))
             if on_batch is not None:
                 on_batch()

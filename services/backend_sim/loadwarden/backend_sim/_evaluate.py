@@ -390,7 +390,7 @@ def _progress_total(spec: ScenarioSpec, plan: TrafficPlan) -> tuple[int, bool]:
     planned = planned_requests(plan)
     if planned is not None:
         return planned, True
-    return int(math.ceil(spec.traffic.duration_s or 0)), False
+    return math.ceil(spec.traffic.duration_s or 0), False
 
 
 async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessGroup) -> Evaluation:
@@ -428,8 +428,8 @@ async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessG
             extra: dict[str, Any] = {"addresses": run.addresses}
             if spec.mode == "batch":
                 batches[strategy] = run.result.batches
-                summaries[strategy] = summarize_batches(run.result.batches, warmup_s=spec.warmup_s)
-                extra["batch"] = summaries[strategy].as_dict() if summaries[strategy] else None
+                summary = summaries[strategy] = summarize_batches(run.result.batches, warmup_s=spec.warmup_s)
+                extra["batch"] = summary.as_dict() if summary else None
             runs.append(
                 StrategyRun(
                     strategy=strategy,

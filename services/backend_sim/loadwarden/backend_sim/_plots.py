@@ -118,10 +118,10 @@ def _server_distribution(ax: Any, report: Report) -> None:
             s = summaries[run.strategy]
             if s is None:
                 continue
-            shares = np.sort(np.array(list(s.share.values())))[::-1] * 100
+            ranked = np.sort(np.array(list(s.share.values())))[::-1] * 100
             ax.plot(
-                np.arange(1, shares.size + 1),
-                shares,
+                np.arange(1, ranked.size + 1),
+                ranked,
                 label=run.strategy,
                 linewidth=1.2,
                 color=_color(report, run.strategy),
@@ -187,7 +187,9 @@ def _percentiles(ax: Any, report: Report) -> None:
     summaries = report.summaries()
     names = [run.strategy for run in report.runs]
     x = np.arange(len(names))
-    for offset, (label, attr) in zip((-0.27, 0.0, 0.27), (("p50", "p50_ms"), ("p99", "p99_ms"), ("p99.9", "p999_ms"))):
+    for offset, (label, attr) in zip(
+        (-0.27, 0.0, 0.27), (("p50", "p50_ms"), ("p99", "p99_ms"), ("p99.9", "p999_ms")), strict=True
+    ):
         values = [getattr(summaries[n], attr) if summaries[n] else math.nan for n in names]
         ax.bar(x + offset, values, 0.27, label=label)
     finite = [getattr(s, a) for s in summaries.values() if s for a in ("p50_ms", "p999_ms")]
@@ -223,6 +225,7 @@ def write_plots(report: Report, out_dir: str | Path) -> list[Path]:
     for name, draw in zip(
         PLOT_FILES[:5],
         (_latency_over_time, _throughput_over_time, _server_distribution, _learning_curve, _latency_histogram),
+        strict=True,
     ):
         figure, axes = _figure(8, 4.5)
         draw(axes[0][0], report)

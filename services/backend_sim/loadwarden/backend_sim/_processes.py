@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 _log = logging.getLogger("loadwarden.backend_sim")
 
@@ -230,7 +230,7 @@ class ProcessGroup:
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
 
-    def __enter__(self) -> ProcessGroup:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Self, TextIO
 
 BAR_WIDTH = 30
 PLAIN_STEPS = 4  # plain lines at 0, 1/4, 2/4, 3/4 (and at close)
@@ -61,7 +61,7 @@ class Progress:
         self._closed = False
         self._draw(force=True)
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -96,7 +96,7 @@ class Progress:
     def line(self) -> str:
         """The text of the bar as it stands."""
         fraction = self.done / self.total if self.total else 1.0
-        filled = int(round(fraction * BAR_WIDTH))
+        filled = round(fraction * BAR_WIDTH)
         elapsed = self._clock() - self._started
         eta = ""
         if 0 < self.done < self.total:

@@ -106,7 +106,7 @@ class Report:
             if self.spec.warmup_s > 0 and len(cols):
                 cols = cols.select(cols.time_s >= self.spec.warmup_s)
             self._cache[key] = cols
-        return self._cache[key]  # type: ignore[no-any-return]
+        return self._cache[key]
 
     def summary(self, strategy: str) -> Summary | None:
         """Statistics of ``strategy``'s requests after the warm-up; None when there are none."""
@@ -115,7 +115,7 @@ class Report:
             run = self.run(strategy)
             cols = self.columns(run)
             self._cache[key] = summarize_columns(cols, self.window) if len(cols) else None
-        return self._cache[key]  # type: ignore[no-any-return]
+        return self._cache[key]
 
     def summaries(self) -> dict[str, Summary | None]:
         """``summary`` of every run, by strategy, in run order."""
@@ -138,7 +138,7 @@ class Report:
         if key not in self._cache:
             run = self.run(strategy)
             self._cache[key] = time_series(columns(run.records, run.server_ids), buckets)
-        return self._cache[key]  # type: ignore[no-any-return]
+        return self._cache[key]
 
 
 def time_series(cols: Columns, buckets: int = TIME_SERIES_BUCKETS) -> dict[str, list[float]]:
@@ -599,6 +599,7 @@ def write_requests_csv(report: Report, path: Path) -> None:
                         cols.latency_ms[part].tolist(),
                         cols.success[part].tolist(),
                         cols.explored[part].tolist(),
+                        strict=True,
                     )
                 )
 

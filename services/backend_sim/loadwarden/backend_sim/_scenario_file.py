@@ -28,6 +28,7 @@ adds ``[evaluate]`` options, and its ``check_batch(table, key) -> Mapping``
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 import re
 import tomllib
@@ -694,7 +695,7 @@ def _schedule(value: Any, key: str) -> tuple[Phase, ...]:
             )
         )
     ordered = sorted(range(len(phases)), key=lambda j: phases[j].start_s)
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in itertools.pairwise(ordered):
         if phases[after].start_s < phases[before].end_s:
             raise ScenarioError(f"{key}[{after}].start_s", f"overlaps {key}[{before}]")
     return tuple(phases)

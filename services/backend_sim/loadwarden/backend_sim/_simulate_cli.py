@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._config import Arrivals
 from ._plots import PlotsUnavailable, write_plots
 from ._progress import Progress
 from ._report import Report, StrategyRun, render_markdown, write_report
@@ -86,8 +87,8 @@ def _estimate(spec: ScenarioSpec) -> int:
     """Roughly how many requests one strategy's run starts (for the progress bar)."""
     arrivals = spec.traffic.arrivals()
     t = spec.traffic
-    if t.kind == "open":
-        return max(1, int(arrivals.expected_requests))  # type: ignore[union-attr]
+    if isinstance(arrivals, Arrivals):  # kind "open"
+        return max(1, int(arrivals.expected_requests))
     if t.requests is not None:
         return t.requests
     assert t.users is not None and t.duration_s is not None

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, overload
 
 import numpy as np
+import numpy.typing as npt
 
 
 class RequestRecord(NamedTuple):
@@ -66,7 +67,7 @@ class RequestLog(Sequence[RequestRecord]):
 
     SUCCESS, EXPLORED = 1, 2
 
-    def __init__(self, server_ids: Sequence[str]) -> None:
+    def __init__(self, server_ids: Iterable[str]) -> None:
         self.server_ids: tuple[str, ...] = tuple(server_ids)
         self._index = {sid: i for i, sid in enumerate(self.server_ids)}
         self.time_s = array("d")
@@ -128,7 +129,7 @@ class RequestLog(Sequence[RequestRecord]):
 
     def __iter__(self) -> Iterator[RequestRecord]:
         ids, success, explored = self.server_ids, self.SUCCESS, self.EXPLORED
-        for t, s, lat, f in zip(self.time_s, self.server, self.latency_ms, self.flags):
+        for t, s, lat, f in zip(self.time_s, self.server, self.latency_ms, self.flags, strict=True):
             yield RequestRecord(t, ids[s] if s >= 0 else "", lat, bool(f & success), bool(f & explored))
 
     def __eq__(self, other: object) -> bool:
@@ -137,10 +138,10 @@ class RequestLog(Sequence[RequestRecord]):
                 other.server_ids[s] if s >= 0 else "" for s in other.server
             ] == [self.server_ids[s] if s >= 0 else "" for s in self.server]
         if isinstance(other, Sequence):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # mutable, equal by value: unhashable
 
     def __repr__(self) -> str:
         return f"RequestLog({len(self)} requests, {len(self.server_ids)} servers)"
@@ -285,10 +286,10 @@ class Summary:
         }
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
+def percentile(sorted_values: Sequence[float] | npt.NDArray[np.float64], q: float) -> float:
     """Nearest-rank ``q`` quantile (0 < q <= 1) of an ascending, non-empty sequence."""
     rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]  # type: ignore[no-any-return]
+    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 def coefficient_of_variation(counts: Sequence[float]) -> float:
@@ -347,7 +348,7 @@ def summarize_columns(cols: Columns, curve_window: int = 500) -> Summary:
         if m
         else np.zeros(len(cols.server_ids), np.int64)
     )
-    share = {sid: (int(c) / m if m else 0.0) for sid, c in zip(cols.server_ids, counts)}
+    share = {sid: (int(c) / m if m else 0.0) for sid, c in zip(cols.server_ids, counts, strict=True)}
     if m:
         ordered = np.sort(latencies)
         q = {p: float(percentile(ordered, p)) for p in (0.50, 0.95, 0.99, 0.999)}
