@@ -6,7 +6,7 @@ follows a trapezoid over ``--duration-s`` simulated seconds: 10 % for the first
 15 %, up to 95 % over the next 25 %, 95 % for 20 %, down to 10 % over 25 %, 10 %
 for the last 15 %. Each sizing policy faces the same ramp and the same seeded
 noise. The dynamic policies are the service's own ``Operation`` (its gate,
-bounds and controller from ``loadwarden.server._operations``), driven with the
+bounds and controller from ``loadwarden.policy``), driven with the
 simulated time as its clock and an injected ``LoadReading`` per batch.
 
 The model of one batch of ``n`` items started at time ``t``:
@@ -49,8 +49,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from loadwarden.server._loadmonitor import LoadReading
-from loadwarden.server._operations import Operation, parse_operation
+from loadwarden.policy import LoadReading, Operation, parse_operation
 
 FIXED_SIZES = (5, 10, 25, 50, 75, 100)
 LOW_LOAD_PERCENT, HIGH_LOAD_PERCENT = 10.0, 95.0

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from loadwarden.backend_sim import Arrivals, Scenario, SimServer, capacity_per_s, simulate
-from loadwarden.server.strategies import STRATEGIES
+from loadwarden.policy.strategies import STRATEGIES
 
 SPEEDS = (1, 1, 2, 2, 4)
 WORKERS = 4

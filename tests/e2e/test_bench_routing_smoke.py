@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from loadwarden.server.strategies import STRATEGIES
+from loadwarden.policy.strategies import STRATEGIES
 
 from ._harness import REPO, clean_env
 

@@ -15,7 +15,7 @@ from ._harness import REPO, clean_env, tool
 pytestmark = pytest.mark.e2e
 
 GENERATED_DIR = REPO / "sdk" / "loadwarden" / "v1"
-NAMESPACE_DIRS = ("sdk", "server", "services/backend_sim", "observability")
+NAMESPACE_DIRS = ("policy", "sdk", "server", "services/backend_sim", "observability")
 PROTO_FILES = {
     "loadwarden/v1/admin.proto",
     "loadwarden/v1/backend_sim.proto",

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from google.protobuf import json_format
 
+from loadwarden.policy._operations import OperationSettings
 from loadwarden.server import (
     ConfigError,
     ManualClock,
@@ -21,7 +22,6 @@ from loadwarden.server import (
     start_service,
 )
 from loadwarden.server._config import AdminSettings, MonitorSettings, parse_config
-from loadwarden.server._operations import OperationSettings
 from loadwarden.v1 import common_pb2 as common
 from loadwarden.v1 import decision_pb2 as pb
 from loadwarden.v1 import decision_pb2_grpc as pb_grpc

@@ -9,8 +9,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking: no stubs, no py.typed
 
+from loadwarden.policy._settings import RateLimit
 from loadwarden.server import PoolSettings, PoolSpec, RunningService, ServerSpec
-from loadwarden.server._settings import RateLimit
 from loadwarden.v1 import admin_pb2 as admin
 from loadwarden.v1 import admin_pb2_grpc as admin_grpc
 from loadwarden.v1 import common_pb2 as common

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from loadwarden.policy._operations import OperationSettings
 from loadwarden.server import PoolSettings, PoolSpec, RunningService, ServerSpec
 from loadwarden.server._config import MonitorSettings
-from loadwarden.server._operations import OperationSettings
 from loadwarden.v1 import admin_pb2 as admin
 from loadwarden.v1 import admin_pb2_grpc as admin_grpc
 from loadwarden.v1 import common_pb2 as common

@@ -17,8 +17,8 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from loadwarden.policy._settings import RateLimit
 from loadwarden.server import CoreLimits, OperationSettings, RunningService
-from loadwarden.server._settings import RateLimit
 from loadwarden.v1 import admin_pb2 as admin
 from loadwarden.v1 import admin_pb2_grpc as admin_grpc
 from loadwarden.v1 import common_pb2 as common

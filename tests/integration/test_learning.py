@@ -14,7 +14,7 @@ import functools
 import pytest
 
 from loadwarden.backend_sim import Arrivals, Scenario, SimServer, Summary, capacity_per_s, simulate
-from loadwarden.server.strategies import STRATEGIES
+from loadwarden.policy.strategies import STRATEGIES
 
 SPEEDS = (5, 5, 5, 5, 1)
 SLOW = "s5"

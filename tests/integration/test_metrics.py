@@ -14,10 +14,10 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadwarden.policy._operations import OperationSettings
+from loadwarden.policy._settings import OutlierSettings, RateLimit
 from loadwarden.server import ManualClock, PoolSettings, PoolSpec, RunningService, ServerSpec
 from loadwarden.server._config import AdminSettings, MonitorSettings
-from loadwarden.server._operations import OperationSettings
-from loadwarden.server._settings import OutlierSettings, RateLimit
 from loadwarden.v1 import common_pb2 as common
 from loadwarden.v1 import decision_pb2 as pb
 from loadwarden.v1 import decision_pb2_grpc as pb_grpc

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from loadwarden.policy._operations import OperationSettings
 from loadwarden.sdk import (
     AsyncClient,
     BatchMode,
@@ -29,7 +30,6 @@ from loadwarden.sdk import (
 from loadwarden.sdk._errors import is_transport_failure
 from loadwarden.server import RunningService
 from loadwarden.server._config import MonitorSettings
-from loadwarden.server._operations import OperationSettings
 
 # A latency-target operation: sizes 1-100, starting at 20, target 100 ms, +1 / x0.9.
 INGEST = OperationSettings(

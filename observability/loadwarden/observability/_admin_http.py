@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from ._net import is_loopback
+from .net import is_loopback
 
 log = logging.getLogger("loadwarden.observability")
 

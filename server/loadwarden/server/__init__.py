@@ -3,15 +3,22 @@
 Run it with ``loadwarden serve``; embed it with ``start_service``.
 """
 
+from loadwarden.policy import (
+    Clock,
+    ManualClock,
+    OperationSettings,
+    OutlierSettings,
+    PoolSettings,
+    RateLimit,
+    ServerSpec,
+    SystemClock,
+)
+
 from ._auth import AuthSettings
-from ._clock import Clock, ManualClock, SystemClock
 from ._config import AdminSettings, MonitorSettings, PoolSpec, ServiceConfig, StateSettings, load_config
 from ._core import CoreLimits, DecisionCore
 from ._errors import ConfigError
-from ._model import ServerSpec
-from ._operations import OperationSettings
 from ._service import RunningService, serve, start_service
-from ._settings import OutlierSettings, PoolSettings, RateLimit
 from ._tls import TlsSettings
 
 __all__ = [

@@ -41,13 +41,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._clock import Clock
-from ._decisions import IdGenerator
-from ._errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from ._model import Backend
-from ._ratelimit import RateLimiter
-from ._settings import PoolSettings
-from .limits import LimitAlgorithm, build_limit
+from loadwarden.policy import (
+    Backend,
+    Clock,
+    IdGenerator,
+    InvalidArgument,
+    NotFound,
+    PoolSettings,
+    RateLimiter,
+    ResourceExhausted,
+    Unavailable,
+)
+from loadwarden.policy.limits import LimitAlgorithm, build_limit
 
 log = logging.getLogger("loadwarden.server")
 

@@ -30,10 +30,10 @@ from typing import Any
 
 import grpc
 
+from loadwarden.policy import NAME_CHARS, NAME_MAX_LEN, NAME_PATTERN
 from loadwarden.v1 import admin_pb2, decision_pb2
 
 from ._errors import ConfigError
-from ._validation import _NAME, NAME_CHARS, NAME_MAX_LEN
 
 log = logging.getLogger("loadwarden.server")
 
@@ -95,7 +95,7 @@ class AuthSettings:
             seen[self.client_token] = "auth.client_token"
         for name, token in self.clients.items():
             key = f"auth.clients.{name}"
-            if not isinstance(name, str) or not _NAME.fullmatch(name):
+            if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
                 raise ConfigError(key, f"a client name must be 1-{NAME_MAX_LEN} characters of {NAME_CHARS}")
             if name == DEFAULT_CLIENT and self.client_token:
                 raise ConfigError(key, f"{DEFAULT_CLIENT!r} is the name auth.client_token stands for; pick another")

@@ -5,23 +5,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from loadwarden.observability import LOG_LEVELS, configure_logging, configure_tracing, shutdown_tracing
 
 from ._config import load_config
 from ._errors import ConfigError
 from ._service import serve
-from ._servicer import VERSION
+from ._version import VERSION
 
-# Modules that add subcommands: each has ``add_commands(subparsers)``, and each
-# parser it adds sets ``run=callable(args) -> exit code``. Imported by name so the
-# service never imports the simulator's code unless asked for it.
-_COMMAND_MODULES = ("loadwarden.backend_sim._commands",)
+# Entry-point group of the packages that add subcommands: each entry is a callable
+# ``add_commands(subparsers)``, and each parser it adds sets ``run=callable(args) -> exit
+# code``. The service names no such package: the simulator registers itself (pyproject.toml).
+COMMANDS_GROUP = "loadwarden.commands"
 _MESSAGE_MAX_LEN = 2_000
 
 log = logging.getLogger("loadwarden.server")
@@ -35,8 +35,8 @@ def _parser(with_commands: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="TOML config file (default: none, empty in-memory state)")
     run.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
     run.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
-    for name in _COMMAND_MODULES if with_commands else ():
-        importlib.import_module(name).add_commands(commands)
+    for entry in entry_points(group=COMMANDS_GROUP) if with_commands else ():
+        entry.load()(commands)
     return parser
 
 

@@ -48,15 +48,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadwarden.policy import (
+    InvalidArgument,
+    OperationSettings,
+    PoolSettings,
+    ServerSpec,
+    check_count,
+    parse_operation,
+    parse_pool,
+    shown,
+)
+
 from ._auth import AuthSettings, parse_auth
 from ._core import LIMIT_RANGES, CoreLimits
-from ._errors import ConfigError, InvalidArgument
-from ._model import ServerSpec
-from ._operations import OperationSettings, parse_operation
-from ._settings import PoolSettings, parse_pool
+from ._errors import ConfigError
 from ._store import STORES
 from ._tls import TlsSettings, parse_tls
-from ._validation import check_count, shown
 
 ENV_PREFIX = "LOADWARDEN_"
 DEFAULT_LISTEN = "127.0.0.1:50051"

@@ -8,18 +8,31 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from loadwarden.policy import (
+    Backend,
+    BatchAnswer,
+    Health,
+    InvalidArgument,
+    LoadSample,
+    Operation,
+    OperationSettings,
+    Pool,
+    PoolSettings,
+    ServerSpec,
+    check_count,
+    check_name,
+    check_range,
+    check_ttl_ms,
+    parse_operation,
+    parse_pool,
+    parse_server,
+)
 from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
 
 from ._admission import Answer, Denial, Granted, Lease, SlotRequest
 from ._core import BatchReportIn, DecisionCore, LoadReportIn, OutcomeReport
-from ._errors import InvalidArgument
 from ._loadmonitor import HostMonitor
-from ._model import Backend, Health, LoadSample, ServerSpec
-from ._operations import BatchAnswer, Operation, OperationSettings, parse_operation
-from ._pool import Pool
-from ._settings import PoolSettings, parse_pool, parse_server
-from ._validation import check_count, check_name, check_range, check_ttl_ms
 
 MAX_BATCH = 1_000
 MAX_EXCLUDE = 64

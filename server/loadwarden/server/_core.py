@@ -10,22 +10,67 @@ import logging
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+from loadwarden.policy import (
+    Backend,
+    BatchAnswer,
+    BatchReportIn,
+    Clock,
+    IdGenerator,
+    InvalidArgument,
+    LoadReading,
+    LoadReportIn,
+    LoadWeights,
+    NotFound,
+    Operation,
+    OperationSettings,
+    OutcomeReport,
+    PendingDecision,
+    PendingDecisions,
+    Pool,
+    PoolSettings,
+    ResourceExhausted,
+    ServerSpec,
+    SystemClock,
+    Unavailable,
+    pool_reading,
+)
+from loadwarden.policy.strategies import Feedback, StrategyContext, build_strategy, strategy_class
 
 from ._admission import Admission, Answer, Lease, LeaseSelection, SlotRequest
-from ._clock import Clock, SystemClock
-from ._decisions import IdGenerator, PendingDecision, PendingDecisions
-from ._errors import ConfigError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from ._loadmonitor import HostMonitor, LoadReading, LoadWeights, pool_reading
-from ._metrics import RESULT_NO_ELIGIBLE_SERVER, RESULT_SELECTED, ServerMetrics, shared_metrics
-from ._model import Backend, LoadSample, ServerSpec
-from ._operations import BatchAnswer, Operation, OperationSettings
-from ._pool import Pool
-from ._settings import PoolSettings
-from .strategies import Feedback, StrategyContext, build_strategy, strategy_class
+from ._errors import ConfigError
+from ._loadmonitor import HostMonitor
 
 log = logging.getLogger("loadwarden.server")
 
 NO_ELIGIBLE_SERVER = "no-eligible-server"
+
+# What a SelectServer decision came to, as the core tells its listener.
+RESULT_SELECTED = "selected"
+RESULT_NO_ELIGIBLE_SERVER = "no_eligible_server"
+
+
+class DecisionListener(Protocol):
+    """Told of every decision the core makes (metrics attach here; the core knows no backend)."""
+
+    def decided(self, pool: Pool[Any], result: str) -> None:
+        """A SelectServer decision on ``pool``: ``RESULT_SELECTED`` or ``RESULT_NO_ELIGIBLE_SERVER``."""
+        ...
+
+    def answered(self, pool: Pool[Any], answer: Answer) -> None:
+        """An AcquireSlot answer on ``pool``."""
+        ...
+
+
+class _Unheard:
+    """The listener of a core nobody listens to."""
+
+    def decided(self, pool: Pool[Any], result: str) -> None:
+        return None
+
+    def answered(self, pool: Pool[Any], answer: Answer) -> None:
+        return None
 
 
 # [limits] keys with their allowed ranges (inclusive). One table for config parsing and CoreLimits.
@@ -160,35 +205,6 @@ class LeaseDecision:
     memo: object
 
 
-@dataclass(frozen=True, slots=True)
-class OutcomeReport:
-    """A validated ReportOutcome entry."""
-
-    decision_id: str
-    success: bool
-    latency_ms: float
-    status: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class BatchReportIn:
-    """A validated ReportBatch entry."""
-
-    operation: str
-    batch_size: int
-    duration_ms: float
-    success: bool
-
-
-@dataclass(frozen=True, slots=True)
-class LoadReportIn:
-    """A validated ReportLoad entry."""
-
-    pool: str
-    server_id: str
-    sample: LoadSample
-
-
 class DecisionCore:
     """Answers SelectServer, ReportOutcome, ReportLoad, GetLoadStatus and the admin calls."""
 
@@ -199,18 +215,31 @@ class DecisionCore:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         ids: IdGenerator | None = None,
-        metrics: ServerMetrics | None = None,
+        listener: DecisionListener | None = None,
+        monitor: HostMonitor | None = None,
+        load_weights: LoadWeights | None = None,
     ) -> None:
+        """Everything the core depends on comes in here; nothing is set on it afterwards.
+
+        Args:
+            limits: Caps on what clients may make the core hold.
+            clock: Monotonic and wall time; the system's by default.
+            rng: Randomness for strategies; unseeded by default.
+            ids: Lease and decision id source; a fresh random key by default.
+            listener: Told of every decision (the service's metrics); none by default.
+            monitor: The host's load sampler, when batch sizing reads the host's load.
+            load_weights: How load reports (and host samples) are scored; the defaults by default.
+        """
         self.limits = limits or CoreLimits()
         self.clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._ids = ids or IdGenerator()
-        self.metrics = metrics or shared_metrics()
+        self._listener: DecisionListener = listener if listener is not None else _Unheard()
         self._pools: dict[str, Pool] = {}
         self.pending = PendingDecisions(self.limits.decision_ttl_ms / 1000.0, self.limits.max_pending_decisions)
         self.operations: dict[str, Operation] = {}
-        self.monitor: HostMonitor | None = None  # set by the service when the host monitor runs
-        self.load_weights = LoadWeights()  # scores load reports and host samples; set from [monitor]
+        self.monitor = monitor
+        self.load_weights = load_weights if load_weights is not None else LoadWeights()
         self.admission = Admission(
             self.clock,
             self._select_for_lease,
@@ -241,12 +270,12 @@ class DecisionCore:
     def _choose(self, pool: Pool, exclude: Collection[str], now: float) -> tuple[Backend, bool, object]:
         candidates = pool.eligible(now, exclude)
         if not candidates:
-            self.metrics.decided(pool, RESULT_NO_ELIGIBLE_SERVER)
+            self._listener.decided(pool, RESULT_NO_ELIGIBLE_SERVER)
             raise Unavailable(pool.why_none_eligible(now, exclude), reason=NO_ELIGIBLE_SERVER)
         server, explored, memo = pool.strategy.choose(candidates)
         server.in_flight += 1
         server.selections_total += 1
-        self.metrics.decided(pool, RESULT_SELECTED)
+        self._listener.decided(pool, RESULT_SELECTED)
         return server, explored, memo
 
     def _apply(self, pool: Pool, server: Backend, memo: object, success: bool, latency_ms: float, now: float) -> None:
@@ -406,7 +435,7 @@ class DecisionCore:
                 "max_wait_ms", f"pool {request.pool!r} allows waits of at most {pool.settings.max_wait_ms} ms"
             )
         answer = await self.admission.acquire(pool.slots, request, time_left_s)
-        self.metrics.answered(pool, answer)
+        self._listener.answered(pool, answer)
         return answer
 
     def renew_lease(self, lease_id: str, ttl_s: float | None, owner: str = "") -> Lease:

@@ -7,7 +7,8 @@ API's no-op or proxy and a recording costs one method call.
 Two kinds of instruments:
 
 * Synchronous ones (``decisions``, ``denials``, the two histograms) are recorded
-  where the event happens, by one call from the core or from the gRPC interceptor.
+  where the event happens: ``ServerMetrics`` is the core's ``DecisionListener``, and
+  the gRPC interceptor times the RPCs.
 * Everything the core already keeps (queue length, leases, batch sizes, server
   load, ejections, adjustments, rate-limit rejections) is read by callbacks
   registered once per core with ``observe``; they run at collection time only,
@@ -24,18 +25,16 @@ import asyncio
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import grpc
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from ._admission import Answer, Denied
+from loadwarden.policy import Operation, Pool
 
-if TYPE_CHECKING:
-    from ._core import DecisionCore
-    from ._operations import Operation
-    from ._pool import Pool
+from ._admission import Answer, Denied
+from ._core import DecisionCore
 
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
@@ -47,12 +46,9 @@ DURATION_BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1_
 # Queue waits, ms: 0 for an immediate grant, up to the longest allowed wait (an hour).
 WAIT_BUCKETS_MS = (0, 1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 3_600_000)
 
-RESULT_SELECTED = "selected"
-RESULT_NO_ELIGIBLE_SERVER = "no_eligible_server"
-
 
 class ServerMetrics:
-    """The service's instruments, on one meter. One per DecisionCore.
+    """The service's instruments, on one meter; the ``DecisionListener`` of one DecisionCore.
 
     Args:
         meter_provider: Where the instruments come from; the global provider by default.
@@ -205,20 +201,6 @@ class ServerMetrics:
         """Server interceptors recording ``loadwarden.decision.duration`` for unary DecisionService
         RPCs; none unless built with an explicit meter provider."""
         return (_DurationInterceptor(self.duration),) if self._explicit else ()
-
-
-_shared: ServerMetrics | None = None
-
-
-def shared_metrics() -> ServerMetrics:
-    """One ServerMetrics on the global provider, for cores nobody observes (tests, embedding).
-
-    Sharing it keeps building many cores from piling up proxy instruments in the API.
-    """
-    global _shared
-    if _shared is None:
-        _shared = ServerMetrics()
-    return _shared
 
 
 def _collect(ref: weakref.ref[DecisionCore], build: Callable[[DecisionCore], list[Observation]]) -> list[Observation]:

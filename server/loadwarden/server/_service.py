@@ -17,28 +17,26 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking: no stubs, no py.typed
 
-from loadwarden.observability._net import is_loopback
+from loadwarden.observability.net import is_loopback
+from loadwarden.policy import Clock, InvalidArgument, LoadWeights, ResourceExhausted, SystemClock
 from loadwarden.v1 import admin_pb2, decision_pb2
 
 from ._auth import Callers, auth_interceptors
-from ._clock import Clock
 from ._config import ServiceConfig
 from ._convert import load_status
-from ._core import CoreLimits, DecisionCore
-from ._errors import ConfigError, InvalidArgument, ResourceExhausted
-from ._loadmonitor import HostMonitor, LoadWeights
+from ._core import CoreLimits, DecisionCore, DecisionListener
+from ._errors import ConfigError
+from ._loadmonitor import HostMonitor
 from ._metrics import ServerMetrics
 from ._persistence import Persister, restore
-from ._reflection import enable_reflection
 from ._servicer import add_to_server, server_options
 from ._store import STORES, MemoryStore, StateStore
 from ._telemetry import server_interceptors
 from ._tls import TlsMaterial, load_tls
+from .reflection import enable_reflection
 
-if TYPE_CHECKING:
-    from loadwarden.observability._admin_http import AdminHttp
-    from loadwarden.observability._history import History
-    from loadwarden.observability._metrics import MetricsSetup
+if TYPE_CHECKING:  # the admin port and metrics are imported only when configured
+    from loadwarden.observability.metrics import MetricsSetup
 
 log = logging.getLogger("loadwarden.server")
 
@@ -63,11 +61,9 @@ class RunningService:
     host: str
     port: int
     persister: Persister | None
-    _tasks: list[asyncio.Task[None]]
-    admin_port: int | None = None  # the admin HTTP port; None when it is off
-    _admin: AdminHttp | None = None
-    _metrics: MetricsSetup | None = None
-    _history: History | None = None
+    admin_port: int | None  # the admin HTTP port; None when it is off
+    _stack: contextlib.AsyncExitStack  # undoes the start, last started first
+    _grace: list[float | None]  # the grace `stop` was given, read by the gRPC server's stop
 
     @property
     def target(self) -> str:
@@ -75,21 +71,65 @@ class RunningService:
         return f"{self.host}:{self.port}"
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Reports NOT_SERVING, then lets in-flight RPCs finish for ``grace_s`` seconds."""
-        await self.health.enter_graceful_shutdown()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.server.stop(grace_s)
-        if self.persister is not None:
-            await self.persister.save()  # after the last outcome was applied
-        if self._admin is not None:
-            await self._admin.stop()
-        if self._history is not None:
-            await asyncio.to_thread(self._history.close)
-        if self._metrics is not None:
-            self._metrics.shutdown()  # flushes OTLP after the last RPC was counted
+        """Reports NOT_SERVING, then lets in-flight RPCs finish for ``grace_s`` seconds.
+
+        Then the learned state is saved (after the last outcome was applied), the admin
+        port and its history close, and the metrics are flushed.
+        """
+        self._grace[0] = grace_s
+        await self._stack.aclose()
+
+
+def build_core(
+    config: ServiceConfig,
+    *,
+    clock: Clock | None = None,
+    rng: random.Random | None = None,
+    listener: DecisionListener | None = None,
+) -> DecisionCore:
+    """The decision core ``config`` describes, its pools and operations configured.
+
+    Raises:
+        ConfigError: a pool's strategy or parameters are invalid, or there are too many servers.
+    """
+    configured = sum(len(spec.servers or ()) for spec in config.pools)
+    if configured > config.limits.max_servers:
+        raise ConfigError(
+            "limits.max_servers",
+            f"the pools configure {configured} servers in all; limits.max_servers is {config.limits.max_servers}",
+        )
+    clock = clock or SystemClock()
+    m = config.monitor
+    # The weights score pools' load reports too, so they apply with the host sampler off.
+    weights = LoadWeights(m.cpu_weight, m.memory_weight, m.load_average_weight)
+    monitor = None
+    if m.enabled:
+        monitor = HostMonitor(
+            clock,
+            interval_s=m.interval_ms / 1000.0,
+            weights=weights,
+            stale_after_s=m.stale_after_ms / 1000.0 if m.stale_after_ms else None,
+        )
+        monitor.sample_now()  # primes psutil's CPU counter; the first real reading follows
+    core = DecisionCore(
+        config.limits,
+        clock=clock,
+        rng=rng or random.Random(config.seed),
+        listener=listener,
+        monitor=monitor,
+        load_weights=weights,
+    )
+    for spec in config.pools:
+        where = f"pools.{spec.settings.name}"
+        try:
+            core.configure_pool(spec.settings, spec.servers, where=where)
+        except InvalidArgument as exc:
+            raise ConfigError(exc.field, exc.problem) from None
+        except ResourceExhausted as exc:
+            raise ConfigError(exc.key or where, str(exc)) from None
+    for operation in config.operations:
+        core.configure_operation(operation)
+    return core
 
 
 async def start_service(
@@ -116,114 +156,89 @@ async def start_service(
         OSError: the address cannot be bound.
     """
     tls = load_tls(config.tls)  # before anything starts
-    core = DecisionCore(config.limits, clock=clock, rng=rng or random.Random(config.seed))
-    configured = sum(len(spec.servers or ()) for spec in config.pools)
-    if configured > config.limits.max_servers:
-        raise ConfigError(
-            "limits.max_servers",
-            f"the pools configure {configured} servers in all; limits.max_servers is {config.limits.max_servers}",
+    async with contextlib.AsyncExitStack() as stack:  # on failure, undoes what started; else handed over
+        metrics_setup = _configure_metrics(config)
+        if metrics_setup is not None:
+            stack.callback(metrics_setup.shutdown)  # flushes OTLP after the last RPC was counted
+        metrics = ServerMetrics(metrics_setup.meter_provider if metrics_setup is not None else None)
+        core = build_core(config, clock=clock, rng=rng, listener=metrics)
+        metrics.observe(core)
+        if store is None:
+            store = STORES[config.state.store](config.state.path) if config.state.store == "file" else MemoryStore()
+        restore(core, store)
+        persister = None
+        if store.durable:
+            persister = Persister(core, store, config.state.save_interval_ms / 1000.0)
+
+        host = config.listen.rpartition(":")[0]
+        # Auth after tracing (a refused call still gets its span), before metrics (which time handlers).
+        client_tokens = config.auth.tokens()
+        auth = auth_interceptors(
+            admin_token=config.admin.token,
+            client_tokens=tuple(client_tokens),
+            loopback=is_loopback(host),
+            listen=config.listen,
         )
-    for spec in config.pools:
-        where = f"pools.{spec.settings.name}"
+        callers = Callers(client_tokens, certificates=config.tls.require_client_cert)
+        open_files = open_files_limit()
+        server = grpc.aio.server(
+            options=(*_SERVER_OPTIONS, *server_options(config.limits), *connection_options(config.limits, open_files)),
+            maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
+            interceptors=(*server_interceptors(), *auth, *metrics.interceptors()),
+        )
+        # DecisionService and AdminService; undecodable requests get INVALID_ARGUMENT.
+        add_to_server(server, core, callers)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
+        if extra_handlers:
+            server.add_generic_rpc_handlers(tuple(extra_handlers))
+
         try:
-            core.configure_pool(spec.settings, spec.servers, where=where)
-        except InvalidArgument as exc:
-            raise ConfigError(exc.field, exc.problem) from None
-        except ResourceExhausted as exc:
-            raise ConfigError(exc.key or where, str(exc)) from None
-    for operation in config.operations:
-        core.configure_operation(operation)
-    m = config.monitor
-    # The weights score pools' load reports too, so they apply with the host sampler off.
-    core.load_weights = LoadWeights(m.cpu_weight, m.memory_weight, m.load_average_weight)
-    if m.enabled:
-        core.monitor = HostMonitor(
-            core.clock,
-            interval_s=m.interval_ms / 1000.0,
-            weights=core.load_weights,
-            stale_after_s=m.stale_after_ms / 1000.0 if m.stale_after_ms else None,
+            port = _add_port(server, config.listen, host, tls)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {config.listen}: {exc}") from None
+        if port == 0:
+            raise OSError(f"cannot listen on {config.listen}")
+        await server.start()
+        if persister is not None:
+            stack.push_async_callback(persister.save)  # once the gRPC server stopped: the last outcomes too
+        grace: list[float | None] = [None]  # a failed start stops at once; `stop` sets its own grace
+        stack.push_async_callback(lambda: server.stop(grace[0]))  # what releases the port
+        admin_port = await _start_admin(stack, config, core, metrics_setup, tls)
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        tasks = [asyncio.create_task(_sweep(core, config.expiry_interval_ms / 1000.0), name="loadwarden-sweeper")]
+        if core.monitor is not None:
+            tasks.append(asyncio.create_task(core.monitor.run(), name="loadwarden-host-monitor"))
+        if persister is not None:
+            tasks.append(asyncio.create_task(persister.run(), name="loadwarden-persister"))
+        stack.push_async_callback(_cancel, tasks)
+        stack.push_async_callback(health_servicer.enter_graceful_shutdown)  # first of all: NOT_SERVING
+        log.info(
+            "loadwarden serving on %s:%d (%d pools); connections capped at %s (open files limit %s)",
+            host,
+            port,
+            len(config.pools),
+            connection_cap(config.limits, open_files),
+            open_files,
         )
-        core.monitor.sample_now()  # primes psutil's CPU counter; the first real reading follows
-    if store is None:
-        store = STORES[config.state.store](config.state.path) if config.state.store == "file" else MemoryStore()
-    restore(core, store)
-    metrics_setup = _configure_metrics(config)
-    core.metrics = ServerMetrics(metrics_setup.meter_provider if metrics_setup is not None else None)
-    core.metrics.observe(core)
+        return RunningService(server, core, health_servicer, host, port, persister, admin_port, stack.pop_all(), grace)
+    raise AssertionError("unreachable: the block returns or raises")  # for type checkers
 
-    host = config.listen.rpartition(":")[0]
-    # Auth after tracing (a refused call still gets its span), before metrics (which time handlers).
-    client_tokens = config.auth.tokens()
-    auth = auth_interceptors(
-        admin_token=config.admin.token,
-        client_tokens=tuple(client_tokens),
-        loopback=is_loopback(host),
-        listen=config.listen,
-    )
-    callers = Callers(client_tokens, certificates=config.tls.require_client_cert)
-    open_files = open_files_limit()
-    server = grpc.aio.server(
-        options=(*_SERVER_OPTIONS, *server_options(config.limits), *connection_options(config.limits, open_files)),
-        maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
-        interceptors=(*server_interceptors(), *auth, *core.metrics.interceptors()),
-    )
-    add_to_server(server, core, callers)  # DecisionService and AdminService; undecodable requests -> INVALID_ARGUMENT
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
-    if extra_handlers:
-        server.add_generic_rpc_handlers(tuple(extra_handlers))
 
-    try:
-        port = _add_port(server, config.listen, host, tls)
-    except RuntimeError as exc:
-        _shutdown_metrics(metrics_setup)
-        raise OSError(f"cannot listen on {config.listen}: {exc}") from None
-    if port == 0:
-        _shutdown_metrics(metrics_setup)
-        raise OSError(f"cannot listen on {config.listen}")
-    await server.start()
-    started_admin = await _start_admin(config, core, metrics_setup, server, tls)
-    admin, history = (started_admin[0], started_admin[1]) if started_admin is not None else (None, None)
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    tasks = [asyncio.create_task(_sweep(core, config.expiry_interval_ms / 1000.0), name="loadwarden-sweeper")]
-    if started_admin is not None:
-        tasks.append(started_admin[2])
-    if core.monitor is not None:
-        tasks.append(asyncio.create_task(core.monitor.run(), name="loadwarden-host-monitor"))
-    persister = None
-    if store.durable:
-        persister = Persister(core, store, config.state.save_interval_ms / 1000.0)
-        tasks.append(asyncio.create_task(persister.run(), name="loadwarden-persister"))
-    log.info(
-        "loadwarden serving on %s:%d (%d pools); connections capped at %s (open files limit %s)",
-        host,
-        port,
-        len(config.pools),
-        connection_cap(config.limits, open_files),
-        open_files,
-    )
-    return RunningService(
-        server,
-        core,
-        health_servicer,
-        host,
-        port,
-        persister,
-        tasks,
-        admin_port=admin.port if admin is not None else None,
-        _admin=admin,
-        _metrics=metrics_setup,
-        _history=history,
-    )
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _configure_metrics(config: ServiceConfig) -> MetricsSetup | None:
     """A service-owned metrics pipeline when the admin port or an OTLP/console exporter wants one."""
     if not config.admin.listen and not os.environ.get("OTEL_METRICS_EXPORTER", "").strip():
         return None  # no SDK import: instruments stay on the global API provider (a no-op unless set)
-    from loadwarden.observability._metrics import configure_metrics, wants_exporters
+    from loadwarden.observability.metrics import configure_metrics, wants_exporters
 
     try:
         if not config.admin.listen and not wants_exporters():
@@ -232,11 +247,6 @@ def _configure_metrics(config: ServiceConfig) -> MetricsSetup | None:
     except ValueError as exc:
         key, _, problem = str(exc).partition(": ")
         raise ConfigError(key, problem) from None
-
-
-def _shutdown_metrics(metrics_setup: MetricsSetup | None) -> None:
-    if metrics_setup is not None:
-        metrics_setup.shutdown()
 
 
 def _add_port(server: grpc.aio.Server, listen: str, host: str, tls: TlsMaterial | None) -> int:
@@ -258,21 +268,19 @@ def _add_port(server: grpc.aio.Server, listen: str, host: str, tls: TlsMaterial 
 
 
 async def _start_admin(
+    stack: contextlib.AsyncExitStack,
     config: ServiceConfig,
     core: DecisionCore,
     metrics_setup: MetricsSetup | None,
-    server: grpc.aio.Server,
     tls: TlsMaterial | None = None,
-) -> tuple[AdminHttp, History, asyncio.Task[None]] | None:
+) -> int | None:
     """Starts the admin HTTP port (metrics, load status, dashboard, history) if configured;
-    on failure stops the (started) gRPC server, which is what releases its port, and the metrics."""
+    returns its port. What it starts is undone by ``stack``."""
     if not config.admin.listen:
         return None
     from google.protobuf import json_format
 
-    from loadwarden.observability._admin_http import build_admin_app, start_admin_http
-    from loadwarden.observability._dashboard import add_dashboard_routes
-    from loadwarden.observability._history import History
+    from loadwarden.observability.admin import History, add_dashboard_routes, build_admin_app, start_admin_http
 
     def snapshot_json() -> dict[str, object]:
         return json_format.MessageToDict(load_status(core, ""), preserving_proto_field_name=True)
@@ -282,26 +290,21 @@ async def _start_admin(
     try:
         history = History(settings.history_path or None, retention_s=settings.history_retention_s)
     except (OSError, ValueError) as exc:
-        await server.stop(None)
-        _shutdown_metrics(metrics_setup)
         raise ConfigError("admin.history_path", f"cannot open the history database: {exc}") from None
+    stack.push_async_callback(asyncio.to_thread, history.close)
     app = build_admin_app(
         token=settings.token,
         snapshot_json=snapshot_json,
         render_metrics=metrics_setup.render,
         extra_routes=functools.partial(add_dashboard_routes, history=history),
     )
-    try:
-        admin = await start_admin_http(app, settings.listen, ssl_context=tls.ssl_context() if tls else None)
-    except BaseException:
-        await server.stop(None)
-        _shutdown_metrics(metrics_setup)
-        history.close()
-        raise
+    admin = await start_admin_http(app, settings.listen, ssl_context=tls.ssl_context() if tls else None)
+    stack.push_async_callback(admin.stop)
     recorder = asyncio.create_task(
         history.run(snapshot_json, settings.history_interval_ms / 1000.0), name="loadwarden-history"
     )
-    return admin, history, recorder
+    stack.push_async_callback(_cancel, [recorder])
+    return admin.port
 
 
 # File descriptors kept free of connections when max_connections is 0 ("auto"): the

@@ -24,6 +24,16 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
+from loadwarden.policy import (
+    DecisionError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    check_name,
+    check_range,
+    check_ttl_ms,
+)
 from loadwarden.v1 import admin_pb2 as _admin
 from loadwarden.v1 import admin_pb2_grpc as _admin_grpc
 from loadwarden.v1 import decision_pb2 as _pb
@@ -34,15 +44,12 @@ from . import _telemetry as telemetry
 from ._admission import MIN_RETRY_AFTER_S, Denial, Denied, Granted
 from ._auth import Callers
 from ._core import CoreLimits, DecisionCore
-from ._errors import DecisionError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from ._validation import check_name, check_range, check_ttl_ms
 from ._watch import Watchers, check_interval_ms, status_page
 
 log = logging.getLogger("loadwarden.server")
 
 RETRY_AFTER_KEY = "loadwarden-retry-after-ms"
 UNAVAILABLE_REASON_KEY = "loadwarden-unavailable-reason"
-VERSION = "0.1.0"
 
 _STATUS: dict[type[DecisionError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,

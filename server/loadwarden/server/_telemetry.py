@@ -24,11 +24,13 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ._version import VERSION
+
 if TYPE_CHECKING:
+    from loadwarden.policy import BatchAnswer
     from loadwarden.v1 import decision_pb2 as _pb
 
     from ._core import DecisionCore, Selection
-    from ._operations import BatchAnswer
 
 INSTRUMENTATION_NAME = "loadwarden.server"
 ATTRIBUTE_PREFIX = "loadwarden."
@@ -94,7 +96,6 @@ class ServerTracingInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
-        from ._servicer import VERSION
 
         self._tracers = _Tracers(INSTRUMENTATION_NAME, VERSION, tracer_provider)
         # method -> (handler from the continuation, tracer, traced handler): wrapped once per method.

@@ -33,12 +33,11 @@ from dataclasses import dataclass
 
 from google.protobuf import wrappers_pb2 as _wrappers
 
+from loadwarden.policy import InvalidArgument, Pool, ResourceExhausted
 from loadwarden.v1 import common_pb2 as _common
 
 from . import _convert as convert
 from ._core import DecisionCore
-from ._errors import InvalidArgument, ResourceExhausted
-from ._pool import Pool
 
 MIN_INTERVAL_MS = 100  # smallest interval_ms accepted; served at MIN_EFFECTIVE_INTERVAL_MS
 MAX_INTERVAL_MS = 60_000

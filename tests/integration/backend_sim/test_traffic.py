@@ -20,9 +20,9 @@ from loadwarden.backend_sim._backend import RunningBackend, start_backend
 from loadwarden.backend_sim._backend_cli import register
 from loadwarden.backend_sim._batch_mode import parse_batch
 from loadwarden.backend_sim._traffic import TrafficPlan, TrafficResult, TrafficRunner, arrival_times
+from loadwarden.policy._operations import OperationSettings
 from loadwarden.sdk import AsyncClient
 from loadwarden.server import MonitorSettings, OutlierSettings, PoolSettings, PoolSpec, RunningService
-from loadwarden.server._operations import OperationSettings
 
 from ...conftest import StartService
 

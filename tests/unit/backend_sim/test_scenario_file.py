@@ -18,7 +18,7 @@ from loadwarden.backend_sim import (
     load_scenario,
     parse_scenario,
 )
-from loadwarden.server.strategies import STRATEGIES
+from loadwarden.policy.strategies import STRATEGIES
 
 REPO = Path(__file__).resolve().parents[3]
 

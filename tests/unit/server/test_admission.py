@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from loadwarden.policy._errors import InvalidArgument, NotFound, ResourceExhausted
+from loadwarden.policy._settings import RateLimit
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
 from loadwarden.server._admission import Denial, Denied, Granted, SlotRequest
-from loadwarden.server._errors import InvalidArgument, NotFound, ResourceExhausted
-from loadwarden.server._settings import RateLimit
 
 
 def make(clock: ManualClock | None = None, **settings: Any) -> DecisionCore:

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
+from loadwarden.policy._errors import InvalidArgument, NotFound, ResourceExhausted
+from loadwarden.policy._load import HostSample, LoadReading, LoadWeights, host_score
+from loadwarden.policy._model import LoadSample
+from loadwarden.policy._operations import Operation, OperationSettings, parse_operation
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
 from loadwarden.server._core import BatchReportIn, LoadReportIn
-from loadwarden.server._errors import InvalidArgument, NotFound, ResourceExhausted
-from loadwarden.server._loadmonitor import HostMonitor, HostSample, LoadReading, LoadWeights, host_score
-from loadwarden.server._model import LoadSample
-from loadwarden.server._operations import Operation, OperationSettings, parse_operation
+from loadwarden.server._loadmonitor import HostMonitor
 
 SEED = OperationSettings(name="data-import", min_batch_size=5, max_batch_size=100, default_batch_size=25)
 

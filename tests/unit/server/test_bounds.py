@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from loadwarden.policy._errors import InvalidArgument, ResourceExhausted
+from loadwarden.policy._validation import SHOWN_MAX_LEN, check_address, check_name, shown
 from loadwarden.server import (
     ConfigError,
     CoreLimits,
@@ -22,7 +24,6 @@ from loadwarden.server import (
     load_config,
 )
 from loadwarden.server._admission import QUEUE_SLACK, Granted, SlotRequest
-from loadwarden.server._errors import InvalidArgument, ResourceExhausted
 from loadwarden.server._servicer import (
     STATUS_MESSAGE_MAX_LEN,
     MalformedRequest,
@@ -30,7 +31,6 @@ from loadwarden.server._servicer import (
     _tolerant_deserializer,
     server_options,
 )
-from loadwarden.server._validation import SHOWN_MAX_LEN, check_address, check_name, shown
 from loadwarden.v1 import decision_pb2 as pb
 
 

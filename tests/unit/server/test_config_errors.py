@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from loadwarden.policy._errors import NotFound
 from loadwarden.server import (
     ConfigError,
     CoreLimits,
@@ -33,7 +34,6 @@ from loadwarden.server import (
     load_config,
 )
 from loadwarden.server._config import parse_config
-from loadwarden.server._errors import NotFound
 from loadwarden.server._persistence import LEARNED_KEY, decode, restore
 from loadwarden.server._store import FileStore, MemoryStore
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from loadwarden.policy._decisions import IdGenerator, PendingDecisions
+from loadwarden.policy._errors import NotFound, ResourceExhausted, Unavailable
+from loadwarden.policy._model import LoadSample
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
 from loadwarden.server._core import LoadReportIn, OutcomeReport
-from loadwarden.server._decisions import IdGenerator, PendingDecisions
-from loadwarden.server._errors import NotFound, ResourceExhausted, Unavailable
-from loadwarden.server._model import LoadSample
 
 SAMPLE = LoadSample(cpu_percent=10, memory_percent=20, active_requests=1, mean_latency_ms=5, error_rate=0)
 
@@ -202,7 +202,7 @@ def test_ids_are_unique_and_prefixed() -> None:
 
 
 def test_tabular_agent_refuses_large_pools_naming_the_alternative() -> None:
-    from loadwarden.server._errors import InvalidArgument
+    from loadwarden.policy._errors import InvalidArgument
 
     core = DecisionCore(clock=ManualClock())
     specs = [ServerSpec(f"s{i}", f"h:{i}") for i in range(11)]

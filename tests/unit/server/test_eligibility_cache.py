@@ -10,10 +10,10 @@ import random
 from collections import Counter
 from typing import Any
 
+from loadwarden.policy._model import LoadSample
+from loadwarden.policy._settings import OutlierSettings
 from loadwarden.server import DecisionCore, ManualClock, PoolSettings, ServerSpec
 from loadwarden.server._core import LoadReportIn
-from loadwarden.server._model import LoadSample
-from loadwarden.server._settings import OutlierSettings
 
 SAMPLE = LoadSample(10.0, 10.0, 0, 5.0, 0.0)
 

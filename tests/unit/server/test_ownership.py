@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 
+from loadwarden.policy._decisions import IdGenerator
+from loadwarden.policy._errors import InvalidArgument, NotFound, ResourceExhausted
+from loadwarden.policy._ratelimit import RateLimiter
+from loadwarden.policy._settings import RateLimit, parse_pool
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
 from loadwarden.server._admission import Denied, Granted, SlotRequest
 from loadwarden.server._auth import AuthSettings, Callers
 from loadwarden.server._core import OutcomeReport
-from loadwarden.server._decisions import IdGenerator
-from loadwarden.server._errors import ConfigError, InvalidArgument, NotFound, ResourceExhausted
-from loadwarden.server._ratelimit import RateLimiter
-from loadwarden.server._settings import RateLimit, parse_pool
+from loadwarden.server._errors import ConfigError
 
 VICTIM, ATTACKER = "victim", "attacker"
 

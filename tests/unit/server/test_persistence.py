@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from loadwarden.policy import strategies as strategies_module
+from loadwarden.policy._model import Backend
+from loadwarden.policy.strategies import Choice, Feedback, StrategyBase, StrategyContext
 from loadwarden.server import ConfigError, DecisionCore, ManualClock, PoolSettings, ServerSpec, load_config
-from loadwarden.server import strategies as strategies_module
-from loadwarden.server._model import Backend
 from loadwarden.server._persistence import LEARNED_KEY, Persister, decode, encode, restore, snapshot
 from loadwarden.server._store import FileStore, MemoryStore
-from loadwarden.server.strategies import Choice, Feedback, StrategyBase, StrategyContext
 
 
 class Counting(StrategyBase):

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from loadwarden.policy._errors import InvalidArgument
+from loadwarden.policy._settings import OutlierSettings, parse_pool
 from loadwarden.server import DecisionCore, ManualClock, PoolSettings, ServerSpec
 from loadwarden.server._core import OutcomeReport
-from loadwarden.server._errors import InvalidArgument
-from loadwarden.server._settings import OutlierSettings, parse_pool
 
 
 def make(clock: ManualClock, n: int = 4, **settings: Any) -> DecisionCore:

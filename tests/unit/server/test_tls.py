@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from loadwarden.observability._net import is_loopback
+from loadwarden.observability.net import is_loopback
 from loadwarden.server import ConfigError, TlsSettings, load_config
 from loadwarden.server._config import parse_config
 from loadwarden.server._tls import load_tls

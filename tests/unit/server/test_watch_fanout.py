@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from loadwarden.policy._errors import InvalidArgument, NotFound, ResourceExhausted
+from loadwarden.policy._model import LoadSample
+from loadwarden.policy._operations import OperationSettings
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
 from loadwarden.server._core import LoadReportIn
-from loadwarden.server._errors import InvalidArgument, NotFound, ResourceExhausted
-from loadwarden.server._model import LoadSample
-from loadwarden.server._operations import OperationSettings
 from loadwarden.server._watch import (
     MAX_BUILD_SHARE,
     Cursor,

@@ -35,14 +35,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
+from loadwarden.policy import InvalidArgument, OperationSettings, parse_operation
+from loadwarden.policy.batching import MODES
 from loadwarden.sdk import AsyncClient, LoadwardenError
-from loadwarden.server._errors import InvalidArgument
-from loadwarden.server._operations import OperationSettings, parse_operation
-from loadwarden.server.batching import MODES
 
 from ._summary import percentile
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # only for an annotation: _traffic runs the batch workers defined here
     from ._traffic import Backends
 
 CONTROLLERS = MODES

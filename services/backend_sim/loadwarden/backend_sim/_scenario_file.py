@@ -38,13 +38,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from loadwarden.server._errors import InvalidArgument
-from loadwarden.server._operations import parse_operation
-from loadwarden.server._settings import parse_pool
-from loadwarden.server._validation import check_name
-from loadwarden.server.batching import MODES
-from loadwarden.server.limits import LIMITS, check_limit
-from loadwarden.server.strategies import STRATEGIES, check_strategy, strategy_class
+from loadwarden.policy import InvalidArgument, check_name, parse_operation, parse_pool
+from loadwarden.policy.batching import MODES
+from loadwarden.policy.limits import LIMITS, check_limit
+from loadwarden.policy.strategies import STRATEGIES, check_strategy, strategy_class
 
 from ._config import MAX_REQUESTS, SERVICE_DISTRIBUTIONS, Arrivals, ClosedLoop, Phase, Scenario, SimServer
 from ._config import capacity_per_s as _capacity_per_s

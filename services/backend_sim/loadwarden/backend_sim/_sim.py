@@ -30,12 +30,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadwarden.policy import (
+    IdGenerator,
+    InvalidArgument,
+    LoadReportIn,
+    LoadSample,
+    NotFound,
+    OutcomeReport,
+    Unavailable,
+    parse_pool,
+)
 from loadwarden.server import CoreLimits, DecisionCore, ServerSpec
-from loadwarden.server._core import LoadReportIn, OutcomeReport
-from loadwarden.server._decisions import IdGenerator
-from loadwarden.server._errors import InvalidArgument, NotFound, Unavailable
-from loadwarden.server._model import LoadSample
-from loadwarden.server._settings import parse_pool
 
 from ._config import MAX_REQUESTS, Arrivals, ClosedLoop, Scenario, SimServer
 from ._summary import LoadRecord, RequestLog, Summary, summarize
@@ -249,7 +254,7 @@ def simulate(
 
     Args:
         scenario: Servers, traffic and seed.
-        strategy: A name registered in ``loadwarden.server.strategies.STRATEGIES``.
+        strategy: A name registered in ``loadwarden.policy.strategies.STRATEGIES``.
         strategy_params: Its parameters by name; defaults when None.
         timer: When given (e.g. ``time.perf_counter``), the seconds spent in
             ``core.select``, ``core.report_outcomes`` and ``core.report_load``

@@ -1,0 +1,160 @@
+"""Decision state of servers. Lives in the event-loop thread: no locks."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Health(enum.Enum):
+    """Why a server may or may not be chosen right now."""
+
+    SERVING = "serving"
+    STALE = "stale"
+    DRAINING = "draining"
+    EJECTED = "ejected"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """A server as registered: id unique in its pool, address, weight 1-1000."""
+
+    id: str
+    address: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSample:
+    """One load report: percentages 0-100, latency in ms, error rate 0-1."""
+
+    cpu_percent: float
+    memory_percent: float
+    active_requests: int
+    mean_latency_ms: float
+    error_rate: float
+
+
+# Weight of the newest outcome in the per-server latency and error-rate EWMAs.
+OUTCOME_EWMA_WEIGHT = 0.2
+
+
+@dataclass(slots=True, eq=False)
+class Backend:
+    """Mutable decision state of one server.
+
+    ``in_flight`` counts selections not yet matched by an outcome or expiry; it is
+    never negative. ``load_at`` is monotonic seconds; ``None`` means never reported.
+    ``effective_weight`` is what strategies weigh by: ``weight``, scaled down while
+    the server ramps up after joining or returning (slow start); it is refreshed
+    by the pool each time the server is a candidate.
+    """
+
+    id: str
+    address: str
+    weight: int
+    draining: bool = False
+    in_flight: int = 0
+    load: LoadSample | None = None
+    load_at: float | None = None
+    load_wall: float | None = None
+    ewma_latency_ms: float = 0.0
+    error_rate: float = 0.0
+    outcomes_total: int = 0
+    selections_total: int = 0
+    effective_weight: float = 0.0
+    consecutive_failures: int = 0
+    ejected_until: float = 0.0  # monotonic; > now while ejected, 0 once back
+    ejections_total: int = 0
+    ejection_level: int = 0  # multiplier of the next ejection's length
+    returned_at: float | None = None  # when the last ejection ended
+    ramp_start: float | None = None  # when the server last became routable
+    routable: bool = False  # routable (not drained, not stale) at the last check
+
+    def __post_init__(self) -> None:
+        self.effective_weight = float(self.weight)
+
+    @property
+    def cpu_percent(self) -> float:
+        """Reported CPU %, 0 when never reported."""
+        return self.load.cpu_percent if self.load is not None else 0.0
+
+    @property
+    def active_requests(self) -> int:
+        """Requests in progress: the larger of our in-flight count and the server's own report."""
+        reported = self.load.active_requests if self.load is not None else 0
+        return max(self.in_flight, reported)
+
+    @property
+    def response_time_ms(self) -> float:
+        """Outcome latency EWMA; the reported mean latency before any outcome; 0 when neither."""
+        if self.outcomes_total:
+            return self.ewma_latency_ms
+        return self.load.mean_latency_ms if self.load is not None else 0.0
+
+    @classmethod
+    def from_spec(cls, spec: ServerSpec) -> Backend:
+        return cls(id=spec.id, address=spec.address, weight=spec.weight)
+
+    def update_spec(self, spec: ServerSpec) -> None:
+        """Takes a re-registration's address and weight, keeping the decision state."""
+        self.address = spec.address
+        self.effective_weight *= spec.weight / self.weight
+        self.weight = spec.weight
+
+    def record_outcome(self, success: bool, latency_ms: float) -> None:
+        """Folds one reported outcome into the EWMAs and the consecutive-failure count."""
+        self.in_flight = max(0, self.in_flight - 1)
+        self.consecutive_failures = 0 if success else self.consecutive_failures + 1
+        failure = 0.0 if success else 1.0
+        if self.outcomes_total == 0:
+            self.ewma_latency_ms = latency_ms
+            self.error_rate = failure
+        else:
+            w = OUTCOME_EWMA_WEIGHT
+            self.ewma_latency_ms += w * (latency_ms - self.ewma_latency_ms)
+            self.error_rate += w * (failure - self.error_rate)
+        self.outcomes_total += 1
+
+    def is_stale(self, now: float, load_ttl_s: float, require_load: bool) -> bool:
+        """True when the load is unknown: no report (and one is required) or an old one."""
+        if self.load_at is None:
+            return require_load
+        return now - self.load_at > load_ttl_s
+
+    def health(self, now: float, load_ttl_s: float, require_load: bool) -> Health:
+        """The server's routing state at monotonic time ``now``."""
+        if self.draining:
+            return Health.DRAINING
+        if self.is_stale(now, load_ttl_s, require_load):
+            return Health.STALE
+        return Health.EJECTED if self.ejected_until > now else Health.SERVING
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeReport:
+    """A validated ReportOutcome entry."""
+
+    decision_id: str
+    success: bool
+    latency_ms: float
+    status: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReportIn:
+    """A validated ReportBatch entry."""
+
+    operation: str
+    batch_size: int
+    duration_ms: float
+    success: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReportIn:
+    """A validated ReportLoad entry."""
+
+    pool: str
+    server_id: str
+    sample: LoadSample
