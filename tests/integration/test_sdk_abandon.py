@@ -14,7 +14,8 @@ import time
 import pytest
 
 from loadwarden.sdk import AsyncClient, Client, SlotDenied
-from loadwarden.sdk._leases import AsyncReleaseRetries, ReleaseRetries
+from loadwarden.sdk._async.leases import AsyncReleaseRetries
+from loadwarden.sdk._sync.leases import ReleaseRetries
 from loadwarden.server import RunningService, _servicer
 from loadwarden.v1 import decision_pb2 as pb
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from loadwarden.sdk import AsyncClient, BreakerConfig, BreakerState, LeaseLostError, RetryConfig
-from loadwarden.sdk._leases import AsyncReleaseRetries
+from loadwarden.sdk._async.leases import AsyncReleaseRetries
 from loadwarden.server import PoolSettings, PoolSpec, ServiceConfig, start_service
 
 from ..conftest import StartService, wait_for

@@ -1,5 +1,5 @@
-"""The loadwarden SDK: ask the Decision service which backend takes a request,
-whether work may start now and how big the next batch should be.
+"""The loadwarden SDK: ask the Decision service which backend takes a request, may work start, how big a batch.
+May import grpc, protobuf, tenacity, the OpenTelemetry API and the generated loadwarden.v1; never the service.
 
 Example:
     from loadwarden.sdk import Client
@@ -12,9 +12,9 @@ Example:
         size = client.batch_size("import", default=100)
 """
 
-from loadwarden.sdk._async_client import AsyncClient
+from loadwarden.sdk._async.client import AsyncClient
+from loadwarden.sdk._async.queue import AsyncRequestQueue
 from loadwarden.sdk._breaker import BreakerConfig, BreakerEvent, BreakerState, CircuitBreaker
-from loadwarden.sdk._client import Client
 from loadwarden.sdk._errors import (
     DeadlineExceededError,
     InvalidArgumentError,
@@ -30,11 +30,13 @@ from loadwarden.sdk._errors import (
     UnavailableError,
     UnimplementedError,
 )
-from loadwarden.sdk._queue import AsyncRequestQueue, QueueFull, QueueStats, QueueTimeout, RequestQueue
+from loadwarden.sdk._queue import QueueFull, QueueStats, QueueTimeout
 from loadwarden.sdk._reporter import BackendReporter, ReporterStats
 from loadwarden.sdk._resilience import BreakerOpenError, deadline
 from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
+from loadwarden.sdk._sync.client import Client
+from loadwarden.sdk._sync.queue import RequestQueue
 from loadwarden.sdk._tls import TlsConfig
 from loadwarden.sdk._types import (
     BatchAdjustment,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -109,9 +109,15 @@ def check_on_lost(on_lost: object) -> None:
 
 
 class _OutcomeSender(Protocol):
+    """What a client needs of its outcome sender; `flush` and `close` wait in the async one."""
+
     buffer: OutcomeBuffer
 
     def add(self, outcome: _pb.Outcome) -> None: ...
+
+    def flush(self, timeout_s: float | None) -> bool | Awaitable[bool]: ...
+
+    def close(self, timeout_s: float | None = None) -> Awaitable[None] | None: ...
 
 
 class _Abandons(Protocol):

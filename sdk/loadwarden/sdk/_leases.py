@@ -1,4 +1,4 @@
-"""Keeping a held lease alive, telling its holder when it is lost, and releasing it for sure.
+"""What both flavours of lease keeping decide, with no I/O; the drivers are in `_async/leases.py`.
 
 `LeaseKeeper` (threads) and `AsyncLeaseKeeper` (asyncio) renew a held lease at 75 %
 of its TTL, off the caller's path. A renewal answered NOT_FOUND loses the lease at
@@ -19,22 +19,17 @@ a scheduler they fire by hand and a fake clock, so nothing sleeps.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import heapq
 import itertools
 import logging
 import random
-import threading
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from loadwarden.sdk._convert import MAX_LATENCY_MS
 from loadwarden.sdk._errors import LeaseLostError, LoadwardenError, NotFoundError, is_transport_failure
-from loadwarden.sdk._resilience import background_context
+from loadwarden.sdk._synchronization import Timer
 from loadwarden.sdk._types import HeldLease, Lease
 
 _log = logging.getLogger("loadwarden.sdk")
@@ -60,54 +55,10 @@ ABANDON_DELAY_S = (0.1, 0.2)
 ABANDON_BATCH = 100
 # How long an abandoned AcquireSlot with the pool's default TTL is tried, seconds.
 ABANDON_DEFAULT_TTL_S = 60.0
-
-
-class Timer(Protocol):
-    """A scheduled callback."""
-
-    def cancel(self) -> object:
-        """Stops the callback if it has not started (a running task is cancelled too)."""
-        ...
-
-
-class Scheduler(Protocol):
-    """Runs a callback once, later, off the caller's thread."""
-
-    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer: ...
-
-
-class AsyncScheduler(Protocol):
-    """Runs a coroutine function once, later, on the running event loop."""
-
-    def call_later(self, delay_s: float, callback: Callable[[], Awaitable[None]]) -> Timer: ...
-
-
-class ThreadScheduler:
-    """One daemon `threading.Timer` per callback: a held slot already has a caller thread."""
-
-    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
-        timer = threading.Timer(delay_s, callback)
-        timer.name = "loadwarden-lease-renewal"
-        timer.daemon = True
-        timer.start()
-        return timer
-
-
-class TaskScheduler:
-    """One asyncio task per callback; cancelling it also cancels a renewal in flight.
-
-    The task runs outside the scheduling caller's `deadline` scope (threads of
-    `ThreadScheduler` never see it either).
-    """
-
-    def call_later(self, delay_s: float, callback: Callable[[], Awaitable[None]]) -> Timer:
-        async def later() -> None:
-            await asyncio.sleep(delay_s)
-            await callback()
-
-        return asyncio.get_running_loop().create_task(
-            later(), name="loadwarden-lease-renewal", context=background_context()
-        )
+# Least deadline of a background retry (a release or an abandon batch), seconds: no caller
+# waits for it, and a client's short call deadline would fail it against the slow service
+# it is most needed for. A retry at close() has close_timeout_s instead.
+BACKGROUND_CALL_MIN_TIMEOUT_S = 1.0
 
 
 def renew_delay_s(lease: Lease) -> float | None:
@@ -234,145 +185,6 @@ class _KeeperState:
             _log.exception("the on_lost callback of lease %s failed", lost.lease_id)
 
 
-class LeaseKeeper(_KeeperState):
-    """Renews one lease from a scheduler's thread until stopped or the lease is lost.
-
-    The holder learns of a loss through `on_lost` (called once, on the
-    scheduler's thread) and `lost`; nothing is raised on the keeper's thread.
-    Thread-safe.
-
-    Args:
-        lease: The lease to keep.
-        renew: Renews a lease by id with its current TTL; raises on failure.
-        scheduler: Runs the next renewal later.
-        on_lost: Told once when the lease is lost; None logs the loss instead.
-        clock: Monotonic time, seconds.
-        rng: Jitter of renewal retries.
-    """
-
-    def __init__(
-        self,
-        lease: Lease,
-        renew: Callable[[str], Lease],
-        scheduler: Scheduler,
-        *,
-        on_lost: Callable[[LeaseLostError], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(lease, on_lost, clock, rng if rng is not None else random.Random())
-        self._renew = renew
-        self._scheduler = scheduler
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        with self._lock:
-            self._schedule(renew_delay_s(self._lease))
-
-    def stop(self) -> None:
-        """Ends renewing; a renewal already in flight finishes, its answer ignored."""
-        with self._lock:
-            self._stopped = True
-            timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._timer = None
-            lease = self._lease
-        sent_at = self._clock()
-        # The lock is not held over the call: stop() must never wait for a round trip.
-        try:
-            renewed = self._renew(lease.lease_id)
-        except Exception as err:  # noqa: BLE001 - told through on_lost; never raised on this thread
-            with self._lock:
-                if self._stopped:
-                    return
-                outcome = self._failed(lease, err)
-                if not isinstance(outcome, LeaseLostError):
-                    self._schedule(outcome)
-                    return
-            self._tell(outcome)
-            return
-        with self._lock:
-            if self._stopped:
-                return
-            self._schedule(self._renewed(lease, renewed, sent_at))
-
-    def _schedule(self, delay_s: float | None) -> None:
-        # Caller holds the lock.
-        if delay_s is not None and not self._stopped:
-            self._timer = self._scheduler.call_later(delay_s, self._fire)
-
-
-class AsyncLeaseKeeper(_KeeperState):
-    """Renews one lease from the event loop until stopped or the lease is lost.
-
-    The holder learns of a loss through `on_lost` (called once, on the loop) and
-    `lost`. Use it from the event loop's thread.
-
-    Args:
-        lease: The lease to keep.
-        renew: Renews a lease by id with its current TTL; raises on failure.
-        scheduler: Runs the next renewal later.
-        on_lost: Told once when the lease is lost; None logs the loss instead.
-        clock: Monotonic time, seconds.
-        rng: Jitter of renewal retries.
-    """
-
-    def __init__(
-        self,
-        lease: Lease,
-        renew: Callable[[str], Awaitable[Lease]],
-        scheduler: AsyncScheduler,
-        *,
-        on_lost: Callable[[LeaseLostError], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(lease, on_lost, clock, rng if rng is not None else random.Random())
-        self._renew = renew
-        self._scheduler = scheduler
-
-    def start(self) -> None:
-        self._schedule(renew_delay_s(self._lease))
-
-    def stop(self) -> None:
-        """Ends renewing; a renewal in flight is cancelled by the default scheduler, else ignored."""
-        self._stopped = True
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-
-    async def _fire(self) -> None:
-        if self._stopped:
-            return
-        self._timer = None
-        lease = self._lease
-        sent_at = self._clock()
-        try:
-            renewed = await self._renew(lease.lease_id)
-        except Exception as err:  # noqa: BLE001 - told through on_lost; never raised into the loop
-            if self._stopped:
-                return
-            outcome = self._failed(lease, err)
-            if isinstance(outcome, LeaseLostError):
-                self._tell(outcome)
-            else:
-                self._schedule(outcome)
-            return
-        if self._stopped:
-            return
-        self._schedule(self._renewed(lease, renewed, sent_at))
-
-    def _schedule(self, delay_s: float | None) -> None:
-        if delay_s is not None and not self._stopped:
-            self._timer = self._scheduler.call_later(delay_s, self._fire)
-
-
 @dataclass(order=True)
 class PendingRelease:
     """A release that failed without an answer, waiting to be tried again.
@@ -441,6 +253,7 @@ class _ReleaseState:
         self.retried = 0  # retry attempts made, count
         self.released = 0  # retried releases that the service answered, count
         self.given_up = 0  # releases whose lease expired before an answer, count
+        self.abandons_given_up = 0  # abandon batches not answered before their leases' TTL or close(), count
         self.dropped = 0  # failed releases and abandons not queued (full or closing), count
         self.abandoned = 0  # AcquireSlot calls queued to be ended, count
 
@@ -522,7 +335,10 @@ class _ReleaseState:
         heapq.heappush(self._heap, item)
 
     def _gave_up(self, item: PendingRelease) -> None:
-        self.given_up += 1
+        if item.abandoned:
+            self.abandons_given_up += 1
+        else:
+            self.given_up += 1
         self._settled(item.lease_id)
 
     def _settled(self, lease_id: str) -> None:
@@ -542,244 +358,3 @@ def log_release_failure_of(item: PendingRelease, err: BaseException) -> None:
         err,
         exc_info=not isinstance(err, LoadwardenError),
     )
-
-
-class ReleaseRetries(_ReleaseState):
-    """Retries failed releases from a scheduler's thread, one at a time; thread-safe.
-
-    Args:
-        release: Sends one release (`PendingRelease`, timeout seconds or None for
-            the client's); raises on failure.
-        scheduler: Runs the next retry pass later.
-        capacity: Releases waiting at most, count; a failed release beyond it is
-            logged and left to expire.
-        clock: Monotonic time, seconds.
-        rng: Jitter of the waits.
-        on_settled: Told the lease id when a release leaves the queue.
-    """
-
-    def __init__(
-        self,
-        release: Callable[[PendingRelease, float | None], object],
-        scheduler: Scheduler,
-        *,
-        capacity: int,
-        clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
-        on_settled: Callable[[str], None] | None = None,
-    ) -> None:
-        super().__init__(capacity, clock, rng if rng is not None else random.Random(), on_settled)
-        self._release = release
-        self._scheduler = scheduler
-        self._cond = threading.Condition()
-
-    def begin(self) -> None:
-        """Counts a release starting on a caller's thread (close() waits for it)."""
-        with self._cond:
-            self.in_flight += 1
-
-    def end(self) -> None:
-        with self._cond:
-            self.in_flight -= 1
-            self._cond.notify_all()
-
-    def add(self, lease: Lease, *, request_id: str, success: bool, latency_ms: float, until: float) -> bool:
-        """Queues a release that failed without an answer; False when it cannot be queued."""
-        with self._cond:
-            queued = self._queue(lease, request_id, success, latency_ms, until)
-            self._arm()
-        return queued
-
-    def abandon(self, pool: str, request_id: str, *, until: float) -> bool:
-        """Queues the end of an AcquireSlot whose answer never came; False when it cannot be queued."""
-        with self._cond:
-            queued = self._queue_abandon(pool, request_id, until)
-            self._arm()
-        return queued
-
-    def drain(self, timeout_s: float) -> bool:
-        """Stops retrying later; waits for releases in flight, then tries each waiting one once.
-
-        Returns:
-            True when nothing is left in flight or waiting within `timeout_s`.
-        """
-        end = self._clock() + timeout_s
-        with self._cond:
-            self._closing = True
-            timer, self._timer = self._timer, None
-            while self.in_flight and (left_s := end - self._clock()) > 0:
-                self._cond.wait(left_s)
-        if timer is not None:
-            timer.cancel()
-        while True:
-            with self._cond:
-                left_s = end - self._clock()
-                item = self._next_due(self._clock(), all_of_them=True) if left_s > 0 else None
-                if item is None:
-                    return not self._heap and not self.in_flight
-                self.in_flight += 1
-            err = self._attempt(item, left_s)
-            with self._cond:
-                self.in_flight -= 1
-                self._after(item, err, retry=False)
-                self._cond.notify_all()
-
-    def _attempt(self, item: PendingRelease, timeout_s: float | None) -> BaseException | None:
-        try:
-            self._release(item, timeout_s)
-        except Exception as err:  # noqa: BLE001 - classified by _after
-            return err
-        return None
-
-    def _fire(self) -> None:
-        with self._cond:
-            self._timer = None
-            if self._closing or self._running:
-                return
-            self._running = True
-        try:
-            while True:
-                with self._cond:
-                    item = None if self._closing else self._next_due(self._clock())
-                    if item is None:
-                        return
-                    self.in_flight += 1
-                err = self._attempt(item, None)
-                with self._cond:
-                    self.in_flight -= 1
-                    self._after(item, err, retry=True)
-                    self._cond.notify_all()
-        finally:
-            with self._cond:
-                self._running = False
-                self._arm()
-
-    def _arm(self) -> None:
-        # Caller holds the lock. One timer, for the earliest due release.
-        if self._running or self._closing or not self._heap:
-            return
-        due = self._heap[0].due
-        if self._timer is not None:
-            if self._timer_due <= due:
-                return
-            self._timer.cancel()
-        self._timer_due = due
-        self._timer = self._scheduler.call_later(max(0.0, due - self._clock()), self._fire)
-
-
-class AsyncReleaseRetries(_ReleaseState):
-    """Retries failed releases from one task at a time on the event loop; use it from the loop.
-
-    Args:
-        release: Sends one release (`PendingRelease`, timeout seconds or None for
-            the client's); raises on failure.
-        scheduler: Runs the next retry pass later.
-        capacity: Releases waiting at most, count; a failed release beyond it is
-            logged and left to expire.
-        clock: Monotonic time, seconds.
-        rng: Jitter of the waits.
-        on_settled: Told the lease id when a release leaves the queue.
-    """
-
-    def __init__(
-        self,
-        release: Callable[[PendingRelease, float | None], Awaitable[object]],
-        scheduler: AsyncScheduler,
-        *,
-        capacity: int,
-        clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
-        on_settled: Callable[[str], None] | None = None,
-    ) -> None:
-        super().__init__(capacity, clock, rng if rng is not None else random.Random(), on_settled)
-        self._release = release
-        self._scheduler = scheduler
-        self._idle: list[asyncio.Future[None]] = []
-
-    def begin(self) -> None:
-        """Counts a release starting in a caller's task (close() waits for it)."""
-        self.in_flight += 1
-
-    def end(self) -> None:
-        self.in_flight -= 1
-        if not self.in_flight:
-            idle, self._idle = self._idle, []
-            for waiter in idle:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    def add(self, lease: Lease, *, request_id: str, success: bool, latency_ms: float, until: float) -> bool:
-        """Queues a release that failed without an answer; False when it cannot be queued."""
-        queued = self._queue(lease, request_id, success, latency_ms, until)
-        self._arm()
-        return queued
-
-    def abandon(self, pool: str, request_id: str, *, until: float) -> bool:
-        """Queues the end of an AcquireSlot whose answer never came; False when it cannot be queued."""
-        queued = self._queue_abandon(pool, request_id, until)
-        self._arm()
-        return queued
-
-    async def drain(self, timeout_s: float) -> bool:
-        """Stops retrying later; waits for releases in flight, then tries each waiting one once.
-
-        Returns:
-            True when nothing is left in flight or waiting within `timeout_s`.
-        """
-        end = self._clock() + timeout_s
-        self._closing = True
-        timer, self._timer = self._timer, None
-        if timer is not None and not self._running:
-            timer.cancel()
-        if self.in_flight and (left_s := end - self._clock()) > 0:
-            waiter = asyncio.get_running_loop().create_future()
-            self._idle.append(waiter)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, left_s)
-        while (left_s := end - self._clock()) > 0:
-            item = self._next_due(self._clock(), all_of_them=True)
-            if item is None:
-                break
-            self.begin()
-            try:
-                err = await self._attempt(item, left_s)
-            finally:
-                self.end()
-            self._after(item, err, retry=False)
-        return not self._heap and not self.in_flight
-
-    async def _attempt(self, item: PendingRelease, timeout_s: float | None) -> BaseException | None:
-        try:
-            await self._release(item, timeout_s)
-        except Exception as err:  # noqa: BLE001 - classified by _after
-            return err
-        return None
-
-    async def _fire(self) -> None:
-        self._timer = None
-        if self._closing or self._running:
-            return
-        self._running = True
-        try:
-            while not self._closing and (item := self._next_due(self._clock())) is not None:
-                self.begin()
-                try:
-                    err = await self._attempt(item, None)
-                finally:
-                    self.end()
-                self._after(item, err, retry=True)
-        finally:
-            self._running = False
-            self._arm()
-
-    def _arm(self) -> None:
-        # One timer, for the earliest due release.
-        if self._running or self._closing or not self._heap:
-            return
-        due = self._heap[0].due
-        if self._timer is not None:
-            if self._timer_due <= due:
-                return
-            self._timer.cancel()
-        self._timer_due = due
-        self._timer = self._scheduler.call_later(max(0.0, due - self._clock()), self._fire)

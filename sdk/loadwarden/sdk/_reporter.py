@@ -24,10 +24,10 @@ from typing import Any, Self, TypeVar, cast
 
 import psutil
 
-from loadwarden.sdk._async_client import AsyncClient
-from loadwarden.sdk._client import Client
+from loadwarden.sdk._async.client import AsyncClient
 from loadwarden.sdk._convert import MAX_LATENCY_MS
 from loadwarden.sdk._errors import LoadwardenError
+from loadwarden.sdk._sync.client import Client
 from loadwarden.sdk._types import LoadReport
 
 _log = logging.getLogger("loadwarden.sdk")

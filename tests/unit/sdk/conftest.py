@@ -13,7 +13,8 @@ import pytest
 from google.protobuf.message import Message
 
 from loadwarden.sdk import AsyncClient, Client
-from loadwarden.sdk._leases import AsyncReleaseRetries, ReleaseRetries
+from loadwarden.sdk._async.leases import AsyncReleaseRetries
+from loadwarden.sdk._sync.leases import ReleaseRetries
 from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
 

@@ -20,7 +20,8 @@ import grpc.aio
 import pytest
 
 from loadwarden.sdk import AsyncClient, Client, LoadwardenError, SlotDenied
-from loadwarden.sdk._leases import ABANDON_BATCH, ABANDON_DELAY_S, ReleaseRetries
+from loadwarden.sdk._leases import ABANDON_BATCH, ABANDON_DELAY_S, BACKGROUND_CALL_MIN_TIMEOUT_S
+from loadwarden.sdk._sync.leases import ReleaseRetries
 from loadwarden.v1 import decision_pb2 as _pb
 
 from .conftest import FakeChannel, FakeClock, FakeScheduler, as_aio_channel, as_channel, release_retries
@@ -105,6 +106,9 @@ def test_timed_out_acquires_in_a_pool_are_ended_together_after_the_abandon_delay
     assert ended_by_abandon(sent) == acquire_ids(fake_channel)
     retries = release_retries(client)
     assert retries.abandoned == 3 and retries.pending() == 0
+    # Off the caller's path, with a deadline no shorter than BACKGROUND_CALL_MIN_TIMEOUT_S (the client's is 0.5 s).
+    [call] = [call for call in fake_channel.calls if call.method == "ReleaseSlot"]
+    assert call.timeout is not None and call.timeout >= BACKGROUND_CALL_MIN_TIMEOUT_S
 
 
 def test_each_pool_gets_its_own_call_and_a_full_batch_starts_the_next(
@@ -173,7 +177,7 @@ def test_an_unanswered_abandon_is_retried_and_close_sends_what_is_left(
 
     assert [ended_by_abandon(request) for request in releases_sent(fake_channel)] == [["r-1"], ["r-1"]]
     retries = release_retries(client)
-    assert retries.pending() == 0 and retries.given_up == 0
+    assert retries.pending() == 0 and retries.given_up == retries.abandons_given_up == 0
 
 
 def test_an_abandon_is_given_up_without_a_call_once_the_lease_ttl_has_passed(
@@ -186,7 +190,7 @@ def test_an_abandon_is_given_up_without_a_call_once_the_lease_ttl_has_passed(
     fake_clock.advance(10.0)  # past the TTL it asked for, and the call's timeout: reclaimed by now
     releases.fire()
 
-    assert releases_sent(fake_channel) == [] and release_retries(client).given_up == 1
+    assert releases_sent(fake_channel) == [] and release_retries(client).abandons_given_up == 1
 
 
 def test_abandons_share_the_pending_releases_cap(fake_clock: FakeClock, releases: FakeScheduler) -> None:

@@ -15,7 +15,8 @@ import grpc.aio
 import pytest
 
 from loadwarden.sdk import AsyncClient, Lease, LeaseLostError, SlotDenied
-from loadwarden.sdk._leases import AsyncLeaseKeeper, TaskScheduler
+from loadwarden.sdk._async.leases import AsyncLeaseKeeper
+from loadwarden.sdk._synchronization import TaskScheduler
 from loadwarden.v1 import decision_pb2 as _pb
 
 from .conftest import release_retries

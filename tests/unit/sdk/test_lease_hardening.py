@@ -17,13 +17,9 @@ import grpc.aio
 import pytest
 
 from loadwarden.sdk import AsyncClient, BreakerConfig, Client, LeaseLostError, SlotDenied
-from loadwarden.sdk._leases import (
-    AsyncLeaseKeeper,
-    LeaseKeeper,
-    ReleaseRetries,
-    release_retry_delay_s,
-    renewal_retry_delay_s,
-)
+from loadwarden.sdk._async.leases import AsyncLeaseKeeper
+from loadwarden.sdk._leases import release_retry_delay_s, renewal_retry_delay_s
+from loadwarden.sdk._sync.leases import LeaseKeeper, ReleaseRetries
 from loadwarden.sdk._types import Lease
 
 from .conftest import FakeChannel, FakeClock, FakeScheduler, as_aio_channel, as_channel, release_retries
@@ -457,8 +453,8 @@ def test_an_open_breaker_starts_one_background_probe_and_serving_ends_its_wait(
 
 async def test_background_tasks_run_outside_the_callers_deadline_scope() -> None:
     from loadwarden.sdk import deadline
-    from loadwarden.sdk._leases import TaskScheduler
     from loadwarden.sdk._resilience import bounded_timeout_s
+    from loadwarden.sdk._synchronization import TaskScheduler
 
     seen: list[float] = []
 

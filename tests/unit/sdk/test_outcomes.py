@@ -10,8 +10,9 @@ import grpc
 import pytest
 
 from loadwarden.sdk import NotFoundError, OutcomeStats, UnavailableError
+from loadwarden.sdk._async.senders import TaskOutcomeSender
 from loadwarden.sdk._outcomes import OutcomeBuffer
-from loadwarden.sdk._senders import TaskOutcomeSender, ThreadOutcomeSender
+from loadwarden.sdk._sync.senders import ThreadOutcomeSender
 from loadwarden.v1 import decision_pb2 as _pb
 
 

@@ -17,15 +17,9 @@ from collections.abc import Callable
 
 import pytest
 
-from loadwarden.sdk._queue import (
-    AsyncRequestQueue,
-    QueueFull,
-    QueueStats,
-    QueueTimeout,
-    RequestQueue,
-    SlotSchedule,
-    Ticket,
-)
+from loadwarden.sdk._async.queue import AsyncRequestQueue
+from loadwarden.sdk._queue import QueueFull, QueueStats, QueueTimeout, SlotSchedule, Ticket
+from loadwarden.sdk._sync.queue import RequestQueue
 
 # Longest any test waits for another thread or task to get somewhere, seconds.
 DEADLINE_S = 5.0

@@ -26,7 +26,7 @@ from loadwarden.sdk import (
     SlotDenied,
 )
 from loadwarden.sdk._errors import is_transport_failure
-from loadwarden.sdk._leases import ThreadScheduler
+from loadwarden.sdk._synchronization import ThreadScheduler
 from loadwarden.v1 import decision_pb2 as _pb
 
 from .conftest import release_retries
@@ -403,7 +403,7 @@ def test_a_release_after_the_client_closed_is_logged(client: Client, fake_channe
 
 
 def test_a_fallback_lease_is_neither_renewed_nor_released(fake_scheduler) -> None:
-    from loadwarden.sdk._leases import LeaseKeeper
+    from loadwarden.sdk._sync.leases import LeaseKeeper
 
     lease = Lease("", "ml", 30.0, datetime.now(UTC), None, None, "", 0.0, fallback=True)
     keeper = LeaseKeeper(lease, lambda lease_id: pytest.fail("no renewal"), fake_scheduler)
@@ -441,7 +441,7 @@ def test_a_service_error_on_acquire_propagates_typed(client: Client, fake_channe
 
 
 def test_a_renewal_answered_after_stop_schedules_nothing(fake_scheduler) -> None:
-    from loadwarden.sdk._leases import LeaseKeeper
+    from loadwarden.sdk._sync.leases import LeaseKeeper
 
     lease = Lease("l-1", "ml", 2.0, datetime.now(UTC), None, None, "d-1", 0.0)
     keeper: LeaseKeeper

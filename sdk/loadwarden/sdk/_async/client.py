@@ -1,8 +1,7 @@
-"""The asyncio client (grpc.aio); the same surface as `Client`."""
+"""The client of the loadwarden Decision service."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
@@ -16,6 +15,8 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2 as _health_pb  # type: ignore[import-untyped]  # no types-grpcio-health-checking
 from grpc_health.v1 import health_pb2_grpc as _health_pb_grpc
 
+from loadwarden.sdk._async.leases import AsyncLeaseKeeper, AsyncReleaseRetries
+from loadwarden.sdk._async.senders import TaskOutcomeSender
 from loadwarden.sdk._base import (
     CHANNEL_OPTIONS,
     DEFAULT_TARGET,
@@ -56,21 +57,18 @@ from loadwarden.sdk._errors import (
     error_from_rpc,
     is_transport_failure,
 )
-from loadwarden.sdk._leases import (
-    AsyncLeaseKeeper,
-    AsyncReleaseRetries,
-    AsyncScheduler,
-    PendingRelease,
-    TaskScheduler,
-    held,
-    latency_ms,
-    log_release_failure,
-)
+from loadwarden.sdk._leases import BACKGROUND_CALL_MIN_TIMEOUT_S, PendingRelease, held, latency_ms, log_release_failure
 from loadwarden.sdk._probe import HEALTH_SERVICE, TaskProber
 from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
 from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
-from loadwarden.sdk._senders import TaskOutcomeSender
+from loadwarden.sdk._synchronization import (
+    ASYNC_OPENS_CHANNEL_ON_FIRST_CALL,
+    AsyncBackground,
+    AsyncCancelled,
+    AsyncScheduler,
+    TaskScheduler,
+)
 from loadwarden.sdk._telemetry import traced_aio_insecure_channel, traced_aio_secure_channel
 from loadwarden.sdk._tls import TlsConfig, bearer_metadata, channel_security
 from loadwarden.sdk._types import BatchReport, BatchSize, HeldLease, Lease, LoadReport, LoadStatus, Selection
@@ -86,9 +84,10 @@ class AsyncClient(ClientBase):
 
     It may be constructed outside a running loop; the channel it opens binds to
     the loop of its first call. Outcomes are reported from a background task
-    started on the running loop when the first one is queued. Close the client (or use it as an async context
-    manager) so the last outcomes are sent. `report_outcome` and `outcome_stats`
-    are plain methods (they never wait); call them from the loop's thread.
+    started on the running loop when the first one is queued. Close the client
+    (or use it as an async context manager) so the last outcomes are sent.
+    `report_outcome` and `outcome_stats` are plain methods (they never wait);
+    call them from the loop's thread.
 
     Args:
         target: Service address, "host:port". Ignored when `channel` is given.
@@ -151,15 +150,16 @@ class AsyncClient(ClientBase):
             close_timeout_s=close_timeout_s,
         )
         self._setup_resilience(breaker, retry, slot_fallback, local_slot_limit, server_refresh_s)
-        self._refreshes: set[asyncio.Task[None]] = set()
+        self._refreshes = AsyncBackground()
         self._metadata = bearer_metadata(token)  # built once: every call passes the same tuple
         # Files are read now, so a bad one fails here rather than at the first call.
         self._credentials, self._tls_options = channel_security(tls, channel is not None)
         self._owns_channel = channel is None
-        # An owned channel is opened on first use: grpc.aio binds it to the loop running then.
         self._channel = channel
         self._stub = None if channel is None else _pb_grpc.DecisionServiceStub(channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
         self._health = None if channel is None else _health_pb_grpc.HealthStub(channel)
+        if channel is None and not ASYNC_OPENS_CHANNEL_ON_FIRST_CALL:
+            self._open_channel()
         self._outcomes: TaskOutcomeSender = TaskOutcomeSender(self._options.new_outcome_buffer(), self._send_outcomes)
         self._batch_sizes = LastKnownSizes()
         # Injection points for tests: when slot() renewals run, how it times its block and
@@ -221,9 +221,7 @@ class AsyncClient(ClientBase):
         selection = selection_from_proto(response)
         self._known.remember(pool, selection.server_id, selection.address)
         if self._refresh_due(pool, time.monotonic()):
-            task = asyncio.get_running_loop().create_task(self._refresh_quietly(pool))
-            self._refreshes.add(task)
-            task.add_done_callback(self._refreshes.discard)
+            self._refreshes.start(self._refresh_quietly, pool)
         return selection
 
     async def refresh_servers(self, pool: str, *, timeout_s: float | None = None) -> int:
@@ -315,6 +313,11 @@ class AsyncClient(ClientBase):
             NotFoundError: The pool does not exist.
             ValueError: An argument is out of range; the message names it.
             LoadwardenError: Any other failure, typed by its status code.
+
+        When the service cannot be reached (or its breaker is open), the client's
+        `slot_fallback` policy answers locally: a lease with `fallback=True` (id
+        "local-...", released locally, never renewed) or SlotDenied with
+        `denial="LOCAL_LIMIT"` / `"CONTROL_PLANE_UNAVAILABLE"`.
         """
         request = acquire_slot_request(
             pool,
@@ -328,7 +331,7 @@ class AsyncClient(ClientBase):
         deadline_s = wait_s + self._options.call_timeout_s(timeout_s)
         try:
             response = await self._call("AcquireSlot", request, deadline_s)
-        except asyncio.CancelledError:
+        except AsyncCancelled:  # never raised by the sync client: a thread is not cancelled
             self._abandon(request, lease_ttl_s, None)
             raise
         except LoadwardenError as err:
@@ -712,14 +715,7 @@ class AsyncClient(ClientBase):
         if self._closed:
             raise RuntimeError("the client is closed")
         if self._stub is None:
-            if self._credentials is None:
-                self._channel = traced_aio_insecure_channel(self._options.target, CHANNEL_OPTIONS)
-            else:
-                self._channel = traced_aio_secure_channel(
-                    self._options.target, self._credentials, (*CHANNEL_OPTIONS, *self._tls_options)
-                )
-            self._stub = _pb_grpc.DecisionServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
-            self._health = _health_pb_grpc.HealthStub(self._channel)
+            self._open_channel()
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
         rpc = getattr(self._stub, method)
         metadata = self._metadata
@@ -733,7 +729,7 @@ class AsyncClient(ClientBase):
                 error = error_from_rpc(err)
                 settle(breaker, error)
                 raise error from err
-            except BaseException:  # cancelled: no outcome, give back a half-open probe
+            except BaseException:  # cancelled or interrupted: no outcome, give back a half-open probe
                 if breaker is not None:
                     breaker.release()
                 raise
@@ -744,6 +740,18 @@ class AsyncClient(ClientBase):
         if self._retrier is None or not self._guarded(method):
             return await attempt(timeout)
         return await self._retrier.call_async(attempt, deadline=time.monotonic() + timeout, retryable=retryable)
+
+    def _open_channel(self) -> None:
+        # At construction, or at the first call where the flavour opens channels then
+        # (a grpc.aio channel binds to the event loop running when it opens).
+        if self._credentials is None:
+            self._channel = traced_aio_insecure_channel(self._options.target, CHANNEL_OPTIONS)
+        else:
+            self._channel = traced_aio_secure_channel(
+                self._options.target, self._credentials, (*CHANNEL_OPTIONS, *self._tls_options)
+            )
+        self._stub = _pb_grpc.DecisionServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
+        self._health = _health_pb_grpc.HealthStub(self._channel)
 
     async def _release_held(self, lease: Lease, *, success: bool, latency_ms: float, until: float) -> None:
         # Never raises an Exception: one escaping the block must propagate unchanged.
@@ -777,8 +785,12 @@ class AsyncClient(ClientBase):
             request = release_slot_request(
                 item.lease_id, request_id=item.request_id, success=item.success, latency_ms=item.latency_ms
             )
-        timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
-        assert self._stub is not None  # opened by the `_call` that acquired the slot
+        timeout = bounded_timeout_s(
+            self._options.call_timeout_s(timeout_s)
+            if timeout_s is not None
+            else max(self._options.timeout_s, BACKGROUND_CALL_MIN_TIMEOUT_S)
+        )
+        assert self._stub is not None  # opened before any slot was acquired
         try:
             await self._stub.ReleaseSlot(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as err:
