@@ -35,7 +35,7 @@ from loadwarden.observability._dashboard import add_dashboard_routes
 from loadwarden.observability._history import History
 from loadwarden.sdk import AsyncClient
 from loadwarden.server import OperationSettings, PoolSettings, PoolSpec, RunningService, ServerSpec
-from loadwarden.server import _convert as convert
+from loadwarden.server.rpc import _convert as convert
 
 from ._harness import REPO
 

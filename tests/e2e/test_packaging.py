@@ -17,7 +17,7 @@ from ._harness import REPO, clean_env, tool
 
 pytestmark = pytest.mark.e2e
 
-MODULES = ("loadwarden.sdk", "loadwarden.server", "loadwarden.v1")
+MODULES = ("loadwarden.policy", "loadwarden.sdk", "loadwarden.server", "loadwarden.v1")
 
 # Imports MODULES and prints where each came from. argv[1] is a path prefix to
 # drop from sys.path first (the editable install's source folders), except

@@ -21,7 +21,7 @@ from loadwarden.server import (
     load_config,
     start_service,
 )
-from loadwarden.server._config import AdminSettings, MonitorSettings, parse_config
+from loadwarden.server.app._config import AdminSettings, MonitorSettings, parse_config
 from loadwarden.v1 import common_pb2 as common
 from loadwarden.v1 import decision_pb2 as pb
 from loadwarden.v1 import decision_pb2_grpc as pb_grpc

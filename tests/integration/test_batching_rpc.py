@@ -12,7 +12,7 @@ import pytest
 
 from loadwarden.policy._operations import OperationSettings
 from loadwarden.server import PoolSettings, PoolSpec, RunningService, ServerSpec
-from loadwarden.server._config import MonitorSettings
+from loadwarden.server.app._config import MonitorSettings
 from loadwarden.v1 import admin_pb2 as admin
 from loadwarden.v1 import admin_pb2_grpc as admin_grpc
 from loadwarden.v1 import common_pb2 as common

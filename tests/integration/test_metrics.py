@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadwarden.policy._operations import OperationSettings
 from loadwarden.policy._settings import OutlierSettings, RateLimit
 from loadwarden.server import ManualClock, PoolSettings, PoolSpec, RunningService, ServerSpec
-from loadwarden.server._config import AdminSettings, MonitorSettings
+from loadwarden.server.app._config import AdminSettings, MonitorSettings
 from loadwarden.v1 import common_pb2 as common
 from loadwarden.v1 import decision_pb2 as pb
 from loadwarden.v1 import decision_pb2_grpc as pb_grpc

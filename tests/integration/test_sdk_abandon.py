@@ -16,7 +16,8 @@ import pytest
 from loadwarden.sdk import AsyncClient, Client, SlotDenied
 from loadwarden.sdk._async.leases import AsyncReleaseRetries
 from loadwarden.sdk._sync.leases import ReleaseRetries
-from loadwarden.server import RunningService, _servicer
+from loadwarden.server import RunningService
+from loadwarden.server.rpc import _servicer
 from loadwarden.v1 import decision_pb2 as pb
 
 from ..conftest import three_server_pool

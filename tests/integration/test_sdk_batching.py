@@ -29,7 +29,7 @@ from loadwarden.sdk import (
 )
 from loadwarden.sdk._errors import is_transport_failure
 from loadwarden.server import RunningService
-from loadwarden.server._config import MonitorSettings
+from loadwarden.server.app._config import MonitorSettings
 
 # A latency-target operation: sizes 1-100, starting at 20, target 100 ms, +1 / x0.9.
 INGEST = OperationSettings(

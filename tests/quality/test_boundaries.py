@@ -113,7 +113,7 @@ def all_imports() -> list[Import]:
 
 
 def package_of(module: str) -> str:
-    """`loadwarden.server._core` -> `loadwarden.server`; outside the namespace, ''."""
+    """`loadwarden.server.engine._core` -> `loadwarden.server`; outside the namespace, ''."""
     parts = module.split(".")
     return ".".join(parts[:2]) if parts[0] == "loadwarden" and len(parts) >= 2 else ""
 
@@ -218,9 +218,9 @@ def test_no_two_modules_import_each_other(walked: tuple[list[Import], dict[str, 
 
 def test_the_checks_catch_a_private_import_and_a_cycle(tmp_path: Path) -> None:
     a = tmp_path / "a.py"
-    a.write_text("from loadwarden.server._core import DecisionCore\nfrom loadwarden.sdk import _base\n")
+    a.write_text("from loadwarden.server.engine._core import DecisionCore\nfrom loadwarden.sdk import _base\n")
     imports = list(imports_of("loadwarden.policy.a", a, False))
-    modules = {"loadwarden.server._core": a, "loadwarden.sdk._base": a, "loadwarden.policy.a": a}
+    modules = {"loadwarden.server.engine._core": a, "loadwarden.sdk._base": a, "loadwarden.policy.a": a}
     assert len(private_crossings(imports, modules)) == 2
 
     b = tmp_path / "b.py"

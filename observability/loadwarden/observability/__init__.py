@@ -1,7 +1,8 @@
-"""Observability for loadwarden: logging now; OpenTelemetry tracing and metrics set up here too.
+"""Observability: configures logging, OpenTelemetry tracing and metrics, the admin HTTP port.
+May import the OpenTelemetry SDK and aiohttp; nothing of loadwarden but what the service hands it.
 
-``server/`` and ``sdk/`` only emit (``logging``, and later the OpenTelemetry API);
-this package is the one place that configures where the output goes.
+``server/`` and ``sdk/`` only emit (``logging`` and the OpenTelemetry API); this package
+is the one place that configures where the output goes.
 """
 
 from ._logging import LEVELS as LOG_LEVELS

@@ -1,8 +1,8 @@
-"""The decision kernel: which backend, may this work start, how big the next batch.
+"""The decision kernel: which backend takes a request, may work start, how big the next batch is.
+May import the standard library only: no grpc, protobuf, asyncio, psutil, loadwarden.server or .sdk.
 
-Pure and I/O-free: imports the standard library only (no grpc, protobuf, asyncio, psutil,
-``loadwarden.server`` or ``loadwarden.sdk``), so the service, the SDK and the simulator
-decide with the same code. Time and randomness are passed in.
+Pure and I/O-free, so the service, the SDK and the simulator decide with the same code.
+Time and randomness are passed in.
 """
 
 from ._clock import Clock, ManualClock, SystemClock

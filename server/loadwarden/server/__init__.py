@@ -1,4 +1,5 @@
-"""The loadwarden Decision service.
+"""The loadwarden Decision service: the shell of grpc.aio, asyncio and config around the kernel.
+May import loadwarden.policy, loadwarden.observability's public modules and the generated loadwarden.v1.
 
 Run it with ``loadwarden serve``; embed it with ``start_service``.
 """
@@ -14,12 +15,12 @@ from loadwarden.policy import (
     SystemClock,
 )
 
-from ._auth import AuthSettings
-from ._config import AdminSettings, MonitorSettings, PoolSpec, ServiceConfig, StateSettings, load_config
-from ._core import CoreLimits, DecisionCore
 from ._errors import ConfigError
-from ._service import RunningService, serve, start_service
-from ._tls import TlsSettings
+from .app._config import AdminSettings, MonitorSettings, PoolSpec, ServiceConfig, StateSettings, load_config
+from .app._service import RunningService, serve, start_service
+from .engine._core import CoreLimits, DecisionCore
+from .rpc._auth import AuthSettings
+from .rpc._tls import TlsSettings
 
 __all__ = [
     "AdminSettings",

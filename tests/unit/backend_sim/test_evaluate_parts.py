@@ -23,7 +23,7 @@ from loadwarden.backend_sim._evaluate import service_config, to_toml, traffic_pl
 from loadwarden.backend_sim._processes import launch_argv
 from loadwarden.backend_sim._scenario_file import parse_scenario
 from loadwarden.backend_sim._traffic import TrafficPlan, arrival_times, planned_requests
-from loadwarden.server._config import parse_config
+from loadwarden.server.app._config import parse_config
 
 
 class FakeClock:

@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from loadwarden.observability import _tracing, build_tracer_provider, configure_tracing, shutdown_tracing
 from loadwarden.sdk import _telemetry as sdk_telemetry
 from loadwarden.server import DecisionCore, PoolSettings, ServerSpec
-from loadwarden.server import _telemetry as server_telemetry
+from loadwarden.server.rpc import _telemetry as server_telemetry
 
 SELECT = "/loadwarden.v1.DecisionService/SelectServer"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

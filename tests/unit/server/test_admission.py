@@ -12,7 +12,7 @@ import pytest
 from loadwarden.policy._errors import InvalidArgument, NotFound, ResourceExhausted
 from loadwarden.policy._settings import RateLimit
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
-from loadwarden.server._admission import Denial, Denied, Granted, SlotRequest
+from loadwarden.server.engine._admission import Denial, Denied, Granted, SlotRequest
 
 
 def make(clock: ManualClock | None = None, **settings: Any) -> DecisionCore:

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from loadwarden.server import AdminSettings, AuthSettings, ConfigError, ServiceConfig, load_config
-from loadwarden.server._auth import AuthInterceptor, _presented_token, auth_interceptors
-from loadwarden.server._config import parse_config
+from loadwarden.server.app._config import parse_config
+from loadwarden.server.rpc._auth import AuthInterceptor, _presented_token, auth_interceptors
 
 ADMIN_TOKEN = "unit-admin-token-0123456789"
 CLIENT_TOKEN = "unit-client-token-0123456789"

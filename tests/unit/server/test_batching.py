@@ -13,8 +13,8 @@ from loadwarden.policy._load import HostSample, LoadReading, LoadWeights, host_s
 from loadwarden.policy._model import LoadSample
 from loadwarden.policy._operations import Operation, OperationSettings, parse_operation
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
-from loadwarden.server._core import BatchReportIn, LoadReportIn
-from loadwarden.server._loadmonitor import HostMonitor
+from loadwarden.server.engine._core import BatchReportIn, LoadReportIn
+from loadwarden.server.engine._loadmonitor import HostMonitor
 
 SEED = OperationSettings(name="data-import", min_batch_size=5, max_batch_size=100, default_batch_size=25)
 

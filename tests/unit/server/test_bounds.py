@@ -23,8 +23,8 @@ from loadwarden.server import (
     ServerSpec,
     load_config,
 )
-from loadwarden.server._admission import QUEUE_SLACK, Granted, SlotRequest
-from loadwarden.server._servicer import (
+from loadwarden.server.engine._admission import QUEUE_SLACK, Granted, SlotRequest
+from loadwarden.server.rpc._servicer import (
     STATUS_MESSAGE_MAX_LEN,
     MalformedRequest,
     _status_message,

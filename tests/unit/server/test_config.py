@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from loadwarden.server import ConfigError, ServiceConfig, load_config
-from loadwarden.server._config import parse_config
+from loadwarden.server.app._config import parse_config
 
 GOOD = """
 [service]

@@ -29,13 +29,12 @@ from loadwarden.server import (
     PoolSpec,
     ServerSpec,
     ServiceConfig,
-    _cli,
-    _config,
     load_config,
 )
-from loadwarden.server._config import parse_config
-from loadwarden.server._persistence import LEARNED_KEY, decode, restore
-from loadwarden.server._store import FileStore, MemoryStore
+from loadwarden.server.app import _cli, _config
+from loadwarden.server.app._config import parse_config
+from loadwarden.server.app._persistence import LEARNED_KEY, decode, restore
+from loadwarden.server.app._store import FileStore, MemoryStore
 
 TOKEN = "t" * 24
 

@@ -11,7 +11,7 @@ from loadwarden.policy._decisions import IdGenerator, PendingDecisions
 from loadwarden.policy._errors import NotFound, ResourceExhausted, Unavailable
 from loadwarden.policy._model import LoadSample
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
-from loadwarden.server._core import LoadReportIn, OutcomeReport
+from loadwarden.server.engine._core import LoadReportIn, OutcomeReport
 
 SAMPLE = LoadSample(cpu_percent=10, memory_percent=20, active_requests=1, mean_latency_ms=5, error_rate=0)
 

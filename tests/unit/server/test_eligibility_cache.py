@@ -13,7 +13,7 @@ from typing import Any
 from loadwarden.policy._model import LoadSample
 from loadwarden.policy._settings import OutlierSettings
 from loadwarden.server import DecisionCore, ManualClock, PoolSettings, ServerSpec
-from loadwarden.server._core import LoadReportIn
+from loadwarden.server.engine._core import LoadReportIn
 
 SAMPLE = LoadSample(10.0, 10.0, 0, 5.0, 0.0)
 

@@ -17,10 +17,10 @@ from loadwarden.policy._errors import InvalidArgument, NotFound, ResourceExhaust
 from loadwarden.policy._ratelimit import RateLimiter
 from loadwarden.policy._settings import RateLimit, parse_pool
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
-from loadwarden.server._admission import Denied, Granted, SlotRequest
-from loadwarden.server._auth import AuthSettings, Callers
-from loadwarden.server._core import OutcomeReport
 from loadwarden.server._errors import ConfigError
+from loadwarden.server.engine._admission import Denied, Granted, SlotRequest
+from loadwarden.server.engine._core import OutcomeReport
+from loadwarden.server.rpc._auth import AuthSettings, Callers
 
 VICTIM, ATTACKER = "victim", "attacker"
 

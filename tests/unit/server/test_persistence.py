@@ -15,8 +15,8 @@ from loadwarden.policy import strategies as strategies_module
 from loadwarden.policy._model import Backend
 from loadwarden.policy.strategies import Choice, Feedback, StrategyBase, StrategyContext
 from loadwarden.server import ConfigError, DecisionCore, ManualClock, PoolSettings, ServerSpec, load_config
-from loadwarden.server._persistence import LEARNED_KEY, Persister, decode, encode, restore, snapshot
-from loadwarden.server._store import FileStore, MemoryStore
+from loadwarden.server.app._persistence import LEARNED_KEY, Persister, decode, encode, restore, snapshot
+from loadwarden.server.app._store import FileStore, MemoryStore
 
 
 class Counting(StrategyBase):
@@ -60,7 +60,7 @@ def core_with(strategy: str = "counting") -> DecisionCore:
 
 
 def learn(core: DecisionCore, n: int) -> None:
-    from loadwarden.server._core import OutcomeReport
+    from loadwarden.server.engine._core import OutcomeReport
 
     for _ in range(n):
         d = core.select("p")

@@ -11,7 +11,7 @@ import pytest
 from loadwarden.policy._errors import InvalidArgument
 from loadwarden.policy._settings import OutlierSettings, parse_pool
 from loadwarden.server import DecisionCore, ManualClock, PoolSettings, ServerSpec
-from loadwarden.server._core import OutcomeReport
+from loadwarden.server.engine._core import OutcomeReport
 
 
 def make(clock: ManualClock, n: int = 4, **settings: Any) -> DecisionCore:
@@ -127,7 +127,7 @@ def test_server_returning_from_drain_ramps_again() -> None:
 
 
 def test_status_shows_ejection() -> None:
-    from loadwarden.server._convert import load_status
+    from loadwarden.server.rpc._convert import load_status
     from loadwarden.v1 import common_pb2
 
     clock = ManualClock()

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 
 from loadwarden.observability.net import is_loopback
 from loadwarden.server import ConfigError, TlsSettings, load_config
-from loadwarden.server._config import parse_config
-from loadwarden.server._tls import load_tls
+from loadwarden.server.app._config import parse_config
+from loadwarden.server.rpc._tls import load_tls
 
 from ..._certs import Certs, make_certs
 

@@ -18,8 +18,8 @@ from loadwarden.policy._errors import InvalidArgument, NotFound, ResourceExhaust
 from loadwarden.policy._model import LoadSample
 from loadwarden.policy._operations import OperationSettings
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
-from loadwarden.server._core import LoadReportIn
-from loadwarden.server._watch import (
+from loadwarden.server.engine._core import LoadReportIn
+from loadwarden.server.rpc._watch import (
     MAX_BUILD_SHARE,
     Cursor,
     Watchers,

@@ -1,4 +1,5 @@
 """Batch-size controllers, chosen per operation by its ``mode``.
+May import the standard library and the kernel's own modules only.
 
 Adding a controller means one file with a class (``name``, a frozen ``Params``
 dataclass, ``needs_load``, ``target``, ``observe``) and one entry in ``BATCH_CONTROLLERS``.

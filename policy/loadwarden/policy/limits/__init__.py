@@ -1,4 +1,5 @@
 """Admission-limit algorithms, chosen per pool by name.
+May import the standard library and the kernel's own modules only.
 
 Adding an algorithm means one file with a class (``name``, a frozen ``Params`` dataclass,
 ``adaptive``, ``limit``, ``on_sample``) and one entry in ``LIMITS``. An adaptive

@@ -1,4 +1,5 @@
 """Routing strategies, chosen per pool by name.
+May import the standard library and the kernel's own modules only.
 
 Adding a strategy means one file with a class (``name``, a frozen ``Params``
 dataclass, ``choose``) and one entry in ``STRATEGIES``.

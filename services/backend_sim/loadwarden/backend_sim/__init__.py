@@ -1,4 +1,5 @@
 """Simulated backends and traffic, routed by the real decision core; scenario files and reports.
+May import the public names of loadwarden.policy, .server, .sdk and .observability only.
 
 A seeded discrete-event simulation: arrivals (open-loop Poisson, optionally
 ramping and bounded in flight, or closed-loop users) ask ``DecisionCore.select``

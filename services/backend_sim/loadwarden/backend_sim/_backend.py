@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # no stubs, no py.typed
 
 from loadwarden.sdk import AsyncClient, BackendReporter
-from loadwarden.server.reflection import enable_reflection
+from loadwarden.server.rpc.reflection import enable_reflection
 from loadwarden.v1 import backend_sim_pb2 as _pb
 from loadwarden.v1 import backend_sim_pb2_grpc as _pb_grpc
 

@@ -49,7 +49,7 @@ STOP_GRACE_S = 5.0
 _LISTENING = re.compile(r"^loadwarden listening on (\S+)$", re.MULTILINE)
 _BACKENDS = re.compile(r"^(\{\"backends\".*\})$", re.MULTILINE)
 # The command that runs ``loadwarden``: this interpreter, so no PATH lookup is needed.
-LOADWARDEN = (sys.executable, "-m", "loadwarden.server._cli")
+LOADWARDEN = (sys.executable, "-m", "loadwarden.server")
 
 
 class EvaluationFailed(RuntimeError):

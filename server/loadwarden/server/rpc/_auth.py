@@ -33,7 +33,7 @@ import grpc
 from loadwarden.policy import NAME_CHARS, NAME_MAX_LEN, NAME_PATTERN
 from loadwarden.v1 import admin_pb2, decision_pb2
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 log = logging.getLogger("loadwarden.server")
 

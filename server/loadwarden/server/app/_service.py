@@ -21,19 +21,19 @@ from loadwarden.observability.net import is_loopback
 from loadwarden.policy import Clock, InvalidArgument, LoadWeights, ResourceExhausted, SystemClock
 from loadwarden.v1 import admin_pb2, decision_pb2
 
-from ._auth import Callers, auth_interceptors
+from .._errors import ConfigError
+from ..engine._core import CoreLimits, DecisionCore, DecisionListener
+from ..engine._loadmonitor import HostMonitor
+from ..rpc._auth import Callers, auth_interceptors
+from ..rpc._convert import load_status
+from ..rpc._metrics import ServerMetrics
+from ..rpc._servicer import add_to_server, server_options
+from ..rpc._telemetry import server_interceptors
+from ..rpc._tls import TlsMaterial, load_tls
+from ..rpc.reflection import enable_reflection
 from ._config import ServiceConfig
-from ._convert import load_status
-from ._core import CoreLimits, DecisionCore, DecisionListener
-from ._errors import ConfigError
-from ._loadmonitor import HostMonitor
-from ._metrics import ServerMetrics
 from ._persistence import Persister, restore
-from ._servicer import add_to_server, server_options
 from ._store import STORES, MemoryStore, StateStore
-from ._telemetry import server_interceptors
-from ._tls import TlsMaterial, load_tls
-from .reflection import enable_reflection
 
 if TYPE_CHECKING:  # the admin port and metrics are imported only when configured
     from loadwarden.observability.metrics import MetricsSetup

@@ -13,8 +13,8 @@ import math
 import sys
 from typing import Any
 
-from ._core import DecisionCore
-from ._errors import ConfigError
+from .._errors import ConfigError
+from ..engine._core import DecisionCore
 from ._store import StateStore
 
 log = logging.getLogger("loadwarden.server")

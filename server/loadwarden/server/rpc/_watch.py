@@ -36,8 +36,8 @@ from google.protobuf import wrappers_pb2 as _wrappers
 from loadwarden.policy import InvalidArgument, Pool, ResourceExhausted
 from loadwarden.v1 import common_pb2 as _common
 
+from ..engine._core import DecisionCore
 from . import _convert as convert
-from ._core import DecisionCore
 
 MIN_INTERVAL_MS = 100  # smallest interval_ms accepted; served at MIN_EFFECTIVE_INTERVAL_MS
 MAX_INTERVAL_MS = 60_000

@@ -13,10 +13,10 @@ from importlib.metadata import entry_points
 
 from loadwarden.observability import LOG_LEVELS, configure_logging, configure_tracing, shutdown_tracing
 
+from .._errors import ConfigError
+from .._version import VERSION
 from ._config import load_config
-from ._errors import ConfigError
 from ._service import serve
-from ._version import VERSION
 
 # Entry-point group of the packages that add subcommands: each entry is a callable
 # ``add_commands(subparsers)``, and each parser it adds sets ``run=callable(args) -> exit

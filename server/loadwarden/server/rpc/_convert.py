@@ -30,9 +30,9 @@ from loadwarden.policy import (
 from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
 
-from ._admission import Answer, Denial, Granted, Lease, SlotRequest
-from ._core import BatchReportIn, DecisionCore, LoadReportIn, OutcomeReport
-from ._loadmonitor import HostMonitor
+from ..engine._admission import Answer, Denial, Granted, Lease, SlotRequest
+from ..engine._core import BatchReportIn, DecisionCore, LoadReportIn, OutcomeReport
+from ..engine._loadmonitor import HostMonitor
 
 MAX_BATCH = 1_000
 MAX_EXCLUDE = 64

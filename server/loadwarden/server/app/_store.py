@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 log = logging.getLogger("loadwarden.server")
 

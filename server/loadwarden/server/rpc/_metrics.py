@@ -33,8 +33,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from loadwarden.policy import Operation, Pool
 
-from ._admission import Answer, Denied
-from ._core import DecisionCore
+from ..engine._admission import Answer, Denied
+from ..engine._core import DecisionCore
 
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 

@@ -38,8 +38,8 @@ from loadwarden.policy import (
 )
 from loadwarden.policy.strategies import Feedback, StrategyContext, build_strategy, strategy_class
 
+from .._errors import ConfigError
 from ._admission import Admission, Answer, Lease, LeaseSelection, SlotRequest
-from ._errors import ConfigError
 from ._loadmonitor import HostMonitor
 
 log = logging.getLogger("loadwarden.server")

@@ -39,11 +39,11 @@ from loadwarden.v1 import admin_pb2_grpc as _admin_grpc
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
+from ..engine._admission import MIN_RETRY_AFTER_S, Denial, Denied, Granted
+from ..engine._core import CoreLimits, DecisionCore
 from . import _convert as convert
 from . import _telemetry as telemetry
-from ._admission import MIN_RETRY_AFTER_S, Denial, Denied, Granted
 from ._auth import Callers
-from ._core import CoreLimits, DecisionCore
 from ._watch import Watchers, check_interval_ms, status_page
 
 log = logging.getLogger("loadwarden.server")

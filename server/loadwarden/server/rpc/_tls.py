@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 _FILE_KEYS = ("cert_file", "key_file", "client_ca_file")
 _PEM_MARKER = b"-----BEGIN "

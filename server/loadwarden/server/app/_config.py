@@ -20,7 +20,7 @@ whose name has upper-case letters or dashes is set in the file only). Values are
 read as TOML values (``30000``, ``true``, ``"x"``) and otherwise as plain strings.
 Any invalid key stops the start with a ConfigError naming it.
 
-Security (see loadwarden.server._tls and loadwarden.server._auth)::
+Security (see loadwarden.server.rpc._tls and loadwarden.server.rpc._auth)::
 
     [tls]                                  # both ports serve TLS when cert_file is set
     cert_file = "/etc/loadwarden/server.pem"
@@ -59,11 +59,11 @@ from loadwarden.policy import (
     shown,
 )
 
-from ._auth import AuthSettings, parse_auth
-from ._core import LIMIT_RANGES, CoreLimits
-from ._errors import ConfigError
+from .._errors import ConfigError
+from ..engine._core import LIMIT_RANGES, CoreLimits
+from ..rpc._auth import AuthSettings, parse_auth
+from ..rpc._tls import TlsSettings, parse_tls
 from ._store import STORES
-from ._tls import TlsSettings, parse_tls
 
 ENV_PREFIX = "LOADWARDEN_"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -94,7 +94,7 @@ class StateSettings:
 
 @dataclass(frozen=True, slots=True)
 class MonitorSettings:
-    """The host load monitor (see loadwarden.server._loadmonitor for the score formula).
+    """The host load monitor (see loadwarden.server.engine._loadmonitor for the score formula).
 
     Attributes:
         enabled: False turns it off; host-sourced operations then answer their default size.

@@ -24,13 +24,13 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ._version import VERSION
+from .._version import VERSION
 
 if TYPE_CHECKING:
     from loadwarden.policy import BatchAnswer
     from loadwarden.v1 import decision_pb2 as _pb
 
-    from ._core import DecisionCore, Selection
+    from ..engine._core import DecisionCore, Selection
 
 INSTRUMENTATION_NAME = "loadwarden.server"
 ATTRIBUTE_PREFIX = "loadwarden."
