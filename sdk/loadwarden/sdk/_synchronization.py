@@ -158,6 +158,9 @@ class AsyncEvent:
     def clear(self) -> None:
         self._event.clear()
 
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
     async def wait(self, timeout_s: float | None) -> bool:
         """Waits until set, at most `timeout_s` seconds; False on timeout."""
         try:
@@ -180,12 +183,20 @@ class Event:
     def clear(self) -> None:
         self._event.clear()
 
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
     def wait(self, timeout_s: float | None) -> bool:
         """Waits until set, at most `timeout_s` seconds; False on timeout."""
         return self._event.wait(timeout_s)
 
 
 # ---------------------------------------------------------------------- workers
+
+
+# What `AsyncWorker.spawn` / `Worker.spawn` return: the running task or thread itself.
+AsyncWorkerHandle = asyncio.Task[None]
+WorkerHandle = threading.Thread
 
 
 class AsyncWorker:
@@ -209,6 +220,30 @@ class AsyncWorker:
     async def join(self) -> None:
         await self._task
 
+    @staticmethod
+    def spawn(run: Callable[[], Coroutine[Any, Any, None]], name: str) -> asyncio.Task[None] | None:
+        """Starts `run()` as a task in a fresh context and returns it; None when no loop is running."""
+        worker = AsyncWorker.start(run, name)
+        return worker._task if worker is not None else None  # noqa: SLF001 - the class's own attribute
+
+    @staticmethod
+    def is_current(task: asyncio.Task[None]) -> bool:
+        """Whether the caller runs in `task`."""
+        return task is asyncio.current_task()
+
+    @staticmethod
+    def finished(task: asyncio.Task[None]) -> bool:
+        return task.done()
+
+    @staticmethod
+    async def stop(task: asyncio.Task[None], timeout_s: float) -> None:
+        """Cancels `task` (unless the caller runs in it) and waits for it to end; a task needs no grace."""
+        if task is asyncio.current_task():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
 
 class Worker:
     """One background daemon thread."""
@@ -228,6 +263,28 @@ class Worker:
 
     def join(self) -> None:
         self._thread.join()
+
+    @staticmethod
+    def spawn(run: Callable[[], None], name: str) -> threading.Thread | None:
+        """Starts `run()` on a daemon thread and returns it."""
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    @staticmethod
+    def is_current(thread: threading.Thread) -> bool:
+        """Whether the caller runs on `thread`."""
+        return thread is threading.current_thread()
+
+    @staticmethod
+    def finished(thread: threading.Thread) -> bool:
+        return not thread.is_alive()
+
+    @staticmethod
+    def stop(thread: threading.Thread, timeout_s: float) -> None:
+        """Waits up to `timeout_s` for `thread` to end (unless the caller runs on it); a thread cannot be cancelled."""
+        if thread is not threading.current_thread() and timeout_s > 0:
+            thread.join(timeout_s)
 
 
 class AsyncBackground:

@@ -7,8 +7,10 @@ import random
 import pytest
 
 from loadwarden.sdk import BreakerConfig, BreakerEvent, BreakerState, CircuitBreaker
+from loadwarden.sdk._async.probe import TaskProber
 from loadwarden.sdk._breaker import BreakerRegistry
-from loadwarden.sdk._probe import ProbeSchedule, TaskProber, ThreadProber
+from loadwarden.sdk._probe import ProbeSchedule
+from loadwarden.sdk._sync.probe import ThreadProber
 
 from .conftest import FakeClock
 
@@ -129,7 +131,7 @@ async def test_the_task_prober_probes_on_the_loop_and_stop_cancels_it(fake_clock
     async def sleep(delay_s: float) -> None:
         fake_clock.advance(delay_s)
 
-    prober = TaskProber(registry, 0.5, check, rng=random.Random(4), clock=fake_clock, sleep=sleep)
+    prober = TaskProber(registry, 0.5, check, rng=random.Random(4), clock=fake_clock, wait=sleep)
     await prober.run()
     assert prober.probes == 2 and registry.get("GetBatchSize", "t").state is BreakerState.HALF_OPEN
 
@@ -141,7 +143,7 @@ async def test_the_task_prober_probes_on_the_loop_and_stop_cancels_it(fake_clock
         check,
         rng=random.Random(4),
         clock=fake_clock,
-        sleep=lambda d: asyncio.Event().wait(),
+        wait=lambda d: asyncio.Event().wait(),
     )
     blocked.wake()
     assert blocked._task is not None

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2 as _health_pb  # type: ignore[import-untyp
 from grpc_health.v1 import health_pb2_grpc as _health_pb_grpc
 
 from loadwarden.sdk._async.leases import AsyncLeaseKeeper, AsyncReleaseRetries
+from loadwarden.sdk._async.probe import TaskProber
 from loadwarden.sdk._async.senders import TaskOutcomeSender
 from loadwarden.sdk._base import (
     CHANNEL_OPTIONS,
@@ -58,7 +59,7 @@ from loadwarden.sdk._errors import (
     is_transport_failure,
 )
 from loadwarden.sdk._leases import BACKGROUND_CALL_MIN_TIMEOUT_S, PendingRelease, held, latency_ms, log_release_failure
-from loadwarden.sdk._probe import HEALTH_SERVICE, TaskProber
+from loadwarden.sdk._probe import HEALTH_SERVICE
 from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
 from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route

@@ -58,11 +58,12 @@ from loadwarden.sdk._errors import (
     is_transport_failure,
 )
 from loadwarden.sdk._leases import BACKGROUND_CALL_MIN_TIMEOUT_S, PendingRelease, held, latency_ms, log_release_failure
-from loadwarden.sdk._probe import HEALTH_SERVICE, ThreadProber
+from loadwarden.sdk._probe import HEALTH_SERVICE
 from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
 from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._sync.leases import LeaseKeeper, ReleaseRetries
+from loadwarden.sdk._sync.probe import ThreadProber
 from loadwarden.sdk._sync.senders import ThreadOutcomeSender
 from loadwarden.sdk._synchronization import (
     OPENS_CHANNEL_ON_FIRST_CALL,
