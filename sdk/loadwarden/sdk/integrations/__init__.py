@@ -1,4 +1,5 @@
 """Drop-in admission for web apps: every request holds a loadwarden slot.
+May import the rest of loadwarden.sdk, and each framework only in its own module.
 
 Each framework lives in its own module, imported only when used, so importing
 `loadwarden.sdk` never imports a web framework:
