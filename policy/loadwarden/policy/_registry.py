@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import InvalidArgument
 from ._validation import shown
@@ -20,14 +20,7 @@ if TYPE_CHECKING:  # only for annotations: the standard library's dataclass prot
     from _typeshed import DataclassInstance
 
 
-class Entry(Protocol):
-    """What a registered class declares."""
-
-    name: ClassVar[str]
-    Params: ClassVar[type[Any]]  # a frozen dataclass
-
-
-E = TypeVar("E", bound=type[Any])
+E = TypeVar("E", bound=type[Any])  # a class with a `name` and a frozen dataclass `Params`
 P = TypeVar("P", bound="DataclassInstance")
 
 

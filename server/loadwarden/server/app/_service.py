@@ -223,8 +223,10 @@ async def start_service(
             connection_cap(config.limits, open_files),
             open_files,
         )
-        return RunningService(server, core, health_servicer, host, port, persister, admin_port, stack.pop_all(), grace)
-    raise AssertionError("unreachable: the block returns or raises")  # for type checkers
+        running = RunningService(
+            server, core, health_servicer, host, port, persister, admin_port, stack.pop_all(), grace
+        )
+    return running
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
