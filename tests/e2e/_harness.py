@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -221,6 +223,12 @@ class Processes:
             pytest.fail(f"loadwarden did not announce its address within {STARTUP_TIMEOUT_S} s\n{process.describe()}")
         return Service(match.group(1), process)
 
+    def redis(self) -> RedisServer:
+        """Starts a real ``redis-server`` (the Debian package) on a free loopback port, in memory only."""
+        server = RedisServer(self, free_loopback_port())
+        server.start()
+        return server
+
     def expect_exit(self, process: Proc, timeout_s: float = STARTUP_TIMEOUT_S) -> int:
         """Waits for a process that must exit without serving; fails fast if it serves instead."""
         match = process.stdout.wait_for(_LISTENING, timeout_s)
@@ -232,6 +240,66 @@ class Processes:
     def close(self) -> None:
         for proc in reversed(self.started):
             proc.stop()
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for servers that cannot bind port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def redis_server_binary() -> str:
+    """The ``redis-server`` executable; fails the test if it is not installed (./scripts/test installs it)."""
+    found = shutil.which("redis-server")
+    if found is None:
+        pytest.fail("required tool 'redis-server' not found; ./scripts/test installs the Debian package", pytrace=False)
+    return found
+
+
+_REDIS_READY = re.compile(r"Ready to accept connections")
+
+
+@dataclass
+class RedisServer:
+    """A real ``redis-server`` on ``127.0.0.1:port``, without persistence. ``kill`` and
+    ``start`` again keep the address, so a test can take Redis away and bring it back empty."""
+
+    processes: Processes
+    port: int
+    proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Starts (or restarts) the server and waits until it accepts connections."""
+        args = [
+            redis_server_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--logfile",
+            "",
+        ]
+        self.proc = self.processes.spawn(args)
+        if self.proc.stdout.wait_for(_REDIS_READY, STARTUP_TIMEOUT_S) is None:
+            self.proc.stop()
+            pytest.fail(f"redis-server did not become ready within {STARTUP_TIMEOUT_S} s\n{self.proc.describe()}")
+
+    def kill(self) -> None:
+        """SIGKILL: Redis is gone at once, with nothing saved."""
+        assert self.proc is not None
+        self.proc.kill()
 
 
 @dataclass(frozen=True)
