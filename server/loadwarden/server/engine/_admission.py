@@ -516,11 +516,7 @@ class Admission:
         entry = self._requests.get((owner, pool, request_id))
         if isinstance(entry, str):
             return self.release(entry, success=success, latency_ms=latency_ms, owner=owner)
-        if isinstance(entry, _Waiter) and not entry.gone:
-            entry.callers = 1  # every caller of this request id has given up
-            self._leave(entry.slots, entry)
-            return True
-        return False
+        return self._give_up_wait(entry)
 
     def abandon_requests(self, pool: str, request_ids: Iterable[str], *, owner: str = "") -> int:
         """Ends what each of ``owner``'s AcquireSlots with these request ids in ``pool`` holds,
@@ -539,11 +535,17 @@ class Admission:
                 if lease is not None:
                     self.give_back(lease)
                     ended += 1
-            elif isinstance(entry, _Waiter) and not entry.gone:
-                entry.callers = 1  # every caller of this request id has given up
-                self._leave(entry.slots, entry)
+            elif self._give_up_wait(entry):
                 ended += 1
         return ended
+
+    def _give_up_wait(self, entry: object) -> bool:
+        """Ends ``entry``'s wait when it is one still queued; True when it did."""
+        if not (isinstance(entry, _Waiter) and not entry.gone):
+            return False
+        entry.callers = 1  # every caller of this request id has given up
+        self._leave(entry.slots, entry)
+        return True
 
     def give_back(self, lease: Lease) -> None:
         """Ends a lease whose caller never got it (gone before the answer reached it): the

@@ -1,18 +1,7 @@
 """The service host's own load, sampled with psutil off the event loop, for batch sizing.
 
-The score itself (`host_score`, `pool_reading`) is the kernel's, in loadwarden.policy.
-
-Load score, percent 0-100:
-
-    score = (w_cpu * cpu% + w_memory * memory% + w_load * load_average%) / (w_cpu + w_memory + w_load)
-
-where ``load_average%`` is the 1-minute load average divided by the number of
-cores, times 100, capped at 100. A pool's score uses the same weights over each
-server's reported CPU and memory (no load average there), averaged over the
-servers whose report is fresh.
-
-An unknown load is never read as idle: a failing or stale host monitor, or a pool
-with no fresh report, gives a reading with ``score`` None and the reason why.
+The score itself (`host_score`, `pool_reading`) is the kernel's, in loadwarden.policy:
+its formula, and why an unknown load is never read as idle, are documented there.
 """
 
 from __future__ import annotations
