@@ -239,11 +239,11 @@ async def test_the_release_reports_latency_and_success_by_status(service) -> Non
     released: list[tuple[bool, float]] = []
     core_release = service.core.release_slot
 
-    def recording(
+    async def recording(
         lease_id: str, success: bool, latency_ms: float, owner: str = ""
     ) -> bool:  # spy: the real release runs
         released.append((success, latency_ms))
-        return core_release(lease_id, success, latency_ms, owner)
+        return await core_release(lease_id, success, latency_ms, owner)
 
     service.core.release_slot = recording
     app = make_app(Meter(), target=service.target, pool="web")

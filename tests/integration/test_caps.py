@@ -289,7 +289,7 @@ async def test_concurrent_rpcs_cap(start, channel_to) -> None:
     assert slots.waiting == 3
     await exhausted(decision.GetLoadStatus(pb.GetLoadStatusRequest()), "Concurrent RPC limit", retry=False)
     # Every place is taken by a waiter, so the first release goes through the core directly.
-    assert service.core.release_slot(held.lease_id, True, 1.0)
+    assert await service.core.release_slot(held.lease_id, True, 1.0)
     while waiters:  # each waiter is granted in turn as the one before it releases
         done, waiters = await asyncio.wait(waiters, timeout=10, return_when=asyncio.FIRST_COMPLETED)
         assert len(done) == 1

@@ -69,6 +69,19 @@ class IdGenerator:
             return False
         return hmac.compare_digest(tag, self._tag(head, owner))
 
+    def signed(self, id_: str, owner: str = "") -> bool:
+        """Whether ``id_`` was issued to ``owner`` by any generator holding this key (any
+        prefix: another process sharing the key, such as a replica of the same service)."""
+        head, sep, tag = id_.rpartition("-")
+        if not sep or not head or len(tag) != 2 * self.TAG_BYTES:
+            return False
+        return hmac.compare_digest(tag, self._tag(head, owner))
+
+    @property
+    def prefix(self) -> str:
+        """The prefix every id this generator issues starts with."""
+        return self._prefix
+
     def _tag(self, head: str, owner: str) -> str:
         data = f"{head}\x00{owner}".encode("utf-8", "surrogateescape")
         return hashlib.blake2b(data, key=self._key, digest_size=self.TAG_BYTES).hexdigest()

@@ -60,7 +60,7 @@ async def test_hard_cap_holds_for_100_clients_times_1000_acquires() -> None:
             assert slots.in_use <= 10 and held <= 10  # the service's accounting and the client's
             await asyncio.sleep(0)  # hold the slot while others run
             held -= 1
-            assert core.release_slot(answer.lease.id, True, 1.0)
+            assert await core.release_slot(answer.lease.id, True, 1.0)
 
     await asyncio.gather(*(client() for _ in range(100)))
     assert granted == 100_000 and peak == 10
@@ -78,14 +78,14 @@ async def test_priority_then_fifo_under_saturation() -> None:
         assert isinstance(answer, Granted)
         order.append(name)
         await asyncio.sleep(0)
-        core.release_slot(answer.lease.id, True, 1.0)
+        await core.release_slot(answer.lease.id, True, 1.0)
 
     tasks = []
     for name, priority in (("low-1", 0), ("mid-1", 5), ("mid-2", 5), ("top", 9), ("low-2", 0)):
         tasks.append(asyncio.create_task(wait(name, priority)))
         await asyncio.sleep(0)  # enqueue in this order
     assert core.pool("p").slots.waiting == 5
-    core.release_slot(first.lease.id, True, 1.0)
+    await core.release_slot(first.lease.id, True, 1.0)
     await asyncio.gather(*tasks)
     assert order == ["top", "mid-1", "mid-2", "low-1", "low-2"]
 
@@ -102,14 +102,14 @@ async def test_cancelled_waiters_never_consume_slots() -> None:
     await asyncio.gather(*waiters[::2], return_exceptions=True)
     assert slots.waiting == 10
     for holder in holders:
-        core.release_slot(holder.lease.id, True, 1.0)
+        await core.release_slot(holder.lease.id, True, 1.0)
     done = 0
     for task in waiters[1::2]:
         while not task.done():
             await asyncio.sleep(0)
         answer = task.result()
         assert isinstance(answer, Granted)
-        core.release_slot(answer.lease.id, True, 1.0)
+        await core.release_slot(answer.lease.id, True, 1.0)
         done += 1
     assert done == 10
     assert all(t.cancelled() for t in waiters[::2])
@@ -122,7 +122,7 @@ async def test_a_grant_racing_a_cancellation_is_given_back() -> None:
     holder = await grant(core)
     waiter = asyncio.create_task(core.acquire(req(wait_s=30.0), None))
     await asyncio.sleep(0)
-    core.release_slot(holder.lease.id, True, 1.0)  # grants the waiter...
+    await core.release_slot(holder.lease.id, True, 1.0)  # grants the waiter...
     waiter.cancel()  # ...whose caller goes away before it runs again
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -169,16 +169,16 @@ async def test_lease_expires_and_capacity_returns(tmp_path: object) -> None:
     lease = (await grant(core)).lease
     assert isinstance(await core.acquire(req(), None), Denied)
     clock.advance(1.5)
-    core.renew_lease(lease.id, None)  # renewal keeps it alive past the first TTL
+    await core.renew_lease(lease.id, None)  # renewal keeps it alive past the first TTL
     clock.advance(1.5)
     core.expire()
     assert core.pool("p").slots.in_use == 1
     clock.advance(0.6)
     core.expire()
     assert core.pool("p").slots.in_use == 0 and core.admission.reclaimed_total == 1
-    assert core.release_slot(lease.id, True, 1.0) is False  # already reclaimed: says so
+    assert await core.release_slot(lease.id, True, 1.0) is False  # already reclaimed: says so
     with pytest.raises(NotFound, match="released or reclaimed"):
-        core.renew_lease(lease.id, None)
+        await core.renew_lease(lease.id, None)
     assert isinstance(await core.acquire(req(), None), Granted)
 
 
@@ -211,7 +211,7 @@ async def test_retry_while_waiting_joins_the_same_wait() -> None:
     b = asyncio.create_task(core.acquire(req(request_id="r", wait_s=30.0), None))
     await asyncio.sleep(0)
     assert core.pool("p").slots.waiting == 1
-    core.release_slot(holder.lease.id, True, 1.0)
+    await core.release_slot(holder.lease.id, True, 1.0)
     first, second = await a, await b
     assert isinstance(first, Granted) and isinstance(second, Granted) and first.lease is second.lease
     assert core.pool("p").slots.in_use == 1
@@ -220,10 +220,10 @@ async def test_retry_while_waiting_joins_the_same_wait() -> None:
 async def test_second_release_is_a_no_op_that_says_so_and_unknown_is_not_found() -> None:
     core = make()
     lease = (await grant(core)).lease
-    assert core.release_slot(lease.id, True, 3.0) is True
-    assert core.release_slot(lease.id, True, 3.0) is False
+    assert await core.release_slot(lease.id, True, 3.0) is True
+    assert await core.release_slot(lease.id, True, 3.0) is False
     with pytest.raises(NotFound) as err:
-        core.release_slot("never-issued", True, 1.0)
+        await core.release_slot("never-issued", True, 1.0)
     assert err.value.field == "lease_id"
 
 
@@ -234,7 +234,7 @@ async def test_acquire_with_select_picks_a_server_and_release_reports_it() -> No
     server = answer.lease.server
     # The selection lives with the lease, not among the decisions that expire at decision_ttl_ms.
     assert server.in_flight == 1 and len(core.pending) == 0
-    core.release_slot(answer.lease.id, False, 40.0)
+    await core.release_slot(answer.lease.id, False, 40.0)
     assert server.in_flight == 0 and len(core.pending) == 0 and server.ewma_latency_ms == 40.0
 
 
@@ -259,7 +259,7 @@ async def test_rate_limit_per_client_key() -> None:
     core = make(clock, max_concurrency=0, rate_limit=RateLimit(count=30, per_s=60.0, burst=5))
     for _ in range(5):
         lease = (await grant(core, req(client_key="alice"))).lease
-        core.release_slot(lease.id, True, 1.0)
+        await core.release_slot(lease.id, True, 1.0)
     with pytest.raises(ResourceExhausted, match="rate limit") as err:
         await core.acquire(req(client_key="alice"), None)
     assert err.value.retry_after_s == pytest.approx(2.0)
@@ -279,7 +279,7 @@ async def test_aimd_limit_shrinks_on_failures_without_revoking_leases() -> None:
     slots = core.pool("p").slots
     leases = [(await grant(core)).lease for _ in range(10)]
     for lease in leases[:5]:
-        core.release_slot(lease.id, False, 10.0)  # failures: x0.9 each
+        await core.release_slot(lease.id, False, 10.0)  # failures: x0.9 each
     assert slots.limit.limit < 10 and slots.in_use == 5
     assert slots.limit.limit >= 2
 
@@ -317,22 +317,22 @@ async def test_release_after_ttl_reports_the_reclaim_even_before_a_sweep() -> No
     core = make(clock, max_concurrency=1, lease_ttl_ms=1_000)
     lease = (await grant(core)).lease
     clock.advance(1.001)  # no sweep has run
-    assert core.release_slot(lease.id, True, 1.0) is False
+    assert await core.release_slot(lease.id, True, 1.0) is False
     assert core.admission.reclaimed_total == 1
 
 
 async def test_an_ended_lease_is_told_apart_from_a_never_issued_one_however_many_ended_since() -> None:
     core = make(max_concurrency=1)
     first = (await grant(core)).lease
-    assert core.release_slot(first.id, True, 1.0) is True
+    assert await core.release_slot(first.id, True, 1.0) is True
     for _ in range(5_000):  # no memory of ended leases to fill or evict
         lease = (await grant(core)).lease
-        core.release_slot(lease.id, True, 1.0)
-    assert core.release_slot(first.id, True, 1.0) is False  # already ended: not an error
+        await core.release_slot(lease.id, True, 1.0)
+    assert await core.release_slot(first.id, True, 1.0) is False  # already ended: not an error
     with pytest.raises(NotFound, match="was released or reclaimed"):
-        core.renew_lease(first.id, None)
+        await core.renew_lease(first.id, None)
     decision_id = core.select("p").decision_id  # issued, but a decision's id, not a lease's
     prefix = first.id.rsplit("-", 1)[0]
     for unknown in (decision_id, f"{prefix}-{10**6:x}", f"{prefix}-0", f"{prefix}-01", "x", "-1", first.id.upper()):
         with pytest.raises(NotFound, match="does not exist"):
-            core.release_slot(unknown, True, 1.0)
+            await core.release_slot(unknown, True, 1.0)

@@ -88,7 +88,7 @@ async def test_dispatch_stops_at_the_lease_cap_instead_of_raising() -> None:
     # A higher limit dispatches; at the lease cap nobody is granted and nothing raises.
     core.configure_pool(PoolSettings(name="q", max_concurrency=3), None)
     assert core.pool("q").slots.waiting == 2 and not any(w.done() for w in waiters)
-    assert core.release_slot(held.lease.id, True, 1.0)
+    assert await core.release_slot(held.lease.id, True, 1.0)
     done, _ = await asyncio.wait(waiters, timeout=10, return_when=asyncio.FIRST_COMPLETED)
     assert len(done) == 1 and isinstance(done.pop().result(), Granted)
     assert len(core.admission.leases) == 2 and core.pool("q").slots.waiting == 1
@@ -123,7 +123,7 @@ async def test_lease_expiry_heap_stays_bounded_under_renewals() -> None:
     lease = answer.lease
     for _ in range(10_000):
         clock.advance(0.001)
-        core.renew_lease(lease.id, None)
+        await core.renew_lease(lease.id, None)
         assert len(core.admission._expiry) <= 2 * len(core.admission.leases) + QUEUE_SLACK
     clock.advance(86_399.9)
     assert core.admission.expire() == 0

@@ -89,26 +89,26 @@ async def test_another_callers_lease_is_not_found_and_the_cap_holds() -> None:
     held = [(await grant(core)).lease for _ in range(10)]
     for lease in held:
         with pytest.raises(NotFound) as release_err:
-            core.release_slot(lease.id, True, 1.0, ATTACKER)
+            await core.release_slot(lease.id, True, 1.0, ATTACKER)
         with pytest.raises(NotFound) as renew_err:
-            core.renew_lease(lease.id, None, ATTACKER)
+            await core.renew_lease(lease.id, None, ATTACKER)
         # Exactly what an id that never existed gets: nothing to probe.
         assert str(release_err.value) == str(renew_err.value) == f"lease_id: lease {lease.id!r} does not exist"
     denied = await core.acquire(req(ATTACKER), None)
     assert isinstance(denied, Denied)
     assert core.pool("p").slots.in_use == 10
-    assert all(core.release_slot(lease.id, True, 1.0, VICTIM) for lease in held)
+    assert all([await core.release_slot(lease.id, True, 1.0, VICTIM) for lease in held])
 
 
 async def test_an_ended_lease_is_already_released_to_its_owner_only() -> None:
     core = make()
     lease = (await grant(core)).lease
-    assert core.release_slot(lease.id, True, 1.0, VICTIM) is True
-    assert core.release_slot(lease.id, True, 1.0, VICTIM) is False  # already released
+    assert await core.release_slot(lease.id, True, 1.0, VICTIM) is True
+    assert await core.release_slot(lease.id, True, 1.0, VICTIM) is False  # already released
     with pytest.raises(NotFound, match="does not exist"):
-        core.release_slot(lease.id, True, 1.0, ATTACKER)
+        await core.release_slot(lease.id, True, 1.0, ATTACKER)
     with pytest.raises(NotFound, match="released or reclaimed"):
-        core.renew_lease(lease.id, None, VICTIM)
+        await core.renew_lease(lease.id, None, VICTIM)
 
 
 async def test_request_ids_are_scoped_to_the_caller() -> None:
@@ -125,7 +125,7 @@ async def test_request_ids_are_forgotten_when_their_lease_ends() -> None:
     core = make(clock)
     for i in range(50):
         lease = (await grant(core, request_id=f"r{i}")).lease
-        core.release_slot(lease.id, True, 1.0, VICTIM)
+        await core.release_slot(lease.id, True, 1.0, VICTIM)
     reclaimed = (await grant(core, request_id="reclaimed")).lease
     clock.advance(reclaimed.ttl_s + 1)
     core.expire()
@@ -139,9 +139,9 @@ async def test_lease_ttls_are_bounded_by_the_pool() -> None:
     assert err.value.field == "lease_ttl_ms" and "60000 ms" in str(err.value)
     lease = (await grant(core, lease_ttl_s=60.0)).lease
     with pytest.raises(InvalidArgument) as renew_err:
-        core.renew_lease(lease.id, 86_400.0, VICTIM)
+        await core.renew_lease(lease.id, 86_400.0, VICTIM)
     assert renew_err.value.field == "ttl_ms"
-    assert core.renew_lease(lease.id, 30.0, VICTIM).ttl_s == 30.0
+    assert (await core.renew_lease(lease.id, 30.0, VICTIM)).ttl_s == 30.0
 
 
 def test_max_lease_ttl_defaults_and_validation() -> None:
@@ -174,11 +174,11 @@ async def test_a_lease_keeps_its_selection_past_the_decision_ttl() -> None:
     assert server is not None and server.in_flight == 1
     for _ in range(3):  # 90 s of work, three times the 30 s decision TTL, renewed as it goes
         clock.advance(30.0)
-        core.renew_lease(lease.id, None, VICTIM)
+        await core.renew_lease(lease.id, None, VICTIM)
         core.expire()
         assert server.in_flight == 1
     assert server.consecutive_failures == 0 and server.outcomes_total == 0
-    core.release_slot(lease.id, True, 90_000.0, VICTIM)
+    await core.release_slot(lease.id, True, 90_000.0, VICTIM)
     assert server.in_flight == 0 and server.outcomes_total == 1 and server.consecutive_failures == 0
 
 
@@ -203,11 +203,11 @@ async def test_recreating_a_pool_counts_the_leases_still_held() -> None:
     core.configure_pool(PoolSettings(name="p", max_concurrency=10), [ServerSpec("s1", "h:1")])
     assert core.pool("p").slots.in_use == 10
     assert isinstance(await core.acquire(req(ATTACKER), None), Denied)  # the cap did not double
-    core.renew_lease(held[0].id, None, VICTIM)  # the old leases stay valid
-    core.release_slot(held[0].id, True, 1.0, VICTIM)
+    await core.renew_lease(held[0].id, None, VICTIM)  # the old leases stay valid
+    await core.release_slot(held[0].id, True, 1.0, VICTIM)
     assert isinstance(await core.acquire(req(ATTACKER), None), Granted)  # and freeing one frees a slot
     for lease in held[1:]:
-        core.release_slot(lease.id, True, 1.0, VICTIM)
+        await core.release_slot(lease.id, True, 1.0, VICTIM)
     assert core.pool("p").slots.in_use == 1
 
 
@@ -215,7 +215,7 @@ async def test_a_deleted_pool_with_no_leases_left_is_forgotten() -> None:
     core = make()
     lease = (await grant(core)).lease
     core.delete_pool("p")
-    core.release_slot(lease.id, True, 1.0, VICTIM)
+    await core.release_slot(lease.id, True, 1.0, VICTIM)
     assert core.admission._closed == {}
     core.configure_pool(PoolSettings(name="p", max_concurrency=10), None)
     assert core.pool("p").slots.in_use == 0
@@ -237,7 +237,7 @@ async def highest_limit_under_full_fast_work(rounds: int, **settings: object) ->
             leases.append((await grant(core)).lease)
         clock.advance(0.001)
         for lease in leases:
-            core.release_slot(lease.id, True, 1.0, VICTIM)
+            await core.release_slot(lease.id, True, 1.0, VICTIM)
         highest = max(highest, slots.limit.limit)
     return highest
 
@@ -343,11 +343,11 @@ def test_without_credentials_every_caller_is_anonymous() -> None:
 async def test_an_acquire_whose_answer_was_lost_is_ended_by_its_request_id() -> None:
     core = make(max_concurrency=1)
     lease = (await grant(core, request_id="lost-answer")).lease
-    assert not core.release_request("p", "lost-answer", True, 0.0, ATTACKER)  # not the attacker's
+    assert not await core.release_request("p", "lost-answer", True, 0.0, ATTACKER)  # not the attacker's
     assert core.pool("p").slots.in_use == 1
-    assert core.release_request("p", "lost-answer", True, 0.0, VICTIM)
+    assert await core.release_request("p", "lost-answer", True, 0.0, VICTIM)
     assert core.pool("p").slots.in_use == 0 and lease.id not in core.admission.leases
-    assert not core.release_request("p", "lost-answer", True, 0.0, VICTIM)  # nothing left: already released
+    assert not await core.release_request("p", "lost-answer", True, 0.0, VICTIM)  # nothing left: already released
 
 
 async def test_ending_a_waiting_acquire_by_its_request_id_frees_its_place() -> None:
@@ -358,9 +358,9 @@ async def test_ending_a_waiting_acquire_by_its_request_id_frees_its_place() -> N
     waiting = asyncio.ensure_future(core.acquire(req(request_id="gave-up", max_wait_s=30.0), 60.0))
     await asyncio.sleep(0)
     assert core.pool("p").slots.waiting == 1
-    assert core.release_request("p", "gave-up", False, 0.0, VICTIM)
+    assert await core.release_request("p", "gave-up", False, 0.0, VICTIM)
     assert core.pool("p").slots.waiting == 0
-    core.release_slot(holder.id, True, 1.0, VICTIM)  # the freed slot does not go to the abandoned wait
+    await core.release_slot(holder.id, True, 1.0, VICTIM)  # the freed slot does not go to the abandoned wait
     assert core.pool("p").slots.in_use == 0
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -381,7 +381,7 @@ async def test_abandoned_acquires_end_as_never_granted_and_only_the_callers_own(
     assert sum(server.in_flight for server in core.pool("p").servers.values()) == 1  # a-1's selection
     clock.advance(5.0)
 
-    ended = core.abandon_requests("p", ["a-1", "a-2", "a-3", "a-4", "never-sent"], VICTIM)
+    ended = await core.abandon_requests("p", ["a-1", "a-2", "a-3", "a-4", "never-sent"], VICTIM)
 
     slots = core.pool("p").slots
     assert ended == 3  # a-1, a-2 and the wait of a-4; a-3 is the attacker's, never-sent is unknown
@@ -389,8 +389,8 @@ async def test_abandoned_acquires_end_as_never_granted_and_only_the_callers_own(
     assert theirs.id in core.admission.leases and slots.in_use == 1 and slots.waiting == 0
     assert slots.hold_ewma_s == 0.0  # never granted, as far as the limit learns: no sample
     assert all(server.in_flight == 0 for server in core.pool("p").servers.values())  # its selection settled
-    assert core.abandon_requests("p", ["a-1", "a-2"], VICTIM) == 0  # nothing left to end
-    assert core.abandon_requests("other", ["a-3"], ATTACKER) == 0  # request ids are per pool
+    assert await core.abandon_requests("p", ["a-1", "a-2"], VICTIM) == 0  # nothing left to end
+    assert await core.abandon_requests("other", ["a-3"], ATTACKER) == 0  # request ids are per pool
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting

@@ -63,7 +63,8 @@ from .._errors import ConfigError
 from ..engine._core import LIMIT_RANGES, CoreLimits
 from ..rpc._auth import AuthSettings, parse_auth
 from ..rpc._tls import TlsSettings, parse_tls
-from ._store import STORES
+from ..shared import REDIS_KEYS, RedisSettings, parse_redis
+from ._store import STORE_NAMES
 
 ENV_PREFIX = "LOADWARDEN_"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -82,14 +83,17 @@ class StateSettings:
     """Where learned state outlives the process.
 
     Attributes:
-        store: ``memory`` (nothing survives a restart) or ``file``.
+        store: ``memory`` (nothing survives a restart), ``file`` (one process, durable)
+            or ``redis`` (several replicas share leases, rate buckets and learned state).
         path: Directory for the ``file`` store.
         save_interval_ms: How often learned state is saved (and once more at shutdown).
+        redis: The Redis connection, with ``store = "redis"`` (see RedisSettings).
     """
 
     store: str = "memory"
     path: str = ""
     save_interval_ms: int = 10_000
+    redis: RedisSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,13 +430,16 @@ def _parse_admin(raw: Mapping[str, Any]) -> AdminSettings:
 
 
 def _parse_state(raw: Mapping[str, Any]) -> StateSettings:
-    valid = {"store", "path", "save_interval_ms"}
+    store = raw.get("store", "memory")
+    if not isinstance(store, str) or store not in STORE_NAMES:
+        raise ConfigError(
+            "state.store", f"unknown store {shown(store)}; valid stores: {', '.join(sorted(STORE_NAMES))}"
+        )
+    valid = {"store", "path", "save_interval_ms"} | (REDIS_KEYS if store == "redis" else set())
     for key in raw:
         if key not in valid:
-            raise ConfigError(f"state.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
-    store = raw.get("store", "memory")
-    if not isinstance(store, str) or store not in STORES:
-        raise ConfigError("state.store", f"unknown store {shown(store)}; valid stores: {', '.join(sorted(STORES))}")
+            hint = ' (a redis store key: set store = "redis")' if key in REDIS_KEYS else ""
+            raise ConfigError(f"state.{key}", f"unknown key{hint}; valid keys: {', '.join(sorted(valid))}")
     path = raw.get("path", "")
     if not isinstance(path, str) or "\0" in path:
         raise ConfigError("state.path", f"must be a directory path, got {shown(path)}")
@@ -443,7 +450,8 @@ def _parse_state(raw: Mapping[str, Any]) -> StateSettings:
         check_count(interval, "state.save_interval_ms", 10, 3_600_000)
     except InvalidArgument as exc:
         raise ConfigError(exc.field, exc.problem) from None
-    return StateSettings(store=store, path=path, save_interval_ms=interval)
+    redis = parse_redis({k: v for k, v in raw.items() if k in REDIS_KEYS}) if store == "redis" else None
+    return StateSettings(store=store, path=path, save_interval_ms=interval, redis=redis)
 
 
 def _no_nul(section: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -18,11 +18,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking: no stubs, no py.typed
 
 from loadwarden.observability.net import is_loopback
-from loadwarden.policy import Clock, InvalidArgument, LoadWeights, ResourceExhausted, SystemClock
+from loadwarden.policy import Clock, IdGenerator, InvalidArgument, LoadWeights, ResourceExhausted, SystemClock
 from loadwarden.v1 import admin_pb2, decision_pb2
 
 from .._errors import ConfigError
-from ..engine._core import CoreLimits, DecisionCore, DecisionListener
+from ..engine._core import AdmissionFactory, CoreLimits, DecisionCore, DecisionListener
 from ..engine._loadmonitor import HostMonitor
 from ..rpc._auth import Callers, auth_interceptors
 from ..rpc._convert import load_status
@@ -31,9 +31,11 @@ from ..rpc._servicer import add_to_server, server_options
 from ..rpc._telemetry import server_interceptors
 from ..rpc._tls import TlsMaterial, load_tls
 from ..rpc.reflection import enable_reflection
+from ..shared import SharedAdmission, SharedRedis
+from ..shared import connect as connect_redis
 from ._config import ServiceConfig
 from ._persistence import Persister, restore
-from ._store import STORES, MemoryStore, StateStore
+from ._store import FileStore, MemoryStore, RedisBlobStore, StateStore
 
 if TYPE_CHECKING:  # the admin port and metrics are imported only when configured
     from loadwarden.observability.metrics import MetricsSetup
@@ -86,6 +88,8 @@ def build_core(
     clock: Clock | None = None,
     rng: random.Random | None = None,
     listener: DecisionListener | None = None,
+    admission: AdmissionFactory | None = None,
+    ids: IdGenerator | None = None,
 ) -> DecisionCore:
     """The decision core ``config`` describes, its pools and operations configured.
 
@@ -118,6 +122,8 @@ def build_core(
         listener=listener,
         monitor=monitor,
         load_weights=weights,
+        admission=admission,
+        ids=ids,
     )
     for spec in config.pools:
         where = f"pools.{spec.settings.name}"
@@ -161,10 +167,18 @@ async def start_service(
         if metrics_setup is not None:
             stack.callback(metrics_setup.shutdown)  # flushes OTLP after the last RPC was counted
         metrics = ServerMetrics(metrics_setup.meter_provider if metrics_setup is not None else None)
-        core = build_core(config, clock=clock, rng=rng, listener=metrics)
+        shared = await _connect_shared(stack, config)
+        admission: AdmissionFactory | None = None
+        ids = None
+        if shared is not None:
+            ids = IdGenerator(key=shared.redis.secret)
+            admission = functools.partial(SharedAdmission, redis=shared.redis)
+        core = build_core(config, clock=clock, rng=rng, listener=metrics, admission=admission, ids=ids)
+        if isinstance(core.admission, SharedAdmission):
+            stack.push_async_callback(core.admission.close)
         metrics.observe(core)
         if store is None:
-            store = STORES[config.state.store](config.state.path) if config.state.store == "file" else MemoryStore()
+            store = _state_store(config)
         restore(core, store)
         persister = None
         if store.durable:
@@ -208,7 +222,10 @@ async def start_service(
         admin_port = await _start_admin(stack, config, core, metrics_setup, tls)
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        tasks = [asyncio.create_task(_sweep(core, config.expiry_interval_ms / 1000.0), name="loadwarden-sweeper")]
+        interval_s = config.expiry_interval_ms / 1000.0
+        tasks = [asyncio.create_task(_sweep(core, interval_s), name="loadwarden-sweeper")]
+        if shared is not None:
+            tasks += shared.start(core, interval_s)
         if core.monitor is not None:
             tasks.append(asyncio.create_task(core.monitor.run(), name="loadwarden-host-monitor"))
         if persister is not None:
@@ -227,6 +244,43 @@ async def start_service(
             server, core, health_servicer, host, port, persister, admin_port, stack.pop_all(), grace
         )
     return running
+
+
+@dataclass
+class _Shared:
+    """The shared store's parts of a running service."""
+
+    redis: SharedRedis
+
+    def start(self, core: DecisionCore, interval_s: float) -> list[asyncio.Task[None]]:
+        """The tasks that keep this replica in step: events, lease sweeps, waiter polls."""
+        admission = core.admission
+        assert isinstance(admission, SharedAdmission)
+        return [
+            asyncio.create_task(self.redis.listen(), name="loadwarden-shared-events"),
+            asyncio.create_task(admission.run(interval_s), name="loadwarden-shared-sweeper"),
+            asyncio.create_task(admission.poll(), name="loadwarden-shared-poll"),
+        ]
+
+
+async def _connect_shared(stack: contextlib.AsyncExitStack, config: ServiceConfig) -> _Shared | None:
+    """Connects to the shared store when ``[state] store = "redis"``; closed by ``stack``."""
+    settings = config.state.redis
+    if settings is None:
+        return None
+    redis = await connect_redis(settings)
+    stack.push_async_callback(redis.close)
+    return _Shared(redis)
+
+
+def _state_store(config: ServiceConfig) -> StateStore:
+    """Where learned state is kept for ``config.state``."""
+    state = config.state
+    if state.store == "file":
+        return FileStore(state.path)
+    if state.redis is not None:
+        return RedisBlobStore(state.redis.url, state.redis.key_prefix, state.redis.command_timeout_ms / 1000.0)
+    return MemoryStore()
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:

@@ -134,4 +134,46 @@ class FileStore:
         return str(aside)
 
 
-STORES = {"memory": MemoryStore, "file": FileStore}
+class RedisBlobStore:
+    """Blobs in Redis under the shared key prefix (``<prefix>blob:<key>``); each replica
+    reads the newest at start and writes its own periodically (the last write wins)."""
+
+    durable = True
+
+    def __init__(self, url: str, prefix: str, timeout_s: float) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._prefix = f"{prefix}blob:"
+
+    def load(self, key: str) -> bytes | None:
+        import redis
+
+        try:
+            blob = self._client.get(self._prefix + key)
+        except redis.RedisError as exc:
+            raise OSError(f"Redis: {exc}") from None
+        return blob if isinstance(blob, bytes) or blob is None else str(blob).encode()
+
+    def save(self, key: str, data: bytes) -> None:
+        import redis
+
+        try:
+            self._client.set(self._prefix + key, data)
+        except redis.RedisError as exc:
+            raise OSError(f"Redis: {exc}") from None
+
+    def quarantine(self, key: str) -> str | None:
+        import redis
+
+        aside = f"{self._prefix}{key}.corrupt-{time.time_ns()}"
+        try:
+            self._client.rename(self._prefix + key, aside)
+        except redis.ResponseError:  # no such key
+            return None
+        except redis.RedisError as exc:
+            raise OSError(f"Redis: {exc}") from None
+        return aside
+
+
+STORE_NAMES = ("memory", "file", "redis")

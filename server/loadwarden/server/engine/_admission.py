@@ -547,6 +547,26 @@ class Admission:
         self._leave(entry.slots, entry)
         return True
 
+    # --- what the core awaits: a shared admission (shared/) answers over the network ------
+
+    async def renew_async(self, lease_id: str, ttl_s: float | None, owner: str = "") -> Lease:
+        """``renew``, awaited."""
+        return self.renew(lease_id, ttl_s, owner)
+
+    async def release_async(self, lease_id: str, *, success: bool, latency_ms: float, owner: str = "") -> bool:
+        """``release``, awaited."""
+        return self.release(lease_id, success=success, latency_ms=latency_ms, owner=owner)
+
+    async def release_request_async(
+        self, pool: str, request_id: str, *, success: bool, latency_ms: float, owner: str = ""
+    ) -> bool:
+        """``release_request``, awaited."""
+        return self.release_request(pool, request_id, success=success, latency_ms=latency_ms, owner=owner)
+
+    async def abandon_requests_async(self, pool: str, request_ids: Iterable[str], *, owner: str = "") -> int:
+        """``abandon_requests``, awaited."""
+        return self.abandon_requests(pool, request_ids, owner=owner)
+
     def give_back(self, lease: Lease) -> None:
         """Ends a lease whose caller never got it (gone before the answer reached it): the
         slot returns at once and teaches the limit nothing; a selection is settled as a

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,6 +61,21 @@ class DecisionListener(Protocol):
     def answered(self, pool: Pool[Any], answer: Answer) -> None:
         """An AcquireSlot answer on ``pool``."""
         ...
+
+
+class AdmissionFactory(Protocol):
+    """Builds a core's admission state: ``Admission`` or a subclass over a shared store."""
+
+    def __call__(
+        self,
+        clock: Clock,
+        select: Callable[[str, str], LeaseSelection],
+        settle: Callable[[LeaseSelection, bool, float, bool], None],
+        *,
+        max_leases: int,
+        max_request_ids: int,
+        ids: IdGenerator | None,
+    ) -> Admission: ...
 
 
 class _Unheard:
@@ -218,6 +233,7 @@ class DecisionCore:
         listener: DecisionListener | None = None,
         monitor: HostMonitor | None = None,
         load_weights: LoadWeights | None = None,
+        admission: AdmissionFactory | None = None,
     ) -> None:
         """Everything the core depends on comes in here; nothing is set on it afterwards.
 
@@ -229,6 +245,8 @@ class DecisionCore:
             listener: Told of every decision (the service's metrics); none by default.
             monitor: The host's load sampler, when batch sizing reads the host's load.
             load_weights: How load reports (and host samples) are scored; the defaults by default.
+            admission: Builds the admission state (``Admission`` by default; several
+                replicas share theirs through a shared store's).
         """
         self.limits = limits or CoreLimits()
         self.clock = clock or SystemClock()
@@ -240,7 +258,7 @@ class DecisionCore:
         self.operations: dict[str, Operation] = {}
         self.monitor = monitor
         self.load_weights = load_weights if load_weights is not None else LoadWeights()
-        self.admission = Admission(
+        self.admission = (admission or Admission)(
             self.clock,
             self._select_for_lease,
             self._settle_lease,
@@ -438,19 +456,23 @@ class DecisionCore:
         self._listener.answered(pool, answer)
         return answer
 
-    def renew_lease(self, lease_id: str, ttl_s: float | None, owner: str = "") -> Lease:
-        return self.admission.renew(lease_id, ttl_s, owner)
+    async def renew_lease(self, lease_id: str, ttl_s: float | None, owner: str = "") -> Lease:
+        return await self.admission.renew_async(lease_id, ttl_s, owner)
 
-    def release_slot(self, lease_id: str, success: bool, latency_ms: float, owner: str = "") -> bool:
-        return self.admission.release(lease_id, success=success, latency_ms=latency_ms, owner=owner)
+    async def release_slot(self, lease_id: str, success: bool, latency_ms: float, owner: str = "") -> bool:
+        return await self.admission.release_async(lease_id, success=success, latency_ms=latency_ms, owner=owner)
 
-    def release_request(self, pool: str, request_id: str, success: bool, latency_ms: float, owner: str = "") -> bool:
+    async def release_request(
+        self, pool: str, request_id: str, success: bool, latency_ms: float, owner: str = ""
+    ) -> bool:
         """Ends what ``owner``'s AcquireSlot with ``request_id`` in ``pool`` holds (lease or wait)."""
-        return self.admission.release_request(pool, request_id, success=success, latency_ms=latency_ms, owner=owner)
+        return await self.admission.release_request_async(
+            pool, request_id, success=success, latency_ms=latency_ms, owner=owner
+        )
 
-    def abandon_requests(self, pool: str, request_ids: list[str], owner: str = "") -> int:
+    async def abandon_requests(self, pool: str, request_ids: list[str], owner: str = "") -> int:
         """Ends, as never granted, what ``owner``'s AcquireSlots with these request ids hold."""
-        return self.admission.abandon_requests(pool, request_ids, owner=owner)
+        return await self.admission.abandon_requests_async(pool, request_ids, owner=owner)
 
     def give_back(self, lease: Lease) -> None:
         """Ends a lease whose caller was gone before the grant reached it."""

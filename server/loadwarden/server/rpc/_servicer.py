@@ -224,7 +224,7 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
     @_rpc
     async def RenewLease(self, request: _pb.RenewLeaseRequest, context: Any) -> _pb.RenewLeaseResponse:
         ttl_ms = check_ttl_ms(request.ttl_ms, "ttl_ms")
-        lease = self._core.renew_lease(
+        lease = await self._core.renew_lease(
             check_name(request.lease_id, "lease_id"), ttl_ms / 1000.0 or None, self._callers.of(context)
         )
         clock = self._core.clock
@@ -239,10 +239,10 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
             pool = check_name(request.pool, "pool")
             released = False
             if request.request_id:
-                released = self._core.release_request(
+                released = await self._core.release_request(
                     pool, check_name(request.request_id, "request_id"), request.success, latency, caller
                 )
-            ended = self._core.abandon_requests(pool, abandoned, caller) if abandoned else 0
+            ended = await self._core.abandon_requests(pool, abandoned, caller) if abandoned else 0
             already = bool(request.request_id) and not released
             return _pb.ReleaseSlotResponse(released=released, already_released=already, abandoned=ended)
         lease_id = check_name(request.lease_id, "lease_id")
@@ -250,8 +250,8 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
             check_name(request.request_id, "request_id")
         if request.pool or abandoned:
             check_name(request.pool, "pool")
-        released = self._core.release_slot(lease_id, request.success, latency, caller)
-        ended = self._core.abandon_requests(request.pool, abandoned, caller) if abandoned else 0
+        released = await self._core.release_slot(lease_id, request.success, latency, caller)
+        ended = await self._core.abandon_requests(request.pool, abandoned, caller) if abandoned else 0
         return _pb.ReleaseSlotResponse(released=released, already_released=not released, abandoned=ended)
 
     @_rpc

@@ -1,0 +1,501 @@
+"""Admission whose leases live in Redis, so that every replica grants against one count.
+
+What is shared and how (README "Several replicas"):
+
+* **Leases** are Redis entries with their expiry; acquire, renew and release are one
+  script each (``_lua``), so ``held <= max_concurrency`` holds over all replicas at
+  every instant. A lease not renewed or released by its TTL is reclaimed by whichever
+  replica looks first (every acquire in its pool, and each replica's sweep), also when
+  the replica that granted it is dead.
+* **Request ids** are shared: a retry that lands on another replica gets the lease the
+  first call was granted.
+* **Lease ids** are signed with one key all replicas share, so any replica can renew or
+  release any lease, and answers NOT_FOUND for another caller's.
+* **Waiting** is per replica: a replica keeps its own queue, exact in priority and
+  arrival order, and tries its head again when Redis announces a freed slot in the pool
+  (and every ``POLL_S`` in case an announcement was lost). Across replicas a freed slot
+  goes to the replica whose retry arrives first, and a newcomer on a replica with an
+  empty queue may take a slot that a waiter on another replica wanted: the priority
+  order is exact within a replica, not across them. ``max_queue_length`` counts one
+  replica's waiters.
+* **A selection** made with a lease (``select_server``) is settled by the replica that
+  made it: a release on another replica is announced to it.
+
+Everything runs in the event-loop thread, like ``Admission``; Redis calls are awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from loadwarden.policy import (
+    Clock,
+    IdGenerator,
+    InvalidArgument,
+    NotFound,
+    PoolSettings,
+    ResourceExhausted,
+    Unavailable,
+)
+
+from ..engine._admission import (
+    MAX_RETRY_AFTER_S,
+    MIN_RETRY_AFTER_S,
+    Admission,
+    Answer,
+    Denial,
+    Denied,
+    Granted,
+    Lease,
+    LeaseSelection,
+    SlotPool,
+    SlotRequest,
+    _Waiter,
+)
+from ._redis import SharedRedis, decode
+
+log = logging.getLogger("loadwarden.server")
+
+# A replica with waiters tries its queues again this often even without an announcement.
+POLL_S = 0.25
+# Leases one sweep reclaims at most (a later sweep takes the rest).
+SWEEP_BATCH = 500
+
+
+@dataclass(slots=True, eq=False)
+class _Mine:
+    """A lease this replica granted with a selection: settled here when it ends anywhere."""
+
+    lease: Lease
+    selection: LeaseSelection
+
+
+class SharedAdmission(Admission):
+    """``Admission`` over Redis; see the module docstring for what holds across replicas.
+
+    Args:
+        clock: Monotonic time (local waits and timeouts).
+        select / settle / max_leases / max_request_ids / ids: As for ``Admission``;
+            ``ids`` must hold the key every replica shares.
+        redis: The connected store.
+        now_ms: Time for the scripts, ms, as a string; None uses Redis's clock (tests
+            pass their manual clock's).
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        select: Callable[[str, str], LeaseSelection],
+        settle: Callable[[LeaseSelection, bool, float, bool], None],
+        *,
+        redis: SharedRedis,
+        max_leases: int = 200_000,
+        max_request_ids: int = 200_000,
+        ids: IdGenerator | None = None,
+        now_ms: Callable[[], str] | None = None,
+    ) -> None:
+        super().__init__(clock, select, settle, max_leases=max_leases, max_request_ids=max_request_ids, ids=ids)
+        self._redis = redis
+        self._prefix = redis.prefix
+        self._replica = redis.replica
+        self._now_ms = now_ms or (lambda: "")
+        self._by_name: dict[str, SlotPool] = {}
+        self._mine: dict[str, _Mine] = {}  # lease id -> a selection to settle when it ends
+        self._dispatching: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        redis.on_event(self._event)
+
+    # --- pools -------------------------------------------------------------------------
+
+    def open_pool(self, settings: PoolSettings, where: str) -> SlotPool:
+        slots = self._by_name.get(settings.name)
+        if slots is None or not slots.deleted:
+            slots = SlotPool(settings, where)
+        else:
+            slots.reconfigure(settings, where)
+            slots.deleted = False
+        self._by_name[settings.name] = slots
+        return slots
+
+    def close_pool(self, slots: SlotPool) -> None:
+        super().close_pool(slots)  # answers the waiters; the leases stay in Redis and keep counting
+        self._closed.pop(slots.settings.name, None)
+
+    def _slots(self, pool: str) -> SlotPool:
+        """The pool's admission state, or a detached one for a pool this replica no longer has."""
+        slots = self._by_name.get(pool)
+        if slots is None:
+            slots = SlotPool(PoolSettings(name=pool), "pool")
+            slots.deleted = True
+        return slots
+
+    # --- acquire -----------------------------------------------------------------------
+
+    async def acquire(self, slots: SlotPool, request: SlotRequest, time_left_s: float | None) -> Answer:
+        now = self._clock.monotonic()
+        if request.lease_ttl_s is not None:
+            self._check_ttl(slots, request.lease_ttl_s, "lease_ttl_ms")
+        key = (request.owner, request.pool, request.request_id)
+        if request.request_id:
+            earlier = self._requests.get(key)
+            if isinstance(earlier, _Waiter) and not earlier.gone:
+                earlier.callers += 1
+                return await self._wait(slots, earlier, request, time_left_s)
+        if slots.rate is not None:
+            await self._spend_rate(slots, request)
+        if slots.waiting == 0:  # a newcomer never jumps this replica's queue
+            answer = await self._try_grant(slots, request, now)
+            if answer is not None:
+                return answer
+        if request.max_wait_s <= 0:
+            return Denied(
+                Denial.AT_CAPACITY,
+                f"pool {request.pool!r} is at its limit of {slots.limit.limit} slots (over every replica)",
+                slots.retry_after_s(),
+                0.0,
+            )
+        if slots.waiting >= slots.settings.max_queue_length:
+            cap = slots.settings.max_queue_length
+            raise ResourceExhausted.cap_reached(
+                "max_queue_length",
+                f"pools.{request.pool}.max_queue_length",
+                cap,
+                f"pool {request.pool!r}: wait queue is full ({slots.waiting} waiting on this replica; "
+                f"max_queue_length {cap})",
+                retry_after_s=slots.retry_after_s(),
+            )
+        waiter = _Waiter(request, slots, now, asyncio.get_running_loop().create_future())
+        slots.compact()
+        heapq.heappush(slots.queue, (-request.priority, next(self._arrivals), waiter))
+        slots.waiting += 1
+        if request.request_id:
+            self._remember(key, waiter)
+        self.dispatch(slots)  # the slot may have freed while this call was on its way
+        return await self._wait(slots, waiter, request, time_left_s)
+
+    async def _try_grant(self, slots: SlotPool, request: SlotRequest, enqueued_at: float) -> Answer | None:
+        """One acquire script: a Granted, a Denied (no server to select), or None at the limit.
+
+        Raises:
+            ResourceExhausted: ``limits.max_leases`` leases are held over all replicas.
+            Unavailable: Redis did not answer.
+        """
+        ttl_s = request.lease_ttl_s or slots.settings.lease_ttl_ms / 1000.0
+        lease_id = self._ids.new(request.owner)
+        result = await self._call(
+            self._redis.acquire,
+            self._now_ms(),
+            request.pool,
+            slots.limit.limit,
+            self.max_leases,
+            lease_id,
+            request.owner,
+            request.request_id,
+            round(ttl_s * 1000),
+            slots.settings.max_lease_ttl_ms,
+            self._replica,
+        )
+        code, granted_id, _granted_ms, expires_ms, now_ms, held = result
+        slots.in_use = int(held)
+        now = self._clock.monotonic()
+        if code == 0:
+            return None
+        if code == -1:
+            raise ResourceExhausted.cap_reached(
+                "max_leases",
+                "limits.max_leases",
+                self.max_leases,
+                f"{self.max_leases} leases are held over every replica; pool {request.pool!r} cannot grant another",
+                retry_after_s=_clamp((int(expires_ms) - int(now_ms)) / 1000.0),
+            )
+        granted_id = decode(granted_id)
+        expires_at = now + (int(expires_ms) - int(now_ms)) / 1000.0
+        if code == 2:  # a retry of a granted request: the same lease, not a second
+            mine = self._mine.get(granted_id)
+            selection = mine.selection if mine is not None else None
+            return Granted(
+                Lease(granted_id, slots, ttl_s, now, expires_at, request.request_id, request.owner, selection), 0.0
+            )
+        lease = Lease(granted_id, slots, ttl_s, now, expires_at, request.request_id, request.owner)
+        if request.select_server:
+            try:
+                lease.selection = self._select(request.pool, request.owner)
+            except Unavailable as exc:
+                await self._end_lease(lease.id, request.owner, "given_back", True, 0.0)
+                return Denied(Denial.NO_ELIGIBLE_SERVER, str(exc), slots.retry_after_s(), now - enqueued_at)
+            self._mine[lease.id] = _Mine(lease, lease.selection)
+        return Granted(lease, now - enqueued_at)
+
+    async def _spend_rate(self, slots: SlotPool, request: SlotRequest) -> None:
+        settings = slots.settings
+        rate = settings.rate_limit
+        assert rate is not None
+        pool = request.pool
+        if request.owner:
+            identity = settings.identity_rate_limit or rate
+            keys = [self._redis.key(f"rate:{pool}:i:{request.owner}")]
+            args: list[Any] = [self._now_ms(), identity.count, round(identity.per_s * 1000), identity.burst]
+            if request.client_key:
+                keys.append(self._redis.key(f"rate:{pool}:k:{request.owner}:{request.client_key}"))
+                args += [rate.count, round(rate.per_s * 1000), rate.burst]
+        else:
+            keys = [self._redis.key(f"rate:{pool}:a:{request.client_key}")]
+            args = [self._now_ms(), rate.count, round(rate.per_s * 1000), rate.burst]
+        wait_ms = int(await self._call_keys(self._redis.rate, keys, args))
+        if wait_ms <= 0:
+            return
+        slots.rate_limited_total += 1
+        if request.owner:
+            who = f"caller {request.owner!r}"
+            if request.client_key:
+                who += f" (client_key {request.client_key!r})"
+        else:
+            who = f"client_key {request.client_key or '(anonymous)'!r}"
+        raise ResourceExhausted(
+            f"client_key: {who} is over pool {pool!r}'s rate limit of {rate.count} per {rate.per_s:g} s",
+            retry_after_s=wait_ms / 1000.0,
+        )
+
+    def dispatch(self, slots: SlotPool) -> None:
+        """Tries this replica's waiters of ``slots`` again, in the background (one run per pool at a time)."""
+        name = slots.settings.name
+        if slots.waiting == 0 or slots.deleted or name in self._dispatching:
+            return
+        self._dispatching.add(name)
+        self._spawn(self._dispatch(slots), f"loadwarden-dispatch-{name}")
+
+    async def _dispatch(self, slots: SlotPool) -> None:
+        name = slots.settings.name
+        try:
+            while slots.queue and not slots.deleted:
+                _, _, waiter = slots.queue[0]
+                if waiter.gone:
+                    heapq.heappop(slots.queue)
+                    continue
+                try:
+                    answer = await self._try_grant(slots, waiter.request, waiter.enqueued_at)
+                except (ResourceExhausted, Unavailable) as exc:
+                    log.debug("pool %s: waiters stay queued: %s", name, exc)
+                    return
+                if answer is None:
+                    return
+                if waiter.gone:  # left (timed out, cancelled) while the script ran: the slot goes back
+                    if isinstance(answer, Granted):
+                        self.give_back(answer.lease)
+                    continue
+                heapq.heappop(slots.queue)
+                waiter.gone = True
+                slots.waiting -= 1
+                waiter.future.set_result(answer)
+        finally:
+            self._dispatching.discard(name)
+
+    async def poll(self) -> None:
+        """Tries the queues with waiters every POLL_S (an announcement may have been lost)."""
+        while True:
+            await asyncio.sleep(POLL_S)
+            for slots in list(self._by_name.values()):
+                self.dispatch(slots)
+
+    # --- renew / release / expire ----------------------------------------------------
+
+    def _check_signed(self, lease_id: str, owner: str) -> None:
+        if not self._ids.signed(lease_id, owner):
+            raise NotFound("lease_id", f"lease {lease_id!r} does not exist")
+
+    async def renew_async(self, lease_id: str, ttl_s: float | None, owner: str = "") -> Lease:
+        self._check_signed(lease_id, owner)
+        result = await self._call(
+            self._redis.renew, self._now_ms(), lease_id, owner, round(ttl_s * 1000) if ttl_s else 0
+        )
+        code, pool, ttl_ms, expires_ms, now_ms, _granted_ms = result
+        if code == 0:
+            raise NotFound("lease_id", f"lease {lease_id!r} was released or reclaimed")
+        if code == -1:
+            raise NotFound("lease_id", f"lease {lease_id!r} does not exist")
+        slots = self._slots(decode(pool))
+        if code == -2:
+            raise InvalidArgument(
+                "ttl_ms",
+                f"pool {slots.settings.name!r} allows leases of at most {int(ttl_ms)} ms "
+                f"(max_lease_ttl_ms); renew a long-held lease instead",
+            )
+        now = self._clock.monotonic()
+        expires_at = now + (int(expires_ms) - int(now_ms)) / 1000.0
+        mine = self._mine.get(lease_id)
+        if mine is not None:
+            mine.lease.expires_at = expires_at
+            mine.lease.ttl_s = int(ttl_ms) / 1000.0
+        return Lease(lease_id, slots, int(ttl_ms) / 1000.0, now, expires_at, "", owner)
+
+    async def release_async(self, lease_id: str, *, success: bool, latency_ms: float, owner: str = "") -> bool:
+        self._check_signed(lease_id, owner)
+        return await self._end_lease(lease_id, owner, "released", success, latency_ms)
+
+    async def _end_lease(self, lease_id: str, owner: str, how: str, success: bool, latency_ms: float) -> bool:
+        """Ends a lease in Redis; settles it here when this replica granted it. True when it
+        was held until now."""
+        result = await self._call(
+            self._redis.release, self._now_ms(), lease_id, owner, how, int(success), latency_ms, self._replica
+        )
+        code, pool, granted_ms, now_ms, held, replica = result
+        if code == -1:
+            raise NotFound("lease_id", f"lease {lease_id!r} does not exist")
+        pool = decode(pool)
+        if not pool:
+            return False  # already ended
+        slots = self._slots(pool)
+        slots.in_use = int(held)
+        held_ms = float(int(now_ms) - int(granted_ms))
+        expired = code == 0
+        if how == "released":
+            slots.limit.on_sample(self._clock.monotonic(), latency_ms or held_ms, int(held) + 1, expired or not success)
+            self._note_hold(slots, held_ms / 1000.0)
+        if decode(replica) == self._replica:
+            self._settle_mine(lease_id, success and not expired, latency_ms or held_ms, expired)
+        self.dispatch(slots)
+        return not expired
+
+    def _note_hold(self, slots: SlotPool, held_s: float) -> None:
+        if slots.hold_ewma_s:
+            slots.hold_ewma_s += 0.2 * (held_s - slots.hold_ewma_s)
+        else:
+            slots.hold_ewma_s = held_s
+
+    def _settle_mine(self, lease_id: str, success: bool, latency_ms: float, expired: bool) -> None:
+        mine = self._mine.pop(lease_id, None)
+        if mine is not None:
+            self._settle(mine.selection, success, latency_ms, expired)
+
+    async def release_request_async(
+        self, pool: str, request_id: str, *, success: bool, latency_ms: float, owner: str = ""
+    ) -> bool:
+        entry = self._requests.get((owner, pool, request_id))
+        if self._give_up_wait(entry):
+            return True
+        lease_id = decode(await self._call(self._redis.lookup, self._now_ms(), owner, pool, request_id))
+        if not lease_id:
+            return False
+        return await self._end_lease(lease_id, owner, "released", success, latency_ms)
+
+    async def abandon_requests_async(self, pool: str, request_ids: Iterable[str], *, owner: str = "") -> int:
+        ended = 0
+        for request_id in request_ids:
+            if self._give_up_wait(self._requests.get((owner, pool, request_id))):
+                ended += 1
+                continue
+            lease_id = decode(await self._call(self._redis.lookup, self._now_ms(), owner, pool, request_id))
+            if lease_id and await self._end_lease(lease_id, owner, "given_back", True, 0.0):
+                ended += 1
+        return ended
+
+    def give_back(self, lease: Lease) -> None:
+        """Ends a lease whose caller was gone before the grant reached it (in the background)."""
+        self._spawn(self._give_back(lease), "loadwarden-give-back")
+
+    async def _give_back(self, lease: Lease) -> None:
+        try:
+            await self._end_lease(lease.id, lease.owner, "given_back", True, 0.0)
+        except (Unavailable, NotFound) as exc:
+            log.warning("lease %s could not be given back (%s); it is reclaimed at its TTL", lease.id, exc)
+
+    def release(self, lease_id: str, *, success: bool, latency_ms: float, owner: str = "") -> bool:
+        raise TypeError("a shared admission is awaited: use release_async")
+
+    def renew(self, lease_id: str, ttl_s: float | None, owner: str = "") -> Lease:
+        raise TypeError("a shared admission is awaited: use renew_async")
+
+    def expire(self, now: float | None = None) -> int:
+        """Reclaiming happens in Redis (``sweep``); locally there is nothing to do."""
+        return 0
+
+    async def sweep(self) -> int:
+        """Reclaims every pool's leases past their TTL (one script), and settles this
+        replica's selections whose lease ended without an announcement reaching it."""
+        reclaimed = int(await self._call(self._redis.sweep, self._now_ms(), SWEEP_BATCH))
+        self.reclaimed_total += reclaimed
+        now = self._clock.monotonic()
+        overdue = [lease_id for lease_id, mine in self._mine.items() if mine.lease.expires_at < now - 1.0]
+        if overdue:
+            scores = await self._redis.client.zmscore(self._redis.key("expiry"), overdue)
+            for lease_id, score in zip(overdue, scores, strict=True):
+                if score is None:  # ended, and the announcement was lost
+                    self._settle_mine(lease_id, False, 0.0, True)
+                else:  # renewed through another replica
+                    self._mine[lease_id].lease.expires_at = now + POLL_S
+        return reclaimed
+
+    async def run(self, interval_s: float) -> None:
+        """Sweeps every ``interval_s`` until cancelled; Redis failures are logged and retried."""
+        while True:
+            await asyncio.sleep(interval_s or 1.0)
+            try:
+                await self.sweep()
+            except Unavailable as exc:
+                log.warning("lease sweep skipped: %s", exc)
+
+    # --- events ------------------------------------------------------------------------
+
+    def _event(self, message: str) -> None:
+        kind, _, rest = message.partition(" ")
+        if kind == "F":
+            slots = self._by_name.get(rest)
+            if slots is not None:
+                self.dispatch(slots)
+        elif kind == "E":
+            replica, _, payload = rest.partition(" ")
+            if replica != self._replica:
+                return
+            try:
+                ended = json.loads(payload)
+                lease_id, how = str(ended["l"]), str(ended["h"])
+                success, latency_ms = bool(ended["ok"]), float(ended["ms"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignored a malformed lease event: %.200s", message)
+                return
+            if lease_id in self._mine:
+                self._settle_mine(lease_id, success and how != "expired", latency_ms, how == "expired")
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    async def _call(self, script: Any, *args: Any) -> Any:
+        # The scripts name their keys from the prefix (ARGV[1]); the one key given routes the
+        # call to the prefix's slot in a Cluster.
+        return await self._call_keys(script, [self._redis.key("leases")], [self._prefix, *args])
+
+    async def _call_keys(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Runs a script; every Redis failure is Unavailable naming the store."""
+        import redis.exceptions as errors
+
+        try:
+            return await script(keys=keys, args=args)
+        except (errors.ConnectionError, errors.TimeoutError, OSError, TimeoutError) as exc:
+            raise Unavailable(
+                f"the shared state store (Redis at {self._redis.settings.shown_url}) is unreachable: {exc}",
+                reason="store_unavailable",
+            ) from None
+        except errors.RedisError as exc:
+            raise Unavailable(f"the shared state store (Redis) failed: {exc}", reason="store_unavailable") from None
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _clamp(seconds: float) -> float:
+    return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, seconds if math.isfinite(seconds) else MAX_RETRY_AFTER_S))

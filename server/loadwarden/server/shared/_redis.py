@@ -1,0 +1,396 @@
+"""The Redis connection the replicas share: settings, the start-up checks, scripts, events.
+
+``connect`` turns every way a start can fail into a ConfigError naming the key to
+fix: a URL that does not parse, a Redis that does not answer, a listener that is
+not Redis, credentials it refuses, and keys under the prefix that another version
+(or another program) wrote. A URL is shown with its password replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadwarden.policy import InvalidArgument, check_count, shown
+
+from .._errors import ConfigError
+from . import _lua
+
+log = logging.getLogger("loadwarden.server")
+
+SCHEMA = "loadwarden.redis/1"
+SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_PREFIX = "{loadwarden}:"
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+# How long a lost subscription waits before it subscribes again, at most, seconds.
+RESUBSCRIBE_MAX_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """``[state]`` with ``store = "redis"``.
+
+    Attributes:
+        url: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) or
+            ``unix:///path/to/redis.sock?db=0``. With ``sentinels`` set, only its
+            credentials and database are used.
+        key_prefix: Prepended to every key and channel. Several services (or test
+            runs) share one Redis under different prefixes. With ``cluster`` it must
+            hold a hash tag (``{...}``): each script touches several keys at once, so
+            all of a service's keys live in one slot.
+        pool_size: Connections to Redis at most.
+        connect_timeout_ms: Longest wait for a connection, ms.
+        command_timeout_ms: Longest wait for one command's answer, ms.
+        sentinels: ``host:port`` of Redis Sentinels; the master is looked up by
+            ``sentinel_master``.
+        sentinel_master: The monitored master's name, with ``sentinels``.
+        cluster: Redis Cluster (``url`` names one node).
+    """
+
+    url: str = field(default=DEFAULT_URL, repr=False)
+    key_prefix: str = DEFAULT_PREFIX
+    pool_size: int = 32
+    connect_timeout_ms: int = 1_000
+    command_timeout_ms: int = 1_000
+    sentinels: tuple[str, ...] = ()
+    sentinel_master: str = ""
+    cluster: bool = False
+
+    @property
+    def shown_url(self) -> str:
+        return redacted(self.url)
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(a URL that does not parse)"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+REDIS_KEYS = {
+    "url",
+    "key_prefix",
+    "pool_size",
+    "connect_timeout_ms",
+    "command_timeout_ms",
+    "sentinels",
+    "sentinel_master",
+    "cluster",
+}
+
+
+def parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
+    """The ``redis`` keys of ``[state]`` (``raw`` holds only those), checked.
+
+    Raises:
+        ConfigError: naming ``state.<key>``.
+    """
+    values: dict[str, Any] = {}
+    url = raw.get("url", DEFAULT_URL)
+    if not isinstance(url, str):
+        raise ConfigError("state.url", "must be a string such as redis://127.0.0.1:6379/0")
+    _check_url(url)
+    values["url"] = url
+    prefix = raw.get("key_prefix", DEFAULT_PREFIX)
+    if not isinstance(prefix, str) or not 1 <= len(prefix) <= 64 or not prefix.isprintable() or " " in prefix:
+        raise ConfigError("state.key_prefix", f"must be 1-64 printable characters without spaces, got {shown(prefix)}")
+    values["key_prefix"] = prefix
+    ranges = {"pool_size": (1, 10_000), "connect_timeout_ms": (10, 60_000), "command_timeout_ms": (10, 60_000)}
+    for key, (low, high) in ranges.items():
+        if key in raw:
+            try:
+                values[key] = check_count(raw[key], f"state.{key}", low, high)
+            except InvalidArgument as exc:
+                raise ConfigError(exc.field, exc.problem) from None
+    sentinels = raw.get("sentinels", [])
+    if not isinstance(sentinels, list) or not all(isinstance(s, str) and _host_port(s) for s in sentinels):
+        raise ConfigError("state.sentinels", f"must be a list of host:port strings, got {shown(sentinels)}")
+    values["sentinels"] = tuple(sentinels)
+    master = raw.get("sentinel_master", "")
+    if not isinstance(master, str):
+        raise ConfigError("state.sentinel_master", f"must be a string, got {shown(master)}")
+    if bool(master) != bool(sentinels):
+        key = "state.sentinel_master" if sentinels else "state.sentinels"
+        raise ConfigError(key, "sentinels and sentinel_master go together: set both or neither")
+    values["sentinel_master"] = master
+    cluster = raw.get("cluster", False)
+    if not isinstance(cluster, bool):
+        raise ConfigError("state.cluster", f"must be true or false, got {shown(cluster)}")
+    if cluster and sentinels:
+        raise ConfigError("state.cluster", "a Redis Cluster is not found through sentinels; set one or the other")
+    if cluster and not _has_hash_tag(prefix):
+        raise ConfigError(
+            "state.key_prefix",
+            f"with cluster = true must hold a hash tag such as {{loadwarden}}: (got {shown(prefix)}); "
+            "every script touches several keys, which must share one slot",
+        )
+    values["cluster"] = cluster
+    return RedisSettings(**values)
+
+
+def _check_url(url: str) -> None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError("state.url", f"{redacted(url)} does not parse: {exc}") from None
+    if parts.scheme not in SCHEMES:
+        raise ConfigError(
+            "state.url",
+            f"{redacted(url)}: the scheme must be one of {', '.join(s + '://' for s in SCHEMES)}",
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError("state.url", f"{redacted(url)}: a unix:// URL needs a socket path")
+        return
+    if not parts.hostname:
+        raise ConfigError("state.url", f"{redacted(url)}: no host")
+    del port  # read only to check it parses
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ConfigError("state.url", f"{redacted(url)}: the database must be a number, got {database!r}")
+
+
+def _host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) <= 65535)
+
+
+def _has_hash_tag(prefix: str) -> bool:
+    start = prefix.find("{")
+    return start >= 0 and prefix.find("}", start + 2) > start
+
+
+class SharedRedis:
+    """A connected, checked Redis: the client, the scripts, and the service's event channel.
+
+    Attributes:
+        prefix: The key prefix.
+        replica: This process's replica id (unique per start).
+        secret: The id key every replica signs lease and decision ids with.
+    """
+
+    def __init__(self, settings: RedisSettings, client: Any, replica: str, secret: bytes) -> None:
+        self.settings = settings
+        self.client = client
+        self.prefix = settings.key_prefix
+        self.replica = replica
+        self.secret = secret
+        self.events_channel = f"{self.prefix}events"
+        self.acquire = client.register_script(_lua.ACQUIRE)
+        self.release = client.register_script(_lua.RELEASE)
+        self.renew = client.register_script(_lua.RENEW)
+        self.lookup = client.register_script(_lua.LOOKUP)
+        self.sweep = client.register_script(_lua.SWEEP)
+        self.rate = client.register_script(_lua.RATE)
+        self._handlers: list[Callable[[str], None]] = []
+        self._on_resubscribe: list[Callable[[], Awaitable[None]]] = []
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def on_event(self, handler: Callable[[str], None]) -> None:
+        """Calls ``handler(message)`` for every message on the events channel."""
+        self._handlers.append(handler)
+
+    def on_resubscribe(self, handler: Callable[[], Awaitable[None]]) -> None:
+        """Awaits ``handler()`` after a lost subscription is back (events may have been missed)."""
+        self._on_resubscribe.append(handler)
+
+    async def listen(self) -> None:
+        """Delivers events until cancelled; a lost connection is retried with backoff."""
+        delay = 0.05
+        first = True
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.events_channel)
+                if not first:
+                    log.info("state.url: subscribed to %s again", self.events_channel)
+                    for handler in self._on_resubscribe:
+                        await handler()
+                first = False
+                delay = 0.05
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    data = message["data"]
+                    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+                    for deliver in self._handlers:
+                        deliver(text)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of the subscription: retry, never die
+                log.warning("state.url: event subscription lost (%s); retrying in %.2f s", _problem(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(RESUBSCRIBE_MAX_S, delay * 2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
+def _problem(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 300 else f"{text[:300]}..."
+
+
+def _client(settings: RedisSettings) -> Any:
+    """A redis-py asyncio client for ``settings`` (not connected yet)."""
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:
+        raise ConfigError("state.store", "the redis store needs redis-py: pip install 'loadwarden[redis]'") from None
+    options: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout_ms / 1000.0,
+        "socket_timeout": settings.command_timeout_ms / 1000.0,
+        "health_check_interval": 10,
+    }
+    if settings.sentinels:
+        from redis.asyncio.sentinel import Sentinel
+
+        parts = urllib.parse.urlsplit(settings.url)
+        addresses = [(h, int(p)) for h, _, p in (s.rpartition(":") for s in settings.sentinels)]
+        sentinel = Sentinel(addresses, sentinel_kwargs={"socket_timeout": options["socket_timeout"]}, **options)
+        db = int(parts.path.strip("/") or 0) if parts.scheme != "unix" else 0
+        return sentinel.master_for(
+            settings.sentinel_master,
+            password=parts.password,
+            username=parts.username,
+            db=db,
+            max_connections=settings.pool_size,
+        )
+    if settings.cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(settings.url, max_connections=settings.pool_size, **options)
+    return aioredis.from_url(settings.url, max_connections=settings.pool_size, **options)
+
+
+async def connect(settings: RedisSettings) -> SharedRedis:
+    """Connects, checks that it is a Redis that takes our scripts, and claims the key schema.
+
+    Raises:
+        ConfigError: naming ``state.url`` (unreachable, not Redis, refused credentials,
+            too old for the scripts) or ``state.key_prefix`` (keys of another version).
+    """
+    import redis.exceptions as errors
+
+    client = _client(settings)
+    where = settings.shown_url if not settings.sentinels else f"sentinel master {settings.sentinel_master!r}"
+    timeout_s = (settings.connect_timeout_ms + 2 * settings.command_timeout_ms) / 1000.0
+    try:
+        async with asyncio.timeout(timeout_s):
+            info = await client.info("server")
+            version = str(info.get("redis_version", "0"))
+            if int(version.split(".")[0]) < 6:
+                raise ConfigError("state.url", f"Redis at {where} is version {version}; loadwarden needs 6.0 or later")
+            secret = await _claim_schema(client, settings.key_prefix, where)
+    except ConfigError:
+        await _close(client)
+        raise
+    except errors.AuthenticationError as exc:
+        await _close(client)
+        raise ConfigError("state.url", f"Redis at {where} refused the credentials: {_problem(exc)}") from None
+    except errors.ResponseError as exc:
+        await _close(client)
+        raise ConfigError("state.url", f"Redis at {where} refused a start-up command: {_problem(exc)}") from None
+    except (TimeoutError, errors.TimeoutError):
+        await _close(client)
+        raise ConfigError(
+            "state.url",
+            f"no Redis answer from {where} within {timeout_s * 1000:.0f} ms "
+            "(is it a Redis server? see state.connect_timeout_ms and state.command_timeout_ms)",
+        ) from None
+    except errors.InvalidResponse as exc:
+        await _close(client)
+        raise ConfigError("state.url", f"{where} does not speak the Redis protocol: {_problem(exc)}") from None
+    except errors.ConnectionError as exc:
+        await _close(client)
+        raise ConfigError("state.url", f"cannot reach Redis at {where}: {_problem(exc)}") from None
+    except (errors.RedisError, OSError, ValueError) as exc:
+        await _close(client)
+        raise ConfigError("state.url", f"cannot use Redis at {where}: {_problem(exc)}") from None
+    replica = secrets.token_hex(4)
+    shared = SharedRedis(settings, client, replica, secret)
+    log.info(
+        "shared state on Redis %s (version %s), key prefix %r, replica %s", where, version, settings.key_prefix, replica
+    )
+    return shared
+
+
+async def _claim_schema(client: Any, prefix: str, where: str) -> bytes:
+    """Writes (or checks) ``<prefix>schema`` and returns the shared id key.
+
+    Raises:
+        ConfigError: naming ``state.key_prefix`` when the prefix holds keys another
+            version (or another program) wrote.
+    """
+    schema_key = f"{prefix}schema"
+    written = await client.get(schema_key)
+    if written is None:
+        stray = await _some_key(client, prefix)
+        if stray is not None:
+            raise ConfigError(
+                "state.key_prefix",
+                f"Redis at {where} holds keys under {prefix!r} (e.g. {stray!r}) that loadwarden did not write "
+                f"(no {schema_key!r}); choose another key_prefix or remove them",
+            )
+        await client.set(schema_key, SCHEMA, nx=True)
+        written = await client.get(schema_key)
+    text = written.decode("utf-8", "replace") if isinstance(written, bytes) else str(written)
+    if text != SCHEMA:
+        raise ConfigError(
+            "state.key_prefix",
+            f"the keys under {prefix!r} on Redis at {where} are schema {text!r}, written by another "
+            f"version of loadwarden; this one reads {SCHEMA!r}: choose another key_prefix, or remove "
+            "those keys once no replica of that version runs",
+        )
+    await client.set(f"{prefix}secret", secrets.token_hex(32), nx=True)
+    secret = await client.get(f"{prefix}secret")
+    return bytes.fromhex(secret.decode("ascii") if isinstance(secret, bytes) else str(secret))
+
+
+async def _some_key(client: Any, prefix: str) -> str | None:
+    """One key under ``prefix``, if any (a bounded scan: a large keyspace is not walked whole)."""
+    pattern = _glob_escape(prefix) + "*"
+    cursor: Any = 0
+    for _ in range(100):
+        cursor, keys = await client.scan(cursor=cursor, match=pattern, count=1000)
+        if keys:
+            key = keys[0]
+            return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        if not cursor:
+            return None
+    return None
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+async def _close(client: Any) -> None:
+    with contextlib.suppress(Exception):
+        await client.aclose()
+
+
+def decode(value: Any) -> str:
+    """A Redis reply (bytes) as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,97 @@
+"""Three real ``loadwarden serve`` replicas on one real redis-server answer as one service.
+
+The history check: 100 clients in four processes, 500 acquire/release cycles each,
+spread over the three replicas, on a pool of limit 10. Every grant and release is
+written down with one machine-wide clock, and a sweep over them shows the holders
+never above 10. The same check against three replicas on the memory store (each
+grants its own 10) finds the over-admission, so the check can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ._harness import REPO, Processes, Service
+
+pytestmark = pytest.mark.e2e
+
+LIMIT = 10
+
+
+def replica_config(url: str | None, prefix: str = "{e2e}:") -> str:
+    state = f'[state]\nstore = "redis"\nurl = "{url}"\nkey_prefix = "{prefix}"\n' if url else ""
+    return f"""{state}
+[service]
+shutdown_grace_ms = 1000
+
+[pools.p]
+max_concurrency = {LIMIT}
+max_queue_length = 10000
+servers = [{{ id = "s1", address = "127.0.0.1:9001" }}]
+"""
+
+
+def start_replicas(processes: Processes, url: str | None, n: int = 3) -> list[Service]:
+    return [processes.serve(replica_config(url)) for _ in range(n)]
+
+
+def run_clients(
+    processes: Processes, tmp_path: Path, targets: list[str], *, procs: int, clients: int, cycles: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Runs ``procs`` client processes of ``clients`` clients each; returns (intervals, summaries)."""
+    running = []
+    for k in range(procs):
+        out = tmp_path / f"history-{k}.jsonl"
+        args = [sys.executable, "-m", "tests.e2e._lease_clients", "--targets", ",".join(targets)]
+        args += ["--clients", str(clients), "--cycles", str(cycles), "--first", str(k * clients), "--out", str(out)]
+        running.append((processes.spawn(args, env={"PYTHONPATH": str(REPO)}), out))
+    intervals, summaries = [], []
+    for proc, out in running:
+        assert proc.wait(240) == 0, proc.describe()
+        for line in out.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            if "summary" in entry:
+                summaries.append(entry["summary"])
+            else:
+                intervals.append(entry)
+    return intervals, summaries
+
+
+def most_holders(intervals: list[dict[str, Any]]) -> int:
+    """The most recorded intervals open at one instant (a release before a grant at a tie)."""
+    events = sorted([(i["granted"], 1) for i in intervals] + [(i["released"], -1) for i in intervals])
+    held = peak = 0
+    for _, step in events:
+        held += step
+        peak = max(peak, held)
+    return peak
+
+
+def test_100_clients_over_three_replicas_never_hold_more_than_the_limit(processes: Processes, tmp_path: Path) -> None:
+    redis = processes.redis()
+    replicas = start_replicas(processes, redis.url)
+    intervals, summaries = run_clients(
+        processes, tmp_path, [r.target for r in replicas], procs=4, clients=25, cycles=500
+    )
+    assert sum(s["cycles"] for s in summaries) == 100 * 500 == len(intervals)
+    assert sum(s["error_count"] for s in summaries) == 0, summaries
+    assert len({i["lease"] for i in intervals}) == len(intervals)  # every grant its own lease
+    peak = most_holders(intervals)
+    assert peak <= LIMIT, f"{peak} holders at once over three replicas; the limit is {LIMIT}"
+    assert peak >= LIMIT // 2  # the pool was actually contended: the check had something to see
+
+
+def test_the_check_finds_the_over_admission_of_replicas_that_share_nothing(
+    processes: Processes, tmp_path: Path
+) -> None:
+    replicas = start_replicas(processes, None)  # memory store: each replica grants its own 10
+    intervals, summaries = run_clients(
+        processes, tmp_path, [r.target for r in replicas], procs=2, clients=20, cycles=40
+    )
+    assert sum(s["error_count"] for s in summaries) == 0, summaries
+    assert most_holders(intervals) > LIMIT
