@@ -95,3 +95,55 @@ def test_the_check_finds_the_over_admission_of_replicas_that_share_nothing(
     )
     assert sum(s["error_count"] for s in summaries) == 0, summaries
     assert most_holders(intervals) > LIMIT
+
+
+def grpc_stubs(target: str) -> tuple[Any, Any, Any]:
+    import grpc
+
+    from loadwarden.v1 import admin_pb2_grpc, decision_pb2_grpc
+
+    channel = grpc.insecure_channel(target)
+    return channel, admin_pb2_grpc.AdminServiceStub(channel), decision_pb2_grpc.DecisionServiceStub(channel)
+
+
+def test_configuration_made_through_one_replica_is_in_force_on_all_within_a_second_and_after_restarts(
+    processes: Processes,
+) -> None:
+    import time
+
+    from loadwarden.v1 import admin_pb2, common_pb2, decision_pb2
+
+    redis = processes.redis()
+    replicas = start_replicas(processes, redis.url)
+    channel, admin, _ = grpc_stubs(replicas[0].target)
+    config = common_pb2.PoolConfig(
+        name="made",
+        strategy="least_connections",
+        servers=[common_pb2.ServerSpec(id="m1", address="127.0.0.1:7010")],
+    )
+    admin.ConfigurePool(admin_pb2.ConfigurePoolRequest(pool=config), timeout=5)
+    admin.DrainServer(admin_pb2.DrainServerRequest(pool="made", server_id="m1", drain=True), timeout=5)
+    changed = time.monotonic()
+    channel.close()
+
+    def pool_on(target: str) -> Any:
+        channel, _, decision = grpc_stubs(target)
+        try:
+            status = decision.GetLoadStatus(decision_pb2.GetLoadStatusRequest(), timeout=5).status
+        finally:
+            channel.close()
+        return next((p for p in status.pools if p.name == "made"), None)
+
+    def drained(pool: Any) -> bool:
+        return pool is not None and [s.state for s in pool.servers] == [common_pb2.SERVER_STATE_DRAINING]
+
+    for replica in replicas[1:]:
+        while not drained(pool_on(replica.target)):
+            assert time.monotonic() - changed < 1.0, f"not in force on {replica.target} within 1 s"
+            time.sleep(0.01)
+    for replica in replicas:
+        assert replica.stop() == 0
+    restarted = start_replicas(processes, redis.url)
+    for replica in restarted:
+        pool = pool_on(replica.target)
+        assert drained(pool) and pool.strategy == "least_connections", replica.target

@@ -18,7 +18,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking: no stubs, no py.typed
 
 from loadwarden.observability.net import is_loopback
-from loadwarden.policy import Clock, IdGenerator, InvalidArgument, LoadWeights, ResourceExhausted, SystemClock
+from loadwarden.policy import (
+    Clock,
+    IdGenerator,
+    InvalidArgument,
+    LoadWeights,
+    ResourceExhausted,
+    SystemClock,
+    Unavailable,
+)
 from loadwarden.v1 import admin_pb2, decision_pb2
 
 from .._errors import ConfigError
@@ -33,6 +41,7 @@ from ..rpc._tls import TlsMaterial, load_tls
 from ..rpc.reflection import enable_reflection
 from ..shared import SharedAdmission, SharedRedis
 from ..shared import connect as connect_redis
+from ._catalog import OPERATIONS, POOLS, RESYNC_S, Catalog, CatalogStore, FileCatalog, RedisCatalog
 from ._config import ServiceConfig
 from ._persistence import Persister, restore
 from ._store import FileStore, MemoryStore, RedisBlobStore, StateStore
@@ -179,6 +188,8 @@ async def start_service(
         metrics.observe(core)
         if store is None:
             store = _state_store(config)
+        catalog = Catalog(core, _catalog_store(config, store, shared), config.pools, config.operations)
+        await catalog.start()
         restore(core, store)
         persister = None
         if store.durable:
@@ -201,7 +212,7 @@ async def start_service(
             interceptors=(*server_interceptors(), *auth, *metrics.interceptors()),
         )
         # DecisionService and AdminService; undecodable requests get INVALID_ARGUMENT.
-        add_to_server(server, core, callers)
+        add_to_server(server, core, callers, catalog)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
@@ -225,7 +236,7 @@ async def start_service(
         interval_s = config.expiry_interval_ms / 1000.0
         tasks = [asyncio.create_task(_sweep(core, interval_s), name="loadwarden-sweeper")]
         if shared is not None:
-            tasks += shared.start(core, interval_s)
+            tasks += shared.start(core, catalog, interval_s)
         if core.monitor is not None:
             tasks.append(asyncio.create_task(core.monitor.run(), name="loadwarden-host-monitor"))
         if persister is not None:
@@ -252,15 +263,66 @@ class _Shared:
 
     redis: SharedRedis
 
-    def start(self, core: DecisionCore, interval_s: float) -> list[asyncio.Task[None]]:
-        """The tasks that keep this replica in step: events, lease sweeps, waiter polls."""
+    def start(self, core: DecisionCore, catalog: Catalog, interval_s: float) -> list[asyncio.Task[None]]:
+        """The tasks that keep this replica in step: events, lease sweeps, waiter polls, resyncs."""
         admission = core.admission
         assert isinstance(admission, SharedAdmission)
+        replica = self.redis.replica
+
+        def on_event(message: str) -> None:
+            kind, _, rest = message.partition(" ")
+            if kind == "C" and rest.split(" ", 2)[1:2] != [replica]:
+                catalog.changed_elsewhere()
+
+        async def on_resubscribe() -> None:  # events may have been missed meanwhile
+            catalog.changed_elsewhere()
+            for pool in core.pools():
+                admission.dispatch(pool.slots)
+
+        self.redis.on_event(on_event)
+        self.redis.on_resubscribe(on_resubscribe)
         return [
             asyncio.create_task(self.redis.listen(), name="loadwarden-shared-events"),
             asyncio.create_task(admission.run(interval_s), name="loadwarden-shared-sweeper"),
             asyncio.create_task(admission.poll(), name="loadwarden-shared-poll"),
+            asyncio.create_task(self._keep_in_step(catalog), name="loadwarden-shared-resync"),
         ]
+
+    async def _keep_in_step(self, catalog: Catalog) -> None:
+        """Every RESYNC_S: republishes into an emptied Redis, else converges on a version change."""
+        store = RedisCatalog(self.redis)
+        while True:
+            await asyncio.sleep(RESYNC_S)
+            try:
+                if await self.redis.emptied():
+                    await self._republish(store, catalog)
+                else:
+                    await catalog.resync(await store.version())
+            except Unavailable as exc:
+                log.debug("resync skipped: %s", exc)
+
+    async def _republish(self, store: RedisCatalog, catalog: Catalog) -> None:
+        await self.redis.reclaim_schema()
+        records = catalog.records()
+        for kind, entries in ((POOLS, records.pools), (OPERATIONS, records.operations)):
+            for name, entry in entries.items():
+                await store.put(kind, name, entry)
+        log.warning(
+            "the shared state store came back empty (Redis restarted without persistence?): "
+            "republished %d pools and %d operations from this replica; leases granted before are gone",
+            len(records.pools),
+            len(records.operations),
+        )
+        await catalog.resync(await store.version())
+
+
+def _catalog_store(config: ServiceConfig, store: StateStore, shared: _Shared | None) -> CatalogStore | None:
+    """Where the configuration is kept: Redis, the state directory, or nowhere (memory)."""
+    if shared is not None:
+        return RedisCatalog(shared.redis)
+    if config.state.store == "file":
+        return FileCatalog(store)
+    return None
 
 
 async def _connect_shared(stack: contextlib.AsyncExitStack, config: ServiceConfig) -> _Shared | None:

@@ -515,6 +515,10 @@ class DecisionCore:
             raise NotFound(field, f"no pool named {name!r}")
         return pool
 
+    def find_pool(self, name: str) -> Pool | None:
+        """The pool named ``name``, or None."""
+        return self._pools.get(name)
+
     def pools(self) -> list[Pool]:
         """All pools, sorted by name."""
         return [self._pools[name] for name in sorted(self._pools)]

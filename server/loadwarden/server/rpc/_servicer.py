@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, final
+from typing import Any, Protocol, TypeVar, final
 
 import grpc
 from google.protobuf import message_factory
@@ -283,16 +283,48 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
             await _abort(context, exc, "WatchLoadStatus")
 
 
-class AdminServicer(_admin_grpc.AdminServiceServicer):
-    """loadwarden.v1.AdminService over a DecisionCore."""
+class ConfigChanges(Protocol):
+    """Told of each configuration change AdminService made, after the core took it; it
+    stores the change where it outlives the process (and other replicas see it). Raises
+    Unavailable when the change could not be stored."""
 
-    def __init__(self, core: DecisionCore) -> None:
+    async def pool_changed(self, name: str) -> None: ...
+
+    async def pool_deleted(self, name: str) -> None: ...
+
+    async def operation_changed(self, name: str) -> None: ...
+
+    async def operation_deleted(self, name: str) -> None: ...
+
+
+class _Unrecorded:
+    """The memory store's recorder: changes live as long as the process."""
+
+    async def pool_changed(self, name: str) -> None:
+        return None
+
+    async def pool_deleted(self, name: str) -> None:
+        return None
+
+    async def operation_changed(self, name: str) -> None:
+        return None
+
+    async def operation_deleted(self, name: str) -> None:
+        return None
+
+
+class AdminServicer(_admin_grpc.AdminServiceServicer):
+    """loadwarden.v1.AdminService over a DecisionCore; ``changes`` records what it changed."""
+
+    def __init__(self, core: DecisionCore, changes: ConfigChanges | None = None) -> None:
         self._core = core
+        self._changes: ConfigChanges = changes if changes is not None else _Unrecorded()
 
     @_rpc
     async def ConfigurePool(self, request: _admin.ConfigurePoolRequest, context: Any) -> _admin.ConfigurePoolResponse:
         settings, servers = convert.pool_config(request.pool, self._core.limits.max_servers_per_pool)
         pool, created = self._core.configure_pool(settings, servers)
+        await self._changes.pool_changed(pool.name)
         clock = self._core.clock
         return _admin.ConfigurePoolResponse(
             pool=convert.pool_status(pool, clock.monotonic(), clock.wall()), created=created
@@ -300,7 +332,9 @@ class AdminServicer(_admin_grpc.AdminServiceServicer):
 
     @_rpc
     async def DeletePool(self, request: _admin.DeletePoolRequest, context: Any) -> _admin.DeletePoolResponse:
-        self._core.delete_pool(check_name(request.pool, "pool"))
+        name = check_name(request.pool, "pool")
+        self._core.delete_pool(name)
+        await self._changes.pool_deleted(name)
         return _admin.DeletePoolResponse()
 
     @_rpc
@@ -309,6 +343,7 @@ class AdminServicer(_admin_grpc.AdminServiceServicer):
     ) -> _admin.RegisterServerResponse:
         pool_name = check_name(request.pool, "pool")
         server, created = self._core.register_server(pool_name, convert.server_spec(request.server))
+        await self._changes.pool_changed(pool_name)
         pool = self._core.pool(pool_name)
         status = convert.server_status(pool, server, self._core.clock.monotonic(), self._core.clock.wall())
         return _admin.RegisterServerResponse(server=status, created=created)
@@ -317,13 +352,16 @@ class AdminServicer(_admin_grpc.AdminServiceServicer):
     async def DeregisterServer(
         self, request: _admin.DeregisterServerRequest, context: Any
     ) -> _admin.DeregisterServerResponse:
-        self._core.deregister_server(check_name(request.pool, "pool"), check_name(request.server_id, "server_id"))
+        pool_name = check_name(request.pool, "pool")
+        self._core.deregister_server(pool_name, check_name(request.server_id, "server_id"))
+        await self._changes.pool_changed(pool_name)
         return _admin.DeregisterServerResponse()
 
     @_rpc
     async def DrainServer(self, request: _admin.DrainServerRequest, context: Any) -> _admin.DrainServerResponse:
         pool_name = check_name(request.pool, "pool")
         server = self._core.drain_server(pool_name, check_name(request.server_id, "server_id"), request.drain)
+        await self._changes.pool_changed(pool_name)
         clock = self._core.clock
         status = convert.server_status(self._core.pool(pool_name), server, clock.monotonic(), clock.wall())
         return _admin.DrainServerResponse(server=status)
@@ -333,13 +371,16 @@ class AdminServicer(_admin_grpc.AdminServiceServicer):
         self, request: _admin.ConfigureOperationRequest, context: Any
     ) -> _admin.ConfigureOperationResponse:
         operation, created = self._core.configure_operation(convert.operation_config(request.operation))
+        await self._changes.operation_changed(operation.settings.name)
         return _admin.ConfigureOperationResponse(operation=convert.operation_status(operation), created=created)
 
     @_rpc
     async def DeleteOperation(
         self, request: _admin.DeleteOperationRequest, context: Any
     ) -> _admin.DeleteOperationResponse:
-        self._core.delete_operation(check_name(request.operation, "operation"))
+        name = check_name(request.operation, "operation")
+        self._core.delete_operation(name)
+        await self._changes.operation_deleted(name)
         return _admin.DeleteOperationResponse()
 
 
@@ -360,18 +401,21 @@ def _handlers(servicer: object, service: ServiceDescriptor) -> dict[str, grpc.Rp
     return handlers
 
 
-def add_to_server(server: grpc.aio.Server, core: DecisionCore, callers: Callers | None = None) -> None:
+def add_to_server(
+    server: grpc.aio.Server, core: DecisionCore, callers: Callers | None = None, changes: ConfigChanges | None = None
+) -> None:
     """Registers DecisionService and AdminService over ``core`` on ``server``.
 
     ``callers`` names each RPC's caller (the owner of what it makes); every caller is
-    the anonymous one when None.
+    the anonymous one when None. ``changes`` records AdminService's configuration
+    changes (nothing records them when None).
 
     Same as the generated ``add_*Servicer_to_server`` functions, except that an
     undecodable request is answered INVALID_ARGUMENT instead of gRPC's UNKNOWN.
     """
     services = (
         (DecisionServicer(core, callers), _pb.DESCRIPTOR.services_by_name["DecisionService"]),
-        (AdminServicer(core), _admin.DESCRIPTOR.services_by_name["AdminService"]),
+        (AdminServicer(core, changes), _admin.DESCRIPTOR.services_by_name["AdminService"]),
     )
     for servicer, service in services:
         handlers = _handlers(servicer, service)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadwarden.policy import InvalidArgument, check_count, shown
+from loadwarden.policy import InvalidArgument, Unavailable, check_count, shown
 
 from .._errors import ConfigError
 from . import _lua
@@ -241,6 +241,25 @@ class SharedRedis:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    async def emptied(self) -> bool:
+        """Whether Redis lost everything (restarted without persistence): the schema key is gone.
+
+        Raises:
+            Unavailable: Redis did not answer.
+        """
+        try:
+            return bool(await self.client.exists(self.key("schema")) == 0)
+        except Exception as exc:  # noqa: BLE001 - redis-py's errors and OS errors alike mean "unreachable"
+            raise Unavailable(
+                f"the shared state store is unreachable: {_problem(exc)}", reason="store_unavailable"
+            ) from None
+
+    async def reclaim_schema(self) -> None:
+        """Writes the schema and this service's id key back into an emptied Redis (the first
+        replica to do so wins; they all hold the same key)."""
+        await self.client.set(self.key("schema"), SCHEMA, nx=True)
+        await self.client.set(self.key("secret"), self.secret.hex(), nx=True)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
