@@ -81,7 +81,9 @@ def test_a_password_never_appears_in_an_error_or_repr() -> None:
         ({"cluster": "yes"}, "state.cluster"),
         ({"cluster": True, "key_prefix": "lw:"}, "state.key_prefix"),  # no hash tag
         ({"cluster": True, "sentinels": ["h:1"], "sentinel_master": "m"}, "state.cluster"),
-        ({"replicas": 3}, "state.replicas"),
+        ({"replicas": 0}, "state.replicas"),
+        ({"on_failure": "retry"}, "state.on_failure"),
+        ({"rate_limit_on_failure": "open"}, "state.rate_limit_on_failure"),
     ],
 )
 def test_each_bad_key_is_named(keys: dict[str, Any], key: str) -> None:

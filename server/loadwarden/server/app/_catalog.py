@@ -422,12 +422,15 @@ class RedisCatalog:
         client = self._redis.client
         try:
             async with client.pipeline(transaction=True) as pipe:
+                pipe.exists(self._redis.key("schema"))
                 pipe.get(self._redis.key("config:version"))
                 pipe.hgetall(self._key(POOLS))
                 pipe.hgetall(self._key(OPERATIONS))
-                version, pools, operations = await pipe.execute()
+                schema, version, pools, operations = await pipe.execute()
         except Exception as exc:  # noqa: BLE001 - redis-py's errors and OS errors alike mean "unreachable"
             raise Unavailable(f"the shared state store cannot be read: {exc}", reason="store_unavailable") from None
+        if not schema:  # emptied (a restart without persistence): never a reason to delete anything
+            raise Unavailable("the shared state store is empty; it is republished first", reason="store_unavailable")
         snapshot = Snapshot(int(version or 0))
         for kind, raw in ((POOLS, pools), (OPERATIONS, operations)):
             records = snapshot.of(kind)

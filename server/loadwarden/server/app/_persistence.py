@@ -149,6 +149,14 @@ class Persister:
             await asyncio.to_thread(self._store.save, LEARNED_KEY, blob)
             self.saves += 1
 
+    async def final_save(self) -> None:
+        """The save at shutdown: a store that cannot take it is logged, never raised (the
+        service is stopping either way)."""
+        try:
+            await self.save()
+        except (OSError, ValueError) as exc:
+            log.error("saving learned state at shutdown failed: %s", exc)
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)

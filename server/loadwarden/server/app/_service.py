@@ -39,7 +39,7 @@ from ..rpc._servicer import add_to_server, server_options
 from ..rpc._telemetry import server_interceptors
 from ..rpc._tls import TlsMaterial, load_tls
 from ..rpc.reflection import enable_reflection
-from ..shared import SharedAdmission, SharedRedis
+from ..shared import Outage, SharedAdmission, SharedRedis
 from ..shared import connect as connect_redis
 from ._catalog import OPERATIONS, POOLS, RESYNC_S, Catalog, CatalogStore, FileCatalog, RedisCatalog
 from ._config import ServiceConfig
@@ -181,7 +181,11 @@ async def start_service(
         ids = None
         if shared is not None:
             ids = IdGenerator(key=shared.redis.secret)
-            admission = functools.partial(SharedAdmission, redis=shared.redis)
+            settings = shared.redis.settings
+            outage = Outage(
+                settings.on_failure, settings.rate_limit_on_failure or settings.on_failure, settings.replicas
+            )
+            admission = functools.partial(SharedAdmission, redis=shared.redis, outage=outage)
         core = build_core(config, clock=clock, rng=rng, listener=metrics, admission=admission, ids=ids)
         if isinstance(core.admission, SharedAdmission):
             stack.push_async_callback(core.admission.close)
@@ -227,7 +231,7 @@ async def start_service(
             raise OSError(f"cannot listen on {config.listen}")
         await server.start()
         if persister is not None:
-            stack.push_async_callback(persister.save)  # once the gRPC server stopped: the last outcomes too
+            stack.push_async_callback(persister.final_save)  # once the gRPC server stopped: the last outcomes too
         grace: list[float | None] = [None]  # a failed start stops at once; `stop` sets its own grace
         stack.push_async_callback(lambda: server.stop(grace[0]))  # what releases the port
         admin_port = await _start_admin(stack, config, core, metrics_setup, tls)
@@ -236,7 +240,7 @@ async def start_service(
         interval_s = config.expiry_interval_ms / 1000.0
         tasks = [asyncio.create_task(_sweep(core, interval_s), name="loadwarden-sweeper")]
         if shared is not None:
-            tasks += shared.start(core, catalog, interval_s)
+            tasks += shared.start(core, catalog, interval_s, health_servicer)
         if core.monitor is not None:
             tasks.append(asyncio.create_task(core.monitor.run(), name="loadwarden-host-monitor"))
         if persister is not None:
@@ -263,11 +267,23 @@ class _Shared:
 
     redis: SharedRedis
 
-    def start(self, core: DecisionCore, catalog: Catalog, interval_s: float) -> list[asyncio.Task[None]]:
-        """The tasks that keep this replica in step: events, lease sweeps, waiter polls, resyncs."""
+    def start(
+        self, core: DecisionCore, catalog: Catalog, interval_s: float, health_servicer: health.aio.HealthServicer
+    ) -> list[asyncio.Task[None]]:
+        """The tasks that keep this replica in step: events, lease sweeps, waiter polls, resyncs.
+        While admission fails closed, DecisionService's health is NOT_SERVING."""
         admission = core.admission
         assert isinstance(admission, SharedAdmission)
         replica = self.redis.replica
+        tasks: set[asyncio.Task[None]] = set()
+
+        def on_health(serving: bool) -> None:
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            task = asyncio.get_running_loop().create_task(health_servicer.set(DECISION_SERVICE, status))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        admission.on_health = on_health
 
         def on_event(message: str) -> None:
             kind, _, rest = message.partition(" ")

@@ -125,7 +125,7 @@ def _trailers(exc: DecisionError) -> tuple[tuple[str, str], ...]:
     """Trailing metadata that lets clients act on an error without parsing its message."""
     if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
         return ((RETRY_AFTER_KEY, str(max(1, math.ceil(exc.retry_after_s * 1000)))),)  # never early
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, Unavailable) and exc.reason:  # no reason: a transient outage, retried by clients
         return ((UNAVAILABLE_REASON_KEY, exc.reason),)
     return ()
 
@@ -134,7 +134,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     """Ends the call for ``exc``: a domain error with its status code, anything else as
     INTERNAL without internals (logged with its traceback). Call it from an ``except`` block."""
     if isinstance(exc, DecisionError):
-        await context.abort(_STATUS[type(exc)], _status_message(exc), trailing_metadata=_trailers(exc))
+        code = next(_STATUS[cls] for cls in type(exc).__mro__ if cls in _STATUS)  # a subclass maps as its base
+        await context.abort(code, _status_message(exc), trailing_metadata=_trailers(exc))
     log.exception("unexpected error in %s", method)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see service logs")
 

@@ -4,14 +4,17 @@ The ``redis`` extra installs redis-py; nothing here imports it until a Redis sto
 configured, so ``loadwarden serve`` on the memory store needs none of it.
 """
 
-from ._admission import SharedAdmission
-from ._redis import REDIS_KEYS, RedisSettings, SharedRedis, connect, parse_redis, redacted
+from ._admission import Outage, SharedAdmission, StoreUnavailable
+from ._redis import FAILURE_MODES, REDIS_KEYS, RedisSettings, SharedRedis, connect, parse_redis, redacted
 
 __all__ = [
+    "FAILURE_MODES",
     "REDIS_KEYS",
+    "Outage",
     "RedisSettings",
     "SharedAdmission",
     "SharedRedis",
+    "StoreUnavailable",
     "connect",
     "parse_redis",
     "redacted",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import json
 import logging
@@ -42,11 +43,13 @@ from loadwarden.policy import (
     InvalidArgument,
     NotFound,
     PoolSettings,
+    RateLimit,
     ResourceExhausted,
     Unavailable,
 )
 
 from ..engine._admission import (
+    DEADLINE_MARGIN_S,
     MAX_RETRY_AFTER_S,
     MIN_RETRY_AFTER_S,
     Admission,
@@ -60,9 +63,45 @@ from ..engine._admission import (
     SlotRequest,
     _Waiter,
 )
-from ._redis import SharedRedis, decode
+from ._redis import FAIL_CLOSED, FAIL_OPEN, LOCAL, SharedRedis, decode
 
 log = logging.getLogger("loadwarden.server")
+
+# While Redis is unreachable, a probe tries it again after this long, doubling up to the most.
+PROBE_FIRST_S = 0.05
+PROBE_MAX_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """What each surface does while Redis is unreachable (``[state] on_failure`` and friends).
+
+    Attributes:
+        admission: ``fail_closed`` (AcquireSlot answers UNAVAILABLE and the
+            DecisionService health is NOT_SERVING), ``fail_open`` (every request is
+            granted, counted by nobody), or ``local`` (each replica grants up to
+            ``limit // replicas`` on its own).
+        rate_limit: The same choice for rate limits (``local``: each replica allows
+            ``count // replicas``).
+        replicas: How many replicas share the limit, for ``local``.
+    """
+
+    admission: str = FAIL_CLOSED
+    rate_limit: str = FAIL_CLOSED
+    replicas: int = 1
+
+
+class StoreUnavailable(Unavailable):
+    """Redis did not answer (or failed) a call.
+
+    Answered UNAVAILABLE with no reason trailer, as an unreachable service would be:
+    the trouble is transient, so clients retry and their breakers and local
+    fallbacks act as for any outage (a reason would mark it the service's decision).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="")
+
 
 # A replica with waiters tries its queues again this often even without an announcement.
 POLL_S = 0.25
@@ -101,8 +140,22 @@ class SharedAdmission(Admission):
         max_request_ids: int = 200_000,
         ids: IdGenerator | None = None,
         now_ms: Callable[[], str] | None = None,
+        outage: Outage | None = None,
     ) -> None:
         super().__init__(clock, select, settle, max_leases=max_leases, max_request_ids=max_request_ids, ids=ids)
+        self.outage = outage or Outage()
+        # Where leases come from while Redis is unreachable (fail_open, local): this replica alone.
+        self._fallback = Admission(
+            clock,
+            select,
+            settle,
+            max_leases=max_leases,
+            max_request_ids=max_request_ids,
+            ids=self._ids.derived("local"),
+        )
+        self._fallback_slots: dict[str, SlotPool] = {}
+        self.down = False  # Redis failed and has not answered since
+        self.on_health: Callable[[bool], None] = lambda serving: None
         self._redis = redis
         self._prefix = redis.prefix
         self._replica = redis.replica
@@ -127,7 +180,12 @@ class SharedAdmission(Admission):
 
     def close_pool(self, slots: SlotPool) -> None:
         super().close_pool(slots)  # answers the waiters; the leases stay in Redis and keep counting
-        self._closed.pop(slots.settings.name, None)
+        name = slots.settings.name
+        self._closed.pop(name, None)
+        self._by_name.pop(name, None)
+        fallback = self._fallback_slots.pop(name, None)
+        if fallback is not None:
+            self._fallback.close_pool(fallback)
 
     def _slots(self, pool: str) -> SlotPool:
         """The pool's admission state, or a detached one for a pool this replica no longer has."""
@@ -140,6 +198,107 @@ class SharedAdmission(Admission):
     # --- acquire -----------------------------------------------------------------------
 
     async def acquire(self, slots: SlotPool, request: SlotRequest, time_left_s: float | None) -> Answer:
+        """Grants against the count in Redis; with Redis unreachable, as ``outage`` says.
+
+        The Redis part never outlives the call's deadline: past it the answer is a
+        queue-timeout denial.
+        """
+        if not self.down:
+            try:
+                # Half the margin: a wait's own timeout (the whole margin) ends it first.
+                budget = None if time_left_s is None else max(0.0, time_left_s - DEADLINE_MARGIN_S / 2)
+                async with asyncio.timeout(budget):
+                    return await self._acquire_shared(slots, request, time_left_s)
+            except TimeoutError:
+                if not self.down:
+                    return Denied(
+                        Denial.QUEUE_TIMEOUT,
+                        "the shared state store did not answer within the call's deadline",
+                        MIN_RETRY_AFTER_S,
+                        0.0,
+                    )
+            except StoreUnavailable as exc:
+                self.went_down(exc)
+        return await self._acquire_alone(slots, request, time_left_s)
+
+    async def _acquire_alone(self, slots: SlotPool, request: SlotRequest, time_left_s: float | None) -> Answer:
+        """Admission while Redis is unreachable: refused (fail_closed), or by this replica on its
+        own with no limit (fail_open) or the limit's share of one replica (local)."""
+        mode = self.outage.admission
+        if mode == FAIL_CLOSED:
+            raise StoreUnavailable(
+                f"pool {request.pool!r}: admission is unavailable while the shared state store is unreachable "
+                "(state.on_failure = fail_closed)"
+            )
+        rate_mode = self.outage.rate_limit
+        if slots.settings.rate_limit is not None and rate_mode == FAIL_CLOSED:
+            raise StoreUnavailable(
+                f"pool {request.pool!r}: the rate limit cannot be checked while the shared state store is "
+                "unreachable (state.rate_limit_on_failure = fail_closed)"
+            )
+        alone = self._alone_slots(slots, mode, rate_mode)
+        return await self._fallback.acquire(alone, request, time_left_s)
+
+    def _alone_slots(self, slots: SlotPool, mode: str, rate_mode: str) -> SlotPool:
+        settings = slots.settings
+        limit = slots.limit.limit
+        share = 0 if mode == FAIL_OPEN or limit == 0 else max(1, limit // self.outage.replicas)
+        rate = settings.rate_limit
+        if rate is not None and rate_mode == LOCAL:
+            rate = RateLimit(
+                max(1, rate.count // self.outage.replicas), rate.per_s, max(1, rate.burst // self.outage.replicas)
+            )
+        elif rate_mode == FAIL_OPEN:
+            rate = None
+        wanted = dataclasses.replace(
+            settings,
+            max_concurrency=share,
+            limit_algorithm="fixed",
+            limit_params={},
+            rate_limit=rate,
+            identity_rate_limit=settings.identity_rate_limit if rate is not None else None,
+        )
+        alone = self._fallback_slots.get(settings.name)
+        if alone is None:
+            alone = self._fallback_slots[settings.name] = self._fallback.open_pool(wanted, f"pools.{settings.name}")
+        elif alone.settings != wanted:
+            alone.reconfigure(wanted, f"pools.{settings.name}")
+        return alone
+
+    def went_down(self, exc: Exception) -> None:
+        """Redis failed: answer as ``outage`` says until a probe gets through."""
+        if self.down:
+            return
+        self.down = True
+        log.warning(
+            "the shared state store is unreachable (%s): admission %s, rate limits %s, until it is back",
+            exc,
+            self.outage.admission,
+            self.outage.rate_limit,
+        )
+        if self.outage.admission == FAIL_CLOSED:
+            self.on_health(False)
+        self._spawn(self._probe(), "loadwarden-shared-probe")
+
+    async def _probe(self) -> None:
+        delay = PROBE_FIRST_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(self._redis.settings.command_timeout_ms / 1000.0):
+                    await self._redis.client.ping()
+            except Exception as exc:  # noqa: BLE001 - any failure: still down, try again later
+                log.debug("the shared state store is still unreachable: %s", exc)
+                delay = min(PROBE_MAX_S, delay * 2)
+                continue
+            self.down = False
+            log.warning("the shared state store is back: admission is shared again")
+            self.on_health(True)
+            for slots in list(self._by_name.values()):
+                self.dispatch(slots)
+            return
+
+    async def _acquire_shared(self, slots: SlotPool, request: SlotRequest, time_left_s: float | None) -> Answer:
         now = self._clock.monotonic()
         if request.lease_ttl_s is not None:
             self._check_ttl(slots, request.lease_ttl_s, "lease_ttl_ms")
@@ -190,19 +349,24 @@ class SharedAdmission(Admission):
         """
         ttl_s = request.lease_ttl_s or slots.settings.lease_ttl_ms / 1000.0
         lease_id = self._ids.new(request.owner)
-        result = await self._call(
-            self._redis.acquire,
-            self._now_ms(),
-            request.pool,
-            slots.limit.limit,
-            self.max_leases,
-            lease_id,
-            request.owner,
-            request.request_id,
-            round(ttl_s * 1000),
-            slots.settings.max_lease_ttl_ms,
-            self._replica,
-        )
+        try:
+            result = await self._call(
+                self._redis.acquire,
+                self._now_ms(),
+                request.pool,
+                slots.limit.limit,
+                self.max_leases,
+                lease_id,
+                request.owner,
+                request.request_id,
+                round(ttl_s * 1000),
+                slots.settings.max_lease_ttl_ms,
+                self._replica,
+            )
+        except (asyncio.CancelledError, TimeoutError):
+            # The script may have run with its answer lost: the lease goes back (a no-op if it never was).
+            self._spawn(self._give_back_id(lease_id, request.owner), "loadwarden-give-back")
+            raise
         code, granted_id, _granted_ms, expires_ms, now_ms, held = result
         slots.in_use = int(held)
         now = self._clock.monotonic()
@@ -282,7 +446,10 @@ class SharedAdmission(Admission):
                     continue
                 try:
                     answer = await self._try_grant(slots, waiter.request, waiter.enqueued_at)
-                except (ResourceExhausted, Unavailable) as exc:
+                except StoreUnavailable as exc:
+                    self.went_down(exc)
+                    return
+                except ResourceExhausted as exc:
                     log.debug("pool %s: waiters stay queued: %s", name, exc)
                     return
                 if answer is None:
@@ -312,6 +479,8 @@ class SharedAdmission(Admission):
             raise NotFound("lease_id", f"lease {lease_id!r} does not exist")
 
     async def renew_async(self, lease_id: str, ttl_s: float | None, owner: str = "") -> Lease:
+        if lease_id in self._fallback.leases:
+            return self._fallback.renew(lease_id, ttl_s, owner)
         self._check_signed(lease_id, owner)
         result = await self._call(
             self._redis.renew, self._now_ms(), lease_id, owner, round(ttl_s * 1000) if ttl_s else 0
@@ -337,6 +506,8 @@ class SharedAdmission(Admission):
         return Lease(lease_id, slots, int(ttl_ms) / 1000.0, now, expires_at, "", owner)
 
     async def release_async(self, lease_id: str, *, success: bool, latency_ms: float, owner: str = "") -> bool:
+        if lease_id in self._fallback.leases:
+            return self._fallback.release(lease_id, success=success, latency_ms=latency_ms, owner=owner)
         self._check_signed(lease_id, owner)
         return await self._end_lease(lease_id, owner, "released", success, latency_ms)
 
@@ -381,6 +552,8 @@ class SharedAdmission(Admission):
         entry = self._requests.get((owner, pool, request_id))
         if self._give_up_wait(entry):
             return True
+        if self._fallback.release_request(pool, request_id, success=success, latency_ms=latency_ms, owner=owner):
+            return True
         lease_id = decode(await self._call(self._redis.lookup, self._now_ms(), owner, pool, request_id))
         if not lease_id:
             return False
@@ -392,6 +565,9 @@ class SharedAdmission(Admission):
             if self._give_up_wait(self._requests.get((owner, pool, request_id))):
                 ended += 1
                 continue
+            if self._fallback.abandon_requests(pool, [request_id], owner=owner):
+                ended += 1
+                continue
             lease_id = decode(await self._call(self._redis.lookup, self._now_ms(), owner, pool, request_id))
             if lease_id and await self._end_lease(lease_id, owner, "given_back", True, 0.0):
                 ended += 1
@@ -399,13 +575,19 @@ class SharedAdmission(Admission):
 
     def give_back(self, lease: Lease) -> None:
         """Ends a lease whose caller was gone before the grant reached it (in the background)."""
+        if lease.id in self._fallback.leases:
+            self._fallback.give_back(lease)
+            return
         self._spawn(self._give_back(lease), "loadwarden-give-back")
 
     async def _give_back(self, lease: Lease) -> None:
+        await self._give_back_id(lease.id, lease.owner)
+
+    async def _give_back_id(self, lease_id: str, owner: str) -> None:
         try:
-            await self._end_lease(lease.id, lease.owner, "given_back", True, 0.0)
-        except (Unavailable, NotFound) as exc:
-            log.warning("lease %s could not be given back (%s); it is reclaimed at its TTL", lease.id, exc)
+            await self._end_lease(lease_id, owner, "given_back", True, 0.0)
+        except (StoreUnavailable, NotFound) as exc:
+            log.warning("lease %s could not be given back (%s); it is reclaimed at its TTL", lease_id, exc)
 
     def release(self, lease_id: str, *, success: bool, latency_ms: float, owner: str = "") -> bool:
         raise TypeError("a shared admission is awaited: use release_async")
@@ -420,6 +602,9 @@ class SharedAdmission(Admission):
     async def sweep(self) -> int:
         """Reclaims every pool's leases past their TTL (one script), and settles this
         replica's selections whose lease ended without an announcement reaching it."""
+        self.reclaimed_total += self._fallback.expire()
+        if self.down:
+            return 0
         reclaimed = int(await self._call(self._redis.sweep, self._now_ms(), SWEEP_BATCH))
         self.reclaimed_total += reclaimed
         now = self._clock.monotonic()
@@ -439,8 +624,8 @@ class SharedAdmission(Admission):
             await asyncio.sleep(interval_s or 1.0)
             try:
                 await self.sweep()
-            except Unavailable as exc:
-                log.warning("lease sweep skipped: %s", exc)
+            except StoreUnavailable as exc:
+                self.went_down(exc)
 
     # --- events ------------------------------------------------------------------------
 
@@ -472,18 +657,17 @@ class SharedAdmission(Admission):
         return await self._call_keys(script, [self._redis.key("leases")], [self._prefix, *args])
 
     async def _call_keys(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """Runs a script; every Redis failure is Unavailable naming the store."""
+        """Runs a script; every Redis failure is StoreUnavailable naming the store."""
         import redis.exceptions as errors
 
         try:
             return await script(keys=keys, args=args)
-        except (errors.ConnectionError, errors.TimeoutError, OSError, TimeoutError) as exc:
-            raise Unavailable(
-                f"the shared state store (Redis at {self._redis.settings.shown_url}) is unreachable: {exc}",
-                reason="store_unavailable",
+        except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
+            raise StoreUnavailable(
+                f"the shared state store (Redis at {self._redis.settings.shown_url}) is unreachable: {exc}"
             ) from None
         except errors.RedisError as exc:
-            raise Unavailable(f"the shared state store (Redis) failed: {exc}", reason="store_unavailable") from None
+            raise StoreUnavailable(f"the shared state store (Redis) failed: {exc}") from None
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coroutine, name=name)

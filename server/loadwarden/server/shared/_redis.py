@@ -51,6 +51,11 @@ class RedisSettings:
             ``sentinel_master``.
         sentinel_master: The monitored master's name, with ``sentinels``.
         cluster: Redis Cluster (``url`` names one node).
+        on_failure: What admission does while Redis is unreachable: ``fail_closed``
+            (UNAVAILABLE, health NOT_SERVING), ``fail_open`` (grant everything) or
+            ``local`` (each replica grants ``limit // replicas``).
+        rate_limit_on_failure: The same for rate limits; ``on_failure`` when empty.
+        replicas: How many replicas share each limit (for ``local``).
     """
 
     url: str = field(default=DEFAULT_URL, repr=False)
@@ -61,6 +66,9 @@ class RedisSettings:
     sentinels: tuple[str, ...] = ()
     sentinel_master: str = ""
     cluster: bool = False
+    on_failure: str = "fail_closed"
+    rate_limit_on_failure: str = ""
+    replicas: int = 1
 
     @property
     def shown_url(self) -> str:
@@ -89,7 +97,12 @@ REDIS_KEYS = {
     "sentinels",
     "sentinel_master",
     "cluster",
+    "on_failure",
+    "rate_limit_on_failure",
+    "replicas",
 }
+FAIL_OPEN, FAIL_CLOSED, LOCAL = "fail_open", "fail_closed", "local"
+FAILURE_MODES = (FAIL_CLOSED, FAIL_OPEN, LOCAL)
 
 
 def parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
@@ -138,6 +151,16 @@ def parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
             "every script touches several keys, which must share one slot",
         )
     values["cluster"] = cluster
+    for key in ("on_failure", "rate_limit_on_failure"):
+        mode = raw.get(key, "fail_closed" if key == "on_failure" else "")
+        if not isinstance(mode, str) or (mode not in FAILURE_MODES and not (mode == "" and key != "on_failure")):
+            raise ConfigError(f"state.{key}", f"must be one of {', '.join(FAILURE_MODES)}, got {shown(mode)}")
+        values[key] = mode
+    if "replicas" in raw:
+        try:
+            values["replicas"] = check_count(raw["replicas"], "state.replicas", 1, 1_000)
+        except InvalidArgument as exc:
+            raise ConfigError(exc.field, exc.problem) from None
     return RedisSettings(**values)
 
 
