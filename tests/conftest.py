@@ -136,3 +136,15 @@ def processes(tmp_path: Any) -> Iterator[Any]:
     procs = Processes(tmp_path)
     yield procs
     procs.close()
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (the Debian package) on a free loopback port for the module's
+    tests, which share it under different key prefixes."""
+    from .e2e._harness import Processes
+
+    procs = Processes(tmp_path_factory.mktemp("redis"))
+    server = procs.redis()
+    yield server.url
+    procs.close()

@@ -10,7 +10,6 @@ import itertools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -68,16 +67,6 @@ async def start() -> AsyncIterator[Start]:
         if replica.running.server is not None:
             await replica.channel.close()
             await replica.running.stop(0)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from ..e2e._harness import Processes
-
-    procs = Processes(tmp_path_factory.mktemp("redis"))
-    server = procs.redis()
-    yield server.url
-    procs.close()
 
 
 def file_state(path: Path) -> StateSettings:

@@ -32,16 +32,6 @@ _prefixes = itertools.count()
 Replicas = Callable[..., Awaitable[list[pb_grpc.DecisionServiceStub]]]
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from ..e2e._harness import Processes
-
-    procs = Processes(tmp_path_factory.mktemp("redis"))
-    server = procs.redis()
-    yield server.url
-    procs.close()
-
-
 @pytest.fixture
 async def replicas(redis_url: str) -> AsyncIterator[Replicas]:
     """``await replicas(*pools, n=2)``: n services sharing one fresh key prefix; stubs to each."""

@@ -43,8 +43,10 @@ OUTCOME_EWMA_WEIGHT = 0.2
 class Backend:
     """Mutable decision state of one server.
 
-    ``in_flight`` counts selections not yet matched by an outcome or expiry; it is
-    never negative. ``load_at`` is monotonic seconds; ``None`` means never reported.
+    ``in_flight`` counts this process's selections not yet matched by an outcome or
+    expiry; it is never negative. ``peer_in_flight`` is the same count of the other
+    replicas sharing the pool (0 with one replica); strategies weigh ``in_flight_total``.
+    ``load_at`` is monotonic seconds; ``None`` means never reported.
     ``effective_weight`` is what strategies weigh by: ``weight``, scaled down while
     the server ramps up after joining or returning (slow start); it is refreshed
     by the pool each time the server is a candidate.
@@ -55,6 +57,7 @@ class Backend:
     weight: int
     draining: bool = False
     in_flight: int = 0
+    peer_in_flight: int = 0
     load: LoadSample | None = None
     load_at: float | None = None
     load_wall: float | None = None
@@ -80,10 +83,15 @@ class Backend:
         return self.load.cpu_percent if self.load is not None else 0.0
 
     @property
+    def in_flight_total(self) -> int:
+        """Selections in flight over every replica: this one's and its peers'."""
+        return self.in_flight + self.peer_in_flight
+
+    @property
     def active_requests(self) -> int:
-        """Requests in progress: the larger of our in-flight count and the server's own report."""
+        """Requests in progress: the larger of the in-flight count (every replica's) and the server's own report."""
         reported = self.load.active_requests if self.load is not None else 0
-        return max(self.in_flight, reported)
+        return max(self.in_flight + self.peer_in_flight, reported)
 
     @property
     def response_time_ms(self) -> float:

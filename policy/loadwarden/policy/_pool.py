@@ -182,6 +182,16 @@ class Pool(Generic[SlotsT]):
             self._cached, self._valid_until = answer, valid_until
         return answer
 
+    def eject_for(self, server: Backend, duration_s: float, now: float) -> None:
+        """Ejects ``server`` for ``duration_s`` from ``now`` (another replica ejected it), unless
+        it is ejected for longer already; the ejection cap does not apply (that replica checked it)."""
+        if server.id not in self.servers or server.ejected_until >= now + duration_s:
+            return
+        server.ejected_until = now + duration_s
+        server.ejections_total += 1
+        server.consecutive_failures = 0
+        self._cached = None
+
     def maybe_eject(self, server: Backend, now: float) -> bool:
         """Ejects ``server`` if its consecutive failures reached the threshold and the cap allows.
 

@@ -73,6 +73,7 @@ def test_the_families_public_names() -> None:
         "StrategyContext",
         "build_strategy",
         "check_strategy",
+        "merge_snapshots",
         "strategy_class",
     ]
     assert sorted(limits.__all__) == ["LIMITS", "LimitAlgorithm", "build_limit", "check_limit", "clamp", "limit_class"]

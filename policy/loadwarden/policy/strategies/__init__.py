@@ -12,6 +12,7 @@ from typing import Any
 
 from .._registry import Registry
 from ._base import Choice, Feedback, Strategy, StrategyBase, StrategyContext
+from ._merge import merge_snapshots
 from .least_connections import LeastConnections
 from .p2c import P2C
 from .peak_ewma import PeakEwma
@@ -64,5 +65,6 @@ __all__ = [
     "StrategyContext",
     "build_strategy",
     "check_strategy",
+    "merge_snapshots",
     "strategy_class",
 ]

@@ -29,5 +29,5 @@ class LeastConnections(StrategyBase):
         self._rng = context.rng
 
     def choose(self, candidates: Sequence[Backend]) -> Choice:
-        costs = [server.in_flight / server.effective_weight for server in candidates]
+        costs = [server.in_flight_total / server.effective_weight for server in candidates]
         return Choice(least_cost(candidates, costs, self._rng))

@@ -93,7 +93,7 @@ class PeakEwma(StrategyBase):
         estimates = [self._estimate(s.id, now) for s in sampled]
         prior = self._prior(estimates) if None in estimates else 0.0
         costs = [
-            max(prior if e is None else e, _MIN_ESTIMATE_MS) * (s.in_flight + 1) / s.effective_weight
+            max(prior if e is None else e, _MIN_ESTIMATE_MS) * (s.in_flight_total + 1) / s.effective_weight
             for s, e in zip(sampled, estimates, strict=True)
         ]
         return Choice(least_cost(sampled, costs, self._rng), memo=tuple(s.id for s in sampled))

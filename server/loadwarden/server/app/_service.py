@@ -30,7 +30,7 @@ from loadwarden.policy import (
 from loadwarden.v1 import admin_pb2, decision_pb2
 
 from .._errors import ConfigError
-from ..engine._core import AdmissionFactory, CoreLimits, DecisionCore, DecisionListener
+from ..engine._core import AdmissionFactory, CoreLimits, DecisionCore, DecisionListener, PeerLink
 from ..engine._loadmonitor import HostMonitor
 from ..rpc._auth import Callers, auth_interceptors
 from ..rpc._convert import load_status
@@ -39,7 +39,7 @@ from ..rpc._servicer import add_to_server, server_options
 from ..rpc._telemetry import server_interceptors
 from ..rpc._tls import TlsMaterial, load_tls
 from ..rpc.reflection import enable_reflection
-from ..shared import Outage, SharedAdmission, SharedRedis
+from ..shared import Outage, Peers, SharedAdmission, SharedRedis
 from ..shared import connect as connect_redis
 from ._catalog import OPERATIONS, POOLS, RESYNC_S, Catalog, CatalogStore, FileCatalog, RedisCatalog
 from ._config import ServiceConfig
@@ -99,6 +99,7 @@ def build_core(
     listener: DecisionListener | None = None,
     admission: AdmissionFactory | None = None,
     ids: IdGenerator | None = None,
+    peers: PeerLink | None = None,
 ) -> DecisionCore:
     """The decision core ``config`` describes, its pools and operations configured.
 
@@ -133,6 +134,7 @@ def build_core(
         load_weights=weights,
         admission=admission,
         ids=ids,
+        peers=peers,
     )
     for spec in config.pools:
         where = f"pools.{spec.settings.name}"
@@ -179,14 +181,19 @@ async def start_service(
         shared = await _connect_shared(stack, config)
         admission: AdmissionFactory | None = None
         ids = None
+        peers = None
         if shared is not None:
-            ids = IdGenerator(key=shared.redis.secret)
+            ids = IdGenerator(prefix=shared.redis.replica, key=shared.redis.secret)  # ids name their replica
+            peers = shared.peers
             settings = shared.redis.settings
             outage = Outage(
                 settings.on_failure, settings.rate_limit_on_failure or settings.on_failure, settings.replicas
             )
             admission = functools.partial(SharedAdmission, redis=shared.redis, outage=outage)
-        core = build_core(config, clock=clock, rng=rng, listener=metrics, admission=admission, ids=ids)
+        core = build_core(config, clock=clock, rng=rng, listener=metrics, admission=admission, ids=ids, peers=peers)
+        if peers is not None:
+            peers.attach(core)
+            stack.push_async_callback(peers.close)
         if isinstance(core.admission, SharedAdmission):
             stack.push_async_callback(core.admission.close)
         metrics.observe(core)
@@ -266,6 +273,7 @@ class _Shared:
     """The shared store's parts of a running service."""
 
     redis: SharedRedis
+    peers: Peers
 
     def start(
         self, core: DecisionCore, catalog: Catalog, interval_s: float, health_servicer: health.aio.HealthServicer
@@ -302,6 +310,7 @@ class _Shared:
             asyncio.create_task(admission.run(interval_s), name="loadwarden-shared-sweeper"),
             asyncio.create_task(admission.poll(), name="loadwarden-shared-poll"),
             asyncio.create_task(self._keep_in_step(catalog), name="loadwarden-shared-resync"),
+            asyncio.create_task(self.peers.run(), name="loadwarden-shared-peers"),
         ]
 
     async def _keep_in_step(self, catalog: Catalog) -> None:
@@ -348,7 +357,7 @@ async def _connect_shared(stack: contextlib.AsyncExitStack, config: ServiceConfi
         return None
     redis = await connect_redis(settings)
     stack.push_async_callback(redis.close)
-    return _Shared(redis)
+    return _Shared(redis, Peers(redis))
 
 
 def _state_store(config: ServiceConfig) -> StateStore:

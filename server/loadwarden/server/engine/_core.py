@@ -78,6 +78,25 @@ class AdmissionFactory(Protocol):
     ) -> Admission: ...
 
 
+class PeerLink(Protocol):
+    """The other replicas of a service that shares its state (shared/): told what this
+    one learns that they must know too. Each method returns at once (sending is the
+    link's business)."""
+
+    def loads_reported(self, reports: Sequence[LoadReportIn]) -> None:
+        """Load reports this replica took; every other replica applies them too."""
+        ...
+
+    def ejected(self, pool: str, server: str, duration_s: float) -> None:
+        """This replica ejected a server; every other replica ejects it as long."""
+        ...
+
+    def elsewhere(self, outcomes: Sequence[OutcomeReport], owner: str) -> set[str]:
+        """Sends outcomes of decisions another replica made to that replica; returns the
+        decision ids sent (those signed for ``owner`` by a replica that is not this one)."""
+        ...
+
+
 class _Unheard:
     """The listener of a core nobody listens to."""
 
@@ -234,6 +253,7 @@ class DecisionCore:
         monitor: HostMonitor | None = None,
         load_weights: LoadWeights | None = None,
         admission: AdmissionFactory | None = None,
+        peers: PeerLink | None = None,
     ) -> None:
         """Everything the core depends on comes in here; nothing is set on it afterwards.
 
@@ -247,6 +267,7 @@ class DecisionCore:
             load_weights: How load reports (and host samples) are scored; the defaults by default.
             admission: Builds the admission state (``Admission`` by default; several
                 replicas share theirs through a shared store's).
+            peers: The other replicas, when several share the service's state.
         """
         self.limits = limits or CoreLimits()
         self.clock = clock or SystemClock()
@@ -258,6 +279,7 @@ class DecisionCore:
         self.operations: dict[str, Operation] = {}
         self.monitor = monitor
         self.load_weights = load_weights if load_weights is not None else LoadWeights()
+        self.peers = peers
         self.admission = (admission or Admission)(
             self.clock,
             self._select_for_lease,
@@ -266,6 +288,11 @@ class DecisionCore:
             max_request_ids=self.limits.max_request_ids,
             ids=self._ids,
         )
+
+    @property
+    def ids(self) -> IdGenerator:
+        """Where decision and lease ids come from (``signed`` checks another replica's)."""
+        return self._ids
 
     # --- decisions -------------------------------------------------------------
 
@@ -299,8 +326,8 @@ class DecisionCore:
     def _apply(self, pool: Pool, server: Backend, memo: object, success: bool, latency_ms: float, now: float) -> None:
         """One outcome of a selection: the server's counters, ejection, and the strategy's lesson."""
         server.record_outcome(success, latency_ms)
-        if not success:
-            pool.maybe_eject(server, now)
+        if not success and pool.maybe_eject(server, now) and self.peers is not None:
+            self.peers.ejected(pool.name, server.id, server.ejected_until - now)
         pool.strategy.observe(Feedback(server, success, latency_ms, memo))
 
     def report_outcomes(self, outcomes: Sequence[OutcomeReport], owner: str = "") -> tuple[int, list[str]]:
@@ -323,6 +350,11 @@ class DecisionCore:
                 continue
             self._apply(decision.pool, decision.server, decision.memo, outcome.success, outcome.latency_ms, now)
             applied += 1
+        if unknown and self.peers is not None:  # decisions another replica made go to it
+            sent = self.peers.elsewhere([o for o in outcomes if o.decision_id in set(unknown)], owner)
+            if sent:
+                applied += len(sent)
+                unknown = [d for d in unknown if d not in sent]
         if outcomes and not applied:
             first = next(i for i, o in enumerate(outcomes) if o.decision_id == unknown[0])
             raise NotFound(
@@ -332,8 +364,9 @@ class DecisionCore:
             )
         return applied, unknown
 
-    def report_load(self, reports: Sequence[LoadReportIn]) -> int:
-        """Stores load reports. All entries are checked before any is applied.
+    def report_load(self, reports: Sequence[LoadReportIn], *, from_peer: bool = False) -> int:
+        """Stores load reports. All entries are checked before any is applied. The other
+        replicas (if any) are told, unless they are where the reports came from.
 
         Raises:
             NotFound: naming ``reports[i].pool`` or ``reports[i].server_id``.
@@ -350,6 +383,8 @@ class DecisionCore:
         now, wall = self.clock.monotonic(), self.clock.wall()
         for pool, server, sample in targets:
             pool.record_load(server, sample, now, wall)
+        if self.peers is not None and not from_peer:
+            self.peers.loads_reported(reports)
         return len(targets)
 
     def expire(self) -> int:

@@ -145,7 +145,7 @@ def server_status(pool: Pool, server: Backend, now: float, wall_now: float) -> _
         address=server.address,
         weight=server.weight,
         state=_HEALTH[pool.health(server, now)],
-        in_flight=server.in_flight,
+        in_flight=server.in_flight_total,  # every replica's
         ewma_latency_ms=server.ewma_latency_ms,
         error_rate=server.error_rate,
         selections_total=server.selections_total,

@@ -122,7 +122,7 @@ async def _pool_header(pool: Pool, now: float, pause: Pause, chunk: int) -> _com
     eligible = in_flight = 0
     for i, server in enumerate(list(pool.servers.values()), 1):
         eligible += convert.is_serving(pool, server, now)
-        in_flight += server.in_flight
+        in_flight += server.in_flight_total
         if i % (chunk * 4) == 0:
             await pause()
     return convert.pool_header(pool, eligible, in_flight)

@@ -5,12 +5,14 @@ configured, so ``loadwarden serve`` on the memory store needs none of it.
 """
 
 from ._admission import Outage, SharedAdmission, StoreUnavailable
+from ._peers import Peers
 from ._redis import FAILURE_MODES, REDIS_KEYS, RedisSettings, SharedRedis, connect, parse_redis, redacted
 
 __all__ = [
     "FAILURE_MODES",
     "REDIS_KEYS",
     "Outage",
+    "Peers",
     "RedisSettings",
     "SharedAdmission",
     "SharedRedis",

@@ -56,6 +56,8 @@ class RedisSettings:
             ``local`` (each replica grants ``limit // replicas``).
         rate_limit_on_failure: The same for rate limits; ``on_failure`` when empty.
         replicas: How many replicas share each limit (for ``local``).
+        exchange_interval_ms: How often replicas exchange in-flight counts, ms.
+        merge_interval_ms: How often replicas merge what their strategies learned, ms.
     """
 
     url: str = field(default=DEFAULT_URL, repr=False)
@@ -69,6 +71,8 @@ class RedisSettings:
     on_failure: str = "fail_closed"
     rate_limit_on_failure: str = ""
     replicas: int = 1
+    exchange_interval_ms: int = 250
+    merge_interval_ms: int = 5_000
 
     @property
     def shown_url(self) -> str:
@@ -100,6 +104,8 @@ REDIS_KEYS = {
     "on_failure",
     "rate_limit_on_failure",
     "replicas",
+    "exchange_interval_ms",
+    "merge_interval_ms",
 }
 FAIL_OPEN, FAIL_CLOSED, LOCAL = "fail_open", "fail_closed", "local"
 FAILURE_MODES = (FAIL_CLOSED, FAIL_OPEN, LOCAL)
@@ -121,7 +127,13 @@ def parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
     if not isinstance(prefix, str) or not 1 <= len(prefix) <= 64 or not prefix.isprintable() or " " in prefix:
         raise ConfigError("state.key_prefix", f"must be 1-64 printable characters without spaces, got {shown(prefix)}")
     values["key_prefix"] = prefix
-    ranges = {"pool_size": (1, 10_000), "connect_timeout_ms": (10, 60_000), "command_timeout_ms": (10, 60_000)}
+    ranges = {
+        "pool_size": (1, 10_000),
+        "connect_timeout_ms": (10, 60_000),
+        "command_timeout_ms": (10, 60_000),
+        "exchange_interval_ms": (10, 60_000),
+        "merge_interval_ms": (100, 3_600_000),
+    }
     for key, (low, high) in ranges.items():
         if key in raw:
             try:

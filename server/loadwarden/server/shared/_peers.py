@@ -1,0 +1,224 @@
+"""What replicas tell each other about routing, so that each decides with every replica's view.
+
+Nothing here is on a SelectServer's path: a selection reads only this process's
+memory. What moves between replicas, on the service's events channel and in two
+hashes:
+
+* **Load reports** (``L``): a ReportLoad taken by one replica is applied by all.
+* **Ejections** (``J``): a server one replica ejects is ejected by all, as long.
+* **Outcomes** (``O``): an outcome reported to a replica that did not make the
+  decision goes to the one that did (the decision id names it), which settles it
+  as if reported there.
+* **In flight** (``P inflight``): every ``exchange_interval_ms`` each replica writes its
+  per-server in-flight counts and reads the others'; strategies weigh the sum.
+* **Learned state** (``P learned:<pool>``): every ``merge_interval_ms`` each replica writes
+  its learning strategies' snapshots with the updates learned since the last
+  merge, and takes the weighted average of every fresh one (``merge_snapshots``).
+  Between merges each replica learns on its own decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from loadwarden.policy import LoadReportIn, LoadSample, OutcomeReport
+from loadwarden.policy.strategies import merge_snapshots
+
+from ..engine._core import DecisionCore
+from ._redis import SharedRedis, decode
+
+log = logging.getLogger("loadwarden.server")
+
+# An in-flight or learned entry older than this many intervals is a dead replica's: ignored.
+STALE_INTERVALS = 4
+# Outcomes or reports in one event at most (a larger batch goes as several).
+EVENT_BATCH = 500
+
+
+class Peers:
+    """This replica's side of the exchange (the core's PeerLink); ``attach`` it to the core."""
+
+    def __init__(self, redis: SharedRedis) -> None:
+        self._redis = redis
+        self._replica = redis.replica
+        self._exchange_s = redis.settings.exchange_interval_ms / 1000.0
+        self._merge_s = redis.settings.merge_interval_ms / 1000.0
+        self._core: DecisionCore | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._merged_updates: dict[str, int] = {}  # pool -> its strategy's updates at the last merge
+        self.forwarded_total = 0
+        redis.on_event(self._event)
+
+    def attach(self, core: DecisionCore) -> None:
+        self._core = core
+
+    # --- PeerLink ------------------------------------------------------------------
+
+    def loads_reported(self, reports: Sequence[LoadReportIn]) -> None:
+        for start in range(0, len(reports), EVENT_BATCH):
+            body = [[r.pool, r.server_id, *_sample(r.sample)] for r in reports[start : start + EVENT_BATCH]]
+            self._publish(f"L {self._replica} {json.dumps(body, separators=(',', ':'))}")
+
+    def ejected(self, pool: str, server: str, duration_s: float) -> None:
+        self._publish(f"J {self._replica} {json.dumps([pool, server, duration_s], separators=(',', ':'))}")
+
+    def elsewhere(self, outcomes: Sequence[OutcomeReport], owner: str) -> set[str]:
+        core = self._core
+        assert core is not None
+        by_replica: dict[str, list[OutcomeReport]] = {}
+        for outcome in outcomes:
+            replica = outcome.decision_id.split("-", 1)[0]
+            if replica != self._replica and core.ids.signed(outcome.decision_id, owner):
+                by_replica.setdefault(replica, []).append(outcome)
+        sent: set[str] = set()
+        for replica, batch in by_replica.items():
+            for start in range(0, len(batch), EVENT_BATCH):
+                part = batch[start : start + EVENT_BATCH]
+                body = {"o": owner, "r": [[o.decision_id, o.success, o.latency_ms, o.status] for o in part]}
+                self._publish(f"O {replica} {json.dumps(body, separators=(',', ':'))}")
+                sent.update(o.decision_id for o in part)
+        self.forwarded_total += len(sent)
+        return sent
+
+    # --- events --------------------------------------------------------------------
+
+    def _event(self, message: str) -> None:
+        kind, _, rest = message.partition(" ")
+        if kind not in ("L", "J", "O") or self._core is None:
+            return
+        sender, _, payload = rest.partition(" ")
+        try:
+            if kind == "L" and sender != self._replica:
+                self._apply_loads(json.loads(payload))
+            elif kind == "J" and sender != self._replica:
+                pool_name, server_id, duration_s = json.loads(payload)
+                pool = self._core.find_pool(str(pool_name))
+                server = pool.servers.get(str(server_id)) if pool is not None else None
+                if pool is not None and server is not None:
+                    pool.eject_for(server, float(duration_s), self._core.clock.monotonic())
+            elif kind == "O" and sender == self._replica:  # addressed to this replica
+                body = json.loads(payload)
+                outcomes = [OutcomeReport(str(d), bool(ok), float(ms), str(st)) for d, ok, ms, st in body["r"]]
+                self._core.report_outcomes(outcomes, str(body["o"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignored a malformed %s event (%s): %.200s", kind, exc, message)
+        except Exception as exc:  # noqa: BLE001 - NotFound and friends: a peer's view differs for a moment
+            log.debug("a %s event did not apply here: %s", kind, exc)
+
+    def _apply_loads(self, body: list[Any]) -> None:
+        core = self._core
+        assert core is not None
+        reports = []
+        for pool, server, cpu, memory, active, latency, errors in body:
+            found = core.find_pool(str(pool))
+            if found is not None and str(server) in found.servers:  # a report for what this replica lacks: skipped
+                sample = LoadSample(float(cpu), float(memory), int(active), float(latency), float(errors))
+                reports.append(LoadReportIn(str(pool), str(server), sample))
+        if reports:
+            core.report_load(reports, from_peer=True)
+
+    def _publish(self, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, message: str) -> None:
+        try:
+            await self._redis.client.publish(self._redis.events_channel, message)
+        except Exception as exc:  # noqa: BLE001 - a lost event: the next exchange or merge catches up
+            log.debug("event not sent (%s): %.80s", exc, message)
+
+    # --- periodic exchanges ----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Exchanges in-flight counts and merges learned state, each at its interval."""
+        since_merge = 0.0
+        while True:
+            await asyncio.sleep(self._exchange_s)
+            since_merge += self._exchange_s
+            try:
+                await self.exchange_in_flight()
+                if since_merge >= self._merge_s:
+                    since_merge = 0.0
+                    await self.merge_learned()
+            except Exception as exc:  # noqa: BLE001 - Redis away: the next round tries again
+                log.debug("peer exchange skipped: %s", exc)
+
+    async def exchange_in_flight(self) -> None:
+        core = self._core
+        assert core is not None
+        mine = {
+            pool.name: {s.id: s.in_flight for s in pool.servers.values() if s.in_flight}
+            for pool in core.pools()
+            if any(s.in_flight for s in pool.servers.values())
+        }
+        now = core.clock.wall()
+        key = self._redis.key("inflight")
+        async with self._redis.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, self._replica, json.dumps({"at": now, "pools": mine}, separators=(",", ":")))
+            pipe.hgetall(key)
+            _, entries = await pipe.execute()
+        totals: dict[tuple[str, str], int] = {}
+        for replica, raw in entries.items():
+            if decode(replica) == self._replica:
+                continue
+            entry = json.loads(raw)
+            if now - float(entry.get("at", 0)) > STALE_INTERVALS * self._exchange_s:
+                await self._redis.client.hdel(key, replica)  # a dead replica's counts
+                continue
+            for pool_name, servers in entry.get("pools", {}).items():
+                for server_id, count in servers.items():
+                    totals[(pool_name, server_id)] = totals.get((pool_name, server_id), 0) + int(count)
+        for pool in core.pools():
+            for server in pool.servers.values():
+                server.peer_in_flight = totals.get((pool.name, server.id), 0)
+
+    async def merge_learned(self) -> None:
+        """Publishes each learning pool's snapshot and takes the average of every replica's."""
+        core = self._core
+        assert core is not None
+        now = core.clock.wall()
+        for pool in core.pools():
+            snapshot = pool.strategy.snapshot()
+            if snapshot is None:
+                continue
+            updates = int(snapshot.get("updates", 0))
+            weight = max(0, updates - self._merged_updates.get(pool.name, 0))
+            key = self._redis.key(f"learned:{pool.name}")
+            entry = {"at": now, "strategy": pool.settings.strategy, "weight": weight, "state": snapshot}
+            async with self._redis.client.pipeline(transaction=False) as pipe:
+                pipe.hset(key, self._replica, json.dumps(entry, separators=(",", ":")))
+                pipe.hgetall(key)
+                _, entries = await pipe.execute()
+            fresh = []
+            for replica, raw in entries.items():
+                other = json.loads(raw)
+                if now - float(other.get("at", 0)) > STALE_INTERVALS * self._merge_s:
+                    await self._redis.client.hdel(key, replica)
+                elif other.get("strategy") == pool.settings.strategy:
+                    fresh.append((other["state"], float(other.get("weight", 0))))
+            if len(fresh) > 1:
+                try:
+                    pool.strategy.restore(merge_snapshots(fresh))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("pool %s: learned state of the replicas not merged: %s", pool.name, exc)
+            merged = pool.strategy.snapshot()
+            self._merged_updates[pool.name] = int(merged.get("updates", 0)) if merged else updates
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _sample(sample: LoadSample) -> list[float | int]:
+    return [
+        sample.cpu_percent,
+        sample.memory_percent,
+        sample.active_requests,
+        sample.mean_latency_ms,
+        sample.error_rate,
+    ]

@@ -1,0 +1,135 @@
+"""Routing state shared by two replicas on a real redis-server: each decides with both views.
+
+An outcome reported to the replica that did not decide reaches the one that did; a load
+report, an ejection and in-flight selections on one replica are seen by the other; and
+what a learning strategy learns on one replica is merged into the other's.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from loadwarden.policy import OutlierSettings
+from loadwarden.server import PoolSettings, PoolSpec, RunningService, ServerSpec, ServiceConfig, start_service
+from loadwarden.server.app._config import StateSettings
+from loadwarden.server.shared import RedisSettings
+from loadwarden.v1 import common_pb2 as common
+from loadwarden.v1 import decision_pb2 as pb
+from loadwarden.v1 import decision_pb2_grpc as pb_grpc
+
+from ..conftest import wait_for
+
+_prefixes = itertools.count()
+SERVERS = (ServerSpec("s1", "127.0.0.1:9001"), ServerSpec("s2", "127.0.0.1:9002"))
+
+Start = Callable[..., Awaitable[tuple[list[RunningService], list[pb_grpc.DecisionServiceStub]]]]
+
+
+@pytest.fixture
+async def replicas(redis_url: str) -> AsyncIterator[Start]:
+    started: list[RunningService] = []
+    channels: list[grpc.aio.Channel] = []
+
+    async def _start(*pools: PoolSpec, n: int = 2) -> tuple[list[RunningService], list[pb_grpc.DecisionServiceStub]]:
+        settings = RedisSettings(
+            url=redis_url, key_prefix=f"{{r{next(_prefixes)}}}:", exchange_interval_ms=50, merge_interval_ms=200
+        )
+        runnings, stubs = [], []
+        for _ in range(n):
+            running = await start_service(
+                ServiceConfig(listen="127.0.0.1:0", pools=pools, state=StateSettings(store="redis", redis=settings))
+            )
+            channel = grpc.aio.insecure_channel(running.target)
+            started.append(running)
+            channels.append(channel)
+            runnings.append(running)
+            stubs.append(pb_grpc.DecisionServiceStub(channel))
+        return runnings, stubs
+
+    yield _start
+    for channel in channels:
+        await channel.close()
+    for running in started:
+        await running.stop(0)
+
+
+def pool(strategy: str = "round_robin", **settings: Any) -> PoolSpec:
+    return PoolSpec(PoolSettings(name="p", strategy=strategy, **settings), SERVERS)
+
+
+async def servers_of(stub: pb_grpc.DecisionServiceStub) -> dict[str, common.ServerStatus]:
+    status = await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool="p"))
+    return {s.id: s for s in status.status.pools[0].servers}
+
+
+async def test_an_outcome_sent_to_the_other_replica_is_applied_where_the_decision_was_made(replicas: Start) -> None:
+    (a_service, _), (a, b) = await replicas(pool())
+    choice = await a.SelectServer(pb.SelectServerRequest(pool="p"))
+    answer = await b.ReportOutcome(
+        pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id=choice.decision_id, success=True, latency_ms=42.0)])
+    )
+    assert answer.applied == 1 and not answer.unknown_decision_ids
+    server = a_service.core.pool("p").servers[choice.server_id]
+    await wait_for(lambda: _now(server.outcomes_total), lambda n: n == 1, "the outcome applied on a")
+    assert server.ewma_latency_ms == 42.0 and server.in_flight == 0
+    forged = choice.decision_id[:-4] + "0000"  # not signed: unknown here, never forwarded
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await b.ReportOutcome(pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id=forged, success=True)]))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_load_report_on_one_replica_is_seen_by_the_other(replicas: Start) -> None:
+    _, (a, b) = await replicas(pool())
+    report = common.LoadReport(pool="p", server_id="s1", cpu_percent=77.0, active_requests=3)
+    await a.ReportLoad(pb.ReportLoadRequest(reports=[report]))
+    await wait_for(lambda: servers_of(b), lambda s: s["s1"].load.cpu_percent == 77.0, "the report on b")
+
+
+async def test_an_ejection_on_one_replica_is_an_ejection_on_the_other(replicas: Start) -> None:
+    outlier = OutlierSettings(consecutive_failures=2, base_ejection_time_ms=30_000, max_ejection_percent=50)
+    _, (a, b) = await replicas(pool(outlier=outlier))
+    for _ in range(4):  # round robin: two failures on each of s1 and s2 would eject both; stop at the first
+        choice = await a.SelectServer(pb.SelectServerRequest(pool="p", exclude_server_ids=["s2"]))
+        await a.ReportOutcome(pb.ReportOutcomeRequest(outcomes=[pb.Outcome(decision_id=choice.decision_id)]))
+    assert (await servers_of(a))["s1"].state == common.SERVER_STATE_EJECTED
+    await wait_for(lambda: servers_of(b), lambda s: s["s1"].state == common.SERVER_STATE_EJECTED, "ejected on b")
+    assert (await b.SelectServer(pb.SelectServerRequest(pool="p"))).server_id == "s2"
+
+
+async def test_in_flight_selections_on_one_replica_steer_the_other(replicas: Start) -> None:
+    _, (a, b) = await replicas(pool("least_connections"))
+    for _ in range(3):
+        await a.SelectServer(pb.SelectServerRequest(pool="p", exclude_server_ids=["s2"]))  # three on s1, no outcome
+    await wait_for(lambda: servers_of(b), lambda s: s["s1"].in_flight == 3, "a's in-flight seen by b")
+    picks = {(await b.SelectServer(pb.SelectServerRequest(pool="p"))).server_id for _ in range(2)}
+    assert picks == {"s2"}  # b's own two selections go where a's are not
+
+
+async def test_what_one_replica_learns_is_merged_into_the_other(replicas: Start) -> None:
+    (a_service, b_service), (a, _) = await replicas(pool("q_linear"))
+    for _ in range(40):
+        choice = await a.SelectServer(pb.SelectServerRequest(pool="p"))
+        ok = choice.server_id == "s1"
+        await a.ReportOutcome(
+            pb.ReportOutcomeRequest(
+                outcomes=[pb.Outcome(decision_id=choice.decision_id, success=ok, latency_ms=10.0 if ok else 500.0)]
+            )
+        )
+    learned_on_a = a_service.core.pool("p").strategy.snapshot()
+    assert learned_on_a is not None and learned_on_a["updates"] >= 40
+
+    def learned_on_b() -> Any:
+        return b_service.core.pool("p").strategy.snapshot()
+
+    # b made no decision; after a merge its state is the average of both, so it has learned too.
+    await wait_for(lambda: _now(learned_on_b()["updates"]), lambda n: n >= 40, "a's learning merged into b")
+    assert learned_on_b()["biases"] != {"s1": 0.0, "s2": 0.0}
+
+
+async def _now(value: Any) -> Any:
+    return value
