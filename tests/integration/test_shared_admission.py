@@ -152,3 +152,20 @@ async def test_one_rate_bucket_over_both_replicas(replicas: Replicas) -> None:
     assert (allowed, refused) == (4, 6)
     other = await acquire(d, pool="r", client_key="another")  # keys are separate buckets
     assert other.granted
+
+
+async def test_an_adaptive_limit_has_one_value_over_both_replicas(replicas: Replicas) -> None:
+    a, b = await replicas(pool(max_concurrency=8, limit_algorithm="aimd", limit_params={"backoff_ratio": 0.5}))
+
+    async def limits() -> tuple[int, int]:
+        sa = await a.GetLoadStatus(pb.GetLoadStatusRequest(pool="p"))
+        sb = await b.GetLoadStatus(pb.GetLoadStatusRequest(pool="p"))
+        return sa.status.pools[0].concurrency_limit, sb.status.pools[0].concurrency_limit
+
+    await wait_for(limits, lambda pair: pair == (8, 8), "the shared starting limit")
+    for stub in (a, b):  # one drop released on each replica: the owner halves the limit twice
+        held = await acquire(stub)
+        await stub.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=held.lease.lease_id, success=False))
+    await wait_for(limits, lambda pair: pair == (2, 2), "one limit, lowered by both replicas' samples")
+    granted = [await acquire(stub) for stub in (a, b, a, b)]
+    assert [g.granted for g in granted] == [True, True, False, False]  # the scripts enforce it

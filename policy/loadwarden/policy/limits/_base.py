@@ -14,6 +14,7 @@ class LimitAlgorithm(Protocol):
     """Answers the current concurrency limit and adapts it from samples."""
 
     name: ClassVar[str]
+    adaptive: ClassVar[bool]  # False: the limit never moves (``fixed``)
 
     @property
     def limit(self) -> int:

@@ -161,6 +161,14 @@ class SlotPool:
         self.hold_ewma_s = 0.0
         self.deleted = False
         self.rate_limited_total = 0  # requests refused by the rate limit, for metrics
+        # The limit every replica enforces, when replicas share one adaptive limit that
+        # another replica computes (None: this process's own algorithm decides).
+        self.shared_limit: int | None = None
+
+    @property
+    def current_limit(self) -> int:
+        """The limit in force: the shared one when replicas share it, else the algorithm's."""
+        return self.shared_limit if self.shared_limit is not None else self.limit.limit
 
     def reconfigure(self, settings: PoolSettings, where: str) -> None:
         """Takes new settings; leases and waiters stay. The limit algorithm restarts
@@ -190,12 +198,12 @@ class SlotPool:
             heapq.heapify(self.queue)
 
     def has_room(self) -> bool:
-        limit = self.limit.limit
+        limit = self.current_limit
         return limit == 0 or self.in_use < limit
 
     def retry_after_s(self) -> float:
         """Rough time until a slot frees for a newcomer: mean hold time x (queue + 1) / limit."""
-        limit = max(1, self.limit.limit)
+        limit = max(1, self.current_limit)
         estimate = self.hold_ewma_s * (self.waiting + 1) / limit
         return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, estimate))
 

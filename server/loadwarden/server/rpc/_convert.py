@@ -190,7 +190,7 @@ def pool_header(pool: Pool, eligible: int, in_flight: int) -> _common.PoolStatus
         in_flight=in_flight,
         active_leases=pool.slots.in_use,
         queue_length=pool.slots.waiting,
-        concurrency_limit=pool.slots.limit.limit,
+        concurrency_limit=pool.slots.current_limit,
         strategy_stats=pool.strategy.stats(),
         panic=pool.panic,
     )

@@ -142,7 +142,7 @@ class ServerMetrics:
         )
         meter.create_observable_gauge(
             "loadwarden.concurrency.limit",
-            pools(lambda p: p.slots.limit.limit),
+            pools(lambda p: p.slots.current_limit),
             unit="{slot}",
             description="The pool's current concurrency limit (0 means unlimited)",
         )

@@ -18,6 +18,10 @@ What is shared and how (README "Several replicas"):
   empty queue may take a slot that a waiter on another replica wanted: the priority
   order is exact within a replica, not across them. ``max_queue_length`` counts one
   replica's waiters.
+* **An adaptive limit** (AIMD, Gradient2) has one value: one replica owns it (a Redis key
+  with a TTL that it renews every ``ELECT_S``; another takes over within ``OWNER_TTL_MS``
+  of its death), runs the algorithm on every replica's release samples (the others send
+  theirs in batches on the events channel) and writes the value every acquire script reads.
 * **A selection** made with a lease (``select_server``) is settled by the replica that
   made it: a release on another replica is announced to it.
 
@@ -103,6 +107,13 @@ class StoreUnavailable(Unavailable):
         super().__init__(message, reason="")
 
 
+# How often replicas renew or take the ownership of adaptive limits, and how long an owner
+# that stopped renewing keeps it (a dead owner's limit is taken over within OWNER_TTL_MS).
+ELECT_S = 1.0
+OWNER_TTL_MS = 3_000
+# Samples kept for an owner between flushes, per pool; more are dropped (the limit learns slower).
+MAX_PENDING_SAMPLES = 10_000
+
 # A replica with waiters tries its queues again this often even without an announcement.
 POLL_S = 0.25
 # Leases one sweep reclaims at most (a later sweep takes the rest).
@@ -164,6 +175,8 @@ class SharedAdmission(Admission):
         self._mine: dict[str, _Mine] = {}  # lease id -> a selection to settle when it ends
         self._dispatching: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._owners: dict[str, str] = {}  # pool -> the replica that computes its adaptive limit
+        self._samples: dict[str, list[tuple[float, int, bool]]] = {}  # pool -> samples for its owner
         redis.on_event(self._event)
 
     # --- pools -------------------------------------------------------------------------
@@ -362,6 +375,7 @@ class SharedAdmission(Admission):
                 round(ttl_s * 1000),
                 slots.settings.max_lease_ttl_ms,
                 self._replica,
+                "1" if slots.limit.adaptive else "0",
             )
         except (asyncio.CancelledError, TimeoutError):
             # The script may have run with its answer lost: the lease goes back (a no-op if it never was).
@@ -528,12 +542,84 @@ class SharedAdmission(Admission):
         held_ms = float(int(now_ms) - int(granted_ms))
         expired = code == 0
         if how == "released":
-            slots.limit.on_sample(self._clock.monotonic(), latency_ms or held_ms, int(held) + 1, expired or not success)
+            self._sample(slots, latency_ms or held_ms, int(held) + 1, expired or not success)
             self._note_hold(slots, held_ms / 1000.0)
         if decode(replica) == self._replica:
             self._settle_mine(lease_id, success and not expired, latency_ms or held_ms, expired)
         self.dispatch(slots)
         return not expired
+
+    # --- one adaptive limit for every replica ------------------------------------------
+
+    def _sample(self, slots: SlotPool, rtt_ms: float, in_flight: int, dropped: bool) -> None:
+        """A release's sample for the pool's limit: applied here when this replica owns the
+        limit (or it is fixed), else sent to the owner with the next batch."""
+        name = slots.settings.name
+        if not slots.limit.adaptive or self._owners.get(name) == self._replica:
+            before = slots.limit.limit
+            slots.limit.on_sample(self._clock.monotonic(), rtt_ms, in_flight, dropped)
+            if slots.limit.adaptive and slots.limit.limit != before:
+                self._spawn(self._publish_limit(slots), "loadwarden-limit")
+            return
+        pending = self._samples.setdefault(name, [])
+        if len(pending) < MAX_PENDING_SAMPLES:
+            pending.append((rtt_ms, in_flight, dropped))
+
+    async def _publish_limit(self, slots: SlotPool) -> None:
+        """Writes the owner's limit where every acquire script reads it, and announces it."""
+        name, value = slots.settings.name, slots.limit.limit
+        slots.shared_limit = value
+        try:
+            async with self._redis.client.pipeline(transaction=True) as pipe:
+                pipe.set(self._redis.key(f"limit:{name}"), value)
+                pipe.publish(self._redis.events_channel, f"M {name} {value}")
+                await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - Redis away: the next change or election writes it again
+            log.debug("pool %s: limit %d not published: %s", name, value, exc)
+
+    async def elect(self) -> None:
+        """Takes (or renews) the ownership of each adaptive limit that nobody holds, and sends
+        the samples of limits another replica owns to it."""
+        for slots in list(self._by_name.values()):
+            if not slots.limit.adaptive:
+                continue
+            name = slots.settings.name
+            owner = decode(
+                await self._redis.own(keys=[self._redis.key(f"limit-owner:{name}")], args=[self._replica, OWNER_TTL_MS])
+            )
+            if owner == self._replica and self._owners.get(name) != self._replica:
+                log.info("pool %s: this replica now computes the shared limit (%d)", name, slots.limit.limit)
+                await self._publish_limit(slots)
+            self._owners[name] = owner
+        await self.flush_samples()
+
+    async def flush_samples(self) -> None:
+        """Sends each pool's pending samples to its limit's owner (applies them here when that
+        is this replica; keeps them while no owner is known yet)."""
+        for name, pending in list(self._samples.items()):
+            owner = self._owners.get(name)
+            if owner is None:
+                continue
+            del self._samples[name]
+            if owner == self._replica:
+                self._take_samples({"p": name, "s": pending})
+                continue
+            body = json.dumps({"p": name, "s": pending}, separators=(",", ":"))
+            try:
+                await self._redis.client.publish(self._redis.events_channel, f"S {owner} {body}")
+            except Exception as exc:  # noqa: BLE001 - lost samples only slow the limit down
+                log.debug("pool %s: %d limit samples not sent: %s", name, len(pending), exc)
+
+    def _take_samples(self, body: dict[str, Any]) -> None:
+        slots = self._by_name.get(str(body["p"]))
+        if slots is None or not slots.limit.adaptive:
+            return
+        before = slots.limit.limit
+        now = self._clock.monotonic()
+        for rtt_ms, in_flight, dropped in body["s"]:
+            slots.limit.on_sample(now, float(rtt_ms), int(in_flight), bool(dropped))
+        if slots.limit.limit != before:
+            self._spawn(self._publish_limit(slots), "loadwarden-limit")
 
     def _note_hold(self, slots: SlotPool, held_s: float) -> None:
         if slots.hold_ewma_s:
@@ -619,13 +705,23 @@ class SharedAdmission(Admission):
         return reclaimed
 
     async def run(self, interval_s: float) -> None:
-        """Sweeps every ``interval_s`` until cancelled; Redis failures are logged and retried."""
+        """Sweeps every ``interval_s``, and holds elections for the adaptive limits every
+        ELECT_S, until cancelled; Redis failures are logged and retried."""
+        since_election = ELECT_S
         while True:
             await asyncio.sleep(interval_s or 1.0)
+            since_election += interval_s or 1.0
             try:
                 await self.sweep()
+                if since_election >= ELECT_S and not self.down:
+                    since_election = 0.0
+                    await self.elect()
+                elif self._samples and not self.down:
+                    await self.flush_samples()
             except StoreUnavailable as exc:
                 self.went_down(exc)
+            except Exception as exc:  # noqa: BLE001 - redis-py errors outside the scripts: retried next round
+                log.debug("election or sample flush skipped: %s", exc)
 
     # --- events ------------------------------------------------------------------------
 
@@ -635,6 +731,18 @@ class SharedAdmission(Admission):
             slots = self._by_name.get(rest)
             if slots is not None:
                 self.dispatch(slots)
+        elif kind == "M":
+            name, _, value = rest.partition(" ")
+            slots = self._by_name.get(name)
+            if slots is not None and value.isdigit():
+                slots.shared_limit = int(value)
+        elif kind == "S":
+            owner, _, payload = rest.partition(" ")
+            if owner == self._replica:
+                try:
+                    self._take_samples(json.loads(payload))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("ignored malformed limit samples (%s): %.200s", exc, message)
         elif kind == "E":
             replica, _, payload = rest.partition(" ")
             if replica != self._replica:

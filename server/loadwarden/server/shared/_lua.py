@@ -17,6 +17,8 @@ that every key lands in one slot):
 * ``P requests``  hash: ``owner US pool US request id`` -> lease id (idempotency
   across replicas; an entry lives exactly as long as its lease)
 * ``P rate:<scope>`` hash ``{t: tokens, c: counted at ms}``, expiring once full again
+* ``P limit:<pool>`` an adaptive limit's shared value; ``P limit-owner:<pool>`` the replica
+  that computes it (a key with a TTL, renewed by its holder)
 
 Events go out on ``P events``: ``F <pool>`` when a slot frees (waiters elsewhere
 retry), ``E <replica> <json>`` when a lease another replica granted ended here
@@ -70,7 +72,8 @@ end
 """
 
 # KEYS: none (all under ARGV[1], the prefix). ARGV: prefix, now_ms, pool, limit (0: none),
-# max_leases, lease id, owner, request id, ttl ms, longest ttl ms, replica.
+# max_leases, lease id, owner, request id, ttl ms, longest ttl ms, replica, adaptive ('1': read
+# the shared value ``P limit:<pool>``, written by the replica that owns the pool's limit).
 # Returns {code, lease id, granted ms, expires ms, now ms, held}: code 1 granted, 2 the same
 # lease as an earlier call with this request id, 0 at the limit, -1 at max_leases.
 ACQUIRE = (
@@ -81,6 +84,10 @@ local now = now_ms(ARGV[2])
 local limit, max_leases = tonumber(ARGV[4]), tonumber(ARGV[5])
 local id, owner, rid, ttl, longest, here = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
 local held = prefix .. 'held:' .. pool
+if ARGV[12] == '1' then  -- an adaptive limit: the value its owner replica computed, when there is one
+  local shared = redis.call('GET', prefix .. 'limit:' .. pool)
+  if shared then limit = tonumber(shared) end
+end
 reclaim(prefix, held, now, 100, '')
 local rkey = owner .. '\31' .. pool .. '\31' .. rid
 if rid ~= '' then
@@ -221,4 +228,16 @@ for i, key in ipairs(KEYS) do
   redis.call('PEXPIRE', key, math.max(1, math.ceil((s[5] - left) * s[4] / s[3])))
 end
 return 0
+"""
+
+# KEYS: the owner key. ARGV: replica, ttl ms. Takes the key when free, renews it when held by
+# ``replica``. Returns the owner.
+OWN = r"""
+local current = redis.call('GET', KEYS[1])
+if not current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+if current == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return current
 """

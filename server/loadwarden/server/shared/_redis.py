@@ -231,6 +231,7 @@ class SharedRedis:
         self.lookup = client.register_script(_lua.LOOKUP)
         self.sweep = client.register_script(_lua.SWEEP)
         self.rate = client.register_script(_lua.RATE)
+        self.own = client.register_script(_lua.OWN)
         self._handlers: list[Callable[[str], None]] = []
         self._on_resubscribe: list[Callable[[], Awaitable[None]]] = []
 
