@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -75,3 +77,53 @@ def test_quick_start_serve_command_starts_the_service(processes: Processes) -> N
         timeout=20,
     )
     assert '"SERVING"' in done.stdout, done.stderr
+
+
+def test_readme_replicas_commands_start_redis_and_three_replicas_that_share_configuration(tmp_path: Any) -> None:
+    import os
+    import signal
+    import time
+
+    import grpc
+    import redis
+
+    from loadwarden.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decision_pb2, decision_pb2_grpc
+
+    from ._harness import clean_env, free_loopback_port, redis_server_binary
+
+    redis_server_binary()
+    block = code_block_after("Several replicas on Redis", "sh")
+    redis_port, ports = free_loopback_port(), [free_loopback_port() for _ in range(3)]
+    script = block.replace("6379", str(redis_port)).replace("127.0.0.1:5005$i", "127.0.0.1:${PORTS[$i]}")
+    script = f"PORTS=(x {' '.join(map(str, ports))})\n{script}\nwait\n"
+    env = clean_env({"PATH": f"{tool('loadwarden').parent}{os.pathsep}{os.environ['PATH']}"})
+    shell = subprocess.Popen(
+        ["bash", "-c", script], cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    client = redis.Redis(port=redis_port)
+    channels: list[grpc.Channel] = []
+    try:
+        targets = [f"127.0.0.1:{p}" for p in ports]
+        stubs = []
+        for target in targets:
+            channel = grpc.insecure_channel(target)
+            channels.append(channel)
+            grpc.channel_ready_future(channel).result(timeout=30)
+            stubs.append((admin_pb2_grpc.AdminServiceStub(channel), decision_pb2_grpc.DecisionServiceStub(channel)))
+        pool = common_pb2.PoolConfig(name="shared", servers=[common_pb2.ServerSpec(id="s1", address="127.0.0.1:9")])
+        stubs[0][0].ConfigurePool(admin_pb2.ConfigurePoolRequest(pool=pool), timeout=5)
+        deadline = time.monotonic() + 5
+        while True:
+            status = stubs[2][1].GetLoadStatus(decision_pb2.GetLoadStatusRequest(), timeout=5).status
+            if any(p.name == "shared" for p in status.pools):
+                break
+            assert time.monotonic() < deadline, "the pool made on replica 1 never reached replica 3"
+            time.sleep(0.02)
+    finally:
+        for channel in channels:
+            channel.close()
+        os.killpg(shell.pid, signal.SIGTERM)
+        shell.wait(30)
+        with contextlib.suppress(redis.ConnectionError):  # shutting down closes the connection mid-reply
+            client.shutdown(nosave=True)
+        client.close()
