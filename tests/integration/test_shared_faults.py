@@ -91,7 +91,11 @@ async def replicas() -> AsyncIterator[Start]:
         state = StateSettings(
             store="redis",
             redis=RedisSettings(
-                url=url, key_prefix=f"{{f{next(_prefixes)}}}:", connect_timeout_ms=200, command_timeout_ms=200, **redis
+                url=url,
+                key_prefix=f"{{f{next(_prefixes)}}}:",
+                connect_timeout_ms=200,
+                command_timeout_ms=1_000,
+                **redis,
             ),
         )
         pools = (PoolSpec(PoolSettings(name="p", max_concurrency=LIMIT, lease_ttl_ms=LEASE_TTL_MS)),)

@@ -7,6 +7,7 @@ what a learning strategy learns on one replica is merged into the other's.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -133,3 +134,46 @@ async def test_what_one_replica_learns_is_merged_into_the_other(replicas: Start)
 
 async def _now(value: Any) -> Any:
     return value
+
+
+async def _owner(peers: Any, operation: str) -> Any:
+    return peers.batch_owner(operation)
+
+
+async def test_two_replicas_give_the_same_batch_size(replicas: Start) -> None:
+    from loadwarden.server.shared import Peers
+    from loadwarden.v1 import admin_pb2 as admin
+    from loadwarden.v1 import admin_pb2_grpc as admin_grpc
+
+    (a_service, b_service), (a, b) = await replicas(pool())
+    channel = grpc.aio.insecure_channel(a_service.target)
+    try:
+        operation = common.OperationConfig(
+            name="etl",
+            mode=common.BATCH_MODE_LATENCY_TARGET,
+            min_batch_size=1,
+            max_batch_size=64,
+            default_batch_size=32,
+            target_latency_ms=100.0,
+            backoff_ratio=0.5,
+        )
+        await admin_grpc.AdminServiceStub(channel).ConfigureOperation(
+            admin.ConfigureOperationRequest(operation=operation)
+        )
+    finally:
+        await channel.close()
+
+    async def sizes() -> tuple[int, int]:
+        first = await a.GetBatchSize(pb.GetBatchSizeRequest(operation="etl"))
+        second = await b.GetBatchSize(pb.GetBatchSizeRequest(operation="etl"))
+        return first.batch_size, second.batch_size
+
+    for service in (a_service, b_service):  # both know who sizes it (elections run every second)
+        peers = service.core.peers
+        assert isinstance(peers, Peers)
+        owner = functools.partial(_owner, peers, "etl")
+        await wait_for(owner, lambda o: o is not None, "an owner", timeout_s=5)
+    for stub in (b, b, b):  # slow batches, reported to b only: the owner (whichever) learns from them
+        report = pb.BatchReport(operation="etl", batch_size=32, duration_ms=900.0, success=True)
+        await stub.ReportBatch(pb.ReportBatchRequest(reports=[report]))
+    await wait_for(sizes, lambda pair: pair[0] == pair[1] < 32, "one smaller size on both")

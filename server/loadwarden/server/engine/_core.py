@@ -96,6 +96,19 @@ class PeerLink(Protocol):
         decision ids sent (those signed for ``owner`` by a replica that is not this one)."""
         ...
 
+    def batch_answer(self, operation: Operation) -> BatchAnswer | None:
+        """The answer of the replica that sizes ``operation`` when that is another one (None:
+        this replica decides)."""
+        ...
+
+    def batch_decided(self, operation: Operation, answer: BatchAnswer) -> None:
+        """This replica sized ``operation``: the others answer the same."""
+        ...
+
+    def batches_elsewhere(self, reports: Sequence[BatchReportIn]) -> list[BatchReportIn]:
+        """Sends the reports of operations another replica sizes to it; returns the rest."""
+        ...
+
 
 class _Unheard:
     """The listener of a core nobody listens to."""
@@ -400,8 +413,16 @@ class DecisionCore:
     def batch_size(self, name: str) -> BatchAnswer:
         """GetBatchSize. Raises NotFound for an unknown operation (unless auto-registration is on)."""
         operation = self._operation(name, "operation")
+        if self.peers is not None:
+            shared = self.peers.batch_answer(operation)
+            if shared is not None:
+                operation.decisions_total += 1
+                return shared
         now = self.clock.monotonic()
-        return operation.decide(now, self.clock.wall(), self.load_reading(operation.settings, now))
+        answer = operation.decide(now, self.clock.wall(), self.load_reading(operation.settings, now))
+        if self.peers is not None:
+            self.peers.batch_decided(operation, answer)
+        return answer
 
     def load_reading(self, settings: OperationSettings, now: float) -> LoadReading:
         """The load score an operation's source gives right now (None with the reason when unknown)."""
@@ -418,8 +439,9 @@ class DecisionCore:
     def report_batches(self, reports: Sequence[BatchReportIn]) -> int:
         """ReportBatch; every entry's operation is checked before any is applied."""
         targets = [self._operation(r.operation, f"reports[{i}].operation") for i, r in enumerate(reports)]
-        for operation, report in zip(targets, reports, strict=True):
-            operation.observe(report.batch_size, report.duration_ms, report.success)
+        here = reports if self.peers is None else self.peers.batches_elsewhere(reports)
+        for report in here:
+            self.operations[report.operation].observe(report.batch_size, report.duration_ms, report.success)
         return len(targets)
 
     def _operation(self, name: str, field: str) -> Operation:

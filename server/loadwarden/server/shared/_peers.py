@@ -11,6 +11,11 @@ hashes:
   as if reported there.
 * **In flight** (``P inflight``): every ``exchange_interval_ms`` each replica writes its
   per-server in-flight counts and reads the others'; strategies weigh the sum.
+* **Batch sizing**: one replica sizes each operation (``P batch-owner:<op>``, a key with
+  a TTL it renews every ``ELECT_S``); it announces each answer (``Z``), the others answer
+  the same and send it their ReportBatch entries (``R``). A host-sourced operation
+  follows the owner's host load. With the owner silent for ``ANSWER_FRESH_S`` a replica
+  decides on its own until another owner is elected.
 * **Learned state** (``P learned:<pool>``): every ``merge_interval_ms`` each replica writes
   its learning strategies' snapshots with the updates learned since the last
   merge, and takes the weighted average of every fresh one (``merge_snapshots``).
@@ -25,7 +30,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from loadwarden.policy import LoadReportIn, LoadSample, OutcomeReport
+from loadwarden.policy import BatchAnswer, BatchReportIn, LoadReportIn, LoadSample, Operation, OutcomeReport
 from loadwarden.policy.strategies import merge_snapshots
 
 from ..engine._core import DecisionCore
@@ -35,6 +40,11 @@ log = logging.getLogger("loadwarden.server")
 
 # An in-flight or learned entry older than this many intervals is a dead replica's: ignored.
 STALE_INTERVALS = 4
+# How often operations' sizing owners are elected or renewed, and how long an owner that
+# stopped renewing keeps it; a non-owner trusts the owner's last answer this long.
+ELECT_S = 1.0
+OWNER_TTL_MS = 3_000
+ANSWER_FRESH_S = 3.0
 # Outcomes or reports in one event at most (a larger batch goes as several).
 EVENT_BATCH = 500
 
@@ -50,6 +60,9 @@ class Peers:
         self._core: DecisionCore | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._merged_updates: dict[str, int] = {}  # pool -> its strategy's updates at the last merge
+        self._batch_owners: dict[str, str] = {}  # operation -> the replica that sizes it
+        self._answers: dict[str, tuple[BatchAnswer, float]] = {}  # operation -> the owner's answer, when
+        self._published: dict[str, tuple[BatchAnswer, float]] = {}  # operation -> what this owner announced
         self.forwarded_total = 0
         redis.on_event(self._event)
 
@@ -84,11 +97,73 @@ class Peers:
         self.forwarded_total += len(sent)
         return sent
 
+    def batch_answer(self, operation: Operation) -> BatchAnswer | None:
+        name = operation.settings.name
+        owner = self._batch_owners.get(name)
+        if owner is None or owner == self._replica:
+            return None
+        cached = self._answers.get(name)
+        core = self._core
+        assert core is not None
+        if cached is None or core.clock.monotonic() - cached[1] > ANSWER_FRESH_S:
+            return None  # the owner is silent: decide here meanwhile
+        return cached[0]
+
+    def batch_decided(self, operation: Operation, answer: BatchAnswer) -> None:
+        name = operation.settings.name
+        if self._batch_owners.get(name) != self._replica:
+            return
+        previous = self._published.get(name)
+        core = self._core
+        assert core is not None
+        now = core.clock.monotonic()
+        if previous is not None and previous[0] == answer and now - previous[1] < ANSWER_FRESH_S / 3:
+            return
+        self._published[name] = (answer, now)
+        body = [name, answer.size, answer.load_score, answer.level, answer.reason, answer.fallback]
+        self._publish(f"Z {self._replica} {json.dumps(body, separators=(',', ':'))}")
+
+    def batches_elsewhere(self, reports: Sequence[BatchReportIn]) -> list[BatchReportIn]:
+        here: list[BatchReportIn] = []
+        away: dict[str, list[list[Any]]] = {}
+        for report in reports:
+            owner = self._batch_owners.get(report.operation)
+            if owner is None or owner == self._replica:
+                here.append(report)
+            else:
+                away.setdefault(owner, []).append(
+                    [report.operation, report.batch_size, report.duration_ms, report.success]
+                )
+        for owner, batch in away.items():
+            self._publish(f"R {owner} {json.dumps(batch, separators=(',', ':'))}")
+        return here
+
+    def batch_owner(self, operation: str) -> str | None:
+        """The replica that sizes ``operation``, as this one last heard; None before an election."""
+        return self._batch_owners.get(operation)
+
+    async def elect_batch_owners(self) -> None:
+        """Takes (or renews) the sizing of each operation nobody sizes; the owner decides once
+        then, so the others have a fresh answer even when nobody asks the owner."""
+        core = self._core
+        assert core is not None
+        for name in list(core.operations):
+            key = self._redis.key(f"batch-owner:{name}")
+            owner = decode(await self._redis.own(keys=[key], args=[self._replica, OWNER_TTL_MS]))
+            self._batch_owners[name] = owner
+            if owner == self._replica:
+                self._published.pop(name, None)  # announce again: a replica may have joined
+                core.batch_size(name)
+        for name in [n for n in self._batch_owners if n not in core.operations]:
+            del self._batch_owners[name]
+            self._answers.pop(name, None)
+            self._published.pop(name, None)
+
     # --- events --------------------------------------------------------------------
 
     def _event(self, message: str) -> None:
         kind, _, rest = message.partition(" ")
-        if kind not in ("L", "J", "O") or self._core is None:
+        if kind not in ("L", "J", "O", "Z", "R") or self._core is None:
             return
         sender, _, payload = rest.partition(" ")
         try:
@@ -100,6 +175,22 @@ class Peers:
                 server = pool.servers.get(str(server_id)) if pool is not None else None
                 if pool is not None and server is not None:
                     pool.eject_for(server, float(duration_s), self._core.clock.monotonic())
+            elif kind == "Z" and sender != self._replica:
+                name, size, load, level, reason, fallback = json.loads(payload)
+                answer = BatchAnswer(
+                    int(size), None if load is None else float(load), str(level), str(reason), bool(fallback)
+                )
+                self._answers[str(name)] = (answer, self._core.clock.monotonic())
+                operation = self._core.operations.get(str(name))
+                if operation is not None:  # so a replica that takes over goes on from the owner's size
+                    operation.size, operation.last_reason, operation.fallback = (
+                        answer.size,
+                        answer.reason,
+                        answer.fallback,
+                    )
+            elif kind == "R" and sender == self._replica:  # addressed to this replica
+                reports = [BatchReportIn(str(op), int(n), float(ms), bool(ok)) for op, n, ms, ok in json.loads(payload)]
+                self._core.report_batches([r for r in reports if r.operation in self._core.operations])
             elif kind == "O" and sender == self._replica:  # addressed to this replica
                 body = json.loads(payload)
                 outcomes = [OutcomeReport(str(d), bool(ok), float(ms), str(st)) for d, ok, ms, st in body["r"]]
@@ -137,11 +228,16 @@ class Peers:
     async def run(self) -> None:
         """Exchanges in-flight counts and merges learned state, each at its interval."""
         since_merge = 0.0
+        since_election = ELECT_S
         while True:
             await asyncio.sleep(self._exchange_s)
             since_merge += self._exchange_s
+            since_election += self._exchange_s
             try:
                 await self.exchange_in_flight()
+                if since_election >= ELECT_S:
+                    since_election = 0.0
+                    await self.elect_batch_owners()
                 if since_merge >= self._merge_s:
                     since_merge = 0.0
                     await self.merge_learned()
