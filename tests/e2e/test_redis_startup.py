@@ -11,6 +11,7 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -28,7 +29,7 @@ servers = [{ id = "s1", address = "127.0.0.1:9001" }]
 
 def config(url: str, prefix: str = "{e2e}:") -> str:
     state = f'store = "redis"\nurl = "{url}"\nkey_prefix = "{prefix}"\n'
-    return f"[state]\n{state}connect_timeout_ms = 300\ncommand_timeout_ms = 300\n{POOL}"
+    return f"[state]\n{state}connect_timeout_ms = 1000\ncommand_timeout_ms = 300\n{POOL}"
 
 
 def one_line_error(processes: Processes, text: str) -> str:
@@ -124,7 +125,7 @@ def test_a_unix_socket_url_serves(processes: Processes, tmp_path: object) -> Non
     proc = processes.spawn(
         [redis_server_binary(), "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no"]
     )
-    assert proc.stdout.wait_for("ready to accept connections", 10) is not None, proc.describe()
+    assert proc.stdout.wait_for("(?i)ready to accept connections", 10) is not None, proc.describe()
     service = processes.serve(config(f"unix://{sock}?db=0"))
     client = redis.Redis(unix_socket_path=sock)
     try:
@@ -132,3 +133,48 @@ def test_a_unix_socket_url_serves(processes: Processes, tmp_path: object) -> Non
     finally:
         client.close()
     assert service.stop() == 0
+
+
+def test_a_rediss_url_serves_over_tls_and_an_unknown_ca_names_state_url(processes: Processes, tmp_path: Path) -> None:
+    from tests._certs import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    port = free_loopback_port()
+    proc = processes.spawn(
+        [
+            *(redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
+            *("--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key)),
+            *("--tls-ca-cert-file", str(certs.ca), "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"),
+        ]
+    )
+    assert proc.stdout.wait_for("(?i)ready to accept connections", 10) is not None, proc.describe()
+    url = f"rediss://127.0.0.1:{port}/0"
+    service = processes.serve(config(f"{url}?ssl_ca_certs={certs.ca}"))
+    assert service.stop() == 0
+    line = one_line_error(processes, config(url))  # the system's CAs do not know the test CA
+    assert "state.url" in line and "certificate verify failed" in line, line
+
+
+def test_the_master_is_found_through_a_real_sentinel(processes: Processes, tmp_path: Path) -> None:
+    master = processes.redis()
+    sentinel_port = free_loopback_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor lw 127.0.0.1 {master.port} 1\n", encoding="utf-8"
+    )
+    sentinel = processes.spawn([redis_server_binary(), str(conf), "--sentinel"])
+    assert sentinel.stdout.wait_for(r"\+monitor master lw", 10) is not None, sentinel.describe()
+    text = config("redis://127.0.0.1/0").replace(
+        'url = "redis://127.0.0.1/0"\n', f'url = "redis:///0"\nsentinels = ["127.0.0.1:{sentinel_port}"]\n'
+    )
+    text = text.replace("[state]\n", '[state]\nsentinel_master = "lw"\n')
+    service = processes.serve(text)
+    client = redis.Redis(port=master.port)
+    try:
+        assert client.get("{e2e}:schema") == b"loadwarden.redis/1"  # written to the master sentinel named
+    finally:
+        client.close()
+    assert service.stop() == 0
+    wrong = text.replace('sentinel_master = "lw"', 'sentinel_master = "nope"')
+    line = one_line_error(processes, wrong)
+    assert "state.url" in line and "nope" in line, line

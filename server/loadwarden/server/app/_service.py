@@ -39,7 +39,7 @@ from ..rpc._servicer import add_to_server, server_options
 from ..rpc._telemetry import server_interceptors
 from ..rpc._tls import TlsMaterial, load_tls
 from ..rpc.reflection import enable_reflection
-from ..shared import Outage, Peers, SharedAdmission, SharedRedis
+from ..shared import Outage, Peers, SharedAdmission, SharedRedis, sync_client
 from ..shared import connect as connect_redis
 from ._catalog import OPERATIONS, POOLS, RESYNC_S, Catalog, CatalogStore, FileCatalog, RedisCatalog
 from ._config import ServiceConfig
@@ -366,7 +366,7 @@ def _state_store(config: ServiceConfig) -> StateStore:
     if state.store == "file":
         return FileStore(state.path)
     if state.redis is not None:
-        return RedisBlobStore(state.redis.url, state.redis.key_prefix, state.redis.command_timeout_ms / 1000.0)
+        return RedisBlobStore(sync_client(state.redis), state.redis.key_prefix)
     return MemoryStore()
 
 

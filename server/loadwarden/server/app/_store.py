@@ -14,7 +14,7 @@ import os
 import stat
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._errors import ConfigError
 
@@ -140,10 +140,8 @@ class RedisBlobStore:
 
     durable = True
 
-    def __init__(self, url: str, prefix: str, timeout_s: float) -> None:
-        import redis
-
-        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    def __init__(self, client: Any, prefix: str) -> None:
+        self._client = client  # a blocking redis-py client (shared.sync_client)
         self._prefix = f"{prefix}blob:"
 
     def load(self, key: str) -> bytes | None:

@@ -6,7 +6,16 @@ configured, so ``loadwarden serve`` on the memory store needs none of it.
 
 from ._admission import Outage, SharedAdmission, StoreUnavailable
 from ._peers import Peers
-from ._redis import FAILURE_MODES, REDIS_KEYS, RedisSettings, SharedRedis, connect, parse_redis, redacted
+from ._redis import (
+    FAILURE_MODES,
+    REDIS_KEYS,
+    RedisSettings,
+    SharedRedis,
+    connect,
+    parse_redis,
+    redacted,
+    sync_client,
+)
 
 __all__ = [
     "FAILURE_MODES",
@@ -20,4 +29,5 @@ __all__ = [
     "connect",
     "parse_redis",
     "redacted",
+    "sync_client",
 ]

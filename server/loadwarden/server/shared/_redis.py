@@ -121,7 +121,7 @@ def parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
     url = raw.get("url", DEFAULT_URL)
     if not isinstance(url, str):
         raise ConfigError("state.url", "must be a string such as redis://127.0.0.1:6379/0")
-    _check_url(url)
+    _check_url(url, need_host=not raw.get("sentinels"))
     values["url"] = url
     prefix = raw.get("key_prefix", DEFAULT_PREFIX)
     if not isinstance(prefix, str) or not 1 <= len(prefix) <= 64 or not prefix.isprintable() or " " in prefix:
@@ -176,7 +176,7 @@ def parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
     return RedisSettings(**values)
 
 
-def _check_url(url: str) -> None:
+def _check_url(url: str, *, need_host: bool = True) -> None:
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
@@ -191,7 +191,7 @@ def _check_url(url: str) -> None:
         if not parts.path:
             raise ConfigError("state.url", f"{redacted(url)}: a unix:// URL needs a socket path")
         return
-    if not parts.hostname:
+    if not parts.hostname and need_host:  # with sentinels, they say where the master is
         raise ConfigError("state.url", f"{redacted(url)}: no host")
     del port  # read only to check it parses
     database = parts.path.strip("/")
@@ -337,6 +337,31 @@ def _client(settings: RedisSettings) -> Any:
 
         return RedisCluster.from_url(settings.url, max_connections=settings.pool_size, **options)
     return aioredis.from_url(settings.url, max_connections=settings.pool_size, **options)
+
+
+def sync_client(settings: RedisSettings) -> Any:
+    """A blocking redis-py client for ``settings`` (Sentinel and Cluster too), for the code
+    that runs in worker threads (the learned-state blob)."""
+    import redis
+
+    timeout_s = settings.command_timeout_ms / 1000.0
+    options: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout_ms / 1000.0,
+        "socket_timeout": timeout_s,
+    }
+    if settings.sentinels:
+        from redis.sentinel import Sentinel
+
+        parts = urllib.parse.urlsplit(settings.url)
+        addresses = [(h, int(p)) for h, _, p in (s.rpartition(":") for s in settings.sentinels)]
+        sentinel = Sentinel(addresses, sentinel_kwargs={"socket_timeout": timeout_s}, **options)
+        db = int(parts.path.strip("/") or 0) if parts.scheme != "unix" else 0
+        return sentinel.master_for(settings.sentinel_master, password=parts.password, username=parts.username, db=db)
+    if settings.cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(settings.url, **options)
+    return redis.Redis.from_url(settings.url, **options)
 
 
 async def connect(settings: RedisSettings) -> SharedRedis:
