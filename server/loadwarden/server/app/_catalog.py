@@ -23,7 +23,6 @@ a warning; the replica keeps serving the rest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -338,8 +337,9 @@ class Catalog:
         if version is not None and version != self.version:
             self.changed_elsewhere()
             if self._converging is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._converging
+                # wait(), not await: the converge ending in any way returns, while a cancellation
+                # of this task still propagates (suppressing CancelledError here hung the shutdown).
+                await asyncio.wait({self._converging})
 
     def _converge_to(self, snapshot: Snapshot) -> None:
         """Makes the core hold exactly the stored pools and operations."""
@@ -388,6 +388,12 @@ class Catalog:
             core.configure_operation(parse_operation(name, "operation", record, f"stored operation {name}"))
         except (DecisionError, TypeError, ValueError, AttributeError) as exc:
             log.warning("stored operation %s not applied (%s); it keeps its current state here", name, exc)
+
+    async def close(self) -> None:
+        """Stops a converge still running (at shutdown)."""
+        if self._converging is not None and not self._converging.done():
+            self._converging.cancel()
+            await asyncio.wait({self._converging})
 
     def records(self) -> Snapshot:
         """What this replica holds, as records with their digests (to republish an emptied store)."""

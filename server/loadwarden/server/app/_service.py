@@ -201,6 +201,7 @@ async def start_service(
             store = _state_store(config)
         catalog = Catalog(core, _catalog_store(config, store, shared), config.pools, config.operations)
         await catalog.start()
+        stack.push_async_callback(catalog.close)
         restore(core, store)
         persister = None
         if store.durable:
@@ -253,6 +254,8 @@ async def start_service(
         if persister is not None:
             tasks.append(asyncio.create_task(persister.run(), name="loadwarden-persister"))
         stack.push_async_callback(_cancel, tasks)
+        if shared is not None:
+            stack.callback(shared.redis.stop_listening)
         stack.push_async_callback(health_servicer.enter_graceful_shutdown)  # first of all: NOT_SERVING
         log.info(
             "loadwarden serving on %s:%d (%d pools); connections capped at %s (open files limit %s)",
@@ -371,10 +374,15 @@ def _state_store(config: ServiceConfig) -> StateStore:
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    """Cancels ``tasks`` together and waits for them; one that swallowed its cancellation (a
+    library that catches CancelledError in a read) is cancelled again until it ends."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+        for task in pending:
+            log.warning("task %s did not stop on cancellation; cancelling it again", task.get_name())
 
 
 def _configure_metrics(config: ServiceConfig) -> MetricsSetup | None:

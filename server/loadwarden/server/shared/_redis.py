@@ -233,6 +233,8 @@ class SharedRedis:
         self.rate = client.register_script(_lua.RATE)
         self.own = client.register_script(_lua.OWN)
         self._handlers: list[Callable[[str], None]] = []
+        # Set by close(): the listener stops even if redis-py swallows its cancellation in a read.
+        self._closing = False
         self._on_resubscribe: list[Callable[[], Awaitable[None]]] = []
 
     def key(self, name: str) -> str:
@@ -250,7 +252,7 @@ class SharedRedis:
         """Delivers events until cancelled; a lost connection is retried with backoff."""
         delay = 0.05
         first = True
-        while True:
+        while not self._closing:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.events_channel)
@@ -260,7 +262,7 @@ class SharedRedis:
                         await handler()
                 first = False
                 delay = 0.05
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None or message.get("type") != "message":
                         continue
@@ -297,7 +299,12 @@ class SharedRedis:
         await self.client.set(self.key("schema"), SCHEMA, nx=True)
         await self.client.set(self.key("secret"), self.secret.hex(), nx=True)
 
+    def stop_listening(self) -> None:
+        """Ends ``listen`` at its next message or second."""
+        self._closing = True
+
     async def close(self) -> None:
+        self._closing = True
         with contextlib.suppress(Exception):
             await self.client.aclose()
 
