@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
@@ -19,6 +19,7 @@ from loadwarden.sdk._outcomes import OutcomeBuffer
 from loadwarden.sdk._resilience import BreakerOpenError, KnownServers, LocalSlots
 from loadwarden.sdk._retry import Retrier, RetryConfig
 from loadwarden.sdk._route import Route
+from loadwarden.sdk._targets import ChannelTarget, channel_target
 from loadwarden.sdk._types import BatchSize, HeldLease, Lease, LoadStatus, OutcomeStats, Selection, ServerState
 from loadwarden.v1 import decision_pb2 as _pb
 
@@ -32,7 +33,9 @@ ABANDONING_CODES = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode
 # restarted service within 2 s, not after gRPC's default reconnect backoff (which
 # grows to 120 s): at most 1 s between reconnect attempts (1.2 s with gRPC's 20 %
 # jitter), during which the health probe waits for the channel (`_probe.py`).
-# The SDK's retry layer is the only one.
+# The SDK's retry layer is the only one. Over several replicas these hold per
+# replica (each is its own subchannel); `ChannelTarget.channel_options` adds the
+# load-balancing policy.
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -46,7 +49,8 @@ class ClientOptions:
     """A client's settings, validated once; errors name the constructor parameter.
 
     Attributes:
-        target: Service address, "host:port".
+        target: Service address, "host:port" (any gRPC target string), or a
+            list/tuple of replica addresses; see `loadwarden.sdk._targets`.
         timeout_s: Deadline of every call that names none, seconds, > 0.
         outcome_batch_size: Queued outcomes that are sent at once without waiting, count, >= 1.
         outcome_flush_interval_s: Longest an outcome waits before it is sent, seconds, > 0.
@@ -56,19 +60,26 @@ class ClientOptions:
             count, >= 1; a failed release beyond it is left to expire.
         close_timeout_s: Longest `close()` waits for releases in flight and
             retries the pending ones before closing the channel, seconds, > 0.
+        load_balancing: "round_robin", "pick_first", or None (round robin for a
+            list, gRPC's default for a string).
+        channel: What the channel dials, built from `target` and `load_balancing`.
     """
 
-    target: str
+    target: str | Sequence[str]
     timeout_s: float
     outcome_batch_size: int
     outcome_flush_interval_s: float
     outcome_buffer_size: int
     max_pending_releases: int = 1_000
     close_timeout_s: float = 2.0
+    load_balancing: str | None = None
+    channel: ChannelTarget = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.target, str) or not self.target:
-            raise ValueError(f"target must be a non-empty 'host:port' string, got {self.target!r}")
+        # Set once here (the class is frozen); a list is kept as a tuple, so it cannot change under the channel.
+        object.__setattr__(self, "channel", channel_target(self.target, self.load_balancing))
+        if isinstance(self.target, list):
+            object.__setattr__(self, "target", tuple(self.target))
         _check_positive_seconds("timeout_s", self.timeout_s)
         _check_positive_seconds("outcome_flush_interval_s", self.outcome_flush_interval_s)
         _check_positive_count("outcome_batch_size", self.outcome_batch_size)
@@ -153,6 +164,22 @@ def retryable(exc: BaseException) -> bool:
     return is_transport_failure(exc) and not isinstance(exc, BreakerOpenError)
 
 
+def retry_unless_open(breaker: CircuitBreaker | None) -> Callable[[BaseException], bool]:
+    """The retry predicate of one call: `retryable`, and no retry once its breaker is OPEN.
+
+    Other calls' failures may open the breaker while this one backs off; its retry
+    then does not go out (the breaker's promise: no network while OPEN), and the
+    call ends with its last error, which the caller's fallback answers.
+    """
+    if breaker is None:
+        return retryable
+
+    def may_retry(exc: BaseException) -> bool:
+        return retryable(exc) and breaker.state is not BreakerState.OPEN
+
+    return may_retry
+
+
 class ClientBase:
     """The part of the client surface that makes no RPC, identical in sync and async."""
 
@@ -234,10 +261,15 @@ class ClientBase:
         return keeper_valid_until + self._options.timeout_s
 
     def breaker(self, method: str) -> CircuitBreaker | None:
-        """The circuit breaker guarding `method` ("SelectServer", ...) for this client's target."""
+        """The circuit breaker guarding `method` ("SelectServer", ...) for this client's target.
+
+        One breaker per method for the whole target: over several replicas it judges
+        the service as a whole, and a dead replica that retries route around costs
+        it nothing.
+        """
         if self._breakers is None or method in UNGUARDED_METHODS:
             return None
-        return self._breakers.get(method, self._options.target)
+        return self._breakers.get(method, self._options.channel.target)
 
     def _guarded(self, method: str) -> bool:
         """Whether `method` goes through the breaker and retries.

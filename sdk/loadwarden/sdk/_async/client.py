@@ -6,7 +6,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -25,7 +25,7 @@ from loadwarden.sdk._base import (
     ClientOptions,
     check_on_lost,
     check_wait_timeout,
-    retryable,
+    retry_unless_open,
     serving_servers,
     settle,
 )
@@ -91,7 +91,16 @@ class AsyncClient(ClientBase):
     call them from the loop's thread.
 
     Args:
-        target: Service address, "host:port". Ignored when `channel` is given.
+        target: Service address: "host:port" (or any gRPC target string, e.g.
+            "dns:///loadwarden.internal:50051"), dialled as given; or a list/tuple of
+            replica addresses, IP literals "10.0.0.1:50051" / "[::1]:50051" of one
+            family, which become one channel (gRPC's "ipv4:a,b" / "ipv6:a,b"
+            target) spread over every ready replica with round robin. Host names
+            are refused in a list (they would be resolved only once): for a DNS
+            name with several addresses, pass "dns:///name:port" with
+            `load_balancing="round_robin"`. Over TLS a list's replicas are checked
+            against its first address (or `tls.server_name`). Ignored when
+            `channel` is given.
         timeout_s: Deadline of every call that names none, seconds.
         channel: A channel to use instead of opening one to `target`; the caller
             keeps ownership and closes it.
@@ -116,6 +125,12 @@ class AsyncClient(ClientBase):
             at most, count; beyond it a failed release is left to expire.
         close_timeout_s: Longest `close()` waits for releases in flight and
             retries the pending ones before closing the channel, seconds.
+        load_balancing: How the channel spreads calls over the addresses it
+            finds: "round_robin" (every ready one in turn; a dead replica is left
+            out while it reconnects) or "pick_first" (one connection, the first
+            address that answers). None: round robin for a list, gRPC's default
+            (pick_first) for a string. One breaker per method guards the target
+            as a whole; a call a retry carried to another replica is a success.
 
     Raises:
         ValueError: An argument is out of range, or a TLS file cannot be read; the
@@ -124,7 +139,7 @@ class AsyncClient(ClientBase):
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         timeout_s: float = 1.0,
         channel: grpc.aio.Channel | None = None,
@@ -140,9 +155,11 @@ class AsyncClient(ClientBase):
         token: str | None = None,
         max_pending_releases: int = 1_000,
         close_timeout_s: float = 2.0,
+        load_balancing: str | None = None,
     ) -> None:
         self._options = ClientOptions(
             target=target,
+            load_balancing=load_balancing,
             timeout_s=timeout_s,
             outcome_batch_size=outcome_batch_size,
             outcome_flush_interval_s=outcome_flush_interval_s,
@@ -710,8 +727,10 @@ class AsyncClient(ClientBase):
 
         The deadline is the call's timeout cut to the caller's `deadline` scope. An
         open breaker fails the call at once; otherwise attempts are retried per
-        the retry settings, each bounded by the time left, and each outcome feeds
-        the breaker (only transport failures count against it).
+        the retry settings, each bounded by the time left. The breaker judges the
+        call, not its attempts: it is told one outcome when the call ends (only a
+        transport failure counts against it), so a call that a retry saved (e.g. on
+        another replica, after the first one's died) counts as a success.
         """
         if self._closed:
             raise RuntimeError("the client is closed")
@@ -721,35 +740,47 @@ class AsyncClient(ClientBase):
         rpc = getattr(self._stub, method)
         metadata = self._metadata
         self._fail_fast(method)
+        breaker = self._admit(method)
+        sent = False  # whether an attempt went out: a call the retrier refused at once has no outcome
 
         async def attempt(time_left_s: float) -> Any:
-            breaker = self._admit(method)
+            nonlocal sent
+            sent = True
             try:
-                response = await rpc(request, timeout=time_left_s, metadata=metadata)
+                return await rpc(request, timeout=time_left_s, metadata=metadata)
             except grpc.RpcError as err:
-                error = error_from_rpc(err)
-                settle(breaker, error)
-                raise error from err
-            except BaseException:  # cancelled or interrupted: no outcome, give back a half-open probe
-                if breaker is not None:
-                    breaker.release()
-                raise
-            if breaker is not None:
-                breaker.record_success()
-            return response
+                raise error_from_rpc(err) from err
 
-        if self._retrier is None or not self._guarded(method):
-            return await attempt(timeout)
-        return await self._retrier.call_async(attempt, deadline=time.monotonic() + timeout, retryable=retryable)
+        try:
+            if self._retrier is None or not self._guarded(method):
+                response = await attempt(timeout)
+            else:
+                response = await self._retrier.call_async(
+                    attempt, deadline=time.monotonic() + timeout, retryable=retry_unless_open(breaker)
+                )
+        except LoadwardenError as error:
+            if sent:
+                settle(breaker, error)
+            elif breaker is not None:
+                breaker.release()
+            raise
+        except BaseException:  # cancelled or interrupted: no outcome, give back a half-open probe
+            if breaker is not None:
+                breaker.release()
+            raise
+        if breaker is not None:
+            breaker.record_success()
+        return response
 
     def _open_channel(self) -> None:
         # At construction, or at the first call where the flavour opens channels then
         # (a grpc.aio channel binds to the event loop running when it opens).
+        target = self._options.channel
         if self._credentials is None:
-            self._channel = traced_aio_insecure_channel(self._options.target, CHANNEL_OPTIONS)
+            self._channel = traced_aio_insecure_channel(target.target, target.channel_options(CHANNEL_OPTIONS))
         else:
             self._channel = traced_aio_secure_channel(
-                self._options.target, self._credentials, (*CHANNEL_OPTIONS, *self._tls_options)
+                target.target, self._credentials, target.channel_options((*CHANNEL_OPTIONS, *self._tls_options))
             )
         self._stub = _pb_grpc.DecisionServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
         self._health = _health_pb_grpc.HealthStub(self._channel)

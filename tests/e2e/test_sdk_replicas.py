@@ -1,0 +1,218 @@
+"""One client over three real ``loadwarden serve`` replicas rides out one of them being SIGKILLed.
+
+A `Client` (from threads) and an `AsyncClient` (from tasks) are each given the
+three replica addresses, which become one round-robin channel. Their
+route()/select()/slot() calls are spread over all three; one replica is killed
+in the middle of the load, and the calls go on. The application sees no
+exception and no local fallback, no breaker opens, and the two survivors answer
+everything after the kill. The RPCs that were in flight on the killed process
+fail UNAVAILABLE; the SDK's retry sends them to a survivor, and a call a retry
+saved is a success to the breaker.
+
+The replicas run on the memory store: each is its own service, so a slot's
+release that round robin sends to another replica is answered NOT_FOUND (taken
+as "no longer held") and the lease ends at its short TTL on the replica that
+granted it. `tests/e2e/test_replicas_redis.py` covers replicas acting as one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from loadwarden.sdk import AsyncClient, BreakerState, Client, TlsConfig
+
+from .._certs import make_certs
+from ._harness import Processes, Service
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = """\
+[service]
+shutdown_grace_ms = 200
+
+[pools.api]
+strategy = "round_robin"
+servers = [
+  { id = "api-1", address = "127.0.0.1:9001" },
+  { id = "api-2", address = "127.0.0.1:9002" },
+  { id = "api-3", address = "127.0.0.1:9003" },
+]
+"""
+THREADS = 3
+TASKS = 3
+TIMEOUT_S = 1.0
+LEASE_TTL_S = 1.0  # a lease whose release reached another replica ends this soon on its own
+SPREAD_SELECTIONS = 30  # each replica has served this many before the kill
+SURVIVOR_SELECTIONS = 100  # ... and each survivor this many more after it
+AFTER_KILL_S = 2.5  # calls go on at least this long after the kill: past two reconnect attempts (1 s apart at most)
+PHASE_TIMEOUT_S = 10.0
+GUARDED = ("SelectServer", "AcquireSlot", "ReleaseSlot", "ReportOutcome")
+
+
+@dataclass
+class Tally:
+    """What the application saw, shared by the workers; `killed` splits it in two."""
+
+    killed: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    answered: Counter[str] = field(default_factory=Counter)
+    answered_after_kill: Counter[str] = field(default_factory=Counter)
+    fallbacks: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def answer(self, kind: str, fallback: bool) -> None:
+        with self.lock:
+            self.answered[kind] += 1
+            if self.killed.is_set():
+                self.answered_after_kill[kind] += 1
+            if fallback:
+                self.fallbacks.append(kind)
+
+    def error(self, worker: str, exc: BaseException) -> None:
+        with self.lock:
+            self.errors.append(f"{worker}: {exc!r}")
+
+    def after_kill(self) -> int:
+        with self.lock:
+            return sum(self.answered_after_kill.values())
+
+
+def sync_worker(client: Client, tally: Tally, name: str) -> None:
+    while not tally.stop.is_set():
+        try:
+            with client.route("api") as route:
+                tally.answer("route", route.selection.fallback)
+            tally.answer("select", client.select("api").fallback)
+            with client.slot("api", lease_ttl_s=LEASE_TTL_S) as lease:
+                tally.answer("slot", lease.fallback)
+        except Exception as exc:  # noqa: BLE001 - anything reaching the application is the finding
+            tally.error(name, exc)
+
+
+async def async_worker(client: AsyncClient, tally: Tally, name: str) -> None:
+    while not tally.stop.is_set():
+        try:
+            async with client.route("api") as route:
+                tally.answer("route", route.selection.fallback)
+            tally.answer("select", (await client.select("api")).fallback)
+            async with client.slot("api", lease_ttl_s=LEASE_TTL_S) as lease:
+                tally.answer("slot", lease.fallback)
+        except Exception as exc:  # noqa: BLE001 - anything reaching the application is the finding
+            tally.error(name, exc)
+
+
+def run_async_workers(targets: list[str], tally: Tally, breakers: dict[str, tuple[BreakerState, float, float]]) -> None:
+    async def main() -> None:
+        async with AsyncClient(targets, timeout_s=TIMEOUT_S) as client:
+            await asyncio.gather(*(async_worker(client, tally, f"task-{i}") for i in range(TASKS)))
+            breakers.update(breaker_summary(client))
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:  # noqa: BLE001 - reported by the test
+        tally.error("event loop", exc)
+
+
+def breaker_summary(client: Client | AsyncClient) -> dict[str, tuple[BreakerState, float, float]]:
+    """(state, state changes, failed calls) of each guarded method's breaker."""
+    summary = {}
+    for method in GUARDED:
+        breaker = client.breaker(method)
+        assert breaker is not None
+        stats = breaker.stats()
+        summary[method] = (breaker.state, stats["state_changes"], stats["total_failures"])
+    return summary
+
+
+def selections(service: Service, tls: TlsConfig | None = None) -> int:
+    """SelectServer answers `service` (one replica) has given for pool api since it started."""
+    with Client(service.target, timeout_s=TIMEOUT_S, retry=None, breaker=None, tls=tls) as observer:
+        status = observer.load_status("api")
+    return sum(server.selections_total for pool in status.pools for server in pool.servers)
+
+
+def wait_until(condition: Callable[[], bool], what: str, tally: Tally, timeout_s: float = PHASE_TIMEOUT_S) -> None:
+    """Polls `condition` until it holds; fails naming `what` (and what the workers saw) at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if tally.errors or time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout_s} s; answered {dict(tally.answered)}, errors {tally.errors[:5]}")
+        tally.stop.wait(0.05)  # a poll interval, not a wait for time to pass: the condition decides
+
+
+def test_a_killed_replica_costs_the_application_nothing(processes: Processes, tmp_path: Path) -> None:
+    config = tmp_path / "replica.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    replicas = [processes.serve(None, extra_args=["--config", str(config)]) for _ in range(3)]
+    targets = [replica.target for replica in replicas]
+    victim, survivors = replicas[0], replicas[1:]
+
+    tally = Tally()
+    async_breakers: dict[str, tuple[BreakerState, float, float]] = {}
+    client = Client(targets, timeout_s=TIMEOUT_S)
+    workers = [threading.Thread(target=sync_worker, args=(client, tally, f"thread-{i}")) for i in range(THREADS)]
+    workers.append(threading.Thread(target=run_async_workers, args=(targets, tally, async_breakers)))
+    try:
+        for worker in workers:
+            worker.start()
+        wait_until(
+            lambda: min(selections(replica) for replica in replicas) >= SPREAD_SELECTIONS,
+            f"every replica served {SPREAD_SELECTIONS} selections",
+            tally,
+        )
+        before = {replica.target: selections(replica) for replica in survivors}
+
+        assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
+        killed_at = time.monotonic()
+        tally.killed.set()
+        wait_until(
+            lambda: (
+                time.monotonic() - killed_at >= AFTER_KILL_S
+                and all(selections(s) - before[s.target] >= SURVIVOR_SELECTIONS for s in survivors)
+            ),
+            f"each survivor served {SURVIVOR_SELECTIONS} more selections, for {AFTER_KILL_S} s",
+            tally,
+        )
+    finally:
+        tally.stop.set()
+        for worker in workers:
+            worker.join(timeout=10.0)
+        sync_breakers = breaker_summary(client)
+        client.close()
+
+    assert not any(worker.is_alive() for worker in workers)
+    assert tally.errors == []
+    assert tally.fallbacks == []
+    assert set(tally.answered_after_kill) == {"route", "select", "slot"}
+    assert tally.after_kill() >= 2 * SURVIVOR_SELECTIONS
+    closed = dict.fromkeys(GUARDED, (BreakerState.CLOSED, 0.0, 0.0))
+    assert sync_breakers == closed  # never opened, and no call failed as a whole
+    assert async_breakers == closed
+
+
+def test_a_list_over_tls_checks_each_replica_against_its_address(processes: Processes, tmp_path: Path) -> None:
+    # Without an authority of its own, a list's channel would check the replicas'
+    # certificates against "a,b" (the whole list), which no certificate names.
+    certs = make_certs(tmp_path / "certs")
+    config = tmp_path / "tls.toml"
+    config.write_text(
+        f'{CONFIG}\n[tls]\ncert_file = "{certs.server_cert}"\nkey_file = "{certs.server_key}"\n', encoding="utf-8"
+    )
+    replicas = [processes.serve(None, extra_args=["--config", str(config)]) for _ in range(2)]
+
+    tls = TlsConfig(ca=certs.ca)
+    with Client([r.target for r in replicas], tls=tls, retry=None, breaker=None, timeout_s=5.0) as client:
+        answers = [client.select("api") for _ in range(20)]
+
+    assert not any(answer.fallback for answer in answers)
+    assert all(selections(replica, tls) > 0 for replica in replicas)  # both certificates passed the check
