@@ -147,3 +147,81 @@ def test_configuration_made_through_one_replica_is_in_force_on_all_within_a_seco
     for replica in restarted:
         pool = pool_on(replica.target)
         assert drained(pool) and pool.strategy == "least_connections", replica.target
+
+
+def test_a_killed_replica_costs_the_application_nothing_and_leaks_no_lease(processes: Processes) -> None:
+    """SIGKILL one of three Redis replicas under route()/slot() load from one SDK client."""
+    import signal
+    import threading
+    import time
+
+    import redis as redis_py
+
+    from loadwarden.sdk import BreakerState, Client
+
+    limit, threads, ttl_s = 6, 8, 2.0
+    redis = processes.redis()
+    config = replica_config(redis.url).replace(f"max_concurrency = {LIMIT}", f"max_concurrency = {limit}")
+    config = config.replace("max_queue_length = 10000", "max_queue_length = 10000\nlease_ttl_ms = 2000")
+    replicas = [processes.serve(config) for _ in range(3)]
+    client = Client([r.target for r in replicas], timeout_s=1.0)
+    stop, killed = threading.Event(), threading.Event()
+    lock = threading.Lock()
+    intervals: list[dict[str, Any]] = []
+    errors: list[str] = []
+    fallbacks: list[str] = []
+    after_kill = [0]
+
+    def worker(name: str) -> None:
+        while not stop.is_set():
+            try:
+                with client.route("p") as route:
+                    if route.selection.fallback:
+                        fallbacks.append("route")
+                with client.slot("p", wait_s=5.0, lease_ttl_s=ttl_s) as lease:
+                    granted = time.monotonic()
+                    time.sleep(0.002)  # the work
+                    released = time.monotonic()
+                    with lock:
+                        intervals.append({"granted": granted, "released": released})
+                        after_kill[0] += killed.is_set()
+                        if lease.fallback:
+                            fallbacks.append("slot")
+            except Exception as exc:  # noqa: BLE001 - anything reaching the application is the finding
+                with lock:
+                    errors.append(f"{name}: {exc!r}")
+
+    pool = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(threads)]
+    try:
+        for thread in pool:
+            thread.start()
+        deadline = time.monotonic() + 20
+        while len(intervals) < 200 and not errors:
+            assert time.monotonic() < deadline, "no load before the kill"
+            stop.wait(0.02)
+        assert replicas[0].stop(signal.SIGKILL) == -signal.SIGKILL
+        killed.set()
+        deadline = time.monotonic() + 20
+        while after_kill[0] < 300 and not errors:
+            assert time.monotonic() < deadline, f"too little load after the kill: {after_kill[0]}"
+            stop.wait(0.02)
+    finally:
+        stop.set()
+        for thread in pool:
+            thread.join(timeout=15)
+        breakers = {m: client.breaker(m).state for m in ("SelectServer", "AcquireSlot", "ReleaseSlot")}  # type: ignore[union-attr]  # guarded methods have breakers
+        client.close()
+    assert errors == []
+    assert fallbacks == []
+    assert set(breakers.values()) == {BreakerState.CLOSED}
+    assert most_holders(intervals) <= limit
+    # Whatever the killed replica granted and nobody released (none, if every release found a
+    # survivor) is reclaimed at its TTL: Redis holds no lease soon after.
+    counter = redis_py.Redis.from_url(redis.url)
+    try:
+        deadline = time.monotonic() + ttl_s + 3.0
+        while counter.hlen("{e2e}:leases"):
+            assert time.monotonic() < deadline, f"{counter.hlen('{e2e}:leases')} leases left past their TTL"
+            time.sleep(0.05)
+    finally:
+        counter.close()
