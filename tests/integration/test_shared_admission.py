@@ -169,3 +169,39 @@ async def test_an_adaptive_limit_has_one_value_over_both_replicas(replicas: Repl
     await wait_for(limits, lambda pair: pair == (2, 2), "one limit, lowered by both replicas' samples")
     granted = [await acquire(stub) for stub in (a, b, a, b)]
     assert [g.granted for g in granted] == [True, True, False, False]  # the scripts enforce it
+
+
+async def test_a_survivor_takes_over_the_adaptive_limit_when_its_owner_is_gone(redis_url: str) -> None:
+    import redis as redis_py
+
+    prefix = f"{{t{next(_prefixes)}}}:"
+    state = StateSettings(store="redis", redis=RedisSettings(url=redis_url, key_prefix=prefix))
+    spec = pool(max_concurrency=8, limit_algorithm="aimd", limit_params={"backoff_ratio": 0.5})
+    services = [await start_service(ServiceConfig(listen="127.0.0.1:0", pools=(spec,), state=state)) for _ in range(2)]
+    client = redis_py.Redis.from_url(redis_url)
+
+    async def owner() -> str | None:
+        value = client.get(f"{prefix}limit-owner:p")
+        return value.decode() if isinstance(value, bytes) else None
+
+    try:
+        first = await wait_for(owner, lambda o: o is not None, "an owner", timeout_s=5)
+        gone = next(s for s in services if s.core.ids.prefix == first)
+        survivor = next(s for s in services if s is not gone)
+        await gone.stop(0)  # its key lapses at its TTL: nobody deletes it, as after a crash
+        await wait_for(owner, lambda o: o == survivor.core.ids.prefix, "the survivor owns the limit", timeout_s=8)
+        async with grpc.aio.insecure_channel(survivor.target) as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            held = await acquire(stub)
+            await stub.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=held.lease.lease_id, success=False))
+
+            async def limit() -> int:
+                status = await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool="p"))
+                return int(status.status.pools[0].concurrency_limit)
+
+            await wait_for(limit, lambda n: n == 4, "the survivor's algorithm moves the shared limit")
+        assert client.get(f"{prefix}limit:p") == b"4"
+    finally:
+        client.close()
+        for service in services:
+            await service.stop(0)

@@ -213,3 +213,47 @@ async def test_a_silent_redis_never_holds_a_call_past_its_deadline(processes: An
     load.stop.set()
     await running
     assert load.slowest_s <= DEADLINE_S + SLACK_S, f"a call took {load.slowest_s:.3f} s: {load.answers}"
+
+
+async def test_rate_limits_follow_their_own_failure_mode(processes: Any) -> None:
+    from loadwarden.policy import RateLimit
+
+    redis = processes.redis()
+    rate = RateLimit(count=10, per_s=60.0, burst=10)
+    started = []
+    try:
+        answers: dict[str, list[str]] = {}
+        for mode in ("local", "fail_closed", "fail_open"):
+            state = StateSettings(
+                store="redis",
+                redis=RedisSettings(
+                    url=redis.url,
+                    key_prefix=f"{{rl{next(_prefixes)}}}:",
+                    on_failure="fail_open",
+                    rate_limit_on_failure=mode,
+                    replicas=2,
+                ),
+            )
+            pools = (PoolSpec(PoolSettings(name="p", rate_limit=rate)),)
+            running = await start_service(ServiceConfig(listen="127.0.0.1:0", pools=pools, state=state))
+            started.append(running)
+        redis.kill()
+        for mode, running in zip(("local", "fail_closed", "fail_open"), started, strict=True):
+            async with grpc.aio.insecure_channel(running.target) as channel:
+                stub = pb_grpc.DecisionServiceStub(channel)
+                seen = []
+                for _ in range(12):
+                    try:
+                        answer = await stub.AcquireSlot(pb.AcquireSlotRequest(pool="p", client_key="k"), timeout=2)
+                        seen.append("granted" if answer.granted else "denied")
+                    except grpc.aio.AioRpcError as exc:
+                        seen.append(exc.code().name)
+                answers[mode] = seen
+        # local: this replica's share, 10 // 2 per minute; the first call may meet Redis's failure.
+        assert answers["local"].count("granted") == 5, answers["local"]
+        assert set(answers["local"][-6:]) == {"RESOURCE_EXHAUSTED"}
+        assert set(answers["fail_closed"]) == {"UNAVAILABLE"}, answers["fail_closed"]
+        assert answers["fail_open"] == ["granted"] * 12
+    finally:
+        for running in started:
+            await running.stop(0)
