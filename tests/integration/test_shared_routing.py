@@ -177,3 +177,39 @@ async def test_two_replicas_give_the_same_batch_size(replicas: Start) -> None:
         report = pb.BatchReport(operation="etl", batch_size=32, duration_ms=900.0, success=True)
         await stub.ReportBatch(pb.ReportBatchRequest(reports=[report]))
     await wait_for(sizes, lambda pair: pair[0] == pair[1] < 32, "one smaller size on both")
+
+
+async def test_a_survivor_takes_over_sizing_when_the_owner_is_gone(redis_url: str) -> None:
+    from loadwarden.policy import OperationSettings
+    from loadwarden.server.shared import Peers
+
+    prefix = f"{{r{next(_prefixes)}}}:"
+    state = StateSettings(store="redis", redis=RedisSettings(url=redis_url, key_prefix=prefix))
+    operation = OperationSettings(
+        name="etl", mode="latency_target", target_latency_ms=100.0, default_batch_size=32, max_batch_size=64
+    )
+    config = ServiceConfig(listen="127.0.0.1:0", pools=(pool(),), operations=(operation,), state=state)
+    services = [await start_service(config) for _ in range(2)]
+    try:
+        peers = [s.core.peers for s in services]
+        assert all(isinstance(p, Peers) for p in peers)
+        first = await wait_for(functools.partial(_owner, peers[0], "etl"), lambda o: o is not None, "an owner")
+        gone = next(s for s in services if s.core.ids.prefix == first)
+        survivor = next(s for s in services if s is not gone)
+        await gone.stop(0)
+        mine = survivor.core.ids.prefix
+        await wait_for(
+            functools.partial(_owner, survivor.core.peers, "etl"), lambda o: o == mine, "taken over", timeout_s=8
+        )
+        async with grpc.aio.insecure_channel(survivor.target) as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            report = pb.BatchReport(operation="etl", batch_size=32, duration_ms=900.0, success=True)
+            await stub.ReportBatch(pb.ReportBatchRequest(reports=[report]))
+
+            async def size() -> int:
+                return int((await stub.GetBatchSize(pb.GetBatchSizeRequest(operation="etl"))).batch_size)
+
+            await wait_for(size, lambda n: n < 32, "the survivor sizes it itself")
+    finally:
+        for service in services:
+            await service.stop(0)
