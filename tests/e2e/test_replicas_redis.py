@@ -225,3 +225,78 @@ def test_a_killed_replica_costs_the_application_nothing_and_leaks_no_lease(proce
             time.sleep(0.05)
     finally:
         counter.close()
+
+
+def start_cluster(processes: Processes, tmp_path: Path, nodes: int = 3) -> list[int]:
+    """A real Redis Cluster of ``nodes`` masters (no replicas) on free loopback ports."""
+    import shutil
+    import subprocess
+    import time
+
+    import redis as redis_py
+
+    from ._harness import free_loopback_port, redis_server_binary
+
+    ports = [free_loopback_port() for _ in range(nodes)]
+    for port in ports:
+        directory = tmp_path / f"node-{port}"
+        directory.mkdir()
+        args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
+        args += ["--cluster-config-file", str(directory / "nodes.conf"), "--save", "", "--appendonly", "no"]
+        node = processes.spawn(args)
+        assert node.stdout.wait_for("(?i)ready to accept connections", 10) is not None, node.describe()
+    cli = shutil.which("redis-cli")
+    assert cli is not None, "redis-cli (Debian redis-tools, installed with redis-server) is required"
+    created = subprocess.run(
+        [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0", "--cluster-yes"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    client = redis_py.Redis(port=ports[0])
+    try:
+        deadline = time.monotonic() + 20
+        while client.cluster("info").get("cluster_state") != "ok":
+            assert time.monotonic() < deadline, "the cluster did not reach cluster_state:ok"
+            time.sleep(0.05)
+    finally:
+        client.close()
+    return ports
+
+
+def test_replicas_share_state_on_a_real_redis_cluster(processes: Processes, tmp_path: Path) -> None:
+    import time
+
+    import grpc
+
+    from loadwarden.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decision_pb2, decision_pb2_grpc
+
+    ports = start_cluster(processes, tmp_path)
+    config = (
+        f'[state]\nstore = "redis"\nurl = "redis://127.0.0.1:{ports[1]}/0"\ncluster = true\nkey_prefix = "{{lw}}:"\n'
+        f"\n[pools.p]\nmax_concurrency = 2\nmax_wait_ms = 10000\n"
+        'servers = [{ id = "s1", address = "127.0.0.1:9001" }]\n'
+    )
+    a, b = (processes.serve(config) for _ in range(2))
+    channels = [grpc.insecure_channel(r.target) for r in (a, b)]
+    try:
+        admin = admin_pb2_grpc.AdminServiceStub(channels[0])
+        sa, sb = (decision_pb2_grpc.DecisionServiceStub(c) for c in channels)
+        new_pool = common_pb2.PoolConfig(name="made", servers=[common_pb2.ServerSpec(id="m1", address="127.0.0.1:1")])
+        admin.ConfigurePool(admin_pb2.ConfigurePoolRequest(pool=new_pool), timeout=5)
+        changed = time.monotonic()
+        while not any(p.name == "made" for p in sb.GetLoadStatus(decision_pb2.GetLoadStatusRequest()).status.pools):
+            assert time.monotonic() - changed < 1.0, "not on b within 1 s"
+            time.sleep(0.01)
+        held = [sa.AcquireSlot(decision_pb2.AcquireSlotRequest(pool="p"), timeout=5) for _ in range(2)]
+        assert all(h.granted for h in held)
+        assert not sb.AcquireSlot(decision_pb2.AcquireSlotRequest(pool="p"), timeout=5).granted  # one count
+        waiting = sb.AcquireSlot.future(decision_pb2.AcquireSlotRequest(pool="p", max_wait_ms=10_000), timeout=15)
+        while sb.GetLoadStatus(decision_pb2.GetLoadStatusRequest(pool="p")).status.pools[0].queue_length != 1:
+            time.sleep(0.01)
+        sa.ReleaseSlot(decision_pb2.ReleaseSlotRequest(lease_id=held[0].lease.lease_id), timeout=5)
+        assert waiting.result(timeout=10).granted  # woken on b by a's release
+    finally:
+        for channel in channels:
+            channel.close()

@@ -458,6 +458,10 @@ async def _claim_schema(client: Any, prefix: str, where: str) -> bytes:
 async def _some_key(client: Any, prefix: str) -> str | None:
     """One key under ``prefix``, if any (a bounded scan: a large keyspace is not walked whole)."""
     pattern = _glob_escape(prefix) + "*"
+    if not hasattr(client, "connection_pool"):  # a Cluster client: its scan walks every node
+        async for key in client.scan_iter(match=pattern, count=1000):
+            return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        return None
     cursor: Any = 0
     for _ in range(100):
         cursor, keys = await client.scan(cursor=cursor, match=pattern, count=1000)
