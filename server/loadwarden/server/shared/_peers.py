@@ -278,6 +278,8 @@ class Peers:
         core = self._core
         assert core is not None
         now = core.clock.wall()
+        for name in [n for n in self._merged_updates if core.find_pool(n) is None]:
+            del self._merged_updates[name]  # a deleted pool's bookkeeping goes with it
         for pool in core.pools():
             snapshot = pool.strategy.snapshot()
             if snapshot is None:
