@@ -318,10 +318,21 @@ class Admission:
                 )
         if slots.has_room():
             return self._grant(slots, request, now, now)
+        return await self._queue_or_deny(slots, request, now, time_left_s)
+
+    # How the limit and the queue are described in denials (a shared admission says whose).
+    LIMIT_SCOPE = ""
+    QUEUE_SCOPE = ""
+
+    async def _queue_or_deny(
+        self, slots: SlotPool, request: SlotRequest, now: float, time_left_s: float | None
+    ) -> Answer:
+        """No slot now: a denial when the request may not wait, ResourceExhausted when the
+        queue is full, else a place in the queue and the wait's answer."""
         if request.max_wait_s <= 0:
             return Denied(
                 Denial.AT_CAPACITY,
-                f"pool {request.pool!r} is at its limit of {slots.limit.limit} slots",
+                f"pool {request.pool!r} is at its limit of {slots.current_limit} slots{self.LIMIT_SCOPE}",
                 slots.retry_after_s(),
                 0.0,
             )
@@ -331,7 +342,8 @@ class Admission:
                 "max_queue_length",
                 f"pools.{request.pool}.max_queue_length",
                 cap,
-                f"pool {request.pool!r}: wait queue is full ({slots.waiting} waiting; max_queue_length {cap})",
+                f"pool {request.pool!r}: wait queue is full "
+                f"({slots.waiting} waiting{self.QUEUE_SCOPE}; max_queue_length {cap})",
                 retry_after_s=slots.retry_after_s(),
             )
         waiter = _Waiter(request, slots, now, asyncio.get_running_loop().create_future())
@@ -339,8 +351,13 @@ class Admission:
         heapq.heappush(slots.queue, (-request.priority, next(self._arrivals), waiter))
         slots.waiting += 1
         if request.request_id:
-            self._remember(key, waiter)
+            self._remember((request.owner, request.pool, request.request_id), waiter)
+        self._queued(slots)
         return await self._wait(slots, waiter, request, time_left_s)
+
+    def _queued(self, slots: SlotPool) -> None:
+        """A waiter joined ``slots``' queue (a shared admission looks for a slot freed meanwhile)."""
+        return None
 
     @staticmethod
     def _check_ttl(slots: SlotPool, ttl_s: float, field_name: str) -> None:

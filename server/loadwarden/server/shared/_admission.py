@@ -327,31 +327,13 @@ class SharedAdmission(Admission):
             answer = await self._try_grant(slots, request, now)
             if answer is not None:
                 return answer
-        if request.max_wait_s <= 0:
-            return Denied(
-                Denial.AT_CAPACITY,
-                f"pool {request.pool!r} is at its limit of {slots.limit.limit} slots (over every replica)",
-                slots.retry_after_s(),
-                0.0,
-            )
-        if slots.waiting >= slots.settings.max_queue_length:
-            cap = slots.settings.max_queue_length
-            raise ResourceExhausted.cap_reached(
-                "max_queue_length",
-                f"pools.{request.pool}.max_queue_length",
-                cap,
-                f"pool {request.pool!r}: wait queue is full ({slots.waiting} waiting on this replica; "
-                f"max_queue_length {cap})",
-                retry_after_s=slots.retry_after_s(),
-            )
-        waiter = _Waiter(request, slots, now, asyncio.get_running_loop().create_future())
-        slots.compact()
-        heapq.heappush(slots.queue, (-request.priority, next(self._arrivals), waiter))
-        slots.waiting += 1
-        if request.request_id:
-            self._remember(key, waiter)
+        return await self._queue_or_deny(slots, request, now, time_left_s)
+
+    LIMIT_SCOPE = " (over every replica)"
+    QUEUE_SCOPE = " on this replica"
+
+    def _queued(self, slots: SlotPool) -> None:
         self.dispatch(slots)  # the slot may have freed while this call was on its way
-        return await self._wait(slots, waiter, request, time_left_s)
 
     async def _try_grant(self, slots: SlotPool, request: SlotRequest, enqueued_at: float) -> Answer | None:
         """One acquire script: a Granted, a Denied (no server to select), or None at the limit.
