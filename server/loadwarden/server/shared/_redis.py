@@ -378,8 +378,6 @@ async def connect(settings: RedisSettings) -> SharedRedis:
         ConfigError: naming ``state.url`` (unreachable, not Redis, refused credentials,
             too old for the scripts) or ``state.key_prefix`` (keys of another version).
     """
-    import redis.exceptions as errors
-
     client = _client(settings)
     where = settings.shown_url if not settings.sentinels else f"sentinel master {settings.sentinel_master!r}"
     timeout_s = (settings.connect_timeout_ms + 2 * settings.command_timeout_ms) / 1000.0
@@ -390,37 +388,42 @@ async def connect(settings: RedisSettings) -> SharedRedis:
             if int(version.split(".")[0]) < 6:
                 raise ConfigError("state.url", f"Redis at {where} is version {version}; loadwarden needs 6.0 or later")
             secret = await _claim_schema(client, settings.key_prefix, where)
-    except ConfigError:
+    except Exception as exc:
         await _close(client)
-        raise
-    except errors.AuthenticationError as exc:
-        await _close(client)
-        raise ConfigError("state.url", f"Redis at {where} refused the credentials: {_problem(exc)}") from None
-    except errors.ResponseError as exc:
-        await _close(client)
-        raise ConfigError("state.url", f"Redis at {where} refused a start-up command: {_problem(exc)}") from None
-    except (TimeoutError, errors.TimeoutError):
-        await _close(client)
-        raise ConfigError(
-            "state.url",
-            f"no Redis answer from {where} within {timeout_s * 1000:.0f} ms "
-            "(is it a Redis server? see state.connect_timeout_ms and state.command_timeout_ms)",
-        ) from None
-    except errors.InvalidResponse as exc:
-        await _close(client)
-        raise ConfigError("state.url", f"{where} does not speak the Redis protocol: {_problem(exc)}") from None
-    except errors.ConnectionError as exc:
-        await _close(client)
-        raise ConfigError("state.url", f"cannot reach Redis at {where}: {_problem(exc)}") from None
-    except (errors.RedisError, OSError, ValueError) as exc:
-        await _close(client)
-        raise ConfigError("state.url", f"cannot use Redis at {where}: {_problem(exc)}") from None
+        if isinstance(exc, ConfigError):
+            raise
+        problem = _start_problem(exc, where, timeout_s)
+        if problem is None:
+            raise
+        raise ConfigError("state.url", problem) from None
     replica = secrets.token_hex(4)
     shared = SharedRedis(settings, client, replica, secret)
     log.info(
         "shared state on Redis %s (version %s), key prefix %r, replica %s", where, version, settings.key_prefix, replica
     )
     return shared
+
+
+def _start_problem(exc: Exception, where: str, timeout_s: float) -> str | None:
+    """What a failure at start says about the Redis at ``where``; None for a bug of ours."""
+    import redis.exceptions as errors
+
+    if isinstance(exc, errors.AuthenticationError):
+        return f"Redis at {where} refused the credentials: {_problem(exc)}"
+    if isinstance(exc, errors.ResponseError):
+        return f"Redis at {where} refused a start-up command: {_problem(exc)}"
+    if isinstance(exc, (TimeoutError, errors.TimeoutError)):
+        return (
+            f"no Redis answer from {where} within {timeout_s * 1000:.0f} ms "
+            "(is it a Redis server? see state.connect_timeout_ms and state.command_timeout_ms)"
+        )
+    if isinstance(exc, errors.InvalidResponse):
+        return f"{where} does not speak the Redis protocol: {_problem(exc)}"
+    if isinstance(exc, errors.ConnectionError):
+        return f"cannot reach Redis at {where}: {_problem(exc)}"
+    if isinstance(exc, (errors.RedisError, OSError, ValueError)):
+        return f"cannot use Redis at {where}: {_problem(exc)}"
+    return None
 
 
 async def _claim_schema(client: Any, prefix: str, where: str) -> bytes:
