@@ -1,4 +1,4 @@
-"""Starts a real ``loadwarden serve`` for a benchmark (shared by bench/memory.py and bench/watch_load.py)."""
+"""Starts and stops a real ``loadwarden serve`` for a benchmark (bench/memory.py, watch_load.py, shared_store.py)."""
 
 from __future__ import annotations
 
@@ -50,3 +50,13 @@ def start_service(workdir: Path, config: str) -> tuple[subprocess.Popen[str], st
             return proc, match.group(1)
     proc.kill()
     raise SystemExit(f"loadwarden did not start within {STARTUP_TIMEOUT_S} s; see {workdir / 'service.stderr'}")
+
+
+def stop_service(proc: subprocess.Popen[str], timeout_s: float = 15.0) -> None:
+    """SIGTERM (a graceful drain), then SIGKILL if it has not exited within ``timeout_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -35,7 +35,6 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -49,9 +48,9 @@ import psutil
 from loadwarden.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decision_pb2, decision_pb2_grpc
 
 if TYPE_CHECKING:  # mypy reads bench/ as the namespace package `bench`
-    from bench._serve import start_service
+    from bench._serve import start_service, stop_service
 else:  # bench/ is on sys.path: the benchmarks run as scripts
-    from _serve import start_service
+    from _serve import start_service, stop_service
 
 TARGET_MB = 200.0
 LEASE_TTL_MS = 3_600_000
@@ -321,12 +320,7 @@ def main() -> None:
             report = asyncio.run(run(target, watch, args))
         finally:
             watch.stop()
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_service(proc)
     print(json.dumps(report, indent=2))
 
 

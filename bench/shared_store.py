@@ -47,9 +47,9 @@ from loadwarden.v1 import decision_pb2 as pb
 from loadwarden.v1 import decision_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:  # mypy reads bench/ as the namespace package `bench`
-    from bench._serve import start_service
+    from bench._serve import start_service, stop_service
 else:  # bench/ is on sys.path: the benchmarks run as scripts
-    from _serve import start_service
+    from _serve import start_service, stop_service
 
 POOLS = """
 [service]
@@ -223,12 +223,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return results
     finally:
         for proc in started:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_service(proc)
         client.close()
         redis_proc.kill()
         redis_proc.wait(10)

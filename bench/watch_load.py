@@ -40,9 +40,9 @@ import grpc
 from loadwarden.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decision_pb2, decision_pb2_grpc
 
 if TYPE_CHECKING:  # mypy reads bench/ as the namespace package `bench`
-    from bench._serve import start_service
+    from bench._serve import start_service, stop_service
 else:  # bench/ is on sys.path: the benchmarks run as scripts
-    from _serve import start_service
+    from _serve import start_service, stop_service
 
 SMALL_SERVERS = 10
 CHANGE_EVERY_S = 0.1
@@ -232,12 +232,7 @@ def main() -> None:
         try:
             report = asyncio.run(run(target, args))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_service(proc)
     print(json.dumps(report, indent=2))
 
 
