@@ -208,6 +208,23 @@ class SlotPool:
         return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, estimate))
 
 
+def rate_refusal(slots: SlotPool, request: SlotRequest, wait_s: float) -> ResourceExhausted:
+    """The answer to ``request`` over its pool's rate limit, a token due in ``wait_s``; counted."""
+    slots.rate_limited_total += 1
+    if request.owner:
+        who = f"caller {request.owner!r}"
+        if request.client_key:
+            who += f" (client_key {request.client_key!r})"
+    else:
+        who = f"client_key {request.client_key or '(anonymous)'!r}"
+    rate = slots.settings.rate_limit
+    assert rate is not None
+    return ResourceExhausted(
+        f"client_key: {who} is over pool {request.pool!r}'s rate limit of {rate.count} per {rate.per_s:g} s",
+        retry_after_s=wait_s,
+    )
+
+
 def _rate_settings(settings: PoolSettings) -> tuple[object, ...]:
     return (
         settings.rate_limit,
@@ -302,20 +319,7 @@ class Admission:
         if slots.rate is not None:
             wait = slots.rate.try_acquire(request.client_key, now, request.owner or None)
             if wait > 0:
-                slots.rate_limited_total += 1
-                if request.owner:
-                    who = f"caller {request.owner!r}"
-                    if request.client_key:
-                        who += f" (client_key {request.client_key!r})"
-                else:
-                    who = f"client_key {request.client_key or '(anonymous)'!r}"
-                rate = slots.settings.rate_limit
-                assert rate is not None
-                raise ResourceExhausted(
-                    f"client_key: {who} is over pool {request.pool!r}'s rate limit "
-                    f"of {rate.count} per {rate.per_s:g} s",
-                    retry_after_s=wait,
-                )
+                raise rate_refusal(slots, request, wait)
         if slots.has_room():
             return self._grant(slots, request, now, now)
         return await self._queue_or_deny(slots, request, now, time_left_s)

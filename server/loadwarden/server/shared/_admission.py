@@ -66,6 +66,7 @@ from ..engine._admission import (
     SlotPool,
     SlotRequest,
     _Waiter,
+    rate_refusal,
 )
 from ._redis import FAIL_CLOSED, FAIL_OPEN, LOCAL, SharedRedis, decode
 
@@ -410,19 +411,8 @@ class SharedAdmission(Admission):
             keys = [self._redis.key(f"rate:{pool}:a:{request.client_key}")]
             args = [self._now_ms(), rate.count, round(rate.per_s * 1000), rate.burst]
         wait_ms = int(await self._call_keys(self._redis.rate, keys, args))
-        if wait_ms <= 0:
-            return
-        slots.rate_limited_total += 1
-        if request.owner:
-            who = f"caller {request.owner!r}"
-            if request.client_key:
-                who += f" (client_key {request.client_key!r})"
-        else:
-            who = f"client_key {request.client_key or '(anonymous)'!r}"
-        raise ResourceExhausted(
-            f"client_key: {who} is over pool {pool!r}'s rate limit of {rate.count} per {rate.per_s:g} s",
-            retry_after_s=wait_ms / 1000.0,
-        )
+        if wait_ms > 0:
+            raise rate_refusal(slots, request, wait_ms / 1000.0)
 
     def dispatch(self, slots: SlotPool) -> None:
         """Tries this replica's waiters of ``slots`` again, in the background (one run per pool at a time)."""
