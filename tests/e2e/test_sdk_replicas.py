@@ -31,22 +31,11 @@ import pytest
 from loadwarden.sdk import AsyncClient, BreakerState, Client, TlsConfig
 
 from .._certs import make_certs
-from ._harness import Processes, Service
+from ._harness import API_CONFIG, Processes, Service
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = """\
-[service]
-shutdown_grace_ms = 200
-
-[pools.api]
-strategy = "round_robin"
-servers = [
-  { id = "api-1", address = "127.0.0.1:9001" },
-  { id = "api-2", address = "127.0.0.1:9002" },
-  { id = "api-3", address = "127.0.0.1:9003" },
-]
-"""
+CONFIG = API_CONFIG.replace("shutdown_grace_ms = 1000", "shutdown_grace_ms = 200")  # replicas stop fast
 THREADS = 3
 TASKS = 3
 TIMEOUT_S = 1.0
