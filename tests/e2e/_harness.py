@@ -250,6 +250,21 @@ def free_loopback_port() -> int:
     return port
 
 
+def free_cluster_port() -> int:
+    """A free loopback port for a Redis Cluster node: at most 55535, with its bus port (+10000) free too."""
+    for _ in range(200):
+        port = free_loopback_port()
+        if port > 55535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no loopback port pair (port, port + 10000) was free for a Redis Cluster node")
+
+
 def redis_server_binary() -> str:
     """The ``redis-server`` executable; fails the test if it is not installed (./scripts/test installs it)."""
     found = shutil.which("redis-server")

@@ -235,9 +235,13 @@ def start_cluster(processes: Processes, tmp_path: Path, nodes: int = 3) -> list[
 
     import redis as redis_py
 
-    from ._harness import free_loopback_port, redis_server_binary
+    from ._harness import free_cluster_port, redis_server_binary
 
-    ports = [free_loopback_port() for _ in range(nodes)]
+    ports: list[int] = []
+    while len(ports) < nodes:
+        port = free_cluster_port()
+        if port not in ports:
+            ports.append(port)
     for port in ports:
         directory = tmp_path / f"node-{port}"
         directory.mkdir()
