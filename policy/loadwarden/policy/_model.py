@@ -110,9 +110,11 @@ class Backend:
         self.effective_weight *= spec.weight / self.weight
         self.weight = spec.weight
 
-    def record_outcome(self, success: bool, latency_ms: float) -> None:
-        """Folds one reported outcome into the EWMAs and the consecutive-failure count."""
-        self.in_flight = max(0, self.in_flight - 1)
+    def record_outcome(self, success: bool, latency_ms: float, *, settles: bool = True) -> None:
+        """Folds one reported outcome into the EWMAs and the consecutive-failure count; it
+        settles one of this process's selections unless a client decided it (``settles``)."""
+        if settles:
+            self.in_flight = max(0, self.in_flight - 1)
         self.consecutive_failures = 0 if success else self.consecutive_failures + 1
         failure = 0.0 if success else 1.0
         if self.outcomes_total == 0:
@@ -140,13 +142,29 @@ class Backend:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalChoice:
+    """A decision a client made from a routing table (a ReportOutcome entry's ``local``).
+
+    ``features`` and ``state`` are the strategy's memo as the client sent it
+    (``Strategy.memo_wire``); the service's instance reads them with ``memo_from_wire``.
+    """
+
+    pool: str
+    server_id: str
+    features: tuple[float, ...] = ()
+    state: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class OutcomeReport:
-    """A validated ReportOutcome entry."""
+    """A validated ReportOutcome entry: of the service's decision ``decision_id``, or, with
+    ``decision_id`` empty, of the client's decision ``local``."""
 
     decision_id: str
     success: bool
     latency_ms: float
     status: str = ""
+    local: LocalChoice | None = None
 
 
 @dataclass(frozen=True, slots=True)

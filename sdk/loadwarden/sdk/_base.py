@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -14,7 +15,8 @@ from loadwarden.sdk._breaker import BreakerConfig, BreakerRegistry, BreakerState
 from loadwarden.sdk._convert import outcome_to_proto
 from loadwarden.sdk._errors import LeaseLostError, LoadwardenError, is_transport_failure
 from loadwarden.sdk._leases import ABANDON_DEFAULT_TTL_S, log_lost
-from loadwarden.sdk._metrics import observe_breakers
+from loadwarden.sdk._local import LOCAL_ID_PREFIX, RouteTables
+from loadwarden.sdk._metrics import observe_breakers, observe_route_tables
 from loadwarden.sdk._outcomes import OutcomeBuffer
 from loadwarden.sdk._resilience import BreakerOpenError, KnownServers, LocalSlots
 from loadwarden.sdk._retry import Retrier, RetryConfig
@@ -216,6 +218,54 @@ class ClientBase:
 
     _clock: Callable[[], float]
     _releases: _Abandons
+    _route_watcher: _Watcher
+
+    def _setup_local(
+        self, decisions: str | Mapping[str, str], stale_after_s: float, max_table_servers: int, rng: random.Random
+    ) -> None:
+        """Where each pool is decided (`decisions`) and the tables of those decided here."""
+        if isinstance(decisions, str):
+            default, per_pool = _decision_mode(decisions, "decisions"), {}
+        elif isinstance(decisions, Mapping):
+            default = "central"
+            per_pool = {pool: _decision_mode(mode, f"decisions[{pool!r}]") for pool, mode in decisions.items()}
+            if not all(isinstance(pool, str) and pool for pool in per_pool):
+                raise ValueError("decisions must map pool names (non-empty strings) to 'local' or 'central'")
+        else:
+            raise ValueError(f"decisions must be 'local', 'central' or a mapping of pool to either, got {decisions!r}")
+        _check_positive_seconds("route_stale_after_s", stale_after_s)
+        _check_positive_count("max_table_servers", max_table_servers)
+        self._local_default = default == "local"
+        self._local_pools = {pool: mode == "local" for pool, mode in per_pool.items()}
+        self._tables = RouteTables(
+            clock=lambda: self._clock(), rng=rng, stale_after_s=stale_after_s, max_table_servers=max_table_servers
+        )
+        observe_route_tables(self._tables)
+
+    def _local_choice(self, pool: str, exclude: Iterable[str]) -> Selection | None:
+        """A decision from `pool`'s pushed table when the pool is decided here and its table
+        has arrived; None sends the call to the service (as before the first table)."""
+        if not self._local_pools.get(pool, self._local_default) or not self._route_watcher.watch(pool):
+            return None
+        choice = self._tables.decide(pool, exclude if isinstance(exclude, tuple) else tuple(exclude))
+        if choice is None:
+            return None
+        server = choice.server
+        return Selection(
+            choice.decision_id,
+            server.id,
+            server.address,
+            choice.strategy,
+            choice.explored,
+            local=True,
+            table_version=choice.version,
+            stale=choice.stale,
+        )
+
+    def route_table_stats(self) -> Mapping[str, float]:
+        """Counters of local decisions (`decisions="local"`): pools with a table, decisions
+        made and how many of them stale, tables rejected as malformed, changes ignored."""
+        return self._tables.stats()
 
     def _abandon(self, request: _pb.AcquireSlotRequest, lease_ttl_s: float | None, err: BaseException | None) -> None:
         """Has the service end, in the background, an AcquireSlot whose answer never came
@@ -338,7 +388,13 @@ class ClientBase:
             ValueError: An argument is out of range (it would make the service
                 reject the whole batch it travels in).
         """
-        self._outcomes.add(outcome_to_proto(decision_id, success=success, latency_ms=latency_ms, status=status))
+        outcome = outcome_to_proto(decision_id, success=success, latency_ms=latency_ms, status=status)
+        if decision_id.startswith(LOCAL_ID_PREFIX):  # decided here: the outcome says what was chosen
+            local = self._tables.finish(decision_id, outcome.success, outcome.latency_ms, outcome.status)
+            if local is not None:
+                self._outcomes.add(local)
+            return
+        self._outcomes.add(outcome)
 
     def outcome_stats(self) -> OutcomeStats:
         """Counters of background outcome reporting since the client started."""
@@ -356,9 +412,23 @@ class ClientBase:
 
     def _finish_route(self, route: Route, exc: BaseException | None) -> None:
         # Never raises: an exception escaping the block must propagate unchanged.
-        outcome = route._outcome(exc)  # noqa: SLF001 - Route is the SDK's own; its outcome is not public API
+        if route.selection.local:
+            success, latency_ms, status = route._result(exc)  # noqa: SLF001 - Route is the SDK's own
+            outcome = self._tables.finish(route.selection.decision_id, success, latency_ms, status)
+        else:
+            outcome = route._outcome(exc)  # noqa: SLF001 - Route is the SDK's own; its outcome is not public API
         if outcome is not None:
             self._outcomes.add(outcome)
+
+
+class _Watcher(Protocol):
+    def watch(self, pool: str) -> bool: ...
+
+
+def _decision_mode(mode: object, name: str) -> str:
+    if mode not in ("local", "central"):
+        raise ValueError(f"{name} must be 'local' or 'central', got {mode!r}")
+    return str(mode)
 
 
 def _check_positive_seconds(name: str, value: float) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from opentelemetry import metrics
 
 from loadwarden.sdk._breaker import BreakerEvent, BreakerRegistry, BreakerState
+from loadwarden.sdk._local import RouteTables
 
 log = logging.getLogger("loadwarden.sdk")
 
@@ -62,3 +63,45 @@ def _states(_options: object) -> Iterable[metrics.Observation]:
         for registry in list(_registries)
         for name, state in registry.snapshot().items()
     ]
+
+
+# Every live client's routing tables (decisions="local"), read by observable instruments.
+_tables: weakref.WeakSet[RouteTables] = weakref.WeakSet()
+_tables_observed = False
+
+
+def observe_route_tables(tables: RouteTables) -> None:
+    """Exposes ``tables``' counters: ``loadwarden.sdk.local.decisions`` (attribute ``stale``),
+    ``loadwarden.sdk.local.rejected_tables`` and the gauge ``loadwarden.sdk.local.stale``
+    (1 while the tables are stale). Read when collected: nothing is paid per decision."""
+    global _tables_observed
+    with _gauge_lock:
+        _tables.add(tables)
+        if _tables_observed:
+            return
+        _tables_observed = True
+        _meter.create_observable_counter(
+            "loadwarden.sdk.local.decisions",
+            callbacks=[_local_decisions],
+            unit="{decision}",
+            description="Decisions made from pushed routing tables, by whether the table was stale",
+        )
+        _meter.create_observable_counter(
+            "loadwarden.sdk.local.rejected_tables",
+            callbacks=[lambda _options: [metrics.Observation(sum(t.rejected for t in list(_tables)))]],
+            unit="{table}",
+            description="Routing tables refused as malformed (the last good table was kept)",
+        )
+        _meter.create_observable_gauge(
+            "loadwarden.sdk.local.stale",
+            callbacks=[lambda _options: [metrics.Observation(int(any(t.stale() for t in list(_tables))))]],
+            unit="1",
+            description="1 while a client's routing tables are stale (their stream broke too long ago)",
+        )
+
+
+def _local_decisions(_options: object) -> Iterable[metrics.Observation]:
+    tables = list(_tables)
+    stale = sum(t.stale_decisions for t in tables)
+    fresh = sum(t.decisions for t in tables) - stale
+    return [metrics.Observation(fresh, {"stale": False}), metrics.Observation(stale, {"stale": True})]

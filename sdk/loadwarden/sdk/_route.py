@@ -48,21 +48,24 @@ class Route:
         check_status(status)
         self._failure_status = status
 
+    def _result(self, exc: BaseException | None) -> tuple[bool, float, str]:
+        """Success, latency (ms) and status of the block that just exited (with `exc` escaping it, if any)."""
+        latency_ms = min(max(0.0, (self._clock() - self._started) * 1000.0), float(MAX_LATENCY_MS))
+        if self._failure_status is not None:
+            return False, latency_ms, self._failure_status
+        if exc is not None:
+            # Class names may be non-ASCII; the status must not be, or the batch is rejected.
+            return False, latency_ms, type(exc).__name__.encode("ascii", "replace").decode()[:MAX_STATUS_LEN]
+        return True, latency_ms, ""
+
     def _outcome(self, exc: BaseException | None) -> _pb.Outcome | None:
-        """The outcome of the block that just exited (with `exc` escaping it, if any).
+        """The outcome of a central decision's block that just exited.
 
         None when there is nothing to report: a local fallback decision has no id.
         """
         if not self.selection.decision_id:
             return None
-        latency_ms = min(max(0.0, (self._clock() - self._started) * 1000.0), float(MAX_LATENCY_MS))
-        if self._failure_status is not None:
-            success, status = False, self._failure_status
-        elif exc is not None:
-            # Class names may be non-ASCII; the status must not be, or the batch is rejected.
-            success, status = False, type(exc).__name__.encode("ascii", "replace").decode()[:MAX_STATUS_LEN]
-        else:
-            success, status = True, ""
+        success, latency_ms, status = self._result(exc)
         return outcome_to_proto(self.selection.decision_id, success=success, latency_ms=latency_ms, status=status)
 
     def __repr__(self) -> str:

@@ -24,6 +24,12 @@ class Selection:
         strategy: Routing strategy that decided, e.g. "round_robin".
         explored: True when a learning strategy explored instead of exploiting.
         fallback: True when the SDK decided locally because the service could not answer.
+        local: True when the client decided from a routing table the service pushed
+            (`decisions="local"`); the decision id then starts with "~" and is this
+            client's own (report its outcome with it all the same).
+        table_version: With `local`: the version of the table it was decided from.
+        stale: With `local`: the table's stream has been broken longer than
+            `route_stale_after_s`, so the table may be out of date.
     """
 
     decision_id: str
@@ -32,6 +38,9 @@ class Selection:
     strategy: str
     explored: bool
     fallback: bool = False
+    local: bool = False
+    table_version: int = 0
+    stale: bool = False
 
 
 @dataclass(frozen=True, slots=True)

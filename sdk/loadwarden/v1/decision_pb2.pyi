@@ -47,16 +47,34 @@ class SelectServerResponse(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., server_id: _Optional[str] = ..., address: _Optional[str] = ..., strategy: _Optional[str] = ..., explored: _Optional[bool] = ..., decision_ttl_ms: _Optional[int] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("decision_id", "success", "latency_ms", "status")
+    __slots__ = ("decision_id", "success", "latency_ms", "status", "local")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     success: bool
     latency_ms: float
     status: str
-    def __init__(self, decision_id: _Optional[str] = ..., success: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., status: _Optional[str] = ...) -> None: ...
+    local: LocalDecision
+    def __init__(self, decision_id: _Optional[str] = ..., success: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., status: _Optional[str] = ..., local: _Optional[_Union[LocalDecision, _Mapping]] = ...) -> None: ...
+
+class LocalDecision(_message.Message):
+    __slots__ = ("pool", "server_id", "table_version", "features", "state", "explored")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    server_id: str
+    table_version: int
+    features: _containers.RepeatedScalarFieldContainer[float]
+    state: str
+    explored: bool
+    def __init__(self, pool: _Optional[str] = ..., server_id: _Optional[str] = ..., table_version: _Optional[int] = ..., features: _Optional[_Iterable[float]] = ..., state: _Optional[str] = ..., explored: _Optional[bool] = ...) -> None: ...
 
 class ReportOutcomeRequest(_message.Message):
     __slots__ = ("outcomes",)
@@ -65,12 +83,14 @@ class ReportOutcomeRequest(_message.Message):
     def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ...) -> None: ...
 
 class ReportOutcomeResponse(_message.Message):
-    __slots__ = ("applied", "unknown_decision_ids")
+    __slots__ = ("applied", "unknown_decision_ids", "unknown_local")
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_DECISION_IDS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_LOCAL_FIELD_NUMBER: _ClassVar[int]
     applied: int
     unknown_decision_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, applied: _Optional[int] = ..., unknown_decision_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    unknown_local: int
+    def __init__(self, applied: _Optional[int] = ..., unknown_decision_ids: _Optional[_Iterable[str]] = ..., unknown_local: _Optional[int] = ...) -> None: ...
 
 class AcquireSlotRequest(_message.Message):
     __slots__ = ("pool", "request_id", "priority", "max_wait_ms", "lease_ttl_ms", "client_key", "select_server")
@@ -245,3 +265,81 @@ class WatchLoadStatusResponse(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     status: _common_pb2.LoadStatus
     def __init__(self, status: _Optional[_Union[_common_pb2.LoadStatus, _Mapping]] = ...) -> None: ...
+
+class WatchRoutesRequest(_message.Message):
+    __slots__ = ("pools",)
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pools: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WatchRoutesResponse(_message.Message):
+    __slots__ = ("table",)
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    table: RouteTable
+    def __init__(self, table: _Optional[_Union[RouteTable, _Mapping]] = ...) -> None: ...
+
+class RouteTable(_message.Message):
+    __slots__ = ("pool", "version", "epoch", "full", "base_version", "servers", "removed_server_ids", "strategy", "strategy_params_json", "learned_json", "consecutive_failures", "base_ejection_time_ms", "panic_threshold_percent", "panic", "generated_at", "deleted")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_SERVER_IDS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    LEARNED_JSON_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    BASE_EJECTION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    PANIC_THRESHOLD_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    PANIC_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    version: int
+    epoch: str
+    full: bool
+    base_version: int
+    servers: _containers.RepeatedCompositeFieldContainer[RouteServer]
+    removed_server_ids: _containers.RepeatedScalarFieldContainer[str]
+    strategy: str
+    strategy_params_json: str
+    learned_json: str
+    consecutive_failures: int
+    base_ejection_time_ms: int
+    panic_threshold_percent: int
+    panic: bool
+    generated_at: _timestamp_pb2.Timestamp
+    deleted: bool
+    def __init__(self, pool: _Optional[str] = ..., version: _Optional[int] = ..., epoch: _Optional[str] = ..., full: _Optional[bool] = ..., base_version: _Optional[int] = ..., servers: _Optional[_Iterable[_Union[RouteServer, _Mapping]]] = ..., removed_server_ids: _Optional[_Iterable[str]] = ..., strategy: _Optional[str] = ..., strategy_params_json: _Optional[str] = ..., learned_json: _Optional[str] = ..., consecutive_failures: _Optional[int] = ..., base_ejection_time_ms: _Optional[int] = ..., panic_threshold_percent: _Optional[int] = ..., panic: _Optional[bool] = ..., generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deleted: _Optional[bool] = ...) -> None: ...
+
+class RouteServer(_message.Message):
+    __slots__ = ("id", "address", "weight", "effective_weight", "state", "eligible", "load", "load_reported_at", "in_flight", "ewma_latency_ms", "error_rate", "outcomes_total", "ejected_until")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    LOAD_REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    EWMA_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    address: str
+    weight: int
+    effective_weight: float
+    state: _common_pb2.ServerState
+    eligible: bool
+    load: _common_pb2.LoadReport
+    load_reported_at: _timestamp_pb2.Timestamp
+    in_flight: int
+    ewma_latency_ms: float
+    error_rate: float
+    outcomes_total: int
+    ejected_until: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., effective_weight: _Optional[float] = ..., state: _Optional[_Union[_common_pb2.ServerState, str]] = ..., eligible: _Optional[bool] = ..., load: _Optional[_Union[_common_pb2.LoadReport, _Mapping]] = ..., load_reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., in_flight: _Optional[int] = ..., ewma_latency_ms: _Optional[float] = ..., error_rate: _Optional[float] = ..., outcomes_total: _Optional[int] = ..., ejected_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -95,6 +95,11 @@ class DecisionServiceStub:
                 request_serializer=loadwarden_dot_v1_dot_decision__pb2.WatchLoadStatusRequest.SerializeToString,
                 response_deserializer=loadwarden_dot_v1_dot_decision__pb2.WatchLoadStatusResponse.FromString,
                 _registered_method=True)
+        self.WatchRoutes = channel.unary_stream(
+                '/loadwarden.v1.DecisionService/WatchRoutes',
+                request_serializer=loadwarden_dot_v1_dot_decision__pb2.WatchRoutesRequest.SerializeToString,
+                response_deserializer=loadwarden_dot_v1_dot_decision__pb2.WatchRoutesResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -181,6 +186,17 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRoutes(self, request, context):
+        """Streams the routing tables of the pools a client names, for deciding in the
+        client (the SDK's local mode): each pool's whole table at once, then, when it
+        changes, what changed, at most once per limits.route_push_interval_ms. Report
+        how locally routed requests went with ReportOutcome (Outcome.local), so the
+        pool's strategy learns centrally and pushes what it learned back here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +249,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.WatchLoadStatus,
                     request_deserializer=loadwarden_dot_v1_dot_decision__pb2.WatchLoadStatusRequest.FromString,
                     response_serializer=loadwarden_dot_v1_dot_decision__pb2.WatchLoadStatusResponse.SerializeToString,
+            ),
+            'WatchRoutes': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRoutes,
+                    request_deserializer=loadwarden_dot_v1_dot_decision__pb2.WatchRoutesRequest.FromString,
+                    response_serializer=loadwarden_dot_v1_dot_decision__pb2.WatchRoutesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +537,33 @@ class DecisionService:
             '/loadwarden.v1.DecisionService/WatchLoadStatus',
             loadwarden_dot_v1_dot_decision__pb2.WatchLoadStatusRequest.SerializeToString,
             loadwarden_dot_v1_dot_decision__pb2.WatchLoadStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loadwarden.v1.DecisionService/WatchRoutes',
+            loadwarden_dot_v1_dot_decision__pb2.WatchRoutesRequest.SerializeToString,
+            loadwarden_dot_v1_dot_decision__pb2.WatchRoutesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,6 +22,7 @@ def test_public_names() -> None:
         "LoadReportIn",
         "LoadSample",
         "LoadWeights",
+        "LocalChoice",
         "MAX_BATCH_SIZE",
         "ManualClock",
         "NAME_CHARS",

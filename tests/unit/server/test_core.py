@@ -28,7 +28,7 @@ def test_select_counts_in_flight_until_outcome() -> None:
     core = make_core(clock)
     choice = core.select("api")
     assert choice.server.in_flight == 1 and choice.decision_id.startswith("t-1-")
-    applied, unknown = core.report_outcomes([OutcomeReport(choice.decision_id, True, 12.0)])
+    applied, unknown, _ = core.report_outcomes([OutcomeReport(choice.decision_id, True, 12.0)])
     assert (applied, unknown) == (1, [])
     assert choice.server.in_flight == 0
     assert choice.server.ewma_latency_ms == 12.0 and choice.server.error_rate == 0.0
@@ -61,7 +61,7 @@ def test_decision_expires_after_ttl_and_frees_in_flight() -> None:
 def test_outcome_batch_applies_known_and_lists_unknown() -> None:
     core = make_core(ManualClock())
     d = core.select("api")
-    applied, unknown = core.report_outcomes(
+    applied, unknown, _ = core.report_outcomes(
         [OutcomeReport("t-999", True, 1.0), OutcomeReport(d.decision_id, True, 1.0)]
     )
     assert applied == 1 and unknown == ["t-999"]
@@ -180,7 +180,7 @@ def test_deregister_and_delete() -> None:
     with pytest.raises(NotFound):
         core.deregister_server("api", d.server.id)
     # The outcome of a decision on a removed server is still accepted, harmlessly.
-    assert core.report_outcomes([OutcomeReport(d.decision_id, True, 1.0)]) == (1, [])
+    assert core.report_outcomes([OutcomeReport(d.decision_id, True, 1.0)]) == (1, [], 0)
     core.delete_pool("api")
     with pytest.raises(NotFound):
         core.delete_pool("api")

@@ -163,7 +163,7 @@ def test_another_callers_decision_is_unknown_and_teaches_nothing() -> None:
     with pytest.raises(NotFound):
         core.report_outcomes([OutcomeReport(choice.decision_id, False, 1.0)], ATTACKER)
     assert choice.server.in_flight == 1 and choice.server.consecutive_failures == 0
-    assert core.report_outcomes([OutcomeReport(choice.decision_id, True, 1.0)], VICTIM) == (1, [])
+    assert core.report_outcomes([OutcomeReport(choice.decision_id, True, 1.0)], VICTIM) == (1, [], 0)
 
 
 async def test_a_lease_keeps_its_selection_past_the_decision_ttl() -> None:

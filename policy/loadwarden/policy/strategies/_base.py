@@ -92,6 +92,34 @@ class Strategy(Protocol):
         """Numbers that explain the strategy's behaviour (episodes, epsilon, ...)."""
         ...
 
+    # Deciding in the client: the service's instance learns and publishes; a client's
+    # instance of the same class adopts what was published and decides with it.
+
+    def published(self) -> dict[str, Any] | None:
+        """What a client needs to decide as this instance does (JSON-serialisable, bounded
+        in size); None when the strategy learns nothing a client could use."""
+        ...
+
+    def adopt(self, published: Mapping[str, Any]) -> None:
+        """Takes what the service's instance ``published``; raises ValueError (and keeps its
+        state) when it does not fit."""
+        ...
+
+    def finished(self, feedback: Feedback) -> None:
+        """A decision this client instance made has ended. What ``choose`` counts in flight
+        is settled here, and what the client measures itself (peak_ewma's latencies) is
+        learned; learned values that come from the service are left to ``adopt``."""
+        ...
+
+    def memo_wire(self, memo: Any) -> tuple[tuple[float, ...], str]:
+        """A choice's memo as the contract carries it back (LocalDecision features and state)."""
+        ...
+
+    def memo_from_wire(self, features: Sequence[float], state: str) -> Any:
+        """The memo ``observe`` takes for a decision a client made, from what it sent; None
+        when it does not fit this instance (then ``observe`` learns only what needs no memo)."""
+        ...
+
 
 class StrategyBase:
     """Defaults for strategies that keep nothing worth persisting: override only ``choose``."""
@@ -113,3 +141,18 @@ class StrategyBase:
 
     def stats(self) -> dict[str, float]:
         return {}
+
+    def published(self) -> dict[str, Any] | None:
+        return None
+
+    def adopt(self, published: Mapping[str, Any]) -> None:
+        return None
+
+    def finished(self, feedback: Feedback) -> None:
+        return None
+
+    def memo_wire(self, memo: Any) -> tuple[tuple[float, ...], str]:
+        return (), ""
+
+    def memo_from_wire(self, features: Sequence[float], state: str) -> Any:
+        return None

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .._model import Backend
 from ._base import Choice, Feedback, StrategyBase, StrategyContext
 from ._sampling import check_choice_count, least_cost, sample_distinct
+from ._state import SNAPSHOT_VERSION, read_float, read_mapping, read_server_id, snapshot_body
 
 # Estimates are read as at least 1 µs, so cost still grows with in_flight when latencies read 0 ms.
 _MIN_ESTIMATE_MS = 0.001
@@ -86,6 +88,7 @@ class PeakEwma(StrategyBase):
         self._rng = context.rng
         self._servers = context.servers
         self._ewma: dict[str, tuple[float, float]] = {}
+        self._seeded: set[str] = set()  # servers whose entry came from adopt(), not a sample
 
     def choose(self, candidates: Sequence[Backend]) -> Choice:
         sampled = sample_distinct(candidates, self._params.choice_count, self._rng)
@@ -107,6 +110,9 @@ class PeakEwma(StrategyBase):
             latency = max(latency, self._params.failure_penalty_ms)
         now = self._clock.monotonic()
         entry = self._ewma.get(server.id)
+        if server.id in self._seeded:  # the first own sample replaces the seed
+            self._seeded.discard(server.id)
+            entry = None
         if entry is None or latency >= entry[0]:
             self._ewma[server.id] = (latency, now)
             return
@@ -116,6 +122,33 @@ class PeakEwma(StrategyBase):
 
     def forget(self, server_id: str) -> None:
         self._ewma.pop(server_id, None)
+        self._seeded.discard(server_id)
+
+    # --- deciding in the client ------------------------------------------------------
+
+    def published(self) -> dict[str, Any]:
+        """Each tracked server's estimate now, milliseconds: seeds for clients' own averages."""
+        now = self._clock.monotonic()
+        estimates = {sid: self._estimate(sid, now) for sid in self._ewma}
+        return {"strategy": self.name, "version": SNAPSHOT_VERSION, "estimates": estimates}
+
+    def adopt(self, published: Mapping[str, Any]) -> None:
+        """Seeds the estimate of every server this instance has no own sample of; a client
+        prices servers by the latencies it measures and borrows the service's for the rest."""
+        body = snapshot_body(published, self.name, ("estimates",))
+        estimates = {
+            read_server_id(sid, "estimates"): read_float(ms, f"estimates[{sid!r}]", 0.0, 86_400_000.0)
+            for sid, ms in read_mapping(body["estimates"], "estimates").items()
+        }
+        now = self._clock.monotonic()
+        for sid, ms in estimates.items():
+            if sid in self._servers and (sid in self._seeded or sid not in self._ewma):
+                self._ewma[sid] = (ms, now)
+                self._seeded.add(sid)
+
+    def finished(self, feedback: Feedback) -> None:
+        """A client learns the latencies it measured itself."""
+        self.observe(feedback)
 
     def stats(self) -> dict[str, float]:
         return {"tracked_servers": float(len(self._ewma))}

@@ -41,6 +41,7 @@ from ._state import (
     read_head,
     read_mapping,
     read_q_row,
+    read_state,
     recent_reward,
     snapshot_head,
     state_ids,
@@ -59,6 +60,10 @@ FAILURE_REWARD = -1000.0
 INITIAL_Q = ("action_mean", "zero")
 # Pending decisions beyond this add no further virtual loss (keeps the power finite).
 MAX_VIRTUAL_LOSSES = 500
+# Q-table rows ``published`` holds: the latest updated states (and the current one).
+PUBLISHED_ROWS = 64
+# Rows a client instance keeps from what it adopted, least recently pushed dropped first.
+ADOPTED_ROWS = 4_096
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +192,8 @@ class QLearning(StrategyBase):
             self._recent_reward = recent_reward(self._recent_reward, reward)
             next_row = self._table.get(next_state, {})
             best_next = max((self._q(next_row, sid) for sid in self._ids), default=0.0)
-            row = self._table.setdefault(state, {})
+            row = self._table.pop(state, None) or {}
+            self._table[state] = row  # the table keeps rows in the order they were last updated
             old = row.get(action)
             q = self._q(row, action)
             q += self._p.alpha * (reward + self._p.gamma * best_next - q)
@@ -222,9 +228,7 @@ class QLearning(StrategyBase):
             }
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        body, epsilon, counts = read_head(state, self.name, ("q_table",))
-        rows = read_mapping(body["q_table"], "q_table").items()
-        table = {key: read_q_row(key, row, MAX_SERVERS, f"q_table[{key!r}]") for key, row in rows}
+        epsilon, counts, table = self._read(state)
         with self._lock:
             self._eps.value = epsilon
             self._episodes, self._updates, self._explored = counts
@@ -233,6 +237,68 @@ class QLearning(StrategyBase):
             if self._ids:  # an empty pool keeps every row until its servers join
                 self._prune()
             self._means.recount(self._table)
+
+    # --- deciding in the client ------------------------------------------------------
+
+    def published(self) -> dict[str, Any]:
+        """The snapshot with at most PUBLISHED_ROWS + 1 rows: the latest updated states and
+        the current one, so what a client receives stays small whatever the table holds."""
+        with self._lock:
+            current = self._encode()
+            latest = list(self._table.items())[-PUBLISHED_ROWS:]
+            rows = {state: dict(row) for state, row in latest}
+            if current in self._table:
+                rows[current] = dict(self._table[current])
+            counts = (self._episodes, self._updates, self._explored)
+            return {**snapshot_head(self.name, self._eps.value, counts), "q_table": rows}
+
+    def adopt(self, published: Mapping[str, Any]) -> None:
+        """Takes the service's epsilon and rows, keeping rows adopted earlier (at most
+        ADOPTED_ROWS, the least recently pushed dropped first); counters stay this instance's."""
+        epsilon, _, rows = self._read(published)
+        with self._lock:
+            self._eps.value = epsilon
+            for state, row in rows.items():
+                self._table.pop(state, None)
+                self._table[state] = row
+            self._sync_members()
+            self._prune()
+            for state in list(self._table)[: max(0, len(self._table) - ADOPTED_ROWS)]:
+                del self._table[state]
+            self._means.recount(self._table)
+
+    def finished(self, feedback: Feedback) -> None:
+        """Settles the decision's virtual loss; the service's instance learns from the outcome."""
+        memo = feedback.memo
+        if not (isinstance(memo, tuple) and len(memo) == 2 and isinstance(memo[1], str)):
+            return
+        with self._lock:
+            if memo[0] != self._generation:
+                return
+            key = (memo[1], feedback.server.id)
+            left = self._pending.pop(key, 1) - 1
+            if left > 0:
+                self._pending[key] = left
+
+    def memo_wire(self, memo: Any) -> tuple[tuple[float, ...], str]:
+        ok = isinstance(memo, tuple) and len(memo) == 2 and isinstance(memo[1], str)
+        return ((), memo[1]) if ok else ((), "")
+
+    def memo_from_wire(self, features: Sequence[float], state: str) -> Any:
+        """``(generation, state)`` when ``state`` is a well-formed state of the current servers."""
+        try:
+            ids = read_state(state, MAX_SERVERS, "state")
+        except ValueError:
+            return None
+        with self._lock:
+            self._sync_members()
+            return (self._generation, state) if ids == self._ids else None
+
+    def _read(self, state: Mapping[str, Any]) -> tuple[float, list[int], dict[str, dict[str, float]]]:
+        body, epsilon, counts = read_head(state, self.name, ("q_table",))
+        rows = read_mapping(body["q_table"], "q_table").items()
+        table = {key: read_q_row(key, row, MAX_SERVERS, f"q_table[{key!r}]") for key, row in rows}
+        return epsilon, counts, table
 
     # --- values --------------------------------------------------------------------
 

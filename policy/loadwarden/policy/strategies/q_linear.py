@@ -184,6 +184,32 @@ class QLinear(StrategyBase):
             }
 
     def restore(self, state: Mapping[str, Any]) -> None:
+        epsilon, counts, w, bias = self._read(state)
+        with self._lock:
+            self._episodes, self._updates, self._explored = counts
+            self._take(epsilon, w, bias)
+
+    # --- deciding in the client ------------------------------------------------------
+
+    def published(self) -> dict[str, Any]:
+        """The whole snapshot: the weights and every server's bias (about 30 bytes each)."""
+        return self.snapshot()
+
+    def adopt(self, published: Mapping[str, Any]) -> None:
+        """Takes the service's weights, biases and epsilon; this instance's counters stay its own."""
+        epsilon, _, w, bias = self._read(published)
+        with self._lock:
+            self._take(epsilon, w, bias)
+
+    def memo_wire(self, memo: Any) -> tuple[tuple[float, ...], str]:
+        return (memo, "") if isinstance(memo, tuple) and len(memo) == len(FEATURES) else ((), "")
+
+    def memo_from_wire(self, features: Sequence[float], state: str) -> Any:
+        if len(features) != len(FEATURES):
+            return None
+        return tuple(_clip(float(v)) for v in features)
+
+    def _read(self, state: Mapping[str, Any]) -> tuple[float, list[int], list[float], dict[str, float]]:
         body, epsilon, counts = read_head(state, self.name, ("weights", "biases"))
         weights = read_mapping(body["weights"], "weights")
         if set(weights) != set(FEATURES):
@@ -193,14 +219,16 @@ class QLinear(StrategyBase):
             read_server_id(sid, "biases"): read_float(b, f"biases[{sid!r}]", -WEIGHT_LIMIT, WEIGHT_LIMIT)
             for sid, b in read_mapping(body["biases"], "biases").items()
         }
-        with self._lock:
-            if self._servers:  # servers that left while the snapshot was stored
-                bias = {sid: b for sid, b in bias.items() if sid in self._servers}
-            self._eps.value = epsilon
-            self._episodes, self._updates, self._explored = counts
-            self._w = w
-            self._bias = bias
-            self._bias_sum = math.fsum(bias.values())
+        return epsilon, counts, w, bias
+
+    def _take(self, epsilon: float, w: list[float], bias: dict[str, float]) -> None:
+        # Caller holds the lock.
+        if self._servers:  # servers that left while the snapshot was stored
+            bias = {sid: b for sid, b in bias.items() if sid in self._servers}
+        self._eps.value = epsilon
+        self._w = w
+        self._bias = bias
+        self._bias_sum = math.fsum(bias.values())
 
     # --- model -------------------------------------------------------------------
 

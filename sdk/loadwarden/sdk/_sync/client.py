@@ -8,7 +8,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -58,12 +58,14 @@ from loadwarden.sdk._errors import (
     is_transport_failure,
 )
 from loadwarden.sdk._leases import BACKGROUND_CALL_MIN_TIMEOUT_S, PendingRelease, held, latency_ms, log_release_failure
+from loadwarden.sdk._local import DEFAULT_MAX_TABLE_SERVERS
 from loadwarden.sdk._probe import HEALTH_SERVICE
 from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
 from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._sync.leases import LeaseKeeper, ReleaseRetries
 from loadwarden.sdk._sync.probe import ThreadProber
+from loadwarden.sdk._sync.routes import RouteWatcher
 from loadwarden.sdk._sync.senders import ThreadOutcomeSender
 from loadwarden.sdk._synchronization import (
     OPENS_CHANNEL_ON_FIRST_CALL,
@@ -80,6 +82,34 @@ from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
 log = logging.getLogger("loadwarden.sdk")
+
+
+class RouteBlock:
+    """The block `Client.route` returns: selects on entry, reports the outcome on exit.
+
+    A class rather than a generator-based context manager: it is on the path of every
+    routed request, and this costs a third as much.
+    """
+
+    __slots__ = ("_client", "_exclude", "_pool", "_route")
+
+    def __init__(self, client: Client, pool: str, exclude: Iterable[str]) -> None:
+        self._client = client
+        self._pool = pool
+        self._exclude = exclude
+        self._route: Route | None = None
+
+    def __enter__(self) -> Route:
+        self._route = Route(self._client.select(self._pool, exclude=self._exclude))
+        return self._route
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        route = self._route
+        if route is not None:
+            self._route = None
+            self._client._finish_route(route, exc)  # noqa: SLF001 - the client's own block
 
 
 class Client(ClientBase):
@@ -129,6 +159,17 @@ class Client(ClientBase):
             address that answers). None: round robin for a list, gRPC's default
             (pick_first) for a string. One breaker per method guards the target
             as a whole; a call a retry carried to another replica is a success.
+        decisions: Where `select` and `route` decide: "central" (a SelectServer call
+            each), "local" (in this process, from the routing table the service
+            pushes over WatchRoutes, with the pool's own strategy and what the
+            service learned; no RPC on the request path, outcomes batched back so
+            learning stays central), or a mapping of pool name to either (pools
+            not named are central). A local pool is decided centrally until its
+            first table arrives, and when the service does not know it.
+        route_stale_after_s: Local decisions go on from the last table when its
+            stream breaks; this long after the break they say `stale`, seconds.
+        max_table_servers: Servers a pushed table may hold; a larger one is
+            rejected (the last good table stays), count.
 
     Raises:
         ValueError: An argument is out of range, or a TLS file cannot be read; the
@@ -154,6 +195,9 @@ class Client(ClientBase):
         max_pending_releases: int = 1_000,
         close_timeout_s: float = 2.0,
         load_balancing: str | None = None,
+        decisions: str | Mapping[str, str] = "central",
+        route_stale_after_s: float = 5.0,
+        max_table_servers: int = DEFAULT_MAX_TABLE_SERVERS,
     ) -> None:
         self._options = ClientOptions(
             target=target,
@@ -185,6 +229,8 @@ class Client(ClientBase):
         self._renewal_scheduler: Scheduler = ThreadScheduler()
         self._clock = time.perf_counter
         self._rng = random.Random()
+        self._setup_local(decisions, route_stale_after_s, max_table_servers, self._rng)
+        self._route_watcher: RouteWatcher = RouteWatcher(self._tables, self._open_routes, self._rng)
         self._releases: ReleaseRetries = ReleaseRetries(
             self._retry_release,
             ThreadScheduler(),
@@ -228,7 +274,13 @@ class Client(ClientBase):
         When the service cannot be reached (or its breaker is open), the answer is
         local round robin over the servers the service last returned for the pool,
         with `fallback=True` and no network round trip.
+
+        A pool decided locally (`decisions`) is answered from its pushed table with
+        `local=True`, without an RPC, once the table has arrived.
         """
+        local = self._local_choice(pool, exclude)
+        if local is not None:
+            return local
         try:
             response = self._call("SelectServer", select_request(pool, exclude), timeout_s)
         except LoadwardenError as err:
@@ -259,13 +311,12 @@ class Client(ClientBase):
         except Exception as err:  # noqa: BLE001 - a background refresh never raises
             log.debug("refreshing the servers of pool %s failed: %s", pool, err)
 
-    @contextlib.contextmanager
-    def route(self, pool: str, *, exclude: Iterable[str] = ()) -> Iterator[Route]:
+    def route(self, pool: str, *, exclude: Iterable[str] = ()) -> RouteBlock:
         """Selects a server, times the block and reports its outcome in the background.
 
-        The selection is the only RPC on the caller's path. The outcome is a success
-        unless an exception escapes the block (re-raised unchanged) or
-        `Route.fail` is called.
+        The selection is the only RPC on the caller's path (none when the pool is
+        decided locally). The outcome is a success unless an exception escapes the
+        block (re-raised unchanged) or `Route.fail` is called.
 
         Example:
             with client.route("api") as route:
@@ -277,16 +328,11 @@ class Client(ClientBase):
             pool: Pool name.
             exclude: Server ids not to pick.
 
-        Yields:
-            The handle of the routed request.
+        Returns:
+            A context manager whose block is the routed request; it yields the
+            request's `Route`.
         """
-        route = Route(self.select(pool, exclude=exclude))
-        try:
-            yield route
-        except BaseException as exc:
-            self._finish_route(route, exc)
-            raise
-        self._finish_route(route, None)
+        return RouteBlock(self, pool, exclude)
 
     def acquire_slot(
         self,
@@ -704,6 +750,7 @@ class Client(ClientBase):
         """
         if self._closed:
             return
+        self._route_watcher.stop()
         if self._prober is not None:
             self._prober.stop()
         self._releases.drain(self._options.close_timeout_s)
@@ -840,6 +887,13 @@ class Client(ClientBase):
         except Exception:  # noqa: BLE001 - any failure means "not serving yet"
             return False
         return bool(response.status == _health_pb.HealthCheckResponse.SERVING)
+
+    def _open_routes(self, request: _pb.WatchRoutesRequest) -> Any:
+        # The route watcher's stream: straight to the stub, past breakers and retries (it reconnects itself).
+        if self._stub is None:
+            self._open_channel()
+        assert self._stub is not None
+        return self._stub.WatchRoutes(request, metadata=self._metadata)
 
     def _send_outcomes(self, request: _pb.ReportOutcomeRequest) -> _pb.ReportOutcomeResponse:
         response: _pb.ReportOutcomeResponse = self._call("ReportOutcome", request)

@@ -10,7 +10,7 @@ import logging
 import random
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from loadwarden.policy import (
     Backend,
@@ -134,6 +134,7 @@ LIMIT_RANGES: dict[str, tuple[int, int]] = {
     "max_concurrent_rpcs": (1, 1_000_000),
     "max_servers": (1, 10_000_000),
     "max_watch_streams_per_caller": (1, 100_000),
+    "route_push_interval_ms": (50, 60_000),
     "max_connections": (0, 1_000_000),
     "handshake_timeout_ms": (100, 600_000),
     "keepalive_time_ms": (1_000, 86_400_000),
@@ -164,7 +165,7 @@ class CoreLimits:
         max_request_ids: AcquireSlot request ids remembered for idempotency, and ended
             lease ids remembered for "already released" answers (least recent forgotten).
         max_operations: Batch operations, service-wide.
-        max_watch_streams: WatchLoadStatus streams open at once.
+        max_watch_streams: WatchLoadStatus and WatchRoutes streams open at once.
         max_message_bytes: Largest request message the gRPC server accepts, bytes
             (gRPC answers RESOURCE_EXHAUSTED past it).
         max_concurrent_rpcs: RPCs in progress at once, all services together (waiting
@@ -175,6 +176,9 @@ class CoreLimits:
             does not start.
         max_watch_streams_per_caller: WatchLoadStatus streams one caller identity may
             hold open at once (within max_watch_streams).
+        route_push_interval_ms: Shortest time between two builds of a pool's WatchRoutes
+            table, so between two changes a client receives for a pool (longer while a
+            build would take more than 5 % of it), ms.
         max_connections: Incoming connections at once (gRPC's
             ``grpc.max_allowed_incoming_connections``: one past it is closed at accept);
             0 means the open-files limit less a reserve for the process's own files.
@@ -211,6 +215,7 @@ class CoreLimits:
     max_concurrent_rpcs: int = 10_000
     max_servers: int = 100_000
     max_watch_streams_per_caller: int = 20
+    route_push_interval_ms: int = 250
     max_connections: int = 0
     handshake_timeout_ms: int = 10_000
     keepalive_time_ms: int = 120_000
@@ -230,6 +235,15 @@ class CoreLimits:
             raise ConfigError(
                 "service.auto_register_operations", f"must be true or false, got {self.auto_register_operations!r}"
             )
+
+
+class OutcomesApplied(NamedTuple):
+    """What ``report_outcomes`` did: entries applied, decision ids not pending, and local
+    outcomes whose pool or server no longer exists."""
+
+    applied: int
+    unknown: list[str]
+    unknown_local: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,27 +350,47 @@ class DecisionCore:
         self._listener.decided(pool, RESULT_SELECTED)
         return server, explored, memo
 
-    def _apply(self, pool: Pool, server: Backend, memo: object, success: bool, latency_ms: float, now: float) -> None:
-        """One outcome of a selection: the server's counters, ejection, and the strategy's lesson."""
-        server.record_outcome(success, latency_ms)
+    def _apply(
+        self,
+        pool: Pool,
+        server: Backend,
+        memo: object,
+        success: bool,
+        latency_ms: float,
+        now: float,
+        *,
+        settles: bool = True,
+    ) -> None:
+        """One outcome of a selection: the server's counters, ejection, and the strategy's lesson.
+        ``settles`` is False for a client's own decision, which this process never counted in flight."""
+        server.record_outcome(success, latency_ms, settles=settles)
         if not success and pool.maybe_eject(server, now) and self.peers is not None:
             self.peers.ejected(pool.name, server.id, server.ejected_until - now)
         pool.strategy.observe(Feedback(server, success, latency_ms, memo))
 
-    def report_outcomes(self, outcomes: Sequence[OutcomeReport], owner: str = "") -> tuple[int, list[str]]:
-        """Applies outcomes to ``owner``'s pending decisions (another caller's are unknown).
+    def report_outcomes(self, outcomes: Sequence[OutcomeReport], owner: str = "") -> OutcomesApplied:
+        """Applies outcomes to ``owner``'s pending decisions (another caller's are unknown)
+        and learns from those of decisions clients made locally (``OutcomeReport.local``).
 
         Returns:
-            The number applied and the decision ids that were not pending.
+            The number applied, the decision ids that were not pending, and the local
+            outcomes whose pool or server no longer exists.
 
         Raises:
-            NotFound: when no entry matched a pending decision.
+            NotFound: when no entry matched a pending decision or an existing server.
         """
         now = self.clock.monotonic()
         self.expire()
         unknown: list[str] = []
+        unknown_local: list[int] = []
         applied = 0
-        for outcome in outcomes:
+        for index, outcome in enumerate(outcomes):
+            if outcome.local is not None:
+                if self._apply_local(outcome, now):
+                    applied += 1
+                else:
+                    unknown_local.append(index)
+                continue
             decision = self.pending.pop(outcome.decision_id, owner)
             if decision is None:
                 unknown.append(outcome.decision_id)
@@ -364,18 +398,36 @@ class DecisionCore:
             self._apply(decision.pool, decision.server, decision.memo, outcome.success, outcome.latency_ms, now)
             applied += 1
         if unknown and self.peers is not None:  # decisions another replica made go to it
-            sent = self.peers.elsewhere([o for o in outcomes if o.decision_id in set(unknown)], owner)
+            missing = set(unknown)
+            sent = self.peers.elsewhere([o for o in outcomes if o.local is None and o.decision_id in missing], owner)
             if sent:
                 applied += len(sent)
                 unknown = [d for d in unknown if d not in sent]
-        if outcomes and not applied:
-            first = next(i for i, o in enumerate(outcomes) if o.decision_id == unknown[0])
+        if outcomes and not applied:  # every entry is unknown, the first one too
+            first = outcomes[0]
+            if first.local is not None:
+                raise NotFound(
+                    "outcomes[0].local.server_id",
+                    f"no server {first.local.server_id!r} in a pool {first.local.pool!r}",
+                )
             raise NotFound(
-                f"outcomes[{first}].decision_id",
-                f"no pending decision {unknown[0]!r} (never issued, already reported, "
+                "outcomes[0].decision_id",
+                f"no pending decision {first.decision_id!r} (never issued, already reported, "
                 f"or expired after {self.limits.decision_ttl_ms} ms)",
             )
-        return applied, unknown
+        return OutcomesApplied(applied, unknown, len(unknown_local))
+
+    def _apply_local(self, outcome: OutcomeReport, now: float) -> bool:
+        """Learns from a decision a client made; False when its pool or server is gone."""
+        local = outcome.local
+        assert local is not None
+        pool = self._pools.get(local.pool)
+        server = pool.servers.get(local.server_id) if pool is not None else None
+        if pool is None or server is None:
+            return False
+        memo = pool.strategy.memo_from_wire(local.features, local.state)
+        self._apply(pool, server, memo, outcome.success, outcome.latency_ms, now, settles=False)
+        return True
 
     def report_load(self, reports: Sequence[LoadReportIn], *, from_peer: bool = False) -> int:
         """Stores load reports. All entries are checked before any is applied. The other

@@ -14,6 +14,7 @@ from loadwarden.policy import (
     Health,
     InvalidArgument,
     LoadSample,
+    LocalChoice,
     Operation,
     OperationSettings,
     Pool,
@@ -39,6 +40,9 @@ MAX_EXCLUDE = 64
 MAX_LATENCY_MS = 86_400_000.0
 MAX_ACTIVE_REQUESTS = 1_000_000
 MAX_STATUS_LEN = 64
+MAX_LOCAL_FEATURES = 16  # LocalDecision.features values, at most
+FEATURE_LIMIT = 10.0  # largest LocalDecision.features value (q_linear clips its features there)
+MAX_LOCAL_STATE_LEN = 2_048  # LocalDecision.state characters, at most
 MAX_PRIORITY = 9
 MAX_WAIT_MS = 3_600_000
 
@@ -75,15 +79,39 @@ def outcomes(entries: Any) -> list[OutcomeReport]:
         where = f"outcomes[{i}]"
         if len(o.status) > MAX_STATUS_LEN or not o.status.isprintable():
             raise InvalidArgument(f"{where}.status", f"must be at most {MAX_STATUS_LEN} printable characters")
+        local = None
+        if o.HasField("local"):
+            if o.decision_id:
+                raise InvalidArgument(f"{where}.decision_id", "must be empty when local is set")
+            local = local_choice(o.local, f"{where}.local")
         out.append(
             OutcomeReport(
-                decision_id=check_name(o.decision_id, f"{where}.decision_id"),
+                decision_id="" if local is not None else check_name(o.decision_id, f"{where}.decision_id"),
                 success=o.success,
                 latency_ms=check_range(o.latency_ms, f"{where}.latency_ms", 0.0, MAX_LATENCY_MS),
                 status=o.status,
+                local=local,
             )
         )
     return out
+
+
+def local_choice(local: _pb.LocalDecision, where: str) -> LocalChoice:
+    """A LocalDecision, checked: names, at most MAX_LOCAL_FEATURES features in 0-FEATURE_LIMIT,
+    a state of at most MAX_LOCAL_STATE_LEN characters."""
+    features = tuple(local.features)
+    if len(features) > MAX_LOCAL_FEATURES:
+        raise InvalidArgument(f"{where}.features", f"at most {MAX_LOCAL_FEATURES} values, got {len(features)}")
+    for j, value in enumerate(features):
+        check_range(value, f"{where}.features[{j}]", 0.0, FEATURE_LIMIT)
+    if len(local.state) > MAX_LOCAL_STATE_LEN or not local.state.isprintable():
+        raise InvalidArgument(f"{where}.state", f"must be at most {MAX_LOCAL_STATE_LEN} printable characters")
+    return LocalChoice(
+        pool=check_name(local.pool, f"{where}.pool"),
+        server_id=check_name(local.server_id, f"{where}.server_id"),
+        features=features,
+        state=local.state,
+    )
 
 
 def load_reports(entries: Any) -> list[LoadReportIn]:
@@ -144,7 +172,7 @@ def server_status(pool: Pool, server: Backend, now: float, wall_now: float) -> _
         id=server.id,
         address=server.address,
         weight=server.weight,
-        state=_HEALTH[pool.health(server, now)],
+        state=server_state(pool, server, now),
         in_flight=server.in_flight_total,  # every replica's
         ewma_latency_ms=server.ewma_latency_ms,
         error_rate=server.error_rate,
@@ -196,9 +224,14 @@ def pool_header(pool: Pool, eligible: int, in_flight: int) -> _common.PoolStatus
     )
 
 
+def server_state(pool: Pool, server: Backend, now: float) -> _common.ServerState:
+    """``server``'s state as statuses and routing tables show it (the one Health -> ServerState table)."""
+    return _HEALTH[pool.health(server, now)]
+
+
 def is_serving(pool: Pool, server: Backend, now: float) -> bool:
-    """Whether ``server`` shows as SERVING in a status (the one Health -> ServerState table)."""
-    return _HEALTH[pool.health(server, now)] == _common.SERVER_STATE_SERVING
+    """Whether ``server`` shows as SERVING in a status."""
+    return server_state(pool, server, now) == _common.SERVER_STATE_SERVING
 
 
 def load_status(core: DecisionCore, pool_name: str) -> _common.LoadStatus:

@@ -44,7 +44,8 @@ from ..engine._core import CoreLimits, DecisionCore
 from . import _convert as convert
 from . import _telemetry as telemetry
 from ._auth import Callers
-from ._watch import Watchers, check_interval_ms, status_page
+from ._routes import RouteWatchers, check_pools
+from ._watch import StreamCaps, Watchers, check_interval_ms, status_page
 
 log = logging.getLogger("loadwarden.server")
 
@@ -170,7 +171,9 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
         self._core = core
         self._callers = callers or Callers()
         self._ttl_ms = core.limits.decision_ttl_ms
-        self._watchers = Watchers(core.limits.max_watch_streams, core.limits.max_watch_streams_per_caller)
+        caps = StreamCaps(core.limits.max_watch_streams, core.limits.max_watch_streams_per_caller)
+        self._watchers = Watchers(caps.max_streams, caps.max_streams_per_caller, caps=caps)
+        self._routes = RouteWatchers(caps, core.limits.route_push_interval_ms / 1000.0)
 
     @_rpc
     async def SelectServer(self, request: _pb.SelectServerRequest, context: Any) -> _pb.SelectServerResponse:
@@ -189,8 +192,10 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
 
     @_rpc
     async def ReportOutcome(self, request: _pb.ReportOutcomeRequest, context: Any) -> _pb.ReportOutcomeResponse:
-        applied, unknown = self._core.report_outcomes(convert.outcomes(request.outcomes), self._callers.of(context))
-        return _pb.ReportOutcomeResponse(applied=applied, unknown_decision_ids=unknown)
+        applied, unknown, unknown_local = self._core.report_outcomes(
+            convert.outcomes(request.outcomes), self._callers.of(context)
+        )
+        return _pb.ReportOutcomeResponse(applied=applied, unknown_decision_ids=unknown, unknown_local=unknown_local)
 
     @_rpc
     async def ReportLoad(self, request: _pb.ReportLoadRequest, context: Any) -> _pb.ReportLoadResponse:
@@ -282,6 +287,19 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
             raise
         except Exception as exc:  # noqa: BLE001 - _abort maps every error to a status; unknown ones to INTERNAL
             await _abort(context, exc, "WatchLoadStatus")
+
+    async def WatchRoutes(self, request: _pb.WatchRoutesRequest | MalformedRequest, context: Any) -> Any:
+        try:
+            if type(request) is MalformedRequest:
+                raise request.error()
+            pools = check_pools(list(request.pools))
+            # Items are BytesValues holding a serialized RouteTable: WatchRoutesResponse's wire form.
+            async for item in self._routes.stream(self._core, pools, caller=self._callers.of(context)):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - _abort maps every error to a status; unknown ones to INTERNAL
+            await _abort(context, exc, "WatchRoutes")
 
 
 class ConfigChanges(Protocol):

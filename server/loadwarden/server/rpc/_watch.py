@@ -305,19 +305,67 @@ class _Feed:
             w._forget(self)  # noqa: SLF001 - new streams start a fresh feed
 
 
-class Watchers:
-    """WatchLoadStatus streams: shared feeds, capped service-wide and per caller.
+class StreamCaps:
+    """Open watch streams (WatchLoadStatus and WatchRoutes together), capped service-wide
+    and per caller.
 
     Args:
         max_streams: Streams open at once, service-wide (``limits.max_watch_streams``).
         max_streams_per_caller: Streams one caller identity may hold
             (``limits.max_watch_streams_per_caller``). The anonymous caller ``""`` (no
             identities configured, so every stream is its) is held to ``max_streams`` only.
+    """
+
+    def __init__(self, max_streams: int, max_streams_per_caller: int | None = None) -> None:
+        self.max_streams = max_streams
+        self.max_streams_per_caller = max_streams_per_caller or max_streams
+        self.open = 0
+        self.by_caller: dict[str, int] = {}  # only callers with open streams
+
+    def admit(self, caller: str, retry_after_s: float) -> None:
+        """Counts a new stream of ``caller``; ResourceExhausted at either cap."""
+        if self.open >= self.max_streams:
+            raise ResourceExhausted.cap_reached(
+                "max_watch_streams",
+                "limits.max_watch_streams",
+                self.max_streams,
+                f"{self.open} watch streams (WatchLoadStatus and WatchRoutes) are open",
+                retry_after_s=retry_after_s,
+            )
+        held = self.by_caller.get(caller, 0)
+        if caller and held >= self.max_streams_per_caller:
+            raise ResourceExhausted.cap_reached(
+                "max_watch_streams_per_caller",
+                "limits.max_watch_streams_per_caller",
+                self.max_streams_per_caller,
+                f"caller {caller[:64]!r} has {held} watch streams open",
+                retry_after_s=retry_after_s,
+            )
+        self.open += 1
+        self.by_caller[caller] = held + 1
+
+    def leave(self, caller: str) -> None:
+        self.open -= 1
+        held = self.by_caller[caller] - 1
+        if held:
+            self.by_caller[caller] = held
+        else:
+            del self.by_caller[caller]
+
+
+class Watchers:
+    """WatchLoadStatus streams: shared feeds, capped service-wide and per caller.
+
+    Args:
+        max_streams: Streams open at once, service-wide (``limits.max_watch_streams``).
+        max_streams_per_caller: Streams one caller identity may hold
+            (``limits.max_watch_streams_per_caller``).
         sleep: Awaited between builds with the seconds to wait (tests pass a fake clock's).
         monotonic: Seconds, for the build-share guard.
         chunk: Servers built between two ``pause()`` calls.
         pause: Awaited between chunks; yields to the event loop by default.
         max_bytes: Largest snapshot sent, bytes; a larger one ends its streams.
+        caps: The stream counts, when shared with WatchRoutes; its own when None.
     """
 
     def __init__(
@@ -330,46 +378,23 @@ class Watchers:
         chunk: int = CHUNK_SERVERS,
         pause: Pause = _yield_to_loop,
         max_bytes: int = MAX_ANSWER_BYTES,
+        caps: StreamCaps | None = None,
     ) -> None:
-        self.max_streams = max_streams
-        self.max_streams_per_caller = max_streams_per_caller or max_streams
+        self.caps = caps if caps is not None else StreamCaps(max_streams, max_streams_per_caller)
         self.sleep = sleep
         self.monotonic = monotonic
         self.chunk = chunk
         self.pause = pause
         self.max_bytes = max_bytes
-        self.open = 0
-        self.by_caller: dict[str, int] = {}  # only callers with open streams
         self.feeds: dict[tuple[int, str, float], _Feed] = {}
 
-    def _admit(self, caller: str, interval_s: float) -> None:
-        if self.open >= self.max_streams:
-            raise ResourceExhausted.cap_reached(
-                "max_watch_streams",
-                "limits.max_watch_streams",
-                self.max_streams,
-                f"{self.open} WatchLoadStatus streams are open",
-                retry_after_s=interval_s,
-            )
-        held = self.by_caller.get(caller, 0)
-        if caller and held >= self.max_streams_per_caller:
-            raise ResourceExhausted.cap_reached(
-                "max_watch_streams_per_caller",
-                "limits.max_watch_streams_per_caller",
-                self.max_streams_per_caller,
-                f"caller {caller[:64]!r} has {held} WatchLoadStatus streams open",
-                retry_after_s=interval_s,
-            )
-        self.open += 1
-        self.by_caller[caller] = held + 1
+    @property
+    def open(self) -> int:
+        return self.caps.open
 
-    def _leave(self, caller: str) -> None:
-        self.open -= 1
-        held = self.by_caller[caller] - 1
-        if held:
-            self.by_caller[caller] = held
-        else:
-            del self.by_caller[caller]
+    @property
+    def by_caller(self) -> dict[str, int]:
+        return self.caps.by_caller
 
     def _forget(self, feed: _Feed) -> None:
         if self.feeds.get(feed.key) is feed:
@@ -389,7 +414,7 @@ class Watchers:
                 ``max_streams_per_caller``, or the snapshot is over MAX_ANSWER_BYTES.
             NotFound: the pool does not exist (or stops existing).
         """
-        self._admit(caller, interval_s)
+        self.caps.admit(caller, interval_s)
         key = (id(core), pool, interval_s)
         feed = self.feeds.get(key)
         if feed is None:
@@ -407,7 +432,7 @@ class Watchers:
                 else:
                     await feed.wait()
         finally:
-            self._leave(caller)
+            self.caps.leave(caller)
             feed.streams -= 1
             if feed.streams == 0:
                 feed.stop()

@@ -1,0 +1,164 @@
+"""Decisions inside the SDK against decisions at the service, in one run.
+
+Starts one ``loadwarden serve`` process (in-memory state) with a pool ``api`` of
+``--servers`` servers and strategy ``--strategy``, and a push interval of 250 ms.
+This process then runs, one after the other, for ``--seconds`` each:
+
+  central  ``Client(decisions="central").route("api")``: one SelectServer per
+           request on the caller's path, outcomes batched in the background
+  local    ``Client(decisions="local").route("api")``: decided in this process
+           from the pushed table, outcomes (with what the strategy weighed)
+           batched back so the service keeps learning
+
+each in one thread, closed loop (the block does no work: this measures what a
+decision costs, not a backend). A mode's rate counts its decisions over the time
+they took plus the time to deliver their last outcomes (``flush_outcomes``), so
+a client that decides faster than it can report is not flattered; outcomes
+dropped are reported and must be 0. ``decision_us`` times ``select()`` alone
+(p50/p99), the part on the request path. ``service_cpu_s_per_1000`` is the
+service process's CPU time (utime + stime from /proc) per 1,000 routed requests,
+decisions and their outcomes together.
+
+Prints JSON with each mode's numbers and the ratios local/central of one run
+(targets: rate >= 40x and >= 100,000/s, p99 decision <= 50 us, service CPU per
+request <= 1/20).
+
+Usage: python bench/local_decisions.py [--seconds 3] [--servers 3] [--strategy p2c]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loadwarden.sdk import Client
+
+if TYPE_CHECKING:  # mypy reads bench/ as the namespace package `bench`
+    from bench._serve import start_service, stop_service
+else:  # bench/ is on sys.path: the benchmarks run as scripts
+    from _serve import start_service, stop_service
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def config_text(servers: int, strategy: str) -> str:
+    entries = ",\n".join(f'  {{ id = "s{i:05d}", address = "10.0.{i // 250}.{i % 250}:8080" }}' for i in range(servers))
+    return (
+        f'[limits]\nroute_push_interval_ms = 250\n\n[pools.api]\nstrategy = "{strategy}"\nservers = [\n{entries},\n]\n'
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def wait_for_table(client: Client, pool: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not client.select(pool).local:
+        if time.monotonic() > deadline:
+            raise SystemExit("no routing table arrived within 10 s")
+        time.sleep(0.01)
+
+
+def run_mode(target: str, pid: int, mode: str, seconds: float) -> dict[str, Any]:
+    with Client(target, decisions=mode, outcome_buffer_size=2_000_000, timeout_s=5.0) as client:
+        if mode == "local":
+            wait_for_table(client, "api")
+        for _ in range(200):  # warm up the channel and the code paths
+            with client.route("api"):
+                pass
+        client.flush_outcomes(10)
+        before_stats = client.outcome_stats()
+        cpu_before = cpu_seconds(pid)
+        started = time.perf_counter()
+        until = started + seconds
+        count = 0
+        while True:
+            for _ in range(100):
+                with client.route("api"):
+                    pass
+            count += 100
+            if time.perf_counter() >= until:
+                break
+        decided = time.perf_counter()
+        client.flush_outcomes(60)
+        delivered = time.perf_counter()
+        cpu_after = cpu_seconds(pid)
+        stats = client.outcome_stats()
+        # The decision alone, timed call by call (outcomes reported so nothing stays pending).
+        costs: list[float] = []
+        for _ in range(min(20_000, max(1_000, count // 10))):
+            t0 = time.perf_counter_ns()
+            selection = client.select("api")
+            costs.append((time.perf_counter_ns() - t0) / 1000.0)
+            client.report_outcome(selection.decision_id, success=True, latency_ms=1.0)
+        local_share = client.route_table_stats()["decisions"] / max(1, count)
+        client.flush_outcomes(60)
+    return {
+        "decisions": count,
+        "decisions_per_s": count / (delivered - started),
+        "decide_only_per_s": count / (decided - started),
+        "flush_s": delivered - decided,
+        "outcomes_sent": stats.sent - before_stats.sent,
+        "outcomes_dropped": stats.dropped - before_stats.dropped,
+        "decision_us": {"p50": percentile(costs, 0.5), "p99": percentile(costs, 0.99)},
+        "service_cpu_s_per_1000": (cpu_after - cpu_before) / count * 1000.0,
+        "local_share": min(1.0, local_share) if mode == "local" else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per mode")
+    parser.add_argument("--servers", type=int, default=3, help="servers in pool api")
+    parser.add_argument("--strategy", default="p2c", help="the pool's strategy")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lw-bench-local-") as tmp:
+        proc, target = start_service(Path(tmp), config_text(args.servers, args.strategy))
+        try:
+            central = run_mode(target, proc.pid, "central", args.seconds)
+            local = run_mode(target, proc.pid, "local", args.seconds)
+        finally:
+            stop_service(proc)
+    cpu_ratio = (
+        local["service_cpu_s_per_1000"] / central["service_cpu_s_per_1000"]
+        if central["service_cpu_s_per_1000"]
+        else None
+    )
+    print(
+        json.dumps(
+            {
+                "python": sys.version.split()[0],
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "servers": args.servers,
+                "strategy": args.strategy,
+                "seconds": args.seconds,
+                "central": central,
+                "local": local,
+                "ratios": {
+                    "local_over_central_rate": local["decisions_per_s"] / central["decisions_per_s"],
+                    "local_over_central_service_cpu": cpu_ratio,
+                },
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,500 @@
+"""Local decisions: routing tables pushed by WatchRoutes, and the choices made from them.
+
+`RouteTables` keeps the last good table of each watched pool and decides with the
+kernel's own strategies (`loadwarden.policy.strategies`): the service's instance
+learns and publishes (`Strategy.published`), this client's instance of the same
+class adopts that (`Strategy.adopt`) and chooses. Learning stays central: every
+local decision's outcome goes back to the service as an `Outcome` with `local` set,
+carrying the strategy's memo (`Strategy.memo_wire`), and only what the client
+measures itself (peak-EWMA latencies, its own in-flight count) is kept here.
+
+A table is checked whole before any of it is taken: a malformed one (bad ids,
+weights, numbers, strategy, parameters or learned values; too many servers) is
+rejected and the last good table stays. A change applies only to the version it
+names as its base. Tables go stale `stale_after_s` after the stream that brought
+them broke; decisions go on from them and say so.
+
+All of it is plain data under one lock: the sync client calls it from many
+threads, the async one from its loop. No I/O here; `_async/routes.py` streams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from loadwarden.policy import Backend, InvalidArgument, LoadSample
+from loadwarden.policy.strategies import Feedback, Strategy, StrategyBase, StrategyContext, build_strategy
+from loadwarden.v1 import common_pb2 as _common
+from loadwarden.v1 import decision_pb2 as _pb
+
+_log = logging.getLogger("loadwarden.sdk")
+
+# Local decision ids start with "~", which no service id can (names never hold it).
+LOCAL_ID_PREFIX = "~"
+DEFAULT_MAX_TABLE_SERVERS = 10_000
+MAX_LOCAL_PENDING = 100_000  # local decisions awaiting their outcome, at most (oldest settled first)
+LOCAL_DECISION_TTL_S = 30.0  # a local decision with no outcome this long is settled without one
+_EXPIRY_EVERY = 1_024  # decisions between two looks for expired ones
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@/-")
+_MAX_ADDRESS_LEN = 256
+_STATES = {
+    _common.SERVER_STATE_SERVING,
+    _common.SERVER_STATE_STALE,
+    _common.SERVER_STATE_DRAINING,
+    _common.SERVER_STATE_EJECTED,
+}
+
+
+class TableRejected(ValueError):
+    """A routing table (or change) that does not fit; the last good table stays."""
+
+
+class _Clock:
+    """The kernel's Clock protocol over the client's monotonic clock."""
+
+    __slots__ = ("monotonic",)
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self.monotonic = monotonic
+
+    def wall(self) -> float:
+        return time.time()
+
+
+class LocalDecision(NamedTuple):
+    """What a local decision chose, kept until its outcome (or its TTL)."""
+
+    pool: str
+    server: Backend
+    memo: Any
+    version: int
+    explored: bool
+    at: float
+
+
+def _name(value: str, what: str) -> str:
+    if not (1 <= len(value) <= 128 and all(ch in _NAME_CHARS for ch in value)):
+        raise TableRejected(f"{what}: {value[:80]!r} is not a valid name")
+    return value
+
+
+def _number(value: float, what: str, low: float, high: float) -> float:
+    if not (math.isfinite(value) and low <= value <= high):
+        raise TableRejected(f"{what}: {value!r} is not a number in [{low:g}, {high:g}]")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One checked RouteServer."""
+
+    id: str
+    address: str
+    weight: int
+    effective_weight: float
+    eligible: bool
+    draining: bool
+    load: LoadSample | None
+    in_flight: int
+    ewma_latency_ms: float
+    error_rate: float
+    outcomes_total: int
+
+
+def _entry(message: _pb.RouteServer, where: str) -> _Entry:
+    _name(message.id, f"{where}.id")
+    if not message.address or len(message.address) > _MAX_ADDRESS_LEN or not message.address.isprintable():
+        raise TableRejected(f"{where}.address: must be 1-{_MAX_ADDRESS_LEN} printable characters")
+    if not 1 <= message.weight <= 1000:
+        raise TableRejected(f"{where}.weight: {message.weight} is not in 1-1000")
+    _number(message.effective_weight, f"{where}.effective_weight", 1e-9, float(message.weight))
+    if message.state not in _STATES:
+        raise TableRejected(f"{where}.state: unknown state {message.state}")
+    load = None
+    if message.HasField("load"):
+        r = message.load
+        load = LoadSample(
+            cpu_percent=_number(r.cpu_percent, f"{where}.load.cpu_percent", 0.0, 100.0),
+            memory_percent=_number(r.memory_percent, f"{where}.load.memory_percent", 0.0, 100.0),
+            active_requests=int(_number(r.active_requests, f"{where}.load.active_requests", 0, 1_000_000)),
+            mean_latency_ms=_number(r.mean_latency_ms, f"{where}.load.mean_latency_ms", 0.0, 86_400_000.0),
+            error_rate=_number(r.error_rate, f"{where}.load.error_rate", 0.0, 1.0),
+        )
+    return _Entry(
+        id=message.id,
+        address=message.address,
+        weight=message.weight,
+        effective_weight=message.effective_weight,
+        eligible=message.eligible,
+        draining=message.state == _common.SERVER_STATE_DRAINING,
+        load=load,
+        in_flight=message.in_flight,
+        ewma_latency_ms=_number(message.ewma_latency_ms, f"{where}.ewma_latency_ms", 0.0, 86_400_000.0),
+        error_rate=_number(message.error_rate, f"{where}.error_rate", 0.0, 1.0),
+        outcomes_total=message.outcomes_total,
+    )
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise TableRejected(f"{what}: not JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise TableRejected(f"{what}: must be a JSON object")
+    return value
+
+
+class LocalPool:
+    """One pool's last good table and this client's view of its servers.
+
+    `servers` holds every server of the table (the strategy's context reads it, so
+    q_learning's whole-pool state has the service's ids); `candidates` those the
+    service says are eligible less the ones this client ejected, kept as one list
+    while nothing changes (strategies detect a new list by identity).
+    """
+
+    def __init__(self, name: str, rng: random.Random, clock: Callable[[], float]) -> None:
+        self.name = name
+        self.version = 0
+        self.epoch = ""
+        self.strategy_name = ""
+        self._params_json = ""
+        self._learned_json = ""
+        self.strategy: Strategy | None = None
+        self._strategy_finishes = False
+        self.servers: dict[str, Backend] = {}
+        self._eligible: set[str] = set()
+        self._clock = clock
+        self._rng = rng
+        self.consecutive_failures = 0
+        self.ejection_s = 0.0
+        self.panic_threshold_percent = 50
+        self._ejected: dict[str, float] = {}  # server id -> monotonic end of this client's ejection
+        self._next_return = math.inf
+        self.candidates: list[Backend] = []
+        self.deleted = False
+
+    def apply(self, table: _pb.RouteTable, max_servers: int) -> bool:
+        """Takes a table or a change; False when it is a change to another version (ignored).
+
+        Raises:
+            TableRejected: the table does not fit; nothing of it was taken.
+        """
+        if table.pool != self.name:
+            raise TableRejected(f"pool: table for {table.pool[:80]!r} on the stream of {self.name!r}")
+        if table.deleted:
+            self.deleted, self.version, self.epoch = True, table.version, table.epoch
+            self.candidates = []
+            return True
+        same_epoch = table.epoch == self.epoch
+        if not table.full and (not same_epoch or table.base_version != self.version):
+            return False
+        if same_epoch and (table.version < self.version or (not table.full and table.version == self.version)):
+            raise TableRejected(f"version: {table.version} does not follow {self.version}")
+        entries: dict[str, _Entry] = {}
+        for i, message in enumerate(table.servers):
+            entry = _entry(message, f"servers[{i}]")
+            if entry.id in entries:
+                raise TableRejected(f"servers[{i}].id: {entry.id!r} twice")
+            entries[entry.id] = entry
+        removed = set(table.removed_server_ids)
+        if table.full:
+            kept: Collection[str] = ()
+        else:
+            kept = [sid for sid in self.servers if sid not in removed and sid not in entries]
+        if len(kept) + len(entries) > max_servers:
+            raise TableRejected(f"servers: {len(kept) + len(entries)} servers, over this client's {max_servers}")
+        strategy, new = self._strategy_for(table)
+        learned = None
+        if new or table.learned_json != self._learned_json:
+            learned = _json_object(table.learned_json, "learned_json")
+            if learned:
+                self._check_learned(table, learned)
+        # Checked: take it.
+        if table.full:
+            for sid in [sid for sid in self.servers if sid not in entries]:
+                self._drop(sid)
+        else:
+            for sid in removed:
+                self._drop(sid)
+        for entry in entries.values():
+            self._take(entry)
+        self.version, self.epoch = table.version, table.epoch
+        self.consecutive_failures = table.consecutive_failures
+        self.ejection_s = table.base_ejection_time_ms / 1000.0
+        self.panic_threshold_percent = table.panic_threshold_percent
+        if new:
+            self.strategy = strategy
+            # Most strategies keep nothing per decision: their (no-op) finished is not called.
+            self._strategy_finishes = getattr(type(strategy), "finished", None) is not StrategyBase.finished
+            self.strategy_name, self._params_json = table.strategy, table.strategy_params_json
+        if learned is not None:
+            if learned:
+                strategy.adopt(learned)
+            self._learned_json = table.learned_json
+        self._rebuild(self._clock())
+        return True
+
+    def _strategy_for(self, table: _pb.RouteTable) -> tuple[Strategy, bool]:
+        """The current strategy when the table keeps it, else a new instance (checked), and
+        whether it is new."""
+        key = (table.strategy, table.strategy_params_json)
+        if self.strategy is not None and key == (self.strategy_name, self._params_json):
+            return self.strategy, False
+        context = StrategyContext(clock=_Clock(self._clock), rng=self._rng, servers=self.servers)
+        return self._build(table, context), True
+
+    def _build(self, table: _pb.RouteTable, context: StrategyContext) -> Strategy:
+        params = _json_object(table.strategy_params_json, "strategy_params_json")
+        try:
+            return build_strategy(table.strategy, params, context, "table")
+        except InvalidArgument as err:
+            raise TableRejected(f"strategy: {err}") from None
+
+    def _check_learned(self, table: _pb.RouteTable, learned: dict[str, Any]) -> None:
+        """Raises TableRejected unless a fresh instance of the strategy adopts ``learned``."""
+        trial = self._build(table, StrategyContext(clock=_Clock(self._clock), rng=random.Random(0)))
+        try:
+            trial.adopt(learned)
+        except (ValueError, TypeError, KeyError) as err:
+            raise TableRejected(f"learned_json: {err}") from None
+
+    def _take(self, entry: _Entry) -> None:
+        server = self.servers.get(entry.id)
+        if server is None:
+            server = self.servers[entry.id] = Backend(entry.id, entry.address, entry.weight)
+        server.address, server.weight = entry.address, entry.weight
+        server.effective_weight = entry.effective_weight
+        server.draining = entry.draining
+        server.load = entry.load
+        server.load_at = self._clock() if entry.load is not None else None
+        server.peer_in_flight = entry.in_flight  # the service's count: other clients' central decisions
+        server.ewma_latency_ms, server.error_rate = entry.ewma_latency_ms, entry.error_rate
+        server.outcomes_total = entry.outcomes_total
+        if entry.eligible:
+            self._eligible.add(entry.id)
+        else:
+            self._eligible.discard(entry.id)
+
+    def _drop(self, server_id: str) -> None:
+        if self.servers.pop(server_id, None) is not None and self.strategy is not None:
+            self.strategy.forget(server_id)
+        self._eligible.discard(server_id)
+        self._ejected.pop(server_id, None)
+
+    def _rebuild(self, now: float) -> None:
+        """Recomputes `candidates`: eligible servers less this client's ejections (unless too
+        few would remain: then, as in the service's panic, the ejections are ignored)."""
+        for sid in [sid for sid, until in self._ejected.items() if until <= now]:
+            del self._ejected[sid]
+        self._next_return = min(self._ejected.values(), default=math.inf)
+        eligible = [s for s in self.servers.values() if s.id in self._eligible]
+        healthy = [s for s in eligible if s.id not in self._ejected]
+        enough = len(healthy) * 100 >= self.panic_threshold_percent * len(eligible)
+        self.candidates = healthy if enough and healthy else eligible
+
+    def choose(self, exclude: Collection[str], now: float) -> tuple[Backend, bool, Any] | None:
+        if now >= self._next_return:
+            self._rebuild(now)
+        candidates = self.candidates
+        if exclude:
+            candidates = [s for s in candidates if s.id not in exclude]
+        if not candidates or self.strategy is None:
+            return None
+        server, explored, memo = self.strategy.choose(candidates)
+        server.in_flight += 1
+        return server, explored, memo
+
+    def finish(self, decision: LocalDecision, success: bool, latency_ms: float, now: float) -> None:
+        server = decision.server
+        server.in_flight = max(0, server.in_flight - 1)
+        server.consecutive_failures = 0 if success else server.consecutive_failures + 1
+        if self._strategy_finishes and self.strategy is not None:
+            self.strategy.finished(Feedback(server, success, latency_ms, decision.memo))
+        if (
+            not success
+            and self.consecutive_failures
+            and server.consecutive_failures >= self.consecutive_failures
+            and server.id in self.servers
+        ):
+            server.consecutive_failures = 0
+            self._ejected[server.id] = now + self.ejection_s
+            _log.warning("server %s/%s ejected locally for %.1f s", self.name, server.id, self.ejection_s)
+            self._rebuild(now)
+
+    def locally_ejected(self) -> list[str]:
+        return sorted(self._ejected)
+
+
+class LocalChoice(NamedTuple):
+    """A local decision as `select` answers it (see `Selection`)."""
+
+    decision_id: str
+    server: Backend
+    strategy: str
+    explored: bool
+    version: int
+    stale: bool
+
+
+class RouteTables:
+    """The watched pools' tables, local decisions and their pending outcomes; thread-safe.
+
+    Args:
+        clock: Monotonic clock, seconds.
+        rng: Randomness of the local strategies (seed it in tests).
+        stale_after_s: Tables count as stale this long after their stream broke.
+        max_table_servers: Servers a table may hold; a larger one is rejected.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        stale_after_s: float = 5.0,
+        max_table_servers: int = DEFAULT_MAX_TABLE_SERVERS,
+    ) -> None:
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.stale_after_s = stale_after_s
+        self.max_table_servers = max_table_servers
+        self._lock = threading.Lock()
+        self.pools: dict[str, LocalPool] = {}
+        self._pending: OrderedDict[str, LocalDecision] = OrderedDict()
+        self._next_id = 0
+        self.connected = False
+        self._lost_at: float | None = None
+        self.rejected = 0  # tables refused as malformed
+        self.ignored = 0  # changes to another version, waiting for the whole table
+        self.decisions = 0  # local decisions made (the last id's number)
+        self.stale_decisions = 0
+
+    # --- the stream's side ---------------------------------------------------------
+
+    def apply(self, table: _pb.RouteTable, watched: Collection[str]) -> bool:
+        """Takes a table from the stream that watches ``watched``; False (counted, logged) when
+        it is rejected (malformed, or for a pool not watched) or ignored."""
+        with self._lock:
+            if table.pool not in watched:
+                self.rejected += 1
+                _log.warning("routing table of pool %r rejected: the stream does not watch it", table.pool[:80])
+                return False
+            pool = self.pools.get(table.pool)
+            if pool is None:
+                pool = LocalPool(table.pool, self._rng, self._clock)
+            try:
+                taken = pool.apply(table, self.max_table_servers)
+            except TableRejected as err:
+                self.rejected += 1
+                _log.warning(
+                    "routing table of pool %r rejected, keeping version %d: %s", table.pool[:80], pool.version, err
+                )
+                return False
+            if not taken:
+                self.ignored += 1
+                return False
+            self.pools[table.pool] = pool
+            return True
+
+    def stream_up(self) -> None:
+        with self._lock:
+            self.connected, self._lost_at = True, None
+
+    def stream_down(self) -> None:
+        with self._lock:
+            if self.connected or self._lost_at is None:
+                self._lost_at = self._clock()
+            self.connected = False
+
+    def stale(self) -> bool:
+        """True when the tables are older than `stale_after_s` since their stream broke."""
+        lost = self._lost_at
+        return lost is not None and self._clock() - lost >= self.stale_after_s
+
+    def has(self, pool: str) -> bool:
+        found = self.pools.get(pool)
+        return found is not None and not found.deleted and found.strategy is not None
+
+    # --- the caller's side -----------------------------------------------------------
+
+    def decide(self, pool_name: str, exclude: Collection[str] = ()) -> LocalChoice | None:
+        """A local decision for `pool_name`; None when there is no table or no candidate."""
+        now = self._clock()
+        with self._lock:
+            pool = self.pools.get(pool_name)
+            if pool is None:
+                return None
+            chosen = pool.choose(exclude, now)
+            if chosen is None:
+                return None
+            server, explored, memo = chosen
+            self._next_id = n = self._next_id + 1
+            decision_id = LOCAL_ID_PREFIX + str(n)
+            pending = self._pending
+            pending[decision_id] = LocalDecision(pool_name, server, memo, pool.version, explored, now)
+            if n % _EXPIRY_EVERY == 0 or len(pending) > MAX_LOCAL_PENDING:
+                self._expire(now)
+            lost = self._lost_at
+            stale = lost is not None and now - lost >= self.stale_after_s
+            self.decisions = n
+            if stale:
+                self.stale_decisions += 1
+            return LocalChoice(decision_id, server, pool.strategy_name, explored, pool.version, stale)
+
+    def finish(self, decision_id: str, success: bool, latency_ms: float, status: str) -> _pb.Outcome | None:
+        """Settles a local decision; returns the outcome to send, None when it is unknown."""
+        now = self._clock()
+        with self._lock:
+            decision = self._pending.pop(decision_id, None)
+            if decision is None:
+                return None
+            pool = self.pools.get(decision.pool)
+            features: tuple[float, ...] = ()
+            state = ""
+            if pool is not None and pool.strategy is not None:
+                pool.finish(decision, success, latency_ms, now)
+                features, state = pool.strategy.memo_wire(decision.memo)
+        local = _pb.LocalDecision(pool=decision.pool, server_id=decision.server.id, table_version=decision.version)
+        if features:
+            local.features.extend(features)
+        if state:
+            local.state = state
+        if decision.explored:
+            local.explored = True
+        if status:
+            return _pb.Outcome(success=success, latency_ms=latency_ms, status=status, local=local)
+        return _pb.Outcome(success=success, latency_ms=latency_ms, local=local)
+
+    def _expire(self, now: float) -> None:
+        # Caller holds the lock. Settles decisions whose outcome never came, oldest first.
+        pending = self._pending
+        while pending:
+            first = next(iter(pending.values()))
+            if len(pending) <= MAX_LOCAL_PENDING and first.at + LOCAL_DECISION_TTL_S >= now:
+                break
+            pending.popitem(last=False)
+            first.server.in_flight = max(0, first.server.in_flight - 1)
+
+    def stats(self) -> Mapping[str, float]:
+        with self._lock:
+            return {
+                "pools": float(len(self.pools)),
+                "decisions": float(self.decisions),
+                "stale_decisions": float(self.stale_decisions),
+                "rejected_tables": float(self.rejected),
+                "ignored_changes": float(self.ignored),
+                "pending": float(len(self._pending)),
+            }
