@@ -270,8 +270,14 @@ class Peers:
                 for server_id, count in servers.items():
                     totals[(pool_name, server_id)] = totals.get((pool_name, server_id), 0) + int(count)
         for pool in core.pools():
+            changed = False
             for server in pool.servers.values():
-                server.peer_in_flight = totals.get((pool.name, server.id), 0)
+                count = totals.get((pool.name, server.id), 0)
+                if count != server.peer_in_flight:
+                    server.peer_in_flight = count
+                    changed = True
+            if changed:  # strategies that index costs (least_connections) rebuild on a new list
+                pool.invalidate()
 
     async def merge_learned(self) -> None:
         """Publishes each learning pool's snapshot and takes the average of every replica's."""
