@@ -14,7 +14,9 @@ each in one thread, closed loop (the block does no work: this measures what a
 decision costs, not a backend). A mode's rate counts its decisions over the time
 they took plus the time to deliver their last outcomes (``flush_outcomes``), so
 a client that decides faster than it can report is not flattered; outcomes
-dropped are reported and must be 0. ``decision_us`` times ``select()`` alone
+dropped are reported and must be 0. Local mode sends a uniform sample of its
+outcomes above ``local_outcome_rate`` (2,000/s by default), each standing for 1/p
+(``outcomes_sent`` is what went over the wire). ``decision_us`` times ``select()`` alone
 (p50/p99), the part on the request path. ``service_cpu_s_per_1000`` is the
 service process's CPU time (utime + stime from /proc) per 1,000 routed requests,
 decisions and their outcomes together.

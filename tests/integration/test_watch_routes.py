@@ -125,6 +125,18 @@ async def test_local_outcomes_of_a_server_that_left_are_counted_not_applied(
         ),
         (pb.Outcome(local=pb.LocalDecision(pool="api", server_id="s1", state="x" * 2049)), "outcomes[0].local.state"),
         (pb.Outcome(latency_ms=-1, local=pb.LocalDecision(pool="api", server_id="s1")), "outcomes[0].latency_ms"),
+        (
+            pb.Outcome(local=pb.LocalDecision(pool="api", server_id="s1", sample_weight=0.5)),
+            "outcomes[0].local.sample_weight",
+        ),
+        (
+            pb.Outcome(local=pb.LocalDecision(pool="api", server_id="s1", sample_weight=2e6)),
+            "outcomes[0].local.sample_weight",
+        ),
+        (
+            pb.Outcome(local=pb.LocalDecision(pool="api", server_id="s1", sample_weight=float("nan"))),
+            "outcomes[0].local.sample_weight",
+        ),
     ],
 )
 async def test_bad_local_outcomes_are_refused_whole(service: RunningService, channel_to, outcome, field) -> None:

@@ -110,9 +110,10 @@ class Backend:
         self.effective_weight *= spec.weight / self.weight
         self.weight = spec.weight
 
-    def record_outcome(self, success: bool, latency_ms: float, *, settles: bool = True) -> None:
+    def record_outcome(self, success: bool, latency_ms: float, *, settles: bool = True, count: int = 1) -> None:
         """Folds one reported outcome into the EWMAs and the consecutive-failure count; it
-        settles one of this process's selections unless a client decided it (``settles``)."""
+        settles one of this process's selections unless a client decided it (``settles``),
+        and counts as ``count`` outcomes (a client's sampled outcome stands for several)."""
         if settles:
             self.in_flight = max(0, self.in_flight - 1)
         self.consecutive_failures = 0 if success else self.consecutive_failures + 1
@@ -124,7 +125,7 @@ class Backend:
             w = OUTCOME_EWMA_WEIGHT
             self.ewma_latency_ms += w * (latency_ms - self.ewma_latency_ms)
             self.error_rate += w * (failure - self.error_rate)
-        self.outcomes_total += 1
+        self.outcomes_total += count
 
     def is_stale(self, now: float, load_ttl_s: float, require_load: bool) -> bool:
         """True when the load is unknown: no report (and one is required) or an old one."""
@@ -153,6 +154,7 @@ class LocalChoice:
     server_id: str
     features: tuple[float, ...] = ()
     state: str = ""
+    weight: float = 1.0  # outcomes this one stands for (the client's sample weight)
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,7 +221,12 @@ class ClientBase:
     _route_watcher: _Watcher
 
     def _setup_local(
-        self, decisions: str | Mapping[str, str], stale_after_s: float, max_table_servers: int, rng: random.Random
+        self,
+        decisions: str | Mapping[str, str],
+        stale_after_s: float,
+        max_table_servers: int,
+        outcome_rate: float,
+        rng: random.Random,
     ) -> None:
         """Where each pool is decided (`decisions`) and the tables of those decided here."""
         if isinstance(decisions, str):
@@ -235,10 +240,22 @@ class ClientBase:
             raise ValueError(f"decisions must be 'local', 'central' or a mapping of pool to either, got {decisions!r}")
         _check_positive_seconds("route_stale_after_s", stale_after_s)
         _check_positive_count("max_table_servers", max_table_servers)
+        if (
+            isinstance(outcome_rate, bool)
+            or not isinstance(outcome_rate, int | float)
+            or not 0 < outcome_rate < math.inf
+        ):
+            raise ValueError(
+                f"local_outcome_rate must be a positive number of outcomes per second, got {outcome_rate!r}"
+            )
         self._local_default = default == "local"
         self._local_pools = {pool: mode == "local" for pool, mode in per_pool.items()}
         self._tables = RouteTables(
-            clock=lambda: self._clock(), rng=rng, stale_after_s=stale_after_s, max_table_servers=max_table_servers
+            clock=lambda: self._clock(),
+            rng=rng,
+            stale_after_s=stale_after_s,
+            max_table_servers=max_table_servers,
+            outcome_rate=outcome_rate,
         )
         observe_route_tables(self._tables)
 
@@ -250,17 +267,8 @@ class ClientBase:
         choice = self._tables.decide(pool, exclude if isinstance(exclude, tuple) else tuple(exclude))
         if choice is None:
             return None
-        server = choice.server
-        return Selection(
-            choice.decision_id,
-            server.id,
-            server.address,
-            choice.strategy,
-            choice.explored,
-            local=True,
-            table_version=choice.version,
-            stale=choice.stale,
-        )
+        decision_id, server, strategy, explored, version, stale = choice
+        return Selection(decision_id, server.id, server.address, strategy, explored, False, True, version, stale)
 
     def route_table_stats(self) -> Mapping[str, float]:
         """Counters of local decisions (`decisions="local"`): pools with a table, decisions

@@ -44,6 +44,7 @@ DEFAULT_MAX_TABLE_SERVERS = 10_000
 MAX_LOCAL_PENDING = 100_000  # local decisions awaiting their outcome, at most (oldest settled first)
 LOCAL_DECISION_TTL_S = 30.0  # a local decision with no outcome this long is settled without one
 _EXPIRY_EVERY = 1_024  # decisions between two looks for expired ones
+DEFAULT_OUTCOME_RATE = 2_000.0  # outcomes of local decisions sent per second, about, before sampling
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@/-")
 _MAX_ADDRESS_LEN = 256
 _STATES = {
@@ -317,7 +318,7 @@ class LocalPool:
         server.in_flight += 1
         return server, explored, memo
 
-    def finish(self, decision: LocalDecision, success: bool, latency_ms: float, now: float) -> None:
+    def finish(self, decision: LocalDecision, success: bool, latency_ms: float, now: Callable[[], float]) -> None:
         server = decision.server
         server.in_flight = max(0, server.in_flight - 1)
         server.consecutive_failures = 0 if success else server.consecutive_failures + 1
@@ -330,9 +331,16 @@ class LocalPool:
             and server.id in self.servers
         ):
             server.consecutive_failures = 0
-            self._ejected[server.id] = now + self.ejection_s
+            at = now()
+            self._ejected[server.id] = at + self.ejection_s
             _log.warning("server %s/%s ejected locally for %.1f s", self.name, server.id, self.ejection_s)
-            self._rebuild(now)
+            self._rebuild(at)
+
+    def settle(self, decision: LocalDecision, latency_ms: float) -> None:
+        """Tells the strategy a decision ended without an outcome (what it counts in flight)."""
+        if self._strategy_finishes and self.strategy is not None:
+            feedback = Feedback(decision.server, False, latency_ms, decision.memo, expired=True)
+            self.strategy.finished(feedback)
 
     def locally_ejected(self) -> list[str]:
         return sorted(self._ejected)
@@ -349,6 +357,43 @@ class LocalChoice(NamedTuple):
     stale: bool
 
 
+class OutcomeSampler:
+    """Keeps the outcomes of local decisions sent near ``rate`` per second, all pools together.
+
+    Below the rate every outcome is sent. Above it each is kept with probability
+    ``p = rate / max(outcomes in the last second, outcomes so far in this one)`` and
+    carries ``sample_weight = 1 / p``, so the service's counts stay right and its
+    averages unbiased (a uniform sample), while its work no longer grows with the
+    client's traffic: a client at 100,000 decisions/s costs the service what one at
+    ``rate`` does. In a window that starts with a burst, the sent count grows as
+    ``rate * (1 + ln(n / rate))``, not as ``n``.
+    """
+
+    __slots__ = ("_clock", "_count", "_last", "_rate", "_rng", "_window_end")
+
+    def __init__(self, rate: float, rng: random.Random, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._rng = rng
+        self._clock = clock
+        self._window_end = -math.inf
+        self._count = 0  # outcomes in the current one-second window
+        self._last = 0  # outcomes in the window before it (0 when that was not the previous second)
+
+    def take(self) -> float:
+        """The weight of this outcome when it is sent (>= 1), 0.0 when it is left out."""
+        now = self._clock()
+        if now >= self._window_end:
+            self._last = self._count if now < self._window_end + 1.0 else 0
+            self._count = 0
+            self._window_end = now + 1.0
+        self._count += 1
+        busiest = max(self._last, self._count)
+        if busiest <= self._rate:
+            return 1.0
+        p = self._rate / busiest
+        return 1.0 / p if self._rng.random() < p else 0.0
+
+
 class RouteTables:
     """The watched pools' tables, local decisions and their pending outcomes; thread-safe.
 
@@ -357,6 +402,8 @@ class RouteTables:
         rng: Randomness of the local strategies (seed it in tests).
         stale_after_s: Tables count as stale this long after their stream broke.
         max_table_servers: Servers a table may hold; a larger one is rejected.
+        outcome_rate: Outcomes of local decisions sent per second, at most about; beyond
+            it a uniform sample is sent, each standing for 1/p (`OutcomeSampler`).
     """
 
     def __init__(
@@ -366,12 +413,14 @@ class RouteTables:
         rng: random.Random | None = None,
         stale_after_s: float = 5.0,
         max_table_servers: int = DEFAULT_MAX_TABLE_SERVERS,
+        outcome_rate: float = DEFAULT_OUTCOME_RATE,
     ) -> None:
         self._clock = clock
         self._rng = rng or random.Random()
         self.stale_after_s = stale_after_s
         self.max_table_servers = max_table_servers
         self._lock = threading.Lock()
+        self._sampler = OutcomeSampler(outcome_rate, self._rng, clock)
         self.pools: dict[str, LocalPool] = {}
         self._pending: OrderedDict[str, LocalDecision] = OrderedDict()
         self._next_id = 0
@@ -432,11 +481,11 @@ class RouteTables:
 
     def decide(self, pool_name: str, exclude: Collection[str] = ()) -> LocalChoice | None:
         """A local decision for `pool_name`; None when there is no table or no candidate."""
+        pool = self.pools.get(pool_name)  # one dict read: atomic, no lock needed
+        if pool is None:
+            return None
         now = self._clock()
         with self._lock:
-            pool = self.pools.get(pool_name)
-            if pool is None:
-                return None
             chosen = pool.choose(exclude, now)
             if chosen is None:
                 return None
@@ -455,28 +504,39 @@ class RouteTables:
             return LocalChoice(decision_id, server, pool.strategy_name, explored, pool.version, stale)
 
     def finish(self, decision_id: str, success: bool, latency_ms: float, status: str) -> _pb.Outcome | None:
-        """Settles a local decision; returns the outcome to send, None when it is unknown."""
-        now = self._clock()
+        """Settles a local decision; returns the outcome to send, None when it is unknown or
+        left out of the sample (see `OutcomeSampler`)."""
         with self._lock:
             decision = self._pending.pop(decision_id, None)
             if decision is None:
                 return None
             pool = self.pools.get(decision.pool)
+            if pool is not None and pool.strategy is not None:
+                pool.finish(decision, success, latency_ms, self._clock)
+            weight = self._sampler.take()
+            if not weight:
+                return None
             features: tuple[float, ...] = ()
             state = ""
             if pool is not None and pool.strategy is not None:
-                pool.finish(decision, success, latency_ms, now)
                 features, state = pool.strategy.memo_wire(decision.memo)
-        local = _pb.LocalDecision(pool=decision.pool, server_id=decision.server.id, table_version=decision.version)
+        # Built in place (one message object, not two): this runs for every outcome sent.
+        outcome = _pb.Outcome(success=success, latency_ms=latency_ms)
+        if status:
+            outcome.status = status
+        local = outcome.local
+        local.pool = decision.pool
+        local.server_id = decision.server.id
+        local.table_version = decision.version
         if features:
             local.features.extend(features)
         if state:
             local.state = state
         if decision.explored:
             local.explored = True
-        if status:
-            return _pb.Outcome(success=success, latency_ms=latency_ms, status=status, local=local)
-        return _pb.Outcome(success=success, latency_ms=latency_ms, local=local)
+        if weight != 1.0:
+            local.sample_weight = weight
+        return outcome
 
     def _expire(self, now: float) -> None:
         # Caller holds the lock. Settles decisions whose outcome never came, oldest first.
@@ -487,6 +547,9 @@ class RouteTables:
                 break
             pending.popitem(last=False)
             first.server.in_flight = max(0, first.server.in_flight - 1)
+            pool = self.pools.get(first.pool)
+            if pool is not None:  # settled as the service settles an expired decision: a failure, unlearned
+                pool.settle(first, LOCAL_DECISION_TTL_S * 1000.0)
 
     def stats(self) -> Mapping[str, float]:
         with self._lock:

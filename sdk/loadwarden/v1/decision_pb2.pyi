@@ -61,20 +61,22 @@ class Outcome(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., success: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., status: _Optional[str] = ..., local: _Optional[_Union[LocalDecision, _Mapping]] = ...) -> None: ...
 
 class LocalDecision(_message.Message):
-    __slots__ = ("pool", "server_id", "table_version", "features", "state", "explored")
+    __slots__ = ("pool", "server_id", "table_version", "features", "state", "explored", "sample_weight")
     POOL_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     TABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     pool: str
     server_id: str
     table_version: int
     features: _containers.RepeatedScalarFieldContainer[float]
     state: str
     explored: bool
-    def __init__(self, pool: _Optional[str] = ..., server_id: _Optional[str] = ..., table_version: _Optional[int] = ..., features: _Optional[_Iterable[float]] = ..., state: _Optional[str] = ..., explored: _Optional[bool] = ...) -> None: ...
+    sample_weight: float
+    def __init__(self, pool: _Optional[str] = ..., server_id: _Optional[str] = ..., table_version: _Optional[int] = ..., features: _Optional[_Iterable[float]] = ..., state: _Optional[str] = ..., explored: _Optional[bool] = ..., sample_weight: _Optional[float] = ...) -> None: ...
 
 class ReportOutcomeRequest(_message.Message):
     __slots__ = ("outcomes",)

@@ -259,3 +259,27 @@ def test_decisions_never_reported_are_settled_after_their_ttl(tables: RouteTable
         choice = decided(tables)
         tables.finish(choice.decision_id, True, 1.0, "")
     assert s1.in_flight == 0 and tables.stats()["pending"] == 0
+
+
+def test_outcomes_are_all_sent_below_the_rate_and_sampled_above_it(clock: FakeClock) -> None:
+    tables = RouteTables(clock=clock, rng=random.Random(9), outcome_rate=100.0)
+    tables.apply(table(1), WATCHED)
+
+    def second(decisions: int) -> list[pb.Outcome]:
+        sent = []
+        for _ in range(decisions):
+            choice = decided(tables)
+            outcome = tables.finish(choice.decision_id, True, 1.0, "")
+            if outcome is not None:
+                sent.append(outcome)
+            clock.now += 1.0 / decisions
+        return sent
+
+    quiet = second(80)
+    assert len(quiet) == 80 and all(o.local.sample_weight == 0 for o in quiet)  # 0 reads as weight 1
+    busy = [second(10_000) for _ in range(3)][1:]  # the first busy second ramps up; the next ones are steady
+    for sent in busy:
+        assert 80 <= len(sent) <= 125  # about the rate, whatever the traffic
+        assert sum(o.local.sample_weight for o in sent) == pytest.approx(10_000, rel=0.2)  # and they stand for all
+    # Left-out outcomes still settle the decision locally: nothing stays in flight.
+    assert all(s.in_flight == 0 for s in tables.pools["api"].servers.values())

@@ -85,3 +85,10 @@ def test_every_local_outcome_unknown_is_not_found_naming_the_first() -> None:
         ]
     )
     assert applied == (1, ["t-1-nope"], 1)
+
+
+def test_a_sampled_local_outcome_counts_for_its_weight() -> None:
+    core = make_core("round_robin", ManualClock())
+    core.report_outcomes([OutcomeReport("", True, 4.0, local=LocalChoice("api", "s1", weight=50.0))])
+    s1 = core.pool("api").servers["s1"]
+    assert s1.outcomes_total == 50 and s1.ewma_latency_ms == 4.0

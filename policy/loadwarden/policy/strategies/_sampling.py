@@ -26,6 +26,10 @@ def sample_distinct(candidates: Sequence[Backend], k: int, rng: random.Random) -
     n = len(candidates)
     if n <= k:
         return list(candidates)
+    if k == 2:  # the common case, unrolled: the same two draws and the same answer as the loop
+        first = rng.randrange(n - 1)
+        second = rng.randrange(n)
+        return [candidates[first], candidates[n - 1 if second == first else second]]
     picked: dict[int, None] = {}  # an insertion-ordered set, so equal seeds give equal samples
     for j in range(n - k, n):
         t = rng.randrange(j + 1)
@@ -39,6 +43,11 @@ def least_cost(servers: Sequence[Backend], costs: list[float], rng: random.Rando
     ``min``, ``count`` and ``index`` run in C, so a scan of thousands of costs
     stays cheap; the RNG is drawn from only when there is a tie.
     """
+    if len(costs) == 2:  # p2c's pair, unrolled: the same answer and the same draw as below
+        a, b = costs
+        if a != b:
+            return servers[0] if a < b else servers[1]
+        return servers[rng.randrange(2)]
     best_cost = min(costs)
     if costs.count(best_cost) == 1:
         return servers[costs.index(best_cost)]

@@ -57,4 +57,4 @@ class P2C(StrategyBase):
         sampled = sample_distinct(candidates, self._choice_count, self._rng)
         # Counting the request being placed keeps weights meaningful when every server is idle.
         costs = [(s.active_requests + 1) / s.effective_weight for s in sampled]
-        return Choice(least_cost(sampled, costs, self._rng), memo=tuple(s.id for s in sampled))
+        return Choice(least_cost(sampled, costs, self._rng), False, tuple([s.id for s in sampled]))

@@ -99,7 +99,7 @@ class PeakEwma(StrategyBase):
             max(prior if e is None else e, _MIN_ESTIMATE_MS) * (s.in_flight_total + 1) / s.effective_weight
             for s, e in zip(sampled, estimates, strict=True)
         ]
-        return Choice(least_cost(sampled, costs, self._rng), memo=tuple(s.id for s in sampled))
+        return Choice(least_cost(sampled, costs, self._rng), False, tuple([s.id for s in sampled]))
 
     def observe(self, feedback: Feedback) -> None:
         server = feedback.server

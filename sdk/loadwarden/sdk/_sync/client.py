@@ -58,7 +58,7 @@ from loadwarden.sdk._errors import (
     is_transport_failure,
 )
 from loadwarden.sdk._leases import BACKGROUND_CALL_MIN_TIMEOUT_S, PendingRelease, held, latency_ms, log_release_failure
-from loadwarden.sdk._local import DEFAULT_MAX_TABLE_SERVERS
+from loadwarden.sdk._local import DEFAULT_MAX_TABLE_SERVERS, DEFAULT_OUTCOME_RATE
 from loadwarden.sdk._probe import HEALTH_SERVICE
 from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
 from loadwarden.sdk._retry import RetryConfig
@@ -170,6 +170,10 @@ class Client(ClientBase):
             stream breaks; this long after the break they say `stale`, seconds.
         max_table_servers: Servers a pushed table may hold; a larger one is
             rejected (the last good table stays), count.
+        local_outcome_rate: Outcomes of local decisions sent to the service per
+            second, about; above it a uniform sample is sent, each outcome standing
+            for 1/p of them, so the service's work stays bounded however busy the
+            client is.
 
     Raises:
         ValueError: An argument is out of range, or a TLS file cannot be read; the
@@ -198,6 +202,7 @@ class Client(ClientBase):
         decisions: str | Mapping[str, str] = "central",
         route_stale_after_s: float = 5.0,
         max_table_servers: int = DEFAULT_MAX_TABLE_SERVERS,
+        local_outcome_rate: float = DEFAULT_OUTCOME_RATE,
     ) -> None:
         self._options = ClientOptions(
             target=target,
@@ -229,7 +234,7 @@ class Client(ClientBase):
         self._renewal_scheduler: Scheduler = ThreadScheduler()
         self._clock = time.perf_counter
         self._rng = random.Random()
-        self._setup_local(decisions, route_stale_after_s, max_table_servers, self._rng)
+        self._setup_local(decisions, route_stale_after_s, max_table_servers, local_outcome_rate, self._rng)
         self._route_watcher: RouteWatcher = RouteWatcher(self._tables, self._open_routes, self._rng)
         self._releases: ReleaseRetries = ReleaseRetries(
             self._retry_release,

@@ -360,10 +360,12 @@ class DecisionCore:
         now: float,
         *,
         settles: bool = True,
+        count: int = 1,
     ) -> None:
         """One outcome of a selection: the server's counters, ejection, and the strategy's lesson.
-        ``settles`` is False for a client's own decision, which this process never counted in flight."""
-        server.record_outcome(success, latency_ms, settles=settles)
+        ``settles`` is False for a client's own decision, which this process never counted in
+        flight; ``count`` is how many outcomes it stands for (a client's sample)."""
+        server.record_outcome(success, latency_ms, settles=settles, count=count)
         if not success and pool.maybe_eject(server, now) and self.peers is not None:
             self.peers.ejected(pool.name, server.id, server.ejected_until - now)
         pool.strategy.observe(Feedback(server, success, latency_ms, memo))
@@ -426,7 +428,8 @@ class DecisionCore:
         if pool is None or server is None:
             return False
         memo = pool.strategy.memo_from_wire(local.features, local.state)
-        self._apply(pool, server, memo, outcome.success, outcome.latency_ms, now, settles=False)
+        count = max(1, round(local.weight))
+        self._apply(pool, server, memo, outcome.success, outcome.latency_ms, now, settles=False, count=count)
         return True
 
     def report_load(self, reports: Sequence[LoadReportIn], *, from_peer: bool = False) -> int:

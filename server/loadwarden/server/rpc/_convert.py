@@ -43,6 +43,7 @@ MAX_STATUS_LEN = 64
 MAX_LOCAL_FEATURES = 16  # LocalDecision.features values, at most
 FEATURE_LIMIT = 10.0  # largest LocalDecision.features value (q_linear clips its features there)
 MAX_LOCAL_STATE_LEN = 2_048  # LocalDecision.state characters, at most
+MAX_SAMPLE_WEIGHT = 1_000_000.0  # LocalDecision.sample_weight, at most
 MAX_PRIORITY = 9
 MAX_WAIT_MS = 3_600_000
 
@@ -75,6 +76,7 @@ def exclusions(ids: Any) -> frozenset[str]:
 def outcomes(entries: Any) -> list[OutcomeReport]:
     check_batch(entries, "outcomes")
     out = []
+    names: set[str] = set()  # local pool and server names already checked in this batch
     for i, o in enumerate(entries):
         where = f"outcomes[{i}]"
         if len(o.status) > MAX_STATUS_LEN or not o.status.isprintable():
@@ -83,7 +85,7 @@ def outcomes(entries: Any) -> list[OutcomeReport]:
         if o.HasField("local"):
             if o.decision_id:
                 raise InvalidArgument(f"{where}.decision_id", "must be empty when local is set")
-            local = local_choice(o.local, f"{where}.local")
+            local = local_choice(o.local, f"{where}.local", names)
         out.append(
             OutcomeReport(
                 decision_id="" if local is not None else check_name(o.decision_id, f"{where}.decision_id"),
@@ -96,9 +98,10 @@ def outcomes(entries: Any) -> list[OutcomeReport]:
     return out
 
 
-def local_choice(local: _pb.LocalDecision, where: str) -> LocalChoice:
-    """A LocalDecision, checked: names, at most MAX_LOCAL_FEATURES features in 0-FEATURE_LIMIT,
-    a state of at most MAX_LOCAL_STATE_LEN characters."""
+def local_choice(local: _pb.LocalDecision, where: str, names: set[str]) -> LocalChoice:
+    """A LocalDecision, checked: names (those in ``names`` passed already; checked ones are
+    added), at most MAX_LOCAL_FEATURES features in 0-FEATURE_LIMIT, a state of at most
+    MAX_LOCAL_STATE_LEN characters, a sample weight of 1-MAX_SAMPLE_WEIGHT."""
     features = tuple(local.features)
     if len(features) > MAX_LOCAL_FEATURES:
         raise InvalidArgument(f"{where}.features", f"at most {MAX_LOCAL_FEATURES} values, got {len(features)}")
@@ -106,11 +109,18 @@ def local_choice(local: _pb.LocalDecision, where: str) -> LocalChoice:
         check_range(value, f"{where}.features[{j}]", 0.0, FEATURE_LIMIT)
     if len(local.state) > MAX_LOCAL_STATE_LEN or not local.state.isprintable():
         raise InvalidArgument(f"{where}.state", f"must be at most {MAX_LOCAL_STATE_LEN} printable characters")
+    weight = local.sample_weight or 1.0
+    check_range(weight, f"{where}.sample_weight", 1.0, MAX_SAMPLE_WEIGHT)
+    pool, server_id = local.pool, local.server_id
+    for name, field in ((pool, "pool"), (server_id, "server_id")):
+        if name not in names:
+            names.add(check_name(name, f"{where}.{field}"))
     return LocalChoice(
-        pool=check_name(local.pool, f"{where}.pool"),
-        server_id=check_name(local.server_id, f"{where}.server_id"),
+        pool=pool,
+        server_id=server_id,
         features=features,
         state=local.state,
+        weight=weight,
     )
 
 
