@@ -21,9 +21,15 @@ outcomes above ``local_outcome_rate`` (2,000/s by default), each standing for 1/
 service process's CPU time (utime + stime from /proc) per 1,000 routed requests,
 decisions and their outcomes together.
 
-Prints JSON with each mode's numbers and the ratios local/central of one run
-(targets: rate >= 40x and >= 100,000/s, p99 decision <= 50 us, service CPU per
-request <= 1/20).
+Then the central transports side by side, on raw stubs over one grpc.aio channel
+with ``--in-flight`` requests outstanding, for ``--seconds`` each:
+
+  unary    SelectServer calls (+ their outcomes, batched 100 per ReportOutcome)
+  stream   the same selects on one Decide stream (outcomes batched on it too)
+
+Prints JSON with each mode's numbers and the ratios of one run (targets: local
+rate >= 40x central and >= 100,000/s, p99 decision <= 50 us, service CPU per
+request <= 1/20; stream >= 2.5x unary).
 
 Usage: python bench/local_decisions.py [--seconds 3] [--servers 3] [--strategy p2c]
 """
@@ -31,6 +37,7 @@ Usage: python bench/local_decisions.py [--seconds 3] [--servers 3] [--strategy p
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -123,17 +130,114 @@ def run_mode(target: str, pid: int, mode: str, seconds: float) -> dict[str, Any]
     }
 
 
+async def select_rate(target: str, pid: int, transport: str, seconds: float, in_flight: int) -> dict[str, Any]:
+    """Selects per second (outcomes included) over unary calls or one Decide stream."""
+    import grpc
+
+    from loadwarden.v1 import decision_pb2 as pb
+    from loadwarden.v1 import decision_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        request = pb.SelectServerRequest(pool="api")
+        done = 0
+        pending: list[str] = []
+
+        def outcomes() -> pb.ReportOutcomeRequest:
+            batch = [pb.Outcome(decision_id=d, success=True, latency_ms=1.0) for d in pending]
+            pending.clear()
+            return pb.ReportOutcomeRequest(outcomes=batch)
+
+        if transport == "unary":
+
+            async def worker(until: float) -> None:
+                nonlocal done
+                loop = asyncio.get_running_loop()
+                while loop.time() < until:
+                    answer = await stub.SelectServer(request)
+                    pending.append(answer.decision_id)
+                    done += 1
+                    if len(pending) >= 100:
+                        await stub.ReportOutcome(outcomes())
+
+            run = worker
+        else:
+            call = stub.Decide()
+            futures: dict[int, asyncio.Future[Any]] = {}
+            queued: list[pb.DecideCall] = []
+            wake = asyncio.Event()
+            next_id = 0
+
+            async def reader() -> None:
+                async for response in call:
+                    for answer in response.answers:
+                        futures.pop(answer.id).set_result(answer)
+
+            async def writer() -> None:
+                # What gathered while the last write was in flight goes as one message.
+                while True:
+                    await wake.wait()
+                    wake.clear()
+                    batch, queued[:] = queued[:1000], queued[1000:]
+                    if queued:
+                        wake.set()
+                    await call.write(pb.DecideRequest(calls=batch))
+
+            tasks = [asyncio.get_running_loop().create_task(f()) for f in (reader, writer)]
+
+            async def ask(decide_call: pb.DecideCall) -> Any:
+                future = asyncio.get_running_loop().create_future()
+                futures[decide_call.id] = future
+                queued.append(decide_call)
+                wake.set()
+                return await future
+
+            async def worker(until: float) -> None:
+                nonlocal done, next_id
+                loop = asyncio.get_running_loop()
+                while loop.time() < until:
+                    next_id += 1
+                    answer = await ask(pb.DecideCall(id=next_id, select=request))
+                    pending.append(answer.select.decision_id)
+                    done += 1
+                    if len(pending) >= 100:
+                        next_id += 1
+                        await ask(pb.DecideCall(id=next_id, report_outcome=outcomes()))
+
+            run = worker
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(run(loop.time() + 0.3) for _ in range(in_flight)))  # warm-up
+        done = 0
+        cpu_before = cpu_seconds(pid)
+        started = loop.time()
+        await asyncio.gather(*(run(started + seconds) for _ in range(in_flight)))
+        elapsed = loop.time() - started
+        cpu_after = cpu_seconds(pid)
+        if transport == "stream":
+            tasks[1].cancel()
+            await call.done_writing()
+            await tasks[0]
+    return {
+        "selects": done,
+        "selects_per_s": done / elapsed,
+        "service_cpu_s_per_1000": (cpu_after - cpu_before) / done * 1000.0,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per mode")
     parser.add_argument("--servers", type=int, default=3, help="servers in pool api")
     parser.add_argument("--strategy", default="p2c", help="the pool's strategy")
+    parser.add_argument("--in-flight", type=int, default=32, help="central transports: requests outstanding")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lw-bench-local-") as tmp:
         proc, target = start_service(Path(tmp), config_text(args.servers, args.strategy))
         try:
             central = run_mode(target, proc.pid, "central", args.seconds)
             local = run_mode(target, proc.pid, "local", args.seconds)
+            unary = asyncio.run(select_rate(target, proc.pid, "unary", args.seconds, args.in_flight))
+            stream = asyncio.run(select_rate(target, proc.pid, "stream", args.seconds, args.in_flight))
         finally:
             stop_service(proc)
     cpu_ratio = (
@@ -152,9 +256,13 @@ def main() -> None:
                 "seconds": args.seconds,
                 "central": central,
                 "local": local,
+                "in_flight": args.in_flight,
+                "unary": unary,
+                "stream": stream,
                 "ratios": {
                     "local_over_central_rate": local["decisions_per_s"] / central["decisions_per_s"],
                     "local_over_central_service_cpu": cpu_ratio,
+                    "stream_over_unary_rate": stream["selects_per_s"] / unary["selects_per_s"],
                 },
             },
             indent=2,

@@ -345,3 +345,59 @@ class RouteServer(_message.Message):
     outcomes_total: int
     ejected_until: _timestamp_pb2.Timestamp
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., effective_weight: _Optional[float] = ..., state: _Optional[_Union[_common_pb2.ServerState, str]] = ..., eligible: _Optional[bool] = ..., load: _Optional[_Union[_common_pb2.LoadReport, _Mapping]] = ..., load_reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., in_flight: _Optional[int] = ..., ewma_latency_ms: _Optional[float] = ..., error_rate: _Optional[float] = ..., outcomes_total: _Optional[int] = ..., ejected_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DecideRequest(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[DecideCall]
+    def __init__(self, calls: _Optional[_Iterable[_Union[DecideCall, _Mapping]]] = ...) -> None: ...
+
+class DecideCall(_message.Message):
+    __slots__ = ("id", "timeout_ms", "select", "acquire", "release", "report_outcome")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    timeout_ms: int
+    select: SelectServerRequest
+    acquire: AcquireSlotRequest
+    release: ReleaseSlotRequest
+    report_outcome: ReportOutcomeRequest
+    def __init__(self, id: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., select: _Optional[_Union[SelectServerRequest, _Mapping]] = ..., acquire: _Optional[_Union[AcquireSlotRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseSlotRequest, _Mapping]] = ..., report_outcome: _Optional[_Union[ReportOutcomeRequest, _Mapping]] = ...) -> None: ...
+
+class DecideResponse(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[DecideAnswer]
+    def __init__(self, answers: _Optional[_Iterable[_Union[DecideAnswer, _Mapping]]] = ...) -> None: ...
+
+class DecideAnswer(_message.Message):
+    __slots__ = ("id", "select", "acquire", "release", "report_outcome", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    select: SelectServerResponse
+    acquire: AcquireSlotResponse
+    release: ReleaseSlotResponse
+    report_outcome: ReportOutcomeResponse
+    error: DecideError
+    def __init__(self, id: _Optional[int] = ..., select: _Optional[_Union[SelectServerResponse, _Mapping]] = ..., acquire: _Optional[_Union[AcquireSlotResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseSlotResponse, _Mapping]] = ..., report_outcome: _Optional[_Union[ReportOutcomeResponse, _Mapping]] = ..., error: _Optional[_Union[DecideError, _Mapping]] = ...) -> None: ...
+
+class DecideError(_message.Message):
+    __slots__ = ("code", "message", "retry_after_ms", "unavailable_reason")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    retry_after_ms: int
+    unavailable_reason: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ..., unavailable_reason: _Optional[str] = ...) -> None: ...

@@ -100,6 +100,11 @@ class DecisionServiceStub:
                 request_serializer=loadwarden_dot_v1_dot_decision__pb2.WatchRoutesRequest.SerializeToString,
                 response_deserializer=loadwarden_dot_v1_dot_decision__pb2.WatchRoutesResponse.FromString,
                 _registered_method=True)
+        self.Decide = channel.stream_stream(
+                '/loadwarden.v1.DecisionService/Decide',
+                request_serializer=loadwarden_dot_v1_dot_decision__pb2.DecideRequest.SerializeToString,
+                response_deserializer=loadwarden_dot_v1_dot_decision__pb2.DecideResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -197,6 +202,21 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Decide(self, request_iterator, context):
+        """One long-lived call that carries SelectServer, AcquireSlot, ReleaseSlot and
+        ReportOutcome requests and their answers, matched by id, so a client pays for
+        one call instead of one per decision. Each request is handled as its unary
+        twin (same checks, same answers); a failed one is answered with
+        DecideResponse.error and the stream goes on. Answers may come out of order: an
+        AcquireSlot waiting for a slot does not hold up the requests after it. The
+        stream ends INVALID_ARGUMENT on a message that does not decode, holds no
+        request or more than 1,000, or a call that names no request; and
+        RESOURCE_EXHAUSTED past 1,000 AcquireSlot requests awaiting their answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -254,6 +274,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.WatchRoutes,
                     request_deserializer=loadwarden_dot_v1_dot_decision__pb2.WatchRoutesRequest.FromString,
                     response_serializer=loadwarden_dot_v1_dot_decision__pb2.WatchRoutesResponse.SerializeToString,
+            ),
+            'Decide': grpc.stream_stream_rpc_method_handler(
+                    servicer.Decide,
+                    request_deserializer=loadwarden_dot_v1_dot_decision__pb2.DecideRequest.FromString,
+                    response_serializer=loadwarden_dot_v1_dot_decision__pb2.DecideResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -564,6 +589,33 @@ class DecisionService:
             '/loadwarden.v1.DecisionService/WatchRoutes',
             loadwarden_dot_v1_dot_decision__pb2.WatchRoutesRequest.SerializeToString,
             loadwarden_dot_v1_dot_decision__pb2.WatchRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decide(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/loadwarden.v1.DecisionService/Decide',
+            loadwarden_dot_v1_dot_decision__pb2.DecideRequest.SerializeToString,
+            loadwarden_dot_v1_dot_decision__pb2.DecideResponse.FromString,
             options,
             channel_credentials,
             insecure,

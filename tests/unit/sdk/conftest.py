@@ -101,6 +101,12 @@ class FakeChannel:
 
         return call
 
+    def stream_stream(self, path: str, **_: Any) -> Callable[..., Any]:
+        def call(*_args: Any, **__: Any) -> Any:
+            raise NotImplementedError(f"{path}: streaming is not faked")
+
+        return call
+
     def close(self) -> Any:
         self.closed = True
         if self.asynchronous:

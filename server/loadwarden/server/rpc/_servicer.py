@@ -13,10 +13,11 @@ echoed client value can never outgrow a client's metadata limit.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, final
 
@@ -64,6 +65,11 @@ STATUS_MESSAGE_MAX_LEN = 1_024
 
 # AcquireSlot request ids one ReleaseSlot may abandon, at most.
 MAX_ABANDONED_REQUEST_IDS = 100
+
+# AcquireSlot requests of one Decide stream awaiting their answers, at most.
+MAX_DECIDE_IN_FLIGHT = 1_000
+# Requests in one DecideRequest message, at most.
+MAX_DECIDE_CALLS = 1_000
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
@@ -131,12 +137,33 @@ def _trailers(exc: DecisionError) -> tuple[tuple[str, str], ...]:
     return ()
 
 
+def _code(exc: DecisionError) -> grpc.StatusCode:
+    """The status code of a domain error; a subclass maps as its base."""
+    return next(_STATUS[cls] for cls in type(exc).__mro__ if cls in _STATUS)
+
+
+def _decide_error(exc: Exception, method: str) -> _pb.DecideError:
+    """What a Decide stream answers for a request that failed with ``exc``: the status its
+    unary call would end with (an unexpected error: INTERNAL without internals, logged)."""
+    if isinstance(exc, DecisionError):
+        error = _pb.DecideError(code=_code(exc).value[0], message=_status_message(exc))
+        for key, value in _trailers(exc):
+            if key == RETRY_AFTER_KEY:
+                error.retry_after_ms = int(value)
+            elif key == UNAVAILABLE_REASON_KEY:
+                error.unavailable_reason = value
+        return error
+    log.exception("unexpected error in %s", method)
+    return _pb.DecideError(
+        code=grpc.StatusCode.INTERNAL.value[0], message=f"internal error in {method}; see service logs"
+    )
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
     """Ends the call for ``exc``: a domain error with its status code, anything else as
     INTERNAL without internals (logged with its traceback). Call it from an ``except`` block."""
     if isinstance(exc, DecisionError):
-        code = next(_STATUS[cls] for cls in type(exc).__mro__ if cls in _STATUS)  # a subclass maps as its base
-        await context.abort(code, _status_message(exc), trailing_metadata=_trailers(exc))
+        await context.abort(_code(exc), _status_message(exc), trailing_metadata=_trailers(exc))
     log.exception("unexpected error in %s", method)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see service logs")
 
@@ -177,9 +204,12 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
 
     @_rpc
     async def SelectServer(self, request: _pb.SelectServerRequest, context: Any) -> _pb.SelectServerResponse:
+        return self._select(request, self._callers.of(context))
+
+    def _select(self, request: _pb.SelectServerRequest, caller: str) -> _pb.SelectServerResponse:
         pool = check_name(request.pool, "pool")
         exclude = convert.exclusions(request.exclude_server_ids) if request.exclude_server_ids else ()
-        choice = self._core.select(pool, exclude, self._callers.of(context))
+        choice = self._core.select(pool, exclude, caller)
         telemetry.record_selection(self._core, pool, choice)
         return _pb.SelectServerResponse(
             decision_id=choice.decision_id,
@@ -192,9 +222,10 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
 
     @_rpc
     async def ReportOutcome(self, request: _pb.ReportOutcomeRequest, context: Any) -> _pb.ReportOutcomeResponse:
-        applied, unknown, unknown_local = self._core.report_outcomes(
-            convert.outcomes(request.outcomes), self._callers.of(context)
-        )
+        return self._report_outcome(request, self._callers.of(context))
+
+    def _report_outcome(self, request: _pb.ReportOutcomeRequest, caller: str) -> _pb.ReportOutcomeResponse:
+        applied, unknown, unknown_local = self._core.report_outcomes(convert.outcomes(request.outcomes), caller)
         return _pb.ReportOutcomeResponse(applied=applied, unknown_decision_ids=unknown, unknown_local=unknown_local)
 
     @_rpc
@@ -210,9 +241,14 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
 
     @_rpc
     async def AcquireSlot(self, request: _pb.AcquireSlotRequest, context: Any) -> _pb.AcquireSlotResponse:
-        caller = self._callers.of(context)
-        answer = await self._core.acquire(convert.slot_request(request, caller), context.time_remaining())
-        if isinstance(answer, Granted) and _past_deadline(context):
+        caller, time_left = self._callers.of(context), context.time_remaining()
+        return await self._acquire(request, caller, time_left, lambda: _past_deadline(context))
+
+    async def _acquire(
+        self, request: _pb.AcquireSlotRequest, caller: str, time_left_s: float | None, expired: Callable[[], bool]
+    ) -> _pb.AcquireSlotResponse:
+        answer = await self._core.acquire(convert.slot_request(request, caller), time_left_s)
+        if isinstance(answer, Granted) and expired():
             # The caller has given up (its deadline passed while the call waited for the
             # event loop): the grant would never reach it, so the slot goes straight back
             # and the (undeliverable) answer is a denial.
@@ -238,8 +274,10 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
 
     @_rpc
     async def ReleaseSlot(self, request: _pb.ReleaseSlotRequest, context: Any) -> _pb.ReleaseSlotResponse:
+        return await self._release(request, self._callers.of(context))
+
+    async def _release(self, request: _pb.ReleaseSlotRequest, caller: str) -> _pb.ReleaseSlotResponse:
         latency = check_range(request.latency_ms, "latency_ms", 0.0, convert.MAX_LATENCY_MS)
-        caller = self._callers.of(context)
         abandoned = check_abandoned(request)
         if not request.lease_id and (request.request_id or abandoned):  # end AcquireSlots by request id
             pool = check_name(request.pool, "pool")
@@ -300,6 +338,83 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
             raise
         except Exception as exc:  # noqa: BLE001 - _abort maps every error to a status; unknown ones to INTERNAL
             await _abort(context, exc, "WatchRoutes")
+
+    async def Decide(self, requests: AsyncIterator[Any], context: Any) -> None:
+        """The Decide stream: each call handled as its unary twin and answered by id.
+
+        The calls of one message that need no wait (select, release, outcome reports)
+        are answered in order, together in one message; each AcquireSlot runs as its
+        own task (it may wait in the queue) and answers in a message of its own. Writes
+        go one at a time under a lock. When the client ends its side, the acquires still
+        waiting are answered before the stream ends.
+        """
+        caller = self._callers.of(context)
+        write = asyncio.Lock()
+        waiting: set[asyncio.Task[None]] = set()
+
+        async def send(answers: list[_pb.DecideAnswer]) -> None:
+            async with write:
+                await context.write(_pb.DecideResponse(answers=answers))
+
+        async def acquire(call: _pb.DecideCall) -> None:
+            time_left = call.timeout_ms / 1000.0 if call.timeout_ms else None
+            deadline = None if time_left is None else self._core.clock.monotonic() + time_left
+            expired = (lambda: False) if deadline is None else (lambda: self._core.clock.monotonic() > deadline)
+            try:
+                answer = _pb.DecideAnswer(
+                    id=call.id, acquire=await self._acquire(call.acquire, caller, time_left, expired)
+                )
+            except Exception as exc:  # noqa: BLE001 - answered as this call's error, the stream goes on
+                answer = _pb.DecideAnswer(id=call.id, error=_decide_error(exc, "Decide/acquire"))
+            await send([answer])
+
+        try:
+            async for message in requests:
+                if type(message) is MalformedRequest:
+                    raise message.error()
+                calls = message.calls
+                if not 1 <= len(calls) <= MAX_DECIDE_CALLS:
+                    raise InvalidArgument("calls", f"must hold 1-{MAX_DECIDE_CALLS} requests, got {len(calls)}")
+                answers = []
+                for index, call in enumerate(calls):
+                    kind = call.WhichOneof("request")
+                    if kind == "acquire":
+                        if len(waiting) >= MAX_DECIDE_IN_FLIGHT:
+                            raise ResourceExhausted(
+                                f"requests in flight: {len(waiting)} AcquireSlot requests of this Decide stream "
+                                f"await their answers, at most {MAX_DECIDE_IN_FLIGHT}; wait for answers first"
+                            )
+                        task = asyncio.get_running_loop().create_task(acquire(call))
+                        waiting.add(task)
+                        task.add_done_callback(waiting.discard)
+                        continue
+                    if kind is None:
+                        raise InvalidArgument(
+                            f"calls[{index}]", "names no request: set one of select, acquire, release, report_outcome"
+                        )
+                    answers.append(await self._decide_call(call, kind, caller))
+                if answers:
+                    await send(answers)
+            if waiting:  # the client is done sending: answer what still waits, then end
+                await asyncio.gather(*waiting)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - _abort maps every error to a status; unknown ones to INTERNAL
+            await _abort(context, exc, "Decide")
+        finally:
+            for task in list(waiting):  # the call ended (cancelled or broken): waits end with it
+                task.cancel()
+
+    async def _decide_call(self, call: _pb.DecideCall, kind: str, caller: str) -> _pb.DecideAnswer:
+        """The answer to one call that needs no wait: its unary twin's answer, or its error."""
+        try:
+            if kind == "select":
+                return _pb.DecideAnswer(id=call.id, select=self._select(call.select, caller))
+            if kind == "release":
+                return _pb.DecideAnswer(id=call.id, release=await self._release(call.release, caller))
+            return _pb.DecideAnswer(id=call.id, report_outcome=self._report_outcome(call.report_outcome, caller))
+        except Exception as exc:  # noqa: BLE001 - answered as this call's error, the stream goes on
+            return _pb.DecideAnswer(id=call.id, error=_decide_error(exc, "Decide"))
 
 
 class ConfigChanges(Protocol):
@@ -407,11 +522,16 @@ def _handlers(servicer: object, service: ServiceDescriptor) -> dict[str, grpc.Rp
     """``service``'s method handlers over ``servicer``, with deserializers that never raise."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
-        if method.client_streaming:
-            raise TypeError(f"{service.full_name}/{method.name}: client streaming is not supported here")
+        if method.client_streaming and not method.server_streaming:
+            raise TypeError(f"{service.full_name}/{method.name}: client streaming alone is not supported here")
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
-        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        if method.client_streaming:
+            make = grpc.stream_stream_rpc_method_handler
+        elif method.server_streaming:
+            make = grpc.unary_stream_rpc_method_handler
+        else:
+            make = grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=_tolerant_deserializer(request_class),
