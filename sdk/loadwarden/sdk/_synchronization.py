@@ -15,6 +15,8 @@ substitution, so each pair here keeps one surface:
   or a daemon thread).
 - `AsyncScheduler` / `Scheduler` with `TaskScheduler` / `ThreadScheduler`: run a
   callback once, later.
+- `AsyncReply` / `Reply`: one answer one caller waits for, with a timeout.
+- `AsyncOutbox` / `Outbox`: items put by callers and taken in batches by one worker.
 - `AsyncCancelled` / `Cancelled`: what a cancelled call raises; threads are never
   cancelled, so `Cancelled` is never raised.
 - `ASYNC_OPENS_CHANNEL_ON_FIRST_CALL` / `OPENS_CHANNEL_ON_FIRST_CALL`: a grpc.aio
@@ -25,6 +27,7 @@ substitution, so each pair here keeps one surface:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import threading
@@ -189,6 +192,104 @@ class Event:
     def wait(self, timeout_s: float | None) -> bool:
         """Waits until set, at most `timeout_s` seconds; False on timeout."""
         return self._event.wait(timeout_s)
+
+
+# ------------------------------------------------------------- replies, outbox
+
+
+class AsyncReply:
+    """One answer that one task awaits: an asyncio future of the running loop."""
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def set(self, value: Any) -> None:
+        if not self._future.done():
+            self._future.set_result(value)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self._future.done():
+            self._future.set_exception(exc)
+
+    async def wait(self, timeout_s: float | None) -> Any:
+        """The answer; TimeoutError after `timeout_s` seconds without one."""
+        async with asyncio.timeout(timeout_s):
+            return await self._future
+
+
+class Reply:
+    """One answer that one thread awaits: a `concurrent.futures.Future`."""
+
+    def __init__(self) -> None:
+        self._future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def set(self, value: Any) -> None:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            self._future.set_result(value)
+
+    def fail(self, exc: BaseException) -> None:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            self._future.set_exception(exc)
+
+    def wait(self, timeout_s: float | None) -> Any:
+        """The answer; TimeoutError after `timeout_s` seconds without one."""
+        return self._future.result(timeout_s)
+
+
+class AsyncOutbox:
+    """Items put by tasks, taken all at once by one consumer task; `close` ends the taking."""
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def put(self, item: Any) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def take(self, most: int) -> list[Any]:
+        """Waits for items and returns up to `most` of them, oldest first; [] once closed."""
+        while not self._items:
+            if self._closed:
+                return []
+            self._ready.clear()
+            await self._ready.wait()
+        taken, self._items = self._items[:most], self._items[most:]
+        return taken
+
+
+class Outbox:
+    """Items put by threads, taken all at once by one consumer thread; `close` ends the taking."""
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: Any) -> None:
+        with self._cond:
+            self._items.append(item)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def take(self, most: int) -> list[Any]:
+        """Waits for items and returns up to `most` of them, oldest first; [] once closed."""
+        with self._cond:
+            while not self._items:
+                if self._closed:
+                    return []
+                self._cond.wait()
+            taken, self._items = self._items[:most], self._items[most:]
+            return taken
 
 
 # ---------------------------------------------------------------------- workers
