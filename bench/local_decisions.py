@@ -27,9 +27,15 @@ with ``--in-flight`` requests outstanding, for ``--seconds`` each:
   unary    SelectServer calls (+ their outcomes, batched 100 per ReportOutcome)
   stream   the same selects on one Decide stream (outcomes batched on it too)
 
+and ``slot()`` cycles (acquire, an empty block, release; one thread or task, closed
+loop; the sync Client and the AsyncClient)
+with the release inline as before, and off the caller's path
+(``release_in_background``) over unary calls and over the Decide stream.
+
 Prints JSON with each mode's numbers and the ratios of one run (targets: local
 rate >= 40x central and >= 100,000/s, p99 decision <= 50 us, service CPU per
-request <= 1/20; stream >= 2.5x unary).
+request <= 1/20; stream >= 2.5x unary; slot cycle with the release off the path
+>= 1.8x inline).
 
 Usage: python bench/local_decisions.py [--seconds 3] [--servers 3] [--strategy p2c]
 """
@@ -61,7 +67,46 @@ def config_text(servers: int, strategy: str) -> str:
     entries = ",\n".join(f'  {{ id = "s{i:05d}", address = "10.0.{i // 250}.{i % 250}:8080" }}' for i in range(servers))
     return (
         f'[limits]\nroute_push_interval_ms = 250\n\n[pools.api]\nstrategy = "{strategy}"\nservers = [\n{entries},\n]\n'
+        "\n[pools.slots]\nmax_concurrency = 10000\nmax_queue_length = 10000\n"
     )
+
+
+def slot_rate(target: str, seconds: float, transport: str, background: bool) -> dict[str, Any]:
+    """``slot()`` cycles per second (acquire, an empty block, release), one thread, closed loop."""
+    with Client(target, transport=transport, release_in_background=background, timeout_s=5.0) as client:
+        for _ in range(100):
+            with client.slot("slots"):
+                pass
+        count = 0
+        started = time.perf_counter()
+        until = started + seconds
+        while time.perf_counter() < until:
+            for _ in range(20):
+                with client.slot("slots"):
+                    pass
+            count += 20
+        elapsed = time.perf_counter() - started
+    return {"cycles": count, "cycles_per_s": count / elapsed}
+
+
+async def async_slot_rate(target: str, seconds: float, transport: str, background: bool) -> dict[str, Any]:
+    """``AsyncClient.slot()`` cycles per second, one task, closed loop."""
+    from loadwarden.sdk import AsyncClient
+
+    async with AsyncClient(target, transport=transport, release_in_background=background, timeout_s=5.0) as client:
+        for _ in range(100):
+            async with client.slot("slots"):
+                pass
+        count = 0
+        started = time.perf_counter()
+        until = started + seconds
+        while time.perf_counter() < until:
+            for _ in range(20):
+                async with client.slot("slots"):
+                    pass
+            count += 20
+        elapsed = time.perf_counter() - started
+    return {"cycles": count, "cycles_per_s": count / elapsed}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -238,6 +283,14 @@ def main() -> None:
             local = run_mode(target, proc.pid, "local", args.seconds)
             unary = asyncio.run(select_rate(target, proc.pid, "unary", args.seconds, args.in_flight))
             stream = asyncio.run(select_rate(target, proc.pid, "stream", args.seconds, args.in_flight))
+            modes = {"inline_unary": ("unary", False), "background_unary": ("unary", True)}
+            modes["background_stream"] = ("stream", True)
+            slots = {
+                "sync": {name: slot_rate(target, args.seconds, *mode) for name, mode in modes.items()},
+                "async": {
+                    name: asyncio.run(async_slot_rate(target, args.seconds, *mode)) for name, mode in modes.items()
+                },
+            }
         finally:
             stop_service(proc)
     cpu_ratio = (
@@ -259,10 +312,18 @@ def main() -> None:
                 "in_flight": args.in_flight,
                 "unary": unary,
                 "stream": stream,
+                "slot": slots,
                 "ratios": {
                     "local_over_central_rate": local["decisions_per_s"] / central["decisions_per_s"],
                     "local_over_central_service_cpu": cpu_ratio,
                     "stream_over_unary_rate": stream["selects_per_s"] / unary["selects_per_s"],
+                    "slot_background_over_inline": {
+                        flavour: {
+                            mode: rates[mode]["cycles_per_s"] / rates["inline_unary"]["cycles_per_s"]
+                            for mode in ("background_unary", "background_stream")
+                        }
+                        for flavour, rates in slots.items()
+                    },
                 },
             },
             indent=2,

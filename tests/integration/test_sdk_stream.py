@@ -134,3 +134,41 @@ async def test_the_sync_client_uses_the_stream_too(start, channel_to) -> None:
 def test_an_unknown_transport_is_refused() -> None:
     with pytest.raises(ValueError, match="transport"):
         AsyncClient("127.0.0.1:1", transport="carrier-pigeon")
+
+
+@pytest.mark.parametrize("transport", ["unary", "stream"])
+async def test_background_releases_leave_the_block_at_once_and_close_sends_them(
+    start, channel_to, transport: str
+) -> None:
+    running = await start(three_server_pool("pool", max_concurrency=50))
+    channel = channel_to(running)
+    client = AsyncClient(running.target, transport=transport, release_in_background=True)
+    try:
+
+        async def hold() -> None:
+            async with client.slot("pool"):
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(hold() for _ in range(40)))
+        assert client._release_sender is not None
+    finally:
+        await client.close()  # sends what is still queued
+    assert (await status(channel, "pool")).active_leases == 0
+
+
+async def test_the_sync_client_releases_in_the_background_too(start, channel_to) -> None:
+    running = await start(three_server_pool("one", max_concurrency=1))
+
+    def run() -> None:
+        with Client(running.target, transport="stream", release_in_background=True) as client:
+            for _ in range(5):  # each acquire waits until the previous release came through
+                with client.slot("one", wait_s=5.0):
+                    pass
+
+    await asyncio.to_thread(run)
+    assert (await status(channel_to(running), "one")).active_leases == 0
+
+
+def test_release_in_background_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match="release_in_background"):
+        AsyncClient("127.0.0.1:1", release_in_background="yes")  # type: ignore[arg-type]  # the mistake under test

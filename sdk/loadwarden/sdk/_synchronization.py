@@ -17,6 +17,7 @@ substitution, so each pair here keeps one surface:
   callback once, later.
 - `AsyncReply` / `Reply`: one answer one caller waits for, with a timeout.
 - `AsyncOutbox` / `Outbox`: items put by callers and taken in batches by one worker.
+- `gather_async` / `gather`: run a function over items, at once on a loop, in turn on a thread.
 - `AsyncCancelled` / `Cancelled`: what a cancelled call raises; threads are never
   cancelled, so `Cancelled` is never raised.
 - `ASYNC_OPENS_CHANNEL_ON_FIRST_CALL` / `OPENS_CHANNEL_ON_FIRST_CALL`: a grpc.aio
@@ -30,7 +31,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import heapq
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -292,6 +295,17 @@ class Outbox:
             return taken
 
 
+async def gather_async(fn: Callable[[Any], Awaitable[None]], items: list[Any]) -> None:
+    """Runs `fn(item)` for every item at once (tasks of the running loop)."""
+    await asyncio.gather(*(fn(item) for item in items))
+
+
+def gather(fn: Callable[[Any], None], items: list[Any]) -> None:
+    """Runs `fn(item)` for every item, one after the other (the sync twin of `gather_async`)."""
+    for item in items:
+        fn(item)
+
+
 # ---------------------------------------------------------------------- workers
 
 
@@ -430,29 +444,114 @@ class AsyncScheduler(Protocol):
     def call_later(self, delay_s: float, callback: Callable[[], Awaitable[None]]) -> Timer: ...
 
 
+class _Scheduled:
+    """One callback of a `ThreadScheduler`; `cancel` stops it if it has not started."""
+
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class ThreadScheduler:
-    """One daemon `threading.Timer` per callback: a held slot already has a caller thread."""
+    """One daemon thread keeps every pending callback's time; a due callback runs on a
+    daemon thread of its own (a renewal is an RPC that must not hold the others up).
+
+    A slot released before its first renewal is due so costs no thread at all (a
+    `threading.Timer` per slot cost one thread start, about 0.3 ms, on every slot).
+    Cancelled callbacks leave the heap when their time comes, or all at once when
+    they are over half of it.
+    """
+
+    _COMPACT_AT = 1_024  # cancelled entries tolerated before the heap is rebuilt
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Scheduled]] = []
+        self._seq = 0
+        self._thread: threading.Thread | None = None
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
-        timer = threading.Timer(delay_s, callback)
-        timer.name = "loadwarden-lease-renewal"
-        timer.daemon = True
-        timer.start()
-        return timer
+        entry = _Scheduled(callback)
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (time.monotonic() + delay_s, self._seq, entry))
+            if len(self._heap) > self._COMPACT_AT and len(self._heap) % self._COMPACT_AT == 0:
+                live = [item for item in self._heap if not item[2].cancelled]
+                if len(live) * 2 < len(self._heap):
+                    heapq.heapify(live)
+                    self._heap = live
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="loadwarden-scheduler", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return entry
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    heap = self._heap
+                    while heap and heap[0][2].cancelled:
+                        heapq.heappop(heap)
+                    if not heap:
+                        self._cond.wait()
+                        continue
+                    wait_s = heap[0][0] - time.monotonic()
+                    if wait_s <= 0:
+                        entry = heapq.heappop(heap)[2]
+                        break
+                    self._cond.wait(wait_s)
+            threading.Thread(target=self._fire, args=(entry,), name="loadwarden-lease-renewal", daemon=True).start()
+
+    @staticmethod
+    def _fire(entry: _Scheduled) -> None:
+        if not entry.cancelled:  # cancelled between its time coming and its thread starting
+            entry.callback()
+
+
+class _TaskTimer:
+    """A callback of `TaskScheduler`: a loop timer until it is due, then a task; `cancel`
+    stops either (a renewal in flight included)."""
+
+    __slots__ = ("_callback", "_handle", "_loop", "_task")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, delay_s: float, callback: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._task: asyncio.Task[None] | None = None
+        self._handle = loop.call_later(delay_s, self._fire)
+
+    def _fire(self) -> None:
+        async def run() -> None:
+            await self._callback()
+
+        self._task = self._loop.create_task(run(), name="loadwarden-lease-renewal", context=background_context())
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The callback's task once it is due; None before."""
+        return self._task
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 class TaskScheduler:
-    """One asyncio task per callback; cancelling it also cancels a renewal in flight.
+    """A loop timer per callback, which becomes a task when it is due (so a slot released
+    before its first renewal costs no task); cancelling it also cancels a renewal in flight.
 
     The task runs outside the scheduling caller's `deadline` scope (threads of
     `ThreadScheduler` never see it either).
     """
 
     def call_later(self, delay_s: float, callback: Callable[[], Awaitable[None]]) -> Timer:
-        async def later() -> None:
-            await asyncio.sleep(delay_s)
-            await callback()
-
-        return asyncio.get_running_loop().create_task(
-            later(), name="loadwarden-lease-renewal", context=background_context()
-        )
+        return _TaskTimer(asyncio.get_running_loop(), delay_s, callback)

@@ -185,10 +185,15 @@ async def test_the_task_scheduler_runs_on_the_loop_and_cancels_a_renewal_in_flig
 
     timer = TaskScheduler().call_later(0.0, slow)
     await asyncio.wait_for(started.wait(), 5.0)
-    assert isinstance(timer, asyncio.Task)
+    task = timer.task  # type: ignore[attr-defined]  # TaskScheduler's timers have one
+    assert isinstance(task, asyncio.Task)
     timer.cancel()
     await asyncio.sleep(0)
-    assert timer.cancelled()
+    assert task.cancelled()
+
+    never = TaskScheduler().call_later(60.0, slow)  # cancelled before it is due: no task ever
+    never.cancel()
+    assert never.task is None  # type: ignore[attr-defined]  # as above
 
 
 async def test_the_keeper_with_the_task_scheduler_renews_for_real_and_stops() -> None:

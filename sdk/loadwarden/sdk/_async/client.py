@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2_grpc as _health_pb_grpc
 from loadwarden.sdk._async.leases import AsyncLeaseKeeper, AsyncReleaseRetries
 from loadwarden.sdk._async.probe import TaskProber
 from loadwarden.sdk._async.routes import AsyncRouteWatcher
-from loadwarden.sdk._async.senders import TaskOutcomeSender
+from loadwarden.sdk._async.senders import AsyncReleaseSender, TaskOutcomeSender
 from loadwarden.sdk._async.stream import STREAMED, AsyncDecideStream
 from loadwarden.sdk._base import (
     CHANNEL_OPTIONS,
@@ -183,6 +183,11 @@ class AsyncClient(ClientBase):
             shared messages under load: several times the throughput for a
             fraction of the service's CPU). Answers, errors, breakers, retries and
             fallbacks are the same either way.
+        release_in_background: `slot()`'s exit queues its release instead of
+            waiting for it: the block's caller goes on at once, a worker sends the
+            releases (several at once; sharing messages on the Decide stream), and
+            the lease stays the client's until its release is answered. `close()`
+            sends what is queued, within `close_timeout_s`.
 
     Raises:
         ValueError: An argument is out of range, or a TLS file cannot be read; the
@@ -213,6 +218,7 @@ class AsyncClient(ClientBase):
         max_table_servers: int = DEFAULT_MAX_TABLE_SERVERS,
         local_outcome_rate: float = DEFAULT_OUTCOME_RATE,
         transport: str = "unary",
+        release_in_background: bool = False,
     ) -> None:
         self._options = ClientOptions(
             target=target,
@@ -246,6 +252,9 @@ class AsyncClient(ClientBase):
         if transport not in ("unary", "stream"):
             raise ValueError(f"transport must be 'unary' or 'stream', got {transport!r}")
         self._decide = AsyncDecideStream(self._open_decide) if transport == "stream" else None
+        if not isinstance(release_in_background, bool):
+            raise ValueError(f"release_in_background must be True or False, got {release_in_background!r}")
+        self._release_sender = AsyncReleaseSender(self._release_queued) if release_in_background else None
         self._route_watcher: AsyncRouteWatcher = AsyncRouteWatcher(self._tables, self._open_routes, self._rng)
         self._releases: AsyncReleaseRetries = AsyncReleaseRetries(
             self._retry_release,
@@ -566,12 +575,11 @@ class AsyncClient(ClientBase):
             ended = self._clock()
             keeper.stop()
             if not lease.lost:  # a lost lease is no longer held: nothing to release
-                await self._release_held(
-                    lease,
-                    success=success,
-                    latency_ms=latency_ms(started, ended),
-                    until=self._release_until(keeper.valid_until),
-                )
+                latency, until = latency_ms(started, ended), self._release_until(keeper.valid_until)
+                if self._release_sender is not None and not lease.fallback:
+                    self._release_sender.add((lease, success, latency, until))
+                else:
+                    await self._release_held(lease, success=success, latency_ms=latency, until=until)
         if lease.loss.error is not None:
             raise lease.loss.error
 
@@ -771,6 +779,8 @@ class AsyncClient(ClientBase):
         await self._route_watcher.stop()
         if self._prober is not None:
             await self._prober.stop()
+        if self._release_sender is not None:
+            await self._release_sender.close(self._options.close_timeout_s)
         await self._releases.drain(self._options.close_timeout_s)
         await self._outcomes.close()
         if self._decide is not None:
@@ -875,6 +885,11 @@ class AsyncClient(ClientBase):
                 log_release_failure(lease, err)
         finally:
             self._releases.end()
+
+    async def _release_queued(self, item: tuple[Lease, bool, float, float]) -> None:
+        # The release sender's one job: as `slot()`'s exit would have done it.
+        lease, success, latency, until = item
+        await self._release_held(lease, success=success, latency_ms=latency, until=until)
 
     async def _retry_release(self, item: PendingRelease, timeout_s: float | None) -> None:
         # Straight to the stub, past the breaker: a background retry holds no caller up and

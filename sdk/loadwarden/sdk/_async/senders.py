@@ -7,10 +7,18 @@ every decision about batching lives in the buffer.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from loadwarden.sdk._convert import report_outcome_request
 from loadwarden.sdk._outcomes import OutcomeBuffer
-from loadwarden.sdk._synchronization import AsyncCondition, AsyncEvent, AsyncThreadLock, AsyncWorker
+from loadwarden.sdk._synchronization import (
+    AsyncCondition,
+    AsyncEvent,
+    AsyncOutbox,
+    AsyncThreadLock,
+    AsyncWorker,
+    gather_async,
+)
 from loadwarden.v1 import decision_pb2 as _pb
 
 
@@ -89,3 +97,58 @@ class TaskOutcomeSender:
             self.buffer.abandon()
             with self._settled:
                 self._settled.notify_all()
+
+
+class AsyncReleaseSender:
+    """Sends `slot()` releases off the caller's path, from a worker started when first needed.
+
+    The block's exit only queues its release; the worker takes everything queued and
+    sends it at once (on the Decide stream those releases share messages), and the
+    lease stays the client's until its release is answered. `drain` sends what is
+    queued and waits for it, within a time bound.
+
+    Args:
+        release: Releases one queued item, never raising (it retries or logs failures).
+    """
+
+    MAX_BATCH = 100
+
+    def __init__(self, release: Callable[[Any], Awaitable[None]]) -> None:
+        self._release = release
+        self._outbox = AsyncOutbox()
+        self._start_lock = AsyncThreadLock()
+        self._task: AsyncWorker | None = None
+        self._queued = 0  # releases queued or in flight
+        self._settled = AsyncCondition()
+
+    def add(self, item: Any) -> None:
+        with self._settled:
+            self._queued += 1
+        self._outbox.put(item)
+        if self._task is None:
+            with self._start_lock:
+                if self._task is None:
+                    self._task = AsyncWorker.start(self._run, "loadwarden-releases")
+
+    async def drain(self, timeout_s: float | None) -> bool:
+        """Waits until every queued release is answered; False when `timeout_s` passed first."""
+        with self._settled:
+            return await self._settled.wait_for(lambda: self._queued == 0, timeout_s)
+
+    async def close(self, timeout_s: float | None) -> None:
+        await self.drain(timeout_s)
+        self._outbox.close()
+        if self._task is not None:
+            await self._task.join()
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._outbox.take(self.MAX_BATCH)
+            if not batch:
+                return
+            try:
+                await gather_async(self._release, batch)
+            finally:
+                with self._settled:
+                    self._queued -= len(batch)
+                    self._settled.notify_all()

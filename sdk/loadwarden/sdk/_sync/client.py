@@ -66,7 +66,7 @@ from loadwarden.sdk._route import Route
 from loadwarden.sdk._sync.leases import LeaseKeeper, ReleaseRetries
 from loadwarden.sdk._sync.probe import ThreadProber
 from loadwarden.sdk._sync.routes import RouteWatcher
-from loadwarden.sdk._sync.senders import ThreadOutcomeSender
+from loadwarden.sdk._sync.senders import ReleaseSender, ThreadOutcomeSender
 from loadwarden.sdk._sync.stream import STREAMED, DecideStream
 from loadwarden.sdk._synchronization import (
     OPENS_CHANNEL_ON_FIRST_CALL,
@@ -181,6 +181,11 @@ class Client(ClientBase):
             shared messages under load: several times the throughput for a
             fraction of the service's CPU). Answers, errors, breakers, retries and
             fallbacks are the same either way.
+        release_in_background: `slot()`'s exit queues its release instead of
+            waiting for it: the block's caller goes on at once, a worker sends the
+            releases (several at once; sharing messages on the Decide stream), and
+            the lease stays the client's until its release is answered. `close()`
+            sends what is queued, within `close_timeout_s`.
 
     Raises:
         ValueError: An argument is out of range, or a TLS file cannot be read; the
@@ -211,6 +216,7 @@ class Client(ClientBase):
         max_table_servers: int = DEFAULT_MAX_TABLE_SERVERS,
         local_outcome_rate: float = DEFAULT_OUTCOME_RATE,
         transport: str = "unary",
+        release_in_background: bool = False,
     ) -> None:
         self._options = ClientOptions(
             target=target,
@@ -246,6 +252,9 @@ class Client(ClientBase):
         if transport not in ("unary", "stream"):
             raise ValueError(f"transport must be 'unary' or 'stream', got {transport!r}")
         self._decide = DecideStream(self._open_decide) if transport == "stream" else None
+        if not isinstance(release_in_background, bool):
+            raise ValueError(f"release_in_background must be True or False, got {release_in_background!r}")
+        self._release_sender = ReleaseSender(self._release_queued) if release_in_background else None
         self._route_watcher: RouteWatcher = RouteWatcher(self._tables, self._open_routes, self._rng)
         self._releases: ReleaseRetries = ReleaseRetries(
             self._retry_release,
@@ -566,12 +575,11 @@ class Client(ClientBase):
             ended = self._clock()
             keeper.stop()
             if not lease.lost:  # a lost lease is no longer held: nothing to release
-                self._release_held(
-                    lease,
-                    success=success,
-                    latency_ms=latency_ms(started, ended),
-                    until=self._release_until(keeper.valid_until),
-                )
+                latency, until = latency_ms(started, ended), self._release_until(keeper.valid_until)
+                if self._release_sender is not None and not lease.fallback:
+                    self._release_sender.add((lease, success, latency, until))
+                else:
+                    self._release_held(lease, success=success, latency_ms=latency, until=until)
         if lease.loss.error is not None:
             raise lease.loss.error
 
@@ -769,6 +777,8 @@ class Client(ClientBase):
         self._route_watcher.stop()
         if self._prober is not None:
             self._prober.stop()
+        if self._release_sender is not None:
+            self._release_sender.close(self._options.close_timeout_s)
         self._releases.drain(self._options.close_timeout_s)
         self._outcomes.close()
         if self._decide is not None:
@@ -873,6 +883,11 @@ class Client(ClientBase):
                 log_release_failure(lease, err)
         finally:
             self._releases.end()
+
+    def _release_queued(self, item: tuple[Lease, bool, float, float]) -> None:
+        # The release sender's one job: as `slot()`'s exit would have done it.
+        lease, success, latency, until = item
+        self._release_held(lease, success=success, latency_ms=latency, until=until)
 
     def _retry_release(self, item: PendingRelease, timeout_s: float | None) -> None:
         # Straight to the stub, past the breaker: a background retry holds no caller up and

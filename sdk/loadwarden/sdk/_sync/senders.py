@@ -9,10 +9,18 @@ every decision about batching lives in the buffer.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from loadwarden.sdk._convert import report_outcome_request
 from loadwarden.sdk._outcomes import OutcomeBuffer
-from loadwarden.sdk._synchronization import Condition, Event, ThreadLock, Worker
+from loadwarden.sdk._synchronization import (
+    Condition,
+    Event,
+    Outbox,
+    ThreadLock,
+    Worker,
+    gather,
+)
 from loadwarden.v1 import decision_pb2 as _pb
 
 
@@ -91,3 +99,58 @@ class ThreadOutcomeSender:
             self.buffer.abandon()
             with self._settled:
                 self._settled.notify_all()
+
+
+class ReleaseSender:
+    """Sends `slot()` releases off the caller's path, from a worker started when first needed.
+
+    The block's exit only queues its release; the worker takes everything queued and
+    sends it at once (on the Decide stream those releases share messages), and the
+    lease stays the client's until its release is answered. `drain` sends what is
+    queued and waits for it, within a time bound.
+
+    Args:
+        release: Releases one queued item, never raising (it retries or logs failures).
+    """
+
+    MAX_BATCH = 100
+
+    def __init__(self, release: Callable[[Any], None]) -> None:
+        self._release = release
+        self._outbox = Outbox()
+        self._start_lock = ThreadLock()
+        self._thread: Worker | None = None
+        self._queued = 0  # releases queued or in flight
+        self._settled = Condition()
+
+    def add(self, item: Any) -> None:
+        with self._settled:
+            self._queued += 1
+        self._outbox.put(item)
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = Worker.start(self._run, "loadwarden-releases")
+
+    def drain(self, timeout_s: float | None) -> bool:
+        """Waits until every queued release is answered; False when `timeout_s` passed first."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self._queued == 0, timeout_s)
+
+    def close(self, timeout_s: float | None) -> None:
+        self.drain(timeout_s)
+        self._outbox.close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._outbox.take(self.MAX_BATCH)
+            if not batch:
+                return
+            try:
+                gather(self._release, batch)
+            finally:
+                with self._settled:
+                    self._queued -= len(batch)
+                    self._settled.notify_all()
