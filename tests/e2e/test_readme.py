@@ -65,6 +65,26 @@ def test_readme_sdk_snippet_runs(processes: Processes) -> None:
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
+def test_readme_local_decisions_snippet_decides_in_the_client(processes: Processes) -> None:
+    service = processes.serve()  # pool "api" with api-1..3
+    snippet = code_block_after("Deciding in the client", "python").replace("127.0.0.1:50051", service.target)
+    head, lines = snippet.split("\n\n", 1)[0], snippet.split("\n\n", 1)[1].splitlines()
+    # The snippet routes once; repeated, its later requests are decided from the pushed table.
+    body = "\n".join(["    for _ in range(400):", *("    " + line for line in lines[1:])])
+    program = (
+        "import time\n"
+        "local = []\n"
+        "def call_backend(address):\n"
+        "    local.append(route.selection.local)\n"
+        "    time.sleep(0.002)\n"
+        f"{head}\n{lines[0]}\n{body}\n"
+        "assert not local[0] and local[-1], local[:3]  # central until the first table, then local\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def test_quick_start_serve_command_starts_the_service(processes: Processes) -> None:
     # ./scripts/serve re-checks the install in .venv (already there when tests run), then serves.
     proc = processes.spawn([REPO / "scripts" / "serve", "--listen", "127.0.0.1:0"])
