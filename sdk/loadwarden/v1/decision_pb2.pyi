@@ -401,3 +401,63 @@ class DecideError(_message.Message):
     retry_after_ms: int
     unavailable_reason: str
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., retry_after_ms: _Optional[int] = ..., unavailable_reason: _Optional[str] = ...) -> None: ...
+
+class Allotment(_message.Message):
+    __slots__ = ("allotment_id", "pool", "slots", "ttl_ms", "expires_at")
+    ALLOTMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    allotment_id: str
+    pool: str
+    slots: int
+    ttl_ms: int
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, allotment_id: _Optional[str] = ..., pool: _Optional[str] = ..., slots: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AcquireAllotmentRequest(_message.Message):
+    __slots__ = ("pool", "slots", "ttl_ms")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    slots: int
+    ttl_ms: int
+    def __init__(self, pool: _Optional[str] = ..., slots: _Optional[int] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
+
+class AcquireAllotmentResponse(_message.Message):
+    __slots__ = ("allotment", "retry_after_ms")
+    ALLOTMENT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    allotment: Allotment
+    retry_after_ms: int
+    def __init__(self, allotment: _Optional[_Union[Allotment, _Mapping]] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
+
+class RenewAllotmentRequest(_message.Message):
+    __slots__ = ("allotment_id", "ttl_ms", "slots")
+    ALLOTMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    allotment_id: str
+    ttl_ms: int
+    slots: int
+    def __init__(self, allotment_id: _Optional[str] = ..., ttl_ms: _Optional[int] = ..., slots: _Optional[int] = ...) -> None: ...
+
+class RenewAllotmentResponse(_message.Message):
+    __slots__ = ("allotment",)
+    ALLOTMENT_FIELD_NUMBER: _ClassVar[int]
+    allotment: Allotment
+    def __init__(self, allotment: _Optional[_Union[Allotment, _Mapping]] = ...) -> None: ...
+
+class ReleaseAllotmentRequest(_message.Message):
+    __slots__ = ("allotment_id",)
+    ALLOTMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    allotment_id: str
+    def __init__(self, allotment_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseAllotmentResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: int
+    def __init__(self, released: _Optional[int] = ...) -> None: ...

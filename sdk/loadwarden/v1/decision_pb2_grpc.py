@@ -105,6 +105,21 @@ class DecisionServiceStub:
                 request_serializer=loadwarden_dot_v1_dot_decision__pb2.DecideRequest.SerializeToString,
                 response_deserializer=loadwarden_dot_v1_dot_decision__pb2.DecideResponse.FromString,
                 _registered_method=True)
+        self.AcquireAllotment = channel.unary_unary(
+                '/loadwarden.v1.DecisionService/AcquireAllotment',
+                request_serializer=loadwarden_dot_v1_dot_decision__pb2.AcquireAllotmentRequest.SerializeToString,
+                response_deserializer=loadwarden_dot_v1_dot_decision__pb2.AcquireAllotmentResponse.FromString,
+                _registered_method=True)
+        self.RenewAllotment = channel.unary_unary(
+                '/loadwarden.v1.DecisionService/RenewAllotment',
+                request_serializer=loadwarden_dot_v1_dot_decision__pb2.RenewAllotmentRequest.SerializeToString,
+                response_deserializer=loadwarden_dot_v1_dot_decision__pb2.RenewAllotmentResponse.FromString,
+                _registered_method=True)
+        self.ReleaseAllotment = channel.unary_unary(
+                '/loadwarden.v1.DecisionService/ReleaseAllotment',
+                request_serializer=loadwarden_dot_v1_dot_decision__pb2.ReleaseAllotmentRequest.SerializeToString,
+                response_deserializer=loadwarden_dot_v1_dot_decision__pb2.ReleaseAllotmentResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -217,6 +232,33 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcquireAllotment(self, request, context):
+        """Takes a block of a pool's slots for the caller to hand out itself (Doorman's
+        capacity leases): up to `slots` free ones, never waiting, each one of the
+        pool's leases, so every allotment and every AcquireSlot together never exceed
+        the pool's limit. The allotment ends at its TTL unless renewed: a dead client's
+        slots come back by themselves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewAllotment(self, request, context):
+        """Extends an allotment and resizes it: fewer slots hands some back, more asks for
+        more (granted as far as free). NOT_FOUND for an unknown or another caller's one,
+        and for one whose slots all ran out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseAllotment(self, request, context):
+        """Hands an allotment's slots back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -279,6 +321,21 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.Decide,
                     request_deserializer=loadwarden_dot_v1_dot_decision__pb2.DecideRequest.FromString,
                     response_serializer=loadwarden_dot_v1_dot_decision__pb2.DecideResponse.SerializeToString,
+            ),
+            'AcquireAllotment': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireAllotment,
+                    request_deserializer=loadwarden_dot_v1_dot_decision__pb2.AcquireAllotmentRequest.FromString,
+                    response_serializer=loadwarden_dot_v1_dot_decision__pb2.AcquireAllotmentResponse.SerializeToString,
+            ),
+            'RenewAllotment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewAllotment,
+                    request_deserializer=loadwarden_dot_v1_dot_decision__pb2.RenewAllotmentRequest.FromString,
+                    response_serializer=loadwarden_dot_v1_dot_decision__pb2.RenewAllotmentResponse.SerializeToString,
+            ),
+            'ReleaseAllotment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseAllotment,
+                    request_deserializer=loadwarden_dot_v1_dot_decision__pb2.ReleaseAllotmentRequest.FromString,
+                    response_serializer=loadwarden_dot_v1_dot_decision__pb2.ReleaseAllotmentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -616,6 +673,87 @@ class DecisionService:
             '/loadwarden.v1.DecisionService/Decide',
             loadwarden_dot_v1_dot_decision__pb2.DecideRequest.SerializeToString,
             loadwarden_dot_v1_dot_decision__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireAllotment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loadwarden.v1.DecisionService/AcquireAllotment',
+            loadwarden_dot_v1_dot_decision__pb2.AcquireAllotmentRequest.SerializeToString,
+            loadwarden_dot_v1_dot_decision__pb2.AcquireAllotmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewAllotment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loadwarden.v1.DecisionService/RenewAllotment',
+            loadwarden_dot_v1_dot_decision__pb2.RenewAllotmentRequest.SerializeToString,
+            loadwarden_dot_v1_dot_decision__pb2.RenewAllotmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseAllotment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loadwarden.v1.DecisionService/ReleaseAllotment',
+            loadwarden_dot_v1_dot_decision__pb2.ReleaseAllotmentRequest.SerializeToString,
+            loadwarden_dot_v1_dot_decision__pb2.ReleaseAllotmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,7 @@ from loadwarden.policy import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    check_count,
     check_name,
     check_range,
     check_ttl_ms,
@@ -41,6 +42,7 @@ from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 
 from ..engine._admission import MIN_RETRY_AFTER_S, Denial, Denied, Granted
+from ..engine._allotments import MAX_ALLOTMENT_SLOTS, AllotmentRecord, Allotments, expires_in_ms
 from ..engine._core import CoreLimits, DecisionCore
 from . import _convert as convert
 from . import _telemetry as telemetry
@@ -201,6 +203,7 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
         caps = StreamCaps(core.limits.max_watch_streams, core.limits.max_watch_streams_per_caller)
         self._watchers = Watchers(caps.max_streams, caps.max_streams_per_caller, caps=caps)
         self._routes = RouteWatchers(caps, core.limits.route_push_interval_ms / 1000.0)
+        self._allotments = Allotments(core)
 
     @_rpc
     async def SelectServer(self, request: _pb.SelectServerRequest, context: Any) -> _pb.SelectServerResponse:
@@ -297,6 +300,49 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
         released = await self._core.release_slot(lease_id, request.success, latency, caller)
         ended = await self._core.abandon_requests(request.pool, abandoned, caller) if abandoned else 0
         return _pb.ReleaseSlotResponse(released=released, already_released=not released, abandoned=ended)
+
+    @_rpc
+    async def AcquireAllotment(
+        self, request: _pb.AcquireAllotmentRequest, context: Any
+    ) -> _pb.AcquireAllotmentResponse:
+        pool = check_name(request.pool, "pool")
+        slots = check_count(request.slots, "slots", 1, MAX_ALLOTMENT_SLOTS)
+        ttl_ms = check_ttl_ms(request.ttl_ms, "ttl_ms")
+        record, retry_after_s = await self._allotments.acquire(
+            pool, slots, ttl_ms / 1000.0 or None, self._callers.of(context)
+        )
+        if record is None:
+            return _pb.AcquireAllotmentResponse(
+                allotment=_pb.Allotment(pool=pool), retry_after_ms=max(1, math.ceil(retry_after_s * 1000))
+            )
+        return _pb.AcquireAllotmentResponse(allotment=self._allotment(record))
+
+    @_rpc
+    async def RenewAllotment(self, request: _pb.RenewAllotmentRequest, context: Any) -> _pb.RenewAllotmentResponse:
+        allotment_id = check_name(request.allotment_id, "allotment_id")
+        ttl_ms = check_ttl_ms(request.ttl_ms, "ttl_ms")
+        slots = check_count(request.slots, "slots", 0, MAX_ALLOTMENT_SLOTS)
+        record = await self._allotments.renew(allotment_id, ttl_ms / 1000.0 or None, slots, self._callers.of(context))
+        return _pb.RenewAllotmentResponse(allotment=self._allotment(record))
+
+    @_rpc
+    async def ReleaseAllotment(
+        self, request: _pb.ReleaseAllotmentRequest, context: Any
+    ) -> _pb.ReleaseAllotmentResponse:
+        allotment_id = check_name(request.allotment_id, "allotment_id")
+        released = await self._allotments.release(allotment_id, self._callers.of(context))
+        return _pb.ReleaseAllotmentResponse(released=released)
+
+    def _allotment(self, record: AllotmentRecord) -> _pb.Allotment:
+        clock = self._core.clock
+        now = clock.monotonic()
+        return _pb.Allotment(
+            allotment_id=record.id,
+            pool=record.pool,
+            slots=record.slots,
+            ttl_ms=round(record.ttl_s * 1000),
+            expires_at=convert.timestamp(clock.wall() + expires_in_ms(record, now) / 1000.0),
+        )
 
     @_rpc
     async def GetBatchSize(self, request: _pb.GetBatchSizeRequest, context: Any) -> _pb.GetBatchSizeResponse:
