@@ -246,6 +246,7 @@ def cpu_burners() -> Iterator[list[subprocess.Popen[str]]]:
 BURN = "import time; print('burning', flush=True); end = time.monotonic() + 60\nwhile time.monotonic() < end: pass"
 
 
+@pytest.mark.serial  # other tests' processes would keep the host above the threshold
 async def test_host_cpu_burner_shrinks_the_batch_and_it_grows_back_after_cooldown(
     start,
     channel_to,
