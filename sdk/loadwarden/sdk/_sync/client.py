@@ -9,6 +9,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
@@ -17,6 +18,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2 as _health_pb  # type: ignore[import-untyped]  # no types-grpcio-health-checking
 from grpc_health.v1 import health_pb2_grpc as _health_pb_grpc
 
+from loadwarden.sdk._allotments import AllotmentBook, check_allotments
 from loadwarden.sdk._base import (
     CHANNEL_OPTIONS,
     DEFAULT_TARGET,
@@ -63,6 +65,7 @@ from loadwarden.sdk._probe import HEALTH_SERVICE
 from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
 from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
+from loadwarden.sdk._sync.allotments import AllotmentKeeper
 from loadwarden.sdk._sync.leases import LeaseKeeper, ReleaseRetries
 from loadwarden.sdk._sync.probe import ThreadProber
 from loadwarden.sdk._sync.routes import RouteWatcher
@@ -186,6 +189,14 @@ class Client(ClientBase):
             releases (several at once; sharing messages on the Decide stream), and
             the lease stays the client's until its release is answered. `close()`
             sends what is queued, within `close_timeout_s`.
+        slot_allotments: Pools whose `slot()` blocks are served from an allotment
+            the client holds (Doorman's capacity leases), with its most slots, e.g.
+            {"ml": 8}: a block takes a free allotted slot with no RPC, and asks the
+            service as before when none is free. The allotment is resized at each
+            renewal to what was used since the last one plus one; `close()` hands
+            it back. Blocks with a `client_key` (rate limits) or `select_server`
+            always ask the service. An allotted slot ignores `priority` and
+            `wait_s` (it is free at once).
 
     Raises:
         ValueError: An argument is out of range, or a TLS file cannot be read; the
@@ -217,6 +228,7 @@ class Client(ClientBase):
         local_outcome_rate: float = DEFAULT_OUTCOME_RATE,
         transport: str = "unary",
         release_in_background: bool = False,
+        slot_allotments: Mapping[str, int] | None = None,
     ) -> None:
         self._options = ClientOptions(
             target=target,
@@ -255,6 +267,13 @@ class Client(ClientBase):
         if not isinstance(release_in_background, bool):
             raise ValueError(f"release_in_background must be True or False, got {release_in_background!r}")
         self._release_sender = ReleaseSender(self._release_queued) if release_in_background else None
+        sizes = check_allotments(slot_allotments)
+        self._allotment_book = AllotmentBook(sizes, lambda: self._clock()) if sizes else None
+        self._allotment_keeper = (
+            AllotmentKeeper(self._allotment_book, self._call, lambda: self._clock())
+            if self._allotment_book is not None
+            else None
+        )
         self._route_watcher: RouteWatcher = RouteWatcher(self._tables, self._open_routes, self._rng)
         self._releases: ReleaseRetries = ReleaseRetries(
             self._retry_release,
@@ -547,6 +566,29 @@ class Client(ClientBase):
                 block ran and the block did not raise.
         """
         check_on_lost(on_lost)
+        book = self._allotment_book
+        taken = book.take(pool) if book is not None and not client_key and not select_server else None
+        if taken is None and self._allotment_keeper is not None and book is not None and pool in book.pools:
+            self._allotment_keeper.wake()  # none free: ask the service now, and for an allotment
+        if taken is not None:
+            assert book is not None
+            local_id, generation, ttl_s = taken
+            expires = datetime.now(UTC) + timedelta(seconds=ttl_s)
+            lease = held(Lease(local_id, pool, ttl_s, expires, None, None, "", 0.0))
+            try:
+                yield lease
+            finally:
+                if not book.give(pool, generation):
+                    lost = LeaseLostError(
+                        f"the allotment of pool {pool!r} this slot was part of was lost while it was held",
+                        lease_id=local_id,
+                        pool=pool,
+                        why="reclaimed",
+                    )
+                    self._lost_handler(lease, on_lost)(lost)
+            if lease.loss.error is not None:
+                raise lease.loss.error
+            return
         lease = held(
             self.acquire_slot(
                 pool,
@@ -775,6 +817,8 @@ class Client(ClientBase):
         if self._closed:
             return
         self._route_watcher.stop()
+        if self._allotment_keeper is not None:
+            self._allotment_keeper.stop()
         if self._prober is not None:
             self._prober.stop()
         if self._release_sender is not None:
