@@ -205,3 +205,18 @@ async def test_a_survivor_takes_over_the_adaptive_limit_when_its_owner_is_gone(r
         client.close()
         for service in services:
             await service.stop(0)
+
+
+async def test_allotments_on_both_replicas_share_the_global_limit(replicas: Replicas) -> None:
+    a, b = await replicas(pool(max_concurrency=5))
+    on_a = (await a.AcquireAllotment(pb.AcquireAllotmentRequest(pool="p", slots=3), timeout=10)).allotment
+    on_b = (await b.AcquireAllotment(pb.AcquireAllotmentRequest(pool="p", slots=3), timeout=10)).allotment
+    assert (on_a.slots, on_b.slots) == (3, 2)  # five slots over both replicas, not six
+    assert not (await acquire(a)).granted and not (await acquire(b)).granted
+    grown = await a.RenewAllotment(pb.RenewAllotmentRequest(allotment_id=on_a.allotment_id, slots=4), timeout=10)
+    assert grown.allotment.slots == 3  # nothing free anywhere
+    handed = await b.RenewAllotment(pb.RenewAllotmentRequest(allotment_id=on_b.allotment_id, slots=1), timeout=10)
+    assert handed.allotment.slots == 1  # one back, usable through the other replica at once
+    assert (await acquire(a)).granted
+    released = await a.ReleaseAllotment(pb.ReleaseAllotmentRequest(allotment_id=on_a.allotment_id), timeout=10)
+    assert released.released == 3
