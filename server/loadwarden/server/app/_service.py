@@ -54,6 +54,8 @@ log = logging.getLogger("loadwarden.server")
 DECISION_SERVICE = decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 SERVICE_NAMES = (DECISION_SERVICE, ADMIN_SERVICE)
+# Longest a start on the Redis store waits for its events subscription before serving, s.
+SUBSCRIBE_TIMEOUT_S = 5.0
 
 _SERVER_OPTIONS = (
     # Without this, Linux lets a second process bind the same port and steal half the calls.
@@ -249,6 +251,13 @@ async def start_service(
         tasks = [asyncio.create_task(_sweep(core, interval_s), name="loadwarden-sweeper")]
         if shared is not None:
             tasks += shared.start(core, catalog, interval_s, health_servicer)
+            # Serve only once other replicas' changes reach this one: a change stored between
+            # loading the configuration and subscribing would otherwise wait for the next
+            # periodic resync. So: subscribed, then caught up with the stored version.
+            if await shared.redis.wait_subscribed(SUBSCRIBE_TIMEOUT_S):
+                await shared.catch_up(catalog)
+            else:
+                log.warning("state.url: the events subscription is not up yet; changes arrive by resync until it is")
         if core.monitor is not None:
             tasks.append(asyncio.create_task(core.monitor.run(), name="loadwarden-host-monitor"))
         if persister is not None:
@@ -315,6 +324,13 @@ class _Shared:
             asyncio.create_task(self._keep_in_step(catalog), name="loadwarden-shared-resync"),
             asyncio.create_task(self.peers.run(), name="loadwarden-shared-peers"),
         ]
+
+    async def catch_up(self, catalog: Catalog) -> None:
+        """Converges once if the stored configuration moved on since it was loaded."""
+        try:
+            await catalog.resync(await RedisCatalog(self.redis).version())
+        except Unavailable as exc:
+            log.debug("catch-up skipped (the periodic resync follows): %s", exc)
 
     async def _keep_in_step(self, catalog: Catalog) -> None:
         """Every RESYNC_S: republishes into an emptied Redis, else converges on a version change."""

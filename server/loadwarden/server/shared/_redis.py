@@ -236,6 +236,7 @@ class SharedRedis:
         # Set by close(): the listener stops even if redis-py swallows its cancellation in a read.
         self._closing = False
         self._on_resubscribe: list[Callable[[], Awaitable[None]]] = []
+        self._subscribed = asyncio.Event()
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -261,6 +262,7 @@ class SharedRedis:
                     for handler in self._on_resubscribe:
                         await handler()
                 first = False
+                self._subscribed.set()
                 delay = 0.05
                 while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
@@ -279,6 +281,14 @@ class SharedRedis:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    async def wait_subscribed(self, timeout_s: float) -> bool:
+        """Waits until the events subscription is up (True), at most ``timeout_s`` (False)."""
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def emptied(self) -> bool:
         """Whether Redis lost everything (restarted without persistence): the schema key is gone.
