@@ -29,13 +29,15 @@ with ``--in-flight`` requests outstanding, for ``--seconds`` each:
 
 and ``slot()`` cycles (acquire, an empty block, release; one thread or task, closed
 loop; the sync Client and the AsyncClient)
-with the release inline as before, and off the caller's path
+as they were before issue 17 (``today``: the release inline, and a renewal timer that
+started a thread or task per slot), with today's release and the new timers
+(``inline_unary``), and with the release off the caller's path
 (``release_in_background``) over unary calls and over the Decide stream.
 
 Prints JSON with each mode's numbers and the ratios of one run (targets: local
 rate >= 40x central and >= 100,000/s, p99 decision <= 50 us, service CPU per
 request <= 1/20; stream >= 2.5x unary; slot cycle with the release off the path
->= 1.8x inline).
+>= 1.8x today's).
 
 Usage: python bench/local_decisions.py [--seconds 3] [--servers 3] [--strategy p2c]
 """
@@ -71,9 +73,36 @@ def config_text(servers: int, strategy: str) -> str:
     )
 
 
-def slot_rate(target: str, seconds: float, transport: str, background: bool) -> dict[str, Any]:
+class TimerPerSlot:
+    """The sync client's renewal scheduler before issue 17: a ``threading.Timer`` (a thread
+    start) per ``slot()``. The ``today`` baseline runs with it, so "today's" cycle is measured
+    in the same run as the new ones."""
+
+    def call_later(self, delay_s: float, callback: Any) -> Any:
+        import threading
+
+        timer = threading.Timer(delay_s, callback)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+
+class TaskPerSlot:
+    """The async client's renewal scheduler before issue 17: an asyncio task per ``slot()``."""
+
+    def call_later(self, delay_s: float, callback: Any) -> Any:
+        async def later() -> None:
+            await asyncio.sleep(delay_s)
+            await callback()
+
+        return asyncio.get_running_loop().create_task(later())
+
+
+def slot_rate(target: str, seconds: float, transport: str, background: bool, today: bool = False) -> dict[str, Any]:
     """``slot()`` cycles per second (acquire, an empty block, release), one thread, closed loop."""
     with Client(target, transport=transport, release_in_background=background, timeout_s=5.0) as client:
+        if today:
+            client._renewal_scheduler = TimerPerSlot()  # noqa: SLF001 - the scheduler as it was
         for _ in range(100):
             with client.slot("slots"):
                 pass
@@ -89,11 +118,15 @@ def slot_rate(target: str, seconds: float, transport: str, background: bool) -> 
     return {"cycles": count, "cycles_per_s": count / elapsed}
 
 
-async def async_slot_rate(target: str, seconds: float, transport: str, background: bool) -> dict[str, Any]:
+async def async_slot_rate(
+    target: str, seconds: float, transport: str, background: bool, today: bool = False
+) -> dict[str, Any]:
     """``AsyncClient.slot()`` cycles per second, one task, closed loop."""
     from loadwarden.sdk import AsyncClient
 
     async with AsyncClient(target, transport=transport, release_in_background=background, timeout_s=5.0) as client:
+        if today:
+            client._renewal_scheduler = TaskPerSlot()  # noqa: SLF001 - the scheduler as it was
         for _ in range(100):
             async with client.slot("slots"):
                 pass
@@ -283,8 +316,9 @@ def main() -> None:
             local = run_mode(target, proc.pid, "local", args.seconds)
             unary = asyncio.run(select_rate(target, proc.pid, "unary", args.seconds, args.in_flight))
             stream = asyncio.run(select_rate(target, proc.pid, "stream", args.seconds, args.in_flight))
-            modes = {"inline_unary": ("unary", False), "background_unary": ("unary", True)}
-            modes["background_stream"] = ("stream", True)
+            modes = {"today": ("unary", False, True), "inline_unary": ("unary", False, False)}
+            modes["background_unary"] = ("unary", True, False)
+            modes["background_stream"] = ("stream", True, False)
             slots = {
                 "sync": {name: slot_rate(target, args.seconds, *mode) for name, mode in modes.items()},
                 "async": {
@@ -317,10 +351,10 @@ def main() -> None:
                     "local_over_central_rate": local["decisions_per_s"] / central["decisions_per_s"],
                     "local_over_central_service_cpu": cpu_ratio,
                     "stream_over_unary_rate": stream["selects_per_s"] / unary["selects_per_s"],
-                    "slot_background_over_inline": {
+                    "slot_over_today": {
                         flavour: {
-                            mode: rates[mode]["cycles_per_s"] / rates["inline_unary"]["cycles_per_s"]
-                            for mode in ("background_unary", "background_stream")
+                            mode: rates[mode]["cycles_per_s"] / rates["today"]["cycles_per_s"]
+                            for mode in ("inline_unary", "background_unary", "background_stream")
                         }
                         for flavour, rates in slots.items()
                     },

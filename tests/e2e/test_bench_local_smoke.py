@@ -32,4 +32,4 @@ def test_local_decisions_bench_prints_its_json_shape() -> None:
     assert report["unary"]["selects"] > 0 and report["stream"]["selects"] > 0
     for flavour in ("sync", "async"):
         assert all(cell["cycles"] > 0 for cell in report["slot"][flavour].values()), flavour
-    assert set(report["ratios"]) >= {"local_over_central_rate", "stream_over_unary_rate", "slot_background_over_inline"}
+    assert set(report["ratios"]) >= {"local_over_central_rate", "stream_over_unary_rate", "slot_over_today"}
