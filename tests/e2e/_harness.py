@@ -242,6 +242,20 @@ class Processes:
             proc.stop()
 
 
+def run_bench(script: str, *args: str, timeout_s: float = 180) -> Any:
+    """Runs ``bench/<script>`` with ``args`` as a clean environment would; returns its JSON."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=clean_env(),
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def free_loopback_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for servers that cannot bind port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from ._harness import REPO, clean_env
+from ._harness import run_bench
 
 pytestmark = pytest.mark.e2e
 
 
 def test_local_decisions_bench_prints_its_json_shape() -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "local_decisions.py"), "--seconds", "0.3", "--in-flight", "4"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=clean_env(),
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = run_bench("local_decisions.py", "--seconds", "0.3", "--in-flight", "4")
     for mode in ("central", "local"):
         cell = report[mode]
         assert cell["decisions"] > 0 and cell["outcomes_dropped"] == 0, mode

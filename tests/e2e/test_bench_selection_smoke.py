@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from loadwarden.policy.strategies import STRATEGIES
 
-from ._harness import REPO, clean_env
+from ._harness import run_bench
 
 pytestmark = pytest.mark.e2e
 
@@ -18,21 +14,12 @@ SMALL, LARGE, ROUNDS, DECISIONS = 3, 20, 2, 30
 
 
 def test_selection_cost_bench_prints_its_json_shape() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "selection_cost.py"),
-            *("--small", str(SMALL), "--large", str(LARGE)),
-            *("--rounds", str(ROUNDS), "--decisions", str(DECISIONS), "--in-flight", "4"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=clean_env(),
-        cwd=REPO,
+    report = run_bench(
+        "selection_cost.py",
+        *("--small", str(SMALL), "--large", str(LARGE)),
+        *("--rounds", str(ROUNDS), "--decisions", str(DECISIONS), "--in-flight", "4"),
+        timeout_s=120,
     )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
 
     assert report["benchmark"] == "selection_cost"
     assert {"cpus", "python", "platform"} <= set(report["machine"])

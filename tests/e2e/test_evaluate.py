@@ -229,6 +229,8 @@ def test_simulator_and_real_evaluation_agree_the_best_strategy_beats_round_robin
         scenario,
         "--strategies",
         "round_robin,least_connections",
+        "--decisions",
+        "central",  # the file also lists local; test_evaluate_local covers that, shorter
         "--duration-s",
         "12",
         "--no-plots",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,6 +98,32 @@ def test_options_override_the_file(processes: Processes, tmp_path: Path) -> None
     assert report["runs"][0]["records"] == 500 and report["scenario"]["seed"] == 9
 
 
+def test_decisions_run_each_strategy_centrally_and_locally_side_by_side(processes: Processes, tmp_path: Path) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY, encoding="utf-8")
+    out = tmp_path / "out"
+
+    rc, proc = simulate(
+        processes, scenario, "--out", out, "--decisions", "central,local", "--clients", "2", "--no-plots"
+    )
+
+    assert rc == 0, proc.describe()
+    report = json.loads((out / "report.json").read_text())
+    assert [(run["strategy"], run["decisions"]) for run in report["runs"]] == [
+        ("round_robin", "central"),
+        ("round_robin", "local"),
+        ("least_connections", "central"),
+        ("least_connections", "local"),
+    ]
+    assert report["scenario"]["clients"] == 2
+    for run in report["runs"]:
+        assert run["counters"].get("local", 0) == (3000 if run["decisions"] == "local" else 0)
+    assert [m["strategy"] for m in report["local_vs_central"]] == ["round_robin", "least_connections"]
+    assert re.search(r"^\| round_robin \| local \| [\d,]+ \|", proc.stdout.text, re.MULTILINE), proc.stdout.text
+    assert "Local against central decisions:" in proc.stdout.text
+    assert "least_connections (local): 3,000 requests in" in proc.stderr.text
+
+
 @pytest.mark.parametrize(
     ("edit", "key"),
     [
@@ -110,6 +137,8 @@ def test_options_override_the_file(processes: Processes, tmp_path: Path) -> None
             ),
             "mode",
         ),
+        (lambda t: t.replace("seed = 5", 'seed = 5\ndecisions = ["central", "edge"]'), "decisions[1]"),
+        (lambda t: t.replace("seed = 5", "seed = 5\nclients = 2"), "clients"),
     ],
 )
 def test_a_bad_file_exits_2_naming_the_key_and_writes_nothing(

@@ -177,6 +177,19 @@ def timestamp(wall_s: float) -> Timestamp:
     return ts
 
 
+def load_report(load: LoadSample, pool: str = "", server_id: str = "") -> _common.LoadReport:
+    """A stored load sample as the contract carries it."""
+    return _common.LoadReport(
+        pool=pool,
+        server_id=server_id,
+        cpu_percent=load.cpu_percent,
+        memory_percent=load.memory_percent,
+        active_requests=load.active_requests,
+        mean_latency_ms=load.mean_latency_ms,
+        error_rate=load.error_rate,
+    )
+
+
 def server_status(pool: Pool, server: Backend, now: float, wall_now: float) -> _common.ServerStatus:
     status = _common.ServerStatus(
         id=server.id,
@@ -194,18 +207,7 @@ def server_status(pool: Pool, server: Backend, now: float, wall_now: float) -> _
     if server.ejected_until > now:
         status.ejected_until.CopyFrom(timestamp(wall_now + server.ejected_until - now))
     if server.load is not None and server.load_wall is not None:
-        load = server.load
-        status.load.CopyFrom(
-            _common.LoadReport(
-                pool=pool.name,
-                server_id=server.id,
-                cpu_percent=load.cpu_percent,
-                memory_percent=load.memory_percent,
-                active_requests=load.active_requests,
-                mean_latency_ms=load.mean_latency_ms,
-                error_rate=load.error_rate,
-            )
-        )
+        status.load.CopyFrom(load_report(server.load, pool.name, server.id))
         status.load_reported_at.CopyFrom(timestamp(server.load_wall))
     return status
 

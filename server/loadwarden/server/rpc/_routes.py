@@ -31,7 +31,6 @@ from google.protobuf import wrappers_pb2 as _wrappers
 
 from loadwarden.policy import Backend, InvalidArgument, Pool, ResourceExhausted, check_name
 from loadwarden.policy.strategies import STRATEGIES
-from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
 
 from ..engine._core import DecisionCore
@@ -91,16 +90,7 @@ def route_server(pool: Pool, server: Backend, now: float, wall_now: float, eligi
         outcomes_total=server.outcomes_total,
     )
     if server.load is not None and server.load_wall is not None:
-        load = server.load
-        entry.load.CopyFrom(
-            _common.LoadReport(
-                cpu_percent=load.cpu_percent,
-                memory_percent=load.memory_percent,
-                active_requests=load.active_requests,
-                mean_latency_ms=load.mean_latency_ms,
-                error_rate=load.error_rate,
-            )
-        )
+        entry.load.CopyFrom(convert.load_report(server.load))  # pool and server id left empty
         entry.load_reported_at.CopyFrom(convert.timestamp(server.load_wall))
     if server.ejected_until > now:
         # Rounded to the millisecond, so the wall/monotonic drift does not change it every build.
