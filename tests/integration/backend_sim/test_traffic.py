@@ -9,6 +9,7 @@ that reached no server, and batch workers size their batches by GetBatchSize.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,7 +20,8 @@ from loadwarden.backend_sim import Arrivals, ClosedLoop, SimServer
 from loadwarden.backend_sim._backend import RunningBackend, start_backend
 from loadwarden.backend_sim._backend_cli import register
 from loadwarden.backend_sim._batch_mode import parse_batch
-from loadwarden.backend_sim._traffic import TrafficPlan, TrafficResult, TrafficRunner, arrival_times
+from loadwarden.backend_sim._evaluate_client import wait_for_table
+from loadwarden.backend_sim._traffic import TrafficPlan, TrafficResult, TrafficRunner, arrival_times, client_shares
 from loadwarden.policy._operations import OperationSettings
 from loadwarden.sdk import AsyncClient
 from loadwarden.server import MonitorSettings, OutlierSettings, PoolSettings, PoolSpec, RunningService
@@ -86,11 +88,65 @@ async def test_route_mode_records_every_arrival_at_its_seeded_time(deploy: Deplo
     assert [r.time_s for r in result.records] == arrival_times(arrivals, random.Random(11))
     assert all(r.success and r.server in ("a", "b") and r.latency_ms >= 9.5 for r in result.records)
     assert {r.server for r in result.records} == {"a", "b"}  # round robin
-    assert result.counters() == {"dropped": 0, "rejected": 0, "timed_out": 0, "unavailable": 0, "fallbacks": 0}
+    assert result.counters() == {
+        "dropped": 0,
+        "rejected": 0,
+        "timed_out": 0,
+        "unavailable": 0,
+        "fallbacks": 0,
+        "local": 0,
+        "stale": 0,
+        "late": 0,
+    }
     assert sum(b.backend.served for b in backends.values()) == 80
     async with AsyncClient(service.target) as client:
         status = await client.load_status("sim")
     assert sum(s.selections_total for s in status.pools[0].servers) == 80
+
+
+async def test_clients_deciding_locally_send_their_shares_of_the_same_arrivals(deploy: Deploy) -> None:
+    """Three clients, as evaluate's client processes are: each sends the arrivals drawn for it,
+    decides every request from the pushed table, and the service learns from every outcome."""
+    service, backends = await deploy(
+        SimServer("a", workers=2, base_ms=10, service="constant"),
+        SimServer("b", workers=2, base_ms=10, service="constant"),
+        strategy="p2c",
+    )
+    arrivals = Arrivals(rate_per_s=150, requests=90)
+    addresses = {k: b.address for k, b in backends.items()}
+    clients = [AsyncClient(service.target, timeout_s=5.0, decisions="local") for _ in range(3)]
+    try:
+        for client in clients:
+            await wait_for_table(client, "sim", sorted(addresses), 5.0)
+        results = await asyncio.gather(
+            *(
+                TrafficRunner(
+                    TrafficPlan("route", "sim", arrivals, seed=11, timeout_ms=2000, client=i, clients=3),
+                    client,
+                    addresses,
+                ).run()
+                for i, client in enumerate(clients)
+            )
+        )
+        for client in clients:
+            assert await client.flush_outcomes(5.0)
+    finally:
+        for client in clients:
+            await client.close()
+
+    times = arrival_times(arrivals, random.Random(11))
+    shares = client_shares(len(times), 3, 11)
+    for i, result in enumerate(results):
+        assert [r.time_s for r in result.records] == [t for t, c in zip(times, shares, strict=True) if c == i]
+        assert result.local == len(result.records) > 0 and result.stale == 0
+        assert all(r.success for r in result.records)
+    async with AsyncClient(service.target) as client:
+        status = await client.load_status("sim")
+    servers = status.pools[0].servers
+    assert sum(s.selections_total for s in servers) == 0  # the service decided none of them
+    used = {r.server for result in results for r in result.records}
+    assert used == {"a", "b"}
+    assert all(s.ewma_latency_ms >= 9.5 for s in servers)  # it learned from their outcomes (10 ms each)
 
 
 async def test_failures_and_timeouts_reach_the_service_as_failed_outcomes(deploy: Deploy) -> None:

@@ -12,17 +12,19 @@ import math
 import random
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from loadwarden.backend_sim import Arrivals, Phase, SimServer
+from loadwarden.backend_sim import Arrivals, ClosedLoop, Phase, RequestRecord, SimServer, TrafficResult
 from loadwarden.backend_sim._backend import BackendDown, FifoWorkers, SimulatedBackend, SimulatedFailure
 from loadwarden.backend_sim._backend_cli import UsageError, parse_backend
 from loadwarden.backend_sim._batch_mode import BatchRecord, parse_batch, summarize_batches
 from loadwarden.backend_sim._evaluate import service_config, to_toml, traffic_plan
+from loadwarden.backend_sim._evaluate_client import ClientJob, read_records, write_records
 from loadwarden.backend_sim._processes import launch_argv
 from loadwarden.backend_sim._scenario_file import parse_scenario
-from loadwarden.backend_sim._traffic import TrafficPlan, arrival_times, planned_requests
+from loadwarden.backend_sim._traffic import TrafficPlan, arrival_times, client_shares, planned_requests
 from loadwarden.server.app._config import parse_config
 
 
@@ -252,6 +254,59 @@ def test_a_bad_plan_names_its_field() -> None:
         TrafficPlan("batch", "sim", Arrivals(rate_per_s=1, requests=1))
 
 
+def test_client_shares_split_the_arrivals_by_the_seed_alone() -> None:
+    first = client_shares(3_000, 3, seed=5)
+
+    assert first == client_shares(3_000, 3, seed=5) and first != client_shares(3_000, 3, seed=6)
+    assert set(first) == {0, 1, 2}
+    assert all(abs(first.count(c) - 1_000) < 100 for c in range(3))
+    assert client_shares(10, 1, seed=5) == [0] * 10
+
+
+def test_a_bad_share_names_its_field() -> None:
+    arrivals = Arrivals(rate_per_s=1, requests=1)
+    with pytest.raises(ValueError, match=r"^clients:"):
+        TrafficPlan("route", "sim", arrivals, clients=0)
+    with pytest.raises(ValueError, match=r"^client:"):
+        TrafficPlan("route", "sim", arrivals, client=3, clients=3)
+    with pytest.raises(ValueError, match=r"^client:"):
+        TrafficPlan("route", "sim", arrivals, client=-1, clients=3)
+
+
+@pytest.mark.parametrize(
+    "traffic",
+    [Arrivals(rate_per_s=50, duration_s=2, max_in_flight=9), ClosedLoop(users=4, think_ms=5, requests=30)],
+    ids=["open", "closed"],
+)
+def test_a_client_job_round_trips_through_its_file(traffic: Any) -> None:
+    job = ClientJob(
+        target="127.0.0.1:5",
+        decisions="local",
+        plan=TrafficPlan("route", "sim", traffic, seed=4, timeout_ms=250.0, client=1, clients=3),
+        addresses={"a": "127.0.0.1:6", "b": "127.0.0.1:7"},
+        go_path="/tmp/go.json",
+        out_path="/tmp/client1.jsonl",
+        ready_timeout_s=30.0,
+    )
+
+    assert ClientJob.from_json(job.to_json()) == job
+    with pytest.raises(ValueError, match="not a client job"):
+        ClientJob.from_json('{"target": "x"}')
+
+
+def test_client_records_round_trip_through_their_file(tmp_path: Path) -> None:
+    records = (RequestRecord(0.25, "a", 12.5, True, False), RequestRecord(0.5, "", 0.0, False, False))
+    result = TrafficResult(records, dropped=1, local=1, duration_s=0.3)
+
+    write_records(tmp_path / "c.jsonl", result, {"route_tables": {"decisions": 1.0}})
+    head, back = read_records(tmp_path / "c.jsonl")
+
+    assert back == list(records)
+    assert head["counters"]["dropped"] == 1 and head["counters"]["local"] == 1 and head["duration_s"] == 0.3
+    assert head["stats"] == {"route_tables": {"decisions": 1.0}}
+    assert not (tmp_path / "c.jsonl.tmp").exists()
+
+
 # --- [batch] ----------------------------------------------------------------------------------
 
 
@@ -350,6 +405,16 @@ def test_the_service_config_is_valid_and_carries_the_strategy() -> None:
     assert parsed.seed == 9 and not parsed.monitor.enabled
     plan = traffic_plan(spec, None)
     assert plan.mode == "slot" and plan.slot_wait_s == 0.2 and plan.timeout_s == 0.8
+
+
+def test_the_push_interval_reaches_the_service_config_only_when_set() -> None:
+    route = {**SCENARIO, "mode": "route", "strategies": ["p2c"], "params": {}, "pool": {}}
+    default = parse_config(tomllib.loads(service_config(parse_scenario(route, "test"), "p2c", None)))
+    quick = parse_scenario({**route, "route_push_interval_ms": 50}, "test")
+
+    parsed = parse_config(tomllib.loads(service_config(quick, "p2c", None)))
+
+    assert default.limits.route_push_interval_ms == 250 and parsed.limits.route_push_interval_ms == 50
 
 
 def test_toml_writing_round_trips() -> None:

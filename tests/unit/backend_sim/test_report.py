@@ -284,3 +284,73 @@ def test_the_best_strategy_must_succeed_about_as_often_as_the_most_successful_on
     markdown = render_markdown(report)
     assert "Best p99: **round_robin**" in markdown
     assert "(least_connections had a lower p99, 5.0 ms, but succeeded for only 10.00 % of requests.)" in markdown
+
+
+# --- decision modes -----------------------------------------------------------------
+
+
+def central_and_local() -> Report:
+    s = spec(decisions=["central", "local"])
+    ids = tuple(x.id for x in s.servers)
+    central = records([(ids[i % 3], 10.0 + i, True) for i in range(100)])  # p99 108 ms
+    local = records([(ids[i % 3], 20.0 + 2 * i, i != 5) for i in range(100)])  # p99 216 ms, one failure
+    return Report(
+        s,
+        (
+            StrategyRun("round_robin", central, ids),
+            StrategyRun("round_robin", local, ids, counters={"local": 100}, decisions="local"),
+        ),
+        comparison={"round_robin": summarize(central, ids), "round_robin (local)": summarize(central, ids)},
+    )
+
+
+def test_a_report_with_local_runs_names_each_runs_mode_and_compares_the_two() -> None:
+    report = central_and_local()
+
+    markdown = render_markdown(report)
+
+    rows = table_rows(markdown)
+    assert rows[0][:3] == ["strategy", "decisions", "requests"] and rows[1][:3] == ["---", "---", "---:"]
+    assert [row[:2] for row in rows[2:]] == [["round_robin", "central"], ["round_robin", "local"]]
+    assert rows[3][-1] == "local 100"
+    shares = table_rows(markdown, "strategy | s-0")
+    assert [row[0] for row in shares[2:]] == ["round_robin", "round_robin (local)"]
+    [versus] = table_rows(markdown, "strategy | central p99 ms")[2:]
+    assert versus == ["round_robin", "108.0", "216.0", "2.000", "100.00", "99.00", "-1.000"]
+    assert "decisions central and local, 3 clients" in markdown
+    assert "p99 real vs sim" in markdown and "round_robin (local)" in markdown.split("Simulator vs real")[1]
+
+
+def test_a_central_only_report_reads_as_before() -> None:
+    markdown = render_markdown(two_runs())
+
+    assert "decisions" not in markdown and "Local against central" not in markdown
+    assert table_rows(markdown)[0][0] == "strategy" and table_rows(markdown)[0][1] == "requests"
+
+
+def test_local_runs_carry_their_mode_into_json_and_csv(tmp_path: Path) -> None:
+    report = central_and_local()
+
+    paths = write_report(report, tmp_path / "out")
+
+    data = json.loads(paths[1].read_text())
+    assert [(r["strategy"], r["decisions"], r["label"]) for r in data["runs"]] == [
+        ("round_robin", "central", "round_robin"),
+        ("round_robin", "local", "round_robin (local)"),
+    ]
+    assert data["scenario"]["decisions"] == ["central", "local"] and data["scenario"]["clients"] == 3
+    [versus] = data["local_vs_central"]
+    assert versus["p99_ratio"] == 2.0 and versus["success_points"] == -1.0
+    with paths[2].open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["strategy"], r["decisions"]) for r in rows] == [("round_robin", "central"), ("round_robin", "local")]
+    with paths[3].open() as f:
+        back = list(csv.DictReader(f))
+    assert back[0].keys() >= {"strategy", "decisions"} and len(back) == 200
+    assert {r["decisions"] for r in back[100:]} == {"local"}
+
+
+def test_a_strategy_may_run_once_per_decision_mode() -> None:
+    report = central_and_local()
+    with pytest.raises(ValueError, match="once per decision mode"):
+        Report(report.spec, (*report.runs, report.runs[1]))

@@ -18,6 +18,7 @@ from loadwarden.backend_sim import (
     load_scenario,
     parse_scenario,
 )
+from loadwarden.backend_sim._scenario_file import decision_overrides
 from loadwarden.policy.strategies import STRATEGIES
 
 REPO = Path(__file__).resolve().parents[3]
@@ -320,7 +321,7 @@ def test_shipped_scenarios_load(tmp_path: Path) -> None:
             "backends[0].schedule[1].start_s",
             "overlaps backends[0].schedule[0]",
         ),
-        ({"bogus": 1}, "bogus", "unknown key; valid keys: backends, batch, description"),
+        ({"bogus": 1}, "bogus", "unknown key; valid keys: backends, batch, clients, decisions, description"),
         ({"name": "a b"}, "name", "letters, digits"),
         ({"seed": -1}, "seed", "integer"),
         ({"mode": "fast"}, "mode", "route, slot, batch"),
@@ -347,6 +348,25 @@ def test_shipped_scenarios_load(tmp_path: Path) -> None:
         ({"simulate": 3}, "simulate", "must be a table"),
         ({"evaluate": {"max_backends_per_process": 0}}, "evaluate.max_backends_per_process", "integer"),
         ({"evaluate": {"startup_timeout_s": -1}}, "evaluate.startup_timeout_s", "> 0"),
+        ({"decisions": ["central", "edge"]}, "decisions[1]", "must be one of central, local, got 'edge'"),
+        ({"decisions": ["local", "local"]}, "decisions[1]", "listed twice"),
+        ({"decisions": []}, "decisions", "non-empty list"),
+        ({"decisions": "local"}, "decisions", "non-empty list"),
+        ({"decisions": ["local"], "clients": 0}, "clients", "integer in [1, 64]"),
+        ({"decisions": ["local"], "clients": 65}, "clients", "integer in [1, 64]"),
+        ({"decisions": ["local"], "clients": 2.5}, "clients", "integer"),
+        ({"clients": 3}, "clients", 'applies when decisions lists "local"'),
+        ({"route_push_interval_ms": 49}, "route_push_interval_ms", "integer in [50, 60000]"),
+        ({"route_push_interval_ms": 2.5}, "route_push_interval_ms", "integer in [50, 60000]"),
+        ({"evaluate": {"route_push_interval_ms": 0}}, "evaluate.route_push_interval_ms", "integer"),
+        ({"decisions": ["central"], "clients": 3}, "clients", 'applies when decisions lists "local"'),
+        ({"evaluate": {"decisions": ["remote"]}}, "evaluate.decisions[0]", "must be one of central, local"),
+        ({"decisions": ["local"], "simulate": {"clients": -1}}, "simulate.clients", "integer in [1, 64]"),
+        (
+            {"mode": "slot", "strategies": ["fixed"], "pool": {"max_concurrency": 4}, "decisions": ["local"]},
+            "decisions",
+            'applies to mode "route" only',
+        ),
     ],
 )
 def test_bad_values_name_their_key(changes: dict[str, Any], key: str, fragment: str) -> None:
@@ -356,6 +376,40 @@ def test_bad_values_name_their_key(changes: dict[str, Any], key: str, fragment: 
     assert fragment in caught.problem
     assert str(caught) == f"x.toml: {key}: {caught.problem}"
     assert isinstance(caught, ValueError)
+
+
+def test_decisions_default_to_central_and_local_brings_three_clients() -> None:
+    central = parse()
+    both = parse(decisions=["central", "local"])
+    five = parse(decisions=["local"], clients=5)
+
+    assert (central.decisions, central.clients) == (("central",), None)
+    assert (both.decisions, both.clients) == (("central", "local"), 3)
+    assert (five.decisions, five.clients) == (("local",), 5)
+    assert both.runs() == [("round_robin", "central"), ("round_robin", "local")]
+
+
+def test_decisions_and_clients_take_section_and_command_line_overrides() -> None:
+    raw = {**MINIMAL, "strategies": ["p2c", "q_linear"], "evaluate": {"decisions": ["central", "local"], "clients": 4}}
+    spec = parse_scenario(raw, "x.toml")
+
+    assert spec.decisions == ("central",) and spec.for_simulate().decisions == ("central",)
+    evaluate = spec.for_evaluate()
+    assert (evaluate.decisions, evaluate.clients) == (("central", "local"), 4)
+    assert evaluate.runs() == [("p2c", "central"), ("p2c", "local"), ("q_linear", "central"), ("q_linear", "local")]
+    # --decisions central drops the file's clients; --clients alone keeps the file's modes.
+    only_central = parse_scenario(raw, "x.toml", **decision_overrides("central", None)).for_evaluate()
+    assert (only_central.decisions, only_central.clients) == (("central",), None)
+    two = parse_scenario(raw, "x.toml", **decision_overrides(None, 2)).for_evaluate()
+    assert (two.decisions, two.clients) == (("central", "local"), 2)
+    local = parse_scenario(MINIMAL, "x.toml", **decision_overrides(" local , central ", None))
+    assert (local.decisions, local.clients) == (("local", "central"), 3)
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(MINIMAL, "x.toml", **decision_overrides("central", 3))
+    assert caught.value.key == "clients"
+    with pytest.raises(ScenarioError) as empty:
+        parse_scenario(MINIMAL, "x.toml", **decision_overrides(",", None))
+    assert empty.value.key == "decisions"
 
 
 def test_strategies_are_checked_against_the_mode_and_the_backend_count() -> None:

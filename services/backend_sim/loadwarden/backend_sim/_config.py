@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SERVICE_DISTRIBUTIONS = ("exponential", "constant")
+# Where routing decisions are made: by the service (SelectServer) or in each client, from pushed tables.
+DECISION_MODES = ("central", "local")
 # Hard bound on the requests of one run, whatever the arrival settings say.
 MAX_REQUESTS = 10_000_000
 

@@ -1,6 +1,7 @@
 """``loadwarden evaluate``: each strategy in turn on fresh real processes, the same seeded traffic.
 
-For every strategy of the scenario (``[evaluate]`` applied):
+For every strategy of the scenario (``[evaluate]`` applied), and every decision
+mode it lists (``decisions``; central only by default):
 
 1. write a service config: the scenario's pool with the strategy (mode route),
    limit algorithm (slot) or an operation with the batch controller (batch);
@@ -8,19 +9,26 @@ For every strategy of the scenario (``[evaluate]`` applied):
 3. start ``loadwarden backend-sim --register``: its backends listen on free
    ports, register themselves in the pool (AdminService.RegisterServer) and
    report their load; wait for its JSON line with their addresses;
-4. run the traffic (``_traffic``) from this process through the SDK, while a
-   watchdog stops the run if a child exits;
-5. stop both (SIGTERM, then SIGKILL after a grace period) and keep the records.
+4. run the traffic (``_traffic``) through the SDK, while a watchdog stops the
+   run if a child exits: from this process with central decisions only; else
+   from ``clients`` client processes (``_evaluate_client``), each with its own
+   ``AsyncClient(decisions=...)`` and its share of the seeded arrivals, started
+   together once every one is ready (a local client has its first routing
+   table by then) and sending its records back in a file. Central runs use the
+   same client processes as local ones, so the two modes differ in where the
+   decisions are made only;
+5. stop them all (SIGTERM, then SIGKILL after a grace period) and keep the records.
 
 Then the ``Report`` (kind ``"evaluate"``) is built, with the simulator's figures
-on the same scenario as ``comparison`` in mode route. Every child is started by
-one ``ProcessGroup``, closed in a ``finally``: on success, on failure, on
-cancellation (SIGINT/SIGTERM cancel the run) and at exit.
+on the same scenario (and decision mode) as ``comparison`` in mode route. Every
+child is started by one ``ProcessGroup``, closed in a ``finally``: on success, on
+failure, on cancellation (SIGINT/SIGTERM cancel the run) and at exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -36,11 +44,12 @@ from typing import Any
 from loadwarden.sdk import AsyncClient
 
 from ._batch_mode import BatchRecord, BatchSettings, BatchSummary, parse_batch, render_batch_markdown, summarize_batches
+from ._evaluate_client import ClientJob, read_records
 from ._processes import Child, ChildFailed, ProcessGroup
 from ._progress import Progress
-from ._report import Report, StrategyRun
+from ._report import Report, StrategyRun, label
 from ._scenario_file import ScenarioSpec
-from ._summary import LoadRecord, Summary, summarize
+from ._summary import LoadRecord, RequestRecord, Summary, summarize
 from ._traffic import TrafficPlan, TrafficResult, TrafficRunner, planned_requests
 
 DEFAULT_STARTUP_TIMEOUT_S = 30.0
@@ -48,8 +57,14 @@ DEFAULT_STARTUP_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 _LISTENING = re.compile(r"^loadwarden listening on (\S+)$", re.MULTILINE)
 _BACKENDS = re.compile(r"^(\{\"backends\".*\})$", re.MULTILINE)
+_READY = re.compile(r'^\{"ready".*\}$', re.MULTILINE)
+_DONE = re.compile(r'^\{"done": (\d+)\}$', re.MULTILINE)
 # The command that runs ``loadwarden``: this interpreter, so no PATH lookup is needed.
 LOADWARDEN = (sys.executable, "-m", "loadwarden.server")
+# The command that runs one client process (``_evaluate_client``); its job file is appended.
+CLIENT = (sys.executable, "-m", "loadwarden.backend_sim._evaluate_client")
+# Between the last client being ready and the common start, s: every client reads the go file by then.
+START_DELAY_S = 0.3
 
 
 class EvaluationFailed(RuntimeError):
@@ -67,6 +82,7 @@ class EvaluateOptions:
         progress_stream: Where the progress bar is drawn (stderr when None).
         run_id: Marker of every child process (``LW_EVAL_RUN``); fresh when None.
         command: How to run ``loadwarden``.
+        client_command: How to run a client process (its job file is appended).
     """
 
     out_dir: Path
@@ -75,6 +91,7 @@ class EvaluateOptions:
     progress_stream: Any = None
     run_id: str | None = None
     command: Sequence[str] = LOADWARDEN
+    client_command: Sequence[str] = CLIENT
 
 
 @dataclass
@@ -143,7 +160,14 @@ def service_config(spec: ScenarioSpec, strategy: str, batch: BatchSettings | Non
     timeout_ms = spec.timeout_ms or 30_000
     tables: dict[str, dict[str, Any]] = {
         "service": {"seed": spec.seed, "shutdown_grace_ms": 500},
-        "limits": {"decision_ttl_ms": int(min(86_400_000, max(30_000, 3 * timeout_ms)))},
+        "limits": {
+            "decision_ttl_ms": int(min(86_400_000, max(30_000, 3 * timeout_ms))),
+            **(
+                {"route_push_interval_ms": spec.route_push_interval_ms}
+                if spec.route_push_interval_ms is not None
+                else {}
+            ),
+        },
         # Pool-sourced batch sizing reads the backends' reported CPU (their busy-worker fraction)
         # alone. The weights only apply while the monitor is enabled (the core falls back to the
         # default weights without it), so it stays on in mode batch.
@@ -227,6 +251,7 @@ class _Run:
     loads: list[LoadRecord]
     wall_s: float
     addresses: dict[str, str]
+    client_stats: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def _sample_loads(client: AsyncClient, pool: str, interval_s: float, start: float, out: list[LoadRecord]) -> None:
@@ -269,10 +294,14 @@ async def run_strategy(
     group: ProcessGroup,
     options: EvaluateOptions,
     progress: Callable[[int], None] | None = None,
+    decisions: str = "central",
 ) -> _Run:
-    """One strategy on a fresh service and fresh backends; both are stopped before it returns."""
+    """One strategy on a fresh service and fresh backends, its traffic from this process
+    (``spec.clients`` None) or from ``spec.clients`` client processes deciding as
+    ``decisions`` says; every process is stopped before it returns."""
     began = time.monotonic()
-    work = options.out_dir / "runs" / strategy
+    name = strategy if spec.clients is None else f"{strategy}-{decisions}"  # names the files and the children
+    work = options.out_dir / "runs" / name
     work.mkdir(parents=True, exist_ok=True)
     config = work / "loadwarden.toml"
     config.write_text(service_config(spec, strategy, batch), encoding="utf-8")
@@ -281,7 +310,7 @@ async def run_strategy(
     started: list[Child] = []
     try:
         service = group.start(
-            f"{strategy}-service",
+            f"{name}-service",
             [
                 *options.command,
                 "serve",
@@ -317,12 +346,16 @@ async def run_strategy(
                 argv += ["--item-cost", f"{batch.item_cost:g}"]
             if len(chunk) < len(spec.servers):
                 argv += ["--only", ",".join(chunk)]
-            backends = group.start(f"{strategy}-backends{i}", argv, env=env)
+            backends = group.start(f"{name}-backends{i}", argv, env=env)
             started.append(backends)
             line = (await _wait_ready(backends, _BACKENDS, options.startup_timeout_s)).group(1)
             addresses.update(json.loads(line)["backends"])
-        _say(options, f"{strategy}: service {target}, {len(addresses)} backends ready; sending traffic")
         loads: list[LoadRecord] = []
+        if spec.clients is not None:
+            clients = _Clients(spec.clients, name, label(strategy, decisions), decisions, group, options, env, work)
+            result = await clients.run(plan, target, addresses, started, loads, spec, progress)
+            return _Run(strategy, result, loads, time.monotonic() - began, addresses, clients.stats)
+        _say(options, f"{strategy}: service {target}, {len(addresses)} backends ready; sending traffic")
         async with AsyncClient(target, timeout_s=5.0, breaker=None, retry=None) as client:
             runner = TrafficRunner(plan, client, addresses, progress=progress)
             start = time.monotonic()
@@ -347,6 +380,166 @@ async def run_strategy(
     return _Run(strategy, result, loads, time.monotonic() - began, addresses)
 
 
+class _Clients:
+    """The client processes of one run: started, told to go together, watched, their records merged.
+
+    Args:
+        count: Client processes.
+        name: The run's file and child-name stem.
+        title: The run's label, for messages.
+        decisions: How every client decides.
+        group: Starts (and at the end stops) every process.
+        options: The evaluation's options.
+        env: The children's environment.
+        work: The run's directory: job, go and record files go there.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        name: str,
+        title: str,
+        decisions: str,
+        group: ProcessGroup,
+        options: EvaluateOptions,
+        env: Mapping[str, str],
+        work: Path,
+    ) -> None:
+        self.count = count
+        self.name = name
+        self.title = title
+        self.decisions = decisions
+        self.group = group
+        self.options = options
+        self.env = env
+        self.work = work
+        self.stats: list[dict[str, Any]] = []
+
+    async def run(
+        self,
+        plan: TrafficPlan,
+        target: str,
+        addresses: Mapping[str, str],
+        started: list[Child],
+        loads: list[LoadRecord],
+        spec: ScenarioSpec,
+        progress: Callable[[int], None] | None,
+    ) -> TrafficResult:
+        """Runs ``plan`` split over the clients; ``started`` already holds the service and backends.
+
+        Raises:
+            EvaluationFailed: a client or another child exited early, or a client was not ready in time.
+        """
+        servers = list(started)  # service and backends: none may exit during the run
+        go = self.work / "go.json"
+        go.unlink(missing_ok=True)
+        clients: list[tuple[Child, Path]] = []
+        for i in range(self.count):
+            out = self.work / f"client{i}.jsonl"
+            out.unlink(missing_ok=True)
+            job = ClientJob(
+                target=target,
+                decisions=self.decisions,
+                plan=dataclasses.replace(plan, client=i, clients=self.count),
+                addresses=addresses,
+                go_path=str(go),
+                out_path=str(out),
+                ready_timeout_s=self.options.startup_timeout_s,
+            )
+            job_path = self.work / f"client{i}.json"
+            job_path.write_text(job.to_json(), encoding="utf-8")
+            child = self.group.start(
+                f"{self.name}-client{i}", [*self.options.client_command, str(job_path)], env=self.env
+            )
+            started.append(child)
+            clients.append((child, out))
+        watchdog = asyncio.create_task(self.group.watch(servers))
+        try:
+            await self._until(watchdog, self._all_ready([c for c, _ in clients]))
+            start_wall = time.time() + START_DELAY_S
+            tmp = go.with_name(go.name + ".tmp")
+            tmp.write_text(json.dumps({"start_wall": start_wall}), encoding="utf-8")
+            os.replace(tmp, go)  # a client reads it whole or not at all
+            _say(
+                self.options,
+                f"{self.title}: service {target}, {len(addresses)} backends, {self.count} {self.decisions} "
+                "clients ready; sending traffic",
+            )
+            # The load series is read from here, on the clients' clock.
+            async with AsyncClient(target, timeout_s=5.0, breaker=None, retry=None) as client:
+                start = time.monotonic() + (start_wall - time.time())
+                sampler = asyncio.create_task(
+                    _sample_loads(client, plan.pool, spec.load_report_interval_ms / 1000.0, start, loads)
+                )
+                try:
+                    await self._until(watchdog, self._all_done([c for c, _ in clients], progress))
+                finally:
+                    sampler.cancel()
+                    await asyncio.gather(sampler, return_exceptions=True)
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+        return self._merge([out for _, out in clients])
+
+    async def _until(self, watchdog: asyncio.Task[Child], work: Any) -> None:
+        """Awaits ``work`` unless a service or backend process exits first."""
+        task = asyncio.ensure_future(work)
+        try:
+            done, _ = await asyncio.wait({task, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            if task not in done:
+                raise EvaluationFailed(f"{watchdog.result().describe_exit()}\n(during the run of {self.title!r})")
+            task.result()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _all_ready(self, clients: list[Child]) -> None:
+        for child in clients:
+            await _wait_ready(child, _READY, self.options.startup_timeout_s)
+
+    async def _all_done(self, clients: list[Child], progress: Callable[[int], None] | None) -> None:
+        """Waits for every client to exit 0, passing on their finished-request counts."""
+        while True:
+            codes = [child.popen.poll() for child in clients]
+            for child, code in zip(clients, codes, strict=True):
+                if code not in (None, 0):
+                    raise EvaluationFailed(f"{child.describe_exit()}\n(during the run of {self.title!r})")
+            if progress is not None:
+                progress(sum(int(m[-1]) if (m := _DONE.findall(c.output())) else 0 for c in clients))
+            if all(code == 0 for code in codes):
+                return
+            await asyncio.sleep(0.1)
+
+    def _merge(self, outputs: list[Path]) -> TrafficResult:
+        """The clients' records in arrival order, their counters summed."""
+        records: list[RequestRecord] = []
+        totals: dict[str, int] = {}
+        duration_s = 0.0
+        for i, path in enumerate(outputs):
+            try:
+                head, mine = read_records(path)
+            except (OSError, ValueError) as exc:
+                raise EvaluationFailed(f"{self.name}-client{i}: no records ({exc})") from None
+            records += mine
+            for key, value in head["counters"].items():
+                totals[key] = totals.get(key, 0) + int(value)
+            duration_s = max(duration_s, float(head["duration_s"]))
+            self.stats.append({"client": i, "requests": len(mine), **head["stats"]})
+        records.sort(key=lambda r: r.time_s)
+        return TrafficResult(
+            tuple(records),
+            dropped=totals.get("dropped", 0),
+            rejected=totals.get("rejected", 0),
+            timeouts=totals.get("timed_out", 0),
+            unrouted=totals.get("unavailable", 0),
+            fallbacks=totals.get("fallbacks", 0),
+            duration_s=duration_s,
+            local=totals.get("local", 0),
+            stale=totals.get("stale", 0),
+            late=totals.get("late", 0),
+        )
+
+
 def _say(options: EvaluateOptions, message: str) -> None:
     stream = options.progress_stream if options.progress_stream is not None else sys.stderr
     tty = bool(getattr(stream, "isatty", lambda: False)())
@@ -364,7 +557,7 @@ def _chunks(ids: list[str], size: int | None) -> list[list[str]]:
 
 
 def simulator_comparison(spec: ScenarioSpec) -> dict[str, Summary]:
-    """The simulator's summary of every strategy on the same scenario (mode route only)."""
+    """The simulator's summary of every run (by label) on the same scenario (mode route only)."""
     from ._sim import simulate
 
     out: dict[str, Summary] = {}
@@ -374,10 +567,17 @@ def simulator_comparison(spec: ScenarioSpec) -> dict[str, Summary]:
     level = server_log.level
     server_log.setLevel(logging.ERROR)  # the in-process core's ejection warnings are the simulator's, not the run's
     try:
-        for strategy in spec.strategies:
-            result = simulate(scenario, strategy, spec.strategy_params(strategy))
+        for strategy, mode in spec.runs():
+            result = simulate(
+                scenario,
+                strategy,
+                spec.strategy_params(strategy),
+                decisions=mode,
+                clients=spec.clients or 1,
+                push_interval_ms=spec.route_push_interval_ms,
+            )
             try:
-                out[strategy] = summarize(result.records, ids, warmup_s=spec.warmup_s)
+                out[label(strategy, mode)] = summarize(result.records, ids, warmup_s=spec.warmup_s)
             except ValueError:
                 continue  # nothing after the warm-up
     finally:
@@ -408,9 +608,9 @@ async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessG
     summaries: dict[str, BatchSummary | None] = {}
     batches: dict[str, tuple[BatchRecord, ...]] = {}
     began = time.monotonic()
-    with Progress(per_strategy * len(spec.strategies), "evaluate", stream=options.progress_stream) as bar:
-        for strategy in spec.strategies:
-            bar.set_label(f"evaluate {strategy}")
+    with Progress(per_strategy * len(spec.runs()), "evaluate", stream=options.progress_stream) as bar:
+        for strategy, mode in spec.runs():
+            bar.set_label(f"evaluate {label(strategy, mode)}")
             base = bar.done
 
             def advance(done: int, base: int = base) -> None:
@@ -419,13 +619,22 @@ async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessG
             ticker = None if by_request else asyncio.create_task(_tick(advance))
             try:
                 run = await run_strategy(
-                    spec, strategy, plan, batch, group, options, progress=advance if by_request else None
+                    spec,
+                    strategy,
+                    plan,
+                    batch,
+                    group,
+                    options,
+                    progress=advance if by_request else None,
+                    decisions=mode,
                 )
             finally:
                 if ticker is not None:
                     ticker.cancel()
             bar.advance(max(0, base + per_strategy - bar.done))
             extra: dict[str, Any] = {"addresses": run.addresses}
+            if spec.clients is not None:
+                extra["clients"] = run.client_stats
             if spec.mode == "batch":
                 batches[strategy] = run.result.batches
                 summary = summaries[strategy] = summarize_batches(run.result.batches, warmup_s=spec.warmup_s)
@@ -439,6 +648,7 @@ async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessG
                     counters=run.result.counters(),
                     wall_s=round(run.wall_s, 3),
                     extra=extra,
+                    decisions=mode,
                 )
             )
     comparison = simulator_comparison(spec) if spec.mode == "route" else None

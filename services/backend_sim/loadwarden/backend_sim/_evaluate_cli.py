@@ -27,7 +27,7 @@ from ._evaluate import (
 )
 from ._processes import MARKER_ENV, ProcessGroup
 from ._report import render_markdown, write_report
-from ._scenario_file import ScenarioError, ScenarioSpec, load_scenario
+from ._scenario_file import ScenarioError, ScenarioSpec, decision_overrides, load_scenario
 
 _EXIT_BY_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -52,6 +52,18 @@ def add_command(commands: argparse._SubParsersAction[Any]) -> None:
         help="multiply the traffic's duration, request count and warm-up by X",
     )
     length.add_argument("--duration-s", type=float, metavar="S", help="traffic duration per strategy, seconds")
+    parser.add_argument(
+        "--decisions",
+        metavar="MODES",
+        help='decision modes to run each strategy in, e.g. "central,local" (default: the file\'s, else central)',
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        metavar="N",
+        help="client processes sending the traffic, in both modes, when local decisions are run "
+        "(default: the file's, else 3)",
+    )
     parser.add_argument("--seed", type=int, help="seed (default: the scenario's)")
     parser.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     parser.add_argument(
@@ -83,6 +95,7 @@ def load(args: argparse.Namespace) -> ScenarioSpec:
         if not names:
             raise ValueError("--strategies: name at least one strategy")
         overrides["strategies"] = names
+    overrides.update(decision_overrides(args.decisions, args.clients))
     spec = load_scenario(args.scenario, **overrides).for_evaluate()
     spec = scale_duration(spec, scale=args.duration_scale, duration_s=args.duration_s)
     check_batch(spec)
@@ -124,8 +137,9 @@ async def _main(spec: ScenarioSpec, options: EvaluateOptions) -> int:
     for sig in _EXIT_BY_SIGNAL:
         loop.add_signal_handler(sig, interrupt, sig)
     group = ProcessGroup(options.out_dir / "logs", run_id=options.run_id)
+    clients = "" if spec.clients is None else f", decisions {' and '.join(spec.decisions)}, {spec.clients} clients"
     print(
-        f"loadwarden evaluate: {spec.name} ({len(spec.strategies)} strategies, mode {spec.mode}); "
+        f"loadwarden evaluate: {spec.name} ({len(spec.strategies)} strategies, mode {spec.mode}{clients}); "
         f"run {group.run_id}; logs in {group.log_dir}",
         file=sys.stderr,
         flush=True,

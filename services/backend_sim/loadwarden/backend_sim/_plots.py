@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ._report import SHARE_COLUMNS_MAX, Report
+from ._report import SHARE_COLUMNS_MAX, Report, StrategyRun
 
 PLOT_FILES = (
     "latency_over_time.png",
@@ -43,10 +43,10 @@ def _figure(width: float, height: float, rows: int = 1, cols: int = 1) -> tuple[
     return figure, axes
 
 
-def _color(report: Report, strategy: str) -> str:
-    """One colour per strategy in every plot: matplotlib's cycle by the strategy's run order."""
-    names = [run.strategy for run in report.runs]
-    return f"C{names.index(strategy) % 10}"
+def _color(report: Report, name: str) -> str:
+    """One colour per run in every plot: matplotlib's cycle by the run's order (``name`` is its label)."""
+    names = [run.label for run in report.runs]
+    return f"C{names.index(name) % 10}"
 
 
 def _smooth(values: list[float], window: int = 3) -> np.ndarray:
@@ -71,10 +71,10 @@ def _log_if_wide(ax: Any, values: list[np.ndarray]) -> None:
 def _latency_over_time(ax: Any, report: Report) -> None:
     drawn = []
     for run in report.runs:
-        series = report.time_series(run.strategy)
+        series = report.time_series(run.label)
         smoothed = _smooth(series["mean_latency_ms"])
         drawn.append(smoothed)
-        ax.plot(series["t_s"], smoothed, label=run.strategy, linewidth=1.2, color=_color(report, run.strategy))
+        ax.plot(series["t_s"], smoothed, label=run.label, linewidth=1.2, color=_color(report, run.label))
     if report.spec.warmup_s:
         ax.axvline(report.spec.warmup_s, color="grey", linestyle=":", linewidth=1)
     _log_if_wide(ax, drawn)
@@ -86,13 +86,13 @@ def _latency_over_time(ax: Any, report: Report) -> None:
 
 def _throughput_over_time(ax: Any, report: Report) -> None:
     for run in report.runs:
-        series = report.time_series(run.strategy)
+        series = report.time_series(run.label)
         ax.plot(
             series["t_s"],
             _smooth(series["throughput_per_s"]),
-            label=run.strategy,
+            label=run.label,
             linewidth=1.2,
-            color=_color(report, run.strategy),
+            color=_color(report, run.label),
         )
     ax.set_xlabel("time (s)")
     ax.set_ylabel("completed requests / s")
@@ -108,23 +108,23 @@ def _server_distribution(ax: Any, report: Report) -> None:
         width = 0.8 / n
         x = np.arange(len(ids))
         for i, run in enumerate(report.runs):
-            s = summaries[run.strategy]
+            s = summaries[run.label]
             shares = [s.share.get(sid, 0.0) * 100 if s else 0.0 for sid in ids]
-            ax.bar(x + (i - (n - 1) / 2) * width, shares, width, label=run.strategy, color=_color(report, run.strategy))
+            ax.bar(x + (i - (n - 1) / 2) * width, shares, width, label=run.label, color=_color(report, run.label))
         ax.set_xticks(x, ids, rotation=45 if len(ids) > 6 else 0, ha="right" if len(ids) > 6 else "center")
         ax.set_ylabel("share of requests (%)")
     else:
         for run in report.runs:
-            s = summaries[run.strategy]
+            s = summaries[run.label]
             if s is None:
                 continue
             ranked = np.sort(np.array(list(s.share.values())))[::-1] * 100
             ax.plot(
                 np.arange(1, ranked.size + 1),
                 ranked,
-                label=run.strategy,
+                label=run.label,
                 linewidth=1.2,
-                color=_color(report, run.strategy),
+                color=_color(report, run.label),
             )
         ax.set_xlabel("server rank")
         ax.set_ylabel("share of requests (%)")
@@ -132,21 +132,21 @@ def _server_distribution(ax: Any, report: Report) -> None:
     ax.grid(True, axis="y", alpha=0.3)
 
 
-def _learns(report: Report, strategy: str) -> bool:
-    s = report.summary(strategy)
-    return strategy in LEARNING_STRATEGIES or (s is not None and s.explored_rate > 0)
+def _learns(report: Report, run: StrategyRun) -> bool:
+    s = report.summary(run.label)
+    return run.label in LEARNING_STRATEGIES or (s is not None and s.explored_rate > 0)
 
 
 def _learning_curve(ax: Any, report: Report) -> None:
     """Reward moving average of the learning strategies (of every strategy when none learns)."""
     window = report.window
-    learners = [run for run in report.runs if _learns(report, run.strategy)] or list(report.runs)
+    learners = [run for run in report.runs if _learns(report, run)] or list(report.runs)
     for run in learners:
-        s = report.summary(run.strategy)
+        s = report.summary(run.label)
         if s is None or not s.learning_curve:
             continue
         x = (np.arange(len(s.learning_curve)) + 1) * window
-        ax.plot(x, s.learning_curve, label=run.strategy, linewidth=1.4, color=_color(report, run.strategy))
+        ax.plot(x, s.learning_curve, label=run.label, linewidth=1.4, color=_color(report, run.label))
     ax.set_xlabel("requests (after warm-up)")
     ax.set_ylabel("mean reward (-latency ms / 10)")
     ax.set_title(f"Learning curve (reward, moving average over {window} requests)")
@@ -157,7 +157,7 @@ def _latency_histogram(ax: Any, report: Report) -> None:
     latencies = []
     for run in report.runs:
         cols = report.columns(run)
-        latencies.append((run.strategy, cols.latency_ms[(cols.server >= 0) & (cols.latency_ms > 0)]))
+        latencies.append((run.label, cols.latency_ms[(cols.server >= 0) & (cols.latency_ms > 0)]))
     everything = [v for _, v in latencies if v.size]
     if not everything:
         ax.set_title("Latency histogram (no requests)")
@@ -185,7 +185,7 @@ def _latency_histogram(ax: Any, report: Report) -> None:
 
 def _percentiles(ax: Any, report: Report) -> None:
     summaries = report.summaries()
-    names = [run.strategy for run in report.runs]
+    names = [run.label for run in report.runs]
     x = np.arange(len(names))
     for offset, (label, attr) in zip(
         (-0.27, 0.0, 0.27), (("p50", "p50_ms"), ("p99", "p99_ms"), ("p99.9", "p999_ms")), strict=True

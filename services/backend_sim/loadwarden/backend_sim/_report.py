@@ -4,6 +4,13 @@ A ``Report`` holds one ``StrategyRun`` per strategy (the requests it saw and
 what the strategy said about itself) and the scenario they ran. Statistics are
 computed here, the same way for simulated and real runs, over the requests
 that arrived after the scenario's ``warmup_s``.
+
+A strategy may run once per decision mode (``StrategyRun.decisions``: the
+service decides, or the clients decide locally). Runs are named by their
+``label``: the strategy for a central run, ``"<strategy> (local)"`` for a local
+one. A report with only central runs reads as it always did; one with a local
+run adds a ``decisions`` column to its tables and CSV files and a table of each
+strategy's local figures against its central ones (``local_vs_central``).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ._config import DECISION_MODES
 from ._scenario_file import ScenarioSpec
 from ._summary import Columns, LoadRecord, RequestRecord, Summary, columns, summarize_columns
 
@@ -27,6 +35,11 @@ KINDS = ("simulate", "evaluate")
 SHARE_COLUMNS_MAX = 12
 TIME_SERIES_BUCKETS = 100
 REPORT_FILES = ("report.md", "report.json", "summary.csv", "requests.csv")
+
+
+def label(strategy: str, decisions: str = "central") -> str:
+    """The name of ``strategy``'s run in mode ``decisions``: ``"p2c"``, ``"p2c (local)"``."""
+    return strategy if decisions == "central" else f"{strategy} ({decisions})"
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,8 @@ class StrategyRun:
         wall_s: Wall-clock seconds the run took, or None.
         extra: Any further JSON-ready data for ``report.json`` (e.g. batch
             sizes over time); not shown in the Markdown table.
+        decisions: Where the run's decisions were made: ``"central"`` (the
+            service) or ``"local"`` (the clients, from pushed tables).
     """
 
     strategy: str
@@ -56,6 +71,16 @@ class StrategyRun:
     counters: Mapping[str, int] = field(default_factory=dict)
     wall_s: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    decisions: str = "central"
+
+    def __post_init__(self) -> None:
+        if self.decisions not in DECISION_MODES:
+            raise ValueError(f"decisions: must be one of {', '.join(DECISION_MODES)}, got {self.decisions!r}")
+
+    @property
+    def label(self) -> str:
+        """The run's name in the report: the strategy, with ``" (local)"`` when decided locally."""
+        return label(self.strategy, self.decisions)
 
 
 @dataclass(frozen=True)
@@ -64,9 +89,9 @@ class Report:
 
     Attributes:
         spec: The scenario (with the command's section applied).
-        runs: One per strategy, in the order they ran.
+        runs: One per strategy and decision mode, in the order they ran.
         kind: ``"simulate"`` or ``"evaluate"``.
-        comparison: For ``evaluate``: the simulator's summary per strategy on
+        comparison: For ``evaluate``: the simulator's summary per run label on
             the same scenario, shown as "sim p99" with the relative difference.
         meta: Anything worth recording about how the report was made (wall
             time, machine, command line); JSON-ready.
@@ -86,9 +111,19 @@ class Report:
         if self.kind not in KINDS:
             raise ValueError(f"kind: must be one of {', '.join(KINDS)}, got {self.kind!r}")
         object.__setattr__(self, "runs", tuple(self.runs))
-        names = [run.strategy for run in self.runs]
+        names = [run.label for run in self.runs]
         if len(set(names)) != len(names):
-            raise ValueError(f"runs: each strategy may appear once, got {names}")
+            raise ValueError(f"runs: each strategy may appear once per decision mode, got {names}")
+
+    @property
+    def decision_modes(self) -> tuple[str, ...]:
+        """The decision modes of the runs, in order of appearance."""
+        return tuple(dict.fromkeys(run.decisions for run in self.runs))
+
+    @property
+    def shows_decisions(self) -> bool:
+        """Whether the tables name each run's decision mode (some run decided locally)."""
+        return self.decision_modes not in ((), ("central",))
 
     @property
     def window(self) -> int:
@@ -100,7 +135,7 @@ class Report:
 
     def columns(self, run: StrategyRun) -> Columns:
         """The run's requests after the warm-up, as columns."""
-        key = f"columns:{run.strategy}"
+        key = f"columns:{run.label}"
         if key not in self._cache:
             cols = columns(run.records, run.server_ids)
             if self.spec.warmup_s > 0 and len(cols):
@@ -108,35 +143,35 @@ class Report:
             self._cache[key] = cols
         return self._cache[key]
 
-    def summary(self, strategy: str) -> Summary | None:
-        """Statistics of ``strategy``'s requests after the warm-up; None when there are none."""
-        key = f"summary:{strategy}"
+    def summary(self, name: str) -> Summary | None:
+        """Statistics of the requests of run ``name`` (a label) after the warm-up; None when there are none."""
+        key = f"summary:{name}"
         if key not in self._cache:
-            run = self.run(strategy)
+            run = self.run(name)
             cols = self.columns(run)
             self._cache[key] = summarize_columns(cols, self.window) if len(cols) else None
         return self._cache[key]
 
     def summaries(self) -> dict[str, Summary | None]:
-        """``summary`` of every run, by strategy, in run order."""
-        return {run.strategy: self.summary(run.strategy) for run in self.runs}
+        """``summary`` of every run, by label, in run order."""
+        return {run.label: self.summary(run.label) for run in self.runs}
 
-    def run(self, strategy: str) -> StrategyRun:
-        """The run of ``strategy``; KeyError when there is none."""
+    def run(self, name: str) -> StrategyRun:
+        """The run labelled ``name`` (``StrategyRun.label``); KeyError when there is none."""
         for run in self.runs:
-            if run.strategy == strategy:
+            if run.label == name:
                 return run
-        raise KeyError(strategy)
+        raise KeyError(name)
 
     def best(self) -> str | None:
         """The best strategy by p99 among those that succeed about as often as the best; see ``best_of``."""
         return best_of(self.summaries())
 
-    def time_series(self, strategy: str, buckets: int = TIME_SERIES_BUCKETS) -> dict[str, list[float]]:
-        """Per time bucket of the whole run (warm-up included): see ``time_series``."""
-        key = f"series:{strategy}:{buckets}"
+    def time_series(self, name: str, buckets: int = TIME_SERIES_BUCKETS) -> dict[str, list[float]]:
+        """Per time bucket of the whole run labelled ``name`` (warm-up included): see ``time_series``."""
+        key = f"series:{name}:{buckets}"
         if key not in self._cache:
-            run = self.run(strategy)
+            run = self.run(name)
             self._cache[key] = time_series(columns(run.records, run.server_ids), buckets)
         return self._cache[key]
 
@@ -235,7 +270,9 @@ def _describe(spec: ScenarioSpec) -> list[str]:
         stop.append(f"{t.requests:,} requests")
     if t.duration_s is not None:
         stop.append(f"{t.duration_s:g} s")
-    parts.append(" or ".join(stop) + " per strategy")
+    parts.append(" or ".join(stop) + (" per strategy" if spec.decisions == ("central",) else " per run"))
+    if spec.clients is not None:
+        parts.append(f"decisions {' and '.join(spec.decisions)}, {spec.clients} client{'s' * (spec.clients != 1)}")
     if spec.timeout_ms is not None:
         parts.append(f"timeout {spec.timeout_ms:g} ms")
     parts.append(f"first {spec.warmup_s:g} s left out" if spec.warmup_s else "no warm-up")
@@ -250,11 +287,12 @@ def _counter_note(run: StrategyRun) -> str:
 def render_markdown(report: Report) -> str:
     """The report as Markdown: a scenario line, the table, the share table and the verdict.
 
-    One row per strategy with mean, p50, p95, p99, p99.9 (ms), throughput (/s),
+    One row per run with mean, p50, p95, p99, p99.9 (ms), throughput (/s),
     success rate, CV of per-server request counts, and (``evaluate`` with a
-    comparison) the simulator's p99 and the relative difference. Shares per
-    server go in a second table for up to ``SHARE_COLUMNS_MAX`` servers, as
-    min/median/max columns beyond.
+    comparison) the simulator's p99 and the relative difference; a
+    ``decisions`` column when some run decided locally. Shares per server go in
+    a second table for up to ``SHARE_COLUMNS_MAX`` servers, as min/median/max
+    columns beyond; then, with local runs, ``local_vs_central_markdown``.
     """
     spec = report.spec
     summaries = report.summaries()
@@ -262,8 +300,10 @@ def render_markdown(report: Report) -> str:
     wide = len(ids) > SHARE_COLUMNS_MAX
     how = "discrete-event simulation, virtual time" if report.kind == "simulate" else "real processes"
     lines = [f"## {spec.name}: {report.kind} ({how}; mode {spec.mode})", "", *_describe(spec), ""]
+    decided = report.shows_decisions
     head = [
         "strategy",
+        *(["decisions"] if decided else []),
         "requests",
         "mean ms",
         "p50 ms",
@@ -282,14 +322,17 @@ def render_markdown(report: Report) -> str:
     if notes:
         head.append("notes")
     lines.append("| " + " | ".join(head) + " |")
-    lines.append("| --- | " + " | ".join("---:" for _ in head[1:-1]) + (" | ---" if notes else " | ---:") + " |")
+    text_columns = {"strategy", "decisions", "notes"}
+    lines.append("| " + " | ".join("---" if name in text_columns else "---:" for name in head) + " |")
+    lead = len(head) - 1 - notes  # cells after the name
     for run in report.runs:
-        s = summaries[run.strategy]
+        s = summaries[run.label]
+        name = [run.strategy, run.decisions] if decided else [run.strategy]
         if s is None:
-            cells = [run.strategy, "0"] + ["–"] * (len(head) - 2 - notes)
+            cells = [*name, "0"] + ["–"] * (lead - len(name))
         else:
             cells = [
-                run.strategy,
+                *name,
                 f"{s.requests:,}",
                 _ms(s.mean_ms),
                 _ms(s.p50_ms),
@@ -304,7 +347,7 @@ def render_markdown(report: Report) -> str:
                 shares = sorted(s.share.values())
                 cells += [f"{shares[0] * 100:.3f}", f"{statistics.median(shares) * 100:.3f}", f"{shares[-1] * 100:.3f}"]
             if report.comparison is not None:
-                sim = report.comparison.get(run.strategy)
+                sim = report.comparison.get(run.label)
                 if sim is None:
                     cells += ["–", "–"]
                 else:
@@ -318,12 +361,93 @@ def render_markdown(report: Report) -> str:
         lines.append("| strategy | " + " | ".join(ids) + " |")
         lines.append("| --- | " + " | ".join("---:" for _ in ids) + " |")
         for run in report.runs:
-            s = summaries[run.strategy]
+            s = summaries[run.label]
             cells = [f"{s.share.get(sid, 0.0) * 100:.1f}" if s else "–" for sid in ids]
-            lines.append(f"| {run.strategy} | " + " | ".join(cells) + " |")
+            lines.append(f"| {run.label} | " + " | ".join(cells) + " |")
+    if local_vs_central(report):
+        lines += ["", local_vs_central_markdown(report).rstrip("\n")]
     lines += ["", verdict(report)]
     if report.comparison is not None:
         lines.append(comparison_line(report))
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ModeComparison:
+    """One strategy decided locally against the same strategy decided centrally.
+
+    Attributes:
+        strategy: The strategy.
+        central_p99_ms: p99 latency of the central run, ms.
+        local_p99_ms: p99 latency of the local run, ms.
+        p99_ratio: ``local_p99_ms / central_p99_ms`` (NaN when either is missing or 0).
+        central_success: Success rate of the central run, 0-1.
+        local_success: Success rate of the local run, 0-1.
+        success_points: ``(local_success - central_success) * 100``, percentage points.
+    """
+
+    strategy: str
+    central_p99_ms: float
+    local_p99_ms: float
+    p99_ratio: float
+    central_success: float
+    local_success: float
+    success_points: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "central_p99_ms": round(self.central_p99_ms, 3),
+            "local_p99_ms": round(self.local_p99_ms, 3),
+            "p99_ratio": round(self.p99_ratio, 4),
+            "central_success": round(self.central_success, 6),
+            "local_success": round(self.local_success, 6),
+            "success_points": round(self.success_points, 4),
+        }
+
+
+def local_vs_central(report: Report) -> list[ModeComparison]:
+    """Every strategy that ran both centrally and locally, in run order."""
+    out = []
+    for run in report.runs:
+        if run.decisions != "local" or not any(r.label == run.strategy for r in report.runs):
+            continue
+        central, local = report.summary(run.strategy), report.summary(run.label)
+        if central is None or local is None:
+            continue
+        ratio = local.p99_ms / central.p99_ms if central.p99_ms > 0 else math.nan
+        out.append(
+            ModeComparison(
+                run.strategy,
+                central.p99_ms,
+                local.p99_ms,
+                ratio if math.isfinite(ratio) else math.nan,
+                central.success_rate,
+                local.success_rate,
+                (local.success_rate - central.success_rate) * 100.0,
+            )
+        )
+    return out
+
+
+def local_vs_central_markdown(report: Report) -> str:
+    """The table of ``local_vs_central``: p99 of both modes and their ratio, success rates and their difference."""
+    rows = local_vs_central(report)
+    if not rows:
+        return ""
+    lines = [
+        "Local against central decisions:",
+        "",
+        "| strategy | central p99 ms | local p99 ms | p99 local / central | central success % "
+        "| local success % | success local − central (points) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in rows:
+        ratio = f"{m.p99_ratio:.3f}" if math.isfinite(m.p99_ratio) else "–"
+        lines.append(
+            f"| {m.strategy} | {_ms(m.central_p99_ms)} | {_ms(m.local_p99_ms)} | {ratio} | "
+            f"{_pct(m.central_success)} | {_pct(m.local_success)} | {m.success_points:+.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -352,7 +476,7 @@ def verdict(report: Report) -> str:
     s = report.summary(best)
     assert s is not None
     text = f"Best p99: **{best}**, {_ms(s.p99_ms)} ms (success {_pct(s.success_rate)} %)"
-    baseline = report.summary("round_robin") if any(r.strategy == "round_robin" for r in report.runs) else None
+    baseline = report.summary("round_robin") if any(r.label == "round_robin" for r in report.runs) else None
     if best == "round_robin":
         text += "; round robin was not beaten on p99."
     elif baseline is not None and math.isfinite(baseline.p99_ms) and s.p99_ms > 0:
@@ -381,14 +505,14 @@ def comparison_line(report: Report) -> str:
     assert report.comparison is not None
     diffs = []
     for run in report.runs:
-        s, sim = report.summary(run.strategy), report.comparison.get(run.strategy)
+        s, sim = report.summary(run.label), report.comparison.get(run.label)
         if s is not None and sim is not None:
             d = relative_difference(s.p99_ms, sim.p99_ms)
             if math.isfinite(d):
-                diffs.append((abs(d), d, run.strategy))
+                diffs.append((abs(d), d, run.label))
     if not diffs:
         return "No simulator figures to compare with."
-    sim_best = best_of({k: v for k, v in report.comparison.items() if any(r.strategy == k for r in report.runs)})
+    sim_best = best_of({k: v for k, v in report.comparison.items() if any(r.label == k for r in report.runs)})
     worst = max(diffs)
     mean_abs = sum(d[0] for d in diffs) / len(diffs)
     agree = "agree" if sim_best == report.best() else "disagree"
@@ -411,6 +535,9 @@ def _spec_dict(spec: ScenarioSpec) -> dict[str, Any]:
         "seed": spec.seed,
         "mode": spec.mode,
         "strategies": list(spec.strategies),
+        "decisions": list(spec.decisions),
+        "clients": spec.clients,
+        "route_push_interval_ms": spec.route_push_interval_ms,
         "params": {k: dict(v) for k, v in spec.params.items()},
         "warmup_s": spec.warmup_s,
         "timeout_ms": spec.timeout_ms,
@@ -482,20 +609,22 @@ def report_dict(report: Report) -> dict[str, Any]:
     """Everything ``report.json`` holds: the table's figures, learning curves and time series."""
     runs = []
     for run in report.runs:
-        s = report.summary(run.strategy)
+        s = report.summary(run.label)
         entry: dict[str, Any] = {
             "strategy": run.strategy,
+            "decisions": run.decisions,
+            "label": run.label,
             "summary": s.as_dict() if s else None,
             "records": len(run.records),
             "counters": dict(run.counters),
             "strategy_stats": dict(run.strategy_stats),
             "wall_s": run.wall_s,
-            "time_series": report.time_series(run.strategy),
+            "time_series": report.time_series(run.label),
             "load_series": _load_series(run.loads),
             "extra": dict(run.extra),
         }
-        if report.comparison is not None and run.strategy in report.comparison and s is not None:
-            sim = report.comparison[run.strategy]
+        if report.comparison is not None and run.label in report.comparison and s is not None:
+            sim = report.comparison[run.label]
             entry["sim_summary"] = sim.as_dict()
             entry["p99_real_vs_sim"] = relative_difference(s.p99_ms, sim.p99_ms)
         runs.append(entry)
@@ -508,6 +637,7 @@ def report_dict(report: Report) -> dict[str, Any]:
             "runs": runs,
             "best_p99": report.best(),
             "verdict": verdict(report),
+            "local_vs_central": [m.as_dict() for m in local_vs_central(report)],
             "comparison": comparison_line(report) if report.comparison is not None else None,
             "meta": dict(report.meta),
         }
@@ -542,15 +672,18 @@ def _csv_number(value: float | None, digits: int) -> str:
 
 
 def write_summary_csv(report: Report, path: Path) -> None:
-    """``summary.csv``: one row per strategy, ``SUMMARY_COLUMNS`` then one per counter name."""
+    """``summary.csv``: one row per run, ``SUMMARY_COLUMNS`` then one per counter name
+    (with ``decisions`` after ``strategy`` when some run decided locally)."""
     counters = sorted({name for run in report.runs for name in run.counters})
+    decided = report.shows_decisions
     with path.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
-        writer.writerow([*SUMMARY_COLUMNS, *counters])
+        head = [*SUMMARY_COLUMNS, *counters]
+        writer.writerow([head[0], "decisions", *head[1:]] if decided else head)
         for run in report.runs:
-            s = report.summary(run.strategy)
-            sim = report.comparison.get(run.strategy) if report.comparison is not None else None
-            row: list[Any] = [run.strategy]
+            s = report.summary(run.label)
+            sim = report.comparison.get(run.label) if report.comparison is not None else None
+            row: list[Any] = [run.strategy, run.decisions] if decided else [run.strategy]
             if s is None:
                 row += [0] + [""] * (len(SUMMARY_COLUMNS) - 2)
             else:
@@ -582,13 +715,16 @@ REQUEST_COLUMNS = ("strategy", "timestamp_s", "server", "latency_ms", "success",
 
 
 def write_requests_csv(report: Report, path: Path) -> None:
-    """``requests.csv``: every request of every run (warm-up included), one row each."""
+    """``requests.csv``: every request of every run (warm-up included), one row each
+    (with ``decisions`` after ``strategy`` when some run decided locally)."""
+    decided = report.shows_decisions
     with path.open("w", newline="", encoding="utf-8") as out:
-        out.write(",".join(REQUEST_COLUMNS) + "\n")
+        names = [REQUEST_COLUMNS[0], "decisions", *REQUEST_COLUMNS[1:]] if decided else list(REQUEST_COLUMNS)
+        out.write(",".join(names) + "\n")
         for run in report.runs:
             cols = columns(run.records, run.server_ids)
             ids = cols.server_ids
-            name = run.strategy
+            name = f"{run.strategy},{run.decisions}" if decided else run.strategy
             for start in range(0, len(cols), _CSV_CHUNK):  # bounded memory for millions of rows
                 part = slice(start, start + _CSV_CHUNK)
                 out.writelines(

@@ -6,10 +6,18 @@ runs; every problem raises ``ScenarioError`` whose message reads
 (``traffic.rate_per_s``, ``backends[2].speed``, ``params.q_linear.epsilon``).
 The format is documented key by key in ``scenarios/README.md``.
 
+Decision modes: ``decisions = ["central", "local"]`` runs every strategy once
+per mode (central: the service decides, ``SelectServer``; local: the clients
+decide from pushed routing tables), and ``clients`` says how many clients there
+are (client processes in ``evaluate``, simulated clients in ``simulate``; 3 by
+default when ``"local"`` is listed, and only then). Default: central only.
+``route_push_interval_ms`` sets how often tables are pushed (the service's
+limit of that name; its default when absent).
+
 Override sections: ``[simulate]`` and ``[evaluate]`` hold keys applied over
 the rest of the file by ``ScenarioSpec.for_simulate()`` / ``for_evaluate()``,
 so one file serves both commands. An override table takes the top-level keys
-(``seed``, ``strategies``, ``warmup_s``, ``timeout_ms``,
+(``seed``, ``strategies``, ``decisions``, ``clients``, ``route_push_interval_ms``, ``warmup_s``, ``timeout_ms``,
 ``load_report_interval_ms``, ``backends``, which replaces the list), the
 tables ``traffic``, ``params``, ``pool`` and ``batch`` (merged key by key), the
 traffic keys written directly (``[evaluate] duration_s = 10`` is
@@ -42,11 +50,25 @@ from loadwarden.policy import InvalidArgument, check_name, parse_operation, pars
 from loadwarden.policy.batching import MODES
 from loadwarden.policy.limits import LIMITS, check_limit
 from loadwarden.policy.strategies import STRATEGIES, check_strategy, strategy_class
+from loadwarden.server import ConfigError, CoreLimits
 
-from ._config import MAX_REQUESTS, SERVICE_DISTRIBUTIONS, Arrivals, ClosedLoop, Phase, Scenario, SimServer
+from ._config import (
+    DECISION_MODES,
+    MAX_REQUESTS,
+    SERVICE_DISTRIBUTIONS,
+    Arrivals,
+    ClosedLoop,
+    Phase,
+    Scenario,
+    SimServer,
+)
 from ._config import capacity_per_s as _capacity_per_s
 
 MODES_BY_NAME = ("route", "slot", "batch")
+# Clients deciding locally when the file lists "local" without saying how many.
+DEFAULT_CLIENTS = 3
+# The most clients (real processes in evaluate) one scenario may ask for.
+MAX_CLIENTS = 64
 TRAFFIC_KINDS = ("open", "closed")
 SECTIONS = ("simulate", "evaluate")
 MAX_SERVERS = 100_000
@@ -65,6 +87,9 @@ _TOP_KEYS = (
     "seed",
     "mode",
     "strategies",
+    "decisions",
+    "clients",
+    "route_push_interval_ms",
     "warmup_s",
     "timeout_ms",
     "load_report_interval_ms",
@@ -94,6 +119,9 @@ _PHASE_KEYS = ("start_s", "duration_s", "service_ms", "slowdown", "outage")
 _OVERRIDE_KEYS = (
     "seed",
     "strategies",
+    "decisions",
+    "clients",
+    "route_push_interval_ms",
     "warmup_s",
     "timeout_ms",
     "load_report_interval_ms",
@@ -292,6 +320,14 @@ class ScenarioSpec:
             (AcquireSlot) or ``"batch"`` (GetBatchSize).
         strategies: Names compared, in order: routing strategies (route),
             limit algorithms (slot) or batch controller modes (batch).
+        decisions: Decision modes each strategy runs in, in order
+            (``DECISION_MODES``); ``("central",)`` unless the file lists others.
+        clients: Clients sending the traffic when ``"local"`` is listed (client
+            processes in ``evaluate``, for both modes; simulated clients in
+            ``simulate``); None with central decisions only.
+        route_push_interval_ms: How often the service pushes routing tables
+            (its ``limits.route_push_interval_ms``), ms; None keeps the service's
+            default (250).
         params: Parameters per strategy name (only names in the mode's registry).
         warmup_s: Requests arriving earlier are left out of the statistics, s.
         timeout_ms: Client deadline per backend call, ms, or None.
@@ -324,6 +360,9 @@ class ScenarioSpec:
     pool: Mapping[str, Any]
     traffic: Traffic
     servers: tuple[SimServer, ...]
+    decisions: tuple[str, ...] = ("central",)
+    clients: int | None = None
+    route_push_interval_ms: int | None = None
     batch: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     section: str | None = None
@@ -334,6 +373,10 @@ class ScenarioSpec:
     def capacity_per_s(self) -> float:
         """Requests per second all backends complete when always busy (no slowdowns)."""
         return _capacity_per_s(self.servers)
+
+    def runs(self) -> list[tuple[str, str]]:
+        """(strategy, decision mode) of every run: strategy by strategy, modes in ``decisions`` order."""
+        return [(strategy, mode) for strategy in self.strategies for mode in self.decisions]
 
     def strategy_params(self, strategy: str) -> dict[str, Any]:
         """The parameters of ``strategy`` (a copy; empty when the file gives none)."""
@@ -580,6 +623,8 @@ def _build(raw: Mapping[str, Any], section: str | None) -> ScenarioSpec:
     pool = _plain(_table(raw.get("pool", {}), "pool"))
     params = _params(raw, mode)
     strategies = _strategies(raw, mode, params, pool, len(servers))
+    decisions, clients = _decisions(raw, mode, section)
+    push_interval = _push_interval(raw.get("route_push_interval_ms"))
     if "batch" in raw and mode != "batch":
         raise ScenarioError("batch", f"is read in mode batch only; this scenario's mode is {mode!r}")
     batch = _batch(raw.get("batch", {}))
@@ -606,6 +651,9 @@ def _build(raw: Mapping[str, Any], section: str | None) -> ScenarioSpec:
         pool=_freeze(pool),
         traffic=traffic,
         servers=servers,
+        decisions=decisions,
+        clients=clients,
+        route_push_interval_ms=push_interval,
         batch=_freeze(batch),
         options=MappingProxyType(options),
         section=section,
@@ -858,6 +906,71 @@ def _strategies(
                 hint = getattr(cls, "too_large_hint", "") or f"strategy {name!r} serves at most {limit} servers"
                 raise ScenarioError(key, f"{servers} backends: {hint}")
     return tuple(names)
+
+
+def _decisions(raw: Mapping[str, Any], mode: str, section: str | None) -> tuple[tuple[str, ...], int | None]:
+    """``decisions`` and ``clients``: the modes, and the clients when one of them is local.
+
+    Outside a section, ``clients`` with central decisions only is left to the sections
+    when one of them lists ``"local"`` (e.g. ``--clients 2`` over ``[evaluate] decisions``).
+    """
+    names = raw.get("decisions", ["central"])
+    if not isinstance(names, list) or not names:
+        raise ScenarioError("decisions", f'must be a non-empty list of modes, e.g. ["central", "local"], got {names!r}')
+    for i, name in enumerate(names):
+        if name not in DECISION_MODES:
+            raise ScenarioError(f"decisions[{i}]", f"must be one of {', '.join(DECISION_MODES)}, got {name!r}")
+        if name in names[:i]:
+            raise ScenarioError(f"decisions[{i}]", f"{name!r} is listed twice")
+    local = "local" in names
+    if local and mode != "route":
+        raise ScenarioError(
+            "decisions", f'"local" decides routing, so it applies to mode "route" only; this scenario is mode {mode!r}'
+        )
+    clients = raw.get("clients")
+    if clients is None:
+        return tuple(names), DEFAULT_CLIENTS if local else None
+    if not local:
+        if section is None and any(
+            isinstance(modes := _section_of(raw, sec).get("decisions"), list) and "local" in modes for sec in SECTIONS
+        ):
+            return tuple(names), None
+        raise ScenarioError(
+            "clients",
+            'applies when decisions lists "local" (the central runs then use the same clients); '
+            "with central decisions only the traffic comes from one client",
+        )
+    return tuple(names), _integer(clients, "clients", 1, MAX_CLIENTS)
+
+
+def _push_interval(value: Any) -> int | None:
+    """``route_push_interval_ms``, checked with the service's own limits."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        CoreLimits(route_push_interval_ms=value)
+    except ConfigError as exc:
+        raise ScenarioError("route_push_interval_ms", str(exc).partition(": ")[2]) from None
+    return int(value)
+
+
+def decision_overrides(decisions: str | None, clients: int | None) -> dict[str, Any]:
+    """The command-line options ``--decisions a,b`` and ``--clients N`` as overrides of
+    ``load_scenario`` (checked with the rest of the file).
+
+    ``--decisions`` without ``local`` drops the file's ``clients``, which only local decisions use.
+    """
+    overrides: dict[str, Any] = {}
+    if decisions is not None:
+        modes = [m.strip() for m in decisions.split(",") if m.strip()]
+        overrides["decisions"] = modes or decisions  # not a list: refused naming the key
+        if "local" not in modes and clients is None:
+            overrides["clients"] = None
+    if clients is not None:
+        overrides["clients"] = clients
+    return overrides
 
 
 def _batch(value: Any) -> dict[str, Any]:

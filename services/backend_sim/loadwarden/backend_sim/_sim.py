@@ -17,6 +17,17 @@ What a backend does, in simulated time (the real ``backend-sim`` does the same):
 - with ``timeout_ms`` a request not answered by its deadline fails with the
   deadline as latency, and leaves the queue or has its service cut short,
   freeing the worker, as a gRPC server does when the client cancels.
+
+Decisions ``"local"`` (the SDK's ``decisions="local"``; see ``_sim_local``):
+``clients`` simulated clients, each arrival going to one of them drawn with a
+seeded generator of its own, decide from routing tables instead of calling
+``core.select``. The core's pool is turned into a table every push interval
+(the service's ``route_push_interval_ms``, 250 ms by default) and every client
+takes it at once, before any traffic too (as a client waits for its first table);
+the core learns from the clients' outcomes, sent as local outcomes in batches
+every ``outcome_interval_ms`` (the SDK's flush interval, 5 ms). A client without a
+candidate asks the core, as the SDK does. Central runs draw the same random
+numbers as before local mode existed, so their results are unchanged.
 """
 
 from __future__ import annotations
@@ -42,14 +53,19 @@ from loadwarden.policy import (
 )
 from loadwarden.server import CoreLimits, DecisionCore, ServerSpec
 
-from ._config import MAX_REQUESTS, Arrivals, ClosedLoop, Scenario, SimServer
+from ._config import DECISION_MODES, MAX_REQUESTS, Arrivals, ClosedLoop, Scenario, SimServer
+from ._sim_local import LocalClient, TableFeed
 from ._summary import LoadRecord, RequestLog, Summary, summarize
 
 # A simulated outcome always arrives, however long the queue: the decision TTL
 # only has to outlast the longest simulated latency.
 _DECISION_TTL_MS = 86_400_000
 # Event kinds, in the heap as (time, seq, kind, payload).
-_DONE, _REPORT, _TIMEOUT, _USER = 0, 1, 2, 3
+_DONE, _REPORT, _TIMEOUT, _USER, _PUSH, _FLUSH = 0, 1, 2, 3, 4, 5
+# How often a local client's outcomes reach the core, simulated ms: the SDK's outcome_flush_interval_s.
+OUTCOME_INTERVAL_MS = 5.0
+# The most simulated clients deciding locally.
+MAX_CLIENTS = 1_000
 # A closed-loop user whose request found no eligible server waits at least this long before the next.
 _RETRY_AFTER_S = 0.1
 # How many requests between two ``progress`` calls.
@@ -112,7 +128,12 @@ class SimResult:
         counters: ``dropped`` (arrivals over ``max_in_flight``),
             ``unavailable`` (no eligible server), ``timed_out``, ``outage``
             (requests failed at once by a server in an outage phase), ``expired``,
-            ``ejections`` (outlier ejections by the pool).
+            ``ejections`` (outlier ejections by the pool); with decisions
+            ``"local"`` also ``local`` (decisions the clients made),
+            ``central`` (those a client without a candidate left to the core),
+            ``tables`` (table versions pushed) and ``local_ejections``.
+        decisions: ``"central"`` or ``"local"``.
+        clients: Simulated clients deciding locally (1 for central).
     """
 
     scenario: Scenario
@@ -125,6 +146,8 @@ class SimResult:
     strategy_stats: dict[str, float] = field(default_factory=dict)
     timing: CoreTiming | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    decisions: str = "central"
+    clients: int = 1
 
     def summary(self, warmup: int = 0, curve_window: int = 500, warmup_s: float = 0.0) -> Summary:
         """Statistics over the requests after the warm-up; see ``summarize``."""
@@ -243,6 +266,10 @@ def simulate(
     *,
     timer: Callable[[], float] | None = None,
     progress: Callable[[int], None] | None = None,
+    decisions: str = "central",
+    clients: int = 1,
+    push_interval_ms: float | None = None,
+    outcome_interval_ms: float = OUTCOME_INTERVAL_MS,
 ) -> SimResult:
     """Runs ``scenario`` with the real decision core routing by ``strategy``.
 
@@ -262,11 +289,28 @@ def simulate(
             affects the run.
         progress: Called with the number of requests started since the last
             call, every ``PROGRESS_EVERY`` requests and once at the end.
+        decisions: ``"central"`` (every arrival asks ``core.select``) or
+            ``"local"`` (``clients`` clients decide from pushed tables).
+        clients: Clients deciding locally, 1-``MAX_CLIENTS`` (ignored for central).
+        push_interval_ms: Time between two table pushes, simulated ms; the
+            service's default ``route_push_interval_ms`` when None.
+        outcome_interval_ms: Time between two batches of local outcomes, simulated ms.
 
     Raises:
         ValueError: unknown strategy, bad parameters or pool settings, naming
-            ``strategy``, ``strategy_params.<name>`` or ``pool_settings.<key>``.
+            ``strategy``, ``strategy_params.<name>`` or ``pool_settings.<key>``;
+            or ``decisions``, ``clients``, ``push_interval_ms``, ``outcome_interval_ms``.
     """
+    if decisions not in DECISION_MODES:
+        raise ValueError(f"decisions: must be one of {', '.join(DECISION_MODES)}, got {decisions!r}")
+    local = decisions == "local"
+    if isinstance(clients, bool) or not isinstance(clients, int) or not 1 <= clients <= MAX_CLIENTS:
+        raise ValueError(f"clients: must be an integer in [1, {MAX_CLIENTS}], got {clients!r}")
+    if push_interval_ms is None:
+        push_interval_ms = float(CoreLimits().route_push_interval_ms)
+    for name, value in (("push_interval_ms", push_interval_ms), ("outcome_interval_ms", outcome_interval_ms)):
+        if not 0 < value < math.inf:
+            raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
     params = dict(strategy_params or {})
     master = random.Random(scenario.seed)
     traffic = random.Random(master.getrandbits(64))  # arrival times, request sizes, failure draws
@@ -275,6 +319,15 @@ def simulate(
     clock = _VirtualClock()
     core = _build_core(scenario, strategy, params, clock, routing)
     pool = scenario.pool
+    # Local mode only, drawn after the others so central runs see the same numbers as ever.
+    n_clients = clients if local else 0
+    splitting = random.Random(master.getrandbits(64)) if local else None  # which client gets an arrival
+    locals_ = [LocalClient(clock, random.Random(master.getrandbits(64))) for _ in range(n_clients)]
+    feed = TableFeed()
+    push_s = push_interval_ms / 1000.0
+    flush_s = outcome_interval_ms / 1000.0
+    outbox: list[OutcomeReport] = []  # local outcomes not yet delivered to the core
+    local_decisions = central_decisions = 0
     servers = [_Server(s, i) for i, s in enumerate(scenario.servers)]
     by_id = {s.id: s for s in servers}
 
@@ -312,6 +365,7 @@ def simulate(
     selects = outcome_calls = load_calls = 0
     expired = dropped = unavailable = timed_out = outage = 0
     in_flight = 0
+    pool_state = core.pool(pool)
     issued = 0
     reported = 0  # requests already passed to ``progress``
 
@@ -337,7 +391,14 @@ def simulate(
             server.lat_sum += latency_ms
             server.done += 1
             server.failed += not success
-        outcome = [OutcomeReport(request[4], success, latency_ms)]
+        decision = request[4]
+        if isinstance(decision, tuple):  # (client, LocalDecision): the client settles it, the core learns later
+            client, choice = decision
+            outbox.append(client.finish(choice, success, latency_ms))
+            if closed:
+                schedule_user(now)
+            return
+        outcome = [OutcomeReport(decision, success, latency_ms)]
         try:
             if timer is None:
                 report_outcomes(outcome)
@@ -378,6 +439,7 @@ def simulate(
     def arrive(now: float) -> None:
         """One request starts at ``now``: drawn, routed, queued or served."""
         nonlocal issued, in_flight, dropped, unavailable, select_s, selects, outage
+        nonlocal local_decisions, central_decisions
         work, u = expovariate(1.0), uniform()  # drawn for every request, whatever the routing
         index = issued
         issued += 1
@@ -388,27 +450,44 @@ def simulate(
             server_col.append(-1)
             flags.append(0)
             return
-        try:
+        decision: Any = None
+        if splitting is not None:
+            client = locals_[splitting.randrange(n_clients)]
             if timer is None:
-                chosen = select(pool)
+                mine = client.decide()
             else:
                 t0 = timer()
-                chosen = select(pool)
+                mine = client.decide()
                 select_s += timer() - t0
                 selects += 1
-        except Unavailable:
-            unavailable += 1
-            server_col.append(-1)
-            flags.append(0)
-            if closed:
-                schedule_user(now, _RETRY_AFTER_S)
-            return
-        server = by_id[chosen.server.id]
+            if mine is not None:
+                local_decisions += 1
+                decision = (client, mine)
+                server_id, explored = mine.server.id, mine.explored
+        if decision is None:
+            try:
+                if timer is None:
+                    chosen = select(pool)
+                else:
+                    t0 = timer()
+                    chosen = select(pool)
+                    select_s += timer() - t0
+                    selects += 1
+            except Unavailable:
+                unavailable += 1
+                server_col.append(-1)
+                flags.append(0)
+                if closed:
+                    schedule_user(now, _RETRY_AFTER_S)
+                return
+            central_decisions += splitting is not None
+            decision, server_id, explored = chosen.decision_id, chosen.server.id, chosen.explored
+        server = by_id[server_id]
         server_col.append(server.index)
-        flags.append(explored_flag if chosen.explored else 0)
+        flags.append(explored_flag if explored else 0)
         in_flight += 1
-        # [index, arrived, work, failure draw, decision id, cut short at the deadline]
-        request = [index, now, work, u, chosen.decision_id, False]
+        # [index, arrived, work, failure draw, decision id or (client, local decision), cut short at the deadline]
+        request = [index, now, work, u, decision, False]
         if server.scheduled and server.down(now):
             outage += 1
             finish(request, server, now, False, 0.0)
@@ -422,6 +501,31 @@ def simulate(
             if timeout_s < math.inf and not server.deadline_pending:
                 server.deadline_pending = True
                 push(heap, (now + timeout_s, next(seq), _TIMEOUT, server))
+
+    def deliver() -> None:
+        """The local outcomes sent since the last batch reach the core."""
+        nonlocal outcome_s, outcome_calls, expired
+        if not outbox:
+            return
+        batch = outbox[:]
+        outbox.clear()
+        try:
+            if timer is None:
+                report_outcomes(batch)
+            else:
+                t0 = timer()
+                report_outcomes(batch)
+                outcome_s += timer() - t0
+                outcome_calls += 1
+        except NotFound:  # the pool lost every server named: none in a simulation
+            expired += len(batch)
+
+    def push_table(now: float) -> None:
+        """The core's table reaches every client, when it changed since the last push."""
+        table = feed.build(pool_state, now + _CLOCK_ORIGIN_S)
+        if table is not None:
+            for client in locals_:
+                client.apply(table)
 
     def schedule_user(now: float, at_least: float = 0.0) -> None:
         """A closed-loop user got its answer at ``now``: it thinks, then sends its next request."""
@@ -454,6 +558,14 @@ def simulate(
         report_load([LoadReportIn(pool, s.id, LoadSample(0.0, 0.0, 0, 0.0, 0.0)) for s in first])
         loads.extend(LoadRecord(0.0, s.id, 0.0, 0, 0.0, 0.0) for s in first)
     push(heap, (interval_s, next(seq), _REPORT, None))
+    # Periodic events in the heap (load reports; table pushes and outcome batches in local mode):
+    # each is scheduled again only while other events are pending or arrivals are to come.
+    periodic = 1
+    if local:
+        push_table(0.0)  # every client has its first table before the first request, as it waits for it
+        push(heap, (push_s, next(seq), _PUSH, None))
+        push(heap, (flush_s, next(seq), _FLUSH, None))
+        periodic = 3
     while heap:
         if arriving and next_arrival < heap[0][0]:
             # --- open-loop arrival ---------------------------------------------
@@ -503,8 +615,23 @@ def simulate(
                 if progress is not None and issued - reported >= PROGRESS_EVERY:
                     progress(issued - reported)
                     reported = issued
+        elif kind == _FLUSH:
+            # --- local outcomes reach the core ----------------------------------
+            periodic -= 1
+            deliver()
+            if arriving or len(heap) > periodic:
+                periodic += 1
+                push(heap, (now + flush_s, next(seq), _FLUSH, None))
+        elif kind == _PUSH:
+            # --- routing tables reach the clients ---------------------------------
+            periodic -= 1
+            push_table(now)
+            if arriving or len(heap) > periodic:
+                periodic += 1
+                push(heap, (now + push_s, next(seq), _PUSH, None))
         else:
             # --- load reports ------------------------------------------------
+            periodic -= 1
             span = now - last_report
             last_report = now
             batch = []
@@ -530,7 +657,8 @@ def simulate(
                     report_load(batch)
                     load_s += timer() - t0
                     load_calls += 1
-            if arriving or len(heap) > 0:
+            if arriving or len(heap) > periodic:
+                periodic += 1
                 push(heap, (now + interval_s, next(seq), _REPORT, None))
 
     if progress is not None and issued > reported:
@@ -547,6 +675,14 @@ def simulate(
         "expired": expired,
         "ejections": sum(s.ejections_total for s in members),
     }
+    if local:
+        deliver()  # nothing is left by then; kept so no outcome is ever lost
+        counters.update(
+            local=local_decisions,
+            central=central_decisions,
+            tables=feed.version,
+            local_ejections=sum(c.ejections for c in locals_),
+        )
     return SimResult(
         scenario=scenario,
         strategy=strategy,
@@ -558,4 +694,6 @@ def simulate(
         strategy_stats=dict(core.pool(pool).strategy.stats()),
         timing=timing,
         counters=counters,
+        decisions=decisions,
+        clients=max(1, n_clients),
     )

@@ -4,6 +4,11 @@ Validates the whole file first (a bad file exits 2 with
 ``loadwarden simulate: <file>: <key>: <problem>`` and writes nothing), runs each
 strategy on the same seeded traffic, prints the Markdown table and writes the
 report (and, with matplotlib, the plots) into ``--out``.
+
+With ``decisions = ["central", "local"]`` (or ``--decisions central,local``)
+every strategy runs once per mode, side by side in the same report: central,
+the core decides every request; local, ``clients`` simulated clients decide
+from the tables the core's pool is turned into every push interval.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from typing import Any
 from ._config import Arrivals
 from ._plots import PlotsUnavailable, write_plots
 from ._progress import Progress
-from ._report import Report, StrategyRun, render_markdown, write_report
-from ._scenario_file import ScenarioError, ScenarioSpec, load_scenario
+from ._report import Report, StrategyRun, label, render_markdown, write_report
+from ._scenario_file import ScenarioError, ScenarioSpec, decision_overrides, load_scenario
 from ._sim import simulate
 
 PROG = "loadwarden simulate"
@@ -46,6 +51,17 @@ def add_command(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="N",
         help="requests per strategy; replaces the file's duration unless the rate ramps over it",
     )
+    parser.add_argument(
+        "--decisions",
+        metavar="MODES",
+        help='decision modes to run each strategy in, e.g. "central,local" (default: the file\'s, else central)',
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        metavar="N",
+        help="simulated clients deciding locally (with local decisions; default: the file's, else 3)",
+    )
     parser.add_argument("--seed", type=int, metavar="N", help="seed instead of the file's")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.set_defaults(run=run)
@@ -67,6 +83,7 @@ def load(args: argparse.Namespace) -> ScenarioSpec:
         overrides["strategies"] = [name.strip() for name in args.strategies.split(",") if name.strip()]
     if args.seed is not None:
         overrides["seed"] = args.seed
+    overrides.update(decision_overrides(args.decisions, args.clients))
     spec = load_scenario(args.scenario, **overrides).for_simulate()
     if args.requests is not None:
         extra: dict[str, Any] = {"requests": args.requests}
@@ -97,14 +114,16 @@ def _estimate(spec: ScenarioSpec) -> int:
 
 
 def run_all(spec: ScenarioSpec, progress: Progress | None = None) -> tuple[list[StrategyRun], dict[str, Any]]:
-    """Simulates every strategy of ``spec``; returns the runs and timing figures per strategy."""
+    """Simulates every strategy of ``spec`` in each decision mode; returns the runs and timing
+    figures by run label."""
     scenario = spec.scenario()
     runs: list[StrategyRun] = []
     timing: dict[str, Any] = {}
     estimate = _estimate(spec)
-    for i, name in enumerate(spec.strategies):
+    for i, (name, mode) in enumerate(spec.runs()):
+        key = label(name, mode)
         if progress is not None:
-            progress.set_label(f"simulate {name}")
+            progress.set_label(f"simulate {key}")
             base = i * estimate
 
             def advance(n: int, base: int = base) -> None:
@@ -117,6 +136,9 @@ def run_all(spec: ScenarioSpec, progress: Progress | None = None) -> tuple[list[
             spec.strategy_params(name),
             timer=time.perf_counter,
             progress=advance if progress is not None else None,
+            decisions=mode,
+            clients=spec.clients or 1,
+            push_interval_ms=spec.route_push_interval_ms,
         )
         wall, cpu = time.perf_counter() - began, time.process_time() - began_cpu
         if progress is not None:
@@ -124,7 +146,7 @@ def run_all(spec: ScenarioSpec, progress: Progress | None = None) -> tuple[list[
         core = result.timing
         assert core is not None
         n = len(result.records)
-        timing[name] = {
+        timing[key] = {
             "requests": n,
             "wall_s": round(wall, 3),
             "cpu_s": round(cpu, 3),
@@ -143,6 +165,7 @@ def run_all(spec: ScenarioSpec, progress: Progress | None = None) -> tuple[list[
                 strategy_stats=result.strategy_stats,
                 counters={k: v for k, v in result.counters.items() if v},
                 wall_s=wall,
+                decisions=mode,
             )
         )
     return runs, timing
@@ -160,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     estimate = _estimate(spec)
     began = time.perf_counter()
     try:
-        with Progress(estimate * len(spec.strategies), "simulate") as bar:
+        with Progress(estimate * len(spec.runs()), "simulate") as bar:
             runs, timing = run_all(spec, bar)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)

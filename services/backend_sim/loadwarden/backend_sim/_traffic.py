@@ -19,6 +19,13 @@ Arrival times (open loop) and think times (closed loop) come from the seed
 alone, so every strategy sees the same arrivals. An open-loop arrival that finds
 ``max_in_flight`` requests in flight is dropped: recorded with server ``""`` as
 a failure that reached no server.
+
+A plan may be one client's share of the traffic (``TrafficPlan.client`` of
+``clients``, for ``evaluate``'s client processes): each open-loop arrival goes to
+the client ``client_shares`` draws for it (seeded: every run splits the same
+arrivals the same way; each share is Poisson at 1/``clients`` of the rate), with
+``max_in_flight`` split evenly; closed-loop user ``u`` is client ``u %
+clients``'s, and ``requests`` is split evenly.
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ MODES = ("route", "slot", "batch")
 DEFAULT_TIMEOUT_S = 30.0
 # Open-loop requests in flight when the scenario sets no bound; arrivals beyond it are dropped.
 DEFAULT_MAX_IN_FLIGHT = 10_000
+# The most clients one plan's traffic may be split over.
+MAX_CLIENTS = 1_000
+# An open-loop arrival sent this much after its time, s, counts as late: the sender fell behind.
+LATE_AFTER_S = 0.05
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -64,6 +75,8 @@ class TrafficPlan:
         timeout_ms: Deadline of each backend call, ms; None means 30 s.
         slot_wait_s: How long a slot request may wait in the pool's queue, seconds (slot mode).
         batch: The batch workers (batch mode only).
+        client: Which share of the traffic this plan sends, 0-``clients - 1``.
+        clients: How many shares the traffic is split into (1: all of it).
     """
 
     mode: str
@@ -73,6 +86,8 @@ class TrafficPlan:
     timeout_ms: float | None = None
     slot_wait_s: float = 0.0
     batch: BatchSettings | None = None
+    client: int = 0
+    clients: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -90,6 +105,12 @@ class TrafficPlan:
                 raise ValueError("batch: mode batch needs the [batch] settings")
             if not isinstance(self.traffic, Arrivals):
                 raise ValueError("traffic.kind: mode batch runs open-loop background traffic")
+        if isinstance(self.clients, bool) or not isinstance(self.clients, int) or not 1 <= self.clients <= MAX_CLIENTS:
+            raise ValueError(f"clients: must be an integer in [1, {MAX_CLIENTS}], got {self.clients!r}")
+        if isinstance(self.client, bool) or not isinstance(self.client, int) or not 0 <= self.client < self.clients:
+            raise ValueError(f"client: must be an integer in [0, {self.clients - 1}], got {self.client!r}")
+        if self.clients > 1 and self.mode == "batch":
+            raise ValueError("clients: mode batch runs from one client")
 
     @property
     def timeout_s(self) -> float:
@@ -111,6 +132,10 @@ class TrafficResult:
         unrouted: Requests the Decision service could not route (no server), count.
         fallbacks: Decisions the SDK made locally (service unreachable), count.
         duration_s: Seconds from the start of the traffic to the last answer.
+        local: Decisions the SDK made from a pushed routing table (``decisions="local"``), count.
+        stale: Of those, decisions from a table whose stream had been broken too long, count.
+        late: Open-loop arrivals sent more than ``LATE_AFTER_S`` after their time (this
+            process could not keep up: a busy machine), count.
     """
 
     records: tuple[RequestRecord, ...]
@@ -121,6 +146,9 @@ class TrafficResult:
     unrouted: int = 0
     fallbacks: int = 0
     duration_s: float = 0.0
+    local: int = 0
+    stale: int = 0
+    late: int = 0
 
     def counters(self) -> dict[str, int]:
         """The counters, by the report's names (``StrategyRun.counters``)."""
@@ -130,6 +158,9 @@ class TrafficResult:
             "timed_out": self.timeouts,
             "unavailable": self.unrouted,
             "fallbacks": self.fallbacks,
+            "local": self.local,
+            "stale": self.stale,
+            "late": self.late,
         }
 
 
@@ -153,6 +184,15 @@ def arrival_times(arrivals: Arrivals, rng: random.Random) -> list[float]:
         if peak == arrivals.rate_per_s == end_rate or rng.random() * peak <= arrivals.rate_at(t):
             times.append(t)
     return times
+
+
+def client_shares(count: int, clients: int, seed: int) -> list[int]:
+    """The client (0-``clients - 1``) that sends each of ``count`` arrivals, drawn uniformly
+    from ``seed`` alone: the same arrivals are split the same way in every run."""
+    if clients == 1:
+        return [0] * count
+    rng = random.Random(f"loadwarden-clients-{seed}")  # a str seed is hashed with SHA-512: stable
+    return [rng.randrange(clients) for _ in range(count)]
 
 
 def planned_requests(plan: TrafficPlan) -> int | None:
@@ -206,6 +246,9 @@ class _Counters:
     timeouts: int = 0
     unrouted: int = 0
     fallbacks: int = 0
+    local: int = 0
+    stale: int = 0
+    late: int = 0
     in_flight: int = 0
     done: int = 0
     records: list[RequestRecord | None] = field(default_factory=list)
@@ -287,13 +330,30 @@ class TrafficRunner:
         records = tuple(r for r in c.records if r is not None)
         end = max((r.time_s + r.latency_ms / 1000.0 for r in records), default=0.0)
         end = max([end, *(b.time_s + b.latency_ms / 1000.0 for b in batches)])
-        return TrafficResult(records, tuple(batches), c.dropped, c.rejected, c.timeouts, c.unrouted, c.fallbacks, end)
+        return TrafficResult(
+            records,
+            tuple(batches),
+            c.dropped,
+            c.rejected,
+            c.timeouts,
+            c.unrouted,
+            c.fallbacks,
+            end,
+            c.local,
+            c.stale,
+            c.late,
+        )
 
     # -- senders ---------------------------------------------------------------
 
     async def _open_loop(self, arrivals: Arrivals) -> None:
-        times = arrival_times(arrivals, random.Random(self.plan.seed))
+        plan = self.plan
+        times = arrival_times(arrivals, random.Random(plan.seed))
         bound = arrivals.max_in_flight or DEFAULT_MAX_IN_FLIGHT
+        if plan.clients > 1:
+            shares = client_shares(len(times), plan.clients, plan.seed)
+            times = [t for t, owner in zip(times, shares, strict=True) if owner == plan.client]
+            bound = max(1, math.ceil(bound / plan.clients))
         c = self._counters
         c.records = [None] * len(times)
         tasks: set[asyncio.Task[None]] = set()
@@ -302,6 +362,8 @@ class TrafficRunner:
                 delay = self._start + at - self._clock()
                 if delay > 0:
                     await self._sleep(delay)
+                elif -delay > LATE_AFTER_S:
+                    c.late += 1
                 if c.in_flight >= bound:
                     c.dropped += 1
                     c.records[index] = RequestRecord(at, "", 0.0, False, False)
@@ -320,9 +382,13 @@ class TrafficRunner:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _closed_loop(self, users: ClosedLoop) -> None:
-        master = random.Random(self.plan.seed)
+        plan = self.plan
+        master = random.Random(plan.seed)
         rngs = [random.Random(master.getrandbits(64)) for _ in range(users.users)]
+        rngs = rngs[plan.client :: plan.clients]  # user u is client u % clients's
         limit = users.requests if users.requests is not None else MAX_REQUESTS
+        if plan.clients > 1 and users.requests is not None:
+            limit = limit // plan.clients + (plan.client < limit % plan.clients)
         horizon = users.duration_s if users.duration_s is not None else math.inf
         c = self._counters
         sent = itertools.count()
@@ -365,8 +431,11 @@ class TrafficRunner:
         server, explored = "", False
         try:
             async with self._client.route(self.plan.pool) as route:
-                server, explored = route.server_id, route.selection.explored
-                c.fallbacks += route.selection.fallback
+                selection = route.selection
+                server, explored = route.server_id, selection.explored
+                c.fallbacks += selection.fallback
+                c.local += selection.local
+                c.stale += selection.stale
                 await self._backends.call(route.address, timeout_s=self.plan.timeout_s)
         except grpc.aio.AioRpcError as exc:  # the backend failed, refused or timed out: a failed outcome
             c.timeouts += _timed_out(exc)
