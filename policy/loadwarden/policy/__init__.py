@@ -9,7 +9,17 @@ from ._clock import Clock, ManualClock, SystemClock
 from ._decisions import IdGenerator, PendingDecision, PendingDecisions
 from ._errors import DecisionError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ._load import HostSample, LoadReading, LoadWeights, host_score, pool_reading
-from ._model import Backend, BatchReportIn, Health, LoadReportIn, LoadSample, LocalChoice, OutcomeReport, ServerSpec
+from ._model import (
+    Backend,
+    BatchReportIn,
+    Health,
+    LoadReportIn,
+    LoadSample,
+    LocalChoice,
+    LocalInFlight,
+    OutcomeReport,
+    ServerSpec,
+)
 from ._operations import (
     MAX_BATCH_SIZE,
     Adjustment,
@@ -67,6 +77,7 @@ __all__ = [
     "LoadSample",
     "LoadWeights",
     "LocalChoice",
+    "LocalInFlight",
     "ManualClock",
     "NotFound",
     "Operation",

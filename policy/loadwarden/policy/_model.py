@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -44,8 +45,10 @@ class Backend:
     """Mutable decision state of one server.
 
     ``in_flight`` counts this process's selections not yet matched by an outcome or
-    expiry; it is never negative. ``peer_in_flight`` is the same count of the other
-    replicas sharing the pool (0 with one replica); strategies weigh ``in_flight_total``.
+    expiry; it is never negative. ``client_in_flight`` is what clients deciding locally
+    reported to this process (``LocalInFlight``). ``peer_in_flight`` is both counts of
+    the other replicas sharing the pool (0 with one replica); in a client deciding
+    locally, the other clients' and the service's. Strategies weigh ``in_flight_total``.
     ``load_at`` is monotonic seconds; ``None`` means never reported.
     ``effective_weight`` is what strategies weigh by: ``weight``, scaled down while
     the server ramps up after joining or returning (slow start); it is refreshed
@@ -58,6 +61,7 @@ class Backend:
     draining: bool = False
     in_flight: int = 0
     peer_in_flight: int = 0
+    client_in_flight: int = 0
     load: LoadSample | None = None
     load_at: float | None = None
     load_wall: float | None = None
@@ -84,14 +88,15 @@ class Backend:
 
     @property
     def in_flight_total(self) -> int:
-        """Selections in flight over every replica: this one's and its peers'."""
-        return self.in_flight + self.peer_in_flight
+        """Requests in flight over every replica and client: this process's selections,
+        its clients' reports and its peers'."""
+        return self.in_flight + self.client_in_flight + self.peer_in_flight
 
     @property
     def active_requests(self) -> int:
         """Requests in progress: the larger of the in-flight count (every replica's) and the server's own report."""
         reported = self.load.active_requests if self.load is not None else 0
-        return max(self.in_flight + self.peer_in_flight, reported)
+        return max(self.in_flight + self.client_in_flight + self.peer_in_flight, reported)
 
     @property
     def response_time_ms(self) -> float:
@@ -155,6 +160,16 @@ class LocalChoice:
     features: tuple[float, ...] = ()
     state: str = ""
     weight: float = 1.0  # outcomes this one stands for (the client's sample weight)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalInFlight:
+    """A client's requests in flight in one pool, by server (a ReportOutcome ``in_flight``
+    entry): every server it has requests on when ``complete``, else the ones that changed."""
+
+    pool: str
+    counts: Mapping[str, int]
+    complete: bool = False
 
 
 @dataclass(frozen=True, slots=True)

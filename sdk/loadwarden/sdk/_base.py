@@ -17,7 +17,7 @@ from loadwarden.sdk._errors import LeaseLostError, LoadwardenError, is_transport
 from loadwarden.sdk._leases import ABANDON_DEFAULT_TTL_S, log_lost
 from loadwarden.sdk._local import LOCAL_ID_PREFIX, RouteTables
 from loadwarden.sdk._metrics import observe_breakers, observe_route_tables
-from loadwarden.sdk._outcomes import OutcomeBuffer
+from loadwarden.sdk._outcomes import InFlightSource, OutcomeBuffer
 from loadwarden.sdk._resilience import BreakerOpenError, KnownServers, LocalSlots
 from loadwarden.sdk._retry import Retrier, RetryConfig
 from loadwarden.sdk._route import Route
@@ -125,8 +125,11 @@ class _OutcomeSender(Protocol):
     """What a client needs of its outcome sender; `flush` and `close` wait in the async one."""
 
     buffer: OutcomeBuffer
+    in_flight: InFlightSource | None
 
     def add(self, outcome: _pb.Outcome) -> None: ...
+
+    def wake(self) -> None: ...
 
     def flush(self, timeout_s: float | None) -> bool | Awaitable[bool]: ...
 
@@ -258,13 +261,19 @@ class ClientBase:
             outcome_rate=outcome_rate,
         )
         observe_route_tables(self._tables)
+        if self._local_default or any(self._local_pools.values()):
+            self._outcomes.in_flight = self._tables  # in-flight counts ride the outcome batches
 
     def _local_choice(self, pool: str, exclude: Iterable[str]) -> Selection | None:
         """A decision from `pool`'s pushed table when the pool is decided here and its table
         has arrived; None sends the call to the service (as before the first table)."""
         if not self._local_pools.get(pool, self._local_default) or not self._route_watcher.watch(pool):
             return None
-        choice = self._tables.decide(pool, exclude if isinstance(exclude, tuple) else tuple(exclude))
+        tables = self._tables
+        choice = tables.decide(pool, exclude if isinstance(exclude, tuple) else tuple(exclude))
+        if tables.wake_sender:  # the first count that moved since the last report: have it sent
+            tables.wake_sender = False
+            self._outcomes.wake()
         if choice is None:
             return None
         decision_id, server, strategy, explored, version, stale = choice

@@ -8,6 +8,14 @@ local decision's outcome goes back to the service as an `Outcome` with `local` s
 carrying the strategy's memo (`Strategy.memo_wire`), and only what the client
 measures itself (peak-EWMA latencies, its own in-flight count) is kept here.
 
+Clients deciding locally see each other's load through the service: each reports
+its requests in flight per server with its outcome batches (`in_flight_report`:
+the servers whose count changed, and all of them every `IN_FLIGHT_REFRESH_S`), the
+service adds every client's counts into the table's `in_flight`, and a client
+takes the others' share as that count less what it reported itself
+(`peer_in_flight`). Without it each of three clients sees a third of the load and
+they pile onto the same servers (docs/local-decisions-quality.md).
+
 A table is checked whole before any of it is taken: a malformed one (bad ids,
 weights, numbers, strategy, parameters or learned values; too many servers) is
 rejected and the last good table stays. A change applies only to the version it
@@ -24,6 +32,7 @@ import json
 import logging
 import math
 import random
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -45,6 +54,10 @@ MAX_LOCAL_PENDING = 100_000  # local decisions awaiting their outcome, at most (
 LOCAL_DECISION_TTL_S = 30.0  # a local decision with no outcome this long is settled without one
 _EXPIRY_EVERY = 1_024  # decisions between two looks for expired ones
 DEFAULT_OUTCOME_RATE = 2_000.0  # outcomes of local decisions sent per second, about, before sampling
+IN_FLIGHT_INTERVAL_S = 0.005  # a changed in-flight count is reported this soon, at most (with outcomes: at once)
+IN_FLIGHT_REFRESH_S = 1.0  # every count is reported again this often while any is not 0 (the service forgets at 3 s)
+MAX_IN_FLIGHT_POOLS = 100  # pools in one report (the contract's bound)
+MAX_IN_FLIGHT_SERVERS = 10_000  # servers in one report, all pools together (the contract's bound)
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@/-")
 _MAX_ADDRESS_LEN = 256
 _STATES = {
@@ -186,6 +199,8 @@ class LocalPool:
         self._next_return = math.inf
         self.candidates: list[Backend] = []
         self.deleted = False
+        self.reported: dict[str, int] = {}  # server id -> this client's in-flight count as last reported (not 0)
+        self.dirty: set[str] = set()  # servers whose in-flight count moved since the last report
 
     def apply(self, table: _pb.RouteTable, max_servers: int) -> bool:
         """Takes a table or a change; False when it is a change to another version (ignored).
@@ -281,7 +296,8 @@ class LocalPool:
         server.draining = entry.draining
         server.load = entry.load
         server.load_at = self._clock() if entry.load is not None else None
-        server.peer_in_flight = entry.in_flight  # the service's count: other clients' central decisions
+        # The service's count holds every client's report, this one's too: the others' share is the rest.
+        server.peer_in_flight = max(0, entry.in_flight - self.reported.get(entry.id, 0))
         server.ewma_latency_ms, server.error_rate = entry.ewma_latency_ms, entry.error_rate
         server.outcomes_total = entry.outcomes_total
         if entry.eligible:
@@ -316,11 +332,13 @@ class LocalPool:
             return None
         server, explored, memo = self.strategy.choose(candidates)
         server.in_flight += 1
+        self.dirty.add(server.id)
         return server, explored, memo
 
     def finish(self, decision: LocalDecision, success: bool, latency_ms: float, now: Callable[[], float]) -> None:
         server = decision.server
         server.in_flight = max(0, server.in_flight - 1)
+        self.dirty.add(server.id)
         server.consecutive_failures = 0 if success else server.consecutive_failures + 1
         if self._strategy_finishes and self.strategy is not None:
             self.strategy.finished(Feedback(server, success, latency_ms, decision.memo))
@@ -344,6 +362,39 @@ class LocalPool:
 
     def locally_ejected(self) -> list[str]:
         return sorted(self._ejected)
+
+    def in_flight_report(self, complete: bool, budget: int) -> _pb.LocalInFlight | None:
+        """This client's in-flight counts to report: every server's not at 0 (``complete``),
+        else those that changed since the last report, at most ``budget`` servers (the rest
+        stay for the next report); None when there is nothing to say."""
+        if self.deleted or self.strategy is None:
+            self.dirty.clear()
+            return None
+        if complete:
+            counts = {s.id: s.in_flight for s in self.servers.values() if s.in_flight}
+            if not counts and not self.reported:
+                self.dirty.clear()
+                return None
+            if len(counts) <= budget:
+                self.reported, self.dirty = counts, set()
+                return _pb.LocalInFlight(pool=self.name, server_ids=counts, counts=counts.values(), complete=True)
+            self.dirty.update(counts)  # too many for one report: as changes, over several
+            self.dirty.update(self.reported)
+        ids: list[str] = []
+        values: list[int] = []
+        reported, servers, dirty = self.reported, self.servers, self.dirty
+        while dirty and len(ids) < budget:
+            sid = dirty.pop()
+            server = servers.get(sid)
+            count = server.in_flight if server is not None else 0
+            if count != reported.get(sid, 0):
+                ids.append(sid)
+                values.append(count)
+                if count:
+                    reported[sid] = count
+                else:
+                    del reported[sid]
+        return _pb.LocalInFlight(pool=self.name, server_ids=ids, counts=values) if ids else None
 
 
 class LocalChoice(NamedTuple):
@@ -430,6 +481,11 @@ class RouteTables:
         self.ignored = 0  # changes to another version, waiting for the whole table
         self.decisions = 0  # local decisions made (the last id's number)
         self.stale_decisions = 0
+        self.instance = secrets.token_hex(8)  # names this client's in-flight counts at the service
+        self._moved = False  # an in-flight count moved since the last report
+        self.wake_sender = False  # set by the first move after a report: the caller wakes the outcome sender
+        self._last_report = -math.inf
+        self._refresh_at = -math.inf
 
     # --- the stream's side ---------------------------------------------------------
 
@@ -461,6 +517,8 @@ class RouteTables:
     def stream_up(self) -> None:
         with self._lock:
             self.connected, self._lost_at = True, None
+            self._refresh_at = -math.inf  # a service that restarted knows none of this client's counts
+            self._mark_moved()
 
     def stream_down(self) -> None:
         with self._lock:
@@ -490,6 +548,8 @@ class RouteTables:
             if chosen is None:
                 return None
             server, explored, memo = chosen
+            if not self._moved:
+                self._mark_moved()
             self._next_id = n = self._next_id + 1
             decision_id = LOCAL_ID_PREFIX + str(n)
             pending = self._pending
@@ -513,6 +573,7 @@ class RouteTables:
             pool = self.pools.get(decision.pool)
             if pool is not None and pool.strategy is not None:
                 pool.finish(decision, success, latency_ms, self._clock)
+                self._mark_moved()
             weight = self._sampler.take()
             if not weight:
                 return None
@@ -549,7 +610,73 @@ class RouteTables:
             first.server.in_flight = max(0, first.server.in_flight - 1)
             pool = self.pools.get(first.pool)
             if pool is not None:  # settled as the service settles an expired decision: a failure, unlearned
+                pool.dirty.add(first.server.id)
+                self._mark_moved()
                 pool.settle(first, LOCAL_DECISION_TTL_S * 1000.0)
+
+    # --- what the outcome sender reports ---------------------------------------------
+
+    def _mark_moved(self) -> None:
+        # Caller holds the lock. The first move after a report asks the caller to wake the
+        # sender, which may be asleep with nothing due.
+        if not self._moved:
+            self._moved = self.wake_sender = True
+
+    def in_flight_due(self) -> float | None:
+        """Seconds until an in-flight report is due (0.0: now); None while there is nothing
+        to report (no count moved, none to refresh)."""
+        with self._lock:
+            now = self._clock()
+            if self._moved:
+                return max(0.0, self._last_report + IN_FLIGHT_INTERVAL_S - now)
+            if any(pool.reported for pool in self.pools.values()):
+                return max(0.0, self._refresh_at - now)
+            return None
+
+    def in_flight_lost(self) -> None:
+        """The last report may not have arrived (its send failed, or the service restarted):
+        the next one says every count."""
+        with self._lock:
+            self._refresh_at = -math.inf
+            self._mark_moved()
+
+    def in_flight_goodbye(self) -> list[_pb.LocalInFlight]:
+        """What a closing client sends last: every pool it reported counts in, with none
+        (its requests left in flight will never report an outcome)."""
+        with self._lock:
+            out = [
+                _pb.LocalInFlight(pool=name, complete=True)
+                for name, pool in self.pools.items()
+                if pool.reported and not pool.deleted
+            ][:MAX_IN_FLIGHT_POOLS]
+            for pool in self.pools.values():
+                pool.reported, pool.dirty = {}, set()
+            self._moved = False
+            return out
+
+    def in_flight_report(self) -> list[_pb.LocalInFlight]:
+        """The counts to send now (see `LocalPool.in_flight_report`), within the contract's
+        bounds; every count again when the refresh is due."""
+        with self._lock:
+            now = self._clock()
+            complete = now >= self._refresh_at
+            if complete:
+                self._refresh_at = now + IN_FLIGHT_REFRESH_S
+            self._moved = self.wake_sender = False
+            self._last_report = now
+            out: list[_pb.LocalInFlight] = []
+            budget = MAX_IN_FLIGHT_SERVERS
+            for pool in self.pools.values():
+                if len(out) >= MAX_IN_FLIGHT_POOLS:
+                    self._moved = True  # the rest next time
+                    break
+                entry = pool.in_flight_report(complete, budget) if budget else None
+                if entry is not None:
+                    out.append(entry)
+                    budget -= len(entry.server_ids)
+                if pool.dirty:
+                    self._moved = True  # over the budget: the rest next time
+            return out
 
     def stats(self) -> Mapping[str, float]:
         with self._lock:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from loadwarden.sdk._convert import MAX_REPORTS_PER_REQUEST
 from loadwarden.sdk._errors import LoadwardenError, NotFoundError
@@ -18,6 +19,20 @@ from loadwarden.sdk._types import OutcomeStats
 from loadwarden.v1 import decision_pb2 as _pb
 
 _log = logging.getLogger("loadwarden.sdk")
+
+
+class InFlightSource(Protocol):
+    """What reports a client's requests in flight with its outcome batches (`RouteTables`)."""
+
+    instance: str
+
+    def in_flight_due(self) -> float | None: ...
+
+    def in_flight_report(self) -> list[_pb.LocalInFlight]: ...
+
+    def in_flight_lost(self) -> None: ...
+
+    def in_flight_goodbye(self) -> list[_pb.LocalInFlight]: ...
 
 
 class OutcomeBuffer:

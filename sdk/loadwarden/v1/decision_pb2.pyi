@@ -79,10 +79,26 @@ class LocalDecision(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., server_id: _Optional[str] = ..., table_version: _Optional[int] = ..., features: _Optional[_Iterable[float]] = ..., state: _Optional[str] = ..., explored: _Optional[bool] = ..., sample_weight: _Optional[float] = ...) -> None: ...
 
 class ReportOutcomeRequest(_message.Message):
-    __slots__ = ("outcomes",)
+    __slots__ = ("outcomes", "client_instance", "in_flight")
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
-    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ...) -> None: ...
+    client_instance: str
+    in_flight: _containers.RepeatedCompositeFieldContainer[LocalInFlight]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., client_instance: _Optional[str] = ..., in_flight: _Optional[_Iterable[_Union[LocalInFlight, _Mapping]]] = ...) -> None: ...
+
+class LocalInFlight(_message.Message):
+    __slots__ = ("pool", "server_ids", "counts", "complete")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    SERVER_IDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    server_ids: _containers.RepeatedScalarFieldContainer[str]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    complete: bool
+    def __init__(self, pool: _Optional[str] = ..., server_ids: _Optional[_Iterable[str]] = ..., counts: _Optional[_Iterable[int]] = ..., complete: _Optional[bool] = ...) -> None: ...
 
 class ReportOutcomeResponse(_message.Message):
     __slots__ = ("applied", "unknown_decision_ids", "unknown_local")

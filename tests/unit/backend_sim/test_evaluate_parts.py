@@ -414,7 +414,7 @@ def test_the_push_interval_reaches_the_service_config_only_when_set() -> None:
 
     parsed = parse_config(tomllib.loads(service_config(quick, "p2c", None)))
 
-    assert default.limits.route_push_interval_ms == 250 and parsed.limits.route_push_interval_ms == 50
+    assert default.limits.route_push_interval_ms == 10 and parsed.limits.route_push_interval_ms == 50
 
 
 def test_toml_writing_round_trips() -> None:

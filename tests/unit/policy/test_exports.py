@@ -23,6 +23,7 @@ def test_public_names() -> None:
         "LoadSample",
         "LoadWeights",
         "LocalChoice",
+        "LocalInFlight",
         "MAX_BATCH_SIZE",
         "ManualClock",
         "NAME_CHARS",

@@ -3,7 +3,10 @@
 """A thin driver of an `OutcomeBuffer`: a background task (async) or daemon thread (sync).
 
 It waits until the buffer says a batch is due, sends it and records the answer;
-every decision about batching lives in the buffer.
+every decision about batching lives in the buffer. A client deciding locally also
+has its in-flight counts ride the batches (`InFlightSource`, the client's
+`RouteTables`): with every batch when any moved, and alone when one moved and no
+batch is due.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from loadwarden.sdk._convert import report_outcome_request
-from loadwarden.sdk._outcomes import OutcomeBuffer
+from loadwarden.sdk._outcomes import InFlightSource, OutcomeBuffer
 from loadwarden.sdk._synchronization import (
     Condition,
     Event,
@@ -33,15 +36,19 @@ class ThreadOutcomeSender:
     Args:
         buffer: The outcomes to send.
         send: Sends one request; raises on failure (any exception is counted, not propagated).
+        in_flight: Whose in-flight counts ride the batches (set it before the first `wake`).
     """
 
     def __init__(
         self,
         buffer: OutcomeBuffer,
         send: Callable[[_pb.ReportOutcomeRequest], _pb.ReportOutcomeResponse],
+        in_flight: InFlightSource | None = None,
     ) -> None:
         self.buffer = buffer
         self._send = send
+        self.in_flight = in_flight
+        self.in_flight_failures = 0  # reports of counts alone that failed (the next one says it again)
         self._wake = Event()
         self._settled = Condition()
         self._start_lock = ThreadLock()
@@ -63,6 +70,20 @@ class ThreadOutcomeSender:
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
+        self._say_goodbye()
+
+    def _say_goodbye(self) -> None:
+        """Tells the service this client's requests in flight are no longer its (all 0), so
+        they do not weigh on its servers until the service forgets them."""
+        source = self.in_flight
+        counts = source.in_flight_goodbye() if source is not None else []
+        if not counts:
+            return
+        assert source is not None
+        try:
+            self._send(_pb.ReportOutcomeRequest(client_instance=source.instance, in_flight=counts))
+        except Exception:  # noqa: BLE001 - the service forgets the counts at their TTL anyway
+            self.in_flight_failures += 1
 
     def _wait_flushed(self, mark: int, timeout_s: float | None) -> bool:
         if self.buffer.flushed(mark):
@@ -70,6 +91,10 @@ class ThreadOutcomeSender:
         self._wake_sender()
         with self._settled:
             return self._settled.wait_for(lambda: self.buffer.flushed(mark), timeout_s)
+
+    def wake(self) -> None:
+        """Has the worker look again: an in-flight count moved (`InFlightSource`)."""
+        self._wake_sender()
 
     def _wake_sender(self) -> None:
         if self._thread is None:
@@ -84,21 +109,45 @@ class ThreadOutcomeSender:
                 # Cleared before reading the buffer, so a wake-up set after this is never lost.
                 self._wake.clear()
                 batch = self.buffer.take_due()
-                if not batch:
-                    self._wake.wait(self.buffer.seconds_until_due())
+                source = self.in_flight
+                counts: list[_pb.LocalInFlight] = []
+                if source is not None and (batch or source.in_flight_due() == 0.0):
+                    counts = source.in_flight_report()
+                if not batch and not counts:
+                    self._wake.wait(_sooner(self.buffer.seconds_until_due(), source))
                     continue
+                request = report_outcome_request(batch)
+                if counts:
+                    assert source is not None
+                    request.client_instance = source.instance
+                    request.in_flight.extend(counts)
                 try:
-                    response = self._send(report_outcome_request(batch))
+                    response = self._send(request)
                 except Exception as err:  # noqa: BLE001 - counted and logged, never raised
-                    self.buffer.record_error(err)
+                    if counts:
+                        assert source is not None
+                        source.in_flight_lost()  # the next report says every count again
+                    if batch:
+                        self.buffer.record_error(err)
+                    else:
+                        self.in_flight_failures += 1
                 else:
-                    self.buffer.record_response(response)
+                    if batch:
+                        self.buffer.record_response(response)
                 with self._settled:
                     self._settled.notify_all()
         finally:
             self.buffer.abandon()
             with self._settled:
                 self._settled.notify_all()
+
+
+def _sooner(due_s: float | None, source: InFlightSource | None) -> float | None:
+    """The earlier of the buffer's due time and the in-flight report's, seconds (None: neither)."""
+    other = source.in_flight_due() if source is not None else None
+    if due_s is None:
+        return other
+    return due_s if other is None else min(due_s, other)
 
 
 class ReleaseSender:

@@ -22,6 +22,7 @@ from loadwarden.policy import (
     LoadReading,
     LoadReportIn,
     LoadWeights,
+    LocalInFlight,
     NotFound,
     Operation,
     OperationSettings,
@@ -41,8 +42,12 @@ from loadwarden.policy.strategies import Feedback, StrategyContext, build_strate
 from .._errors import ConfigError
 from ._admission import Admission, Answer, Lease, LeaseSelection, SlotRequest
 from ._loadmonitor import HostMonitor
+from ._local_in_flight import LocalInFlightBook
 
 log = logging.getLogger("loadwarden.server")
+
+# A local client's in-flight counts are forgotten this long after its last report, seconds.
+LOCAL_IN_FLIGHT_TTL_S = 3.0
 
 NO_ELIGIBLE_SERVER = "no-eligible-server"
 
@@ -134,7 +139,8 @@ LIMIT_RANGES: dict[str, tuple[int, int]] = {
     "max_concurrent_rpcs": (1, 1_000_000),
     "max_servers": (1, 10_000_000),
     "max_watch_streams_per_caller": (1, 100_000),
-    "route_push_interval_ms": (50, 60_000),
+    "route_push_interval_ms": (5, 60_000),
+    "max_local_clients": (1, 1_000_000),
     "max_connections": (0, 1_000_000),
     "handshake_timeout_ms": (100, 600_000),
     "keepalive_time_ms": (1_000, 86_400_000),
@@ -178,7 +184,13 @@ class CoreLimits:
             hold open at once (within max_watch_streams).
         route_push_interval_ms: Shortest time between two builds of a pool's WatchRoutes
             table, so between two changes a client receives for a pool (longer while a
-            build would take more than 5 % of it), ms.
+            build would take more than 5 % of it), ms. Short by default because the
+            tables carry the other clients' requests in flight, which local decisions
+            need fresh (docs/local-decisions-quality.md); a build of a small pool costs
+            tens of µs, and a large pool's builds space out by themselves.
+        max_local_clients: Clients deciding locally whose in-flight counts the service
+            keeps (ReportOutcomeRequest.in_flight); past it the least recently heard one
+            is forgotten.
         max_connections: Incoming connections at once (gRPC's
             ``grpc.max_allowed_incoming_connections``: one past it is closed at accept);
             0 means the open-files limit less a reserve for the process's own files.
@@ -215,7 +227,8 @@ class CoreLimits:
     max_concurrent_rpcs: int = 10_000
     max_servers: int = 100_000
     max_watch_streams_per_caller: int = 20
-    route_push_interval_ms: int = 250
+    route_push_interval_ms: int = 10
+    max_local_clients: int = 10_000
     max_connections: int = 0
     handshake_timeout_ms: int = 10_000
     keepalive_time_ms: int = 120_000
@@ -303,6 +316,7 @@ class DecisionCore:
         self._listener: DecisionListener = listener if listener is not None else _Unheard()
         self._pools: dict[str, Pool] = {}
         self.pending = PendingDecisions(self.limits.decision_ttl_ms / 1000.0, self.limits.max_pending_decisions)
+        self.local_in_flight = LocalInFlightBook(self.find_pool, self.limits.max_local_clients, LOCAL_IN_FLIGHT_TTL_S)
         self.operations: dict[str, Operation] = {}
         self.monitor = monitor
         self.load_weights = load_weights if load_weights is not None else LoadWeights()
@@ -461,7 +475,16 @@ class DecisionCore:
         expired = self.pending.expire(now)
         self._settle(expired)
         self.admission.expire(now)
+        self.local_in_flight.expire(now)
         return len(expired)
+
+    def report_in_flight(self, reports: Sequence[LocalInFlight], owner: str, instance: str) -> None:
+        """Takes the requests in flight that client ``instance`` of caller ``owner`` decided
+        locally (checked already); they count in its servers' in-flight counts until it
+        reports again, or for ``LOCAL_IN_FLIGHT_TTL_S`` after its last report."""
+        now = self.clock.monotonic()
+        self.local_in_flight.expire(now)
+        self.local_in_flight.report((owner, instance), reports, now)
 
     # --- batch sizing ------------------------------------------------------------
 
@@ -708,6 +731,7 @@ class DecisionCore:
         pool = self.pool(name)
         self.admission.close_pool(pool.slots)
         del self._pools[name]
+        self.local_in_flight.forget_pool(name)
         log.info("pool %s deleted", name)
 
     def register_server(self, pool_name: str, spec: ServerSpec) -> tuple[Backend, bool]:
@@ -738,6 +762,7 @@ class DecisionCore:
     def deregister_server(self, pool_name: str, server_id: str) -> None:
         if self.pool(pool_name).remove(server_id) is None:
             raise NotFound("server_id", f"pool {pool_name!r} has no server {server_id!r}")
+        self.local_in_flight.forget_server(pool_name, server_id)
         log.info("server %s/%s deregistered", pool_name, server_id)
 
     def drain_server(self, pool_name: str, server_id: str, drain: bool) -> Backend:

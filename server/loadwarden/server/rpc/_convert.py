@@ -15,6 +15,7 @@ from loadwarden.policy import (
     InvalidArgument,
     LoadSample,
     LocalChoice,
+    LocalInFlight,
     Operation,
     OperationSettings,
     Pool,
@@ -45,6 +46,9 @@ FEATURE_LIMIT = 10.0  # largest LocalDecision.features value (q_linear clips its
 MAX_LOCAL_STATE_LEN = 2_048  # LocalDecision.state characters, at most
 MAX_SAMPLE_WEIGHT = 1_000_000.0  # LocalDecision.sample_weight, at most
 MAX_PRIORITY = 9
+MAX_CLIENT_INSTANCE_LEN = 64  # ReportOutcomeRequest.client_instance characters, at most
+MAX_IN_FLIGHT_POOLS = 100  # ReportOutcomeRequest.in_flight entries, at most
+MAX_IN_FLIGHT_SERVERS = 10_000  # servers over every in_flight entry, at most
 MAX_WAIT_MS = 3_600_000
 
 _DENIAL = {
@@ -73,8 +77,10 @@ def exclusions(ids: Any) -> frozenset[str]:
     return frozenset(check_name(v, f"exclude_server_ids[{i}]") for i, v in enumerate(ids))
 
 
-def outcomes(entries: Any) -> list[OutcomeReport]:
-    check_batch(entries, "outcomes")
+def outcomes(entries: Any, *, may_be_empty: bool = False) -> list[OutcomeReport]:
+    """ReportOutcomeRequest.outcomes, checked: 1-1,000 entries (0 allowed with ``may_be_empty``)."""
+    if not (may_be_empty and not entries):
+        check_batch(entries, "outcomes")
     out = []
     names: set[str] = set()  # local pool and server names already checked in this batch
     for i, o in enumerate(entries):
@@ -122,6 +128,45 @@ def local_choice(local: _pb.LocalDecision, where: str, names: set[str]) -> Local
         state=local.state,
         weight=weight,
     )
+
+
+def local_in_flight(request: _pb.ReportOutcomeRequest) -> tuple[str, list[LocalInFlight]]:
+    """ReportOutcomeRequest's client_instance and in_flight, checked: an instance name when
+    there are counts, at most MAX_IN_FLIGHT_POOLS distinct pools and MAX_IN_FLIGHT_SERVERS
+    servers in all, distinct server ids per pool, one count of 0-MAX_ACTIVE_REQUESTS each."""
+    entries = request.in_flight
+    if not entries:
+        if request.client_instance:
+            check_name(request.client_instance, "client_instance")
+        return "", []
+    instance = check_name(request.client_instance, "client_instance")
+    if len(instance) > MAX_CLIENT_INSTANCE_LEN:
+        raise InvalidArgument("client_instance", f"at most {MAX_CLIENT_INSTANCE_LEN} characters, got {len(instance)}")
+    if len(entries) > MAX_IN_FLIGHT_POOLS:
+        raise InvalidArgument("in_flight", f"at most {MAX_IN_FLIGHT_POOLS} pools, got {len(entries)}")
+    total = sum(len(entry.server_ids) for entry in entries)
+    if total > MAX_IN_FLIGHT_SERVERS:
+        raise InvalidArgument("in_flight", f"at most {MAX_IN_FLIGHT_SERVERS} servers in all, got {total}")
+    out = []
+    pools: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"in_flight[{i}]"
+        pool = check_name(entry.pool, f"{where}.pool")
+        if pool in pools:
+            raise InvalidArgument(f"{where}.pool", f"names pool {pool!r} twice")
+        pools.add(pool)
+        if len(entry.counts) != len(entry.server_ids):
+            raise InvalidArgument(
+                f"{where}.counts", f"must hold one count per server id: {len(entry.counts)} for {len(entry.server_ids)}"
+            )
+        counts: dict[str, int] = {}
+        for j, (server_id, count) in enumerate(zip(entry.server_ids, entry.counts, strict=True)):
+            check_name(server_id, f"{where}.server_ids[{j}]")
+            if server_id in counts:
+                raise InvalidArgument(f"{where}.server_ids[{j}]", f"names server {server_id!r} twice")
+            counts[server_id] = check_count(count, f"{where}.counts[{j}]", 0, MAX_ACTIVE_REQUESTS)
+        out.append(LocalInFlight(pool, counts, entry.complete))
+    return instance, out
 
 
 def load_reports(entries: Any) -> list[LoadReportIn]:

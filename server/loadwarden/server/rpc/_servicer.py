@@ -228,7 +228,13 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
         return self._report_outcome(request, self._callers.of(context))
 
     def _report_outcome(self, request: _pb.ReportOutcomeRequest, caller: str) -> _pb.ReportOutcomeResponse:
-        applied, unknown, unknown_local = self._core.report_outcomes(convert.outcomes(request.outcomes), caller)
+        instance, in_flight = convert.local_in_flight(request)
+        outcomes = convert.outcomes(request.outcomes, may_be_empty=bool(in_flight))
+        if in_flight:  # counts first: they are checked, and an unknown outcome must not lose them
+            self._core.report_in_flight(in_flight, caller, instance)
+        if not outcomes:
+            return _pb.ReportOutcomeResponse()
+        applied, unknown, unknown_local = self._core.report_outcomes(outcomes, caller)
         return _pb.ReportOutcomeResponse(applied=applied, unknown_decision_ids=unknown, unknown_local=unknown_local)
 
     @_rpc

@@ -247,10 +247,11 @@ class Peers:
     async def exchange_in_flight(self) -> None:
         core = self._core
         assert core is not None
+        # This replica's selections and what its local clients reported to it.
         mine = {
-            pool.name: {s.id: s.in_flight for s in pool.servers.values() if s.in_flight}
+            pool.name: counts
             for pool in core.pools()
-            if any(s.in_flight for s in pool.servers.values())
+            if (counts := {s.id: n for s in pool.servers.values() if (n := s.in_flight + s.client_in_flight)})
         }
         now = core.clock.wall()
         key = self._redis.key("inflight")

@@ -22,10 +22,11 @@ Decisions ``"local"`` (the SDK's ``decisions="local"``; see ``_sim_local``):
 ``clients`` simulated clients, each arrival going to one of them drawn with a
 seeded generator of its own, decide from routing tables instead of calling
 ``core.select``. The core's pool is turned into a table every push interval
-(the service's ``route_push_interval_ms``, 250 ms by default) and every client
+(the service's ``route_push_interval_ms``, 10 ms by default) and every client
 takes it at once, before any traffic too (as a client waits for its first table);
 the core learns from the clients' outcomes, sent as local outcomes in batches
-every ``outcome_interval_ms`` (the SDK's flush interval, 5 ms). A client without a
+every ``outcome_interval_ms`` (the SDK's flush interval, 5 ms), with each client's
+in-flight counts that moved (the core adds them to the table's counts). A client without a
 candidate asks the core, as the SDK does. Central runs draw the same random
 numbers as before local mode existed, so their results are unchanged.
 """
@@ -503,8 +504,13 @@ def simulate(
                 push(heap, (now + timeout_s, next(seq), _TIMEOUT, server))
 
     def deliver() -> None:
-        """The local outcomes sent since the last batch reach the core."""
+        """The local outcomes sent since the last batch reach the core, and with them every
+        client's in-flight counts that moved."""
         nonlocal outcome_s, outcome_calls, expired
+        for i, client in enumerate(locals_):
+            counts = client.in_flight_report()
+            if counts is not None:
+                core.report_in_flight([counts], "", f"client-{i}")
         if not outbox:
             return
         batch = outbox[:]

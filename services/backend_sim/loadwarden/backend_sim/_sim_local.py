@@ -14,7 +14,9 @@ What ``WatchRoutes`` and the SDK's local mode do, in simulated time:
   own in-flight counts, its own consecutive-failure ejections (with the panic
   rule), and outcomes back as ``OutcomeReport(local=LocalChoice(...))`` with the
   strategy's memo (``Strategy.memo_wire``), which the core learns from as the
-  service does from a client's batch.
+  service does from a client's batch; and with each batch its in-flight counts
+  of the servers whose count moved (``in_flight_report``), which the core adds
+  into the table's ``in_flight``, less which the client reads the others' share.
 
 Both mirror the service's and the SDK's code instead of calling it: the simulator
 may import public names only, and neither ``RouteTables`` nor the feed's
@@ -32,7 +34,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from loadwarden.policy import Backend, Clock, LoadSample, LocalChoice, OutcomeReport, Pool
+from loadwarden.policy import Backend, Clock, LoadSample, LocalChoice, LocalInFlight, OutcomeReport, Pool
 from loadwarden.policy.strategies import Feedback, Strategy, StrategyBase, StrategyContext, build_strategy
 
 
@@ -166,6 +168,8 @@ class LocalClient:
         self.candidates: list[Backend] = []
         self.decisions = 0
         self.ejections = 0
+        self.reported: dict[str, int] = {}  # server id -> in-flight count as last reported (not 0)
+        self._dirty: set[str] = set()  # servers whose in-flight count moved since the last report
 
     def apply(self, table: RouteTable) -> None:
         """Takes a pushed table: servers, strategy (rebuilt only when it changed), learned values."""
@@ -187,7 +191,8 @@ class LocalClient:
             server.draining = entry.draining
             server.load = entry.load
             server.load_at = now if entry.load is not None else None
-            server.peer_in_flight = entry.in_flight  # the service's count: central decisions only
+            # Every client's reported count, this one's too: the others' share is the rest.
+            server.peer_in_flight = max(0, entry.in_flight - self.reported.get(entry.id, 0))
             server.ewma_latency_ms, server.error_rate = entry.ewma_latency_ms, entry.error_rate
             server.outcomes_total = entry.outcomes_total
             if entry.eligible:
@@ -233,6 +238,7 @@ class LocalClient:
             return None
         server, explored, memo = self.strategy.choose(candidates)
         server.in_flight += 1
+        self._dirty.add(server.id)
         self.decisions += 1
         return LocalDecision(server, memo, explored)
 
@@ -240,6 +246,7 @@ class LocalClient:
         """Settles a local decision; returns the outcome to send to the service."""
         server = decision.server
         server.in_flight = max(0, server.in_flight - 1)
+        self._dirty.add(server.id)
         server.consecutive_failures = 0 if success else server.consecutive_failures + 1
         strategy = self.strategy
         assert strategy is not None
@@ -258,3 +265,18 @@ class LocalClient:
             self._rebuild(now)
         features, state = strategy.memo_wire(decision.memo)
         return OutcomeReport("", success, latency_ms, local=LocalChoice(self.pool, server.id, features, state))
+
+    def in_flight_report(self) -> LocalInFlight | None:
+        """The in-flight counts that moved since the last report; None when none did."""
+        counts: dict[str, int] = {}
+        for sid in self._dirty:
+            server = self.servers.get(sid)
+            count = server.in_flight if server is not None else 0
+            if count != self.reported.get(sid, 0):
+                counts[sid] = count
+                if count:
+                    self.reported[sid] = count
+                else:
+                    del self.reported[sid]
+        self._dirty.clear()
+        return LocalInFlight(self.pool, counts) if counts else None
