@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -189,11 +190,15 @@ async def test_a_lost_event_is_healed_by_the_periodic_resync(start: Start, redis
     await wait_for(a.pools, lambda pools: "quiet" in pools, "the quiet pool on a", timeout_s=5.0)
 
 
-async def test_an_emptied_redis_gets_the_configuration_back(start: Start, redis_url: str) -> None:
+async def test_an_emptied_redis_gets_the_configuration_back(
+    start: Start, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="loadwarden.server")
     prefix = f"{{cat{next(_prefixes)}}}:"
     state = redis_state(redis_url, prefix)
     a = await start(state, FILE_POOL)
     await make_changes(a)
+    assert not republished(caplog)
     client = redis_py.Redis.from_url(redis_url)
     try:
         for key in client.scan_iter(match=f"{prefix}*"):
@@ -209,9 +214,25 @@ async def test_an_emptied_redis_gets_the_configuration_back(start: Start, redis_
         assert client.get(f"{prefix}schema") == b"loadwarden.redis/1"
     finally:
         client.close()
+
+    async def said() -> list[str]:
+        return republished(caplog)
+
+    # The replica says so, at WARNING, with what it put back: 2 pools ("made" and the file's), 1 operation.
+    lines = await wait_for(said, bool, "the republish in the log", timeout_s=5)
+    assert all("came back empty" in line and "republished 2 pools and 1 operations" in line for line in lines)
     b = await start(state)  # a replica started now sees everything
     await assert_changes_in_force(b)
     assert "from-file" in await b.pools()
+
+
+def republished(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The replicas' "came back empty ... republished" warnings captured so far."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "loadwarden.server" and r.levelno == logging.WARNING and "republished" in r.getMessage()
+    ]
 
 
 async def test_a_bad_stored_record_is_skipped_and_the_rest_serve(start: Start, redis_url: str) -> None:

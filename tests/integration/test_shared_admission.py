@@ -11,7 +11,10 @@ release on the other, and a rate bucket is one bucket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import json
+import operator
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,7 +24,7 @@ import pytest
 from loadwarden.policy import RateLimit
 from loadwarden.server import PoolSettings, PoolSpec, RunningService, ServiceConfig, start_service
 from loadwarden.server.app._config import StateSettings
-from loadwarden.server.shared import RedisSettings
+from loadwarden.server.shared import RedisSettings, SharedAdmission
 from loadwarden.v1 import decision_pb2 as pb
 from loadwarden.v1 import decision_pb2_grpc as pb_grpc
 
@@ -127,12 +130,50 @@ async def test_a_waiter_on_one_replica_is_woken_by_a_release_on_the_other(replic
     assert woken.granted
 
 
-async def test_a_lease_is_reclaimed_at_its_ttl_when_its_replica_is_gone(replicas: Replicas) -> None:
-    a, b = await replicas(pool(max_concurrency=1, lease_ttl_ms=300))
-    assert (await acquire(a)).granted
-    assert not (await acquire(b)).granted
-    # b reclaims it (its sweep, or the acquire itself) once the TTL has passed in Redis.
-    await wait_for(lambda: acquire(b), lambda r: r.granted, "a slot back after the TTL", timeout_s=5)
+async def test_a_lease_is_reclaimed_at_its_ttl_when_its_replica_is_gone(redis_url: str) -> None:
+    import redis as redis_py
+
+    prefix = f"{{t{next(_prefixes)}}}:"
+    state = StateSettings(store="redis", redis=RedisSettings(url=redis_url, key_prefix=prefix))
+    config = ServiceConfig(
+        listen="127.0.0.1:0", pools=(pool(max_concurrency=1, lease_ttl_ms=3_000),), state=state, expiry_interval_ms=50
+    )
+    a, b = await start_service(config), await start_service(config)
+    running = [a, b]
+    client = redis_py.Redis.from_url(redis_url)
+
+    def redis_ms() -> int:
+        seconds, micros = client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    try:
+        async with grpc.aio.insecure_channel(a.target) as channel:
+            held = await acquire(pb_grpc.DecisionServiceStub(channel))  # never released nor renewed
+        assert held.granted
+        expires_ms = int(client.zscore(f"{prefix}expiry", held.lease.lease_id) or 0)
+        running.remove(a)
+        await a.stop(0)  # a is gone with its sweep: only b (or the scripts b runs) can reclaim the lease
+        polls: list[tuple[int, bool]] = []  # (Redis time once answered, granted)
+        async with grpc.aio.insecure_channel(b.target) as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+
+            async def poll() -> pb.AcquireSlotResponse:
+                answer = await acquire(stub)
+                polls.append((redis_ms(), answer.granted))
+                return answer
+
+            granted = await wait_for(poll, lambda r: r.granted, "the slot back on b after the TTL", timeout_s=10)
+        # Every answer b gave before the lease's expiry (on Redis's clock) was a denial, and
+        # there was at least one: the lease held its slot with its replica gone ...
+        assert [ok for at, ok in polls if at < expires_ms] and not any(ok for at, ok in polls if at < expires_ms)
+        # ... and the grant that took it back came at the expiry or after.
+        record = json.loads(client.hget(f"{prefix}leases", granted.lease.lease_id) or b"{}")
+        assert int(record["g"]) >= expires_ms
+        assert not client.hexists(f"{prefix}leases", held.lease.lease_id)
+    finally:
+        client.close()
+        for service in running:
+            await service.stop(0)
 
 
 async def test_one_rate_bucket_over_both_replicas(replicas: Replicas) -> None:
@@ -154,30 +195,98 @@ async def test_one_rate_bucket_over_both_replicas(replicas: Replicas) -> None:
     assert other.granted
 
 
-async def test_an_adaptive_limit_has_one_value_over_both_replicas(replicas: Replicas) -> None:
-    a, b = await replicas(pool(max_concurrency=8, limit_algorithm="aimd", limit_params={"backoff_ratio": 0.5}))
-
-    async def limits() -> tuple[int, int]:
-        sa = await a.GetLoadStatus(pb.GetLoadStatusRequest(pool="p"))
-        sb = await b.GetLoadStatus(pb.GetLoadStatusRequest(pool="p"))
-        return sa.status.pools[0].concurrency_limit, sb.status.pools[0].concurrency_limit
-
-    await wait_for(limits, lambda pair: pair == (8, 8), "the shared starting limit")
-    for stub in (a, b):  # one drop released on each replica: the owner halves the limit twice
-        held = await acquire(stub)
-        await stub.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=held.lease.lease_id, success=False))
-    await wait_for(limits, lambda pair: pair == (2, 2), "one limit, lowered by both replicas' samples")
-    granted = [await acquire(stub) for stub in (a, b, a, b)]
-    assert [g.granted for g in granted] == [True, True, False, False]  # the scripts enforce it
+# Two adaptive limits, each with releases that move it by a known amount. gradient2 reads
+# latency only, and learns its baseline from its first sample (which cannot lower it): with
+# smoothing 1, tolerance 1 and queue_size 1, from 8 with 3 other leases held (so no sample
+# is app-limited), samples of 100 ms then 400 ms give 8 * (250 / 400) + 1 = 6, and another
+# 400 ms sample 6 * (300 / 400) + 1 = 5. aimd halves the limit on each drop.
+GRADIENT2 = {"min_limit": 1, "max_limit": 8, "rtt_tolerance": 1.0, "smoothing": 1.0, "queue_size": 1}
+AIMD = {"backoff_ratio": 0.5}
+# algorithm, its params, leases held meanwhile, then per release: (through the limit's
+# owner?, success, latency ms, the shared limit after it).
+LIMIT_CASES = {
+    "aimd": ("aimd", AIMD, 0, [(True, False, 0.0, 4), (False, False, 0.0, 2)]),
+    "gradient2": ("gradient2", GRADIENT2, 3, [(True, True, 100.0, 8), (False, True, 400.0, 6), (True, True, 400.0, 5)]),
+}
 
 
-async def test_a_survivor_takes_over_the_adaptive_limit_when_its_owner_is_gone(redis_url: str) -> None:
+async def _shared_limit(stubs: list[pb_grpc.DecisionServiceStub]) -> tuple[int, ...]:
+    answers = [await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool="p")) for stub in stubs]
+    return tuple(int(a.status.pools[0].concurrency_limit) for a in answers)
+
+
+async def _release_one(stub: pb_grpc.DecisionServiceStub, success: bool, latency_ms: float) -> None:
+    held = await acquire(stub)
+    assert held.granted
+    release = pb.ReleaseSlotRequest(lease_id=held.lease.lease_id, success=success, latency_ms=latency_ms)
+    assert (await stub.ReleaseSlot(release)).released
+
+
+@pytest.mark.parametrize("case", list(LIMIT_CASES))
+async def test_an_adaptive_limit_has_one_value_over_both_replicas(redis_url: str, case: str) -> None:
     import redis as redis_py
 
+    algorithm, params, others, steps = LIMIT_CASES[case]
     prefix = f"{{t{next(_prefixes)}}}:"
     state = StateSettings(store="redis", redis=RedisSettings(url=redis_url, key_prefix=prefix))
-    spec = pool(max_concurrency=8, limit_algorithm="aimd", limit_params={"backoff_ratio": 0.5})
+    spec = pool(max_concurrency=8, limit_algorithm=algorithm, limit_params=params)
+    config = ServiceConfig(listen="127.0.0.1:0", pools=(spec,), state=state, expiry_interval_ms=50)
+    services = [await start_service(config) for _ in range(2)]
+    channels = [grpc.aio.insecure_channel(s.target) for s in services]
+    stubs = [pb_grpc.DecisionServiceStub(c) for c in channels]
+    client = redis_py.Redis.from_url(redis_url)
+
+    async def owner() -> str | None:
+        value = client.get(f"{prefix}limit-owner:p")
+        return value.decode() if isinstance(value, bytes) else None
+
+    try:
+        first = await wait_for(owner, lambda o: o is not None, "an owner", timeout_s=5)
+        by_owner = {s.core.ids.prefix == first: stub for s, stub in zip(services, stubs, strict=True)}
+        await wait_for(lambda: _shared_limit(stubs), lambda pair: pair == (8, 8), "the shared starting limit")
+        assert all([(await acquire(stubs[0])).granted for _ in range(others)])
+        for on_owner, success, latency_ms, expected in steps:
+            # A sample released on the owner applies at once, one released on the other replica
+            # once its batch reaches the owner: wait for each, so the owner sees them in order.
+            await _release_one(by_owner[on_owner], success, latency_ms)
+            await wait_for(
+                lambda: _shared_limit(stubs),
+                functools.partial(operator.eq, (expected, expected)),
+                f"one limit of {expected} on both replicas",
+            )
+        final = steps[-1][3]
+        assert client.get(f"{prefix}limit:p") == str(final).encode()
+        granted = [(await acquire(stub)).granted for stub in stubs * final]
+        assert granted.count(True) == final - others  # the scripts enforce it, over both replicas
+        assert granted[: final - others] == [True] * (final - others)
+    finally:
+        client.close()
+        for channel in channels:
+            await channel.close()
+        for service in services:
+            await service.stop(0)
+
+
+# The survivor's own releases, after it took the limit over, and the limit they give: it goes
+# on from the shared value (4 with aimd, 6 with gradient2) rather than from its own idle copy.
+TAKEOVER_CASES = {
+    "aimd": ("aimd", AIMD, 0, [(False, 0.0)], 4, 2),
+    # gradient2 restarts its baseline from the shared 6: 100 ms gives 7, then 400 ms
+    # 7 * (250 / 400) + 1 = 5.375.
+    "gradient2": ("gradient2", GRADIENT2, 3, [(True, 100.0), (True, 400.0)], 6, 5),
+}
+
+
+@pytest.mark.parametrize("case", list(TAKEOVER_CASES))
+async def test_a_survivor_takes_over_the_adaptive_limit_when_its_owner_is_gone(redis_url: str, case: str) -> None:
+    import redis as redis_py
+
+    algorithm, params, others, releases, before, after = TAKEOVER_CASES[case]
+    prefix = f"{{t{next(_prefixes)}}}:"
+    state = StateSettings(store="redis", redis=RedisSettings(url=redis_url, key_prefix=prefix))
+    spec = pool(max_concurrency=8, limit_algorithm=algorithm, limit_params=params)
     services = [await start_service(ServiceConfig(listen="127.0.0.1:0", pools=(spec,), state=state)) for _ in range(2)]
+    running = list(services)
     client = redis_py.Redis.from_url(redis_url)
 
     async def owner() -> str | None:
@@ -188,22 +297,38 @@ async def test_a_survivor_takes_over_the_adaptive_limit_when_its_owner_is_gone(r
         first = await wait_for(owner, lambda o: o is not None, "an owner", timeout_s=5)
         gone = next(s for s in services if s.core.ids.prefix == first)
         survivor = next(s for s in services if s is not gone)
-        await gone.stop(0)  # its key lapses at its TTL: nobody deletes it, as after a crash
-        await wait_for(owner, lambda o: o == survivor.core.ids.prefix, "the survivor owns the limit", timeout_s=8)
+        async with grpc.aio.insecure_channel(gone.target) as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            assert all([(await acquire(stub)).granted for _ in range(others)])
+            for success, latency_ms in releases:  # the owner moves the shared limit first
+                await _release_one(stub, success, latency_ms)
         async with grpc.aio.insecure_channel(survivor.target) as channel:
             stub = pb_grpc.DecisionServiceStub(channel)
-            held = await acquire(stub)
-            await stub.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=held.lease.lease_id, success=False))
+            await wait_for(lambda: _shared_limit([stub]), lambda n: n == (before,), "the owner's limit on the survivor")
+        running.remove(gone)
+        await gone.stop(0)  # its key lapses at its TTL: nobody deletes it, as after a crash
+        admission = survivor.core.admission
+        assert isinstance(admission, SharedAdmission)
+        mine = survivor.core.ids.prefix
 
-            async def limit() -> int:
-                status = await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool="p"))
-                return int(status.status.pools[0].concurrency_limit)
+        async def owner_here() -> str | None:  # set once the new owner has written its limit
+            return admission._owners.get("p")
 
-            await wait_for(limit, lambda n: n == 4, "the survivor's algorithm moves the shared limit")
-        assert client.get(f"{prefix}limit:p") == b"4"
+        await wait_for(owner_here, lambda o: o == mine, "the survivor owns the limit", timeout_s=8)
+        assert await owner() == mine
+        assert client.get(f"{prefix}limit:p") == str(before).encode()  # taken over, not reset
+        async with grpc.aio.insecure_channel(survivor.target) as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            assert await _shared_limit([stub]) == (before,)
+            for success, latency_ms in releases:
+                await _release_one(stub, success, latency_ms)
+            await wait_for(
+                lambda: _shared_limit([stub]), lambda n: n == (after,), "the survivor's algorithm moves the limit"
+            )
+        assert client.get(f"{prefix}limit:p") == str(after).encode()
     finally:
         client.close()
-        for service in services:
+        for service in running:
             await service.stop(0)
 
 

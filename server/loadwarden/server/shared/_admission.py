@@ -51,6 +51,7 @@ from loadwarden.policy import (
     ResourceExhausted,
     Unavailable,
 )
+from loadwarden.policy.limits import build_limit
 
 from ..engine._admission import (
     DEADLINE_MARGIN_S,
@@ -560,10 +561,20 @@ class SharedAdmission(Admission):
                 await self._redis.own(keys=[self._redis.key(f"limit-owner:{name}")], args=[self._replica, OWNER_TTL_MS])
             )
             if owner == self._replica and self._owners.get(name) != self._replica:
+                await self._take_over_limit(slots)
                 log.info("pool %s: this replica now computes the shared limit (%d)", name, slots.limit.limit)
                 await self._publish_limit(slots)
             self._owners[name] = owner
         await self.flush_samples()
+
+    async def _take_over_limit(self, slots: SlotPool) -> None:
+        """A new owner goes on from the shared value, not from its own copy of the algorithm
+        (idle while another replica owned the limit): it restarts the algorithm there."""
+        settings = slots.settings
+        shared = decode(await self._redis.client.get(self._redis.key(f"limit:{settings.name}")) or "")
+        if shared.isdigit() and int(shared) >= 1 and int(shared) != slots.limit.limit:
+            where = f"pools.{settings.name}.limit_params"
+            slots.limit = build_limit(settings.limit_algorithm, settings.limit_params, int(shared), where)
 
     async def flush_samples(self) -> None:
         """Sends each pool's pending samples to its limit's owner (applies them here when that

@@ -30,7 +30,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from loadwarden.policy import BatchAnswer, BatchReportIn, LoadReportIn, LoadSample, Operation, OutcomeReport
+from loadwarden.policy import Adjustment, BatchAnswer, BatchReportIn, LoadReportIn, LoadSample, Operation, OutcomeReport
 from loadwarden.policy.strategies import merge_snapshots
 
 from ..engine._core import DecisionCore
@@ -120,7 +120,10 @@ class Peers:
         if previous is not None and previous[0] == answer and now - previous[1] < ANSWER_FRESH_S / 3:
             return
         self._published[name] = (answer, now)
+        # With the history, so every replica's GetLoadStatus shows the owner's adjustments.
+        history = [[e.at_wall, e.previous_size, e.new_size, e.reason, e.load_score] for e in operation.events]
         body = [name, answer.size, answer.load_score, answer.level, answer.reason, answer.fallback]
+        body += [operation.adjustments_total, operation.last_load, history]
         self._publish(f"Z {self._replica} {json.dumps(body, separators=(',', ':'))}")
 
     def batches_elsewhere(self, reports: Sequence[BatchReportIn]) -> list[BatchReportIn]:
@@ -176,7 +179,7 @@ class Peers:
                 if pool is not None and server is not None:
                     pool.eject_for(server, float(duration_s), self._core.clock.monotonic())
             elif kind == "Z" and sender != self._replica:
-                name, size, load, level, reason, fallback = json.loads(payload)
+                name, size, load, level, reason, fallback, *history = json.loads(payload)
                 answer = BatchAnswer(
                     int(size), None if load is None else float(load), str(level), str(reason), bool(fallback)
                 )
@@ -188,6 +191,14 @@ class Peers:
                         answer.reason,
                         answer.fallback,
                     )
+                    if len(history) == 3:  # the owner's adjustments (an older replica sends none)
+                        total, last_load, events = history
+                        operation.adjustments_total, operation.last_load = int(total), float(last_load)
+                        operation.events.clear()
+                        operation.events.extend(
+                            Adjustment(float(at), int(old), int(new), str(why), float(score))
+                            for at, old, new, why, score in events
+                        )
             elif kind == "R" and sender == self._replica:  # addressed to this replica
                 reports = [BatchReportIn(str(op), int(n), float(ms), bool(ok)) for op, n, ms, ok in json.loads(payload)]
                 self._core.report_batches([r for r in reports if r.operation in self._core.operations])

@@ -353,7 +353,13 @@ def _client(settings: RedisSettings) -> Any:
         from redis.asyncio.cluster import RedisCluster
 
         return RedisCluster.from_url(settings.url, max_connections=settings.pool_size, **options)
-    return aioredis.from_url(settings.url, max_connections=settings.pool_size, **options)
+    # A call finding all pool_size connections busy waits for one (up to connect_timeout_ms):
+    # redis-py's default pool raises "Too many connections" instead, which would mark a
+    # healthy Redis unreachable under a burst of more concurrent calls than pool_size.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.url, max_connections=settings.pool_size, timeout=settings.connect_timeout_ms / 1000.0, **options
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 def sync_client(settings: RedisSettings) -> Any:
