@@ -5,11 +5,16 @@ spread over the three replicas, on a pool of limit 10. Every grant and release i
 written down with one machine-wide clock, and a sweep over them shows the holders
 never above 10. The same check against three replicas on the memory store (each
 grants its own 10) finds the over-admission, so the check can fail.
+
+Three real replicas also share one rate bucket per client key, apply an outcome
+reported to any of them where its decision was made, and count a lease granted by a
+replica that was SIGKILLed until its TTL, when the survivors take the slot back.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,25 @@ pytestmark = pytest.mark.e2e
 LIMIT = 10
 
 
-def replica_config(url: str | None, prefix: str = "{e2e}:") -> str:
+# Pool r: 6 a minute, 6 at once (three separate buckets would allow 18 at once); pool o: three servers.
+RATE_COUNT, RATE_BURST = 6, 6
+MORE_POOLS = f"""
+[pools.r]
+rate_limit = "{RATE_COUNT}/minute"
+rate_burst = {RATE_BURST}
+servers = [{{ id = "s1", address = "127.0.0.1:9001" }}]
+
+[pools.o]
+strategy = "least_connections"
+servers = [
+  {{ id = "s0", address = "127.0.0.1:9010" }},
+  {{ id = "s1", address = "127.0.0.1:9011" }},
+  {{ id = "s2", address = "127.0.0.1:9012" }},
+]
+"""
+
+
+def replica_config(url: str | None, prefix: str = "{e2e}:", more: str = "") -> str:
     state = f'[state]\nstore = "redis"\nurl = "{url}"\nkey_prefix = "{prefix}"\n' if url else ""
     return f"""{state}
 [service]
@@ -33,11 +56,11 @@ shutdown_grace_ms = 1000
 max_concurrency = {LIMIT}
 max_queue_length = 10000
 servers = [{{ id = "s1", address = "127.0.0.1:9001" }}]
-"""
+{more}"""
 
 
-def start_replicas(processes: Processes, url: str | None, n: int = 3) -> list[Service]:
-    return [processes.serve(replica_config(url)) for _ in range(n)]
+def start_replicas(processes: Processes, url: str | None, n: int = 3, more: str = "") -> list[Service]:
+    return [processes.serve(replica_config(url, more=more)) for _ in range(n)]
 
 
 def run_clients(
@@ -149,8 +172,121 @@ def test_configuration_made_through_one_replica_is_in_force_on_all_within_a_seco
         assert drained(pool) and pool.strategy == "least_connections", replica.target
 
 
+def test_a_rate_limit_per_key_holds_over_three_replicas(processes: Processes) -> None:
+    """Clients on all three replicas spend one key's bucket together: at most N + burst a minute in all."""
+    import threading
+    import time
+
+    import grpc
+
+    from loadwarden.v1 import decision_pb2
+
+    redis = processes.redis()
+    replicas = start_replicas(processes, redis.url, more=MORE_POOLS)
+    lock = threading.Lock()
+    allowed: list[int] = [0, 0, 0]
+    refused: list[int] = [0, 0, 0]
+    errors: list[str] = []
+
+    def client(i: int) -> None:
+        channel, _, decision = grpc_stubs(replicas[i].target)
+        try:
+            for _ in range(40):
+                try:
+                    answer = decision.AcquireSlot(decision_pb2.AcquireSlotRequest(pool="r", client_key="k"), timeout=5)
+                except grpc.RpcError as exc:
+                    with lock:
+                        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate limit" in (exc.details() or ""):
+                            refused[i] += 1
+                        else:
+                            errors.append(f"{exc.code().name}: {exc.details()}")
+                    continue
+                with lock:
+                    allowed[i] += answer.granted
+                decision.ReleaseSlot(decision_pb2.ReleaseSlotRequest(lease_id=answer.lease.lease_id), timeout=5)
+        finally:
+            channel.close()
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(3) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    elapsed_s = time.monotonic() - began
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    total = sum(allowed)
+    assert sum(allowed) + sum(refused) == 3 * 2 * 40
+    assert total <= RATE_COUNT + RATE_BURST, f"{allowed} allowed over three replicas in {elapsed_s:.1f} s"
+    # Tighter, for the time it took: the burst and the tokens back meanwhile (one bucket, not three).
+    assert RATE_BURST <= total <= RATE_BURST + math.ceil(RATE_COUNT * elapsed_s / 60.0), (allowed, elapsed_s)
+    assert all(n > 0 for n in refused), refused  # every replica refused: each saw the one spent bucket
+    channel, _, decision = grpc_stubs(replicas[2].target)
+    try:  # another key is another bucket
+        assert decision.AcquireSlot(decision_pb2.AcquireSlotRequest(pool="r", client_key="other"), timeout=5).granted
+    finally:
+        channel.close()
+
+
+def test_an_outcome_sent_to_another_replica_is_applied_where_the_decision_was_made(processes: Processes) -> None:
+    """Replica i decides (pinned to server s<i>); the outcome goes to replica i+1; replica i applies it."""
+    import time
+
+    from loadwarden.v1 import decision_pb2
+
+    redis = processes.redis()
+    replicas = start_replicas(processes, redis.url, more=MORE_POOLS)
+    opened = [grpc_stubs(r.target) for r in replicas]
+    stubs = [decision for _, _, decision in opened]
+    servers = ["s0", "s1", "s2"]
+
+    def server_on(i: int, server: str) -> Any:
+        status = stubs[i].GetLoadStatus(decision_pb2.GetLoadStatusRequest(pool="o"), timeout=5).status
+        return next(s for s in status.pools[0].servers if s.id == server)
+
+    def wait_on(i: int, server: str, done: Any, what: str) -> Any:
+        deadline = time.monotonic() + 5.0
+        while not done(seen := server_on(i, server)):
+            assert time.monotonic() < deadline, f"{what}: not within 5 s on replica {i} (last: {seen})"
+            time.sleep(0.02)
+        return seen
+
+    try:
+        decisions = []
+        for i in range(3):
+            others = [s for s in servers if s != servers[i]]
+            choice = stubs[i].SelectServer(
+                decision_pb2.SelectServerRequest(pool="o", exclude_server_ids=others), timeout=5
+            )
+            assert choice.server_id == servers[i]
+            decisions.append(choice)
+        for i in range(3):  # in flight where it was decided, and (exchanged) on every replica
+            for j in range(3):
+                wait_on(j, servers[i], lambda s: s.in_flight == 1, f"{servers[i]} in flight")
+        for i, choice in enumerate(decisions):
+            latency = 10.0 * (i + 1)
+            outcome = decision_pb2.Outcome(decision_id=choice.decision_id, success=True, latency_ms=latency)
+            answer = stubs[(i + 1) % 3].ReportOutcome(decision_pb2.ReportOutcomeRequest(outcomes=[outcome]), timeout=5)
+            assert answer.applied == 1 and not answer.unknown_decision_ids
+        for i in range(3):
+            latency = 10.0 * (i + 1)
+            applied = wait_on(i, servers[i], lambda s, want=latency: s.ewma_latency_ms == want, "the outcome applied")
+            assert applied.error_rate == 0.0
+            for j in range(3):  # the selection it settled is no longer in flight anywhere
+                wait_on(j, servers[i], lambda s: s.in_flight == 0, f"{servers[i]} settled")
+    finally:
+        for channel, _, _ in opened:
+            channel.close()
+
+
 def test_a_killed_replica_costs_the_application_nothing_and_leaks_no_lease(processes: Processes) -> None:
-    """SIGKILL one of three Redis replicas under route()/slot() load from one SDK client."""
+    """SIGKILL one of three Redis replicas under route()/slot() load from one SDK client.
+
+    Just before the kill, the victim grants one more lease that nobody releases: the
+    survivors go on counting it (the history check includes it) until its TTL, when it
+    leaves Redis and its slot is theirs again.
+    """
     import signal
     import threading
     import time
@@ -158,12 +294,14 @@ def test_a_killed_replica_costs_the_application_nothing_and_leaks_no_lease(proce
     import redis as redis_py
 
     from loadwarden.sdk import BreakerState, Client
+    from loadwarden.v1 import decision_pb2
 
-    limit, threads, ttl_s = 6, 8, 2.0
+    limit, threads, ttl_s, held_ttl_s = 6, 8, 2.0, 3.0
     redis = processes.redis()
     config = replica_config(redis.url).replace(f"max_concurrency = {LIMIT}", f"max_concurrency = {limit}")
     config = config.replace("max_queue_length = 10000", "max_queue_length = 10000\nlease_ttl_ms = 2000")
     replicas = [processes.serve(config) for _ in range(3)]
+    victim, survivors = replicas[0], replicas[1:]
     client = Client([r.target for r in replicas], timeout_s=1.0)
     stop, killed = threading.Event(), threading.Event()
     lock = threading.Lock()
@@ -191,7 +329,19 @@ def test_a_killed_replica_costs_the_application_nothing_and_leaks_no_lease(proce
                 with lock:
                     errors.append(f"{name}: {exc!r}")
 
+    counter = redis_py.Redis.from_url(redis.url)
+    gone_at: list[float] = []
+
+    def watch(lease_id: str, until: float) -> None:
+        """Notes when the held lease leaves Redis (reclaimed by a survivor's acquire or sweep)."""
+        while time.monotonic() < until:
+            if not counter.hexists("{e2e}:leases", lease_id):
+                gone_at.append(time.monotonic())
+                return
+            time.sleep(0.01)
+
     pool = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(threads)]
+    watcher: threading.Thread | None = None
     try:
         for thread in pool:
             thread.start()
@@ -199,8 +349,22 @@ def test_a_killed_replica_costs_the_application_nothing_and_leaks_no_lease(proce
         while len(intervals) < 200 and not errors:
             assert time.monotonic() < deadline, "no load before the kill"
             stop.wait(0.02)
-        assert replicas[0].stop(signal.SIGKILL) == -signal.SIGKILL
+        channel, _, decision = grpc_stubs(victim.target)
+        try:  # the victim's own lease, never released: its TTL starts after held_sent
+            held_sent = time.monotonic()
+            held = decision.AcquireSlot(
+                decision_pb2.AcquireSlotRequest(pool="p", max_wait_ms=5_000, lease_ttl_ms=round(held_ttl_s * 1000)),
+                timeout=10,
+            )
+            held_granted = time.monotonic()
+        finally:
+            channel.close()
+        assert held.granted
+        assert counter.hexists("{e2e}:leases", held.lease.lease_id)
+        assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
         killed.set()
+        watcher = threading.Thread(target=watch, args=(held.lease.lease_id, held_granted + held_ttl_s + 5.0))
+        watcher.start()
         deadline = time.monotonic() + 20
         while after_kill[0] < 300 and not errors:
             assert time.monotonic() < deadline, f"too little load after the kill: {after_kill[0]}"
@@ -209,15 +373,23 @@ def test_a_killed_replica_costs_the_application_nothing_and_leaks_no_lease(proce
         stop.set()
         for thread in pool:
             thread.join(timeout=15)
+        if watcher is not None:
+            watcher.join(timeout=15)
         breakers = {m: client.breaker(m).state for m in ("SelectServer", "AcquireSlot", "ReleaseSlot")}  # type: ignore[union-attr]  # guarded methods have breakers
         client.close()
     assert errors == []
     assert fallbacks == []
     assert set(breakers.values()) == {BreakerState.CLOSED}
-    assert most_holders(intervals) <= limit
-    # Whatever the killed replica granted and nobody released (none, if every release found a
-    # survivor) is reclaimed at its TTL: Redis holds no lease soon after.
-    counter = redis_py.Redis.from_url(redis.url)
+    # The held lease counted until its TTL: with it, never more than the limit at once. (Its
+    # recorded interval lies inside the true one: from after its grant to its earliest expiry.)
+    assert most_holders([*intervals, {"granted": held_granted, "released": held_sent + held_ttl_s}]) <= limit
+    # ... and not past it by more than a sweep: it left Redis at its TTL, through a survivor.
+    assert gone_at, f"the dead replica's lease was still in Redis {held_ttl_s + 5.0} s after its grant"
+    assert held_sent + held_ttl_s - 0.01 <= gone_at[0] <= held_granted + held_ttl_s + 3.0, (
+        f"reclaimed {gone_at[0] - held_granted:.2f} s after its grant; its TTL is {held_ttl_s} s"
+    )
+    # Whatever else the killed replica granted and nobody released is reclaimed at its TTL too:
+    # Redis holds no lease soon after, and a survivor can hold the whole limit again.
     try:
         deadline = time.monotonic() + ttl_s + 3.0
         while counter.hlen("{e2e}:leases"):
@@ -225,6 +397,12 @@ def test_a_killed_replica_costs_the_application_nothing_and_leaks_no_lease(proce
             time.sleep(0.05)
     finally:
         counter.close()
+    channel, _, decision = grpc_stubs(survivors[0].target)
+    try:
+        answers = [decision.AcquireSlot(decision_pb2.AcquireSlotRequest(pool="p"), timeout=5) for _ in range(limit + 1)]
+    finally:
+        channel.close()
+    assert [a.granted for a in answers] == [True] * limit + [False]
 
 
 def start_cluster(processes: Processes, tmp_path: Path, nodes: int = 3) -> list[int]:

@@ -13,16 +13,25 @@ The replicas run on the memory store: each is its own service, so a slot's
 release that round robin sends to another replica is answered NOT_FOUND (taken
 as "no longer held") and the lease ends at its short TTL on the replica that
 granted it. `tests/e2e/test_replicas_redis.py` covers replicas acting as one.
+
+The same holds when the client is given one DNS name that resolves to the three
+replicas (``dns://<server>/name:port`` with round robin): a small DNS server in the
+test answers the name with 127.0.0.1, 127.0.0.2 and 127.0.0.3, where the replicas
+listen on one port. (This machine's /etc/hosts maps ``localhost`` to 127.0.0.1
+alone, and a test does not rewrite the machine's hosts file.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import socket
+import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +40,7 @@ import pytest
 from loadwarden.sdk import AsyncClient, BreakerState, Client, TlsConfig
 
 from .._certs import make_certs
-from ._harness import API_CONFIG, Processes, Service
+from ._harness import API_CONFIG, Processes, Service, free_loopback_port
 
 pytestmark = pytest.mark.e2e
 
@@ -100,9 +109,14 @@ async def async_worker(client: AsyncClient, tally: Tally, name: str) -> None:
             tally.error(name, exc)
 
 
-def run_async_workers(targets: list[str], tally: Tally, breakers: dict[str, tuple[BreakerState, float, float]]) -> None:
+def run_async_workers(
+    target: str | list[str],
+    tally: Tally,
+    breakers: dict[str, tuple[BreakerState, float, float]],
+    load_balancing: str | None = None,
+) -> None:
     async def main() -> None:
-        async with AsyncClient(targets, timeout_s=TIMEOUT_S) as client:
+        async with AsyncClient(target, timeout_s=TIMEOUT_S, load_balancing=load_balancing) as client:
             await asyncio.gather(*(async_worker(client, tally, f"task-{i}") for i in range(TASKS)))
             breakers.update(breaker_summary(client))
 
@@ -143,14 +157,93 @@ def test_a_killed_replica_costs_the_application_nothing(processes: Processes, tm
     config = tmp_path / "replica.toml"
     config.write_text(CONFIG, encoding="utf-8")
     replicas = [processes.serve(None, extra_args=["--config", str(config)]) for _ in range(3)]
-    targets = [replica.target for replica in replicas]
+    ride_out_a_kill(replicas, [replica.target for replica in replicas])
+
+
+def dns_answer(query: bytes, addresses: list[str]) -> bytes:
+    """The answer to one DNS query: every A question gets ``addresses`` (TTL 1 s), others none."""
+    ident, flags = struct.unpack(">HH", query[:4])
+    end = 12
+    while query[end]:  # the question's name, label by label
+        end += query[end] + 1
+    end += 5  # its root label, type and class
+    (qtype,) = struct.unpack(">H", query[end - 4 : end - 2])
+    records = [socket.inet_aton(a) for a in addresses] if qtype == 1 else []  # 1: A; AAAA and the rest: none
+    header = struct.pack(">HHHHHH", ident, 0x8580 | (flags & 0x0100), 1, len(records), 0, 0)
+    answers = b"".join(struct.pack(">HHHIH", 0xC00C, 1, 1, 1, 4) + record for record in records)
+    return header + query[12:end] + answers
+
+
+@contextlib.contextmanager
+def dns_server(addresses: list[str]) -> Iterator[tuple[str, list[str]]]:
+    """A DNS server on 127.0.0.1 (UDP) answering every name with ``addresses``; yields
+    its ``host:port`` and the names it was asked, as they come."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    asked: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                query, peer = sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            labels, i = [], 12
+            while query[i]:
+                labels.append(query[i + 1 : i + 1 + query[i]].decode("ascii", "replace"))
+                i += query[i] + 1
+            asked.append(".".join(labels))
+            sock.sendto(dns_answer(query, addresses), peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}", asked
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close()
+
+
+def free_port_on(hosts: list[str]) -> int:
+    """A TCP port free a moment ago on every one of ``hosts`` (loopback addresses)."""
+    for _ in range(50):
+        port = free_loopback_port()
+        try:
+            for host in hosts:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no port was free on all of {hosts}")
+
+
+def test_a_dns_name_resolving_to_the_replicas_rides_out_a_killed_one(processes: Processes, tmp_path: Path) -> None:
+    hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]  # all of 127/8 is loopback on Linux
+    config = tmp_path / "replica.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    port = free_port_on(hosts)
+    replicas = [processes.serve(None, listen=f"{host}:{port}", extra_args=["--config", str(config)]) for host in hosts]
+    assert [r.target for r in replicas] == [f"{host}:{port}" for host in hosts]
+    with dns_server(hosts) as (server, asked):
+        # The name is looked up by gRPC's resolver at the given DNS server, not by the SDK.
+        ride_out_a_kill(replicas, f"dns://{server}/replicas.loadwarden.test:{port}", "round_robin")
+    assert "replicas.loadwarden.test" in asked
+
+
+def ride_out_a_kill(replicas: list[Service], target: str | list[str], load_balancing: str | None = None) -> None:
+    """Load from a Client and an AsyncClient given ``target``, spread over ``replicas``; one is
+    SIGKILLed; the application sees nothing of it."""
     victim, survivors = replicas[0], replicas[1:]
 
     tally = Tally()
     async_breakers: dict[str, tuple[BreakerState, float, float]] = {}
-    client = Client(targets, timeout_s=TIMEOUT_S)
+    client = Client(target, timeout_s=TIMEOUT_S, load_balancing=load_balancing)
     workers = [threading.Thread(target=sync_worker, args=(client, tally, f"thread-{i}")) for i in range(THREADS)]
-    workers.append(threading.Thread(target=run_async_workers, args=(targets, tally, async_breakers)))
+    workers.append(threading.Thread(target=run_async_workers, args=(target, tally, async_breakers, load_balancing)))
     try:
         for worker in workers:
             worker.start()

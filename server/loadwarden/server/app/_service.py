@@ -291,7 +291,7 @@ class _Shared:
         self, core: DecisionCore, catalog: Catalog, interval_s: float, health_servicer: health.aio.HealthServicer
     ) -> list[asyncio.Task[None]]:
         """The tasks that keep this replica in step: events, lease sweeps, waiter polls, resyncs.
-        While admission fails closed, DecisionService's health is NOT_SERVING."""
+        While admission (or a pool's rate limit) fails closed, DecisionService's health is NOT_SERVING."""
         admission = core.admission
         assert isinstance(admission, SharedAdmission)
         replica = self.redis.replica

@@ -88,7 +88,8 @@ class Outage:
             granted, counted by nobody), or ``local`` (each replica grants up to
             ``limit // replicas`` on its own).
         rate_limit: The same choice for rate limits (``local``: each replica allows
-            ``count // replicas``).
+            ``count // replicas``; ``fail_closed`` also makes the health NOT_SERVING
+            when a pool has a rate limit).
         replicas: How many replicas share the limit, for ``local``.
     """
 
@@ -291,9 +292,18 @@ class SharedAdmission(Admission):
             self.outage.admission,
             self.outage.rate_limit,
         )
-        if self.outage.admission == FAIL_CLOSED:
+        if self.fails_closed():
             self.on_health(False)
         self._spawn(self._probe(), "loadwarden-shared-probe")
+
+    def fails_closed(self) -> bool:
+        """Whether an outage refuses calls: admission fails closed, or rate limits do and a
+        pool has one (then DecisionService's health is NOT_SERVING while Redis is away)."""
+        if self.outage.admission == FAIL_CLOSED:
+            return True
+        return self.outage.rate_limit == FAIL_CLOSED and any(
+            slots.settings.rate_limit is not None for slots in self._by_name.values()
+        )
 
     async def _probe(self) -> None:
         delay = PROBE_FIRST_S
@@ -301,6 +311,9 @@ class SharedAdmission(Admission):
             await asyncio.sleep(delay)
             try:
                 async with asyncio.timeout(self._redis.settings.command_timeout_ms / 1000.0):
+                    # Connections from before the outage may be dead (a restarted Redis): the
+                    # ping, and every call once it answered, goes over a new one.
+                    await self._redis.drop_idle_connections()
                     await self._redis.client.ping()
             except Exception as exc:  # noqa: BLE001 - any failure: still down, try again later
                 log.debug("the shared state store is still unreachable: %s", exc)

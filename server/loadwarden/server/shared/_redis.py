@@ -309,6 +309,19 @@ class SharedRedis:
         await self.client.set(self.key("schema"), SCHEMA, nx=True)
         await self.client.set(self.key("secret"), self.secret.hex(), nx=True)
 
+    async def drop_idle_connections(self) -> None:
+        """Closes the pool's idle connections, so the next commands connect afresh.
+
+        After Redis restarted, every connection opened before is dead, and redis-py
+        finds that out only by failing the next command sent on it: without this, one
+        probe's answer would end an outage and the next call on an old connection
+        would start another. Connections in use fail and reconnect on their own.
+        """
+        pool = getattr(self.client, "connection_pool", None)  # a Cluster client reconnects per node
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.disconnect(inuse_connections=False)
+
     def stop_listening(self) -> None:
         """Ends ``listen`` at its next message or second."""
         self._closing = True
