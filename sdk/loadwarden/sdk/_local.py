@@ -269,7 +269,7 @@ class LocalPool:
         key = (table.strategy, table.strategy_params_json)
         if self.strategy is not None and key == (self.strategy_name, self._params_json):
             return self.strategy, False
-        context = StrategyContext(clock=_Clock(self._clock), rng=self._rng, servers=self.servers)
+        context = StrategyContext(clock=_Clock(self._clock), rng=self._rng, servers=self.servers, local=True)
         return self._build(table, context), True
 
     def _build(self, table: _pb.RouteTable, context: StrategyContext) -> Strategy:

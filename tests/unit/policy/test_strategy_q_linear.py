@@ -172,6 +172,17 @@ def test_small_pools_score_every_candidate() -> None:
     assert strategy.stats()["scored"] == 30
 
 
+@pytest.mark.parametrize(("local", "local_sample_size", "scored"), [(False, 3, 8), (True, 3, 3), (True, 0, 8)])
+def test_a_client_deciding_locally_scores_local_sample_size(local: bool, local_sample_size: int, scored: int) -> None:
+    servers = {f"s{i}": Backend(id=f"s{i}", address="h", weight=1) for i in range(20)}
+    ctx = StrategyContext(clock=ManualClock(), rng=random.Random(1), servers=servers, local=local)
+    params = QLinearParams(epsilon=0.0, epsilon_min=0.0, sample_size=8, local_sample_size=local_sample_size)
+    strategy = QLinear(params, ctx)
+    for _ in range(10):
+        strategy.choose(list(servers.values()))
+    assert strategy.stats()["scored"] == scored * 10
+
+
 def test_sampling_exploits_the_best_of_the_sample() -> None:
     servers = {f"s{i:03d}": Backend(id=f"s{i:03d}", address="h", weight=1) for i in range(200)}
     biases = {sid: -1.0 for sid in servers} | {"s007": -0.1}
@@ -283,6 +294,8 @@ def test_corrupt_snapshots_are_refused_and_change_nothing(corruption: str) -> No
         ("epsilon_decay", 1.5),
         ("epsilon_min", 0.5),
         ("sample_size", 0),
+        ("local_sample_size", -1),
+        ("local_sample_size", 10_001),
         ("latency_scale_ms", 0.0),
         ("failure_penalty_ms", -1.0),
         ("active_scale_requests", 0.0),

@@ -20,11 +20,14 @@ class StrategyContext:
         rng: Seeded randomness; the only source of randomness a strategy may use.
         servers: The pool's live server map (id -> Backend), for strategies whose
             state spans the whole pool; read it, never change it.
+        local: True in a client deciding from a pushed routing table (the SDK's local
+            mode), whose view of the other clients' load lags by a push.
     """
 
     clock: Clock
     rng: random.Random
     servers: Mapping[str, Backend] = dataclasses.field(default_factory=dict)
+    local: bool = False
 
 
 class Choice(NamedTuple):

@@ -201,7 +201,7 @@ class LocalClient:
                 self._eligible.discard(entry.id)
         key = (table.strategy, table.params_json)
         if self.strategy is None or key != self._strategy_key:
-            context = StrategyContext(clock=self._clock, rng=self._rng, servers=self.servers)
+            context = StrategyContext(clock=self._clock, rng=self._rng, servers=self.servers, local=True)
             self.strategy = build_strategy(table.strategy, json.loads(table.params_json or "{}"), context, "table")
             self._strategy_key = key
             self._finishes = getattr(type(self.strategy), "finished", None) is not StrategyBase.finished
