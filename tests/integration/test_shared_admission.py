@@ -236,9 +236,7 @@ async def test_an_adaptive_limit_has_one_value_over_both_replicas(redis_url: str
     stubs = [pb_grpc.DecisionServiceStub(c) for c in channels]
     client = redis_py.Redis.from_url(redis_url)
 
-    async def owner() -> str | None:
-        value = client.get(f"{prefix}limit-owner:p")
-        return value.decode() if isinstance(value, bytes) else None
+    owner = functools.partial(_limit_owner, client, prefix)
 
     try:
         first = await wait_for(owner, lambda o: o is not None, "an owner", timeout_s=5)
@@ -267,6 +265,12 @@ async def test_an_adaptive_limit_has_one_value_over_both_replicas(redis_url: str
             await service.stop(0)
 
 
+async def _limit_owner(client: Any, prefix: str) -> str | None:
+    """The replica that computes pool p's shared limit, as Redis says; None before one is elected."""
+    value = client.get(f"{prefix}limit-owner:p")
+    return value.decode() if isinstance(value, bytes) else None
+
+
 # The survivor's own releases, after it took the limit over, and the limit they give: it goes
 # on from the shared value (4 with aimd, 6 with gradient2) rather than from its own idle copy.
 TAKEOVER_CASES = {
@@ -289,9 +293,7 @@ async def test_a_survivor_takes_over_the_adaptive_limit_when_its_owner_is_gone(r
     running = list(services)
     client = redis_py.Redis.from_url(redis_url)
 
-    async def owner() -> str | None:
-        value = client.get(f"{prefix}limit-owner:p")
-        return value.decode() if isinstance(value, bytes) else None
+    owner = functools.partial(_limit_owner, client, prefix)
 
     try:
         first = await wait_for(owner, lambda o: o is not None, "an owner", timeout_s=5)
