@@ -275,3 +275,46 @@ def test_invalid_params_name_the_field(values: dict[str, Any], field: str) -> No
     with pytest.raises(InvalidArgument) as err:
         parse_params(PeakEwma.Params, values, "pool.strategy_params")
     assert err.value.field == f"pool.strategy_params.{field}"
+
+
+# --- deciding in a client --------------------------------------------------------------------
+
+
+def published(**estimates: float) -> dict[str, Any]:
+    return {"strategy": "peak_ewma", "version": 1, "estimates": estimates}
+
+
+def test_published_estimates_seed_servers_the_client_has_not_measured() -> None:
+    pool = servers(1, 1)
+    strategy, clock = peak_ewma(pool)
+    strategy.observe(Feedback(pool[0], True, 40.0))
+    strategy.adopt(published(s1=10.0, s2=25.0))
+    assert (ewma(strategy, pool[0]), ewma(strategy, pool[1])) == (40.0, 25.0)  # own 40 is higher
+    clock.advance(0.010)
+    strategy.observe(Feedback(pool[1], True, 5.0))
+    assert ewma(strategy, pool[1]) == 5.0  # the first own sample replaces a seed
+
+
+def test_a_higher_published_estimate_replaces_the_clients_own() -> None:
+    """A peak another client saw reaches this one with the next table: no client has to
+    find a slow server out by itself."""
+    pool = servers(1, 1)
+    strategy, clock = peak_ewma(pool)
+    strategy.observe(Feedback(pool[0], True, 20.0))
+    strategy.observe(Feedback(pool[1], True, 20.0))
+    clock.advance(1.0)
+    strategy.adopt(published(s1=1000.0, s2=15.0))
+    assert ewma(strategy, pool[0]) == 1000.0
+    assert Counter(strategy.choose(pool).server.id for _ in range(20)) == Counter(s2=20)
+    clock.advance(0.010)
+    strategy.observe(Feedback(pool[0], True, 20.0))  # a lower own sample then pulls it down as any sample does
+    assert 20.0 < ewma(strategy, pool[0]) < 1000.0
+
+
+def test_a_lower_published_estimate_leaves_the_clients_own() -> None:
+    pool = servers(1)
+    strategy, _ = peak_ewma(pool)
+    strategy.observe(Feedback(pool[0], True, 300.0))
+    strategy.adopt(published(s1=50.0, gone=10.0))
+    assert ewma(strategy, pool[0]) == 300.0
+    assert "gone" not in strategy._ewma  # only servers of the pool

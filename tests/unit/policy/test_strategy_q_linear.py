@@ -172,11 +172,27 @@ def test_small_pools_score_every_candidate() -> None:
     assert strategy.stats()["scored"] == 30
 
 
-@pytest.mark.parametrize(("local", "local_sample_size", "scored"), [(False, 3, 8), (True, 3, 3), (True, 0, 8)])
-def test_a_client_deciding_locally_scores_local_sample_size(local: bool, local_sample_size: int, scored: int) -> None:
-    servers = {f"s{i}": Backend(id=f"s{i}", address="h", weight=1) for i in range(20)}
+@pytest.mark.parametrize(
+    ("local", "pool_size", "local_sample_size", "share", "scored"),
+    [
+        (False, 20, 3, 0.5, 8),  # the service scores sample_size
+        (True, 20, 3, 0.0, 3),  # a client: local_sample_size ...
+        (True, 5, 3, 0.5, 3),  # ... or the share of the candidates when more: ceil(2.5) = 3
+        (True, 11, 3, 0.5, 6),  # ceil(5.5) = 6
+        (True, 20, 3, 0.5, 8),  # never over sample_size
+        (True, 20, 3, 1.0, 8),
+        (True, 20, 0, 0.0, 8),  # 0: as the service
+        (True, 2, 3, 0.5, 2),  # never more than there are
+    ],
+)
+def test_a_client_deciding_locally_scores_a_share_of_the_candidates(
+    local: bool, pool_size: int, local_sample_size: int, share: float, scored: int
+) -> None:
+    servers = {f"s{i}": Backend(id=f"s{i}", address="h", weight=1) for i in range(pool_size)}
     ctx = StrategyContext(clock=ManualClock(), rng=random.Random(1), servers=servers, local=local)
-    params = QLinearParams(epsilon=0.0, epsilon_min=0.0, sample_size=8, local_sample_size=local_sample_size)
+    params = QLinearParams(
+        epsilon=0.0, epsilon_min=0.0, sample_size=8, local_sample_size=local_sample_size, local_sample_share=share
+    )
     strategy = QLinear(params, ctx)
     for _ in range(10):
         strategy.choose(list(servers.values()))
@@ -296,6 +312,9 @@ def test_corrupt_snapshots_are_refused_and_change_nothing(corruption: str) -> No
         ("sample_size", 0),
         ("local_sample_size", -1),
         ("local_sample_size", 10_001),
+        ("local_sample_share", -0.1),
+        ("local_sample_share", 1.5),
+        ("local_sample_share", math.nan),
         ("latency_scale_ms", 0.0),
         ("failure_penalty_ms", -1.0),
         ("active_scale_requests", 0.0),
