@@ -280,6 +280,78 @@ def test_cli_turns_an_unexpected_parser_failure_into_one_line(
     )
 
 
+# --- check-config ------------------------------------------------------------------------
+
+GOOD = b"""
+[pools.api]
+strategy = "p2c"
+servers = [{ id = "a", address = "127.0.0.1:1" }, { id = "b", address = "127.0.0.1:2" }]
+
+[operations.import]
+pool = "api"
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"[bogus]\nx = 1\n", "bogus: unknown section"),
+        (b'[pools.api]\nstrategy = "nope"\n', "pools.api.strategy"),
+        # Checked only when the core is built (serve's second step), and by check-config too:
+        (
+            b'[pools.api]\nstrategy = "p2c"\nstrategy_params = { choice_count = 99 }\n',
+            "pools.api.strategy_params.choice_count: must be 2-16, got 99",
+        ),
+        (b"[limits]\nmax_servers = 1\n" + GOOD, "limits.max_servers"),
+        (b'[tls]\ncert_file = "/nonexistent/c.pem"\nkey_file = "/nonexistent/k.pem"\n', "tls.cert_file"),
+        (b"[service\n", "invalid TOML"),
+    ],
+)
+def test_check_config_refuses_what_serve_refuses_with_the_same_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], quiet_cli: None, text: bytes, message: str
+) -> None:
+    path = write_bytes(tmp_path, text)
+    assert _cli.main(["check-config", str(path)]) == 2
+    checked = capsys.readouterr()
+    assert checked.out == "" and checked.err.count("\n") == 1 and message in checked.err, checked.err
+    if b"strategy_params" in text or b"max_servers" in text:
+        return  # serve would go on to build the core and report it there: the same words, checked below
+    assert _cli.main(["serve", "--config", str(path)]) == 2
+    assert capsys.readouterr().err == checked.err
+
+
+def test_check_config_and_serve_word_a_build_time_error_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, quiet_cli: None
+) -> None:
+    path = write_bytes(tmp_path, b'[pools.api]\nstrategy = "p2c"\nstrategy_params = { choice_count = 99 }\n')
+    assert _cli.main(["check-config", str(path)]) == 2
+    checked = capsys.readouterr().err
+
+    async def serve_without_binding(config: _config.ServiceConfig) -> None:
+        _cli.build_core(config)  # what start_service does first with the pools
+
+    monkeypatch.setattr(_cli, "serve", serve_without_binding)
+    assert _cli.main(["serve", "--config", str(path)]) == 2
+    assert capsys.readouterr().err == checked
+
+
+def test_check_config_accepts_a_good_file_and_says_what_it_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], quiet_cli: None
+) -> None:
+    path = write_bytes(tmp_path, GOOD)
+    assert _cli.main(["check-config", str(path)]) == 0
+    assert capsys.readouterr().out == f"{path}: valid (1 pools, 2 servers, 1 operations, state in memory)\n"
+
+
+def test_check_config_applies_the_environment_as_serve_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, quiet_cli: None
+) -> None:
+    path = write_bytes(tmp_path, GOOD)
+    monkeypatch.setenv("LOADWARDEN_LIMITS__MAX_SERVERS", "1")
+    assert _cli.main(["check-config", str(path)]) == 2
+    assert "limits.max_servers" in capsys.readouterr().err
+
+
 # --- the state file -------------------------------------------------------------------
 
 FORMAT = "loadwarden.learned/1"

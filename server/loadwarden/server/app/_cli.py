@@ -15,8 +15,9 @@ from loadwarden.observability import LOG_LEVELS, configure_logging, configure_tr
 
 from .._errors import ConfigError
 from .._version import VERSION
-from ._config import load_config
-from ._service import serve
+from ..rpc._tls import load_tls
+from ._config import ServiceConfig, load_config
+from ._service import build_core, serve
 
 # Entry-point group of the packages that add subcommands: each entry is a callable
 # ``add_commands(subparsers)``, and each parser it adds sets ``run=callable(args) -> exit
@@ -35,6 +36,15 @@ def _parser(with_commands: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="TOML config file (default: none, empty in-memory state)")
     run.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:50051)")
     run.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file (and the LOADWARDEN_* environment) without starting",
+        description="Reads FILE as `serve --config FILE` would, with the LOADWARDEN_* environment "
+        "applied, and checks everything that does not need the network: keys and values, pools and "
+        "their strategies, operations, limits and the tls.* files. Exit 0 when valid, 2 with the "
+        "message `serve` would print otherwise. Redis (state.url) is not contacted.",
+    )
+    check.add_argument("file", metavar="FILE", help="TOML config file")
     for entry in entry_points(group=COMMANDS_GROUP) if with_commands else ():
         entry.load()(commands)
     return parser
@@ -44,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``loadwarden`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # `serve` alone skips importing the simulator (numpy and all): the service starts faster.
-    args = _parser(with_commands=argv[:1] != ["serve"]).parse_args(argv)
+    args = _parser(with_commands=argv[:1] not in (["serve"], ["check-config"])).parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.file)
     if args.command != "serve":
         return int(args.run(args))
     configure_logging(args.log_level)
@@ -52,18 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_tracing("loadwarden")  # from the OTEL_* variables; off when they ask for nothing
     except ValueError as exc:
         return _invalid(exc)
-    try:
-        config = load_config(args.config, os.environ)
-        if args.listen:
-            config = dataclasses.replace(config, listen=args.listen)
-    except ConfigError as exc:
-        return _invalid(exc)
-    except Exception as exc:  # a parser bug, yet the input is what caused it: one line, never a traceback
-        log.debug("reading the configuration failed", exc_info=True)
-        where = args.config if args.config is not None else "the LOADWARDEN_* environment"
-        return _invalid(
-            f"{where}: cannot be read ({type(exc).__name__}: {exc}); run with --log-level DEBUG for details"
-        )
+    config = _read_config(args.config)
+    if isinstance(config, int):
+        return config
+    if args.listen:
+        config = dataclasses.replace(config, listen=args.listen)
     try:
         asyncio.run(serve(config))
     except ConfigError as exc:
@@ -73,6 +78,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         shutdown_tracing()  # exports the spans still buffered
+    return 0
+
+
+def _read_config(path: str | None) -> ServiceConfig | int:
+    """The configuration ``serve`` would run, or the exit code after saying why it cannot."""
+    try:
+        return load_config(path, os.environ)
+    except ConfigError as exc:
+        return _invalid(exc)
+    except Exception as exc:  # a parser bug, yet the input is what caused it: one line, never a traceback
+        log.debug("reading the configuration failed", exc_info=True)
+        where = path if path is not None else "the LOADWARDEN_* environment"
+        return _invalid(
+            f"{where}: cannot be read ({type(exc).__name__}: {exc}); run with --log-level DEBUG for details"
+        )
+
+
+def _check_config(path: str) -> int:
+    """``loadwarden check-config FILE``: what ``serve`` checks before it binds a port."""
+    config = _read_config(path)
+    if isinstance(config, int):
+        return config
+    try:
+        load_tls(config.tls)
+        # The pools and operations as the service would build them; no host sampling.
+        build_core(dataclasses.replace(config, monitor=dataclasses.replace(config.monitor, enabled=False)))
+    except ConfigError as exc:
+        return _invalid(exc)
+    servers = sum(len(spec.servers or ()) for spec in config.pools)
+    print(
+        f"{path}: valid ({len(config.pools)} pools, {servers} servers, {len(config.operations)} operations, "
+        f"state in {config.state.store})"
+    )
     return 0
 
 
