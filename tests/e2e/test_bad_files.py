@@ -141,7 +141,8 @@ def test_the_config_file_itself_cannot_be_read(processes: Processes, tmp_path: P
 
 
 BAD_ENV = [
-    ({"LOADWARDEN_NOPE": "1"}, "LOADWARDEN_NOPE: unknown setting"),
+    ({"LOADWARDEN_NOPE__X": "1"}, "LOADWARDEN_NOPE__X: unknown setting"),
+    ({"LOADWARDEN_SERVICE_LISTEN": "127.0.0.1:1"}, "LOADWARDEN_SERVICE_LISTEN: unknown setting; a service setting"),
     ({"LOADWARDEN_SERVICE__SEED": "[" * 5000}, "service.seed: must be an integer"),
     ({"LOADWARDEN_SERVICE__SEED": "9" * 5000}, "service.seed: must be an integer"),
     ({"LOADWARDEN_SERVICE__SEED": "nan"}, "service.seed: must be an integer"),

@@ -182,7 +182,9 @@ def test_bad_values_name_their_key(raw: Mapping[str, Any], key: str) -> None:
 @pytest.mark.parametrize(
     ("env", "key"),
     [
-        ({"LOADWARDEN_NOPE": "1"}, "LOADWARDEN_NOPE"),
+        ({"LOADWARDEN_NOPE__X": "1"}, "LOADWARDEN_NOPE__X"),
+        ({"LOADWARDEN_SERVICE_LISTEN": "127.0.0.1:1"}, "LOADWARDEN_SERVICE_LISTEN"),
+        ({"LOADWARDEN_AUTH_CLIENT_TOKEN": "x" * 32}, "LOADWARDEN_AUTH_CLIENT_TOKEN"),
         ({"LOADWARDEN_": "1"}, "LOADWARDEN_"),
         ({"LOADWARDEN_SERVICE__SEED": "[" * 5000}, "service.seed"),
         ({"LOADWARDEN_SERVICE__SEED": "[" * 3000 + "]" * 3000}, "service.seed"),
@@ -203,6 +205,20 @@ def test_bad_environment_overrides_name_their_key(env: dict[str, str], key: str)
     with pytest.raises(ConfigError) as err:
         load_config(None, env)
     assert err.value.key == key
+
+
+def test_a_one_underscore_service_setting_is_told_its_spelling() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"LOADWARDEN_SERVICE_LISTEN": "127.0.0.1:1"})
+    assert "LOADWARDEN_SERVICE__LISTEN" in str(err.value)
+
+
+def test_applications_loadwarden_names_are_left_to_them() -> None:
+    """The service's settings are LOADWARDEN_<SECTION>__<KEY>; the SDK's examples and the
+    test tools use LOADWARDEN_TARGET, LOADWARDEN_CLIENT_TOKEN, LOADWARDEN_SOAK_S..."""
+    names = ("LOADWARDEN_TARGET", "LOADWARDEN_CLIENT_TOKEN", "LOADWARDEN_TOKEN", "LOADWARDEN_SOAK_S", "LOADWARDEN_NOPE")
+    config = load_config(None, dict.fromkeys(names, "x") | {"LOADWARDEN_SERVICE__SEED": "3"})
+    assert config.seed == 3
 
 
 def test_an_environment_value_never_sets_two_keys() -> None:

@@ -296,11 +296,26 @@ def _parse_toml(text: str, where: str) -> dict[str, Any]:
 
 
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Sets ``raw[a][b][c]`` from each ``LOADWARDEN_A__B__C`` variable, in sorted order."""
+    """Sets ``raw[a][b][c]`` from each ``LOADWARDEN_A__B__C`` variable, in sorted order.
+
+    A ``LOADWARDEN_`` name without a double underscore is an application's or a tool's
+    (``LOADWARDEN_TARGET``, ``LOADWARDEN_CLIENT_TOKEN``) and is left alone, unless it reads
+    like a service setting spelled with one underscore (``LOADWARDEN_SERVICE_LISTEN``).
+    """
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        rest = name[len(ENV_PREFIX) :]
+        if rest and "__" not in rest and rest.lower() not in _TOP_KEYS:
+            section, _, key = rest.lower().partition("_")
+            if section in _TOP_KEYS and key:
+                raise ConfigError(
+                    name,
+                    f"unknown setting; a service setting takes two underscores after its section: "
+                    f"{ENV_PREFIX}{section.upper()}__{key.upper()} (names without them are left to applications)",
+                )
+            continue
+        path = [part.lower() for part in rest.split("__")]
         if not all(path) or path[0] not in _TOP_KEYS:
             raise ConfigError(
                 name, f"unknown setting; use LOADWARDEN_<SECTION>__<KEY> with a section in {sorted(_TOP_KEYS)}"
