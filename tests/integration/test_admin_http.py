@@ -40,12 +40,12 @@ def test_admin_is_off_by_default() -> None:
 
 def test_listen_without_a_token_names_admin_token(tmp_path: Path) -> None:
     path = tmp_path / "loadwarden.toml"
-    path.write_text('[admin]\nlisten = "127.0.0.1:9090"\n', encoding="utf-8")
+    path.write_text('[admin]\nlisten = "127.0.0.1:50052"\n', encoding="utf-8")
     with pytest.raises(ConfigError) as missing:
         load_config(path, {})
     assert missing.value.key == "admin.token"
     config = load_config(path, {"LOADWARDEN_ADMIN__TOKEN": TOKEN})
-    assert config.admin.listen == "127.0.0.1:9090" and config.admin.token == TOKEN
+    assert config.admin.listen == "127.0.0.1:50052" and config.admin.token == TOKEN
 
 
 def test_the_token_from_the_environment_is_taken_verbatim() -> None:
@@ -59,14 +59,14 @@ def test_the_token_from_the_environment_is_taken_verbatim() -> None:
     [
         ({"listen": "localhost"}, "admin.listen", "host:port"),
         ({"listen": "127.0.0.1:70000"}, "admin.listen", "0-65535"),
-        ({"listen": "::1:9090", "token": TOKEN}, "admin.listen", "brackets"),
-        ({"listen": 9090}, "admin.listen", "string"),
+        ({"listen": "::1:50052", "token": TOKEN}, "admin.listen", "brackets"),
+        ({"listen": 50052}, "admin.listen", "string"),
         ({"listen": "127.0.0.1:0", "token": "short"}, "admin.token", "at least 16"),
         ({"listen": "127.0.0.1:0", "token": "has spaces in the middle"}, "admin.token", "without spaces"),
         ({"history_interval_ms": 10}, "admin.history_interval_ms", "[100, 3600000]"),
         ({"history_retention_s": "1d"}, "admin.history_retention_s", "integer"),
         ({"history_path": 3}, "admin.history_path", "string"),
-        ({"port": 9090}, "admin.port", "valid keys"),
+        ({"port": 50052}, "admin.port", "valid keys"),
     ],
 )
 def test_invalid_admin_settings_name_the_key(admin: dict[str, object], key: str, fragment: str) -> None:
