@@ -149,7 +149,9 @@ def test_configuration_made_through_one_replica_is_in_force_on_all_within_a_seco
         servers=[common_pb2.ServerSpec(id="m1", address="127.0.0.1:7010")],
     )
     admin.ConfigurePool(admin_pb2.ConfigurePoolRequest(pool=config), timeout=5)
-    admin.DrainServer(admin_pb2.DrainServerRequest(pool="made", server_id="m1", drain=True), timeout=5)
+    admin.DrainServer(
+        admin_pb2.DrainServerRequest(pool="made", server_id="m1", state=admin_pb2.DRAIN_STATE_DRAINING), timeout=5
+    )
     changed = time.monotonic()
     channel.close()
 

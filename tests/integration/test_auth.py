@@ -50,7 +50,7 @@ ADMIN_CALLS: dict[str, Message] = {
         pool="api", server=common.ServerSpec(id="s9", address="127.0.0.1:9009")
     ),
     "DeregisterServer": admin.DeregisterServerRequest(pool="api", server_id="s3"),
-    "DrainServer": admin.DrainServerRequest(pool="api", server_id="s1", drain=True),
+    "DrainServer": admin.DrainServerRequest(pool="api", server_id="s1", state=admin.DRAIN_STATE_DRAINING),
     "ConfigureOperation": admin.ConfigureOperationRequest(operation=common.OperationConfig(name="export")),
     "DeleteOperation": admin.DeleteOperationRequest(operation="import"),
 }

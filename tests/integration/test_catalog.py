@@ -85,7 +85,9 @@ async def make_changes(replica: Replica) -> None:
     for sid in ("m1", "m2"):
         server = common.ServerSpec(id=sid, address=f"127.0.0.1:70{sid[-1]}0", weight=2)
         await replica.admin.RegisterServer(admin.RegisterServerRequest(pool="made", server=server))
-    await replica.admin.DrainServer(admin.DrainServerRequest(pool="made", server_id="m2", drain=True))
+    await replica.admin.DrainServer(
+        admin.DrainServerRequest(pool="made", server_id="m2", state=admin.DRAIN_STATE_DRAINING)
+    )
     operation = common.OperationConfig(name="etl", max_batch_size=64, load_source=common.LOAD_SOURCE_POOL, pool="made")
     await replica.admin.ConfigureOperation(admin.ConfigureOperationRequest(operation=operation))
 

@@ -97,7 +97,7 @@ async def test_failed_requests_are_answered_with_their_status_and_the_stream_goe
     stub = pb_grpc.DecisionServiceStub(channel)
     for server_id in ("s1", "s2", "s3"):
         await admin_grpc.AdminServiceStub(channel).DrainServer(
-            admin.DrainServerRequest(pool="api", server_id=server_id, drain=True)
+            admin.DrainServerRequest(pool="api", server_id=server_id, state=admin.DRAIN_STATE_DRAINING)
         )
     call = stub.Decide()
     await call.write(req(1, select=pb.SelectServerRequest(pool="nope")))

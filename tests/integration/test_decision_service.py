@@ -60,9 +60,24 @@ async def test_least_connections_picks_fewest_in_flight(stubs) -> None:
     assert in_flight == {"s1": 1, "s2": 1, "s3": 1}
 
 
+async def test_a_drain_request_without_a_state_leaves_the_server_drained(stubs) -> None:
+    """With the old `bool drain`, leaving the field out read as false and un-drained it."""
+    decision, admin_stub, _ = stubs
+    await admin_stub.DrainServer(admin.DrainServerRequest(pool="api", server_id="s1", state=admin.DRAIN_STATE_DRAINING))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin_stub.DrainServer(admin.DrainServerRequest(pool="api", server_id="s1"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("state: must be DRAIN_STATE_DRAINING or DRAIN_STATE_SERVING, got")
+    assert (await status(decision, "api"))["s1"].state == common.SERVER_STATE_DRAINING
+    back = await admin_stub.DrainServer(
+        admin.DrainServerRequest(pool="api", server_id="s1", state=admin.DRAIN_STATE_SERVING)
+    )
+    assert back.server.state == common.SERVER_STATE_SERVING
+
+
 async def test_drained_and_stale_servers_are_never_picked(stubs, clock: ManualClock) -> None:
     decision, admin_stub, _ = stubs
-    await admin_stub.DrainServer(admin.DrainServerRequest(pool="api", server_id="s1", drain=True))
+    await admin_stub.DrainServer(admin.DrainServerRequest(pool="api", server_id="s1", state=admin.DRAIN_STATE_DRAINING))
     await decision.ReportLoad(pb.ReportLoadRequest(reports=[load("api", "s2", cpu_percent=10)]))
     clock.advance(10.5)  # s2's report is now older than the default 10 s TTL
     picked = {(await decision.SelectServer(pb.SelectServerRequest(pool="api"))).server_id for _ in range(20)}
@@ -73,7 +88,7 @@ async def test_drained_and_stale_servers_are_never_picked(stubs, clock: ManualCl
         "s2": common.SERVER_STATE_STALE,
         "s3": common.SERVER_STATE_SERVING,
     }
-    await admin_stub.DrainServer(admin.DrainServerRequest(pool="api", server_id="s3", drain=True))
+    await admin_stub.DrainServer(admin.DrainServerRequest(pool="api", server_id="s3", state=admin.DRAIN_STATE_DRAINING))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await decision.SelectServer(pb.SelectServerRequest(pool="api"))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -388,8 +403,16 @@ BAD_INPUTS = [
     ),
     (A, "DeregisterServer", admin.DeregisterServerRequest(pool="api", server_id="s9"), NOT_FOUND, "server_id"),
     (A, "DeregisterServer", admin.DeregisterServerRequest(pool="api", server_id="\u2028"), INVALID, "server_id"),
-    (A, "DrainServer", admin.DrainServerRequest(pool="api", server_id="s9", drain=True), NOT_FOUND, "server_id"),
+    (
+        A,
+        "DrainServer",
+        admin.DrainServerRequest(pool="api", server_id="s9", state=admin.DRAIN_STATE_DRAINING),
+        NOT_FOUND,
+        "server_id",
+    ),
     (A, "DrainServer", admin.DrainServerRequest(pool="", server_id="s1"), INVALID, "pool"),
+    (A, "DrainServer", admin.DrainServerRequest(pool="api", server_id="s1"), INVALID, "state"),
+    (A, "DrainServer", admin.DrainServerRequest(pool="api", server_id="s1", state=7), INVALID, "state"),  # type: ignore[arg-type]  # a number no name has, as a newer client may send
     (A, "DeletePool", admin.DeletePoolRequest(pool="nope"), NOT_FOUND, "pool"),
 ]
 

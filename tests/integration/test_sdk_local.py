@@ -112,7 +112,9 @@ async def test_a_drain_reaches_four_connected_clients_within_a_second(start, cha
             await local_selection(client)
         admin_stub = admin_grpc.AdminServiceStub(channel_to(running))
         drained_at = time.monotonic()
-        await admin_stub.DrainServer(admin.DrainServerRequest(pool="api", server_id="s1", drain=True))
+        await admin_stub.DrainServer(
+            admin.DrainServerRequest(pool="api", server_id="s1", state=admin.DRAIN_STATE_DRAINING)
+        )
 
         async def avoids_s1(client: AsyncClient) -> float:
             tables = client._tables

@@ -52,7 +52,7 @@ async def test_errors_are_the_unary_calls_errors(start, channel_to) -> None:
     running = await start(three_server_pool("api"))
     for server_id in ("s1", "s2", "s3"):
         await admin_grpc.AdminServiceStub(channel_to(running)).DrainServer(
-            admin.DrainServerRequest(pool="api", server_id=server_id, drain=True)
+            admin.DrainServerRequest(pool="api", server_id=server_id, state=admin.DRAIN_STATE_DRAINING)
         )
     async with AsyncClient(running.target, transport="stream") as client:
         with pytest.raises(NotFoundError) as missing:
@@ -62,7 +62,7 @@ async def test_errors_are_the_unary_calls_errors(start, channel_to) -> None:
             await client.select("api")
         assert none_left.value.reason == "no-eligible-server"  # an answer, not an outage
         await admin_grpc.AdminServiceStub(channel_to(running)).DrainServer(
-            admin.DrainServerRequest(pool="api", server_id="s2", drain=False)
+            admin.DrainServerRequest(pool="api", server_id="s2", state=admin.DRAIN_STATE_SERVING)
         )
         assert (await client.select("api")).server_id == "s2"  # the stream goes on after errors
         with pytest.raises(NotFoundError):

@@ -64,7 +64,7 @@ async def test_a_drain_reaches_the_stream_within_a_second(service: RunningServic
     await _read(stream)
     loop = asyncio.get_running_loop()
     drained_at = loop.time()
-    await admin_stub.DrainServer(admin.DrainServerRequest(pool="api", server_id="s1", drain=True))
+    await admin_stub.DrainServer(admin.DrainServerRequest(pool="api", server_id="s1", state=admin.DRAIN_STATE_DRAINING))
     change = await _read(stream, 1.0)
     assert loop.time() - drained_at < 1.0
     (s1,) = change.servers

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from loadwarden.v1 import common_pb2 as loadwarden_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19loadwarden/v1/admin.proto\x12\rloadwarden.v1\x1a\x1aloadwarden/v1/common.proto\"?\n\x14\x43onfigurePoolRequest\x12\'\n\x04pool\x18\x01 \x01(\x0b\x32\x19.loadwarden.v1.PoolConfig\"Q\n\x15\x43onfigurePoolResponse\x12\'\n\x04pool\x18\x01 \x01(\x0b\x32\x19.loadwarden.v1.PoolStatus\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"!\n\x11\x44\x65letePoolRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"\x14\n\x12\x44\x65letePoolResponse\"P\n\x15RegisterServerRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12)\n\x06server\x18\x02 \x01(\x0b\x32\x19.loadwarden.v1.ServerSpec\"V\n\x16RegisterServerResponse\x12+\n\x06server\x18\x01 \x01(\x0b\x32\x1b.loadwarden.v1.ServerStatus\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\":\n\x17\x44\x65registerServerRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\"\x1a\n\x18\x44\x65registerServerResponse\"D\n\x12\x44rainServerRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\r\n\x05\x64rain\x18\x03 \x01(\x08\"B\n\x13\x44rainServerResponse\x12+\n\x06server\x18\x01 \x01(\x0b\x32\x1b.loadwarden.v1.ServerStatus\"N\n\x19\x43onfigureOperationRequest\x12\x31\n\toperation\x18\x01 \x01(\x0b\x32\x1e.loadwarden.v1.OperationConfig\"`\n\x1a\x43onfigureOperationResponse\x12\x31\n\toperation\x18\x01 \x01(\x0b\x32\x1e.loadwarden.v1.OperationStatus\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"+\n\x16\x44\x65leteOperationRequest\x12\x11\n\toperation\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteOperationResponse2\xa4\x05\n\x0c\x41\x64minService\x12Z\n\rConfigurePool\x12#.loadwarden.v1.ConfigurePoolRequest\x1a$.loadwarden.v1.ConfigurePoolResponse\x12Q\n\nDeletePool\x12 .loadwarden.v1.DeletePoolRequest\x1a!.loadwarden.v1.DeletePoolResponse\x12]\n\x0eRegisterServer\x12$.loadwarden.v1.RegisterServerRequest\x1a%.loadwarden.v1.RegisterServerResponse\x12\x63\n\x10\x44\x65registerServer\x12&.loadwarden.v1.DeregisterServerRequest\x1a\'.loadwarden.v1.DeregisterServerResponse\x12T\n\x0b\x44rainServer\x12!.loadwarden.v1.DrainServerRequest\x1a\".loadwarden.v1.DrainServerResponse\x12i\n\x12\x43onfigureOperation\x12(.loadwarden.v1.ConfigureOperationRequest\x1a).loadwarden.v1.ConfigureOperationResponse\x12`\n\x0f\x44\x65leteOperation\x12%.loadwarden.v1.DeleteOperationRequest\x1a&.loadwarden.v1.DeleteOperationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19loadwarden/v1/admin.proto\x12\rloadwarden.v1\x1a\x1aloadwarden/v1/common.proto\"?\n\x14\x43onfigurePoolRequest\x12\'\n\x04pool\x18\x01 \x01(\x0b\x32\x19.loadwarden.v1.PoolConfig\"Q\n\x15\x43onfigurePoolResponse\x12\'\n\x04pool\x18\x01 \x01(\x0b\x32\x19.loadwarden.v1.PoolStatus\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"!\n\x11\x44\x65letePoolRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"\x14\n\x12\x44\x65letePoolResponse\"P\n\x15RegisterServerRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12)\n\x06server\x18\x02 \x01(\x0b\x32\x19.loadwarden.v1.ServerSpec\"V\n\x16RegisterServerResponse\x12+\n\x06server\x18\x01 \x01(\x0b\x32\x1b.loadwarden.v1.ServerStatus\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\":\n\x17\x44\x65registerServerRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\"\x1a\n\x18\x44\x65registerServerResponse\"l\n\x12\x44rainServerRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.loadwarden.v1.DrainStateJ\x04\x08\x03\x10\x04R\x05\x64rain\"B\n\x13\x44rainServerResponse\x12+\n\x06server\x18\x01 \x01(\x0b\x32\x1b.loadwarden.v1.ServerStatus\"N\n\x19\x43onfigureOperationRequest\x12\x31\n\toperation\x18\x01 \x01(\x0b\x32\x1e.loadwarden.v1.OperationConfig\"`\n\x1a\x43onfigureOperationResponse\x12\x31\n\toperation\x18\x01 \x01(\x0b\x32\x1e.loadwarden.v1.OperationStatus\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"+\n\x16\x44\x65leteOperationRequest\x12\x11\n\toperation\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteOperationResponse*\\\n\nDrainState\x12\x1b\n\x17\x44RAIN_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44RAIN_STATE_DRAINING\x10\x01\x12\x17\n\x13\x44RAIN_STATE_SERVING\x10\x02\x32\xa4\x05\n\x0c\x41\x64minService\x12Z\n\rConfigurePool\x12#.loadwarden.v1.ConfigurePoolRequest\x1a$.loadwarden.v1.ConfigurePoolResponse\x12Q\n\nDeletePool\x12 .loadwarden.v1.DeletePoolRequest\x1a!.loadwarden.v1.DeletePoolResponse\x12]\n\x0eRegisterServer\x12$.loadwarden.v1.RegisterServerRequest\x1a%.loadwarden.v1.RegisterServerResponse\x12\x63\n\x10\x44\x65registerServer\x12&.loadwarden.v1.DeregisterServerRequest\x1a\'.loadwarden.v1.DeregisterServerResponse\x12T\n\x0b\x44rainServer\x12!.loadwarden.v1.DrainServerRequest\x1a\".loadwarden.v1.DrainServerResponse\x12i\n\x12\x43onfigureOperation\x12(.loadwarden.v1.ConfigureOperationRequest\x1a).loadwarden.v1.ConfigureOperationResponse\x12`\n\x0f\x44\x65leteOperation\x12%.loadwarden.v1.DeleteOperationRequest\x1a&.loadwarden.v1.DeleteOperationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loadwarden.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DRAINSTATE']._serialized_start=963
+  _globals['_DRAINSTATE']._serialized_end=1055
   _globals['_CONFIGUREPOOLREQUEST']._serialized_start=72
   _globals['_CONFIGUREPOOLREQUEST']._serialized_end=135
   _globals['_CONFIGUREPOOLRESPONSE']._serialized_start=137
@@ -49,17 +51,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEREGISTERSERVERRESPONSE']._serialized_start=507
   _globals['_DEREGISTERSERVERRESPONSE']._serialized_end=533
   _globals['_DRAINSERVERREQUEST']._serialized_start=535
-  _globals['_DRAINSERVERREQUEST']._serialized_end=603
-  _globals['_DRAINSERVERRESPONSE']._serialized_start=605
-  _globals['_DRAINSERVERRESPONSE']._serialized_end=671
-  _globals['_CONFIGUREOPERATIONREQUEST']._serialized_start=673
-  _globals['_CONFIGUREOPERATIONREQUEST']._serialized_end=751
-  _globals['_CONFIGUREOPERATIONRESPONSE']._serialized_start=753
-  _globals['_CONFIGUREOPERATIONRESPONSE']._serialized_end=849
-  _globals['_DELETEOPERATIONREQUEST']._serialized_start=851
-  _globals['_DELETEOPERATIONREQUEST']._serialized_end=894
-  _globals['_DELETEOPERATIONRESPONSE']._serialized_start=896
-  _globals['_DELETEOPERATIONRESPONSE']._serialized_end=921
-  _globals['_ADMINSERVICE']._serialized_start=924
-  _globals['_ADMINSERVICE']._serialized_end=1600
+  _globals['_DRAINSERVERREQUEST']._serialized_end=643
+  _globals['_DRAINSERVERRESPONSE']._serialized_start=645
+  _globals['_DRAINSERVERRESPONSE']._serialized_end=711
+  _globals['_CONFIGUREOPERATIONREQUEST']._serialized_start=713
+  _globals['_CONFIGUREOPERATIONREQUEST']._serialized_end=791
+  _globals['_CONFIGUREOPERATIONRESPONSE']._serialized_start=793
+  _globals['_CONFIGUREOPERATIONRESPONSE']._serialized_end=889
+  _globals['_DELETEOPERATIONREQUEST']._serialized_start=891
+  _globals['_DELETEOPERATIONREQUEST']._serialized_end=934
+  _globals['_DELETEOPERATIONRESPONSE']._serialized_start=936
+  _globals['_DELETEOPERATIONRESPONSE']._serialized_end=961
+  _globals['_ADMINSERVICE']._serialized_start=1058
+  _globals['_ADMINSERVICE']._serialized_end=1734
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,20 @@
 from loadwarden.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class DrainState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DRAIN_STATE_UNSPECIFIED: _ClassVar[DrainState]
+    DRAIN_STATE_DRAINING: _ClassVar[DrainState]
+    DRAIN_STATE_SERVING: _ClassVar[DrainState]
+DRAIN_STATE_UNSPECIFIED: DrainState
+DRAIN_STATE_DRAINING: DrainState
+DRAIN_STATE_SERVING: DrainState
 
 class ConfigurePoolRequest(_message.Message):
     __slots__ = ("pool",)
@@ -59,14 +69,14 @@ class DeregisterServerResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class DrainServerRequest(_message.Message):
-    __slots__ = ("pool", "server_id", "drain")
+    __slots__ = ("pool", "server_id", "state")
     POOL_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
-    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     pool: str
     server_id: str
-    drain: bool
-    def __init__(self, pool: _Optional[str] = ..., server_id: _Optional[str] = ..., drain: _Optional[bool] = ...) -> None: ...
+    state: DrainState
+    def __init__(self, pool: _Optional[str] = ..., server_id: _Optional[str] = ..., state: _Optional[_Union[DrainState, str]] = ...) -> None: ...
 
 class DrainServerResponse(_message.Message):
     __slots__ = ("server",)

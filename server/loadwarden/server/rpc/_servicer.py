@@ -546,7 +546,12 @@ class AdminServicer(_admin_grpc.AdminServiceServicer):
     @_rpc
     async def DrainServer(self, request: _admin.DrainServerRequest, context: Any) -> _admin.DrainServerResponse:
         pool_name = check_name(request.pool, "pool")
-        server = self._core.drain_server(pool_name, check_name(request.server_id, "server_id"), request.drain)
+        server_id = check_name(request.server_id, "server_id")
+        if request.state not in (_admin.DRAIN_STATE_DRAINING, _admin.DRAIN_STATE_SERVING):
+            raise InvalidArgument(
+                "state", f"must be DRAIN_STATE_DRAINING or DRAIN_STATE_SERVING, got {_drain_state_name(request.state)}"
+            )
+        server = self._core.drain_server(pool_name, server_id, request.state == _admin.DRAIN_STATE_DRAINING)
         await self._changes.pool_changed(pool_name)
         clock = self._core.clock
         status = convert.server_status(self._core.pool(pool_name), server, clock.monotonic(), clock.wall())
@@ -617,3 +622,11 @@ def add_to_server(
 def server_options(limits: CoreLimits) -> tuple[tuple[str, int], ...]:
     """gRPC server options enforcing ``limits``: the request size cap (``limits.max_message_bytes``)."""
     return (("grpc.max_receive_message_length", limits.max_message_bytes),)
+
+
+def _drain_state_name(value: int) -> str:
+    """The enum name of ``value``, or the number when no name has it (sent by a newer contract)."""
+    try:
+        return _admin.DrainState.Name(value)
+    except ValueError:
+        return str(value)
