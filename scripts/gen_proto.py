@@ -3,7 +3,10 @@
 Usage: python scripts/gen_proto.py [OUT_ROOT]   (default: sdk/)
 
 Writes OUT_ROOT/loadwarden/v1/{name}_pb2.py, _pb2.pyi and _pb2_grpc.py for every
-.proto file. The committed copy under sdk/ must equal a fresh run; a test checks.
+.proto file, and descriptors.binpb: the contract's FileDescriptorSet with its
+comments (source info), which the service's reflection serves so that ``grpcurl
+describe`` shows them (the _pb2 modules embed descriptors without comments).
+The committed copy under sdk/ must equal a fresh run; a test checks.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
+DESCRIPTORS = "descriptors.binpb"
 
 
 def generate(out_root: Path) -> list[Path]:
     """Runs protoc over every .proto file; returns the generated files."""
-    out_root.mkdir(parents=True, exist_ok=True)
+    (out_root / "loadwarden" / "v1").mkdir(parents=True, exist_ok=True)
     protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     args = [
@@ -30,11 +34,14 @@ def generate(out_root: Path) -> list[Path]:
         f"--python_out={out_root}",
         f"--pyi_out={out_root}",
         f"--grpc_python_out={out_root}",
+        f"--descriptor_set_out={out_root / 'loadwarden' / 'v1' / DESCRIPTORS}",
+        "--include_source_info",
         *protos,
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted((out_root / "loadwarden" / "v1").glob("*_pb2*.py*"))
+    v1 = out_root / "loadwarden" / "v1"
+    return sorted([*v1.glob("*_pb2*.py*"), v1 / DESCRIPTORS])
 
 
 if __name__ == "__main__":

@@ -60,8 +60,9 @@ def test_committed_generated_code_equals_a_fresh_run(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, f"gen_proto.py failed:\n{done.stdout}{done.stderr}"
 
-    fresh = {p.name: p for p in (out / "loadwarden" / "v1").glob("*_pb2*.py*")}
-    committed = {p.name: p for p in GENERATED_DIR.glob("*_pb2*.py*")}
+    generated = ("*_pb2*.py*", "*.binpb")
+    fresh = {p.name: p for pattern in generated for p in (out / "loadwarden" / "v1").glob(pattern)}
+    committed = {p.name: p for pattern in generated for p in GENERATED_DIR.glob(pattern)}
     assert fresh, "gen_proto.py generated nothing"
     missing = sorted(set(fresh) - set(committed))
     extra = sorted(set(committed) - set(fresh))

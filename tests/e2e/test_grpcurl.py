@@ -31,6 +31,22 @@ def test_describe_method_shows_the_rpc(shared_service: Service, grpcurl: Grpcurl
     assert rpc in result.stdout, str(result)
 
 
+def test_describe_shows_the_contracts_comments(shared_service: Service, grpcurl: Grpcurl) -> None:
+    """Reflection serves the descriptors with their source info: the units and ranges."""
+    message = grpcurl(shared_service.target, "describe", "loadwarden.v1.AcquireSlotRequest")
+    assert message.returncode == 0, str(message)
+    assert "// Priority 0-9; higher is served first, FIFO within a priority." in message.stdout, str(message)
+    assert "uint32 priority = 3;" in message.stdout, str(message)
+
+    service = grpcurl(shared_service.target, "describe", DECISION)
+    assert "// The Decision service answers three questions" in service.stdout, str(service)
+    method = grpcurl(shared_service.target, "describe", f"{DECISION}.AcquireSlot")
+    assert method.returncode == 0 and "//" in method.stdout, str(method)
+    # Files outside the contract come as they are.
+    health = grpcurl(shared_service.target, "describe", HEALTH)
+    assert health.returncode == 0 and "rpc Check" in health.stdout, str(health)
+
+
 def test_select_server_answers_a_configured_server_with_a_decision_id(
     shared_service: Service, grpcurl: Grpcurl
 ) -> None:

@@ -109,6 +109,22 @@ def test_wheel_has_no_loadwarden_init(installed: Path) -> None:
     assert {"loadwarden/v1/decision_pb2.py", "loadwarden/v1/decision_pb2_grpc.py"} <= files
 
 
+def test_wheel_ships_the_contract_and_the_typing_markers(installed: Path) -> None:
+    """The .proto files at their import paths, the commented descriptors reflection serves,
+    and py.typed in every part of the namespace (issue 18)."""
+    (record,) = installed.glob("loadwarden-*.dist-info/RECORD")
+    with record.open(newline="", encoding="utf-8") as f:
+        files = {row[0] for row in csv.reader(f) if row}
+    protos = {f"loadwarden/v1/{p.name}" for p in (REPO / "proto" / "loadwarden" / "v1").glob("*.proto")}
+    assert len(protos) == 4 and protos <= files
+    assert (installed / "loadwarden/v1/decision.proto").read_bytes() == (
+        REPO / "proto/loadwarden/v1/decision.proto"
+    ).read_bytes()
+    assert "loadwarden/v1/descriptors.binpb" in files
+    for module in MODULES:
+        assert f"{module.replace('.', '/')}/py.typed" in files, f"the wheel has no py.typed in {module}"
+
+
 def test_editable_install_imports_from_outside_the_repo(tmp_path: Path) -> None:
     where = _where(tmp_path, {})
 
