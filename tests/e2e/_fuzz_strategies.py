@@ -560,7 +560,7 @@ VALID_ADMIN_CALLS: dict[str, st.SearchStrategy[Call]] = {
         _admin.DrainServerRequest,
         pool=st.just("api"),
         server_id=st.sampled_from(("api-1", "api-2", "api-3")),
-        drain=st.booleans(),
+        state=st.sampled_from((_admin.DRAIN_STATE_DRAINING, _admin.DRAIN_STATE_SERVING)),
     ),
     "ConfigureOperation": _admin_call(
         "ConfigureOperation", _admin.ConfigureOperationRequest, operation=_valid_operation_configs
@@ -578,7 +578,7 @@ FUZZ_ADMIN_CALLS: dict[str, st.SearchStrategy[Call]] = {
     ),
     "DeregisterServer": _admin_call("DeregisterServer", _admin.DeregisterServerRequest, pool=pools, server_id=servers),
     "DrainServer": _admin_call(
-        "DrainServer", _admin.DrainServerRequest, pool=pools, server_id=servers, drain=st.booleans()
+        "DrainServer", _admin.DrainServerRequest, pool=pools, server_id=servers, state=enum_values
     ),
     "ConfigureOperation": _admin_call(
         "ConfigureOperation", _admin.ConfigureOperationRequest, operation=st.one_of(st.none(), operation_configs)

@@ -95,7 +95,7 @@ def test_env_can_create_a_pool() -> None:
         ("[pools.api]\nservers = [{ id = 'a', address = 'h:1', port = 3 }]", {}, "pools.api.servers[0].port"),
         ("[pools.api]\nbogus = 1", {}, "pools.api.bogus"),
         ("[pools]\napi = 3", {}, "pools.api"),
-        ("", {"LOADWARDEN_NOPE": "1"}, "LOADWARDEN_NOPE"),
+        ("", {"LOADWARDEN_NOPE__X": "1"}, "LOADWARDEN_NOPE__X"),
         ("", {"LOADWARDEN_SERVICE__": "1"}, "LOADWARDEN_SERVICE__"),
         ("", {"LOADWARDEN_POOLS__API__STRATEGY": "fastest"}, "pools.api.strategy"),
     ],
