@@ -26,7 +26,7 @@ class LoadwardenError(Exception):
     default_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
 
     def __init__(self, details: str = "", *, code: grpc.StatusCode | None = None) -> None:
-        self.code = type(self).default_code if code is None else code
+        self.code: grpc.StatusCode = type(self).default_code if code is None else code
         self.details = details
         super().__init__(f"{self.code.name}: {details}" if details else self.code.name)
 

@@ -203,7 +203,7 @@ class BackendReporter:
         self._async = isinstance(client, AsyncClient)
         self.pool = pool
         self.server_id = server_id
-        self.interval_s = float(interval_s)
+        self.interval_s: float = float(interval_s)
         self._sampler = PsutilSampler() if sampler is None else sampler
         self._clock = clock
         self._perf_counter = perf_counter

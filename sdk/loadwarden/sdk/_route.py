@@ -23,7 +23,7 @@ class Route:
     __slots__ = ("_clock", "_failure_status", "_started", "selection")
 
     def __init__(self, selection: Selection, *, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.selection = selection
+        self.selection: Selection = selection
         self._clock = clock
         self._started = clock()
         self._failure_status: str | None = None

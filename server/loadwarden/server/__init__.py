@@ -15,7 +15,9 @@ from loadwarden.policy import (
     SystemClock,
 )
 
+from . import _needs  # noqa: F401 - imported for its check: names the missing extra first
 from ._errors import ConfigError
+from .app._cli import main
 from .app._config import AdminSettings, MonitorSettings, PoolSpec, ServiceConfig, StateSettings, load_config
 from .app._service import RunningService, serve, start_service
 from .engine._core import CoreLimits, DecisionCore
@@ -43,6 +45,7 @@ __all__ = [
     "SystemClock",
     "TlsSettings",
     "load_config",
+    "main",
     "serve",
     "start_service",
 ]

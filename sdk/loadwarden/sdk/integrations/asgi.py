@@ -67,7 +67,7 @@ class AdmissionMiddleware:
         **fields: Any,
     ) -> None:
         self.app = app
-        self.settings = replace(settings or AdmissionSettings(), **fields)
+        self.settings: AdmissionSettings = replace(settings or AdmissionSettings(), **fields)
         self._choose = choose
         self._chooser: Chooser[Scope] = Chooser(self.settings, choose)
         self._owns_client = client is None

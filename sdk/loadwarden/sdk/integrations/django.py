@@ -104,7 +104,7 @@ class AdmissionMiddleware:
         if not getattr(django_settings, "LOAD_MANAGER_ENABLED", True):
             raise MiddlewareNotUsed("LOAD_MANAGER_ENABLED is False")
         self.get_response = get_response
-        self.settings = admission_settings()
+        self.settings: AdmissionSettings = admission_settings()
         choose = getattr(django_settings, "LOADWARDEN_CHOOSE", None)
         if isinstance(choose, str):
             try:
