@@ -25,6 +25,7 @@ def test_public_names() -> None:
         "SystemClock",
         "TlsSettings",
         "load_config",
+        "main",
         "serve",
         "start_service",
     ]
