@@ -7,6 +7,7 @@ so every counter, gauge and histogram count below is exact.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 from collections.abc import Mapping
 
 import aiohttp
@@ -140,13 +141,15 @@ async def test_a_scripted_workload_shows_up_exactly_in_metrics(
     content_type, m = await scrape(service)
     assert content_type.startswith("text/plain; version=")
 
-    # Decisions by pool, strategy and result.
-    assert series(m, "loadwarden_decisions_total") == {
+    # Decisions by pool, strategy and result: every pool's results, at zero until seen.
+    decided = {labels: v for labels, v in series(m, "loadwarden_decisions_total").items() if v}
+    assert decided == {
         frozenset({"pool": "api", "strategy": "round_robin", "result": "selected"}.items()): 6,
         frozenset({"pool": "solo", "strategy": "least_connections", "result": "no_eligible_server"}.items()): 1,
     }
-    # Handler time of decision RPCs, by method and code.
-    duration = "loadwarden_decision_duration_milliseconds_count"
+    assert len(series(m, "loadwarden_decisions_total")) == 4 * 2
+    # Handler time of decision RPCs, by method and code, in seconds.
+    duration = "loadwarden_decision_duration_seconds_count"
     assert value(m, duration, method="SelectServer", code="OK") == 6
     assert value(m, duration, method="SelectServer", code="UNAVAILABLE") == 1
     assert value(m, duration, method="SelectServer", code="NOT_FOUND") == 1
@@ -154,19 +157,24 @@ async def test_a_scripted_workload_shows_up_exactly_in_metrics(
     assert value(m, duration, method="AcquireSlot", code="RESOURCE_EXHAUSTED") == 1
     assert value(m, duration, method="GetBatchSize", code="OK") == 2
     assert value(m, duration, method="ReportOutcome", code="OK") == 1
-    assert value(m, "loadwarden_decision_duration_milliseconds_sum", method="SelectServer", code="OK") > 0
+    assert 0 < value(m, "loadwarden_decision_duration_seconds_sum", method="SelectServer", code="OK") < 6
 
-    # Admission: denials by reason, rate-limit rejections, queue waits, leases, queue length.
-    assert series(m, "loadwarden_denials_total") == {frozenset({"pool": "slots", "reason": "at_capacity"}.items()): 1}
+    # Admission: denials by reason (every pool's reasons, at zero until seen), rate-limit
+    # rejections, queue waits, leases, queue length.
+    denials = series(m, "loadwarden_denials_total")
+    assert {labels: v for labels, v in denials.items() if v} == {
+        frozenset({"pool": "slots", "reason": "at_capacity"}.items()): 1
+    }
+    assert len(denials) == 4 * 3
     assert value(m, "loadwarden_rate_limit_rejections_total", pool="rated") == 1
     assert value(m, "loadwarden_rate_limit_rejections_total", pool="slots") == 0
-    wait = "loadwarden_queue_wait_milliseconds"
+    wait = "loadwarden_queue_wait_seconds"
     assert value(m, f"{wait}_count", pool="slots", result="granted") == 2
     assert value(m, f"{wait}_count", pool="slots", result="denied") == 1
     assert value(m, f"{wait}_count", pool="rated", result="granted") == 1
-    assert value(m, f"{wait}_sum", pool="slots", result="granted") == 250
-    assert value(m, f"{wait}_bucket", pool="slots", result="granted", le="100") == 1
-    assert value(m, f"{wait}_bucket", pool="slots", result="granted", le="250") == 2
+    assert value(m, f"{wait}_sum", pool="slots", result="granted") == 0.25
+    assert value(m, f"{wait}_bucket", pool="slots", result="granted", le="0.1") == 1
+    assert value(m, f"{wait}_bucket", pool="slots", result="granted", le="0.25") == 2
     assert value(m, "loadwarden_leases_active", pool="slots") == 1
     assert value(m, "loadwarden_leases_active", pool="rated") == 1
     assert value(m, "loadwarden_leases_active", pool="api") == 0
@@ -178,16 +186,42 @@ async def test_a_scripted_workload_shows_up_exactly_in_metrics(
     assert value(m, "loadwarden_batch_size", operation="import") == 100
     assert value(m, "loadwarden_batch_adjustments_total", operation="import") == 1
 
-    # Per-server load and ejections.
-    assert series(m, "loadwarden_server_cpu_percent") == {
-        frozenset({"pool": "api", "server": "s2"}.items()): 10.0,
-        frozenset({"pool": "api", "server": "s3"}.items()): 30.0,
+    # Per-server load (ratios 0-1) and ejections.
+    assert series(m, "loadwarden_server_cpu_ratio") == {
+        frozenset({"pool": "api", "server": "s2"}.items()): 0.1,
+        frozenset({"pool": "api", "server": "s3"}.items()): 0.3,
     }
-    assert value(m, "loadwarden_server_memory_percent", pool="api", server="s3") == 40.0
+    assert value(m, "loadwarden_server_memory_ratio", pool="api", server="s3") == 0.4
     assert value(m, "loadwarden_server_in_flight", pool="api", server="s3") == 1  # the sixth pick is unreported
     assert value(m, "loadwarden_server_in_flight", pool="api", server="s1") == 0
     assert value(m, "loadwarden_server_ejections_total", pool="api", server="s1") == 1
     assert value(m, "loadwarden_server_ejections_total", pool="api", server="s2") == 0
+
+    # Per-server traffic: selections by who decided, outcomes by result, latency, share, state.
+    for sid in ("s1", "s2", "s3"):
+        assert value(m, "loadwarden_server_selections_total", pool="api", server=sid, by="service") == 2
+        assert value(m, "loadwarden_server_selections_total", pool="api", server=sid, by="client") == 0
+        # The first collection (the scrape while a waiter queued) measured since the start.
+        assert value(m, "loadwarden_server_traffic_share_ratio", pool="api", server=sid) == pytest.approx(1 / 3)
+    outcome = "loadwarden_server_outcomes_total"
+    assert value(m, outcome, pool="api", server="s1", result="failure") == 2
+    assert value(m, outcome, pool="api", server="s1", result="success") == 0
+    assert value(m, outcome, pool="api", server="s2", result="success") == 2
+    assert value(m, outcome, pool="api", server="s3", result="success") == 1
+    assert value(m, outcome, pool="api", server="s3", result="expired") == 0
+    latency = "loadwarden_server_latency_seconds"
+    assert value(m, f"{latency}_count", pool="api", server="s1") == 2
+    assert value(m, f"{latency}_sum", pool="api", server="s1") == pytest.approx(0.01)
+    assert value(m, f"{latency}_bucket", pool="api", server="s2", le="0.005") == 2
+    state = "loadwarden_server_state"
+    assert {dict(labels)["state"]: v for labels, v in series(m, state).items() if ("server", "s1") in labels} == {
+        "serving": 0,
+        "stale": 0,
+        "draining": 0,
+        "ejected": 1,
+    }
+    assert value(m, state, pool="api", server="s2", state="serving") == 1
+    assert value(m, state, pool="api", server="s2", state="ejected") == 0
 
     # Nothing keyed by a name a client made up.
     assert not any(("pool", "nope") in labels for _, labels in m)
@@ -195,8 +229,15 @@ async def test_a_scripted_workload_shows_up_exactly_in_metrics(
     # A load report past its TTL is unknown, not idle: its series goes away.
     clock.advance(11.0)
     _, later = await scrape(service)
-    assert series(later, "loadwarden_server_cpu_percent") == {}
+    assert series(later, "loadwarden_server_cpu_ratio") == {}
     assert value(later, "loadwarden_decisions_total", pool="api", strategy="round_robin", result="selected") == 6
+    # No selection since the last share was measured: no traffic, no share.
+    assert value(later, "loadwarden_server_traffic_share_ratio", pool="api", server="s1") == 0
+    # The ejection is over (its base time is 30 s); s1 is back and the state series says so.
+    clock.advance(30.0)
+    _, back = await scrape(service)
+    assert value(back, state, pool="api", server="s1", state="ejected") == 0
+    assert value(back, state, pool="api", server="s1", state="serving") == 1
 
 
 async def test_two_services_in_one_process_keep_their_own_numbers(start, channel_to) -> None:
@@ -213,5 +254,45 @@ async def test_two_services_in_one_process_keep_their_own_numbers(start, channel
     _, m1 = await scrape(one)
     _, m2 = await scrape(two)
     assert value(m1, "loadwarden_decisions_total", pool="api", strategy="round_robin", result="selected") == 3
-    assert series(m2, "loadwarden_decisions_total") == {}
+    assert value(m2, "loadwarden_decisions_total", pool="api", strategy="round_robin", result="selected") == 0
     assert value(m2, "loadwarden_server_in_flight", pool="api", server="b") == 0
+
+
+async def test_every_name_follows_prometheus_conventions_and_known_series_start_at_zero(
+    service: RunningService,
+) -> None:
+    """Base units, ``_total`` counters, the standard process/python collectors, build info; and
+    before any traffic, each pool's decision, denial and per-server series are already there."""
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{service.admin_port}/metrics"
+        async with session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+            text = await response.text()
+    families = list(text_string_to_metric_families(text))
+    names = {family.name: family.type for family in families}
+    samples = {sample.name for family in families for sample in family.samples}
+
+    for name, kind in names.items():
+        assert "_milliseconds" not in name and "_percent" not in name and "_ms" not in name, name
+        if kind == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for f in families if f.name == name for s in f.samples)
+    assert not [s for s in samples if s.startswith("loadwarden_") and s.endswith("_percent")]
+    for standard in ("process_cpu_seconds_total", "process_resident_memory_bytes", "python_info"):
+        assert standard in samples, standard
+    _, m = await scrape(service)
+    (build,) = series(m, "loadwarden_build_info")
+    assert (
+        dict(build)["version"] == importlib.metadata.version("loadwarden") and m[("loadwarden_build_info", build)] == 1
+    )
+
+    # Known label sets at zero from the start.
+    assert value(m, "loadwarden_decisions_total", pool="api", strategy="round_robin", result="selected") == 0
+    assert (
+        value(m, "loadwarden_decisions_total", pool="solo", strategy="least_connections", result="no_eligible_server")
+        == 0
+    )
+    for reason in ("at_capacity", "queue_timeout", "no_eligible_server"):
+        assert value(m, "loadwarden_denials_total", pool="slots", reason=reason) == 0
+    for result in ("success", "failure", "expired"):
+        assert value(m, "loadwarden_server_outcomes_total", pool="api", server="s2", result=result) == 0
+    assert value(m, "loadwarden_server_selections_total", pool="solo", server="only", by="service") == 0
+    assert value(m, "loadwarden_server_state", pool="solo", server="only", state="serving") == 1

@@ -22,7 +22,7 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 EXPORTERS_VARIABLE = "OTEL_METRICS_EXPORTER"
@@ -76,8 +76,8 @@ def configure_metrics(
     environ: Mapping[str, str] | None = None,
     resource: Resource | None = None,
 ) -> MetricsSetup:
-    """Builds a MeterProvider with a Prometheus reader on a new registry, plus the
-    exporters ``OTEL_METRICS_EXPORTER`` names.
+    """Builds a MeterProvider with a Prometheus reader on a new registry (with the
+    process and Python collectors), plus the exporters ``OTEL_METRICS_EXPORTER`` names.
 
     Args:
         prometheus: Attach the Prometheus reader (``/metrics``).
@@ -94,6 +94,11 @@ def configure_metrics(
     registry = None
     if prometheus:
         registry = CollectorRegistry(auto_describe=True)
+        # The standard process_* (CPU, memory, file descriptors, start time) and python_*
+        # (version, garbage collection) series every Prometheus client library exposes.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         readers.append(PrometheusMetricReader(registry=registry, scope_info_enabled=False))
     if "otlp" in exporters:
         readers.append(PeriodicExportingMetricReader(_otlp_exporter(environ)))

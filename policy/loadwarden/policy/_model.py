@@ -68,7 +68,10 @@ class Backend:
     ewma_latency_ms: float = 0.0
     error_rate: float = 0.0
     outcomes_total: int = 0
-    selections_total: int = 0
+    failures_total: int = 0  # of outcomes_total
+    expired_total: int = 0  # selections that reached no outcome within their TTL
+    selections_total: int = 0  # this process's selections
+    local_total: int = 0  # clients' own decisions, as their outcomes reported them
     effective_weight: float = 0.0
     consecutive_failures: int = 0
     ejected_until: float = 0.0  # monotonic; > now while ejected, 0 once back
@@ -122,6 +125,10 @@ class Backend:
         if settles:
             self.in_flight = max(0, self.in_flight - 1)
         self.consecutive_failures = 0 if success else self.consecutive_failures + 1
+        if not success:
+            self.failures_total += count
+        if not settles:
+            self.local_total += count
         failure = 0.0 if success else 1.0
         if self.outcomes_total == 0:
             self.ewma_latency_ms = latency_ms

@@ -67,6 +67,10 @@ class DecisionListener(Protocol):
         """An AcquireSlot answer on ``pool``."""
         ...
 
+    def settled(self, pool: Pool[Any], server: Backend, success: bool, latency_ms: float) -> None:
+        """An outcome of a selection of ``server`` (this process's or a client's own)."""
+        ...
+
 
 class AdmissionFactory(Protocol):
     """Builds a core's admission state: ``Admission`` or a subclass over a shared store."""
@@ -122,6 +126,9 @@ class _Unheard:
         return None
 
     def answered(self, pool: Pool[Any], answer: Answer) -> None:
+        return None
+
+    def settled(self, pool: Pool[Any], server: Backend, success: bool, latency_ms: float) -> None:
         return None
 
 
@@ -380,6 +387,7 @@ class DecisionCore:
         ``settles`` is False for a client's own decision, which this process never counted in
         flight; ``count`` is how many outcomes it stands for (a client's sample)."""
         server.record_outcome(success, latency_ms, settles=settles, count=count)
+        self._listener.settled(pool, server, success, latency_ms)
         if not success and pool.maybe_eject(server, now) and self.peers is not None:
             self.peers.ejected(pool.name, server.id, server.ejected_until - now)
         pool.strategy.observe(Feedback(server, success, latency_ms, memo))
@@ -628,6 +636,7 @@ class DecisionCore:
         pool, server = selection.pool, selection.server
         if expired:  # reclaimed: the work's fate is unknown, like a decision that timed out
             server.in_flight = max(0, server.in_flight - 1)
+            server.expired_total += 1
             pool.strategy.observe(Feedback(server, False, latency_ms, selection.memo, expired=True))
             return
         self._apply(pool, server, selection.memo, success, latency_ms, self.clock.monotonic())
@@ -637,6 +646,7 @@ class DecisionCore:
         for decision in expired:
             server = decision.server
             server.in_flight = max(0, server.in_flight - 1)
+            server.expired_total += 1
             decision.pool.strategy.observe(
                 Feedback(server, False, float(self.limits.decision_ttl_ms), decision.memo, expired=True)
             )

@@ -4,24 +4,31 @@ Only the API is used here; ``loadwarden.observability`` builds the MeterProvider
 (Prometheus text on the admin port, OTLP). Without one, every instrument is the
 API's no-op or proxy and a recording costs one method call.
 
-Two kinds of instruments:
+Names follow Prometheus's conventions once the exporter renders them: base units
+(seconds; ratios 0-1 named ``_ratio``), ``_total`` on counters, no ``_milliseconds``
+or ``_percent``. Two kinds of instruments:
 
-* Synchronous ones (``decisions``, ``denials``, the two histograms) are recorded
+* The histograms (queue wait, RPC handler time, per-server latency) are recorded
   where the event happens: ``ServerMetrics`` is the core's ``DecisionListener``, and
   the gRPC interceptor times the RPCs.
-* Everything the core already keeps (queue length, leases, batch sizes, server
-  load, ejections, adjustments, rate-limit rejections) is read by callbacks
-  registered once per core with ``observe``; they run at collection time only,
-  so the decision path pays nothing for them.
+* Everything else is read by callbacks registered once per core with ``observe``;
+  they run at collection time only. Decisions and denials are counted in plain
+  dicts on the decision path (cheaper than an instrument's ``add``) and read there,
+  so every known label set (each pool's results and denial reasons) is present at
+  zero from the start; the rest (queue length, leases, batch sizes, per-server
+  selections, outcomes, state, traffic share, load, ejections) is what the core
+  already keeps.
 
 Every attribute value is a configured name (pool, server, operation, strategy) or
-comes from a fixed set (result, reason, method, code), never a client-supplied
-string, so series are bounded by the config limits.
+comes from a fixed set (result, reason, state, method, code), never a
+client-supplied string, so series are bounded by the config limits (servers per
+pool, pools, operations).
 """
 
 from __future__ import annotations
 
 import asyncio
+import platform
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,20 +38,29 @@ import grpc
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from loadwarden.policy import Operation, Pool
+from loadwarden.policy import Backend, Health, Operation, Pool
 
-from ..engine._admission import Answer, Denied
-from ..engine._core import DecisionCore
+from .._version import VERSION
+from ..engine._admission import Answer, Denial, Denied
+from ..engine._core import RESULT_NO_ELIGIBLE_SERVER, RESULT_SELECTED, DecisionCore
 
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 METER_NAME = "loadwarden.server"
 DECISION_SERVICE_PREFIX = "/loadwarden.v1.DecisionService/"
 
-# Handler times of decision RPCs, ms: a decision is microseconds, a queued AcquireSlot up to minutes.
-DURATION_BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1_000, 10_000, 60_000)
-# Queue waits, ms: 0 for an immediate grant, up to the longest allowed wait (an hour).
-WAIT_BUCKETS_MS = (0, 1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 3_600_000)
+# Handler times of decision RPCs, s: a decision is microseconds, a queued AcquireSlot up to minutes.
+DURATION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10, 60)
+# Queue waits, s: 0 for an immediate grant, up to the longest allowed wait (an hour).
+WAIT_BUCKETS_S = (0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3_600)
+# Backend latencies reported with outcomes, s.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+RESULTS = (RESULT_SELECTED, RESULT_NO_ELIGIBLE_SERVER)
+REASONS = tuple(denial.value for denial in Denial)
+STATES = tuple(health.value for health in Health)
+# Traffic share is measured between collections at least this far apart (a second
+# reader collecting right after the first reuses the shares it computed).
+SHARE_MIN_INTERVAL_S = 1.0
 
 
 class ServerMetrics:
@@ -61,44 +77,53 @@ class ServerMetrics:
         self._meter = provider.get_meter(METER_NAME)
         self._explicit = meter_provider is not None
         self._observed = False
-        self._decisions = self._meter.create_counter(
-            "loadwarden.decisions",
-            unit="{decision}",
-            description="SelectServer decisions (including AcquireSlot with select_server) by pool, strategy "
-            "and result: selected or no_eligible_server",
-        )
-        self._denials = self._meter.create_counter(
-            "loadwarden.denials",
-            unit="{denial}",
-            description="AcquireSlot denials by pool and reason: at_capacity, queue_timeout, no_eligible_server",
-        )
+        # (pool, strategy, result) and (pool, reason) -> count; read by observable counters.
+        self._decided: dict[tuple[str, str, str], int] = {}
+        self._denied: dict[tuple[str, str], int] = {}
+        # Traffic share: selections per (pool, server) at the last computation, and its result.
+        self._share_at: float | None = None
+        self._share_base: dict[tuple[str, str], int] = {}
+        self._shares: dict[tuple[str, str], float] = {}
         self._queue_wait = self._meter.create_histogram(
             "loadwarden.queue.wait",
-            unit="ms",
-            explicit_bucket_boundaries_advisory=WAIT_BUCKETS_MS,
+            unit="s",
+            explicit_bucket_boundaries_advisory=WAIT_BUCKETS_S,
             description="Time an AcquireSlot answer waited in its pool's queue (0 for an immediate answer), "
             "by pool and result: granted or denied",
         )
         self.duration = self._meter.create_histogram(
             "loadwarden.decision.duration",
-            unit="ms",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_MS,
+            unit="s",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
             description="Server-side handler time of DecisionService RPCs by method and status code",
+        )
+        self._latency = self._meter.create_histogram(
+            "loadwarden.server.latency",
+            unit="s",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+            description="Latency reported with the outcomes of the server's selections (the service's and "
+            "clients' own decisions)",
         )
 
     # --- events (one call each from the core) ---------------------------------------
 
     def decided(self, pool: Pool, result: str) -> None:
         """A SelectServer decision on ``pool``: ``RESULT_SELECTED`` or ``RESULT_NO_ELIGIBLE_SERVER``."""
-        self._decisions.add(1, {"pool": pool.name, "strategy": pool.settings.strategy, "result": result})
+        key = (pool.name, pool.settings.strategy, result)
+        self._decided[key] = self._decided.get(key, 0) + 1
 
     def answered(self, pool: Pool, answer: Answer) -> None:
         """An AcquireSlot answer on ``pool``: its queue wait, and the denial if it is one."""
         if type(answer) is Denied:
-            self._denials.add(1, {"pool": pool.name, "reason": answer.denial.value})
-            self._queue_wait.record(answer.queue_wait_s * 1000.0, {"pool": pool.name, "result": "denied"})
+            key = (pool.name, answer.denial.value)
+            self._denied[key] = self._denied.get(key, 0) + 1
+            self._queue_wait.record(answer.queue_wait_s, {"pool": pool.name, "result": "denied"})
         else:
-            self._queue_wait.record(answer.queue_wait_s * 1000.0, {"pool": pool.name, "result": "granted"})
+            self._queue_wait.record(answer.queue_wait_s, {"pool": pool.name, "result": "granted"})
+
+    def settled(self, pool: Pool, server: Backend, success: bool, latency_ms: float) -> None:
+        """An outcome of a selection of ``server``: its latency."""
+        self._latency.record(latency_ms / 1000.0, {"pool": pool.name, "server": server.id})
 
     # --- state read at collection time --------------------------------------------------
 
@@ -158,17 +183,63 @@ class ServerMetrics:
             unit="{lease}",
             description="Leases reclaimed because they were neither renewed nor released within their TTL",
         )
-        meter.create_observable_gauge(
-            "loadwarden.server.cpu",
-            servers("cpu_percent"),
-            unit="%",
-            description="CPU of the server's latest load report, 0-100; absent while the report is stale",
+        meter.create_observable_counter(
+            "loadwarden.decisions",
+            every(self._decisions),
+            unit="{decision}",
+            description="SelectServer decisions (including AcquireSlot with select_server) by pool, strategy "
+            "and result: selected or no_eligible_server",
+        )
+        meter.create_observable_counter(
+            "loadwarden.denials",
+            every(self._denials),
+            unit="{denial}",
+            description="AcquireSlot denials by pool and reason: at_capacity, queue_timeout, no_eligible_server",
         )
         meter.create_observable_gauge(
-            "loadwarden.server.memory",
+            "loadwarden.build.info",
+            [lambda options: [Observation(1, _BUILD)]],
+            unit="1",
+            description="Always 1; the labels say which loadwarden, Python and grpcio this is",
+        )
+        meter.create_observable_gauge(
+            "loadwarden.server.cpu_ratio",
+            servers("cpu_percent"),
+            unit="1",
+            description="CPU of the server's latest load report, 0-1; absent while the report is stale",
+        )
+        meter.create_observable_gauge(
+            "loadwarden.server.memory_ratio",
             servers("memory_percent"),
-            unit="%",
-            description="Memory of the server's latest load report, 0-100; absent while the report is stale",
+            unit="1",
+            description="Memory of the server's latest load report, 0-1; absent while the report is stale",
+        )
+        meter.create_observable_counter(
+            "loadwarden.server.selections",
+            every(_selections),
+            unit="{selection}",
+            description="Selections of the server by who decided: service (SelectServer, AcquireSlot with "
+            "select_server) or client (a client deciding locally, counted from its outcomes)",
+        )
+        meter.create_observable_counter(
+            "loadwarden.server.outcomes",
+            every(_outcomes),
+            unit="{outcome}",
+            description="Outcomes of the server's selections by result: success, failure, or expired (no "
+            "outcome within the decision or lease TTL)",
+        )
+        meter.create_observable_gauge(
+            "loadwarden.server.state",
+            every(_states),
+            unit="1",
+            description="1 for the server's current state (serving, stale, draining, ejected), 0 for the others",
+        )
+        meter.create_observable_gauge(
+            "loadwarden.server.traffic_share_ratio",
+            every(self._traffic_shares),
+            unit="1",
+            description="The server's share of its pool's selections (service's and clients') since the "
+            "previous collection, 0-1",
         )
         meter.create_observable_gauge(
             "loadwarden.server.in_flight",
@@ -194,6 +265,46 @@ class ServerMetrics:
             unit="{adjustment}",
             description="Changes of the operation's batch size",
         )
+
+    def _decisions(self, core: DecisionCore) -> list[Observation]:
+        """Every pool's decisions by result (0 for one not seen yet) under its strategy, and under
+        strategies it had before; the counts of deleted pools are dropped."""
+        counts = dict(self._decided)
+        pools = {pool.name: pool.settings.strategy for pool in core.pools()}
+        for key in [key for key in counts if key[0] not in pools]:
+            self._decided.pop(key, None)
+            del counts[key]
+        for name, strategy in pools.items():
+            for result in RESULTS:
+                counts.setdefault((name, strategy, result), 0)
+        return [Observation(n, {"pool": p, "strategy": st, "result": r}) for (p, st, r), n in counts.items()]
+
+    def _denials(self, core: DecisionCore) -> list[Observation]:
+        pools = {pool.name for pool in core.pools()}
+        for key in [key for key in self._denied if key[0] not in pools]:
+            self._denied.pop(key, None)
+        return [
+            Observation(self._denied.get((name, reason), 0), {"pool": name, "reason": reason})
+            for name in sorted(pools)
+            for reason in REASONS
+        ]
+
+    def _traffic_shares(self, core: DecisionCore) -> list[Observation]:
+        now = core.clock.monotonic()
+        if self._share_at is None or now - self._share_at >= SHARE_MIN_INTERVAL_S:
+            counts = {
+                (pool.name, server.id): server.selections_total + server.local_total
+                for pool in core.pools()
+                for server in list(pool.servers.values())
+            }
+            base = self._share_base
+            deltas = {key: n - base.get(key, 0) for key, n in counts.items()}
+            totals: dict[str, int] = {}
+            for (pool_name, _), delta in deltas.items():
+                totals[pool_name] = totals.get(pool_name, 0) + delta
+            self._shares = {key: delta / totals[key[0]] if totals[key[0]] > 0 else 0.0 for key, delta in deltas.items()}
+            self._share_base, self._share_at = counts, now
+        return [Observation(share, {"pool": p, "server": s}) for (p, s), share in self._shares.items()]
 
     # --- RPC handler time ---------------------------------------------------------------
 
@@ -225,11 +336,45 @@ def _per_server(core: DecisionCore, field: str) -> list[Observation]:
                 # An old report means "unknown", never "idle": no point rather than a stale one.
                 if server.load is None or server.is_stale(now, ttl_s, True):
                     continue
-                value: float = getattr(server.load, field)
+                value: float = getattr(server.load, field) / 100.0
             else:
                 value = getattr(server, field)
             out.append(Observation(value, {"pool": pool.name, "server": server.id}))
     return out
+
+
+def _selections(core: DecisionCore) -> list[Observation]:
+    out = []
+    for pool in core.pools():
+        for server in list(pool.servers.values()):
+            out.append(Observation(server.selections_total, {"pool": pool.name, "server": server.id, "by": "service"}))
+            out.append(Observation(server.local_total, {"pool": pool.name, "server": server.id, "by": "client"}))
+    return out
+
+
+def _outcomes(core: DecisionCore) -> list[Observation]:
+    out = []
+    for pool in core.pools():
+        for server in list(pool.servers.values()):
+            labels = {"pool": pool.name, "server": server.id}
+            out.append(Observation(server.outcomes_total - server.failures_total, {**labels, "result": "success"}))
+            out.append(Observation(server.failures_total, {**labels, "result": "failure"}))
+            out.append(Observation(server.expired_total, {**labels, "result": "expired"}))
+    return out
+
+
+def _states(core: DecisionCore) -> list[Observation]:
+    now = core.clock.monotonic()
+    out = []
+    for pool in core.pools():
+        for server in list(pool.servers.values()):
+            current = pool.health(server, now).value
+            for state in STATES:
+                out.append(Observation(int(state == current), {"pool": pool.name, "server": server.id, "state": state}))
+    return out
+
+
+_BUILD = {"version": VERSION, "python": platform.python_version(), "grpcio": grpc.__version__}
 
 
 class _DurationInterceptor(grpc.aio.ServerInterceptor):
@@ -265,9 +410,9 @@ class _DurationInterceptor(grpc.aio.ServerInterceptor):
             try:
                 response = await behavior(request, context)
             except BaseException as exc:
-                record((time.perf_counter() - start) * 1000.0, {"method": name, "code": _code(context, exc)})
+                record(time.perf_counter() - start, {"method": name, "code": _code(context, exc)})
                 raise
-            record((time.perf_counter() - start) * 1000.0, ok)
+            record(time.perf_counter() - start, ok)
             return response
 
         return grpc.unary_unary_rpc_method_handler(
