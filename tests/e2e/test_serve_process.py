@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -187,3 +188,14 @@ def test_health_watch_sees_not_serving_before_exit(processes: Processes) -> None
     assert watch.stdout.wait_for(r'"status": "NOT_SERVING"', 10), watch.describe()
     assert service.process.wait() == 0, service.process.describe()
     assert watch.wait() != 0  # the stream ends when the server stops, after the grace period
+
+
+def test_json_logging_writes_one_object_per_line(processes: Processes) -> None:
+    service = processes.serve('[logging]\nformat = "json"\n\n[pools.api]\nservers = []\n')
+
+    assert service.stop(signal.SIGTERM) == 0, service.process.describe()
+    lines = service.process.stderr.text.splitlines()
+    records = [json.loads(line) for line in lines]  # every line, or this raises
+    assert records, service.process.describe()
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records), records
+    assert any(r["message"].startswith("loadwarden stopped") and r["logger"] == "loadwarden.server" for r in records)

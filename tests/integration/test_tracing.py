@@ -143,3 +143,46 @@ async def test_slot_and_batch_size_decisions_carry_their_attributes(
     assert batch["loadwarden.fallback"] is True
     assert batch["loadwarden.reason"]
     assert "ReleaseSlot" in found
+
+
+def _servers(exporter: InMemorySpanExporter, method: str) -> list[ReadableSpan]:
+    return sorted(
+        (s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER and s.name.endswith(f"/{method}")),
+        key=started_ns,
+    )
+
+
+async def _finished(exporter: InMemorySpanExporter, method: str, count: int) -> list[ReadableSpan]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while len(found := _servers(exporter, method)) < count:
+        assert loop.time() < deadline, [s.name for s in exporter.get_finished_spans()]
+        await asyncio.sleep(0.01)
+    return found
+
+
+async def test_outcome_and_release_spans_link_to_the_decisions_they_settle(
+    spans: InMemorySpanExporter, start: StartService
+) -> None:
+    """ReportOutcome runs in the background, a trace of its own: its span links to the
+    SelectServer spans of the decisions it settles; ReleaseSlot's to AcquireSlot's."""
+    running = await start(three_server_pool("api", max_concurrency=2))
+    async with AsyncClient(running.target) as client:
+        first = await client.select("api")
+        second = await client.select("api")
+        client.report_outcome(first.decision_id, success=True, latency_ms=3.0)
+        client.report_outcome(second.decision_id, success=False, latency_ms=9.0)
+        await client.flush_outcomes(5.0)
+        lease = await client.acquire_slot("api")
+        await client.release_slot(lease.lease_id)
+
+    selects = await _finished(spans, "SelectServer", 2)
+    (report,) = await _finished(spans, "ReportOutcome", 1)
+    assert {link.context.span_id for link in report.links} == {s.context.span_id for s in selects}
+    assert all(dict(link.attributes or {}) == {"loadwarden.link": "decision"} for link in report.links)
+    assert report.context.trace_id not in {s.context.trace_id for s in selects}  # its own trace
+    (acquire,) = await _finished(spans, "AcquireSlot", 1)
+    (release,) = await _finished(spans, "ReleaseSlot", 1)
+    assert [(link.context.span_id, dict(link.attributes or {})) for link in release.links] == [
+        (acquire.context.span_id, {"loadwarden.link": "lease"})
+    ]

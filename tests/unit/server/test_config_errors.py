@@ -170,6 +170,10 @@ ADMIN = {"listen": "127.0.0.1:0", "token": TOKEN}
         ({"tls": {"cert_file": [1]}}, "tls.cert_file"),
         ({"auth": {"clients": 1}}, "auth.clients"),
         ({"auth": {"client_token": 1}}, "auth.client_token"),
+        ({"logging": {"format": "xml"}}, "logging.format"),
+        ({"logging": {"format": 1}}, "logging.format"),
+        ({"logging": {"level": "DEBUG"}}, "logging.level"),
+        ({"logging": 1}, "logging"),
     ],
 )
 def test_bad_values_name_their_key(raw: Mapping[str, Any], key: str) -> None:
@@ -490,3 +494,10 @@ def test_state_path_problems_name_state_path(tmp_path: Path) -> None:
         assert err.value.key == "state.path"
     (tmp_path / "dir" / ".x.tmp").mkdir(parents=True)  # a leftover we cannot unlink is only logged
     FileStore(tmp_path / "dir")
+
+
+def test_logging_format_json_is_read_from_the_file_and_the_environment() -> None:
+    assert parse_config({"logging": {"format": "json"}}).logging.format == "json"
+    assert load_config(None, {"LOADWARDEN_LOGGING__FORMAT": "json"}).logging.format == "json"
+    with pytest.raises(ConfigError, match=r"logging.format: unknown format 'xml'; valid formats: text, json"):
+        parse_config({"logging": {"format": "xml"}})

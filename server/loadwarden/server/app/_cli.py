@@ -67,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = _read_config(args.config)
     if isinstance(config, int):
         return config
+    if config.logging.format != "text":  # text until the config said otherwise (its own errors are one line)
+        configure_logging(args.log_level, config.logging.format)
     if args.listen:
         config = dataclasses.replace(config, listen=args.listen)
     try:

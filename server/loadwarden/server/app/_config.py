@@ -115,6 +115,28 @@ class MonitorSettings:
     stale_after_ms: int = 0
 
 
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    """How the ``loadwarden`` command logs to stderr.
+
+    Attributes:
+        format: ``text`` (one line: time, level, logger, message) or ``json`` (one JSON
+            object per line, with the trace and span ids of the current span when
+            tracing is on).
+    """
+
+    format: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.format not in LOG_FORMATS:
+            raise ConfigError(
+                "logging.format", f"unknown format {shown(self.format)}; valid formats: {', '.join(LOG_FORMATS)}"
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
     """The admin HTTP port: ``/metrics``, ``/api/load-status`` and the ``/admin/load`` dashboard.
@@ -177,6 +199,7 @@ class ServiceConfig:
         admin: The admin HTTP port (off by default) and the admin token.
         tls: TLS for the gRPC and admin HTTP ports (off by default: plaintext).
         auth: The data plane's client token (off by default).
+        logging: The ``loadwarden`` command's log format.
     """
 
     listen: str = DEFAULT_LISTEN
@@ -191,6 +214,7 @@ class ServiceConfig:
     admin: AdminSettings = field(default_factory=AdminSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def __post_init__(self) -> None:
         check_listen(self.listen)
@@ -223,7 +247,7 @@ def check_listen(listen: str, key: str = "service.listen") -> None:
 
 _SERVICE_KEYS = {"listen", "shutdown_grace_ms", "expiry_interval_ms", "seed", "auto_register_operations"}
 _LIMIT_KEYS = LIMIT_RANGES  # [limits] keys and their ranges; defaults and meanings on CoreLimits
-_TOP_KEYS = {"service", "limits", "pools", "state", "operations", "monitor", "admin", "tls", "auth"}
+_TOP_KEYS = {"service", "limits", "pools", "state", "operations", "monitor", "admin", "tls", "auth", "logging"}
 MIN_ADMIN_TOKEN_LEN = 16
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config file larger than this is a mistake, not a config
 _VERBATIM_ENV = (
@@ -399,6 +423,7 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
         tls=parse_tls(_no_nul(_section(raw, "tls"), "tls")),
         auth=parse_auth(_section(raw, "auth")),
         state=_parse_state(_section(raw, "state")),
+        logging=_parse_logging(_section(raw, "logging")),
         listen=listen,
         shutdown_grace_ms=service.get("shutdown_grace_ms", 5_000),
         expiry_interval_ms=service.get("expiry_interval_ms", 100),
@@ -427,6 +452,13 @@ def _parse_monitor(raw: Mapping[str, Any]) -> MonitorSettings:
     if settings.cpu_weight + settings.memory_weight + settings.load_average_weight <= 0:
         raise ConfigError("monitor.cpu_weight", "at least one of the three weights must be > 0")
     return settings
+
+
+def _parse_logging(raw: Mapping[str, Any]) -> LoggingSettings:
+    for key in raw:
+        if key != "format":
+            raise ConfigError(f"logging.{key}", "unknown key; valid keys: format")
+    return LoggingSettings(**raw)
 
 
 def _parse_admin(raw: Mapping[str, Any]) -> AdminSettings:

@@ -204,6 +204,8 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
         self._watchers = Watchers(caps.max_streams, caps.max_streams_per_caller, caps=caps)
         self._routes = RouteWatchers(caps, core.limits.route_push_interval_ms / 1000.0)
         self._allotments = Allotments(core)
+        # Links from the calls that settle decisions and leases to the calls that made them.
+        self._spans = telemetry.DecisionSpans() if telemetry.tracing_on() else None
 
     @_rpc
     async def SelectServer(self, request: _pb.SelectServerRequest, context: Any) -> _pb.SelectServerResponse:
@@ -214,6 +216,8 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
         exclude = convert.exclusions(request.exclude_server_ids) if request.exclude_server_ids else ()
         choice = self._core.select(pool, exclude, caller)
         telemetry.record_selection(self._core, pool, choice)
+        if self._spans is not None:
+            self._spans.remember(choice.decision_id)
         return _pb.SelectServerResponse(
             decision_id=choice.decision_id,
             server_id=choice.server.id,
@@ -234,6 +238,8 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
             self._core.report_in_flight(in_flight, caller, instance)
         if not outcomes:
             return _pb.ReportOutcomeResponse()
+        if self._spans is not None:
+            self._spans.link((o.decision_id for o in outcomes if o.local is None), "decision")
         applied, unknown, unknown_local = self._core.report_outcomes(outcomes, caller)
         return _pb.ReportOutcomeResponse(applied=applied, unknown_decision_ids=unknown, unknown_local=unknown_local)
 
@@ -270,6 +276,8 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
             )
         response = convert.acquire_response(answer, self._core, caller)
         telemetry.record_slot(request.pool, response)
+        if self._spans is not None and response.granted:
+            self._spans.remember(response.lease.lease_id)
         return response
 
     @_rpc
@@ -303,6 +311,8 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
             check_name(request.request_id, "request_id")
         if request.pool or abandoned:
             check_name(request.pool, "pool")
+        if self._spans is not None:
+            self._spans.link((lease_id,), "lease")
         released = await self._core.release_slot(lease_id, request.success, latency, caller)
         ended = await self._core.abandon_requests(request.pool, abandoned, caller) if abandoned else 0
         return _pb.ReleaseSlotResponse(released=released, already_released=not released, abandoned=ended)

@@ -10,13 +10,24 @@ Where the spans go is configured by ``loadwarden.observability.configure_tracing
 before the server starts: a server created while no real TracerProvider is
 installed gets no interceptor, and the ``record_*`` helpers return after one
 context lookup (the current span does not record).
+
+With the standard ``opentelemetry-instrumentation-grpc`` instrumenting grpc.aio
+servers (``GrpcAioInstrumentorServer().instrument()`` before the service starts),
+its SERVER span is the RPC's span: this module's interceptor steps aside (never two
+spans for one call) and the ``record_*`` helpers add loadwarden's attributes to that
+span, which is current while the handler runs.
+
+``DecisionSpans`` links the calls that settle a decision or a lease (ReportOutcome,
+ReleaseSlot) to the span of the call that made it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import inspect
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -125,13 +136,66 @@ def tracing_on() -> bool:
     return not isinstance(trace.get_tracer_provider(), _OFF)
 
 
+def standard_instrumentation_on() -> bool:
+    """Whether ``opentelemetry-instrumentation-grpc`` instruments grpc.aio servers now."""
+    if importlib.util.find_spec("opentelemetry.instrumentation.grpc") is None:
+        return False
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
+
+    return bool(GrpcAioInstrumentorServer().is_instrumented_by_opentelemetry)  # a singleton
+
+
 def server_interceptors() -> tuple[grpc.aio.ServerInterceptor, ...]:
-    """The interceptors for the service's grpc.aio server: tracing if it is on now, none otherwise.
+    """The interceptors for the service's grpc.aio server: tracing if it is on now and the
+    standard instrumentation does not trace the server already; none otherwise.
 
     Decided when the server is created (configure tracing before ``start_service``):
     grpc.aio's interceptor pipeline costs a few µs per RPC even when it does nothing.
     """
-    return (ServerTracingInterceptor(),) if tracing_on() else ()
+    return (ServerTracingInterceptor(),) if tracing_on() and not standard_instrumentation_on() else ()
+
+
+class DecisionSpans:
+    """The span contexts of recent decisions and grants by id, so that the calls that settle
+    them (ReportOutcome, ReleaseSlot) link to the call that made them.
+
+    Ids are the service's own (never a client's string) and at most ``capacity`` are
+    kept, the oldest forgotten first: a decision settled later than that simply has no
+    link. Only built while tracing is on, so the decision path pays nothing otherwise.
+    """
+
+    MAX_LINKS = 128  # per settling call; the OpenTelemetry SDK's default link limit
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._spans: OrderedDict[str, trace.SpanContext] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def remember(self, key: str) -> None:
+        """Keeps the current span's context for ``key`` (a decision or lease id)."""
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return
+        self._spans[key] = span.get_span_context()
+        if len(self._spans) > self._capacity:
+            self._spans.popitem(last=False)
+
+    def link(self, keys: Iterable[str], what: str) -> None:
+        """Links the current span to the spans that made ``keys`` (``what`` they were)."""
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return
+        linked = 0
+        for key in keys:
+            context = self._spans.pop(key, None)
+            if context is None:
+                continue
+            span.add_link(context, {"loadwarden.link": what})
+            linked += 1
+            if linked >= self.MAX_LINKS:
+                break
 
 
 def _traced_handler(handler: grpc.RpcMethodHandler, tracer: trace.Tracer, method: str) -> grpc.RpcMethodHandler:
