@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import itertools
 import json
 import os
@@ -28,14 +27,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from google.protobuf import json_format
 
-from loadwarden.observability._admin_http import AdminHttp, build_admin_app, start_admin_http
-from loadwarden.observability._dashboard import add_dashboard_routes
-from loadwarden.observability._history import History
+from loadwarden.policy import OutlierSettings
 from loadwarden.sdk import AsyncClient
-from loadwarden.server import OperationSettings, PoolSettings, PoolSpec, RunningService, ServerSpec
-from loadwarden.server.rpc import _convert as convert
+from loadwarden.server import AdminSettings, OperationSettings, PoolSettings, PoolSpec, RunningService, ServerSpec
 
 from ._harness import REPO
 
@@ -224,10 +219,13 @@ async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
 async def dashboard(
     start: Callable[..., Awaitable[RunningService]], tmp_path: Path
 ) -> AsyncIterator[tuple[RunningService, str]]:
-    """A service (pools ``api`` round robin and ``learn`` q_learning, operation ``export``) and its admin
-    HTTP app with the dashboard and a history sampled every 200 ms; yields (service, admin base URL)."""
+    """A service (pools ``api`` round robin and ``learn`` q_learning, operation ``export``) with its
+    admin port: the dashboard, /metrics, and a history sampled every 200 ms; yields (service, admin
+    base URL)."""
     api = PoolSpec(
-        PoolSettings(name="api", strategy="round_robin", max_concurrency=8),
+        PoolSettings(
+            name="api", strategy="round_robin", max_concurrency=8, outlier=OutlierSettings(consecutive_failures=2)
+        ),
         tuple(ServerSpec(f"api-{i}", f"127.0.0.1:900{i}") for i in (1, 2, 3)),
     )
     learn = PoolSpec(
@@ -237,25 +235,11 @@ async def dashboard(
     export = OperationSettings(
         name="export", min_batch_size=10, max_batch_size=500, default_batch_size=100, load_source="pool", pool="api"
     )
-    running = await start(api, learn, operations=(export,))
-
-    def snapshot() -> dict[str, Any]:
-        return json_format.MessageToDict(convert.load_status(running.core, ""), preserving_proto_field_name=True)
-
-    history = History(str(tmp_path / "history.sqlite"), retention_s=3600)
-    app = build_admin_app(
-        token=TOKEN, snapshot_json=snapshot, extra_routes=functools.partial(add_dashboard_routes, history=history)
+    admin = AdminSettings(
+        listen="127.0.0.1:0", token=TOKEN, history_path=str(tmp_path / "history.sqlite"), history_interval_ms=200
     )
-    http: AdminHttp = await start_admin_http(app, "127.0.0.1:0")
-    recorder = asyncio.create_task(history.run(snapshot, interval_s=0.2))
-    try:
-        yield running, http.url
-    finally:
-        recorder.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await recorder
-        await http.stop()
-        history.close()
+    running = await start(api, learn, operations=(export,), admin=admin)
+    yield running, f"http://127.0.0.1:{running.admin_port}"
 
 
 CPU_CELL = "(document.querySelector('tr[data-server=\"api/api-1\"] td.cpu') || {}).textContent"
@@ -308,6 +292,29 @@ async def test_dashboard_shows_live_load_and_refuses_without_the_token(
             f"export's new batch size {second.size}",
         )
         assert await tab.evaluate("window.__same_document") == marker  # no reload happened
+        # Traffic from /metrics: decisions, shares, an ejection (two failed outcomes of api-3).
+        picks = [await client.select("api") for _ in range(6)]
+        for pick in picks:
+            client.report_outcome(pick.decision_id, success=pick.server_id != "api-3", latency_ms=4.0)
+        await client.flush_outcomes(5.0)
+        await tab.wait_for("document.querySelector('tr[data-ejection=\"api/api-3\"]')", "api-3's ejection")
+        await tab.wait_for(
+            "/scrapes/.test(document.getElementById('traffic-status').textContent) && "
+            "document.querySelectorAll('#traffic-charts canvas').length === 5",
+            "the traffic charts",
+        )
+        titles = await tab.evaluate("[...document.querySelectorAll('#traffic-charts h3')].map(h => h.textContent)")
+        assert titles == [
+            "Decisions (/s)",
+            "Traffic share, by server (%)",
+            "Denials and rate-limit rejections (/s)",
+            "p99 decision handler time, by method (ms)",
+            "p99 queue wait, by pool (ms)",
+        ]
+        legend = await tab.evaluate("document.querySelector('#traffic-charts .chart:nth-child(2) .legend').textContent")
+        assert "api/api-1" in legend and "learn/learn-1" in legend
+        capacity = await tab.evaluate("document.querySelector('[data-card=capacity]').innerText")
+        assert "0 %" in capacity and "0 of 8 slots (pools with a limit)" in capacity, capacity
         await tab.wait_for(
             "/^[1-9]\\d* samples/.test(document.getElementById('history-status').textContent) && "
             "document.querySelectorAll('#charts canvas').length >= 5",
@@ -328,6 +335,15 @@ async def test_dashboard_shows_live_load_and_refuses_without_the_token(
             and not e["params"]["entry"].get("url", "").startswith(f"{base}/admin/load")
         ]
         assert not errors, f"the page logged errors (CSP violations appear here too): {errors}"
+        leases_legend = await tab.evaluate(
+            "[...document.querySelectorAll('#charts .chart')].find(c => c.querySelector('h3').textContent"
+            ".startsWith('Active leases')).querySelector('.legend').textContent"
+        )
+        assert "api limit" in leases_legend and "learn limit" not in leases_legend, leases_legend
+        await tab.wait_for(  # a few intervals drawn, for the screenshot (docs/dashboard.png is a copy)
+            "/ [4-9] scrapes| \\d\\d+ scrapes/.test(document.getElementById('traffic-status').textContent)",
+            "four scrapes of /metrics",
+        )
         png = await tab.screenshot(tmp_path / "dashboard.png", REPO / "build" / "dashboard.png")
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
