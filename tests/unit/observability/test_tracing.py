@@ -7,6 +7,7 @@ which restores the global OpenTelemetry state afterwards.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
@@ -566,3 +567,22 @@ def test_configure_tracing_leaves_a_provider_installed_by_someone_else(memory: M
     trace.set_tracer_provider(memory.provider)
     assert configure_tracing("loadwarden", exporter="console", environ={}) is None
     assert trace.get_tracer_provider() is memory.provider
+
+
+def test_standard_instrumentation_is_detected_and_its_absence_is_no_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
+
+    assert server_telemetry.standard_instrumentation_on() is False
+    instrumentor = GrpcAioInstrumentorServer()
+    instrumentor.instrument()
+    try:
+        assert server_telemetry.standard_instrumentation_on() is True
+    finally:
+        instrumentor.uninstrument()
+    assert server_telemetry.standard_instrumentation_on() is False
+
+    def missing(name: str, *args: Any) -> None:
+        raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}")
+
+    monkeypatch.setattr(importlib.util, "find_spec", missing)  # opentelemetry-instrumentation not installed
+    assert server_telemetry.standard_instrumentation_on() is False

@@ -138,7 +138,10 @@ def tracing_on() -> bool:
 
 def standard_instrumentation_on() -> bool:
     """Whether ``opentelemetry-instrumentation-grpc`` instruments grpc.aio servers now."""
-    if importlib.util.find_spec("opentelemetry.instrumentation.grpc") is None:
+    try:  # find_spec imports the parents: opentelemetry.instrumentation may be missing too
+        if importlib.util.find_spec("opentelemetry.instrumentation.grpc") is None:
+            return False
+    except ModuleNotFoundError:
         return False
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
 
