@@ -186,3 +186,57 @@ async def test_outcome_and_release_spans_link_to_the_decisions_they_settle(
     assert [(link.context.span_id, dict(link.attributes or {})) for link in release.links] == [
         (acquire.context.span_id, {"loadwarden.link": "lease"})
     ]
+
+
+async def test_with_the_standard_grpc_instrumentation_each_rpc_has_one_client_and_one_server_span(
+    spans: InMemorySpanExporter, start: StartService
+) -> None:
+    """opentelemetry-instrumentation-grpc on both sides (as an application turns it on, before
+    the service and the clients are made): loadwarden steps aside, the instrumentation's
+    spans carry loadwarden's attributes, and the links still hold."""
+    from opentelemetry.instrumentation.grpc import (
+        GrpcAioInstrumentorClient,
+        GrpcAioInstrumentorServer,
+        GrpcInstrumentorClient,
+    )
+
+    instrumentors = (GrpcAioInstrumentorServer(), GrpcAioInstrumentorClient(), GrpcInstrumentorClient())
+    for instrumentor in instrumentors:
+        instrumentor.instrument()
+    try:
+        running = await start(three_server_pool("api"))
+        tracer = trace.get_tracer("test-app")
+        async with AsyncClient(running.target) as client:
+            with tracer.start_as_current_span("handle GET /orders") as app:
+                chosen = await client.select("api")
+            client.report_outcome(chosen.decision_id, success=True, latency_ms=3.0)
+            await client.flush_outcomes(5.0)
+
+        def sync_select() -> None:
+            with Client(running.target) as sync_client, tracer.start_as_current_span("batch job"):
+                sync_client.select("api")
+
+        await asyncio.to_thread(sync_select)
+        selects = await _finished(spans, "SelectServer", 2)
+        await _finished(spans, "ReportOutcome", 1)
+    finally:
+        for instrumentor in instrumentors:
+            instrumentor.uninstrument()
+
+    by_trace: dict[int, list[ReadableSpan]] = {}
+    for span in spans.get_finished_spans():
+        by_trace.setdefault(span.context.trace_id, []).append(span)
+    for select in selects:
+        found = by_trace[select.context.trace_id]
+        kinds = sorted(s.kind.name for s in found if s.kind in (SpanKind.CLIENT, SpanKind.SERVER))
+        assert kinds == ["CLIENT", "SERVER"], [(s.name, s.kind.name) for s in found]
+        assert (select.attributes or {})["loadwarden.pool"] == "api"  # added to the instrumentation's span
+    app_trace = by_trace[app.get_span_context().trace_id]
+    assert (next(s for s in app_trace if s.kind is SpanKind.SERVER).attributes or {})[
+        "loadwarden.decision_id"
+    ] == chosen.decision_id
+    (report,) = _servers(spans, "ReportOutcome")
+    report_trace = by_trace[report.context.trace_id]
+    assert sorted(s.kind.name for s in report_trace) == ["CLIENT", "SERVER"]  # a trace of its own
+    first_select = next(s for s in selects if s.context.trace_id == app.get_span_context().trace_id)
+    assert [link.context.span_id for link in report.links] == [first_select.context.span_id]

@@ -10,8 +10,11 @@ Example:
         with client.slot("ml", wait_s=2.0) as lease:
             run_inference()   # LeaseLostError at the exit if the lease was lost meanwhile
         size = client.batch_size("import", default=100)
+        client.admin.drain_server("api", "s1")
 """
 
+from loadwarden.sdk._admin_types import Configured, OperationConfig, OutlierDetection, PoolConfig, ServerSpec
+from loadwarden.sdk._async.admin import AsyncAdmin
 from loadwarden.sdk._async.client import AsyncClient
 from loadwarden.sdk._async.queue import AsyncRequestQueue
 from loadwarden.sdk._breaker import BreakerConfig, BreakerEvent, BreakerState, CircuitBreaker
@@ -35,6 +38,7 @@ from loadwarden.sdk._reporter import BackendReporter, ReporterStats
 from loadwarden.sdk._resilience import BreakerOpenError, deadline
 from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
+from loadwarden.sdk._sync.admin import Admin
 from loadwarden.sdk._sync.client import Client
 from loadwarden.sdk._sync.queue import RequestQueue
 from loadwarden.sdk._tls import TlsConfig
@@ -58,6 +62,8 @@ from loadwarden.sdk._types import (
 )
 
 __all__ = [
+    "Admin",
+    "AsyncAdmin",
     "AsyncClient",
     "AsyncRequestQueue",
     "BackendReporter",
@@ -71,6 +77,7 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "Client",
+    "Configured",
     "DeadlineExceededError",
     "HeldLease",
     "HostLoad",
@@ -82,9 +89,12 @@ __all__ = [
     "LoadStatus",
     "LoadwardenError",
     "NotFoundError",
+    "OperationConfig",
     "OperationStatus",
     "OutcomeStats",
+    "OutlierDetection",
     "PermissionDeniedError",
+    "PoolConfig",
     "PoolStatus",
     "QueueFull",
     "QueueStats",
@@ -96,6 +106,7 @@ __all__ = [
     "Route",
     "RpcCancelledError",
     "Selection",
+    "ServerSpec",
     "ServerState",
     "ServerStatus",
     "ServiceError",

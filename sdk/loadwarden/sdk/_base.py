@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
 from loadwarden.sdk._batching import LastKnownSizes
 from loadwarden.sdk._breaker import BreakerConfig, BreakerRegistry, BreakerState, CircuitBreaker
-from loadwarden.sdk._convert import outcome_to_proto
+from loadwarden.sdk._convert import check_outcome, outcome_to_proto
 from loadwarden.sdk._errors import LeaseLostError, LoadwardenError, is_transport_failure
 from loadwarden.sdk._leases import ABANDON_DEFAULT_TTL_S, log_lost
 from loadwarden.sdk._local import LOCAL_ID_PREFIX, RouteTables
@@ -185,7 +185,7 @@ def retry_unless_open(breaker: CircuitBreaker | None) -> Callable[[BaseException
     return may_retry
 
 
-class ClientBase:
+class ClientCore:
     """The part of the client surface that makes no RPC, identical in sync and async."""
 
     _breakers: BreakerRegistry | None
@@ -389,22 +389,18 @@ class ClientBase:
     _outcomes: _OutcomeSender
     _batch_sizes: LastKnownSizes
 
-    def report_outcome(self, decision_id: str, *, success: bool, latency_ms: float, status: str = "") -> None:
-        """Queues how a request routed by `select` went; sent in the background.
-
-        Never makes an RPC on the caller's path. Outcomes that cannot be sent are
-        counted in `outcome_stats`, never raised.
-
-        Args:
-            decision_id: `Selection.decision_id` of the request's selection.
-            success: True when the request succeeded.
-            latency_ms: Request latency as the caller saw it, milliseconds, 0-86,400,000.
-            status: Optional detail, e.g. "503"; at most 64 printable ASCII characters.
-
-        Raises:
-            ValueError: An argument is out of range (it would make the service
-                reject the whole batch it travels in).
-        """
+    def _queue_outcome(self, decision_id: str | Selection, success: bool, latency_ms: float, status: str) -> None:
+        """`report_outcome` of either flavour: checks the outcome and queues it."""
+        if not isinstance(decision_id, str):
+            if not isinstance(decision_id, Selection):
+                raise TypeError(
+                    "decision_id must be Selection.decision_id (a string) or the Selection itself, "
+                    f"got {type(decision_id).__name__}"
+                )
+            if not decision_id.decision_id:  # decided locally without the service: nothing to report
+                check_outcome(latency_ms=latency_ms, status=status)
+                return
+            decision_id = decision_id.decision_id
         outcome = outcome_to_proto(decision_id, success=success, latency_ms=latency_ms, status=status)
         if decision_id.startswith(LOCAL_ID_PREFIX):  # decided here: the outcome says what was chosen
             local = self._tables.finish(decision_id, outcome.success, outcome.latency_ms, outcome.status)
@@ -436,6 +432,90 @@ class ClientBase:
             outcome = route._outcome(exc)  # noqa: SLF001 - Route is the SDK's own; its outcome is not public API
         if outcome is not None:
             self._outcomes.add(outcome)
+
+
+class ClientBase(ClientCore):
+    """The RPC-free surface of `Client`, where it differs from `AsyncClient`'s."""
+
+    def report_outcome(
+        self, decision_id: str | Selection, *, success: bool, latency_ms: float, status: str = ""
+    ) -> None:
+        """Queues how a request routed by `select` went; sent in the background.
+
+        Never makes an RPC on the caller's path. Outcomes that cannot be sent are
+        counted in `outcome_stats`, never raised.
+
+        Args:
+            decision_id: The request's `Selection` (one the SDK answered locally with
+                `fallback=True` has nothing to report: the outcome is only checked),
+                or its `Selection.decision_id`.
+            success: True when the request succeeded.
+            latency_ms: Request latency as the caller saw it, milliseconds, 0-86,400,000.
+            status: Optional detail, e.g. "503"; at most 64 printable ASCII characters.
+
+        Raises:
+            TypeError: `decision_id` is neither a string nor a `Selection`.
+            ValueError: An argument is out of range (it would make the service
+                reject the whole batch it travels in).
+        """
+        self._queue_outcome(decision_id, success, latency_ms, status)
+
+
+class Queued:
+    """What `AsyncClient.report_outcome` returns: an awaitable that is already done.
+
+    One instance serves every call (`QUEUED`): queueing an outcome allocates no
+    future, and awaiting it returns None without yielding to the event loop.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that ends at once: `await` returns None without suspending
+
+    def __repr__(self) -> str:
+        return "<outcome queued>"
+
+
+QUEUED = Queued()
+
+
+class AsyncClientBase(ClientCore):
+    """The RPC-free surface of `AsyncClient`, where it differs from `Client`'s."""
+
+    def report_outcome(
+        self, decision_id: str | Selection, *, success: bool, latency_ms: float, status: str = ""
+    ) -> Awaitable[None]:
+        """Queues how a request routed by `select` went; sent in the background.
+
+        A plain method that never waits: the outcome is queued when it returns, and
+        what it returns is an awaitable that is already done, so both
+        `client.report_outcome(...)` and `await client.report_outcome(...)` work
+        (awaiting it does not wait for the outcome to be sent: `flush_outcomes`
+        does). Call it from the event loop's thread. Never makes an RPC on the
+        caller's path. Outcomes that cannot be sent are counted in
+        `outcome_stats`, never raised.
+
+        Args:
+            decision_id: The request's `Selection` (one the SDK answered locally with
+                `fallback=True` has nothing to report: the outcome is only checked),
+                or its `Selection.decision_id`.
+            success: True when the request succeeded.
+            latency_ms: Request latency as the caller saw it, milliseconds, 0-86,400,000.
+            status: Optional detail, e.g. "503"; at most 64 printable ASCII characters.
+
+        Returns:
+            An awaitable that is already done: one object shared by every call, so
+            queueing allocates no future.
+
+        Raises:
+            TypeError: `decision_id` is neither a string nor a `Selection`.
+            ValueError: An argument is out of range (it would make the service
+                reject the whole batch it travels in).
+        """
+        self._queue_outcome(decision_id, success, latency_ms, status)
+        return QUEUED
 
 
 class _Watcher(Protocol):

@@ -105,11 +105,19 @@ def selection_from_proto(response: _pb.SelectServerResponse) -> Selection:
 def outcome_to_proto(decision_id: str, *, success: bool, latency_ms: float, status: str) -> _pb.Outcome:
     """Builds one outcome, checked here because one bad entry would make the service reject its whole batch."""
     if not isinstance(decision_id, str) or not decision_id:
-        raise ValueError("decision_id must be a non-empty string")
+        raise ValueError(
+            "decision_id must be a non-empty string (Selection.decision_id, or the Selection itself), "
+            f"got {decision_id!r}"
+        )
+    check_outcome(latency_ms=latency_ms, status=status)
+    return _pb.Outcome(decision_id=decision_id, success=bool(success), latency_ms=latency_ms, status=status)
+
+
+def check_outcome(*, latency_ms: float, status: str) -> None:
+    """Raises ValueError unless an outcome's latency and status are what the contract allows."""
     if not (isinstance(latency_ms, int | float) and 0 <= latency_ms <= MAX_LATENCY_MS):
         raise ValueError(f"latency_ms must be between 0 and {MAX_LATENCY_MS}, got {latency_ms!r}")
     check_status(status)
-    return _pb.Outcome(decision_id=decision_id, success=bool(success), latency_ms=latency_ms, status=status)
 
 
 def check_status(status: str) -> None:
@@ -194,6 +202,10 @@ def server_status_from_proto(message: _common.ServerStatus) -> ServerStatus:
         ewma_latency_ms=message.ewma_latency_ms,
         error_rate=message.error_rate,
         selections_total=message.selections_total,
+        ejections_total=message.ejections_total,
+        ejected_until=_datetime(message.ejected_until) if message.HasField("ejected_until") else None,
+        effective_weight=message.effective_weight,
+        consecutive_failures=message.consecutive_failures,
     )
 
 
@@ -207,6 +219,8 @@ def pool_status_from_proto(message: _common.PoolStatus) -> PoolStatus:
         active_leases=message.active_leases,
         queue_length=message.queue_length,
         concurrency_limit=message.concurrency_limit,
+        strategy_stats=dict(message.strategy_stats),
+        panic=message.panic,
     )
 
 

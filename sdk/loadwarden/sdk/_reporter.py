@@ -55,6 +55,27 @@ class PsutilSampler:
         return psutil.cpu_percent(interval=None), psutil.virtual_memory().percent
 
 
+class ProcessSampler:
+    """Samples this process with psutil: its CPU % since the previous sample, and the host's memory % in use.
+
+    The process's CPU is normalised the way the host figure is: a share of all the
+    host's logical CPUs, 0-100 (psutil counts one busy core as 100 %, so its
+    figure is divided by the number of CPUs). Memory stays the host's.
+
+    Args:
+        process: The process to sample; this one when None.
+        cpu_count: Logical CPUs to divide by; psutil's count when None.
+    """
+
+    def __init__(self, process: psutil.Process | None = None, cpu_count: int | None = None) -> None:
+        self._process = psutil.Process() if process is None else process
+        self._cpus = cpu_count or psutil.cpu_count() or 1
+        self._process.cpu_percent(interval=None)
+
+    def __call__(self) -> tuple[float, float]:
+        return self._process.cpu_percent(interval=None) / self._cpus, psutil.virtual_memory().percent
+
+
 @dataclass(frozen=True, slots=True)
 class ReporterStats:
     """Counters of a `BackendReporter` since it was built.
@@ -99,6 +120,7 @@ class RequestTracker:
         self._error_weight = error_ewma_weight
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._external_in_flight: int | None = None  # set_in_flight's count, reported in place of _in_flight
         self._finished = 0
         self._latency_ms = 0.0
         self._error_rate = 0.0
@@ -107,17 +129,30 @@ class RequestTracker:
         with self._lock:
             self._in_flight += 1
 
+    def set_in_flight(self, count: int) -> None:
+        with self._lock:
+            self._external_in_flight = count
+
     def end(self, latency_ms: float, *, failed: bool) -> None:
-        """Folds in one finished request."""
-        failure = 1.0 if failed else 0.0
+        """Ends one tracked request and folds it in."""
         with self._lock:
             self._in_flight -= 1
-            if self._finished == 0:
-                self._latency_ms, self._error_rate = latency_ms, failure
-            else:
-                self._latency_ms += self._latency_weight * (latency_ms - self._latency_ms)
-                self._error_rate += self._error_weight * (failure - self._error_rate)
-            self._finished += 1
+            self._fold(latency_ms, failed)
+
+    def observe(self, latency_ms: float, *, failed: bool) -> None:
+        """Folds in one finished request that was not tracked: the in-flight count is untouched."""
+        with self._lock:
+            self._fold(latency_ms, failed)
+
+    def _fold(self, latency_ms: float, failed: bool) -> None:
+        # Under the lock.
+        failure = 1.0 if failed else 0.0
+        if self._finished == 0:
+            self._latency_ms, self._error_rate = latency_ms, failure
+        else:
+            self._latency_ms += self._latency_weight * (latency_ms - self._latency_ms)
+            self._error_rate += self._error_weight * (failure - self._error_rate)
+        self._finished += 1
 
     def abandon(self) -> None:
         """Ends a request that was cancelled: it leaves in-flight and is not folded in."""
@@ -127,15 +162,18 @@ class RequestTracker:
     def snapshot(self) -> tuple[int, float, float]:
         """(in flight, latency EWMA ms, failure EWMA 0-1), read together."""
         with self._lock:
-            return self._in_flight, self._latency_ms, self._error_rate
+            in_flight = self._in_flight if self._external_in_flight is None else self._external_in_flight
+            return in_flight, self._latency_ms, self._error_rate
 
 
 class BackendReporter:
     """Runs in a backend and pushes its load to the service every `interval_s`.
 
-    Each report carries the host's CPU and memory utilisation (`sampler`), the
-    requests in flight, and EWMAs of their latency and failures, fed by `track`,
-    `track_async` or the `tracked` decorator. The first report is pushed on
+    Each report carries the host's CPU and memory utilisation (`sampler`; with
+    `cpu="process"`, this process's own CPU instead of the host's), the requests in
+    flight, and EWMAs of their latency and failures, fed by `track`, `track_async`
+    or the `tracked` decorator, or from outside: `set_in_flight` with the backend's
+    own in-flight count, `observe` with each request it timed itself. The first report is pushed on
     `start`. A push that fails (e.g. the service is restarting) is logged once per
     outage (then at debug) and counted; reporting resumes on the next interval
     once the service answers again. Nothing is ever raised into the backend.
@@ -164,6 +202,9 @@ class BackendReporter:
         latency_ewma_weight: Weight of each new latency in its EWMA, 0 < w <= 1.
         error_ewma_weight: Weight of each new success/failure in the error-rate EWMA, 0 < w <= 1.
         sampler: Returns (CPU %, memory %) of the host; `PsutilSampler` when None.
+        cpu: Whose CPU the reports carry, when `sampler` is None: "host" (the whole
+            host's, `PsutilSampler`) or "process" (this process's, as a share of all
+            the host's CPUs, `ProcessSampler`: for a backend that shares its host).
         clock: Monotonic clock that schedules the pushes, seconds.
         perf_counter: High-resolution clock that times requests, seconds.
 
@@ -183,6 +224,7 @@ class BackendReporter:
         sampler: Sampler | None = None,
         clock: Callable[[], float] = time.monotonic,
         perf_counter: Callable[[], float] = time.perf_counter,
+        cpu: str = "host",
     ) -> None:
         if not isinstance(client, Client | AsyncClient):
             raise ValueError(f"client must be a loadwarden Client or AsyncClient, got {client!r}")
@@ -196,6 +238,10 @@ class BackendReporter:
                 raise ValueError(f"{name} must be in (0, 1], got {weight!r}")
         if sampler is not None and not callable(sampler):
             raise ValueError(f"sampler must be callable or None, got {sampler!r}")
+        if cpu not in ("host", "process"):
+            raise ValueError(f"cpu must be 'host' or 'process', got {cpu!r}")
+        if cpu == "process" and sampler is not None:
+            raise ValueError("cpu='process' chooses the sampler (ProcessSampler); pass either cpu or sampler")
         for name, fn in (("clock", clock), ("perf_counter", perf_counter)):
             if not callable(fn):
                 raise ValueError(f"{name} must be a callable returning seconds, got {fn!r}")
@@ -204,7 +250,9 @@ class BackendReporter:
         self.pool = pool
         self.server_id = server_id
         self.interval_s: float = float(interval_s)
-        self._sampler = PsutilSampler() if sampler is None else sampler
+        if sampler is None:
+            sampler = ProcessSampler() if cpu == "process" else PsutilSampler()
+        self._sampler = sampler
         self._clock = clock
         self._perf_counter = perf_counter
         self._requests = RequestTracker(latency_ewma_weight, error_ewma_weight)
@@ -263,6 +311,39 @@ class BackendReporter:
                 return fn(*args, **kwargs)
 
         return cast(F, tracked_sync)
+
+    def set_in_flight(self, count: int) -> None:
+        """Sets the requests in flight the reports carry, as the backend counts them itself.
+
+        From the first call on, reports carry the last count set here in place of
+        the one `track` keeps (blocks still feed latency and failures). For a
+        backend whose server already counts its requests, e.g. a gauge of its
+        framework; call it whenever the count changes, or before each interval.
+
+        Raises:
+            ValueError: `count` is not an integer >= 0.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"count must be an integer >= 0, got {count!r}")
+        self._requests.set_in_flight(count)
+
+    def observe(self, latency_s: float, ok: bool = True) -> None:
+        """Folds in one finished request the backend timed itself, as a `track` block would.
+
+        The in-flight count is not touched (see `set_in_flight`).
+
+        Args:
+            latency_s: How long the request took, seconds, >= 0.
+            ok: False when the request failed.
+
+        Raises:
+            ValueError: `latency_s` is negative, NaN or infinite, or `ok` is not True or False.
+        """
+        if isinstance(latency_s, bool) or not isinstance(latency_s, int | float) or not 0 <= latency_s < math.inf:
+            raise ValueError(f"latency_s must be a finite number of seconds >= 0, got {latency_s!r}")
+        if not isinstance(ok, bool):
+            raise ValueError(f"ok must be True or False, got {ok!r}")
+        self._requests.observe(latency_s * 1000.0, failed=not ok)
 
     # -- reporting ----------------------------------------------------------
 

@@ -16,16 +16,26 @@ class Route:
     The block's outcome is reported when it exits: a success unless an exception
     escaped it or `fail` was called. Not constructed directly.
 
+    The outcome's latency is timed from the start of the block, after the selection
+    returned: it is the backend's time, which the strategies learn from. How long
+    the selection took is `decision_s`; add the two for the whole time the caller
+    spent on the request.
+
     Attributes:
         selection: The service's choice.
+        decision_s: How long `route()` waited for the selection (the SelectServer
+            call, or the local decision), seconds.
     """
 
-    __slots__ = ("_clock", "_failure_status", "_started", "selection")
+    __slots__ = ("_clock", "_failure_status", "_started", "decision_s", "selection")
 
-    def __init__(self, selection: Selection, *, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, selection: Selection, *, clock: Callable[[], float] = time.perf_counter, asked_at: float | None = None
+    ) -> None:
         self.selection: Selection = selection
         self._clock = clock
         self._started = clock()
+        self.decision_s: float = 0.0 if asked_at is None else max(0.0, self._started - asked_at)
         self._failure_status: str | None = None
 
     @property

@@ -9,14 +9,19 @@ Where spans go is the application's choice (``loadwarden.observability.configure
 or its own TracerProvider), made before the SDK opens its channel: a ``Client`` when
 it is created, an ``AsyncClient`` at its first call. A channel opened while no real
 provider is installed gets no interceptor at all, so tracing off costs nothing.
+
+With the standard ``opentelemetry-instrumentation-grpc`` instrumenting grpc's channels
+(``GrpcAioInstrumentorClient`` / ``GrpcInstrumentorClient``, turned on before the
+client opens its channel), its CLIENT span is the call's and the SDK adds none.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 from collections.abc import Callable, MutableSequence, Sequence
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
@@ -27,6 +32,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 INSTRUMENTATION_NAME = "loadwarden.sdk"
 INSTRUMENTATION_VERSION = "0.1.0"
+
+T = TypeVar("T")
 
 _OFF = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 # ReportOutcome carries a batch of many requests' outcomes, sent by a background
@@ -212,45 +219,126 @@ def tracing_on() -> bool:
     return not isinstance(trace.get_tracer_provider(), _OFF)
 
 
-def traced_insecure_channel(target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+def standard_instrumentation_on(aio: bool) -> bool:
+    """Whether ``opentelemetry-instrumentation-grpc`` instruments the channels grpc opens
+    now (grpc.aio's with ``aio``, else the sync ones): then its CLIENT span is the call's,
+    and the SDK adds none of its own."""
+    try:  # find_spec imports the parents: opentelemetry.instrumentation may be missing too
+        if importlib.util.find_spec("opentelemetry.instrumentation.grpc") is None:
+            return False
+    except ModuleNotFoundError:
+        return False
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcInstrumentorClient
+
+    # Singletons: this is the instance an application instrumented with.
+    instrumentor = (
+        GrpcAioInstrumentorClient()  # type: ignore[no-untyped-call]  # the instrumentation has no annotations
+        if aio
+        else GrpcInstrumentorClient()  # type: ignore[no-untyped-call]  # the instrumentation has no annotations
+    )
+    return bool(instrumentor.is_instrumented_by_opentelemetry)
+
+
+def _traced_here(aio: bool) -> bool:
+    return tracing_on() and not standard_instrumentation_on(aio)
+
+
+# Client interceptors a caller may add to the channel the SDK opens (`interceptors=`).
+AsyncClientInterceptor: TypeAlias = grpc.aio.ClientInterceptor
+ClientInterceptor: TypeAlias = (
+    grpc.UnaryUnaryClientInterceptor
+    | grpc.UnaryStreamClientInterceptor
+    | grpc.StreamUnaryClientInterceptor
+    | grpc.StreamStreamClientInterceptor
+)
+
+
+def check_interceptors(interceptors: Sequence[ClientInterceptor], channel_given: bool) -> tuple[ClientInterceptor, ...]:
+    """`interceptors` as a tuple; ValueError unless each is a grpc client interceptor and no `channel` is given."""
+    return _checked(interceptors, ClientInterceptor, "grpc.UnaryUnaryClientInterceptor and the like", channel_given)
+
+
+def check_interceptors_async(
+    interceptors: Sequence[AsyncClientInterceptor], channel_given: bool
+) -> tuple[AsyncClientInterceptor, ...]:
+    """`interceptors` as a tuple; ValueError unless each is a grpc.aio client interceptor and no `channel` is given."""
+    return _checked(
+        interceptors, AsyncClientInterceptor, "grpc.aio.UnaryUnaryClientInterceptor and the like", channel_given
+    )
+
+
+def _checked(interceptors: Sequence[T], kind: Any, kinds: str, channel_given: bool) -> tuple[T, ...]:
+    if isinstance(interceptors, str | bytes) or not isinstance(interceptors, Sequence):
+        raise ValueError(f"interceptors must be a list of client interceptors ({kinds}), got {interceptors!r}")
+    for index, interceptor in enumerate(interceptors):
+        if not isinstance(interceptor, kind):
+            raise ValueError(f"interceptors[{index}] must be a client interceptor ({kinds}), got {interceptor!r}")
+    if interceptors and channel_given:
+        raise ValueError(
+            "interceptors apply to the channel the client opens; with channel=, intercept that channel yourself"
+        )
+    return tuple(interceptors)
+
+
+def traced_insecure_channel(
+    target: str, options: Sequence[tuple[str, Any]] = (), interceptors: Sequence[ClientInterceptor] = ()
+) -> grpc.Channel:
     """``grpc.insecure_channel(target, options=options)``, traced if tracing is on now.
 
     Decided when the channel is opened: grpc's interceptor plumbing costs some
-    30 µs of CPU per call even when the interceptor does nothing.
+    30 µs of CPU per call even when the interceptor does nothing. `interceptors`
+    run inside the tracing interceptor, in their order (the first is the outermost).
     """
-    channel = grpc.insecure_channel(target, options=options)
-    if not tracing_on():
-        return channel
-    return grpc.intercept_channel(channel, ClientTracingInterceptor(target))
+    return _intercepted(grpc.insecure_channel(target, options=options), target, interceptors)
 
 
-def traced_aio_insecure_channel(target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+def traced_aio_insecure_channel(
+    target: str, options: Sequence[tuple[str, Any]] = (), interceptors: Sequence[AsyncClientInterceptor] = ()
+) -> grpc.aio.Channel:
     """``grpc.aio.insecure_channel(target, options=options)``, traced if tracing is on now.
 
     Decided when the channel is opened: an intercepted grpc.aio call costs an extra
     task, some 50 µs of CPU per call, even when the interceptor does nothing.
+    `interceptors` run inside the tracing interceptor, in their order.
     """
-    if not tracing_on():
+    chain = _aio_chain(target, interceptors)
+    if not chain:  # no interceptor at all: grpc.aio's plain, cheaper call path
         return grpc.aio.insecure_channel(target, options=options)
-    return grpc.aio.insecure_channel(target, options=options, interceptors=[AioClientTracingInterceptor(target)])
+    return grpc.aio.insecure_channel(target, options=options, interceptors=chain)
 
 
 def traced_secure_channel(
-    target: str, credentials: grpc.ChannelCredentials, options: Sequence[tuple[str, Any]] = ()
+    target: str,
+    credentials: grpc.ChannelCredentials,
+    options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[ClientInterceptor] = (),
 ) -> grpc.Channel:
     """``grpc.secure_channel(target, credentials, options=options)``, traced if tracing is on now."""
-    channel = grpc.secure_channel(target, credentials, options=options)
-    if not tracing_on():
-        return channel
-    return grpc.intercept_channel(channel, ClientTracingInterceptor(target))
+    return _intercepted(grpc.secure_channel(target, credentials, options=options), target, interceptors)
 
 
 def traced_aio_secure_channel(
-    target: str, credentials: grpc.ChannelCredentials, options: Sequence[tuple[str, Any]] = ()
+    target: str,
+    credentials: grpc.ChannelCredentials,
+    options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[AsyncClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """``grpc.aio.secure_channel(target, credentials, options=options)``, traced if tracing is on now."""
-    if not tracing_on():
+    chain = _aio_chain(target, interceptors)
+    if not chain:
         return grpc.aio.secure_channel(target, credentials, options=options)
-    return grpc.aio.secure_channel(
-        target, credentials, options=options, interceptors=[AioClientTracingInterceptor(target)]
-    )
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=chain)
+
+
+def _intercepted(channel: grpc.Channel, target: str, interceptors: Sequence[ClientInterceptor]) -> grpc.Channel:
+    # grpc.intercept_channel makes its first interceptor the outermost: tracing wraps the caller's.
+    chain: list[ClientInterceptor] = [ClientTracingInterceptor(target)] if _traced_here(aio=False) else []
+    chain.extend(interceptors)
+    return grpc.intercept_channel(channel, *chain) if chain else channel
+
+
+def _aio_chain(target: str, interceptors: Sequence[AsyncClientInterceptor]) -> list[AsyncClientInterceptor]:
+    # grpc.aio runs its first interceptor outermost too: tracing wraps the caller's.
+    chain: list[AsyncClientInterceptor] = [AioClientTracingInterceptor(target)] if _traced_here(aio=True) else []
+    chain.extend(interceptors)
+    return chain

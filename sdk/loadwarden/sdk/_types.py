@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -187,6 +188,11 @@ class ServerStatus:
         ewma_latency_ms: EWMA of reported outcome latencies, milliseconds; 0 before any outcome.
         error_rate: EWMA of reported outcome failures, 0-1.
         selections_total: Times the server was selected since it was registered, count.
+        ejections_total: Times the server was ejected as an outlier, count.
+        ejected_until: When the current ejection ends (UTC); None when not ejected.
+        effective_weight: Weight the strategies use now: `weight`, scaled down while
+            the server ramps up (slow start).
+        consecutive_failures: Failed outcomes in a row, count.
     """
 
     id: str
@@ -199,6 +205,11 @@ class ServerStatus:
     ewma_latency_ms: float
     error_rate: float
     selections_total: int
+    # Added with outlier ejection in the SDK; defaults keep older constructor calls valid.
+    ejections_total: int = 0
+    ejected_until: datetime | None = None
+    effective_weight: float = 0.0
+    consecutive_failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +225,9 @@ class PoolStatus:
         active_leases: Leases held right now, count.
         queue_length: Requests waiting for a slot right now, count.
         concurrency_limit: Current concurrency limit; 0 means unlimited.
+        strategy_stats: Numbers that explain the strategy, by name (e.g. "epsilon",
+            "episodes", "table_size" for q_learning); empty for most strategies.
+        panic: True when too few servers are un-ejected and ejection is being ignored.
     """
 
     name: str
@@ -224,6 +238,9 @@ class PoolStatus:
     active_leases: int
     queue_length: int
     concurrency_limit: int
+    # Defaults keep older constructor calls valid; a dict is not hashable, so it is left out of the hash.
+    strategy_stats: Mapping[str, float] = field(default_factory=dict, hash=False)
+    panic: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,13 @@ import types
 import loadwarden.sdk
 
 PUBLIC_NAMES = {
+    "Admin",
+    "AsyncAdmin",
+    "Configured",
+    "OperationConfig",
+    "OutlierDetection",
+    "PoolConfig",
+    "ServerSpec",
     "AsyncClient",
     "AsyncRequestQueue",
     "BackendReporter",

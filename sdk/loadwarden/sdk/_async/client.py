@@ -15,8 +15,11 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2 as _health_pb  # type: ignore[import-untyped]  # no types-grpcio-health-checking
 from grpc_health.v1 import health_pb2_grpc as _health_pb_grpc
+from opentelemetry import context as otel_context
 
+from loadwarden.sdk._admin_convert import ADMIN_METHODS
 from loadwarden.sdk._allotments import AllotmentBook, check_allotments
+from loadwarden.sdk._async.admin import AsyncAdmin
 from loadwarden.sdk._async.allotments import AsyncAllotmentKeeper
 from loadwarden.sdk._async.leases import AsyncLeaseKeeper, AsyncReleaseRetries
 from loadwarden.sdk._async.probe import TaskProber
@@ -26,7 +29,7 @@ from loadwarden.sdk._async.stream import STREAMED, AsyncDecideStream
 from loadwarden.sdk._base import (
     CHANNEL_OPTIONS,
     DEFAULT_TARGET,
-    ClientBase,
+    AsyncClientBase,
     ClientOptions,
     check_on_lost,
     check_wait_timeout,
@@ -76,9 +79,15 @@ from loadwarden.sdk._synchronization import (
     AsyncScheduler,
     TaskScheduler,
 )
-from loadwarden.sdk._telemetry import traced_aio_insecure_channel, traced_aio_secure_channel
+from loadwarden.sdk._telemetry import (
+    AsyncClientInterceptor,
+    check_interceptors_async,
+    traced_aio_insecure_channel,
+    traced_aio_secure_channel,
+)
 from loadwarden.sdk._tls import TlsConfig, bearer_metadata, channel_security
 from loadwarden.sdk._types import BatchReport, BatchSize, HeldLease, Lease, LoadReport, LoadStatus, Selection
+from loadwarden.v1 import admin_pb2_grpc as _admin_grpc
 from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
@@ -102,7 +111,10 @@ class AsyncRouteBlock:
         self._route: Route | None = None
 
     async def __aenter__(self) -> Route:
-        self._route = Route(await self._client.select(self._pool, exclude=self._exclude))
+        clock = self._client._route_clock  # noqa: SLF001 - the client's own block
+        asked_at = clock()
+        selection = await self._client.select(self._pool, exclude=self._exclude)
+        self._route = Route(selection, clock=clock, asked_at=asked_at)
         return self._route
 
     async def __aexit__(
@@ -114,7 +126,7 @@ class AsyncRouteBlock:
             self._client._finish_route(route, exc)  # noqa: SLF001 - the client's own block
 
 
-class AsyncClient(ClientBase):
+class AsyncClient(AsyncClientBase):
     """Asyncio client of the loadwarden Decision service; use it from one event loop.
 
     It may be constructed outside a running loop; the channel it opens binds to
@@ -199,6 +211,15 @@ class AsyncClient(ClientBase):
             it back. Blocks with a `client_key` (rate limits) or `select_server`
             always ask the service. An allotted slot ignores `priority` and
             `wait_s` (it is free at once).
+        interceptors: Client interceptors for the channel the client opens, of this
+            client's flavour of grpc (`grpc.aio.UnaryUnaryClientInterceptor` and the
+            like), e.g. for auth headers, logging or metrics of your own. They run in
+            the order given (the first is the outermost), inside the SDK's own
+            tracing: each sees the call's metadata with the token and the trace
+            headers already added, and its time counts in the call's CLIENT span.
+            Every attempt of a retried call passes through them; breakers and
+            retries sit above the channel, so they never see a call an open breaker
+            refused. Not with `channel` (intercept that channel yourself).
 
     Raises:
         ValueError: An argument is out of range, or a TLS file cannot be read; the
@@ -231,6 +252,7 @@ class AsyncClient(ClientBase):
         transport: str = "unary",
         release_in_background: bool = False,
         slot_allotments: Mapping[str, int] | None = None,
+        interceptors: Sequence[AsyncClientInterceptor] = (),
     ) -> None:
         self._options = ClientOptions(
             target=target,
@@ -247,9 +269,12 @@ class AsyncClient(ClientBase):
         self._metadata = bearer_metadata(token)  # built once: every call passes the same tuple
         # Files are read now, so a bad one fails here rather than at the first call.
         self._credentials, self._tls_options = channel_security(tls, channel is not None)
+        self._interceptors = check_interceptors_async(interceptors, channel is not None)
         self._owns_channel = channel is None
         self._channel = channel
         self._stub = None if channel is None else _pb_grpc.DecisionServiceStub(channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
+        self._admin_stub = None if channel is None else _admin_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
+        self._admin = AsyncAdmin(self._call)
         self._health = None if channel is None else _health_pb_grpc.HealthStub(channel)
         if channel is None and not ASYNC_OPENS_CHANNEL_ON_FIRST_CALL:
             self._open_channel()
@@ -259,6 +284,7 @@ class AsyncClient(ClientBase):
         # lease expiries (a monotonic clock, seconds), and the jitter of background retries.
         self._renewal_scheduler: AsyncScheduler = TaskScheduler()
         self._clock = time.perf_counter
+        self._route_clock = time.perf_counter  # what times route(): its decision and its block, seconds
         self._rng = random.Random()
         self._setup_local(decisions, route_stale_after_s, max_table_servers, local_outcome_rate, self._rng)
         if transport not in ("unary", "stream"):
@@ -297,6 +323,15 @@ class AsyncClient(ClientBase):
         if self._prober is not None and self._breakers is not None:
             self._breakers.add_listener(self._prober.on_breaker_event)
         self._closed = False
+
+    @property
+    def admin(self) -> AsyncAdmin:
+        """AdminService with the SDK's types: pools, servers, drains and batch operations.
+
+        Its calls take this client's path (channel, token, deadline, breakers,
+        retries, typed errors); see `AsyncAdmin`.
+        """
+        return self._admin
 
     async def select(self, pool: str, *, exclude: Iterable[str] = (), timeout_s: float | None = None) -> Selection:
         """Asks the service which server of `pool` should take a request.
@@ -360,7 +395,11 @@ class AsyncClient(ClientBase):
 
         The selection is the only RPC on the caller's path (none when the pool is
         decided locally). The outcome is a success unless an exception escapes the
-        block (re-raised unchanged) or `Route.fail` is called.
+        block (re-raised unchanged) or `Route.fail` is called. The outcome's latency
+        is the block's, timed from when the selection has returned: what the
+        backend took, which is what the strategies learn from. How long the
+        selection took is `Route.decision_s`; add it for the whole time the
+        request spent.
 
         Example:
             async with client.route("api") as route:
@@ -643,14 +682,22 @@ class AsyncClient(ClientBase):
         pool: str,
         server_id: str,
         *,
-        cpu_percent: float,
-        memory_percent: float,
+        cpu_percent: float = 0.0,
+        memory_percent: float = 0.0,
         active_requests: int = 0,
         mean_latency_ms: float = 0.0,
         error_rate: float = 0.0,
         timeout_s: float | None = None,
     ) -> int:
-        """Pushes one server's load (see `LoadReport` for units); returns reports applied."""
+        """Pushes one server's load; returns reports applied.
+
+        The figures and their units and defaults are `LoadReport`'s: a figure left
+        out is sent as 0.
+
+        Raises:
+            InvalidArgumentError: A figure is out of range; the message names it.
+            NotFoundError: The pool or the server is unknown.
+        """
         report = LoadReport(
             pool=pool,
             server_id=server_id,
@@ -856,7 +903,7 @@ class AsyncClient(ClientBase):
         if self._stub is None:
             self._open_channel()
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
-        rpc = getattr(self._stub, method)
+        rpc = getattr(self._admin_stub if method in ADMIN_METHODS else self._stub, method)
         metadata = self._metadata
         self._fail_fast(method)
         breaker = self._admit(method)
@@ -900,12 +947,18 @@ class AsyncClient(ClientBase):
         # (a grpc.aio channel binds to the event loop running when it opens).
         target = self._options.channel
         if self._credentials is None:
-            self._channel = traced_aio_insecure_channel(target.target, target.channel_options(CHANNEL_OPTIONS))
+            self._channel = traced_aio_insecure_channel(
+                target.target, target.channel_options(CHANNEL_OPTIONS), self._interceptors
+            )
         else:
             self._channel = traced_aio_secure_channel(
-                target.target, self._credentials, target.channel_options((*CHANNEL_OPTIONS, *self._tls_options))
+                target.target,
+                self._credentials,
+                target.channel_options((*CHANNEL_OPTIONS, *self._tls_options)),
+                self._interceptors,
             )
         self._stub = _pb_grpc.DecisionServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
+        self._admin_stub = _admin_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
         self._health = _health_pb_grpc.HealthStub(self._channel)
 
     async def _release_held(self, lease: Lease, *, success: bool, latency_ms: float, until: float) -> None:
@@ -984,5 +1037,12 @@ class AsyncClient(ClientBase):
         return self._stub.WatchRoutes(request, metadata=self._metadata)
 
     async def _send_outcomes(self, request: _pb.ReportOutcomeRequest) -> _pb.ReportOutcomeResponse:
-        response: _pb.ReportOutcomeResponse = await self._call("ReportOutcome", request)
+        # Many requests' outcomes in one call: a trace of its own (the service links it to the
+        # decisions' spans), not a child of whatever span was current where the sender started.
+        # An empty context, so any tracing on this channel (the SDK's, the standard instrumentation's) agrees.
+        detached = otel_context.attach(otel_context.Context())
+        try:
+            response: _pb.ReportOutcomeResponse = await self._call("ReportOutcome", request)
+        finally:
+            otel_context.detach(detached)
         return response

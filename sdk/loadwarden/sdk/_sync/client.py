@@ -17,7 +17,9 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2 as _health_pb  # type: ignore[import-untyped]  # no types-grpcio-health-checking
 from grpc_health.v1 import health_pb2_grpc as _health_pb_grpc
+from opentelemetry import context as otel_context
 
+from loadwarden.sdk._admin_convert import ADMIN_METHODS
 from loadwarden.sdk._allotments import AllotmentBook, check_allotments
 from loadwarden.sdk._base import (
     CHANNEL_OPTIONS,
@@ -65,6 +67,7 @@ from loadwarden.sdk._probe import HEALTH_SERVICE
 from loadwarden.sdk._resilience import bounded_timeout_s, is_local_lease
 from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
+from loadwarden.sdk._sync.admin import Admin
 from loadwarden.sdk._sync.allotments import AllotmentKeeper
 from loadwarden.sdk._sync.leases import LeaseKeeper, ReleaseRetries
 from loadwarden.sdk._sync.probe import ThreadProber
@@ -78,9 +81,15 @@ from loadwarden.sdk._synchronization import (
     Scheduler,
     ThreadScheduler,
 )
-from loadwarden.sdk._telemetry import traced_insecure_channel, traced_secure_channel
+from loadwarden.sdk._telemetry import (
+    ClientInterceptor,
+    check_interceptors,
+    traced_insecure_channel,
+    traced_secure_channel,
+)
 from loadwarden.sdk._tls import TlsConfig, bearer_metadata, channel_security
 from loadwarden.sdk._types import BatchReport, BatchSize, HeldLease, Lease, LoadReport, LoadStatus, Selection
+from loadwarden.v1 import admin_pb2_grpc as _admin_grpc
 from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
 from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
@@ -104,7 +113,10 @@ class RouteBlock:
         self._route: Route | None = None
 
     def __enter__(self) -> Route:
-        self._route = Route(self._client.select(self._pool, exclude=self._exclude))
+        clock = self._client._route_clock  # noqa: SLF001 - the client's own block
+        asked_at = clock()
+        selection = self._client.select(self._pool, exclude=self._exclude)
+        self._route = Route(selection, clock=clock, asked_at=asked_at)
         return self._route
 
     def __exit__(
@@ -197,6 +209,15 @@ class Client(ClientBase):
             it back. Blocks with a `client_key` (rate limits) or `select_server`
             always ask the service. An allotted slot ignores `priority` and
             `wait_s` (it is free at once).
+        interceptors: Client interceptors for the channel the client opens, of this
+            client's flavour of grpc (`grpc.UnaryUnaryClientInterceptor` and the
+            like), e.g. for auth headers, logging or metrics of your own. They run in
+            the order given (the first is the outermost), inside the SDK's own
+            tracing: each sees the call's metadata with the token and the trace
+            headers already added, and its time counts in the call's CLIENT span.
+            Every attempt of a retried call passes through them; breakers and
+            retries sit above the channel, so they never see a call an open breaker
+            refused. Not with `channel` (intercept that channel yourself).
 
     Raises:
         ValueError: An argument is out of range, or a TLS file cannot be read; the
@@ -229,6 +250,7 @@ class Client(ClientBase):
         transport: str = "unary",
         release_in_background: bool = False,
         slot_allotments: Mapping[str, int] | None = None,
+        interceptors: Sequence[ClientInterceptor] = (),
     ) -> None:
         self._options = ClientOptions(
             target=target,
@@ -245,9 +267,12 @@ class Client(ClientBase):
         self._metadata = bearer_metadata(token)  # built once: every call passes the same tuple
         # Files are read now, so a bad one fails here rather than at the first call.
         self._credentials, self._tls_options = channel_security(tls, channel is not None)
+        self._interceptors = check_interceptors(interceptors, channel is not None)
         self._owns_channel = channel is None
         self._channel = channel
         self._stub = None if channel is None else _pb_grpc.DecisionServiceStub(channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
+        self._admin_stub = None if channel is None else _admin_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
+        self._admin = Admin(self._call)
         self._health = None if channel is None else _health_pb_grpc.HealthStub(channel)
         if channel is None and not OPENS_CHANNEL_ON_FIRST_CALL:
             self._open_channel()
@@ -259,6 +284,7 @@ class Client(ClientBase):
         # lease expiries (a monotonic clock, seconds), and the jitter of background retries.
         self._renewal_scheduler: Scheduler = ThreadScheduler()
         self._clock = time.perf_counter
+        self._route_clock = time.perf_counter  # what times route(): its decision and its block, seconds
         self._rng = random.Random()
         self._setup_local(decisions, route_stale_after_s, max_table_servers, local_outcome_rate, self._rng)
         if transport not in ("unary", "stream"):
@@ -297,6 +323,15 @@ class Client(ClientBase):
         if self._prober is not None and self._breakers is not None:
             self._breakers.add_listener(self._prober.on_breaker_event)
         self._closed = False
+
+    @property
+    def admin(self) -> Admin:
+        """AdminService with the SDK's types: pools, servers, drains and batch operations.
+
+        Its calls take this client's path (channel, token, deadline, breakers,
+        retries, typed errors); see `Admin`.
+        """
+        return self._admin
 
     def select(self, pool: str, *, exclude: Iterable[str] = (), timeout_s: float | None = None) -> Selection:
         """Asks the service which server of `pool` should take a request.
@@ -360,7 +395,11 @@ class Client(ClientBase):
 
         The selection is the only RPC on the caller's path (none when the pool is
         decided locally). The outcome is a success unless an exception escapes the
-        block (re-raised unchanged) or `Route.fail` is called.
+        block (re-raised unchanged) or `Route.fail` is called. The outcome's latency
+        is the block's, timed from when the selection has returned: what the
+        backend took, which is what the strategies learn from. How long the
+        selection took is `Route.decision_s`; add it for the whole time the
+        request spent.
 
         Example:
             with client.route("api") as route:
@@ -643,14 +682,22 @@ class Client(ClientBase):
         pool: str,
         server_id: str,
         *,
-        cpu_percent: float,
-        memory_percent: float,
+        cpu_percent: float = 0.0,
+        memory_percent: float = 0.0,
         active_requests: int = 0,
         mean_latency_ms: float = 0.0,
         error_rate: float = 0.0,
         timeout_s: float | None = None,
     ) -> int:
-        """Pushes one server's load (see `LoadReport` for units); returns reports applied."""
+        """Pushes one server's load; returns reports applied.
+
+        The figures and their units and defaults are `LoadReport`'s: a figure left
+        out is sent as 0.
+
+        Raises:
+            InvalidArgumentError: A figure is out of range; the message names it.
+            NotFoundError: The pool or the server is unknown.
+        """
         report = LoadReport(
             pool=pool,
             server_id=server_id,
@@ -854,7 +901,7 @@ class Client(ClientBase):
         if self._stub is None:
             self._open_channel()
         timeout = bounded_timeout_s(self._options.call_timeout_s(timeout_s))
-        rpc = getattr(self._stub, method)
+        rpc = getattr(self._admin_stub if method in ADMIN_METHODS else self._stub, method)
         metadata = self._metadata
         self._fail_fast(method)
         breaker = self._admit(method)
@@ -898,12 +945,18 @@ class Client(ClientBase):
         # (a grpc.aio channel binds to the event loop running when it opens).
         target = self._options.channel
         if self._credentials is None:
-            self._channel = traced_insecure_channel(target.target, target.channel_options(CHANNEL_OPTIONS))
+            self._channel = traced_insecure_channel(
+                target.target, target.channel_options(CHANNEL_OPTIONS), self._interceptors
+            )
         else:
             self._channel = traced_secure_channel(
-                target.target, self._credentials, target.channel_options((*CHANNEL_OPTIONS, *self._tls_options))
+                target.target,
+                self._credentials,
+                target.channel_options((*CHANNEL_OPTIONS, *self._tls_options)),
+                self._interceptors,
             )
         self._stub = _pb_grpc.DecisionServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
+        self._admin_stub = _admin_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
         self._health = _health_pb_grpc.HealthStub(self._channel)
 
     def _release_held(self, lease: Lease, *, success: bool, latency_ms: float, until: float) -> None:
@@ -982,5 +1035,12 @@ class Client(ClientBase):
         return self._stub.WatchRoutes(request, metadata=self._metadata)
 
     def _send_outcomes(self, request: _pb.ReportOutcomeRequest) -> _pb.ReportOutcomeResponse:
-        response: _pb.ReportOutcomeResponse = self._call("ReportOutcome", request)
+        # Many requests' outcomes in one call: a trace of its own (the service links it to the
+        # decisions' spans), not a child of whatever span was current where the sender started.
+        # An empty context, so any tracing on this channel (the SDK's, the standard instrumentation's) agrees.
+        detached = otel_context.attach(otel_context.Context())
+        try:
+            response: _pb.ReportOutcomeResponse = self._call("ReportOutcome", request)
+        finally:
+            otel_context.detach(detached)
         return response
