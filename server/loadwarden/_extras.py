@@ -21,6 +21,7 @@ SERVER_NEEDS = (
     ("opentelemetry-exporter-prometheus", "opentelemetry.exporter.prometheus"),
     ("prometheus-client", "prometheus_client"),
     ("aiohttp", "aiohttp"),
+    ("pydantic", "pydantic"),
 )
 
 

@@ -31,6 +31,7 @@ NOT_WITH_THE_SDK = {
     "opentelemetry-exporter-prometheus",
     "opentelemetry-sdk",
     "prometheus-client",
+    "pydantic",
     "redis",
 }
 OFFLINE = ("--quiet", "--no-deps", "--no-build-isolation", "--no-index")
@@ -120,7 +121,8 @@ async def main():
         out["async_select"] = (await client.select("api")).server_id
 
 asyncio.run(main())
-heavy = ("aiohttp", "numpy", "prometheus_client", "grpc_reflection", "opentelemetry.sdk", "loadwarden.server")
+heavy = ("aiohttp", "numpy", "prometheus_client", "grpc_reflection", "opentelemetry.sdk", "pydantic")
+heavy += ("loadwarden.server",)
 out["loaded"] = sorted(m for m in sys.modules if m.startswith(heavy))
 print(json.dumps(out))
 """

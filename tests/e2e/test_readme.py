@@ -147,3 +147,28 @@ def test_readme_replicas_commands_start_redis_and_three_replicas_that_share_conf
         with contextlib.suppress(redis.ConnectionError):  # shutting down closes the connection mid-reply
             client.shutdown(nosave=True)
         client.close()
+
+
+def test_readme_schema_commands_give_an_editor_a_schema_the_file_still_passes(tmp_path: Any) -> None:
+    block = next(b for b in re.findall(r"```sh\n(.*?)```", README, re.DOTALL) if "config-schema -o" in b)
+    config = tmp_path / "loadwarden.toml"
+    config.write_text('[pools.api]\nstrategy = "p2c"\nservers = [{ id = "a", address = "127.0.0.1:1" }]\n')
+    bin_dir = str(REPO / ".venv" / "bin")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert config.read_text().splitlines()[0] == "#:schema ./loadwarden.schema.json"
+    assert (
+        '"$schema": "https://json-schema.org/draft/2020-12/schema"' in (tmp_path / "loadwarden.schema.json").read_text()
+    )
+    checked = subprocess.run(
+        [f"{bin_dir}/loadwarden", "check-config", str(config)], capture_output=True, text=True, timeout=120
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "valid (1 pools, 1 servers" in checked.stdout

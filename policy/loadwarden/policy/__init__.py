@@ -22,6 +22,7 @@ from ._model import (
 )
 from ._operations import (
     MAX_BATCH_SIZE,
+    OPERATION_SOURCES,
     Adjustment,
     BatchAnswer,
     Operation,
@@ -34,6 +35,7 @@ from ._registry import Registry, parse_params
 from ._settings import (
     DEFAULT_LEASE_TTL_MS,
     DEFAULT_MAX_LEASE_TTL_MS,
+    OUTLIER_RANGES,
     OutlierSettings,
     PoolSettings,
     RateLimit,
@@ -62,6 +64,8 @@ __all__ = [
     "NAME_CHARS",
     "NAME_MAX_LEN",
     "NAME_PATTERN",
+    "OPERATION_SOURCES",
+    "OUTLIER_RANGES",
     "Adjustment",
     "Backend",
     "BatchAnswer",

@@ -18,7 +18,13 @@ class Health(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ServerSpec:
-    """A server as registered: id unique in its pool, address, weight 1-1000."""
+    """A server as registered.
+
+    Attributes:
+        id: Unique in its pool; the characters of a pool name.
+        address: ``host:port`` (printable ASCII, no spaces), where clients send its requests.
+        weight: 1-1000, the server's share under weighted strategies (0 in a file or an RPC means 1).
+    """
 
     id: str
     address: str

@@ -23,7 +23,7 @@ log = logging.getLogger("loadwarden.policy")
 
 MAX_BATCH_SIZE = 1_000_000
 RECENT_ADJUSTMENTS = 20
-SOURCES = ("host", "pool")
+OPERATION_SOURCES = ("host", "pool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +117,7 @@ def parse_operation(name: str, name_field: str, values: Mapping[str, Any], where
     if values.get("mode"):
         kw["mode"] = _enum(values["mode"], f"{where}.mode", "batch_mode_", MODES)
     if values.get("load_source"):
-        kw["load_source"] = _enum(values["load_source"], f"{where}.load_source", "load_source_", SOURCES)
+        kw["load_source"] = _enum(values["load_source"], f"{where}.load_source", "load_source_", OPERATION_SOURCES)
     if values.get("pool"):
         pool = values["pool"]
         if not isinstance(pool, str):

@@ -53,7 +53,7 @@ class OutlierSettings:
     disabled: bool = False
 
 
-_OUTLIER_RANGES = {
+OUTLIER_RANGES = {
     "consecutive_failures": (0, 1_000),
     "base_ejection_time_ms": (0, 3_600_000),
     "max_ejection_time_ms": (0, 86_400_000),
@@ -70,10 +70,10 @@ def parse_outlier(values: Any, key: str) -> OutlierSettings:
         if name == "disabled":
             kwargs[name] = _bool(value, f"{key}.{name}")
             continue
-        if name not in _OUTLIER_RANGES:
-            valid = ", ".join(sorted([*_OUTLIER_RANGES, "disabled"]))
+        if name not in OUTLIER_RANGES:
+            valid = ", ".join(sorted([*OUTLIER_RANGES, "disabled"]))
             raise InvalidArgument(f"{key}.{name}", f"unknown key; valid keys: {valid}")
-        low, high = _OUTLIER_RANGES[name]
+        low, high = OUTLIER_RANGES[name]
         number = _int(value, f"{key}.{name}", low, high)
         if name.endswith("_time_ms"):
             check_ttl_ms(number, f"{key}.{name}", high)

@@ -30,6 +30,8 @@ def test_public_names() -> None:
         "NAME_MAX_LEN",
         "NAME_PATTERN",
         "NotFound",
+        "OPERATION_SOURCES",
+        "OUTLIER_RANGES",
         "Operation",
         "OperationSettings",
         "OutcomeReport",

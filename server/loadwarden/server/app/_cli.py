@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from loadwarden.observability import LOG_LEVELS, configure_logging, configure_tracing, shutdown_tracing
 
@@ -17,12 +19,16 @@ from .._errors import ConfigError
 from .._version import VERSION
 from ..rpc._tls import load_tls
 from ._config import ServiceConfig, load_config
+from ._config_file import config_schema
 from ._service import build_core, serve
 
 # Entry-point group of the packages that add subcommands: each entry is a callable
 # ``add_commands(subparsers)``, and each parser it adds sets ``run=callable(args) -> exit
 # code``. The service names no such package: the simulator registers itself (pyproject.toml).
 COMMANDS_GROUP = "loadwarden.commands"
+# Entry-point group of the JSON Schemas of other files (the simulator's scenario files):
+# name -> callable() -> the schema as a dict.
+SCHEMAS_GROUP = "loadwarden.schemas"
 _MESSAGE_MAX_LEN = 2_000
 
 log = logging.getLogger("loadwarden.server")
@@ -45,6 +51,16 @@ def _parser(with_commands: bool = True) -> argparse.ArgumentParser:
         "message `serve` would print otherwise. Redis (state.url) is not contacted.",
     )
     check.add_argument("file", metavar="FILE", help="TOML config file")
+    schemas = ["config", *sorted(entry.name for entry in entry_points(group=SCHEMAS_GROUP))]
+    schema = commands.add_parser(
+        "config-schema",
+        help="print the JSON Schema of the config file (or of scenario files)",
+        description="Prints a JSON Schema (2020-12) for editors and CI checks: of the config file "
+        "`serve --config` reads, or of the simulator's scenario files. Point an editor at it, e.g. "
+        "with `#:schema ./loadwarden.schema.json` as a TOML file's first line (taplo, Even Better TOML).",
+    )
+    schema.add_argument("name", nargs="?", default="config", choices=schemas, help="which file (default: config)")
+    schema.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     for entry in entry_points(group=COMMANDS_GROUP) if with_commands else ():
         entry.load()(commands)
     return parser
@@ -54,9 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``loadwarden`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # `serve` alone skips importing the simulator (numpy and all): the service starts faster.
-    args = _parser(with_commands=argv[:1] not in (["serve"], ["check-config"])).parse_args(argv)
+    args = _parser(with_commands=argv[:1] not in (["serve"], ["check-config"], ["config-schema"])).parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "config-schema":
+        return _config_schema(args.name, args.output)
     if args.command != "serve":
         return int(args.run(args))
     configure_logging(args.log_level)
@@ -113,6 +131,33 @@ def _check_config(path: str) -> int:
         f"{path}: valid ({len(config.pools)} pools, {servers} servers, {len(config.operations)} operations, "
         f"state in {config.state.store})"
     )
+    return 0
+
+
+def _config_schema(name: str, output: str | None) -> int:
+    """``loadwarden config-schema [NAME] [-o FILE]``."""
+    if name == "config":
+        schema = config_schema()
+    else:
+        (entry,) = entry_points(group=SCHEMAS_GROUP, name=name)
+        try:
+            schema = entry.load()()
+        except ModuleNotFoundError as exc:  # the simulator without the `eval` extra
+            print(
+                f"loadwarden config-schema {name}: needs the 'eval' extra, which is not installed "
+                f"(missing: {exc.name}): pip install 'loadwarden[eval]'",
+                file=sys.stderr,
+            )
+            return 2
+    text = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"loadwarden config-schema: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -44,211 +44,50 @@ import stat
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadwarden.policy import (
-    InvalidArgument,
-    OperationSettings,
-    PoolSettings,
-    ServerSpec,
-    check_count,
-    parse_operation,
-    parse_pool,
-    shown,
-)
+from pydantic import ValidationError
+
+from loadwarden.policy import InvalidArgument, OperationSettings, parse_operation, parse_pool
 
 from .._errors import ConfigError
-from ..engine._core import LIMIT_RANGES, CoreLimits
-from ..rpc._auth import AuthSettings, parse_auth
-from ..rpc._tls import TlsSettings, parse_tls
-from ..shared import REDIS_KEYS, RedisSettings, parse_redis
+from ..engine._core import CoreLimits
+from ..fields import first_problem
+from ..rpc._auth import AuthSettings
+from ..rpc._tls import TlsSettings
+from ..shared import REDIS_KEYS, parse_redis
+from ._config_file import CONFIG_FILE, SECTIONS, STATE_TABLE
+from ._settings import (
+    DEFAULT_LISTEN,
+    AdminSettings,
+    LoggingSettings,
+    MonitorSettings,
+    PoolSpec,
+    ServiceConfig,
+    StateSettings,
+    check_listen,
+)
 from ._store import STORE_NAMES
 
+__all__ = [
+    "DEFAULT_LISTEN",
+    "AdminSettings",
+    "LoggingSettings",
+    "MonitorSettings",
+    "PoolSpec",
+    "ServiceConfig",
+    "StateSettings",
+    "apply_env_overrides",
+    "check_listen",
+    "load_config",
+    "parse_config",
+]
+
 ENV_PREFIX = "LOADWARDEN_"
-DEFAULT_LISTEN = "127.0.0.1:50051"
 
 
-@dataclass(frozen=True, slots=True)
-class PoolSpec:
-    """A pool from config: its settings and servers."""
-
-    settings: PoolSettings
-    servers: tuple[ServerSpec, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class StateSettings:
-    """Where learned state outlives the process.
-
-    Attributes:
-        store: ``memory`` (nothing survives a restart), ``file`` (one process, durable)
-            or ``redis`` (several replicas share leases, rate buckets and learned state).
-        path: Directory for the ``file`` store.
-        save_interval_ms: How often learned state is saved (and once more at shutdown).
-        redis: The Redis connection, with ``store = "redis"`` (see RedisSettings).
-    """
-
-    store: str = "memory"
-    path: str = ""
-    save_interval_ms: int = 10_000
-    redis: RedisSettings | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MonitorSettings:
-    """The host load monitor (see loadwarden.server.engine._loadmonitor for the score formula).
-
-    Attributes:
-        enabled: False turns it off; host-sourced operations then answer their default size.
-        interval_ms: Sampling interval.
-        cpu_weight / memory_weight / load_average_weight: Weights of the load score's parts.
-        stale_after_ms: A sample older than this is stale (load unknown); 0 means 3 intervals.
-    """
-
-    enabled: bool = True
-    interval_ms: int = 1_000
-    cpu_weight: float = 0.6
-    memory_weight: float = 0.2
-    load_average_weight: float = 0.2
-    stale_after_ms: int = 0
-
-
-LOG_FORMATS = ("text", "json")
-
-
-@dataclass(frozen=True, slots=True)
-class LoggingSettings:
-    """How the ``loadwarden`` command logs to stderr.
-
-    Attributes:
-        format: ``text`` (one line: time, level, logger, message) or ``json`` (one JSON
-            object per line, with the trace and span ids of the current span when
-            tracing is on).
-    """
-
-    format: str = "text"
-
-    def __post_init__(self) -> None:
-        if self.format not in LOG_FORMATS:
-            raise ConfigError(
-                "logging.format", f"unknown format {shown(self.format)}; valid formats: {', '.join(LOG_FORMATS)}"
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class AdminSettings:
-    """The admin HTTP port: ``/metrics``, ``/api/load-status`` and the ``/admin/load`` dashboard.
-
-    Attributes:
-        listen: host:port to serve on; empty (the default) turns the port off. Meant for
-            loopback; any other address without ``[tls]`` is served with a warning at start.
-        token: The admin token, at least 16 printable ASCII characters: every request to
-            the admin HTTP port and every AdminService RPC must present it as
-            ``Authorization: Bearer <token>``. Required when ``listen`` is set; without
-            it AdminService is open on a loopback gRPC address and refused on any other.
-            Prefer ``LOADWARDEN_ADMIN__TOKEN`` to writing it in the file. Never shown in
-            reprs, logs or errors.
-        history_path: SQLite file of the dashboard's load history; empty keeps it in memory.
-        history_interval_ms: How often a history sample is taken.
-        history_retention_s: How long history samples are kept.
-    """
-
-    listen: str = ""
-    token: str = field(default="", repr=False)
-    history_path: str = ""
-    history_interval_ms: int = 10_000
-    history_retention_s: int = 86_400
-
-    def __post_init__(self) -> None:
-        if self.listen:
-            check_listen(self.listen, "admin.listen")
-            if not self.token:
-                raise ConfigError(
-                    "admin.token", "is required when admin.listen is set (or set LOADWARDEN_ADMIN__TOKEN)"
-                )
-        if self.token and (len(self.token) < MIN_ADMIN_TOKEN_LEN or not all("!" <= c <= "~" for c in self.token)):
-            # The message never echoes the token.
-            raise ConfigError(
-                "admin.token",
-                f"must be at least {MIN_ADMIN_TOKEN_LEN} printable ASCII characters "
-                "without spaces, e.g. from secrets.token_urlsafe(32)",
-            )
-        for key, (low, high) in _ADMIN_RANGES.items():
-            try:
-                check_count(getattr(self, key), f"admin.{key}", low, high)
-            except InvalidArgument as exc:
-                raise ConfigError(exc.field, exc.problem) from None
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceConfig:
-    """Everything ``loadwarden serve`` needs.
-
-    Attributes:
-        listen: host:port for gRPC; port 0 picks a free port.
-        shutdown_grace_ms: How long in-flight RPCs may finish on SIGTERM/SIGINT.
-        expiry_interval_ms: How often expired decisions and leases are swept when no call does it.
-        seed: RNG seed for strategies; None seeds from the OS.
-        limits: Bounds on client-grown state.
-        pools: Pools to create at start.
-        state: Persistence of learned state.
-        operations: Batch operations to register at start.
-        monitor: The host load monitor.
-        admin: The admin HTTP port (off by default) and the admin token.
-        tls: TLS for the gRPC and admin HTTP ports (off by default: plaintext).
-        auth: The data plane's client token (off by default).
-        logging: The ``loadwarden`` command's log format.
-    """
-
-    listen: str = DEFAULT_LISTEN
-    shutdown_grace_ms: int = 5_000
-    expiry_interval_ms: int = 100
-    seed: int | None = None
-    limits: CoreLimits = field(default_factory=CoreLimits)
-    pools: tuple[PoolSpec, ...] = ()
-    state: StateSettings = field(default_factory=StateSettings)
-    operations: tuple[OperationSettings, ...] = ()
-    monitor: MonitorSettings = field(default_factory=MonitorSettings)
-    admin: AdminSettings = field(default_factory=AdminSettings)
-    tls: TlsSettings = field(default_factory=TlsSettings)
-    auth: AuthSettings = field(default_factory=AuthSettings)
-    logging: LoggingSettings = field(default_factory=LoggingSettings)
-
-    def __post_init__(self) -> None:
-        check_listen(self.listen)
-        name = self.auth.tokens().get(self.admin.token) if self.admin.token else None
-        if name is not None:
-            key = "auth.client_token" if self.admin.token == self.auth.client_token else f"auth.clients.{name}"
-            raise ConfigError(key, "must differ from admin.token (a client could call AdminService)")
-        for key in ("shutdown_grace_ms", "expiry_interval_ms"):
-            if not 0 <= getattr(self, key) <= 3_600_000:
-                raise ConfigError(f"service.{key}", "must be in [0, 3600000]")
-        # An operation reading a pool that does not exist would answer its default size forever.
-        pools = {spec.settings.name for spec in self.pools}
-        for operation in self.operations:
-            if operation.load_source == "pool" and operation.pool not in pools:
-                raise ConfigError(
-                    f"operations.{operation.name}.pool",
-                    f"no pool named {operation.pool!r} is configured; configured pools: "
-                    f"{', '.join(sorted(pools)) or 'none'}",
-                )
-
-
-def check_listen(listen: str, key: str = "service.listen") -> None:
-    """``host:port`` (IPv6 hosts in brackets) with a port in 0-65535; 0 picks a free port."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(key, f"must be host:port with a port in 0-65535, got {shown(listen)}")
-    if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise ConfigError(key, f"an IPv6 host needs brackets, e.g. [::1]:50051, got {shown(listen)}")
-
-
-_SERVICE_KEYS = {"listen", "shutdown_grace_ms", "expiry_interval_ms", "seed", "auto_register_operations"}
-_LIMIT_KEYS = LIMIT_RANGES  # [limits] keys and their ranges; defaults and meanings on CoreLimits
-_TOP_KEYS = {"service", "limits", "pools", "state", "operations", "monitor", "admin", "tls", "auth", "logging"}
-MIN_ADMIN_TOKEN_LEN = 16
+_TOP_KEYS = SECTIONS
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config file larger than this is a mistake, not a config
 _VERBATIM_ENV = (
     ["admin", "token"],
@@ -257,7 +96,6 @@ _VERBATIM_ENV = (
     ["tls", "key_file"],
     ["tls", "client_ca_file"],
 )
-_ADMIN_RANGES = {"history_interval_ms": (100, 3_600_000), "history_retention_s": (60, 366 * 86_400)}
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServiceConfig:
@@ -364,153 +202,82 @@ def _env_value(text: str) -> Any:
 
 
 def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
-    """Validates a config mapping shaped like the TOML file."""
+    """Validates a config mapping shaped like the TOML file.
+
+    Raises:
+        ConfigError: naming the first offending key, as ``loadwarden check-config`` prints it.
+    """
     for key in raw:
         if key not in _TOP_KEYS:
             raise ConfigError(key, f"unknown section; valid sections: {', '.join(sorted(_TOP_KEYS))}")
-    service = _section(raw, "service")
-    for key in service:
-        if key not in _SERVICE_KEYS:
-            raise ConfigError(f"service.{key}", f"unknown key; valid keys: {', '.join(sorted(_SERVICE_KEYS))}")
-    limits_raw = _section(raw, "limits")
+    _check_state_keys(raw.get("state"))
     try:
-        limit_values = {}
-        for key, value in limits_raw.items():
-            if key not in _LIMIT_KEYS:
-                raise ConfigError(f"limits.{key}", f"unknown key; valid keys: {', '.join(sorted(_LIMIT_KEYS))}")
-            low, high = _LIMIT_KEYS[key]
-            limit_values[key] = check_count(value, f"limits.{key}", low, high)
-        auto = service.get("auto_register_operations", False)
-        if not isinstance(auto, bool):
-            raise ConfigError("service.auto_register_operations", f"must be true or false, got {shown(auto)}")
-        limits = CoreLimits(**limit_values, auto_register_operations=auto)
-        pools_raw = _section(raw, "pools")
-        if len(pools_raw) > limits.max_pools:
-            raise ConfigError("pools", f"{len(pools_raw)} pools configured; limits.max_pools is {limits.max_pools}")
-        pools = []
-        for name, values in pools_raw.items():
-            if not isinstance(values, Mapping):
-                raise ConfigError(f"pools.{name}", "must be a table")
-            settings, servers = parse_pool(name, f"pools.{name}", values, f"pools.{name}", limits.max_servers_per_pool)
-            pools.append(PoolSpec(settings, servers or ()))
-        operations_raw = _section(raw, "operations")
-        if len(operations_raw) > limits.max_operations:
-            raise ConfigError(
-                "operations",
-                f"{len(operations_raw)} operations configured; limits.max_operations is {limits.max_operations}",
-            )
-        operations = []
-        for name, values in operations_raw.items():
-            if not isinstance(values, Mapping):
-                raise ConfigError(f"operations.{name}", "must be a table")
-            operations.append(parse_operation(name, f"operations.{name}", values, f"operations.{name}"))
-        monitor = _parse_monitor(_section(raw, "monitor"))
-        for key in ("shutdown_grace_ms", "expiry_interval_ms"):
-            if key in service:
-                check_count(service[key], f"service.{key}", 0, 3_600_000)
-        seed = service.get("seed")
-        if seed is not None:
-            check_count(seed, "service.seed", 0, 2**63 - 1)
-        listen = service.get("listen", DEFAULT_LISTEN)
-        if not isinstance(listen, str):
-            raise ConfigError("service.listen", f"must be a string host:port, got {shown(listen)}")
+        file = CONFIG_FILE.model_validate(raw).model_dump()  # section -> key -> checked value
+    except ValidationError as exc:
+        raise ConfigError(*first_problem(exc, CONFIG_FILE)) from None
+    service = file["service"]
+    auto = service.pop("auto_register_operations")
+    limits = CoreLimits(**file["limits"], auto_register_operations=auto)
+    try:
+        pools = _pools(file["pools"], limits)
+        operations = _operations(file["operations"], limits)
     except InvalidArgument as exc:
         raise ConfigError(exc.field, exc.problem) from None
+    monitor = MonitorSettings(**file["monitor"])
+    if monitor.cpu_weight + monitor.memory_weight + monitor.load_average_weight <= 0:
+        raise ConfigError("monitor.cpu_weight", "at least one of the three weights must be > 0")
+    state = file["state"]
+    store = state.pop("store")
+    if store == "file" and not state["path"]:
+        raise ConfigError("state.path", 'is required with store = "file"')
+    redis = parse_redis(state) if store == "redis" else None
     return ServiceConfig(
-        operations=tuple(operations),
-        monitor=monitor,
-        admin=_parse_admin(_section(raw, "admin")),
-        tls=parse_tls(_no_nul(_section(raw, "tls"), "tls")),
-        auth=parse_auth(_section(raw, "auth")),
-        state=_parse_state(_section(raw, "state")),
-        logging=_parse_logging(_section(raw, "logging")),
-        listen=listen,
-        shutdown_grace_ms=service.get("shutdown_grace_ms", 5_000),
-        expiry_interval_ms=service.get("expiry_interval_ms", 100),
-        seed=seed,
+        **service,
         limits=limits,
-        pools=tuple(pools),
+        pools=pools,
+        operations=operations,
+        monitor=monitor,
+        admin=AdminSettings(**file["admin"]),
+        tls=TlsSettings(**file["tls"]),
+        auth=AuthSettings(**file["auth"]),
+        state=StateSettings(store=store, path=state["path"], save_interval_ms=state["save_interval_ms"], redis=redis),
+        logging=LoggingSettings(**file["logging"]),
     )
 
 
-def _parse_monitor(raw: Mapping[str, Any]) -> MonitorSettings:
-    valid = set(MonitorSettings.__dataclass_fields__)
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in valid:
-            raise ConfigError(f"monitor.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
-        if key == "enabled":
-            if not isinstance(value, bool):
-                raise ConfigError("monitor.enabled", f"must be true or false, got {shown(value)}")
-        elif key.endswith("_ms"):
-            low = 0 if key == "stale_after_ms" else 10
-            check_count(value, f"monitor.{key}", low, 3_600_000)
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1_000:
-            raise ConfigError(f"monitor.{key}", f"must be a number in [0, 1000], got {shown(value)}")
-        values[key] = value
-    settings = MonitorSettings(**values)
-    if settings.cpu_weight + settings.memory_weight + settings.load_average_weight <= 0:
-        raise ConfigError("monitor.cpu_weight", "at least one of the three weights must be > 0")
-    return settings
-
-
-def _parse_logging(raw: Mapping[str, Any]) -> LoggingSettings:
-    for key in raw:
-        if key != "format":
-            raise ConfigError(f"logging.{key}", "unknown key; valid keys: format")
-    return LoggingSettings(**raw)
-
-
-def _parse_admin(raw: Mapping[str, Any]) -> AdminSettings:
-    valid = set(AdminSettings.__dataclass_fields__)
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in valid:
-            raise ConfigError(f"admin.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
-        if key in ("listen", "token", "history_path") and not isinstance(value, str):
-            got = "a non-string value" if key == "token" else shown(value)
-            raise ConfigError(f"admin.{key}", f"must be a string, got {got}")
-        if key == "history_path" and "\0" in value:
-            raise ConfigError("admin.history_path", "must not contain a NUL character")
-        values[key] = value
-    return AdminSettings(**values)
-
-
-def _parse_state(raw: Mapping[str, Any]) -> StateSettings:
-    store = raw.get("store", "memory")
-    if not isinstance(store, str) or store not in STORE_NAMES:
-        raise ConfigError(
-            "state.store", f"unknown store {shown(store)}; valid stores: {', '.join(sorted(STORE_NAMES))}"
-        )
-    valid = {"store", "path", "save_interval_ms"} | (REDIS_KEYS if store == "redis" else set())
-    for key in raw:
+def _check_state_keys(state: Any) -> None:
+    """Redis keys need ``store = "redis"``: without it, the keys the State table takes are fewer."""
+    if not isinstance(state, Mapping) or state.get("store", "memory") not in STORE_NAMES:
+        return  # the table says what is wrong
+    if state.get("store") == "redis":
+        return
+    valid = sorted(key for key in STATE_TABLE.model_fields if key not in REDIS_KEYS)
+    for key in state:
         if key not in valid:
             hint = ' (a redis store key: set store = "redis")' if key in REDIS_KEYS else ""
-            raise ConfigError(f"state.{key}", f"unknown key{hint}; valid keys: {', '.join(sorted(valid))}")
-    path = raw.get("path", "")
-    if not isinstance(path, str) or "\0" in path:
-        raise ConfigError("state.path", f"must be a directory path, got {shown(path)}")
-    if store == "file" and not path:
-        raise ConfigError("state.path", 'is required with store = "file"')
-    interval = raw.get("save_interval_ms", 10_000)
-    try:
-        check_count(interval, "state.save_interval_ms", 10, 3_600_000)
-    except InvalidArgument as exc:
-        raise ConfigError(exc.field, exc.problem) from None
-    redis = parse_redis({k: v for k, v in raw.items() if k in REDIS_KEYS}) if store == "redis" else None
-    return StateSettings(store=store, path=path, save_interval_ms=interval, redis=redis)
+            raise ConfigError(f"state.{key}", f"unknown key{hint}; valid keys: {', '.join(valid)}")
 
 
-def _no_nul(section: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    """``section`` if no string value holds a NUL (file paths with one fail deep in the OS layer)."""
-    for key, value in section.items():
-        if isinstance(value, str) and "\0" in value:
-            raise ConfigError(f"{name}.{key}", "must not contain a NUL character")
-    return section
+def _pools(tables: Mapping[str, Any], limits: CoreLimits) -> tuple[PoolSpec, ...]:
+    if len(tables) > limits.max_pools:
+        raise ConfigError("pools", f"{len(tables)} pools configured; limits.max_pools is {limits.max_pools}")
+    pools = []
+    for name, values in tables.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"pools.{name}", "must be a table")
+        settings, servers = parse_pool(name, f"pools.{name}", values, f"pools.{name}", limits.max_servers_per_pool)
+        pools.append(PoolSpec(settings, servers or ()))
+    return tuple(pools)
 
 
-def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = raw.get(name, {})
-    if not isinstance(value, Mapping):
-        raise ConfigError(name, "must be a table")
-    return value
+def _operations(tables: Mapping[str, Any], limits: CoreLimits) -> tuple[OperationSettings, ...]:
+    if len(tables) > limits.max_operations:
+        raise ConfigError(
+            "operations", f"{len(tables)} operations configured; limits.max_operations is {limits.max_operations}"
+        )
+    operations = []
+    for name, values in tables.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"operations.{name}", "must be a table")
+        operations.append(parse_operation(name, f"operations.{name}", values, f"operations.{name}"))
+    return tuple(operations)

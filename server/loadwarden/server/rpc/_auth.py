@@ -130,18 +130,6 @@ def check_token(token: object, key: str) -> None:
         )
 
 
-def parse_auth(raw: Mapping[str, Any]) -> AuthSettings:
-    """The ``[auth]`` section; unknown keys name themselves."""
-    valid = set(AuthSettings.__dataclass_fields__)
-    for key in raw:
-        if key not in valid:
-            raise ConfigError(f"auth.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
-    values = dict(raw)
-    if "clients" in values and not isinstance(values["clients"], Mapping):
-        raise ConfigError("auth.clients", "must be a table of name = token")
-    return AuthSettings(**values)
-
-
 def _digest(token: bytes) -> bytes:
     # Tokens are looked up by their SHA-256: the dict compares digests, never the secret itself.
     return hashlib.sha256(token).digest()

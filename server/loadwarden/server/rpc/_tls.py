@@ -9,10 +9,8 @@ token). Files are read once, at start: rotating a certificate means a restart.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -164,12 +162,3 @@ def _read(settings: TlsSettings, key: str) -> bytes:
     if _PEM_MARKER not in data:
         raise ConfigError(f"tls.{key}", f"{path!r} is not a PEM file")
     return data
-
-
-def parse_tls(raw: Mapping[str, Any]) -> TlsSettings:
-    """The ``[tls]`` section; unknown keys name themselves."""
-    valid = set(TlsSettings.__dataclass_fields__)
-    for key in raw:
-        if key not in valid:
-            raise ConfigError(f"tls.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
-    return TlsSettings(**raw)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadwarden.policy import InvalidArgument, Unavailable, check_count, shown
+from loadwarden.policy import Unavailable, shown
 
 from .._errors import ConfigError
 from . import _lua
@@ -112,69 +112,27 @@ FAIL_OPEN, FAIL_CLOSED, LOCAL = "fail_open", "fail_closed", "local"
 FAILURE_MODES = (FAIL_CLOSED, FAIL_OPEN, LOCAL)
 
 
-def parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
-    """The ``redis`` keys of ``[state]`` (``raw`` holds only those), checked.
+def parse_redis(values: Mapping[str, Any]) -> RedisSettings:
+    """The Redis settings of ``[state]``, from values whose types and ranges are checked
+    (``app._config_file``'s State table): what no single value says is checked here.
 
     Raises:
         ConfigError: naming ``state.<key>``.
     """
-    values: dict[str, Any] = {}
-    url = raw.get("url", DEFAULT_URL)
-    if not isinstance(url, str):
-        raise ConfigError("state.url", "must be a string such as redis://127.0.0.1:6379/0")
-    _check_url(url, need_host=not raw.get("sentinels"))
-    values["url"] = url
-    prefix = raw.get("key_prefix", DEFAULT_PREFIX)
-    if not isinstance(prefix, str) or not 1 <= len(prefix) <= 64 or not prefix.isprintable() or " " in prefix:
-        raise ConfigError("state.key_prefix", f"must be 1-64 printable characters without spaces, got {shown(prefix)}")
-    values["key_prefix"] = prefix
-    ranges = {
-        "pool_size": (1, 10_000),
-        "connect_timeout_ms": (10, 60_000),
-        "command_timeout_ms": (10, 60_000),
-        "exchange_interval_ms": (10, 60_000),
-        "merge_interval_ms": (100, 3_600_000),
-    }
-    for key, (low, high) in ranges.items():
-        if key in raw:
-            try:
-                values[key] = check_count(raw[key], f"state.{key}", low, high)
-            except InvalidArgument as exc:
-                raise ConfigError(exc.field, exc.problem) from None
-    sentinels = raw.get("sentinels", [])
-    if not isinstance(sentinels, list) or not all(isinstance(s, str) and _host_port(s) for s in sentinels):
-        raise ConfigError("state.sentinels", f"must be a list of host:port strings, got {shown(sentinels)}")
-    values["sentinels"] = tuple(sentinels)
-    master = raw.get("sentinel_master", "")
-    if not isinstance(master, str):
-        raise ConfigError("state.sentinel_master", f"must be a string, got {shown(master)}")
-    if bool(master) != bool(sentinels):
-        key = "state.sentinel_master" if sentinels else "state.sentinels"
+    settings = RedisSettings(**{key: values[key] for key in REDIS_KEYS if key in values})
+    _check_url(settings.url, need_host=not settings.sentinels)
+    if bool(settings.sentinel_master) != bool(settings.sentinels):
+        key = "state.sentinel_master" if settings.sentinels else "state.sentinels"
         raise ConfigError(key, "sentinels and sentinel_master go together: set both or neither")
-    values["sentinel_master"] = master
-    cluster = raw.get("cluster", False)
-    if not isinstance(cluster, bool):
-        raise ConfigError("state.cluster", f"must be true or false, got {shown(cluster)}")
-    if cluster and sentinels:
+    if settings.cluster and settings.sentinels:
         raise ConfigError("state.cluster", "a Redis Cluster is not found through sentinels; set one or the other")
-    if cluster and not _has_hash_tag(prefix):
+    if settings.cluster and not _has_hash_tag(settings.key_prefix):
         raise ConfigError(
             "state.key_prefix",
-            f"with cluster = true must hold a hash tag such as {{loadwarden}}: (got {shown(prefix)}); "
+            f"with cluster = true must hold a hash tag such as {{loadwarden}}: (got {shown(settings.key_prefix)}); "
             "every script touches several keys, which must share one slot",
         )
-    values["cluster"] = cluster
-    for key in ("on_failure", "rate_limit_on_failure"):
-        mode = raw.get(key, "fail_closed" if key == "on_failure" else "")
-        if not isinstance(mode, str) or (mode not in FAILURE_MODES and not (mode == "" and key != "on_failure")):
-            raise ConfigError(f"state.{key}", f"must be one of {', '.join(FAILURE_MODES)}, got {shown(mode)}")
-        values[key] = mode
-    if "replicas" in raw:
-        try:
-            values["replicas"] = check_count(raw["replicas"], "state.replicas", 1, 1_000)
-        except InvalidArgument as exc:
-            raise ConfigError(exc.field, exc.problem) from None
-    return RedisSettings(**values)
+    return settings
 
 
 def _check_url(url: str, *, need_host: bool = True) -> None:
@@ -200,7 +158,8 @@ def _check_url(url: str, *, need_host: bool = True) -> None:
         raise ConfigError("state.url", f"{redacted(url)}: the database must be a number, got {database!r}")
 
 
-def _host_port(text: str) -> bool:
+def host_port(text: str) -> bool:
+    """Whether ``text`` reads as ``host:port`` with a port in 0-65535."""
     host, sep, port = text.rpartition(":")
     return bool(sep and host and port.isdigit() and int(port) <= 65535)
 
