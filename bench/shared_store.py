@@ -103,7 +103,10 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 async def closed_loop(
-    targets: list[str], clients: int, seconds: float, call: Callable[[pb_grpc.DecisionServiceStub], Awaitable[None]]
+    targets: list[str],
+    clients: int,
+    seconds: float,
+    call: Callable[[pb_grpc.DecisionServiceAsyncStub], Awaitable[None]],
 ) -> float:
     """``call`` repeated by ``clients`` callers spread over ``targets`` for ``seconds``; calls per second."""
     channels = [grpc.aio.insecure_channel(t) for t in targets]
@@ -113,7 +116,7 @@ async def closed_loop(
     done = 0
     stop = time.perf_counter() + seconds
 
-    async def caller(stub: pb_grpc.DecisionServiceStub) -> None:
+    async def caller(stub: pb_grpc.DecisionServiceAsyncStub) -> None:
         nonlocal done
         while time.perf_counter() < stop:
             await call(stub)
@@ -127,11 +130,11 @@ async def closed_loop(
     return done / elapsed
 
 
-async def select(stub: pb_grpc.DecisionServiceStub) -> None:
+async def select(stub: pb_grpc.DecisionServiceAsyncStub) -> None:
     await stub.SelectServer(pb.SelectServerRequest(pool="open"), timeout=10)
 
 
-async def cycle(stub: pb_grpc.DecisionServiceStub) -> None:
+async def cycle(stub: pb_grpc.DecisionServiceAsyncStub) -> None:
     answer = await stub.AcquireSlot(pb.AcquireSlotRequest(pool="open"), timeout=10)
     await stub.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=answer.lease.lease_id), timeout=10)
 

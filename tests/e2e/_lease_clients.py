@@ -30,7 +30,12 @@ from loadwarden.v1 import decision_pb2_grpc as pb_grpc
 
 
 async def client(
-    index: int, stub: pb_grpc.DecisionServiceStub, pool: str, cycles: int, out: list[dict[str, Any]], errors: list[str]
+    index: int,
+    stub: pb_grpc.DecisionServiceAsyncStub,
+    pool: str,
+    cycles: int,
+    out: list[dict[str, Any]],
+    errors: list[str],
 ) -> None:
     rng = random.Random(index)
     done = 0

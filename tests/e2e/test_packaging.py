@@ -111,7 +111,8 @@ def test_wheel_has_no_loadwarden_init(installed: Path) -> None:
 
 def test_wheel_ships_the_contract_and_the_typing_markers(installed: Path) -> None:
     """The .proto files at their import paths, the commented descriptors reflection serves,
-    and py.typed in every part of the namespace (issue 18)."""
+    the generated code's type stubs (messages and services) and py.typed in every part of
+    the namespace (issue 18)."""
     (record,) = installed.glob("loadwarden-*.dist-info/RECORD")
     with record.open(newline="", encoding="utf-8") as f:
         files = {row[0] for row in csv.reader(f) if row}
@@ -121,6 +122,12 @@ def test_wheel_ships_the_contract_and_the_typing_markers(installed: Path) -> Non
         REPO / "proto/loadwarden/v1/decision.proto"
     ).read_bytes()
     assert "loadwarden/v1/descriptors.binpb" in files
+    stubs = {
+        f"loadwarden/v1/{p.stem}_pb2{kind}.pyi"
+        for p in (REPO / "proto/loadwarden/v1").glob("*.proto")
+        for kind in ("", "_grpc")
+    }
+    assert stubs <= files, f"the wheel has no {sorted(stubs - files)}"
     for module in MODULES:
         assert f"{module.replace('.', '/')}/py.typed" in files, f"the wheel has no py.typed in {module}"
 

@@ -34,7 +34,7 @@ async def service(start) -> RunningService:
 
 
 @pytest.fixture
-def stub(service: RunningService, channel_to) -> pb_grpc.DecisionServiceStub:
+def stub(service: RunningService, channel_to) -> pb_grpc.DecisionServiceAsyncStub:
     return pb_grpc.DecisionServiceStub(channel_to(service))
 
 
@@ -42,7 +42,7 @@ def acquire(**fields: Any) -> pb.AcquireSlotRequest:
     return pb.AcquireSlotRequest(**{"pool": "p", **fields})
 
 
-async def test_hard_cap_over_rpc(service: RunningService, stub: pb_grpc.DecisionServiceStub) -> None:
+async def test_hard_cap_over_rpc(service: RunningService, stub: pb_grpc.DecisionServiceAsyncStub) -> None:
     slots = service.core.pool("p").slots
     held = peak = service_peak = 0
 
@@ -67,7 +67,7 @@ async def test_hard_cap_over_rpc(service: RunningService, stub: pb_grpc.Decision
     assert status.active_leases == 0 and status.queue_length == 0 and status.concurrency_limit == 10
 
 
-async def test_grant_renew_release_cycle(stub: pb_grpc.DecisionServiceStub) -> None:
+async def test_grant_renew_release_cycle(stub: pb_grpc.DecisionServiceAsyncStub) -> None:
     granted = await stub.AcquireSlot(acquire(request_id="job-1", lease_ttl_ms=2_000, select_server=True))
     assert granted.granted and granted.lease.ttl_ms == 2_000 and granted.lease.pool == "p"
     assert granted.server_id in {"s1", "s2"} and granted.address.startswith("127.0.0.1:900")
@@ -87,7 +87,9 @@ async def test_grant_renew_release_cycle(stub: pb_grpc.DecisionServiceStub) -> N
     assert status.active_leases == 0 and status.in_flight == 0
 
 
-async def test_denial_is_an_answer_with_retry_after(service: RunningService, stub: pb_grpc.DecisionServiceStub) -> None:
+async def test_denial_is_an_answer_with_retry_after(
+    service: RunningService, stub: pb_grpc.DecisionServiceAsyncStub
+) -> None:
     leases = [await stub.AcquireSlot(acquire()) for _ in range(10)]
     assert all(a.granted for a in leases)
     denied = await stub.AcquireSlot(acquire())
@@ -97,7 +99,7 @@ async def test_denial_is_an_answer_with_retry_after(service: RunningService, stu
     assert not waited.granted and waited.denial_reason == pb.DENIAL_REASON_QUEUE_TIMEOUT
 
 
-async def test_call_deadline_bounds_the_wait_and_answers_before_it(stub: pb_grpc.DecisionServiceStub) -> None:
+async def test_call_deadline_bounds_the_wait_and_answers_before_it(stub: pb_grpc.DecisionServiceAsyncStub) -> None:
     for _ in range(10):
         await stub.AcquireSlot(acquire())
     answer = await stub.AcquireSlot(acquire(max_wait_ms=5_000), timeout=0.5)  # no DEADLINE_EXCEEDED
@@ -114,7 +116,7 @@ async def wait_until(condition, timeout_s: float = 5.0) -> None:
 
 
 async def test_full_queue_is_resource_exhausted_with_retry_after(
-    service: RunningService, stub: pb_grpc.DecisionServiceStub
+    service: RunningService, stub: pb_grpc.DecisionServiceAsyncStub
 ) -> None:
     for _ in range(10):
         await stub.AcquireSlot(acquire())
@@ -129,7 +131,7 @@ async def test_full_queue_is_resource_exhausted_with_retry_after(
         call.cancel()
 
 
-async def test_rate_limit_is_resource_exhausted_with_retry_after(stub: pb_grpc.DecisionServiceStub) -> None:
+async def test_rate_limit_is_resource_exhausted_with_retry_after(stub: pb_grpc.DecisionServiceAsyncStub) -> None:
     for _ in range(2):
         lease = (await stub.AcquireSlot(pb.AcquireSlotRequest(pool="rated", client_key="alice"))).lease
         await stub.ReleaseSlot(pb.ReleaseSlotRequest(lease_id=lease.lease_id))
@@ -142,7 +144,7 @@ async def test_rate_limit_is_resource_exhausted_with_retry_after(stub: pb_grpc.D
 
 
 async def test_cancelled_callers_do_not_consume_slots(
-    service: RunningService, stub: pb_grpc.DecisionServiceStub
+    service: RunningService, stub: pb_grpc.DecisionServiceAsyncStub
 ) -> None:
     slots = service.core.pool("p").slots
     service.core.configure_pool(PoolSettings(name="p", max_concurrency=2, max_queue_length=100), None)

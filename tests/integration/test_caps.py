@@ -30,7 +30,9 @@ from ..conftest import three_server_pool
 RETRY_AFTER = "loadwarden-retry-after-ms"
 
 
-def stubs(service: RunningService, channel_to) -> tuple[pb_grpc.DecisionServiceStub, admin_grpc.AdminServiceStub]:
+def stubs(
+    service: RunningService, channel_to
+) -> tuple[pb_grpc.DecisionServiceAsyncStub, admin_grpc.AdminServiceAsyncStub]:
     channel = channel_to(service)
     return pb_grpc.DecisionServiceStub(channel), admin_grpc.AdminServiceStub(channel)
 
@@ -212,6 +214,7 @@ async def test_watch_streams_cap_names_its_key(start, channel_to) -> None:
         pb.ReportLoadRequest(reports=[common.LoadReport(pool="api", server_id="s1", cpu_percent=7)])
     )
     update = await asyncio.wait_for(first.read(), 5)
+    assert isinstance(update, pb.WatchLoadStatusResponse)  # read() is typed object: it may be grpc.aio.EOF
     assert update.status.pools[0].servers[0].load.cpu_percent == 7
     first.cancel()
 

@@ -83,7 +83,7 @@ def key(kind: str, i: int) -> str:
     return f"{kind}-{i:08d}-0123456789abcdef0123456789abcdef"  # 50 characters, like a UUID-based key
 
 
-async def acquire_range(stub: pb_grpc.DecisionServiceStub, first: int, last: int) -> None:
+async def acquire_range(stub: pb_grpc.DecisionServiceAsyncStub, first: int, last: int) -> None:
     """AcquireSlot with a new request id and client key for each i in [first, last)."""
     queue = iter(range(first, last))
 
@@ -104,7 +104,7 @@ async def acquire_range(stub: pb_grpc.DecisionServiceStub, first: int, last: int
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
-async def report_unknown_keys(stub: pb_grpc.DecisionServiceStub) -> None:
+async def report_unknown_keys(stub: pb_grpc.DecisionServiceAsyncStub) -> None:
     cap_hit = 0
     for call in range(REPORT_CALLS):
         names = [key("operation", call * 1_000 + j) for j in range(1_000)]

@@ -28,7 +28,7 @@ async def stubs(start, channel_to, clock: ManualClock):
     return pb_grpc.DecisionServiceStub(channel), admin_grpc.AdminServiceStub(channel), channel
 
 
-async def status(stub: pb_grpc.DecisionServiceStub, pool: str) -> dict[str, common.ServerStatus]:
+async def status(stub: pb_grpc.DecisionServiceAsyncStub, pool: str) -> dict[str, common.ServerStatus]:
     answer = await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool=pool))
     return {s.id: s for s in answer.status.pools[0].servers}
 

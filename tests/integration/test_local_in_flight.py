@@ -30,7 +30,7 @@ from .test_sdk_local import local_selection, until
 LIMITS = CoreLimits(route_push_interval_ms=10)
 
 
-async def service_in_flight(stub: pb_grpc.DecisionServiceStub) -> dict[str, int]:
+async def service_in_flight(stub: pb_grpc.DecisionServiceAsyncStub) -> dict[str, int]:
     status = await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool="api"))
     return {s.id: s.in_flight for s in status.status.pools[0].servers}
 

@@ -32,7 +32,8 @@ from ..conftest import wait_for
 
 _prefixes = itertools.count()
 
-Replicas = Callable[..., Awaitable[list[pb_grpc.DecisionServiceStub]]]
+# Quoted: the async stub exists for type checkers only (@type_check_only in the .pyi).
+Replicas = Callable[..., Awaitable[list["pb_grpc.DecisionServiceAsyncStub"]]]
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ async def replicas(redis_url: str) -> AsyncIterator[Replicas]:
     started: list[RunningService] = []
     channels: list[grpc.aio.Channel] = []
 
-    async def _start(*pools: PoolSpec, n: int = 2, **redis: Any) -> list[pb_grpc.DecisionServiceStub]:
+    async def _start(*pools: PoolSpec, n: int = 2, **redis: Any) -> list[pb_grpc.DecisionServiceAsyncStub]:
         state = StateSettings(
             store="redis",
             redis=RedisSettings(url=redis_url, key_prefix=f"{{t{next(_prefixes)}}}:", **redis),
@@ -68,13 +69,13 @@ def pool(name: str = "p", **settings: Any) -> PoolSpec:
     return PoolSpec(PoolSettings(name=name, max_concurrency=settings.pop("max_concurrency", 2), **settings))
 
 
-async def acquire(stub: pb_grpc.DecisionServiceStub, **fields: Any) -> pb.AcquireSlotResponse:
+async def acquire(stub: pb_grpc.DecisionServiceAsyncStub, **fields: Any) -> pb.AcquireSlotResponse:
     request = pb.AcquireSlotRequest(pool=fields.pop("pool", "p"), **fields)
     response: pb.AcquireSlotResponse = await stub.AcquireSlot(request, timeout=10)
     return response
 
 
-async def queue_length(stub: pb_grpc.DecisionServiceStub, name: str = "p") -> int:
+async def queue_length(stub: pb_grpc.DecisionServiceAsyncStub, name: str = "p") -> int:
     status = await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool=name))
     return int(status.status.pools[0].queue_length)
 
@@ -210,12 +211,12 @@ LIMIT_CASES = {
 }
 
 
-async def _shared_limit(stubs: list[pb_grpc.DecisionServiceStub]) -> tuple[int, ...]:
+async def _shared_limit(stubs: list[pb_grpc.DecisionServiceAsyncStub]) -> tuple[int, ...]:
     answers = [await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool="p")) for stub in stubs]
     return tuple(int(a.status.pools[0].concurrency_limit) for a in answers)
 
 
-async def _release_one(stub: pb_grpc.DecisionServiceStub, success: bool, latency_ms: float) -> None:
+async def _release_one(stub: pb_grpc.DecisionServiceAsyncStub, success: bool, latency_ms: float) -> None:
     held = await acquire(stub)
     assert held.granted
     release = pb.ReleaseSlotRequest(lease_id=held.lease.lease_id, success=success, latency_ms=latency_ms)

@@ -59,7 +59,7 @@ _prefixes = itertools.count()
 class Replica:
     running: RunningService
     channel: grpc.aio.Channel
-    stub: pb_grpc.DecisionServiceStub
+    stub: pb_grpc.DecisionServiceAsyncStub
     health: Any
 
     @property

@@ -28,7 +28,8 @@ from ..conftest import wait_for
 _prefixes = itertools.count()
 SERVERS = (ServerSpec("s1", "127.0.0.1:9001"), ServerSpec("s2", "127.0.0.1:9002"))
 
-Start = Callable[..., Awaitable[tuple[list[RunningService], list[pb_grpc.DecisionServiceStub]]]]
+# Quoted: the async stub exists for type checkers only (@type_check_only in the .pyi).
+Start = Callable[..., Awaitable[tuple[list[RunningService], list["pb_grpc.DecisionServiceAsyncStub"]]]]
 
 
 @pytest.fixture
@@ -36,7 +37,9 @@ async def replicas(redis_url: str) -> AsyncIterator[Start]:
     started: list[RunningService] = []
     channels: list[grpc.aio.Channel] = []
 
-    async def _start(*pools: PoolSpec, n: int = 2) -> tuple[list[RunningService], list[pb_grpc.DecisionServiceStub]]:
+    async def _start(
+        *pools: PoolSpec, n: int = 2
+    ) -> tuple[list[RunningService], list[pb_grpc.DecisionServiceAsyncStub]]:
         settings = RedisSettings(
             url=redis_url, key_prefix=f"{{r{next(_prefixes)}}}:", exchange_interval_ms=50, merge_interval_ms=200
         )
@@ -63,7 +66,7 @@ def pool(strategy: str = "round_robin", **settings: Any) -> PoolSpec:
     return PoolSpec(PoolSettings(name="p", strategy=strategy, **settings), SERVERS)
 
 
-async def servers_of(stub: pb_grpc.DecisionServiceStub) -> dict[str, common.ServerStatus]:
+async def servers_of(stub: pb_grpc.DecisionServiceAsyncStub) -> dict[str, common.ServerStatus]:
     status = await stub.GetLoadStatus(pb.GetLoadStatusRequest(pool="p"))
     return {s.id: s for s in status.status.pools[0].servers}
 

@@ -31,7 +31,8 @@ from ..conftest import wait_for
 
 _prefixes = itertools.count()
 
-Start = Callable[..., Awaitable[tuple[RunningService, pb_grpc.DecisionServiceStub]]]
+# Quoted: the async stub exists for type checkers only (@type_check_only in the .pyi).
+Start = Callable[..., Awaitable[tuple[RunningService, "pb_grpc.DecisionServiceAsyncStub"]]]
 # Background work quiet for the length of a test: no sweeps, exchanges or merges.
 QUIET = {"exchange_interval_ms": 60_000, "merge_interval_ms": 3_600_000}
 
@@ -44,7 +45,7 @@ async def start(redis_url: str) -> AsyncIterator[Start]:
 
     async def _start(
         *pools: PoolSpec, prefix: str, url: str = redis_url, config: dict[str, Any] | None = None, **redis: Any
-    ) -> tuple[RunningService, pb_grpc.DecisionServiceStub]:
+    ) -> tuple[RunningService, pb_grpc.DecisionServiceAsyncStub]:
         state = StateSettings(store="redis", redis=RedisSettings(url=url, key_prefix=prefix, **redis))
         running = await start_service(ServiceConfig(listen="127.0.0.1:0", pools=pools, state=state, **(config or {})))
         started.append(running)
@@ -200,7 +201,7 @@ async def _owner(peers: Peers, operation: str) -> str | None:
     return peers.batch_owner(operation)
 
 
-async def batch_replicas(start: Start) -> tuple[list[RunningService], list[pb_grpc.DecisionServiceStub]]:
+async def batch_replicas(start: Start) -> tuple[list[RunningService], list[pb_grpc.DecisionServiceAsyncStub]]:
     """Two replicas sizing ``etl`` (latency target 100 ms, a 60 s cooldown); the owner's first."""
     prefix = new_prefix()
     operation = OperationSettings(
@@ -225,7 +226,7 @@ async def batch_replicas(start: Start) -> tuple[list[RunningService], list[pb_gr
     return [s for s, _ in started], [stub for _, stub in started]
 
 
-async def slow_batch(stub: pb_grpc.DecisionServiceStub) -> None:
+async def slow_batch(stub: pb_grpc.DecisionServiceAsyncStub) -> None:
     report = pb.BatchReport(operation="etl", batch_size=32, duration_ms=900.0, success=True)
     await stub.ReportBatch(pb.ReportBatchRequest(reports=[report]))
 

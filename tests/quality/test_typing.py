@@ -1,6 +1,8 @@
 """The SDK is typed for its users: an application checked with ``mypy --strict`` and with
-pyright sees the SDK's types (``py.typed`` in every part of the namespace), and the two
-mistakes planted in it are reported, nothing else.
+pyright sees the SDK's types (``py.typed`` in every part of the namespace) and the
+generated gRPC stubs' (the ``_pb2_grpc.pyi`` files: a sync stub for a ``grpc.Channel``,
+an async one for a ``grpc.aio.Channel``), and the three mistakes planted in it are
+reported, nothing else.
 
 The application is written to a temporary folder, outside the repository, so the checkers
 find ``loadwarden`` as an application does: installed in the environment.
@@ -27,12 +29,14 @@ PARTS = (
 )
 
 APP = '''\
-"""A small application using the SDK, sync and async."""
+"""A small application using the SDK and the generated stubs, sync and async."""
 
 import asyncio
 
+import grpc
+
 from loadwarden.sdk import AsyncClient, Client, Selection
-from loadwarden.v1 import decision_pb2
+from loadwarden.v1 import decision_pb2, decision_pb2_grpc
 
 
 def handle_sync(client: Client) -> str:
@@ -53,6 +57,20 @@ def request() -> decision_pb2.SelectServerRequest:
     return decision_pb2.SelectServerRequest(pool="api")
 
 
+def pick_sync(channel: grpc.Channel) -> str:
+    stub = decision_pb2_grpc.DecisionServiceStub(channel)
+    return stub.SelectServer(request(), timeout=1.0).address
+
+
+async def pick_async() -> int:
+    async with grpc.aio.insecure_channel("127.0.0.1:50051") as channel:
+        stub = decision_pb2_grpc.DecisionServiceStub(channel)
+        response = await stub.SelectServer(request(), timeout=1.0)
+        ttl_ms: int = response.decision_ttl_ms
+        await stub.SelectServer(decision_pb2.AcquireSlotRequest(pool="jobs"))  # MISTAKE wrong request message
+        return ttl_ms
+
+
 def main() -> None:
     with Client("127.0.0.1:50051") as client:
         print(handle_sync(client))
@@ -60,6 +78,10 @@ def main() -> None:
     async def run() -> None:
         async with AsyncClient("127.0.0.1:50051", decisions="local") as client:
             print(await handle_async(client))
+        print(await pick_async())
+
+    with grpc.insecure_channel("127.0.0.1:50051") as channel:
+        print(pick_sync(channel))
 
     asyncio.run(run())
     port: int = Client("127.0.0.1:50051").select("api").server_id  # MISTAKE str assigned to int
@@ -90,7 +112,11 @@ def test_mypy_strict_sees_the_sdks_types(app: Path) -> None:
         timeout=300,
     )
     errors = re.findall(r"^app\.py:(\d+): error: .*\[([a-z-]+)\]$", result.stdout, re.MULTILINE)
-    assert errors == [(str(MISTAKES[0]), "assignment"), (str(MISTAKES[1]), "arg-type")], result.stdout
+    assert errors == [
+        (str(MISTAKES[0]), "arg-type"),
+        (str(MISTAKES[1]), "assignment"),
+        (str(MISTAKES[2]), "arg-type"),
+    ], result.stdout
 
 
 def test_pyright_sees_the_sdks_types(app: Path) -> None:
@@ -103,6 +129,8 @@ def test_pyright_sees_the_sdks_types(app: Path) -> None:
     )
     # An error's message may take several lines; its rule ends it.
     errors = re.findall(r"app\.py:(\d+):\d+ - error: .*?\((report[A-Za-z]+)\)", result.stdout, re.DOTALL)
-    assert errors == [(str(MISTAKES[0]), "reportAssignmentType"), (str(MISTAKES[1]), "reportArgumentType")], (
-        result.stdout
-    )
+    assert errors == [
+        (str(MISTAKES[0]), "reportArgumentType"),
+        (str(MISTAKES[1]), "reportAssignmentType"),
+        (str(MISTAKES[2]), "reportArgumentType"),
+    ], result.stdout

@@ -52,10 +52,10 @@ async def backend() -> AsyncIterator[StartBackend]:
 
 
 @pytest.fixture
-async def stub_for() -> AsyncIterator[Callable[[RunningBackend], pb_grpc.SimulatedBackendServiceStub]]:
+async def stub_for() -> AsyncIterator[Callable[[RunningBackend], pb_grpc.SimulatedBackendServiceAsyncStub]]:
     channels: list[grpc.aio.Channel] = []
 
-    def _open(running: RunningBackend) -> pb_grpc.SimulatedBackendServiceStub:
+    def _open(running: RunningBackend) -> pb_grpc.SimulatedBackendServiceAsyncStub:
         channel = grpc.aio.insecure_channel(running.address)
         channels.append(channel)
         return pb_grpc.SimulatedBackendServiceStub(channel)

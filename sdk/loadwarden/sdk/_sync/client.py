@@ -270,8 +270,8 @@ class Client(ClientBase):
         self._interceptors = check_interceptors(interceptors, channel is not None)
         self._owns_channel = channel is None
         self._channel = channel
-        self._stub = None if channel is None else _pb_grpc.DecisionServiceStub(channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
-        self._admin_stub = None if channel is None else _admin_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
+        self._stub = None if channel is None else _pb_grpc.DecisionServiceStub(channel)
+        self._admin_stub = None if channel is None else _admin_grpc.AdminServiceStub(channel)
         self._admin = Admin(self._call)
         self._health = None if channel is None else _health_pb_grpc.HealthStub(channel)
         if channel is None and not OPENS_CHANNEL_ON_FIRST_CALL:
@@ -955,8 +955,8 @@ class Client(ClientBase):
                 target.channel_options((*CHANNEL_OPTIONS, *self._tls_options)),
                 self._interceptors,
             )
-        self._stub = _pb_grpc.DecisionServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
-        self._admin_stub = _admin_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated stub is unannotated
+        self._stub = _pb_grpc.DecisionServiceStub(self._channel)
+        self._admin_stub = _admin_grpc.AdminServiceStub(self._channel)
         self._health = _health_pb_grpc.HealthStub(self._channel)
 
     def _release_held(self, lease: Lease, *, success: bool, latency_ms: float, until: float) -> None:

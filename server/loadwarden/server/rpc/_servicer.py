@@ -401,7 +401,7 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
         except Exception as exc:  # noqa: BLE001 - _abort maps every error to a status; unknown ones to INTERNAL
             await _abort(context, exc, "WatchRoutes")
 
-    async def Decide(self, requests: AsyncIterator[Any], context: Any) -> None:
+    async def Decide(self, requests: AsyncIterator[Any], context: Any) -> None:  # type: ignore[override]  # answers by context.write (grpc.aio allows it); the stub types only a returned iterator
         """The Decide stream: each call handled as its unary twin and answered by id.
 
         The calls of one message that need no wait (select, release, outcome reports)

@@ -211,7 +211,7 @@ class Backends:
             raise ValueError("backends: at least one backend address is needed")
         self.addresses = dict(addresses)
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[str, _pb_grpc.SimulatedBackendServiceStub] = {}
+        self._stubs: dict[str, _pb_grpc.SimulatedBackendServiceAsyncStub] = {}
         self._order = list(self.addresses.items())
         self._next = itertools.count()
 
