@@ -1,4 +1,4 @@
-"""The admin HTTP port: ``/metrics``, ``/api/load-status`` and whatever ``extra_routes`` adds.
+"""The admin HTTP port: ``/metrics``, ``/api/load-status``, health, and whatever ``extra_routes`` adds.
 
 It runs in the service's event loop (aiohttp), so handlers read the decision
 state directly, with no locks. It serves HTTPS when given an ``ssl.SSLContext``
@@ -12,6 +12,11 @@ scrape config) as easily as none:
   its own login prompt and no token in the URL;
 * no usable credentials: 401 with ``WWW-Authenticate`` challenges for both;
 * credentials with the wrong token: 403.
+
+Two paths are open without a token, for orchestrators' probes: ``/healthz``
+(liveness: 200 while the event loop answers) and ``/readyz`` (readiness: 200 or
+503 with each dependency's state, see ``loadwarden.server.app._readiness``).
+They tell nothing about pools or servers.
 
 Tokens are compared in constant time and never appear in a response, a log
 line or the access log (which records the path without its query string).
@@ -38,6 +43,9 @@ log = logging.getLogger("loadwarden.observability")
 REALM = "loadwarden-admin"
 METRICS_PATH = "/metrics"
 LOAD_STATUS_PATH = "/api/load-status"
+LIVENESS_PATH = "/healthz"
+READINESS_PATH = "/readyz"
+OPEN_PATHS = frozenset({LIVENESS_PATH, READINESS_PATH})
 # How long stopping waits for requests in progress, seconds.
 SHUTDOWN_TIMEOUT_S = 2.0
 
@@ -60,6 +68,7 @@ def build_admin_app(
     snapshot_json: Callable[[], dict[str, Any]],
     extra_routes: Callable[[web.Application], None] | None = None,
     render_metrics: Callable[[str], tuple[bytes, str]] | None = None,
+    readiness: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
 ) -> web.Application:
     """The admin application; serve it with ``start_admin_http``.
 
@@ -70,6 +79,8 @@ def build_admin_app(
         extra_routes: Adds more routes (the dashboard); they sit behind the same token check.
         render_metrics: Given the request's Accept header, the metrics body and its content
             type (``MetricsSetup.render``); None answers ``/metrics`` with 404.
+        readiness: Whether the service is ready and the ``/readyz`` document; None
+            answers ``/readyz`` as ready with no checks.
 
     Raises:
         ValueError: an empty token.
@@ -80,6 +91,8 @@ def build_admin_app(
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS:
+            return await handler(request)
         presented = _presented_token(request.headers.get("Authorization", ""))
         if presented is None:
             response = error_response(401, "unauthenticated", "send the admin token as 'Authorization: Bearer <token>'")
@@ -116,9 +129,18 @@ def build_admin_app(
     async def load_status(request: web.Request) -> web.Response:
         return web.json_response(snapshot_json(), headers=_NO_STORE)
 
+    async def liveness(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"}, headers=_NO_STORE)
+
+    async def ready(request: web.Request) -> web.Response:
+        is_ready, document = readiness() if readiness is not None else (True, {"status": "ready", "checks": {}})
+        return web.json_response(document, status=200 if is_ready else 503, headers=_NO_STORE)
+
     app = web.Application(middlewares=[guard])
     app.router.add_get(METRICS_PATH, metrics)
     app.router.add_get(LOAD_STATUS_PATH, load_status)
+    app.router.add_get(LIVENESS_PATH, liveness)
+    app.router.add_get(READINESS_PATH, ready)
     if extra_routes is not None:
         extra_routes(app)
     return app

@@ -77,7 +77,7 @@ def _checked(check: Callable[[Any], Any]) -> BeforeValidator:
     return BeforeValidator(validate)
 
 
-def Checked(check: Callable[[Any], Any], **json_schema: Any) -> Any:  # noqa: N802  # reads as a type in annotations
+def Checked(check: Callable[[Any], Any], **json_schema: Any) -> Any:  # noqa: N802 - reads as a type in annotations
     """Any value ``check`` accepts (it returns the value, or raises ``problem(...)``).
 
     ``json_schema`` is the value's JSON Schema (e.g. ``type="string"``); it replaces the
@@ -88,7 +88,7 @@ def Checked(check: Callable[[Any], Any], **json_schema: Any) -> Any:  # noqa: N8
     return _checked(check)
 
 
-def Count(low: int, high: int, *, whole_floats: bool = False) -> Any:  # noqa: N802  # reads as a type in annotations
+def Count(low: int, high: int, *, whole_floats: bool = False) -> Any:  # noqa: N802 - reads as a type in annotations
     """An integer (never a bool) in ``[low, high]``; ``whole_floats`` also takes ``3.0``."""
 
     def check(value: Any) -> int:
@@ -101,7 +101,7 @@ def Count(low: int, high: int, *, whole_floats: bool = False) -> Any:  # noqa: N
     return _Metadata(annotated_types.Ge(low), annotated_types.Le(high), _checked(check))
 
 
-def Number(  # noqa: N802  # reads as a type in annotations
+def Number(  # noqa: N802 - reads as a type in annotations
     low: float = 0.0,
     high: float = math.inf,
     *,
@@ -146,7 +146,7 @@ def _text(value: Any) -> str:
     raise problem(f"must be a string, got {shown(value)}")
 
 
-def Choice(  # noqa: N802  # reads as a type in annotations
+def Choice(  # noqa: N802 - reads as a type in annotations
     choices: Sequence[str], wording: str = "must be one of {valid}, got {got}"
 ) -> Any:
     """One of ``choices``; ``wording`` takes ``{got}`` (the value shown) and ``{valid}`` (the choices)."""

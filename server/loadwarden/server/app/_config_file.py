@@ -133,6 +133,7 @@ SERVICE_TABLE = table_of(
             "listen": Annotated[str, Checked(_listen, type="string")],
             "shutdown_grace_ms": _count(0, _TIME),
             "expiry_interval_ms": _count(0, _TIME),
+            "readiness_interval_ms": _count(100, 60_000),
             "seed": _count(0, 2**63 - 1),
         },
         CoreLimits: {"auto_register_operations": Flag},

@@ -44,6 +44,7 @@ from ..shared import connect as connect_redis
 from ._catalog import OPERATIONS, POOLS, RESYNC_S, Catalog, CatalogStore, FileCatalog, RedisCatalog
 from ._config import ServiceConfig
 from ._persistence import Persister, restore
+from ._readiness import Dependency, MonitorDependency, Readiness, RedisDependency
 from ._store import FileStore, MemoryStore, RedisBlobStore, StateStore
 
 if TYPE_CHECKING:  # the admin port and metrics are imported only when configured
@@ -75,6 +76,7 @@ class RunningService:
     port: int
     persister: Persister | None
     admin_port: int | None  # the admin HTTP port; None when it is off
+    readiness: Readiness  # what /readyz and the gRPC health follow
     _stack: contextlib.AsyncExitStack  # undoes the start, last started first
     _grace: list[float | None]  # the grace `stop` was given, read by the gRPC server's stop
 
@@ -244,13 +246,17 @@ async def start_service(
             stack.push_async_callback(persister.final_save)  # once the gRPC server stopped: the last outcomes too
         grace: list[float | None] = [None]  # a failed start stops at once; `stop` sets its own grace
         stack.push_async_callback(lambda: server.stop(grace[0]))  # what releases the port
-        admin_port = await _start_admin(stack, config, core, metrics_setup, tls)
-        for name in ("", *SERVICE_NAMES):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        readiness = _readiness(config, core, shared, health_servicer, clock or SystemClock())
+        admin_port = await _start_admin(stack, config, core, metrics_setup, tls, readiness)
+        await health_servicer.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await readiness.check_now()  # SERVING, unless a dependency fails already
         interval_s = config.expiry_interval_ms / 1000.0
-        tasks = [asyncio.create_task(_sweep(core, interval_s), name="loadwarden-sweeper")]
+        tasks = [
+            asyncio.create_task(_sweep(core, interval_s), name="loadwarden-sweeper"),
+            asyncio.create_task(readiness.run(), name="loadwarden-readiness"),
+        ]
         if shared is not None:
-            tasks += shared.start(core, catalog, interval_s, health_servicer)
+            tasks += shared.start(core, catalog, interval_s, readiness)
             # Serve only once other replicas' changes reach this one: a change stored between
             # loading the configuration and subscribing would otherwise wait for the next
             # periodic resync. So: subscribed, then caught up with the stored version.
@@ -266,6 +272,7 @@ async def start_service(
         if shared is not None:
             stack.callback(shared.redis.stop_listening)
         stack.push_async_callback(health_servicer.enter_graceful_shutdown)  # first of all: NOT_SERVING
+        stack.push_async_callback(readiness.stopping)  # and /readyz says so
         log.info(
             "loadwarden serving on %s:%d (%d pools); connections capped at %s (open files limit %s)",
             host,
@@ -275,7 +282,7 @@ async def start_service(
             open_files,
         )
         running = RunningService(
-            server, core, health_servicer, host, port, persister, admin_port, stack.pop_all(), grace
+            server, core, health_servicer, host, port, persister, admin_port, readiness, stack.pop_all(), grace
         )
     return running
 
@@ -288,20 +295,16 @@ class _Shared:
     peers: Peers
 
     def start(
-        self, core: DecisionCore, catalog: Catalog, interval_s: float, health_servicer: health.aio.HealthServicer
+        self, core: DecisionCore, catalog: Catalog, interval_s: float, readiness: Readiness
     ) -> list[asyncio.Task[None]]:
         """The tasks that keep this replica in step: events, lease sweeps, waiter polls, resyncs.
-        While admission (or a pool's rate limit) fails closed, DecisionService's health is NOT_SERVING."""
+        A call that finds Redis gone marks it failing in ``readiness`` at once."""
         admission = core.admission
         assert isinstance(admission, SharedAdmission)
         replica = self.redis.replica
-        tasks: set[asyncio.Task[None]] = set()
 
         def on_health(serving: bool) -> None:
-            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-            task = asyncio.get_running_loop().create_task(health_servicer.set(DECISION_SERVICE, status))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            readiness.mark_failing("redis", None if serving else "calls to Redis fail")
 
         admission.on_health = on_health
 
@@ -439,10 +442,11 @@ async def _start_admin(
     config: ServiceConfig,
     core: DecisionCore,
     metrics_setup: MetricsSetup | None,
-    tls: TlsMaterial | None = None,
+    tls: TlsMaterial | None,
+    readiness: Readiness,
 ) -> int | None:
-    """Starts the admin HTTP port (metrics, load status, dashboard, history) if configured;
-    returns its port. What it starts is undone by ``stack``."""
+    """Starts the admin HTTP port (metrics, load status, health, dashboard, history) if
+    configured; returns its port. What it starts is undone by ``stack``."""
     if not config.admin.listen:
         return None
     from google.protobuf import json_format
@@ -464,6 +468,7 @@ async def _start_admin(
         snapshot_json=snapshot_json,
         render_metrics=metrics_setup.render,
         extra_routes=functools.partial(add_dashboard_routes, history=history),
+        readiness=lambda: (readiness.ready, readiness.document()),
     )
     admin = await start_admin_http(app, settings.listen, ssl_context=tls.ssl_context() if tls else None)
     stack.push_async_callback(admin.stop)
@@ -472,6 +477,36 @@ async def _start_admin(
     )
     stack.push_async_callback(_cancel, [recorder])
     return admin.port
+
+
+def _readiness(
+    config: ServiceConfig,
+    core: DecisionCore,
+    shared: _Shared | None,
+    health_servicer: health.aio.HealthServicer,
+    clock: Clock,
+) -> Readiness:
+    """Readiness over the dependencies ``config`` has; the gRPC health follows it."""
+    dependencies: list[Dependency] = []
+    if shared is not None:
+        redis, admission = shared.redis, core.admission
+        assert isinstance(admission, SharedAdmission)
+        dependencies.append(
+            RedisDependency(
+                redis.client.ping, redis.settings.command_timeout_ms / 1000.0, critical=admission.fails_closed
+            )
+        )
+    monitor = core.monitor
+    if monitor is not None:
+        dependencies.append(MonitorDependency(lambda: monitor.reading(monitor.clock.monotonic()).problem or None))
+
+    async def on_change(ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", DECISION_SERVICE):
+            await health_servicer.set(name, status)
+        log.log(logging.INFO if ready else logging.WARNING, "readiness: %s", "ready" if ready else "not ready")
+
+    return Readiness(dependencies, config.readiness_interval_ms / 1000.0, clock, on_change)
 
 
 # File descriptors kept free of connections when max_connections is 0 ("auto"): the

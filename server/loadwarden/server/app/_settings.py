@@ -142,6 +142,8 @@ class ServiceConfig:
         listen: host:port for gRPC; port 0 picks a free port.
         shutdown_grace_ms: How long in-flight RPCs may finish on SIGTERM/SIGINT.
         expiry_interval_ms: How often expired decisions and leases are swept when no call does it.
+        readiness_interval_ms: How often readiness checks its dependencies (Redis, the load
+            monitor); ``/readyz`` and the gRPC health follow within one interval.
         seed: RNG seed for strategies; None seeds from the OS.
         limits: Bounds on client-grown state.
         pools: Pools to create at start.
@@ -157,6 +159,7 @@ class ServiceConfig:
     listen: str = DEFAULT_LISTEN
     shutdown_grace_ms: int = 5_000
     expiry_interval_ms: int = 100
+    readiness_interval_ms: int = 1_000
     seed: int | None = None
     limits: CoreLimits = field(default_factory=CoreLimits)
     pools: tuple[PoolSpec, ...] = ()
