@@ -81,6 +81,7 @@ class Readiness:
         self._states = {dep.name: _State(since=clock.wall()) for dep in self._dependencies}
         self._stopping = False
         self._announced: bool | None = None
+        self._pending: set[asyncio.Task[None]] = set()
         self.checks_total = 0
 
     @property
@@ -138,7 +139,9 @@ class Readiness:
         if problem is not None and state.external is None and state.problem is None:
             state.since = self._clock.wall()
         state.external = problem
-        asyncio.get_running_loop().create_task(self._announce())
+        task = asyncio.get_running_loop().create_task(self._announce())
+        self._pending.add(task)  # a task nothing refers to may be collected before it runs
+        task.add_done_callback(self._pending.discard)
 
     async def stopping(self) -> None:
         """A stop began: not ready from now on."""
