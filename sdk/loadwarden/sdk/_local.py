@@ -445,6 +445,39 @@ class OutcomeSampler:
         return 1.0 / p if self._rng.random() < p else 0.0
 
 
+class Gaps:
+    """The last ``size`` gaps between events, for their percentiles: how fresh local decisions are.
+
+    ``mark(now)`` records the time since the previous mark. Cheap on the hot path: one
+    subtraction and a ring write.
+    """
+
+    __slots__ = ("_gaps", "_last", "_next", "_size")
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._gaps: list[float] = []
+        self._next = 0
+        self._last: float | None = None
+
+    def mark(self, now: float) -> None:
+        last, self._last = self._last, now
+        if last is None:
+            return
+        if len(self._gaps) < self._size:
+            self._gaps.append(now - last)
+        else:
+            self._gaps[self._next] = now - last
+            self._next = (self._next + 1) % self._size
+
+    def percentile_ms(self, q: float) -> float:
+        """The ``q``-th percentile (0-100) of the recorded gaps, ms; 0.0 with none."""
+        if not self._gaps:
+            return 0.0
+        ordered = sorted(self._gaps)
+        return 1000.0 * ordered[min(len(ordered) - 1, math.ceil(q / 100.0 * len(ordered)) - 1)]
+
+
 class RouteTables:
     """The watched pools' tables, local decisions and their pending outcomes; thread-safe.
 
@@ -486,6 +519,11 @@ class RouteTables:
         self.wake_sender = False  # set by the first move after a report: the caller wakes the outcome sender
         self._last_report = -math.inf
         self._refresh_at = -math.inf
+        # How fresh the view is: time between two tables (or changes) taken, and between two
+        # in-flight reports sent. While counts move, both should be near their intervals
+        # (the service's route_push_interval_ms, IN_FLIGHT_INTERVAL_S); more means late.
+        self.table_gaps = Gaps()
+        self.report_gaps = Gaps()
 
     # --- the stream's side ---------------------------------------------------------
 
@@ -512,6 +550,7 @@ class RouteTables:
                 self.ignored += 1
                 return False
             self.pools[table.pool] = pool
+            self.table_gaps.mark(self._clock())
             return True
 
     def stream_up(self) -> None:
@@ -664,6 +703,7 @@ class RouteTables:
                 self._refresh_at = now + IN_FLIGHT_REFRESH_S
             self._moved = self.wake_sender = False
             self._last_report = now
+            self.report_gaps.mark(now)
             out: list[_pb.LocalInFlight] = []
             budget = MAX_IN_FLIGHT_SERVERS
             for pool in self.pools.values():
@@ -687,4 +727,8 @@ class RouteTables:
                 "rejected_tables": float(self.rejected),
                 "ignored_changes": float(self.ignored),
                 "pending": float(len(self._pending)),
+                "table_gap_p50_ms": self.table_gaps.percentile_ms(50),
+                "table_gap_p99_ms": self.table_gaps.percentile_ms(99),
+                "report_gap_p50_ms": self.report_gaps.percentile_ms(50),
+                "report_gap_p99_ms": self.report_gaps.percentile_ms(99),
             }

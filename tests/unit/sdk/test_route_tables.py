@@ -283,3 +283,34 @@ def test_outcomes_are_all_sent_below_the_rate_and_sampled_above_it(clock: FakeCl
         assert sum(o.local.sample_weight for o in sent) == pytest.approx(10_000, rel=0.2)  # and they stand for all
     # Left-out outcomes still settle the decision locally: nothing stays in flight.
     assert all(s.in_flight == 0 for s in tables.pools["api"].servers.values())
+
+
+def test_stats_say_how_fresh_the_tables_and_the_reports_are(clock: FakeClock) -> None:
+    tables = RouteTables(clock=clock, rng=random.Random(1))
+    assert tables.stats()["table_gap_p99_ms"] == 0.0  # nothing taken yet
+    assert tables.apply(table(1), WATCHED)
+    for i, gap_s in enumerate([0.010] * 98 + [0.080, 0.200], start=2):
+        clock.now += gap_s
+        assert tables.apply(change(i, i - 1, server("s1", in_flight=i)), WATCHED)
+    clock.now += 1.0
+    assert not tables.apply(change(200, 150), WATCHED)  # ignored: no gap counted
+    for _ in range(3):
+        tables.decide("api")
+        tables.in_flight_report()
+        clock.now += 0.005
+    stats = tables.stats()
+    assert stats["table_gap_p50_ms"] == pytest.approx(10.0)
+    assert stats["table_gap_p99_ms"] == pytest.approx(80.0)
+    assert stats["report_gap_p50_ms"] == pytest.approx(5.0)
+
+
+def test_gaps_keep_only_the_last_ones() -> None:
+    from loadwarden.sdk._local import Gaps
+
+    gaps = Gaps(size=4)
+    now = 0.0
+    for gap_s in (1.0, 1.0, 1.0, 1.0, 0.001, 0.001, 0.001, 0.001, 0.001):
+        now += gap_s
+        gaps.mark(now)
+    assert gaps.percentile_ms(100) == pytest.approx(1.0)  # ms: the four 1 s gaps are overwritten
+    assert Gaps().percentile_ms(50) == 0.0
