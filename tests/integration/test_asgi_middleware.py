@@ -11,12 +11,14 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
+import websockets
+from fastapi import FastAPI, WebSocket
 from fastapi.responses import StreamingResponse
 
 from loadwarden.sdk import AsyncClient
-from loadwarden.sdk.integrations import Admission, AdmissionChoiceError
+from loadwarden.sdk.integrations import Admission, AdmissionChoiceError, TrustedProxies
 from loadwarden.sdk.integrations.asgi import AdmissionMiddleware
+from loadwarden.server import RateLimit
 
 from ..conftest import three_server_pool
 
@@ -70,8 +72,11 @@ def make_app(meter: Meter, release: asyncio.Event | None = None, **middleware: A
 
 
 @contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+async def serving(app: Any) -> AsyncIterator[str]:
+    # proxy_headers=False: uvicorn would otherwise rewrite the peer from X-Forwarded-For sent from
+    # 127.0.0.1 itself, and the middleware's own reading of the header would go untested.
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", proxy_headers=False)
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(WAIT_S):
@@ -255,3 +260,145 @@ async def test_the_release_reports_latency_and_success_by_status(service) -> Non
     (ok, ok_ms), (failed, _) = released
     assert ok and ok_ms >= 150
     assert not failed
+
+
+# --- per-client rate limits: seed 004's "30/minute" per IP ---------------------------------
+
+SEED_004_RATE = RateLimit(count=30, per_s=60.0, burst=30)  # @limiter.limit("30/minute"), per IP
+
+
+def from_address(url: str, address: str) -> httpx.AsyncClient:
+    """An HTTP client whose connections leave from `address` (any of 127.0.0.0/8 reaches 127.0.0.1)."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    return httpx.AsyncClient(base_url=url, timeout=WAIT_S, transport=transport)
+
+
+async def test_thirty_a_minute_per_ip_limits_each_client_address_on_its_own(start) -> None:
+    service = await start(three_server_pool("web", max_concurrency=50, rate_limit=SEED_004_RATE))
+    app = make_app(Meter(), target=service.target, pool="web")
+    async with serving(app) as url, from_address(url, "127.0.0.1") as a, from_address(url, "127.0.0.2") as b:
+        first = [await a.get("/slow", params={"s": 0}) for _ in range(31)]
+        other = [await b.get("/slow", params={"s": 0}) for _ in range(5)]
+        await wait_no_leases(service.target)
+    assert [r.status_code for r in first] == [200] * 30 + [429]
+    refused = first[-1]
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json() | {"retry_after_s": 0} == {
+        "error": "rate_limited",
+        "reason": "RATE_LIMITED",
+        "pool": "web",
+        "retry_after_s": 0,
+    }
+    assert [r.status_code for r in other] == [200] * 5  # another address, its own 30
+
+
+async def test_a_trusted_proxy_header_names_the_client_and_a_bad_one_is_the_peer(start) -> None:
+    service = await start(three_server_pool("web", rate_limit=RateLimit(count=2, per_s=60.0, burst=2)))
+    proxies = TrustedProxies(networks=("127.0.0.1",))  # the test's "proxy" connects from 127.0.0.1
+    app = make_app(Meter(), target=service.target, pool="web", trusted_proxies=proxies)
+
+    async def codes(http: httpx.AsyncClient, forwarded_for: str, n: int = 3) -> list[int]:
+        answers = [
+            await http.get("/slow", params={"s": 0}, headers={"X-Forwarded-For": forwarded_for}) for _ in range(n)
+        ]
+        return [r.status_code for r in answers]
+
+    async with serving(app) as url, from_address(url, "127.0.0.1") as proxy, from_address(url, "127.0.0.3") as direct:
+        assert await codes(proxy, "6.6.6.6, 198.51.100.1") == [200, 200, 429]  # spoofed left part ignored
+        assert await codes(proxy, "198.51.100.2") == [200, 200, 429]  # another client behind the proxy
+        # Garbage where the client's address would be: the peer's address is the key, never a 500.
+        assert await codes(proxy, "not-an-address") == [200, 200, 429]
+        # Not from the proxy: the header says nothing, the peer is the client.
+        assert await codes(direct, "198.51.100.9") == [200, 200, 429]
+
+
+async def test_a_client_key_function_that_raises_is_logged_and_the_address_is_used(
+    start, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = await start(three_server_pool("web", rate_limit=RateLimit(count=2, per_s=60.0, burst=2)))
+
+    def broken(scope: Any) -> str:
+        raise KeyError("x-user")
+
+    app = make_app(Meter(), target=service.target, pool="web", client_key=broken)
+    with caplog.at_level("ERROR", "loadwarden.sdk.integrations"):
+        async with serving(app) as url, from_address(url, "127.0.0.1") as a, from_address(url, "127.0.0.2") as b:
+            codes_a = [(await a.get("/slow", params={"s": 0})).status_code for _ in range(3)]
+            codes_b = [(await b.get("/slow", params={"s": 0})).status_code for _ in range(2)]
+    assert codes_a == [200, 200, 429] and codes_b == [200, 200]
+    assert any("client_key function" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_a_client_key_function_picks_the_bucket(start) -> None:
+    service = await start(three_server_pool("web", rate_limit=RateLimit(count=1, per_s=60.0, burst=1)))
+
+    def by_user(scope: Any) -> str | None:
+        users = [v.decode() for k, v in scope["headers"] if k == b"x-user"]
+        return users[0] if users else None
+
+    app = make_app(Meter(), target=service.target, pool="web", client_key=by_user)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+        codes = [
+            (await http.get("/slow", params={"s": 0}, headers={"X-User": user})).status_code
+            for user in ("ann", "ann", "ann smith", "ann smith", "bob")  # a space: no valid name, sent hashed
+        ]
+    assert codes == [200, 429, 200, 429, 200]
+
+
+# --- WebSocket connections: their own pool and breaker, 1013 when denied -----------------
+
+
+def ws_app(entered: asyncio.Event, release: asyncio.Event) -> FastAPI:
+    app = FastAPI()
+
+    @app.websocket("/ws")
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        entered.set()
+        message = await websocket.receive_text()
+        await release.wait()
+        await websocket.send_text(message.upper())
+        await websocket.close()
+
+    return app
+
+
+async def test_a_websocket_holds_a_slot_of_its_own_pool_and_a_denied_one_is_closed_1013(start) -> None:
+    service = await start(three_server_pool("web", max_concurrency=5), three_server_pool("web-ws", max_concurrency=1))
+    entered, release = asyncio.Event(), asyncio.Event()
+    middleware = AdmissionMiddleware(ws_app(entered, release), target=service.target, pool="web")
+    async with serving(middleware) as url:
+        ws_url = url.replace("http://", "ws://") + "/ws"
+        async with websockets.connect(ws_url) as first:
+            await first.send("hello")
+            await asyncio.wait_for(entered.wait(), WAIT_S)
+            assert await active_leases(service.target, "web-ws") == 1
+            assert await active_leases(service.target, "web") == 0
+            async with websockets.connect(ws_url) as second:  # the handshake is accepted, then closed
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(second.recv(), WAIT_S)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1013
+            assert closed.value.rcvd.reason.startswith("overloaded; retry after ")
+            release.set()
+            assert await asyncio.wait_for(first.recv(), WAIT_S) == "HELLO"
+        await wait_no_leases_in(service.target, "web-ws")
+    # The connections' own client: their own breakers, not the HTTP requests'.
+    assert middleware._ws_client is not middleware._client
+    assert middleware._ws_client.breaker("AcquireSlot") is not middleware._client.breaker("AcquireSlot")
+
+
+async def test_websockets_false_lets_connections_through(start) -> None:
+    service = await start(three_server_pool("web"))  # no "web-ws" pool: nothing asks for it
+    entered, release = asyncio.Event(), asyncio.Event()
+    release.set()
+    middleware = AdmissionMiddleware(ws_app(entered, release), target=service.target, pool="web", websockets=False)
+    async with serving(middleware) as url, websockets.connect(url.replace("http://", "ws://") + "/ws") as ws:
+        await ws.send("hi")
+        assert await asyncio.wait_for(ws.recv(), WAIT_S) == "HI"
+
+
+async def wait_no_leases_in(target: str, pool: str) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while await active_leases(target, pool):
+            await asyncio.sleep(0.02)

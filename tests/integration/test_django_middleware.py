@@ -28,8 +28,9 @@ from django.test import override_settings
 from django.urls import path  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
 
 from loadwarden.sdk import AsyncClient
+from loadwarden.sdk.integrations import TrustedProxies
 from loadwarden.sdk.integrations.django import AdmissionMiddleware
-from loadwarden.server import AuthSettings
+from loadwarden.server import AuthSettings, RateLimit
 
 from ..conftest import three_server_pool
 
@@ -243,3 +244,44 @@ def test_a_tls_setting_of_the_wrong_type_is_named() -> None:
     with seed_settings("127.0.0.1:1", LOADWARDEN_TLS="/etc/ca.pem"), pytest.raises(ImproperlyConfigured) as err:
         AdmissionMiddleware(lambda request: HttpResponse())
     assert str(err.value).startswith("LOADWARDEN_TLS:")
+
+
+# --- per-client rate limits: seed 004's "30/minute" per IP ---------------------------------
+
+SEED_004_RATE = RateLimit(count=30, per_s=60.0, burst=30)
+
+
+def get_from(url: str, address: str, **headers: str) -> HttpResponse:
+    return DjangoClient(raise_request_exception=False).get(url, REMOTE_ADDR=address, **headers)
+
+
+def broken_client_key(request: HttpRequest) -> str:
+    raise RuntimeError("no session yet")
+
+
+async def test_thirty_a_minute_per_ip_limits_each_client_address_on_its_own(start) -> None:
+    service = await start(three_server_pool("web", max_concurrency=50, rate_limit=SEED_004_RATE))
+    with seed_settings(service.target):
+        first = [await asyncio.to_thread(get_from, "/slow?s=0", "198.51.100.1") for _ in range(31)]
+        other = [await asyncio.to_thread(get_from, "/slow?s=0", "198.51.100.2") for _ in range(5)]
+    assert [r.status_code for r in first] == [200] * 30 + [429]
+    assert int(first[-1]["Retry-After"]) >= 1
+    assert first[-1].json()["reason"] == "RATE_LIMITED" and first[-1].json()["pool"] == "web"
+    assert [r.status_code for r in other] == [200] * 5
+    await wait_no_leases(service.target)
+
+
+async def test_trusted_proxies_and_a_broken_client_key_setting(start) -> None:
+    service = await start(three_server_pool("web", rate_limit=RateLimit(count=2, per_s=60.0, burst=2)))
+    proxies = TrustedProxies(networks=["10.0.0.0/8"])
+    with seed_settings(service.target, LOADWARDEN_TRUSTED_PROXIES=proxies):
+
+        def codes(forwarded_for: str, peer: str = "10.0.0.5") -> list[int]:
+            return [get_from("/slow?s=0", peer, HTTP_X_FORWARDED_FOR=forwarded_for).status_code for _ in range(3)]
+
+        assert await asyncio.to_thread(codes, "6.6.6.6, 198.51.100.1, 10.1.1.1") == [200, 200, 429]
+        assert await asyncio.to_thread(codes, "198.51.100.2") == [200, 200, 429]
+        assert await asyncio.to_thread(codes, "[not-an-address") == [200, 200, 429]  # the peer's bucket
+    with seed_settings(service.target, LOADWARDEN_CLIENT_KEY=f"{__name__}.broken_client_key"):
+        answers = [await asyncio.to_thread(get_from, "/slow?s=0", "198.51.100.3") for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]  # the address, since the function raised

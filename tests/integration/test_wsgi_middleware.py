@@ -16,7 +16,9 @@ import waitress  # type: ignore[import-untyped]  # waitress ships no type hints;
 from flask import Flask, Response, request
 
 from loadwarden.sdk import AsyncClient
+from loadwarden.sdk.integrations import TrustedProxies
 from loadwarden.sdk.integrations.wsgi import AdmissionMiddleware
+from loadwarden.server import RateLimit
 
 from ..conftest import three_server_pool
 
@@ -73,7 +75,8 @@ def make_app(meter: Meter, release: threading.Event | None = None, **middleware:
 
 @contextlib.contextmanager
 def serving(app: Flask) -> Iterator[str]:
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=24)
+    # waitress drops forwarding headers it was not told to trust: the middleware reads them here.
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=24, clear_untrusted_proxy_headers=False)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -212,3 +215,49 @@ async def test_the_release_reports_latency_and_success_by_status(service) -> Non
     (ok, ok_ms), (failed, _) = released
     assert ok and ok_ms >= 150
     assert not failed
+
+
+# --- per-client rate limits: seed 004's "30/minute" per IP ---------------------------------
+
+SEED_004_RATE = RateLimit(count=30, per_s=60.0, burst=30)
+
+
+def from_address(url: str, address: str) -> httpx.AsyncClient:
+    """An HTTP client whose connections leave from `address` (any of 127.0.0.0/8 reaches 127.0.0.1)."""
+    return httpx.AsyncClient(base_url=url, timeout=WAIT_S, transport=httpx.AsyncHTTPTransport(local_address=address))
+
+
+async def test_thirty_a_minute_per_ip_limits_each_client_address_on_its_own(start) -> None:
+    service = await start(three_server_pool("web", max_concurrency=50, rate_limit=SEED_004_RATE))
+    with serving(make_app(Meter(), target=service.target, pool="web")) as url:
+        async with from_address(url, "127.0.0.1") as a, from_address(url, "127.0.0.2") as b:
+            first = [await a.get("/slow", params={"s": 0}) for _ in range(31)]
+            other = [await b.get("/slow", params={"s": 0}) for _ in range(5)]
+        await wait_no_leases(service.target)
+    assert [r.status_code for r in first] == [200] * 30 + [429]
+    assert int(first[-1].headers["retry-after"]) >= 1
+    assert first[-1].json()["reason"] == "RATE_LIMITED" and first[-1].json()["pool"] == "web"
+    assert [r.status_code for r in other] == [200] * 5
+
+
+async def test_a_proxy_count_reads_the_header_and_bad_input_never_fails_a_request(start) -> None:
+    service = await start(three_server_pool("web", rate_limit=RateLimit(count=2, per_s=60.0, burst=2)))
+
+    def broken(environ: Any) -> str:
+        raise RuntimeError("no session")
+
+    behind = make_app(Meter(), target=service.target, pool="web", trusted_proxies=TrustedProxies(count=1))
+    with serving(behind) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+
+            async def codes(forwarded_for: str) -> list[int]:
+                headers = {"X-Forwarded-For": forwarded_for}
+                return [(await http.get("/slow", params={"s": 0}, headers=headers)).status_code for _ in range(3)]
+
+            assert await codes("6.6.6.6, 198.51.100.1") == [200, 200, 429]
+            assert await codes("198.51.100.2") == [200, 200, 429]
+            assert await codes("1.2.3.4, unknown") == [200, 200, 429]  # malformed: the peer's bucket
+    with serving(make_app(Meter(), target=service.target, pool="web", client_key=broken)) as url:
+        async with from_address(url, "127.0.0.2") as b:
+            # The function raises: the address is the key; 127.0.0.2 has its own 2.
+            assert [(await b.get("/slow", params={"s": 0})).status_code for _ in range(3)] == [200, 200, 429]

@@ -9,6 +9,7 @@ Each framework lives in its own module, imported only when used, so importing
 - `loadwarden.sdk.integrations.django.AdmissionMiddleware` (settings.py)
 """
 
+from loadwarden.sdk.integrations._client_key import TrustedProxies
 from loadwarden.sdk.integrations._common import Admission, AdmissionChoiceError, AdmissionSettings
 
-__all__ = ["Admission", "AdmissionChoiceError", "AdmissionSettings"]
+__all__ = ["Admission", "AdmissionChoiceError", "AdmissionSettings", "TrustedProxies"]

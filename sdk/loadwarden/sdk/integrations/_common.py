@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from loadwarden.sdk import ResourceExhaustedError, SlotDenied, TlsConfig
+from loadwarden.sdk.integrations._client_key import TrustedProxies
 
 SLOT_FALLBACKS = ("local_limit", "fail_open", "fail_closed")  # the SDK's `slot_fallback` values
 MAX_PRIORITY = 9
@@ -63,6 +64,9 @@ class AdmissionSettings:
         tls: TLS (or mutual TLS) settings of the channel; None is plaintext.
         token: The service's client token (``[auth] client_token``); None sends none.
             Never shown in a repr.
+        trusted_proxies: The proxies in front of the app, whose forwarding header
+            names the client for per-client rate limits; None reads no header (the
+            client key is the peer's address).
     """
 
     target: str = "127.0.0.1:50051"
@@ -75,6 +79,7 @@ class AdmissionSettings:
     timeout_s: float = 1.0
     tls: TlsConfig | None = None
     token: str | None = field(default=None, repr=False)
+    trusted_proxies: TrustedProxies | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, str) or not self.target:
@@ -96,6 +101,11 @@ class AdmissionSettings:
             raise ValueError(f"tls must be a loadwarden.sdk.TlsConfig, got a {type(self.tls).__name__}")
         if self.token is not None and not isinstance(self.token, str):
             raise ValueError("token must be a string")
+        if self.trusted_proxies is not None and not isinstance(self.trusted_proxies, TrustedProxies):
+            raise ValueError(
+                "trusted_proxies must be a loadwarden.sdk.integrations.TrustedProxies, "
+                f"got a {type(self.trusted_proxies).__name__}"
+            )
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments of `Client` / `AsyncClient` for these settings."""
@@ -162,11 +172,31 @@ def retry_after_s(denied: SlotDenied | ResourceExhaustedError) -> int:
     return max(1, math.ceil(hint))
 
 
-def denied_body(denied: SlotDenied | ResourceExhaustedError, retry_after: int) -> bytes:
-    """The short JSON body of a 503 answer."""
-    reason = denied.denial if isinstance(denied, SlotDenied) else "RESOURCE_EXHAUSTED"
-    pool = denied.pool if isinstance(denied, SlotDenied) else ""
-    return json.dumps({"error": "overloaded", "reason": reason, "pool": pool, "retry_after_s": retry_after}).encode()
+def rate_limited(denied: SlotDenied | ResourceExhaustedError) -> bool:
+    """Whether the refusal is the pool's per-client rate limit (the service names the
+    field it refused, ``client_key:``), not a full queue."""
+    return isinstance(denied, ResourceExhaustedError) and denied.details.startswith("client_key:")
+
+
+def denied_status(denied: SlotDenied | ResourceExhaustedError) -> int:
+    """429 for a client over its rate limit, 503 for an overloaded pool."""
+    return 429 if rate_limited(denied) else 503
+
+
+def denied_document(denied: SlotDenied | ResourceExhaustedError, retry_after: int, pool: str = "") -> dict[str, Any]:
+    """The short JSON document of a 429 or 503 answer; `pool` is the one asked for."""
+    if rate_limited(denied):
+        error, reason = "rate_limited", "RATE_LIMITED"
+    else:
+        error, reason = "overloaded", denied.denial if isinstance(denied, SlotDenied) else "RESOURCE_EXHAUSTED"
+    if isinstance(denied, SlotDenied) and denied.pool:
+        pool = denied.pool
+    return {"error": error, "reason": reason, "pool": pool, "retry_after_s": retry_after}
+
+
+def denied_body(denied: SlotDenied | ResourceExhaustedError, retry_after: int, pool: str = "") -> bytes:
+    """`denied_document` as JSON bytes."""
+    return json.dumps(denied_document(denied, retry_after, pool)).encode()
 
 
 class ServerError(Exception):

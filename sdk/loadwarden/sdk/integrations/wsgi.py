@@ -10,11 +10,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from http import HTTPStatus
 from typing import Any
 
 from loadwarden.sdk import Client, NotFoundError, ResourceExhaustedError, SlotDenied
+from loadwarden.sdk.integrations._client_key import ClientKeys
 from loadwarden.sdk.integrations._common import (
     Admission,
     AdmissionSettings,
@@ -22,6 +24,7 @@ from loadwarden.sdk.integrations._common import (
     HeldSlot,
     ReleasingIterable,
     denied_body,
+    denied_status,
     retry_after_s,
     unknown_pool,
 )
@@ -31,15 +34,30 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
+def _peer(environ: Environ) -> str | None:
+    peer = environ.get("REMOTE_ADDR")
+    return peer if isinstance(peer, str) and peer else None
+
+
+def _header(environ: Environ, name: str) -> Sequence[str]:
+    # PEP 3333: HTTP_ plus the name in capitals with "_" for "-"; a server joins repeated lines with ",".
+    value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+    return [value] if isinstance(value, str) else []
+
+
 class AdmissionMiddleware:
     """Admits each request through a slot of a loadwarden pool.
 
     The slot is acquired before the app runs and released when the server closes
     the response iterable (PEP 3333), so a streaming response holds it until it
     ends; also when the app raises. The release reports the latency and success
-    (a status below 500). A denied request gets 503 with `Retry-After` (seconds,
-    rounded up) and a short JSON body, and the app does not run. While the
-    Decision service is unreachable, the client's `slot_fallback` answers.
+    (a status below 500). A denied request gets 503 (429 when the client is over
+    the pool's rate limit) with `Retry-After` (seconds, rounded up) and a short
+    JSON body, and the app does not run. While the Decision service is
+    unreachable, the client's `slot_fallback` answers. Every request carries a
+    client key for the pool's per-client rate limit: the client's IP address
+    (``REMOTE_ADDR``, or `trusted_proxies`' header when configured), or what
+    `client_key` returns.
 
     Args:
         app: The WSGI app.
@@ -47,8 +65,13 @@ class AdmissionMiddleware:
         choose: Function of the WSGI environ returning an `Admission`, a pool name
             or None (passes through unadmitted); None admits every request to the
             settings' pool.
+        client_key: Function of the WSGI environ returning the client key (None or
+            "" sends none); None uses the client's IP address. A function that
+            raises or returns a non-string is logged and the IP address is used; a
+            key that is not a valid name is sent hashed.
         settings: Admission settings; keyword arguments override its fields.
-        **fields: `AdmissionSettings` fields (target, pool, priority, wait_s, ...).
+        **fields: `AdmissionSettings` fields (target, pool, priority, wait_s,
+            trusted_proxies, ...).
 
     Raises:
         ValueError: A setting is out of range; the message names it.
@@ -60,6 +83,7 @@ class AdmissionMiddleware:
         *,
         client: Client | None = None,
         choose: Callable[[Environ], Admission | str | None] | None = None,
+        client_key: Callable[[Environ], str | None] | None = None,
         settings: AdmissionSettings | None = None,
         **fields: Any,
     ) -> None:
@@ -67,6 +91,7 @@ class AdmissionMiddleware:
         self.settings: AdmissionSettings = replace(settings or AdmissionSettings(), **fields)
         self._choose = choose
         self._chooser: Chooser[Environ] = Chooser(self.settings, choose)
+        self._keys: ClientKeys[Environ] = ClientKeys(client_key, self.settings.trusted_proxies, _peer, _header)
         self._owns_client = client is None
         self._client = client if client is not None else Client(self.settings.target, **self.settings.client_options())
 
@@ -79,11 +104,12 @@ class AdmissionMiddleware:
             priority=admission.priority,
             wait_s=self.settings.wait_s,
             lease_ttl_s=self.settings.lease_ttl_s,
+            client_key=self._keys(environ),
         )
         try:
             block.__enter__()
         except (SlotDenied, ResourceExhaustedError) as denied:
-            return _denied(start_response, denied)
+            return _denied(start_response, denied, admission.pool)
         except NotFoundError:
             raise unknown_pool(admission, self._choose) from None
         held = HeldSlot(block)
@@ -106,11 +132,12 @@ class AdmissionMiddleware:
             self._client.close()
 
 
-def _denied(start_response: StartResponse, denied: SlotDenied | ResourceExhaustedError) -> list[bytes]:
+def _denied(start_response: StartResponse, denied: SlotDenied | ResourceExhaustedError, pool: str) -> list[bytes]:
     retry_after = retry_after_s(denied)
-    body = denied_body(denied, retry_after)
+    body = denied_body(denied, retry_after, pool)
+    status = HTTPStatus(denied_status(denied))
     start_response(
-        "503 Service Unavailable",
+        f"{status.value} {status.phrase}",
         [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),

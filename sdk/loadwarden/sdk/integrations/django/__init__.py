@@ -12,7 +12,11 @@ Example (settings.py):
 Other settings: LOADWARDEN_TLS (a ``loadwarden.sdk.TlsConfig``), LOADWARDEN_TOKEN
 (the service's client token), LOADWARDEN_PRIORITY (0-9), LOADWARDEN_CALL_TIMEOUT (seconds),
 LOADWARDEN_LEASE_TTL (seconds), LOADWARDEN_CHOOSE (a function of the request, or
-its dotted path, returning an `Admission`, a pool name or None).
+its dotted path, returning an `Admission`, a pool name or None), LOADWARDEN_CLIENT_KEY
+(a function of the request, or its dotted path, returning the client key for the
+pool's per-client rate limit; by default the client's IP address) and
+LOADWARDEN_TRUSTED_PROXIES (a `TrustedProxies`: the proxies whose forwarding header
+names the client).
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ from django.http import HttpRequest, HttpResponse, JsonResponse  # type: ignore[
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]  # Django ships no type hints
 
 from loadwarden.sdk import Client, NotFoundError, ResourceExhaustedError, SlotDenied
+from loadwarden.sdk.integrations._client_key import ClientKeys
 from loadwarden.sdk.integrations._common import (
     AdmissionSettings,
     Chooser,
     HeldSlot,
     ReleasingIterable,
+    denied_document,
+    denied_status,
     retry_after_s,
     unknown_pool,
 )
@@ -48,6 +55,7 @@ SETTING_NAMES: dict[str, tuple[str, ...]] = {
     "timeout_s": ("LOADWARDEN_CALL_TIMEOUT",),
     "tls": ("LOADWARDEN_TLS",),
     "token": ("LOADWARDEN_TOKEN",),
+    "trusted_proxies": ("LOADWARDEN_TRUSTED_PROXIES",),
 }
 
 _clients: dict[AdmissionSettings, Client] = {}  # one client per distinct settings, for the process
@@ -105,16 +113,12 @@ class AdmissionMiddleware:
             raise MiddlewareNotUsed("LOAD_MANAGER_ENABLED is False")
         self.get_response = get_response
         self.settings: AdmissionSettings = admission_settings()
-        choose = getattr(django_settings, "LOADWARDEN_CHOOSE", None)
-        if isinstance(choose, str):
-            try:
-                choose = import_string(choose)
-            except ImportError as err:
-                raise ImproperlyConfigured(f"LOADWARDEN_CHOOSE: cannot import {choose!r}: {err}") from None
-        if choose is not None and not callable(choose):
-            raise ImproperlyConfigured(f"LOADWARDEN_CHOOSE must be a function of the request, got {choose!r}")
+        choose = _function_setting("LOADWARDEN_CHOOSE")
         self._choose = choose
         self._chooser: Chooser[HttpRequest] = Chooser(self.settings, choose)
+        self._keys: ClientKeys[HttpRequest] = ClientKeys(
+            _function_setting("LOADWARDEN_CLIENT_KEY"), self.settings.trusted_proxies, _peer, _header
+        )
         self._client = _shared_client(self.settings)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
@@ -126,11 +130,12 @@ class AdmissionMiddleware:
             priority=admission.priority,
             wait_s=self.settings.wait_s,
             lease_ttl_s=self.settings.lease_ttl_s,
+            client_key=self._keys(request),
         )
         try:
             block.__enter__()
         except (SlotDenied, ResourceExhaustedError) as denied:
-            return _denied(denied)
+            return _denied(denied, admission.pool)
         except NotFoundError:
             raise unknown_pool(admission, self._choose) from None
         held = HeldSlot(block)
@@ -147,12 +152,31 @@ class AdmissionMiddleware:
         return response
 
 
-def _denied(denied: SlotDenied | ResourceExhaustedError) -> JsonResponse:
+def _function_setting(name: str) -> Callable[..., Any] | None:
+    """The function a setting names (itself or its dotted path), or None when unset."""
+    function = getattr(django_settings, name, None)
+    if isinstance(function, str):
+        try:
+            function = import_string(function)
+        except ImportError as err:
+            raise ImproperlyConfigured(f"{name}: cannot import {function!r}: {err}") from None
+    if function is not None and not callable(function):
+        raise ImproperlyConfigured(f"{name} must be a function of the request, got {function!r}")
+    return function
+
+
+def _peer(request: HttpRequest) -> str | None:
+    peer = request.META.get("REMOTE_ADDR")
+    return peer if isinstance(peer, str) and peer else None
+
+
+def _header(request: HttpRequest, name: str) -> list[str]:
+    value = request.META.get("HTTP_" + name.upper().replace("-", "_"))
+    return [value] if isinstance(value, str) else []
+
+
+def _denied(denied: SlotDenied | ResourceExhaustedError, pool: str) -> JsonResponse:
     retry_after = retry_after_s(denied)
-    reason = denied.denial if isinstance(denied, SlotDenied) else "RESOURCE_EXHAUSTED"
-    response = JsonResponse(
-        {"error": "overloaded", "reason": reason, "pool": getattr(denied, "pool", ""), "retry_after_s": retry_after},
-        status=503,
-    )
+    response = JsonResponse(denied_document(denied, retry_after, pool), status=denied_status(denied))
     response["Retry-After"] = str(retry_after)
     return response
