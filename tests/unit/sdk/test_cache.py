@@ -495,3 +495,28 @@ def test_a_bug_in_a_store_is_not_hidden() -> None:
 
     with pytest.raises(AttributeError, match="a bug"):
         Cache(Broken()).get_or_compute("k", lambda: 1)
+
+
+# ------------------------------------------------------------- explicit API, stores
+
+
+def test_get_set_delete_keep_to_their_key() -> None:
+    cache = Cache()
+    missing = object()
+    assert cache.get(("user", 1), missing) is missing
+    assert cache.set(("user", 1), {"name": "Ada"}) is True
+    assert cache.get(("user", 1)) == {"name": "Ada"} and cache.get(("user", 2)) is None
+    assert cache.delete(("user", 1)) is True and cache.delete(("user", 1)) is False
+    assert cache.get(("user", 1), missing) is missing
+
+
+def test_a_redis_client_that_decodes_responses_is_refused() -> None:
+    import redis
+    import redis.asyncio
+
+    from loadwarden.sdk.cache import AsyncRedisStore, RedisStore
+
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        RedisStore(redis.Redis(decode_responses=True))
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        AsyncRedisStore(redis.asyncio.Redis(decode_responses=True))
