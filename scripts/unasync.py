@@ -61,6 +61,18 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
 # Prose that names the flavour, replaced verbatim (a docstring line may wrap elsewhere
 # after formatting, so each phrase is short).
 PROSE: list[tuple[str, str]] = [
+    # AsyncResourcePool / ResourcePool (before the line below takes its last sentence).
+    (
+        """    The loader and unloader are coroutine functions, awaited on the loop; run a
+    blocking load (`torch.load`, `from_pretrained`) in a thread so that it does not
+    stall the loop: `return await asyncio.to_thread(load_model, name)`. A load or
+    unload runs to its end even when the task that started it is cancelled (a
+    resource loaded for nobody stays loaded, unused). Use it from one event loop.
+""",
+        """    The loader and unloader are plain functions, called in the thread of the caller
+    that needs them, outside the pool's lock. Thread-safe.
+""",
+    ),
     ("Use it from one event loop.", "Thread-safe."),
     # AsyncClient / Client.
     (

@@ -1,4 +1,4 @@
-"""SDK metrics through the OpenTelemetry API: breaker state and transitions.
+"""SDK metrics through the OpenTelemetry API: breakers, routing tables, resource pools.
 
 Only the API is used here; an application that configures a MeterProvider (for
 instance with ``loadwarden.observability``) gets the numbers, one that does not
@@ -11,6 +11,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Iterable
+from typing import Protocol
 
 from opentelemetry import metrics
 
@@ -105,3 +106,73 @@ def _local_decisions(_options: object) -> Iterable[metrics.Observation]:
     stale = sum(t.stale_decisions for t in tables)
     fresh = sum(t.decisions for t in tables) - stale
     return [metrics.Observation(fresh, {"stale": False}), metrics.Observation(stale, {"stale": True})]
+
+
+class ResidentCount(Protocol):
+    """What the resident gauge reads of a resource pool: its name and its loaded resources' count."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def resident_count(self) -> int: ...
+
+
+class ResourcePoolMetrics:
+    """The resource pools' instruments, each by pool name (attribute ``pool``): counters
+    ``loadwarden.sdk.resource_pool.loads``, ``.load_failures``, ``.evictions`` and
+    ``.unload_failures``, added as they happen (rarely: a load is a model's), and the gauge
+    ``loadwarden.sdk.resource_pool.resident``, read from the live pools when collected."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.loads = meter.create_counter(
+            "loadwarden.sdk.resource_pool.loads", unit="{load}", description="Resources loaded, by resource pool"
+        )
+        self.load_failures = meter.create_counter(
+            "loadwarden.sdk.resource_pool.load_failures",
+            unit="{load}",
+            description="Loads whose loader raised, by resource pool",
+        )
+        self.evictions = meter.create_counter(
+            "loadwarden.sdk.resource_pool.evictions",
+            unit="{resource}",
+            description="Least recently used resources unloaded to make room, by resource pool",
+        )
+        self.unload_failures = meter.create_counter(
+            "loadwarden.sdk.resource_pool.unload_failures",
+            unit="{resource}",
+            description="Unloads whose unloader raised (the place was freed anyway), by resource pool",
+        )
+        self._pools: weakref.WeakSet[ResidentCount] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        meter.create_observable_gauge(
+            "loadwarden.sdk.resource_pool.resident",
+            callbacks=[self._resident],
+            unit="{resource}",
+            description="Resources loaded right now, by resource pool",
+        )
+
+    def track(self, pool: ResidentCount) -> None:
+        """Adds ``pool`` to the gauge while it lives."""
+        with self._lock:
+            self._pools.add(pool)
+
+    def _resident(self, _options: object) -> Iterable[metrics.Observation]:
+        with self._lock:
+            pools = list(self._pools)
+        by_name: dict[str, int] = {}
+        for pool in pools:
+            by_name[pool.name] = by_name.get(pool.name, 0) + pool.resident_count
+        return [metrics.Observation(count, {"pool": name}) for name, count in by_name.items()]
+
+
+_resource_pools: ResourcePoolMetrics | None = None
+
+
+def resource_pool_metrics() -> ResourcePoolMetrics:
+    """The instruments every resource pool shares (made on first use: an instrument name is registered once)."""
+    global _resource_pools
+    with _gauge_lock:
+        if _resource_pools is None:
+            _resource_pools = ResourcePoolMetrics(_meter)
+        return _resource_pools

@@ -18,6 +18,8 @@ substitution, so each pair here keeps one surface:
 - `AsyncReply` / `Reply`: one answer one caller waits for, with a timeout.
 - `AsyncOutbox` / `Outbox`: items put by callers and taken in batches by one worker.
 - `gather_async` / `gather`: run a function over items, at once on a loop, in turn on a thread.
+- `shielded_async` / `shielded`: run a function to its end even when the caller is
+  cancelled (a task awaited through `asyncio.shield`; a plain call on a thread).
 - `AsyncCancelled` / `Cancelled`: what a cancelled call raises; threads are never
   cancelled, so `Cancelled` is never raised.
 - `ASYNC_OPENS_CHANNEL_ON_FIRST_CALL` / `OPENS_CHANNEL_ON_FIRST_CALL`: a grpc.aio
@@ -304,6 +306,25 @@ def gather(fn: Callable[[Any], None], items: list[Any]) -> None:
     """Runs `fn(item)` for every item, one after the other (the sync twin of `gather_async`)."""
     for item in items:
         fn(item)
+
+
+# The tasks of `shielded_async`, held until they end (a loop keeps only weak references).
+_shielded: set[asyncio.Task[None]] = set()
+
+
+async def shielded_async(fn: Callable[[Any], Coroutine[Any, Any, None]], arg: Any) -> None:
+    """Runs `fn(arg)` in a task of the running loop (in the caller's context) and awaits it;
+    when the caller is cancelled, the task still runs to its end, and the caller gets the
+    `CancelledError` at once."""
+    task = asyncio.get_running_loop().create_task(fn(arg))
+    _shielded.add(task)
+    task.add_done_callback(_shielded.discard)
+    await asyncio.shield(task)
+
+
+def shielded(fn: Callable[[Any], None], arg: Any) -> None:
+    """Calls `fn(arg)`: a thread is never cancelled (the sync twin of `shielded_async`)."""
+    fn(arg)
 
 
 # ---------------------------------------------------------------------- workers
