@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
@@ -17,7 +18,8 @@ from fastapi.responses import StreamingResponse
 
 from loadwarden.sdk import AsyncClient
 from loadwarden.sdk.integrations import Admission, AdmissionChoiceError, TrustedProxies
-from loadwarden.sdk.integrations.asgi import AdmissionMiddleware
+from loadwarden.sdk.integrations.asgi import AdmissionMiddleware, HealthApp
+from loadwarden.sdk.integrations.health import AsyncHealth
 from loadwarden.server import RateLimit
 
 from ..conftest import three_server_pool
@@ -402,3 +404,99 @@ async def wait_no_leases_in(target: str, pool: str) -> None:
     async with asyncio.timeout(WAIT_S):
         while await active_leases(target, pool):
             await asyncio.sleep(0.02)
+
+
+# --- the health document: seed 004's /api/health --------------------------------------------
+
+
+class Database:
+    """A stand-in database whose ping the test breaks and mends."""
+
+    def __init__(self) -> None:
+        self.up = True
+
+    async def ping(self) -> str:
+        if not self.up:
+            raise ConnectionError("database is down")
+        return "connected"
+
+
+async def test_the_health_path_reports_checks_breakers_and_the_fallback(start) -> None:
+    service = await start(three_server_pool("web", max_concurrency=1))
+    database = Database()
+    release = asyncio.Event()
+    meter = Meter()
+    app = make_app(
+        meter,
+        release,
+        target=service.target,
+        pool="web",
+        timeout_s=0.3,
+        health_path="/api/health",
+        health_checks={"database": database.ping},
+    )
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+        ok = await http.get("/api/health")
+        assert ok.status_code == 200 and ok.headers["cache-control"] == "no-store"
+        body = ok.json()
+        assert body["status"] == "ready" and body["timestamp"]
+        assert body["checks"]["database"] == {"state": "ok", "critical": True, "detail": "connected"}
+        plane = body["checks"]["control_plane"]
+        assert plane["state"] == "ok" and plane["critical"] is False
+        assert plane["fallback"] == "local_limit" and plane["fallback_in_use"] is False
+        assert plane["breakers"]["AcquireSlot"] == "closed"
+
+        # Never admitted: it answers while the pool's only slot is held.
+        async with http.stream("GET", "/stream") as held:
+            assert await anext(held.aiter_lines()) == "first"
+            assert (await http.get("/slow", params={"s": 0})).status_code == 503
+            assert (await http.get("/api/health")).status_code == 200
+            release.set()
+
+        database.up = False
+        down = await http.get("/api/health")
+        assert down.status_code == 503 and down.json()["status"] == "not_ready"
+        assert down.json()["checks"]["database"] == {
+            "state": "failing",
+            "critical": True,
+            "detail": "ConnectionError: database is down",
+        }
+        assert (await http.post("/api/health")).status_code == 405
+
+        # The control plane gone: requests fall back locally, the breaker opens.
+        database.up = True
+        await service.stop(0)
+        fallback = [(await http.get("/slow", params={"s": 0})).status_code for _ in range(6)]
+        assert fallback == [200] * 6  # local_limit: served
+        degraded = await http.get("/api/health")
+        assert degraded.status_code == 200  # degraded is still ready: the fallback serves
+        body = degraded.json()
+        assert body["status"] == "degraded"
+        plane = body["checks"]["control_plane"]
+        assert plane["state"] == "failing" and plane["detail"].startswith("unreachable")
+        assert plane["fallback_in_use"] is True and plane["breakers"]["AcquireSlot"] == "open"
+        database.up = False
+        assert (await http.get("/api/health")).status_code == 503
+
+
+async def test_the_health_app_serves_a_document_of_its_own(start) -> None:
+    service = await start(three_server_pool("web"))
+    async with AsyncClient(service.target) as client:
+        health = AsyncHealth(client, pool="web")
+
+        def slow_check() -> None:
+            time.sleep(0.5)  # a plain function runs in a thread, and is cut at the deadline
+
+        health.add_check("cache", slow_check, critical=False)
+        health.timeout_s = 0.1
+        app = FastAPI()
+        app.add_route("/healthz", HealthApp(health))  # type: ignore[arg-type]  # Starlette types only request-response functions; an ASGI app is routed as one too
+        async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+            answer = await http.get("/healthz")
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "degraded"
+    assert answer.json()["checks"]["cache"] == {
+        "state": "failing",
+        "critical": False,
+        "detail": "no answer within 100 ms",
+    }

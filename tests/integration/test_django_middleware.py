@@ -7,7 +7,11 @@ so requests run in worker threads."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,18 +22,33 @@ import pytest
 from django.conf import settings  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
 
 if not settings.configured:  # once per process; tests set the rest with override_settings
-    settings.configure(DEBUG=False, ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, DATABASES={}, MIDDLEWARE=[])
+    DB_DIR = tempfile.mkdtemp(prefix="loadwarden-django-")  # a file: every request thread sees the same tables
+    atexit.register(shutil.rmtree, DB_DIR, ignore_errors=True)
+    settings.configure(
+        DEBUG=False,
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF=__name__,
+        SECRET_KEY="loadwarden-tests-only",
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.path.join(DB_DIR, "db.sqlite3")}},
+        INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions"],
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],  # fast; tests only
+        MIDDLEWARE=[],
+    )
     django.setup()
+    from django.core.management import call_command  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
+
+    call_command("migrate", verbosity=0)
 
 from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
 from django.test import Client as DjangoClient  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
 from django.test import override_settings
-from django.urls import path  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
+from django.urls import include, path  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
 
 from loadwarden.sdk import AsyncClient
 from loadwarden.sdk.integrations import TrustedProxies
 from loadwarden.sdk.integrations.django import AdmissionMiddleware
+from loadwarden.sdk.integrations.django.views import database_check, health_checks
 from loadwarden.server import AuthSettings, RateLimit
 
 from ..conftest import three_server_pool
@@ -79,7 +98,12 @@ def stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks())
 
 
-urlpatterns = [path("slow", slow), path("boom", boom), path("stream", stream)]
+urlpatterns = [
+    path("slow", slow),
+    path("boom", boom),
+    path("stream", stream),
+    path("", include("loadwarden.sdk.integrations.django.urls")),  # seed 000's include
+]
 
 
 def seed_settings(target: str, **extra: object) -> override_settings:
@@ -285,3 +309,66 @@ async def test_trusted_proxies_and_a_broken_client_key_setting(start) -> None:
     with seed_settings(service.target, LOADWARDEN_CLIENT_KEY=f"{__name__}.broken_client_key"):
         answers = [await asyncio.to_thread(get_from, "/slow?s=0", "198.51.100.3") for _ in range(3)]
     assert [r.status_code for r in answers] == [200, 200, 429]  # the address, since the function raised
+
+
+# --- the health document: seed 004's /api/health --------------------------------------------
+
+database_up = threading.Event()
+
+
+def flaky_database() -> str:
+    """The real database's ping (sqlite), failing while the test says it is down."""
+    if not database_up.is_set():
+        raise ConnectionError("database is down")
+    return database_check()()
+
+
+async def test_the_health_view_reports_the_database_breakers_and_the_fallback(start) -> None:
+    service = await start(three_server_pool("web", max_concurrency=1))
+    checks = {"database": f"{__name__}.flaky_database", "cache": {"check": lambda: False, "critical": False}}
+    database_up.set()
+    with seed_settings(service.target, LOADWARDEN_HEALTH_CHECKS=checks, LOADWARDEN_CALL_TIMEOUT=0.3):
+        degraded = await asyncio.to_thread(get, "/api/health/")
+        assert degraded.status_code == 200 and degraded["Cache-Control"] == "no-store"
+        body = degraded.json()
+        assert body["status"] == "degraded"  # the cache check
+        assert body["checks"]["database"] == {"state": "ok", "critical": True, "detail": "connected"}
+        assert body["checks"]["cache"]["state"] == "failing" and body["checks"]["cache"]["critical"] is False
+        plane = body["checks"]["control_plane"]
+        assert plane["state"] == "ok" and plane["fallback_in_use"] is False
+        assert plane["breakers"]["AcquireSlot"] == "closed"
+
+        # Exempt from admission: it answers while a request holds the pool's only slot.
+        held = await asyncio.to_thread(get, "/stream")
+        chunks = iter(held.streaming_content)
+        assert await asyncio.to_thread(next, chunks) == b"first"
+        assert (await asyncio.to_thread(get, "/slow?s=0")).status_code == 503
+        assert (await asyncio.to_thread(get, "/api/health/")).status_code == 200
+        release.set()
+        await asyncio.to_thread(lambda: b"".join(chunks))
+        held.close()
+
+        database_up.clear()
+        down = await asyncio.to_thread(get, "/api/health/")
+        assert down.status_code == 503 and down.json()["status"] == "not_ready"
+        assert down.json()["checks"]["database"]["detail"] == "ConnectionError: database is down"
+
+        database_up.set()
+        await service.stop(0)
+        served = [(await asyncio.to_thread(get, "/slow?s=0")).status_code for _ in range(6)]
+        assert served == [200] * 6  # the local fallback
+        gone = await asyncio.to_thread(get, "/api/health/")
+        assert gone.status_code == 200
+        plane = gone.json()["checks"]["control_plane"]
+        assert plane["state"] == "failing" and plane["detail"].startswith("unreachable")
+        assert plane["fallback"] == "local_limit" and plane["fallback_in_use"] is True
+        assert plane["breakers"]["AcquireSlot"] == "open"
+
+
+def test_a_bad_health_checks_setting_names_the_entry() -> None:
+    missing = seed_settings("127.0.0.1:1", LOADWARDEN_HEALTH_CHECKS={"db": "no.such.check"})
+    with missing, pytest.raises(ImproperlyConfigured, match=r"LOADWARDEN_HEALTH_CHECKS\['db'\]: cannot import"):
+        health_checks()
+    not_a_bool = seed_settings("127.0.0.1:1", LOADWARDEN_HEALTH_CHECKS={"db": {"check": print, "critical": "yes"}})
+    with not_a_bool, pytest.raises(ImproperlyConfigured, match="critical must be True or False"):
+        health_checks()

@@ -17,6 +17,7 @@ from flask import Flask, Response, request
 
 from loadwarden.sdk import AsyncClient
 from loadwarden.sdk.integrations import TrustedProxies
+from loadwarden.sdk.integrations.health import HealthCheck
 from loadwarden.sdk.integrations.wsgi import AdmissionMiddleware
 from loadwarden.server import RateLimit
 
@@ -261,3 +262,71 @@ async def test_a_proxy_count_reads_the_header_and_bad_input_never_fails_a_reques
         async with from_address(url, "127.0.0.2") as b:
             # The function raises: the address is the key; 127.0.0.2 has its own 2.
             assert [(await b.get("/slow", params={"s": 0})).status_code for _ in range(3)] == [200, 200, 429]
+
+
+# --- the health document: seed 004's /api/health --------------------------------------------
+
+
+async def test_the_health_path_reports_checks_breakers_and_the_fallback(start) -> None:
+    service = await start(three_server_pool("web"))
+    database = {"up": True}
+
+    def ping() -> str:
+        if not database["up"]:
+            raise ConnectionError("database is down")
+        return "connected"
+
+    def cache() -> bool:
+        return False  # a non-critical check that fails: degraded, not down
+
+    app = make_app(
+        Meter(),
+        target=service.target,
+        pool="web",
+        timeout_s=0.3,
+        health_path="/api/health",
+        health_checks={"database": ping, "cache": HealthCheck(cache, critical=False)},
+    )
+    with serving(app) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+            ok = await http.get("/api/health")
+            assert ok.status_code == 200, ok.text
+            body = ok.json()
+            assert body["status"] == "degraded"  # the cache
+            assert body["checks"]["database"] == {"state": "ok", "critical": True, "detail": "connected"}
+            assert body["checks"]["cache"] == {
+                "state": "failing",
+                "critical": False,
+                "detail": "the check returned False",
+            }
+            assert body["checks"]["control_plane"]["state"] == "ok"
+            assert body["checks"]["control_plane"]["breakers"]["AcquireSlot"] == "closed"
+            assert await active_leases(service.target) == 0  # never admitted
+
+            database["up"] = False
+            down = await http.get("/api/health")
+            assert down.status_code == 503 and down.json()["status"] == "not_ready"
+            assert down.json()["checks"]["database"]["detail"] == "ConnectionError: database is down"
+
+            database["up"] = True
+            await service.stop(0)
+            assert [(await http.get("/slow", params={"s": 0})).status_code for _ in range(6)] == [200] * 6
+            degraded = await http.get("/api/health")
+            assert degraded.status_code == 200
+            plane = degraded.json()["checks"]["control_plane"]
+            assert plane["state"] == "failing" and plane["detail"].startswith("unreachable")
+            assert plane["fallback"] == "local_limit" and plane["fallback_in_use"] is True
+            assert plane["breakers"]["AcquireSlot"] == "open"
+            head = await http.head("/api/health")
+            assert head.status_code == 200 and head.content == b""
+
+
+async def test_under_fail_closed_an_unreachable_control_plane_is_not_ready(start) -> None:
+    running = await start(three_server_pool("web"))
+    await running.stop(0)
+    with serving(make_app(Meter(), target=running.target, slot_fallback="fail_closed", health_path="/health")) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+            answer = await http.get("/health")
+    assert answer.status_code == 503
+    plane = answer.json()["checks"]["control_plane"]
+    assert plane["critical"] is True and plane["fallback"] == "fail_closed" and plane["state"] == "failing"

@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +27,14 @@ from loadwarden.sdk.integrations._common import (
     rate_limited,
     retry_after_s,
     unknown_pool,
+)
+from loadwarden.sdk.integrations.health import (
+    HEALTH_HEADERS,
+    AsyncCheck,
+    AsyncHealth,
+    HealthCheck,
+    health_body,
+    http_status,
 )
 
 Scope = MutableMapping[str, Any]
@@ -92,6 +100,11 @@ class AdmissionMiddleware:
         websocket_client: Client of WebSocket admissions; the caller owns it. When
             None: one made from the settings (closed at lifespan shutdown) when the
             middleware makes its own HTTP client, else `client`.
+        health_path: Path (e.g. "/api/health") the middleware answers itself, never
+            admitted, with the health document of its own client (see
+            `loadwarden.sdk.integrations.health`); None serves none.
+        health_checks: The app's checks in that document, by name: a check
+            (critical) or a `HealthCheck`.
         settings: Admission settings; keyword arguments override its fields.
         **fields: `AdmissionSettings` fields (target, pool, priority, wait_s,
             trusted_proxies, ...).
@@ -110,6 +123,8 @@ class AdmissionMiddleware:
         websockets: bool = True,
         websocket_pool: str | None = None,
         websocket_client: AsyncClient | None = None,
+        health_path: str | None = None,
+        health_checks: Mapping[str, AsyncCheck | HealthCheck] | None = None,
         settings: AdmissionSettings | None = None,
         **fields: Any,
     ) -> None:
@@ -132,6 +147,21 @@ class AdmissionMiddleware:
             self._ws_client = websocket_client
         else:
             self._ws_client = self._own_client() if client is None and websockets else self._client
+        if health_path is not None and (not isinstance(health_path, str) or not health_path.startswith("/")):
+            raise ValueError(f"health_path must be a path starting with '/', or None, got {health_path!r}")
+        if health_checks and health_path is None:
+            raise ValueError("health_checks need a health_path to be served at")
+        self._health_path = health_path
+        self.health: AsyncHealth | None = None
+        """The health document served at `health_path` (add checks with `health.add_check`)."""
+        if health_path is not None:
+            self.health = AsyncHealth(
+                self._client,
+                pool=self.settings.pool,
+                timeout_s=self.settings.timeout_s,
+                slot_fallback=self.settings.slot_fallback,
+            )
+            self.health.add_checks(health_checks or {})
 
     def _own_client(self) -> AsyncClient:
         made = AsyncClient(self.settings.target, **self.settings.client_options())
@@ -148,6 +178,9 @@ class AdmissionMiddleware:
             return
         if kind != "http":
             await self.app(scope, receive, send)
+            return
+        if self.health is not None and scope.get("path") == self._health_path:
+            await serve_health(self.health, scope, send)
             return
         admission = self._chooser(scope)
         if admission is None:
@@ -238,6 +271,40 @@ class AdmissionMiddleware:
         """Closes the clients the middleware made (not ones it was given)."""
         for client in self._owned:
             await client.close()
+
+
+class HealthApp:
+    """An ASGI app answering every GET or HEAD with `health`'s document (503 when not
+    ready), e.g. ``app.add_route("/api/health", HealthApp(health))`` in Starlette/FastAPI.
+
+    Args:
+        health: The document to serve; give it the client the admission middleware uses.
+    """
+
+    def __init__(self, health: AsyncHealth) -> None:
+        if not isinstance(health, AsyncHealth):
+            raise ValueError(f"health must be an AsyncHealth, got {health!r}")
+        self.health = health
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError(f"HealthApp serves HTTP only, got a {scope['type']!r} scope")
+        await serve_health(self.health, scope, send)
+
+
+async def serve_health(health: AsyncHealth, scope: Scope, send: Send) -> None:
+    """Answers one HTTP request with `health`'s document (405 for a method other than GET/HEAD)."""
+    if scope.get("method", "GET") not in ("GET", "HEAD"):
+        body = b'{"error":"method_not_allowed"}'
+        status, headers = 405, [(b"allow", b"GET, HEAD"), (b"content-type", b"application/json")]
+    else:
+        document = await health.document()
+        body = health_body(document)
+        status = http_status(document)
+        headers = [(k.lower().encode(), v.encode()) for k, v in HEALTH_HEADERS]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})
 
 
 async def _send_denied(send: Send, denied: SlotDenied | ResourceExhaustedError, pool: str) -> None:

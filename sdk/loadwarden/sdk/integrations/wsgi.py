@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from http import HTTPStatus
 from typing import Any
@@ -28,6 +28,7 @@ from loadwarden.sdk.integrations._common import (
     retry_after_s,
     unknown_pool,
 )
+from loadwarden.sdk.integrations.health import HEALTH_HEADERS, Check, Health, HealthCheck, health_body, http_status
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -69,6 +70,11 @@ class AdmissionMiddleware:
             "" sends none); None uses the client's IP address. A function that
             raises or returns a non-string is logged and the IP address is used; a
             key that is not a valid name is sent hashed.
+        health_path: Path (e.g. "/api/health") the middleware answers itself, never
+            admitted, with the health document of its own client (see
+            `loadwarden.sdk.integrations.health`); None serves none.
+        health_checks: The app's checks in that document, by name: a check
+            (critical) or a `HealthCheck`.
         settings: Admission settings; keyword arguments override its fields.
         **fields: `AdmissionSettings` fields (target, pool, priority, wait_s,
             trusted_proxies, ...).
@@ -84,6 +90,8 @@ class AdmissionMiddleware:
         client: Client | None = None,
         choose: Callable[[Environ], Admission | str | None] | None = None,
         client_key: Callable[[Environ], str | None] | None = None,
+        health_path: str | None = None,
+        health_checks: Mapping[str, Check | HealthCheck] | None = None,
         settings: AdmissionSettings | None = None,
         **fields: Any,
     ) -> None:
@@ -94,8 +102,25 @@ class AdmissionMiddleware:
         self._keys: ClientKeys[Environ] = ClientKeys(client_key, self.settings.trusted_proxies, _peer, _header)
         self._owns_client = client is None
         self._client = client if client is not None else Client(self.settings.target, **self.settings.client_options())
+        if health_path is not None and (not isinstance(health_path, str) or not health_path.startswith("/")):
+            raise ValueError(f"health_path must be a path starting with '/', or None, got {health_path!r}")
+        if health_checks and health_path is None:
+            raise ValueError("health_checks need a health_path to be served at")
+        self._health_path = health_path
+        self.health: Health | None = None
+        """The health document served at `health_path` (add checks with `health.add_check`)."""
+        if health_path is not None:
+            self.health = Health(
+                self._client,
+                pool=self.settings.pool,
+                timeout_s=self.settings.timeout_s,
+                slot_fallback=self.settings.slot_fallback,
+            )
+            self.health.add_checks(health_checks or {})
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self.health is not None and environ.get("PATH_INFO") == self._health_path:
+            return serve_health(self.health, environ, start_response)
         admission = self._chooser(environ)
         if admission is None:
             return self.app(environ, start_response)
@@ -130,6 +155,39 @@ class AdmissionMiddleware:
         """Closes the client the middleware made (not one it was given)."""
         if self._owns_client:
             self._client.close()
+
+
+class HealthApp:
+    """A WSGI app answering every GET or HEAD with `health`'s document (503 when not ready).
+
+    Args:
+        health: The document to serve; give it the client the admission middleware uses.
+    """
+
+    def __init__(self, health: Health) -> None:
+        if not isinstance(health, Health):
+            raise ValueError(f"health must be a Health, got {health!r}")
+        self.health = health
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        return serve_health(self.health, environ, start_response)
+
+
+def serve_health(health: Health, environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """Answers one request with `health`'s document (405 for a method other than GET/HEAD)."""
+    method = environ.get("REQUEST_METHOD", "GET")
+    if method not in ("GET", "HEAD"):
+        body = b'{"error":"method_not_allowed"}'
+        start_response(
+            "405 Method Not Allowed",
+            [("Allow", "GET, HEAD"), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+    document = health.document()
+    body = health_body(document)
+    status = HTTPStatus(http_status(document))
+    start_response(f"{status.value} {status.phrase}", [*HEALTH_HEADERS, ("Content-Length", str(len(body)))])
+    return [b"" if method == "HEAD" else body]
 
 
 def _denied(start_response: StartResponse, denied: SlotDenied | ResourceExhaustedError, pool: str) -> list[bytes]:

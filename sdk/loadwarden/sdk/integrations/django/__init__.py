@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings as django_settings  # type: ignore[import-untyped]  # Django ships no type hints
 from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed  # type: ignore[import-untyped]  # Django ships no type hints
 from django.http import HttpRequest, HttpResponse, JsonResponse  # type: ignore[import-untyped]  # Django ships no type hints
+from django.urls import Resolver404, resolve  # type: ignore[import-untyped]  # Django ships no type hints
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]  # Django ships no type hints
 
 from loadwarden.sdk import Client, NotFoundError, ResourceExhaustedError, SlotDenied
@@ -83,7 +84,31 @@ def admission_settings() -> AdmissionSettings:
         raise ImproperlyConfigured(f"{name}: {err}") from None
 
 
-def _shared_client(settings: AdmissionSettings) -> Client:
+ViewT = TypeVar("ViewT", bound=Callable[..., Any])
+EXEMPT_ATTRIBUTE = "loadwarden_exempt"
+
+
+def admission_exempt(view: ViewT) -> ViewT:
+    """Marks a view the middleware lets through unadmitted (health probes, dashboards).
+
+    Example:
+        @admission_exempt
+        def ping(request): ...
+    """
+    setattr(view, EXEMPT_ATTRIBUTE, True)
+    return view
+
+
+def _exempt(request: HttpRequest) -> bool:
+    try:
+        match = resolve(request.path_info, getattr(request, "urlconf", None))
+    except Resolver404:
+        return False
+    return bool(getattr(match.func, EXEMPT_ATTRIBUTE, False))
+
+
+def shared_client(settings: AdmissionSettings) -> Client:
+    """The process's one `Client` for `settings` (the middleware's and the views')."""
     with _clients_lock:
         client = _clients.get(settings)
         if client is None:
@@ -119,9 +144,11 @@ class AdmissionMiddleware:
         self._keys: ClientKeys[HttpRequest] = ClientKeys(
             _function_setting("LOADWARDEN_CLIENT_KEY"), self.settings.trusted_proxies, _peer, _header
         )
-        self._client = _shared_client(self.settings)
+        self._client = shared_client(self.settings)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if _exempt(request):
+            return self.get_response(request)
         admission = self._chooser(request)
         if admission is None:
             return self.get_response(request)
