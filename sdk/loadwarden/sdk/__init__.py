@@ -17,6 +17,7 @@ from loadwarden.sdk._admin_types import Configured, OperationConfig, OutlierDete
 from loadwarden.sdk._async.admin import AsyncAdmin
 from loadwarden.sdk._async.client import AsyncClient
 from loadwarden.sdk._async.queue import AsyncRequestQueue
+from loadwarden.sdk._async.resource_pool import AsyncResourcePool
 from loadwarden.sdk._breaker import BreakerConfig, BreakerEvent, BreakerState, CircuitBreaker
 from loadwarden.sdk._errors import (
     DeadlineExceededError,
@@ -36,11 +37,13 @@ from loadwarden.sdk._errors import (
 from loadwarden.sdk._queue import QueueFull, QueueStats, QueueTimeout
 from loadwarden.sdk._reporter import BackendReporter, ReporterStats
 from loadwarden.sdk._resilience import BreakerOpenError, deadline
+from loadwarden.sdk._resource_pool import ResourcePoolClosed, ResourcePoolStats, ResourcePoolTimeout
 from loadwarden.sdk._retry import RetryConfig
 from loadwarden.sdk._route import Route
 from loadwarden.sdk._sync.admin import Admin
 from loadwarden.sdk._sync.client import Client
 from loadwarden.sdk._sync.queue import RequestQueue
+from loadwarden.sdk._sync.resource_pool import ResourcePool
 from loadwarden.sdk._tls import TlsConfig
 from loadwarden.sdk._types import (
     BatchAdjustment,
@@ -66,6 +69,7 @@ __all__ = [
     "AsyncAdmin",
     "AsyncClient",
     "AsyncRequestQueue",
+    "AsyncResourcePool",
     "BackendReporter",
     "BatchAdjustment",
     "BatchMode",
@@ -102,6 +106,10 @@ __all__ = [
     "ReporterStats",
     "RequestQueue",
     "ResourceExhaustedError",
+    "ResourcePool",
+    "ResourcePoolClosed",
+    "ResourcePoolStats",
+    "ResourcePoolTimeout",
     "RetryConfig",
     "Route",
     "RpcCancelledError",
