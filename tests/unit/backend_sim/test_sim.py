@@ -54,6 +54,7 @@ PUBLIC_NAMES = {
     "parse_scenario",
     "render_markdown",
     "reward",
+    "scenario_schema",
     "simulate",
     "start_backend",
     "summarize",

@@ -25,6 +25,8 @@ strategy and write it with ``write_report`` and ``write_plots``::
         result = simulate(spec.scenario(), name, spec.strategy_params(name))
         runs.append(StrategyRun(name, result.records, tuple(s.id for s in spec.servers), result.loads))
     print(render_markdown(Report(spec, tuple(runs))))
+
+``scenario_schema()`` is the JSON Schema of a scenario file, for editors.
 """
 
 from ._backend import RunningBackend, SimulatedBackend, start_backend
@@ -35,6 +37,7 @@ from ._processes import ProcessGroup
 from ._progress import Progress
 from ._report import Report, StrategyRun, render_markdown, write_report
 from ._scenario_file import ScenarioError, ScenarioSpec, Traffic, load_scenario, parse_scenario
+from ._scenario_tables import scenario_schema
 from ._sim import CoreTiming, SimResult, simulate
 from ._summary import LoadRecord, RequestLog, RequestRecord, Summary, reward, summarize
 from ._traffic import TrafficPlan, TrafficResult, TrafficRunner
@@ -72,6 +75,7 @@ __all__ = [
     "parse_scenario",
     "render_markdown",
     "reward",
+    "scenario_schema",
     "simulate",
     "start_backend",
     "summarize",

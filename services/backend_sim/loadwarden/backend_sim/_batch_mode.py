@@ -27,17 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import grpc
+from pydantic import ValidationError
 
-from loadwarden.policy import InvalidArgument, OperationSettings, parse_operation
+from loadwarden.policy import InvalidArgument, OperationSettings, parse_operation, shown
 from loadwarden.policy.batching import MODES
 from loadwarden.sdk import AsyncClient, LoadwardenError
+from loadwarden.server.fields import Checked, Count, Number, described, first_problem, problem, table_of
 
 from ._summary import percentile
 
@@ -102,6 +103,30 @@ class BatchSettings:
         return {**self.operation_settings, **params, "mode": controller, "load_source": "pool", "pool": pool}
 
 
+def _operation(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise problem(f"must be a non-empty string, got {shown(value)}")
+    return value
+
+
+BATCH_TABLE = table_of(
+    "Batch",
+    {
+        BatchSettings: {
+            "operation": Annotated[str, Checked(_operation, type="string", minLength=1)],
+            "workers": Annotated[int, Count(1, 64)],
+            "item_cost": Annotated[float, Number(wording="bounds")],
+            "pause_ms": Annotated[float, Number(wording="bounds")],
+        }
+    },
+    "Mode batch: the batch operation every run registers and the batch workers, read by `loadwarden evaluate`;"
+    " every key but the workers' is an operation setting, as in [operations.X] of loadwarden.toml"
+    " (validated with the service's parse_operation; [params.<controller>] overrides them per run).",
+    extra={key: (Any, None, described(OperationSettings).get(key, "An operation setting.")) for key in _OPERATION_KEYS},
+)
+"""The ``[batch]`` table's keys and the workers' types; the operation settings go to the service's parser."""
+
+
 def parse_batch(
     raw: Mapping[str, Any], *, pool: str, controllers: Sequence[str], params: Mapping[str, Mapping[str, Any]]
 ) -> BatchSettings:
@@ -118,33 +143,21 @@ def parse_batch(
             or ``"strategies[i]: ..."``.
     """
     if not isinstance(raw, Mapping):
-        raise ValueError(f"batch: must be a table, got {raw!r}")
-    operation = raw.get("operation", DEFAULT_OPERATION)
-    if not isinstance(operation, str) or not operation:
-        raise ValueError(f"batch.operation: must be a non-empty string, got {operation!r}")
-    workers = raw.get("workers", 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
-        raise ValueError(f"batch.workers: must be an integer in [1, 64], got {workers!r}")
-    for key in ("item_cost", "pause_ms"):
-        value = raw.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-            raise ValueError(f"batch.{key}: must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"batch: must be a table, got {shown(raw)}")
     for key in _RESERVED:
         if key in raw:
             raise ValueError(f"batch.{key}: set by the run (mode = the strategy, load_source = pool)")
-    valid = sorted([*_WORKER_KEYS, *_OPERATION_KEYS])
-    for key in raw:
-        if key not in valid:
-            raise ValueError(f"batch.{key}: unknown key; valid keys: {', '.join(valid)}")
+    try:
+        table = BATCH_TABLE.model_validate(dict(raw))
+    except ValidationError as exc:
+        key, wrong = first_problem(exc, BATCH_TABLE)
+        raise ValueError(f"batch.{key}: {wrong}") from None
     settings = BatchSettings(
-        operation=operation,
-        workers=workers,
-        item_cost=float(raw.get("item_cost", 0.1)),
-        pause_ms=float(raw.get("pause_ms", 0)),
+        **{key: getattr(table, key) for key in _WORKER_KEYS},
         operation_settings={k: v for k, v in raw.items() if k not in _WORKER_KEYS},
     )
     try:
-        parse_operation(operation, "batch.operation", settings.operation_settings, "batch")
+        parse_operation(settings.operation, "batch.operation", settings.operation_settings, "batch")
     except InvalidArgument as exc:
         raise ValueError(f"{exc.field}: {exc.problem}") from None
     for i, controller in enumerate(controllers):
@@ -158,7 +171,10 @@ def parse_batch(
                 raise ValueError(f"params.{controller}.{key}: not an operation setting a run may change")
         try:
             parse_operation(
-                operation, "batch.operation", settings.operation_config(controller, own, pool), f"params.{controller}"
+                settings.operation,
+                "batch.operation",
+                settings.operation_config(controller, own, pool),
+                f"params.{controller}",
             )
         except InvalidArgument as exc:
             raise ValueError(f"{exc.field}: {exc.problem}") from None

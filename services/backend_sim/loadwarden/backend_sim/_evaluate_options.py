@@ -1,7 +1,8 @@
 """What ``evaluate`` adds to the scenario format, read by ``_scenario_file`` when a file loads.
 
 ``check_batch`` validates the ``[batch]`` table (mode batch; see ``_batch_mode``),
-so a bad key fails the load naming ``batch.<key>`` before anything starts.
+so a bad key fails the load naming ``batch.<key>`` before anything starts;
+``BATCH_TABLE`` describes it in the scenario file's JSON Schema.
 Per-controller checks (``[params.<controller>]`` merged over ``[batch]``) run in
 ``evaluate`` before it starts a process, with ``parse_batch``.
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._batch_mode import parse_batch
+from ._batch_mode import BATCH_TABLE, parse_batch
+
+__all__ = ["BATCH_TABLE", "OPTIONS", "check_batch"]
 
 # Extra [evaluate] options: name -> check(value, key) -> value; none beyond the scenario file's own.
 OPTIONS: dict[str, Callable[[Any, str], Any]] = {}

@@ -4,7 +4,10 @@
 runs; every problem raises ``ScenarioError`` whose message reads
 ``"<file>: <key>: <problem>"``, the key being the dotted TOML path
 (``traffic.rate_per_s``, ``backends[2].speed``, ``params.q_linear.epsilon``).
-The format is documented key by key in ``scenarios/README.md``.
+The format is documented key by key in ``scenarios/README.md``; its keys, types
+and ranges are the pydantic tables of ``_scenario_tables``, which also give the
+file's JSON Schema (``scenario_schema()``). This module checks what one value
+alone cannot say, and builds the spec.
 
 Decision modes: ``decisions = ["central", "local"]`` runs every strategy once
 per mode (central: the service decides, ``SelectServer``; local: the clients
@@ -28,16 +31,15 @@ validated, applied, when the file is loaded.
 Extension hook for ``evaluate``: if the module
 ``loadwarden.backend_sim._evaluate_options`` exists, its ``OPTIONS`` mapping
 (option name -> ``check(value, key) -> value`` raising ``ValueError(problem)``)
-adds ``[evaluate]`` options, and its ``check_batch(table, key) -> Mapping``
+adds ``[evaluate]`` options, its ``check_batch(table, key) -> Mapping``
 (raising ``ValueError("<key>: <problem>")`` or ``ScenarioError``) validates the
-``[batch]`` table; without it ``[batch]`` is passed through as read.
+``[batch]`` table, and its ``BATCH_TABLE`` describes that table in the schema;
+without it ``[batch]`` is passed through as read.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
-import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -46,16 +48,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from loadwarden.policy import InvalidArgument, check_name, parse_operation, parse_pool
+from pydantic import BaseModel, ValidationError
+
+from loadwarden.policy import InvalidArgument, check_name, parse_operation, parse_pool, shown
 from loadwarden.policy.batching import MODES
 from loadwarden.policy.limits import LIMITS, check_limit
 from loadwarden.policy.strategies import STRATEGIES, check_strategy, strategy_class
-from loadwarden.server import ConfigError, CoreLimits
+from loadwarden.server.fields import Table, first_problem
 
 from ._config import (
     DECISION_MODES,
-    MAX_REQUESTS,
-    SERVICE_DISTRIBUTIONS,
     Arrivals,
     ClosedLoop,
     Phase,
@@ -63,77 +65,24 @@ from ._config import (
     SimServer,
 )
 from ._config import capacity_per_s as _capacity_per_s
-
-MODES_BY_NAME = ("route", "slot", "batch")
-# Clients deciding locally when the file lists "local" without saying how many.
-DEFAULT_CLIENTS = 3
-# The most clients (real processes in evaluate) one scenario may ask for.
-MAX_CLIENTS = 64
-TRAFFIC_KINDS = ("open", "closed")
-SECTIONS = ("simulate", "evaluate")
-MAX_SERVERS = 100_000
-# Pool keys a scenario may not set in [pool]: the strategies list, [params] and [[backends]] set them.
-_POOL_RESERVED = {
-    "strategy": "strategies",
-    "strategy_params": "params",
-    "limit_algorithm": "strategies",
-    "limit_params": "params",
-    "servers": "backends",
-}
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_TOP_KEYS = (
-    "name",
-    "description",
-    "seed",
-    "mode",
-    "strategies",
-    "decisions",
-    "clients",
-    "route_push_interval_ms",
-    "warmup_s",
-    "timeout_ms",
-    "load_report_interval_ms",
-    "params",
-    "pool",
-    "traffic",
-    "backends",
-    "batch",
-    "simulate",
-    "evaluate",
+from ._scenario_tables import (
+    COMMAND_OPTIONS,
+    DEFAULT_CLIENTS,
+    MAX_SERVERS,
+    MERGED_TABLES,
+    MODES_BY_NAME,
+    OVERRIDES,
+    POOL_RESERVED,
+    SECTIONS,
+    TRAFFIC_KINDS,
+    ScenarioFile,
+    TrafficTable,
+    evaluate_hook,
+    hook_options,
+    options_table,
+    required,
+    section_keys,
 )
-_TRAFFIC_KEYS = (
-    "kind",
-    "load",
-    "rate_per_s",
-    "load_end",
-    "rate_end_per_s",
-    "duration_s",
-    "requests",
-    "max_in_flight",
-    "users",
-    "think_ms",
-)
-_BACKEND_KEYS = ("id", "count", "speed", "workers", "base_ms", "service", "failure_rate", "weight", "schedule")
-_PHASE_KEYS = ("start_s", "duration_s", "service_ms", "slowdown", "outage")
-# Keys an override section may set besides the traffic keys and the command's options.
-_OVERRIDE_KEYS = (
-    "seed",
-    "strategies",
-    "decisions",
-    "clients",
-    "route_push_interval_ms",
-    "warmup_s",
-    "timeout_ms",
-    "load_report_interval_ms",
-    "params",
-    "pool",
-    "traffic",
-    "backends",
-    "batch",
-)
-_MERGED_TABLES = ("params", "pool", "traffic", "batch")
-DEFAULT_MAX_IN_FLIGHT = 1_000
-DEFAULT_LOAD_REPORT_INTERVAL_MS = 1_000.0
 
 
 class ScenarioError(ValueError):
@@ -152,92 +101,34 @@ class ScenarioError(ValueError):
         self.source = source
 
 
-# --- value checks ---------------------------------------------------------------
-# Each returns the checked value or raises ScenarioError(key, ...) without a source;
-# parse_scenario adds the source.
-
-
-def _number(value: Any, key: str, low: float = 0.0, *, strict: bool = True, high: float = math.inf) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if ok and (value > low if strict else value >= low) and value <= high:
-        return float(value)
-    bound = f"> {low:g}" if strict else f">= {low:g}"
-    if high < math.inf:
-        bound += f" and <= {high:g}"
-    raise ScenarioError(key, f"must be a finite number {bound}, got {value!r}")
-
-
-def _integer(value: Any, key: str, low: int, high: int) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
-        return value
-    raise ScenarioError(key, f"must be an integer in [{low}, {high}], got {value!r}")
-
-
-def _string(value: Any, key: str) -> str:
-    if not isinstance(value, str):
-        raise ScenarioError(key, f"must be a string, got {value!r}")
-    return value
-
-
-def _boolean(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ScenarioError(key, f"must be true or false, got {value!r}")
-    return value
-
-
-def _table(value: Any, key: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ScenarioError(key, f"must be a table, got {value!r}")
-    return value
-
-
-def _known(table: Mapping[str, Any], key: str, valid: tuple[str, ...] | list[str]) -> None:
-    """Rejects the first key of ``table`` not in ``valid``, listing the valid ones."""
-    for name in table:
-        if name not in valid:
-            where = f"{key}.{name}" if key else name
-            raise ScenarioError(where, f"unknown key; valid keys: {', '.join(sorted(valid))}")
-
-
-def _option_count(value: Any, key: str) -> int:
-    return _integer(value, key, 1, MAX_SERVERS)
-
-
-def _option_positive(value: Any, key: str) -> float:
-    return _number(value, key)
-
-
-# Options of each command, read from ``ScenarioSpec.options``; name -> check(value, key) -> value.
-COMMAND_OPTIONS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
-    "simulate": {},
-    "evaluate": {
-        # Simulated backends served by one ``backend-sim`` process.
-        "max_backends_per_process": _option_count,
-        # Longest wait for the service and backend processes to become ready, s.
-        "startup_timeout_s": _option_positive,
-    },
-}
-
-
-def _evaluate_hook() -> Any:
+def _validated(table: type[Table], value: Mapping[str, Any], prefix: str = "") -> Any:
+    """``value`` checked by ``table``; the first problem raises ScenarioError (key under ``prefix``)."""
     try:
-        return importlib.import_module("loadwarden.backend_sim._evaluate_options")
-    except ModuleNotFoundError as exc:
-        if exc.name != "loadwarden.backend_sim._evaluate_options":
-            raise
-        return None
+        return table.model_validate(value)
+    except ValidationError as exc:
+        key, problem = first_problem(exc, table)
+        raise ScenarioError(f"{prefix}{key}", required(f"{prefix}{key}", problem)) from None
 
 
 def _options_for(section: str) -> dict[str, Callable[[Any, str], Any]]:
-    options = dict(COMMAND_OPTIONS[section])
-    if section == "evaluate":
-        hook = _evaluate_hook()
-        if hook is not None:
-            for name, check in getattr(hook, "OPTIONS", {}).items():
-                options[name] = _wrap_option(check)
+    """name -> check(value, key) of every option ``section`` takes: its own, then the hook's."""
+    options: dict[str, Callable[[Any, str], Any]] = {
+        name: _typed_option(section, name) for name in COMMAND_OPTIONS[section]
+    }
+    for name, check in hook_options(section).items():
+        options[name] = _wrap_option(check)
     return options
+
+
+def _typed_option(section: str, name: str) -> Callable[[Any, str], Any]:
+    def check(value: Any, key: str) -> Any:
+        try:
+            checked: BaseModel = options_table(section).model_validate({name: value})
+        except ValidationError as exc:
+            raise ScenarioError(key, first_problem(exc, options_table(section))[1]) from None
+        return getattr(checked, name)
+
+    return check
 
 
 def _wrap_option(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
@@ -400,11 +291,7 @@ class ScenarioSpec:
         The section applied before (if any) stays applied; the new overrides
         win over it and over earlier overrides.
         """
-        nested = _nest(overrides)
-        try:
-            _known(nested, "", _OVERRIDE_KEYS)
-        except ScenarioError as exc:
-            raise ScenarioError(exc.key, exc.problem, self.source) from None
+        nested = _overrides(overrides, self.source)
         combined = _merge(self.overrides, nested, keep_none=True)
         base = _merge(self.raw, _section_overrides(self.raw, self.section)) if self.section else self.raw
         return _parse(_merge(base, combined), self.source, self.section, combined, self.raw)
@@ -461,7 +348,7 @@ def _freeze(value: Any) -> Any:
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any], *, keep_none: bool = False) -> dict[str, Any]:
-    """``base`` with ``over`` applied: tables in ``_MERGED_TABLES`` merge (``params`` one
+    """``base`` with ``over`` applied: tables in ``MERGED_TABLES`` merge (``params`` one
     level deeper), other keys replace; a value of None removes the key, or, with
     ``keep_none`` (combining overrides), is kept so it removes the key later."""
     merged = dict(base)
@@ -470,7 +357,7 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any], *, keep_none: bool 
             continue
         if value is None and not keep_none:
             merged.pop(key, None)
-        elif key in _MERGED_TABLES and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+        elif key in MERGED_TABLES and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
             inner = dict(merged[key])
             for name, item in value.items():
                 if item is None and not keep_none:
@@ -497,16 +384,19 @@ def _section_overrides(raw: Mapping[str, Any], section: str) -> dict[str, Any]:
 def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Moves traffic keys given at the top (``requests=...``) into ``traffic``."""
     nested: dict[str, Any] = {}
-    traffic: dict[str, Any] = dict(overrides.get("traffic") or {})
+    given = overrides.get("traffic")
+    traffic: dict[str, Any] = dict(given) if isinstance(given, Mapping) else {}
     for key, value in overrides.items():
         if key == "traffic":
             continue
-        if key in _TRAFFIC_KEYS:
+        if key in TrafficTable.model_fields:
             traffic[key] = value
         else:
             nested[key] = value
     if traffic:
         nested["traffic"] = traffic
+    if given is not None and not isinstance(given, Mapping):
+        nested["traffic"] = given  # not a table: validation says so
     return nested
 
 
@@ -551,16 +441,22 @@ def parse_scenario(mapping: Mapping[str, Any], source: str, **overrides: Any) ->
         ScenarioError: naming the offending key, with ``source`` in the message.
     """
     raw = _plain(mapping)
-    nested = _nest(_plain(overrides))
-    try:
-        _known(nested, "", _OVERRIDE_KEYS)
-    except ScenarioError as exc:
-        raise ScenarioError(exc.key, exc.problem, source) from None
+    nested = _overrides(overrides, source)
     spec = _parse(_merge(raw, nested), source, None, nested, raw)
     for section in SECTIONS:
         if section in raw:  # a table: _parse checked it
             _parse(_merge(_merge(raw, _section_overrides(raw, section)), nested), source, section, nested, raw)
     return spec
+
+
+def _overrides(overrides: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Load-time overrides, traffic keys moved into ``traffic``; an unknown key raises."""
+    nested = _nest(_plain(overrides))
+    try:
+        _validated(OVERRIDES, nested)
+    except ScenarioError as exc:
+        raise ScenarioError(exc.key, exc.problem, source) from None
+    return nested
 
 
 def _parse(
@@ -600,37 +496,26 @@ def _section_key(table: Mapping[str, Any], section: str, key: str) -> str:
 
 
 def _build(raw: Mapping[str, Any], section: str | None) -> ScenarioSpec:
-    _known(raw, "", _TOP_KEYS)
-    name = _string(raw.get("name", "scenario"), "name")
-    if not _NAME.fullmatch(name):
-        raise ScenarioError("name", f"must be 1-64 letters, digits, '.', '_' or '-', got {name!r}")
-    description = _string(raw.get("description", ""), "description")
-    seed = _integer(raw.get("seed", 1), "seed", 0, 2**63 - 1)
-    mode = raw.get("mode", "route")
-    if mode not in MODES_BY_NAME:
-        raise ScenarioError("mode", f"must be one of {', '.join(MODES_BY_NAME)}, got {mode!r}")
-    warmup_s = _number(raw.get("warmup_s", 0.0), "warmup_s", strict=False)
-    timeout_ms = None if raw.get("timeout_ms") is None else _number(raw["timeout_ms"], "timeout_ms")
-    interval = _number(
-        raw.get("load_report_interval_ms", DEFAULT_LOAD_REPORT_INTERVAL_MS),
-        "load_report_interval_ms",
-        1.0,
-        strict=False,
-        high=3_600_000.0,
-    )
-    servers = _servers(raw)
-    traffic = _traffic(raw, servers)
-    pool = _plain(_table(raw.get("pool", {}), "pool"))
-    params = _params(raw, mode)
-    strategies = _strategies(raw, mode, params, pool, len(servers))
-    decisions, clients = _decisions(raw, mode, section)
-    push_interval = _push_interval(raw.get("route_push_interval_ms"))
-    if "batch" in raw and mode != "batch":
-        raise ScenarioError("batch", f"is read in mode batch only; this scenario's mode is {mode!r}")
-    batch = _batch(raw.get("batch", {}))
+    _check_applicable(raw, section)
+    file: ScenarioFile = _validated(ScenarioFile, raw)
+    servers = _servers(file.backends)
+    traffic = _traffic(file.traffic, servers)
+    params = _params(file.params, file.mode)
+    strategies = _strategies(file.strategies, file.mode, params, file.pool, len(servers))
+    for i, name in enumerate(file.decisions):
+        if name in file.decisions[:i]:
+            raise ScenarioError(f"decisions[{i}]", f"{name!r} is listed twice")
+    local = "local" in file.decisions
+    if local and file.mode != "route":
+        raise ScenarioError(
+            "decisions",
+            f'"local" decides routing, so it applies to mode "route" only; this scenario is mode {file.mode!r}',
+        )
+    clients = (file.clients or DEFAULT_CLIENTS) if local else None
+    batch = _batch(file.batch)
     for sec in SECTIONS:
         if sec in raw:
-            _check_section(_table(raw[sec], sec), sec)
+            _validated(section_keys(sec, tuple(hook_options(sec))), raw[sec], f"{sec}.")
     options: dict[str, Any] = {}
     if section is not None:
         checks = _options_for(section)
@@ -638,68 +523,89 @@ def _build(raw: Mapping[str, Any], section: str | None) -> ScenarioSpec:
             if key in checks:
                 options[key] = checks[key](value, f"{section}.{key}")
     return ScenarioSpec(
-        name=name,
-        description=description,
+        name=file.name,
+        description=file.description,
         source="",
-        seed=seed,
-        mode=mode,
+        seed=file.seed,
+        mode=file.mode,
         strategies=strategies,
         params=_freeze(params),
-        warmup_s=warmup_s,
-        timeout_ms=timeout_ms,
-        load_report_interval_ms=interval,
-        pool=_freeze(pool),
+        warmup_s=file.warmup_s,
+        timeout_ms=file.timeout_ms,
+        load_report_interval_ms=file.load_report_interval_ms,
+        pool=_freeze(_plain(file.pool)),
         traffic=traffic,
         servers=servers,
-        decisions=decisions,
+        decisions=tuple(file.decisions),
         clients=clients,
-        route_push_interval_ms=push_interval,
+        route_push_interval_ms=file.route_push_interval_ms,
         batch=_freeze(batch),
         options=MappingProxyType(options),
         section=section,
     )
 
 
-def _check_section(table: Mapping[str, Any], section: str) -> None:
-    valid = [*_OVERRIDE_KEYS, *_TRAFFIC_KEYS, *_options_for(section)]
-    for key, value in table.items():
-        if key not in valid:
-            raise ScenarioError(f"{section}.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
-        if key in _MERGED_TABLES and value is not None and not isinstance(value, Mapping):
-            raise ScenarioError(f"{section}.{key}", f"must be a table, got {value!r}")
+def _check_applicable(raw: Mapping[str, Any], section: str | None) -> None:
+    """Keys that do not apply to the rest of the file, named as such whatever their values.
+
+    Each check reads keys the tables check too: when one of those is wrong, the
+    check leaves it to them.
+    """
+    traffic = raw.get("traffic")
+    if isinstance(traffic, Mapping):
+        _check_traffic_keys(traffic)
+    decisions = raw.get("decisions", ["central"])
+    listed = (
+        isinstance(decisions, list)
+        and bool(decisions)
+        and all(name in DECISION_MODES for name in decisions)
+        and len(set(decisions)) == len(decisions)
+    )
+    # Outside a section, clients with central decisions only is left to the sections when one
+    # of them lists "local" (e.g. --clients 2 over [evaluate] decisions).
+    left_to_a_section = section is None and any(
+        isinstance(modes := _section_of(raw, sec).get("decisions"), list) and "local" in modes for sec in SECTIONS
+    )
+    if listed and "local" not in decisions and raw.get("clients") is not None and not left_to_a_section:
+        raise ScenarioError(
+            "clients",
+            'applies when decisions lists "local" (the central runs then use the same clients); '
+            "with central decisions only the traffic comes from one client",
+        )
+    mode = raw.get("mode", "route")
+    if "batch" in raw and mode in MODES_BY_NAME and mode != "batch":
+        raise ScenarioError("batch", f"is read in mode batch only; this scenario's mode is {mode!r}")
 
 
-def _servers(raw: Mapping[str, Any]) -> tuple[SimServer, ...]:
-    backends = raw.get("backends")
-    if backends is None:
-        raise ScenarioError("backends", "is required: add at least one [[backends]] table")
-    if not isinstance(backends, list) or not backends:
-        raise ScenarioError("backends", f"must be a non-empty list of [[backends]] tables, got {backends!r}")
+def _check_traffic_keys(table: Mapping[str, Any]) -> None:
+    kind = table.get("kind", "open")
+    if kind not in TRAFFIC_KINDS:
+        return
+    if kind == "closed":
+        for key in ("load", "rate_per_s", "load_end", "rate_end_per_s", "max_in_flight"):
+            if key in table:
+                raise ScenarioError(f"traffic.{key}", 'applies to kind = "open" only; this traffic is closed')
+        return
+    for key in ("users", "think_ms"):
+        if key in table:
+            raise ScenarioError(f"traffic.{key}", 'applies to kind = "closed" only; this traffic is open')
+    if "load" in table and "rate_per_s" in table:
+        raise ScenarioError(
+            "traffic.load", "set exactly one of traffic.load (fraction of capacity) and traffic.rate_per_s"
+        )
+    if "load" in table and "rate_end_per_s" in table:
+        raise ScenarioError("traffic.rate_end_per_s", "goes with traffic.rate_per_s; with traffic.load use load_end")
+    if "rate_per_s" in table and "load_end" in table:
+        raise ScenarioError("traffic.load_end", "goes with traffic.load; with traffic.rate_per_s use rate_end_per_s")
+
+
+def _servers(backends: list[Any]) -> tuple[SimServer, ...]:
     servers: list[SimServer] = []
     seen: dict[str, str] = {}
-    for i, entry in enumerate(backends):
+    for i, backend in enumerate(backends):
         key = f"backends[{i}]"
-        table = _table(entry, key)
-        _known(table, key, _BACKEND_KEYS)
-        if "id" not in table:
-            raise ScenarioError(f"{key}.id", "is required")
-        base_id = _string(table["id"], f"{key}.id")
-        count = _integer(table.get("count", 1), f"{key}.count", 1, MAX_SERVERS)
-        service = table.get("service", "exponential")
-        if service not in SERVICE_DISTRIBUTIONS:
-            raise ScenarioError(f"{key}.service", f"must be one of {', '.join(SERVICE_DISTRIBUTIONS)}, got {service!r}")
-        values = {
-            "speed": _number(table.get("speed", 1.0), f"{key}.speed"),
-            "workers": _integer(table.get("workers", 1), f"{key}.workers", 1, 100_000),
-            "base_ms": _number(table.get("base_ms", 10.0), f"{key}.base_ms"),
-            "service": service,
-            "failure_probability": _number(
-                table.get("failure_rate", 0.0), f"{key}.failure_rate", 0.0, strict=False, high=1.0
-            ),
-            "weight": _integer(table.get("weight", 1), f"{key}.weight", 1, 1000),
-            "schedule": _schedule(table.get("schedule", []), f"{key}.schedule"),
-        }
-        ids = [base_id] if count == 1 else [f"{base_id}-{k}" for k in range(count)]
+        schedule = _schedule(backend.schedule, f"{key}.schedule")
+        ids = [backend.id] if backend.count == 1 else [f"{backend.id}-{k}" for k in range(backend.count)]
         if len(servers) + len(ids) > MAX_SERVERS:
             raise ScenarioError(f"{key}.count", f"the scenario would have more than {MAX_SERVERS} backends")
         for server_id in ids:
@@ -711,113 +617,66 @@ def _servers(raw: Mapping[str, Any]) -> tuple[SimServer, ...]:
                 raise ScenarioError(f"{key}.id", f"duplicate backend id {server_id!r} (also from {seen[server_id]})")
             seen[server_id] = key
             try:
-                servers.append(SimServer(server_id, **values))
-            except ValueError as exc:  # cross-field checks, e.g. overlapping phases
+                server = SimServer(
+                    server_id,
+                    speed=backend.speed,
+                    workers=backend.workers,
+                    base_ms=backend.base_ms,
+                    service=backend.service,
+                    failure_probability=backend.failure_rate,
+                    weight=backend.weight,
+                    schedule=schedule,
+                )
+            except ValueError as exc:  # cross-field checks
                 name, _, problem = str(exc).partition(": ")
                 raise ScenarioError(f"{key}.{name.replace('failure_probability', 'failure_rate')}", problem) from None
+            servers.append(server)
     return tuple(servers)
 
 
-def _schedule(value: Any, key: str) -> tuple[Phase, ...]:
-    if not isinstance(value, list):
-        raise ScenarioError(key, f"must be a list of [[...schedule]] tables, got {value!r}")
-    phases = []
-    for i, entry in enumerate(value):
-        where = f"{key}[{i}]"
-        table = _table(entry, where)
-        _known(table, where, _PHASE_KEYS)
-        for required in ("start_s", "duration_s"):
-            if required not in table:
-                raise ScenarioError(f"{where}.{required}", "is required")
-        service_ms = table.get("service_ms")
-        phases.append(
-            Phase(
-                start_s=_number(table["start_s"], f"{where}.start_s", strict=False),
-                duration_s=_number(table["duration_s"], f"{where}.duration_s"),
-                service_ms=None if service_ms is None else _number(service_ms, f"{where}.service_ms"),
-                slowdown=_number(table.get("slowdown", 1.0), f"{where}.slowdown"),
-                outage=_boolean(table.get("outage", False), f"{where}.outage"),
-            )
-        )
-    ordered = sorted(range(len(phases)), key=lambda j: phases[j].start_s)
-    for before, after in itertools.pairwise(ordered):
-        if phases[after].start_s < phases[before].end_s:
-            raise ScenarioError(f"{key}[{after}].start_s", f"overlaps {key}[{before}]")
-    return tuple(phases)
-
-
-def _traffic(raw: Mapping[str, Any], servers: tuple[SimServer, ...]) -> Traffic:
-    if "traffic" not in raw:
-        raise ScenarioError("traffic", "is required: add a [traffic] table")
-    table = _table(raw["traffic"], "traffic")
-    _known(table, "traffic", _TRAFFIC_KEYS)
-    kind = table.get("kind", "open")
-    if kind not in TRAFFIC_KINDS:
-        raise ScenarioError("traffic.kind", f"must be one of {', '.join(TRAFFIC_KINDS)}, got {kind!r}")
-    duration_s = None if table.get("duration_s") is None else _number(table["duration_s"], "traffic.duration_s")
-    requests = (
-        None if table.get("requests") is None else _integer(table["requests"], "traffic.requests", 1, MAX_REQUESTS)
+def _schedule(phases: list[Any], key: str) -> tuple[Phase, ...]:
+    schedule = tuple(
+        Phase(p.start_s, p.duration_s, service_ms=p.service_ms, slowdown=p.slowdown, outage=p.outage) for p in phases
     )
-    if duration_s is None and requests is None:
+    ordered = sorted(range(len(schedule)), key=lambda j: schedule[j].start_s)
+    for before, after in itertools.pairwise(ordered):
+        if schedule[after].start_s < schedule[before].end_s:
+            raise ScenarioError(f"{key}[{after}].start_s", f"overlaps {key}[{before}]")
+    return schedule
+
+
+def _traffic(table: TrafficTable, servers: tuple[SimServer, ...]) -> Traffic:
+    if table.duration_s is None and table.requests is None:
         raise ScenarioError("traffic.duration_s", "set traffic.duration_s, traffic.requests or both")
-    if kind == "closed":
-        for key in ("load", "rate_per_s", "load_end", "rate_end_per_s", "max_in_flight"):
-            if key in table:
-                raise ScenarioError(f"traffic.{key}", 'applies to kind = "open" only; this traffic is closed')
-        if "users" not in table:
+    if table.kind == "closed":
+        if table.users is None:
             raise ScenarioError("traffic.users", 'is required with kind = "closed"')
         return Traffic(
             kind="closed",
-            duration_s=duration_s,
-            requests=requests,
-            users=_integer(table["users"], "traffic.users", 1, 1_000_000),
-            think_ms=_number(table.get("think_ms", 0.0), "traffic.think_ms", strict=False),
+            duration_s=table.duration_s,
+            requests=table.requests,
+            users=table.users,
+            think_ms=table.think_ms,
         )
-    for key in ("users", "think_ms"):
-        if key in table:
-            raise ScenarioError(f"traffic.{key}", 'applies to kind = "closed" only; this traffic is open')
-    has_load, has_rate = "load" in table, "rate_per_s" in table
-    if has_load == has_rate:
+    if table.load is None and table.rate_per_s is None:
         raise ScenarioError(
-            "traffic.load" if has_load else "traffic.rate_per_s",
-            "set exactly one of traffic.load (fraction of capacity) and traffic.rate_per_s",
+            "traffic.rate_per_s", "set exactly one of traffic.load (fraction of capacity) and traffic.rate_per_s"
         )
     capacity = _capacity_per_s(servers)
-    load = load_end = None
-    if has_load:
-        load = _number(table["load"], "traffic.load")
-        rate = load * capacity
-        if "rate_end_per_s" in table:
-            raise ScenarioError(
-                "traffic.rate_end_per_s", "goes with traffic.rate_per_s; with traffic.load use load_end"
-            )
-    else:
-        rate = _number(table["rate_per_s"], "traffic.rate_per_s")
-        if "load_end" in table:
-            raise ScenarioError(
-                "traffic.load_end", "goes with traffic.load; with traffic.rate_per_s use rate_end_per_s"
-            )
-    rate_end = None
-    if "load_end" in table:
-        load_end = _number(table["load_end"], "traffic.load_end")
-        rate_end = load_end * capacity
-    elif "rate_end_per_s" in table:
-        rate_end = _number(table["rate_end_per_s"], "traffic.rate_end_per_s")
-    if rate_end is not None and duration_s is None:
-        end_key = "traffic.load_end" if "load_end" in table else "traffic.rate_end_per_s"
+    rate = table.load * capacity if table.load is not None else table.rate_per_s
+    rate_end = table.load_end * capacity if table.load_end is not None else table.rate_end_per_s
+    if rate_end is not None and table.duration_s is None:
+        end_key = "traffic.load_end" if table.load_end is not None else "traffic.rate_end_per_s"
         raise ScenarioError(end_key, "a ramp spans traffic.duration_s; set it")
-    max_in_flight = _integer(
-        table.get("max_in_flight", DEFAULT_MAX_IN_FLIGHT), "traffic.max_in_flight", 1, MAX_REQUESTS
-    )
     traffic = Traffic(
         kind="open",
         rate_per_s=rate,
         rate_end_per_s=rate_end,
-        duration_s=duration_s,
-        requests=requests,
-        max_in_flight=max_in_flight,
-        load=load,
-        load_end=load_end,
+        duration_s=table.duration_s,
+        requests=table.requests,
+        max_in_flight=table.max_in_flight,
+        load=table.load,
+        load_end=table.load_end,
     )
     try:
         traffic.arrivals()
@@ -835,8 +694,7 @@ def _registry(mode: str) -> tuple[Mapping[str, Any], str]:
     return dict.fromkeys(MODES), "batch controller"
 
 
-def _params(raw: Mapping[str, Any], mode: str) -> dict[str, dict[str, Any]]:
-    table = _table(raw.get("params", {}), "params")
+def _params(table: Mapping[str, Any], mode: str) -> dict[str, dict[str, Any]]:
     registry, kind = _registry(mode)
     params: dict[str, dict[str, Any]] = {}
     for name, values in table.items():
@@ -844,31 +702,29 @@ def _params(raw: Mapping[str, Any], mode: str) -> dict[str, dict[str, Any]]:
             raise ScenarioError(
                 f"params.{name}", f"unknown {kind} {name!r} (mode {mode}); valid: {', '.join(sorted(registry))}"
             )
-        params[name] = dict(_table(values, f"params.{name}"))
+        if not isinstance(values, Mapping):
+            raise ScenarioError(f"params.{name}", f"must be a table, got {shown(values)}")
+        params[name] = dict(values)
     return params
 
 
 def _strategies(
-    raw: Mapping[str, Any],
+    names: list[Any],
     mode: str,
     params: Mapping[str, Mapping[str, Any]],
     pool: Mapping[str, Any],
     servers: int,
 ) -> tuple[str, ...]:
-    if "strategies" not in raw:
-        raise ScenarioError("strategies", 'is required: the names to compare, e.g. ["round_robin", "p2c"]')
-    names = raw["strategies"]
-    if not isinstance(names, list) or not names:
-        raise ScenarioError("strategies", f"must be a non-empty list of names, got {names!r}")
     registry, kind = _registry(mode)
     for i, name in enumerate(names):
         if not isinstance(name, str) or name not in registry:
             raise ScenarioError(
-                f"strategies[{i}]", f"unknown {kind} {name!r} for mode {mode!r}; valid: {', '.join(sorted(registry))}"
+                f"strategies[{i}]",
+                f"unknown {kind} {shown(name)} for mode {mode!r}; valid: {', '.join(sorted(registry))}",
             )
         if name in names[:i]:
             raise ScenarioError(f"strategies[{i}]", f"{name!r} is listed twice")
-    for key, problem_key in _POOL_RESERVED.items():
+    for key, problem_key in POOL_RESERVED.items():
         if key in pool:
             raise ScenarioError(f"pool.{key}", f"is set by the scenario's {problem_key}; remove it from [pool]")
     try:
@@ -908,54 +764,6 @@ def _strategies(
     return tuple(names)
 
 
-def _decisions(raw: Mapping[str, Any], mode: str, section: str | None) -> tuple[tuple[str, ...], int | None]:
-    """``decisions`` and ``clients``: the modes, and the clients when one of them is local.
-
-    Outside a section, ``clients`` with central decisions only is left to the sections
-    when one of them lists ``"local"`` (e.g. ``--clients 2`` over ``[evaluate] decisions``).
-    """
-    names = raw.get("decisions", ["central"])
-    if not isinstance(names, list) or not names:
-        raise ScenarioError("decisions", f'must be a non-empty list of modes, e.g. ["central", "local"], got {names!r}')
-    for i, name in enumerate(names):
-        if name not in DECISION_MODES:
-            raise ScenarioError(f"decisions[{i}]", f"must be one of {', '.join(DECISION_MODES)}, got {name!r}")
-        if name in names[:i]:
-            raise ScenarioError(f"decisions[{i}]", f"{name!r} is listed twice")
-    local = "local" in names
-    if local and mode != "route":
-        raise ScenarioError(
-            "decisions", f'"local" decides routing, so it applies to mode "route" only; this scenario is mode {mode!r}'
-        )
-    clients = raw.get("clients")
-    if clients is None:
-        return tuple(names), DEFAULT_CLIENTS if local else None
-    if not local:
-        if section is None and any(
-            isinstance(modes := _section_of(raw, sec).get("decisions"), list) and "local" in modes for sec in SECTIONS
-        ):
-            return tuple(names), None
-        raise ScenarioError(
-            "clients",
-            'applies when decisions lists "local" (the central runs then use the same clients); '
-            "with central decisions only the traffic comes from one client",
-        )
-    return tuple(names), _integer(clients, "clients", 1, MAX_CLIENTS)
-
-
-def _push_interval(value: Any) -> int | None:
-    """``route_push_interval_ms``, checked with the service's own limits."""
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    try:
-        CoreLimits(route_push_interval_ms=value)
-    except ConfigError as exc:
-        raise ScenarioError("route_push_interval_ms", str(exc).partition(": ")[2]) from None
-    return int(value)
-
-
 def decision_overrides(decisions: str | None, clients: int | None) -> dict[str, Any]:
     """The command-line options ``--decisions a,b`` and ``--clients N`` as overrides of
     ``load_scenario`` (checked with the rest of the file).
@@ -973,9 +781,8 @@ def decision_overrides(decisions: str | None, clients: int | None) -> dict[str, 
     return overrides
 
 
-def _batch(value: Any) -> dict[str, Any]:
-    table = dict(_table(value, "batch"))
-    hook = _evaluate_hook()
+def _batch(table: dict[str, Any]) -> dict[str, Any]:
+    hook = evaluate_hook()
     check = getattr(hook, "check_batch", None) if hook is not None else None
     if check is None:
         return _plain(table)

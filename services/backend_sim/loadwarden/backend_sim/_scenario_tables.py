@@ -1,0 +1,480 @@
+"""The scenario file's shape: a pydantic Table per section, and the file's JSON Schema.
+
+``parse_scenario`` validates the file (sections and overrides applied) against
+``ScenarioFile``: every key, type and range below, in the words scenario errors
+have always used. What one value alone cannot say stays with the parser
+(``_scenario_file``): keys that do not apply to the rest of the file (``users``
+with open traffic, ``clients`` without local decisions, ``[batch]`` outside mode
+batch), named before their values are read; then the backend ids and counts, the
+traffic's rate, overlapping phases, and the strategies with their parameters.
+
+The service validates what it takes itself: ``[pool]`` with ``parse_pool``,
+``[params]`` with the strategies' own parsers, and ``loadwarden evaluate`` the
+``[batch]`` table (its ``BATCH_TABLE``, through the ``_evaluate_options`` hook).
+The schema describes those tables as far as this package knows them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, ClassVar
+
+import annotated_types
+from pydantic import ConfigDict, Field, create_model
+
+from loadwarden.policy import shown
+from loadwarden.policy.batching import MODES
+from loadwarden.policy.limits import LIMITS
+from loadwarden.policy.strategies import STRATEGIES
+from loadwarden.server.fields import Checked, Choice, Count, Flag, Number, Table, Text, problem, table_of
+
+from ._config import DECISION_MODES, MAX_REQUESTS, SERVICE_DISTRIBUTIONS, Phase, SimServer
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+MODES_BY_NAME = ("route", "slot", "batch")
+# Clients deciding locally when the file lists "local" without saying how many.
+DEFAULT_CLIENTS = 3
+# The most clients (real processes in evaluate) one scenario may ask for.
+MAX_CLIENTS = 64
+TRAFFIC_KINDS = ("open", "closed")
+SECTIONS = ("simulate", "evaluate")
+MAX_SERVERS = 100_000
+DEFAULT_MAX_IN_FLIGHT = 1_000
+DEFAULT_LOAD_REPORT_INTERVAL_MS = 1_000.0
+# The service's limits.route_push_interval_ms range; a test holds it to CoreLimits.
+PUSH_INTERVAL_RANGE = (5, 60_000)
+# Pool keys a scenario may not set in [pool], and what sets them instead.
+POOL_RESERVED = {
+    "strategy": "strategies",
+    "strategy_params": "params",
+    "limit_algorithm": "strategies",
+    "limit_params": "params",
+    "servers": "backends",
+}
+# Keys an override section may set besides the traffic keys and the command's options.
+OVERRIDE_KEYS = (
+    *("seed", "strategies", "decisions", "clients", "route_push_interval_ms", "warmup_s", "timeout_ms"),
+    *("load_report_interval_ms", "params", "pool", "traffic", "backends", "batch"),
+)
+# Override tables merged key by key into the file's (params one level deeper); other keys replace.
+MERGED_TABLES = ("params", "pool", "traffic", "batch")
+NAME_PATTERN = r"[A-Za-z0-9._-]{1,64}"
+
+Positive = Annotated[float, Number(above=True, wording="bounds")]
+NotNegative = Annotated[float, Number(wording="bounds")]
+# Absent by default, and never None when given (``Positive | None`` takes None as absent).
+SomePositive = Annotated[float | None, Number(above=True, wording="bounds")]
+
+
+def _count(low: int, high: int) -> Any:
+    return Annotated[int, Count(low, high, whole_floats=True)]
+
+
+def _table(value: Any) -> dict[str, Any]:
+    """A table whose keys are checked elsewhere (by the service's parsers, or when a section applies)."""
+    if not isinstance(value, Mapping):
+        raise problem(f"must be a table, got {shown(value)}")
+    return dict(value)
+
+
+def _table_or_none(value: Any) -> dict[str, Any] | None:
+    return None if value is None else _table(value)
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise problem(f"must be a string, got {shown(value)}")
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise problem(f"must be 1-64 letters, digits, '.', '_' or '-', got {shown(value)}")
+    return value
+
+
+def _phases(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise problem(f"must be a list of [[...schedule]] tables, got {shown(value)}")
+    return value
+
+
+def _backends(value: Any) -> list[Any]:
+    if value is None:
+        raise problem("is required: add at least one [[backends]] table")
+    if not isinstance(value, list) or not value:
+        raise problem(f"must be a non-empty list of [[backends]] tables, got {shown(value)}")
+    return value
+
+
+def _names(value: Any) -> list[Any]:
+    """A non-empty list; its names are checked against the mode's registry, which the file picks."""
+    if not isinstance(value, list) or not value:
+        raise problem(f"must be a non-empty list of names, got {shown(value)}")
+    return value
+
+
+def _modes(value: Any) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise problem(f'must be a non-empty list of modes, e.g. ["central", "local"], got {shown(value)}')
+    return value
+
+
+def _showing_got(table: type[Table]) -> type[Table]:
+    """``table``, whose "must be a table" shows the value found instead."""
+    table.not_a_table = "must be a table, got {got}"
+    return table
+
+
+PHASE_TABLE = _showing_got(
+    table_of(
+        "Phase",
+        {
+            Phase: {
+                "start_s": NotNegative,
+                "duration_s": Positive,
+                "service_ms": Positive | None,
+                "slowdown": Positive,
+                "outage": Flag,
+            }
+        },
+        "A [[backends.schedule]] phase: a stretch of time in which the backend is slower or down."
+        " Phases of one backend may not overlap.",
+    )
+)
+BACKEND_TABLE = _showing_got(
+    table_of(
+        "Backend",
+        {
+            SimServer: {
+                "id": Text,
+                "speed": Positive,
+                "workers": _count(1, 100_000),
+                "base_ms": Positive,
+                "service": Annotated[str, Choice(SERVICE_DISTRIBUTIONS)],
+                "weight": _count(1, 1_000),
+                "schedule": Annotated[list[PHASE_TABLE], Checked(_phases)],  # type: ignore[valid-type]  # made at import
+            }
+        },
+        "A [[backends]] table: one simulated backend, or `count` identical ones.",
+        extra={
+            "count": (
+                _count(1, MAX_SERVERS),
+                1,
+                f"Identical backends from this table, ids `<id>-0`, `<id>-1`, ... (at most {MAX_SERVERS:,} in all).",
+            ),
+            "failure_rate": (
+                Annotated[float, Number(0, 1, wording="bounds")],
+                0.0,
+                "Chance in [0, 1] that a served request fails; a failed request still takes its service time.",
+            ),
+        },
+    )
+)
+
+
+class TrafficTable(Table):
+    """[traffic]: open-loop Poisson arrivals at a rate, or closed-loop users.
+
+    The run stops at `requests` started or after `duration_s`, whichever comes first.
+    """
+
+    model_config = ConfigDict(title="Traffic")
+    not_a_table: ClassVar[str] = "must be a table, got {got}"
+
+    kind: Annotated[str, Choice(TRAFFIC_KINDS)] = "open"
+    """`open`: Poisson arrivals at a rate, whatever the answers; `closed`: `users` users, each sending
+    its next request after the previous one's answer."""
+    duration_s: Positive | None = None
+    """Requests start during this many seconds; at least one of `duration_s` and `requests` is required."""
+    requests: Annotated[int, Count(1, MAX_REQUESTS, whole_floats=True)] | None = None
+    """Requests started; the run stops at whichever of `duration_s` and `requests` comes first."""
+    users: Annotated[int | None, Count(1, 1_000_000, whole_floats=True)] = None
+    """Closed: concurrent users (required with `kind = "closed"`)."""
+    think_ms: NotNegative = 0.0
+    """Closed: mean think time between a user's answer and its next request, ms (exponential; 0: none)."""
+    load: SomePositive = None
+    """Open: the arrival rate as a fraction of the backends' total capacity (the sum of workers x speed x
+    1000 / base_ms per second). Exactly one of `load` and `rate_per_s`."""
+    rate_per_s: SomePositive = None
+    """Open: the arrival rate, per second. Exactly one of `load` and `rate_per_s`."""
+    load_end: SomePositive = None
+    """Open, with `load`: the rate ramps linearly from `load` at the start to this at `duration_s`."""
+    rate_end_per_s: SomePositive = None
+    """Open, with `rate_per_s`: the rate ramps linearly from `rate_per_s` at the start to this at
+    `duration_s`, per second."""
+    max_in_flight: Annotated[int, Count(1, MAX_REQUESTS, whole_floats=True)] = DEFAULT_MAX_IN_FLIGHT
+    """Open: an arrival finding this many requests in flight is dropped, counted as a failure that
+    reached no backend."""
+
+
+_ALL_STRATEGIES = sorted({*STRATEGIES, *LIMITS, *MODES})
+_TABLE = Annotated[dict[str, Any], Checked(_table, type="object")]
+_POOL = Annotated[
+    dict[str, Any], Checked(_table, type="object", propertyNames={"not": {"enum": sorted(POOL_RESERVED)}})
+]
+_PARAMS = Annotated[
+    dict[str, Any],
+    Checked(_table, type="object", propertyNames={"enum": _ALL_STRATEGIES}, additionalProperties={"type": "object"}),
+]
+
+
+class ScenarioFile(Table):
+    """A scenario file: backends, traffic, and the strategies to compare on them (scenarios/README.md).
+
+    What ``parse_scenario`` validates, fields in the order the parser has always checked
+    them; ``[pool]``, ``[params]``, ``[batch]`` and the sections go on as tables.
+    """
+
+    model_config = ConfigDict(title="Scenario")
+
+    name: Annotated[str, Checked(_name, type="string", pattern=f"^{NAME_PATTERN}$")] = "scenario"
+    """1-64 letters, digits, `.`, `_`, `-`; names the output directory (default: the file's stem)."""
+    description: Text = ""
+    """Shown under the report's title."""
+    seed: Annotated[int, Count(0, 2**63 - 1, whole_floats=True)] = 1
+    """Seeds arrivals, request sizes, failures and routing; strategies see the same arrivals."""
+    mode: Annotated[str, Choice(MODES_BY_NAME)] = "route"
+    """What is compared: `route` (SelectServer + ReportOutcome), `slot` (AcquireSlot) or `batch`
+    (GetBatchSize). `simulate` runs mode `route` only."""
+    warmup_s: NotNegative = 0.0
+    """Requests arriving earlier are left out of the statistics, s."""
+    timeout_ms: Positive | None = None
+    """Client deadline per backend call, ms: a request not answered by then fails with latency
+    `timeout_ms`, and the backend drops it (default: none)."""
+    load_report_interval_ms: Annotated[float, Number(1, 3_600_000, wording="bounds")] = DEFAULT_LOAD_REPORT_INTERVAL_MS
+    """How often each backend reports its load to the Decision service, ms."""
+    backends: Annotated[
+        list[BACKEND_TABLE],  # type: ignore[valid-type]  # made at import
+        annotated_types.MinLen(1),
+        Checked(_backends),
+    ]
+    """The backends (at least one [[backends]] table)."""
+    traffic: TrafficTable
+    """The traffic (required)."""
+    pool: _POOL = Field(default_factory=dict)
+    """Extra settings of the pool the strategies route over: the keys of [pools.X] in loadwarden.toml
+    (validated with the service's parse_pool), except `strategy`, `strategy_params`,
+    `limit_algorithm`, `limit_params` and `servers`, which `strategies`, [params] and [[backends]] set."""
+    params: _PARAMS = Field(default_factory=dict)
+    """Parameters per strategy name, as the service takes them: `strategy_params` (mode route),
+    `limit_params` (mode slot) or the operation settings of [operations.X] (mode batch); only names in
+    the mode's registry."""
+    strategies: Annotated[
+        list[Any],
+        Checked(
+            _names,
+            type="array",
+            items={"type": "string", "enum": _ALL_STRATEGIES},
+            minItems=1,
+            uniqueItems=True,
+        ),
+    ]
+    """Names compared, in order: routing strategies (mode route), limit algorithms (slot) or batch
+    controller modes (batch). A strategy that cannot serve the backend count (`q_learning`: at most 10)
+    is rejected."""
+    decisions: Annotated[list[Annotated[str, Choice(DECISION_MODES)]], annotated_types.MinLen(1), Checked(_modes)] = (
+        Field(["central"], json_schema_extra={"uniqueItems": True})
+    )
+    """Where each strategy's decisions are made, in this order: `central` (the service decides
+    every request) and `local` (the clients decide from pushed routing tables; mode route only)."""
+    clients: Annotated[int, Count(1, MAX_CLIENTS, whole_floats=True)] | None = None
+    """Client processes (evaluate) or simulated clients (simulate) sending the traffic when
+    `decisions` lists `local` (default 3); an error with central decisions only."""
+    route_push_interval_ms: Annotated[int, Count(*PUSH_INTERVAL_RANGE, whole_floats=True)] | None = None
+    """How often the service pushes a changed routing table, ms (the service's
+    limits.route_push_interval_ms; default: the service's)."""
+    batch: _TABLE = Field(default_factory=dict)
+    """Mode batch: the batch operation and workers, read by `loadwarden evaluate`."""
+    simulate: _TABLE = Field(default_factory=dict)
+    """Overrides for `loadwarden simulate` only."""
+    evaluate: _TABLE = Field(default_factory=dict)
+    """Overrides and options for `loadwarden evaluate` only."""
+
+
+_REQUIRED = {
+    "backends": "is required: add at least one [[backends]] table",
+    "traffic": "is required: add a [traffic] table",
+    "strategies": 'is required: the names to compare, e.g. ["round_robin", "p2c"]',
+}
+
+
+def required(key: str, wording: str) -> str:
+    """The problem of a missing key: the top-level tables say what to add."""
+    return _REQUIRED.get(key, wording) if wording == "is required" else wording
+
+
+# --- command options and the override sections -------------------------------------------
+
+# Options of each command, read from ``ScenarioSpec.options``: name -> (type, description).
+COMMAND_OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
+    "simulate": {},
+    "evaluate": {
+        "max_backends_per_process": (
+            _count(1, MAX_SERVERS),
+            "Simulated backends served by one `loadwarden backend-sim` process.",
+        ),
+        "startup_timeout_s": (Positive, "Longest wait for the service and backend processes to become ready, s."),
+    },
+}
+
+
+def evaluate_hook() -> Any:
+    """``loadwarden.backend_sim._evaluate_options``, or None when it is not installed."""
+    try:
+        return importlib.import_module("loadwarden.backend_sim._evaluate_options")
+    except ModuleNotFoundError as exc:
+        if exc.name != "loadwarden.backend_sim._evaluate_options":
+            raise
+        return None
+
+
+def hook_options(section: str) -> dict[str, Callable[[Any, str], Any]]:
+    """Options the hook adds to ``section`` (evaluate only): name -> check(value, key)."""
+    hook = evaluate_hook() if section == "evaluate" else None
+    return dict(getattr(hook, "OPTIONS", {})) if hook is not None else {}
+
+
+@functools.cache
+def options_table(section: str) -> type[Table]:
+    """The typed options of ``section`` (none given: absent)."""
+    fields: dict[str, Any] = {
+        name: (annotation, Field(default=None, description=doc))
+        for name, (annotation, doc) in COMMAND_OPTIONS[section].items()
+    }
+    table: type[Table] = create_model(f"{section.title()}Options", __base__=Table, **fields)
+    return table
+
+
+@functools.cache
+def section_keys(section: str, hooked: tuple[str, ...]) -> type[Table]:
+    """The keys ``[section]`` takes (``hooked``: the hook's options), and its tables' shape.
+
+    Their values are checked when the section is applied over the file, so a key that
+    does not apply there is named as such whatever its value.
+    """
+    fields: dict[str, Any] = dict.fromkeys([*OVERRIDE_KEYS, *TrafficTable.model_fields, *hooked], (Any, None))
+    fields.update(dict.fromkeys(COMMAND_OPTIONS[section], (Any, None)))
+    for key in MERGED_TABLES:
+        fields[key] = (Annotated[dict[str, Any] | None, Checked(_table_or_none)], None)
+    table: type[Table] = create_model(f"{section.title()}Keys", __base__=Table, **fields)
+    return table
+
+
+_ANY_KEY: dict[str, Any] = dict.fromkeys(OVERRIDE_KEYS, (Any, None))
+OVERRIDES: type[Table] = create_model("Overrides", __base__=Table, **_ANY_KEY)
+"""The keys ``load_scenario``'s overrides take (traffic keys moved into ``traffic``)."""
+
+
+# --- the schema ----------------------------------------------------------------------------
+
+
+def _fields(
+    model: type[Table],
+    keys: tuple[str, ...] = (),
+    *,
+    optional: bool = False,
+    docs: Mapping[str, str] | None = None,
+    **types: Any,
+) -> dict[str, Any]:
+    """``model``'s fields (``keys`` of them) for another table: ``types`` and ``docs`` replace
+    some types and descriptions; ``optional`` leaves every key out by default (a section's
+    key applies over the file's)."""
+    fields: dict[str, Any] = {}
+    for name in keys or tuple(model.model_fields):
+        info = model.model_fields[name]
+        annotation = types.get(name) or (
+            Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        )
+        default = None if optional else (... if info.is_required() else info.get_default(call_default_factory=True))
+        description = (docs or {}).get(name, info.description)
+        fields[name] = (
+            annotation,
+            Field(default=default, description=description, json_schema_extra=info.json_schema_extra),
+        )
+    return fields
+
+
+def _table_from(title: str, doc: str, fields: dict[str, Any]) -> type[Table]:
+    table: type[Table] = create_model(title, __base__=Table, __doc__=doc, **fields)
+    return table
+
+
+_TRAFFIC = _table_from("Traffic", TrafficTable.__doc__ or "", _fields(TrafficTable))
+_TRAFFIC_OVERRIDE = _table_from(
+    "TrafficOverride", "Traffic keys applied over the file's [traffic].", _fields(TrafficTable, optional=True)
+)
+_OVERRIDE_DOCS = {
+    "traffic": "Applied over the file's [traffic], key by key.",
+    "backends": "Replaces the file's [[backends]] list.",
+    "params": "Applied over the file's [params], strategy by strategy and key by key.",
+    "pool": "Applied over the file's [pool], key by key.",
+    "batch": "Applied over the file's [batch], key by key.",
+}
+
+
+def _section(section: str, batch: Any) -> type[Table]:
+    fields = {
+        **_fields(
+            ScenarioFile, OVERRIDE_KEYS, optional=True, docs=_OVERRIDE_DOCS, traffic=_TRAFFIC_OVERRIDE, batch=batch
+        ),
+        **_fields(TrafficTable, optional=True),
+        **{
+            name: (annotation, Field(default=None, description=doc))
+            for name, (annotation, doc) in COMMAND_OPTIONS[section].items()
+        },
+        **{
+            name: (Any, Field(default=None, description=f"An option `loadwarden {section}` adds (see its --help)."))
+            for name in hook_options(section)
+        },
+    }
+    options = " Options of the command too." if COMMAND_OPTIONS[section] else ""
+    return _table_from(
+        section.title(),
+        f"Keys applied over the rest of the file by `loadwarden {section}` only: top-level keys, the tables"
+        " traffic, params, pool and batch (merged key by key), and the traffic keys written directly"
+        f" (`duration_s = 10` is `traffic.duration_s = 10`).{options}",
+        fields,
+    )
+
+
+def scenario_schema() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of a scenario file, for editors and ``loadwarden config-schema scenario``."""
+    hook = evaluate_hook()
+    batch = getattr(hook, "BATCH_TABLE", None) or _TABLE
+    described = _table_from(
+        "LoadwardenScenario",
+        "",
+        _fields(
+            ScenarioFile,
+            traffic=_TRAFFIC,
+            batch=batch,
+            simulate=_section("simulate", batch),
+            evaluate=_section("evaluate", batch),
+        ),
+    )
+    schema = _toml(described.model_json_schema())
+    schema["description"] = (
+        "A scenario file of loadwarden simulate and loadwarden evaluate (TOML): the backends, the traffic"
+        " and the strategies to compare on them. Format: scenarios/README.md."
+    )
+    return {"$schema": SCHEMA_DIALECT, **schema}
+
+
+def _toml(schema: Any) -> Any:
+    """``schema`` as TOML reads it: no null (a None default is a key left out); descriptions on one line."""
+    if isinstance(schema, list):
+        return [_toml(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _toml(value) for key, value in schema.items()}
+    choices = out.get("anyOf")
+    if isinstance(choices, list) and {"type": "null"} in choices:
+        rest = [choice for choice in choices if choice != {"type": "null"}]
+        if len(rest) == 1:
+            del out["anyOf"]
+            out = {**rest[0], **out}
+    if "default" in out and out["default"] is None:
+        del out["default"]
+    if isinstance(out.get("description"), str):
+        out["description"] = " ".join(out["description"].split())
+    return out
