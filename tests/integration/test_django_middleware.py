@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import django  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
 import pytest
@@ -49,7 +50,7 @@ from loadwarden.sdk import AsyncClient
 from loadwarden.sdk.integrations import TrustedProxies
 from loadwarden.sdk.integrations.django import AdmissionMiddleware
 from loadwarden.sdk.integrations.django.views import database_check, health_checks
-from loadwarden.server import AuthSettings, RateLimit
+from loadwarden.server import AdminSettings, AuthSettings, RateLimit
 
 from ..conftest import three_server_pool
 
@@ -372,3 +373,122 @@ def test_a_bad_health_checks_setting_names_the_entry() -> None:
     not_a_bool = seed_settings("127.0.0.1:1", LOADWARDEN_HEALTH_CHECKS={"db": {"check": print, "critical": "yes"}})
     with not_a_bool, pytest.raises(ImproperlyConfigured, match="critical must be True or False"):
         health_checks()
+
+
+# --- seed 000: /admin/load/ and /api/load-status/ for staff, the pool made at start-up ----
+
+SESSION_MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    *MIDDLEWARE,
+]
+_users: dict[str, Any] = {}
+
+
+def signed_in(username: str | None) -> DjangoClient:
+    """A test client signed in as `username` ("staff" or "member"), or anonymous for None."""
+    from django.contrib.auth.models import User  # type: ignore[import-untyped]  # Django ships no type hints; django-stubs is not a dependency
+
+    client = DjangoClient(raise_request_exception=False)
+    if username is not None:
+        if username not in _users:
+            _users[username], _ = User.objects.get_or_create(
+                username=username, defaults={"is_staff": username == "staff"}
+            )
+        client.force_login(_users[username])
+    return client
+
+
+async def fetch(username: str | None, url: str) -> HttpResponse:
+    return await asyncio.to_thread(lambda: signed_in(username).get(url))
+
+
+async def test_staff_see_the_dashboard_and_the_load_status_of_the_real_service(service) -> None:
+    with seed_settings(service.target, MIDDLEWARE=SESSION_MIDDLEWARE):
+        page = await fetch("staff", "/admin/load/")
+        status = await fetch("staff", "/api/load-status/")
+    assert page.status_code == 200 and page["Content-Type"] == "text/html; charset=utf-8"
+    html = page.content.decode()
+    # The service's own page, pointed at the app's URL, without what the SDK cannot feed.
+    assert "<title>loadwarden · live load</title>" in html
+    assert 'data-status-url="/api/load-status/" data-history-url="" data-metrics-url="" data-auth="session"' in html
+    assert "script-src 'sha256-" in page["Content-Security-Policy"]
+    assert page["Cache-Control"] == "no-store"
+    assert status.status_code == 200
+    body = status.json()
+    (web,) = body["pools"]
+    assert web["name"] == "web" and web["concurrency_limit"] == 3 and web["strategy"] == "round_robin"
+    assert [s["id"] for s in web["servers"]] == ["s1", "s2", "s3"]
+    assert {s["state"] for s in web["servers"]} <= {"SERVER_STATE_SERVING", "SERVER_STATE_STALE"}
+    assert body["generated_at"].endswith("Z")
+
+
+@pytest.mark.parametrize("who", ["member", None])
+async def test_anyone_but_staff_is_sent_to_the_login_and_refused_the_data(service, who: str | None) -> None:
+    with seed_settings(service.target, MIDDLEWARE=SESSION_MIDDLEWARE):
+        page = await fetch(who, "/admin/load/")
+        status = await fetch(who, "/api/load-status/")
+    assert page.status_code == 302 and page["Location"] == "/accounts/login/?next=/admin/load/"
+    assert status.status_code == 403 and status.json()["error"] == "permission_denied"
+
+
+async def test_the_dashboard_without_the_auth_middleware_says_what_is_missing(service) -> None:
+    with seed_settings(service.target):  # no SessionMiddleware / AuthenticationMiddleware
+        page = await fetch(None, "/admin/load/")
+        status = await fetch(None, "/api/load-status/")
+    assert page.status_code == 403 and b"AuthenticationMiddleware" in page.content
+    assert status.status_code == 403
+
+
+async def test_the_load_status_of_an_unreachable_service_is_503_json(start) -> None:
+    running = await start(three_server_pool("web"))
+    await running.stop(0)
+    with seed_settings(running.target, MIDDLEWARE=SESSION_MIDDLEWARE):
+        status = await fetch("staff", "/api/load-status/")
+    assert status.status_code == 503
+    assert status.json()["message"].startswith("the Decision service is unreachable")
+
+
+async def load_status_of(target: str, pool: str) -> Any:
+    async with AsyncClient(target) as client:
+        return (await client.load_status(pool)).pools[0]
+
+
+async def test_the_middleware_creates_its_missing_pool_sized_by_max_connections(start) -> None:
+    service = await start()  # no pool at all
+    with seed_settings(service.target, LOAD_MANAGER_MAX_CONNECTIONS=2, LOAD_MANAGER_TIMEOUT=0.2):
+        answers = await get_many("/slow?s=0.5", 4)
+        assert (await load_status_of(service.target, "web")).concurrency_limit == 2
+        assert sorted(r.status_code for r in answers) == [200, 200, 503, 503]
+        assert meter.most == 2
+        # Deleted while the app runs: the next request finds it missing and makes it again.
+        async with AsyncClient(service.target) as client:
+            await client.admin.delete_pool("web")
+        assert (await asyncio.to_thread(get, "/slow?s=0")).status_code == 200
+        assert (await load_status_of(service.target, "web")).concurrency_limit == 2
+
+
+async def test_a_pool_that_exists_is_left_as_it_is(service) -> None:
+    with seed_settings(service.target, LOAD_MANAGER_MAX_CONNECTIONS=50):
+        assert (await asyncio.to_thread(get, "/slow?s=0")).status_code == 200
+    assert (await load_status_of(service.target, "web")).concurrency_limit == 3  # the service's, not 50
+
+
+ADMIN_TOKEN = "django-admin-token-0123456789"
+
+
+async def test_configure_pool_false_and_the_admin_token(start, caplog: pytest.LogCaptureFixture) -> None:
+    service = await start(admin=AdminSettings(token=ADMIN_TOKEN))  # AdminService needs its token
+    with seed_settings(service.target, LOADWARDEN_CONFIGURE_POOL=False, LOADWARDEN_POOL="off"):
+        assert (await asyncio.to_thread(get, "/slow?s=0")).status_code == 500  # the unknown-pool error
+    with (
+        caplog.at_level("WARNING", "loadwarden.sdk.integrations.django"),
+        seed_settings(service.target, LOADWARDEN_POOL="refused"),
+    ):
+        assert (await asyncio.to_thread(get, "/slow?s=0")).status_code == 500
+    assert any("LOADWARDEN_ADMIN_TOKEN" in r.getMessage() for r in caplog.records)
+    with seed_settings(service.target, LOADWARDEN_POOL="made", LOADWARDEN_ADMIN_TOKEN=ADMIN_TOKEN):
+        assert (await asyncio.to_thread(get, "/slow?s=0")).status_code == 200
+    assert (await load_status_of(service.target, "made")).concurrency_limit == 2
+    async with AsyncClient(service.target) as client:
+        assert [p.name for p in (await client.load_status()).pools] == ["made"]  # "off" and "refused" were not

@@ -3,7 +3,8 @@
 Example (settings.py):
     MIDDLEWARE = ["loadwarden.sdk.integrations.django.AdmissionMiddleware", ...]
     LOAD_MANAGER_ENABLED = True          # False: the middleware removes itself
-    LOAD_MANAGER_MAX_CONNECTIONS = 100   # local slots per pool while the service is down
+    LOAD_MANAGER_MAX_CONNECTIONS = 100   # the pool's size when the middleware creates it, and
+                                         # the local slots per pool while the service is down
     LOAD_MANAGER_TIMEOUT = 30            # longest a request waits for a slot, seconds
     LOADWARDEN_TARGET = "127.0.0.1:50051"
     LOADWARDEN_POOL = "web"
@@ -17,6 +18,13 @@ its dotted path, returning an `Admission`, a pool name or None), LOADWARDEN_CLIE
 pool's per-client rate limit; by default the client's IP address) and
 LOADWARDEN_TRUSTED_PROXIES (a `TrustedProxies`: the proxies whose forwarding header
 names the client).
+
+At start-up the middleware creates LOADWARDEN_POOL on the service when it is missing,
+sized by LOAD_MANAGER_MAX_CONNECTIONS (``LOADWARDEN_CONFIGURE_POOL = False`` turns that
+off; LOADWARDEN_ADMIN_TOKEN is the service's admin token for it, when it has one).
+``path("", include("loadwarden.sdk.integrations.django.urls"))`` serves the dashboard
+at ``/admin/load/``, its data at ``/api/load-status/`` (both for staff) and the health
+document at ``/api/health/`` (see `loadwarden.sdk.integrations.django.views`).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from loadwarden.sdk.integrations._common import (
     retry_after_s,
     unknown_pool,
 )
+from loadwarden.sdk.integrations.django._pool_setup import PoolSetup
 
 # AdmissionSettings field -> the Django setting that sets it (first is used when both are present).
 SETTING_NAMES: dict[str, tuple[str, ...]] = {
@@ -122,8 +131,15 @@ class AdmissionMiddleware:
     A response holds its slot until Django has sent it; a streaming response until
     its content is exhausted or closed. The release reports the latency and
     success (status below 500; Django turns a view's exception into a 500). A
-    denied request gets 503 with `Retry-After` and a short JSON body, and the view
-    does not run. With `LOAD_MANAGER_ENABLED = False` the middleware removes itself.
+    denied request gets 503 (429 when the client is over the pool's rate limit)
+    with `Retry-After` and a short JSON body, and the view does not run. Views
+    marked `admission_exempt` (the integration's own) pass through. With
+    `LOAD_MANAGER_ENABLED = False` the middleware removes itself.
+
+    At start-up it creates its pool on the service when it is missing, sized by
+    `LOAD_MANAGER_MAX_CONNECTIONS` (never changing a pool that exists), unless
+    `LOADWARDEN_CONFIGURE_POOL = False`; a request that finds the pool missing
+    later has it checked again. Failures are logged and never stop the app.
 
     Raises:
         ImproperlyConfigured: At start-up, a setting is wrong; the message names it.
@@ -145,6 +161,15 @@ class AdmissionMiddleware:
             _function_setting("LOADWARDEN_CLIENT_KEY"), self.settings.trusted_proxies, _peer, _header
         )
         self._client = shared_client(self.settings)
+        configure = getattr(django_settings, "LOADWARDEN_CONFIGURE_POOL", True)
+        if not isinstance(configure, bool):
+            raise ImproperlyConfigured(f"LOADWARDEN_CONFIGURE_POOL must be True or False, got {configure!r}")
+        admin_token = getattr(django_settings, "LOADWARDEN_ADMIN_TOKEN", None)
+        if admin_token is not None and not isinstance(admin_token, str):
+            raise ImproperlyConfigured("LOADWARDEN_ADMIN_TOKEN must be a string")
+        self._setup = PoolSetup(self.settings, self._client, admin_token) if configure else None
+        if self._setup is not None:
+            self._setup.ensure()
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if _exempt(request):
@@ -152,19 +177,24 @@ class AdmissionMiddleware:
         admission = self._chooser(request)
         if admission is None:
             return self.get_response(request)
-        block = self._client.slot(
-            admission.pool,
-            priority=admission.priority,
-            wait_s=self.settings.wait_s,
-            lease_ttl_s=self.settings.lease_ttl_s,
-            client_key=self._keys(request),
-        )
-        try:
-            block.__enter__()
-        except (SlotDenied, ResourceExhaustedError) as denied:
-            return _denied(denied, admission.pool)
-        except NotFoundError:
-            raise unknown_pool(admission, self._choose) from None
+        key = self._keys(request)
+        for attempt in (1, 2):
+            block = self._client.slot(
+                admission.pool,
+                priority=admission.priority,
+                wait_s=self.settings.wait_s,
+                lease_ttl_s=self.settings.lease_ttl_s,
+                client_key=key,
+            )
+            try:
+                block.__enter__()
+                break
+            except (SlotDenied, ResourceExhaustedError) as denied:
+                return _denied(denied, admission.pool)
+            except NotFoundError:
+                setup = self._setup if admission.pool == self.settings.pool else None  # only its own pool
+                if attempt == 2 or setup is None or not setup.ensure(found_missing=True):
+                    raise unknown_pool(admission, self._choose) from None
         held = HeldSlot(block)
         try:
             response = self.get_response(request)

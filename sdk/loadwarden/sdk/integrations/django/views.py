@@ -1,7 +1,14 @@
 """Views of the Django integration, served by ``include("loadwarden.sdk.integrations.django.urls")``.
 
+- `dashboard`: seed 000's ``/admin/load/``, the service's live dashboard page, for staff
+  (``is_staff``); anyone else is sent to Django's login (``LOGIN_URL``).
+- `load_status`: seed 000's ``/api/load-status/``, the service's load status as the
+  JSON the page reads, for staff; 403 with a JSON body for anyone else.
 - `health`: seed 004's ``/api/health``, open to anyone (load balancers probe it); the
   checks come from ``LOADWARDEN_HEALTH_CHECKS``.
+
+Every call to the service goes through the middleware's own client (the settings'
+target, token and TLS), so the dashboard and the health document see its breakers.
 
 Every view here is `admission_exempt`: the middleware never makes it wait for, or
 deny it, a slot, so a probe still answers while the app is overloaded.
@@ -13,13 +20,71 @@ from collections.abc import Callable, Mapping
 
 from django.conf import settings as django_settings  # type: ignore[import-untyped]  # Django ships no type hints
 from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]  # Django ships no type hints
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed  # type: ignore[import-untyped]  # Django ships no type hints
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse  # type: ignore[import-untyped]  # Django ships no type hints
+from django.urls import reverse  # type: ignore[import-untyped]  # Django ships no type hints
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]  # Django ships no type hints
 
+from loadwarden.sdk import BreakerOpenError, LoadwardenError
+from loadwarden.sdk._errors import is_transport_failure
+from loadwarden.sdk.integrations._dashboard import DashboardUnavailable, dashboard_page, load_status_document
 from loadwarden.sdk.integrations.django import admission_exempt, admission_settings, shared_client
 from loadwarden.sdk.integrations.health import HEALTH_HEADERS, Health, HealthCheck, health_body, http_status
 
 SAFE_METHODS = ("GET", "HEAD")
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _is_staff(request: HttpRequest) -> bool:
+    user = getattr(request, "user", None)  # None without django.contrib.auth's AuthenticationMiddleware
+    return bool(user is not None and user.is_active and user.is_staff)
+
+
+@admission_exempt
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """Seed 000's dashboard at ``/admin/load/``: staff only, else Django's login redirect."""
+    if request.method not in SAFE_METHODS:
+        return HttpResponseNotAllowed(SAFE_METHODS)
+    if getattr(request, "user", None) is None:
+        return HttpResponse(
+            "The load dashboard needs django.contrib.auth's AuthenticationMiddleware in MIDDLEWARE.",
+            status=403,
+            content_type="text/plain; charset=utf-8",
+        )
+    if not _is_staff(request):
+        from django.contrib.auth.views import redirect_to_login  # type: ignore[import-untyped]  # Django ships no type hints
+
+        return redirect_to_login(request.get_full_path())
+    try:
+        body, headers = dashboard_page(reverse(f"{request.resolver_match.namespace or 'loadwarden'}:load-status"))
+    except DashboardUnavailable as err:
+        return HttpResponse(str(err), status=404, content_type="text/plain; charset=utf-8")
+    return HttpResponse(body, headers=headers)
+
+
+@admission_exempt
+def load_status(request: HttpRequest) -> JsonResponse:
+    """Seed 000's ``/api/load-status/``: every pool, server and batch operation the service
+    knows, as the admin port's JSON; staff only (403 otherwise), 503 while it is unreachable."""
+    if request.method not in SAFE_METHODS:
+        return HttpResponseNotAllowed(SAFE_METHODS)
+    if not _is_staff(request):
+        return JsonResponse(
+            {"error": "permission_denied", "message": "the load status is for staff members; sign in as one"},
+            status=403,
+            headers=NO_STORE,
+        )
+    settings = admission_settings()
+    try:
+        status = shared_client(settings).load_status(timeout_s=settings.timeout_s)
+    except LoadwardenError as err:
+        unreachable = isinstance(err, BreakerOpenError) or is_transport_failure(err)
+        message = f"the Decision service is unreachable ({err.code.name})" if unreachable else str(err)
+        return JsonResponse(
+            {"error": "unavailable" if unreachable else "service_error", "message": message},
+            status=503 if unreachable else 502,
+            headers=NO_STORE,
+        )
+    return JsonResponse(load_status_document(status), headers=NO_STORE)
 
 
 def database_check(alias: str = "default") -> Callable[[], str]:
