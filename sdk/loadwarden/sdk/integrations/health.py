@@ -122,11 +122,11 @@ class _Health(Generic[AnyClient]):
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s < math.inf:
             raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         self.client: AnyClient = client
-        self.pool = pool
-        self.timeout_s = float(timeout_s)
+        self.pool: str | None = pool
+        self.timeout_s: float = float(timeout_s)
         # The client's own policy; the middlewares pass theirs (the same).
         local_slots = getattr(client, "_local_slots", None)
-        self.slot_fallback = slot_fallback or str(getattr(local_slots, "policy", "local_limit"))
+        self.slot_fallback: str = slot_fallback or str(getattr(local_slots, "policy", "local_limit"))
         self._clock = clock
         self._checks: dict[str, _Registered] = {}
 

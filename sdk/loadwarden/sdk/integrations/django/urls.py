@@ -10,12 +10,14 @@ the dashboard reads its data from the moved URL.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.urls import path  # type: ignore[import-untyped]  # Django ships no type hints
 
 from loadwarden.sdk.integrations.django import views
 
 app_name = "loadwarden"
-urlpatterns = [
+urlpatterns: list[Any] = [
     path("admin/load/", views.dashboard, name="dashboard"),
     path("api/load-status/", views.load_status, name="load-status"),
     path("api/health/", views.health, name="health"),

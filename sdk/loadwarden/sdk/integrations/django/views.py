@@ -107,7 +107,7 @@ def database_check(alias: str = "default") -> Callable[[], str]:
     return check
 
 
-default_database = database_check()
+default_database: Callable[[], str] = database_check()
 
 
 def health_checks() -> dict[str, HealthCheck]:
