@@ -10,6 +10,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -492,3 +493,35 @@ async def test_configure_pool_false_and_the_admin_token(start, caplog: pytest.Lo
     assert (await load_status_of(service.target, "made")).concurrency_limit == 2
     async with AsyncClient(service.target) as client:
         assert [p.name for p in (await client.load_status()).pools] == ["made"]  # "off" and "refused" were not
+
+
+def _comparable(value: Any) -> Any:
+    """A load-status document with what JSON renders differently left out: protobuf's JSON
+    drops zero values, writes 64-bit integers as strings and times to the nanosecond; the
+    SDK's writes zeros, numbers, and times to the microsecond (Python's datetime)."""
+    if isinstance(value, dict):
+        kept = {k: _comparable(v) for k, v in value.items() if k not in ("generated_at", "host", "sampled_at")}
+        return {k: v for k, v in kept.items() if v not in (0, 0.0, False, "", [], {}, None)}
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, str):
+        return re.sub(r"(\.\d{6})\d*Z$", r"\1Z", value)
+    return value
+
+
+async def test_the_app_s_load_status_is_the_admin_port_s_document(start) -> None:
+    from google.protobuf import json_format
+
+    from loadwarden.server.rpc import _convert as convert
+
+    service = await start(three_server_pool("web", max_concurrency=3), three_server_pool("ml", strategy="p2c"))
+    async with AsyncClient(service.target) as client:
+        await client.report_load("web", "s1", cpu_percent=37.5, memory_percent=52.0, active_requests=3)
+        async with client.slot("web"):
+            with seed_settings(service.target, MIDDLEWARE=SESSION_MIDDLEWARE):
+                ours = (await fetch("staff", "/api/load-status/")).json()
+            theirs = json_format.MessageToDict(convert.load_status(service.core, ""), preserving_proto_field_name=True)
+    assert ours["pools"][1]["active_leases"] == 1 and ours["pools"][1]["servers"][0]["load"]["cpu_percent"] == 37.5
+    assert _comparable(ours) == _comparable(theirs)
