@@ -22,6 +22,7 @@ from .test_config_messages import corpus
 
 REPO = Path(__file__).resolve().parents[3]
 SHIPPED = REPO / "deploy" / "schemas" / "config.schema.json"
+SHIPPED_SCENARIO = REPO / "deploy" / "schemas" / "scenario.schema.json"
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,19 @@ def test_the_command_prints_the_schema_and_the_shipped_copy_is_fresh(
     out = tmp_path / "lw.schema.json"
     assert main(["config-schema", "config", "-o", str(out)]) == 0
     assert out.read_text(encoding="utf-8") == printed
+
+
+def test_the_scenario_schema_comes_from_the_simulator_and_its_shipped_copy_is_fresh(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from loadwarden.backend_sim import scenario_schema
+
+    assert main(["config-schema", "scenario"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed) == scenario_schema()
+    assert SHIPPED_SCENARIO.read_text(encoding="utf-8") == printed, (
+        "run: loadwarden config-schema scenario -o deploy/schemas/scenario.schema.json"
+    )
 
 
 def test_a_bad_output_path_or_schema_name_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -218,7 +218,7 @@ class ScenarioSpec:
             ``simulate``); None with central decisions only.
         route_push_interval_ms: How often the service pushes routing tables
             (its ``limits.route_push_interval_ms``), ms; None keeps the service's
-            default (250).
+            default (10).
         params: Parameters per strategy name (only names in the mode's registry).
         warmup_s: Requests arriving earlier are left out of the statistics, s.
         timeout_ms: Client deadline per backend call, ms, or None.
