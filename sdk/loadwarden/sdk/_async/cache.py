@@ -24,7 +24,7 @@ from loadwarden.sdk._cache.metrics import CacheStats, Counts, observe_cache
 from loadwarden.sdk._cache.redis_client import check_client, close_client_async, new_client_async, redis_errors
 from loadwarden.sdk._cache.settings import ASYNC_STORE_IS_ASYNC, CacheSettings, StoreGate, check_store
 
-if TYPE_CHECKING:  # redis-py is optional (the cache-redis extra): only type checkers import it here
+if TYPE_CHECKING:  # a protocol of what the store calls (redis-py itself is optional: cache-redis)
     from loadwarden.sdk._cache.redis_client import AsyncRedisClient
 
 T = TypeVar("T")

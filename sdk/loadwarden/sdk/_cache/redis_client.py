@@ -4,14 +4,28 @@ errors that mean "Redis did not answer"."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeAlias
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # redis-py is optional: a type checker sees it, importing this module does not need it
-    import redis
-    import redis.asyncio
 
-    RedisClient: TypeAlias = redis.Redis
-    AsyncRedisClient: TypeAlias = redis.asyncio.Redis
+# What the stores call, as protocols rather than redis-py's own classes: redis-py is
+# optional, so an application without it (and a type checker looking at the bare SDK)
+# still sees every type. redis.Redis and redis.asyncio.Redis fit them.
+class RedisClient(Protocol):
+    """A blocking redis-py client (`redis.Redis`), as far as `RedisStore` uses it."""
+
+    def get(self, name: str) -> Any: ...
+    def set(self, name: str, value: bytes, *, px: int) -> Any: ...
+    def delete(self, *names: str) -> Any: ...
+    def close(self) -> None: ...
+
+
+class AsyncRedisClient(Protocol):
+    """An asyncio redis-py client (`redis.asyncio.Redis`), as far as `AsyncRedisStore` uses it."""
+
+    def get(self, name: str) -> Any: ...
+    def set(self, name: str, value: bytes, *, px: int) -> Any: ...
+    def delete(self, *names: str) -> Any: ...
+    async def aclose(self) -> None: ...
 
 
 def _redis_py(what: str) -> None:

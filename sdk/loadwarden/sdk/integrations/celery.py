@@ -64,7 +64,7 @@ from loadwarden.sdk.integrations._common import Admission, AdmissionSettings
 
 __all__ = ["AdmissionConfigError", "AdmittedTask", "retry_countdown_s", "worker_settings"]
 
-log = logging.getLogger("loadwarden.sdk.celery")
+log: logging.Logger = logging.getLogger("loadwarden.sdk.celery")
 
 # AdmissionSettings field -> the environment variable read when the Celery config leaves it unset.
 ENVIRONMENT: dict[str, str] = {"target": "LOADWARDEN_TARGET", "token": "LOADWARDEN_CLIENT_TOKEN"}
