@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 
 import pytest
 
@@ -58,3 +59,54 @@ def test_seed001_ml_operations_never_run_more_than_three_at_once(processes: Proc
     assert sum(w >= 0.05 for w in waits) >= 5, out
     assert re.search(r"^priority 9: queue wait median", out, re.MULTILINE), out
     assert number(r"^active leases after: (\d+)$", out) == 0
+
+
+def test_seed001_ml_app_meets_the_cache_target_with_two_models_and_a_celery_task(processes: Processes) -> None:
+    out = run_example(processes, "seed001_ml_app.py", "--requests", "200", "--texts", "20", "--load-ms", "5")
+
+    assert re.search(r"^requests: 200 in [\d.]+ s, 200 answered 200$", out, re.MULTILINE), out
+    hit_rate = re.search(r"^cache hit rate: ([\d.]+)% \(target 80%: met\)$", out, re.MULTILINE)
+    assert hit_rate is not None and float(hit_rate.group(1)) >= 80.0, out
+    assert number(r"^cache: \d+ hits, \d+ misses \([\d.]+% hit rate\), (\d+) computes", out) == 20  # once per text
+    assert number(r"at most (\d+) resident \(limit 2\)$", out) <= 2
+    assert number(r"^models: (\d+) loads", out) >= 3  # three models through two places
+    assert re.search(r'^health: 200 \{"status":"ready"', out, re.MULTILINE), out
+    assert '"model_pool":{"state":"ok"' in out
+    assert re.search(r"^bad request: 400 model must be one of", out, re.MULTILINE), out
+    assert number(r"^active leases after: (\d+)$", out) == 0
+    assert re.search(r'^celery task: \{"text": "a late job", "held_lease": true\}$', out, re.MULTILINE), out
+
+
+def test_seed001_ml_app_shares_its_cache_between_processes_on_redis(processes: Processes) -> None:
+    redis = processes.redis()
+    args = ("--requests", "60", "--texts", "10", "--load-ms", "1", "--redis", redis.url)
+    first = run_example(processes, "seed001_ml_app.py", *args)
+    second = run_example(processes, "seed001_ml_app.py", *args)
+
+    assert number(r"(\d+) computes", first) == 10
+    assert number(r"(\d+) computes", second) == 0  # every result came from the first process's entries
+    assert re.search(r"^cache hit rate: 100\.0%", second, re.MULTILINE), second
+
+
+def test_seed001_ml_app_serves_its_health_endpoint_for_curl(processes: Processes) -> None:
+    import json
+    import urllib.request
+
+    from ._harness import free_loopback_port
+
+    service = processes.serve(None)
+    port = free_loopback_port()
+    app = processes.spawn(
+        [sys.executable, EXAMPLES / "seed001_ml_app.py", "--target", service.target, "--serve", str(port)]
+    )
+    assert app.stdout.wait_for(re.compile(r"^serving on ", re.MULTILINE), EXAMPLE_TIMEOUT_S), app.describe()
+    deadline = time.monotonic() + EXAMPLE_TIMEOUT_S
+    while True:  # uvicorn binds just after the line
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health/", timeout=5) as answer:
+                document = json.loads(answer.read())
+            break
+        except OSError:
+            assert time.monotonic() < deadline, app.describe()
+            time.sleep(0.05)
+    assert document["status"] == "ready" and document["checks"]["control_plane"]["state"] == "ok"
