@@ -483,14 +483,17 @@ async def _claim_schema(client: Any, prefix: str, where: str) -> bytes:
     written = await client.get(schema_key)
     if written is None:
         stray = await _some_key(client, prefix)
-        if stray is not None:
+        # Another replica starting at the same moment may have claimed the schema (and
+        # written more) since the read above: its keys are loadwarden's, not strays.
+        if stray is not None and (written := await client.get(schema_key)) is None:
             raise ConfigError(
                 "state.key_prefix",
                 f"Redis at {where} holds keys under {prefix!r} (e.g. {stray!r}) that loadwarden did not write "
                 f"(no {schema_key!r}); choose another key_prefix or remove them",
             )
-        await client.set(schema_key, SCHEMA, nx=True)
-        written = await client.get(schema_key)
+        if written is None:
+            await client.set(schema_key, SCHEMA, nx=True)
+            written = await client.get(schema_key)
     text = written.decode("utf-8", "replace") if isinstance(written, bytes) else str(written)
     if text != SCHEMA:
         raise ConfigError(
