@@ -38,6 +38,7 @@ from pydantic_core import PydanticCustomError
 from loadwarden.policy import shown
 
 __all__ = [
+    "SCHEMA_DIALECT",
     "Checked",
     "Choice",
     "Count",
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 _PROBLEM = "loadwarden"
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+"""The JSON Schema dialect the tables' schemas are written in (``$schema``)."""
 
 
 def problem(text: str) -> PydanticCustomError:

@@ -35,7 +35,7 @@ from loadwarden.policy.limits import LIMITS
 from loadwarden.policy.strategies import STRATEGIES
 
 from ..engine._core import LIMIT_RANGES, CoreLimits
-from ..fields import Checked, Choice, Count, Flag, Number, Table, problem, table_of
+from ..fields import SCHEMA_DIALECT, Checked, Choice, Count, Flag, Number, Table, problem, table_of
 from ..rpc._auth import AuthSettings
 from ..rpc._tls import TlsSettings
 from ..shared import FAILURE_MODES, REDIS_KEYS, RedisSettings, host_port
@@ -51,7 +51,6 @@ from ._settings import (
 )
 from ._store import STORE_NAMES
 
-SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _NUL = "must not contain a NUL character"
 
 

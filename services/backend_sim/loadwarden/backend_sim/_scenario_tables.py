@@ -29,11 +29,21 @@ from loadwarden.policy import shown
 from loadwarden.policy.batching import MODES
 from loadwarden.policy.limits import LIMITS
 from loadwarden.policy.strategies import STRATEGIES
-from loadwarden.server.fields import Checked, Choice, Count, Flag, Number, Table, Text, problem, table_of
+from loadwarden.server.fields import (
+    SCHEMA_DIALECT,
+    Checked,
+    Choice,
+    Count,
+    Flag,
+    Number,
+    Table,
+    Text,
+    problem,
+    table_of,
+)
 
 from ._config import DECISION_MODES, MAX_REQUESTS, SERVICE_DISTRIBUTIONS, Phase, SimServer
 
-SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 MODES_BY_NAME = ("route", "slot", "batch")
 # Clients deciding locally when the file lists "local" without saying how many.
 DEFAULT_CLIENTS = 3
