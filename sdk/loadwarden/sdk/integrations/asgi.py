@@ -11,10 +11,11 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import Any
 
-from loadwarden.sdk import AsyncClient, NotFoundError, ResourceExhaustedError, SlotDenied
+from loadwarden.sdk import AsyncClient, HeldLease, NotFoundError, ResourceExhaustedError, SlotDenied
 from loadwarden.sdk.integrations._client_key import ClientKeys
 from loadwarden.sdk.integrations._common import (
     Admission,
@@ -188,14 +189,18 @@ class AdmissionMiddleware:
             return
         await self._admitted(admission, scope, receive, send)
 
-    async def _admitted(self, admission: Admission, scope: Scope, receive: Receive, send: Send) -> None:
-        block = self._client.slot(
+    def _slot(self, client: AsyncClient, admission: Admission, scope: Scope) -> AbstractAsyncContextManager[HeldLease]:
+        """The slot a request or a WebSocket connection asks `client` for, by the settings."""
+        return client.slot(
             admission.pool,
             priority=admission.priority,
             wait_s=self.settings.wait_s,
             lease_ttl_s=self.settings.lease_ttl_s,
             client_key=self._keys(scope),
         )
+
+    async def _admitted(self, admission: Admission, scope: Scope, receive: Receive, send: Send) -> None:
+        block = self._slot(self._client, admission, scope)
         try:
             await block.__aenter__()
         except (SlotDenied, ResourceExhaustedError) as denied:
@@ -223,13 +228,7 @@ class AdmissionMiddleware:
             await block.__aexit__(None, None, None)
 
     async def _admitted_websocket(self, admission: Admission, scope: Scope, receive: Receive, send: Send) -> None:
-        block = self._ws_client.slot(
-            admission.pool,
-            priority=admission.priority,
-            wait_s=self.settings.wait_s,
-            lease_ttl_s=self.settings.lease_ttl_s,
-            client_key=self._keys(scope),
-        )
+        block = self._slot(self._ws_client, admission, scope)
         try:
             await block.__aenter__()
         except (SlotDenied, ResourceExhaustedError) as denied:
