@@ -52,6 +52,7 @@ PARAM_NAMES = (
     "response_high_ms",
     "initial_q",
     "virtual_loss",
+    "unknown_load",
     "sample_size",
     "latency_scale_ms",
     "active_scale_requests",

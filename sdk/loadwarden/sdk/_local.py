@@ -117,6 +117,7 @@ class _Entry:
     effective_weight: float
     eligible: bool
     draining: bool
+    stale: bool
     load: LoadSample | None
     in_flight: int
     ewma_latency_ms: float
@@ -150,6 +151,7 @@ def _entry(message: _pb.RouteServer, where: str) -> _Entry:
         effective_weight=message.effective_weight,
         eligible=message.eligible,
         draining=message.state == _common.SERVER_STATE_DRAINING,
+        stale=message.state == _common.SERVER_STATE_STALE,
         load=load,
         in_flight=message.in_flight,
         ewma_latency_ms=_number(message.ewma_latency_ms, f"{where}.ewma_latency_ms", 0.0, 86_400_000.0),
@@ -294,6 +296,7 @@ class LocalPool:
         server.address, server.weight = entry.address, entry.weight
         server.effective_weight = entry.effective_weight
         server.draining = entry.draining
+        server.routable = not (entry.draining or entry.stale)  # as the service's pool marks it
         server.load = entry.load
         server.load_at = self._clock() if entry.load is not None else None
         # The service's count holds every client's report, this one's too: the others' share is the rest.

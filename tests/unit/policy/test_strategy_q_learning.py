@@ -21,8 +21,15 @@ from loadwarden.server import ManualClock
 from ._learning import route
 
 
+def fresh(sid: str, address: str) -> Backend:
+    """A routable server that reported idle load (what the pool's ``eligible`` leaves)."""
+    return Backend(
+        id=sid, address=address, weight=1, load=LoadSample(0.0, 0.0, 0, 0.0, 0.0), load_at=0.0, routable=True
+    )
+
+
 def pool(*ids: str) -> dict[str, Backend]:
-    return {sid: Backend(id=sid, address=f"h:{i}", weight=1) for i, sid in enumerate(ids)}
+    return {sid: fresh(sid, f"h:{i}") for i, sid in enumerate(ids)}
 
 
 def agent(servers: dict[str, Backend], seed: int = 1, **params: Any) -> QLearning:
@@ -94,9 +101,21 @@ def test_thresholds_are_configurable() -> None:
     assert state_of(agent(servers, response_medium_ms=10.0, response_high_ms=30.0), servers) == "a=2"
 
 
-def test_unreported_server_is_levelled_by_in_flight_and_outcomes() -> None:
-    servers = pool("a")
+def test_unencodable_load_takes_the_high_level() -> None:
+    servers = {"a": Backend(id="a", address="h:a", weight=1, routable=True), "b": fresh("b", "h:b")}
     strategy = agent(servers)
+    assert state_of(strategy, servers) == "a=2,b=0"  # never reported: the seed's fallback
+    servers["a"].load = LoadSample(0.0, 0.0, 0, 0.0, 0.0)
+    assert state_of(strategy, servers) == "a=0,b=0"
+    servers["b"].routable = False  # its report went stale (the pool's eligible marks it)
+    assert state_of(strategy, servers) == "a=0,b=2"
+    servers["b"].draining = True  # drained, not stale: its load is still known
+    assert state_of(strategy, servers) == "a=0,b=0"
+
+
+def test_unreported_server_is_levelled_by_in_flight_and_outcomes_with_known_metrics() -> None:
+    servers = {"a": Backend(id="a", address="h:a", weight=1, routable=True)}
+    strategy = agent(servers, unknown_load="known_metrics")
     assert state_of(strategy, servers) == "a=0"  # no report, no outcome: cpu, latency count as 0
     servers["a"].in_flight = 12
     assert state_of(strategy, servers) == "a=2"
@@ -110,7 +129,7 @@ def test_state_is_in_id_order_and_follows_membership() -> None:
     report(servers["b"], cpu=90.0)
     strategy = agent(servers)
     assert state_of(strategy, servers) == "a=0,b=2"
-    servers["c"] = Backend(id="c", address="h:c", weight=1)
+    servers["c"] = fresh("c", "h:c")
     assert state_of(strategy, servers) == "a=0,b=2,c=0"
     del servers["b"]
     strategy.forget("b")
@@ -377,6 +396,7 @@ def test_restore_into_an_empty_pool_keeps_rows_until_servers_join() -> None:
         ("response_medium_ms", 0.0),
         ("response_high_ms", 100.0),
         ("initial_q", "optimistic"),
+        ("unknown_load", "low"),
         ("virtual_loss", -0.1),
         ("virtual_loss", 2.0),
         ("alpha", math.nan),

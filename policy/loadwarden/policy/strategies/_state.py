@@ -52,26 +52,46 @@ class LoadLevels:
     """Maps a server to load level 0 (low), 1 (medium) or 2 (high).
 
     Each metric is compared with its two thresholds (below ``medium`` is 0, below
-    ``high`` is 1, else 2) and the worst metric wins. A server that never reported
-    load has CPU 0, so its level comes from in-flight requests and outcome latency.
+    ``high`` is 1, else 2) and the worst metric wins. A server whose load cannot be
+    encoded (it never reported, or its report went stale) is at level 2, the seed's
+    fallback, when ``unknown_high``; otherwise its level comes from what is known
+    (CPU counts as 0; in-flight requests and outcome latency as measured).
     """
 
-    __slots__ = ("_active", "_cpu", "_response")
+    __slots__ = ("_active", "_cpu", "_response", "_unknown_high")
 
     def __init__(
-        self, cpu_percent: tuple[float, float], active_requests: tuple[int, int], response_ms: tuple[float, float]
+        self,
+        cpu_percent: tuple[float, float],
+        active_requests: tuple[int, int],
+        response_ms: tuple[float, float],
+        *,
+        unknown_high: bool = True,
     ) -> None:
         self._cpu = cpu_percent
         self._active = active_requests
         self._response = response_ms
+        self._unknown_high = unknown_high
 
     def level(self, server: Backend) -> int:
+        if self._unknown_high and unknown_load(server):
+            return 2
         cpu, active, response = server.cpu_percent, server.active_requests, server.response_time_ms
         if cpu >= self._cpu[1] or active >= self._active[1] or response >= self._response[1]:
             return 2
         if cpu >= self._cpu[0] or active >= self._active[0] or response >= self._response[0]:
             return 1
         return 0
+
+
+# How a learning strategy treats a server whose load cannot be encoded.
+UNKNOWN_LOAD = ("high", "known_metrics")
+
+
+def unknown_load(server: Backend) -> bool:
+    """True when ``server``'s load cannot be encoded: it never reported, or its report went
+    stale (the pool marks a stale server not routable; a drained one keeps its load)."""
+    return server.load is None or not (server.routable or server.draining)
 
 
 def state_key(ids: Sequence[str], levels: Sequence[int]) -> str:

@@ -1,7 +1,9 @@
 """Tabular Q-learning over whole-pool load states (the seed-002 RL balancer).
 
 State: every pool server's load level (0 low, 1 medium, 2 high; see ``LoadLevels``)
-in server-id order, written ``"s1=0,s2=2,s3=1"``. Action: the chosen server.
+in server-id order, written ``"s1=0,s2=2,s3=1"``; a server whose load cannot be
+encoded (never reported, or stale) is at level 2, the seed's fallback for state
+encoding errors. Action: the chosen server.
 Reward: ``-latency_ms / 10``, or ``-1000`` for a failure or an expired decision.
 Each outcome applies the Bellman update
 
@@ -31,6 +33,7 @@ from typing import Any
 from .._model import Backend
 from ._base import Choice, Feedback, StrategyBase, StrategyContext
 from ._state import (
+    UNKNOWN_LOAD,
     ActionMeans,
     EpsilonGreedy,
     LoadLevels,
@@ -89,6 +92,10 @@ class QLearningParams:
         virtual_loss: When choosing, Q(s, a) (never positive) is multiplied by
             ``(1 + virtual_loss) ** pending(s, a)``, the decisions on (s, a) still
             awaiting an outcome, [0, 1]; 0 is the seed's plain argmax.
+        unknown_load: A server whose load cannot be encoded (never reported, or a
+            stale report) is at level 2 with ``"high"``, the seed's fallback; with
+            ``"known_metrics"`` its level comes from in-flight requests and outcome
+            latency alone, its CPU read as 0.
     """
 
     alpha: float = 0.1
@@ -104,6 +111,7 @@ class QLearningParams:
     response_high_ms: float = 200.0
     initial_q: str = "action_mean"
     virtual_loss: float = 0.1
+    unknown_load: str = "high"
 
     def __post_init__(self) -> None:
         check_exploration(self.alpha, self.epsilon, self.epsilon_decay, self.epsilon_min)
@@ -117,6 +125,8 @@ class QLearningParams:
         if self.initial_q not in INITIAL_Q:
             raise ValueError(f"initial_q: must be one of {', '.join(INITIAL_Q)}, got {self.initial_q!r}")
         check_range("virtual_loss", self.virtual_loss, 0.0, 1.0)
+        if self.unknown_load not in UNKNOWN_LOAD:
+            raise ValueError(f"unknown_load: must be one of {', '.join(UNKNOWN_LOAD)}, got {self.unknown_load!r}")
 
 
 class QLearning(StrategyBase):
@@ -140,6 +150,7 @@ class QLearning(StrategyBase):
             (params.cpu_medium_percent, params.cpu_high_percent),
             (params.active_medium_requests, params.active_high_requests),
             (params.response_medium_ms, params.response_high_ms),
+            unknown_high=params.unknown_load == "high",
         )
         self._eps = EpsilonGreedy(params.epsilon, params.epsilon_decay, params.epsilon_min)
         self._lock = threading.Lock()
