@@ -119,7 +119,7 @@ def test_evaluate_writes_the_table_json_csv_and_plots_and_leaves_no_process(
     for name in ("report.md", "summary.csv", "requests.csv", "summary.png", "latency_over_time.png"):
         assert (out / name).stat().st_size > 0, name
     rows = (out / "requests.csv").read_text(encoding="utf-8").splitlines()
-    assert rows[0] == "strategy,timestamp_s,server,latency_ms,success,explored" and len(rows) > 200
+    assert rows[0] == "request_id,strategy,timestamp_s,server,latency_ms,success,explored" and len(rows) > 200
     logs = sorted(p.name for p in (out / "logs").iterdir())
     assert len(logs) == 4 and all("service" in n or "backends" in n for n in logs)  # two fresh processes per run
 

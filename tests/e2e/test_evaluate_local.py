@@ -86,7 +86,7 @@ def test_central_and_local_runs_share_the_report_and_local_ones_decide_in_the_cl
     assert versus["strategy"] == "p2c" and versus["p99_ratio"] > 0
     assert local["sim_summary"]["p99_ms"] > 0  # the simulator ran local mode too
     rows = (out / "requests.csv").read_text(encoding="utf-8").splitlines()
-    assert rows[0] == "strategy,decisions,timestamp_s,server,latency_ms,success,explored"
+    assert rows[0] == "request_id,strategy,decisions,timestamp_s,server,latency_ms,success,explored"
     logs = sorted(p.name for p in (out / "logs").iterdir())
     assert len(logs) == 10 and sum("client" in n for n in logs) == 6, logs  # per run: service, backends, 3 clients
 

@@ -27,6 +27,7 @@ COLUMNS = [
     "strategy",
     "requests",
     "mean ms",
+    "std ms",
     "p50 ms",
     "p95 ms",
     "p99 ms",
@@ -94,9 +95,10 @@ def test_the_table_has_every_column_and_one_row_per_strategy() -> None:
     assert [row[0] for row in rows[2:]] == ["round_robin", "least_connections"]
     rr = report.summary("round_robin")
     assert rr is not None
-    assert rows[2][1:10] == [
+    assert rows[2][1:11] == [
         "100",
         f"{rr.mean_ms:.1f}",
+        f"{rr.std_ms:.1f}",
         f"{rr.p50_ms:.1f}",
         f"{rr.p95_ms:.1f}",
         f"{rr.p99_ms:.1f}",
@@ -144,9 +146,11 @@ def test_requests_that_reached_no_server_count_as_failures_not_latencies() -> No
 
     assert (summary.requests, summary.unrouted) == (4, 2)
     assert summary.success_rate == 0.5 and summary.mean_ms == 20.0 and summary.p50_ms == 10.0
+    assert summary.std_ms == 10.0  # population: latencies 10 and 30 around 20; unrouted ones left out
     assert summary.share == {"a": 0.5, "b": 0.5}
     nothing = summarize(records([("", 0.0, False)]), ["a"])
     assert nothing.unrouted == 1 and math.isnan(nothing.p99_ms) and nothing.as_dict()["p99_ms"] is None
+    assert nothing.as_dict()["std_ms"] is None
 
 
 def test_warmup_leaves_out_early_arrivals() -> None:
@@ -211,12 +215,15 @@ def test_json_and_csv_round_trip(tmp_path: Path) -> None:
         assert float(row["p99_ms"]) == pytest.approx(summary.p99_ms, abs=1e-3)
         assert float(row["success_rate"]) == pytest.approx(summary.success_rate, abs=1e-6)
         assert float(row["cv"]) == pytest.approx(summary.cv, abs=1e-6)
+        assert float(row["std_ms"]) == pytest.approx(summary.std_ms, abs=1e-3)
         assert int(row["requests"]) == summary.requests
     assert rows[0]["timed_out"] == "2" and rows[1]["timed_out"] == "0"
 
     with paths[3].open() as f:
         back = list(csv.DictReader(f))
     assert len(back) == 200
+    assert len({r["request_id"] for r in back}) == 200
+    assert [r["request_id"] for r in back][:2] == ["1-1", "1-2"]
     for run in report.runs:
         mine = [
             RequestRecord(

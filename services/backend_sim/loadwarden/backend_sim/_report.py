@@ -306,6 +306,7 @@ def render_markdown(report: Report) -> str:
         *(["decisions"] if decided else []),
         "requests",
         "mean ms",
+        "std ms",
         "p50 ms",
         "p95 ms",
         "p99 ms",
@@ -335,6 +336,7 @@ def render_markdown(report: Report) -> str:
                 *name,
                 f"{s.requests:,}",
                 _ms(s.mean_ms),
+                _ms(s.std_ms),
                 _ms(s.p50_ms),
                 _ms(s.p95_ms),
                 _ms(s.p99_ms),
@@ -648,6 +650,7 @@ SUMMARY_COLUMNS = (
     "strategy",
     "requests",
     "mean_ms",
+    "std_ms",
     "p50_ms",
     "p95_ms",
     "p99_ms",
@@ -691,6 +694,7 @@ def write_summary_csv(report: Report, path: Path) -> None:
                 row += [
                     s.requests,
                     _csv_number(s.mean_ms, 3),
+                    _csv_number(s.std_ms, 3),
                     _csv_number(s.p50_ms, 3),
                     _csv_number(s.p95_ms, 3),
                     _csv_number(s.p99_ms, 3),
@@ -711,25 +715,28 @@ def write_summary_csv(report: Report, path: Path) -> None:
 
 
 _CSV_CHUNK = 100_000
-REQUEST_COLUMNS = ("strategy", "timestamp_s", "server", "latency_ms", "success", "explored")
+REQUEST_COLUMNS = ("request_id", "strategy", "timestamp_s", "server", "latency_ms", "success", "explored")
 
 
 def write_requests_csv(report: Report, path: Path) -> None:
     """``requests.csv``: every request of every run (warm-up included), one row each
-    (with ``decisions`` after ``strategy`` when some run decided locally)."""
+    (with ``decisions`` after ``strategy`` when some run decided locally). A request's
+    id is ``<run>-<n>``: the run's position in the report (from 1) and the request's
+    in the run's arrival order (from 1), unique in the file."""
     decided = report.shows_decisions
     with path.open("w", newline="", encoding="utf-8") as out:
-        names = [REQUEST_COLUMNS[0], "decisions", *REQUEST_COLUMNS[1:]] if decided else list(REQUEST_COLUMNS)
+        names = [*REQUEST_COLUMNS[:2], "decisions", *REQUEST_COLUMNS[2:]] if decided else list(REQUEST_COLUMNS)
         out.write(",".join(names) + "\n")
-        for run in report.runs:
+        for number, run in enumerate(report.runs, 1):
             cols = columns(run.records, run.server_ids)
             ids = cols.server_ids
             name = f"{run.strategy},{run.decisions}" if decided else run.strategy
             for start in range(0, len(cols), _CSV_CHUNK):  # bounded memory for millions of rows
                 part = slice(start, start + _CSV_CHUNK)
                 out.writelines(
-                    f"{name},{t:.6f},{ids[s] if s >= 0 else ''},{lat:.3f},{int(ok)},{int(ex)}\n"
-                    for t, s, lat, ok, ex in zip(
+                    f"{number}-{n},{name},{t:.6f},{ids[s] if s >= 0 else ''},{lat:.3f},{int(ok)},{int(ex)}\n"
+                    for n, t, s, lat, ok, ex in zip(
+                        range(start + 1, start + 1 + len(cols.time_s[part])),
                         cols.time_s[part].tolist(),
                         cols.server[part].tolist(),
                         cols.latency_ms[part].tolist(),

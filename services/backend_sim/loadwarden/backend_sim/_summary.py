@@ -226,6 +226,7 @@ class Summary:
     Attributes:
         requests: Requests summarised, those that reached no server included.
         mean_ms: Mean latency.
+        std_ms: Standard deviation of the latencies (population).
         p50_ms: Median latency.
         p95_ms: 95th percentile latency.
         p99_ms: 99th percentile latency.
@@ -260,6 +261,7 @@ class Summary:
     curve_window: int
     unrouted: int = 0
     cv: float = 0.0
+    std_ms: float = math.nan
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready form, latencies rounded to µs; NaN and infinities become None."""
@@ -271,6 +273,7 @@ class Summary:
         return {
             "requests": self.requests,
             "mean_ms": num(self.mean_ms, r),
+            "std_ms": num(self.std_ms, r),
             "p50_ms": num(self.p50_ms, r),
             "p95_ms": num(self.p95_ms, r),
             "p99_ms": num(self.p99_ms, r),
@@ -353,6 +356,7 @@ def summarize_columns(cols: Columns, curve_window: int = 500) -> Summary:
         ordered = np.sort(latencies)
         q = {p: float(percentile(ordered, p)) for p in (0.50, 0.95, 0.99, 0.999)}
         mean = float(latencies.mean())
+        std = float(latencies.std())
         end_s = float(np.max(cols.time_s[routed] + latencies / 1000.0))
         span_s = end_s - float(cols.time_s[0])
         throughput = m / span_s if span_s > 0 else math.inf
@@ -361,7 +365,7 @@ def summarize_columns(cols: Columns, curve_window: int = 500) -> Summary:
         curve = tuple(float(v) for v in rewards.reshape(blocks, curve_window).mean(axis=1)) if blocks else ()
     else:
         q = dict.fromkeys((0.50, 0.95, 0.99, 0.999), math.nan)
-        mean = throughput = math.nan
+        mean = std = throughput = math.nan
         curve = ()
     return Summary(
         requests=n,
@@ -378,4 +382,5 @@ def summarize_columns(cols: Columns, curve_window: int = 500) -> Summary:
         curve_window=curve_window,
         unrouted=n - m,
         cv=coefficient_of_variation([float(c) for c in counts]),
+        std_ms=std,
     )
