@@ -4,10 +4,10 @@ Latency statistics are over the requests that reached a backend, as the proxy
 timed them (a timed-out request counts at the timeout); the success rate is over
 every request (an answer of 200 is a success). ``summarize`` of
 ``loadwarden.backend_sim`` computes the figures ``loadwarden evaluate`` reports
-(nearest-rank percentiles, throughput from the first arrival to the last answer,
-the coefficient of variation of the per-server request counts); this module adds
-the standard deviation, the latency's coefficient of variation (the seed's
-stability figure) and the choice of the best strategy.
+(nearest-rank percentiles, the standard deviation, throughput from the first
+arrival to the last answer, the coefficient of variation of the per-server
+request counts); this module adds the latency's coefficient of variation (the
+seed's stability figure) and the choice of the best strategy.
 
 The best strategy is the one with the lowest p99 (ties: the lower mean) among those
 whose success rate is within one percentage point of the best success rate, so a
@@ -128,8 +128,6 @@ def stats(run: RunResult, server_ids: Sequence[str]) -> Stats:
         empty = dict.fromkeys(server_ids, 0)
         return Stats(run.strategy, 0, nan, nan, nan, nan, nan, nan, 0.0, 0.0, empty, 0.0, 0.0, {})
     summary = summarize(records, server_ids)
-    routed = np.array([r.latency_ms for r in records if r.server], dtype=np.float64)
-    std = float(routed.std()) if routed.size else math.nan
     counts = Counter(r.server for r in records if r.server)
     return Stats(
         strategy=run.strategy,
@@ -138,8 +136,8 @@ def stats(run: RunResult, server_ids: Sequence[str]) -> Stats:
         p50_ms=summary.p50_ms,
         p95_ms=summary.p95_ms,
         p99_ms=summary.p99_ms,
-        std_ms=std,
-        latency_cv=std / summary.mean_ms if routed.size and summary.mean_ms > 0 else math.nan,
+        std_ms=summary.std_ms,
+        latency_cv=summary.std_ms / summary.mean_ms if summary.mean_ms > 0 else math.nan,
         success_rate=summary.success_rate,
         throughput_per_s=summary.throughput_per_s,
         server_counts={sid: counts.get(sid, 0) for sid in server_ids},
