@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,7 +31,15 @@ import pytest
 
 from loadwarden.policy import OutlierSettings
 from loadwarden.sdk import AsyncClient
-from loadwarden.server import AdminSettings, OperationSettings, PoolSettings, PoolSpec, RunningService, ServerSpec
+from loadwarden.server import (
+    AdminSettings,
+    HealthCheckSettings,
+    OperationSettings,
+    PoolSettings,
+    PoolSpec,
+    RunningService,
+    ServerSpec,
+)
 
 from ._harness import REPO
 
@@ -232,13 +241,25 @@ async def dashboard(
         PoolSettings(name="learn", strategy="q_learning"),
         tuple(ServerSpec(f"learn-{i}", f"127.0.0.1:910{i}") for i in (1, 2)),
     )
+    # Health-checked at addresses nothing listens on: both fail their first check (threshold 1).
+    refused = [socket.socket() for _ in range(2)]
+    for sock in refused:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in refused]
+    for sock in refused:
+        sock.close()
+    checked = PoolSpec(
+        PoolSettings(name="checked"),
+        tuple(ServerSpec(f"chk-{i}", f"127.0.0.1:{port}") for i, port in enumerate(ports, 1)),
+        HealthCheckSettings(interval_ms=100, timeout_ms=80, unhealthy_threshold=1),
+    )
     export = OperationSettings(
         name="export", min_batch_size=10, max_batch_size=500, default_batch_size=100, load_source="pool", pool="api"
     )
     admin = AdminSettings(
         listen="127.0.0.1:0", token=TOKEN, history_path=str(tmp_path / "history.sqlite"), history_interval_ms=200
     )
-    running = await start(api, learn, operations=(export,), admin=admin)
+    running = await start(api, learn, checked, operations=(export,), admin=admin)
     yield running, f"http://127.0.0.1:{running.admin_port}"
 
 
@@ -279,6 +300,10 @@ async def test_dashboard_shows_live_load_and_refuses_without_the_token(
         )
         assert await tab.evaluate("document.querySelector('tr[data-server=\"api/api-1\"]').dataset.state") == "SERVING"
         await tab.wait_for("document.querySelector('tr[data-agent=\"learn\"]')", "the learning agent of pool learn")
+        unhealthy = "document.querySelector('tr[data-server=\"checked/chk-1\"]')"
+        await tab.wait_for(f"{unhealthy} && {unhealthy}.dataset.state === 'UNHEALTHY'", "chk-1 unhealthy")
+        problem = await tab.evaluate(f"{unhealthy}.querySelector('[data-check=problem]').textContent")
+        assert problem == "connection refused"
         await tab.wait_for("document.querySelector('tr[data-operation=\"export\"]')", "the batch operation")
 
         # change the load: the page follows without a reload

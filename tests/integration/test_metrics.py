@@ -219,6 +219,8 @@ async def test_a_scripted_workload_shows_up_exactly_in_metrics(
         "stale": 0,
         "draining": 0,
         "ejected": 1,
+        "unhealthy": 0,
+        "degraded": 0,
     }
     assert value(m, state, pool="api", server="s2", state="serving") == 1
     assert value(m, state, pool="api", server="s2", state="ejected") == 0

@@ -30,6 +30,7 @@ from ._operations import (
     parse_operation,
 )
 from ._pool import Pool
+from ._probes import Answer, Probed, ProbeRecord, ProbeRules
 from ._ratelimit import RateLimiter
 from ._registry import Registry, parse_params
 from ._settings import (
@@ -67,6 +68,7 @@ __all__ = [
     "OPERATION_SOURCES",
     "OUTLIER_RANGES",
     "Adjustment",
+    "Answer",
     "Backend",
     "BatchAnswer",
     "BatchReportIn",
@@ -92,6 +94,9 @@ __all__ = [
     "PendingDecisions",
     "Pool",
     "PoolSettings",
+    "ProbeRecord",
+    "ProbeRules",
+    "Probed",
     "RateLimit",
     "RateLimiter",
     "Registry",

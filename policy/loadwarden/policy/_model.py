@@ -6,14 +6,22 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ._probes import Probed, ProbeRecord
+
 
 class Health(enum.Enum):
-    """Why a server may or may not be chosen right now."""
+    """Why a server may or may not be chosen right now.
+
+    SERVING and DEGRADED servers may be chosen (DEGRADED at a reduced weight); STALE
+    and DRAINING ones never; EJECTED and UNHEALTHY ones only when the pool panics.
+    """
 
     SERVING = "serving"
     STALE = "stale"
     DRAINING = "draining"
     EJECTED = "ejected"
+    UNHEALTHY = "unhealthy"
+    DEGRADED = "degraded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,9 @@ class Backend:
     returned_at: float | None = None  # when the last ejection ended
     ramp_start: float | None = None  # when the server last became routable
     routable: bool = False  # routable (not drained, not stale) at the last check
+    probed: Probed = Probed.UNCHECKED  # active health checks' verdict (see Pool.set_probed)
+    degraded_share: float = 1.0  # share of its weight while probed DEGRADED, (0, 1]
+    probe: ProbeRecord | None = None  # what the checks found; None when none cover it
 
     def __post_init__(self) -> None:
         self.effective_weight = float(self.weight)
@@ -157,7 +168,11 @@ class Backend:
             return Health.DRAINING
         if self.is_stale(now, load_ttl_s, require_load):
             return Health.STALE
-        return Health.EJECTED if self.ejected_until > now else Health.SERVING
+        if self.ejected_until > now:
+            return Health.EJECTED
+        if self.probed is Probed.UNHEALTHY:
+            return Health.UNHEALTHY
+        return Health.DEGRADED if self.probed is Probed.DEGRADED else Health.SERVING
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from collections.abc import Collection
 from typing import Generic, TypeVar
 
 from ._model import Backend, Health, LoadSample, ServerSpec
+from ._probes import Answer, Probed, ProbeRecord, ProbeRules
 from ._settings import PoolSettings
 from .strategies import Strategy
 
@@ -20,11 +21,17 @@ SLOW_START_MIN_FRACTION = 0.1
 
 
 def _ramped(server: Backend, now: float, window_s: float) -> float:
-    """``weight`` scaled linearly from 10 % to 100 % over ``window_s`` after the ramp started."""
+    """``weight`` scaled linearly from 10 % to 100 % over ``window_s`` after the ramp started,
+    and by ``degraded_share`` while health checks find the server degraded."""
+    weight = server.weight * server.degraded_share if server.probed is Probed.DEGRADED else float(server.weight)
     if window_s <= 0 or server.ramp_start is None:
-        return float(server.weight)
+        return weight
     fraction = (now - server.ramp_start) / window_s
-    return server.weight * (1.0 if fraction >= 1.0 else max(SLOW_START_MIN_FRACTION, fraction))
+    return weight * (1.0 if fraction >= 1.0 else max(SLOW_START_MIN_FRACTION, fraction))
+
+
+def _share(probed: Probed, degraded_share: float) -> float:
+    return degraded_share if probed is Probed.DEGRADED else 1.0
 
 
 SlotsT = TypeVar("SlotsT")
@@ -103,6 +110,37 @@ class Pool(Generic[SlotsT]):
         server.draining = drain
         self._cached = None
 
+    def record_probe(
+        self, server: Backend, answer: Answer, latency_ms: float, problem: str, wall: float, rules: ProbeRules
+    ) -> Probed | None:
+        """Counts an active health check's answer on ``server`` (see ``loadwarden.policy._probes``);
+        returns the server's new verdict when it changed, else None."""
+        record = server.probe
+        if record is None:
+            record = server.probe = ProbeRecord()
+        before = record.state
+        state = record.record(answer, latency_ms, problem, wall, rules)
+        if (server.probed, server.degraded_share) != (state, rules.degraded_share):
+            # Statuses show the weight before the next ``eligible`` refreshes it: scale it now.
+            server.effective_weight *= _share(state, rules.degraded_share) / _share(
+                server.probed, server.degraded_share
+            )
+            server.probed, server.degraded_share = state, rules.degraded_share
+            self._cached = None
+        if state is before:
+            return None
+        level = logging.WARNING if state in (Probed.UNHEALTHY, Probed.DEGRADED) else logging.INFO
+        why = f": {record.problem}" if record.problem else ""
+        log.log(level, "server %s/%s health check: %s -> %s%s", self.name, server.id, before.value, state.value, why)
+        return state
+
+    def forget_probe(self, server: Backend) -> None:
+        """Drops what health checks found about ``server``: no check covers it any more."""
+        if server.probe is not None or server.probed is not Probed.UNCHECKED:
+            server.effective_weight /= _share(server.probed, server.degraded_share)
+            server.probe, server.probed, server.degraded_share = None, Probed.UNCHECKED, 1.0
+            self._cached = None
+
     def record_load(self, server: Backend, sample: LoadSample, now: float, wall: float) -> None:
         """Stores a load report.
 
@@ -129,9 +167,10 @@ class Pool(Generic[SlotsT]):
         """Servers that may be chosen at monotonic time ``now``, in registration order.
 
         Drained and stale servers are never eligible, nor are those the request
-        excludes. Ejected servers are left out unless fewer than the panic
-        threshold of the routable servers would remain; then ejection is ignored
-        (``self.panic`` tells). Along the way this advances each server's routing
+        excludes. Ejected servers, and those health checks found unhealthy, are
+        left out unless fewer than the panic threshold of the routable servers
+        would remain; then both are ignored (``self.panic`` tells). Degraded
+        servers weigh ``degraded_share`` of their weight. Along the way this advances each server's routing
         state: an ejection whose time is up ends, and a server that becomes
         routable starts its slow-start ramp.
         """
@@ -169,7 +208,8 @@ class Pool(Generic[SlotsT]):
                 valid_until = -math.inf  # the weight moves with time
             server.effective_weight = _ramped(server, now, window)
             routable.append(server)
-            healthy.append(server)
+            if server.probed is not Probed.UNHEALTHY:
+                healthy.append(server)
         threshold = self.settings.outlier.panic_threshold_percent
         self.panic = len(healthy) < len(routable) and len(healthy) * 100 < threshold * len(routable)
         if self.panic:

@@ -19,6 +19,7 @@ from loadwarden.sdk._types import (
     BatchMode,
     BatchReport,
     BatchSize,
+    HealthCheckStatus,
     HostLoad,
     Lease,
     LoadReport,
@@ -62,6 +63,8 @@ _SERVER_STATE_BY_PROTO: dict[int, ServerState] = {
     _common.SERVER_STATE_STALE: ServerState.STALE,
     _common.SERVER_STATE_DRAINING: ServerState.DRAINING,
     _common.SERVER_STATE_EJECTED: ServerState.EJECTED,
+    _common.SERVER_STATE_UNHEALTHY: ServerState.UNHEALTHY,
+    _common.SERVER_STATE_DEGRADED: ServerState.DEGRADED,
 }
 
 _BATCH_MODE_BY_PROTO: dict[int, BatchMode] = {
@@ -206,6 +209,19 @@ def server_status_from_proto(message: _common.ServerStatus) -> ServerStatus:
         ejected_until=_datetime(message.ejected_until) if message.HasField("ejected_until") else None,
         effective_weight=message.effective_weight,
         consecutive_failures=message.consecutive_failures,
+        health_check=health_check_from_proto(message.health_check) if message.HasField("health_check") else None,
+    )
+
+
+def health_check_from_proto(message: _common.HealthCheckStatus) -> HealthCheckStatus:
+    return HealthCheckStatus(
+        state=message.state,
+        checked_at=_datetime(message.checked_at) if message.HasField("checked_at") else None,
+        latency_ms=message.latency_ms,
+        problem=message.problem,
+        consecutive_failures=message.consecutive_failures,
+        consecutive_successes=message.consecutive_successes,
+        checks_total=message.checks_total,
     )
 
 

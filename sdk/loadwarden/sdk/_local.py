@@ -65,6 +65,8 @@ _STATES = {
     _common.SERVER_STATE_STALE,
     _common.SERVER_STATE_DRAINING,
     _common.SERVER_STATE_EJECTED,
+    _common.SERVER_STATE_UNHEALTHY,
+    _common.SERVER_STATE_DEGRADED,
 }
 
 

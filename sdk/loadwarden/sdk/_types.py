@@ -149,6 +149,10 @@ class ServerState(enum.Enum):
     """Not eligible: an operator drained it; in-flight work finishes normally."""
     EJECTED = "ejected"
     """Not eligible for now: ejected as an outlier until its ejection time ends."""
+    UNHEALTHY = "unhealthy"
+    """Not eligible: the pool's active health check failed; back after enough good checks."""
+    DEGRADED = "degraded"
+    """Eligible at a reduced weight: the health check answered slowly or said degraded."""
 
 
 class BatchMode(enum.Enum):
@@ -174,6 +178,29 @@ class LoadSource(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheckStatus:
+    """What a pool's active health checks last found about one server.
+
+    Attributes:
+        state: "healthy", "degraded" or "unhealthy"; "unchecked" before a check concluded.
+        checked_at: When the last check finished (UTC); None before the first.
+        latency_ms: How long the last check took, milliseconds.
+        problem: Why the last check failed or found the server degraded; empty when good.
+        consecutive_failures: Checks in a row that failed, count.
+        consecutive_successes: Checks in a row that passed, count.
+        checks_total: Checks run on this server, count.
+    """
+
+    state: str
+    checked_at: datetime | None
+    latency_ms: float
+    problem: str
+    consecutive_failures: int
+    consecutive_successes: int
+    checks_total: int
+
+
+@dataclass(frozen=True, slots=True)
 class ServerStatus:
     """What the service knows about one server.
 
@@ -191,8 +218,9 @@ class ServerStatus:
         ejections_total: Times the server was ejected as an outlier, count.
         ejected_until: When the current ejection ends (UTC); None when not ejected.
         effective_weight: Weight the strategies use now: `weight`, scaled down while
-            the server ramps up (slow start).
+            the server ramps up (slow start) and while it is degraded.
         consecutive_failures: Failed outcomes in a row, count.
+        health_check: The pool's active health checks on it; None when none are configured.
     """
 
     id: str
@@ -210,6 +238,7 @@ class ServerStatus:
     ejected_until: datetime | None = None
     effective_weight: float = 0.0
     consecutive_failures: int = 0
+    health_check: HealthCheckStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)

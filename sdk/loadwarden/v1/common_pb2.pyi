@@ -18,6 +18,8 @@ class ServerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SERVER_STATE_STALE: _ClassVar[ServerState]
     SERVER_STATE_DRAINING: _ClassVar[ServerState]
     SERVER_STATE_EJECTED: _ClassVar[ServerState]
+    SERVER_STATE_UNHEALTHY: _ClassVar[ServerState]
+    SERVER_STATE_DEGRADED: _ClassVar[ServerState]
 
 class LoadLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -43,6 +45,8 @@ SERVER_STATE_SERVING: ServerState
 SERVER_STATE_STALE: ServerState
 SERVER_STATE_DRAINING: ServerState
 SERVER_STATE_EJECTED: ServerState
+SERVER_STATE_UNHEALTHY: ServerState
+SERVER_STATE_DEGRADED: ServerState
 LOAD_LEVEL_UNSPECIFIED: LoadLevel
 LOAD_LEVEL_LOW: LoadLevel
 LOAD_LEVEL_MEDIUM: LoadLevel
@@ -54,6 +58,24 @@ BATCH_MODE_LATENCY_TARGET: BatchMode
 LOAD_SOURCE_UNSPECIFIED: LoadSource
 LOAD_SOURCE_HOST: LoadSource
 LOAD_SOURCE_POOL: LoadSource
+
+class HealthCheckStatus(_message.Message):
+    __slots__ = ("state", "checked_at", "latency_ms", "problem", "consecutive_failures", "consecutive_successes", "checks_total")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_AT_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    checked_at: _timestamp_pb2.Timestamp
+    latency_ms: float
+    problem: str
+    consecutive_failures: int
+    consecutive_successes: int
+    checks_total: int
+    def __init__(self, state: _Optional[str] = ..., checked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency_ms: _Optional[float] = ..., problem: _Optional[str] = ..., consecutive_failures: _Optional[int] = ..., consecutive_successes: _Optional[int] = ..., checks_total: _Optional[int] = ...) -> None: ...
 
 class ServerSpec(_message.Message):
     __slots__ = ("id", "address", "weight")
@@ -178,7 +200,7 @@ class OperationConfig(_message.Message):
     def __init__(self, name: _Optional[str] = ..., min_batch_size: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., default_batch_size: _Optional[int] = ..., low_threshold_percent: _Optional[float] = ..., high_threshold_percent: _Optional[float] = ..., cooldown_ms: _Optional[int] = ..., min_step: _Optional[int] = ..., mode: _Optional[_Union[BatchMode, str]] = ..., target_latency_ms: _Optional[float] = ..., additive_step: _Optional[int] = ..., backoff_ratio: _Optional[float] = ..., load_source: _Optional[_Union[LoadSource, str]] = ..., pool: _Optional[str] = ...) -> None: ...
 
 class ServerStatus(_message.Message):
-    __slots__ = ("id", "address", "weight", "state", "in_flight", "load", "load_reported_at", "ewma_latency_ms", "error_rate", "selections_total", "ejections_total", "ejected_until", "effective_weight", "consecutive_failures")
+    __slots__ = ("id", "address", "weight", "state", "in_flight", "load", "load_reported_at", "ewma_latency_ms", "error_rate", "selections_total", "ejections_total", "ejected_until", "effective_weight", "consecutive_failures", "health_check")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +215,7 @@ class ServerStatus(_message.Message):
     EJECTED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     EFFECTIVE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     weight: int
@@ -207,7 +230,8 @@ class ServerStatus(_message.Message):
     ejected_until: _timestamp_pb2.Timestamp
     effective_weight: float
     consecutive_failures: int
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., state: _Optional[_Union[ServerState, str]] = ..., in_flight: _Optional[int] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., load_reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ewma_latency_ms: _Optional[float] = ..., error_rate: _Optional[float] = ..., selections_total: _Optional[int] = ..., ejections_total: _Optional[int] = ..., ejected_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., effective_weight: _Optional[float] = ..., consecutive_failures: _Optional[int] = ...) -> None: ...
+    health_check: HealthCheckStatus
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., state: _Optional[_Union[ServerState, str]] = ..., in_flight: _Optional[int] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., load_reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ewma_latency_ms: _Optional[float] = ..., error_rate: _Optional[float] = ..., selections_total: _Optional[int] = ..., ejections_total: _Optional[int] = ..., ejected_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., effective_weight: _Optional[float] = ..., consecutive_failures: _Optional[int] = ..., health_check: _Optional[_Union[HealthCheckStatus, _Mapping]] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
     __slots__ = ("name", "strategy", "servers", "eligible_servers", "in_flight", "active_leases", "queue_length", "concurrency_limit", "strategy_stats", "panic")

@@ -21,6 +21,7 @@ from .app._cli import main
 from .app._config import AdminSettings, MonitorSettings, PoolSpec, ServiceConfig, StateSettings, load_config
 from .app._service import RunningService, serve, start_service
 from .engine._core import CoreLimits, DecisionCore
+from .engine._health_checks import HealthCheckSettings
 from .rpc._auth import AuthSettings
 from .rpc._tls import TlsSettings
 
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "CoreLimits",
     "DecisionCore",
+    "HealthCheckSettings",
     "ManualClock",
     "MonitorSettings",
     "OperationSettings",

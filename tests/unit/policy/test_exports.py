@@ -7,6 +7,7 @@ from loadwarden.policy import batching, limits, strategies
 def test_public_names() -> None:
     assert sorted(loadwarden.policy.__all__) == [
         "Adjustment",
+        "Answer",
         "Backend",
         "BatchAnswer",
         "BatchReportIn",
@@ -40,6 +41,9 @@ def test_public_names() -> None:
         "PendingDecisions",
         "Pool",
         "PoolSettings",
+        "ProbeRecord",
+        "ProbeRules",
+        "Probed",
         "RateLimit",
         "RateLimiter",
         "Registry",

@@ -40,6 +40,7 @@ PUBLIC_NAMES = {
     "BatchSize",
     "Client",
     "DeadlineExceededError",
+    "HealthCheckStatus",
     "HeldLease",
     "HostLoad",
     "InvalidArgumentError",

@@ -11,6 +11,7 @@ def test_public_names() -> None:
         "ConfigError",
         "CoreLimits",
         "DecisionCore",
+        "HealthCheckSettings",
         "ManualClock",
         "MonitorSettings",
         "OperationSettings",

@@ -53,11 +53,12 @@ from loadwarden.policy import InvalidArgument, OperationSettings, parse_operatio
 
 from .._errors import ConfigError
 from ..engine._core import CoreLimits
+from ..engine._health_checks import HealthCheckSettings
 from ..fields import first_problem
 from ..rpc._auth import AuthSettings
 from ..rpc._tls import TlsSettings
 from ..shared import REDIS_KEYS, parse_redis
-from ._config_file import CONFIG_FILE, SECTIONS, STATE_TABLE
+from ._config_file import CONFIG_FILE, HEALTH_CHECK_TABLE, SECTIONS, STATE_TABLE
 from ._settings import (
     DEFAULT_LISTEN,
     AdminSettings,
@@ -265,9 +266,53 @@ def _pools(tables: Mapping[str, Any], limits: CoreLimits) -> tuple[PoolSpec, ...
     for name, values in tables.items():
         if not isinstance(values, Mapping):
             raise ConfigError(f"pools.{name}", "must be a table")
-        settings, servers = parse_pool(name, f"pools.{name}", values, f"pools.{name}", limits.max_servers_per_pool)
-        pools.append(PoolSpec(settings, servers or ()))
+        values = dict(values)
+        check = _health_check(values.pop("health_check", None), f"pools.{name}")
+        try:
+            settings, servers = parse_pool(name, f"pools.{name}", values, f"pools.{name}", limits.max_servers_per_pool)
+        except InvalidArgument as exc:
+            raise _with_file_keys(exc, f"pools.{name}") from None
+        if check is not None and not servers:
+            raise ConfigError(
+                f"pools.{name}.health_check",
+                f"checks only the servers listed in pools.{name}.servers, and it lists none",
+            )
+        pools.append(PoolSpec(settings, servers or (), check))
     return tuple(pools)
+
+
+_UNKNOWN_KEY = "unknown key; valid keys: "
+FILE_ONLY_POOL_KEYS = ("health_check",)  # a pool's keys ConfigurePool does not take
+
+
+def _with_file_keys(exc: InvalidArgument, where: str) -> InvalidArgument:
+    """The kernel's error, its list of a pool's valid keys completed with the file-only ones."""
+    if exc.field.count(".") != where.count(".") + 1 or not exc.problem.startswith(_UNKNOWN_KEY):
+        return exc
+    valid = sorted([*exc.problem.removeprefix(_UNKNOWN_KEY).split(", "), *FILE_ONLY_POOL_KEYS])
+    return InvalidArgument(exc.field, _UNKNOWN_KEY + ", ".join(valid))
+
+
+def _health_check(values: Any, where: str) -> HealthCheckSettings | None:
+    """A pool's ``health_check`` table checked, or None when absent."""
+    if values is None:
+        return None
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}.health_check", "must be a table")
+    try:
+        table = HEALTH_CHECK_TABLE.model_validate(values)
+    except ValidationError as exc:
+        key, problem = first_problem(exc, HEALTH_CHECK_TABLE)
+        raise ConfigError(f"{where}.health_check.{key}", problem) from None
+    check = HealthCheckSettings(**table.model_dump())
+    if check.timeout_ms > check.interval_ms:
+        raise ConfigError(
+            f"{where}.health_check.timeout_ms",
+            f"must be at most interval_ms ({check.interval_ms}), got {check.timeout_ms}",
+        )
+    if check.service and check.protocol != "grpc":
+        raise ConfigError(f"{where}.health_check.service", 'names a gRPC service: it needs protocol = "grpc"')
+    return check
 
 
 def _operations(tables: Mapping[str, Any], limits: CoreLimits) -> tuple[OperationSettings, ...]:

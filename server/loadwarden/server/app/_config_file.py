@@ -35,6 +35,7 @@ from loadwarden.policy.limits import LIMITS
 from loadwarden.policy.strategies import STRATEGIES
 
 from ..engine._core import LIMIT_RANGES, CoreLimits
+from ..engine._health_checks import PROTOCOLS, HealthCheckSettings
 from ..fields import SCHEMA_DIALECT, Checked, Choice, Count, Flag, Number, Table, problem, table_of
 from ..rpc._auth import AuthSettings
 from ..rpc._tls import TlsSettings
@@ -247,6 +248,41 @@ OUTLIER_TABLE = table_of(
     {OutlierSettings: {**{key: _count(*bounds) for key, bounds in OUTLIER_RANGES.items()}, "disabled": Flag}},
     "Outlier ejection (Envoy style); 0 keeps a key's default.",
 )
+
+
+def _http_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or len(value) > 1024:
+        raise problem(f"must be a path starting with '/', at most 1024 characters, got {shown(value)}")
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise problem(f"must be printable ASCII without spaces, got {shown(value)}")
+    return value
+
+
+def _grpc_service(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 256 or not value.isascii() or not value.isprintable():
+        raise problem(f"must be a gRPC service name (printable ASCII, at most 256 characters), got {shown(value)}")
+    return value
+
+
+HEALTH_CHECK_TABLE = table_of(
+    "HealthCheck",
+    {
+        HealthCheckSettings: {
+            "protocol": Annotated[str, Choice(PROTOCOLS, "unknown protocol {got}; valid protocols: {valid}")],
+            "path": Annotated[str, Checked(_http_path, type="string", pattern="^/", maxLength=1024)],
+            "service": Annotated[str, Checked(_grpc_service, type="string", maxLength=256)],
+            "interval_ms": _count(10, _TIME),
+            "timeout_ms": _count(1, _TIME),
+            "unhealthy_threshold": _count(1, 1_000),
+            "healthy_threshold": _count(1, 1_000),
+            "jitter_ms": _count(0, _TIME),
+            "degraded_latency_ms": _count(0, _TIME),
+            "degraded_weight_percent": _count(1, 100),
+            "max_concurrent": _count(1, 10_000),
+        }
+    },
+    "Active health checks of the pool's configured servers (Envoy's shape): HTTP GET or grpc.health.v1.",
+)
 _PARAMS = Annotated[dict[str, Any], Checked(_tables, type="object")]
 _MS = _count(0, _TIME)
 _TTL = _count(0, 86_400_000)
@@ -280,6 +316,11 @@ POOL_TABLE = table_of(
         "rate_burst": (_count(0, 1_000_000), 0, "Tokens rate_limit lets through at once; 0 means its count."),
         "identity_rate_burst": (_count(0, 1_000_000), 0, "The same for identity_rate_limit."),
         "outlier_detection": (OUTLIER_TABLE, OUTLIER_TABLE(), "Outlier ejection (Envoy style)."),
+        "health_check": (
+            HEALTH_CHECK_TABLE | None,
+            None,
+            "Active health checks of the servers listed here (config file only: ConfigurePool cannot set them).",
+        ),
     },
 )
 _BATCH = _count(1, MAX_BATCH_SIZE)

@@ -31,6 +31,7 @@ from loadwarden.v1 import admin_pb2, decision_pb2
 
 from .._errors import ConfigError
 from ..engine._core import AdmissionFactory, CoreLimits, DecisionCore, DecisionListener, PeerLink
+from ..engine._health_checks import HealthChecker, PoolChecks
 from ..engine._loadmonitor import HostMonitor
 from ..rpc._auth import Callers, auth_interceptors
 from ..rpc._convert import load_status
@@ -266,6 +267,9 @@ async def start_service(
                 log.warning("state.url: the events subscription is not up yet; changes arrive by resync until it is")
         if core.monitor is not None:
             tasks.append(asyncio.create_task(core.monitor.run(), name="loadwarden-host-monitor"))
+        checker = _health_checker(config, core)
+        if checker is not None:
+            tasks.append(asyncio.create_task(checker.run(), name="loadwarden-health-checks"))
         if persister is not None:
             tasks.append(asyncio.create_task(persister.run(), name="loadwarden-persister"))
         stack.push_async_callback(_cancel, tasks)
@@ -390,6 +394,19 @@ def _state_store(config: ServiceConfig) -> StateStore:
     if state.redis is not None:
         return RedisBlobStore(sync_client(state.redis), state.redis.key_prefix)
     return MemoryStore()
+
+
+def _health_checker(config: ServiceConfig, core: DecisionCore) -> HealthChecker | None:
+    """What checks the configured pools' servers; None when no pool asks for it."""
+    checks = [
+        PoolChecks(spec.settings.name, spec.health_check, frozenset(server.address for server in spec.servers))
+        for spec in config.pools
+        if spec.health_check is not None
+    ]
+    if not checks:
+        return None
+    rng = random.Random(config.seed) if config.seed is not None else random.Random()
+    return HealthChecker(core.find_pool, checks, core.clock, rng)
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:

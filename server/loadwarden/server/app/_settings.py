@@ -13,6 +13,7 @@ from loadwarden.policy import InvalidArgument, OperationSettings, PoolSettings, 
 
 from .._errors import ConfigError
 from ..engine._core import CoreLimits
+from ..engine._health_checks import HealthCheckSettings
 from ..rpc._auth import AuthSettings
 from ..rpc._tls import TlsSettings
 from ..shared import RedisSettings
@@ -24,10 +25,11 @@ ADMIN_RANGES = {"history_interval_ms": (100, 3_600_000), "history_retention_s": 
 
 @dataclass(frozen=True, slots=True)
 class PoolSpec:
-    """A pool from config: its settings and servers."""
+    """A pool from config: its settings, servers and active health check (None: none)."""
 
     settings: PoolSettings
     servers: tuple[ServerSpec, ...] = ()
+    health_check: HealthCheckSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,8 @@ _HEALTH = {
     Health.STALE: _common.SERVER_STATE_STALE,
     Health.DRAINING: _common.SERVER_STATE_DRAINING,
     Health.EJECTED: _common.SERVER_STATE_EJECTED,
+    Health.UNHEALTHY: _common.SERVER_STATE_UNHEALTHY,
+    Health.DEGRADED: _common.SERVER_STATE_DEGRADED,
 }
 
 
@@ -254,14 +256,23 @@ def server_status(pool: Pool, server: Backend, now: float, wall_now: float) -> _
     if server.load is not None and server.load_wall is not None:
         status.load.CopyFrom(load_report(server.load, pool.name, server.id))
         status.load_reported_at.CopyFrom(timestamp(server.load_wall))
+    probe = server.probe
+    if probe is not None:
+        check = status.health_check
+        check.state = probe.state.value
+        check.latency_ms = probe.latency_ms
+        check.problem = probe.problem
+        check.consecutive_failures = probe.consecutive_failures
+        check.consecutive_successes = probe.consecutive_successes
+        check.checks_total = probe.checks_total
+        if probe.checked_wall is not None:
+            check.checked_at.CopyFrom(timestamp(probe.checked_wall))
     return status
 
 
 def pool_status(pool: Pool, now: float, wall_now: float) -> _common.PoolStatus:
     servers = [server_status(pool, pool.servers[sid], now, wall_now) for sid in sorted(pool.servers)]
-    status = pool_header(
-        pool, sum(1 for s in servers if s.state == _common.SERVER_STATE_SERVING), sum(s.in_flight for s in servers)
-    )
+    status = pool_header(pool, sum(1 for s in servers if s.state in _ELIGIBLE), sum(s.in_flight for s in servers))
     status.servers.extend(servers)
     return status
 
@@ -286,9 +297,12 @@ def server_state(pool: Pool, server: Backend, now: float) -> _common.ServerState
     return _HEALTH[pool.health(server, now)]
 
 
+_ELIGIBLE = frozenset({_common.SERVER_STATE_SERVING, _common.SERVER_STATE_DEGRADED})
+
+
 def is_serving(pool: Pool, server: Backend, now: float) -> bool:
-    """Whether ``server`` shows as SERVING in a status."""
-    return server_state(pool, server, now) == _common.SERVER_STATE_SERVING
+    """Whether ``server`` shows as eligible (SERVING or DEGRADED) in a status."""
+    return server_state(pool, server, now) in _ELIGIBLE
 
 
 def load_status(core: DecisionCore, pool_name: str) -> _common.LoadStatus:

@@ -232,7 +232,8 @@ class ServerMetrics:
             "loadwarden.server.state",
             every(_states),
             unit="1",
-            description="1 for the server's current state (serving, stale, draining, ejected), 0 for the others",
+            description="1 for the server's current state (serving, stale, draining, ejected, unhealthy, "
+            "degraded), 0 for the others",
         )
         meter.create_observable_gauge(
             "loadwarden.server.traffic_share_ratio",
@@ -252,6 +253,13 @@ class ServerMetrics:
             servers("ejections_total"),
             unit="{ejection}",
             description="Outlier ejections of the server",
+        )
+        meter.create_observable_counter(
+            "loadwarden.server.health_checks",
+            every(_health_checks),
+            unit="{check}",
+            description="Active health checks of the server by result: good, degraded (it answered and said "
+            "so, or answered slowly) or failed; absent for servers no health check covers",
         )
         meter.create_observable_gauge(
             "loadwarden.batch.size",
@@ -360,6 +368,21 @@ def _outcomes(core: DecisionCore) -> list[Observation]:
             out.append(Observation(server.outcomes_total - server.failures_total, {**labels, "result": "success"}))
             out.append(Observation(server.failures_total, {**labels, "result": "failure"}))
             out.append(Observation(server.expired_total, {**labels, "result": "expired"}))
+    return out
+
+
+def _health_checks(core: DecisionCore) -> list[Observation]:
+    out = []
+    for pool in core.pools():
+        for server in list(pool.servers.values()):
+            probe = server.probe
+            if probe is None:
+                continue
+            labels = {"pool": pool.name, "server": server.id}
+            good = probe.checks_total - probe.degraded_total - probe.failed_total
+            out.append(Observation(good, {**labels, "result": "good"}))
+            out.append(Observation(probe.degraded_total, {**labels, "result": "degraded"}))
+            out.append(Observation(probe.failed_total, {**labels, "result": "failed"}))
     return out
 
 
