@@ -16,6 +16,7 @@ from ._merge import merge_snapshots
 from .least_connections import LeastConnections
 from .p2c import P2C
 from .peak_ewma import PeakEwma
+from .prequal import Prequal
 from .q_learning import QLearning
 from .q_linear import QLinear
 from .round_robin import RoundRobin
@@ -24,7 +25,7 @@ STRATEGIES: Registry[type[Any]] = Registry(
     ("strategy", "strategies"),
     "strategy",
     "strategy_params",
-    [RoundRobin, LeastConnections, P2C, PeakEwma, QLearning, QLinear],
+    [RoundRobin, LeastConnections, P2C, PeakEwma, QLearning, QLinear, Prequal],
 )
 
 
