@@ -29,6 +29,16 @@ every ``outcome_interval_ms`` (the SDK's flush interval, 5 ms), with each client
 in-flight counts that moved (the core adds them to the table's counts). A client without a
 candidate asks the core, as the SDK does. Central runs draw the same random
 numbers as before local mode existed, so their results are unchanged.
+
+Probes (a strategy with ``use_probes``, e.g. ``prequal``; the core's instance and
+every client's): a probe reads the simulated server's requests in flight (busy
+workers plus queue) when it is sent and its answer reaches the strategy
+``probe_delay_ms`` later, with the server's own latency estimate: the moving
+average of the latencies of the requests that arrived when as many were in
+flight as now, so the latency a request sent now can expect (without an answer
+at that count, the nearest count's, in proportion to the requests in flight;
+0, "unknown", after 5 s without any answer). A server in an outage answers no
+probe.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadwarden.policy import (
+    Backend,
     IdGenerator,
     InvalidArgument,
     LoadReportIn,
@@ -52,6 +63,7 @@ from loadwarden.policy import (
     Unavailable,
     parse_pool,
 )
+from loadwarden.policy.strategies.prequal import Probe
 from loadwarden.server import CoreLimits, DecisionCore, ServerSpec
 
 from ._config import DECISION_MODES, MAX_REQUESTS, Arrivals, ClosedLoop, Scenario, SimServer
@@ -62,9 +74,16 @@ from ._summary import LoadRecord, RequestLog, Summary, summarize
 # only has to outlast the longest simulated latency.
 _DECISION_TTL_MS = 86_400_000
 # Event kinds, in the heap as (time, seq, kind, payload).
-_DONE, _REPORT, _TIMEOUT, _USER, _PUSH, _FLUSH = 0, 1, 2, 3, 4, 5
+_DONE, _REPORT, _TIMEOUT, _USER, _PUSH, _FLUSH, _PROBE = 0, 1, 2, 3, 4, 5, 6
 # How often a local client's outcomes reach the core, simulated ms: the SDK's outcome_flush_interval_s.
 OUTCOME_INTERVAL_MS = 5.0
+# A probe's round trip, simulated ms: a small RPC inside one data centre.
+PROBE_DELAY_MS = 1.0
+# Weight of a new latency in a server's estimate for its in-flight count (about the last 5).
+_ESTIMATE_WEIGHT = 0.2
+# How long a server's latency estimate stands after its last answer, s: a server serving a few
+# requests a second always has one, and one that got none for this long is tried again.
+_ESTIMATE_WINDOW_S = 5.0
 # The most simulated clients deciding locally.
 MAX_CLIENTS = 1_000
 # A closed-loop user whose request found no eligible server waits at least this long before the next.
@@ -186,9 +205,11 @@ class _Server:
         "constant",
         "deadline_pending",
         "done",
+        "estimates",
         "failed",
         "id",
         "index",
+        "last_answer",
         "last_mean_ms",
         "lat_sum",
         "mean_s",
@@ -219,6 +240,41 @@ class _Server:
         self.done = 0
         self.failed = 0
         self.last_mean_ms = 0.0
+        # [latency EWMA ms, time of its last answer s] of the requests that arrived with ``i`` in
+        # flight (None: none yet); every answer came within ``_ESTIMATE_WINDOW_S`` of the next.
+        self.estimates: list[list[float] | None] = []
+        self.last_answer = -math.inf
+
+    def learn(self, rif: int, latency_ms: float, now: float) -> None:
+        """Folds in the latency of a request that arrived with ``rif`` requests in flight; an
+        estimate older than ``_ESTIMATE_WINDOW_S`` is replaced, not averaged."""
+        since = now - _ESTIMATE_WINDOW_S
+        if self.last_answer < since:
+            self.estimates = []
+        self.last_answer = now
+        estimates = self.estimates
+        if rif >= len(estimates):
+            estimates.extend([None] * (rif + 1 - len(estimates)))
+        entry = estimates[rif]
+        if entry is None or entry[1] < since:
+            estimates[rif] = [latency_ms, now]
+        else:
+            entry[0] += _ESTIMATE_WEIGHT * (latency_ms - entry[0])
+            entry[1] = now
+
+    def estimate(self, rif: int, now: float) -> float:
+        """The latency a request arriving now with ``rif`` in flight can expect, ms: the estimate
+        for that count, else the nearest one's (below first) in proportion to the requests in
+        flight; 0 (unknown) without an answer in the last ``_ESTIMATE_WINDOW_S``."""
+        if self.last_answer < now - _ESTIMATE_WINDOW_S:
+            return 0.0
+        estimates = self.estimates
+        top = len(estimates) - 1
+        for i in itertools.chain(range(min(rif, top), -1, -1), range(rif + 1, top + 1)):
+            entry = estimates[i]
+            if entry is not None:
+                return entry[0] * (rif + 1) / (i + 1)
+        return 0.0
 
     def account(self, now: float) -> None:
         """Adds busy worker-time up to ``now``; call before ``busy`` changes."""
@@ -271,6 +327,7 @@ def simulate(
     clients: int = 1,
     push_interval_ms: float | None = None,
     outcome_interval_ms: float = OUTCOME_INTERVAL_MS,
+    probe_delay_ms: float = PROBE_DELAY_MS,
 ) -> SimResult:
     """Runs ``scenario`` with the real decision core routing by ``strategy``.
 
@@ -296,11 +353,14 @@ def simulate(
         push_interval_ms: Time between two table pushes, simulated ms; the
             service's default ``route_push_interval_ms`` when None.
         outcome_interval_ms: Time between two batches of local outcomes, simulated ms.
+        probe_delay_ms: Time from a probe to its answer, simulated ms, >= 0 (strategies
+            with ``use_probes`` only).
 
     Raises:
         ValueError: unknown strategy, bad parameters or pool settings, naming
             ``strategy``, ``strategy_params.<name>`` or ``pool_settings.<key>``;
-            or ``decisions``, ``clients``, ``push_interval_ms``, ``outcome_interval_ms``.
+            or ``decisions``, ``clients``, ``push_interval_ms``, ``outcome_interval_ms``,
+            ``probe_delay_ms``.
     """
     if decisions not in DECISION_MODES:
         raise ValueError(f"decisions: must be one of {', '.join(DECISION_MODES)}, got {decisions!r}")
@@ -312,6 +372,9 @@ def simulate(
     for name, value in (("push_interval_ms", push_interval_ms), ("outcome_interval_ms", outcome_interval_ms)):
         if not 0 < value < math.inf:
             raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
+    if not 0 <= probe_delay_ms < math.inf:
+        raise ValueError(f"probe_delay_ms: must be a finite number >= 0, got {probe_delay_ms!r}")
+    probe_delay_s = probe_delay_ms / 1000.0
     params = dict(strategy_params or {})
     master = random.Random(scenario.seed)
     traffic = random.Random(master.getrandbits(64))  # arrival times, request sizes, failure draws
@@ -323,7 +386,8 @@ def simulate(
     # Local mode only, drawn after the others so central runs see the same numbers as ever.
     n_clients = clients if local else 0
     splitting = random.Random(master.getrandbits(64)) if local else None  # which client gets an arrival
-    locals_ = [LocalClient(clock, random.Random(master.getrandbits(64))) for _ in range(n_clients)]
+    use_probes = getattr(core.pool(pool).strategy, "use_probes", None)  # the strategy takes simulated probes
+    probing = use_probes is not None
     feed = TableFeed()
     push_s = push_interval_ms / 1000.0
     flush_s = outcome_interval_ms / 1000.0
@@ -370,6 +434,19 @@ def simulate(
     issued = 0
     reported = 0  # requests already passed to ``progress``
 
+    def probe(backend: Backend, receive: Callable[[Probe], None]) -> None:
+        """A simulated probe: the server's state now, delivered ``probe_delay_ms`` later."""
+        server = by_id.get(backend.id)
+        now = clock.now - _CLOCK_ORIGIN_S
+        if server is None or (server.scheduled and server.down(now)):
+            return
+        rif = server.busy + len(server.queue)
+        push(heap, (now + probe_delay_s, next(seq), _PROBE, (receive, Probe(backend, rif, server.estimate(rif, now)))))
+
+    if use_probes is not None:
+        use_probes(probe)
+    locals_ = [LocalClient(clock, random.Random(master.getrandbits(64)), probe) for _ in range(n_clients)]
+
     def next_open_arrival(after: float) -> float:
         """The next arrival time after ``after``: Poisson at ``rate``, thinned when it ramps."""
         if ramp is None:
@@ -392,6 +469,8 @@ def simulate(
             server.lat_sum += latency_ms
             server.done += 1
             server.failed += not success
+            if probing:
+                server.learn(request[6], latency_ms, now)
         decision = request[4]
         if isinstance(decision, tuple):  # (client, LocalDecision): the client settles it, the core learns later
             client, choice = decision
@@ -487,8 +566,9 @@ def simulate(
         server_col.append(server.index)
         flags.append(explored_flag if explored else 0)
         in_flight += 1
-        # [index, arrived, work, failure draw, decision id or (client, local decision), cut short at the deadline]
-        request = [index, now, work, u, decision, False]
+        # [index, arrived, work, failure draw, decision id or (client, local decision), cut short at the
+        # deadline, requests in flight at the server as it arrived]
+        request = [index, now, work, u, decision, False, server.busy + len(server.queue)]
         if server.scheduled and server.down(now):
             outage += 1
             finish(request, server, now, False, 0.0)
@@ -621,6 +701,10 @@ def simulate(
                 if progress is not None and issued - reported >= PROGRESS_EVERY:
                     progress(issued - reported)
                     reported = issued
+        elif kind == _PROBE:
+            # --- a probe's answer reaches the strategy ------------------------------
+            receive, answer = payload
+            receive(answer)
         elif kind == _FLUSH:
             # --- local outcomes reach the core ----------------------------------
             periodic -= 1

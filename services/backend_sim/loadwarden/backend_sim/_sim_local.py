@@ -36,6 +36,7 @@ from typing import Any
 
 from loadwarden.policy import Backend, Clock, LoadSample, LocalChoice, LocalInFlight, OutcomeReport, Pool
 from loadwarden.policy.strategies import Feedback, Strategy, StrategyBase, StrategyContext, build_strategy
+from loadwarden.policy.strategies.prequal import ProbeSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +148,14 @@ class LocalClient:
     Args:
         clock: The simulation's clock (what the client's strategy reads).
         rng: This client's randomness (its strategy's sampling and exploration).
+        probes: Where a strategy that probes (``use_probes``) sends its probes; None
+            leaves it reading its own view, as in the SDK.
     """
 
-    def __init__(self, clock: Clock, rng: random.Random) -> None:
+    def __init__(self, clock: Clock, rng: random.Random, probes: ProbeSource | None = None) -> None:
         self._clock = clock
         self._rng = rng
+        self._probes = probes
         self.pool = ""
         self.version = 0
         self.strategy: Strategy | None = None
@@ -203,6 +207,9 @@ class LocalClient:
         if self.strategy is None or key != self._strategy_key:
             context = StrategyContext(clock=self._clock, rng=self._rng, servers=self.servers, local=True)
             self.strategy = build_strategy(table.strategy, json.loads(table.params_json or "{}"), context, "table")
+            use_probes = getattr(self.strategy, "use_probes", None)
+            if use_probes is not None and self._probes is not None:
+                use_probes(self._probes)
             self._strategy_key = key
             self._finishes = getattr(type(self.strategy), "finished", None) is not StrategyBase.finished
             self._learned_json = ""
