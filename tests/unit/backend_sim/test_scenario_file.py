@@ -87,6 +87,18 @@ startup_timeout_s = 20
 
 [evaluate.traffic]
 max_in_flight = 32
+
+[evaluate.client]
+retry = false
+
+[[evaluate.faults]]
+kind = "kill_service"
+at_s = 4
+restart_after_s = 2.5
+
+[[evaluate.faults]]
+kind = "kill_service"
+at_s = 8
 """
 
 MINIMAL: dict[str, Any] = {
@@ -183,7 +195,14 @@ def test_sections_apply_over_the_file_and_keep_the_rest(tmp_path: Path) -> None:
     assert sim.options == {}
     assert ev.section == "evaluate" and ev.strategies == spec.strategies
     assert (ev.traffic.duration_s, ev.traffic.max_in_flight, ev.traffic.requests) == (12, 32, 5000)
-    assert ev.options == {"max_backends_per_process": 50, "startup_timeout_s": 20.0}
+    assert ev.options.keys() == {"max_backends_per_process", "startup_timeout_s", "client", "faults"}
+    assert (ev.options["max_backends_per_process"], ev.options["startup_timeout_s"]) == (50, 20.0)
+    client = ev.options["client"]
+    assert (client.breaker, client.retry, client.fallback) == (True, False, True)
+    assert [(f.kind, f.at_s, f.restart_after_s) for f in ev.options["faults"]] == [
+        ("kill_service", 4.0, 2.5),
+        ("kill_service", 8.0, None),
+    ]
     assert spec.traffic.requests == 5000  # the base spec is unchanged
 
 
@@ -367,6 +386,56 @@ def test_shipped_scenarios_load(tmp_path: Path) -> None:
             "decisions",
             'applies to mode "route" only',
         ),
+        ({"evaluate": {"client": {"breaker": "no"}}}, "evaluate.client.breaker", "must be true or false, got 'no'"),
+        ({"evaluate": {"client": {"retry": 0}}}, "evaluate.client.retry", "must be true or false, got 0"),
+        ({"evaluate": {"client": {"fallback": None}}}, "evaluate.client.fallback", "must be true or false"),
+        ({"evaluate": {"client": {"timeout_s": 1}}}, "evaluate.client.timeout_s", "valid keys: breaker, fallback"),
+        ({"evaluate": {"client": [1]}}, "evaluate.client", "must be a table, got [1]"),
+        ({"evaluate": {"faults": {"at_s": 1}}}, "evaluate.faults", "must be a list of [[evaluate.faults]] tables"),
+        ({"evaluate": {"faults": [3]}}, "evaluate.faults[0]", "must be a table, got 3"),
+        ({"evaluate": {"faults": [{"at_s": 1}]}}, "evaluate.faults[0].kind", "is required"),
+        ({"evaluate": {"faults": [{"kind": "kill", "at_s": 1}]}}, "evaluate.faults[0].kind", "one of kill_service"),
+        ({"evaluate": {"faults": [{"kind": "kill_service"}]}}, "evaluate.faults[0].at_s", "is required"),
+        ({"evaluate": {"faults": [{"kind": "kill_service", "at_s": -1}]}}, "evaluate.faults[0].at_s", ">= 0"),
+        (
+            {"evaluate": {"faults": [{"kind": "kill_service", "at_s": 1, "restart_after_s": 0}]}},
+            "evaluate.faults[0].restart_after_s",
+            "must be a finite number > 0, got 0",
+        ),
+        (
+            {"evaluate": {"faults": [{"kind": "kill_service", "at_s": 1, "signal": 9}]}},
+            "evaluate.faults[0].signal",
+            "unknown key; valid keys: at_s, kind, restart_after_s",
+        ),
+        (
+            {
+                "traffic": {"rate_per_s": 5, "duration_s": 10},
+                "evaluate": {"faults": [{"kind": "kill_service", "at_s": 10}]},
+            },
+            "evaluate.faults[0].at_s",
+            "past the traffic's end (10 s)",
+        ),
+        (
+            {"evaluate": {"faults": [{"kind": "kill_service", "at_s": 1}, {"kind": "kill_service", "at_s": 5}]}},
+            "evaluate.faults[0].restart_after_s",
+            "is required: faults[1] needs the service back first",
+        ),
+        (
+            {
+                "evaluate": {
+                    "faults": [
+                        {"kind": "kill_service", "at_s": 5, "restart_after_s": 2},
+                        {"kind": "kill_service", "at_s": 6},
+                    ]
+                }
+            },
+            "evaluate.faults[1].at_s",
+            "must be >= 7: faults are listed in time order",
+        ),
+        ({"faults": [{"kind": "kill_service", "at_s": 1}]}, "faults", "evaluate only; write it as [[evaluate.faults]]"),
+        ({"client": {"breaker": False}}, "client", "evaluate only; write it as [evaluate.client]"),
+        ({"simulate": {"faults": []}}, "simulate.faults", "no service to kill"),
+        ({"simulate": {"client": {}}}, "simulate.client", "write it as [evaluate.client]"),
     ],
 )
 def test_bad_values_name_their_key(changes: dict[str, Any], key: str, fragment: str) -> None:
@@ -441,6 +510,17 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 
     assert missing.value.key == "file" and str(missing.value).startswith(f"{tmp_path / 'nope.toml'}: file: cannot read")
     assert garbled.value.key == "file" and "invalid TOML" in garbled.value.problem
+
+
+def test_faults_and_the_client_are_evaluate_options_only(tmp_path: Path) -> None:
+    spec = load_scenario(write(tmp_path, FULL))
+
+    assert spec.options == {} and spec.for_simulate().options == {}  # the simulator has no service to kill
+    assert parse().for_evaluate().options == {}  # none given: the SDK's defaults, no faults
+    # A shorter run that leaves a fault behind its end is refused, naming the fault.
+    with pytest.raises(ScenarioError) as caught:
+        spec.for_evaluate().with_overrides(duration_s=6)
+    assert caught.value.key == "evaluate.faults[1].at_s" and "past the traffic's end (6 s)" in caught.value.problem
 
 
 def test_a_bad_override_section_fails_at_load_time(tmp_path: Path) -> None:

@@ -50,6 +50,13 @@ _CLOSED: dict[str, Any] = {
     "backends": [{"id": "a", "count": 3, "workers": 2}],
     "simulate": {"users": 16},
 }
+_OUTAGE: dict[str, Any] = {
+    "name": "outage",
+    "strategies": ["p2c"],
+    "traffic": {"rate_per_s": 50, "duration_s": 20},
+    "backends": [{"id": "a", "count": 3}],
+    "evaluate": {"faults": [{"kind": "kill_service", "at_s": 8, "restart_after_s": 5}]},
+}
 
 
 def _bases() -> dict[str, dict[str, Any]]:
@@ -57,7 +64,7 @@ def _bases() -> dict[str, dict[str, Any]]:
         path.stem: {"name": path.stem, **tomllib.loads(path.read_text(encoding="utf-8"))}
         for path in sorted(SCENARIOS.glob("*.toml"))
     }
-    return {**bases, "central": _CENTRAL, "closed": _CLOSED}
+    return {**bases, "central": _CENTRAL, "closed": _CLOSED, "outage": _OUTAGE}
 
 
 # Values worth trying beside _BAD, by key: bounds, whole floats, near misses.
@@ -96,6 +103,11 @@ _EXTRA: dict[str, list[Any]] = {
     "service_ms": [1e-9],
     "slowdown": [0.5, 1e9],
     "outage": [False, 1],
+    "breaker": [False, 1, "on"],
+    "retry": [False, 0],
+    "fallback": [False, "false"],
+    "at_s": [0, 19.9, 20, 1e9, 13],
+    "restart_after_s": [1e-9, 1e9, 11.9, 12, 3],
 }
 _TOP = [
     "name", "description", "seed", "mode", "strategies", "decisions", "clients", "route_push_interval_ms",
@@ -122,7 +134,11 @@ _SECTION = [
     *("load_report_interval_ms", "backends", "params", "pool", "traffic", "batch"),
     *("requests", "duration_s", "load", "rate_per_s", "users", "max_in_flight"),
     *("max_backends_per_process", "startup_timeout_s", "name", "mode", "description", "nope"),
+    *("client", "faults"),
 ]
+_CLIENT = ["breaker", "retry", "fallback", "nope"]
+_FAULT = ["kind", "at_s", "restart_after_s", "nope"]
+_KILL = {"kind": "kill_service", "at_s": 5, "restart_after_s": 2}
 
 
 def _values(key: str, values: list[Any]) -> list[Any]:
@@ -219,6 +235,19 @@ def corpus() -> dict[str, tuple[str, dict[str, Any], dict[str, Any]]]:
             add(base, (section, "pool", "max_queue_length"), [-3])
             add(base, (section, "pool", "strategy"), ["p2c"])
             add(base, (section,), [*_FEW, None])
+    # [evaluate.client] and [[evaluate.faults]] (evaluate options since the pydantic tables:
+    # recorded when they were added), and the same keys where they do not belong.
+    for base in ("heterogeneous", "central"):
+        add(base, ("faults",), [[], [_KILL], 5])
+        add(base, ("client",), [{}, {"breaker": False}])
+        for key in _CLIENT:
+            add(base, ("evaluate", "client", key), _values(key, _FEW))
+        add(base, ("evaluate", "faults"), [[_KILL], [_KILL, _KILL], [_KILL, {**_KILL, "at_s": 7}], [{}], [_KILL, 5]])
+    for key in _FAULT:
+        add("outage", ("evaluate", "faults", 0, key), _values(key, [*_BAD, _DROP]))
+    add("outage", ("evaluate", "faults", 0), _FEW)
+    add("outage", ("evaluate", "faults", 1), [{"kind": "kill_service", "at_s": t} for t in (12, 13, 19)])
+    add("outage", ("evaluate", "duration_s"), [8, 13, 30])
     add("heterogeneous", ("simulate", "strategies"), [["q_learning", "p2c"]])
     add("large", ("simulate", "strategies"), [["q_learning"], ["p2c"]])
     add("overload", ("evaluate", "decisions"), [["local"]])

@@ -66,7 +66,11 @@ def test_it_lists_the_keys_the_parser_takes(schema: dict[str, Any]) -> None:
         taken = section_keys(section, tuple(hook_options(section))).model_fields
         assert set(defs[section.title()]["properties"]) == set(taken)
         assert "required" not in defs[section.title()]
-    assert {"max_backends_per_process", "startup_timeout_s"} <= set(defs["Evaluate"]["properties"])
+    assert {"max_backends_per_process", "startup_timeout_s", "client", "faults"} <= set(defs["Evaluate"]["properties"])
+    assert not {"client", "faults"} & set(defs["Simulate"]["properties"])  # evaluate only: no service in simulate
+    assert set(defs["Client"]["properties"]) == {"breaker", "retry", "fallback"}
+    assert set(defs["Fault"]["properties"]) == {"kind", "at_s", "restart_after_s"}
+    assert set(defs["Fault"]["required"]) == {"kind", "at_s"}
 
 
 def _scenario_readme_blocks() -> list[str]:
@@ -158,6 +162,13 @@ def test_it_never_rejects_a_file_the_parser_accepts(validator: jsonschema.Draft2
         ({"evaluate": {"startup_timeout_s": 0}}, "evaluate.startup_timeout_s"),
         ({"evaluate": {"traffic": {"kind": "burst"}}}, "evaluate.traffic.kind"),
         ({"evaluate": {"backends": [{"id": "a", "weight": 0}]}}, "evaluate.backends[0].weight"),
+        ({"evaluate": {"client": {"breaker": 1}}}, "evaluate.client.breaker"),
+        ({"evaluate": {"client": {"timeout_s": 1}}}, "evaluate.client"),
+        ({"evaluate": {"faults": [{"kind": "kill", "at_s": 1}]}}, "evaluate.faults[0].kind"),
+        ({"evaluate": {"faults": [{"kind": "kill_service", "at_s": -1}]}}, "evaluate.faults[0].at_s"),
+        ({"evaluate": {"faults": [{"at_s": 1}]}}, "evaluate.faults[0]"),
+        ({"faults": [{"kind": "kill_service", "at_s": 1}]}, ""),
+        ({"simulate": {"faults": []}}, "simulate"),
     ],
 )
 def test_it_names_the_key_a_mistake_is_in(

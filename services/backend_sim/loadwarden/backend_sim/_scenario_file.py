@@ -42,7 +42,7 @@ from __future__ import annotations
 import itertools
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -68,6 +68,7 @@ from ._config import capacity_per_s as _capacity_per_s
 from ._scenario_tables import (
     COMMAND_OPTIONS,
     DEFAULT_CLIENTS,
+    EVALUATE_ONLY,
     MAX_SERVERS,
     MERGED_TABLES,
     MODES_BY_NAME,
@@ -125,7 +126,8 @@ def _typed_option(section: str, name: str) -> Callable[[Any, str], Any]:
         try:
             checked: BaseModel = options_table(section).model_validate({name: value})
         except ValidationError as exc:
-            raise ScenarioError(key, first_problem(exc, options_table(section))[1]) from None
+            inner, problem = first_problem(exc, options_table(section))  # inner: "faults[0].at_s"
+            raise ScenarioError(key + inner.removeprefix(name), problem) from None
         return getattr(checked, name)
 
     return check
@@ -522,6 +524,7 @@ def _build(raw: Mapping[str, Any], section: str | None) -> ScenarioSpec:
         for key, value in _section_of(raw, section).items():
             if key in checks:
                 options[key] = checks[key](value, f"{section}.{key}")
+    _check_faults(options.get("faults", ()), traffic)
     return ScenarioSpec(
         name=file.name,
         description=file.description,
@@ -572,9 +575,43 @@ def _check_applicable(raw: Mapping[str, Any], section: str | None) -> None:
             'applies when decisions lists "local" (the central runs then use the same clients); '
             "with central decisions only the traffic comes from one client",
         )
+    for key, written in EVALUATE_ONLY.items():
+        if key in raw:
+            raise ScenarioError(key, f"is read by loadwarden evaluate only; write it as {written}")
+        if key in _section_of(raw, "simulate"):
+            raise ScenarioError(
+                f"simulate.{key}",
+                "loadwarden simulate runs the decision core in process: no service to kill, no SDK client; "
+                f"write it as {written}",
+            )
     mode = raw.get("mode", "route")
     if "batch" in raw and mode in MODES_BY_NAME and mode != "batch":
         raise ScenarioError("batch", f"is read in mode batch only; this scenario's mode is {mode!r}")
+
+
+def _check_faults(faults: Sequence[Any], traffic: Traffic) -> None:
+    """``[[evaluate.faults]]`` in time order, each after the service is back from the one before,
+    and within the traffic's duration (when it has one)."""
+    for i, fault in enumerate(faults):
+        key = f"evaluate.faults[{i}]"
+        if traffic.duration_s is not None and fault.at_s >= traffic.duration_s:
+            raise ScenarioError(
+                f"{key}.at_s", f"is past the traffic's end ({traffic.duration_s:g} s): the fault would never happen"
+            )
+        if i == 0:
+            continue
+        before = faults[i - 1]
+        if before.restart_after_s is None:
+            raise ScenarioError(
+                f"evaluate.faults[{i - 1}].restart_after_s", f"is required: faults[{i}] needs the service back first"
+            )
+        back = before.at_s + before.restart_after_s
+        if fault.at_s < back:
+            raise ScenarioError(
+                f"{key}.at_s",
+                f"must be >= {back:g}: faults are listed in time order, and faults[{i - 1}] has the service "
+                f"down until {back:g} s",
+            )
 
 
 def _check_traffic_keys(table: Mapping[str, Any]) -> None:

@@ -315,6 +315,54 @@ def required(key: str, wording: str) -> str:
 
 # --- command options and the override sections -------------------------------------------
 
+FAULT_KINDS = ("kill_service",)
+# Keys only ``evaluate`` reads (there is a service process and an SDK client only there), and
+# how a file writes them.
+EVALUATE_ONLY = {"client": "[evaluate.client]", "faults": "[[evaluate.faults]]"}
+
+
+class Client(Table):
+    """[evaluate.client]: the SDK client (`AsyncClient`) every run's traffic goes through.
+
+    Its circuit breakers, retries and local fallback are the SDK's defaults; each key turns
+    one of them off, to see what an application without it would see.
+    """
+
+    model_config = ConfigDict(title="Client")
+    not_a_table: ClassVar[str] = "must be a table, got {got}"
+
+    breaker: Flag = True
+    """The SDK's circuit breakers (its default `BreakerConfig`, one per RPC method); false: none."""
+    retry: Flag = True
+    """The SDK's retries (its default `RetryConfig`: 3 attempts, full jitter, a budget); false: none."""
+    fallback: Flag = True
+    """Use what the SDK answers locally when the service cannot be reached (round robin over the
+    servers it last saw; a local slot in mode slot); false: such a request is not sent and fails
+    (mode slot: the SDK's `slot_fallback = "fail_closed"`)."""
+
+
+class Fault(Table):
+    """A [[evaluate.faults]] entry: the Decision service killed (SIGKILL) during every run,
+    and restarted on the same address with the same config after `restart_after_s`."""
+
+    model_config = ConfigDict(title="Fault")
+    not_a_table: ClassVar[str] = "must be a table, got {got}"
+
+    kind: Annotated[str, Choice(FAULT_KINDS)]
+    """What happens: `kill_service` (SIGKILL to the `loadwarden serve` process)."""
+    at_s: NotNegative
+    """When, s from the start of the run's traffic (the time axis of requests.csv)."""
+    restart_after_s: SomePositive = None
+    """Start the service again this long after the kill, s (default: it stays down for the rest
+    of the run)."""
+
+
+def _faults(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise problem(f"must be a list of [[evaluate.faults]] tables, got {shown(value)}")
+    return value
+
+
 # Options of each command, read from ``ScenarioSpec.options``: name -> (type, description).
 COMMAND_OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
     "simulate": {},
@@ -324,6 +372,11 @@ COMMAND_OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
             "Simulated backends served by one `loadwarden backend-sim` process.",
         ),
         "startup_timeout_s": (Positive, "Longest wait for the service and backend processes to become ready, s."),
+        "client": (Client, "The SDK client the traffic goes through: breaker, retries and fallback on or off."),
+        "faults": (
+            Annotated[list[Fault], Checked(_faults)],
+            "Control-plane faults in every run, in time order: the service killed and restarted.",
+        ),
     },
 }
 
