@@ -2,7 +2,8 @@
 
 FIFO worker hand-over and cancellation, the backend's timing draws and busy
 fraction, option and ``[batch]`` parsing (errors name the key), seeded arrival
-times, the service config ``evaluate`` writes, and the batch figures.
+times, the service config ``evaluate`` writes, the batch figures, and what the
+traffic's SDK client records (decision sources) and the report makes of outages.
 """
 
 from __future__ import annotations
@@ -16,15 +17,34 @@ from typing import Any
 
 import pytest
 
-from loadwarden.backend_sim import Arrivals, ClosedLoop, Phase, RequestRecord, SimServer, TrafficResult
+from loadwarden.backend_sim import (
+    Arrivals,
+    ClosedLoop,
+    Phase,
+    Report,
+    RequestRecord,
+    SimServer,
+    StrategyRun,
+    TrafficResult,
+)
 from loadwarden.backend_sim._backend import BackendDown, FifoWorkers, SimulatedBackend, SimulatedFailure
 from loadwarden.backend_sim._backend_cli import UsageError, parse_backend
 from loadwarden.backend_sim._batch_mode import BatchRecord, parse_batch, summarize_batches
-from loadwarden.backend_sim._evaluate import service_config, to_toml, traffic_plan
-from loadwarden.backend_sim._evaluate_client import ClientJob, read_records, write_records
+from loadwarden.backend_sim._evaluate import Outage, outage_extra, service_config, to_toml, traffic_plan
+from loadwarden.backend_sim._evaluate_client import (
+    ClientJob,
+    ClientSettings,
+    DecisionSources,
+    RecordingClient,
+    client_options,
+    read_records,
+    write_records,
+)
 from loadwarden.backend_sim._processes import launch_argv
+from loadwarden.backend_sim._report import outages, outages_markdown, report_dict
 from loadwarden.backend_sim._scenario_file import parse_scenario
 from loadwarden.backend_sim._traffic import TrafficPlan, arrival_times, client_shares, planned_requests
+from loadwarden.sdk import AsyncClient, BreakerConfig, Lease, RetryConfig, Selection, SlotDenied, UnavailableError
 from loadwarden.server.app._config import parse_config
 
 
@@ -287,6 +307,7 @@ def test_a_client_job_round_trips_through_its_file(traffic: Any) -> None:
         go_path="/tmp/go.json",
         out_path="/tmp/client1.jsonl",
         ready_timeout_s=30.0,
+        client=ClientSettings(retry=False, fallback=False),
     )
 
     assert ClientJob.from_json(job.to_json()) == job
@@ -298,10 +319,13 @@ def test_client_records_round_trip_through_their_file(tmp_path: Path) -> None:
     records = (RequestRecord(0.25, "a", 12.5, True, False), RequestRecord(0.5, "", 0.0, False, False))
     result = TrafficResult(records, dropped=1, local=1, duration_s=0.3)
 
-    write_records(tmp_path / "c.jsonl", result, {"route_tables": {"decisions": 1.0}})
+    sources = DecisionSources(FakeClock())
+    sources.add("fallback", 100.25)
+    write_records(tmp_path / "c.jsonl", result, {"route_tables": {"decisions": 1.0}}, sources)
     head, back = read_records(tmp_path / "c.jsonl")
 
     assert back == list(records)
+    assert DecisionSources.from_json(head["decisions"]).totals()["fallback"] == 1
     assert head["counters"]["dropped"] == 1 and head["counters"]["local"] == 1 and head["duration_s"] == 0.3
     assert head["stats"] == {"route_tables": {"decisions": 1.0}}
     assert not (tmp_path / "c.jsonl.tmp").exists()
@@ -451,3 +475,157 @@ def test_the_shipped_scenarios_give_valid_service_configs_for_every_strategy(nam
             [operation] = parsed.operations
             assert operation.mode == strategy and operation.load_source == "pool" and operation.pool == "sim"
             assert parsed.monitor.enabled and parsed.monitor.memory_weight == 0  # the pool score is the CPU alone
+
+
+# --- through the SDK, and outages -----------------------------------------------------------
+
+
+def test_the_traffic_client_has_the_sdks_defaults_unless_turned_off() -> None:
+    defaults = client_options(ClientSettings(), "route")
+    off = client_options(ClientSettings(breaker=False, retry=False, fallback=False), "route")
+
+    assert defaults["breaker"] == BreakerConfig() and defaults["retry"] == RetryConfig()
+    assert "slot_fallback" not in defaults and defaults["timeout_s"] > 0
+    assert (
+        off["breaker"] is None and off["retry"] is None and "slot_fallback" not in off
+    )  # route: refused by the client
+    assert client_options(ClientSettings(fallback=False), "slot")["slot_fallback"] == "fail_closed"
+    assert ClientSettings().describe() == "breaker on, retries on, fallback on"
+
+
+def test_decision_sources_count_by_time_from_the_start() -> None:
+    clock = FakeClock()
+    sources = DecisionSources(clock)
+    sources.add("service", 99.0)  # before the start: counted at 0
+    clock.now = 101.0
+    sources.restart()  # forgets it; times count from 101
+    for at, source in ((101.0, "service"), (102.005, "fallback"), (102.5, "fallback"), (103.2, "service")):
+        sources.add(source, at)
+
+    assert sources.totals() == {"service": 2, "local": 0, "fallback": 2, "refused": 0, "failed": 0}
+    assert sources.between(1.0, 2.0) == {"service": 0, "local": 0, "fallback": 2, "refused": 0, "failed": 0}
+    assert sources.first("service", 1.6) == pytest.approx(2.2)
+    assert sources.first("fallback", 2.0) is None
+    series = sources.series(1.0, 2.5)
+    assert series["t_s"] == [0.0, 1.0, 2.0] and series["fallback"] == [0.0, 2.0, 0.0] and series["service"][2] == 1
+    merged = DecisionSources(clock)
+    merged.merge([DecisionSources.from_json(sources.to_json()), sources])
+    assert merged.totals()["fallback"] == 4
+    with pytest.raises(ValueError, match="unknown decision source"):
+        DecisionSources.from_json({"psychic": [[1, 1]]})
+
+
+def _selection(**flags: Any) -> Selection:
+    return Selection("" if flags.get("fallback") else "d1", "a", "127.0.0.1:9", "p2c", False, **flags)
+
+
+def test_the_recording_client_counts_every_decision_and_can_refuse_the_fallback(monkeypatch: Any) -> None:
+    answers: list[Any] = [_selection(), _selection(fallback=True), _selection(local=True), UnavailableError("gone")]
+
+    async def select(self: AsyncClient, pool: str, **_: Any) -> Selection:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(AsyncClient, "select", select)
+
+    async def run() -> tuple[dict[str, int], dict[str, int]]:
+        using = RecordingClient("127.0.0.1:1", breaker=None, retry=None)  # never dialled: select is the fake
+        for _ in range(3):
+            await using.select("api")
+        with pytest.raises(UnavailableError):
+            await using.select("api")
+        refusing = RecordingClient("127.0.0.1:1", fallback=False, breaker=None, retry=None)
+        answers.append(_selection(fallback=True))
+        with pytest.raises(UnavailableError, match="fallback = false"):
+            await refusing.select("api")
+        await using.close()
+        await refusing.close()
+        return using.sources.totals(), refusing.sources.totals()
+
+    using, refusing = asyncio.run(run())
+
+    assert using == {"service": 1, "local": 1, "fallback": 1, "refused": 0, "failed": 1}
+    assert refusing["refused"] == 1 and sum(refusing.values()) == 1
+
+
+def test_the_recording_client_counts_slots_by_who_answered(monkeypatch: Any) -> None:
+    from datetime import UTC, datetime
+
+    lease = Lease("local-1", "api", 0.0, datetime.now(UTC), None, None, "", 0.0, fallback=True)
+    answers: list[Any] = [
+        lease,
+        SlotDenied("full", denial="AT_CAPACITY", pool="api"),
+        SlotDenied("down", denial="CONTROL_PLANE_UNAVAILABLE", pool="api"),
+    ]
+
+    async def acquire_slot(self: AsyncClient, pool: str, **_: Any) -> Lease:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(AsyncClient, "acquire_slot", acquire_slot)
+
+    async def run() -> dict[str, int]:
+        client = RecordingClient("127.0.0.1:1", breaker=None, retry=None)
+        await client.acquire_slot("api")
+        for _ in range(2):
+            with pytest.raises(SlotDenied):
+                await client.acquire_slot("api")
+        await client.close()
+        return client.sources.totals()
+
+    assert asyncio.run(run()) == {"service": 1, "local": 0, "fallback": 1, "refused": 1, "failed": 0}
+
+
+def test_a_restarted_service_gets_the_backends_in_its_config() -> None:
+    spec = parse_scenario({**SCENARIO, "backends": [{"id": "b", "count": 2, "weight": 3}]}, "test")
+
+    parsed = parse_config(tomllib.loads(service_config(spec, "aimd", None, servers={"b-0": "h:1", "b-1": "h:2"})))
+
+    [pool] = parsed.pools
+    assert [(s.id, s.address, s.weight) for s in pool.servers] == [("b-0", "h:1", 3), ("b-1", "h:2", 3)]
+    assert pool.settings.limit_algorithm == "aimd"  # the rest as the first start's
+
+
+def _outage_report(ready_s: float | None) -> Report:
+    spec = parse_scenario({**SCENARIO, "mode": "route", "strategies": ["p2c"], "params": {}, "pool": {}}, "test")
+    records = [
+        RequestRecord(t / 10, "b-0" if t < 20 or t >= 40 else "", 5.0 + t, t < 20 or t >= 40, False) for t in range(60)
+    ]
+    clock = FakeClock()
+    sources = DecisionSources(clock)
+    for t in range(60):
+        sources.add("service" if t < 20 or t >= 43 else "refused", 100.0 + t / 10)
+    outage = Outage(0, "kill_service", 2.0, 2.0, 11, -9, 3.5 if ready_s else None, ready_s, 12 if ready_s else None)
+    extra = {"outages": outage_extra([outage], sources, 6.0)}
+    run = StrategyRun("p2c", records, ("b-0", "b-1"), extra=extra)
+    return Report(spec, (run,), kind="evaluate", meta={"client": ClientSettings(fallback=False).as_dict()})
+
+
+def test_an_outage_shows_what_the_requests_arriving_in_it_saw() -> None:
+    report = _outage_report(ready_s=4.0)
+
+    [figures] = outages(report)
+    [recorded] = report.runs[0].extra["outages"]
+
+    assert recorded["decisions"]["refused"] == 20 and recorded["decisions"]["service"] == 0
+    assert recorded["back_to_service_s"] == pytest.approx(0.3, abs=0.011)  # one 10 ms bin
+    assert (figures.requests, figures.success_rate, figures.back) == (20, 0.0, True)
+    assert math.isnan(figures.p99_ms)  # none reached a backend
+    text = outages_markdown(report)
+    assert "SDK breaker on, retries on, fallback off" in text
+    assert "| p2c | 2.00–4.00 | 20 | 0.00 | – | 0 | 0 | 20 | 0 | 0.30 |" in text
+    assert report_dict(report)["runs"][0]["outages"][0]["success_rate"] == 0.0
+
+
+def test_an_outage_without_a_restart_lasts_until_the_end() -> None:
+    report = _outage_report(ready_s=None)
+
+    [figures] = outages(report)
+
+    assert not figures.back and figures.until_s == 6.0 and figures.back_to_service_s is None
+    assert figures.requests == 40 and figures.success_rate == pytest.approx(0.5)
+    assert "2.00–end (not restarted)" in outages_markdown(report)

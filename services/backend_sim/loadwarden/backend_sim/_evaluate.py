@@ -9,15 +9,23 @@ mode it lists (``decisions``; central only by default):
 3. start ``loadwarden backend-sim --register``: its backends listen on free
    ports, register themselves in the pool (AdminService.RegisterServer) and
    report their load; wait for its JSON line with their addresses;
-4. run the traffic (``_traffic``) through the SDK, while a watchdog stops the
-   run if a child exits: from this process with central decisions only; else
+4. run the traffic (``_traffic``) through the SDK (a ``RecordingClient``: the
+   SDK's default breakers, retries and local fallback, unless
+   ``[evaluate.client]`` turns them off), while a watchdog stops the run if a
+   child exits: from this process with central decisions only; else
    from ``clients`` client processes (``_evaluate_client``), each with its own
    ``AsyncClient(decisions=...)`` and its share of the seeded arrivals, started
    together once every one is ready (a local client has its first routing
    table by then) and sending its records back in a file. Central runs use the
    same client processes as local ones, so the two modes differ in where the
    decisions are made only;
-5. stop them all (SIGTERM, then SIGKILL after a grace period) and keep the records.
+5. meanwhile, ``[[evaluate.faults]]``: at each fault's ``at_s`` from the start of
+   the traffic the service is SIGKILLed (the watchdog lets it go), and after
+   ``restart_after_s`` started again on the same address with the same config
+   plus the backends' addresses (``servers``, which they registered by RPC the
+   first time), so the pool comes back; each ``Outage`` is kept with the
+   decisions the clients made meanwhile, by source;
+6. stop them all (SIGTERM, then SIGKILL after a grace period) and keep the records.
 
 Then the ``Report`` (kind ``"evaluate"``) is built, with the simulator's figures
 on the same scenario (and decision mode) as ``comparison`` in mode route. Every
@@ -36,7 +44,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +52,14 @@ from typing import Any
 from loadwarden.sdk import AsyncClient
 
 from ._batch_mode import BatchRecord, BatchSettings, BatchSummary, parse_batch, render_batch_markdown, summarize_batches
-from ._evaluate_client import ClientJob, read_records
+from ._evaluate_client import (
+    ClientJob,
+    ClientSettings,
+    DecisionSources,
+    RecordingClient,
+    client_options,
+    read_records,
+)
 from ._processes import Child, ChildFailed, ProcessGroup
 from ._progress import Progress
 from ._report import Report, StrategyRun, label
@@ -149,10 +164,18 @@ def pool_name(spec: ScenarioSpec) -> str:
     return spec.scenario().pool
 
 
-def service_config(spec: ScenarioSpec, strategy: str, batch: BatchSettings | None) -> str:
-    """The ``loadwarden serve`` config of one run, as TOML text (servers register themselves)."""
+def service_config(
+    spec: ScenarioSpec, strategy: str, batch: BatchSettings | None, servers: Mapping[str, str] | None = None
+) -> str:
+    """The ``loadwarden serve`` config of one run, as TOML text.
+
+    Without ``servers`` the backends register themselves; with them (id -> address, for a
+    restart after a fault) the pool lists them, with their weights.
+    """
     pool = pool_name(spec)
     pool_table = spec.pool_config(strategy)
+    if servers is not None:
+        pool_table["servers"] = [{"id": s.id, "address": servers[s.id], "weight": s.weight} for s in spec.servers]
     if "load_report_ttl_ms" not in pool_table:
         # As the simulator: max(10 s, 3 intervals), so a loaded machine's late reports do not
         # make servers flap stale; [pool] load_report_ttl_ms sets it.
@@ -252,6 +275,150 @@ class _Run:
     wall_s: float
     addresses: dict[str, str]
     client_stats: list[dict[str, Any]] = field(default_factory=list)
+    outages: list[Outage] = field(default_factory=list)
+    sources: DecisionSources = field(default_factory=DecisionSources)
+
+
+@dataclass
+class Outage:
+    """One fault of a run, as it happened; times in s from the start of the traffic.
+
+    Attributes:
+        fault: Its place in ``[[evaluate.faults]]``.
+        kind: The fault's kind (``kill_service``).
+        at_s: When it was planned.
+        killed_s: When the service was SIGKILLed.
+        killed_pid: The killed process.
+        exit_code: Its exit code (``-9``).
+        restarted_s: When the new service process was started; None when it was not.
+        ready_s: When the new process listened again; None when it did not in the run.
+        pid: The new process; None when there was none.
+    """
+
+    fault: int
+    kind: str
+    at_s: float
+    killed_s: float
+    killed_pid: int
+    exit_code: int | None
+    restarted_s: float | None = None
+    ready_s: float | None = None
+    pid: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: round(v, 6) if isinstance(v, float) else v for key, v in dataclasses.asdict(self).items()}
+
+
+async def _sleep_until(when: float) -> None:
+    delay = when - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+class _ServiceFaults:
+    """Kills and restarts one run's service as ``[[evaluate.faults]]`` says.
+
+    Args:
+        faults: The scenario's faults, in time order.
+        service: The service process started for the run.
+        target: Its address; a restart listens there again.
+        restart_argv: The command of a restarted service (its config lists the servers).
+        name: The run's child-name stem.
+        group: Starts the new service processes (and stops them at the end).
+        env: Their environment.
+        timeout_s: Longest wait for a restarted service to listen.
+        watched: The processes the run's watchdog watches: the service is taken out of it
+            before it is killed, and its successor put in once it listens.
+        started: The processes the run stops at its end: a successor takes the service's place.
+        options: The evaluation's options (for messages).
+    """
+
+    def __init__(
+        self,
+        faults: Sequence[Any],
+        service: Child,
+        target: str,
+        restart_argv: Sequence[str],
+        name: str,
+        group: ProcessGroup,
+        env: Mapping[str, str],
+        timeout_s: float,
+        watched: list[Child],
+        started: list[Child],
+        options: EvaluateOptions,
+    ) -> None:
+        self.faults = list(faults)
+        self.service = service
+        self.target = target
+        self.restart_argv = list(restart_argv)
+        self.name = name
+        self.group = group
+        self.env = env
+        self.timeout_s = timeout_s
+        self.watched = watched
+        self.started = started
+        self.options = options
+        self.outages: list[Outage] = []
+
+    async def run(self, start: float) -> None:
+        """Every fault at its time from ``start`` (monotonic s: the traffic's start).
+
+        Raises:
+            EvaluationFailed: a restarted service did not listen in time, or elsewhere.
+        """
+        for i, fault in enumerate(self.faults):
+            await _sleep_until(start + fault.at_s)
+            service = self.service
+            if service in self.watched:
+                self.watched.remove(service)  # before the kill: the watchdog never sees it die
+            killed_s = time.monotonic() - start
+            code = service.kill()
+            outage = Outage(i, fault.kind, fault.at_s, killed_s, service.pid, code)
+            self.outages.append(outage)
+            _say(self.options, f"{self.name}: fault {i}: service (pid {service.pid}) killed at {killed_s:.2f} s")
+            if fault.restart_after_s is None:
+                continue
+            await _sleep_until(start + fault.at_s + fault.restart_after_s)
+            outage.restarted_s = time.monotonic() - start
+            successor = self.group.start(f"{self.name}-service{i + 1}", self.restart_argv, env=self.env)
+            self.started[self.started.index(service)] = successor
+            self.service = successor
+            try:
+                address = (await successor.wait_for(_LISTENING, self.timeout_s)).group(1)
+            except ChildFailed as exc:
+                raise EvaluationFailed(f"{successor.name} did not start again after fault {i}: {exc}") from None
+            if address != self.target:
+                raise EvaluationFailed(f"{successor.name} listens on {address}, not on {self.target} as before")
+            outage.ready_s, outage.pid = time.monotonic() - start, successor.pid
+            self.watched.append(successor)
+            _say(
+                self.options,
+                f"{self.name}: fault {i}: service back (pid {successor.pid}) at {outage.ready_s:.2f} s",
+            )
+
+
+async def _until_done(
+    work: Awaitable[Any], watchdog: asyncio.Task[Child], faults: asyncio.Task[None] | None, title: str
+) -> Any:
+    """``work``'s result, unless a watched process exits or the faults fail first.
+
+    Raises:
+        EvaluationFailed: naming the process that exited, or the fault that failed.
+    """
+    task = asyncio.ensure_future(work)
+    pending: set[asyncio.Future[Any]] = {task, watchdog, *([faults] if faults is not None else [])}
+    try:
+        while True:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if watchdog in done:
+                raise EvaluationFailed(f"{watchdog.result().describe_exit()}\n(during the run of {title!r})")
+            if faults is not None and faults in done:
+                faults.result()  # raises when a fault failed; else the traffic goes on
+            if task in done:
+                return task.result()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _sample_loads(client: AsyncClient, pool: str, interval_s: float, start: float, out: list[LoadRecord]) -> None:
@@ -298,7 +465,8 @@ async def run_strategy(
 ) -> _Run:
     """One strategy on a fresh service and fresh backends, its traffic from this process
     (``spec.clients`` None) or from ``spec.clients`` client processes deciding as
-    ``decisions`` says; every process is stopped before it returns."""
+    ``decisions`` says, through the faults of ``[[evaluate.faults]]``; every process is
+    stopped before it returns."""
     began = time.monotonic()
     name = strategy if spec.clients is None else f"{strategy}-{decisions}"  # names the files and the children
     work = options.out_dir / "runs" / name
@@ -307,22 +475,14 @@ async def run_strategy(
     config.write_text(service_config(spec, strategy, batch), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOADWARDEN_")}  # the run is the file's alone
     env.setdefault("GRPC_VERBOSITY", "ERROR")
+    settings = ClientSettings.of(spec.options.get("client"))
     started: list[Child] = []
+
+    def serve(config: Path, listen: str) -> list[str]:
+        return [*options.command, "serve", "--config", str(config), "--listen", listen, "--log-level", "WARNING"]
+
     try:
-        service = group.start(
-            f"{name}-service",
-            [
-                *options.command,
-                "serve",
-                "--config",
-                str(config),
-                "--listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "WARNING",
-            ],
-            env=env,
-        )
+        service = group.start(f"{name}-service", serve(config, "127.0.0.1:0"), env=env)
         started.append(service)
         target = (await _wait_ready(service, _LISTENING, options.startup_timeout_s)).group(1)
         addresses: dict[str, str] = {}
@@ -350,34 +510,71 @@ async def run_strategy(
             started.append(backends)
             line = (await _wait_ready(backends, _BACKENDS, options.startup_timeout_s)).group(1)
             addresses.update(json.loads(line)["backends"])
+        watched = list(started)  # none of these may exit during the run, but a service a fault kills
+        faults = None
+        if spec.options.get("faults"):
+            restart = work / "loadwarden-restart.toml"  # the backends do not register again: the file lists them
+            restart.write_text(service_config(spec, strategy, batch, servers=addresses), encoding="utf-8")
+            faults = _ServiceFaults(
+                spec.options["faults"],
+                service,
+                target,
+                serve(restart, target),
+                name,
+                group,
+                env,
+                options.startup_timeout_s,
+                watched,
+                started,
+                options,
+            )
         loads: list[LoadRecord] = []
         if spec.clients is not None:
-            clients = _Clients(spec.clients, name, label(strategy, decisions), decisions, group, options, env, work)
-            result = await clients.run(plan, target, addresses, started, loads, spec, progress)
-            return _Run(strategy, result, loads, time.monotonic() - began, addresses, clients.stats)
+            clients = _Clients(
+                spec.clients, name, label(strategy, decisions), decisions, group, options, env, work, settings
+            )
+            result = await clients.run(plan, target, addresses, started, watched, loads, spec, progress, faults)
+            return _Run(
+                strategy,
+                result,
+                loads,
+                time.monotonic() - began,
+                addresses,
+                clients.stats,
+                faults.outages if faults is not None else [],
+                clients.sources,
+            )
         _say(options, f"{strategy}: service {target}, {len(addresses)} backends ready; sending traffic")
-        async with AsyncClient(target, timeout_s=5.0, breaker=None, retry=None) as client:
+        async with (
+            RecordingClient(target, fallback=settings.fallback, **client_options(settings, plan.mode)) as client,
+            AsyncClient(target, timeout_s=5.0, breaker=None, retry=None) as sampling,  # not the traffic's
+        ):
             runner = TrafficRunner(plan, client, addresses, progress=progress)
             start = time.monotonic()
+            client.sources.restart()
             sampler = asyncio.create_task(
-                _sample_loads(client, plan.pool, spec.load_report_interval_ms / 1000.0, start, loads)
+                _sample_loads(sampling, plan.pool, spec.load_report_interval_ms / 1000.0, start, loads)
             )
-            traffic = asyncio.create_task(runner.run())
-            watchdog = asyncio.create_task(group.watch(started))
+            watchdog = asyncio.create_task(group.watch(watched))
+            faulting = asyncio.create_task(faults.run(start)) if faults is not None else None
             try:
-                done, _ = await asyncio.wait({traffic, watchdog}, return_when=asyncio.FIRST_COMPLETED)
-                if traffic not in done:
-                    child = watchdog.result()
-                    raise EvaluationFailed(f"{child.describe_exit()}\n(during the run of {strategy!r})")
-                result = traffic.result()
+                result = await _until_done(runner.run(), watchdog, faulting, strategy)
             finally:
-                for task in (sampler, traffic, watchdog):
+                for task in (sampler, watchdog, *([faulting] if faulting is not None else [])):
                     task.cancel()
-                await asyncio.gather(sampler, traffic, watchdog, return_exceptions=True)
+                await asyncio.gather(sampler, watchdog, *([faulting] if faulting else []), return_exceptions=True)
     finally:
         for child in reversed(started):  # backends first: none pushes load to a service already gone
             group.stop(child)
-    return _Run(strategy, result, loads, time.monotonic() - began, addresses)
+    return _Run(
+        strategy,
+        result,
+        loads,
+        time.monotonic() - began,
+        addresses,
+        outages=faults.outages if faults is not None else [],
+        sources=client.sources,
+    )
 
 
 class _Clients:
@@ -392,6 +589,7 @@ class _Clients:
         options: The evaluation's options.
         env: The children's environment.
         work: The run's directory: job, go and record files go there.
+        settings: What ``[evaluate.client]`` turns off in every client.
     """
 
     def __init__(
@@ -404,6 +602,7 @@ class _Clients:
         options: EvaluateOptions,
         env: Mapping[str, str],
         work: Path,
+        settings: ClientSettings,
     ) -> None:
         self.count = count
         self.name = name
@@ -413,7 +612,9 @@ class _Clients:
         self.options = options
         self.env = env
         self.work = work
+        self.settings = settings
         self.stats: list[dict[str, Any]] = []
+        self.sources = DecisionSources()
 
     async def run(
         self,
@@ -421,16 +622,19 @@ class _Clients:
         target: str,
         addresses: Mapping[str, str],
         started: list[Child],
+        watched: list[Child],
         loads: list[LoadRecord],
         spec: ScenarioSpec,
         progress: Callable[[int], None] | None,
+        faults: _ServiceFaults | None = None,
     ) -> TrafficResult:
-        """Runs ``plan`` split over the clients; ``started`` already holds the service and backends.
+        """Runs ``plan`` split over the clients; ``started`` already holds the service and backends,
+        ``watched`` those that may not exit (``faults`` takes its service out while it is down).
 
         Raises:
-            EvaluationFailed: a client or another child exited early, or a client was not ready in time.
+            EvaluationFailed: a client or another child exited early, a client was not ready in
+                time, or a restarted service did not listen.
         """
-        servers = list(started)  # service and backends: none may exit during the run
         go = self.work / "go.json"
         go.unlink(missing_ok=True)
         clients: list[tuple[Child, Path]] = []
@@ -445,6 +649,7 @@ class _Clients:
                 go_path=str(go),
                 out_path=str(out),
                 ready_timeout_s=self.options.startup_timeout_s,
+                client=self.settings,
             )
             job_path = self.work / f"client{i}.json"
             job_path.write_text(job.to_json(), encoding="utf-8")
@@ -453,9 +658,10 @@ class _Clients:
             )
             started.append(child)
             clients.append((child, out))
-        watchdog = asyncio.create_task(self.group.watch(servers))
+        watchdog = asyncio.create_task(self.group.watch(watched))
+        faulting: asyncio.Task[None] | None = None
         try:
-            await self._until(watchdog, self._all_ready([c for c, _ in clients]))
+            await _until_done(self._all_ready([c for c, _ in clients]), watchdog, None, self.title)
             start_wall = time.time() + START_DELAY_S
             tmp = go.with_name(go.name + ".tmp")
             tmp.write_text(json.dumps({"start_wall": start_wall}), encoding="utf-8")
@@ -465,33 +671,24 @@ class _Clients:
                 f"{self.title}: service {target}, {len(addresses)} backends, {self.count} {self.decisions} "
                 "clients ready; sending traffic",
             )
-            # The load series is read from here, on the clients' clock.
+            # The load series and the faults' times are on the clients' clock.
+            start = time.monotonic() + (start_wall - time.time())
+            if faults is not None:
+                faulting = asyncio.create_task(faults.run(start))
             async with AsyncClient(target, timeout_s=5.0, breaker=None, retry=None) as client:
-                start = time.monotonic() + (start_wall - time.time())
                 sampler = asyncio.create_task(
                     _sample_loads(client, plan.pool, spec.load_report_interval_ms / 1000.0, start, loads)
                 )
                 try:
-                    await self._until(watchdog, self._all_done([c for c, _ in clients], progress))
+                    await _until_done(self._all_done([c for c, _ in clients], progress), watchdog, faulting, self.title)
                 finally:
                     sampler.cancel()
                     await asyncio.gather(sampler, return_exceptions=True)
         finally:
-            watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
+            for task in (watchdog, *([faulting] if faulting is not None else [])):
+                task.cancel()
+            await asyncio.gather(watchdog, *([faulting] if faulting else []), return_exceptions=True)
         return self._merge([out for _, out in clients])
-
-    async def _until(self, watchdog: asyncio.Task[Child], work: Any) -> None:
-        """Awaits ``work`` unless a service or backend process exits first."""
-        task = asyncio.ensure_future(work)
-        try:
-            done, _ = await asyncio.wait({task, watchdog}, return_when=asyncio.FIRST_COMPLETED)
-            if task not in done:
-                raise EvaluationFailed(f"{watchdog.result().describe_exit()}\n(during the run of {self.title!r})")
-            task.result()
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     async def _all_ready(self, clients: list[Child]) -> None:
         for child in clients:
@@ -525,6 +722,7 @@ class _Clients:
                 totals[key] = totals.get(key, 0) + int(value)
             duration_s = max(duration_s, float(head["duration_s"]))
             self.stats.append({"client": i, "requests": len(mine), **head["stats"]})
+            self.sources.merge([DecisionSources.from_json(head.get("decisions", {}))])
         records.sort(key=lambda r: r.time_s)
         return TrafficResult(
             tuple(records),
@@ -632,9 +830,13 @@ async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessG
                 if ticker is not None:
                     ticker.cancel()
             bar.advance(max(0, base + per_strategy - bar.done))
-            extra: dict[str, Any] = {"addresses": run.addresses}
+            extra: dict[str, Any] = {"addresses": run.addresses, "decision_sources": run.sources.totals()}
             if spec.clients is not None:
                 extra["clients"] = run.client_stats
+            if spec.options.get("faults"):
+                extra["outages"] = outage_extra(run.outages, run.sources, run.result.duration_s)
+                end_s = max(run.result.duration_s, 1e-3)
+                extra["decision_sources_over_time"] = run.sources.series(max(0.1, end_s / 100), end_s)
             if spec.mode == "batch":
                 batches[strategy] = run.result.batches
                 summary = summaries[strategy] = summarize_batches(run.result.batches, warmup_s=spec.warmup_s)
@@ -657,9 +859,32 @@ async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessG
         "command": " ".join(sys.argv),
         "run_id": group.run_id,
         "python": sys.version.split()[0],
+        "client": ClientSettings.of(spec.options.get("client")).as_dict(),
+        "faults": [fault.model_dump() for fault in spec.options.get("faults", ())],
     }
     report = Report(spec, tuple(runs), kind="evaluate", comparison=comparison, meta=meta)
     return Evaluation(report, summaries, batches)
+
+
+def outage_extra(outages: Sequence[Outage], sources: DecisionSources, end_s: float) -> list[dict[str, Any]]:
+    """Each outage for ``report.json``: the ``Outage``, the decisions asked for while the service
+    was down (from the kill until it listened again, or the run's end), by source, and
+    ``back_to_service_s``: from its listening again to the first decision the service made."""
+    out = []
+    for outage in outages:
+        until = outage.ready_s if outage.ready_s is not None else max(end_s, outage.killed_s)
+        back = None
+        if outage.ready_s is not None and (first := sources.first("service", outage.ready_s)) is not None:
+            back = round(first - outage.ready_s, 3)
+        out.append(
+            {
+                **outage.as_dict(),
+                "until_s": round(until, 6),
+                "decisions": sources.between(outage.killed_s, until),
+                "back_to_service_s": back,
+            }
+        )
+    return out
 
 
 async def _tick(advance: Callable[[int], None]) -> None:

@@ -7,7 +7,8 @@ find every process of a run with psutil), and on Linux with
 ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, so it is told to stop even when the parent
 dies without cleaning up (SIGKILL): a small launcher (``launch_argv``) sets it
 and then execs the command, so the pid is the command's own. Stopping is
-SIGTERM to the child's process group, then SIGKILL after a grace period;
+SIGTERM to the child's process group, then SIGKILL after a grace period
+(``Child.kill`` is the SIGKILL alone: a crash, for ``evaluate``'s faults);
 ``ProcessGroup.close`` does it for every child, and is idempotent, so it can
 sit in a ``finally``, a signal path and ``atexit`` at once.
 
@@ -160,6 +161,17 @@ class Child:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.popen.wait(grace_s)
         self._reader.join(1.0)
+        return self.popen.poll()
+
+    def kill(self) -> int | None:
+        """SIGKILL to its process group at once, as a crash (no shutdown runs); returns the exit code.
+
+        Its stdout stays readable (``output``); a stopped child is left as it is.
+        """
+        if self.popen.poll() is None:
+            _signal_group(self.popen.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(DEFAULT_GRACE_S)
         return self.popen.poll()
 
 

@@ -11,6 +11,11 @@ service decides, or the clients decide locally). Runs are named by their
 one. A report with only central runs reads as it always did; one with a local
 run adds a ``decisions`` column to its tables and CSV files and a table of each
 strategy's local figures against its central ones (``local_vs_central``).
+
+A run of ``evaluate`` with ``[[evaluate.faults]]`` lists its outages in
+``extra["outages"]`` (when the service was killed and back, and the decisions
+made meanwhile by source); ``outages`` adds what the requests arriving in each
+saw, and the report an "Outages" table.
 """
 
 from __future__ import annotations
@@ -368,6 +373,8 @@ def render_markdown(report: Report) -> str:
             lines.append(f"| {run.label} | " + " | ".join(cells) + " |")
     if local_vs_central(report):
         lines += ["", local_vs_central_markdown(report).rstrip("\n")]
+    if outages(report):
+        lines += ["", outages_markdown(report).rstrip("\n")]
     lines += ["", verdict(report)]
     if report.comparison is not None:
         lines.append(comparison_line(report))
@@ -451,6 +458,115 @@ def local_vs_central_markdown(report: Report) -> str:
             f"{_pct(m.central_success)} | {_pct(m.local_success)} | {m.success_points:+.3f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class OutageFigures:
+    """What the requests of one run saw while a fault had the Decision service down.
+
+    Attributes:
+        label: The run.
+        fault: The fault's place in ``[[evaluate.faults]]``.
+        killed_s: When the service was killed, s from the start of the traffic.
+        until_s: When it listened again (or the run's end, ``back`` False), s.
+        back: Whether it was restarted and listened again within the run.
+        requests: Requests arriving from ``killed_s`` to ``until_s``.
+        success_rate: Of those, the share that succeeded, 0-1 (NaN when none).
+        p99_ms: p99 latency of those that reached a backend, ms (NaN when none).
+        decisions: Decisions asked for meanwhile, by source (``service``, ``local``,
+            ``fallback``, ``refused``, ``failed``).
+        back_to_service_s: From ``until_s`` to the first decision the service made, s; None when none.
+    """
+
+    label: str
+    fault: int
+    killed_s: float
+    until_s: float
+    back: bool
+    requests: int
+    success_rate: float
+    p99_ms: float
+    decisions: Mapping[str, int]
+    back_to_service_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "fault": self.fault,
+            "killed_s": round(self.killed_s, 6),
+            "until_s": round(self.until_s, 6),
+            "back": self.back,
+            "requests": self.requests,
+            "success_rate": round(self.success_rate, 6),
+            "p99_ms": round(self.p99_ms, 3),
+            "decisions": dict(self.decisions),
+            "back_to_service_s": self.back_to_service_s,
+        }
+
+
+def _outage_figures(run: StrategyRun, outage: Mapping[str, Any]) -> OutageFigures:
+    cols = columns(run.records, run.server_ids)
+    killed, until = float(outage["killed_s"]), float(outage["until_s"])
+    inside = cols.select((cols.time_s >= killed) & (cols.time_s < until)) if len(cols) else cols
+    routed = inside.latency_ms[inside.server >= 0] if len(inside) else np.array([])
+    p99 = float(np.sort(routed)[max(1, math.ceil(0.99 * routed.size)) - 1]) if routed.size else math.nan
+    return OutageFigures(
+        label=run.label,
+        fault=int(outage["fault"]),
+        killed_s=killed,
+        until_s=until,
+        back=outage.get("ready_s") is not None,
+        requests=len(inside),
+        success_rate=float(inside.success.mean()) if len(inside) else math.nan,
+        p99_ms=p99,
+        decisions=dict(outage.get("decisions", {})),
+        back_to_service_s=outage.get("back_to_service_s"),
+    )
+
+
+def outages(report: Report) -> list[OutageFigures]:
+    """Every outage of every run (``extra["outages"]``), in run order."""
+    return [_outage_figures(run, outage) for run in report.runs for outage in run.extra.get("outages", ())]
+
+
+def outages_markdown(report: Report) -> str:
+    """The "Outages" table: per run and fault, when the service was down and what the requests
+    arriving then saw (success, p99) and who decided them."""
+    rows = outages(report)
+    if not rows:
+        return ""
+    client = report.meta.get("client") or {}
+    on = {True: "on", False: "off"}
+    sdk = ", ".join(f"{name} {on[bool(client.get(key, True))]}" for key, name in _CLIENT_PARTS)
+    local = report.shows_decisions  # some run decided from pushed tables: a column for those
+    sources = ("service", *(("local",) if local else ()), "fallback", "refused", "failed")
+    lines = [
+        f"Outages (the Decision service SIGKILLed, then started again on its address; SDK {sdk}):",
+        "",
+        "| strategy | down s | requests | success % | p99 ms | "
+        + " | ".join(_SOURCE_HEADS[source] for source in sources)
+        + " | back to service s |",
+        "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in sources) + " | ---: |",
+    ]
+    for o in rows:
+        down = f"{o.killed_s:.2f}–{o.until_s:.2f}" if o.back else f"{o.killed_s:.2f}–end (not restarted)"
+        success = _pct(o.success_rate) if math.isfinite(o.success_rate) else "–"
+        back = f"{o.back_to_service_s:.2f}" if o.back_to_service_s is not None else "–"
+        counts = " | ".join(f"{o.decisions.get(source, 0):,}" for source in sources)
+        lines.append(f"| {o.label} | {down} | {o.requests:,} | {success} | {_ms(o.p99_ms)} | {counts} | {back} |")
+    return "\n".join(lines) + "\n"
+
+
+# The Outages table's decision columns, by source (``_evaluate_client.SOURCES``).
+_SOURCE_HEADS = {
+    "service": "by service",
+    "local": "from pushed table",
+    "fallback": "by SDK fallback",
+    "refused": "fallback refused",
+    "failed": "no answer",
+}
+
+
+_CLIENT_PARTS = (("breaker", "breaker"), ("retry", "retries"), ("fallback", "fallback"))
 
 
 # A strategy counts as "best" only if its success rate is within this of the highest:
@@ -625,6 +741,8 @@ def report_dict(report: Report) -> dict[str, Any]:
             "load_series": _load_series(run.loads),
             "extra": dict(run.extra),
         }
+        if run.extra.get("outages"):
+            entry["outages"] = [_outage_figures(run, outage).as_dict() for outage in run.extra["outages"]]
         if report.comparison is not None and run.label in report.comparison and s is not None:
             sim = report.comparison[run.label]
             entry["sim_summary"] = sim.as_dict()
