@@ -512,6 +512,17 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     assert garbled.value.key == "file" and "invalid TOML" in garbled.value.problem
 
 
+def test_the_outage_scenario_kills_the_service_mid_run_in_evaluate_only() -> None:
+    spec = load_scenario(REPO / "scenarios" / "control-plane-outage.toml")
+
+    evaluate = spec.for_evaluate()
+    [fault] = evaluate.options["faults"]
+    assert (fault.kind, fault.restart_after_s) == ("kill_service", 5.0)
+    assert evaluate.traffic.duration_s is not None and 0 < fault.at_s < fault.at_s + 5 < evaluate.traffic.duration_s
+    assert 3 <= len(spec.servers) <= 5 and "client" not in evaluate.options  # the SDK's defaults
+    assert spec.for_simulate().options == {}
+
+
 def test_faults_and_the_client_are_evaluate_options_only(tmp_path: Path) -> None:
     spec = load_scenario(write(tmp_path, FULL))
 
