@@ -36,6 +36,7 @@ from ._registry import Registry, parse_params
 from ._settings import (
     DEFAULT_LEASE_TTL_MS,
     DEFAULT_MAX_LEASE_TTL_MS,
+    OUTLIER_FLAGS,
     OUTLIER_RANGES,
     OutlierSettings,
     PoolSettings,
@@ -66,6 +67,7 @@ __all__ = [
     "NAME_MAX_LEN",
     "NAME_PATTERN",
     "OPERATION_SOURCES",
+    "OUTLIER_FLAGS",
     "OUTLIER_RANGES",
     "Adjustment",
     "Answer",

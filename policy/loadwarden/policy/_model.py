@@ -52,6 +52,13 @@ class LoadSample:
 
 # Weight of the newest outcome in the per-server latency and error-rate EWMAs.
 OUTCOME_EWMA_WEIGHT = 0.2
+# ... and in the slow latency EWMA, which a few quick answers in a row hardly move.
+SLOW_EWMA_WEIGHT = 0.02
+# Outcomes before a server's latencies say what it usually answers in.
+USUAL_AFTER_OUTCOMES = 10
+# Requests in flight that have gone this many times a server's usual latency without a
+# successful answer are evidence against it (``Backend.overdue_ms``).
+OVERDUE_FACTOR = 3.0
 
 
 @dataclass(slots=True, eq=False)
@@ -80,6 +87,7 @@ class Backend:
     load_at: float | None = None
     load_wall: float | None = None
     ewma_latency_ms: float = 0.0
+    slow_latency_ms: float = 0.0  # the outcome latencies' slow EWMA (SLOW_EWMA_WEIGHT)
     error_rate: float = 0.0
     outcomes_total: int = 0
     failures_total: int = 0  # of outcomes_total
@@ -97,6 +105,8 @@ class Backend:
     probed: Probed = Probed.UNCHECKED  # active health checks' verdict (see Pool.set_probed)
     degraded_share: float = 1.0  # share of its weight while probed DEGRADED, (0, 1]
     probe: ProbeRecord | None = None  # what the checks found; None when none cover it
+    busy_since: float | None = None  # monotonic; when this process's in_flight last rose from 0
+    answered_at: float | None = None  # monotonic; this process's last successful outcome
 
     def __post_init__(self) -> None:
         self.effective_weight = float(self.weight)
@@ -125,6 +135,48 @@ class Backend:
             return self.ewma_latency_ms
         return self.load.mean_latency_ms if self.load is not None else 0.0
 
+    def started(self, now: float) -> None:
+        """One more of this process's requests in flight, from monotonic time ``now``."""
+        if self.in_flight <= 0:
+            self.busy_since = now
+        self.in_flight += 1
+
+    def ended(self, now: float | None, success: bool) -> None:
+        """One of this process's requests in flight ended (``now`` None: time unknown)."""
+        self.in_flight = max(0, self.in_flight - 1)
+        if success and now is not None:
+            self.answered_at = now
+        if not self.in_flight:
+            self.busy_since = None
+
+    @property
+    def usual_latency_ms(self) -> float:
+        """The latency this server usually answers in: the larger of the outcome EWMA and its
+        slow twin (so a run of quick answers does not make ordinary waits look overdue), once
+        ``USUAL_AFTER_OUTCOMES`` outcomes came; 0 (unknown) before."""
+        if self.outcomes_total < USUAL_AFTER_OUTCOMES:
+            return 0.0
+        return max(self.ewma_latency_ms, self.slow_latency_ms)
+
+    def stalled_ms(self, now: float) -> float:
+        """How long this process's requests in flight have gone without a successful answer:
+        since the later of when they began (the count rose from 0) and the last success;
+        0 with none in flight."""
+        if self.in_flight <= 0 or self.busy_since is None:
+            return 0.0
+        answered = self.answered_at
+        since = self.busy_since if answered is None or answered < self.busy_since else answered
+        return max(0.0, (now - since) * 1000.0)
+
+    def overdue_ms(self, now: float, usual_ms: float, factor: float = OVERDUE_FACTOR) -> float:
+        """``stalled_ms`` when it exceeds ``factor`` times ``usual_ms`` (the server's usual
+        latency as the caller knows it; 0 when unknown), else 0: evidence that the server
+        turned slow, before any of those requests completes or times out."""
+        if usual_ms <= 0:
+            return 0.0
+        stalled = self.stalled_ms(now)
+        return stalled if stalled > factor * usual_ms else 0.0
+
     @classmethod
     def from_spec(cls, spec: ServerSpec) -> Backend:
         return cls(id=spec.id, address=spec.address, weight=spec.weight)
@@ -135,12 +187,15 @@ class Backend:
         self.effective_weight *= spec.weight / self.weight
         self.weight = spec.weight
 
-    def record_outcome(self, success: bool, latency_ms: float, *, settles: bool = True, count: int = 1) -> None:
+    def record_outcome(
+        self, success: bool, latency_ms: float, *, settles: bool = True, count: int = 1, now: float | None = None
+    ) -> None:
         """Folds one reported outcome into the EWMAs and the consecutive-failure count; it
         settles one of this process's selections unless a client decided it (``settles``),
-        and counts as ``count`` outcomes (a client's sampled outcome stands for several)."""
+        and counts as ``count`` outcomes (a client's sampled outcome stands for several).
+        ``now`` (monotonic) dates a success for ``stalled_ms``."""
         if settles:
-            self.in_flight = max(0, self.in_flight - 1)
+            self.ended(now, success)
         self.consecutive_failures = 0 if success else self.consecutive_failures + 1
         if not success:
             self.failures_total += count
@@ -148,11 +203,12 @@ class Backend:
             self.local_total += count
         failure = 0.0 if success else 1.0
         if self.outcomes_total == 0:
-            self.ewma_latency_ms = latency_ms
+            self.ewma_latency_ms = self.slow_latency_ms = latency_ms
             self.error_rate = failure
         else:
             w = OUTCOME_EWMA_WEIGHT
             self.ewma_latency_ms += w * (latency_ms - self.ewma_latency_ms)
+            self.slow_latency_ms += SLOW_EWMA_WEIGHT * (latency_ms - self.slow_latency_ms)
             self.error_rate += w * (failure - self.error_rate)
         self.outcomes_total += count
 

@@ -241,7 +241,27 @@ class Pool(Generic[SlotsT]):
         outlier = self.settings.outlier
         if outlier.disabled or server.ejected_until > now:
             return False
-        if server.consecutive_failures < outlier.consecutive_failures or server.id not in self.servers:
+        if server.consecutive_failures < outlier.consecutive_failures:
+            return False
+        return self._eject(server, now, f"after {outlier.consecutive_failures} consecutive failures")
+
+    def maybe_eject_overdue(self, server: Backend, now: float) -> bool:
+        """Ejects ``server`` if as many of this process's requests as the failures that eject a
+        server are in flight on it and none answered for ``outlier.overdue_factor`` times its
+        usual latency: they are failures already, only not timed out yet (and the cap allows)."""
+        outlier = self.settings.outlier
+        if outlier.disabled or outlier.overdue_disabled or server.ejected_until > now:
+            return False
+        if server.in_flight < outlier.consecutive_failures:
+            return False
+        overdue = server.overdue_ms(now, server.usual_latency_ms, outlier.overdue_factor)
+        if not overdue:
+            return False
+        return self._eject(server, now, f"with {server.in_flight} requests unanswered for {overdue:.0f} ms")
+
+    def _eject(self, server: Backend, now: float, why: str) -> bool:
+        outlier = self.settings.outlier
+        if server.id not in self.servers:
             return False
         ejected = sum(1 for s in self.servers.values() if s.ejected_until > now)
         if ejected >= max(1, len(self.servers) * outlier.max_ejection_percent // 100):
@@ -256,11 +276,11 @@ class Pool(Generic[SlotsT]):
         server.consecutive_failures = 0
         self._cached = None
         log.warning(
-            "server %s/%s ejected for %.1f s after %d consecutive failures (ejection #%d)",
+            "server %s/%s ejected for %.1f s %s (ejection #%d)",
             self.name,
             server.id,
             duration_s,
-            outlier.consecutive_failures,
+            why,
             server.ejections_total,
         )
         return True

@@ -43,6 +43,10 @@ class OutlierSettings:
         max_ejection_percent: Most of the pool ejected at once (at least one server may be).
         panic_threshold_percent: Below this share of un-ejected routable servers, ejection is ignored.
         disabled: True turns ejection off.
+        overdue_factor: A server with ``consecutive_failures`` of this process's requests in
+            flight, none answered for this many times its usual latency, is ejected at once:
+            they are failures not yet timed out.
+        overdue_disabled: True ejects only on failed outcomes.
     """
 
     consecutive_failures: int = 5
@@ -51,14 +55,18 @@ class OutlierSettings:
     max_ejection_percent: int = 50
     panic_threshold_percent: int = 50
     disabled: bool = False
+    overdue_factor: int = 10
+    overdue_disabled: bool = False
 
 
+OUTLIER_FLAGS = ("disabled", "overdue_disabled")
 OUTLIER_RANGES = {
     "consecutive_failures": (0, 1_000),
     "base_ejection_time_ms": (0, 3_600_000),
     "max_ejection_time_ms": (0, 86_400_000),
     "max_ejection_percent": (0, 100),
     "panic_threshold_percent": (0, 100),
+    "overdue_factor": (0, 1_000),
 }
 
 
@@ -67,11 +75,11 @@ def parse_outlier(values: Any, key: str) -> OutlierSettings:
     table = _table(values, key)
     kwargs: dict[str, Any] = {}
     for name, value in table.items():
-        if name == "disabled":
+        if name in OUTLIER_FLAGS:
             kwargs[name] = _bool(value, f"{key}.{name}")
             continue
         if name not in OUTLIER_RANGES:
-            valid = ", ".join(sorted([*OUTLIER_RANGES, "disabled"]))
+            valid = ", ".join(sorted([*OUTLIER_RANGES, *OUTLIER_FLAGS]))
             raise InvalidArgument(f"{key}.{name}", f"unknown key; valid keys: {valid}")
         low, high = OUTLIER_RANGES[name]
         number = _int(value, f"{key}.{name}", low, high)

@@ -86,6 +86,8 @@ def _outlier_to_proto(outlier: OutlierDetection) -> _common.OutlierDetection:
         max_ejection_percent=outlier.max_ejection_percent,
         panic_threshold_percent=outlier.panic_threshold_percent,
         disabled=outlier.disabled,
+        overdue_factor=outlier.overdue_factor,
+        overdue_disabled=outlier.overdue_disabled,
     )
 
 

@@ -81,6 +81,10 @@ class OutlierDetection:
         panic_threshold_percent: Below this share of un-ejected routable servers,
             ejection is ignored (panic), percent, 0-100; 0 means the default, 50.
         disabled: True turns ejection off for the pool.
+        overdue_factor: A server with `consecutive_failures` requests in flight, none
+            answered for this many times its usual latency, is ejected at once, count,
+            0-1,000; 0 means the default, 10.
+        overdue_disabled: True ejects only on failed outcomes, never on overdue requests.
 
     Raises:
         ValueError: A field is of the wrong kind; the message names it.
@@ -92,6 +96,8 @@ class OutlierDetection:
     max_ejection_percent: int = 0
     panic_threshold_percent: int = 0
     disabled: bool = False
+    overdue_factor: int = 0
+    overdue_disabled: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -100,9 +106,11 @@ class OutlierDetection:
             "max_ejection_time_ms",
             "max_ejection_percent",
             "panic_threshold_percent",
+            "overdue_factor",
         ):
             _check_count(f"outlier_detection.{name}", getattr(self, name))
         _check_flag("outlier_detection.disabled", self.disabled)
+        _check_flag("outlier_detection.overdue_disabled", self.overdue_disabled)
 
 
 @dataclass(frozen=True, slots=True)

@@ -336,13 +336,13 @@ class LocalPool:
         if not candidates or self.strategy is None:
             return None
         server, explored, memo = self.strategy.choose(candidates)
-        server.in_flight += 1
+        server.started(now)
         self.dirty.add(server.id)
         return server, explored, memo
 
     def finish(self, decision: LocalDecision, success: bool, latency_ms: float, now: Callable[[], float]) -> None:
         server = decision.server
-        server.in_flight = max(0, server.in_flight - 1)
+        server.ended(now(), success)
         self.dirty.add(server.id)
         server.consecutive_failures = 0 if success else server.consecutive_failures + 1
         if self._strategy_finishes and self.strategy is not None:
@@ -651,7 +651,7 @@ class RouteTables:
             if len(pending) <= MAX_LOCAL_PENDING and first.at + LOCAL_DECISION_TTL_S >= now:
                 break
             pending.popitem(last=False)
-            first.server.in_flight = max(0, first.server.in_flight - 1)
+            first.server.ended(None, False)
             pool = self.pools.get(first.pool)
             if pool is not None:  # settled as the service settles an expired decision: a failure, unlearned
                 pool.dirty.add(first.server.id)

@@ -152,20 +152,24 @@ class PoolConfig(_message.Message):
     def __init__(self, name: _Optional[str] = ..., strategy: _Optional[str] = ..., strategy_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., load_report_ttl_ms: _Optional[int] = ..., require_load_report: _Optional[bool] = ..., max_concurrency: _Optional[int] = ..., max_queue_length: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., lease_ttl_ms: _Optional[int] = ..., limit_algorithm: _Optional[str] = ..., limit_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., rate_limit: _Optional[str] = ..., rate_burst: _Optional[int] = ..., servers: _Optional[_Iterable[_Union[ServerSpec, _Mapping]]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., slow_start_ms: _Optional[int] = ..., rate_limit_keys: _Optional[int] = ..., max_lease_ttl_ms: _Optional[int] = ..., identity_rate_limit: _Optional[str] = ..., identity_rate_burst: _Optional[int] = ..., rate_limit_keys_per_identity: _Optional[int] = ...) -> None: ...
 
 class OutlierDetection(_message.Message):
-    __slots__ = ("consecutive_failures", "base_ejection_time_ms", "max_ejection_time_ms", "max_ejection_percent", "panic_threshold_percent", "disabled")
+    __slots__ = ("consecutive_failures", "base_ejection_time_ms", "max_ejection_time_ms", "max_ejection_percent", "panic_threshold_percent", "disabled", "overdue_factor", "overdue_disabled")
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     BASE_EJECTION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_EJECTION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_EJECTION_PERCENT_FIELD_NUMBER: _ClassVar[int]
     PANIC_THRESHOLD_PERCENT_FIELD_NUMBER: _ClassVar[int]
     DISABLED_FIELD_NUMBER: _ClassVar[int]
+    OVERDUE_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    OVERDUE_DISABLED_FIELD_NUMBER: _ClassVar[int]
     consecutive_failures: int
     base_ejection_time_ms: int
     max_ejection_time_ms: int
     max_ejection_percent: int
     panic_threshold_percent: int
     disabled: bool
-    def __init__(self, consecutive_failures: _Optional[int] = ..., base_ejection_time_ms: _Optional[int] = ..., max_ejection_time_ms: _Optional[int] = ..., max_ejection_percent: _Optional[int] = ..., panic_threshold_percent: _Optional[int] = ..., disabled: _Optional[bool] = ...) -> None: ...
+    overdue_factor: int
+    overdue_disabled: bool
+    def __init__(self, consecutive_failures: _Optional[int] = ..., base_ejection_time_ms: _Optional[int] = ..., max_ejection_time_ms: _Optional[int] = ..., max_ejection_percent: _Optional[int] = ..., panic_threshold_percent: _Optional[int] = ..., disabled: _Optional[bool] = ..., overdue_factor: _Optional[int] = ..., overdue_disabled: _Optional[bool] = ...) -> None: ...
 
 class OperationConfig(_message.Message):
     __slots__ = ("name", "min_batch_size", "max_batch_size", "default_batch_size", "low_threshold_percent", "high_threshold_percent", "cooldown_ms", "min_step", "mode", "target_latency_ms", "additive_step", "backoff_ratio", "load_source", "pool")

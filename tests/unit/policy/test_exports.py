@@ -32,6 +32,7 @@ def test_public_names() -> None:
         "NAME_PATTERN",
         "NotFound",
         "OPERATION_SOURCES",
+        "OUTLIER_FLAGS",
         "OUTLIER_RANGES",
         "Operation",
         "OperationSettings",

@@ -18,6 +18,7 @@ import pytest
 from loadwarden.policy._errors import NotFound
 from loadwarden.policy._model import Backend
 from loadwarden.policy.strategies import Feedback, Strategy, StrategyContext, build_strategy, round_robin
+from loadwarden.policy.strategies._sampling import overdue_load
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
 from loadwarden.server.engine._core import OutcomeReport
 
@@ -33,8 +34,8 @@ def strategy(name: str, seed: int = 1) -> Strategy:
     return build_strategy(name, {}, StrategyContext(clock=ManualClock(), rng=random.Random(seed)), "pool")
 
 
-def cost(server: Backend) -> float:
-    return server.in_flight_total / server.effective_weight
+def cost(server: Backend, now: float = 0.0) -> float:
+    return (server.in_flight_total + overdue_load(server, now)) / server.effective_weight
 
 
 def chi_square(counts: Counter[str], expected: dict[str, float]) -> float:
@@ -54,7 +55,7 @@ def test_least_connections_picks_a_true_minimum_through_a_random_core_run() -> N
     core.configure_pool(PoolSettings(name="p", strategy="least_connections"), list(specs.values()))
     pool = core.pool("p")
     pending: list[str] = []
-    indexed = 0
+    indexed = overdue = 0
     for step in range(6_000):
         roll = rng.random()
         if roll < 0.55 or not pending:
@@ -62,10 +63,11 @@ def test_least_connections_picks_a_true_minimum_through_a_random_core_run() -> N
             core.expire()  # settles what select would only after choosing
             candidates = pool.eligible(clock.monotonic(), exclude)
             indexed += candidates is pool.eligible(clock.monotonic(), exclude)
-            best = min(cost(s) for s in candidates)
+            costs = {s.id: cost(s, clock.monotonic()) for s in candidates}
+            overdue += any(overdue_load(s, clock.monotonic()) for s in candidates)
             selection = core.select("p", exclude)
             chosen = selection.server
-            assert chosen in candidates and (chosen.in_flight_total - 1) / chosen.effective_weight == best, step
+            assert chosen in candidates and costs[chosen.id] == min(costs.values()), step
             pending.append(selection.decision_id)
         elif roll < 0.85:
             decision = pending.pop(rng.randrange(len(pending)))
@@ -83,6 +85,7 @@ def test_least_connections_picks_a_true_minimum_through_a_random_core_run() -> N
             sid = f"s{rng.randrange(50)}"
             core.register_server("p", ServerSpec(sid, f"h:{sid}", rng.randint(1, 5)))
     assert indexed > 2_000  # the standing list came back as the same object: the index was used
+    assert overdue > 500, overdue  # picks with servers whose requests went long unanswered among the candidates
 
 
 def test_least_connections_index_follows_choose_and_observe() -> None:

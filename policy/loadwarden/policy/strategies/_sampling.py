@@ -53,3 +53,13 @@ def least_cost(servers: Sequence[Backend], costs: list[float], rng: random.Rando
         return servers[costs.index(best_cost)]
     ties = [server for server, c in zip(servers, costs, strict=True) if c == best_cost]
     return ties[rng.randrange(len(ties))]
+
+
+def overdue_load(server: Backend, now: float) -> float:
+    """Evidence against ``server`` in requests' worth: how long its requests in flight have
+    gone without a successful answer, in units of its usual latency (the outcome EWMA), once
+    that is over ``OVERDUE_FACTOR`` of them; 0 otherwise. A server that turned very slow
+    weighs this much more at once, before any of its requests completes or times out."""
+    usual = server.usual_latency_ms
+    overdue = server.overdue_ms(now, usual)
+    return overdue / usual if overdue else 0.0

@@ -73,10 +73,12 @@ class LoadLevels:
         self._response = response_ms
         self._unknown_high = unknown_high
 
-    def level(self, server: Backend) -> int:
+    def level(self, server: Backend, now: float) -> int:
+        """The level at monotonic time ``now`` (requests long overdue count as latency)."""
         if self._unknown_high and unknown_load(server):
             return 2
         cpu, active, response = server.cpu_percent, server.active_requests, server.response_time_ms
+        response = max(response, server.overdue_ms(now, server.usual_latency_ms))
         if cpu >= self._cpu[1] or active >= self._active[1] or response >= self._response[1]:
             return 2
         if cpu >= self._cpu[0] or active >= self._active[0] or response >= self._response[0]:

@@ -2,7 +2,10 @@
 
 A server's cost is ``in_flight_total / effective_weight``. Ties are broken
 uniformly at random (seeded), so equal servers share the load instead of the
-first one in the list taking every tie.
+first one in the list taking every tie. Requests long overdue count as more
+(``overdue_load``: a server whose requests in flight have gone several times
+its usual latency without an answer weighs that many more), so a server that
+turned very slow stops taking traffic before its first request times out.
 
 Scanning every candidate costs O(N) a decision (about 1 ms at 10,000 servers),
 so the candidates are kept ordered by cost instead, as HAProxy's leastconn does
@@ -28,6 +31,13 @@ The index stays true because a cost changes only in ways the strategy sees:
   over a new candidate list (it returns the same list object until then, and
   ``exchange_in_flight`` invalidates pools whose peer counts moved).
 
+Overdue time grows with the clock, not with events, so it is filed lazily: the
+server a decision draws is checked, and when it is overdue it is re-filed under
+its cost with the penalty and the draw is made again, until the server drawn is
+not overdue or is filed under its penalty already: a true minimum, each
+overdue server moved at most once a decision. Its next re-key files it back
+under its plain cost, to be checked again when it is drawn.
+
 A list seen for the first time is scanned, O(N) as before; the index is built
 when the same list object comes back, so a one-off list (a request's excludes)
 never replaces the index of the pool's standing list. Every re-key reads the
@@ -43,7 +53,7 @@ from dataclasses import dataclass
 
 from .._model import Backend
 from ._base import Choice, Feedback, StrategyBase, StrategyContext
-from ._sampling import least_cost
+from ._sampling import least_cost, overdue_load
 
 # Stale heap entries tolerated beyond twice the live costs before the heap is rebuilt.
 HEAP_SLACK = 64
@@ -62,6 +72,7 @@ class LeastConnections(StrategyBase):
 
     def __init__(self, params: LeastConnectionsParams, context: StrategyContext) -> None:
         self._rng = context.rng
+        self._clock = context.clock
         # The indexed list and the last list seen once; the references keep them alive,
         # so ``is`` never matches a new list that reuses an old one's address.
         self._indexed: Sequence[Backend] | None = None
@@ -74,18 +85,27 @@ class LeastConnections(StrategyBase):
 
     def choose(self, candidates: Sequence[Backend]) -> Choice:
         self._settle_chosen()
+        now = self._clock.monotonic()
         if candidates is not self._indexed:
             if candidates is not self._seen:
                 self._seen = candidates
-                costs = [server.in_flight_total / server.effective_weight for server in candidates]
+                costs = [(s.in_flight_total + overdue_load(s, now)) / s.effective_weight for s in candidates]
                 self._chosen = least_cost(candidates, costs, self._rng)
                 return Choice(self._chosen)
             self._index(candidates)
         heap, buckets = self._heap, self._buckets
-        while heap[0] not in buckets:
-            heapq.heappop(heap)
-        bucket = buckets[heap[0]]
-        server = bucket[0] if len(bucket) == 1 else bucket[self._rng.randrange(len(bucket))]
+        while True:
+            while heap[0] not in buckets:
+                heapq.heappop(heap)
+            bucket = buckets[heap[0]]
+            server = bucket[0] if len(bucket) == 1 else bucket[self._rng.randrange(len(bucket))]
+            overdue = overdue_load(server, now)
+            if not overdue:
+                break
+            cost = (server.in_flight_total + overdue) / server.effective_weight
+            if cost <= self._cost[server]:
+                break  # filed under its penalty already: still the cheapest
+            self._move(server, cost)
         self._chosen = server
         return Choice(server)
 
@@ -115,10 +135,12 @@ class LeastConnections(StrategyBase):
         heapq.heapify(self._heap)
 
     def _rekey(self, server: Backend) -> None:
-        old = self._cost.get(server)
-        if old is None:
-            return
-        cost = server.in_flight_total / server.effective_weight
+        if server in self._cost:
+            self._move(server, server.in_flight_total / server.effective_weight)
+
+    def _move(self, server: Backend, cost: float) -> None:
+        """Files indexed ``server`` under ``cost``."""
+        old = self._cost[server]
         if cost == old:
             return
         bucket = self._buckets[old]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .._model import Backend
 from ._base import Choice, StrategyBase, StrategyContext
-from ._sampling import check_choice_count, least_cost, sample_distinct
+from ._sampling import check_choice_count, least_cost, overdue_load, sample_distinct
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +52,12 @@ class P2C(StrategyBase):
     def __init__(self, params: P2CParams, context: StrategyContext) -> None:
         self._choice_count = params.choice_count
         self._rng = context.rng
+        self._clock = context.clock
 
     def choose(self, candidates: Sequence[Backend]) -> Choice:
         sampled = sample_distinct(candidates, self._choice_count, self._rng)
-        # Counting the request being placed keeps weights meaningful when every server is idle.
-        costs = [(s.active_requests + 1) / s.effective_weight for s in sampled]
+        now = self._clock.monotonic()
+        # Counting the request being placed keeps weights meaningful when every server is idle;
+        # requests long overdue count as more (``overdue_load``).
+        costs = [(s.active_requests + 1 + overdue_load(s, now)) / s.effective_weight for s in sampled]
         return Choice(least_cost(sampled, costs, self._rng), False, tuple([s.id for s in sampled]))

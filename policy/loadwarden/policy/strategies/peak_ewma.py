@@ -98,10 +98,12 @@ class PeakEwma(StrategyBase):
         now = self._clock.monotonic()
         estimates = [self._estimate(s.id, now) for s in sampled]
         prior = self._prior(estimates) if None in estimates else 0.0
-        costs = [
-            max(prior if e is None else e, _MIN_ESTIMATE_MS) * (s.in_flight_total + 1) / s.effective_weight
-            for s, e in zip(sampled, estimates, strict=True)
-        ]
+        costs = []
+        for s, e in zip(sampled, estimates, strict=True):
+            estimate = max(prior if e is None else e, _MIN_ESTIMATE_MS)
+            # Requests in flight long past the estimate are a latency already measured, in part.
+            estimate = max(estimate, s.overdue_ms(now, estimate))
+            costs.append(estimate * (s.in_flight_total + 1) / s.effective_weight)
         return Choice(least_cost(sampled, costs, self._rng), False, tuple([s.id for s in sampled]))
 
     def observe(self, feedback: Feedback) -> None:

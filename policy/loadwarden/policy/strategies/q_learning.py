@@ -145,6 +145,7 @@ class QLearning(StrategyBase):
     def __init__(self, params: QLearningParams, context: StrategyContext) -> None:
         self._p = params
         self._rng = context.rng
+        self._clock = context.clock
         self._servers = context.servers
         self._levels = LoadLevels(
             (params.cpu_medium_percent, params.cpu_high_percent),
@@ -325,8 +326,8 @@ class QLearning(StrategyBase):
         servers = self._servers
         if len(servers) != len(self._ids) or any(sid not in servers for sid in self._ids):
             self._sync_members()
-        level = self._levels.level
-        levels = tuple(level(servers[sid]) for sid in self._ids)
+        level, now = self._levels.level, self._clock.monotonic()
+        levels = tuple(level(servers[sid], now) for sid in self._ids)
         state = self._keys.get(levels)
         if state is None:
             state = self._keys[levels] = state_key(self._ids, levels)

@@ -121,6 +121,7 @@ class QLinear(StrategyBase):
             self._least_sample = min(params.local_sample_size, params.sample_size)
             self._sample_share = params.local_sample_share
         self._rng = context.rng
+        self._clock = context.clock
         self._servers = context.servers
         self._eps = EpsilonGreedy(params.epsilon, params.epsilon_decay, params.epsilon_min)
         self._lock = threading.Lock()
@@ -133,12 +134,13 @@ class QLinear(StrategyBase):
 
     def choose(self, candidates: Sequence[Backend]) -> Choice:
         rng = self._rng
+        now = self._clock.monotonic()
         with self._lock:
             n = len(candidates)
             if self._eps.explore(rng):
                 self._explored += 1
                 server = candidates[rng.randrange(n)]
-                return Choice(server, True, self._features(server))
+                return Choice(server, True, self._features(server, now))
             k = self._sample_size
             if self._sample_share < 1.0 and self._least_sample < k:
                 k = min(k, max(self._least_sample, math.ceil(self._sample_share * n)))
@@ -146,7 +148,7 @@ class QLinear(StrategyBase):
             self._scored += len(pool)
             scored = []
             for server in pool:
-                x = self._features(server)
+                x = self._features(server, now)
                 scored.append((self._score(x, server.id), (x, server)))
             x, best = pick_best(scored, rng)
             return Choice(best, False, x)
@@ -257,13 +259,15 @@ class QLinear(StrategyBase):
 
     # --- model -------------------------------------------------------------------
 
-    def _features(self, server: Backend) -> tuple[float, ...]:
+    def _features(self, server: Backend, now: float) -> tuple[float, ...]:
         p = self._p
         weight = max(server.effective_weight, 1e-3)
+        # Requests in flight long past the server's usual latency are latency measured already.
+        response = max(server.response_time_ms, server.overdue_ms(now, server.usual_latency_ms))
         return (
             _clip(server.cpu_percent / 100.0),
             _clip(server.active_requests / weight / p.active_scale_requests),
-            _clip(server.response_time_ms / p.latency_scale_ms),
+            _clip(response / p.latency_scale_ms),
             _clip(server.error_rate),
         )
 

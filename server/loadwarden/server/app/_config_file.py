@@ -23,6 +23,7 @@ from pydantic import Field, create_model
 from loadwarden.policy import (
     MAX_BATCH_SIZE,
     OPERATION_SOURCES,
+    OUTLIER_FLAGS,
     OUTLIER_RANGES,
     OperationSettings,
     OutlierSettings,
@@ -245,7 +246,12 @@ SERVER_TABLE = table_of(
 )
 OUTLIER_TABLE = table_of(
     "OutlierDetection",
-    {OutlierSettings: {**{key: _count(*bounds) for key, bounds in OUTLIER_RANGES.items()}, "disabled": Flag}},
+    {
+        OutlierSettings: {
+            **{key: _count(*bounds) for key, bounds in OUTLIER_RANGES.items()},
+            **dict.fromkeys(OUTLIER_FLAGS, Flag),
+        }
+    },
     "Outlier ejection (Envoy style); 0 keeps a key's default.",
 )
 

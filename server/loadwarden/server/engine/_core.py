@@ -366,7 +366,14 @@ class DecisionCore:
             self._listener.decided(pool, RESULT_NO_ELIGIBLE_SERVER)
             raise Unavailable(pool.why_none_eligible(now, exclude), reason=NO_ELIGIBLE_SERVER)
         server, explored, memo = pool.strategy.choose(candidates)
-        server.in_flight += 1
+        if pool.maybe_eject_overdue(server, now):  # its requests are failing, only not timed out yet
+            if self.peers is not None:
+                self.peers.ejected(pool.name, server.id, server.ejected_until - now)
+            # The strategy learns this choice as the failure it would have been, then chooses again.
+            overdue_ms = server.stalled_ms(now)
+            pool.strategy.observe(Feedback(server, False, overdue_ms, memo))
+            server, explored, memo = pool.strategy.choose(pool.eligible(now, exclude) or candidates)
+        server.started(now)
         server.selections_total += 1
         self._listener.decided(pool, RESULT_SELECTED)
         return server, explored, memo
@@ -386,7 +393,7 @@ class DecisionCore:
         """One outcome of a selection: the server's counters, ejection, and the strategy's lesson.
         ``settles`` is False for a client's own decision, which this process never counted in
         flight; ``count`` is how many outcomes it stands for (a client's sample)."""
-        server.record_outcome(success, latency_ms, settles=settles, count=count)
+        server.record_outcome(success, latency_ms, settles=settles, count=count, now=now)
         self._listener.settled(pool, server, success, latency_ms)
         if not success and pool.maybe_eject(server, now) and self.peers is not None:
             self.peers.ejected(pool.name, server.id, server.ejected_until - now)
@@ -635,7 +642,7 @@ class DecisionCore:
         assert isinstance(selection, LeaseDecision)
         pool, server = selection.pool, selection.server
         if expired:  # reclaimed: the work's fate is unknown, like a decision that timed out
-            server.in_flight = max(0, server.in_flight - 1)
+            server.ended(None, False)
             server.expired_total += 1
             pool.strategy.observe(Feedback(server, False, latency_ms, selection.memo, expired=True))
             return
@@ -645,7 +652,7 @@ class DecisionCore:
         # An expired decision frees its in-flight slot and teaches the strategy a failure.
         for decision in expired:
             server = decision.server
-            server.in_flight = max(0, server.in_flight - 1)
+            server.ended(None, False)
             server.expired_total += 1
             decision.pool.strategy.observe(
                 Feedback(server, False, float(self.limits.decision_ttl_ms), decision.memo, expired=True)

@@ -49,6 +49,7 @@ class TableServer:
     effective_weight: float
     eligible: bool
     draining: bool
+    routable: bool  # not drained, not stale (a RouteServer's state)
     load: LoadSample | None
     in_flight: int
     ewma_latency_ms: float
@@ -117,6 +118,7 @@ class TableFeed:
                 effective_weight=s.effective_weight,
                 eligible=s.id in eligible,
                 draining=s.draining,
+                routable=s.routable,
                 load=s.load,
                 in_flight=s.in_flight_total,
                 ewma_latency_ms=s.ewma_latency_ms,
@@ -193,6 +195,7 @@ class LocalClient:
             server.address, server.weight = entry.address, entry.weight
             server.effective_weight = entry.effective_weight
             server.draining = entry.draining
+            server.routable = entry.routable
             server.load = entry.load
             server.load_at = now if entry.load is not None else None
             # Every client's reported count, this one's too: the others' share is the rest.
@@ -244,7 +247,7 @@ class LocalClient:
         if not candidates or self.strategy is None:
             return None
         server, explored, memo = self.strategy.choose(candidates)
-        server.in_flight += 1
+        server.started(now)
         self._dirty.add(server.id)
         self.decisions += 1
         return LocalDecision(server, memo, explored)
@@ -252,7 +255,7 @@ class LocalClient:
     def finish(self, decision: LocalDecision, success: bool, latency_ms: float) -> OutcomeReport:
         """Settles a local decision; returns the outcome to send to the service."""
         server = decision.server
-        server.in_flight = max(0, server.in_flight - 1)
+        server.ended(self._clock.monotonic(), success)
         self._dirty.add(server.id)
         server.consecutive_failures = 0 if success else server.consecutive_failures + 1
         strategy = self.strategy
