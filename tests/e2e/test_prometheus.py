@@ -122,7 +122,7 @@ def test_promtool_checks_the_alerting_rules() -> None:
     done = promtool("check", "rules", str(RULES))
 
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 5 rules found" in done.stdout
+    assert "SUCCESS: 6 rules found" in done.stdout
 
 
 async def test_promtool_finds_nothing_to_lint_in_the_services_metrics(service: RunningService, channel_to: Any) -> None:
