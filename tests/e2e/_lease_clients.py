@@ -36,6 +36,7 @@ async def client(
     cycles: int,
     out: list[dict[str, Any]],
     errors: list[str],
+    hold_s: float = 0.002,
 ) -> None:
     rng = random.Random(index)
     done = 0
@@ -50,7 +51,7 @@ async def client(
         if not answer.granted:
             continue  # a queue timeout: ask again
         granted = time.monotonic()
-        await asyncio.sleep(rng.uniform(0.0, 0.002))  # the work
+        await asyncio.sleep(rng.uniform(0.0, hold_s))  # the work
         released = time.monotonic()
         out.append({"client": index, "granted": granted, "released": released, "lease": answer.lease.lease_id})
         try:
@@ -69,7 +70,7 @@ async def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     await asyncio.gather(
         *(
-            client(i, stubs[i % len(stubs)], args.pool, args.cycles, out, errors)
+            client(i, stubs[i % len(stubs)], args.pool, args.cycles, out, errors, args.hold_ms / 1000.0)
             for i in range(args.first, args.first + args.clients)
         )
     )
@@ -92,4 +93,5 @@ if __name__ == "__main__":
     parser.add_argument("--cycles", type=int, default=500)
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--hold-ms", type=float, default=2.0, help="each lease is held up to this long, at random")
     sys.exit(asyncio.run(main(parser.parse_args())))
