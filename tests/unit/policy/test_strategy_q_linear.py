@@ -15,7 +15,7 @@ from loadwarden.policy._errors import InvalidArgument
 from loadwarden.policy._model import Backend, LoadSample
 from loadwarden.policy._registry import parse_params
 from loadwarden.policy.strategies import Feedback, StrategyContext
-from loadwarden.policy.strategies.q_linear import WEIGHT_LIMIT, QLinear, QLinearParams
+from loadwarden.policy.strategies.q_linear import UNLEARNED_PLACE_COST, WEIGHT_LIMIT, QLinear, QLinearParams
 from loadwarden.server import ManualClock
 
 from ._learning import route
@@ -32,6 +32,13 @@ def agent(servers: dict[str, Backend], seed: int = 1, **params: Any) -> QLinear:
 
 def greedy(servers: dict[str, Backend], **params: Any) -> QLinear:
     return agent(servers, epsilon=0.0, epsilon_min=0.0, **params)
+
+
+def from_zero(servers: dict[str, Backend], **params: Any) -> QLinear:
+    """Greedy, every server's cost per place 0, so an update's numbers read plainly."""
+    strategy = greedy(servers, **params)
+    strategy.restore(snapshot_with(biases=dict.fromkeys(servers, 0.0)))
+    return strategy
 
 
 # --- learning ------------------------------------------------------------------------
@@ -66,7 +73,7 @@ def test_per_server_bias_learns_speed_the_features_do_not_show() -> None:
 def test_update_is_normalised_lms_with_exact_numbers() -> None:
     servers = pool("a")
     servers["a"].load = LoadSample(50.0, 0.0, 0, 0.0, 0.0)  # features (0.5, 0, 0, 0)
-    strategy = greedy(servers)
+    strategy = from_zero(servers)
     choice = strategy.choose(list(servers.values()))
     assert choice.memo == (0.5, 0.0, 0.0, 0.0)
     strategy.observe(Feedback(servers["a"], True, 100.0, choice.memo))  # reward -100/100
@@ -81,15 +88,88 @@ def test_update_is_normalised_lms_with_exact_numbers() -> None:
 def test_failure_and_expiry_cost_failure_penalty() -> None:
     servers = pool("a")
     for expired in (False, True):
-        strategy = greedy(servers, failure_penalty_ms=500.0)
+        strategy = from_zero(servers, failure_penalty_ms=500.0)
         choice = strategy.choose(list(servers.values()))
         strategy.observe(Feedback(servers["a"], False, 1.0, choice.memo, expired=expired))
         assert strategy.snapshot()["biases"]["a"] == pytest.approx(0.1 * -5.0)
 
 
+def test_a_failure_slower_than_the_penalty_counts_its_latency() -> None:
+    servers = pool("a")
+    strategy = from_zero(servers, failure_penalty_ms=500.0)
+    choice = strategy.choose(list(servers.values()))
+    strategy.observe(Feedback(servers["a"], False, 2000.0, choice.memo))  # a 2 s timeout
+    assert strategy.snapshot()["biases"]["a"] == pytest.approx(0.1 * -10.0)  # td_error_clip 10 of -20
+
+
+# --- what a place in line costs ---------------------------------------------------------------
+
+
+def test_active_is_this_process_in_flight_count_on_a_log_scale() -> None:
+    servers = pool("a")
+    a = servers["a"]
+    a.load = LoadSample(0.0, 0.0, 40, 0.0, 0.0)  # a report of 40 active, since drained
+    strategy = greedy(servers, active_scale_requests=10.0)
+    assert strategy.choose([a]).memo[1] == 0.0
+    a.in_flight, a.client_in_flight, a.peer_in_flight = 3, 2, 1  # in_flight_total 6
+    a.effective_weight = 2.0
+    assert strategy.choose([a]).memo[1] == pytest.approx(math.log1p(6 / 2 / 10))
+    a.in_flight = 10**9
+    assert strategy.choose([a]).memo[1] == 10.0  # clipped, as every feature
+
+
+def test_update_scales_the_per_place_cost_by_the_place_in_line() -> None:
+    servers = pool("a")
+    a = servers["a"]
+    a.in_flight = 3  # q = 1 + 3 / 1: the request is fourth in line
+    strategy = from_zero(servers, active_scale_requests=10.0)
+    choice = strategy.choose([a])
+    x = choice.memo
+    strategy.observe(Feedback(a, True, 200.0, x))  # reward -2
+    step = 0.1 * -2.0 / (4.0**2 + sum(v * v for v in x))
+    state = strategy.snapshot()
+    assert state["biases"]["a"] == pytest.approx(step * 4.0, abs=1e-12)
+    assert state["weights"]["active"] == pytest.approx(step * x[1], abs=1e-12)
+    prediction = state["weights"]["active"] * x[1] + state["biases"]["a"] * 4.0
+    assert prediction == pytest.approx(0.1 * -2.0, abs=1e-12)  # alpha of the way, as with q = 1
+
+
+def test_a_fast_servers_line_beats_an_idle_slow_server_until_it_costs_more() -> None:
+    servers = pool("fast", "slow")
+    strategy = greedy(servers)
+    strategy.restore(snapshot_with(biases={"fast": -0.1, "slow": -0.5}))  # 10 and 50 ms a place
+    candidates = list(servers.values())
+    servers["fast"].in_flight = 3  # 4 places of 10 ms: 40 ms against 50
+    assert {strategy.choose(candidates).server.id for _ in range(20)} == {"fast"}
+    servers["fast"].in_flight = 5  # 60 ms
+    assert {strategy.choose(candidates).server.id for _ in range(20)} == {"slow"}
+
+
+def test_weights_and_costs_never_rise_above_zero() -> None:
+    servers = pool("a")
+    servers["a"].load = LoadSample(50.0, 0.0, 0, 0.0, 0.0)
+    strategy = greedy(servers, alpha=1.0)
+    strategy.restore(snapshot_with(biases={"a": 0.0}, cpu=-1.0))  # predicts -0.5
+    choice = strategy.choose(list(servers.values()))
+    strategy.observe(Feedback(servers["a"], True, 0.0, choice.memo))  # reward 0: td +0.5
+    state = strategy.snapshot()
+    assert state["weights"]["cpu"] == pytest.approx(-1.0 + 0.4 * 0.5)  # step 0.5 / 1.25
+    assert state["biases"]["a"] == 0.0  # not 0.4: more load never makes a server better
+
+
+def test_positive_values_of_an_older_snapshot_are_taken_as_zero() -> None:
+    servers = pool("a", "b")
+    strategy = greedy(servers)
+    strategy.restore(snapshot_with(biases={"a": 2.0, "b": -1.0}, cpu=3.0, active=-0.5))
+    state = strategy.snapshot()
+    assert state["biases"] == {"a": 0.0, "b": -1.0}
+    assert state["weights"] == {"cpu": 0.0, "active": -0.5, "response": 0.0, "error_rate": 0.0}
+    assert strategy.stats()["servers_learned"] == 2
+
+
 def test_td_error_is_clipped_and_nan_is_refused() -> None:
     servers = pool("a")
-    strategy = greedy(servers, td_error_clip=2.0)
+    strategy = from_zero(servers, td_error_clip=2.0)
     choice = strategy.choose(list(servers.values()))
     strategy.observe(Feedback(servers["a"], True, 1e9, choice.memo))
     assert strategy.snapshot()["biases"]["a"] == pytest.approx(0.1 * -2.0)
@@ -103,6 +183,7 @@ def test_td_error_is_clipped_and_nan_is_refused() -> None:
 def test_extreme_loads_keep_weights_finite_and_bounded() -> None:
     servers = pool("a", "b")
     servers["a"].load = LoadSample(100.0, 0.0, 10**9, 1e12, 1.0)
+    servers["a"].in_flight = 10**9
     strategy = agent(servers, alpha=1.0, td_error_clip=1e6)
     for _ in range(2000):
         choice = strategy.choose(list(servers.values()))
@@ -110,6 +191,18 @@ def test_extreme_loads_keep_weights_finite_and_bounded() -> None:
     state = strategy.snapshot()
     values = list(state["weights"].values()) + list(state["biases"].values())
     assert all(math.isfinite(v) and abs(v) <= WEIGHT_LIMIT for v in values)
+
+
+def test_before_any_server_is_learned_a_place_in_line_costs_the_same_everywhere() -> None:
+    # At 0 a line would cost nothing and the choice would be random: the shortest line wins.
+    servers = pool("a", "b", "c")
+    servers["a"].in_flight, servers["b"].in_flight, servers["c"].in_flight = 2, 0, 1
+    strategy = greedy(servers)
+    assert {strategy.choose(list(servers.values())).server.id for _ in range(20)} == {"b"}
+    choice = strategy.choose([servers["b"]])
+    strategy.observe(Feedback(servers["b"], True, 0.0, choice.memo))  # reward 0
+    assert strategy.snapshot()["biases"] == {"b": pytest.approx(UNLEARNED_PLACE_COST * 0.9)}
+    assert strategy.choose([servers["a"], servers["c"]]).server.id == "c"  # both at b's cost
 
 
 def test_new_server_starts_at_the_mean_bias_and_forget_drops_it() -> None:

@@ -3,19 +3,26 @@
 ``q_learning`` keys its table by the load level of every server, 3^N states, so it
 stops at 10 servers. Here each candidate ``a`` is scored on its own:
 
-    Q(a) = w · φ(a) + b_a
+    Q(a) = w · φ(a) + b_a · q_a,    q_a = 1 + in_flight_a / weight_a
 
-``φ(a)`` are the server's normalised load features (CPU, active requests per unit
-of weight, response time, error rate), ``w`` is shared by all servers and ``b_a``
-is a per-server bias that learns what the features miss, such as a server's
-intrinsic speed (a server not learned yet starts at the mean bias). The target is
-the reward alone (``-latency_ms / latency_scale_ms``, failures counting
-``failure_penalty_ms``): a contextual bandit, gamma = 0. For
-per-request routing the next decision's value max_a' Q(s', a') is nearly the same
-whichever server this request took, so bootstrapping on it adds noise and a
-1/(1-gamma) scale without telling actions apart.
+``φ(a)`` are the server's normalised load features (CPU, requests in flight per
+unit of weight, response time, error rate), ``w`` is shared by all servers, and
+``b_a`` is what a place in the server's line costs, learned per server: a request
+waits for the ``q_a - 1`` ahead of it, then its own turn (a server not learned yet
+starts at the mean ``b``; ``UNLEARNED_PLACE_COST`` before any is). A constant bias
+priced a place in line alike on fast and slow servers. In flight is this process's
+own count (``in_flight_total``), never the load report's, up to a report interval
+old; its feature, ``ln(1 + in_flight / weight / active_scale_requests)``, does not
+saturate where lines grow long, and ``q_a`` is read back from it. Every feature
+measures load, so ``w`` and ``b`` stay <= 0 (a positive weight only fits a
+correlation and herds onto busy servers). The target is the reward alone
+(``-latency_ms / latency_scale_ms``, failures counting at least
+``failure_penalty_ms``): a contextual bandit, gamma = 0. For per-request routing the
+next decision's value max_a' Q(s', a') is nearly the same whichever server this
+request took, so bootstrapping on it adds noise and a 1/(1-gamma) scale without
+telling actions apart.
 
-Updates are normalised LMS (the step divided by 1 + |φ|², so the prediction moves
+Updates are normalised LMS (the step divided by q_a² + |φ|², so the prediction moves
 ``alpha`` of the way to the target), with features and TD error clipped and
 non-finite values refused, so one outlier cannot make the weights diverge. A
 decision scores at most ``sample_size`` random candidates: O(sample_size) per
@@ -48,7 +55,10 @@ from ._state import (
 
 FEATURES = ("cpu", "active", "response", "error_rate")
 FEATURE_CLIP = 10.0  # every feature lies in [0, FEATURE_CLIP]
-WEIGHT_LIMIT = 1000.0  # |w_i| and |b_a| never exceed it
+WEIGHT_LIMIT = 1000.0  # every w_i and b_a lies in [-WEIGHT_LIMIT, 0]
+# b of every server while none is learned, reward units (latency_scale_ms a place). At 0, lines
+# cost nothing: the first servers to answer, the luckiest, drew long lines before their next answer.
+UNLEARNED_PLACE_COST = -1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +86,9 @@ class QLinearParams:
             3 of the 11 of ``one-slow`` lose 0.13 point of success, 6 of them 0.04.
         latency_scale_ms: Latency worth one reward unit; also divides the response-time
             feature, > 0.
-        failure_penalty_ms: Latency a failed or expired decision counts as, >= 0.
-        active_scale_requests: Active requests per unit of weight that make the
-            ``active`` feature 1, > 0.
+        failure_penalty_ms: Latency a failed or expired decision counts as at least, >= 0.
+        active_scale_requests: Requests in flight per unit of weight that make the
+            ``active`` feature ln 2, > 0.
         td_error_clip: Largest TD error (reward units) one update applies, > 0.
     """
 
@@ -106,7 +116,7 @@ class QLinearParams:
 
 
 class QLinear(StrategyBase):
-    """ε-greedy linear Q-learning with per-server biases; safe to call from several threads."""
+    """ε-greedy linear Q-learning with a learned cost per place in each line; safe to call from several threads."""
 
     name = "q_linear"
     max_servers = None
@@ -160,8 +170,8 @@ class QLinear(StrategyBase):
             return  # not decided by this strategy
         if feedback.success and not feedback.expired:
             reward = -feedback.latency_ms / p.latency_scale_ms
-        else:
-            reward = -p.failure_penalty_ms / p.latency_scale_ms
+        else:  # never better than a success as slow
+            reward = -max(feedback.latency_ms, p.failure_penalty_ms) / p.latency_scale_ms
         if not math.isfinite(reward):
             return
         with self._lock:
@@ -172,12 +182,13 @@ class QLinear(StrategyBase):
                 return  # left the pool; forget() dropped its bias
             td = reward - self._score(x, sid)
             td = max(-p.td_error_clip, min(p.td_error_clip, td))
-            step = p.alpha * td / (1.0 + sum(v * v for v in x))
+            q = self._position(x)
+            step = p.alpha * td / (q * q + sum(v * v for v in x))
             w = self._w
             for i, v in enumerate(x):
                 w[i] = _limit(w[i] + step * v)
             old = self._bias.get(sid)
-            new = _limit((self._mean_bias() if old is None else old) + step)
+            new = _limit((self._mean_bias() if old is None else old) + step * q)
             self._bias[sid] = new
             self._bias_sum += new - (old or 0.0)
             self._updates += 1
@@ -249,13 +260,13 @@ class QLinear(StrategyBase):
         return epsilon, counts, w, bias
 
     def _take(self, epsilon: float, w: list[float], bias: dict[str, float]) -> None:
-        # Caller holds the lock.
+        # Caller holds the lock. Values above 0 (older snapshots) are taken as 0.
         if self._servers:  # servers that left while the snapshot was stored
             bias = {sid: b for sid, b in bias.items() if sid in self._servers}
         self._eps.value = epsilon
-        self._w = w
-        self._bias = bias
-        self._bias_sum = math.fsum(bias.values())
+        self._w = [_limit(v) for v in w]
+        self._bias = {sid: _limit(b) for sid, b in bias.items()}
+        self._bias_sum = math.fsum(self._bias.values())
 
     # --- model -------------------------------------------------------------------
 
@@ -266,17 +277,22 @@ class QLinear(StrategyBase):
         response = max(server.response_time_ms, server.overdue_ms(now, server.usual_latency_ms))
         return (
             _clip(server.cpu_percent / 100.0),
-            _clip(server.active_requests / weight / p.active_scale_requests),
+            _clip(math.log1p(server.in_flight_total / weight / p.active_scale_requests)),
             _clip(response / p.latency_scale_ms),
             _clip(server.error_rate),
         )
 
+    def _position(self, x: tuple[float, ...]) -> float:
+        """q: 1 + requests in flight per unit of weight, read back from the ``active`` feature."""
+        return 1.0 + math.expm1(x[1]) * self._p.active_scale_requests
+
     def _score(self, x: tuple[float, ...], server_id: str) -> float:
         b = self._bias.get(server_id)
-        return sum(w * v for w, v in zip(self._w, x, strict=True)) + (self._mean_bias() if b is None else b)
+        per_place = self._mean_bias() if b is None else b
+        return sum(w * v for w, v in zip(self._w, x, strict=True)) + per_place * self._position(x)
 
     def _mean_bias(self) -> float:
-        return self._bias_sum / len(self._bias) if self._bias else 0.0
+        return self._bias_sum / len(self._bias) if self._bias else UNLEARNED_PLACE_COST
 
 
 def _clip(value: float) -> float:
@@ -285,4 +301,4 @@ def _clip(value: float) -> float:
 
 
 def _limit(value: float) -> float:
-    return max(-WEIGHT_LIMIT, min(WEIGHT_LIMIT, value))
+    return max(-WEIGHT_LIMIT, min(0.0, value))
