@@ -13,6 +13,7 @@ from loadwarden.policy._errors import InvalidArgument
 from loadwarden.policy._model import Backend, LoadSample
 from loadwarden.policy._registry import parse_params
 from loadwarden.policy.strategies._base import StrategyContext
+from loadwarden.policy.strategies._sampling import MAX_DRAWS
 from loadwarden.policy.strategies.p2c import P2C, P2CParams
 from loadwarden.server import ManualClock
 
@@ -117,6 +118,62 @@ def test_spread_over_equal_servers_is_uniform_and_reproducible() -> None:
     assert all(900 < n < 1100 for n in Counter(first).values()), Counter(first)
 
 
+def answered(server: Backend, latency_ms: float, error_rate: float = 0.0) -> None:
+    """Gives ``server`` the outcome EWMAs of a server that has answered for a while."""
+    server.ewma_latency_ms, server.error_rate, server.outcomes_total = latency_ms, error_rate, 20
+
+
+def both_slow(strategy: P2C, pool: list[Backend], slow: set[str], n: int = 4000) -> float:
+    """Fraction of ``n`` decisions whose sampled candidates were all in ``slow``."""
+    return sum(1 for _ in range(n) if set(strategy.choose(pool).memo) <= slow) / n
+
+
+def test_candidates_are_drawn_in_proportion_to_observed_capacity() -> None:
+    pool = servers(*[1] * 10)
+    for s in pool[:8]:
+        answered(s, 40.0)
+    for s in pool[8:]:
+        answered(s, 10.0)  # 4 times as fast: 4 times the capacity
+    slow = {s.id for s in pool[:8]}
+    # Uniform pairs would be both slow 28/45 = 62 % of the time, though the slow servers
+    # hold half the capacity; in proportion to capacity, 8/16 * 7/15 = 23 % (seeds 1-5: 25-27 %,
+    # the reference weight sitting just under the highest between draws of a fast server).
+    assert 0.19 < both_slow(p2c(pool, seed=2), pool, slow) < 0.30
+
+
+def test_configured_weight_multiplies_observed_capacity() -> None:
+    pool = servers(*[4] * 8, 1, 1)
+    for s in pool[:8]:
+        answered(s, 40.0)  # 4 times as slow, but 4 times the weight
+    for s in pool[8:]:
+        answered(s, 10.0)
+    slow = {s.id for s in pool[:8]}
+    assert 0.58 < both_slow(p2c(pool, seed=2), pool, slow) < 0.66  # as uniform: 28/45
+
+
+def test_a_server_failing_fast_is_drawn_rarely_yet_still_drawn() -> None:
+    pool = servers(*[1] * 10)
+    for s in pool:
+        answered(s, 50.0)
+    failing = pool[0]
+    answered(failing, 0.5, error_rate=0.99)  # answers 100 times as fast, but nearly always fails
+    strategy = p2c(pool, seed=3)
+    drawn = sum(1 for _ in range(4000) if failing.id in strategy.choose(pool).memo)
+    # Uniform draws would include it 800 times; at MIN_SHARE of the heaviest's rate, about 55:
+    # enough for its outcomes to show a recovery.
+    assert 15 < drawn < 150, drawn
+
+
+def test_a_server_not_known_yet_is_drawn_as_often_as_the_heaviest() -> None:
+    pool = servers(*[1] * 10)
+    for s in pool[1:]:
+        answered(s, 10.0)
+    new = pool[0]  # no outcome, no load report
+    strategy = p2c(pool, seed=4)
+    drawn = sum(1 for _ in range(4000) if new.id in strategy.choose(pool).memo)
+    assert 680 < drawn < 920, drawn  # uniform: 4000 * 2 / 10
+
+
 class _CountingCandidates(Sequence[Backend]):
     """A candidate list that counts how many items a decision reads."""
 
@@ -144,6 +201,22 @@ def test_decision_reads_choice_count_candidates_not_all(choice_count: int) -> No
     for _ in range(10):
         strategy.choose(candidates)
     assert candidates.reads == 10 * choice_count
+
+
+def test_decision_reads_a_bounded_number_of_candidates_when_capacities_differ() -> None:
+    items = servers(*[1] * 10_000)
+    for i, s in enumerate(items):
+        answered(s, 10.0 * (1 + i % 8))  # speeds 1 to 8
+    candidates = _CountingCandidates(items)
+    strategy = p2c(items)
+    most = 0
+    for _ in range(500):
+        before = candidates.reads
+        strategy.choose(candidates)
+        most = max(most, candidates.reads - before)
+    assert most <= 2 * MAX_DRAWS
+    # A draw is kept with probability capacity / highest: about 2.9 draws per candidate here.
+    assert candidates.reads <= 500 * 2 * 4
 
 
 def test_params_parse_and_default() -> None:

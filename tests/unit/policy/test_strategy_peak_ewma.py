@@ -202,6 +202,48 @@ def test_zero_latencies_still_rank_by_in_flight() -> None:
     assert all(strategy.choose(pool).server is b for _ in range(20))
 
 
+def test_candidates_are_drawn_in_proportion_to_weight_over_latency() -> None:
+    pool = servers(*[1] * 10)
+    strategy, _ = peak_ewma(pool, seed=2)
+    for s in pool:
+        strategy.observe(Feedback(s, True, 40.0 if s is not pool[8] and s is not pool[9] else 10.0))
+    slow = {s.id for s in pool[:8]}
+    both_slow = sum(1 for _ in range(4000) if set(strategy.choose(pool).memo) <= slow) / 4000
+    # Uniform pairs would be both slow 28/45 = 62 % of the time, though the slow servers
+    # hold half the capacity; in proportion to 1 / latency, 8/16 * 7/15 = 23 % (a little
+    # more: the reference weight sits just under the highest between draws of a fast one).
+    assert 0.19 < both_slow < 0.30, both_slow
+
+
+def test_a_server_without_an_estimate_is_drawn_as_often_as_the_heaviest() -> None:
+    pool = servers(*[1] * 10)
+    strategy, _ = peak_ewma(pool, seed=4)
+    for s in pool[1:]:
+        strategy.observe(Feedback(s, True, 10.0))
+    drawn = sum(1 for _ in range(4000) if pool[0].id in strategy.choose(pool).memo)
+    assert 680 < drawn < 920, drawn  # uniform: 4000 * 2 / 10
+
+
+def test_a_server_whose_estimate_decays_is_drawn_more_often() -> None:
+    pool = servers(*[1] * 10)
+    strategy, clock = peak_ewma(pool, seed=5)
+    for s in pool:
+        strategy.observe(Feedback(s, True, 10.0))
+    strategy.observe(Feedback(pool[0], True, 400.0))  # a peak: 40 times the others' estimate
+
+    def drawn() -> int:
+        return sum(1 for _ in range(2000) if pool[0].id in strategy.choose(pool).memo)
+
+    at_peak = drawn()
+    clock.advance(30.0)  # every estimate read decays by exp(-3); pool[0]'s stays 40 times theirs
+    for s in pool[1:]:
+        strategy.observe(Feedback(s, True, 10.0))  # the others answer again, pool[0] not
+    later = drawn()
+    # At the peak, MIN_SHARE of the heaviest's rate (about 25 of 2000); 30 s on, 400 * exp(-3)
+    # = 20 ms against 10: half their rate (about 210).
+    assert at_peak < 60 and later > 150, (at_peak, later)
+
+
 def test_memo_names_the_sampled_candidates() -> None:
     pool = servers(*[1] * 10)
     strategy, _ = peak_ewma(pool, choice_count=3)

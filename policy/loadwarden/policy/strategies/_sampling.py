@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._model import Backend
 
@@ -35,6 +35,80 @@ def sample_distinct(candidates: Sequence[Backend], k: int, rng: random.Random) -
         t = rng.randrange(j + 1)
         picked[j if t in picked else t] = None
     return [candidates[i] for i in picked]
+
+
+# A weighted sample's reference weight jumps to a higher weight drawn at once and moves this
+# far towards each lower one: it follows the highest weights drawn lately (a peak-following
+# average, as peak_ewma's latency), the pool's highest when that server is drawn often, else
+# a high quantile.
+REFERENCE_DECAY = 1.0 / 64
+# Share of the reference's draw rate no server falls below, however low its weight: one whose
+# weight fell to 0 (failing everything) is still tried now and then, so its recovery is seen.
+MIN_SHARE = 1.0 / 16
+# Uniform draws per candidate at most; past them the heaviest one drawn is taken.
+MAX_DRAWS = 8
+
+
+class WeightedSampler:
+    """Distinct candidates drawn in proportion to a weight read from each (a capacity).
+
+    Uniform random choices in a pool whose servers differ several-fold land both on slow
+    ones often enough to overload them whatever the comparison: with a fraction ``f`` of
+    the servers holding a share ``s`` of the capacity, about ``f**2`` of the decisions see
+    only those, more than they can take once the load exceeds ``s / f**2`` (8 servers at
+    speed 1 and 2 at speed 4: 28/45 of the pairs for half the capacity, so from 80 %).
+    Drawn in proportion to capacity, they see only those in about ``s**2`` of the
+    decisions, below their share at any load.
+
+    Rejection sampling keeps the cost O(k) whatever the pool's size: a uniform draw is
+    kept with probability ``weight / reference`` (at least ``MIN_SHARE``), ``reference``
+    following the highest weights drawn (``REFERENCE_DECAY``); after ``MAX_DRAWS`` draws
+    for one candidate the heaviest of them is taken. A weight of None (unknown yet) is
+    kept at once, as a uniform draw would be. Each instance keeps its own reference, so
+    equal seeds give equal samples.
+    """
+
+    __slots__ = ("reference",)
+
+    def __init__(self) -> None:
+        self.reference = 0.0
+
+    def sample(
+        self, candidates: Sequence[Backend], k: int, rng: random.Random, weight: Callable[[Backend], float | None]
+    ) -> list[Backend]:
+        """``k`` distinct candidates (all of them when there are at most ``k``)."""
+        n = len(candidates)
+        if n <= k:
+            return list(candidates)
+        picked: dict[int, Backend] = {}  # insertion-ordered, so equal seeds give equal samples
+        reference = self.reference
+        for _ in range(k):
+            chosen: Backend | None = None
+            at, heaviest = -1, -1.0
+            for _ in range(MAX_DRAWS):
+                i = rng.randrange(n)
+                if i in picked:
+                    continue
+                server = candidates[i]
+                w = weight(server)
+                if w is None or w >= reference:
+                    if w is not None:
+                        reference = w
+                    chosen, at = server, i
+                    break
+                kept = rng.random() * reference < max(w, MIN_SHARE * reference)
+                reference += (w - reference) * REFERENCE_DECAY
+                if kept:
+                    chosen, at = server, i
+                    break
+                if w > heaviest:
+                    chosen, at, heaviest = server, i, w
+            if chosen is None:  # every draw hit a candidate picked already (n barely above k)
+                at = next(i for i in range(n) if i not in picked)
+                chosen = candidates[at]
+            picked[at] = chosen
+        self.reference = reference
+        return list(picked.values())
 
 
 def least_cost(servers: Sequence[Backend], costs: list[float], rng: random.Random) -> Backend:

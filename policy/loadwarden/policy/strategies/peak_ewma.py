@@ -1,17 +1,25 @@
 """Peak EWMA: power of d choices on latency times load.
 
-Each decision samples ``choice_count`` distinct candidates (as ``p2c`` does) and
-takes the lowest ``latency_ms * (in_flight + 1) / effective_weight``, where
-``latency_ms`` is a per-server moving average that is hyper-sensitive to peaks:
-a sample above the average replaces it at once, a lower one pulls it down with
-weight ``1 - exp(-elapsed_s / decay_s)`` (elapsed since that server's previous
-sample), so a server that turns slow loses traffic on its first slow answer and
-regains it only gradually. This is Finagle's ``PeakEwma`` balancer (Twitter,
-2014) as later adopted by Linkerd and tower's ``peak_ewma`` load.
+Each decision draws ``choice_count`` distinct candidates and takes the lowest
+``latency_ms * (in_flight + 1) / effective_weight``, where ``latency_ms`` is a
+per-server moving average that is hyper-sensitive to peaks: a sample above the
+average replaces it at once, a lower one pulls it down with weight
+``1 - exp(-elapsed_s / decay_s)`` (elapsed since that server's previous sample),
+so a server that turns slow loses traffic on its first slow answer and regains it
+only gradually. This is Finagle's ``PeakEwma`` balancer (Twitter, 2014) as later
+adopted by Linkerd and tower's ``peak_ewma`` load.
+
+Candidates are drawn in proportion to ``effective_weight / latency_ms`` (the server's
+capacity as its latency shows it, ``WeightedSampler``), where Finagle draws them
+uniformly: latency times load already ranks a slow server below a fast one, but in a
+pool whose speeds differ several-fold two uniform draws both land on slow servers
+often enough to overload them whatever the ranking. A server without an estimate
+yet is drawn as often as the heaviest.
 
 As in Finagle and tower, the average a decision reads is decayed towards 0 by the
 time since the server's last sample (not stored): a server that stopped getting
-traffic after a spike looks better and better until it is probed again.
+traffic after a spike looks better and better (and is drawn more and more often) until
+it is probed again.
 
 Failures and expired decisions count as at least ``failure_penalty_ms``, so a
 server that fails fast does not look fast.
@@ -36,7 +44,7 @@ from typing import Any
 
 from .._model import Backend
 from ._base import Choice, Feedback, StrategyBase, StrategyContext
-from ._sampling import check_choice_count, least_cost, sample_distinct
+from ._sampling import WeightedSampler, check_choice_count, least_cost
 from ._state import SNAPSHOT_VERSION, read_float, read_mapping, read_server_id, snapshot_body
 
 # Estimates are read as at least 1 µs, so cost still grows with in_flight when latencies read 0 ms.
@@ -73,7 +81,8 @@ class PeakEwmaParams:
 
 
 class PeakEwma(StrategyBase):
-    """Least ``peak_ewma_latency * (in_flight + 1) / effective_weight`` among random candidates.
+    """Least ``peak_ewma_latency * (in_flight + 1) / effective_weight`` among candidates drawn
+    in proportion to ``effective_weight / peak_ewma_latency``.
 
     Keeps one ``(average ms, monotonic s of the last sample)`` per server of the
     pool that has had a sample; feedback for a server no longer in the pool's
@@ -92,10 +101,16 @@ class PeakEwma(StrategyBase):
         self._servers = context.servers
         self._ewma: dict[str, tuple[float, float]] = {}
         self._seeded: set[str] = set()  # servers whose entry came from adopt(), not a sample
+        self._sampler = WeightedSampler()
 
     def choose(self, candidates: Sequence[Backend]) -> Choice:
-        sampled = sample_distinct(candidates, self._params.choice_count, self._rng)
         now = self._clock.monotonic()
+
+        def capacity(server: Backend) -> float | None:
+            estimate = self._estimate(server.id, now)
+            return None if estimate is None else server.effective_weight / max(estimate, _MIN_ESTIMATE_MS)
+
+        sampled = self._sampler.sample(candidates, self._params.choice_count, self._rng, capacity)
         estimates = [self._estimate(s.id, now) for s in sampled]
         prior = self._prior(estimates) if None in estimates else 0.0
         costs = []
