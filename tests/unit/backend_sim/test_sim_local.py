@@ -72,15 +72,15 @@ def test_tables_follow_the_push_interval() -> None:
 def test_one_local_client_sees_what_the_service_sees_and_decides_as_well() -> None:
     """With one client every request in flight is its own, so p2c's view is the service's: the
     latency figures stay close. With three, each sees only a third of the requests in flight
-    (the service counts none of them) and the stale load reports: they are worse."""
+    and the stale load reports; p2c's capacity-weighted draws and the overdue evidence keep
+    them within 10 % of central (three were 10 %+ worse before those: p99 271 ms against 289 now)."""
     base = scenario(requests=20_000)
     central = simulate(base, "p2c").summary(warmup=1_000)
     one = simulate(base, "p2c", decisions="local", clients=1).summary(warmup=1_000)
     three = simulate(base, "p2c", decisions="local", clients=3).summary(warmup=1_000)
 
     assert abs(one.p99_ms - central.p99_ms) < 0.1 * central.p99_ms
-    # 1.097 (p99 339 ms against 309) with overdue evidence; over 1.1 before it
-    assert three.p99_ms > 1.05 * central.p99_ms
+    assert abs(three.p99_ms - central.p99_ms) < 0.1 * central.p99_ms
 
 
 def test_the_core_learns_from_local_outcomes() -> None:
