@@ -20,18 +20,18 @@ log = logging.getLogger("loadwarden.policy")
 SLOW_START_MIN_FRACTION = 0.1
 
 
+def _share(probed: Probed, degraded_share: float) -> float:
+    return degraded_share if probed is Probed.DEGRADED else 1.0
+
+
 def _ramped(server: Backend, now: float, window_s: float) -> float:
     """``weight`` scaled linearly from 10 % to 100 % over ``window_s`` after the ramp started,
     and by ``degraded_share`` while health checks find the server degraded."""
-    weight = server.weight * server.degraded_share if server.probed is Probed.DEGRADED else float(server.weight)
+    weight = server.weight * _share(server.probed, server.degraded_share)
     if window_s <= 0 or server.ramp_start is None:
         return weight
     fraction = (now - server.ramp_start) / window_s
     return weight * (1.0 if fraction >= 1.0 else max(SLOW_START_MIN_FRACTION, fraction))
-
-
-def _share(probed: Probed, degraded_share: float) -> float:
-    return degraded_share if probed is Probed.DEGRADED else 1.0
 
 
 SlotsT = TypeVar("SlotsT")
