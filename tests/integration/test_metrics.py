@@ -45,6 +45,19 @@ async def scrape(running: RunningService) -> tuple[str, Samples]:
     return content_type, samples
 
 
+async def scrape_until(
+    running: RunningService, name: str, timeout_s: float = 10.0, **labels: str
+) -> tuple[str, Samples]:
+    """Scrapes until a sample exists (for a record made just after the client got its answer)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        content_type, samples = await scrape(running)
+        if (name, frozenset(labels.items())) in samples or loop.time() >= deadline:
+            return content_type, samples
+        await asyncio.sleep(0.01)
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     key = (name, frozenset(labels.items()))
     assert key in samples, f"no sample {name}{labels}; {name} has {len(series(samples, name))} series"
@@ -138,7 +151,11 @@ async def test_a_scripted_workload_shows_up_exactly_in_metrics(
         await stub.AcquireSlot(pb.AcquireSlotRequest(pool="rated", client_key="k"))
     assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    content_type, m = await scrape(service)
+    # grpc.aio's abort sends the status before it raises in the handler, so the client can
+    # see this refusal a moment before the duration interceptor records it: scrape until it has.
+    content_type, m = await scrape_until(
+        service, "loadwarden_decision_duration_seconds_count", method="AcquireSlot", code="RESOURCE_EXHAUSTED"
+    )
     assert content_type.startswith("text/plain; version=")
 
     # Decisions by pool, strategy and result: every pool's results, at zero until seen.
