@@ -39,6 +39,17 @@ flight as now, so the latency a request sent now can expect (without an answer
 at that count, the nearest count's, in proportion to the requests in flight;
 0, "unknown", after 5 s without any answer). A server in an outage answers no
 probe.
+
+Traces and provisioning (``curve``, ``provisioner``; see ``_provisioning``): with a
+``TraceCurve`` the open-loop arrivals follow the trace's rate instead of the scenario's;
+with a ``Provisioner`` the pool's servers come and go. The run starts with the
+provisioner's count of copies of its template (ids ``<id>-0``, ``<id>-1``, ...), and every
+``interval_sim`` it decides how many to ask for: a new server is registered with the core
+(and reports its load at once) ``lead_sim`` after it was asked for; on a scale-down servers
+still booting are cancelled first (newest first), then the newest ready ones drain
+(``core.drain_server``: no new requests, those queued and in service finish) and are
+deregistered when their last request ends. A freed id is used again by the next new
+server. Central decisions only.
 """
 
 from __future__ import annotations
@@ -49,8 +60,8 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from loadwarden.policy import (
     Backend,
@@ -70,11 +81,15 @@ from ._config import DECISION_MODES, MAX_REQUESTS, Arrivals, ClosedLoop, Scenari
 from ._sim_local import LocalClient, TableFeed
 from ._summary import LoadRecord, RequestLog, Summary, summarize
 
+if TYPE_CHECKING:
+    from ._provision_trace import TraceCurve
+    from ._provisioning import Provisioner
+
 # A simulated outcome always arrives, however long the queue: the decision TTL
 # only has to outlast the longest simulated latency.
 _DECISION_TTL_MS = 86_400_000
 # Event kinds, in the heap as (time, seq, kind, payload).
-_DONE, _REPORT, _TIMEOUT, _USER, _PUSH, _FLUSH, _PROBE = 0, 1, 2, 3, 4, 5, 6
+_DONE, _REPORT, _TIMEOUT, _USER, _PUSH, _FLUSH, _PROBE, _SCALE, _READY = 0, 1, 2, 3, 4, 5, 6, 7, 8
 # How often a local client's outcomes reach the core, simulated ms: the SDK's outcome_flush_interval_s.
 OUTCOME_INTERVAL_MS = 5.0
 # A probe's round trip, simulated ms: a small RPC inside one data centre.
@@ -328,6 +343,8 @@ def simulate(
     push_interval_ms: float | None = None,
     outcome_interval_ms: float = OUTCOME_INTERVAL_MS,
     probe_delay_ms: float = PROBE_DELAY_MS,
+    curve: TraceCurve | None = None,
+    provisioner: Provisioner | None = None,
 ) -> SimResult:
     """Runs ``scenario`` with the real decision core routing by ``strategy``.
 
@@ -355,12 +372,17 @@ def simulate(
         outcome_interval_ms: Time between two batches of local outcomes, simulated ms.
         probe_delay_ms: Time from a probe to its answer, simulated ms, >= 0 (strategies
             with ``use_probes`` only).
+        curve: Open loop: arrivals follow this trace (until the scenario's ``duration_s``)
+            instead of the scenario's rate.
+        provisioner: Servers come and go as it decides (see the module's docstring); the
+            scenario's servers are replaced by its initial count of its template. Central
+            decisions only; it is bound to this run (``Provisioner.bind``).
 
     Raises:
         ValueError: unknown strategy, bad parameters or pool settings, naming
             ``strategy``, ``strategy_params.<name>`` or ``pool_settings.<key>``;
             or ``decisions``, ``clients``, ``push_interval_ms``, ``outcome_interval_ms``,
-            ``probe_delay_ms``.
+            ``probe_delay_ms``, ``provisioner``.
     """
     if decisions not in DECISION_MODES:
         raise ValueError(f"decisions: must be one of {', '.join(DECISION_MODES)}, got {decisions!r}")
@@ -375,12 +397,19 @@ def simulate(
     if not 0 <= probe_delay_ms < math.inf:
         raise ValueError(f"probe_delay_ms: must be a finite number >= 0, got {probe_delay_ms!r}")
     probe_delay_s = probe_delay_ms / 1000.0
+    if provisioner is not None and local:
+        raise ValueError('provisioner: servers come and go with central decisions only, got decisions "local"')
     params = dict(strategy_params or {})
     master = random.Random(scenario.seed)
     traffic = random.Random(master.getrandbits(64))  # arrival times, request sizes, failure draws
     routing = random.Random(master.getrandbits(64))  # the core's and its strategy's RNG
     thinking = random.Random(master.getrandbits(64))  # closed-loop think times
     clock = _VirtualClock()
+    template: SimServer | None = None
+    if provisioner is not None:
+        template = provisioner.template
+        initial = provisioner.bind(clock, timer)
+        scenario = replace(scenario, servers=tuple(replace(template, id=f"{template.id}-{k}") for k in range(initial)))
     core = _build_core(scenario, strategy, params, clock, routing)
     pool = scenario.pool
     # Local mode only, drawn after the others so central runs see the same numbers as ever.
@@ -433,6 +462,7 @@ def simulate(
     pool_state = core.pool(pool)
     issued = 0
     reported = 0  # requests already passed to ``progress``
+    counted = 0  # arrivals since the last scaling decision (provisioning)
 
     def probe(backend: Backend, receive: Callable[[Probe], None]) -> None:
         """A simulated probe: the server's state now, delivered ``probe_delay_ms`` later."""
@@ -447,7 +477,7 @@ def simulate(
         use_probes(probe)
     locals_ = [LocalClient(clock, random.Random(master.getrandbits(64)), probe) for _ in range(n_clients)]
 
-    def next_open_arrival(after: float) -> float:
+    def next_rate_arrival(after: float) -> float:
         """The next arrival time after ``after``: Poisson at ``rate``, thinned when it ramps."""
         if ramp is None:
             return after + expovariate(rate)
@@ -456,6 +486,10 @@ def simulate(
             t += expovariate(peak)
             if t > horizon or uniform() * peak <= ramp.rate_at(t):
                 return t
+
+    next_open_arrival: Callable[[float], float] = (
+        curve.arrivals(horizon, expovariate, uniform) if curve is not None else next_rate_arrival
+    )
 
     def finish(request: list[Any], server: _Server | None, now: float, success: bool, latency_ms: float) -> None:
         """Records the answer of a routed request and reports its outcome to the core."""
@@ -519,10 +553,11 @@ def simulate(
     def arrive(now: float) -> None:
         """One request starts at ``now``: drawn, routed, queued or served."""
         nonlocal issued, in_flight, dropped, unavailable, select_s, selects, outage
-        nonlocal local_decisions, central_decisions
+        nonlocal local_decisions, central_decisions, counted
         work, u = expovariate(1.0), uniform()  # drawn for every request, whatever the routing
         index = issued
         issued += 1
+        counted += 1
         times.append(now)
         latencies.append(0.0)
         if not closed and in_flight >= max_in_flight:
@@ -583,6 +618,74 @@ def simulate(
                 server.deadline_pending = True
                 push(heap, (now + timeout_s, next(seq), _TIMEOUT, server))
 
+    # --- provisioning: servers asked for, booting, ready, draining -------------------------
+    free_slots: list[int] = []  # numbers of ids freed by drained servers (a heap: lowest first)
+    next_slot = len(servers)
+    slot_of = {s.id: i for i, s in enumerate(servers)}
+    booting: dict[int, None] = {}  # tokens of servers asked for, in the order asked (cancelled newest first)
+    tokens = itertools.count()
+    ready_list = list(servers)  # routable servers, in the order they became ready (drained newest first)
+    draining: set[_Server] = set()
+
+    def note(now: float) -> None:
+        if provisioner is not None:
+            provisioner.record(now, len(ready_list), len(booting), len(draining))
+
+    def remove(server: _Server, now: float) -> None:
+        """A drained server leaves the pool (its id free again)."""
+        core.deregister_server(pool, server.id)
+        servers.remove(server)
+        del by_id[server.id]
+        heapq.heappush(free_slots, slot_of.pop(server.id))
+        note(now)
+
+    def start_server(now: float) -> None:
+        """A server asked for ``lead_sim`` ago is registered with the core and reports its load."""
+        nonlocal next_slot
+        assert template is not None
+        if free_slots:
+            slot = heapq.heappop(free_slots)
+        else:
+            slot, next_slot = next_slot, next_slot + 1
+        server_id = f"{template.id}-{slot}"
+        server = _Server(replace(template, id=server_id), log.add_server(server_id))
+        server.changed_at = now
+        slot_of[server_id] = slot
+        servers.append(server)
+        by_id[server_id] = server
+        ready_list.append(server)
+        core.register_server(pool, ServerSpec(server_id, f"sim:{slot}", template.weight))
+        report_load([LoadReportIn(pool, server_id, LoadSample(0.0, 0.0, 0, 0.0, 0.0))])
+        loads.append(LoadRecord(now, server_id, 0.0, 0, 0.0, 0.0))
+        note(now)
+
+    def scale(now: float) -> None:
+        """One scaling decision: ask for servers, or cancel booting ones and drain ready ones."""
+        nonlocal counted
+        assert provisioner is not None
+        asked = len(ready_list) + len(booting)
+        desired = provisioner.decide(now, asked, counted)
+        counted = 0
+        if desired > asked:
+            for _ in range(desired - asked):
+                token = next(tokens)
+                booting[token] = None
+                push(heap, (now + provisioner.lead_sim, next(seq), _READY, token))
+        elif desired < asked:
+            surplus = asked - desired
+            while surplus and booting:
+                booting.popitem()  # the newest asked for
+                surplus -= 1
+            while surplus and ready_list:
+                server = ready_list.pop()
+                surplus -= 1
+                core.drain_server(pool, server.id, True)
+                if server.busy or server.queue:
+                    draining.add(server)
+                else:
+                    remove(server, now)
+        note(now)
+
     def deliver() -> None:
         """The local outcomes sent since the last batch reach the core, and with them every
         client's in-flight counts that moved."""
@@ -637,6 +740,10 @@ def simulate(
     else:
         next_arrival = next_open_arrival(0.0)
         arriving = next_arrival <= horizon
+    if provisioner is not None:
+        note(0.0)
+        if provisioner.interval_sim <= horizon:
+            push(heap, (provisioner.interval_sim, next(seq), _SCALE, None))
     # Every backend reports once as it starts, before any traffic (as BackendReporter does), so
     # the core knows each report's age from the first selection on; one in an outage stays silent.
     first = [server for server in servers if not server.down(0.0)]
@@ -646,7 +753,7 @@ def simulate(
     push(heap, (interval_s, next(seq), _REPORT, None))
     # Periodic events in the heap (load reports; table pushes and outcome batches in local mode):
     # each is scheduled again only while other events are pending or arrivals are to come.
-    periodic = 1
+    periodic = 1 + (provisioner is not None and provisioner.interval_sim <= horizon)
     if local:
         push_table(0.0)  # every client has its first table before the first request, as it waits for it
         push(heap, (push_s, next(seq), _PUSH, None))
@@ -681,6 +788,9 @@ def simulate(
             server.busy -= 1
             if server.queue:
                 start_next(server, now)
+            elif draining and not server.busy and server in draining:
+                draining.discard(server)
+                remove(server, now)
         elif kind == _TIMEOUT:
             # --- deadline of the request at the head of a queue -----------------
             server = payload
@@ -705,6 +815,20 @@ def simulate(
             # --- a probe's answer reaches the strategy ------------------------------
             receive, answer = payload
             receive(answer)
+        elif kind == _SCALE:
+            # --- a scaling decision -------------------------------------------------
+            assert provisioner is not None
+            periodic -= 1
+            scale(now)
+            after = now + provisioner.interval_sim
+            if after <= horizon * (1 + 1e-12):
+                periodic += 1
+                push(heap, (after, next(seq), _SCALE, None))
+        elif kind == _READY:
+            # --- a server asked for is ready ------------------------------------------
+            if payload in booting:
+                del booting[payload]
+                start_server(now)
         elif kind == _FLUSH:
             # --- local outcomes reach the core ----------------------------------
             periodic -= 1

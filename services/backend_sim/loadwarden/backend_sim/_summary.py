@@ -90,6 +90,10 @@ class RequestLog(Sequence[RequestRecord]):
         self.latency_ms.append(record.latency_ms)
         self.flags.append((self.SUCCESS if record.success else 0) | (self.EXPLORED if record.explored else 0))
 
+    def add_server(self, server_id: str) -> int:
+        """The index of ``server_id`` (a non-empty id), added at the end when it is new."""
+        return self._server_index(server_id)
+
     def _server_index(self, server_id: str) -> int:
         if not server_id:
             return -1
