@@ -325,6 +325,14 @@ watch_load_status = _decision(
     interval_ms=st.one_of(st.just(0), small_u32, u32),
 )
 
+get_recommendations = _decision(
+    "GetRecommendations",
+    _pb.GetRecommendationsRequest,
+    pools=repeated(pools, huge=1_200),
+    horizon_s=st.one_of(small_u32, u32),
+    include_operations=st.booleans(),
+)
+
 # Well-formed requests about things that exist, so that the paths past validation run as often as the rejections.
 MEMBERS = (("api", "api-1"), ("api", "api-2"), ("api", "api-3"), ("ml", "ml-1"))
 _valid_pools = st.sampled_from(("api", "ml"))
@@ -420,6 +428,13 @@ VALID_DECISION_CALLS: dict[str, st.SearchStrategy[Call]] = {
         ),
     ),
     "GetLoadStatus": _decision("GetLoadStatus", _pb.GetLoadStatusRequest, pool=st.sampled_from(("", "api", "ml"))),
+    "GetRecommendations": _decision(
+        "GetRecommendations",
+        _pb.GetRecommendationsRequest,
+        pools=st.lists(st.sampled_from(("api", "ml", "canary")), max_size=3),
+        horizon_s=st.sampled_from([0, 60, 900, 3_600]),
+        include_operations=st.booleans(),
+    ),
     "WatchLoadStatus": _decision(
         "WatchLoadStatus",
         _pb.WatchLoadStatusRequest,
@@ -438,6 +453,7 @@ FUZZ_DECISION_CALLS: dict[str, st.SearchStrategy[Call]] = {
     "ReportBatch": report_batch,
     "ReportLoad": report_load,
     "GetLoadStatus": get_load_status,
+    "GetRecommendations": get_recommendations,
     "WatchLoadStatus": watch_load_status,
 }
 # Per method: a well-formed request one time in three, a fuzzed one otherwise.

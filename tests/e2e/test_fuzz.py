@@ -66,6 +66,11 @@ max_message_bytes = 1048576
 [monitor]
 interval_ms = 200
 
+[planning]
+enabled = true
+interval_s = 1
+horizon_s = 3600
+
 [pools.api]
 strategy = "round_robin"
 servers = [

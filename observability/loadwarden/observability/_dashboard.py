@@ -36,6 +36,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
+from typing import Any
 
 from aiohttp import web
 
@@ -44,10 +45,14 @@ from ._history import DEFAULT_QUERY_POINTS, History
 
 DASHBOARD_PATH = "/admin/load"
 HISTORY_PATH = "/api/history"
+RECOMMENDATIONS_PATH = "/api/recommendations"
+MAX_RECOMMENDATION_POOLS = 1_000  # pool parameters one /api/recommendations may carry
 DEFAULT_HISTORY_WINDOW_S = 900.0  # /api/history without `since`: this long before `until`, seconds
 MAX_POOL_PARAM_LEN = 128  # pool names are 1-128 characters
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# (pools, horizon_s, with operations) -> GetRecommendations as JSON.
+Recommendations = Callable[[list[str], float, bool], Mapping[str, Any]]
 
 
 def _load_page() -> tuple[bytes, str]:
@@ -73,8 +78,10 @@ def add_dashboard_routes(
     *,
     history: History | None,
     clock: Callable[[], float] = time.time,
+    recommendations: Recommendations | None = None,
 ) -> None:
-    """Adds ``GET /admin/load`` (the page) and ``GET /api/history`` to the admin app.
+    """Adds ``GET /admin/load`` (the page), ``GET /api/history`` and ``GET /api/recommendations``
+    to the admin app.
 
     Meant as ``build_admin_app``'s ``extra_routes``, e.g.
     ``extra_routes=functools.partial(add_dashboard_routes, history=history)``. The page
@@ -85,6 +92,9 @@ def add_dashboard_routes(
         history: Where ``/api/history`` reads; None answers it with 404 (the page
             then shows no charts).
         clock: Wall clock, seconds since the epoch: the default ``until``.
+        recommendations: Answers ``/api/recommendations?pool=a&pool=b&horizon_s=N&operations=1``
+            (GetRecommendations as JSON; a ValueError is the caller's mistake, a LookupError an
+            unknown pool); None answers it with 404 (capacity planning is off).
     """
     body, csp = _load_page()
     headers = {
@@ -129,12 +139,33 @@ def add_dashboard_routes(
             return error_response(400, "invalid_argument", str(exc))
         return web.json_response(answer, headers=_NO_STORE)
 
+    async def recommendations_handler(request: web.Request) -> web.Response:
+        if recommendations is None:
+            return error_response(404, "not_found", "capacity planning is off on this service")
+        try:
+            pools = request.query.getall("pool", [])
+            if len(pools) > MAX_RECOMMENDATION_POOLS:
+                raise ValueError(f"at most {MAX_RECOMMENDATION_POOLS} pool parameters, got {len(pools)}")
+            if any(len(pool) > MAX_POOL_PARAM_LEN for pool in pools):
+                raise ValueError(f"pool must be at most {MAX_POOL_PARAM_LEN} characters")
+            horizon = _seconds(request.query, "horizon_s", "a number of seconds, e.g. 900")
+            operations = request.query.get("operations", "") in ("1", "true")
+            answer = recommendations(pools, horizon or 0.0, operations)
+        except LookupError as exc:
+            return error_response(404, "not_found", str(exc.args[0] if exc.args else exc))
+        except ValueError as exc:
+            return error_response(400, "invalid_argument", str(exc))
+        return web.json_response(answer, headers=_NO_STORE)
+
     app.middlewares.insert(0, public_shell)
     app.router.add_get(DASHBOARD_PATH, page)
     app.router.add_get(HISTORY_PATH, history_handler)
+    app.router.add_get(RECOMMENDATIONS_PATH, recommendations_handler)
 
 
-def _seconds(query: Mapping[str, str], name: str) -> float | None:
+def _seconds(
+    query: Mapping[str, str], name: str, what: str = "seconds since the epoch, e.g. 1767225600.5"
+) -> float | None:
     """The query parameter as seconds; None when absent or empty."""
     text = query.get(name, "").strip()
     if not text:
@@ -142,7 +173,7 @@ def _seconds(query: Mapping[str, str], name: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{name} must be seconds since the epoch, e.g. 1767225600.5, got {text[:40]!r}") from None
+        raise ValueError(f"{name} must be {what}, got {text[:40]!r}") from None
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number of seconds, got {text[:40]!r}")
     return value

@@ -13,6 +13,7 @@ dashboard's ``since``/``until`` use.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import errno
 import logging
@@ -32,7 +33,17 @@ MAX_QUERY_POINTS = 5_000  # one query never answers more sample times than this
 MAX_QUERY_SPAN_S = 31 * 86_400.0  # one query never spans more than this, seconds
 
 # Version of the schema below; a file with another version is refused, never guessed at.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What turns a file of an older version into this one; each step runs in one transaction.
+_MIGRATIONS = {
+    1: """
+ALTER TABLE pool_samples ADD COLUMN requests_total INTEGER;
+ALTER TABLE pool_samples ADD COLUMN cpu_servers REAL;
+ALTER TABLE pool_samples ADD COLUMN latency_ms REAL;
+ALTER TABLE operation_samples ADD COLUMN decisions_total INTEGER;
+ALTER TABLE operation_samples ADD COLUMN load_score REAL;
+""",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -48,6 +59,9 @@ CREATE TABLE IF NOT EXISTS pool_samples (
     active_leases INTEGER NOT NULL,
     queue_length INTEGER NOT NULL,
     concurrency_limit INTEGER NOT NULL, -- 0 means unlimited
+    requests_total INTEGER,         -- requests to route or admit since the pool was made (a counter); NULL before v2
+    cpu_servers REAL,               -- fresh reports' CPU summed, in servers (1.0 = one at 100 %); NULL: none
+    latency_ms REAL,                -- mean of the servers' EWMA latency, over servers with outcomes; NULL: none
     PRIMARY KEY (at, pool)
 );
 CREATE TABLE IF NOT EXISTS server_samples (
@@ -65,11 +79,33 @@ CREATE TABLE IF NOT EXISTS operation_samples (
     at REAL NOT NULL,
     operation TEXT NOT NULL,
     batch_size INTEGER NOT NULL,
+    decisions_total INTEGER,        -- GetBatchSize answers since the operation was registered (a counter)
+    load_score REAL,                -- the load score last seen, percent; NULL when the answer was the fallback
     PRIMARY KEY (at, operation)
+);
+CREATE TABLE IF NOT EXISTS plan_samples (
+    at REAL NOT NULL,
+    pool TEXT NOT NULL,
+    current_servers INTEGER NOT NULL,
+    desired_servers INTEGER NOT NULL,  -- the capacity planner's recommendation
+    reactive_servers INTEGER NOT NULL, -- the HPA rule alone
+    predictive_servers INTEGER,        -- for the forecast peak; NULL without a usable forecast
+    PRIMARY KEY (at, pool)
 );
 """
 
-_POOL_FIELDS = ("eligible_servers", "total_servers", "in_flight", "active_leases", "queue_length", "concurrency_limit")
+_POOL_FIELDS = (
+    "eligible_servers",
+    "total_servers",
+    "in_flight",
+    "active_leases",
+    "queue_length",
+    "concurrency_limit",
+    "requests_total",
+    "cpu_servers",
+    "latency_ms",
+)
+_PLAN_FIELDS = ("current_servers", "desired_servers", "reactive_servers", "predictive_servers")
 _SERVER_FIELDS = ("state", "cpu_percent", "memory_percent", "in_flight", "ewma_latency_ms")
 _STATE_PREFIX = "SERVER_STATE_"
 _IN_CHUNK = 500  # sample times per "at IN (...)" list, well under SQLite's bound-parameter limit
@@ -156,8 +192,11 @@ class History:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses at most the last commits, never corrupts
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version != 0 and version not in _MIGRATIONS and version != SCHEMA_VERSION:
             raise ValueError(f"{self.path}: history schema version {version}, this build reads {SCHEMA_VERSION}")
+        while version in _MIGRATIONS:
+            db.executescript(f"BEGIN; {_MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;")
+            version += 1
         db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
 
     def close(self) -> None:
@@ -187,6 +226,7 @@ class History:
         for pool in snapshot.get("pools", ()):
             name = str(pool["name"])
             members = pool.get("servers", ())
+            cpu, latency = _pool_load(members)
             pools.append(
                 (
                     at,
@@ -197,6 +237,9 @@ class History:
                     int(pool.get("active_leases", 0)),
                     int(pool.get("queue_length", 0)),
                     int(pool.get("concurrency_limit", 0)),
+                    int(pool.get("requests_total", 0)),
+                    cpu,
+                    latency,
                 )
             )
             for server in members:
@@ -213,16 +256,59 @@ class History:
                         float(server.get("ewma_latency_ms", 0.0)),
                     )
                 )
-        operations = [(at, str(op["name"]), int(op.get("batch_size", 0))) for op in snapshot.get("operations", ())]
+        operations = [
+            (
+                at,
+                str(op["name"]),
+                int(op.get("batch_size", 0)),
+                int(op.get("decisions_total", 0)),
+                None if op.get("fallback") else float(op.get("last_load_score", 0.0)),
+            )
+            for op in snapshot.get("operations", ())
+        ]
         host = snapshot.get("host")
         host_score = None if not host or host.get("stale") else float(host.get("load_score", 0.0))
         with self._write() as db:
             for table in ("samples", "pool_samples", "server_samples", "operation_samples"):
                 db.execute(f"DELETE FROM {table} WHERE at = ?", (at,))
             db.execute("INSERT INTO samples VALUES (?, ?)", (at, host_score))
-            db.executemany("INSERT INTO pool_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", pools)
+            db.executemany("INSERT INTO pool_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", pools)
             db.executemany("INSERT INTO server_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", servers)
-            db.executemany("INSERT INTO operation_samples VALUES (?, ?, ?)", operations)
+            db.executemany("INSERT INTO operation_samples VALUES (?, ?, ?, ?, ?)", operations)
+
+    def record_plan(self, at: float, plans: Iterable[tuple[str, int, int, int, int | None]]) -> None:
+        """Stores the capacity planner's recommendations made at ``at``: ``(pool, current,
+        desired, reactive, predictive or None)`` each; a second record at the same time replaces it.
+
+        Raises:
+            ValueError: ``at`` is not a finite, non-negative number.
+        """
+        _check_time(at, "at")
+        rows = [(at, *plan) for plan in plans]
+        with self._write() as db:
+            db.execute("DELETE FROM plan_samples WHERE at = ?", (at,))
+            db.executemany("INSERT INTO plan_samples VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def pool_rows(self, pool: str, since: float, until: float) -> list[tuple[Any, ...]]:
+        """``(at, total_servers, in_flight, requests_total, cpu_servers, latency_ms)`` of ``pool``
+        in ``[since, until]``, oldest first: what the capacity planner forecasts from (any span)."""
+        _check_span(since, until)
+        with self._lock:
+            return self._db.execute(
+                "SELECT at, total_servers, in_flight, requests_total, cpu_servers, latency_ms FROM pool_samples"
+                " WHERE pool = ? AND at BETWEEN ? AND ? ORDER BY at",
+                (pool, since, until),
+            ).fetchall()
+
+    def operation_rows(self, operation: str, since: float, until: float) -> list[tuple[Any, ...]]:
+        """``(at, decisions_total, load_score)`` of ``operation`` in ``[since, until]``, oldest first."""
+        _check_span(since, until)
+        with self._lock:
+            return self._db.execute(
+                "SELECT at, decisions_total, load_score FROM operation_samples"
+                " WHERE operation = ? AND at BETWEEN ? AND ? ORDER BY at",
+                (operation, since, until),
+            ).fetchall()
 
     def prune(self, now: float) -> int:
         """Drops samples older than ``now - retention_s``; returns how many sample times went."""
@@ -230,7 +316,7 @@ class History:
         cutoff = now - self.retention_s
         with self._write() as db:
             gone = db.execute("DELETE FROM samples WHERE at < ?", (cutoff,)).rowcount
-            for table in ("pool_samples", "server_samples", "operation_samples"):
+            for table in ("pool_samples", "server_samples", "operation_samples", "plan_samples"):
                 db.execute(f"DELETE FROM {table} WHERE at < ?", (cutoff,))
         return int(gone)
 
@@ -294,6 +380,9 @@ class History:
             ):
                 servers = pool_series(name)["servers"]
                 _put(servers.setdefault(server, _empty(_SERVER_FIELDS, n)), _SERVER_FIELDS, index[at], values)
+            for at, name, *values in self._plan_rows(times[0], times[-1], pool):
+                i = _nearest(times, at)
+                _put(pool_series(name).setdefault("plan", _empty(_PLAN_FIELDS, n)), _PLAN_FIELDS, i, values)
             ops: dict[str, Any] = out["operations"]
             for at, name, size in self._rows("operation_samples", ("operation", "batch_size"), times, downsampled):
                 ops.setdefault(name, _empty(("batch_size",), n))["batch_size"][index[at]] = size
@@ -317,6 +406,14 @@ class History:
             yield from self._db.execute(
                 f"SELECT at, {', '.join(cols)} FROM {table} WHERE {where}{by_pool}", [*args, *pool_args]
             )
+
+    def _plan_rows(self, since: float, until: float, pool: str | None) -> list[Any]:
+        by_pool, args = (" AND pool = ?", [pool]) if pool is not None else ("", [])
+        return self._db.execute(
+            f"SELECT at, pool, {', '.join(_PLAN_FIELDS)} FROM plan_samples WHERE at BETWEEN ? AND ?{by_pool}"
+            " ORDER BY at",
+            [since, until, *args],
+        ).fetchall()
 
     async def run(self, snapshot_json: Callable[[], Mapping[str, Any]], interval_s: float) -> None:
         """Records a snapshot every ``interval_s`` seconds, and prunes, until cancelled.
@@ -365,6 +462,13 @@ def check_range(since: float, until: float) -> None:
         raise ValueError(f"the range spans {until - since:.0f} s, at most {MAX_QUERY_SPAN_S:.0f} s may be asked")
 
 
+def _check_span(since: float, until: float) -> None:
+    _check_time(since, "since")
+    _check_time(until, "until")
+    if until < since:
+        raise ValueError(f"until ({until}) is before since ({since})")
+
+
 def _check_time(value: float, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number of seconds since the epoch, got {value!r}")
@@ -372,6 +476,23 @@ def _check_time(value: float, name: str) -> None:
         raise ValueError(f"{name} must be a finite number of seconds, got {value}")
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {value}")
+
+
+def _pool_load(servers: Iterable[Mapping[str, Any]]) -> tuple[float | None, float | None]:
+    """A pool's CPU in servers (fresh reports only: a stale one is unknown, not idle) and the
+    mean EWMA latency of the servers that have one; None for either when no server has it."""
+    cpu = [
+        float(s["load"].get("cpu_percent", 0.0)) / 100.0
+        for s in servers
+        if s.get("load") is not None and _state(s.get("state")) != "STALE"
+    ]
+    latency = [float(s["ewma_latency_ms"]) for s in servers if float(s.get("ewma_latency_ms", 0.0)) > 0]
+    return (sum(cpu) if cpu else None), (sum(latency) / len(latency) if latency else None)
+
+
+def _nearest(times: list[float], at: float) -> int:
+    """Index of the sample time at or just before ``at`` (the first one when ``at`` is earlier)."""
+    return max(0, bisect.bisect_right(times, at) - 1)
 
 
 def _state(value: object) -> str:

@@ -56,6 +56,7 @@ class Pool(Generic[SlotsT]):
         "_load_ttl_s",
         "_valid_until",
         "panic",
+        "requests_total",
         "servers",
         "settings",
         "slots",
@@ -68,6 +69,7 @@ class Pool(Generic[SlotsT]):
         self.slots = slots  # admission state: limit, leases, wait queue
         self.servers = servers  # shared with the strategy's context: mutate in place only
         self.panic = False
+        self.requests_total = 0  # requests to route or admit since the pool was made, count
         self._load_ttl_s = settings.load_report_ttl_ms / 1000.0
         self._cached: list[Backend] | None = None
         self._valid_until = -math.inf

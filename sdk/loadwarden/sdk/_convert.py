@@ -237,6 +237,7 @@ def pool_status_from_proto(message: _common.PoolStatus) -> PoolStatus:
         concurrency_limit=message.concurrency_limit,
         strategy_stats=dict(message.strategy_stats),
         panic=message.panic,
+        requests_total=message.requests_total,
     )
 
 

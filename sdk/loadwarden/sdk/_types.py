@@ -257,6 +257,8 @@ class PoolStatus:
         strategy_stats: Numbers that explain the strategy, by name (e.g. "epsilon",
             "episodes", "table_size" for q_learning); empty for most strategies.
         panic: True when too few servers are un-ejected and ejection is being ignored.
+        requests_total: Requests to route or admit since the pool was made (SelectServer,
+            decisions clients made locally and reported, AcquireSlot), count.
     """
 
     name: str
@@ -270,6 +272,7 @@ class PoolStatus:
     # Defaults keep older constructor calls valid; a dict is not hashable, so it is left out of the hash.
     strategy_stats: Mapping[str, float] = field(default_factory=dict, hash=False)
     panic: bool = False
+    requests_total: int = 0
 
 
 @dataclass(frozen=True, slots=True)

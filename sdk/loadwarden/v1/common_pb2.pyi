@@ -238,7 +238,7 @@ class ServerStatus(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., state: _Optional[_Union[ServerState, str]] = ..., in_flight: _Optional[int] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., load_reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ewma_latency_ms: _Optional[float] = ..., error_rate: _Optional[float] = ..., selections_total: _Optional[int] = ..., ejections_total: _Optional[int] = ..., ejected_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., effective_weight: _Optional[float] = ..., consecutive_failures: _Optional[int] = ..., health_check: _Optional[_Union[HealthCheckStatus, _Mapping]] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
-    __slots__ = ("name", "strategy", "servers", "eligible_servers", "in_flight", "active_leases", "queue_length", "concurrency_limit", "strategy_stats", "panic")
+    __slots__ = ("name", "strategy", "servers", "eligible_servers", "in_flight", "active_leases", "queue_length", "concurrency_limit", "strategy_stats", "panic", "requests_total")
     class StrategyStatsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +256,7 @@ class PoolStatus(_message.Message):
     CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_STATS_FIELD_NUMBER: _ClassVar[int]
     PANIC_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     strategy: str
     servers: _containers.RepeatedCompositeFieldContainer[ServerStatus]
@@ -266,7 +267,8 @@ class PoolStatus(_message.Message):
     concurrency_limit: int
     strategy_stats: _containers.ScalarMap[str, float]
     panic: bool
-    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[str] = ..., servers: _Optional[_Iterable[_Union[ServerStatus, _Mapping]]] = ..., eligible_servers: _Optional[int] = ..., in_flight: _Optional[int] = ..., active_leases: _Optional[int] = ..., queue_length: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., strategy_stats: _Optional[_Mapping[str, float]] = ..., panic: _Optional[bool] = ...) -> None: ...
+    requests_total: int
+    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[str] = ..., servers: _Optional[_Iterable[_Union[ServerStatus, _Mapping]]] = ..., eligible_servers: _Optional[int] = ..., in_flight: _Optional[int] = ..., active_leases: _Optional[int] = ..., queue_length: _Optional[int] = ..., concurrency_limit: _Optional[int] = ..., strategy_stats: _Optional[_Mapping[str, float]] = ..., panic: _Optional[bool] = ..., requests_total: _Optional[int] = ...) -> None: ...
 
 class BatchAdjustment(_message.Message):
     __slots__ = ("at", "previous_size", "new_size", "reason", "load_score")

@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from loadwarden.v1 import common_pb2 as _common_pb2
+from loadwarden.v1 import planning_pb2 as _planning_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -477,3 +478,23 @@ class ReleaseAllotmentResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: int
     def __init__(self, released: _Optional[int] = ...) -> None: ...
+
+class GetRecommendationsRequest(_message.Message):
+    __slots__ = ("pools", "horizon_s", "include_operations")
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_S_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedScalarFieldContainer[str]
+    horizon_s: int
+    include_operations: bool
+    def __init__(self, pools: _Optional[_Iterable[str]] = ..., horizon_s: _Optional[int] = ..., include_operations: _Optional[bool] = ...) -> None: ...
+
+class GetRecommendationsResponse(_message.Message):
+    __slots__ = ("recommendations", "operations", "interval_s")
+    RECOMMENDATIONS_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    recommendations: _containers.RepeatedCompositeFieldContainer[_planning_pb2.Recommendation]
+    operations: _containers.RepeatedCompositeFieldContainer[_planning_pb2.OperationForecasts]
+    interval_s: float
+    def __init__(self, recommendations: _Optional[_Iterable[_Union[_planning_pb2.Recommendation, _Mapping]]] = ..., operations: _Optional[_Iterable[_Union[_planning_pb2.OperationForecasts, _Mapping]]] = ..., interval_s: _Optional[float] = ...) -> None: ...

@@ -120,6 +120,11 @@ class DecisionServiceStub:
                 request_serializer=loadwarden_dot_v1_dot_decision__pb2.ReleaseAllotmentRequest.SerializeToString,
                 response_deserializer=loadwarden_dot_v1_dot_decision__pb2.ReleaseAllotmentResponse.FromString,
                 _registered_method=True)
+        self.GetRecommendations = channel.unary_unary(
+                '/loadwarden.v1.DecisionService/GetRecommendations',
+                request_serializer=loadwarden_dot_v1_dot_decision__pb2.GetRecommendationsRequest.SerializeToString,
+                response_deserializer=loadwarden_dot_v1_dot_decision__pb2.GetRecommendationsResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -259,6 +264,15 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRecommendations(self, request, context):
+        """Capacity planning: how many servers each pool needs, and forecasts of its load
+        (see planning.proto), as last computed. FAILED_PRECONDITION when [planning] is
+        not enabled; NOT_FOUND for an unknown pool.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +350,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.ReleaseAllotment,
                     request_deserializer=loadwarden_dot_v1_dot_decision__pb2.ReleaseAllotmentRequest.FromString,
                     response_serializer=loadwarden_dot_v1_dot_decision__pb2.ReleaseAllotmentResponse.SerializeToString,
+            ),
+            'GetRecommendations': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecommendations,
+                    request_deserializer=loadwarden_dot_v1_dot_decision__pb2.GetRecommendationsRequest.FromString,
+                    response_serializer=loadwarden_dot_v1_dot_decision__pb2.GetRecommendationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -754,6 +773,33 @@ class DecisionService:
             '/loadwarden.v1.DecisionService/ReleaseAllotment',
             loadwarden_dot_v1_dot_decision__pb2.ReleaseAllotmentRequest.SerializeToString,
             loadwarden_dot_v1_dot_decision__pb2.ReleaseAllotmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecommendations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loadwarden.v1.DecisionService/GetRecommendations',
+            loadwarden_dot_v1_dot_decision__pb2.GetRecommendationsRequest.SerializeToString,
+            loadwarden_dot_v1_dot_decision__pb2.GetRecommendationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -96,6 +96,11 @@ class DecisionServiceStub:
     """
     ReleaseAllotment: _grpc.UnaryUnaryMultiCallable[_decision_pb2.ReleaseAllotmentRequest, _decision_pb2.ReleaseAllotmentResponse]
     """Hands an allotment's slots back."""
+    GetRecommendations: _grpc.UnaryUnaryMultiCallable[_decision_pb2.GetRecommendationsRequest, _decision_pb2.GetRecommendationsResponse]
+    """Capacity planning: how many servers each pool needs, and forecasts of its load
+    (see planning.proto), as last computed. FAILED_PRECONDITION when [planning] is
+    not enabled; NOT_FOUND for an unknown pool.
+    """
 
 @_typing.type_check_only
 class DecisionServiceAsyncStub(DecisionServiceStub):
@@ -165,6 +170,11 @@ class DecisionServiceAsyncStub(DecisionServiceStub):
     """
     ReleaseAllotment: _aio.UnaryUnaryMultiCallable[_decision_pb2.ReleaseAllotmentRequest, _decision_pb2.ReleaseAllotmentResponse]  # type: ignore[assignment]
     """Hands an allotment's slots back."""
+    GetRecommendations: _aio.UnaryUnaryMultiCallable[_decision_pb2.GetRecommendationsRequest, _decision_pb2.GetRecommendationsResponse]  # type: ignore[assignment]
+    """Capacity planning: how many servers each pool needs, and forecasts of its load
+    (see planning.proto), as last computed. FAILED_PRECONDITION when [planning] is
+    not enabled; NOT_FOUND for an unknown pool.
+    """
 
 class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
     """The Decision service answers three questions for applications and backends:
@@ -321,5 +331,16 @@ class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_decision_pb2.ReleaseAllotmentResponse, _abc.Awaitable[_decision_pb2.ReleaseAllotmentResponse]]:
         """Hands an allotment's slots back."""
+
+    @_abc_1.abstractmethod
+    def GetRecommendations(
+        self,
+        request: _decision_pb2.GetRecommendationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_decision_pb2.GetRecommendationsResponse, _abc.Awaitable[_decision_pb2.GetRecommendationsResponse]]:
+        """Capacity planning: how many servers each pool needs, and forecasts of its load
+        (see planning.proto), as last computed. FAILED_PRECONDITION when [planning] is
+        not enabled; NOT_FOUND for an unknown pool.
+        """
 
 def add_DecisionServiceServicer_to_server(servicer: DecisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -264,3 +264,79 @@ def test_a_damaged_sqlite_file_is_moved_aside_and_history_starts_empty(
         assert history.path == str(path)
     assert "moved aside" in caplog.text
     assert [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+
+
+# --- capacity planning's columns (schema 2) ----------------------------------------------
+
+_V1_SCHEMA = """
+CREATE TABLE samples (at REAL PRIMARY KEY, host_load_score REAL);
+CREATE TABLE pool_samples (at REAL NOT NULL, pool TEXT NOT NULL, eligible_servers INTEGER NOT NULL,
+    total_servers INTEGER NOT NULL, in_flight INTEGER NOT NULL, active_leases INTEGER NOT NULL,
+    queue_length INTEGER NOT NULL, concurrency_limit INTEGER NOT NULL, PRIMARY KEY (at, pool));
+CREATE TABLE server_samples (at REAL NOT NULL, pool TEXT NOT NULL, server TEXT NOT NULL, state TEXT NOT NULL,
+    cpu_percent REAL, memory_percent REAL, in_flight INTEGER NOT NULL, ewma_latency_ms REAL NOT NULL,
+    PRIMARY KEY (at, pool, server));
+CREATE TABLE operation_samples (at REAL NOT NULL, operation TEXT NOT NULL, batch_size INTEGER NOT NULL,
+    PRIMARY KEY (at, operation));
+INSERT INTO samples VALUES (500.0, 12.0);
+INSERT INTO pool_samples VALUES (500.0, 'api', 1, 2, 3, 0, 0, 0);
+INSERT INTO operation_samples VALUES (500.0, 'export', 40);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_file_is_migrated_keeping_its_samples(db_path: str) -> None:
+    import sqlite3
+
+    Path(db_path).parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as db:
+        db.executescript(_V1_SCHEMA)
+    with History(db_path, retention_s=3600) as history:
+        history.record(snapshot(), at=1000.0)
+        out = history.query(0.0, 2000.0)
+        version = history._db.execute("PRAGMA user_version").fetchone()[0]
+    assert version == 2
+    assert out["times"] == [500.0, 1000.0]
+    api = out["pools"]["api"]
+    assert api["in_flight"] == [3, 2]
+    assert api["requests_total"] == [None, 0]  # not recorded before version 2
+    assert out["operations"]["export"]["batch_size"] == [40, 50]
+
+
+def test_planning_columns_are_recorded_and_read_back() -> None:
+    snap = snapshot(cpu=40.0)
+    snap["pools"][0]["requests_total"] = "1234"  # MessageToDict writes uint64 as a string
+    snap["operations"][0] |= {"decisions_total": "17", "last_load_score": 55.5}
+    with History(None, retention_s=3600) as history:
+        history.record(snap, at=1000.0)
+        fallback = snapshot()
+        fallback["operations"][0]["fallback"] = True
+        history.record(fallback, at=1010.0)
+        rows = history.pool_rows("api", 0.0, 2000.0)
+        ops = history.operation_rows("export", 0.0, 2000.0)
+        assert history.pool_rows("nope", 0.0, 2000.0) == []
+    # CPU in servers from the fresh reports only (s2 is stale); latency over servers with outcomes.
+    assert rows[0] == (1000.0, 2, 2, 1234, 0.4, 12.5)
+    assert rows[1][3] == 0
+    assert ops == [(1000.0, 17, 55.5), (1010.0, 0, None)]
+
+
+def test_plans_are_recorded_pruned_and_queried_beside_the_pools() -> None:
+    with History(None, retention_s=100) as history:
+        history.record(snapshot(), at=1000.0)
+        history.record(snapshot(), at=1010.0)
+        history.record_plan(1005.0, [("api", 2, 3, 3, None)])
+        history.record_plan(1010.0, [("api", 2, 4, 3, 4)])
+        out = history.query(900.0, 1100.0, pool="api")
+        assert out["pools"]["api"]["plan"] == {
+            "current_servers": [2, 2],
+            "desired_servers": [3, 4],  # the plan at 1005 shows at the sample before it
+            "reactive_servers": [3, 3],
+            "predictive_servers": [None, 4],
+        }
+        history.prune(1109.0)  # the plan at 1005 goes, the sample and plan at 1010 stay
+        assert history.query(0.0, 2000.0)["pools"]["api"]["plan"]["desired_servers"] == [4]
+        history.prune(1111.0)
+        assert history.query(0.0, 2000.0)["pools"] == {}
+        with pytest.raises(ValueError, match="at"):
+            history.record_plan(float("nan"), [])

@@ -49,11 +49,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from loadwarden.policy import InvalidArgument, OperationSettings, parse_operation, parse_pool
+from loadwarden.policy import (
+    NAME_CHARS,
+    NAME_MAX_LEN,
+    NAME_PATTERN,
+    InvalidArgument,
+    OperationSettings,
+    parse_operation,
+    parse_pool,
+)
 
 from .._errors import ConfigError
 from ..engine._core import CoreLimits
 from ..engine._health_checks import HealthCheckSettings
+from ..engine._planner import PlanningSettings, PoolScaling
 from ..fields import first_problem
 from ..rpc._auth import AuthSettings
 from ..rpc._tls import TlsSettings
@@ -243,6 +252,7 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
         auth=AuthSettings(**file["auth"]),
         state=StateSettings(store=store, path=state["path"], save_interval_ms=state["save_interval_ms"], redis=redis),
         logging=LoggingSettings(**file["logging"]),
+        planning=_planning(file["planning"], file["admin"], limits),
     )
 
 
@@ -313,6 +323,54 @@ def _health_check(values: Any, where: str) -> HealthCheckSettings | None:
     if check.service and check.protocol != "grpc":
         raise ConfigError(f"{where}.health_check.service", 'names a gRPC service: it needs protocol = "grpc"')
     return check
+
+
+def _planning(values: Mapping[str, Any], admin: Mapping[str, Any], limits: CoreLimits) -> PlanningSettings:
+    """The [planning] section, its pools and what ties it to the history and the horizon."""
+    values = dict(values)
+    tables = values.pop("pools")
+    if len(tables) > limits.max_pools:
+        raise ConfigError("planning.pools", f"{len(tables)} tables; limits.max_pools is {limits.max_pools}")
+    pools: dict[str, PoolScaling] = {}
+    for name, table in tables.items():
+        where = f"planning.pools.{name}"
+        if not NAME_PATTERN.fullmatch(name):
+            raise ConfigError(where, f"a pool name must be 1-{NAME_MAX_LEN} characters of {NAME_CHARS}")
+        scaling = PoolScaling(**table)
+        if scaling.max_servers < scaling.min_servers:
+            raise ConfigError(f"{where}.max_servers", f"must be at least min_servers ({scaling.min_servers})")
+        if scaling.lead_time_s > values["horizon_s"]:
+            raise ConfigError(
+                f"{where}.lead_time_s",
+                f"must be at most planning.horizon_s ({values['horizon_s']:g}), got {scaling.lead_time_s:g}",
+            )
+        try:
+            scaling.settings()
+        except InvalidArgument as exc:
+            raise ConfigError(f"{where}.{exc.field}", exc.problem) from None
+        pools[name] = scaling
+    planning = PlanningSettings(**values, pools=pools)
+    for period in planning.seasons_s:
+        if period % planning.step_s:
+            raise ConfigError(
+                "planning.step_s",
+                f"must divide every season in planning.seasons_s evenly ({period:g} s), got {planning.step_s:g}",
+            )
+    if planning.horizon_s < planning.step_s:
+        raise ConfigError(
+            "planning.horizon_s", f"must be at least step_s ({planning.step_s:g}), got {planning.horizon_s:g}"
+        )
+    if planning.enabled and planning.history_s > admin["history_retention_s"]:
+        raise ConfigError(
+            "planning.history_s",
+            f"must be at most admin.history_retention_s ({admin['history_retention_s']}): "
+            f"the history keeps no more, got {planning.history_s:g}",
+        )
+    try:
+        planning.forecast_settings()
+    except InvalidArgument as exc:
+        raise ConfigError(f"planning.{exc.field}", exc.problem) from None
+    return planning
 
 
 def _operations(tables: Mapping[str, Any], limits: CoreLimits) -> tuple[OperationSettings, ...]:

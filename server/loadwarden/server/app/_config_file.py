@@ -37,6 +37,7 @@ from loadwarden.policy.strategies import STRATEGIES
 
 from ..engine._core import LIMIT_RANGES, CoreLimits
 from ..engine._health_checks import PROTOCOLS, HealthCheckSettings
+from ..engine._planner import FORECAST_BOUNDS, METRICS, PlanningSettings, PoolScaling
 from ..fields import SCHEMA_DIALECT, Checked, Choice, Count, Flag, Number, Table, problem, table_of
 from ..rpc._auth import AuthSettings
 from ..rpc._tls import TlsSettings
@@ -352,6 +353,59 @@ OPERATION_TABLE = table_of(
     "A batch operation: how GetBatchSize sizes its batches (the keys of OperationConfig).",
 )
 
+_DAYS = 86_400.0
+
+
+def _seasons(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) > 4:
+        raise problem(f"must be a list of at most 4 periods in seconds, got {shown(value)}")
+    for period in value:
+        if isinstance(period, bool) or not isinstance(period, (int, float)) or not 1 <= period <= 366 * _DAYS:
+            raise problem(f"each period must be a number of seconds in [1, {366 * _DAYS:g}], got {shown(period)}")
+    return tuple(float(period) for period in value)
+
+
+POOL_SCALING_TABLE = table_of(
+    "PoolScaling",
+    {
+        PoolScaling: {
+            "metric": Annotated[str, Choice(sorted(METRICS), "unknown metric {got}; valid metrics: {valid}")],
+            "target": Annotated[float, Number(0, 1e9, above=True, wording="bounds")],
+            "tolerance": Annotated[float, Number(0, 1, below=True)],
+            "scale_up_window_s": Annotated[float, Number(0, _DAYS)],
+            "scale_down_window_s": Annotated[float, Number(0, _DAYS)],
+            "min_servers": _count(0, 1_000_000),
+            "max_servers": _count(1, 1_000_000),
+            "lead_time_s": Annotated[float, Number(0, 7 * _DAYS, above=True, wording="bounds")],
+            "predictive": Flag,
+            "forecast_bound": Annotated[str, Choice(FORECAST_BOUNDS, "unknown bound {got}; valid bounds: {valid}")],
+        }
+    },
+    "How one pool is scaled: the per-server metric and its target, the HPA rule's tolerance and windows.",
+)
+PLANNING_TABLE = table_of(
+    "Planning",
+    {
+        PlanningSettings: {
+            "enabled": Flag,
+            "interval_s": Annotated[float, Number(1, _DAYS)],
+            "step_s": Annotated[float, Number(1, _DAYS)],
+            "horizon_s": Annotated[float, Number(1, 7 * _DAYS)],
+            "history_s": Annotated[float, Number(60, 366 * _DAYS)],
+            "coverage": Annotated[float, Number(0.5, 0.99)],
+            "seasons_s": Annotated[tuple[float, ...], Checked(_seasons, type="array", items={"type": "number"})],
+        }
+    },
+    "Capacity planning: load forecasts and scaling recommendations (GetRecommendations; off by default).",
+    extra={
+        "pools": (
+            dict[str, POOL_SCALING_TABLE],  # type: ignore[valid-type]  # made at import
+            {},
+            "Per-pool scaling, by pool name; other pools scale on CPU at a 0.7 target.",
+        )
+    },
+)
+
 # --- the file --------------------------------------------------------------------------
 
 _TABLES_BY_SECTION: dict[str, tuple[type[Table], str]] = {
@@ -363,6 +417,7 @@ _TABLES_BY_SECTION: dict[str, tuple[type[Table], str]] = {
     "tls": (TLS_TABLE, "TLS for the gRPC and admin HTTP ports (off by default: plaintext)."),
     "auth": (AUTH_TABLE, "The data plane's client tokens (off by default)."),
     "logging": (LOGGING_TABLE, "The loadwarden command's log format."),
+    "planning": (PLANNING_TABLE, "Capacity planning: load forecasts and scaling recommendations (off by default)."),
 }
 _TABLES = Annotated[dict[str, Any], Checked(_tables, type="object")]
 SECTIONS = frozenset({*_TABLES_BY_SECTION, "pools", "operations"})

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
+import multiprocessing
 import os
 import random
 import resource
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,6 +26,7 @@ from loadwarden.policy import (
     IdGenerator,
     InvalidArgument,
     LoadWeights,
+    NotFound,
     ResourceExhausted,
     SystemClock,
     Unavailable,
@@ -33,9 +37,11 @@ from .._errors import ConfigError
 from ..engine._core import AdmissionFactory, CoreLimits, DecisionCore, DecisionListener, PeerLink
 from ..engine._health_checks import HealthChecker, PoolChecks
 from ..engine._loadmonitor import HostMonitor
+from ..engine._planner import Planner
 from ..rpc._auth import Callers, auth_interceptors
 from ..rpc._convert import load_status
 from ..rpc._metrics import ServerMetrics
+from ..rpc._planning import recommendations_response
 from ..rpc._servicer import add_to_server, server_options
 from ..rpc._telemetry import server_interceptors
 from ..rpc._tls import TlsMaterial, load_tls
@@ -49,6 +55,7 @@ from ._readiness import Dependency, MonitorDependency, Readiness, RedisDependenc
 from ._store import FileStore, MemoryStore, RedisBlobStore, StateStore
 
 if TYPE_CHECKING:  # the admin port and metrics are imported only when configured
+    from loadwarden.observability.history import History
     from loadwarden.observability.metrics import MetricsSetup
 
 log = logging.getLogger("loadwarden.server")
@@ -80,6 +87,7 @@ class RunningService:
     readiness: Readiness  # what /readyz and the gRPC health follow
     _stack: contextlib.AsyncExitStack  # undoes the start, last started first
     _grace: list[float | None]  # the grace `stop` was given, read by the gRPC server's stop
+    planner: Planner | None = None  # capacity planning; None when [planning] is off
 
     @property
     def target(self) -> str:
@@ -228,8 +236,10 @@ async def start_service(
             maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
             interceptors=(*server_interceptors(), *auth, *metrics.interceptors()),
         )
+        history = _open_history(stack, config)
+        planner = _planner(stack, config, core, history, clock or SystemClock())
         # DecisionService and AdminService; undecodable requests get INVALID_ARGUMENT.
-        add_to_server(server, core, callers, catalog)
+        add_to_server(server, core, callers, catalog, planner)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
@@ -248,7 +258,7 @@ async def start_service(
         grace: list[float | None] = [None]  # a failed start stops at once; `stop` sets its own grace
         stack.push_async_callback(lambda: server.stop(grace[0]))  # what releases the port
         readiness = _readiness(config, core, shared, health_servicer, clock or SystemClock())
-        admin_port = await _start_admin(stack, config, core, metrics_setup, tls, readiness)
+        admin_port = await _start_admin(stack, config, core, metrics_setup, tls, readiness, history, planner)
         await health_servicer.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await readiness.check_now()  # SERVING, unless a dependency fails already
         interval_s = config.expiry_interval_ms / 1000.0
@@ -272,6 +282,13 @@ async def start_service(
             tasks.append(asyncio.create_task(checker.run(), name="loadwarden-health-checks"))
         if persister is not None:
             tasks.append(asyncio.create_task(persister.run(), name="loadwarden-persister"))
+        if history is not None:
+            snapshot = functools.partial(_snapshot_json, core)
+            interval = config.admin.history_interval_ms / 1000.0
+            tasks.append(asyncio.create_task(history.run(snapshot, interval), name="loadwarden-history"))
+        if planner is not None:
+            metrics.observe_planner(planner)
+            tasks.append(asyncio.create_task(planner.run(), name="loadwarden-planner"))
         stack.push_async_callback(_cancel, tasks)
         if shared is not None:
             stack.callback(shared.redis.stop_listening)
@@ -286,7 +303,7 @@ async def start_service(
             open_files,
         )
         running = RunningService(
-            server, core, health_servicer, host, port, persister, admin_port, readiness, stack.pop_all(), grace
+            server, core, health_servicer, host, port, persister, admin_port, readiness, stack.pop_all(), grace, planner
         )
     return running
 
@@ -454,6 +471,59 @@ def _add_port(server: grpc.aio.Server, listen: str, host: str, tls: TlsMaterial 
     return server.add_insecure_port(listen)
 
 
+def _snapshot_json(core: DecisionCore) -> dict[str, object]:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(load_status(core, ""), preserving_proto_field_name=True)
+
+
+def _recommendations_json(planner: Planner, pools: list[str], horizon_s: float, operations: bool) -> dict[str, object]:
+    """GetRecommendations for the admin port: a bad argument is a ValueError, an unknown pool a LookupError."""
+    from google.protobuf import json_format
+
+    try:
+        plans = planner.answer(pools, horizon_s, operations)
+    except InvalidArgument as exc:
+        raise ValueError(str(exc)) from None
+    except NotFound as exc:
+        raise LookupError(str(exc)) from None
+    response = recommendations_response(plans, planner.settings.interval_s)
+    return json_format.MessageToDict(response, preserving_proto_field_name=True)
+
+
+def _open_history(stack: contextlib.AsyncExitStack, config: ServiceConfig) -> History | None:
+    """The load history, kept for the admin port's dashboard and for capacity planning;
+    None when neither is on. Closed by ``stack``."""
+    if not (config.admin.listen or config.planning.enabled):
+        return None
+    from loadwarden.observability.history import History
+
+    settings = config.admin
+    try:
+        history = History(settings.history_path or None, retention_s=settings.history_retention_s)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("admin.history_path", f"cannot open the history database: {exc}") from None
+    stack.push_async_callback(asyncio.to_thread, history.close)
+    return history
+
+
+def _planner(
+    stack: contextlib.AsyncExitStack, config: ServiceConfig, core: DecisionCore, history: History | None, clock: Clock
+) -> Planner | None:
+    """The capacity planner when [planning] is on, forecasting in a worker process (spawned:
+    a fork of a process running gRPC is unsafe) that ``stack`` shuts down."""
+    if not config.planning.enabled:
+        return None
+    assert history is not None  # opened whenever planning is on
+
+    def worker() -> concurrent.futures.Executor:
+        return concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+    planner = Planner(core, config.planning, history, clock=clock, wall=time.time, executor_factory=worker)
+    stack.callback(planner.close)
+    return planner
+
+
 async def _start_admin(
     stack: contextlib.AsyncExitStack,
     config: ServiceConfig,
@@ -461,38 +531,31 @@ async def _start_admin(
     metrics_setup: MetricsSetup | None,
     tls: TlsMaterial | None,
     readiness: Readiness,
+    history: History | None,
+    planner: Planner | None,
 ) -> int | None:
     """Starts the admin HTTP port (metrics, load status, health, dashboard, history) if
     configured; returns its port. What it starts is undone by ``stack``."""
     if not config.admin.listen:
         return None
-    from google.protobuf import json_format
-
-    from loadwarden.observability.admin import History, add_dashboard_routes, build_admin_app, start_admin_http
-
-    def snapshot_json() -> dict[str, object]:
-        return json_format.MessageToDict(load_status(core, ""), preserving_proto_field_name=True)
+    from loadwarden.observability.admin import add_dashboard_routes, build_admin_app, start_admin_http
 
     assert metrics_setup is not None  # configured whenever admin.listen is set
+    assert history is not None  # opened whenever admin.listen is set
     settings = config.admin
-    try:
-        history = History(settings.history_path or None, retention_s=settings.history_retention_s)
-    except (OSError, ValueError) as exc:
-        raise ConfigError("admin.history_path", f"cannot open the history database: {exc}") from None
-    stack.push_async_callback(asyncio.to_thread, history.close)
     app = build_admin_app(
         token=settings.token,
-        snapshot_json=snapshot_json,
+        snapshot_json=functools.partial(_snapshot_json, core),
         render_metrics=metrics_setup.render,
-        extra_routes=functools.partial(add_dashboard_routes, history=history),
+        extra_routes=functools.partial(
+            add_dashboard_routes,
+            history=history,
+            recommendations=None if planner is None else functools.partial(_recommendations_json, planner),
+        ),
         readiness=lambda: (readiness.ready, readiness.document()),
     )
     admin = await start_admin_http(app, settings.listen, ssl_context=tls.ssl_context() if tls else None)
     stack.push_async_callback(admin.stop)
-    recorder = asyncio.create_task(
-        history.run(snapshot_json, settings.history_interval_ms / 1000.0), name="loadwarden-history"
-    )
-    stack.push_async_callback(_cancel, [recorder])
     return admin.port
 
 

@@ -14,6 +14,7 @@ from loadwarden.policy import InvalidArgument, OperationSettings, PoolSettings, 
 from .._errors import ConfigError
 from ..engine._core import CoreLimits
 from ..engine._health_checks import HealthCheckSettings
+from ..engine._planner import PlanningSettings
 from ..rpc._auth import AuthSettings
 from ..rpc._tls import TlsSettings
 from ..shared import RedisSettings
@@ -156,6 +157,7 @@ class ServiceConfig:
         tls: TLS for the gRPC and admin HTTP ports (off by default: plaintext).
         auth: The data plane's client token (off by default).
         logging: The ``loadwarden`` command's log format.
+        planning: Capacity planning (off by default).
     """
 
     listen: str = DEFAULT_LISTEN
@@ -172,6 +174,7 @@ class ServiceConfig:
     tls: TlsSettings = field(default_factory=TlsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    planning: PlanningSettings = field(default_factory=PlanningSettings)
 
     def __post_init__(self) -> None:
         check_listen(self.listen)

@@ -354,6 +354,7 @@ class DecisionCore:
         """
         now = self.clock.monotonic()
         pool = self.pool(pool_name)
+        pool.requests_total += 1
         server, explored, memo = self._choose(pool, exclude, now)
         decision_id = self._ids.new(owner)
         self._settle(self.pending.add(decision_id, pool, server, now, memo, owner))
@@ -458,6 +459,7 @@ class DecisionCore:
             return False
         memo = pool.strategy.memo_from_wire(local.features, local.state)
         count = max(1, round(local.weight))
+        pool.requests_total += count
         self._apply(pool, server, memo, outcome.success, outcome.latency_ms, now, settles=False, count=count)
         return True
 
@@ -598,6 +600,7 @@ class DecisionCore:
             InvalidArgument: a wait longer than the pool's max_wait_ms.
         """
         pool = self.pool(request.pool)
+        pool.requests_total += 1
         if request.max_wait_s * 1000.0 > pool.settings.max_wait_ms:
             raise InvalidArgument(
                 "max_wait_ms", f"pool {request.pool!r} allows waits of at most {pool.settings.max_wait_ms} ms"

@@ -43,6 +43,7 @@ from loadwarden.policy import Backend, Health, Operation, Pool
 from .._version import VERSION
 from ..engine._admission import Answer, Denial, Denied
 from ..engine._core import RESULT_NO_ELIGIBLE_SERVER, RESULT_SELECTED, DecisionCore
+from ..engine._planner import Planner
 
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
@@ -313,6 +314,52 @@ class ServerMetrics:
             self._shares = {key: delta / totals[key[0]] if totals[key[0]] > 0 else 0.0 for key, delta in deltas.items()}
             self._share_base, self._share_at = counts, now
         return [Observation(share, {"pool": p, "server": s}) for (p, s), share in self._shares.items()]
+
+    def observe_planner(self, planner: Planner) -> None:
+        """Registers the capacity planner's gauges: each pool's recommended servers by rule
+        (``desired``, the answer; ``reactive``, the HPA rule; ``predictive``, for the forecast
+        peak) and the forecast peak of each series within the pool's lead time, by bound."""
+        ref = weakref.ref(planner)
+
+        def desired(options: CallbackOptions) -> Iterable[Observation]:
+            held = ref()
+            out: list[Observation] = []
+            for plan in list(held.plans.values()) if held is not None else ():
+                rec = plan.recommendation
+                for rule, value in (
+                    ("desired", rec.desired),
+                    ("reactive", rec.reactive),
+                    ("predictive", rec.predictive),
+                ):
+                    if value is not None:
+                        out.append(Observation(value, {"pool": plan.pool, "rule": rule}))
+            return out
+
+        def peaks(options: CallbackOptions) -> Iterable[Observation]:
+            held = ref()
+            out: list[Observation] = []
+            for plan in list(held.plans.values()) if held is not None else ():
+                for series, result in plan.forecasts.items():
+                    peak = result.peak(plan.recommendation.lead_time_s)
+                    if peak is None:
+                        continue
+                    for bound, value in (("point", peak.value), ("lower", peak.lower), ("upper", peak.upper)):
+                        out.append(Observation(value, {"pool": plan.pool, "series": series, "bound": bound}))
+            return out
+
+        self._meter.create_observable_gauge(
+            "loadwarden.pool.desired_servers",
+            [desired],
+            unit="{server}",
+            description="Servers the capacity planner recommends for the pool, by rule: desired (the answer, "
+            "stabilised), reactive (the HPA rule now), predictive (for the forecast peak within the lead time)",
+        )
+        self._meter.create_observable_gauge(
+            "loadwarden.pool.forecast",
+            [peaks],
+            description="Forecast peak of a pool series within the pool's lead time, by bound (point, lower, "
+            "upper): requests_per_s, in_flight, cpu (in servers), latency_ms",
+        )
 
     # --- RPC handler time ---------------------------------------------------------------
 

@@ -44,9 +44,11 @@ from loadwarden.v1 import decision_pb2_grpc as _pb_grpc
 from ..engine._admission import MIN_RETRY_AFTER_S, Denial, Denied, Granted
 from ..engine._allotments import MAX_ALLOTMENT_SLOTS, AllotmentRecord, Allotments, expires_in_ms
 from ..engine._core import CoreLimits, DecisionCore
+from ..engine._planner import Planner
 from . import _convert as convert
 from . import _telemetry as telemetry
 from ._auth import Callers
+from ._planning import recommendations_response
 from ._routes import RouteWatchers, check_pools
 from ._watch import StreamCaps, Watchers, check_interval_ms, status_page
 
@@ -196,9 +198,10 @@ def _rpc(method: Handler) -> Handler:
 class DecisionServicer(_pb_grpc.DecisionServiceServicer):
     """loadwarden.v1.DecisionService over a DecisionCore."""
 
-    def __init__(self, core: DecisionCore, callers: Callers | None = None) -> None:
+    def __init__(self, core: DecisionCore, callers: Callers | None = None, planner: Planner | None = None) -> None:
         self._core = core
         self._callers = callers or Callers()
+        self._planner = planner
         self._ttl_ms = core.limits.decision_ttl_ms
         caps = StreamCaps(core.limits.max_watch_streams, core.limits.max_watch_streams_per_caller)
         self._watchers = Watchers(caps.max_streams, caps.max_streams_per_caller, caps=caps)
@@ -253,6 +256,18 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
         pool = check_name(request.pool, "pool") if request.pool else ""
         status, next_token = await status_page(self._core, pool, request.page_size, request.page_token)
         return _pb.GetLoadStatusResponse(status=status, next_page_token=next_token)
+
+    @_rpc
+    async def GetRecommendations(
+        self, request: _pb.GetRecommendationsRequest, context: Any
+    ) -> _pb.GetRecommendationsResponse:
+        if self._planner is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "capacity planning is off: set [planning] enabled = true"
+            )
+        assert self._planner is not None
+        plans = self._planner.answer(list(request.pools), float(request.horizon_s), request.include_operations)
+        return recommendations_response(plans, self._planner.settings.interval_s)
 
     @_rpc
     async def AcquireSlot(self, request: _pb.AcquireSlotRequest, context: Any) -> _pb.AcquireSlotResponse:
@@ -608,19 +623,24 @@ def _handlers(servicer: object, service: ServiceDescriptor) -> dict[str, grpc.Rp
 
 
 def add_to_server(
-    server: grpc.aio.Server, core: DecisionCore, callers: Callers | None = None, changes: ConfigChanges | None = None
+    server: grpc.aio.Server,
+    core: DecisionCore,
+    callers: Callers | None = None,
+    changes: ConfigChanges | None = None,
+    planner: Planner | None = None,
 ) -> None:
     """Registers DecisionService and AdminService over ``core`` on ``server``.
 
     ``callers`` names each RPC's caller (the owner of what it makes); every caller is
     the anonymous one when None. ``changes`` records AdminService's configuration
-    changes (nothing records them when None).
+    changes (nothing records them when None). ``planner`` answers GetRecommendations
+    (FAILED_PRECONDITION when None: planning is off).
 
     Same as the generated ``add_*Servicer_to_server`` functions, except that an
     undecodable request is answered INVALID_ARGUMENT instead of gRPC's UNKNOWN.
     """
     services = (
-        (DecisionServicer(core, callers), _pb.DESCRIPTOR.services_by_name["DecisionService"]),
+        (DecisionServicer(core, callers, planner), _pb.DESCRIPTOR.services_by_name["DecisionService"]),
         (AdminServicer(core, changes), _admin.DESCRIPTOR.services_by_name["AdminService"]),
     )
     for servicer, service in services:
