@@ -21,6 +21,7 @@ PROTO_FILES = {
     "loadwarden/v1/backend_sim.proto",
     "loadwarden/v1/common.proto",
     "loadwarden/v1/decision.proto",
+    "loadwarden/v1/planning.proto",
 }
 
 

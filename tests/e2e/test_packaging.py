@@ -117,7 +117,7 @@ def test_wheel_ships_the_contract_and_the_typing_markers(installed: Path) -> Non
     with record.open(newline="", encoding="utf-8") as f:
         files = {row[0] for row in csv.reader(f) if row}
     protos = {f"loadwarden/v1/{p.name}" for p in (REPO / "proto" / "loadwarden" / "v1").glob("*.proto")}
-    assert len(protos) == 4 and protos <= files
+    assert len(protos) == 5 and protos <= files
     assert (installed / "loadwarden/v1/decision.proto").read_bytes() == (
         REPO / "proto/loadwarden/v1/decision.proto"
     ).read_bytes()

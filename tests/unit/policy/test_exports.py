@@ -1,7 +1,7 @@
 """The kernel's public surface is pinned: adding or removing a name is a decision."""
 
 import loadwarden.policy
-from loadwarden.policy import batching, limits, strategies
+from loadwarden.policy import batching, forecast, limits, scaling, strategies
 
 
 def test_public_names() -> None:
@@ -96,3 +96,5 @@ def test_the_families_public_names() -> None:
         "ThresholdParams",
         "build_controller",
     ]
+    assert sorted(forecast.__all__) == ["Forecast", "ForecastSettings", "ModelScore", "Prediction", "forecast"]
+    assert sorted(scaling.__all__) == ["LeadTimes", "Recommendation", "Scaler", "ScalingSettings"]
