@@ -58,7 +58,7 @@ def test_it_lists_the_keys_the_parser_takes(schema: dict[str, Any]) -> None:
     assert set(schema["properties"]) == {
         *("name", "description", "seed", "mode", "strategies", "decisions", "clients", "route_push_interval_ms"),
         *("warmup_s", "timeout_ms", "load_report_interval_ms", "params", "pool", "traffic", "backends", "batch"),
-        *("simulate", "evaluate"),
+        *("simulate", "evaluate", "provisioning"),
     }
     assert set(defs["Traffic"]["properties"]) == set(defs["TrafficOverride"]["properties"])
     assert "required" not in defs["TrafficOverride"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ._report import SHARE_COLUMNS_MAX, Report, StrategyRun
+from ._report import SHARE_COLUMNS_MAX, Report, StrategyRun, provisioning_runs
 
 PLOT_FILES = (
     "latency_over_time.png",
@@ -22,6 +22,8 @@ PLOT_FILES = (
     "latency_histogram.png",
     "summary.png",
 )
+# Written besides PLOT_FILES when the report has provisioning runs.
+PROVISIONING_PLOT = "provisioning.png"
 # Strategies that learn from outcomes; their learning curves are drawn solid, the others dashed.
 LEARNING_STRATEGIES = frozenset({"q_learning", "q_linear"})
 DPI = 100
@@ -201,6 +203,22 @@ def _percentiles(ax: Any, report: Report) -> None:
     ax.grid(True, axis="y", alpha=0.3)
 
 
+def _provisioning(ax: Any, report: Report) -> None:
+    """Servers needed at the target (the offered load) and each mode's ready servers over the window."""
+    runs = provisioning_runs(report)
+    series = runs[0].extra["provisioning"]["series"]
+    ax.plot(series["t_h"], series["needed"], color="black", linewidth=1.0, label="needed at the target")
+    for run in runs:
+        mine = run.extra["provisioning"]["series"]
+        ax.step(
+            mine["t_h"], mine["ready"], where="post", linewidth=1.0, label=run.label, color=_color(report, run.label)
+        )
+    ax.set_xlabel("trace hours from the start of the window")
+    ax.set_ylabel("servers")
+    ax.set_title("Ready servers and the servers the offered load needs")
+    ax.grid(True, alpha=0.3)
+
+
 def _save(figure: Any, path: Path, legend_ax: Any | None = None) -> Path:
     if legend_ax is not None and legend_ax.get_legend_handles_labels()[0]:
         legend_ax.legend(fontsize="small")
@@ -209,10 +227,11 @@ def _save(figure: Any, path: Path, legend_ax: Any | None = None) -> Path:
 
 
 def write_plots(report: Report, out_dir: str | Path) -> list[Path]:
-    """Writes the six PNG plots (``PLOT_FILES``) of ``report`` into ``out_dir``.
+    """Writes the six PNG plots (``PLOT_FILES``) of ``report`` into ``out_dir``, and with
+    provisioning runs ``PROVISIONING_PLOT`` after them.
 
     Returns:
-        The paths written, in ``PLOT_FILES`` order.
+        The paths written, in ``PLOT_FILES`` order (then ``PROVISIONING_PLOT``).
 
     Raises:
         PlotsUnavailable: matplotlib is not installed (nothing is written).
@@ -241,4 +260,9 @@ def write_plots(report: Report, out_dir: str | Path) -> list[Path]:
         axes[1][1].legend(fontsize="small")
     figure.suptitle(f"{title}: summary", fontsize="large")
     paths.append(_save(figure, out / PLOT_FILES[5]))
+    if provisioning_runs(report) and provisioning_runs(report)[0].extra["provisioning"]["series"]:
+        figure, axes = _figure(12, 4.5)
+        _provisioning(axes[0][0], report)
+        figure.suptitle(title, fontsize="medium")
+        paths.append(_save(figure, out / PROVISIONING_PLOT, axes[0][0]))
     return paths

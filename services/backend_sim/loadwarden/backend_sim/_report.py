@@ -16,11 +16,18 @@ A run of ``evaluate`` with ``[[evaluate.faults]]`` lists its outages in
 ``extra["outages"]`` (when the service was killed and back, and the decisions
 made meanwhile by source); ``outages`` adds what the requests arriving in each
 saw, and the report an "Outages" table.
+
+A provisioning scenario's runs are its provisioning modes (``fixed``, ``reactive``,
+``predictive``), each with ``extra["provisioning"]`` (``ProvisioningFigures.as_dict()``);
+the report adds a "Provisioning" table and judges predictive against reactive by the
+issue's bar (less time under-provisioned at no more than ``PREDICTIVE_COST_MARGIN`` more
+server-hours) instead of naming the best p99.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import statistics
@@ -32,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ._config import DECISION_MODES
-from ._scenario_file import ScenarioSpec
+from ._scenario_file import ScenarioSpec, TraceTraffic
 from ._summary import Columns, LoadRecord, RequestRecord, Summary, columns, summarize_columns
 
 KINDS = ("simulate", "evaluate")
@@ -40,6 +47,9 @@ KINDS = ("simulate", "evaluate")
 SHARE_COLUMNS_MAX = 12
 TIME_SERIES_BUCKETS = 100
 REPORT_FILES = ("report.md", "report.json", "summary.csv", "requests.csv")
+# Issue 21's bar: predictive provisioning under-provisions less than reactive at no more
+# than this much more server-hours.
+PREDICTIVE_COST_MARGIN = 0.10
 
 
 def label(strategy: str, decisions: str = "central") -> str:
@@ -256,11 +266,25 @@ def relative_difference(real: float, sim: float) -> float:
 def _describe(spec: ScenarioSpec) -> list[str]:
     t = spec.traffic
     speeds = sorted({s.speed for s in spec.servers})
-    parts = [
-        f"{len(spec.servers)} backends (speeds {', '.join(f'{v:g}' for v in speeds[:8])}"
-        f"{', ...' if len(speeds) > 8 else ''}; capacity {spec.capacity_per_s:,.0f} req/s)"
-    ]
-    if t.kind == "open":
+    if spec.provisioning is not None:
+        template = spec.servers[0]
+        parts = [
+            f"servers copied from {template.id!r} ({template.workers} workers, {template.base_ms:g} ms mean "
+            f"{template.service} service: {template.capacity_per_s:,.1f} req/s each), routed by {spec.strategies[0]}"
+        ]
+    else:
+        parts = [
+            f"{len(spec.servers)} backends (speeds {', '.join(f'{v:g}' for v in speeds[:8])}"
+            f"{', ...' if len(speeds) > 8 else ''}; capacity {spec.capacity_per_s:,.0f} req/s)"
+        ]
+    if isinstance(t, TraceTraffic):
+        assert t.trace is not None and t.duration_s is not None
+        parts.append(
+            f"Poisson arrivals at the rate of {t.trace_path} ({t.interpolation}) x {t.rate_scale:g}, "
+            f"{t.played_s / 86_400:.3g} trace days played {t.time_scale:g}x faster (mean {t.rate_per_s:,.1f}/s), "
+            f"at most {t.max_in_flight} in flight"
+        )
+    elif t.kind == "open":
         assert t.rate_per_s is not None
         rate = f"Poisson arrivals at {t.rate_per_s:,.1f}/s"
         if t.load is not None:
@@ -275,12 +299,19 @@ def _describe(spec: ScenarioSpec) -> list[str]:
         stop.append(f"{t.requests:,} requests")
     if t.duration_s is not None:
         stop.append(f"{t.duration_s:g} s")
-    parts.append(" or ".join(stop) + (" per strategy" if spec.decisions == ("central",) else " per run"))
+    per = " per strategy" if spec.decisions == ("central",) and spec.provisioning is None else " per run"
+    parts.append(" or ".join(stop) + per)
     if spec.clients is not None:
         parts.append(f"decisions {' and '.join(spec.decisions)}, {spec.clients} client{'s' * (spec.clients != 1)}")
     if spec.timeout_ms is not None:
         parts.append(f"timeout {spec.timeout_ms:g} ms")
-    parts.append(f"first {spec.warmup_s:g} s left out" if spec.warmup_s else "no warm-up")
+    if spec.provisioning is not None:
+        start, end = spec.evaluation_window
+        parts.append(
+            f"figures over trace days {start / 86_400:.3g}-{end / 86_400:.3g} (simulated {spec.warmup_s:g} s on)"
+        )
+    else:
+        parts.append(f"first {spec.warmup_s:g} s left out" if spec.warmup_s else "no warm-up")
     parts.append(f"seed {spec.seed}")
     return ([spec.description.strip()] if spec.description.strip() else []) + ["; ".join(parts) + "."]
 
@@ -375,10 +406,95 @@ def render_markdown(report: Report) -> str:
         lines += ["", local_vs_central_markdown(report).rstrip("\n")]
     if outages(report):
         lines += ["", outages_markdown(report).rstrip("\n")]
+    if provisioning_runs(report):
+        lines += ["", provisioning_markdown(report).rstrip("\n"), "", provisioning_verdict(report)]
+        return "\n".join(lines) + "\n"
     lines += ["", verdict(report)]
     if report.comparison is not None:
         lines.append(comparison_line(report))
     return "\n".join(lines) + "\n"
+
+
+def provisioning_runs(report: Report) -> list[StrategyRun]:
+    """The runs with provisioning figures, in run order."""
+    return [run for run in report.runs if run.extra.get("provisioning")]
+
+
+def _hours(value: float) -> str:
+    return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def provisioning_markdown(report: Report) -> str:
+    """The "Provisioning" table: per mode, the cost (server-hours), the time under-provisioned
+    and over capacity, the scaling it took, and the requests' p99 and success, over the window."""
+    runs = provisioning_runs(report)
+    base = next((run for run in runs if run.strategy == "reactive"), None)
+    base_hours = base.extra["provisioning"]["server_hours"] if base is not None else None
+    first = runs[0].extra["provisioning"]
+    days = (first["window_end_s"] - first["window_start_s"]) / 86_400
+    lines = [
+        f"Provisioning over the last {days:.3g} trace days (under-provisioned: ready servers x capacity x target "
+        "below the offered rate; beyond tolerance: below it by more than the tolerance; over capacity: ready "
+        "servers x capacity below it):",
+        "",
+        "| mode | server-hours | vs reactive | under-provisioned h | % of time | beyond tolerance h | over capacity h "
+        "| mean servers | peak | scale-ups | scale-downs | p99 ms | success % | forecasts |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for run in runs:
+        f = run.extra["provisioning"]
+        s = report.summary(run.label)
+        versus = (
+            f"{f['server_hours'] / base_hours - 1:+.1%}" if base_hours and run is not base and base_hours > 0 else "–"
+        )
+        models = ", ".join(f"{name} {count}" for name, count in f["models"].items())
+        forecasts = f"{f['forecasts']} ({models})" if f["forecasts"] else "–"
+        lines.append(
+            f"| {run.label} | {f['server_hours']:,.0f} | {versus} | {_hours(f['under_hours'])} | "
+            f"{f['under_share'] * 100:.2f} | {_hours(f['beyond_tolerance_hours'])} | "
+            f"{_hours(f['over_capacity_hours'])} | {f['mean_servers']:.2f} | {f['peak_servers']} | "
+            f"{f['scale_ups']:,} | {f['scale_downs']:,} | {_ms(s.p99_ms) if s else '–'} | "
+            f"{_pct(s.success_rate) if s else '–'} | {forecasts} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def provisioning_comparison(report: Report) -> dict[str, Any] | None:
+    """Predictive against reactive: the changes in under-provisioned time and in server-hours,
+    and whether they meet the bar (less under-provisioned time at no more than
+    ``PREDICTIVE_COST_MARGIN`` more server-hours); None without both modes."""
+    figures = {run.strategy: run.extra["provisioning"] for run in provisioning_runs(report)}
+    if "reactive" not in figures or "predictive" not in figures:
+        return None
+    reactive, predictive = figures["reactive"], figures["predictive"]
+    cost = predictive["server_hours"] / reactive["server_hours"] - 1 if reactive["server_hours"] > 0 else math.nan
+    under = predictive["under_hours"] - reactive["under_hours"]
+    return {
+        "under_hours_reactive": reactive["under_hours"],
+        "under_hours_predictive": predictive["under_hours"],
+        "under_hours_change": under,
+        "under_change": under / reactive["under_hours"] if reactive["under_hours"] > 0 else math.nan,
+        "server_hours_reactive": reactive["server_hours"],
+        "server_hours_predictive": predictive["server_hours"],
+        "server_hours_change": cost,
+        "cost_margin": PREDICTIVE_COST_MARGIN,
+        "meets_bar": bool(under < 0 and cost <= PREDICTIVE_COST_MARGIN),
+    }
+
+
+def provisioning_verdict(report: Report) -> str:
+    """One line: predictive against reactive, by the issue's bar."""
+    c = provisioning_comparison(report)
+    if c is None:
+        return "Predictive and reactive did not both run: no comparison."
+    change = f" ({c['under_change']:+.0%})" if math.isfinite(c["under_change"]) else ""
+    met = "meets" if c["meets_bar"] else "does not meet"
+    return (
+        f"Predictive against reactive: under-provisioned {_hours(c['under_hours_predictive'])} h against "
+        f"{_hours(c['under_hours_reactive'])} h{change}, at {c['server_hours_change']:+.1%} server-hours "
+        f"({c['server_hours_predictive']:,.0f} against {c['server_hours_reactive']:,.0f}): {met} the bar of less "
+        f"under-provisioned time at no more than {PREDICTIVE_COST_MARGIN:.0%} more server-hours."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -672,7 +788,18 @@ def _spec_dict(spec: ScenarioSpec) -> dict[str, Any]:
             "think_ms": t.think_ms,
             "load": t.load,
             "load_end": t.load_end,
+            **(
+                {
+                    "trace": t.trace_path,
+                    "time_scale": t.time_scale,
+                    "rate_scale": t.rate_scale,
+                    "interpolation": t.interpolation,
+                }
+                if isinstance(t, TraceTraffic)
+                else {}
+            ),
         },
+        "provisioning": dataclasses.asdict(spec.provisioning) if spec.provisioning is not None else None,
         "servers": len(spec.servers),
         "backends": [
             {
@@ -756,7 +883,8 @@ def report_dict(report: Report) -> dict[str, Any]:
             "curve_window": report.window,
             "runs": runs,
             "best_p99": report.best(),
-            "verdict": verdict(report),
+            "verdict": provisioning_verdict(report) if provisioning_runs(report) else verdict(report),
+            "provisioning": provisioning_comparison(report),
             "local_vs_central": [m.as_dict() for m in local_vs_central(report)],
             "comparison": comparison_line(report) if report.comparison is not None else None,
             "meta": dict(report.meta),

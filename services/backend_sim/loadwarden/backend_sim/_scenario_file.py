@@ -28,6 +28,14 @@ traffic keys written directly (``[evaluate] duration_s = 10`` is
 (``COMMAND_OPTIONS``, read from ``ScenarioSpec.options``). Both sections are
 validated, applied, when the file is loaded.
 
+Traces and provisioning (``loadwarden simulate`` only): ``traffic.kind = "trace"`` plays
+the CSV file ``traffic.trace`` (relative to the scenario file; read and checked when the
+file is loaded, every bad line named) compressed by ``traffic.time_scale``; the spec's
+traffic is then a ``TraceTraffic``. ``[provisioning]`` (``ProvisioningSettings``) needs a
+trace, one strategy, central decisions and one ``[[backends]]`` table without ``count``
+(the template of every server); its evaluation window sets ``warmup_s``, which the file
+may then not set. ``loadwarden evaluate`` refuses both, naming the key.
+
 Extension hook for ``evaluate``: if the module
 ``loadwarden.backend_sim._evaluate_options`` exists, its ``OPTIONS`` mapping
 (option name -> ``check(value, key) -> value`` raising ``ValueError(problem)``)
@@ -58,6 +66,7 @@ from loadwarden.server.fields import Table, first_problem
 
 from ._config import (
     DECISION_MODES,
+    MAX_REQUESTS,
     Arrivals,
     ClosedLoop,
     Phase,
@@ -65,6 +74,8 @@ from ._config import (
     SimServer,
 )
 from ._config import capacity_per_s as _capacity_per_s
+from ._provision_trace import Trace, TraceCurve, TraceError, load_trace
+from ._provisioning import ProvisioningSettings
 from ._scenario_tables import (
     COMMAND_OPTIONS,
     DEFAULT_CLIENTS,
@@ -75,7 +86,9 @@ from ._scenario_tables import (
     OVERRIDES,
     POOL_RESERVED,
     SECTIONS,
+    TRACE_KEYS,
     TRAFFIC_KINDS,
+    ProvisioningTable,
     ScenarioFile,
     TrafficTable,
     evaluate_hook,
@@ -192,12 +205,46 @@ class Traffic:
         return self.rate_per_s + (self.rate_end_per_s - self.rate_per_s) * fraction
 
     def arrivals(self) -> Arrivals | ClosedLoop:
-        """The simulator's description of this traffic."""
+        """The simulator's description of this traffic (a trace: its mean rate over ``duration_s``)."""
         if self.kind == "closed":
             assert self.users is not None
             return ClosedLoop(self.users, self.think_ms, self.requests, self.duration_s)
         assert self.rate_per_s is not None
         return Arrivals(self.rate_per_s, self.requests, self.duration_s, self.rate_end_per_s, self.max_in_flight)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceTraffic(Traffic):
+    """Traffic ``kind = "trace"``: Poisson arrivals at a trace's rate, played compressed.
+
+    ``rate_per_s`` is the mean simulated rate over ``duration_s`` (the simulated seconds played:
+    the whole trace, or the file's ``duration_s`` when shorter), so ``arrivals()`` expects the
+    trace's number of requests; the simulator draws them from ``curve()``.
+
+    Attributes:
+        trace: The trace, read and checked.
+        trace_path: The file as the scenario wrote it.
+        time_scale: Trace seconds per simulated second.
+        rate_scale: Simulated arrivals per second per offered request/s of the trace.
+        interpolation: ``"linear"`` or ``"step"``.
+    """
+
+    trace: Trace | None = None
+    trace_path: str = ""
+    time_scale: float = 1.0
+    rate_scale: float = 1.0
+    interpolation: str = "linear"
+
+    def curve(self) -> TraceCurve:
+        """The trace as the simulator plays it."""
+        assert self.trace is not None
+        return TraceCurve(self.trace, self.time_scale, self.rate_scale)
+
+    @property
+    def played_s(self) -> float:
+        """Trace seconds played."""
+        assert self.duration_s is not None
+        return self.duration_s * self.time_scale
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +285,8 @@ class ScenarioSpec:
         raw: The file's mapping as read, to re-apply sections.
         overrides: Overrides given to ``load_scenario`` (e.g. from the command
             line); applied over the file and again over any section.
+        provisioning: ``[provisioning]``, or None; with it ``traffic`` is a ``TraceTraffic``
+            and ``warmup_s`` the start of the evaluation window in simulated seconds.
     """
 
     name: str
@@ -261,6 +310,15 @@ class ScenarioSpec:
     section: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     overrides: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    provisioning: ProvisioningSettings | None = None
+
+    @property
+    def evaluation_window(self) -> tuple[float, float]:
+        """With provisioning: the trace seconds ``(start, end)`` the report covers."""
+        traffic = self.traffic
+        assert self.provisioning is not None and isinstance(traffic, TraceTraffic)
+        end = traffic.played_s
+        return max(0.0, end - self.provisioning.evaluate_last_s), end
 
     @property
     def capacity_per_s(self) -> float:
@@ -472,7 +530,7 @@ def _parse(
     ``raw`` (the file) and ``overrides`` so other sections can be applied later."""
     merged = _plain(merged)
     try:
-        spec = _build(merged, section)
+        spec = _build(merged, section, source)
     except ScenarioError as exc:
         key = exc.key
         if section is not None:
@@ -497,11 +555,11 @@ def _section_key(table: Mapping[str, Any], section: str, key: str) -> str:
     return f"{section}.{key}" if head in table else key
 
 
-def _build(raw: Mapping[str, Any], section: str | None) -> ScenarioSpec:
+def _build(raw: Mapping[str, Any], section: str | None, source: str = "") -> ScenarioSpec:
     _check_applicable(raw, section)
     file: ScenarioFile = _validated(ScenarioFile, raw)
     servers = _servers(file.backends)
-    traffic = _traffic(file.traffic, servers)
+    traffic = _traffic(file.traffic, servers, source)
     params = _params(file.params, file.mode)
     strategies = _strategies(file.strategies, file.mode, params, file.pool, len(servers))
     for i, name in enumerate(file.decisions):
@@ -525,6 +583,18 @@ def _build(raw: Mapping[str, Any], section: str | None) -> ScenarioSpec:
             if key in checks:
                 options[key] = checks[key](value, f"{section}.{key}")
     _check_faults(options.get("faults", ()), traffic)
+    warmup_s = file.warmup_s
+    provisioning = None
+    if file.provisioning is not None:
+        provisioning = _provisioning(file.provisioning, raw, file, traffic, section)
+        assert isinstance(traffic, TraceTraffic)
+        warmup_s = max(0.0, traffic.played_s - provisioning.evaluate_last_s) / traffic.time_scale
+    elif traffic.kind == "trace" and section == "evaluate":
+        raise ScenarioError(
+            "traffic.kind",
+            "a trace plays in loadwarden simulate only (real processes would take its whole length); "
+            "run it with loadwarden simulate",
+        )
     return ScenarioSpec(
         name=file.name,
         description=file.description,
@@ -533,7 +603,7 @@ def _build(raw: Mapping[str, Any], section: str | None) -> ScenarioSpec:
         mode=file.mode,
         strategies=strategies,
         params=_freeze(params),
-        warmup_s=file.warmup_s,
+        warmup_s=warmup_s,
         timeout_ms=file.timeout_ms,
         load_report_interval_ms=file.load_report_interval_ms,
         pool=_freeze(_plain(file.pool)),
@@ -545,7 +615,71 @@ def _build(raw: Mapping[str, Any], section: str | None) -> ScenarioSpec:
         batch=_freeze(batch),
         options=MappingProxyType(options),
         section=section,
+        provisioning=provisioning,
     )
+
+
+def _provisioning(
+    table: ProvisioningTable, raw: Mapping[str, Any], file: ScenarioFile, traffic: Traffic, section: str | None
+) -> ProvisioningSettings:
+    """``[provisioning]`` checked against the rest of the file, with the kernel's own checks."""
+    if section == "evaluate":
+        raise ScenarioError(
+            "provisioning",
+            "servers that come and go run in loadwarden simulate only; run this scenario with loadwarden simulate",
+        )
+    if traffic.kind != "trace":
+        raise ScenarioError(
+            "provisioning",
+            f'needs traffic.kind = "trace" (the modes follow a trace of offered load), got {traffic.kind!r}',
+        )
+    for i, mode in enumerate(table.modes):
+        if mode in table.modes[:i]:
+            raise ScenarioError(f"provisioning.modes[{i}]", f"{mode!r} is listed twice")
+    if len(file.strategies) != 1:
+        raise ScenarioError(
+            "strategies",
+            f"a provisioning scenario routes with one strategy (its runs are the provisioning modes), "
+            f"got {len(file.strategies)}",
+        )
+    if tuple(file.decisions) != ("central",):
+        raise ScenarioError("decisions", 'servers come and go with central decisions only: use ["central"]')
+    if "warmup_s" in raw:
+        raise ScenarioError(
+            "warmup_s", "is set by provisioning.evaluate_last_s (the report covers the window); remove it"
+        )
+    backends = raw.get("backends") or []
+    if len(backends) != 1:
+        raise ScenarioError(
+            "backends",
+            f"a provisioning scenario has one [[backends]] table, the template of every server, got {len(backends)}",
+        )
+    if "count" in backends[0]:
+        raise ScenarioError("backends[0].count", "is set by the provisioning modes; remove it")
+    if backends[0].get("schedule"):
+        raise ScenarioError("backends[0].schedule", "applies to fixed backends only; remove it")
+    try:
+        settings = ProvisioningSettings(**table.model_dump())
+    except ValueError as exc:
+        name, _, problem = str(exc).partition(": ")
+        raise ScenarioError(f"provisioning.{name}", problem) from None
+    try:
+        for predictive in (False, True):
+            settings.scaling(predictive)
+        settings.forecasting()
+    except InvalidArgument as exc:
+        name = _KERNEL_FIELDS.get(exc.field, exc.field)
+        raise ScenarioError(f"provisioning.{name}", exc.problem) from None
+    return settings
+
+
+# Fields of the kernel's ForecastSettings, by the [provisioning] key that sets them.
+_KERNEL_FIELDS = {
+    "step_s": "forecast_step_s",
+    "horizon_s": "forecast_every_s",
+    "max_points": "forecast_history_s",
+    "seasons_s": "forecast_step_s",
+}
 
 
 def _check_applicable(raw: Mapping[str, Any], section: str | None) -> None:
@@ -618,6 +752,18 @@ def _check_traffic_keys(table: Mapping[str, Any]) -> None:
     kind = table.get("kind", "open")
     if kind not in TRAFFIC_KINDS:
         return
+    if kind == "trace":
+        for key in ("load", "rate_per_s", "load_end", "rate_end_per_s", "users", "think_ms"):
+            if key in table:
+                raise ScenarioError(f"traffic.{key}", 'does not apply to kind = "trace": the trace gives the rate')
+        if "requests" in table:
+            raise ScenarioError(
+                "traffic.requests", 'does not apply to kind = "trace": it plays to its end, or for duration_s'
+            )
+        return
+    for key in TRACE_KEYS:
+        if key in table:
+            raise ScenarioError(f"traffic.{key}", f'applies to kind = "trace" only; this traffic is {kind}')
     if kind == "closed":
         for key in ("load", "rate_per_s", "load_end", "rate_end_per_s", "max_in_flight"):
             if key in table:
@@ -682,7 +828,9 @@ def _schedule(phases: list[Any], key: str) -> tuple[Phase, ...]:
     return schedule
 
 
-def _traffic(table: TrafficTable, servers: tuple[SimServer, ...]) -> Traffic:
+def _traffic(table: TrafficTable, servers: tuple[SimServer, ...], source: str = "") -> Traffic:
+    if table.kind == "trace":
+        return _trace_traffic(table, source)
     if table.duration_s is None and table.requests is None:
         raise ScenarioError("traffic.duration_s", "set traffic.duration_s, traffic.requests or both")
     if table.kind == "closed":
@@ -721,6 +869,53 @@ def _traffic(table: TrafficTable, servers: tuple[SimServer, ...]) -> Traffic:
         name, _, problem = str(exc).partition(": ")
         raise ScenarioError(f"traffic.{name}", problem) from None
     return traffic
+
+
+def _trace_traffic(table: TrafficTable, source: str) -> TraceTraffic:
+    if table.trace is None:
+        raise ScenarioError("traffic.trace", 'is required with kind = "trace": the CSV file of offered rates')
+    if table.time_scale is None:
+        raise ScenarioError(
+            "traffic.time_scale", 'is required with kind = "trace": trace seconds per simulated second, e.g. 360'
+        )
+    path = Path(table.trace)
+    if not path.is_absolute():
+        path = (Path(source).parent if source else Path()) / path
+    try:
+        trace = load_trace(path, table.interpolation)
+    except TraceError as exc:
+        raise ScenarioError("traffic.trace", f"{path}: {exc}") from None
+    rate_scale = table.rate_scale if table.rate_scale is not None else 1.0
+    curve = TraceCurve(trace, table.time_scale, rate_scale)
+    duration = curve.duration_s
+    if table.duration_s is not None:
+        if table.duration_s > duration * (1 + 1e-9):
+            raise ScenarioError(
+                "traffic.duration_s",
+                f"must be at most the trace's {duration:g} simulated s ({trace.length_s:g} trace s at time_scale "
+                f"{table.time_scale:g}), got {table.duration_s:g}",
+            )
+        duration = min(duration, table.duration_s)
+    expected = curve.expected(duration)
+    if expected > MAX_REQUESTS:
+        raise ScenarioError(
+            "traffic.rate_scale",
+            f"the trace would start {expected:,.0f} requests, more than {MAX_REQUESTS:,}; lower rate_scale or "
+            "raise time_scale",
+        )
+    if expected <= 0:
+        raise ScenarioError("traffic.duration_s", "no request would arrive: the trace's rate is 0 until then")
+    return TraceTraffic(
+        kind="trace",
+        rate_per_s=expected / duration,
+        duration_s=duration,
+        max_in_flight=table.max_in_flight,
+        trace=trace,
+        trace_path=table.trace,
+        time_scale=table.time_scale,
+        rate_scale=rate_scale,
+        interpolation=table.interpolation,
+    )
 
 
 def _registry(mode: str) -> tuple[Mapping[str, Any], str]:

@@ -43,13 +43,17 @@ from loadwarden.server.fields import (
 )
 
 from ._config import DECISION_MODES, MAX_REQUESTS, SERVICE_DISTRIBUTIONS, Phase, SimServer
+from ._provision_trace import INTERPOLATIONS
+from ._provisioning import FORECAST_BOUNDS, METRICS, PROVISIONING_MODES, ProvisioningSettings
 
 MODES_BY_NAME = ("route", "slot", "batch")
 # Clients deciding locally when the file lists "local" without saying how many.
 DEFAULT_CLIENTS = 3
 # The most clients (real processes in evaluate) one scenario may ask for.
 MAX_CLIENTS = 64
-TRAFFIC_KINDS = ("open", "closed")
+TRAFFIC_KINDS = ("open", "closed", "trace")
+# Traffic keys of each kind (the others are refused with it); duration_s and max_in_flight as listed.
+TRACE_KEYS = ("trace", "time_scale", "rate_scale", "interpolation")
 SECTIONS = ("simulate", "evaluate")
 MAX_SERVERS = 100_000
 DEFAULT_MAX_IN_FLIGHT = 1_000
@@ -99,6 +103,20 @@ def _name(value: Any) -> str:
         raise problem(f"must be a string, got {shown(value)}")
     if not re.fullmatch(NAME_PATTERN, value):
         raise problem(f"must be 1-64 letters, digits, '.', '_' or '-', got {shown(value)}")
+    return value
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise problem(f"must be a file path (a non-empty string), got {shown(value)}")
+    return value
+
+
+def _provisioning_modes(value: Any) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise problem(
+            f'must be a non-empty list of modes, e.g. ["fixed", "reactive", "predictive"], got {shown(value)}'
+        )
     return value
 
 
@@ -183,9 +201,10 @@ BACKEND_TABLE = _showing_got(
 
 
 class TrafficTable(Table):
-    """[traffic]: open-loop Poisson arrivals at a rate, or closed-loop users.
+    """[traffic]: open-loop Poisson arrivals at a rate, closed-loop users, or a trace of offered load.
 
-    The run stops at `requests` started or after `duration_s`, whichever comes first.
+    The run stops at `requests` started or after `duration_s`, whichever comes first (a trace:
+    at its end or after `duration_s`).
     """
 
     model_config = ConfigDict(title="Traffic")
@@ -193,9 +212,11 @@ class TrafficTable(Table):
 
     kind: Annotated[str, Choice(TRAFFIC_KINDS)] = "open"
     """`open`: Poisson arrivals at a rate, whatever the answers; `closed`: `users` users, each sending
-    its next request after the previous one's answer."""
+    its next request after the previous one's answer; `trace`: Poisson arrivals at the rate of a
+    trace file, played compressed (`loadwarden simulate` only)."""
     duration_s: Positive | None = None
-    """Requests start during this many seconds; at least one of `duration_s` and `requests` is required."""
+    """Requests start during this many seconds; at least one of `duration_s` and `requests` is required
+    (a trace plays to its end without either)."""
     requests: Annotated[int, Count(1, MAX_REQUESTS, whole_floats=True)] | None = None
     """Requests started; the run stops at whichever of `duration_s` and `requests` comes first."""
     users: Annotated[int | None, Count(1, 1_000_000, whole_floats=True)] = None
@@ -213,8 +234,69 @@ class TrafficTable(Table):
     """Open, with `rate_per_s`: the rate ramps linearly from `rate_per_s` at the start to this at
     `duration_s`, per second."""
     max_in_flight: Annotated[int, Count(1, MAX_REQUESTS, whole_floats=True)] = DEFAULT_MAX_IN_FLIGHT
-    """Open: an arrival finding this many requests in flight is dropped, counted as a failure that
-    reached no backend."""
+    """Open and trace: an arrival finding this many requests in flight is dropped, counted as a failure
+    that reached no backend."""
+    trace: Annotated[str | None, Checked(_path, type="string", minLength=1)] = None
+    """Trace (required with `kind = "trace"`): a CSV file with the header `t_s,rate`, one point a line
+    (trace seconds, strictly increasing; offered requests/s, >= 0), relative to the scenario file."""
+    time_scale: SomePositive = None
+    """Trace (required): trace seconds played per simulated second (360: a trace hour in 10 s)."""
+    rate_scale: SomePositive = None
+    """Trace: simulated arrivals per second for each offered request/s of the trace (default 1)."""
+    interpolation: Annotated[str, Choice(INTERPOLATIONS)] = "linear"
+    """Trace: the rate between two points, `linear` (interpolated) or `step` (the earlier point's)."""
+
+
+_PROVISIONING = ProvisioningSettings()  # the defaults
+
+
+class ProvisioningTable(Table):
+    """[provisioning]: servers come and go as a trace plays, once per mode (`loadwarden simulate` only).
+
+    Needs `traffic.kind = "trace"`, one routing strategy and one [[backends]] table, the template of
+    every server (without `count`). Times are trace seconds. See scenarios/README.md.
+    """
+
+    model_config = ConfigDict(title="Provisioning")
+    not_a_table: ClassVar[str] = "must be a table, got {got}"
+
+    modes: Annotated[
+        list[Annotated[str, Choice(PROVISIONING_MODES)]], annotated_types.MinLen(1), Checked(_provisioning_modes)
+    ] = Field(list(PROVISIONING_MODES), json_schema_extra={"uniqueItems": True})
+    """Modes compared, in order: `fixed` (servers for the trace's peak at the target, all the time),
+    `reactive` (the HPA rule) and `predictive` (the HPA rule and the forecast peak within the lead time)."""
+    target: Annotated[float, Number(0, 1, above=True, wording="bounds")] = _PROVISIONING.target
+    """Target utilisation of a ready server, in (0, 1]."""
+    tolerance: Annotated[float, Number(0, 1, below=True, wording="bounds")] = _PROVISIONING.tolerance
+    """No scaling while the utilisation over the target is within this of 1 (the HPA's 0.1)."""
+    interval_s: Positive = _PROVISIONING.interval_s
+    """Trace seconds between two scaling decisions (the HPA's sync period, 15 s)."""
+    lead_time_s: Positive = _PROVISIONING.lead_time_s
+    """Trace seconds from asking for a server to its being routable (a VM or pod boot)."""
+    scale_up_window_s: NotNegative = _PROVISIONING.scale_up_window_s
+    """Scale-up stabilisation window, trace seconds (the HPA's 0: at once)."""
+    scale_down_window_s: NotNegative = _PROVISIONING.scale_down_window_s
+    """Scale-down stabilisation window, trace seconds (the HPA's 300)."""
+    min_servers: Annotated[int, Count(1, 100_000, whole_floats=True)] = _PROVISIONING.min_servers
+    """Fewest servers of every mode."""
+    max_servers: Annotated[int, Count(1, 100_000, whole_floats=True)] = _PROVISIONING.max_servers
+    """Most servers of every mode."""
+    evaluate_last_s: Positive = _PROVISIONING.evaluate_last_s
+    """The report covers the last this many trace seconds played (default a week); the earlier ones
+    are the history the forecaster learns from. Every mode plays the whole trace."""
+    metric: Annotated[str, Choice(METRICS)] = _PROVISIONING.metric
+    """What the rules read as the offered load over an interval: `rate` (the trace's rate) or
+    `arrivals` (the simulated arrivals counted)."""
+    forecast_step_s: Positive = _PROVISIONING.forecast_step_s
+    """Predictive: the forecaster reads the load averaged over buckets of this many trace seconds
+    (a whole multiple of `interval_s`; a day a whole multiple of it)."""
+    forecast_history_s: Positive = _PROVISIONING.forecast_history_s
+    """Predictive: the newest trace seconds of history the forecaster reads (default 15 days)."""
+    forecast_every_s: Positive = _PROVISIONING.forecast_every_s
+    """Predictive: trace seconds between two forecasts (a whole multiple of `forecast_step_s`)."""
+    forecast_bound: Annotated[str, Choice(FORECAST_BOUNDS)] = _PROVISIONING.forecast_bound
+    """Predictive: provision for the forecast peak's `value` (the point forecast) or its `upper`
+    bound (the prediction interval's, 80 %)."""
 
 
 _ALL_STRATEGIES = sorted({*STRATEGIES, *LIMITS, *MODES})
@@ -299,6 +381,9 @@ class ScenarioFile(Table):
     """Overrides for `loadwarden simulate` only."""
     evaluate: _TABLE = Field(default_factory=dict)
     """Overrides and options for `loadwarden evaluate` only."""
+    provisioning: ProvisioningTable | None = None
+    """Servers that come and go as a trace plays, compared across provisioning modes
+    (`loadwarden simulate` only)."""
 
 
 _REQUIRED = {

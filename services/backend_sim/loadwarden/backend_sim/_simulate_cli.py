@@ -9,6 +9,11 @@ With ``decisions = ["central", "local"]`` (or ``--decisions central,local``)
 every strategy runs once per mode, side by side in the same report: central,
 the core decides every request; local, ``clients`` simulated clients decide
 from the tables the core's pool is turned into every push interval.
+
+With ``[provisioning]`` (a trace played while servers come and go) the runs are the
+provisioning modes instead, each with the file's one routing strategy: every mode on the
+same trace and seed, compared in a provisioning table (server-hours, time
+under-provisioned, p99 and success over the evaluation window).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from typing import Any
 from ._config import Arrivals
 from ._plots import PlotsUnavailable, write_plots
 from ._progress import Progress
+from ._provisioning import Provisioner
 from ._report import Report, StrategyRun, label, render_markdown, write_report
-from ._scenario_file import ScenarioError, ScenarioSpec, decision_overrides, load_scenario
-from ._sim import simulate
+from ._scenario_file import ScenarioError, ScenarioSpec, TraceTraffic, decision_overrides, load_scenario
+from ._sim import SimResult, simulate
 
 PROG = "loadwarden simulate"
 
@@ -62,6 +68,12 @@ def add_command(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="N",
         help="simulated clients deciding locally (with local decisions; default: the file's, else 3)",
     )
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        metavar="S",
+        help="simulated seconds of traffic instead of the file's (a trace: play only its first S s)",
+    )
     parser.add_argument("--seed", type=int, metavar="N", help="seed instead of the file's")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.set_defaults(run=run)
@@ -85,6 +97,8 @@ def load(args: argparse.Namespace) -> ScenarioSpec:
         overrides["seed"] = args.seed
     overrides.update(decision_overrides(args.decisions, args.clients))
     spec = load_scenario(args.scenario, **overrides).for_simulate()
+    if args.duration_s is not None:
+        spec = spec.with_overrides(duration_s=args.duration_s)
     if args.requests is not None:
         extra: dict[str, Any] = {"requests": args.requests}
         if spec.traffic.rate_end_per_s is None:
@@ -113,14 +127,23 @@ def _estimate(spec: ScenarioSpec) -> int:
     return max(1, int(t.users * t.duration_s / per_request_s))
 
 
+def _runs(spec: ScenarioSpec) -> list[tuple[str, str]]:
+    """(label, decision mode) of every run: the strategies by mode, or the provisioning modes."""
+    if spec.provisioning is not None:
+        return [(mode, "central") for mode in spec.provisioning.modes]
+    return spec.runs()
+
+
 def run_all(spec: ScenarioSpec, progress: Progress | None = None) -> tuple[list[StrategyRun], dict[str, Any]]:
-    """Simulates every strategy of ``spec`` in each decision mode; returns the runs and timing
-    figures by run label."""
+    """Simulates every strategy of ``spec`` in each decision mode (or, with provisioning, the
+    one strategy in every provisioning mode); returns the runs and timing figures by run label."""
     scenario = spec.scenario()
     runs: list[StrategyRun] = []
     timing: dict[str, Any] = {}
     estimate = _estimate(spec)
-    for i, (name, mode) in enumerate(spec.runs()):
+    traffic = spec.traffic
+    curve = traffic.curve() if isinstance(traffic, TraceTraffic) else None
+    for i, (name, mode) in enumerate(_runs(spec)):
         key = label(name, mode)
         if progress is not None:
             progress.set_label(f"simulate {key}")
@@ -129,16 +152,23 @@ def run_all(spec: ScenarioSpec, progress: Progress | None = None) -> tuple[list[
             def advance(n: int, base: int = base) -> None:
                 progress.update(min(base + estimate, progress.done + n))
 
+        strategy = spec.strategies[0] if spec.provisioning is not None else name
+        provisioner = None
+        if spec.provisioning is not None:
+            assert curve is not None
+            provisioner = Provisioner(name, spec.provisioning, spec.servers[0], curve)
         began, began_cpu = time.perf_counter(), time.process_time()
         result = simulate(
             scenario,
-            name,
-            spec.strategy_params(name),
+            strategy,
+            spec.strategy_params(strategy),
             timer=time.perf_counter,
             progress=advance if progress is not None else None,
             decisions=mode,
             clients=spec.clients or 1,
             push_interval_ms=spec.route_push_interval_ms,
+            curve=curve,
+            provisioner=provisioner,
         )
         wall, cpu = time.perf_counter() - began, time.process_time() - began_cpu
         if progress is not None:
@@ -156,19 +186,34 @@ def run_all(spec: ScenarioSpec, progress: Progress | None = None) -> tuple[list[
             "core_us_per_request": round(core.core_s / n * 1e6, 2) if n else None,
             "des_us_per_request": round((wall - core.core_s) / n * 1e6, 2) if n else None,
         }
+        extra: dict[str, Any] = {}
+        if provisioner is not None:
+            figures = provisioner.figures(spec.evaluation_window)
+            extra = {"routing": strategy, "provisioning": figures.as_dict()}
+            if figures.forecast_s is not None:
+                timing[key]["forecast_s"] = figures.forecast_s
+                timing[key]["forecasts"] = figures.forecasts
         runs.append(
             StrategyRun(
                 strategy=name,
                 records=result.records,
-                server_ids=tuple(s.id for s in spec.servers),
+                server_ids=_server_ids(spec, result),
                 loads=result.loads,
                 strategy_stats=result.strategy_stats,
                 counters={k: v for k, v in result.counters.items() if v},
                 wall_s=wall,
+                extra=extra,
                 decisions=mode,
             )
         )
     return runs, timing
+
+
+def _server_ids(spec: ScenarioSpec, result: SimResult) -> tuple[str, ...]:
+    """The run's servers: the scenario's, or (provisioning) every id a server of the run had."""
+    if spec.provisioning is not None:
+        return result.records.server_ids
+    return tuple(s.id for s in spec.servers)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     estimate = _estimate(spec)
     began = time.perf_counter()
     try:
-        with Progress(estimate * len(spec.runs()), "simulate") as bar:
+        with Progress(estimate * len(_runs(spec)), "simulate") as bar:
             runs, timing = run_all(spec, bar)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
@@ -192,10 +237,13 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{spec.source}: {exc}")
     elapsed = time.perf_counter() - began
     for name, figures in timing.items():
+        forecasts = (
+            f"; {figures['forecasts']} forecasts in {figures['forecast_s']:.1f} s" if "forecast_s" in figures else ""
+        )
         print(
             f"{name}: {figures['requests']:,} requests in {figures['wall_s']:.1f} s ({figures['cpu_s']:.1f} s CPU; "
             f"{figures['core_us_per_request']} µs/request in the decision core, "
-            f"{figures['des_us_per_request']} µs/request in the simulator)",
+            f"{figures['des_us_per_request']} µs/request in the simulator{forecasts})",
             file=sys.stderr,
         )
     report = Report(
