@@ -114,6 +114,23 @@ async def test_in_flight_selections_on_one_replica_steer_the_other(replicas: Sta
     assert picks == {"s2"}  # b's own two selections go where a's are not
 
 
+async def test_every_replica_counts_the_requests_of_all_of_them(replicas: Start) -> None:
+    """The capacity planner reads requests_total from each replica's history: with shared
+    state it is the pool's, not the replica's share of it."""
+    (_, b_service), (a, b) = await replicas(pool())
+    for stub, n in ((a, 5), (b, 3)):
+        for _ in range(n):
+            await stub.SelectServer(pb.SelectServerRequest(pool="p"))
+
+    async def totals() -> list[int]:
+        return [
+            (await s.GetLoadStatus(pb.GetLoadStatusRequest(pool="p"))).status.pools[0].requests_total for s in (a, b)
+        ]
+
+    await wait_for(totals, lambda t: t == [8, 8], "both replicas count all eight requests")
+    assert b_service.core.pool("p").requests_total == 3  # its own, the rest is the other's
+
+
 async def test_what_one_replica_learns_is_merged_into_the_other(replicas: Start) -> None:
     (a_service, b_service), (a, _) = await replicas(pool("q_linear"))
     for _ in range(40):

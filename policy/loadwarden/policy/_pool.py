@@ -56,6 +56,7 @@ class Pool(Generic[SlotsT]):
         "_load_ttl_s",
         "_valid_until",
         "panic",
+        "peer_requests_total",
         "requests_total",
         "servers",
         "settings",
@@ -70,6 +71,7 @@ class Pool(Generic[SlotsT]):
         self.servers = servers  # shared with the strategy's context: mutate in place only
         self.panic = False
         self.requests_total = 0  # requests to route or admit since the pool was made, count
+        self.peer_requests_total = 0  # the same of the other replicas (shared state), as last exchanged
         self._load_ttl_s = settings.load_report_ttl_ms / 1000.0
         self._cached: list[Backend] | None = None
         self._valid_until = -math.inf

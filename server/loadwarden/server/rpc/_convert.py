@@ -289,7 +289,7 @@ def pool_header(pool: Pool, eligible: int, in_flight: int) -> _common.PoolStatus
         concurrency_limit=pool.slots.current_limit,
         strategy_stats=pool.strategy.stats(),
         panic=pool.panic,
-        requests_total=pool.requests_total,
+        requests_total=pool.requests_total + pool.peer_requests_total,
     )
 
 

@@ -10,7 +10,9 @@ hashes:
   decision goes to the one that did (the decision id names it), which settles it
   as if reported there.
 * **In flight** (``P inflight``): every ``exchange_interval_ms`` each replica writes its
-  per-server in-flight counts and reads the others'; strategies weigh the sum.
+  per-server in-flight counts and reads the others'; strategies weigh the sum. The same
+  entry carries each pool's request counter, so every replica's ``requests_total`` (and
+  the capacity planner reading it) counts the requests of all of them.
 * **Batch sizing**: one replica sizes each operation (``P batch-owner:<op>``, a key with
   a TTL it renews every ``ELECT_S``); it announces each answer (``Z``), the others answer
   the same and send it their ReportBatch entries (``R``). A host-sourced operation
@@ -264,13 +266,16 @@ class Peers:
             for pool in core.pools()
             if (counts := {s.id: n for s in pool.servers.values() if (n := s.in_flight + s.client_in_flight)})
         }
+        requests = {pool.name: pool.requests_total for pool in core.pools() if pool.requests_total}
         now = core.clock.wall()
         key = self._redis.key("inflight")
+        entry = {"at": now, "pools": mine, "requests": requests}
         async with self._redis.client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, self._replica, json.dumps({"at": now, "pools": mine}, separators=(",", ":")))
+            pipe.hset(key, self._replica, json.dumps(entry, separators=(",", ":")))
             pipe.hgetall(key)
             _, entries = await pipe.execute()
         totals: dict[tuple[str, str], int] = {}
+        peer_requests: dict[str, int] = {}
         for replica, raw in entries.items():
             if decode(replica) == self._replica:
                 continue
@@ -281,7 +286,10 @@ class Peers:
             for pool_name, servers in entry.get("pools", {}).items():
                 for server_id, count in servers.items():
                     totals[(pool_name, server_id)] = totals.get((pool_name, server_id), 0) + int(count)
+            for pool_name, count in entry.get("requests", {}).items():
+                peer_requests[pool_name] = peer_requests.get(pool_name, 0) + int(count)
         for pool in core.pools():
+            pool.peer_requests_total = peer_requests.get(pool.name, 0)
             changed = False
             for server in pool.servers.values():
                 count = totals.get((pool.name, server.id), 0)
