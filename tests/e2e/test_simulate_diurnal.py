@@ -70,7 +70,7 @@ def _check_report(out: Path, stdout: str) -> dict[str, object]:
 
 def test_the_shipped_diurnal_scenario_runs_cut_short(processes: Processes, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    # 720 simulated s: the first 3 trace days, the last 2 of them reported (too short to forecast).
+    # 720 simulated s: the first 3 trace days, all reported (evaluate_last_s is a week).
     rc, proc = simulate(
         processes, REPO / "scenarios" / "diurnal.toml", "--duration-s", "720", "--out", out, "--no-plots"
     )
