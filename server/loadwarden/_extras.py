@@ -22,6 +22,7 @@ SERVER_NEEDS = (
     ("prometheus-client", "prometheus_client"),
     ("aiohttp", "aiohttp"),
     ("pydantic", "pydantic"),
+    ("xds-protos", "envoy.service.discovery.v3"),
 )
 
 

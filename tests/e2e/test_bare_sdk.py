@@ -34,6 +34,7 @@ NOT_WITH_THE_SDK = {
     "prometheus-client",
     "pydantic",
     "redis",
+    "xds-protos",
 }
 OFFLINE = ("--quiet", "--no-deps", "--no-build-isolation", "--no-index")
 PIP_TIMEOUT_S = 600  # downloads from the registry when pip's cache is cold
