@@ -7,20 +7,16 @@ stops at 10 servers. Here each candidate ``a`` is scored on its own:
 
 ``φ(a)`` are the server's normalised load features (CPU, requests in flight per
 unit of weight, response time, error rate), ``w`` is shared by all servers, and
-``b_a`` is what a place in the server's line costs, learned per server: a request
-waits for the ``q_a - 1`` ahead of it, then its own turn (a server not learned yet
-starts at the mean ``b``; ``UNLEARNED_PLACE_COST`` before any is). A constant bias
-priced a place in line alike on fast and slow servers. In flight is this process's
-own count (``in_flight_total``), never the load report's, up to a report interval
-old; its feature, ``ln(1 + in_flight / weight / active_scale_requests)``, does not
+``b_a`` is what a place in the server's line costs, learned per server (a server not
+learned yet starts at the mean ``b``; ``UNLEARNED_PLACE_COST`` before any is). In
+flight is this process's own count (``in_flight_total``), never the load report's;
+its feature, ``ln(1 + in_flight / weight / active_scale_requests)``, does not
 saturate where lines grow long, and ``q_a`` is read back from it. Every feature
 measures load, so ``w`` and ``b`` stay <= 0 (a positive weight only fits a
 correlation and herds onto busy servers). The target is the reward alone
 (``-latency_ms / latency_scale_ms``, failures counting at least
-``failure_penalty_ms``): a contextual bandit, gamma = 0. For per-request routing the
-next decision's value max_a' Q(s', a') is nearly the same whichever server this
-request took, so bootstrapping on it adds noise and a 1/(1-gamma) scale without
-telling actions apart.
+``failure_penalty_ms``): a contextual bandit, gamma = 0, since the next decision's
+value is nearly the same whichever server this request took.
 
 Updates are normalised LMS (the step divided by q_a² + |φ|², so the prediction moves
 ``alpha`` of the way to the target), with features and TD error clipped and
