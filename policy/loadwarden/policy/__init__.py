@@ -31,7 +31,7 @@ from ._operations import (
 )
 from ._pool import Pool
 from ._probes import Answer, Probed, ProbeRecord, ProbeRules
-from ._ratelimit import RateLimiter
+from ._ratelimit import RateLimiter, RateTaken
 from ._registry import Registry, parse_params
 from ._settings import (
     DEFAULT_LEASE_TTL_MS,
@@ -101,6 +101,7 @@ __all__ = [
     "Probed",
     "RateLimit",
     "RateLimiter",
+    "RateTaken",
     "Registry",
     "ResourceExhausted",
     "ServerSpec",

@@ -47,6 +47,7 @@ def test_public_names() -> None:
         "Probed",
         "RateLimit",
         "RateLimiter",
+        "RateTaken",
         "Registry",
         "ResourceExhausted",
         "ServerSpec",

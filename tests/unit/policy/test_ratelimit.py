@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from loadwarden.policy._ratelimit import RateLimiter
@@ -148,3 +150,60 @@ def test_non_finite_now_is_refused() -> None:
 def test_invalid_arguments_are_refused_by_name(limit: object, max_keys: object, name: str) -> None:
     with pytest.raises(ValueError, match=f"^{name} "):
         RateLimiter(limit, max_keys)  # type: ignore[arg-type]  # a wrong type on purpose: the check under test
+
+
+# --- take: several tokens at once, and what is left (Envoy's hits_addend, RLS answers) ----------
+
+TEN_PER_MINUTE = RateLimit(count=10, per_s=60.0, burst=10)
+
+
+def test_take_spends_several_tokens_and_says_what_is_left_and_when_it_is_full() -> None:
+    limiter = RateLimiter(TEN_PER_MINUTE, max_keys=10)
+
+    assert limiter.take("k", 0.0, tokens=3) == (0.0, 7, 18.0)
+    assert limiter.take("k", 0.0) == (0.0, 6, 24.0)
+    assert limiter.take("k", 6.0, tokens=7) == (0.0, 0, 60.0)  # 6 s refilled one token
+
+
+def test_take_of_more_than_is_there_takes_nothing_and_waits_for_all_of_them() -> None:
+    limiter = RateLimiter(TEN_PER_MINUTE, max_keys=10)
+    limiter.take("k", 0.0, tokens=8)
+
+    assert limiter.take("k", 0.0, tokens=5) == (18.0, 2, 48.0)
+    assert limiter.take("k", 0.0, tokens=2).remaining == 0
+
+
+def test_take_of_more_than_the_burst_never_passes() -> None:
+    limiter = RateLimiter(TEN_PER_MINUTE, max_keys=10)
+
+    taken = limiter.take("k", 0.0, tokens=11)
+
+    assert taken.wait_s == math.inf
+    assert taken.remaining == 10
+
+
+def test_take_of_zero_tokens_checks_without_spending() -> None:
+    limiter = RateLimiter(TEN_PER_MINUTE, max_keys=10)
+
+    assert limiter.take("k", 0.0, tokens=0) == (0.0, 10, 0.0)
+    limiter.take("k", 0.0, tokens=10)
+    assert limiter.take("k", 0.0, tokens=0) == (6.0, 0, 60.0)
+
+
+def test_take_over_an_identity_reports_the_emptier_of_its_two_buckets() -> None:
+    limiter = RateLimiter(TEN_PER_MINUTE, max_keys=10, identity_limit=RateLimit(count=20, per_s=60.0, burst=20))
+
+    assert limiter.take("a", 0.0, "alice", tokens=4) == (0.0, 6, 24.0)
+    assert limiter.take("b", 0.0, "alice", tokens=4) == (0.0, 6, 24.0)
+    # The identity's bucket holds 12 of 20: enough for key c's 10, and 2 are left.
+    assert limiter.take("c", 0.0, "alice", tokens=10) == (0.0, 0, 60.0)
+    # A fresh key d holds 10, the identity only 2: d waits 3 s for the identity's third token.
+    assert limiter.take("d", 0.0, "alice", tokens=3) == (3.0, 2, 54.0)
+
+
+@pytest.mark.parametrize("tokens", [-1, 1.5, True])
+def test_take_refuses_a_token_count_that_is_not_one(tokens: object) -> None:
+    limiter = RateLimiter(TEN_PER_MINUTE, max_keys=10)
+
+    with pytest.raises(ValueError, match="tokens must be a whole number"):
+        limiter.take("k", 0.0, tokens=tokens)  # type: ignore[arg-type]  # the wrong types are the point
