@@ -4,6 +4,11 @@ The controller proposes a size; the operation decides whether to move to it:
 never more often than ``cooldown_ms``, never by less than ``min_step``, always
 within [min, max]. When a load-driven controller has no load, the answer is the
 default size, marked as a fallback, and the current size is kept for later.
+
+An operation told a ``LoadOutlook`` (``look_ahead``: the capacity planner's forecast of
+its load score) sizes from the forecast peak ahead when that is above the measured load
+and makes the batch smaller: the same gate applies, and the reason says "forecast".
+A forecast never makes a batch bigger than the measured load would.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 from ._errors import InvalidArgument
 from ._load import LoadReading
 from ._validation import check_count, check_name, check_range, shown
-from .batching import MODES, BatchController, build_controller
+from .batching import MODES, BatchController, LoadOutlook, build_controller
 
 log = logging.getLogger("loadwarden.policy")
 
@@ -176,13 +181,15 @@ def make_controller(s: OperationSettings, start: int) -> BatchController:
 
 @dataclass(frozen=True, slots=True)
 class Adjustment:
-    """One size change. ``at_wall`` is Unix seconds."""
+    """One size change. ``at_wall`` is Unix seconds; ``load_score`` the score that drove it
+    (the forecast peak when ``forecast``: the change was made ahead of a forecast load)."""
 
     at_wall: float
     previous_size: int
     new_size: int
     reason: str
     load_score: float
+    forecast: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +215,8 @@ class Operation:
         self.last_load: float = 0.0
         self.last_reason = "not asked yet"
         self.fallback = False
+        self.outlook: LoadOutlook | None = None
+        self.forecast_adjustments_total = 0  # of adjustments_total, those made ahead of a forecast
 
     def reconfigure(self, settings: OperationSettings) -> None:
         """New settings; the current size is kept, clamped into the new bounds."""
@@ -235,6 +244,10 @@ class Operation:
             self.last_load = load
         target, why = self.controller.target(load)
         target = min(s.max_batch_size, max(s.min_batch_size, target))
+        driver = load
+        ahead = self._ahead(now, load, target) if load is not None and self.controller.needs_load else None
+        if ahead is not None:
+            target, why, driver = ahead
         reason = why
         if target != self.size:
             since = None if self.last_change is None else now - self.last_change
@@ -243,14 +256,40 @@ class Operation:
             elif abs(target - self.size) < s.min_step:
                 reason = f"{why}; change to {target} is smaller than min_step {s.min_step}: holding {self.size}"
             else:
-                self._adjust(now, wall, target, why, load)
+                self._adjust(now, wall, target, why, driver, forecast=ahead is not None)
         self.last_reason = reason
         return BatchAnswer(self.size, load, self.level(load), reason, False)
 
-    def _adjust(self, now: float, wall: float, size: int, reason: str, load: float | None) -> None:
-        event = Adjustment(wall, self.size, size, reason, load if load is not None else 0.0)
+    def look_ahead(self, outlook: LoadOutlook | None) -> None:
+        """Sizes ahead of ``outlook`` from now on; None sizes from the measured load alone."""
+        self.outlook = outlook
+
+    def _ahead(self, now: float, load: float, measured: int) -> tuple[int, str, float] | None:
+        """The size, reason and score of the forecast peak ahead, when it makes the batch
+        smaller than ``measured`` (the size for the measured ``load``); None otherwise."""
+        outlook = self.outlook
+        if outlook is None:
+            return None
+        if outlook.expired(now):
+            self.outlook = None
+            return None
+        peak = outlook.peak(now)
+        if peak is None or peak[0] <= load:
+            return None
+        score, at = peak
+        size, why = self.controller.target(score, f"forecast load {score:.1f} in {at - now:.0f} s")
+        size = min(self.settings.max_batch_size, max(self.settings.min_batch_size, size))
+        if size >= measured:
+            return None
+        return size, f"{why} (measured load {load:.1f})", score
+
+    def _adjust(
+        self, now: float, wall: float, size: int, reason: str, load: float | None, *, forecast: bool = False
+    ) -> None:
+        event = Adjustment(wall, self.size, size, reason, load if load is not None else 0.0, forecast)
         self.events.append(event)
         self.adjustments_total += 1
+        self.forecast_adjustments_total += forecast
         log.info("batch size of %s: %d -> %d (%s)", self.settings.name, self.size, size, reason)
         self.size, self.last_change = size, now
 

@@ -92,6 +92,7 @@ def test_the_families_public_names() -> None:
         "BatchController",
         "LatencyTargetController",
         "LatencyTargetParams",
+        "LoadOutlook",
         "MODES",
         "ThresholdController",
         "ThresholdParams",

@@ -295,3 +295,30 @@ def test_fixed_accepts_zero_but_not_negative() -> None:
     with pytest.raises(InvalidArgument) as exc:
         check_limit("fixed", {}, -1, "pool")
     assert exc.value.field == "pool.max_concurrency"
+
+
+# --- start_from: where the capacity planner starts a forecast surge ----------------
+
+
+def test_start_from_moves_an_adaptive_limit_within_its_bounds_and_it_adapts_from_there() -> None:
+    limit = aimd(10, max_limit=40)
+    limit.start_from(30)
+    assert limit.limit == 30
+    limit.on_sample(0.0, 10.0, 15, False)
+    assert limit.limit == 31
+    limit.start_from(500)
+    assert limit.limit == 40
+    limit.start_from(0)
+    assert limit.limit == 1
+    slow = gradient2(10, max_limit=100)
+    warm(slow, 10.0)
+    slow.start_from(50)
+    assert slow.limit == 50 and slow.long_rtt_ms == pytest.approx(10.0)  # the baseline is the backend's
+    slow.start_from(1_000)
+    assert slow.limit == 100
+
+
+def test_start_from_leaves_a_fixed_limit_alone() -> None:
+    limit = build_limit("fixed", {}, 8, "pool")
+    limit.start_from(20)
+    assert limit.limit == 8

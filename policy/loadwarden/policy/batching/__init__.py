@@ -3,6 +3,8 @@ May import the standard library and the kernel's own modules only.
 
 Adding a controller means one file with a class (``name``, a frozen ``Params``
 dataclass, ``needs_load``, ``target``, ``observe``) and one entry in ``BATCH_CONTROLLERS``.
+A ``LoadOutlook`` (the capacity planner's forecast of the load score) lets an operation
+whose controller reads the load size ahead of it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from .._registry import Registry
 from ._base import BatchController
+from ._outlook import LoadOutlook
 from .latency_target import LatencyTargetController, LatencyTargetParams
 from .threshold import ThresholdController, ThresholdParams
 
@@ -39,6 +42,7 @@ __all__ = [
     "BatchController",
     "LatencyTargetController",
     "LatencyTargetParams",
+    "LoadOutlook",
     "ThresholdController",
     "ThresholdParams",
     "build_controller",

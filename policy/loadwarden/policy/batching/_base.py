@@ -17,8 +17,12 @@ class BatchController(Protocol):
     # True when the controller needs a load score; without one the operation answers its default.
     needs_load: ClassVar[bool]
 
-    def target(self, load_score: float | None) -> tuple[int, str]:
-        """The size this controller wants now and why (``load_score`` is None only when not needed)."""
+    def target(self, load_score: float | None, described: str = "") -> tuple[int, str]:
+        """The size this controller wants now and why (``load_score`` is None only when not needed).
+
+        ``described`` names the load in the reason (``"load 42.0"`` when empty); a forecast
+        reads ``"forecast load 86.0 in 240 s"``.
+        """
         ...
 
     def observe(self, batch_size: int, duration_ms: float, success: bool) -> None:

@@ -45,7 +45,7 @@ class LatencyTargetController:
         self.size = start
         self._why = f"starting at the default size {start}"
 
-    def target(self, load_score: float | None) -> tuple[int, str]:
+    def target(self, load_score: float | None, described: str = "") -> tuple[int, str]:
         return self.size, self._why
 
     def observe(self, batch_size: int, duration_ms: float, success: bool) -> None:

@@ -35,15 +35,16 @@ class ThresholdController:
         self._min, self._max = params.min_size, params.max_size
         self._low, self._high = params.low_percent, params.high_percent
 
-    def target(self, load_score: float | None) -> tuple[int, str]:
+    def target(self, load_score: float | None, described: str = "") -> tuple[int, str]:
         load = 0.0 if load_score is None else load_score
+        shown = described or f"load {load:.1f}"
         if load <= self._low:
-            return self._max, f"load {load:.1f} <= low threshold {self._low:g}: max size"
+            return self._max, f"{shown} <= low threshold {self._low:g}: max size"
         if load >= self._high:
-            return self._min, f"load {load:.1f} >= high threshold {self._high:g}: min size"
+            return self._min, f"{shown} >= high threshold {self._high:g}: min size"
         share = (load - self._low) / (self._high - self._low)
         size = round(self._max - share * (self._max - self._min))
-        return size, f"load {load:.1f} between thresholds {self._low:g} and {self._high:g}: proportional"
+        return size, f"{shown} between thresholds {self._low:g} and {self._high:g}: proportional"
 
     def observe(self, batch_size: int, duration_ms: float, success: bool) -> None:
         return None

@@ -2,7 +2,7 @@
 May import the standard library and the kernel's own modules only.
 
 Adding an algorithm means one file with a class (``name``, a frozen ``Params`` dataclass,
-``adaptive``, ``limit``, ``on_sample``) and one entry in ``LIMITS``. An adaptive
+``adaptive``, ``limit``, ``on_sample``, ``start_from``) and one entry in ``LIMITS``. An adaptive
 algorithm starts from the pool's ``max_concurrency``, which must then lie in
 its ``[min_limit, max_limit]``, and never grows past it unless ``max_limit`` is
 set explicitly in ``limit_params``; only ``fixed`` reads 0 as unlimited.

@@ -1,8 +1,9 @@
 """The admission-limit interface: how many slots a pool grants at once.
 
 A limit algorithm sees one sample per finished unit of work (released or
-reclaimed lease) and answers the current limit. Algorithms are pure: time comes
-in with each sample, so tests feed samples and assert the limit.
+reclaimed lease) and answers the current limit; ``start_from`` moves an adaptive
+one to a given level, from which it goes on adapting. Algorithms are pure: time
+comes in with each sample, so tests feed samples and assert the limit.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ class LimitAlgorithm(Protocol):
             in_flight: Slots in use when the work finished, including this one.
             dropped: True when the work failed, or its lease expired unreleased.
         """
+        ...
+
+    def start_from(self, limit: int) -> None:
+        """Moves the limit to ``limit``, clamped into the algorithm's bounds, and adapts from
+        there (the capacity planner starts a forecast surge where the last one settled).
+        ``fixed`` ignores it: its limit never moves."""
         ...
 
 

@@ -70,3 +70,6 @@ class AimdLimit:
         elif in_flight * 2 >= limit:
             limit += 1
         self._limit = clamp(limit, p.min_limit, p.max_limit)
+
+    def start_from(self, limit: int) -> None:
+        self._limit = clamp(limit, self._params.min_limit, self._params.max_limit)

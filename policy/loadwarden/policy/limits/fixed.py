@@ -27,3 +27,6 @@ class FixedLimit:
 
     def on_sample(self, now: float, rtt_ms: float, in_flight: int, dropped: bool) -> None:
         return None
+
+    def start_from(self, limit: int) -> None:
+        return None

@@ -126,6 +126,11 @@ class Gradient2Limit:
         new = self._estimate * (1.0 - p.smoothing) + new * p.smoothing
         self._estimate = min(float(p.max_limit), max(float(p.min_limit), new))
 
+    def start_from(self, limit: int) -> None:
+        """Moves the estimate; the long-term RTT average is kept (it is the backend's, not the limit's)."""
+        p = self._params
+        self._estimate = float(min(p.max_limit, max(p.min_limit, limit)))
+
     def _add_long(self, rtt_ms: float) -> float:
         if self._samples < _WARMUP_SAMPLES:
             self._samples += 1
