@@ -305,6 +305,14 @@ async def test_dashboard_shows_live_load_and_refuses_without_the_token(
         problem = await tab.evaluate(f"{unhealthy}.querySelector('[data-check=problem]').textContent")
         assert problem == "connection refused"
         await tab.wait_for("document.querySelector('tr[data-operation=\"export\"]')", "the batch operation")
+        # Capacity planning is off on this service: the panel says so and shows nothing else.
+        await tab.wait_for(
+            "document.getElementById('planning-status').textContent === 'capacity planning is off on this service'",
+            "the planning panel saying planning is off",
+        )
+        shown = "['planning-controls', 'planning-body'].map(id => document.getElementById(id).hidden)"
+        assert await tab.evaluate(shown) == [True, True]
+        assert await tab.evaluate("document.querySelectorAll('#plan-charts canvas, #plans tbody tr').length") == 0
 
         # change the load: the page follows without a reload
         marker = await tab.evaluate("window.__same_document = 1")
@@ -358,6 +366,11 @@ async def test_dashboard_shows_live_load_and_refuses_without_the_token(
             if e["params"]["entry"]["level"] == "error"
             # the page itself arrives as a 401 (no token in a navigation): expected, not an error
             and not e["params"]["entry"].get("url", "").startswith(f"{base}/admin/load")
+            # and /api/recommendations as a 404: it is how the page learns that planning is off
+            and not (
+                e["params"]["entry"].get("url", "").startswith(f"{base}/api/recommendations")
+                and "404" in e["params"]["entry"].get("text", "")
+            )
         ]
         assert not errors, f"the page logged errors (CSP violations appear here too): {errors}"
         leases_legend = await tab.evaluate(
