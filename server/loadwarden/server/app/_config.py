@@ -63,6 +63,7 @@ from .._errors import ConfigError
 from ..engine._core import CoreLimits
 from ..engine._health_checks import HealthCheckSettings
 from ..engine._planner import PlanningSettings, PoolScaling
+from ..engine._predictive import OperationPlanning
 from ..fields import first_problem
 from ..rpc._auth import AuthSettings
 from ..rpc._tls import TlsSettings
@@ -326,9 +327,9 @@ def _health_check(values: Any, where: str) -> HealthCheckSettings | None:
 
 
 def _planning(values: Mapping[str, Any], admin: Mapping[str, Any], limits: CoreLimits) -> PlanningSettings:
-    """The [planning] section, its pools and what ties it to the history and the horizon."""
+    """The [planning] section, its pools and operations, and what ties it to the history and the horizon."""
     values = dict(values)
-    tables = values.pop("pools")
+    tables, operation_tables = values.pop("pools"), values.pop("operations")
     if len(tables) > limits.max_pools:
         raise ConfigError("planning.pools", f"{len(tables)} tables; limits.max_pools is {limits.max_pools}")
     pools: dict[str, PoolScaling] = {}
@@ -339,17 +340,19 @@ def _planning(values: Mapping[str, Any], admin: Mapping[str, Any], limits: CoreL
         scaling = PoolScaling(**table)
         if scaling.max_servers < scaling.min_servers:
             raise ConfigError(f"{where}.max_servers", f"must be at least min_servers ({scaling.min_servers})")
-        if scaling.lead_time_s > values["horizon_s"]:
-            raise ConfigError(
-                f"{where}.lead_time_s",
-                f"must be at most planning.horizon_s ({values['horizon_s']:g}), got {scaling.lead_time_s:g}",
-            )
+        for key in ("lead_time_s", "limit_lead_s"):
+            if getattr(scaling, key) > values["horizon_s"]:
+                raise ConfigError(
+                    f"{where}.{key}",
+                    f"must be at most planning.horizon_s ({values['horizon_s']:g}), got {getattr(scaling, key):g}",
+                )
         try:
             scaling.settings()
         except InvalidArgument as exc:
             raise ConfigError(f"{where}.{exc.field}", exc.problem) from None
         pools[name] = scaling
-    planning = PlanningSettings(**values, pools=pools)
+    operations = _planned_operations(operation_tables, values["horizon_s"], limits)
+    planning = PlanningSettings(**values, pools=pools, operations=operations)
     for period in planning.seasons_s:
         if period % planning.step_s:
             raise ConfigError(
@@ -371,6 +374,28 @@ def _planning(values: Mapping[str, Any], admin: Mapping[str, Any], limits: CoreL
     except InvalidArgument as exc:
         raise ConfigError(f"planning.{exc.field}", exc.problem) from None
     return planning
+
+
+def _planned_operations(
+    tables: Mapping[str, Any], horizon_s: float, limits: CoreLimits
+) -> dict[str, OperationPlanning]:
+    """[planning.operations.<name>] tables: names, how many, and the lead within the horizon."""
+    if len(tables) > limits.max_operations:
+        raise ConfigError(
+            "planning.operations", f"{len(tables)} tables; limits.max_operations is {limits.max_operations}"
+        )
+    operations: dict[str, OperationPlanning] = {}
+    for name, table in tables.items():
+        where = f"planning.operations.{name}"
+        if not NAME_PATTERN.fullmatch(name):
+            raise ConfigError(where, f"an operation name must be 1-{NAME_MAX_LEN} characters of {NAME_CHARS}")
+        planning = OperationPlanning(**table)
+        if planning.lead_s > horizon_s:
+            raise ConfigError(
+                f"{where}.lead_s", f"must be at most planning.horizon_s ({horizon_s:g}), got {planning.lead_s:g}"
+            )
+        operations[name] = planning
+    return operations
 
 
 def _operations(tables: Mapping[str, Any], limits: CoreLimits) -> tuple[OperationSettings, ...]:

@@ -38,6 +38,7 @@ from loadwarden.policy.strategies import STRATEGIES
 from ..engine._core import LIMIT_RANGES, CoreLimits
 from ..engine._health_checks import PROTOCOLS, HealthCheckSettings
 from ..engine._planner import FORECAST_BOUNDS, METRICS, PlanningSettings, PoolScaling
+from ..engine._predictive import OperationPlanning
 from ..fields import SCHEMA_DIALECT, Checked, Choice, Count, Flag, Number, Table, problem, table_of
 from ..rpc._auth import AuthSettings
 from ..rpc._tls import TlsSettings
@@ -365,6 +366,7 @@ def _seasons(value: Any) -> tuple[float, ...]:
     return tuple(float(period) for period in value)
 
 
+_BOUND = Annotated[str, Choice(FORECAST_BOUNDS, "unknown bound {got}; valid bounds: {valid}")]
 POOL_SCALING_TABLE = table_of(
     "PoolScaling",
     {
@@ -378,10 +380,25 @@ POOL_SCALING_TABLE = table_of(
             "max_servers": _count(1, 1_000_000),
             "lead_time_s": Annotated[float, Number(0, 7 * _DAYS, above=True, wording="bounds")],
             "predictive": Flag,
-            "forecast_bound": Annotated[str, Choice(FORECAST_BOUNDS, "unknown bound {got}; valid bounds: {valid}")],
+            "forecast_bound": _BOUND,
+            "predictive_limit": Flag,
+            "limit_lead_s": Annotated[float, Number(0, 7 * _DAYS)],
+            "surge_mads": Annotated[float, Number(0, 100)],
         }
     },
-    "How one pool is scaled: the per-server metric and its target, the HPA rule's tolerance and windows.",
+    "How one pool is scaled: the per-server metric and its target, the HPA rule's tolerance and windows; "
+    "and whether its adaptive limit moves ahead of forecast surges.",
+)
+OPERATION_PLANNING_TABLE = table_of(
+    "OperationPlanning",
+    {
+        OperationPlanning: {
+            "predictive": Flag,
+            "lead_s": Annotated[float, Number(0, 7 * _DAYS)],
+            "forecast_bound": _BOUND,
+        }
+    },
+    "How the planner manages one batch operation: whether its batch sizes move ahead of its forecast load.",
 )
 PLANNING_TABLE = table_of(
     "Planning",
@@ -402,7 +419,12 @@ PLANNING_TABLE = table_of(
             dict[str, POOL_SCALING_TABLE],  # type: ignore[valid-type]  # made at import
             {},
             "Per-pool scaling, by pool name; other pools scale on CPU at a 0.7 target.",
-        )
+        ),
+        "operations": (
+            dict[str, OPERATION_PLANNING_TABLE],  # type: ignore[valid-type]  # made at import
+            {},
+            "Per-operation planning, by operation name; other operations are sized from their measured load alone.",
+        ),
     },
 )
 

@@ -20,6 +20,11 @@ the time; each server that joins afterwards, while the pool is still short, coun
 the time since then plus the pool's slow-start window. Until one is seen, the
 configured ``lead_time_s`` is used. The planner sees a join at its own interval, so
 a learned lead time is rounded up to it.
+
+After each refresh the forecasts also move what is opted in ahead of the load
+(``_predictive``): predictive operations' batch sizes, from their load score's
+forecast, and predictive-limit pools' adaptive limits, to where the last surge settled
+when the next one is forecast.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from loadwarden.policy.scaling import LeadTimes, Recommendation, Scaler, Scaling
 
 from ._core import DecisionCore
 from ._planning_series import OPERATION_SERIES, POOL_SERIES, bucket, forecast_all, latest
+from ._predictive import LimitMove, OperationPlanning, PredictiveLimits, SurgeView, outlook, surge_view
 
 if TYPE_CHECKING:
     from loadwarden.observability.history import History
@@ -47,7 +53,8 @@ log = logging.getLogger("loadwarden.server")
 
 # The per-server metric a pool scales on -> the pool series it is read from.
 METRICS: Mapping[str, str] = {"cpu": "cpu", "in_flight": "in_flight", "requests_per_s": "requests_per_s"}
-FORECAST_BOUNDS = ("value", "upper")  # ScalingSettings.forecast_bound's choices
+# Which forecast of a peak (ScalingSettings.forecast_bound, OperationPlanning.forecast_bound).
+FORECAST_BOUNDS = ("value", "upper")
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S
 MAX_PLANNED_POOLS = 1_000  # names one GetRecommendations may list, and pools planned at most
@@ -74,6 +81,14 @@ class PoolScaling:
         forecast_bound: Which forecast of that peak: ``value`` (the point forecast) or
             ``upper`` (the prediction interval's upper bound: fewer under-provisioned
             minutes for more server-hours).
+        predictive_limit: Move the pool's adaptive limit (aimd, gradient2) ahead of a
+            forecast surge of its requests per second, up to where the last surge settled.
+        limit_lead_s: How far ahead a surge is looked for, seconds; 0 means step_s plus
+            planning.interval_s (so that a refresh sees it before it starts). At most
+            planning.horizon_s.
+        surge_mads: A step is part of a surge above the median plus this many robust
+            standard deviations (1.4826 x MAD) of the pool's requests per second, and at
+            least 20 % above the median.
     """
 
     metric: str = "cpu"
@@ -86,6 +101,13 @@ class PoolScaling:
     lead_time_s: float = 300.0
     predictive: bool = False
     forecast_bound: str = "value"
+    predictive_limit: bool = False
+    limit_lead_s: float = 0.0
+    surge_mads: float = 3.0
+
+    def limit_lead(self, step_s: float, interval_s: float, horizon_s: float) -> float:
+        """The limit's lead time in force, seconds."""
+        return min(horizon_s, self.limit_lead_s or step_s + interval_s)
 
     def settings(self) -> ScalingSettings:
         return ScalingSettings(
@@ -118,6 +140,8 @@ class PlanningSettings:
             ``step_s`` (a day and a week by default; a compressed test cycle may be shorter);
             empty tries only the models without a season.
         pools: Per-pool scaling, by pool name; other pools scale on CPU at 70 %.
+        operations: Per-operation planning, by operation name; other operations are
+            sized from their measured load alone.
     """
 
     enabled: bool = False
@@ -128,9 +152,13 @@ class PlanningSettings:
     coverage: float = 0.8
     seasons_s: tuple[float, ...] = (DAY_S, WEEK_S)
     pools: Mapping[str, PoolScaling] = field(default_factory=dict)
+    operations: Mapping[str, OperationPlanning] = field(default_factory=dict)
 
     def scaling(self, pool: str) -> PoolScaling:
         return self.pools.get(pool) or _DEFAULT_SCALING
+
+    def operation(self, name: str) -> OperationPlanning:
+        return self.operations.get(name) or _DEFAULT_OPERATION
 
     def forecast_settings(self) -> ForecastSettings:
         return ForecastSettings(
@@ -139,6 +167,7 @@ class PlanningSettings:
 
 
 _DEFAULT_SCALING = PoolScaling()
+_DEFAULT_OPERATION = OperationPlanning()
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +244,12 @@ class Planner:
         self.plans: dict[str, PoolPlan] = {}
         self.operation_plans: dict[str, OperationPlan] = {}
         self.refreshes = 0
+        self.predictive = PredictiveLimits()
+
+    @property
+    def limit_moves(self) -> Sequence[LimitMove]:
+        """The latest predictive limit moves, oldest first (at most 100, all pools together)."""
+        return tuple(self.predictive.events)
 
     async def run(self) -> None:
         """Refreshes every interval until cancelled; a failed refresh is logged, the next tries again."""
@@ -232,9 +267,10 @@ class Planner:
     async def refresh(self) -> None:
         """Reads the history, forecasts, and recomputes every pool's recommendation."""
         now = self._wall()
+        origin = self.core.clock.monotonic()  # ``now`` in the clock operations decide by
         pools = self.core.pools()[:MAX_PLANNED_POOLS]
         operations = sorted(self.core.operations)[:MAX_PLANNED_POOLS]
-        series = await asyncio.to_thread(self._series, [p.name for p in pools], operations, now)
+        series, surges = await asyncio.to_thread(self._series, [p.name for p in pools], operations, now)
         settings = self.settings.forecast_settings()
         flat = {f"{kind}\0{name}\0{s}": v for (kind, name), by in series.items() for s, v in by.items()}
         forecasts = await asyncio.to_thread(self._forecast, flat, settings)
@@ -258,6 +294,15 @@ class Planner:
             for name in operations
             if name in self.core.operations
         }
+        # What moves ahead of the load must never cost the plans, nor one kind the other.
+        try:
+            self._look_ahead(grouped, origin)
+        except Exception:
+            log.exception("capacity planning: predictive batch sizes failed in this refresh")
+        try:
+            self._move_limits(plans, surges)
+        except Exception:
+            log.exception("capacity planning: predictive limits failed in this refresh")
         rows = [
             (
                 p.pool,
@@ -297,21 +342,62 @@ class Planner:
 
     def _series(
         self, pools: Sequence[str], operations: Sequence[str], now: float
-    ) -> dict[tuple[str, str], dict[str, list[float | None]]]:
-        """Every pool's and operation's series, from the history (in a worker thread)."""
+    ) -> tuple[dict[tuple[str, str], dict[str, list[float | None]]], dict[str, SurgeView]]:
+        """Every pool's and operation's series, from the history, and the surges of each
+        predictive-limit pool (in a worker thread)."""
         step, since = self.settings.step_s, max(0.0, now - self.settings.history_s)
         out: dict[tuple[str, str], dict[str, list[float | None]]] = {}
+        surges: dict[str, SurgeView] = {}
         for name in pools:
             rows = self.history.pool_rows(name, since, now)
-            out[("pool", name)] = {
+            by = out[("pool", name)] = {
                 s: bucket(rows, col, counter, since, now, step) for s, (col, counter) in POOL_SERIES.items()
             }
+            scaling = self.settings.scaling(name)
+            if scaling.predictive_limit:
+                try:
+                    view = surge_view(self.history, name, by["requests_per_s"], scaling.surge_mads, now, step)
+                except Exception:  # a history that cannot be read moves no limit
+                    log.warning("capacity planning: pool %s: surges not read from the history", name, exc_info=True)
+                    view = None
+                if view is not None:
+                    surges[name] = view
         for name in operations:
             rows = self.history.operation_rows(name, since, now)
             out[("operation", name)] = {
                 s: bucket(rows, col, counter, since, now, step) for s, (col, counter) in OPERATION_SERIES.items()
             }
-        return out
+        return out, surges
+
+    def _look_ahead(self, grouped: Mapping[tuple[str, str], Mapping[str, Forecast]], origin: float) -> None:
+        """Gives each predictive operation the outlook of its load score's forecast, at
+        ``origin`` (monotonic: the forecasts' origin); None without a model."""
+        step, horizon = self.settings.step_s, self.settings.horizon_s
+        for name, operation in list(self.core.operations.items()):
+            planning = self.settings.operation(name)
+            if not planning.predictive:
+                if operation.outlook is not None:
+                    operation.look_ahead(None)
+                continue
+            lead = planning.lead(operation.settings.cooldown_ms, step, horizon)
+            result = grouped.get(("operation", name), {}).get("load_score")
+            operation.look_ahead(outlook(result, planning, lead, origin))
+
+    def _move_limits(self, plans: Mapping[str, PoolPlan], surges: Mapping[str, SurgeView]) -> None:
+        """Moves predictive-limit pools' limits ahead of forecast surges; waiters get the room."""
+        s = self.settings
+        watched = []
+        for name, plan in plans.items():
+            pool = self.core.find_pool(name)
+            if not plan.scaling.predictive_limit or pool is None:
+                continue
+            watched.append(name)
+            lead = plan.scaling.limit_lead(s.step_s, s.interval_s, s.horizon_s)
+            demand = plan.forecasts.get("requests_per_s")
+            mono, wall = self.clock.monotonic(), self._wall()
+            if self.predictive.consider(name, pool.slots, surges.get(name), demand, lead, mono=mono, wall=wall):
+                self.core.admission.dispatch(pool.slots)
+        self.predictive.forget(watched)
 
     def _recommend(
         self,

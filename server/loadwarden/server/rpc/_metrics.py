@@ -318,7 +318,8 @@ class ServerMetrics:
     def observe_planner(self, planner: Planner) -> None:
         """Registers the capacity planner's gauges: each pool's recommended servers by rule
         (``desired``, the answer; ``reactive``, the HPA rule; ``predictive``, for the forecast
-        peak) and the forecast peak of each series within the pool's lead time, by bound."""
+        peak) and the forecast peak of each series within the pool's lead time, by bound;
+        and the counter of predictive moves (batch sizes and limits moved ahead of a forecast)."""
         ref = weakref.ref(planner)
 
         def desired(options: CallbackOptions) -> Iterable[Observation]:
@@ -359,6 +360,30 @@ class ServerMetrics:
             [peaks],
             description="Forecast peak of a pool series within the pool's lead time, by bound (point, lower, "
             "upper): requests_per_s, in_flight, cpu (in servers), latency_ms",
+        )
+
+        def moves(options: CallbackOptions) -> Iterable[Observation]:
+            held = ref()
+            if held is None:
+                return []
+            # Both labels on every point (the empty one is the other kind's), as the exporter renders them.
+            out = [
+                Observation(n, {"kind": "limit", "pool": pool, "operation": ""})
+                for pool, n in held.predictive.moves_total().items()
+            ]
+            for name, operation in list(held.core.operations.items()):
+                if held.settings.operation(name).predictive:
+                    labels = {"kind": "batch_size", "pool": "", "operation": name}
+                    out.append(Observation(operation.forecast_adjustments_total, labels))
+            return out
+
+        self._meter.create_observable_counter(
+            "loadwarden.predictive.moves",
+            [moves],
+            unit="{move}",
+            description="Moves made ahead of a forecast, by kind: batch_size (per predictive operation, pool "
+            "empty: batch size changes sized from its forecast load) and limit (per predictive-limit pool, "
+            "operation empty: its adaptive limit raised to where the last surge settled)",
         )
 
     # --- RPC handler time ---------------------------------------------------------------
