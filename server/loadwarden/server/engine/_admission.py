@@ -48,7 +48,9 @@ from loadwarden.policy import (
     InvalidArgument,
     NotFound,
     PoolSettings,
+    RateLimit,
     RateLimiter,
+    RateTaken,
     ResourceExhausted,
     Unavailable,
 )
@@ -64,6 +66,9 @@ MAX_RETRY_AFTER_S = 60.0
 DEADLINE_MARGIN_S = 0.05
 # Stale entries a heap (wait queue, lease expiry) may hold beyond twice its live ones before it is rebuilt.
 QUEUE_SLACK = 64
+# Rate limits with names of their own (take_named_rate) kept at most; the least recently used
+# is forgotten past it, and its buckets come back full.
+MAX_NAMED_RATES = 10_000
 
 
 class Denial(enum.Enum):
@@ -287,6 +292,8 @@ class Admission:
         # created again under the name takes it over, so those leases keep counting.
         self._closed: dict[str, SlotPool] = {}
         self.reclaimed_total = 0
+        # name -> (its rate, keys tracked, its buckets), least recently used first (take_named_rate).
+        self._named_rates: OrderedDict[str, tuple[RateLimit, int, RateLimiter]] = OrderedDict()
 
     # --- acquire ---------------------------------------------------------------------
 
@@ -468,6 +475,39 @@ class Admission:
             waiter.gone = True
             slots.waiting -= 1
             waiter.future.set_result(self._grant(slots, waiter.request, now, waiter.enqueued_at))
+
+    # --- rate buckets for Envoy's rate-limit service (mesh/): AcquireSlot's, and named ones ---
+
+    async def take_pool_rate(self, slots: SlotPool, client_key: str, owner: str, tokens: int) -> RateTaken | None:
+        """Takes ``tokens`` from the buckets an AcquireSlot of ``owner`` with ``client_key`` in
+        ``slots``' pool spends from: one count for both. None when the pool has no rate limit.
+
+        Raises:
+            Unavailable: the buckets cannot be reached (a shared admission's store).
+        """
+        if slots.rate is None:
+            return None
+        return slots.rate.take(client_key, self._clock.monotonic(), owner or None, tokens)
+
+    async def take_named_rate(
+        self, name: str, limit: RateLimit, key: str, tokens: int, max_keys: int
+    ) -> RateTaken | None:
+        """Takes ``tokens`` from bucket ``key`` of the rate limit called ``name``: a token bucket
+        per key at ``limit`` (at most ``max_keys`` keys, least recently used forgotten), made on
+        first use and made again when ``limit`` or ``max_keys`` changes. At most
+        MAX_NAMED_RATES names are kept. None only from a shared admission whose store is
+        unreachable with rate limits failing open.
+
+        Raises:
+            Unavailable: the buckets cannot be reached (a shared admission's store).
+        """
+        entry = self._named_rates.get(name)
+        if entry is None or entry[:2] != (limit, max_keys):
+            if entry is None and len(self._named_rates) >= MAX_NAMED_RATES:
+                self._named_rates.popitem(last=False)
+            entry = self._named_rates[name] = (limit, max_keys, RateLimiter(limit, max_keys=max_keys))
+        self._named_rates.move_to_end(name)
+        return entry[2].take(key, self._clock.monotonic(), None, tokens)
 
     # --- renew / release / expire ----------------------------------------------------
 

@@ -48,6 +48,7 @@ from loadwarden.policy import (
     NotFound,
     PoolSettings,
     RateLimit,
+    RateTaken,
     ResourceExhausted,
     Unavailable,
 )
@@ -410,23 +411,84 @@ class SharedAdmission(Admission):
         return Granted(lease, now - enqueued_at)
 
     async def _spend_rate(self, slots: SlotPool, request: SlotRequest) -> None:
-        settings = slots.settings
+        keys, args = self._pool_buckets(request.pool, slots.settings, request.owner, request.client_key)
+        taken = await self._take_rate(keys, args, 1)
+        if taken.wait_s > 0:
+            raise rate_refusal(slots, request, taken.wait_s)
+
+    def _pool_buckets(
+        self, pool: str, settings: PoolSettings, owner: str, client_key: str
+    ) -> tuple[list[str], list[Any]]:
+        """The keys of the buckets an AcquireSlot of ``owner`` with ``client_key`` in ``pool``
+        passes, and each one's count, per ms and burst (the RATE script's arguments)."""
         rate = settings.rate_limit
         assert rate is not None
-        pool = request.pool
-        if request.owner:
+        if owner:
             identity = settings.identity_rate_limit or rate
-            keys = [self._redis.key(f"rate:{pool}:i:{request.owner}")]
-            args: list[Any] = [self._now_ms(), identity.count, round(identity.per_s * 1000), identity.burst]
-            if request.client_key:
-                keys.append(self._redis.key(f"rate:{pool}:k:{request.owner}:{request.client_key}"))
+            keys = [self._redis.key(f"rate:{pool}:i:{owner}")]
+            args: list[Any] = [identity.count, round(identity.per_s * 1000), identity.burst]
+            if client_key:
+                keys.append(self._redis.key(f"rate:{pool}:k:{owner}:{client_key}"))
                 args += [rate.count, round(rate.per_s * 1000), rate.burst]
         else:
-            keys = [self._redis.key(f"rate:{pool}:a:{request.client_key}")]
-            args = [self._now_ms(), rate.count, round(rate.per_s * 1000), rate.burst]
-        wait_ms = int(await self._call_keys(self._redis.rate, keys, args))
-        if wait_ms > 0:
-            raise rate_refusal(slots, request, wait_ms / 1000.0)
+            keys = [self._redis.key(f"rate:{pool}:a:{client_key}")]
+            args = [rate.count, round(rate.per_s * 1000), rate.burst]
+        return keys, args
+
+    async def _take_rate(self, keys: list[str], args: list[Any], tokens: int) -> RateTaken:
+        wait_ms, left, full_ms = await self._call_keys(self._redis.rate, keys, [self._now_ms(), tokens, *args])
+        wait_s = math.inf if int(wait_ms) < 0 else int(wait_ms) / 1000.0
+        return RateTaken(wait_s, int(left), int(full_ms) / 1000.0)
+
+    async def take_pool_rate(self, slots: SlotPool, client_key: str, owner: str, tokens: int) -> RateTaken | None:
+        """``Admission.take_pool_rate`` over the buckets in Redis (the ones ``_spend_rate`` spends
+        from); with Redis unreachable, as ``outage.rate_limit`` says: UNAVAILABLE, no limit
+        (None), or this replica's share of the limit."""
+        settings = slots.settings
+        if settings.rate_limit is None:
+            return None
+        if not self.down:
+            try:
+                keys, args = self._pool_buckets(settings.name, settings, owner, client_key)
+                return await self._take_rate(keys, args, tokens)
+            except StoreUnavailable as exc:
+                self.went_down(exc)
+        if not self._rates_alone():
+            return None
+        alone = self._alone_slots(slots, self.outage.admission, LOCAL)
+        return await self._fallback.take_pool_rate(alone, client_key, owner, tokens)
+
+    async def take_named_rate(
+        self, name: str, limit: RateLimit, key: str, tokens: int, max_keys: int
+    ) -> RateTaken | None:
+        """``Admission.take_named_rate`` over a bucket in Redis (``P named:<name>:<key>``, which
+        expires once full again: ``max_keys`` bounds only the outage fallback); with Redis
+        unreachable, as ``take_pool_rate``."""
+        if not self.down:
+            try:
+                bucket = self._redis.key(f"named:{name}:{key}")
+                return await self._take_rate([bucket], [limit.count, round(limit.per_s * 1000), limit.burst], tokens)
+            except StoreUnavailable as exc:
+                self.went_down(exc)
+        if not self._rates_alone():
+            return None
+        replicas = self.outage.replicas
+        share = RateLimit(max(1, limit.count // replicas), limit.per_s, max(1, limit.burst // replicas))
+        return await super().take_named_rate(name, share, key, tokens, max_keys)
+
+    def _rates_alone(self) -> bool:
+        """While Redis is unreachable: whether rate limits are this replica's share (``local``)
+        rather than off (``fail_open``).
+
+        Raises:
+            StoreUnavailable: they fail closed.
+        """
+        if self.outage.rate_limit == FAIL_CLOSED:
+            raise StoreUnavailable(
+                "rate limits cannot be checked while the shared state store is unreachable "
+                "(state.rate_limit_on_failure = fail_closed)"
+            )
+        return self.outage.rate_limit == LOCAL
 
     def dispatch(self, slots: SlotPool) -> None:
         """Tries this replica's waiters of ``slots`` again, in the background (one run per pool at a time)."""

@@ -17,6 +17,8 @@ that every key lands in one slot):
 * ``P requests``  hash: ``owner US pool US request id`` -> lease id (idempotency
   across replicas; an entry lives exactly as long as its lease)
 * ``P rate:<scope>`` hash ``{t: tokens, c: counted at ms}``, expiring once full again
+  (a pool's buckets); ``P named:<name>:<key>`` the same for rate limits with names of
+  their own (the rate-limit service's rules)
 * ``P limit:<pool>`` an adaptive limit's shared value; ``P limit-owner:<pool>`` the replica
   that computes it (a key with a TTL, renewed by its holder)
 
@@ -195,18 +197,22 @@ return reclaim(ARGV[1], ARGV[1] .. 'expiry', now_ms(ARGV[2]), tonumber(ARGV[3]),
 """
 )
 
-# KEYS: the caller's bucket, then a client key's bucket (optional). ARGV: now_ms, then per
-# bucket: count, per ms, burst. Takes one token from every bucket if each holds one.
-# Returns 0 when taken, else the ms until they will all hold one (> 0).
+# KEYS: the caller's bucket, then a client key's bucket (optional). ARGV: now_ms, tokens, then
+# per bucket: count, per ms, burst. Takes ``tokens`` from every bucket if each holds them (0
+# takes none and asks for one: a check). Returns {wait, left, full}: wait 0 when taken, else
+# the ms until they will all hold them (> 0; -1 never: more than a bucket's burst); left the
+# whole tokens in the emptiest bucket after the take; full the ms until all are full again.
 RATE = r"""
 local now
 if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
   local t = redis.call('TIME'); now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local wait = 0
+local take = tonumber(ARGV[2])
+local need = math.max(1, take)
+local wait, never = 0, false
 local state = {}
 for i, key in ipairs(KEYS) do
-  local count, per, burst = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  local count, per, burst = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2])
   local saved = redis.call('HMGET', key, 't', 'c')
   local tokens, counted = tonumber(saved[1]), tonumber(saved[2])
   if tokens == nil then tokens, counted = burst, now end
@@ -214,20 +220,30 @@ for i, key in ipairs(KEYS) do
     tokens = math.min(burst, tokens + (now - counted) * count / per)
     counted = now
   end
-  if tokens < 1 - 1e-9 then
-    wait = math.max(wait, math.ceil((1 - tokens) * per / count))
+  if tokens < need - 1e-9 then
+    if need > burst + 1e-9 then never = true end
+    wait = math.max(wait, math.ceil((need - tokens) * per / count))
   end
   state[i] = {tokens, counted, count, per, burst}
 end
-if wait > 0 then return wait end
-for i, key in ipairs(KEYS) do
-  local s = state[i]
-  local left = math.max(0, s[1] - 1)
-  redis.call('HSET', key, 't', tostring(left), 'c', tostring(s[2]))
-  -- Once full again the bucket is the same as none: let it go.
-  redis.call('PEXPIRE', key, math.max(1, math.ceil((s[5] - left) * s[4] / s[3])))
+if never then wait = -1 end
+if wait == 0 and take > 0 then
+  for i, key in ipairs(KEYS) do
+    local s = state[i]
+    s[1] = math.max(0, s[1] - take)
+    redis.call('HSET', key, 't', tostring(s[1]), 'c', tostring(s[2]))
+    -- Once full again the bucket is the same as none: let it go.
+    redis.call('PEXPIRE', key, math.max(1, math.ceil((s[5] - s[1]) * s[4] / s[3])))
+  end
 end
-return 0
+local left, full = nil, 0
+for i = 1, #state do
+  local s = state[i]
+  local whole = math.floor(s[1] + 1e-9)
+  if left == nil or whole < left then left = whole end
+  full = math.max(full, math.ceil((s[5] - s[1]) * s[4] / s[3]))
+end
+return {wait, left, full}
 """
 
 # KEYS: the owner key. ARGV: replica, ttl ms. Takes the key when free, renews it when held by
