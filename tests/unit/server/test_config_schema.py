@@ -85,7 +85,8 @@ def test_every_key_is_described(schema: dict[str, Any]) -> None:
                 undescribed.append(f"{name}.{key}")
     assert not undescribed
     assert set(schema["properties"]) == {
-        *("service", "limits", "state", "monitor", "admin", "tls", "auth", "logging", "planning", "pools", "operations")
+        *("service", "limits", "state", "monitor", "admin", "tls", "auth", "logging", "planning", "xds"),
+        *("pools", "operations", "rls"),
     }
 
 

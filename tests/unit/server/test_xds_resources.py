@@ -242,11 +242,19 @@ def test_public_names() -> None:
         "AdsServer",
         "EndpointView",
         "PoolView",
+        "RLS_SERVICE",
+        "RateLimitService",
         "Refused",
+        "RlsDescriptor",
+        "RlsDomain",
+        "RlsRateLimit",
+        "RlsSettings",
         "XdsSettings",
         "check_bearer",
         "new_xds_token",
+        "parse_rls",
         "pool_view",
+        "protoset",
     ]
 
 

@@ -65,6 +65,7 @@ from ..engine._health_checks import HealthCheckSettings
 from ..engine._planner import PlanningSettings, PoolScaling
 from ..engine._predictive import OperationPlanning
 from ..fields import first_problem
+from ..mesh import XdsSettings, parse_rls
 from ..rpc._auth import AuthSettings
 from ..rpc._tls import TlsSettings
 from ..shared import REDIS_KEYS, parse_redis
@@ -254,6 +255,8 @@ def parse_config(raw: Mapping[str, Any]) -> ServiceConfig:
         state=StateSettings(store=store, path=state["path"], save_interval_ms=state["save_interval_ms"], redis=redis),
         logging=LoggingSettings(**file["logging"]),
         planning=_planning(file["planning"], file["admin"], limits),
+        xds=XdsSettings(**file["xds"]),
+        rls=parse_rls(file["rls"]),
     )
 
 

@@ -40,6 +40,7 @@ from ..engine._health_checks import PROTOCOLS, HealthCheckSettings
 from ..engine._planner import FORECAST_BOUNDS, METRICS, PlanningSettings, PoolScaling
 from ..engine._predictive import OperationPlanning
 from ..fields import SCHEMA_DIALECT, Checked, Choice, Count, Flag, Number, Table, problem, table_of
+from ..mesh import XdsSettings
 from ..rpc._auth import AuthSettings
 from ..rpc._tls import TlsSettings
 from ..shared import FAILURE_MODES, REDIS_KEYS, RedisSettings, host_port
@@ -428,6 +429,20 @@ PLANNING_TABLE = table_of(
     },
 )
 
+XDS_TABLE = table_of(
+    "Xds",
+    {
+        XdsSettings: {
+            "enabled": Flag,
+            "listen": _string("must be a host:port string, got {got}", _NUL),
+            "push_interval_ms": _count(10, 1_000),
+            "max_streams": _count(1, 100_000),
+            "max_streams_per_caller": _count(1, 100_000),
+        }
+    },
+    "The xDS (ADS) server: each pool a Listener, Route, Cluster and endpoints for xds:///<pool> clients.",
+)
+
 # --- the file --------------------------------------------------------------------------
 
 _TABLES_BY_SECTION: dict[str, tuple[type[Table], str]] = {
@@ -440,9 +455,10 @@ _TABLES_BY_SECTION: dict[str, tuple[type[Table], str]] = {
     "auth": (AUTH_TABLE, "The data plane's client tokens (off by default)."),
     "logging": (LOGGING_TABLE, "The loadwarden command's log format."),
     "planning": (PLANNING_TABLE, "Capacity planning: load forecasts and scaling recommendations (off by default)."),
+    "xds": (XDS_TABLE, "The xDS (ADS) server for proxyless gRPC and Envoy (off by default)."),
 }
 _TABLES = Annotated[dict[str, Any], Checked(_tables, type="object")]
-SECTIONS = frozenset({*_TABLES_BY_SECTION, "pools", "operations"})
+SECTIONS = frozenset({*_TABLES_BY_SECTION, "pools", "operations", "rls"})
 
 
 def _file(title: str, pools: Any, operations: Any) -> type[Table]:
@@ -451,6 +467,14 @@ def _file(title: str, pools: Any, operations: Any) -> type[Table]:
     }
     fields["pools"] = (pools, Field(default={}, description="Pools to create at start, by name."))
     fields["operations"] = (operations, Field(default={}, description="Batch operations to register at start."))
+    fields["rls"] = (
+        _TABLES,
+        Field(
+            default={},
+            description="Envoy's rate-limit service (envoy.service.ratelimit.v3), off by default: domains and "
+            "nested descriptors in envoyproxy/ratelimit's shape (README: From Envoy and proxyless gRPC).",
+        ),
+    )
     model: type[Table] = create_model(title, __base__=Table, **fields)
     return model
 

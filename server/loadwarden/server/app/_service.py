@@ -38,6 +38,7 @@ from ..engine._core import AdmissionFactory, CoreLimits, DecisionCore, DecisionL
 from ..engine._health_checks import HealthChecker, PoolChecks
 from ..engine._loadmonitor import HostMonitor
 from ..engine._planner import Planner
+from ..mesh import ADS_SERVICE, RLS_SERVICE, AdsServer, RateLimitService
 from ..rpc._auth import Callers, auth_interceptors
 from ..rpc._convert import load_status
 from ..rpc._metrics import ServerMetrics
@@ -88,6 +89,7 @@ class RunningService:
     _stack: contextlib.AsyncExitStack  # undoes the start, last started first
     _grace: list[float | None]  # the grace `stop` was given, read by the gRPC server's stop
     planner: Planner | None = None  # capacity planning; None when [planning] is off
+    xds_port: int | None = None  # the xDS server's own port; None when off or on the service's port
 
     @property
     def target(self) -> str:
@@ -240,9 +242,23 @@ async def start_service(
         planner = _planner(stack, config, core, history, clock or SystemClock())
         # DecisionService and AdminService; undecodable requests get INVALID_ARGUMENT.
         add_to_server(server, core, callers, catalog, planner)
+        ads = AdsServer(config.xds, tokens=client_tokens, core=core) if config.xds.enabled else None
+        if ads is not None and not config.xds.listen:
+            server.add_generic_rpc_handlers(ads.handlers())  # ADS on the service's own port
+        if config.rls.enabled:
+            rls = RateLimitService(
+                config.rls,
+                client_tokens,
+                core=core,
+                certificates=config.tls.require_client_cert,
+                meter_provider=metrics_setup.meter_provider if metrics_setup is not None else None,
+            )
+            server.add_generic_rpc_handlers(rls.handlers())
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
+        on_port: tuple[str, ...] = (ADS_SERVICE,) if ads is not None and not config.xds.listen else ()
+        on_port += (RLS_SERVICE,) if config.rls.enabled else ()
+        enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME, *on_port), server)
         if extra_handlers:
             server.add_generic_rpc_handlers(tuple(extra_handlers))
 
@@ -258,6 +274,11 @@ async def start_service(
         grace: list[float | None] = [None]  # a failed start stops at once; `stop` sets its own grace
         stack.push_async_callback(lambda: server.stop(grace[0]))  # what releases the port
         readiness = _readiness(config, core, shared, health_servicer, clock or SystemClock())
+        xds_port = None
+        if ads is not None:
+            stack.push_async_callback(ads.stop, 0)
+            if config.xds.listen:
+                xds_port = await ads.serve(credentials=tls.grpc_credentials() if tls else None)
         admin_port = await _start_admin(stack, config, core, metrics_setup, tls, readiness, history, planner)
         await health_servicer.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await readiness.check_now()  # SERVING, unless a dependency fails already
@@ -303,7 +324,18 @@ async def start_service(
             open_files,
         )
         running = RunningService(
-            server, core, health_servicer, host, port, persister, admin_port, readiness, stack.pop_all(), grace, planner
+            server,
+            core,
+            health_servicer,
+            host,
+            port,
+            persister,
+            admin_port,
+            readiness,
+            stack.pop_all(),
+            grace,
+            planner,
+            xds_port,
         )
     return running
 

@@ -15,6 +15,7 @@ from .._errors import ConfigError
 from ..engine._core import CoreLimits
 from ..engine._health_checks import HealthCheckSettings
 from ..engine._planner import PlanningSettings
+from ..mesh import RlsSettings, XdsSettings
 from ..rpc._auth import AuthSettings
 from ..rpc._tls import TlsSettings
 from ..shared import RedisSettings
@@ -158,6 +159,8 @@ class ServiceConfig:
         auth: The data plane's client token (off by default).
         logging: The ``loadwarden`` command's log format.
         planning: Capacity planning (off by default).
+        xds: The xDS (ADS) server (off by default).
+        rls: Envoy's rate-limit service (off by default).
     """
 
     listen: str = DEFAULT_LISTEN
@@ -175,6 +178,8 @@ class ServiceConfig:
     auth: AuthSettings = field(default_factory=AuthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     planning: PlanningSettings = field(default_factory=PlanningSettings)
+    xds: XdsSettings = field(default_factory=XdsSettings)
+    rls: RlsSettings = field(default_factory=RlsSettings)
 
     def __post_init__(self) -> None:
         check_listen(self.listen)
