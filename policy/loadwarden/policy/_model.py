@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._probes import Probed, ProbeRecord
 
@@ -41,13 +41,24 @@ class ServerSpec:
 
 @dataclass(frozen=True, slots=True)
 class LoadSample:
-    """One load report: percentages 0-100, latency in ms, error rate 0-1."""
+    """One load report: percentages 0-100, latency in ms, error rate 0-1.
+
+    The rest is what an ORCA load report carries beyond those, each 0 (or empty) when
+    the backend did not say: ``application_utilization`` a fraction of its capacity
+    (1 = full, may exceed 1), ``requests_per_second`` and ``errors_per_second`` over
+    the backend's recent window, ``named_metrics`` in the backend's own units (a
+    bounded, validated mapping; never mutated once stored).
+    """
 
     cpu_percent: float
     memory_percent: float
     active_requests: int
     mean_latency_ms: float
     error_rate: float
+    application_utilization: float = 0.0
+    requests_per_second: float = 0.0
+    errors_per_second: float = 0.0
+    named_metrics: Mapping[str, float] = field(default_factory=dict, hash=False)
 
 
 # Weight of the newest outcome in the per-server latency and error-rate EWMAs.

@@ -178,6 +178,10 @@ def load_report_to_proto(report: LoadReport) -> _common.LoadReport:
         active_requests=report.active_requests,
         mean_latency_ms=report.mean_latency_ms,
         error_rate=report.error_rate,
+        application_utilization=report.application_utilization,
+        requests_per_second=report.requests_per_second,
+        errors_per_second=report.errors_per_second,
+        named_metrics=report.named_metrics,
     )
 
 
@@ -190,6 +194,10 @@ def load_report_from_proto(message: _common.LoadReport) -> LoadReport:
         active_requests=message.active_requests,
         mean_latency_ms=message.mean_latency_ms,
         error_rate=message.error_rate,
+        application_utilization=message.application_utilization,
+        requests_per_second=message.requests_per_second,
+        errors_per_second=message.errors_per_second,
+        named_metrics=dict(message.named_metrics),
     )
 
 

@@ -11,6 +11,9 @@ from datetime import datetime
 MAX_BATCH_SIZE = 1_000_000
 # Longest batch duration the contract allows, milliseconds (one day).
 MAX_DURATION_MS = 86_400_000
+# LoadReport.named_metrics: entries at most, and characters of a name at most.
+MAX_NAMED_METRICS = 32
+NAMED_METRIC_MAX_LEN = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,14 @@ class LoadReport:
         active_requests: Requests the server is processing right now, count.
         mean_latency_ms: Mean request latency over the server's recent window, milliseconds.
         error_rate: Share of failed requests over the server's recent window, 0-1.
+        application_utilization: How much of its capacity the application says it uses
+            (ORCA's application_utilization), a fraction: 1 = full, 0-100 (above 1 past its
+            own soft limit); 0 means not reported.
+        requests_per_second: Requests finished per second over the server's recent window,
+            any result (ORCA's rps_fractional), requests/s.
+        errors_per_second: Requests failed per second over the same window (ORCA's eps), errors/s.
+        named_metrics: Backend-defined metrics by name (ORCA's named_metrics), in the
+            backend's own units; at most 32, each name 1-64 characters from [A-Za-z0-9._:@/-].
     """
 
     pool: str
@@ -134,6 +145,10 @@ class LoadReport:
     active_requests: int = 0
     mean_latency_ms: float = 0.0
     error_rate: float = 0.0
+    application_utilization: float = 0.0
+    requests_per_second: float = 0.0
+    errors_per_second: float = 0.0
+    named_metrics: Mapping[str, float] = field(default_factory=dict, hash=False)
 
 
 class ServerState(enum.Enum):

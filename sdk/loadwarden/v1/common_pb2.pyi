@@ -88,7 +88,14 @@ class ServerSpec(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("pool", "server_id", "cpu_percent", "memory_percent", "active_requests", "mean_latency_ms", "error_rate")
+    __slots__ = ("pool", "server_id", "cpu_percent", "memory_percent", "active_requests", "mean_latency_ms", "error_rate", "application_utilization", "requests_per_second", "errors_per_second", "named_metrics")
+    class NamedMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     POOL_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +103,10 @@ class LoadReport(_message.Message):
     ACTIVE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     MEAN_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    APPLICATION_UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    NAMED_METRICS_FIELD_NUMBER: _ClassVar[int]
     pool: str
     server_id: str
     cpu_percent: float
@@ -103,7 +114,11 @@ class LoadReport(_message.Message):
     active_requests: int
     mean_latency_ms: float
     error_rate: float
-    def __init__(self, pool: _Optional[str] = ..., server_id: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., active_requests: _Optional[int] = ..., mean_latency_ms: _Optional[float] = ..., error_rate: _Optional[float] = ...) -> None: ...
+    application_utilization: float
+    requests_per_second: float
+    errors_per_second: float
+    named_metrics: _containers.ScalarMap[str, float]
+    def __init__(self, pool: _Optional[str] = ..., server_id: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., active_requests: _Optional[int] = ..., mean_latency_ms: _Optional[float] = ..., error_rate: _Optional[float] = ..., application_utilization: _Optional[float] = ..., requests_per_second: _Optional[float] = ..., errors_per_second: _Optional[float] = ..., named_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class PoolConfig(_message.Message):
     __slots__ = ("name", "strategy", "strategy_params", "load_report_ttl_ms", "require_load_report", "max_concurrency", "max_queue_length", "max_wait_ms", "lease_ttl_ms", "limit_algorithm", "limit_params", "rate_limit", "rate_burst", "servers", "outlier_detection", "slow_start_ms", "rate_limit_keys", "max_lease_ttl_ms", "identity_rate_limit", "identity_rate_burst", "rate_limit_keys_per_identity")

@@ -9,6 +9,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from loadwarden.policy import (
+    NAME_CHARS,
     Backend,
     BatchAnswer,
     Health,
@@ -28,6 +29,7 @@ from loadwarden.policy import (
     parse_operation,
     parse_pool,
     parse_server,
+    shown,
 )
 from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
@@ -35,6 +37,13 @@ from loadwarden.v1 import decision_pb2 as _pb
 from ..engine._admission import Answer, Denial, Granted, Lease, SlotRequest
 from ..engine._core import BatchReportIn, DecisionCore, LoadReportIn, OutcomeReport
 from ..engine._loadmonitor import HostMonitor
+from ..engine._orca import (
+    MAX_APPLICATION_UTILIZATION,
+    MAX_NAMED_METRICS,
+    MAX_RATE,
+    NAMED_METRIC_MAX_LEN,
+    NAMED_METRIC_PATTERN,
+)
 
 MAX_BATCH = 1_000
 MAX_EXCLUDE = 64
@@ -182,6 +191,12 @@ def load_reports(entries: Any) -> list[LoadReportIn]:
             active_requests=check_count(r.active_requests, f"{where}.active_requests", 0, MAX_ACTIVE_REQUESTS),
             mean_latency_ms=check_range(r.mean_latency_ms, f"{where}.mean_latency_ms", 0.0, MAX_LATENCY_MS),
             error_rate=check_range(r.error_rate, f"{where}.error_rate", 0.0, 1.0),
+            application_utilization=check_range(
+                r.application_utilization, f"{where}.application_utilization", 0.0, MAX_APPLICATION_UTILIZATION
+            ),
+            requests_per_second=check_range(r.requests_per_second, f"{where}.requests_per_second", 0.0, MAX_RATE),
+            errors_per_second=check_range(r.errors_per_second, f"{where}.errors_per_second", 0.0, MAX_RATE),
+            named_metrics=_named_metrics(r.named_metrics, f"{where}.named_metrics"),
         )
         out.append(
             LoadReportIn(
@@ -190,6 +205,21 @@ def load_reports(entries: Any) -> list[LoadReportIn]:
                 sample=sample,
             )
         )
+    return out
+
+
+def _named_metrics(values: Any, field: str) -> dict[str, float]:
+    if len(values) > MAX_NAMED_METRICS:
+        raise InvalidArgument(field, f"at most {MAX_NAMED_METRICS} entries, got {len(values)}")
+    out = {}
+    for name, value in sorted(values.items()):
+        if not NAMED_METRIC_PATTERN.fullmatch(name):
+            raise InvalidArgument(
+                field, f"names are 1-{NAMED_METRIC_MAX_LEN} characters from {NAME_CHARS}, got {shown(name)}"
+            )
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{field}[{shown(name)}]", f"must be a finite number, got {value!r}")
+        out[name] = value
     return out
 
 
@@ -234,6 +264,10 @@ def load_report(load: LoadSample, pool: str = "", server_id: str = "") -> _commo
         active_requests=load.active_requests,
         mean_latency_ms=load.mean_latency_ms,
         error_rate=load.error_rate,
+        application_utilization=load.application_utilization,
+        requests_per_second=load.requests_per_second,
+        errors_per_second=load.errors_per_second,
+        named_metrics=load.named_metrics,
     )
 
 
