@@ -1,9 +1,11 @@
 """Pushing a backend's own load to the Decision service, from inside the backend.
 
-`RequestTracker` folds the backend's requests into in-flight, latency and error
-figures; `BackendReporter` samples the host, builds one `LoadReport` and pushes it
+`RequestTracker` folds the backend's requests into in-flight, latency, error and
+rate figures; `BackendReporter` samples the host, builds one `LoadReport` and pushes it
 every interval from a daemon thread (`Client`) or an asyncio task (`AsyncClient`).
-A failed push is logged and counted, never raised into the backend.
+A failed push is logged and counted, never raised into the backend. The same report
+is what `loadwarden.sdk.orca` serves over ORCA; `CallMetrics` holds what one RPC's
+handler adds to its own ORCA trailer.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import functools
 import inspect
 import logging
 import math
+import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
@@ -28,7 +32,7 @@ from loadwarden.sdk._async.client import AsyncClient
 from loadwarden.sdk._convert import MAX_LATENCY_MS
 from loadwarden.sdk._errors import LoadwardenError
 from loadwarden.sdk._sync.client import Client
-from loadwarden.sdk._types import LoadReport
+from loadwarden.sdk._types import MAX_NAMED_METRICS, NAMED_METRIC_MAX_LEN, LoadReport
 
 _log = logging.getLogger("loadwarden.sdk")
 
@@ -36,6 +40,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Largest active-request count the contract accepts, count.
 MAX_ACTIVE_REQUESTS = 1_000_000
+
+# Largest application utilisation the contract accepts, a fraction of capacity (100 times over it).
+MAX_APPLICATION_UTILIZATION = 100.0
+# Largest request or error rate the contract accepts, per second.
+MAX_RATE = 1e9
+# A named metric's name: the contract's name characters, 1-64 of them.
+NAMED_METRIC_PATTERN = re.compile(f"[A-Za-z0-9._:@/-]{{1,{NAMED_METRIC_MAX_LEN}}}")
+# Names loadwarden itself sends in ORCA's named_metrics (see loadwarden.sdk.orca).
+RESERVED_METRIC_PREFIX = "loadwarden."
+# Each rate window is measured from marks this fraction of it apart.
+_RATE_MARKS = 10
 
 # Host sample: (CPU utilisation, memory utilisation), both percent 0-100.
 Sampler = Callable[[], tuple[float, float]]
@@ -105,25 +120,44 @@ class Tracked:
 
 
 class RequestTracker:
-    """In-flight count, latency EWMA and failure EWMA of a backend's requests. Thread-safe.
+    """In-flight count, latency EWMA, failure EWMA and rates of a backend's requests. Thread-safe.
 
     Both EWMAs take the first finished request's value as is, then move by
     `weight * (sample - ewma)`, as the service folds outcomes.
 
+    The rates (finished and failed requests per second, gRPC's qps and eps) are
+    counted from the newest mark at least `rate_window_s` old up to now, or from
+    the tracker's start while it is younger (over at least one mark's span). Marks
+    are taken `rate_window_s / 10` apart, when a request ends or the rates are read,
+    so at most a dozen are kept.
+
     Args:
         latency_ewma_weight: Weight of each new latency, 0 < w <= 1.
         error_ewma_weight: Weight of each new success (0) or failure (1), 0 < w <= 1.
+        clock: Monotonic clock the rates are measured with, seconds.
+        rate_window_s: Span the rates are averaged over, seconds, > 0.
     """
 
-    def __init__(self, latency_ewma_weight: float, error_ewma_weight: float) -> None:
+    def __init__(
+        self,
+        latency_ewma_weight: float,
+        error_ewma_weight: float,
+        clock: Callable[[], float] = time.monotonic,
+        rate_window_s: float = 10.0,
+    ) -> None:
         self._latency_weight = latency_ewma_weight
         self._error_weight = error_ewma_weight
+        self._clock = clock
+        self._window_s = rate_window_s
         self._lock = threading.Lock()
         self._in_flight = 0
         self._external_in_flight: int | None = None  # set_in_flight's count, reported in place of _in_flight
         self._finished = 0
+        self._failed = 0
         self._latency_ms = 0.0
         self._error_rate = 0.0
+        # (when, finished, failed): the counts at each mark, oldest first.
+        self._marks: deque[tuple[float, int, int]] = deque([(clock(), 0, 0)])
 
     def begin(self) -> None:
         with self._lock:
@@ -153,6 +187,16 @@ class RequestTracker:
             self._latency_ms += self._latency_weight * (latency_ms - self._latency_ms)
             self._error_rate += self._error_weight * (failure - self._error_rate)
         self._finished += 1
+        self._failed += int(failed)
+        self._mark(self._clock())
+
+    def _mark(self, now: float) -> None:
+        # Under the lock. A mark once a step; the newest one at least a window old stays the base.
+        marks = self._marks
+        if now - marks[-1][0] >= self._window_s / _RATE_MARKS:
+            marks.append((now, self._finished, self._failed))
+        while len(marks) > 1 and now - marks[1][0] >= self._window_s:
+            marks.popleft()
 
     def abandon(self) -> None:
         """Ends a request that was cancelled: it leaves in-flight and is not folded in."""
@@ -165,18 +209,129 @@ class RequestTracker:
             in_flight = self._in_flight if self._external_in_flight is None else self._external_in_flight
             return in_flight, self._latency_ms, self._error_rate
 
+    def rates(self) -> tuple[float, float]:
+        """(finished requests per second, failed requests per second) over the window."""
+        with self._lock:
+            now = self._clock()
+            self._mark(now)
+            since, finished, failed = self._marks[0]
+            span_s = max(now - since, self._window_s / _RATE_MARKS)  # a young tracker's few requests are no burst
+            return (self._finished - finished) / span_s, (self._failed - failed) / span_s
+
+
+class CallMetrics:
+    """What one RPC's handler records for its own ORCA trailer (gRFC A51's per-call recorder).
+
+    Get the running call's with `loadwarden.sdk.orca.call_metrics()`. Each value
+    recorded replaces the one recorded before under its name; a value recorded here
+    wins over the reporter's own for this call's trailer. Outside a call that
+    `OrcaInterceptor` / `AsyncOrcaInterceptor` reports, the recorder is one nobody
+    reads. Each map holds at most 32 names (1-64 characters from [A-Za-z0-9._:@/-]).
+
+    Raises (every method):
+        ValueError: The name or value is not one ORCA can carry; the message names it.
+    """
+
+    __slots__ = ("application_utilization", "cpu_utilization", "named_metrics", "request_cost", "utilization")
+
+    def __init__(self) -> None:
+        self.request_cost: dict[str, float] = {}
+        self.utilization: dict[str, float] = {}
+        self.named_metrics: dict[str, float] = {}
+        self.cpu_utilization: float | None = None
+        self.application_utilization: float | None = None
+
+    def recorded(self) -> bool:
+        """Whether anything was recorded."""
+        return bool(
+            self.request_cost
+            or self.utilization
+            or self.named_metrics
+            or self.cpu_utilization is not None
+            or self.application_utilization is not None
+        )
+
+    def record_request_cost(self, name: str, value: float) -> None:
+        """What this request cost, in the backend's own unit (e.g. bytes read), finite."""
+        _put(self.request_cost, "request_cost", name, _finite(value, "value"))
+
+    def record_utilization(self, name: str, value: float) -> None:
+        """A named resource's utilisation as this call saw it, a fraction 0-1."""
+        _put(self.utilization, "utilization", name, _ranged(value, "value", 1.0))
+
+    def record_named_metric(self, name: str, value: float) -> None:
+        """An opaque backend metric for this call, finite."""
+        _put(self.named_metrics, "named_metrics", name, _finite(value, "value"))
+
+    def record_cpu_utilization(self, value: float) -> None:
+        """CPU utilisation as this call saw it, a fraction of the host's CPUs, 0-1."""
+        self.cpu_utilization = _ranged(value, "cpu_utilization", 1.0)
+
+    def record_application_utilization(self, value: float) -> None:
+        """Application utilisation as this call saw it, a fraction of capacity, 0-100."""
+        self.application_utilization = _ranged(value, "application_utilization", MAX_APPLICATION_UTILIZATION)
+
+
+_current_call: contextvars.ContextVar[CallMetrics | None] = contextvars.ContextVar("loadwarden_orca_call", default=None)
+
+
+def current_call() -> CallMetrics:
+    """The running RPC's recorder; a fresh one nobody reads outside a reported call."""
+    return _current_call.get() or CallMetrics()
+
+
+@contextlib.contextmanager
+def recording_call() -> Iterator[CallMetrics]:
+    """Makes a new recorder the running call's for the block."""
+    metrics = CallMetrics()
+    token = _current_call.set(metrics)
+    try:
+        yield metrics
+    finally:
+        with contextlib.suppress(ValueError):  # a generator closed from another context keeps it: harmless
+            _current_call.reset(token)
+
+
+def _finite(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _ranged(value: float, name: str, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= high:
+        raise ValueError(f"{name} must be a number in [0, {high:g}], got {value!r}")
+    return float(value)
+
+
+def check_metric_name(name: str, what: str) -> str:
+    """Returns `name` when the contract takes it as a metric name; ValueError naming `what` otherwise."""
+    if not isinstance(name, str) or not NAMED_METRIC_PATTERN.fullmatch(name):
+        raise ValueError(f"{what}: a name is 1-{NAMED_METRIC_MAX_LEN} characters from [A-Za-z0-9._:@/-], got {name!r}")
+    return name
+
+
+def _put(values: dict[str, float], what: str, name: str, value: float) -> None:
+    check_metric_name(name, what)
+    if name not in values and len(values) >= MAX_NAMED_METRICS:
+        raise ValueError(f"{what}: at most {MAX_NAMED_METRICS} names; {name!r} would be one more")
+    values[name] = value
+
 
 class BackendReporter:
     """Runs in a backend and pushes its load to the service every `interval_s`.
 
     Each report carries the host's CPU and memory utilisation (`sampler`; with
     `cpu="process"`, this process's own CPU instead of the host's), the requests in
-    flight, and EWMAs of their latency and failures, fed by `track`, `track_async`
-    or the `tracked` decorator, or from outside: `set_in_flight` with the backend's
-    own in-flight count, `observe` with each request it timed itself. The first report is pushed on
-    `start`. A push that fails (e.g. the service is restarting) is logged once per
-    outage (then at debug) and counted; reporting resumes on the next interval
-    once the service answers again. Nothing is ever raised into the backend.
+    flight, EWMAs of their latency and failures, and finished and failed requests per
+    second over `rate_window_s`, fed by `track`, `track_async` or the `tracked`
+    decorator, or from outside: `set_in_flight` with the backend's own in-flight
+    count, `observe` with each request it timed itself. The backend may add its own
+    application utilisation and named metrics (`set_application_utilization`,
+    `set_named_metric`). The first report is pushed on `start`. A push that fails
+    (e.g. the service is restarting) is logged once per outage (then at debug) and
+    counted; reporting resumes on the next interval once the service answers again.
+    Nothing is ever raised into the backend.
 
     With a `Client`, reports are pushed from a daemon thread; with an
     `AsyncClient`, from a task on the event loop running when `start` is called.
@@ -184,6 +339,12 @@ class BackendReporter:
     Pushes go through the client's `report_loads`. The client sends ReportLoad
     without a circuit breaker or retries: the reporter's interval is the retry, so
     reports resume on the first interval after the service is back.
+
+    The same numbers can be served over ORCA, to gRPC clients balancing with
+    `weighted_round_robin` and to a loadwarden service that ingests ORCA: see
+    `loadwarden.sdk.orca` (`add_orca_service` for the out-of-band stream,
+    `AsyncOrcaInterceptor` for per-call trailers). With `client=None` nothing is
+    pushed and ORCA is the only way out.
 
     Example:
         reporter = BackendReporter(Client(), "api", "s1")
@@ -195,7 +356,8 @@ class BackendReporter:
             serve_forever()
 
     Args:
-        client: Client to push with; the caller keeps ownership and closes it.
+        client: Client to push with; the caller keeps ownership and closes it. None
+            pushes nothing (`start` does nothing): the reports are served over ORCA only.
         pool: Pool the backend belongs to.
         server_id: The backend's server id within `pool`.
         interval_s: Time between two pushes, seconds, > 0.
@@ -205,8 +367,9 @@ class BackendReporter:
         cpu: Whose CPU the reports carry, when `sampler` is None: "host" (the whole
             host's, `PsutilSampler`) or "process" (this process's, as a share of all
             the host's CPUs, `ProcessSampler`: for a backend that shares its host).
-        clock: Monotonic clock that schedules the pushes, seconds.
+        clock: Monotonic clock that schedules the pushes and measures the rates, seconds.
         perf_counter: High-resolution clock that times requests, seconds.
+        rate_window_s: Span the requests and errors per second are averaged over, seconds, > 0.
 
     Raises:
         ValueError: An argument is out of range or of the wrong kind; the message names it.
@@ -214,7 +377,7 @@ class BackendReporter:
 
     def __init__(
         self,
-        client: Client | AsyncClient,
+        client: Client | AsyncClient | None,
         pool: str,
         server_id: str,
         *,
@@ -225,9 +388,10 @@ class BackendReporter:
         clock: Callable[[], float] = time.monotonic,
         perf_counter: Callable[[], float] = time.perf_counter,
         cpu: str = "host",
+        rate_window_s: float = 10.0,
     ) -> None:
-        if not isinstance(client, Client | AsyncClient):
-            raise ValueError(f"client must be a loadwarden Client or AsyncClient, got {client!r}")
+        if client is not None and not isinstance(client, Client | AsyncClient):
+            raise ValueError(f"client must be a loadwarden Client, AsyncClient or None, got {client!r}")
         for name, value in (("pool", pool), ("server_id", server_id)):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
@@ -245,6 +409,12 @@ class BackendReporter:
         for name, fn in (("clock", clock), ("perf_counter", perf_counter)):
             if not callable(fn):
                 raise ValueError(f"{name} must be a callable returning seconds, got {fn!r}")
+        if (
+            isinstance(rate_window_s, bool)
+            or not isinstance(rate_window_s, int | float)
+            or not 0 < rate_window_s < math.inf
+        ):
+            raise ValueError(f"rate_window_s must be a positive number of seconds, got {rate_window_s!r}")
         self._client = client
         self._async = isinstance(client, AsyncClient)
         self.pool = pool
@@ -255,7 +425,13 @@ class BackendReporter:
         self._sampler = sampler
         self._clock = clock
         self._perf_counter = perf_counter
-        self._requests = RequestTracker(latency_ewma_weight, error_ewma_weight)
+        self._requests = RequestTracker(latency_ewma_weight, error_ewma_weight, clock, float(rate_window_s))
+        self._sample_lock = threading.Lock()
+        self._sample: tuple[float, float] | None = None  # the last host sample, taken at _sampled_at
+        self._sampled_at = 0.0
+        self._application_utilization = 0.0
+        self._metrics_lock = threading.Lock()
+        self._named_metrics: dict[str, float] = {}  # under _metrics_lock
         self._stats_lock = threading.Lock()
         self._pushed = 0
         self._failed = 0
@@ -345,16 +521,55 @@ class BackendReporter:
             raise ValueError(f"ok must be True or False, got {ok!r}")
         self._requests.observe(latency_s * 1000.0, failed=not ok)
 
+    def set_application_utilization(self, value: float | None) -> None:
+        """Sets the application utilisation the reports carry (ORCA's application_utilization).
+
+        A fraction of what the backend can take, as the backend itself measures it (a
+        queue's fill, the busier of CPU and memory, a GPU's share): 1 is full, above 1
+        is past its own soft limit. gRPC's `weighted_round_robin` weighs it in place of
+        the CPU utilisation when it is above 0. None (or 0) stops reporting it.
+
+        Raises:
+            ValueError: `value` is not None or a number in [0, 100].
+        """
+        self._application_utilization = 0.0 if value is None else _ranged(value, "value", MAX_APPLICATION_UTILIZATION)
+
+    def set_named_metric(self, name: str, value: float | None) -> None:
+        """Sets (or, with None, removes) one backend-defined metric the reports carry (ORCA's named_metrics).
+
+        At most 32 names, each 1-64 characters from [A-Za-z0-9._:@/-]; names starting
+        with "loadwarden." are loadwarden's own. The value is in the backend's own unit.
+
+        Raises:
+            ValueError: The name breaks those rules, would be the 33rd, or the value is not finite.
+        """
+        check_metric_name(name, "name")
+        if name.startswith(RESERVED_METRIC_PREFIX):
+            raise ValueError(f"name: names starting with {RESERVED_METRIC_PREFIX!r} are loadwarden's, got {name!r}")
+        with self._metrics_lock:
+            if value is None:
+                self._named_metrics.pop(name, None)
+            else:
+                _put(self._named_metrics, "named metrics", name, _finite(value, "value"))
+
     # -- reporting ----------------------------------------------------------
 
-    def current_report(self) -> LoadReport:
+    def current_report(self, *, max_sample_age_s: float = 0.0) -> LoadReport:
         """The report a push would send now, values clamped into the contract's ranges.
+
+        Args:
+            max_sample_age_s: Reuse the last host sample when it is at most this old, seconds
+                (ORCA's per-call trailers and streams read it far more often than the host
+                needs sampling); 0 always samples afresh, as a push does.
 
         Raises:
             Exception: Whatever the sampler raises.
         """
-        cpu_percent, memory_percent = self._sampler()
+        cpu_percent, memory_percent = self._host_sample(max_sample_age_s)
         in_flight, latency_ms, error_rate = self._requests.snapshot()
+        requests_per_second, errors_per_second = self._requests.rates()
+        with self._metrics_lock:
+            named: Mapping[str, float] = dict(self._named_metrics)
         return LoadReport(
             pool=self.pool,
             server_id=self.server_id,
@@ -363,7 +578,18 @@ class BackendReporter:
             active_requests=min(max(0, in_flight), MAX_ACTIVE_REQUESTS),
             mean_latency_ms=_clamp(latency_ms, 0.0, float(MAX_LATENCY_MS)),
             error_rate=_clamp(error_rate, 0.0, 1.0),
+            application_utilization=self._application_utilization,
+            requests_per_second=_clamp(requests_per_second, 0.0, MAX_RATE),
+            errors_per_second=_clamp(errors_per_second, 0.0, MAX_RATE),
+            named_metrics=named,
         )
+
+    def _host_sample(self, max_age_s: float) -> tuple[float, float]:
+        with self._sample_lock:  # one sampler call at a time: psutil measures CPU since its previous call
+            now = self._clock()
+            if self._sample is None or max_age_s <= 0 or now - self._sampled_at > max_age_s:
+                self._sample, self._sampled_at = self._sampler(), now
+            return self._sample
 
     def report_now(self) -> bool:
         """Pushes one report now with a `Client`; True when the service accepted it.
@@ -410,10 +636,12 @@ class BackendReporter:
     def start(self) -> None:
         """Starts pushing: a daemon thread, or a task on the running loop with an `AsyncClient`. Idempotent.
 
+        Without a client there is nothing to push, and nothing starts.
+
         Raises:
             RuntimeError: With an `AsyncClient` and no running event loop.
         """
-        if self.running and not self._stop.is_set():
+        if self._client is None or (self.running and not self._stop.is_set()):
             return
         self._stop.clear()
         if self._async:
@@ -474,6 +702,8 @@ class BackendReporter:
 
     def _push_timeout_s(self) -> float:
         # A report older than its interval is superseded: it never waits longer than that.
+        if self._client is None:
+            return self.interval_s
         return min(self.interval_s, self._client._options.timeout_s)  # noqa: SLF001 - the SDK's own client; options are not public
 
     def _next_push_at(self, previous: float) -> float:

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from xds.data.orca.v3 import orca_load_report_pb2 as orca_pb  # type: ignore[import-untyped]  # xds-protos: no stubs
 
+import loadwarden.sdk.orca as sdk_orca
 from loadwarden.policy import InvalidArgument, LoadSample
+from loadwarden.sdk import _types as sdk_types
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
 from loadwarden.server.engine import _orca
 from loadwarden.server.engine._orca import (
@@ -222,6 +224,19 @@ def test_report_load_refuses_what_the_contract_does_not_allow(
     with pytest.raises(InvalidArgument) as raised:
         _convert.load_reports(request.reports)
     assert raised.value.field == field and problem in raised.value.problem
+
+
+def test_the_sdk_and_the_service_agree_on_names_and_bounds() -> None:
+    assert (
+        sdk_orca.ACTIVE_REQUESTS_METRIC,
+        sdk_orca.MEAN_LATENCY_METRIC,
+        sdk_orca.ERROR_RATE_METRIC,
+    ) == _orca.OWN_METRICS
+    assert sdk_orca.STREAM_CORE_METRICS == _orca.STREAM_CORE_METRICS
+    assert (sdk_types.MAX_NAMED_METRICS, sdk_types.NAMED_METRIC_MAX_LEN) == (
+        _orca.MAX_NAMED_METRICS,
+        _orca.NAMED_METRIC_MAX_LEN,
+    )
 
 
 def test_a_load_sample_with_named_metrics_still_hashes() -> None:
