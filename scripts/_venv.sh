@@ -14,3 +14,12 @@ fi
 spec="."
 [ -n "${1:-}" ] && spec=".[$1]"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
+# xds-protos (the mesh extra) ships a stale copy of opentelemetry-proto's modules
+# (grpc/grpc#42926); whichever is installed last owns those files. Put opentelemetry-proto's
+# own back, so the OTLP exporters import.
+if .venv/bin/python -m pip show --quiet xds-protos >/dev/null 2>&1; then
+  otel=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))' 2>/dev/null || true)
+  if [ -n "$otel" ] && ! .venv/bin/python -c 'from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope' 2>/dev/null; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "opentelemetry-proto==$otel"
+  fi
+fi

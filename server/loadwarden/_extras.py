@@ -22,7 +22,6 @@ SERVER_NEEDS = (
     ("prometheus-client", "prometheus_client"),
     ("aiohttp", "aiohttp"),
     ("pydantic", "pydantic"),
-    ("xds-protos", "envoy.service.discovery.v3"),
 )
 
 

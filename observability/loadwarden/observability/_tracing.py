@@ -24,11 +24,12 @@ environment, where the OpenTelemetry SDK reads them itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Literal, TypedDict
 
 from opentelemetry import trace
@@ -161,6 +162,22 @@ def _exporter_names(exporter: str | None, environ: Mapping[str, str]) -> list[st
     return list(dict.fromkeys(names))
 
 
+@contextlib.contextmanager
+def _otlp_importable() -> Iterator[None]:
+    """Names the known cause when the OTLP exporter cannot import its protos: xds-protos (the
+    mesh extra) installed after opentelemetry-proto overwrote its modules with stale ones."""
+    try:
+        yield
+    except ImportError as exc:
+        if "InstrumentationScope" not in str(exc):
+            raise
+        raise ImportError(
+            "the OTLP exporter cannot import opentelemetry-proto's modules: xds-protos (the mesh extra) "
+            "ships a stale copy of them (grpc/grpc#42926) and was installed after it; reinstall it: "
+            "pip install --force-reinstall --no-deps opentelemetry-proto"
+        ) from exc
+
+
 def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()
@@ -170,11 +187,13 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
     traces_endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     endpoint = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+        with _otlp_importable():
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
         return GrpcExporter(endpoint=traces_endpoint or endpoint or None)
     if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+        with _otlp_importable():
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
         if not traces_endpoint and endpoint:
             traces_endpoint = endpoint.rstrip("/") + "/v1/traces"

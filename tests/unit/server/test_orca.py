@@ -15,7 +15,7 @@ import loadwarden.sdk.orca as sdk_orca
 from loadwarden.policy import InvalidArgument, LoadSample
 from loadwarden.sdk import _types as sdk_types
 from loadwarden.server import CoreLimits, DecisionCore, ManualClock, PoolSettings, ServerSpec
-from loadwarden.server.engine import _orca
+from loadwarden.server.engine import _orca, _orca_limits
 from loadwarden.server.engine._orca import (
     BadReport,
     OrcaIngester,
@@ -234,8 +234,8 @@ def test_the_sdk_and_the_service_agree_on_names_and_bounds() -> None:
     ) == _orca.OWN_METRICS
     assert sdk_orca.STREAM_CORE_METRICS == _orca.STREAM_CORE_METRICS
     assert (sdk_types.MAX_NAMED_METRICS, sdk_types.NAMED_METRIC_MAX_LEN) == (
-        _orca.MAX_NAMED_METRICS,
-        _orca.NAMED_METRIC_MAX_LEN,
+        _orca_limits.MAX_NAMED_METRICS,
+        _orca_limits.NAMED_METRIC_MAX_LEN,
     )
 
 

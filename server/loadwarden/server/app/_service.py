@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]  # grpcio-health-checking: no stubs, no py.typed
@@ -38,7 +38,6 @@ from ..engine._core import AdmissionFactory, CoreLimits, DecisionCore, DecisionL
 from ..engine._health_checks import HealthChecker, PoolChecks
 from ..engine._loadmonitor import HostMonitor
 from ..engine._planner import Planner
-from ..mesh import ADS_SERVICE, RLS_SERVICE, AdsServer, RateLimitService
 from ..rpc._auth import Callers, auth_interceptors
 from ..rpc._convert import load_status
 from ..rpc._metrics import ServerMetrics
@@ -242,11 +241,15 @@ async def start_service(
         planner = _planner(stack, config, core, history, clock or SystemClock())
         # DecisionService and AdminService; undecodable requests get INVALID_ARGUMENT.
         add_to_server(server, core, callers, catalog, planner)
-        ads = AdsServer(config.xds, tokens=client_tokens, core=core) if config.xds.enabled else None
+        ads = (
+            _mesh("AdsServer", "xds.enabled")(config.xds, tokens=client_tokens, core=core)
+            if config.xds.enabled
+            else None
+        )
         if ads is not None and not config.xds.listen:
             server.add_generic_rpc_handlers(ads.handlers())  # ADS on the service's own port
         if config.rls.enabled:
-            rls = RateLimitService(
+            rls = _mesh("RateLimitService", "rls.enabled")(
                 config.rls,
                 client_tokens,
                 core=core,
@@ -256,8 +259,8 @@ async def start_service(
             server.add_generic_rpc_handlers(rls.handlers())
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        on_port: tuple[str, ...] = (ADS_SERVICE,) if ads is not None and not config.xds.listen else ()
-        on_port += (RLS_SERVICE,) if config.rls.enabled else ()
+        on_port: tuple[str, ...] = (_mesh("ADS_SERVICE", ""),) if ads is not None and not config.xds.listen else ()
+        on_port += (_mesh("RLS_SERVICE", ""),) if config.rls.enabled else ()
         enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME, *on_port), server)
         if extra_handlers:
             server.add_generic_rpc_handlers(tuple(extra_handlers))
@@ -501,6 +504,17 @@ def _add_port(server: grpc.aio.Server, listen: str, host: str, tls: TlsMaterial 
             listen,
         )
     return server.add_insecure_port(listen)
+
+
+def _mesh(name: str, key: str) -> Any:
+    """A name of loadwarden.server.mesh, imported now: only a service with [xds] or [rls] on
+    loads xds-protos (the mesh extra). Its absence is a ConfigError naming ``key``."""
+    from .. import mesh
+
+    try:
+        return getattr(mesh, name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(key or "xds.enabled", str(exc)) from None
 
 
 def _snapshot_json(core: DecisionCore) -> dict[str, object]:

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import math
 import random
-import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,6 @@ from xds.data.orca.v3 import orca_load_report_pb2  # type: ignore[import-untyped
 from xds.service.orca.v3 import orca_pb2  # type: ignore[import-untyped]  # xds-protos: no stubs, no py.typed
 
 from loadwarden.policy import (
-    NAME_CHARS,
     InvalidArgument,
     LoadReportIn,
     LoadSample,
@@ -46,17 +44,21 @@ from loadwarden.policy import (
     shown,
 )
 
+from ._orca_limits import (
+    MAX_APPLICATION_UTILIZATION,
+    MAX_NAMED_METRICS,
+    MAX_RATE,
+    NAMED_METRIC_PATTERN,
+)
+
 log = logging.getLogger("loadwarden.server")
+
 
 SERVICE = "xds.service.orca.v3.OpenRcaService"
 STREAM_CORE_METRICS = f"/{SERVICE}/StreamCoreMetrics"
 
 # The contract's bounds on LoadReport's ORCA fields (common.proto); ReportLoad checks them too.
-MAX_NAMED_METRICS = 32
-NAMED_METRIC_MAX_LEN = 64
-NAMED_METRIC_PATTERN = re.compile(f"{NAME_CHARS}{{1,{NAMED_METRIC_MAX_LEN}}}")
-MAX_APPLICATION_UTILIZATION = 100.0  # a fraction of capacity: 100 times over it
-MAX_RATE = 1e9  # requests or errors per second
+
 MAX_LATENCY_MS = 86_400_000.0
 MAX_ACTIVE_REQUESTS = 1_000_000
 

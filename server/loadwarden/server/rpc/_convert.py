@@ -37,7 +37,7 @@ from loadwarden.v1 import decision_pb2 as _pb
 from ..engine._admission import Answer, Denial, Granted, Lease, SlotRequest
 from ..engine._core import BatchReportIn, DecisionCore, LoadReportIn, OutcomeReport
 from ..engine._loadmonitor import HostMonitor
-from ..engine._orca import (
+from ..engine._orca_limits import (
     MAX_APPLICATION_UTILIZATION,
     MAX_NAMED_METRICS,
     MAX_RATE,
