@@ -621,3 +621,15 @@ async def _raw_call(port: int, path: str, message: bytes = b"") -> dict[str, byt
                     raise AssertionError("the server reset the stream")
     finally:
         writer.close()
+
+
+async def test_a_pool_with_orca_in_its_config_is_ingested_by_the_service_itself(
+    start: Any, channel_to: Any, backends: Any
+) -> None:
+    backend = await backends(cpu=42.0, application=0.35)
+    base = _pool([backend.address], require_load_report=True)
+    running = await start(PoolSpec(base.settings, base.servers, orca=FAST))  # what [pools.api.orca] makes
+    stub = pb_grpc.DecisionServiceStub(channel_to(running))
+    status = await wait_for(lambda: _servers(stub), lambda s: s["s0"].HasField("load"), "a report the service took")
+    assert status["s0"].load.application_utilization == pytest.approx(0.35)
+    assert status["s0"].state == common.SERVER_STATE_SERVING

@@ -76,3 +76,29 @@ def test_more_pool_tables_than_pools_may_exist_are_refused() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"limits": {"max_pools": 2}, "planning": {"pools": tables}})
     assert err.value.key == "planning.pools"
+
+
+@pytest.mark.parametrize(
+    ("orca", "key", "problem"),
+    [
+        ({"report_interval_ms": 50}, "pools.api.orca.report_interval_ms", "100"),
+        ({"report_interval_ms": 20_000}, "pools.api.orca.report_interval_ms", "load_report_ttl_ms"),
+        ({"max_backoff_ms": 10, "initial_backoff_ms": 500}, "pools.api.orca.max_backoff_ms", "initial_backoff_ms"),
+        ({"interval": 1}, "pools.api.orca.interval", "unknown key"),
+        (3, "pools.api.orca", "a table"),
+    ],
+)
+def test_bad_orca_tables_name_the_key(orca: Any, key: str, problem: str) -> None:
+    pool = {"servers": [{"id": "s1", "address": "127.0.0.1:9001"}], "orca": orca}
+    with pytest.raises(ConfigError) as err:
+        parse_config({"pools": {"api": pool}})
+    assert err.value.key == key, str(err.value)
+    assert problem in str(err.value)
+
+
+def test_an_orca_table_is_taken_and_needs_listed_servers() -> None:
+    (spec,) = parse_config({"pools": {"api": {"servers": [{"id": "s1", "address": "h:1"}], "orca": {}}}}).pools
+    assert spec.orca is not None and spec.orca.report_interval_ms == 1_000
+    with pytest.raises(ConfigError) as err:
+        parse_config({"pools": {"api": {"orca": {}}}})
+    assert err.value.key == "pools.api.orca"

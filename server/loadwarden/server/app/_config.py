@@ -62,6 +62,7 @@ from loadwarden.policy import (
 from .._errors import ConfigError
 from ..engine._core import CoreLimits
 from ..engine._health_checks import HealthCheckSettings
+from ..engine._orca_limits import OrcaSettings
 from ..engine._planner import PlanningSettings, PoolScaling
 from ..engine._predictive import OperationPlanning
 from ..fields import first_problem
@@ -282,6 +283,7 @@ def _pools(tables: Mapping[str, Any], limits: CoreLimits) -> tuple[PoolSpec, ...
             raise ConfigError(f"pools.{name}", "must be a table")
         values = dict(values)
         check = _health_check(values.pop("health_check", None), f"pools.{name}")
+        orca = _orca(values.pop("orca", None), f"pools.{name}")
         try:
             settings, servers = parse_pool(name, f"pools.{name}", values, f"pools.{name}", limits.max_servers_per_pool)
         except InvalidArgument as exc:
@@ -291,12 +293,22 @@ def _pools(tables: Mapping[str, Any], limits: CoreLimits) -> tuple[PoolSpec, ...
                 f"pools.{name}.health_check",
                 f"checks only the servers listed in pools.{name}.servers, and it lists none",
             )
-        pools.append(PoolSpec(settings, servers or (), check))
+        if orca is not None and orca.enabled and not servers:
+            raise ConfigError(
+                f"pools.{name}.orca", f"streams only from the servers listed in pools.{name}.servers, and it lists none"
+            )
+        if orca is not None and orca.report_interval_ms >= settings.load_report_ttl_ms:
+            raise ConfigError(
+                f"pools.{name}.orca.report_interval_ms",
+                f"must be below the pool's load_report_ttl_ms ({settings.load_report_ttl_ms}), or every server "
+                f"turns stale between reports; got {orca.report_interval_ms}",
+            )
+        pools.append(PoolSpec(settings, servers or (), check, orca))
     return tuple(pools)
 
 
 _UNKNOWN_KEY = "unknown key; valid keys: "
-FILE_ONLY_POOL_KEYS = ("health_check",)  # a pool's keys ConfigurePool does not take
+FILE_ONLY_POOL_KEYS = ("health_check", "orca")  # a pool's keys ConfigurePool does not take
 
 
 def _with_file_keys(exc: InvalidArgument, where: str) -> InvalidArgument:
@@ -305,6 +317,22 @@ def _with_file_keys(exc: InvalidArgument, where: str) -> InvalidArgument:
         return exc
     valid = sorted([*exc.problem.removeprefix(_UNKNOWN_KEY).split(", "), *FILE_ONLY_POOL_KEYS])
     return InvalidArgument(exc.field, _UNKNOWN_KEY + ", ".join(valid))
+
+
+def _orca(values: Any, where: str) -> OrcaSettings | None:
+    """A pool's ``orca`` table checked, or None when absent."""
+    if values is None:
+        return None
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}.orca", "must be a table")
+    valid = ("enabled", "report_interval_ms", "initial_backoff_ms", "max_backoff_ms", "max_streams")
+    for key in values:
+        if key not in valid:
+            raise ConfigError(f"{where}.orca.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
+    try:
+        return OrcaSettings(**values)
+    except InvalidArgument as exc:
+        raise ConfigError(f"{where}.orca.{exc.field}", exc.problem) from None
 
 
 def _health_check(values: Any, where: str) -> HealthCheckSettings | None:

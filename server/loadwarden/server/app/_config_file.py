@@ -37,6 +37,7 @@ from loadwarden.policy.strategies import STRATEGIES
 
 from ..engine._core import LIMIT_RANGES, CoreLimits
 from ..engine._health_checks import PROTOCOLS, HealthCheckSettings
+from ..engine._orca_limits import OrcaSettings
 from ..engine._planner import FORECAST_BOUNDS, METRICS, PlanningSettings, PoolScaling
 from ..engine._predictive import OperationPlanning
 from ..fields import SCHEMA_DIALECT, Checked, Choice, Count, Flag, Number, Table, problem, table_of
@@ -292,6 +293,19 @@ HEALTH_CHECK_TABLE = table_of(
     },
     "Active health checks of the pool's configured servers (Envoy's shape): HTTP GET or grpc.health.v1.",
 )
+ORCA_TABLE = table_of(
+    "Orca",
+    {
+        OrcaSettings: {
+            "enabled": Flag,
+            "report_interval_ms": _count(100, _TIME),
+            "initial_backoff_ms": _count(10, _TIME),
+            "max_backoff_ms": _count(10, _TIME),
+            "max_streams": _count(1, 100_000),
+        }
+    },
+    "ORCA ingestion: xds.service.orca.v3 OpenRcaService streams from the pool's configured servers.",
+)
 _PARAMS = Annotated[dict[str, Any], Checked(_tables, type="object")]
 _MS = _count(0, _TIME)
 _TTL = _count(0, 86_400_000)
@@ -329,6 +343,11 @@ POOL_TABLE = table_of(
             HEALTH_CHECK_TABLE | None,
             None,
             "Active health checks of the servers listed here (config file only: ConfigurePool cannot set them).",
+        ),
+        "orca": (
+            ORCA_TABLE | None,
+            None,
+            "ORCA load reports streamed from the servers listed here (the mesh extra; config file only).",
         ),
     },
 )

@@ -304,6 +304,9 @@ async def start_service(
         checker = _health_checker(config, core)
         if checker is not None:
             tasks.append(asyncio.create_task(checker.run(), name="loadwarden-health-checks"))
+        ingester = _orca_ingester(config, core)
+        if ingester is not None:
+            tasks.append(asyncio.create_task(ingester.run(), name="loadwarden-orca"))
         if persister is not None:
             tasks.append(asyncio.create_task(persister.run(), name="loadwarden-persister"))
         if history is not None:
@@ -515,6 +518,25 @@ def _mesh(name: str, key: str) -> Any:
         return getattr(mesh, name)
     except ModuleNotFoundError as exc:
         raise ConfigError(key or "xds.enabled", str(exc)) from None
+
+
+def _orca_ingester(config: ServiceConfig, core: DecisionCore) -> Any:
+    """The ORCA streams of the pools with ``[pools.X.orca]``, or None; imports xds-protos only then."""
+    wanted = [spec for spec in config.pools if spec.orca is not None and spec.orca.enabled]
+    if not wanted:
+        return None
+    try:
+        from ..engine._orca import OrcaIngester, PoolOrca
+    except ModuleNotFoundError as exc:
+        key = f"pools.{wanted[0].settings.name}.orca"
+        raise ConfigError(key, f"needs xds-protos (missing: {exc.name}): pip install 'loadwarden[mesh]'") from None
+    ingest = [
+        PoolOrca(spec.settings.name, spec.orca, frozenset(s.address for s in spec.servers))
+        for spec in wanted
+        if spec.orca is not None
+    ]
+    rng = random.Random(config.seed) if config.seed is not None else random.Random()
+    return OrcaIngester(core.find_pool, core.report_load, ingest, rng)
 
 
 def _snapshot_json(core: DecisionCore) -> dict[str, object]:

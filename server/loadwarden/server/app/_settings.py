@@ -14,6 +14,7 @@ from loadwarden.policy import InvalidArgument, OperationSettings, PoolSettings, 
 from .._errors import ConfigError
 from ..engine._core import CoreLimits
 from ..engine._health_checks import HealthCheckSettings
+from ..engine._orca_limits import OrcaSettings
 from ..engine._planner import PlanningSettings
 from ..mesh import RlsSettings, XdsSettings
 from ..rpc._auth import AuthSettings
@@ -27,11 +28,12 @@ ADMIN_RANGES = {"history_interval_ms": (100, 3_600_000), "history_retention_s": 
 
 @dataclass(frozen=True, slots=True)
 class PoolSpec:
-    """A pool from config: its settings, servers and active health check (None: none)."""
+    """A pool from config: its settings, servers, active health check and ORCA ingestion (None: none)."""
 
     settings: PoolSettings
     servers: tuple[ServerSpec, ...] = ()
     health_check: HealthCheckSettings | None = None
+    orca: OrcaSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
