@@ -67,7 +67,7 @@ async def planned_service(start) -> RunningService:
     def write() -> None:
         nonlocal total
         t = now - 2 * DAY_S
-        while t < now - 30.0:
+        while t + STEP_S < now - 30.0:  # every sample before the live sampler's first
             t += STEP_S
             total += round(rate(t) * STEP_S)
             members = [{"id": s, "state": "SERVER_STATE_SERVING"} for s in ("a1", "a2", "a3")]

@@ -89,9 +89,20 @@ async def test_an_outcome_sent_to_the_other_replica_is_applied_where_the_decisio
 
 async def test_a_load_report_on_one_replica_is_seen_by_the_other(replicas: Start) -> None:
     _, (a, b) = await replicas(pool())
-    report = common.LoadReport(pool="p", server_id="s1", cpu_percent=77.0, active_requests=3)
+    report = common.LoadReport(
+        pool="p",
+        server_id="s1",
+        cpu_percent=77.0,
+        active_requests=3,
+        application_utilization=0.4,  # ORCA's fields travel too
+        requests_per_second=12.5,
+        named_metrics={"queue_depth": 7.0},
+    )
     await a.ReportLoad(pb.ReportLoadRequest(reports=[report]))
-    await wait_for(lambda: servers_of(b), lambda s: s["s1"].load.cpu_percent == 77.0, "the report on b")
+    status = await wait_for(lambda: servers_of(b), lambda s: s["s1"].load.cpu_percent == 77.0, "the report on b")
+    load = status["s1"].load
+    assert (load.application_utilization, load.requests_per_second) == (0.4, 12.5)
+    assert dict(load.named_metrics) == {"queue_depth": 7.0}
 
 
 async def test_an_ejection_on_one_replica_is_an_ejection_on_the_other(replicas: Start) -> None:

@@ -27,6 +27,7 @@ hashes:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from loadwarden.policy import Adjustment, BatchAnswer, BatchReportIn, LoadReport
 from loadwarden.policy.strategies import merge_snapshots
 
 from ..engine._core import DecisionCore
+from ..engine._orca_limits import MAX_NAMED_METRICS
 from ._redis import SharedRedis, decode
 
 log = logging.getLogger("loadwarden.server")
@@ -217,10 +219,22 @@ class Peers:
         core = self._core
         assert core is not None
         reports = []
-        for pool, server, cpu, memory, active, latency, errors in body:
+        for pool, server, cpu, memory, active, latency, errors, *orca in body:
             found = core.find_pool(str(pool))
             if found is not None and str(server) in found.servers:  # a report for what this replica lacks: skipped
                 sample = LoadSample(float(cpu), float(memory), int(active), float(latency), float(errors))
+                if orca:  # ORCA's fields (a replica before them sends seven)
+                    application, rps, eps, named = orca
+                    metrics = {str(k): float(v) for k, v in dict(named).items()}
+                    if len(metrics) > MAX_NAMED_METRICS:
+                        raise ValueError(f"{len(metrics)} named metrics, at most {MAX_NAMED_METRICS}")
+                    sample = dataclasses.replace(
+                        sample,
+                        application_utilization=float(application),
+                        requests_per_second=float(rps),
+                        errors_per_second=float(eps),
+                        named_metrics=metrics,
+                    )
                 reports.append(LoadReportIn(str(pool), str(server), sample))
         if reports:
             core.report_load(reports, from_peer=True)
@@ -338,11 +352,15 @@ class Peers:
             task.cancel()
 
 
-def _sample(sample: LoadSample) -> list[float | int]:
+def _sample(sample: LoadSample) -> list[Any]:
     return [
         sample.cpu_percent,
         sample.memory_percent,
         sample.active_requests,
         sample.mean_latency_ms,
         sample.error_rate,
+        sample.application_utilization,
+        sample.requests_per_second,
+        sample.errors_per_second,
+        dict(sample.named_metrics),
     ]
