@@ -52,6 +52,7 @@ async def planned_service(start) -> RunningService:
         seasons_s=(DAY_S,),
         pools={"api": PoolScaling(metric="requests_per_s", target=10.0, predictive=True, lead_time_s=600.0)},
     )
+    now = time.time()  # the synthetic history ends before the live sampler's first sample
     running = await start(
         PoolSpec(PoolSettings(name="api"), servers("a1", "a2", "a3")),
         PoolSpec(PoolSettings(name="jobs"), servers("j1")),
@@ -61,19 +62,21 @@ async def planned_service(start) -> RunningService:
     )
     assert running.planner is not None
     history = running.planner.history
-    now = time.time()
     total = 0
 
     def write() -> None:
         nonlocal total
         t = now - 2 * DAY_S
-        while t + STEP_S < now - 30.0:  # every sample before the live sampler's first
+        while t + STEP_S <= now:
             t += STEP_S
             total += round(rate(t) * STEP_S)
             members = [{"id": s, "state": "SERVER_STATE_SERVING"} for s in ("a1", "a2", "a3")]
             history.record({"pools": [{"name": "api", "servers": members, "requests_total": str(total)}]}, at=t)
 
     await asyncio.to_thread(write)
+    # The planner reads up to the synthetic history's end, so the live sampler's samples (taken
+    # since the start, with the pool's real counter at 0) are not its newest step.
+    running.planner._wall = lambda: now
     return running
 
 
