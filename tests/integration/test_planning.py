@@ -179,7 +179,7 @@ async def test_a_killed_forecast_worker_fails_one_refresh_and_the_next_starts_an
     before = planner.refreshes
     executor = planner._executor
     assert executor is not None
-    (pid,) = [p.pid for p in executor._processes.values()]  # type: ignore[attr-defined]
+    (pid,) = [p.pid for p in executor._processes.values()]  # type: ignore[attr-defined]  # ProcessPoolExecutor internals: its worker
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(BrokenExecutor):
         await planner.refresh()

@@ -40,17 +40,10 @@ from typing import Any
 
 import grpc
 
-try:
-    from xds.data.orca.v3 import orca_load_report_pb2 as _report_pb  # type: ignore[import-untyped]  # xds-protos: no stubs, no py.typed
-    from xds.service.orca.v3 import orca_pb2 as _service_pb  # type: ignore[import-untyped]  # xds-protos: no stubs, no py.typed
-except ModuleNotFoundError as _missing:
-    raise ModuleNotFoundError(
-        "loadwarden.sdk.orca needs xds-protos (ORCA's messages), which is not installed: "
-        "pip install 'loadwarden[orca]'",
-        name=_missing.name,
-    ) from None
-
 from loadwarden.sdk._async.grpc_server import ORCA_TRAILER_KEY, AsyncOrcaInterceptor
+from loadwarden.sdk._orca_codec import ACTIVE_REQUESTS_METRIC, ERROR_RATE_METRIC, MEAN_LATENCY_METRIC, to_orca, trailer
+from loadwarden.sdk._orca_codec import report_pb as _report_pb
+from loadwarden.sdk._orca_codec import service_pb as _service_pb
 from loadwarden.sdk._reporter import BackendReporter, CallMetrics, current_call
 from loadwarden.sdk._sync.grpc_server import OrcaInterceptor
 from loadwarden.sdk._types import LoadReport
@@ -81,12 +74,6 @@ SERVICE_NAME = "xds.service.orca.v3.OpenRcaService"
 """ORCA's out-of-band service."""
 STREAM_CORE_METRICS = f"/{SERVICE_NAME}/StreamCoreMetrics"
 """Its one method, server-streaming: `OrcaLoadReportRequest` in, `OrcaLoadReport`s out."""
-ACTIVE_REQUESTS_METRIC = "loadwarden.active_requests"
-"""Named metric: requests in flight, count."""
-MEAN_LATENCY_METRIC = "loadwarden.mean_latency_ms"
-"""Named metric: EWMA of request latency, milliseconds."""
-ERROR_RATE_METRIC = "loadwarden.error_rate"
-"""Named metric: EWMA of request failures, 0-1."""
 DEFAULT_MIN_INTERVAL_S = 1.0
 """`add_orca_service`'s shortest interval between two reports of a stream, seconds."""
 DEFAULT_MAX_STREAMS = 1_000
@@ -100,44 +87,6 @@ def call_metrics() -> CallMetrics:
     recorder that nobody reads.
     """
     return current_call()
-
-
-def to_orca(report: LoadReport, call: CallMetrics | None = None) -> Any:
-    """The `xds.data.orca.v3.OrcaLoadReport` that says `report`, with `call`'s per-call values in precedence.
-
-    Percentages become fractions (`cpu_percent` 42 is `cpu_utilization` 0.42);
-    the rates go to `rps_fractional` and `eps`; the backend's named metrics are kept
-    and loadwarden's own figures added (`ACTIVE_REQUESTS_METRIC`, `MEAN_LATENCY_METRIC`,
-    `ERROR_RATE_METRIC`). `call` adds its request costs and named utilisations and
-    replaces what it recorded.
-    """
-    message = _report_pb.OrcaLoadReport(
-        cpu_utilization=report.cpu_percent / 100.0,
-        mem_utilization=report.memory_percent / 100.0,
-        application_utilization=report.application_utilization,
-        rps_fractional=report.requests_per_second,
-        eps=report.errors_per_second,
-    )
-    named = message.named_metrics
-    named.update(report.named_metrics)
-    named[ACTIVE_REQUESTS_METRIC] = float(report.active_requests)
-    named[MEAN_LATENCY_METRIC] = report.mean_latency_ms
-    named[ERROR_RATE_METRIC] = report.error_rate
-    if call is not None:
-        if call.cpu_utilization is not None:
-            message.cpu_utilization = call.cpu_utilization
-        if call.application_utilization is not None:
-            message.application_utilization = call.application_utilization
-        named.update(call.named_metrics)
-        message.utilization.update(call.utilization)
-        message.request_cost.update(call.request_cost)
-    return message
-
-
-def trailer(report: LoadReport, call: CallMetrics | None = None) -> bytes:
-    """`to_orca(report, call)` serialized: the value of the `TRAILER_KEY` trailing metadata."""
-    data: bytes = to_orca(report, call).SerializeToString()
-    return data
 
 
 def wrr_weight(report: LoadReport, error_utilization_penalty: float = 1.0) -> float:

@@ -207,7 +207,7 @@ class AsyncOrcaInterceptor(grpc.aio.ServerInterceptor):
         methods: Callable[[str], bool] | None = None,
         max_sample_age_s: float = 1.0,
     ) -> None:
-        from loadwarden.sdk import orca  # here, not at the top: xds-protos is needed only with ORCA
+        from loadwarden.sdk import _orca_codec  # here, not at the top: xds-protos is needed only with ORCA
 
         if not isinstance(reporter, BackendReporter):
             raise ValueError(f"reporter must be a BackendReporter, got {reporter!r}")
@@ -223,7 +223,7 @@ class AsyncOrcaInterceptor(grpc.aio.ServerInterceptor):
         self._track = track
         self._methods = methods
         self._max_age_s = float(max_sample_age_s)
-        self._trailer = orca.trailer
+        self._trailer = _orca_codec.trailer
         self._trailer_failed = False
         # The last trailer built with no per-call values, and when (time.monotonic()).
         self._last_trailer: tuple[bytes, float] | None = None
