@@ -1,16 +1,20 @@
-"""Hypothesis strategies for fuzzing every RPC of DecisionService and AdminService.
+"""Hypothesis strategies for fuzzing every RPC of DecisionService and AdminService, and
+the mesh's Envoy services: RateLimitService/ShouldRateLimit and
+AggregatedDiscoveryService/StreamAggregatedResources.
 
 Each strategy builds ``Call`` values: one RPC with a request message (or raw bytes
-for the undecodable-bytes fuzzing). Values mix valid ones (names of the pools,
-servers and operations the fuzz service is started with, sensible numbers), so
-the valid paths run too, with malformed ones: any unicode (NUL included), names
-of 129 to 200,000 characters, NaN and infinities, extreme integers, raw integers
-on enum fields, repeated fields far over their caps, and ids that were never
-issued. ``LEASE_REF`` / ``DECISION_REF`` stand for a lease or decision id issued
-earlier in the run; the sender swaps them for a real one.
+for the undecodable-bytes fuzzing; for ADS a ``Conversation``, the requests one
+stream carries). Values mix valid ones (names of the pools, servers, operations and
+rate-limit rules the fuzz service is started with, sensible numbers), so the valid
+paths run too, with malformed ones: any unicode (NUL included), names of 129 to
+200,000 characters, NaN and infinities, extreme integers, raw integers on enum
+fields, repeated fields far over their caps, and ids that were never issued.
+``LEASE_REF`` / ``DECISION_REF`` stand for a lease or decision id issued earlier in
+the run; the sender swaps them for a real one.
 
-Nothing here names the ``CANARY_POOL``: the fuzz test uses that pool to check
-that the service still routes after every batch.
+Nothing here names the ``CANARY_POOL`` (nor the ``canary`` rate-limit domain): the
+fuzz test uses them to check that the service still routes, limits and serves xDS
+after every batch.
 """
 
 from __future__ import annotations
@@ -20,14 +24,22 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from envoy.config.core.v3 import base_pb2 as _base  # type: ignore[import-untyped]  # xds-protos: no stubs, no py.typed
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as _ratelimit  # type: ignore[import-untyped]  # no stubs
+from envoy.service.discovery.v3 import ads_pb2 as _ads  # type: ignore[import-untyped]  # xds-protos: no stubs
+from envoy.service.discovery.v3 import discovery_pb2 as _discovery  # (mypy reports the package once, above)
+from envoy.service.ratelimit.v3 import rls_pb2 as _rls  # type: ignore[import-untyped]  # xds-protos: no stubs
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
+from google.rpc import status_pb2 as _status  # type: ignore[import-untyped]  # xds-protos' googleapis: no stubs
 from hypothesis import strategies as st
 
 from loadwarden.v1 import admin_pb2 as _admin
 from loadwarden.v1 import common_pb2 as _common
 from loadwarden.v1 import decision_pb2 as _pb
 
+DECISION = _pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+ADMIN = _admin.DESCRIPTOR.services_by_name["AdminService"].full_name
 CANARY_POOL = "canary"
 POOLS = ("api", "ml", "ghost")  # "ghost" exists only while the fuzzer has created it
 SERVERS = ("api-1", "api-2", "api-3", "ml-1", "nobody")
@@ -72,23 +84,60 @@ NAME_ALPHABET = string.ascii_letters + string.digits + "._:@/-"
 
 
 @dataclass(frozen=True)
-class Call:
-    """One RPC to send: ``/loadwarden.v1.<service>/<method>`` with ``request``.
+class Conversation:
+    """What a client says on a bidirectional stream (ADS).
 
-    ``request`` is a message, or bytes sent as they are (no serializer).
+    The sender writes ``requests`` at once. With ``ack`` it then reads one response per
+    type URL it asked for and answers each as a client that applied it would: an ACK
+    echoing its version and nonce, or (``nack``) a NACK with an error detail keeping the
+    previous version. Then it half-closes and reads until the service ends the stream,
+    or (``hold``) cancels it there, as a client that goes away does.
+    """
+
+    requests: tuple[Any, ...]  # DiscoveryRequests (xds-protos has no stubs: Any) or bytes
+    ack: bool = False
+    nack: bool = False
+    hold: bool = False
+
+    @property
+    def raw(self) -> bool:
+        return any(isinstance(request, bytes) for request in self.requests)
+
+    def __str__(self) -> str:
+        mode = "ack" if self.ack else "close"
+        mode += "+nack" if self.nack else ""
+        mode += "+hold" if self.hold else ""
+        parts = (repr(r) if isinstance(r, bytes) else "{" + str(r).replace("\n", " ") + "}" for r in self.requests)
+        return f"[{mode}] " + " | ".join(parts)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One RPC to send: ``/<service>/<method>`` with ``request``; ``service`` is the full
+    name (``loadwarden.v1.DecisionService``, ``envoy.service.ratelimit.v3.RateLimitService``).
+
+    ``request`` is a message, bytes sent as they are (no serializer), or for a
+    bidirectional stream a ``Conversation``.
     """
 
     service: str
     method: str
-    request: Message | bytes
+    request: Message | bytes | Conversation
 
     @property
     def path(self) -> str:
-        return f"/loadwarden.v1.{self.service}/{self.method}"
+        return f"/{self.service}/{self.method}"
 
     @property
     def streaming(self) -> bool:
+        """A server stream (one request, answers until the client cancels)."""
         return self.method == "WatchLoadStatus"
+
+    @property
+    def raw(self) -> bool:
+        """Bytes that are sent as they are, not a message."""
+        request = self.request
+        return isinstance(request, bytes) or (isinstance(request, Conversation) and request.raw)
 
     def describe(self, limit: int = 600) -> str:
         """A short description for a failure message (long values cut)."""
@@ -229,6 +278,12 @@ structs = st.one_of(
 )
 
 
+def blend(*strategies: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """One of ``strategies``, each as often, however many alternatives each holds (``st.one_of``
+    flattens nested ``one_of``s, so a strategy of five alternatives would weigh five)."""
+    return st.sampled_from(strategies).flatmap(lambda strategy: strategy)
+
+
 def _message(cls: type[Message], **fields: Any) -> Message:
     """``cls(**fields)`` without the fields drawn as None (unset submessages)."""
     return cls(**{k: v for k, v in fields.items() if v is not None})
@@ -239,11 +294,11 @@ def _call(service: str, method: str, cls: type[Message], **fields: st.SearchStra
 
 
 def _decision(method: str, cls: type[Message], **fields: st.SearchStrategy[Any]) -> st.SearchStrategy[Call]:
-    return _call("DecisionService", method, cls, **fields)
+    return _call(DECISION, method, cls, **fields)
 
 
 def _admin_call(method: str, cls: type[Message], **fields: st.SearchStrategy[Any]) -> st.SearchStrategy[Call]:
-    return _call("AdminService", method, cls, **fields)
+    return _call(ADMIN, method, cls, **fields)
 
 
 pools = names(POOLS)
@@ -609,7 +664,7 @@ ADMIN_CALLS: dict[str, st.SearchStrategy[Call]] = {
 
 # --- raw bytes ------------------------------------------------------------------------
 
-ALL_METHODS = tuple([("DecisionService", m) for m in DECISION_CALLS] + [("AdminService", m) for m in ADMIN_CALLS])
+ALL_METHODS = tuple([(DECISION, m) for m in DECISION_CALLS] + [(ADMIN, m) for m in ADMIN_CALLS])
 
 
 def _flip(data: bytes, position: int, value: int) -> bytes:
@@ -623,26 +678,236 @@ def _cut(data: bytes, keep: int) -> bytes:
     return data[: keep % (len(data) + 1)]
 
 
-_valid_bytes = st.one_of(*DECISION_CALLS.values(), *ADMIN_CALLS.values()).map(
-    lambda call: call.request.SerializeToString() if isinstance(call.request, Message) else call.request
+def _serialized(call: Call) -> bytes:
+    request = call.request
+    if isinstance(request, Conversation):
+        request = request.requests[0] if request.requests else b""
+    return request if isinstance(request, bytes) else request.SerializeToString()
+
+
+def garbage(calls: st.SearchStrategy[Call]) -> st.SearchStrategy[bytes]:
+    """Bytes that are mostly no message: random, ``calls``' requests with a byte changed or cut, classics."""
+    valid = calls.map(_serialized)
+    return st.one_of(
+        st.binary(max_size=256),
+        st.builds(_flip, valid, st.integers(0, 10**6), st.integers(0, 255)),
+        st.builds(_cut, valid, st.integers(0, 10**6)),
+        st.sampled_from(
+            [
+                b"\xff" * 11,  # a varint that never ends
+                b"\x0a\xff\xff\xff\xff\x0f",  # a length far beyond the message
+                b"\x08",  # a tag without its value
+                b"\x0b\x0c",  # group start/end (deprecated wire types)
+                b"\x0f",  # wire type 7: invalid
+                b"\x00",  # field number 0: invalid
+                b"\x12\x02\xc3\x28",  # a string field holding invalid UTF-8
+                b"\x0a\x03\xed\xa0\x80",  # a surrogate encoded in UTF-8
+                (b"\x5a\x02" * 2) + b"\x5a\x00" * 2,  # nested empty messages
+                b"\x1a" + b"\x80" * 9 + b"\x01",  # a 10-byte length varint
+            ]
+        ),
+    )
+
+
+raw_calls = st.builds(
+    lambda target, data: Call(target[0], target[1], data),
+    st.sampled_from(ALL_METHODS),
+    garbage(st.one_of(*DECISION_CALLS.values(), *ADMIN_CALLS.values())),
 )
-garbage = st.one_of(
-    st.binary(max_size=256),
-    st.builds(_flip, _valid_bytes, st.integers(0, 10**6), st.integers(0, 255)),
-    st.builds(_cut, _valid_bytes, st.integers(0, 10**6)),
-    st.sampled_from(
-        [
-            b"\xff" * 11,  # a varint that never ends
-            b"\x0a\xff\xff\xff\xff\x0f",  # a length far beyond the message
-            b"\x08",  # a tag without its value
-            b"\x0b\x0c",  # group start/end (deprecated wire types)
-            b"\x0f",  # wire type 7: invalid
-            b"\x00",  # field number 0: invalid
-            b"\x12\x02\xc3\x28",  # a string field holding invalid UTF-8
-            b"\x0a\x03\xed\xa0\x80",  # a surrogate encoded in UTF-8
-            (b"\x5a\x02" * 2) + b"\x5a\x00" * 2,  # nested empty messages
-            b"\x1a" + b"\x80" * 9 + b"\x01",  # a 10-byte length varint
-        ]
+
+# --- the mesh: Envoy's rate-limit service and ADS -------------------------------------------
+
+RLS = _rls.DESCRIPTOR.services_by_name["RateLimitService"].full_name
+ADS = _ads.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
+SHOULD_RATE_LIMIT = "ShouldRateLimit"
+STREAM_RESOURCES = "StreamAggregatedResources"
+# The fuzz service's [rls] domains (``canary`` is the health probe's, never named here).
+RLS_DOMAINS = ("edge", "api", "nowhere")
+RLS_KEYS = ("remote_address", "user", "client_id", "generic_key", "path", "method", "tenant", "plan")
+RLS_VALUES = ("10.0.0.1", "10.0.0.2", "u1", "c1", "c2", "free", "pro", "/api/x", "/other", "POST", "GET", "t1")
+SHADOW_RULE = ("edge", "user")  # (domain, key): the shadow-mode rule, a request descriptor of that one entry
+UNLIMITED_RULE = ("edge", "generic_key", "free")
+_Entry = _ratelimit.RateLimitDescriptor.Entry
+u64 = st.one_of(
+    st.integers(0, 2**64 - 1),
+    st.sampled_from([0, 0, 1, 2, 100, 2**31, 2**32 - 1, 2**32, 2**53 + 1, 2**63, 2**64 - 1]),
+)
+
+
+def _descriptor(
+    entries: list[tuple[str, str]], limit: Any = None, hits: int | None = None
+) -> _ratelimit.RateLimitDescriptor:
+    descriptor = _ratelimit.RateLimitDescriptor(entries=[_Entry(key=k, value=v) for k, v in entries])
+    if limit is not None:
+        descriptor.limit.CopyFrom(limit)
+    if hits is not None:
+        descriptor.hits_addend.value = hits
+    return descriptor
+
+
+def _rls_request(domain: str, descriptors: list[Any], hits: int) -> Call:
+    return Call(RLS, SHOULD_RATE_LIMIT, _rls.RateLimitRequest(domain=domain, descriptors=descriptors, hits_addend=hits))
+
+
+_entries = repeated(
+    st.tuples(st.one_of(st.just(""), names(RLS_KEYS)), st.one_of(st.just(""), names(RLS_VALUES))), huge=100
+)
+_overrides = st.one_of(
+    st.none(),
+    st.builds(
+        lambda rpu, unit: _ratelimit.RateLimitDescriptor.RateLimitOverride(requests_per_unit=rpu, unit=unit),
+        u32,
+        st.one_of(st.integers(0, 7), enum_values),  # 0 is UNKNOWN; 7 (WEEK) only in the response's enum
     ),
 )
-raw_calls = st.builds(lambda target, data: Call(target[0], target[1], data), st.sampled_from(ALL_METHODS), garbage)
+fuzzed_rls = st.builds(
+    _rls_request,
+    st.one_of(st.just(""), names(RLS_DOMAINS)),
+    repeated(
+        st.builds(_descriptor, _entries, _overrides, st.one_of(st.none(), st.none(), u64)),
+        huge=2_000,  # Envoy sends a handful; each costs the service ~25 µs, there is no cap but the 1 MiB
+    ),
+    u32,  # the request's hits_addend is a uint32, a descriptor's a UInt64Value
+)
+
+# Well-formed requests that reach the configured rules, from few values: their buckets run out.
+_edge_descriptors = st.one_of(
+    st.sampled_from(("10.0.0.1", "10.0.0.2", "10.0.0.3")).map(lambda v: [("remote_address", v)]),
+    st.sampled_from(("u1", "u2")).map(lambda v: [("user", v)]),
+    st.sampled_from(("c1", "c2", "c3")).map(lambda v: [("client_id", v)]),  # the ml pool's buckets
+    st.just([UNLIMITED_RULE[1:]]),
+    st.tuples(st.sampled_from(("/api/x", "/api/y", "/other")), st.sampled_from(("POST", "GET"))).map(
+        lambda pm: [("path", pm[0]), ("method", pm[1])]
+    ),
+    st.sampled_from(("/api/x", "/api/y")).map(lambda v: [("path", v)]),
+)
+_api_descriptors = st.one_of(
+    st.tuples(st.sampled_from(("t1", "t2")), st.sampled_from(("free", "pro"))).map(
+        lambda tp: [("tenant", tp[0]), ("plan", tp[1])]
+    ),
+    st.sampled_from(("u1", "u2")).map(lambda v: [("user", v)]),
+)
+_valid_overrides = st.one_of(
+    st.none(),
+    st.none(),
+    st.none(),
+    st.builds(
+        lambda rpu, unit: _ratelimit.RateLimitDescriptor.RateLimitOverride(requests_per_unit=rpu, unit=unit),
+        st.sampled_from([0, 3, 1_000]),
+        st.integers(1, 6),
+    ),
+)
+_valid_hits = st.one_of(st.none(), st.none(), st.none(), st.sampled_from([0, 1, 5, 250]))
+
+
+def _valid_rls(domain: str, descriptors: st.SearchStrategy[list[tuple[str, str]]]) -> st.SearchStrategy[Call]:
+    return st.builds(
+        _rls_request,
+        st.just(domain),
+        st.lists(st.builds(_descriptor, descriptors, _valid_overrides, _valid_hits), min_size=1, max_size=3),
+        st.sampled_from([0, 0, 1, 2, 5]),
+    )
+
+
+valid_rls = st.one_of(_valid_rls("edge", _edge_descriptors), _valid_rls("api", _api_descriptors))
+
+# ADS: type URLs the service serves, ones it does not, and malformed ones.
+_TYPE = "type.googleapis.com/envoy.config."
+LISTENER, ROUTE, CLUSTER, ENDPOINT = (
+    _TYPE + "listener.v3.Listener",
+    _TYPE + "route.v3.RouteConfiguration",
+    _TYPE + "cluster.v3.Cluster",
+    _TYPE + "endpoint.v3.ClusterLoadAssignment",
+)
+SERVED_TYPES = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
+type_urls = st.one_of(
+    st.sampled_from(SERVED_TYPES),
+    st.sampled_from(SERVED_TYPES),
+    st.sampled_from(
+        [
+            "",
+            "*",
+            "type.googleapis.com/",
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "type.googleapis.com/envoy.config.listener.v3.Listener ",
+            LISTENER.upper(),
+            LISTENER + "\x00",
+            "type.googleapis.com/" + "x" * 1_024,
+        ]
+    ),
+    texts,
+)
+_resource_names = names(("api", "ml", "ghost", "extra-1", "*", ""))
+_nonces = st.one_of(st.just(""), st.sampled_from(["1", "2", "3", "0", "-1", "01"]), texts)
+_nodes = st.one_of(
+    st.none(),
+    st.builds(
+        lambda **kw: _base.Node(**kw),
+        id=st.one_of(st.just(""), texts),
+        cluster=st.one_of(st.just(""), texts),
+        user_agent_name=st.one_of(st.just("grpc-python"), texts),
+        client_features=st.lists(texts, max_size=3),
+    ),
+)
+_error_details = st.one_of(
+    st.none(),
+    st.builds(lambda code, message: _status.Status(code=code, message=message), enum_values, texts),
+)
+discovery_requests = st.builds(
+    lambda **kw: _message(_discovery.DiscoveryRequest, **kw),
+    version_info=st.one_of(st.just(""), texts),
+    node=_nodes,
+    resource_names=st.one_of(
+        repeated(_resource_names, huge=100),
+        st.builds(_repeat, _resource_names, st.sampled_from([1_000, 10_000, 10_001])),  # the service's cap: 10,000
+    ),
+    resource_locators=st.lists(st.builds(lambda n: _discovery.ResourceLocator(name=n), texts), max_size=2),
+    type_url=type_urls,
+    response_nonce=_nonces,
+    error_detail=_error_details,
+)
+fuzzed_ads = st.builds(
+    lambda requests: Call(ADS, STREAM_RESOURCES, Conversation(tuple(requests))),
+    st.lists(discovery_requests, max_size=4),
+)
+
+
+def _subscriptions(subscribed: list[tuple[str, list[str]]], node: str) -> tuple[Message, ...]:
+    return tuple(
+        _discovery.DiscoveryRequest(node=_base.Node(id=node), type_url=t, resource_names=n) for t, n in subscribed
+    )
+
+
+# Well-formed: a client subscribes to some of the pools' resources (by name, "*" or the legacy
+# wildcard), then ACKs (or NACKs) what it gets, and leaves by half-closing or cancelling.
+valid_ads = st.builds(
+    lambda subscribed, node, nack, hold: Call(
+        ADS, STREAM_RESOURCES, Conversation(_subscriptions(subscribed, node), ack=True, nack=nack, hold=hold)
+    ),
+    st.lists(
+        st.tuples(
+            st.sampled_from(SERVED_TYPES),
+            st.one_of(st.lists(st.sampled_from(("api", "ml", "ghost")), max_size=3, unique=True), st.just(["*"])),
+        ),
+        min_size=1,
+        max_size=4,
+        unique_by=lambda subscription: subscription[0],
+    ),
+    st.sampled_from(("fuzz-node-1", "fuzz-node-2")),
+    st.booleans(),
+    st.booleans(),
+)
+
+# Per method: a well-formed request one time in three, a fuzzed one otherwise.
+MESH_CALLS: dict[str, st.SearchStrategy[Call]] = {
+    SHOULD_RATE_LIMIT: blend(valid_rls, fuzzed_rls, fuzzed_rls),
+    STREAM_RESOURCES: blend(valid_ads, fuzzed_ads, fuzzed_ads),
+}
+_mesh_garbage = garbage(st.one_of(*MESH_CALLS.values()))
+mesh_raw_calls = blend(
+    st.builds(lambda data: Call(RLS, SHOULD_RATE_LIMIT, data), _mesh_garbage),
+    st.builds(
+        lambda data: Call(ADS, STREAM_RESOURCES, Conversation(tuple(data))),
+        st.lists(_mesh_garbage, min_size=1, max_size=3),
+    ),
+)
