@@ -1,18 +1,51 @@
-"""The real grpcurl binary against a real ``loadwarden serve`` process (reflection, health, errors)."""
+"""The real grpcurl binary against a real ``loadwarden serve`` process (reflection, health, errors),
+and against one with the mesh on: ADS (``[xds]``) and Envoy's rate-limit service (``[rls]``)."""
 
 from __future__ import annotations
 
+import json
 import signal
+from collections.abc import Iterator
 
 import pytest
 
-from ._harness import API_SERVERS, Grpcurl, Processes, Service
+from ._harness import API_CONFIG, API_SERVERS, Grpcurl, Processes, Service
 
 pytestmark = pytest.mark.e2e
 
 DECISION = "loadwarden.v1.DecisionService"
 ADMIN = "loadwarden.v1.AdminService"
 HEALTH = "grpc.health.v1.Health"
+ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+RLS = "envoy.service.ratelimit.v3.RateLimitService"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+# Three an hour per address: no test runs long enough to get one back.
+MESH_CONFIG = (
+    API_CONFIG
+    + """
+[xds]
+enabled = true
+
+[rls]
+enabled = true
+
+[[rls.domains]]
+domain = "edge"
+
+[[rls.domains.descriptors]]
+key = "remote_address"
+rate_limit = { unit = "hour", requests_per_unit = 3 }
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def mesh_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    procs = Processes(tmp_path_factory.mktemp("mesh-service"))
+    try:
+        yield procs.serve(MESH_CONFIG)
+    finally:
+        procs.close()
 
 
 def test_list_shows_decision_admin_and_health_services(shared_service: Service, grpcurl: Grpcurl) -> None:
@@ -112,3 +145,70 @@ def test_sigterm_exits_zero_and_stops_answering(processes: Processes, grpcurl: G
     assert service.stop(signal.SIGTERM) == 0, service.process.describe()
     after = grpcurl(service.target, f"{HEALTH}/Check", max_time_s=2)
     assert after.returncode != 0, str(after)
+
+
+# --- the mesh ------------------------------------------------------------------------------------
+
+
+def test_list_shows_the_mesh_services_only_when_they_are_on(
+    mesh_service: Service, shared_service: Service, grpcurl: Grpcurl
+) -> None:
+    on = grpcurl(mesh_service.target, "list")
+    off = grpcurl(shared_service.target, "list")
+
+    assert on.returncode == 0 and off.returncode == 0, f"{on}\n{off}"
+    assert {ADS, RLS, DECISION, ADMIN, HEALTH} <= set(on.stdout.split()), str(on)
+    assert not {ADS, RLS} & set(off.stdout.split()), str(off)
+
+
+def test_describe_shows_the_mesh_services_rpcs_and_messages(mesh_service: Service, grpcurl: Grpcurl) -> None:
+    """Reflection serves xds-protos' descriptors: no .proto at hand is needed."""
+    ads = grpcurl(mesh_service.target, "describe", ADS)
+    assert ads.returncode == 0, str(ads)
+    rpc = (
+        "rpc StreamAggregatedResources ( stream .envoy.service.discovery.v3.DiscoveryRequest )"
+        " returns ( stream .envoy.service.discovery.v3.DiscoveryResponse );"
+    )
+    assert rpc in ads.stdout, str(ads)
+    method = grpcurl(mesh_service.target, "describe", f"{RLS}.ShouldRateLimit")
+    rpc = (
+        "rpc ShouldRateLimit ( .envoy.service.ratelimit.v3.RateLimitRequest )"
+        " returns ( .envoy.service.ratelimit.v3.RateLimitResponse );"
+    )
+    assert method.returncode == 0 and rpc in method.stdout, str(method)
+    message = grpcurl(mesh_service.target, "describe", "envoy.service.ratelimit.v3.RateLimitRequest")
+    assert message.returncode == 0 and "string domain = 1;" in message.stdout, str(message)
+
+
+def test_should_rate_limit_answers_ok_then_over_limit_with_the_headers(mesh_service: Service, grpcurl: Grpcurl) -> None:
+    request = {"domain": "edge", "descriptors": [{"entries": [{"key": "remote_address", "value": "10.7.7.7"}]}]}
+
+    answers = [grpcurl(mesh_service.target, f"{RLS}/ShouldRateLimit", data=request).json() for _ in range(4)]
+
+    assert [a["overall_code"] for a in answers] == ["OK", "OK", "OK", "OVER_LIMIT"], answers
+    assert [a["statuses"][0].get("limit_remaining", 0) for a in answers] == [2, 1, 0, 0], answers
+    assert answers[3]["statuses"][0]["current_limit"] == {"requests_per_unit": 3, "unit": "HOUR"}, answers
+    headers = {h["key"]: h["value"] for h in answers[3]["response_headers_to_add"]}
+    assert headers == {"x-ratelimit-limit": "3", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "3600"}, answers
+    other = {"domain": "edge", "descriptors": [{"entries": [{"key": "remote_address", "value": "10.7.7.8"}]}]}
+    assert grpcurl(mesh_service.target, f"{RLS}/ShouldRateLimit", data=other).json()["overall_code"] == "OK"
+
+
+def test_should_rate_limit_refuses_an_empty_domain_naming_it(mesh_service: Service, grpcurl: Grpcurl) -> None:
+    result = grpcurl(mesh_service.target, f"{RLS}/ShouldRateLimit", data={"descriptors": [{"entries": []}]})
+
+    assert result.code == "InvalidArgument", str(result)
+    assert "domain" in result.message, str(result)
+
+
+def test_stream_aggregated_resources_answers_a_subscription(mesh_service: Service, grpcurl: Grpcurl) -> None:
+    """grpcurl sends the one request, half-closes and prints the answer (the Listener, its
+    Any resolved over reflection); the service then ends the stream."""
+    request = {"type_url": LISTENER, "resource_names": ["api"], "node": {"id": "grpcurl"}}
+
+    result = grpcurl(mesh_service.target, f"{ADS}/StreamAggregatedResources", data=request)
+
+    assert result.returncode == 0, str(result)
+    answer = json.loads(result.stdout)
+    assert answer["type_url"] == LISTENER and answer["nonce"] and answer["version_info"], answer
+    assert [(r["@type"], r["name"]) for r in answer["resources"]] == [(LISTENER, "api")], answer
