@@ -28,6 +28,8 @@ from ..rpc._servicer import _handlers, _rpc
 from ._rls_config import UNIT_SECONDS, RlsSettings
 from ._rls_limiter import RESULTS, Descriptor, RlsLimiter, RlsStats, Verdict
 
+MAX_DESCRIPTORS = 1_000  # descriptors in one ShouldRateLimit, as the DecisionService's batches
+MAX_ENTRIES = 64  # entries in one descriptor (Envoy sends one per rate_limits action)
 SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"]
 SERVICE_NAME: str = SERVICE.full_name
 _Code = rls_pb2.RateLimitResponse.Code
@@ -40,8 +42,19 @@ def descriptors_of(request: Any) -> list[Descriptor]:
     ``hits_addend`` when set, even 0; else the request's, 0 meaning 1).
 
     Raises:
-        InvalidArgument: a ``limit`` override with no unit.
+        InvalidArgument: a ``limit`` override with no unit; more than MAX_DESCRIPTORS
+            descriptors or MAX_ENTRIES entries in one (each costs event-loop time, and a
+            request within the message size cap could carry tens of thousands).
     """
+    if len(request.descriptors) > MAX_DESCRIPTORS:
+        raise InvalidArgument(
+            "descriptors", f"has {len(request.descriptors)} descriptors; at most {MAX_DESCRIPTORS} in one request"
+        )
+    for index, raw in enumerate(request.descriptors):
+        if len(raw.entries) > MAX_ENTRIES:
+            raise InvalidArgument(
+                f"descriptors[{index}].entries", f"has {len(raw.entries)} entries; at most {MAX_ENTRIES}"
+            )
     default_hits = max(1, int(request.hits_addend))
     found = []
     for index, raw in enumerate(request.descriptors):
