@@ -457,7 +457,7 @@ def test_the_launcher_runs_the_command_itself() -> None:
     assert argv[-2:] == ["echo", "hi"] and argv[3] == "123"
 
 
-@pytest.mark.parametrize("name", ["overload", "batch-ramp"])
+@pytest.mark.parametrize("name", ["overload", "batch-ramp", "batch-surges"])
 def test_the_shipped_scenarios_give_valid_service_configs_for_every_strategy(name: str) -> None:
     from loadwarden.backend_sim import load_scenario
     from loadwarden.backend_sim._evaluate import check_batch
@@ -473,7 +473,9 @@ def test_the_shipped_scenarios_give_valid_service_configs_for_every_strategy(nam
             assert pool.settings.limit_algorithm == strategy
         else:
             [operation] = parsed.operations
-            assert operation.mode == strategy and operation.load_source == "pool" and operation.pool == "sim"
+            assert operation.mode == spec.strategy_of(strategy)  # a variant runs its strategy
+            assert operation.load_source == "pool" and operation.pool == "sim"
+            assert parsed.planning.enabled == (strategy in spec.variants)
             assert parsed.monitor.enabled and parsed.monitor.memory_weight == 0  # the pool score is the CPU alone
 
 

@@ -320,8 +320,11 @@ def corpus() -> dict[str, tuple[str, dict[str, Any], dict[str, Any]]]:
     return cases
 
 
-# Spec fields added after the golden file was written: left out of the digest when unset.
-_NEWER_FIELDS = ("provisioning",)
+# Spec fields added after the golden file was written: left out of the digest when unset
+# (None, or an empty mapping).
+_NEWER_FIELDS = ("provisioning", "variants")
+# Traffic fields added after it, as the Traffic's repr shows them when unset.
+_NEWER_TRAFFIC_REPR = (", surges=None",)
 
 
 def _digest(spec: ScenarioSpec) -> str:
@@ -329,9 +332,13 @@ def _digest(spec: ScenarioSpec) -> str:
         values = {
             f.name: getattr(one, f.name)
             for f in fields(one)
-            if f.name not in ("raw", "overrides") and not (f.name in _NEWER_FIELDS and getattr(one, f.name) is None)
+            if f.name not in ("raw", "overrides")
+            and not (f.name in _NEWER_FIELDS and getattr(one, f.name) in (None, {}))
         }
-        return repr(_plain(values))
+        text = repr(_plain(values))
+        for unset in _NEWER_TRAFFIC_REPR:
+            text = text.replace(unset, "")
+        return text
 
     text = summary(spec)
     later = ""

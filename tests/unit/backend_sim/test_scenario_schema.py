@@ -58,7 +58,7 @@ def test_it_lists_the_keys_the_parser_takes(schema: dict[str, Any]) -> None:
     assert set(schema["properties"]) == {
         *("name", "description", "seed", "mode", "strategies", "decisions", "clients", "route_push_interval_ms"),
         *("warmup_s", "timeout_ms", "load_report_interval_ms", "params", "pool", "traffic", "backends", "batch"),
-        *("simulate", "evaluate", "provisioning"),
+        *("simulate", "evaluate", "provisioning", "variants"),
     }
     assert set(defs["Traffic"]["properties"]) == set(defs["TrafficOverride"]["properties"])
     assert "required" not in defs["TrafficOverride"]
@@ -71,6 +71,30 @@ def test_it_lists_the_keys_the_parser_takes(schema: dict[str, Any]) -> None:
     assert set(defs["Client"]["properties"]) == {"breaker", "retry", "fallback"}
     assert set(defs["Fault"]["properties"]) == {"kind", "at_s", "restart_after_s"}
     assert set(defs["Fault"]["required"]) == {"kind", "at_s"}
+    assert set(defs["VariantTable"]["properties"]) == {"strategy", "service_config"}
+    assert defs["VariantTable"]["required"] == ["strategy"]
+    surge_keys = {"surge_load", "surge_rate_per_s", "surge_every_s", "surge_duration_s", "surge_start_s"}
+    assert surge_keys <= set(defs["Traffic"]["properties"])
+
+
+def test_strategies_may_name_variants_only_where_the_file_has_them(
+    validator: jsonschema.Draft202012Validator,
+) -> None:
+    raw: dict[str, Any] = {
+        "mode": "batch",
+        "strategies": ["threshold", "threshold_predictive"],
+        "traffic": {"load": 0.5, "duration_s": 10},
+        "backends": [{"id": "a"}],
+        "variants": {"threshold_predictive": {"strategy": "threshold", "service_config": {"planning": {}}}},
+    }
+    parse_scenario(raw, "x.toml")
+    assert validator.is_valid(raw)
+    without = {k: v for k, v in raw.items() if k != "variants"}
+    with pytest.raises(ScenarioError):
+        parse_scenario(without, "x.toml")
+    assert [_where(e) for e in validator.iter_errors(without)] == ["strategies[1]"]
+    reserved = {**raw, "variants": {"tp": {"strategy": "threshold", "service_config": {"pools": {}}}}}
+    assert [_where(e) for e in validator.iter_errors(reserved)] == ["variants.tp.service_config"]
 
 
 def _scenario_readme_blocks() -> list[str]:

@@ -31,12 +31,12 @@ strategy and write it with ``write_report`` and ``write_plots``::
 
 from ._backend import RunningBackend, SimulatedBackend, start_backend
 from ._batch_mode import BatchRecord, BatchSettings
-from ._config import MAX_REQUESTS, Arrivals, ClosedLoop, Phase, Scenario, SimServer, capacity_per_s
+from ._config import MAX_REQUESTS, Arrivals, ClosedLoop, Phase, Scenario, SimServer, Surges, capacity_per_s
 from ._plots import PlotsUnavailable, write_plots
 from ._processes import ProcessGroup
 from ._progress import Progress
 from ._report import Report, StrategyRun, render_markdown, write_report
-from ._scenario_file import ScenarioError, ScenarioSpec, Traffic, load_scenario, parse_scenario
+from ._scenario_file import ScenarioError, ScenarioSpec, Traffic, Variant, load_scenario, parse_scenario
 from ._scenario_tables import scenario_schema
 from ._sim import CoreTiming, SimResult, simulate
 from ._summary import LoadRecord, RequestLog, RequestRecord, Summary, reward, summarize
@@ -66,10 +66,12 @@ __all__ = [
     "SimulatedBackend",
     "StrategyRun",
     "Summary",
+    "Surges",
     "Traffic",
     "TrafficPlan",
     "TrafficResult",
     "TrafficRunner",
+    "Variant",
     "capacity_per_s",
     "load_scenario",
     "parse_scenario",

@@ -162,6 +162,54 @@ def _check_stop(requests: int | None, duration_s: float | None) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Surges:
+    """Surges that repeat: the open-loop rate is ``rate_per_s`` for ``duration_s`` every ``every_s``.
+
+    The first surge starts at ``start_s``, the next ones every ``every_s`` after it; between
+    them the traffic's own rate (constant, or ramping) holds.
+
+    Attributes:
+        rate_per_s: Arrivals per second during a surge.
+        every_s: Seconds from one surge's start to the next's.
+        duration_s: Seconds each surge lasts, less than ``every_s``.
+        start_s: When the first surge starts, seconds from the start of the traffic (>= 0).
+    """
+
+    rate_per_s: float
+    every_s: float
+    duration_s: float
+    start_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_positive(self.rate_per_s, "rate_per_s")
+        _check_positive(self.every_s, "every_s")
+        _check_positive(self.duration_s, "duration_s")
+        if self.duration_s >= self.every_s:
+            raise ValueError(
+                f"duration_s: must be less than every_s ({self.every_s:g}): surges with no time between them "
+                f"are a constant rate, got {self.duration_s!r}"
+            )
+        s = self.start_s
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0 <= s < math.inf):
+            raise ValueError(f"start_s: must be a finite number >= 0, got {s!r}")
+
+    def covers(self, t_s: float) -> bool:
+        """Whether a surge is on at ``t_s`` (each surge is ``[start, start + duration_s)``)."""
+        if t_s < self.start_s:
+            return False
+        return (t_s - self.start_s) % self.every_s < self.duration_s
+
+    def windows(self, until_s: float, *, before_s: float = 0.0) -> list[tuple[float, float]]:
+        """``(start - before_s, end)`` of every surge that ends by ``until_s``, in order."""
+        out = []
+        start = self.start_s
+        while start + self.duration_s <= until_s:
+            out.append((start - before_s, start + self.duration_s))
+            start += self.every_s
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Arrivals:
     """Open-loop Poisson arrivals.
 
@@ -178,6 +226,7 @@ class Arrivals:
         max_in_flight: When set, an arrival finding this many requests in flight
             (arrived, not yet finished) is dropped: recorded as a failure that
             reached no server.
+        surges: When set, the rate is the surges' during each surge (``Surges``).
     """
 
     rate_per_s: float
@@ -185,6 +234,7 @@ class Arrivals:
     duration_s: float | None = None
     rate_end_per_s: float | None = None
     max_in_flight: int | None = None
+    surges: Surges | None = None
 
     def __post_init__(self) -> None:
         _check_positive(self.rate_per_s, "rate_per_s")
@@ -195,6 +245,8 @@ class Arrivals:
                 raise ValueError("rate_end_per_s: a ramp spans duration_s; set duration_s")
         if self.max_in_flight is not None:
             _check_count(self.max_in_flight, "max_in_flight", 1, MAX_REQUESTS)
+        if self.surges is not None and not isinstance(self.surges, Surges):
+            raise ValueError(f"surges: must be a Surges, got {self.surges!r}")
         if self.duration_s is not None and self.requests is None and self.expected_requests > MAX_REQUESTS:
             raise ValueError(
                 f"duration_s: rate_per_s * duration_s expects more than {MAX_REQUESTS} requests; "
@@ -208,10 +260,37 @@ class Arrivals:
             return float(self.requests or 0)
         end = self.rate_end_per_s if self.rate_end_per_s is not None else self.rate_per_s
         expected = (self.rate_per_s + end) / 2 * self.duration_s
+        if self.surges is not None:  # each surge (cut at the end) replaces the base rate's mean over it
+            for a, b in self.surges.windows(self.duration_s + self.surges.duration_s):
+                b = min(b, self.duration_s)
+                if b > a:
+                    base = (self._base_rate(a) + self._base_rate(b)) / 2
+                    expected += (self.surges.rate_per_s - base) * (b - a)
         return min(expected, self.requests) if self.requests is not None else expected
+
+    @property
+    def varies(self) -> bool:
+        """Whether the rate changes over time (a ramp or surges)."""
+        return self.rate_end_per_s is not None or self.surges is not None
+
+    @property
+    def peak_rate_per_s(self) -> float:
+        """The highest rate at any time, per second."""
+        rates = [self.rate_per_s]
+        if self.rate_end_per_s is not None:
+            rates.append(self.rate_end_per_s)
+        if self.surges is not None:
+            rates.append(self.surges.rate_per_s)
+        return max(rates)
 
     def rate_at(self, t_s: float) -> float:
         """Arrival rate at simulated time ``t_s``, per second."""
+        if self.surges is not None and self.surges.covers(t_s):
+            return self.surges.rate_per_s
+        return self._base_rate(t_s)
+
+    def _base_rate(self, t_s: float) -> float:
+        """The rate at ``t_s`` without the surges."""
         if self.rate_end_per_s is None or self.duration_s is None:
             return self.rate_per_s
         fraction = min(1.0, max(0.0, t_s / self.duration_s))

@@ -4,7 +4,9 @@ For every strategy of the scenario (``[evaluate]`` applied), and every decision
 mode it lists (``decisions``; central only by default):
 
 1. write a service config: the scenario's pool with the strategy (mode route),
-   limit algorithm (slot) or an operation with the batch controller (batch);
+   limit algorithm (slot) or an operation with the batch controller (batch); a
+   variant's ``service_config`` merged over it (every variant's config is checked
+   with the service's own parser before the first run starts);
 2. start ``loadwarden serve --listen 127.0.0.1:0`` and wait for its address;
 3. start ``loadwarden backend-sim --register``: its backends listen on free
    ports, register themselves in the pool (AdminService.RegisterServer) and
@@ -28,7 +30,9 @@ mode it lists (``decisions``; central only by default):
 6. stop them all (SIGTERM, then SIGKILL after a grace period) and keep the records.
 
 Then the ``Report`` (kind ``"evaluate"``) is built, with the simulator's figures
-on the same scenario (and decision mode) as ``comparison`` in mode route. Every
+on the same scenario (and decision mode) as ``comparison`` in mode route (variants
+left out: the in-process core has no service config), and in mode batch the batch
+figures, through the traffic's surges too when it has some. Every
 child is started by one ``ProcessGroup``, closed in a ``finally``: on success, on
 failure, on cancellation (SIGINT/SIGTERM cancel the run) and at exit.
 """
@@ -43,6 +47,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,8 +55,20 @@ from pathlib import Path
 from typing import Any
 
 from loadwarden.sdk import AsyncClient
+from loadwarden.server import ConfigError, load_config
 
-from ._batch_mode import BatchRecord, BatchSettings, BatchSummary, parse_batch, render_batch_markdown, summarize_batches
+from ._batch_mode import (
+    BatchRecord,
+    BatchSettings,
+    BatchSummary,
+    PeakSummary,
+    parse_batch,
+    peak_windows,
+    render_batch_markdown,
+    render_peaks_markdown,
+    summarize_batches,
+    summarize_peaks,
+)
 from ._evaluate_client import (
     ClientJob,
     ClientSettings,
@@ -63,7 +80,7 @@ from ._evaluate_client import (
 from ._processes import Child, ChildFailed, ProcessGroup
 from ._progress import Progress
 from ._report import Report, StrategyRun, label
-from ._scenario_file import ScenarioSpec
+from ._scenario_file import ScenarioError, ScenarioSpec
 from ._summary import LoadRecord, RequestRecord, Summary, summarize
 from ._traffic import TrafficPlan, TrafficResult, TrafficRunner, planned_requests
 
@@ -117,11 +134,15 @@ class Evaluation:
         report: The comparison (kind ``"evaluate"``), with the simulator's figures in mode route.
         batch: Mode batch: each controller's batch figures (None when it finished no batch).
         batches: Mode batch: each controller's batches.
+        peaks: Mode batch with traffic surges: each controller's figures through the surges.
+        peak_before_s: The windows of ``peaks`` start this long before each surge, s.
     """
 
     report: Report
     batch: dict[str, BatchSummary | None] = field(default_factory=dict)
     batches: dict[str, tuple[BatchRecord, ...]] = field(default_factory=dict)
+    peaks: dict[str, PeakSummary] = field(default_factory=dict)
+    peak_before_s: float = 0.0
 
 
 # --- configs -------------------------------------------------------------------------
@@ -170,7 +191,8 @@ def service_config(
     """The ``loadwarden serve`` config of one run, as TOML text.
 
     Without ``servers`` the backends register themselves; with them (id -> address, for a
-    restart after a fault) the pool lists them, with their weights.
+    restart after a fault) the pool lists them, with their weights. A variant's
+    ``service_config`` is merged over the rest (``merged_config``).
     """
     pool = pool_name(spec)
     pool_table = spec.pool_config(strategy)
@@ -205,9 +227,69 @@ def service_config(
     if spec.mode == "batch":
         assert batch is not None
         tables[f"operations.{_toml_key(batch.operation)}"] = batch.operation_config(
-            strategy, spec.strategy_params(strategy), pool
+            spec.strategy_of(strategy), spec.strategy_params(strategy), pool
         )
-    return to_toml(tables)
+    variant = spec.variants.get(strategy)
+    return to_toml(merged_config(tables, variant.service_config) if variant is not None else tables)
+
+
+def merged_config(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in: a table into a table key by key, any other value replacing."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merged_config(merged[key], value)
+        elif isinstance(value, Mapping):
+            merged[key] = merged_config({}, value)
+        elif isinstance(value, (list, tuple)):
+            merged[key] = list(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def check_service_configs(spec: ScenarioSpec, batch: BatchSettings | None) -> None:
+    """Every variant's ``loadwarden.toml``, checked with the service's own parser (``load_config``)
+    before anything starts; in mode batch, its ``planning.operations`` must name the run's operation.
+
+    Raises:
+        ScenarioError: ``variants.<name>.service_config.<key>`` (the key as the service names it;
+            ``variants.<name>.service_config: <key>: ...`` when the variant did not write that key).
+    """
+    with tempfile.TemporaryDirectory(prefix="loadwarden-evaluate-") as tmp:
+        path = Path(tmp) / "loadwarden.toml"
+        for name in dict.fromkeys(spec.strategies):
+            variant = spec.variants.get(name)
+            if variant is None:
+                continue
+            where = f"variants.{name}.service_config"
+            planned = variant.service_config.get("planning", {}).get("operations", {})
+            if batch is not None and isinstance(planned, Mapping):
+                for operation in planned:
+                    if operation != batch.operation:
+                        raise ScenarioError(
+                            f"{where}.planning.operations.{operation}",
+                            f"names no operation of the run: it registers {batch.operation!r} (batch.operation)",
+                            spec.source,
+                        )
+            path.write_text(service_config(spec, name, batch), encoding="utf-8")
+            try:
+                load_config(path, environ={})
+            except ConfigError as exc:
+                problem = str(exc).removeprefix(f"{exc.key}: ")
+                if _written(variant.service_config, exc.key):
+                    raise ScenarioError(f"{where}.{exc.key}", problem, spec.source) from None
+                raise ScenarioError(where, f"{exc.key}: {problem}", spec.source) from None
+
+
+def _written(table: Mapping[str, Any], key: str) -> bool:
+    """Whether ``table`` holds the dotted ``key``."""
+    here: Any = table
+    for part in key.split("."):
+        if not isinstance(here, Mapping) or part not in here:
+            return False
+        here = here[part]
+    return True
 
 
 def check_batch(spec: ScenarioSpec) -> BatchSettings | None:
@@ -218,7 +300,25 @@ def check_batch(spec: ScenarioSpec) -> BatchSettings | None:
     """
     if spec.mode != "batch":
         return None
-    return parse_batch(spec.batch, pool=pool_name(spec), controllers=spec.strategies, params=spec.params)
+    controllers = [spec.strategy_of(name) for name in spec.strategies]
+    settings = parse_batch(spec.batch, pool=pool_name(spec), controllers=controllers, params=spec.params)
+    surges = spec.traffic.surges
+    if "peak_before_s" in spec.batch:
+        if surges is None:
+            raise ScenarioError(
+                "batch.peak_before_s",
+                "applies to traffic with surges (traffic.surge_every_s): the peak figures cover them",
+                spec.source,
+            )
+        gap = surges.every_s - surges.duration_s
+        if settings.peak_before_s >= gap:
+            raise ScenarioError(
+                "batch.peak_before_s",
+                f"must be less than the time between two surges ({gap:g} s: traffic.surge_every_s - "
+                f"traffic.surge_duration_s), got {settings.peak_before_s:g}",
+                spec.source,
+            )
+    return settings
 
 
 def traffic_plan(spec: ScenarioSpec, batch: BatchSettings | None) -> TrafficPlan:
@@ -766,6 +866,8 @@ def simulator_comparison(spec: ScenarioSpec) -> dict[str, Summary]:
     server_log.setLevel(logging.ERROR)  # the in-process core's ejection warnings are the simulator's, not the run's
     try:
         for strategy, mode in spec.runs():
+            if strategy in spec.variants:
+                continue  # its service config is not the in-process core's
             result = simulate(
                 scenario,
                 strategy,
@@ -799,12 +901,14 @@ async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessG
         EvaluationFailed: a process did not start or died during a run.
     """
     batch = check_batch(spec)
+    check_service_configs(spec, batch)
     plan = traffic_plan(spec, batch)
     per_strategy, by_request = _progress_total(spec, plan)
     server_ids = tuple(s.id for s in spec.servers)
     runs: list[StrategyRun] = []
     summaries: dict[str, BatchSummary | None] = {}
     batches: dict[str, tuple[BatchRecord, ...]] = {}
+    peaks: dict[str, PeakSummary] = {}
     began = time.monotonic()
     with Progress(per_strategy * len(spec.runs()), "evaluate", stream=options.progress_stream) as bar:
         for strategy, mode in spec.runs():
@@ -838,9 +942,18 @@ async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessG
                 end_s = max(run.result.duration_s, 1e-3)
                 extra["decision_sources_over_time"] = run.sources.series(max(0.1, end_s / 100), end_s)
             if spec.mode == "batch":
+                assert batch is not None
                 batches[strategy] = run.result.batches
                 summary = summaries[strategy] = summarize_batches(run.result.batches, warmup_s=spec.warmup_s)
                 extra["batch"] = summary.as_dict() if summary else None
+                surges = spec.traffic.surges
+                if surges is not None:
+                    until = spec.traffic.duration_s or run.result.duration_s
+                    windows = peak_windows(surges, until, before_s=batch.peak_before_s, warmup_s=spec.warmup_s)
+                    peak = peaks[strategy] = summarize_peaks(run.result.batches, run.result.records, windows)
+                    extra["batch_peaks"] = peak.as_dict()
+            if strategy in spec.variants:
+                extra["variant"] = spec.variants[strategy].as_dict()
             runs.append(
                 StrategyRun(
                     strategy=strategy,
@@ -863,7 +976,7 @@ async def evaluate(spec: ScenarioSpec, options: EvaluateOptions, group: ProcessG
         "faults": [fault.model_dump() for fault in spec.options.get("faults", ())],
     }
     report = Report(spec, tuple(runs), kind="evaluate", comparison=comparison, meta=meta)
-    return Evaluation(report, summaries, batches)
+    return Evaluation(report, summaries, batches, peaks, batch.peak_before_s if batch is not None else 0.0)
 
 
 def outage_extra(outages: Sequence[Outage], sources: DecisionSources, end_s: float) -> list[dict[str, Any]]:
@@ -899,17 +1012,21 @@ def batch_markdown(evaluation: Evaluation) -> str:
     """Mode batch: the batch table that follows the main one."""
     if not evaluation.batch:
         return ""
-    return "\nBatches (the background requests above share the backends):\n\n" + render_batch_markdown(evaluation.batch)
+    text = "\nBatches (the background requests above share the backends):\n\n" + render_batch_markdown(evaluation.batch)
+    if evaluation.peaks:
+        text += "\n" + render_peaks_markdown(evaluation.peaks, evaluation.peak_before_s)
+    return text
 
 
 def write_batch_csv(evaluation: Evaluation, path: Path) -> Path:
     """``batches.csv``: every batch of every run."""
     with path.open("w", encoding="utf-8") as out:
-        out.write("strategy,timestamp_s,server,size,latency_ms,success,load_score\n")
+        out.write("strategy,timestamp_s,server,size,latency_ms,success,load_score,forecast\n")
         for strategy, batches in evaluation.batches.items():
             for b in batches:
                 score = "" if b.load_score is None else f"{b.load_score:.2f}"
                 out.write(
-                    f"{strategy},{b.time_s:.6f},{b.server},{b.size},{b.latency_ms:.3f},{int(b.success)},{score}\n"
+                    f"{strategy},{b.time_s:.6f},{b.server},{b.size},{b.latency_ms:.3f},{int(b.success)},{score},"
+                    f"{int(b.forecast)}\n"
                 )
     return path

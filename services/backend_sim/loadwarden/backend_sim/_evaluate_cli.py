@@ -21,6 +21,7 @@ from ._evaluate import (
     EvaluationFailed,
     batch_markdown,
     check_batch,
+    check_service_configs,
     evaluate,
     scale_duration,
     write_batch_csv,
@@ -98,7 +99,7 @@ def load(args: argparse.Namespace) -> ScenarioSpec:
     overrides.update(decision_overrides(args.decisions, args.clients))
     spec = load_scenario(args.scenario, **overrides).for_evaluate()
     spec = scale_duration(spec, scale=args.duration_scale, duration_s=args.duration_s)
-    check_batch(spec)
+    check_service_configs(spec, check_batch(spec))
     return spec
 
 

@@ -53,7 +53,7 @@ from loadwarden.sdk import (
     UnavailableError,
 )
 
-from ._config import Arrivals, ClosedLoop
+from ._config import Arrivals, ClosedLoop, Surges
 from ._summary import RequestRecord
 from ._traffic import TrafficPlan, TrafficResult, TrafficRunner
 
@@ -320,6 +320,8 @@ class ClientJob:
             plan = dict(data["plan"])
             traffic = dict(plan.pop("traffic"))
             kind = traffic.pop("kind")
+            if isinstance(traffic.get("surges"), dict):
+                traffic["surges"] = Surges(**traffic["surges"])
             pattern = Arrivals(**traffic) if kind == "open" else ClosedLoop(**traffic)
             return cls(
                 target=str(data["target"]),

@@ -291,6 +291,13 @@ def _describe(spec: ScenarioSpec) -> list[str]:
             rate += f" ({t.load:.0%} of capacity)"
         if t.rate_end_per_s is not None:
             rate += f" ramping to {t.rate_end_per_s:,.1f}/s"
+        if t.surges is not None:
+            u = t.surges
+            share = f" ({u.rate_per_s / spec.capacity_per_s:.0%} of capacity)" if t.load is not None else ""
+            rate += (
+                f", surging to {u.rate_per_s:,.1f}/s{share} for {u.duration_s:g} s every {u.every_s:g} s "
+                f"from {u.start_s:g} s"
+            )
         parts.append(rate + f", at most {t.max_in_flight} in flight")
     else:
         parts.append(f"{t.users} closed-loop users, think {t.think_ms:g} ms")
@@ -798,8 +805,10 @@ def _spec_dict(spec: ScenarioSpec) -> dict[str, Any]:
                 if isinstance(t, TraceTraffic)
                 else {}
             ),
+            **({"surges": dataclasses.asdict(t.surges)} if t.surges is not None else {}),
         },
         "provisioning": dataclasses.asdict(spec.provisioning) if spec.provisioning is not None else None,
+        **({"variants": {name: v.as_dict() for name, v in spec.variants.items()}} if spec.variants else {}),
         "servers": len(spec.servers),
         "backends": [
             {

@@ -28,6 +28,17 @@ traffic keys written directly (``[evaluate] duration_s = 10`` is
 (``COMMAND_OPTIONS``, read from ``ScenarioSpec.options``). Both sections are
 validated, applied, when the file is loaded.
 
+Surges: open traffic may repeat surges (``traffic.surge_load`` or ``surge_rate_per_s``,
+``surge_every_s``, ``surge_duration_s``, ``surge_start_s``): the spec's ``Traffic.surges``,
+their rate resolved against the capacity, which ``Arrivals`` draws by thinning.
+
+Variants (``loadwarden evaluate`` only): ``[variants.<name>]`` names a run of one of the
+mode's strategies (``strategy``) with sections of ``loadwarden.toml`` merged over the
+run's generated config (``service_config``; never ``pools`` or ``operations``);
+``strategies`` may list it, ``ScenarioSpec.strategy_of`` gives the strategy it runs.
+The sections are checked here as tables; ``evaluate`` checks the whole config with the
+service's parser before it starts anything. ``simulate`` refuses a listed variant.
+
 Traces and provisioning (``loadwarden simulate`` only): ``traffic.kind = "trace"`` plays
 the CSV file ``traffic.trace`` (relative to the scenario file; read and checked when the
 file is loaded, every bad line named) compressed by ``traffic.time_scale``; the spec's
@@ -72,6 +83,7 @@ from ._config import (
     Phase,
     Scenario,
     SimServer,
+    Surges,
 )
 from ._config import capacity_per_s as _capacity_per_s
 from ._provision_trace import Trace, TraceCurve, TraceError, load_trace
@@ -83,14 +95,18 @@ from ._scenario_tables import (
     MAX_SERVERS,
     MERGED_TABLES,
     MODES_BY_NAME,
+    NAME_PATTERN,
     OVERRIDES,
     POOL_RESERVED,
     SECTIONS,
+    SERVICE_CONFIG_RESERVED,
+    SURGE_KEYS,
     TRACE_KEYS,
     TRAFFIC_KINDS,
     ProvisioningTable,
     ScenarioFile,
     TrafficTable,
+    VariantTable,
     evaluate_hook,
     hook_options,
     options_table,
@@ -182,6 +198,8 @@ class Traffic:
             next request, ms (exponential; 0 means none).
         load: The ``load`` the file gave (fraction of capacity), or None.
         load_end: The ``load_end`` the file gave, or None.
+        surges: Open loop: surges that repeat (``traffic.surge_*``), their rate resolved; None
+            without.
     """
 
     kind: str
@@ -194,11 +212,14 @@ class Traffic:
     think_ms: float = 0.0
     load: float | None = None
     load_end: float | None = None
+    surges: Surges | None = None
 
     def rate_at(self, t_s: float) -> float:
         """Open loop: the arrival rate at ``t_s`` seconds from the start, per second."""
         if self.rate_per_s is None:
             raise ValueError("rate_at: closed-loop traffic has no arrival rate")
+        if self.surges is not None and self.surges.covers(t_s):
+            return self.surges.rate_per_s
         if self.rate_end_per_s is None or self.duration_s is None:
             return self.rate_per_s
         fraction = min(1.0, max(0.0, t_s / self.duration_s))
@@ -210,7 +231,9 @@ class Traffic:
             assert self.users is not None
             return ClosedLoop(self.users, self.think_ms, self.requests, self.duration_s)
         assert self.rate_per_s is not None
-        return Arrivals(self.rate_per_s, self.requests, self.duration_s, self.rate_end_per_s, self.max_in_flight)
+        return Arrivals(
+            self.rate_per_s, self.requests, self.duration_s, self.rate_end_per_s, self.max_in_flight, self.surges
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +268,25 @@ class TraceTraffic(Traffic):
         """Trace seconds played."""
         assert self.duration_s is not None
         return self.duration_s * self.time_scale
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A ``[variants.<name>]`` run: a strategy of the mode with its own service settings.
+
+    Attributes:
+        strategy: The strategy it runs (in the mode's registry), with ``[params.<strategy>]``.
+        service_config: Sections of ``loadwarden.toml`` merged over the run's generated config
+            (never ``pools`` or ``operations``); ``loadwarden evaluate`` checks the result
+            with the service's parser before it starts a process.
+    """
+
+    strategy: str
+    service_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-writable: ``{"strategy": ..., "service_config": {...}}``."""
+        return {"strategy": self.strategy, "service_config": _plain(self.service_config)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +329,8 @@ class ScenarioSpec:
             line); applied over the file and again over any section.
         provisioning: ``[provisioning]``, or None; with it ``traffic`` is a ``TraceTraffic``
             and ``warmup_s`` the start of the evaluation window in simulated seconds.
+        variants: ``[variants.<name>]``, by name: runs ``strategies`` may list beside the
+            mode's strategies (``loadwarden evaluate`` only).
     """
 
     name: str
@@ -311,6 +355,7 @@ class ScenarioSpec:
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     overrides: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     provisioning: ProvisioningSettings | None = None
+    variants: Mapping[str, Variant] = field(default_factory=dict)
 
     @property
     def evaluation_window(self) -> tuple[float, float]:
@@ -329,9 +374,15 @@ class ScenarioSpec:
         """(strategy, decision mode) of every run: strategy by strategy, modes in ``decisions`` order."""
         return [(strategy, mode) for strategy in self.strategies for mode in self.decisions]
 
+    def strategy_of(self, name: str) -> str:
+        """The strategy run ``name`` uses: a variant's, else ``name`` itself."""
+        variant = self.variants.get(name)
+        return variant.strategy if variant is not None else name
+
     def strategy_params(self, strategy: str) -> dict[str, Any]:
-        """The parameters of ``strategy`` (a copy; empty when the file gives none)."""
-        return dict(self.params.get(strategy, {}))
+        """The parameters of ``strategy`` (a copy; empty when the file gives none); a variant's
+        are those of the strategy it runs."""
+        return dict(self.params.get(self.strategy_of(strategy), {}))
 
     def for_simulate(self) -> ScenarioSpec:
         """This scenario with ``[simulate]`` applied (then the load-time overrides again)."""
@@ -382,10 +433,10 @@ class ScenarioSpec:
         """
         config = _plain(self.pool)
         if self.mode == "route":
-            config["strategy"] = strategy
+            config["strategy"] = self.strategy_of(strategy)
             config["strategy_params"] = self.strategy_params(strategy)
         elif self.mode == "slot":
-            config["limit_algorithm"] = strategy
+            config["limit_algorithm"] = self.strategy_of(strategy)
             config["limit_params"] = self.strategy_params(strategy)
         return config
 
@@ -561,7 +612,16 @@ def _build(raw: Mapping[str, Any], section: str | None, source: str = "") -> Sce
     servers = _servers(file.backends)
     traffic = _traffic(file.traffic, servers, source)
     params = _params(file.params, file.mode)
-    strategies = _strategies(file.strategies, file.mode, params, file.pool, len(servers))
+    variants = _variants(file.variants, file.mode)
+    strategies = _strategies(file.strategies, file.mode, params, file.pool, len(servers), variants)
+    if section == "simulate":
+        for i, name in enumerate(strategies):
+            if name in variants:
+                raise ScenarioError(
+                    f"strategies[{i}]",
+                    f"{name!r} is a variant ([variants.{name}]): it changes the service's config, and "
+                    "loadwarden simulate runs the decision core in process; list it in [evaluate] strategies",
+                )
     for i, name in enumerate(file.decisions):
         if name in file.decisions[:i]:
             raise ScenarioError(f"decisions[{i}]", f"{name!r} is listed twice")
@@ -616,6 +676,7 @@ def _build(raw: Mapping[str, Any], section: str | None, source: str = "") -> Sce
         options=MappingProxyType(options),
         section=section,
         provisioning=provisioning,
+        variants=MappingProxyType(variants),
     )
 
 
@@ -753,7 +814,7 @@ def _check_traffic_keys(table: Mapping[str, Any]) -> None:
     if kind not in TRAFFIC_KINDS:
         return
     if kind == "trace":
-        for key in ("load", "rate_per_s", "load_end", "rate_end_per_s", "users", "think_ms"):
+        for key in ("load", "rate_per_s", "load_end", "rate_end_per_s", "users", "think_ms", *SURGE_KEYS):
             if key in table:
                 raise ScenarioError(f"traffic.{key}", 'does not apply to kind = "trace": the trace gives the rate')
         if "requests" in table:
@@ -765,7 +826,7 @@ def _check_traffic_keys(table: Mapping[str, Any]) -> None:
         if key in table:
             raise ScenarioError(f"traffic.{key}", f'applies to kind = "trace" only; this traffic is {kind}')
     if kind == "closed":
-        for key in ("load", "rate_per_s", "load_end", "rate_end_per_s", "max_in_flight"):
+        for key in ("load", "rate_per_s", "load_end", "rate_end_per_s", "max_in_flight", *SURGE_KEYS):
             if key in table:
                 raise ScenarioError(f"traffic.{key}", 'applies to kind = "open" only; this traffic is closed')
         return
@@ -780,6 +841,18 @@ def _check_traffic_keys(table: Mapping[str, Any]) -> None:
         raise ScenarioError("traffic.rate_end_per_s", "goes with traffic.rate_per_s; with traffic.load use load_end")
     if "rate_per_s" in table and "load_end" in table:
         raise ScenarioError("traffic.load_end", "goes with traffic.load; with traffic.rate_per_s use rate_end_per_s")
+    if "surge_load" in table and "surge_rate_per_s" in table:
+        raise ScenarioError(
+            "traffic.surge_load", "set one of traffic.surge_load (fraction of capacity) and traffic.surge_rate_per_s"
+        )
+    if "load" in table and "surge_rate_per_s" in table:
+        raise ScenarioError(
+            "traffic.surge_rate_per_s", "goes with traffic.rate_per_s; with traffic.load use surge_load"
+        )
+    if "rate_per_s" in table and "surge_load" in table:
+        raise ScenarioError(
+            "traffic.surge_load", "goes with traffic.load; with traffic.rate_per_s use surge_rate_per_s"
+        )
 
 
 def _servers(backends: list[Any]) -> tuple[SimServer, ...]:
@@ -862,6 +935,7 @@ def _traffic(table: TrafficTable, servers: tuple[SimServer, ...], source: str = 
         max_in_flight=table.max_in_flight,
         load=table.load,
         load_end=table.load_end,
+        surges=_surges(table, capacity),
     )
     try:
         traffic.arrivals()
@@ -869,6 +943,34 @@ def _traffic(table: TrafficTable, servers: tuple[SimServer, ...], source: str = 
         name, _, problem = str(exc).partition(": ")
         raise ScenarioError(f"traffic.{name}", problem) from None
     return traffic
+
+
+def _surges(table: TrafficTable, capacity: float) -> Surges | None:
+    """The surges of open traffic (``traffic.surge_*``), or None when it has none."""
+    if all(getattr(table, key) is None for key in SURGE_KEYS):
+        return None
+    by_load = table.surge_load is not None or (table.surge_rate_per_s is None and table.load is not None)
+    rate_key = "traffic.surge_load" if by_load else "traffic.surge_rate_per_s"
+    rate = table.surge_load * capacity if table.surge_load is not None else table.surge_rate_per_s
+    if rate is None:
+        raise ScenarioError(rate_key, "is required with surges: the arrival rate during each surge")
+    if table.surge_every_s is None:
+        raise ScenarioError(
+            "traffic.surge_every_s", "is required with surges: seconds from one surge's start to the next's"
+        )
+    if table.surge_duration_s is None:
+        raise ScenarioError("traffic.surge_duration_s", "is required with surges: how long each surge lasts, s")
+    if table.surge_duration_s >= table.surge_every_s:
+        raise ScenarioError(
+            "traffic.surge_duration_s",
+            f"must be less than traffic.surge_every_s ({table.surge_every_s:g}): surges with no time between "
+            f"them are a constant rate, got {table.surge_duration_s:g}",
+        )
+    try:
+        return Surges(rate, table.surge_every_s, table.surge_duration_s, table.surge_start_s or 0.0)
+    except ValueError as exc:
+        name, _, problem = str(exc).partition(": ")
+        raise ScenarioError(rate_key if name == "rate_per_s" else f"traffic.surge_{name}", problem) from None
 
 
 def _trace_traffic(table: TrafficTable, source: str) -> TraceTraffic:
@@ -918,6 +1020,10 @@ def _trace_traffic(table: TrafficTable, source: str) -> TraceTraffic:
     )
 
 
+# Every strategy name of every mode: a variant may not take one.
+_ALL_NAMES = frozenset({*STRATEGIES, *LIMITS, *MODES})
+
+
 def _registry(mode: str) -> tuple[Mapping[str, Any], str]:
     if mode == "route":
         return STRATEGIES, "routing strategy"
@@ -941,21 +1047,25 @@ def _params(table: Mapping[str, Any], mode: str) -> dict[str, dict[str, Any]]:
 
 
 def _strategies(
-    names: list[Any],
+    listed: list[Any],
     mode: str,
     params: Mapping[str, Mapping[str, Any]],
     pool: Mapping[str, Any],
     servers: int,
+    variants: Mapping[str, Variant],
 ) -> tuple[str, ...]:
     registry, kind = _registry(mode)
-    for i, name in enumerate(names):
-        if not isinstance(name, str) or name not in registry:
+    for i, name in enumerate(listed):
+        if not isinstance(name, str) or (name not in registry and name not in variants):
+            more = f"; variants: {', '.join(sorted(variants))}" if variants else ""
             raise ScenarioError(
                 f"strategies[{i}]",
-                f"unknown {kind} {shown(name)} for mode {mode!r}; valid: {', '.join(sorted(registry))}",
+                f"unknown {kind} {shown(name)} for mode {mode!r}; valid: {', '.join(sorted(registry))}{more}",
             )
-        if name in names[:i]:
+        if name in listed[:i]:
             raise ScenarioError(f"strategies[{i}]", f"{name!r} is listed twice")
+    # A variant is checked as the strategy it runs, named where the file lists the variant.
+    names = [variants[name].strategy if name in variants else name for name in listed]
     for key, problem_key in POOL_RESERVED.items():
         if key in pool:
             raise ScenarioError(f"pool.{key}", f"is set by the scenario's {problem_key}; remove it from [pool]")
@@ -993,7 +1103,37 @@ def _strategies(
             if limit is not None and servers > limit and name in names:
                 hint = getattr(cls, "too_large_hint", "") or f"strategy {name!r} serves at most {limit} servers"
                 raise ScenarioError(key, f"{servers} backends: {hint}")
-    return tuple(names)
+    return tuple(listed)
+
+
+def _variants(tables: Mapping[str, VariantTable], mode: str) -> dict[str, Variant]:
+    """``[variants.<name>]``: names of their own, a strategy of the mode, a service_config of sections."""
+    registry, kind = _registry(mode)
+    variants: dict[str, Variant] = {}
+    for name, table in tables.items():
+        where = f"variants.{name}"
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ScenarioError(where, "a variant's name must be 1-64 letters, digits, '.', '_' or '-'")
+        if name in _ALL_NAMES:
+            raise ScenarioError(where, f"{name!r} names a strategy; give the variant a name of its own")
+        if table.strategy not in registry:
+            raise ScenarioError(
+                f"{where}.strategy",
+                f"unknown {kind} {shown(table.strategy)} for mode {mode!r}; valid: {', '.join(sorted(registry))}",
+            )
+        for key, section in table.service_config.items():
+            if key in SERVICE_CONFIG_RESERVED:
+                raise ScenarioError(
+                    f"{where}.service_config.{key}",
+                    f"is written by the run from {SERVICE_CONFIG_RESERVED[key]}; set it there",
+                )
+            if not isinstance(section, Mapping):
+                raise ScenarioError(
+                    f"{where}.service_config.{key}",
+                    f"must be a table (a section of loadwarden.toml), got {shown(section)}",
+                )
+        variants[name] = Variant(table.strategy, _freeze(_plain(table.service_config)))
+    return variants
 
 
 def decision_overrides(decisions: str | None, clients: int | None) -> dict[str, Any]:

@@ -54,6 +54,8 @@ MAX_CLIENTS = 64
 TRAFFIC_KINDS = ("open", "closed", "trace")
 # Traffic keys of each kind (the others are refused with it); duration_s and max_in_flight as listed.
 TRACE_KEYS = ("trace", "time_scale", "rate_scale", "interpolation")
+# Open traffic's repeating surges (any of them: the rate, the period and the length are required).
+SURGE_KEYS = ("surge_load", "surge_rate_per_s", "surge_every_s", "surge_duration_s", "surge_start_s")
 SECTIONS = ("simulate", "evaluate")
 MAX_SERVERS = 100_000
 DEFAULT_MAX_IN_FLIGHT = 1_000
@@ -81,6 +83,7 @@ Positive = Annotated[float, Number(above=True, wording="bounds")]
 NotNegative = Annotated[float, Number(wording="bounds")]
 # Absent by default, and never None when given (``Positive | None`` takes None as absent).
 SomePositive = Annotated[float | None, Number(above=True, wording="bounds")]
+SomeNotNegative = Annotated[float | None, Number(wording="bounds")]
 
 
 def _count(low: int, high: int) -> Any:
@@ -233,6 +236,19 @@ class TrafficTable(Table):
     rate_end_per_s: SomePositive = None
     """Open, with `rate_per_s`: the rate ramps linearly from `rate_per_s` at the start to this at
     `duration_s`, per second."""
+    surge_load: SomePositive = None
+    """Open, with `load`: surges that repeat, the arrival rate during each as a fraction of the
+    backends' total capacity (with `surge_every_s` and `surge_duration_s`). Between surges the rate
+    is `load` (ramping to `load_end` when set)."""
+    surge_rate_per_s: SomePositive = None
+    """Open, with `rate_per_s`: surges that repeat, the arrival rate during each, per second (with
+    `surge_every_s` and `surge_duration_s`)."""
+    surge_every_s: SomePositive = None
+    """Open, with surges (required): seconds from one surge's start to the next's."""
+    surge_duration_s: SomePositive = None
+    """Open, with surges (required): how long each surge lasts, s; less than `surge_every_s`."""
+    surge_start_s: SomeNotNegative = None
+    """Open, with surges: when the first surge starts, s from the start of the traffic (default 0)."""
     max_in_flight: Annotated[int, Count(1, MAX_REQUESTS, whole_floats=True)] = DEFAULT_MAX_IN_FLIGHT
     """Open and trace: an arrival finding this many requests in flight is dropped, counted as a failure
     that reached no backend."""
@@ -300,6 +316,48 @@ class ProvisioningTable(Table):
 
 
 _ALL_STRATEGIES = sorted({*STRATEGIES, *LIMITS, *MODES})
+# Tables of a variant's service_config the run writes itself, and from what.
+SERVICE_CONFIG_RESERVED = {
+    "pools": "[pool], [[backends]] and the strategy",
+    "operations": "[batch] and the strategy",
+}
+
+
+def _strategy_name(value: Any) -> str:
+    """A string; the mode's registry, which the file picks, checks the name."""
+    if not isinstance(value, str):
+        raise problem(f"must be a strategy name (a string), got {shown(value)}")
+    return value
+
+
+class VariantTable(Table):
+    """[variants.<name>]: a run of `loadwarden evaluate` with one of the mode's strategies and
+    its own settings in the service's config; `strategies` lists it by its name.
+
+    The run's `loadwarden.toml` is written as for the strategy, then `service_config` is
+    merged over it (tables key by key, other values replaced) and checked with the service's
+    own config parser before any process starts.
+    """
+
+    model_config = ConfigDict(title="Variant")
+    not_a_table: ClassVar[str] = "must be a table, got {got}"
+
+    strategy: Annotated[str, Checked(_strategy_name, type="string", enum=_ALL_STRATEGIES)]
+    """The strategy the run uses (a routing strategy, limit algorithm or batch controller of the
+    file's mode), with its [params.<strategy>]."""
+    service_config: Annotated[
+        dict[str, Any],
+        Checked(
+            _table,
+            type="object",
+            propertyNames={"not": {"enum": sorted(SERVICE_CONFIG_RESERVED)}},
+            additionalProperties={"type": "object"},
+        ),
+    ] = Field(default_factory=dict)
+    """Sections of loadwarden.toml merged over the run's generated config, e.g. [planning] and
+    [admin]; not [pools] or [operations], which the scenario writes ([pool], [batch])."""
+
+
 _TABLE = Annotated[dict[str, Any], Checked(_table, type="object")]
 _POOL = Annotated[
     dict[str, Any], Checked(_table, type="object", propertyNames={"not": {"enum": sorted(POOL_RESERVED)}})
@@ -356,14 +414,16 @@ class ScenarioFile(Table):
         Checked(
             _names,
             type="array",
-            items={"type": "string", "enum": _ALL_STRATEGIES},
+            # A strategy of any mode, or a variant's name (the file's [variants]; without them
+            # scenario_schema() holds the names to the strategies).
+            items={"type": "string", "anyOf": [{"enum": _ALL_STRATEGIES}, {"pattern": f"^{NAME_PATTERN}$"}]},
             minItems=1,
             uniqueItems=True,
         ),
     ]
     """Names compared, in order: routing strategies (mode route), limit algorithms (slot) or batch
-    controller modes (batch). A strategy that cannot serve the backend count (`q_learning`: at most 10)
-    is rejected."""
+    controller modes (batch), and the names of [variants]. A strategy that cannot serve the backend
+    count (`q_learning`: at most 10) is rejected."""
     decisions: Annotated[list[Annotated[str, Choice(DECISION_MODES)]], annotated_types.MinLen(1), Checked(_modes)] = (
         Field(["central"], json_schema_extra={"uniqueItems": True})
     )
@@ -384,6 +444,9 @@ class ScenarioFile(Table):
     provisioning: ProvisioningTable | None = None
     """Servers that come and go as a trace plays, compared across provisioning modes
     (`loadwarden simulate` only)."""
+    variants: Annotated[dict[str, VariantTable], Checked(_table)] = Field(default_factory=dict)
+    """Runs of `loadwarden evaluate` that take one of the mode's strategies with their own
+    settings in the service's config, by name; `strategies` lists them (`loadwarden evaluate` only)."""
 
 
 _REQUIRED = {
@@ -601,6 +664,9 @@ def scenario_schema() -> dict[str, Any]:
         ),
     )
     schema = _toml(described.model_json_schema())
+    # Without [variants], every name in `strategies` is a strategy's.
+    schema["if"] = {"not": {"required": ["variants"]}}
+    schema["then"] = {"properties": {"strategies": {"items": {"enum": _ALL_STRATEGIES}}}}
     schema["description"] = (
         "A scenario file of loadwarden simulate and loadwarden evaluate (TOML): the backends, the traffic"
         " and the strategies to compare on them. Format: scenarios/README.md."

@@ -433,16 +433,16 @@ def simulate(
     timeout_s = scenario.timeout_ms / 1000.0 if scenario.timeout_ms is not None else math.inf
     timeout_ms = scenario.timeout_ms or 0.0
     max_in_flight = MAX_REQUESTS
-    ramp: Arrivals | None = None
+    varying: Arrivals | None = None
     rate = peak = 0.0
     think_mean_s = 0.0
     if isinstance(arrivals, Arrivals):
         rate = peak = arrivals.rate_per_s
         if arrivals.max_in_flight is not None:
             max_in_flight = arrivals.max_in_flight
-        if arrivals.rate_end_per_s is not None:
-            ramp = arrivals
-            peak = max(arrivals.rate_per_s, arrivals.rate_end_per_s)
+        if arrivals.varies:
+            varying = arrivals
+            peak = arrivals.peak_rate_per_s
     else:
         think_mean_s = arrivals.think_ms / 1000.0
 
@@ -478,13 +478,13 @@ def simulate(
     locals_ = [LocalClient(clock, random.Random(master.getrandbits(64)), probe) for _ in range(n_clients)]
 
     def next_rate_arrival(after: float) -> float:
-        """The next arrival time after ``after``: Poisson at ``rate``, thinned when it ramps."""
-        if ramp is None:
+        """The next arrival time after ``after``: Poisson at ``rate``, thinned when it varies."""
+        if varying is None:
             return after + expovariate(rate)
         t = after
         while True:
             t += expovariate(peak)
-            if t > horizon or uniform() * peak <= ramp.rate_at(t):
+            if t > horizon or uniform() * peak <= varying.rate_at(t):
                 return t
 
     next_open_arrival: Callable[[float], float] = (

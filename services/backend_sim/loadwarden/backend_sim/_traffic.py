@@ -167,21 +167,22 @@ class TrafficResult:
 def arrival_times(arrivals: Arrivals, rng: random.Random) -> list[float]:
     """Poisson arrival times, seconds from 0, drawn from ``rng`` alone.
 
-    A ramping rate (``rate_end_per_s``) is drawn by thinning: candidates at the
-    larger of the two rates, each kept with probability ``rate_at(t) / max``.
+    A rate that varies (a ramp, ``rate_end_per_s``; surges) is drawn by thinning:
+    candidates at the highest rate, each kept with probability ``rate_at(t) / peak``.
     Stops at ``requests`` arrivals or ``duration_s``, whichever comes first.
     """
     limit = min(arrivals.requests or MAX_REQUESTS, MAX_REQUESTS)
     horizon = arrivals.duration_s if arrivals.duration_s is not None else math.inf
     end_rate = arrivals.rate_end_per_s if arrivals.rate_end_per_s is not None else arrivals.rate_per_s
-    peak = max(arrivals.rate_per_s, end_rate)
+    peak = arrivals.peak_rate_per_s
+    constant = arrivals.surges is None and peak == arrivals.rate_per_s == end_rate
     times: list[float] = []
     t = 0.0
     while len(times) < limit:
         t += rng.expovariate(peak)
         if t > horizon:
             break
-        if peak == arrivals.rate_per_s == end_rate or rng.random() * peak <= arrivals.rate_at(t):
+        if constant or rng.random() * peak <= arrivals.rate_at(t):
             times.append(t)
     return times
 
