@@ -8,12 +8,15 @@ default size, marked as a fallback, and the current size is kept for later.
 An operation told a ``LoadOutlook`` (``look_ahead``: the capacity planner's forecast of
 its load score) sizes from the forecast peak ahead when that is above the measured load
 and makes the batch smaller: the same gate applies, and the reason says "forecast".
-A forecast never makes a batch bigger than the measured load would.
+A forecast never makes a batch bigger than the measured load would. How far ahead it
+looks is the outlook's lead, or the duration of the operation's recent batches (an
+exponential average of the durations ``observe`` is told).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ log = logging.getLogger("loadwarden.policy")
 
 MAX_BATCH_SIZE = 1_000_000
 RECENT_ADJUSTMENTS = 20
+DURATION_WEIGHT = 0.2  # of each reported batch in the average of recent batch durations
 OPERATION_SOURCES = ("host", "pool")
 
 
@@ -217,6 +221,7 @@ class Operation:
         self.fallback = False
         self.outlook: LoadOutlook | None = None
         self.forecast_adjustments_total = 0  # of adjustments_total, those made ahead of a forecast
+        self.batch_duration_s: float | None = None  # recent batches' duration (average), None before one
 
     def reconfigure(self, settings: OperationSettings) -> None:
         """New settings; the current size is kept, clamped into the new bounds."""
@@ -273,11 +278,12 @@ class Operation:
         if outlook.expired(now):
             self.outlook = None
             return None
-        peak = outlook.peak(now)
+        lead = outlook.lead_s or self.batch_duration_s or outlook.step_s
+        peak = outlook.rise(now, load, lead) if lead > 0 else None
         if peak is None or peak[0] <= load:
             return None
         score, at = peak
-        size, why = self.controller.target(score, f"forecast load {score:.1f} in {at - now:.0f} s")
+        size, why = self.controller.target(score, f"forecast load {score:.1f} in {_seconds(at - now)}")
         size = min(self.settings.max_batch_size, max(self.settings.min_batch_size, size))
         if size >= measured:
             return None
@@ -294,4 +300,13 @@ class Operation:
         self.size, self.last_change = size, now
 
     def observe(self, batch_size: int, duration_ms: float, success: bool) -> None:
+        if duration_ms >= 0 and duration_ms < math.inf:
+            seconds = duration_ms / 1000.0
+            recent = self.batch_duration_s
+            self.batch_duration_s = seconds if recent is None else recent + DURATION_WEIGHT * (seconds - recent)
         self.controller.observe(batch_size, duration_ms, success)
+
+
+def _seconds(span: float) -> str:
+    """A time ahead as a reason shows it: whole seconds from 10 s, tenths below."""
+    return f"{span:.0f} s" if span >= 10 else f"{span:.1f} s"

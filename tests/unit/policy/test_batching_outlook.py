@@ -51,11 +51,11 @@ def test_cooldown_and_min_step_hold_a_forecast_move_too() -> None:
     operation.look_ahead(outlook({10.0: 95.0}, lead_s=30.0))
     held = operation.decide(5.0, 0.0, LoadReading(30.0))
     assert held.size == 100
-    assert held.reason.startswith("forecast load 95.0 in 5 s >= high threshold 80: min size (measured load 30.0)")
+    assert held.reason.startswith("forecast load 95.0 in 5.0 s >= high threshold 80: min size (measured load 30.0)")
     assert "cooldown: holding 100 for 5000 ms more" in held.reason
     operation.look_ahead(outlook({20.0: 52.0}, lead_s=30.0))  # 100 - 2/30 x 95 = 93.7 -> 94: a step of 6
     small = operation.decide(12.0, 0.0, LoadReading(30.0))
-    assert small.size == 100 and small.reason.startswith("forecast load 52.0 in 8 s between thresholds")
+    assert small.size == 100 and small.reason.startswith("forecast load 52.0 in 8.0 s between thresholds")
     assert "smaller than min_step 10" in small.reason
     assert operation.forecast_adjustments_total == 0
 
@@ -106,20 +106,61 @@ def test_the_peak_is_the_highest_point_ahead_within_the_lead_earliest_first() ->
 
 
 @pytest.mark.parametrize(
-    ("times", "scores", "lead_s", "field"),
+    ("times", "scores", "extra", "field"),
     [
-        ((1.0, 2.0), (1.0,), 1.0, "times"),
-        ((2.0, 1.0), (1.0, 1.0), 1.0, "times"),
-        ((1.0, 1.0), (1.0, 1.0), 1.0, "times"),
-        ((math.nan,), (1.0,), 1.0, "times"),
-        ((1.0,), (math.inf,), 1.0, "scores"),
-        ((1.0,), (1.0,), 0.0, "lead_s"),
-        ((1.0,), (1.0,), math.inf, "lead_s"),
-        (tuple(float(i) for i in range(10_001)), (1.0,) * 10_001, 1.0, "times"),
+        ((1.0, 2.0), (1.0,), {}, "times"),
+        ((2.0, 1.0), (1.0, 1.0), {}, "times"),
+        ((1.0, 1.0), (1.0, 1.0), {}, "times"),
+        ((math.nan,), (1.0,), {}, "times"),
+        ((1.0,), (math.inf,), {}, "scores"),
+        ((1.0,), (1.0,), {"lead_s": -1.0}, "lead_s"),
+        ((1.0,), (1.0,), {"lead_s": math.inf}, "lead_s"),
+        ((1.0,), (1.0,), {"step_s": -1.0}, "step_s"),
+        ((1.0,), (1.0,), {"step_s": math.nan}, "step_s"),
+        ((1.0,), (1.0,), {"lows": (0.5, 0.5)}, "lows"),
+        ((1.0,), (1.0,), {"lows": (math.nan,)}, "lows"),
+        ((1.0,), (10.0,), {"lows": (20.0,)}, "lows"),  # a lower bound above its point
+        (tuple(float(i) for i in range(10_001)), (1.0,) * 10_001, {}, "times"),
     ],
 )
 def test_a_bad_outlook_is_refused_naming_its_field(
-    times: tuple[float, ...], scores: tuple[float, ...], lead_s: float, field: str
+    times: tuple[float, ...], scores: tuple[float, ...], extra: dict[str, Any], field: str
 ) -> None:
     with pytest.raises(ValueError, match=f"^{field}:"):
-        LoadOutlook(times, scores, lead_s)
+        LoadOutlook(times, scores, **({"lead_s": 1.0} | extra))
+
+
+def test_a_point_speaks_for_the_step_it_ends() -> None:
+    ahead = LoadOutlook((10.0, 20.0, 30.0), (40.0, 90.0, 60.0), lead_s=2.0, step_s=10.0)
+    assert ahead.peak(7.0) == (40.0, 10.0)  # (7, 9] is in the step (0, 10]
+    assert ahead.peak(8.5) == (90.0, 20.0)  # (8.5, 10.5] reaches into (10, 20]
+    assert ahead.peak(8.0) == (40.0, 10.0)  # (8, 10] ends where (10, 20] starts: not in it
+    assert ahead.peak(25.0) == (60.0, 30.0) and ahead.peak(30.0) is None
+
+
+def test_noise_within_the_interval_moves_nothing_and_a_sure_rise_does() -> None:
+    operation = op()
+    assert operation.decide(0.0, 0.0, LoadReading(45.0)).size == 100
+    # The point forecast is above the measured load, its lower bound is not: within the error.
+    noisy = LoadOutlook((10.0, 20.0), (60.0, 58.0), lead_s=30.0, lows=(40.0, 44.0), step_s=10.0)
+    operation.look_ahead(noisy)
+    assert operation.decide(1.0, 0.0, LoadReading(45.0)).size == 100
+    sure = LoadOutlook((10.0, 20.0), (60.0, 95.0), lead_s=30.0, lows=(40.0, 85.0), step_s=10.0)
+    operation.look_ahead(sure)
+    answer = operation.decide(2.0, 0.0, LoadReading(45.0))
+    assert answer.size == 5 and answer.reason.startswith("forecast load 95.0 in 18 s >= high threshold 80")
+
+
+def test_the_default_lead_is_the_recent_batch_duration() -> None:
+    operation = op()
+    operation.decide(0.0, 0.0, LoadReading(30.0))
+    operation.look_ahead(LoadOutlook((11.0, 12.0, 13.0), (30.0, 30.0, 95.0), lead_s=0.0, step_s=1.0))
+    assert operation.decide(10.5, 0.0, LoadReading(30.0)).size == 100  # no batch yet: a step, (10.5, 11.5]
+    operation.observe(100, 2_000.0, True)
+    assert operation.batch_duration_s == 2.0
+    answer = operation.decide(10.5, 0.0, LoadReading(30.0))  # a batch started now ends at 12.5: in (12, 13]
+    assert answer.size == 5 and answer.reason.startswith("forecast load 95.0 in 2.5 s")
+    operation.observe(100, 1_000.0, True)  # recent durations, averaged: 2 + 0.2 x (1 - 2)
+    assert operation.batch_duration_s == pytest.approx(1.8)
+    operation.observe(100, math.nan, False)  # a duration that is no duration is not averaged
+    assert operation.batch_duration_s == pytest.approx(1.8)

@@ -124,7 +124,10 @@ async def test_a_predictive_operation_shrinks_before_the_next_surge_and_grows_ba
     await world.planner.refresh()
     result = world.planner.operation_plans["import"].forecasts["load_score"]
     assert result.model is not None, result.reason
-    # Default lead: a step and two cooldowns (180 s); the surge's first step ends in 120 s.
+    # Default lead: the recent batch duration, a step (60 s) before any is reported; a point
+    # speaks for the step it ends, and the surge's first step is (60 s, 120 s] from now.
+    assert world.size("import")[0] == 100
+    world.core.operations["import"].observe(50, 90_000.0, True)  # a batch started now would end in 90 s
     size, reason = world.size("import")
     assert size == 5
     assert reason.startswith("forecast load ") and " in 120 s >= high threshold 80: min size" in reason

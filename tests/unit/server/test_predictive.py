@@ -51,20 +51,21 @@ def forecast_of(*values: float, model: str | None = "seasonal_naive/3600") -> Fo
 
 
 def test_an_outlook_is_the_forecast_in_the_operations_clock_and_none_without_a_model() -> None:
-    ahead = outlook(forecast_of(40.0, 90.0), OperationPlanning(predictive=True), 120.0, 1_000.0)
+    ahead = outlook(forecast_of(40.0, 90.0), OperationPlanning(predictive=True), 120.0, 1_000.0, 60.0)
     assert ahead is not None and ahead.times == (1_060.0, 1_120.0) and ahead.scores == (40.0, 90.0)
-    assert ahead.lead_s == 120.0
-    upper = outlook(forecast_of(40.0, 90.0), OperationPlanning(forecast_bound="upper"), 120.0, 0.0)
+    assert ahead.lead_s == 120.0 and ahead.step_s == 60.0
+    assert ahead.lows == (20.0, 45.0)  # a point counts when its interval's lower bound is above the load
+    upper = outlook(forecast_of(40.0, 90.0), OperationPlanning(forecast_bound="upper"), 120.0, 0.0, 60.0)
     assert upper is not None and upper.scores == (60.0, 100.0)  # clamped: a load score is a percentage
-    assert outlook(forecast_of(40.0, model=None), OperationPlanning(predictive=True), 120.0, 0.0) is None
-    assert outlook(None, OperationPlanning(predictive=True), 120.0, 0.0) is None
+    assert upper.lows == (40.0, 90.0)  # sized for the upper bound once the point forecast is above
+    assert outlook(forecast_of(40.0, model=None), OperationPlanning(predictive=True), 120.0, 0.0, 60.0) is None
+    assert outlook(None, OperationPlanning(predictive=True), 120.0, 0.0, 60.0) is None
 
 
-def test_lead_times_default_to_a_step_and_two_cooldowns_within_the_horizon() -> None:
-    assert OperationPlanning().lead(cooldown_ms=30_000, step_s=60.0, horizon_s=900.0) == 120.0
-    assert OperationPlanning().lead(cooldown_ms=0, step_s=60.0, horizon_s=900.0) == 60.0
-    assert OperationPlanning(lead_s=300.0).lead(cooldown_ms=30_000, step_s=60.0, horizon_s=900.0) == 300.0
-    assert OperationPlanning().lead(cooldown_ms=3_600_000, step_s=60.0, horizon_s=900.0) == 900.0
+def test_lead_times_default_to_the_batch_duration_and_stay_within_the_horizon() -> None:
+    assert OperationPlanning().lead(horizon_s=900.0) == 0.0  # the operation's recent batch duration
+    assert OperationPlanning(lead_s=300.0).lead(horizon_s=900.0) == 300.0
+    assert OperationPlanning(lead_s=3_600.0).lead(horizon_s=900.0) == 900.0
     assert PoolScaling().limit_lead(step_s=60.0, interval_s=30.0, horizon_s=900.0) == 90.0
     assert PoolScaling(limit_lead_s=600.0).limit_lead(step_s=60.0, interval_s=30.0, horizon_s=900.0) == 600.0
 

@@ -379,9 +379,8 @@ class Planner:
                 if operation.outlook is not None:
                     operation.look_ahead(None)
                 continue
-            lead = planning.lead(operation.settings.cooldown_ms, step, horizon)
             result = grouped.get(("operation", name), {}).get("load_score")
-            operation.look_ahead(outlook(result, planning, lead, origin))
+            operation.look_ahead(outlook(result, planning, planning.lead(horizon), origin, step))
 
     def _move_limits(self, plans: Mapping[str, PoolPlan], surges: Mapping[str, SurgeView]) -> None:
         """Moves predictive-limit pools' limits ahead of forecast surges; waiters get the room."""

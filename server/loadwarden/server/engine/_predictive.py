@@ -5,10 +5,12 @@ predictive_limit``); a forecast without a model changes nothing.
 
 **Batch sizes.** After each refresh the planner gives each predictive operation a
 ``LoadOutlook``: its load score's forecast points (the point values, or the interval's
-upper bounds), in the core's monotonic clock, and the lead time. The kernel's Operation
-then sizes from the forecast peak ahead when it is above the measured load
-(``loadwarden.policy.batching``); its adjustments say "forecast" and count in
-``forecast_adjustments_total``.
+upper bounds), each speaking for the step it ends, in the core's monotonic clock, with
+the bound below them (the interval's lower bound under a point value, the point value
+under an upper bound) and the lead time. The kernel's Operation then sizes from the
+forecast peak ahead when that bound is above the measured load
+(``loadwarden.policy.batching``): a forecast within its own error of the present moves
+nothing. Its adjustments say "forecast" and count in ``forecast_adjustments_total``.
 
 **Adaptive limits.** Per predictive-limit pool, from its requests per second at
 ``step_s`` over the history the planner reads:
@@ -66,30 +68,38 @@ class OperationPlanning:
     Attributes:
         predictive: Size the operation's batches ahead of its load score's forecast: from
             the forecast peak within ``lead_s`` when that is above the measured load.
-        lead_s: How far ahead the operation looks, seconds; 0 means ``step_s`` plus twice
-            the operation's cooldown (a point speaks for the step it ends, and the size
-            needs a cooldown per move). At most planning.horizon_s.
-        forecast_bound: Which forecast of each point: ``value`` (the point forecast) or
-            ``upper`` (the prediction interval's upper bound: smaller batches sooner).
+        lead_s: How far ahead the operation looks, seconds; 0 means the duration of its
+            recent batches (a batch started now runs that long; ``step_s`` until one is
+            reported). At most planning.horizon_s.
+        forecast_bound: Which forecast of each point to size from: ``value`` (the point
+            forecast, when the interval's lower bound is above the measured load) or
+            ``upper`` (the interval's upper bound, when the point forecast is: smaller
+            batches sooner).
     """
 
     predictive: bool = False
     lead_s: float = 0.0
     forecast_bound: str = "value"
 
-    def lead(self, cooldown_ms: int, step_s: float, horizon_s: float) -> float:
-        """The lead time in force, seconds."""
-        return min(horizon_s, self.lead_s or step_s + 2 * cooldown_ms / 1000.0)
+    def lead(self, horizon_s: float) -> float:
+        """The lead time in force, seconds (0: the operation's recent batch duration)."""
+        return min(horizon_s, self.lead_s)
 
 
-def outlook(result: Forecast | None, planning: OperationPlanning, lead_s: float, origin: float) -> LoadOutlook | None:
+def outlook(
+    result: Forecast | None, planning: OperationPlanning, lead_s: float, origin: float, step_s: float
+) -> LoadOutlook | None:
     """The load-score forecast ``result`` as an operation's outlook, its points at ``origin``
-    (monotonic seconds: the forecast's origin) plus their offsets; None without a model."""
+    (monotonic seconds: the forecast's origin) plus their offsets, each speaking for the
+    ``step_s`` before it; None without a model."""
     if result is None or result.model is None or not result.points:
         return None
-    values = tuple(p.upper if planning.forecast_bound == "upper" else p.value for p in result.points)
+    upper = planning.forecast_bound == "upper"
+    values = tuple(p.upper if upper else p.value for p in result.points)
+    lows = tuple(p.value if upper else p.lower for p in result.points)
     try:
-        return LoadOutlook(tuple(origin + p.offset_s for p in result.points), values, lead_s)
+        times = tuple(origin + p.offset_s for p in result.points)
+        return LoadOutlook(times, values, lead_s, lows=lows, step_s=step_s)
     except ValueError as exc:  # a forecast is finite and rising by construction; never trust that blindly
         log.warning("capacity planning: a load-score forecast was unusable: %s", exc)
         return None
