@@ -289,9 +289,15 @@ async def test_the_health_path_reports_checks_breakers_and_the_fallback(start) -
     )
     with serving(app) as url:
         async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
-            ok = await http.get("/api/health")
-            assert ok.status_code == 200, ok.text
-            body = ok.json()
+            # The first check may outlast timeout_s on a loaded machine while the channel connects.
+            deadline = time.monotonic() + WAIT_S
+            while True:
+                ok = await http.get("/api/health")
+                assert ok.status_code == 200, ok.text
+                body = ok.json()
+                if body["checks"]["control_plane"]["state"] == "ok" or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
             assert body["status"] == "degraded"  # the cache
             assert body["checks"]["database"] == {"state": "ok", "critical": True, "detail": "connected"}
             assert body["checks"]["cache"] == {
