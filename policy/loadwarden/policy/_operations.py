@@ -278,9 +278,8 @@ class Operation:
         if outlook.expired(now):
             self.outlook = None
             return None
-        lead = outlook.lead_s or self.batch_duration_s or outlook.step_s
-        peak = outlook.rise(now, load, lead) if lead > 0 else None
-        if peak is None or peak[0] <= load:
+        peak = outlook.rise(now, load, outlook.lead_s or self.batch_duration_s or outlook.step_s)
+        if peak is None:  # every point it finds is forecast above the measured load
             return None
         score, at = peak
         size, why = self.controller.target(score, f"forecast load {score:.1f} in {_seconds(at - now)}")
