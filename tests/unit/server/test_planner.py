@@ -204,3 +204,35 @@ async def test_answers_check_their_arguments_and_drop_deleted_pools() -> None:
     setup.core.delete_pool("jobs")
     await setup.planner.refresh()
     assert list(setup.planner.plans) == ["api"]
+
+
+async def test_overlapping_refreshes_take_turns_so_the_newest_read_of_the_history_stands() -> None:
+    import asyncio
+    import threading
+
+    setup = Setup(PoolScaling(metric="requests_per_s", target=10.0))
+    planner = setup.planner
+    read = planner._series
+    first_read, release = threading.Event(), threading.Event()
+    calls = 0
+
+    def series(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        out = read(*args)
+        if calls == 1:  # the first refresh has read an empty history; hold it there
+            first_read.set()
+            assert release.wait(10.0)
+        return out
+
+    planner._series = series  # type: ignore[method-assign]
+    older = asyncio.ensure_future(planner.refresh())
+    assert await asyncio.to_thread(first_read.wait, 10.0)
+    setup.play(3_600.0, lambda t: 45.0)  # the history fills while the first refresh is under way
+    newer = asyncio.ensure_future(planner.refresh())
+    with pytest.raises(TimeoutError):  # it waits for the one under way
+        await asyncio.wait_for(asyncio.shield(newer), 0.2)
+    release.set()
+    await asyncio.gather(older, newer)
+    assert calls == 2 and planner.refreshes == 2
+    assert planner.plans["api"].recommendation.metric == pytest.approx(22.5)  # the newer read, not the empty one

@@ -245,6 +245,9 @@ class Planner:
         self.operation_plans: dict[str, OperationPlan] = {}
         self.refreshes = 0
         self.predictive = PredictiveLimits()
+        # One refresh at a time: two overlapping ones (the loop's and one asked for) could
+        # otherwise finish out of order, the older read of the history overwriting the newer.
+        self._refreshing = asyncio.Lock()
 
     @property
     def limit_moves(self) -> Sequence[LimitMove]:
@@ -265,7 +268,12 @@ class Planner:
             await asyncio.sleep(max(0.0, self.settings.interval_s - took))
 
     async def refresh(self) -> None:
-        """Reads the history, forecasts, and recomputes every pool's recommendation."""
+        """Reads the history, forecasts, and recomputes every pool's recommendation (after the
+        refresh under way, if one is)."""
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         now = self._wall()
         origin = self.core.clock.monotonic()  # ``now`` in the clock operations decide by
         pools = self.core.pools()[:MAX_PLANNED_POOLS]
