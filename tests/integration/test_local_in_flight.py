@@ -46,12 +46,15 @@ async def test_a_clients_requests_in_flight_reach_the_other_clients_tables(start
             assert all(r.selection.local and r.server_id == "s1" for r in routes)
             await until(lambda: _peer(b, "s1") == 3, "b to see a's 3 requests on s1")
             assert _peer(a, "s1") == 0  # a's own are in its in_flight, not counted twice
+            # a's table says it holds a's report (RouteTable.in_flight_seq): a takes out exactly that
+            await until(lambda: a._tables.pools["api"].held == {"s1": 3}, "a's table to hold a's report")
             assert (await service_in_flight(stub))["s1"] == 3
             # b weighs them: least connections keeps b off s1 while a holds it
             for _ in range(6):
                 async with b.route("api") as route:
                     assert route.server_id != "s1"
         await until(lambda: _peer(b, "s1") == 0, "a's requests to end at b")
+        await until(lambda: a._tables.pools["api"].held == {}, "a's table to hold a's last report")
     assert await service_in_flight(stub) == {"s1": 0, "s2": 0, "s3": 0}
 
 

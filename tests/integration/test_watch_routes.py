@@ -186,6 +186,46 @@ async def test_route_streams_count_against_the_watch_caps(service: RunningServic
         stream.cancel()
 
 
+async def test_a_table_says_which_of_its_clients_in_flight_reports_it_holds(
+    service: RunningService, channel_to
+) -> None:
+    stub = pb_grpc.DecisionServiceStub(channel_to(service))
+    mine = stub.WatchRoutes(pb.WatchRoutesRequest(pools=["api"], client_instance="c1"))
+    other = stub.WatchRoutes(pb.WatchRoutesRequest(pools=["api"]))  # names no client: says nothing
+    first = await _read(mine)
+    assert first.HasField("in_flight_seq") and first.in_flight_seq == 0  # none of its reports yet
+    assert not (await _read(other)).HasField("in_flight_seq")
+
+    async def report(seq: int, instance: str, count: int) -> pb.RouteTable:
+        counts = pb.LocalInFlight(pool="api", server_ids=["s1"], counts=[count])
+        request = pb.ReportOutcomeRequest(client_instance=instance, in_flight_seq=seq, in_flight=[counts])
+        await stub.ReportOutcome(request)
+        return await _read(mine)
+
+    held = await report(7, "c1", 2)
+    assert held.in_flight_seq == 7 and [(s.id, s.in_flight) for s in held.servers] == [("s1", 2)]
+    held = await report(3, "c2", 5)  # another client's report: the count moves, this client's number does not
+    assert held.in_flight_seq == 7 and held.servers[0].in_flight == 7
+    held = await report(8, "c1", 0)
+    assert held.in_flight_seq == 8 and held.servers[0].in_flight == 5
+    # A stream opened now gets the whole table with the number it holds.
+    late = stub.WatchRoutes(pb.WatchRoutesRequest(pools=["api"], client_instance="c1"))
+    whole = await _read(late)
+    assert whole.full and whole.in_flight_seq == 8
+    for stream in (mine, other, late):
+        stream.cancel()
+
+
+@pytest.mark.parametrize(("instance", "field"), [("bad name", "client_instance"), ("x" * 65, "client_instance")])
+async def test_a_bad_client_instance_is_refused(service: RunningService, channel_to, instance, field) -> None:
+    stub = pb_grpc.DecisionServiceStub(channel_to(service))
+    stream = stub.WatchRoutes(pb.WatchRoutesRequest(pools=["api"], client_instance=instance))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await asyncio.wait_for(stream.read(), 5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(f"{field}: ")
+
+
 @pytest.mark.parametrize(
     ("pools", "code", "field"),
     [

@@ -12,9 +12,13 @@ Clients deciding locally see each other's load through the service: each reports
 its requests in flight per server with its outcome batches (`in_flight_report`:
 the servers whose count changed, and all of them every `IN_FLIGHT_REFRESH_S`), the
 service adds every client's counts into the table's `in_flight`, and a client
-takes the others' share as that count less what it reported itself
-(`peer_in_flight`). Without it each of three clients sees a third of the load and
-they pile onto the same servers (docs/local-decisions-quality.md).
+takes the others' share as that count less its own share in it (`peer_in_flight`).
+Its own share is the report the table says it holds (`RouteTable.in_flight_seq`:
+reports are numbered, and the client keeps those the service has not yet shown
+it holds), not the last one sent: a table built before the latest report arrived,
+or on its way while the client sent another, holds an older count. Without any of
+it each of three clients sees a third of the load and they pile onto the same
+servers (docs/local-decisions-quality.md).
 
 A table is checked whole before any of it is taken: a malformed one (bad ids,
 weights, numbers, strategy, parameters or learned values; too many servers) is
@@ -35,7 +39,7 @@ import random
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -55,6 +59,7 @@ LOCAL_DECISION_TTL_S = 30.0  # a local decision with no outcome this long is set
 _EXPIRY_EVERY = 1_024  # decisions between two looks for expired ones
 DEFAULT_OUTCOME_RATE = 2_000.0  # outcomes of local decisions sent per second, about, before sampling
 IN_FLIGHT_INTERVAL_S = 0.005  # a changed in-flight count is reported this soon, at most (with outcomes: at once)
+MAX_UNHELD_REPORTS = 256  # reports a pool keeps until a table holds them; older ones count as held
 IN_FLIGHT_REFRESH_S = 1.0  # every count is reported again this often while any is not 0 (the service forgets at 3 s)
 MAX_IN_FLIGHT_POOLS = 100  # pools in one report (the contract's bound)
 MAX_IN_FLIGHT_SERVERS = 10_000  # servers in one report, all pools together (the contract's bound)
@@ -205,6 +210,11 @@ class LocalPool:
         self.deleted = False
         self.reported: dict[str, int] = {}  # server id -> this client's in-flight count as last reported (not 0)
         self.dirty: set[str] = set()  # servers whose in-flight count moved since the last report
+        # This client's counts as the table it holds includes them (not 0), and the reports
+        # sent since that a table has not yet said it holds: (seq, counts, complete).
+        self.held: dict[str, int] = {}
+        self._unheld: deque[tuple[int, dict[str, int], bool]] = deque()
+        self._table_in_flight: dict[str, int] = {}  # server id -> the table's in_flight (every client's)
 
     def apply(self, table: _pb.RouteTable, max_servers: int) -> bool:
         """Takes a table or a change; False when it is a change to another version (ignored).
@@ -249,8 +259,16 @@ class LocalPool:
         else:
             for sid in removed:
                 self._drop(sid)
+        if table.HasField("in_flight_seq"):
+            own, moved = self.held, self._hold(table.in_flight_seq)
+        else:  # a service that does not say: the last report sent is the best guess
+            own, moved = self.reported, set()
         for entry in entries.values():
-            self._take(entry)
+            self._take(entry, own)
+        for sid in moved:
+            server = self.servers.get(sid)
+            if server is not None and sid not in entries:
+                server.peer_in_flight = max(0, self._table_in_flight.get(sid, 0) - own.get(sid, 0))
         self.version, self.epoch = table.version, table.epoch
         self.consecutive_failures = table.consecutive_failures
         self.ejection_s = table.base_ejection_time_ms / 1000.0
@@ -291,7 +309,39 @@ class LocalPool:
         except (ValueError, TypeError, KeyError) as err:
             raise TableRejected(f"learned_json: {err}") from None
 
-    def _take(self, entry: _Entry) -> None:
+    def _hold(self, seq: int) -> set[str]:
+        """Moves `held` to the report numbered ``seq`` (0: none); returns the servers whose
+        held count changed."""
+        held = self.held
+        if not seq:
+            moved = set(held)
+            held.clear()
+            return moved
+        moved = set()
+        unheld = self._unheld
+        while unheld and unheld[0][0] <= seq:
+            _, counts, complete = unheld.popleft()
+            if complete:
+                moved.update(held)
+                held.clear()
+            for sid, count in counts.items():
+                moved.add(sid)
+                if count:
+                    held[sid] = count
+                else:
+                    held.pop(sid, None)
+        return moved
+
+    def _sent(self, seq: int, counts: dict[str, int], complete: bool) -> None:
+        """Keeps a report until a table holds it (at most `MAX_UNHELD_REPORTS`: the oldest
+        beyond them count as held)."""
+        if not seq:
+            return
+        self._unheld.append((seq, counts, complete))
+        if len(self._unheld) > MAX_UNHELD_REPORTS:
+            self._hold(self._unheld[0][0])
+
+    def _take(self, entry: _Entry, own: Mapping[str, int]) -> None:
         server = self.servers.get(entry.id)
         if server is None:
             server = self.servers[entry.id] = Backend(entry.id, entry.address, entry.weight)
@@ -302,7 +352,8 @@ class LocalPool:
         server.load = entry.load
         server.load_at = self._clock() if entry.load is not None else None
         # The service's count holds every client's report, this one's too: the others' share is the rest.
-        server.peer_in_flight = max(0, entry.in_flight - self.reported.get(entry.id, 0))
+        self._table_in_flight[entry.id] = entry.in_flight
+        server.peer_in_flight = max(0, entry.in_flight - own.get(entry.id, 0))
         server.ewma_latency_ms, server.error_rate = entry.ewma_latency_ms, entry.error_rate
         server.outcomes_total = entry.outcomes_total
         if entry.eligible:
@@ -315,6 +366,7 @@ class LocalPool:
             self.strategy.forget(server_id)
         self._eligible.discard(server_id)
         self._ejected.pop(server_id, None)
+        self._table_in_flight.pop(server_id, None)
 
     def _rebuild(self, now: float) -> None:
         """Recomputes `candidates`: eligible servers less this client's ejections (unless too
@@ -368,10 +420,10 @@ class LocalPool:
     def locally_ejected(self) -> list[str]:
         return sorted(self._ejected)
 
-    def in_flight_report(self, complete: bool, budget: int) -> _pb.LocalInFlight | None:
-        """This client's in-flight counts to report: every server's not at 0 (``complete``),
-        else those that changed since the last report, at most ``budget`` servers (the rest
-        stay for the next report); None when there is nothing to say."""
+    def in_flight_report(self, complete: bool, budget: int, seq: int = 0) -> _pb.LocalInFlight | None:
+        """This client's in-flight counts to report as report number ``seq``: every server's
+        not at 0 (``complete``), else those that changed since the last report, at most
+        ``budget`` servers (the rest stay for the next report); None when there is nothing to say."""
         if self.deleted or self.strategy is None:
             self.dirty.clear()
             return None
@@ -382,6 +434,7 @@ class LocalPool:
                 return None
             if len(counts) <= budget:
                 self.reported, self.dirty = counts, set()
+                self._sent(seq, dict(counts), True)
                 return _pb.LocalInFlight(pool=self.name, server_ids=counts, counts=counts.values(), complete=True)
             self.dirty.update(counts)  # too many for one report: as changes, over several
             self.dirty.update(self.reported)
@@ -399,7 +452,10 @@ class LocalPool:
                     reported[sid] = count
                 else:
                     del reported[sid]
-        return _pb.LocalInFlight(pool=self.name, server_ids=ids, counts=values) if ids else None
+        if not ids:
+            return None
+        self._sent(seq, dict(zip(ids, values, strict=True)), False)
+        return _pb.LocalInFlight(pool=self.name, server_ids=ids, counts=values)
 
 
 class LocalChoice(NamedTuple):
@@ -467,12 +523,15 @@ class Gaps:
 
     def mark(self, now: float) -> None:
         last, self._last = self._last, now
-        if last is None:
-            return
+        if last is not None:
+            self.add(now - last)
+
+    def add(self, seconds: float) -> None:
+        """Records one gap directly (e.g. a table's age when it arrived)."""
         if len(self._gaps) < self._size:
-            self._gaps.append(now - last)
+            self._gaps.append(seconds)
         else:
-            self._gaps[self._next] = now - last
+            self._gaps[self._next] = seconds
             self._next = (self._next + 1) % self._size
 
     def percentile_ms(self, q: float) -> float:
@@ -488,6 +547,9 @@ class RouteTables:
 
     Args:
         clock: Monotonic clock, seconds.
+        wall: Wall clock, seconds since the epoch: a table's age is ``wall()`` less its
+            ``generated_at`` (the service's wall clock; meaningful on one machine or
+            with synchronised clocks).
         rng: Randomness of the local strategies (seed it in tests).
         stale_after_s: Tables count as stale this long after their stream broke.
         max_table_servers: Servers a table may hold; a larger one is rejected.
@@ -499,12 +561,14 @@ class RouteTables:
         self,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         stale_after_s: float = 5.0,
         max_table_servers: int = DEFAULT_MAX_TABLE_SERVERS,
         outcome_rate: float = DEFAULT_OUTCOME_RATE,
     ) -> None:
         self._clock = clock
+        self._wall = wall
         self._rng = rng or random.Random()
         self.stale_after_s = stale_after_s
         self.max_table_servers = max_table_servers
@@ -524,11 +588,14 @@ class RouteTables:
         self.wake_sender = False  # set by the first move after a report: the caller wakes the outcome sender
         self._last_report = -math.inf
         self._refresh_at = -math.inf
+        self.in_flight_seq = 0  # the number of the report in_flight_report or in_flight_goodbye returned last
         # How fresh the view is: time between two tables (or changes) taken, and between two
         # in-flight reports sent. While counts move, both should be near their intervals
         # (the service's route_push_interval_ms, IN_FLIGHT_INTERVAL_S); more means late.
         self.table_gaps = Gaps()
         self.report_gaps = Gaps()
+        # And how long a table took from its build at the service to being taken here.
+        self.table_ages = Gaps()
 
     # --- the stream's side ---------------------------------------------------------
 
@@ -556,6 +623,9 @@ class RouteTables:
                 return False
             self.pools[table.pool] = pool
             self.table_gaps.mark(self._clock())
+            if table.HasField("generated_at"):
+                built = table.generated_at
+                self.table_ages.add(max(0.0, self._wall() - built.seconds - built.nanos * 1e-9))
             return True
 
     def stream_up(self) -> None:
@@ -693,8 +763,10 @@ class RouteTables:
                 for name, pool in self.pools.items()
                 if pool.reported and not pool.deleted
             ][:MAX_IN_FLIGHT_POOLS]
+            self.in_flight_seq += 1
             for pool in self.pools.values():
                 pool.reported, pool.dirty = {}, set()
+                pool._sent(self.in_flight_seq, {}, True)  # noqa: SLF001 - the pools are this class's own
             self._moved = False
             return out
 
@@ -709,13 +781,14 @@ class RouteTables:
             self._moved = self.wake_sender = False
             self._last_report = now
             self.report_gaps.mark(now)
+            self.in_flight_seq = seq = self.in_flight_seq + 1
             out: list[_pb.LocalInFlight] = []
             budget = MAX_IN_FLIGHT_SERVERS
             for pool in self.pools.values():
                 if len(out) >= MAX_IN_FLIGHT_POOLS:
                     self._moved = True  # the rest next time
                     break
-                entry = pool.in_flight_report(complete, budget) if budget else None
+                entry = pool.in_flight_report(complete, budget, seq) if budget else None
                 if entry is not None:
                     out.append(entry)
                     budget -= len(entry.server_ids)
@@ -736,4 +809,6 @@ class RouteTables:
                 "table_gap_p99_ms": self.table_gaps.percentile_ms(99),
                 "report_gap_p50_ms": self.report_gaps.percentile_ms(50),
                 "report_gap_p99_ms": self.report_gaps.percentile_ms(99),
+                "table_age_p50_ms": self.table_ages.percentile_ms(50),
+                "table_age_p99_ms": self.table_ages.percentile_ms(99),
             }

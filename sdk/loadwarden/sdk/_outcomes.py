@@ -25,6 +25,7 @@ class InFlightSource(Protocol):
     """What reports a client's requests in flight with its outcome batches (`RouteTables`)."""
 
     instance: str
+    in_flight_seq: int  # the number of the report in_flight_report or in_flight_goodbye returned last
 
     def in_flight_due(self) -> float | None: ...
 

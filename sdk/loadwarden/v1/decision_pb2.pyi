@@ -80,14 +80,16 @@ class LocalDecision(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., server_id: _Optional[str] = ..., table_version: _Optional[int] = ..., features: _Optional[_Iterable[float]] = ..., state: _Optional[str] = ..., explored: _Optional[bool] = ..., sample_weight: _Optional[float] = ...) -> None: ...
 
 class ReportOutcomeRequest(_message.Message):
-    __slots__ = ("outcomes", "client_instance", "in_flight")
+    __slots__ = ("outcomes", "client_instance", "in_flight", "in_flight_seq")
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     CLIENT_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_SEQ_FIELD_NUMBER: _ClassVar[int]
     outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
     client_instance: str
     in_flight: _containers.RepeatedCompositeFieldContainer[LocalInFlight]
-    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., client_instance: _Optional[str] = ..., in_flight: _Optional[_Iterable[_Union[LocalInFlight, _Mapping]]] = ...) -> None: ...
+    in_flight_seq: int
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., client_instance: _Optional[str] = ..., in_flight: _Optional[_Iterable[_Union[LocalInFlight, _Mapping]]] = ..., in_flight_seq: _Optional[int] = ...) -> None: ...
 
 class LocalInFlight(_message.Message):
     __slots__ = ("pool", "server_ids", "counts", "complete")
@@ -286,10 +288,12 @@ class WatchLoadStatusResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[_common_pb2.LoadStatus, _Mapping]] = ...) -> None: ...
 
 class WatchRoutesRequest(_message.Message):
-    __slots__ = ("pools",)
+    __slots__ = ("pools", "client_instance")
     POOLS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     pools: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, pools: _Optional[_Iterable[str]] = ...) -> None: ...
+    client_instance: str
+    def __init__(self, pools: _Optional[_Iterable[str]] = ..., client_instance: _Optional[str] = ...) -> None: ...
 
 class WatchRoutesResponse(_message.Message):
     __slots__ = ("table",)
@@ -298,7 +302,7 @@ class WatchRoutesResponse(_message.Message):
     def __init__(self, table: _Optional[_Union[RouteTable, _Mapping]] = ...) -> None: ...
 
 class RouteTable(_message.Message):
-    __slots__ = ("pool", "version", "epoch", "full", "base_version", "servers", "removed_server_ids", "strategy", "strategy_params_json", "learned_json", "consecutive_failures", "base_ejection_time_ms", "panic_threshold_percent", "panic", "generated_at", "deleted")
+    __slots__ = ("pool", "version", "epoch", "full", "base_version", "servers", "removed_server_ids", "strategy", "strategy_params_json", "learned_json", "consecutive_failures", "base_ejection_time_ms", "panic_threshold_percent", "panic", "generated_at", "deleted", "in_flight_seq")
     POOL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +319,7 @@ class RouteTable(_message.Message):
     PANIC_FIELD_NUMBER: _ClassVar[int]
     GENERATED_AT_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_SEQ_FIELD_NUMBER: _ClassVar[int]
     pool: str
     version: int
     epoch: str
@@ -331,7 +336,8 @@ class RouteTable(_message.Message):
     panic: bool
     generated_at: _timestamp_pb2.Timestamp
     deleted: bool
-    def __init__(self, pool: _Optional[str] = ..., version: _Optional[int] = ..., epoch: _Optional[str] = ..., full: _Optional[bool] = ..., base_version: _Optional[int] = ..., servers: _Optional[_Iterable[_Union[RouteServer, _Mapping]]] = ..., removed_server_ids: _Optional[_Iterable[str]] = ..., strategy: _Optional[str] = ..., strategy_params_json: _Optional[str] = ..., learned_json: _Optional[str] = ..., consecutive_failures: _Optional[int] = ..., base_ejection_time_ms: _Optional[int] = ..., panic_threshold_percent: _Optional[int] = ..., panic: _Optional[bool] = ..., generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deleted: _Optional[bool] = ...) -> None: ...
+    in_flight_seq: int
+    def __init__(self, pool: _Optional[str] = ..., version: _Optional[int] = ..., epoch: _Optional[str] = ..., full: _Optional[bool] = ..., base_version: _Optional[int] = ..., servers: _Optional[_Iterable[_Union[RouteServer, _Mapping]]] = ..., removed_server_ids: _Optional[_Iterable[str]] = ..., strategy: _Optional[str] = ..., strategy_params_json: _Optional[str] = ..., learned_json: _Optional[str] = ..., consecutive_failures: _Optional[int] = ..., base_ejection_time_ms: _Optional[int] = ..., panic_threshold_percent: _Optional[int] = ..., panic: _Optional[bool] = ..., generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deleted: _Optional[bool] = ..., in_flight_seq: _Optional[int] = ...) -> None: ...
 
 class RouteServer(_message.Message):
     __slots__ = ("id", "address", "weight", "effective_weight", "state", "eligible", "load", "load_reported_at", "in_flight", "ewma_latency_ms", "error_rate", "outcomes_total", "ejected_until")

@@ -14,6 +14,7 @@ from loadwarden.sdk._local import (
     IN_FLIGHT_INTERVAL_S,
     IN_FLIGHT_REFRESH_S,
     MAX_IN_FLIGHT_SERVERS,
+    MAX_UNHELD_REPORTS,
     RouteTables,
 )
 from loadwarden.v1 import decision_pb2 as pb
@@ -102,6 +103,82 @@ def test_the_others_share_is_the_tables_count_less_this_clients_report(tables: R
     # least connections weighs the whole count: s2 (2) over s1 (7)
     choice = tables.decide("api")
     assert choice is not None and choice.server.id == "s2"
+
+
+def lc_change(version: int, *servers: pb.RouteServer, **fields) -> pb.RouteTable:
+    return change(version, version - 1, *servers, strategy="least_connections", **fields)
+
+
+def test_reports_are_numbered_in_order(tables: RouteTables) -> None:
+    assert tables.in_flight_seq == 0
+    tables.decide("api")
+    tables.in_flight_report()
+    first = tables.in_flight_seq
+    tables.decide("api")
+    tables.in_flight_report()
+    assert tables.in_flight_seq == first + 1
+    tables.in_flight_goodbye()
+    assert tables.in_flight_seq == first + 2
+
+
+def test_the_others_share_takes_out_the_report_the_table_holds_not_the_last_sent(
+    tables: RouteTables, clock: FakeClock
+) -> None:
+    pool = tables.pools["api"]
+    for _ in range(2):
+        tables.decide("api", exclude=("s2",))
+    tables.in_flight_report()  # s1: 2
+    held = tables.in_flight_seq
+    clock.now += IN_FLIGHT_INTERVAL_S
+    tables.decide("api", exclude=("s2",))
+    tables.in_flight_report()  # s1: 3, not yet at the service when it built the next table
+    # Built holding the first report: 2 of this client's and 4 of others' on s1.
+    assert tables.apply(lc_change(2, server("s1", in_flight=6), in_flight_seq=held), WATCHED)
+    s1, s2 = pool.servers["s1"], pool.servers["s2"]
+    assert (s1.in_flight, s1.peer_in_flight) == (3, 4)  # the last report sent (3) would say 3
+    # The next table holds the second report; s1's entry did not change (others went 4 -> 3),
+    # yet the share is taken again from the count the client holds.
+    assert tables.apply(lc_change(3, server("s2", in_flight=1), in_flight_seq=held + 1), WATCHED)
+    assert (s1.peer_in_flight, s2.peer_in_flight) == (3, 1)
+
+
+def test_a_table_that_holds_none_of_this_clients_reports_takes_out_nothing(tables: RouteTables) -> None:
+    for _ in range(2):
+        tables.decide("api", exclude=("s2",))
+    tables.in_flight_report()
+    # The service forgot this client (or restarted): its counts are not in the table's.
+    assert tables.apply(lc_change(2, server("s1", in_flight=3), in_flight_seq=0), WATCHED)
+    assert tables.pools["api"].servers["s1"].peer_in_flight == 3
+
+
+def test_a_complete_report_replaces_what_the_table_holds(tables: RouteTables, clock: FakeClock) -> None:
+    first = tables.decide("api", exclude=("s2",))
+    tables.in_flight_report()  # s1: 1 (complete: the first report)
+    assert tables.apply(lc_change(2, server("s1", in_flight=1), in_flight_seq=tables.in_flight_seq), WATCHED)
+    assert first is not None
+    tables.finish(first.decision_id, True, 1.0, "")
+    tables.decide("api", exclude=("s1",))
+    tables.in_flight_lost()  # the next report says every count: s2 only
+    assert counts(tables.in_flight_report()) == {"api": ({"s2": 1}, True)}
+    assert tables.apply(
+        lc_change(3, server("s1", in_flight=0), server("s2", in_flight=1), in_flight_seq=tables.in_flight_seq), WATCHED
+    )
+    pool = tables.pools["api"]
+    assert pool.held == {"s2": 1}
+    assert (pool.servers["s1"].peer_in_flight, pool.servers["s2"].peer_in_flight) == (0, 0)
+
+
+def test_reports_no_table_holds_are_kept_within_a_bound(tables: RouteTables, clock: FakeClock) -> None:
+    pool = tables.pools["api"]
+    for _ in range(MAX_UNHELD_REPORTS + 10):
+        choice = tables.decide("api")
+        assert choice is not None
+        tables.in_flight_report()
+        clock.now += IN_FLIGHT_INTERVAL_S
+    assert len(pool._unheld) == MAX_UNHELD_REPORTS  # the oldest count as held
+    assert sum(pool.held.values()) == 10  # those 10 reports' counts: one decision each
+    assert tables.apply(lc_change(2, in_flight_seq=tables.in_flight_seq), WATCHED)
+    assert not pool._unheld and pool.held == {s.id: s.in_flight for s in pool.servers.values()}
 
 
 def test_a_table_below_this_clients_report_leaves_no_negative_share(tables: RouteTables) -> None:

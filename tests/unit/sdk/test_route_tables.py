@@ -310,6 +310,29 @@ def test_stats_say_how_fresh_the_tables_and_the_reports_are(clock: FakeClock) ->
     assert stats["report_gap_p50_ms"] == pytest.approx(5.0)
 
 
+def test_stats_say_how_old_tables_are_when_taken(clock: FakeClock) -> None:
+    from google.protobuf import timestamp_pb2
+
+    wall = FakeClock()
+    wall.now = 1_700_000_000.0
+    tables = RouteTables(clock=clock, wall=wall, rng=random.Random(1))
+    assert tables.apply(table(1), WATCHED)  # no generated_at: no age counted
+    assert tables.stats()["table_age_p99_ms"] == 0.0
+    for i, age_ms in enumerate([2] * 98 + [15, 40], start=2):
+        built = wall.now
+        wall.now += age_ms / 1000.0
+        stamp = timestamp_pb2.Timestamp(seconds=int(built), nanos=round((built % 1) * 1e9))
+        assert tables.apply(change(i, i - 1, server("s1", in_flight=i), generated_at=stamp), WATCHED)
+    stats = tables.stats()
+    assert stats["table_age_p50_ms"] == pytest.approx(2.0, abs=0.01)
+    assert stats["table_age_p99_ms"] == pytest.approx(15.0, abs=0.01)
+    # A table built "after" it arrived (clocks apart) counts as 0, never negative.
+    wall.now -= 1.0
+    stamp = timestamp_pb2.Timestamp(seconds=int(wall.now) + 5)
+    assert tables.apply(change(102, 101, server("s1"), generated_at=stamp), WATCHED)
+    assert min(tables.table_ages._gaps) == 0.0
+
+
 def test_gaps_keep_only_the_last_ones() -> None:
     from loadwarden.sdk._local import Gaps
 

@@ -104,3 +104,19 @@ def test_the_count_reaches_every_strategys_view(strategy: str) -> None:
     core.report_in_flight([LocalInFlight("api", {"s2": 9})], "app", "a")
     server = core.pool("api").servers["s2"]
     assert server.in_flight_total == 9 and server.active_requests == 9
+
+
+def test_each_client_keeps_the_number_of_its_latest_report_until_forgotten() -> None:
+    clock = ManualClock()
+    core = make_core(clock)
+    book = core.local_in_flight
+    assert book.seq(("app", "a")) == 0  # never heard of
+    core.report_in_flight([LocalInFlight("api", {"s1": 1})], "app", "a", 4)
+    core.report_in_flight([LocalInFlight("api", {"s1": 2})], "app", "b", 9)
+    core.report_in_flight([LocalInFlight("api", {"s1": 0})], "app", "a", 5)
+    assert (book.seq(("app", "a")), book.seq(("app", "b")), book.seq(("other", "a"))) == (5, 9, 0)
+    core.report_in_flight([LocalInFlight("api", {"s2": 1})], "app", "a")  # not numbered: says nothing held
+    assert book.seq(("app", "a")) == 0
+    clock.advance(LOCAL_IN_FLIGHT_TTL_S + 0.01)
+    core.expire()
+    assert book.seq(("app", "b")) == 0  # forgotten with its counts

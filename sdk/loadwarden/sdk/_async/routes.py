@@ -90,7 +90,8 @@ class AsyncRouteWatcher:
                 self._restarting = False
             if not pools:
                 return
-            call = self._call = self._open(_pb.WatchRoutesRequest(pools=pools))
+            request = _pb.WatchRoutesRequest(pools=pools, client_instance=self._tables.instance)
+            call = self._call = self._open(request)
             got = False
             try:
                 async for response in call:

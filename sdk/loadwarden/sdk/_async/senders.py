@@ -79,7 +79,9 @@ class TaskOutcomeSender:
             return
         assert source is not None
         try:
-            await self._send(_pb.ReportOutcomeRequest(client_instance=source.instance, in_flight=counts))
+            request = _pb.ReportOutcomeRequest(client_instance=source.instance, in_flight=counts)
+            request.in_flight_seq = source.in_flight_seq
+            await self._send(request)
         except Exception:  # noqa: BLE001 - the service forgets the counts at their TTL anyway
             self.in_flight_failures += 1
 
@@ -118,6 +120,7 @@ class TaskOutcomeSender:
                 if counts:
                     assert source is not None
                     request.client_instance = source.instance
+                    request.in_flight_seq = source.in_flight_seq
                     request.in_flight.extend(counts)
                 try:
                     response = await self._send(request)

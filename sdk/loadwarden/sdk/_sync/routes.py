@@ -92,7 +92,8 @@ class RouteWatcher:
                 self._restarting = False
             if not pools:
                 return
-            call = self._call = self._open(_pb.WatchRoutesRequest(pools=pools))
+            request = _pb.WatchRoutesRequest(pools=pools, client_instance=self._tables.instance)
+            call = self._call = self._open(request)
             got = False
             try:
                 for response in call:

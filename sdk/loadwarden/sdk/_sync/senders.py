@@ -81,7 +81,9 @@ class ThreadOutcomeSender:
             return
         assert source is not None
         try:
-            self._send(_pb.ReportOutcomeRequest(client_instance=source.instance, in_flight=counts))
+            request = _pb.ReportOutcomeRequest(client_instance=source.instance, in_flight=counts)
+            request.in_flight_seq = source.in_flight_seq
+            self._send(request)
         except Exception:  # noqa: BLE001 - the service forgets the counts at their TTL anyway
             self.in_flight_failures += 1
 
@@ -120,6 +122,7 @@ class ThreadOutcomeSender:
                 if counts:
                     assert source is not None
                     request.client_instance = source.instance
+                    request.in_flight_seq = source.in_flight_seq
                     request.in_flight.extend(counts)
                 try:
                     response = self._send(request)

@@ -495,13 +495,14 @@ class DecisionCore:
         self.local_in_flight.expire(now)
         return len(expired)
 
-    def report_in_flight(self, reports: Sequence[LocalInFlight], owner: str, instance: str) -> None:
+    def report_in_flight(self, reports: Sequence[LocalInFlight], owner: str, instance: str, seq: int = 0) -> None:
         """Takes the requests in flight that client ``instance`` of caller ``owner`` decided
-        locally (checked already); they count in its servers' in-flight counts until it
-        reports again, or for ``LOCAL_IN_FLIGHT_TTL_S`` after its last report."""
+        locally (checked already), from its report numbered ``seq``; they count in its
+        servers' in-flight counts until it reports again, or for ``LOCAL_IN_FLIGHT_TTL_S``
+        after its last report."""
         now = self.clock.monotonic()
         self.local_in_flight.expire(now)
-        self.local_in_flight.report((owner, instance), reports, now)
+        self.local_in_flight.report((owner, instance), reports, now, seq)
 
     # --- batch sizing ------------------------------------------------------------
 

@@ -8,7 +8,9 @@ each client reports its counts with its outcome batches (``ReportOutcomeRequest.
 in_flight``: the servers whose count changed, and now and then all of them), the
 service keeps one set of counts per client (caller identity and client instance)
 and sums them into ``Backend.client_in_flight``, which the table's ``in_flight``
-and every strategy's ``in_flight_total`` include.
+and every strategy's ``in_flight_total`` include. It keeps the number of each
+client's latest report too (``seq``): a table says which report of its receiver it
+holds, so the receiver takes out exactly its own share.
 
 Bounded: at most ``max_clients`` clients (the least recently heard one is forgotten
 first, its counts taken back), and a client not heard from for ``ttl_s`` is
@@ -24,10 +26,11 @@ from loadwarden.policy import LocalInFlight, Pool
 
 
 class _Client:
-    __slots__ = ("counts", "seen")
+    __slots__ = ("counts", "seen", "seq")
 
     def __init__(self, seen: float) -> None:
         self.seen = seen
+        self.seq = 0  # ReportOutcomeRequest.in_flight_seq of the report taken last (0: not numbered)
         self.counts: dict[str, dict[str, int]] = {}  # pool -> server id -> requests in flight
 
 
@@ -52,8 +55,14 @@ class LocalInFlightBook:
     def __len__(self) -> int:
         return len(self._clients)
 
-    def report(self, client: tuple[str, str], reports: Sequence[LocalInFlight], now: float) -> None:
-        """Takes one client's counts (already checked); pools or servers that do not exist are skipped."""
+    def seq(self, client: tuple[str, str]) -> int:
+        """The number of the client's report taken last; 0 when it sent none numbered, or was forgotten."""
+        entry = self._clients.get(client)
+        return 0 if entry is None else entry.seq
+
+    def report(self, client: tuple[str, str], reports: Sequence[LocalInFlight], now: float, seq: int = 0) -> None:
+        """Takes one client's counts (already checked) from its report numbered ``seq``; pools
+        or servers that do not exist are skipped."""
         entry = self._clients.get(client)
         if entry is None:
             while len(self._clients) >= self._max_clients:
@@ -62,6 +71,7 @@ class LocalInFlightBook:
         else:
             entry.seen = now
             self._clients.move_to_end(client)
+        entry.seq = seq
         for report in reports:
             pool = self._find_pool(report.pool)
             if pool is None:

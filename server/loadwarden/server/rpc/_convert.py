@@ -141,6 +141,14 @@ def local_choice(local: _pb.LocalDecision, where: str, names: set[str]) -> Local
     )
 
 
+def client_instance(name: str) -> str:
+    """A client_instance (ReportOutcomeRequest, WatchRoutesRequest), checked: name rules, 1-64 characters."""
+    instance = check_name(name, "client_instance")
+    if len(instance) > MAX_CLIENT_INSTANCE_LEN:
+        raise InvalidArgument("client_instance", f"at most {MAX_CLIENT_INSTANCE_LEN} characters, got {len(instance)}")
+    return instance
+
+
 def local_in_flight(request: _pb.ReportOutcomeRequest) -> tuple[str, list[LocalInFlight]]:
     """ReportOutcomeRequest's client_instance and in_flight, checked: an instance name when
     there are counts, at most MAX_IN_FLIGHT_POOLS distinct pools and MAX_IN_FLIGHT_SERVERS
@@ -150,9 +158,7 @@ def local_in_flight(request: _pb.ReportOutcomeRequest) -> tuple[str, list[LocalI
         if request.client_instance:
             check_name(request.client_instance, "client_instance")
         return "", []
-    instance = check_name(request.client_instance, "client_instance")
-    if len(instance) > MAX_CLIENT_INSTANCE_LEN:
-        raise InvalidArgument("client_instance", f"at most {MAX_CLIENT_INSTANCE_LEN} characters, got {len(instance)}")
+    instance = client_instance(request.client_instance)
     if len(entries) > MAX_IN_FLIGHT_POOLS:
         raise InvalidArgument("in_flight", f"at most {MAX_IN_FLIGHT_POOLS} pools, got {len(entries)}")
     total = sum(len(entry.server_ids) for entry in entries)

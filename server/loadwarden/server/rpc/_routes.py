@@ -16,6 +16,11 @@ Tables and changes are assembled as wire bytes (a serialized header followed by
 serialized ``RouteServer`` entries, field 6), the same concatenation trick the
 WatchLoadStatus feed uses. A table over ``max_bytes`` ends its streams with
 RESOURCE_EXHAUSTED. Streams count against the watch-stream caps (``StreamCaps``).
+
+A stream that names its client's ``client_instance`` gets, appended to each item,
+``in_flight_seq``: which of that client's in-flight reports the version's counts
+held. The feed reads the watching clients' numbers when it starts a build (a pool
+built in chunks may take a report in between: its counts are then a report ahead).
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from ._watch import CHUNK_SERVERS, MAX_ANSWER_BYTES, MAX_BUILD_SHARE, Pause, Str
 
 MAX_WATCHED_POOLS = 100  # pools one WatchRoutes stream may name
 _SERVERS_FIELD = 6  # RouteTable.servers
+_IN_FLIGHT_SEQ_FIELD = 17  # RouteTable.in_flight_seq
 _LENGTH_DELIMITED = 2
+_VARINT = 0
 
 
 def _varint(value: int) -> bytes:
@@ -60,6 +67,14 @@ _SERVER_TAG = _varint(_SERVERS_FIELD << 3 | _LENGTH_DELIMITED)
 def _server_field(entry: bytes) -> bytes:
     """``entry`` (a serialized RouteServer) as one element of RouteTable.servers, on the wire."""
     return _SERVER_TAG + _varint(len(entry)) + entry
+
+
+_SEQ_TAG = _varint(_IN_FLIGHT_SEQ_FIELD << 3 | _VARINT)
+
+
+def _seq_field(seq: int) -> bytes:
+    """RouteTable.in_flight_seq = ``seq`` on the wire (present even when 0)."""
+    return _SEQ_TAG + _varint(seq)
 
 
 def check_pools(names: list[str]) -> list[str]:
@@ -133,6 +148,8 @@ class _RouteFeed:
         self._change: bytes = b""  # serialized RouteTable: the change from version - 1
         self._whole: tuple[int, bytes] | None = None  # (version, serialized whole table), built on demand
         self._subscribers: set[asyncio.Event] = set()
+        self._clients: dict[tuple[str, str], int] = {}  # watching clients (caller, instance) -> streams
+        self._seqs: dict[tuple[str, str], int] = {}  # their report numbers when the latest version was built
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -142,11 +159,23 @@ class _RouteFeed:
         if self._task is not None:
             self._task.cancel()
 
-    def subscribe(self, event: asyncio.Event) -> None:
+    def subscribe(self, event: asyncio.Event, client: tuple[str, str] | None = None) -> None:
         self._subscribers.add(event)
+        if client is not None:
+            self._clients[client] = self._clients.get(client, 0) + 1
 
-    def unsubscribe(self, event: asyncio.Event) -> None:
+    def unsubscribe(self, event: asyncio.Event, client: tuple[str, str] | None = None) -> None:
         self._subscribers.discard(event)
+        if client is not None and client in self._clients:
+            self._clients[client] -= 1
+            if not self._clients[client]:
+                del self._clients[client]
+
+    def seq_of(self, client: tuple[str, str]) -> int:
+        """Which of ``client``'s in-flight reports the latest version holds (a client that
+        began watching after its build: the latest report taken)."""
+        seq = self._seqs.get(client)
+        return self._core.local_in_flight.seq(client) if seq is None else seq
 
     def item_after(self, sent: int) -> bytes | None:
         """What a stream that last sent version ``sent`` (0: nothing) sends next: the change
@@ -198,6 +227,8 @@ class _RouteFeed:
             gone = self._stamp(_pb.RouteTable(pool=self.pool, deleted=True), full=True)
             self._whole = (self.version, gone.SerializeToString())
             return True
+        book = self._core.local_in_flight
+        seqs = {client: book.seq(client) for client in self._clients}  # before the counts are read
         now, wall_now = self._core.clock.monotonic(), self._core.clock.wall()
         eligible = {server.id for server in pool.eligible(now)}
         header = table_header(pool).SerializeToString(deterministic=True)
@@ -219,7 +250,7 @@ class _RouteFeed:
         change.removed_server_ids.extend(removed)
         body = change.SerializeToString() + b"".join(_server_field(e) for e in changed)
         self._check_size(body)
-        self._header, self._entries, self._change = header, entries, body
+        self._header, self._entries, self._change, self._seqs = header, entries, body, seqs
         return True
 
     async def _run(self) -> None:
@@ -281,11 +312,14 @@ class RouteWatchers:
         if self.feeds.get(key) is feed:
             del self.feeds[key]
 
-    async def stream(self, core: DecisionCore, pools: list[str], caller: str) -> AsyncIterator[_wrappers.BytesValue]:
+    async def stream(
+        self, core: DecisionCore, pools: list[str], caller: str, instance: str = ""
+    ) -> AsyncIterator[_wrappers.BytesValue]:
         """Tables and changes of ``pools`` until the caller stops reading or every pool is deleted.
 
         Each item is a BytesValue holding a serialized RouteTable: on the wire the same
-        bytes as ``WatchRoutesResponse(table=...)``.
+        bytes as ``WatchRoutesResponse(table=...)``. With ``instance`` (the caller's
+        client_instance, checked) each table says which of its in-flight reports it holds.
 
         Raises:
             ResourceExhausted: a watch-stream cap is reached, or a table is over ``max_bytes``.
@@ -295,6 +329,7 @@ class RouteWatchers:
             core.pool(name, f"pools[{index}]")
         self.caps.admit(caller, self.interval_s)
         wake = asyncio.Event()
+        client = (caller, instance) if instance else None
         feeds: list[_RouteFeed] = []
         try:
             for name in pools:
@@ -304,7 +339,7 @@ class RouteWatchers:
                     feed = self.feeds[key] = _RouteFeed(self, core, name)
                     feed.start()
                 feed.streams += 1
-                feed.subscribe(wake)
+                feed.subscribe(wake, client)
                 feeds.append(feed)
             sent = [0] * len(feeds)  # the version each pool's stream sent last
             while True:
@@ -313,6 +348,8 @@ class RouteWatchers:
                     item = feed.item_after(sent[i])
                     if item is not None:
                         sent[i] = feed.version
+                        if client is not None:
+                            item += _seq_field(feed.seq_of(client))
                         yield _wrappers.BytesValue(value=item)
                 if all(f.deleted and sent[i] >= f.version for i, f in enumerate(feeds)):
                     return  # every watched pool was deleted, and the stream said so
@@ -320,7 +357,7 @@ class RouteWatchers:
         finally:
             self.caps.leave(caller)
             for feed in feeds:
-                feed.unsubscribe(wake)
+                feed.unsubscribe(wake, client)
                 feed.streams -= 1
                 if feed.streams == 0:
                     feed.stop()

@@ -238,7 +238,7 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
         instance, in_flight = convert.local_in_flight(request)
         outcomes = convert.outcomes(request.outcomes, may_be_empty=bool(in_flight))
         if in_flight:  # counts first: they are checked, and an unknown outcome must not lose them
-            self._core.report_in_flight(in_flight, caller, instance)
+            self._core.report_in_flight(in_flight, caller, instance, request.in_flight_seq)
         if not outcomes:
             return _pb.ReportOutcomeResponse()
         if self._spans is not None:
@@ -408,8 +408,10 @@ class DecisionServicer(_pb_grpc.DecisionServiceServicer):
             if type(request) is MalformedRequest:
                 raise request.error()
             pools = check_pools(list(request.pools))
+            instance = convert.client_instance(request.client_instance) if request.client_instance else ""
+            caller = self._callers.of(context)
             # Items are BytesValues holding a serialized RouteTable: WatchRoutesResponse's wire form.
-            async for item in self._routes.stream(self._core, pools, caller=self._callers.of(context)):
+            async for item in self._routes.stream(self._core, pools, caller=caller, instance=instance):
                 yield item
         except grpc.aio.AbortError:
             raise

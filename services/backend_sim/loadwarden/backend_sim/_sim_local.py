@@ -198,7 +198,9 @@ class LocalClient:
             server.routable = entry.routable
             server.load = entry.load
             server.load_at = now if entry.load is not None else None
-            # Every client's reported count, this one's too: the others' share is the rest.
+            # Every client's reported count, this one's too: the others' share is the rest. Reports
+            # and tables arrive at once here, so the last report sent is the one the table holds
+            # (a real client reads which one from RouteTable.in_flight_seq).
             server.peer_in_flight = max(0, entry.in_flight - self.reported.get(entry.id, 0))
             server.ewma_latency_ms, server.error_rate = entry.ewma_latency_ms, entry.error_rate
             server.outcomes_total = entry.outcomes_total
