@@ -261,3 +261,41 @@ async def test_two_replicas_show_the_same_adjustments(start: Start) -> None:
 
     await wait_for(adjustments, lambda pair: pair[0][0] >= 1, "an adjustment on the owner")
     await wait_for(adjustments, lambda pair: pair[0] == pair[1], "the same adjustments on both", timeout_s=3)
+
+
+async def test_the_other_replica_sees_which_adjustments_were_made_ahead_of_a_forecast(start: Start) -> None:
+    from loadwarden.policy.batching import LoadOutlook
+    from loadwarden.server import ServerSpec
+    from loadwarden.v1 import common_pb2 as common
+
+    prefix = new_prefix()
+    operation = OperationSettings(
+        name="etl", mode="threshold", min_batch_size=1, max_batch_size=64, load_source="pool", pool="p"
+    )
+    servers = PoolSpec(PoolSettings(name="p"), (ServerSpec("s1", "127.0.0.1:9001"),))
+    started = [await start(servers, prefix=prefix, config={"operations": (operation,)}) for _ in range(2)]
+    for running, _ in started:
+        assert isinstance(running.core.peers, Peers)
+        await wait_for(functools.partial(_owner, running.core.peers, "etl"), lambda o: o is not None, "an owner")
+    owner_prefix = started[0][0].core.peers.batch_owner("etl")  # type: ignore[union-attr]
+    (owner, owner_stub), (other, other_stub) = sorted(started, key=lambda s: s[0].core.ids.prefix != owner_prefix)
+    report = common.LoadReport(pool="p", server_id="s1", cpu_percent=10.0)
+    await owner_stub.ReportLoad(pb.ReportLoadRequest(reports=[report]))
+    await wait_for(
+        lambda: owner_stub.GetBatchSize(pb.GetBatchSizeRequest(operation="etl")),
+        lambda a: 0.0 < a.load_score < 50.0 and a.batch_size == 64,  # low: the max size
+        "the measured load",
+    )
+    # A forecast peak a second ahead: the owner shrinks the batches before it, and says so.
+    now = owner.core.clock.monotonic()
+    owner.core.operations["etl"].look_ahead(LoadOutlook(times=(now + 1.0,), scores=(95.0,), lead_s=2.0))
+    answer = await owner_stub.GetBatchSize(pb.GetBatchSizeRequest(operation="etl"))
+    assert answer.batch_size == 1 and answer.reason.startswith("forecast load 95.0")
+    assert owner.core.operations["etl"].forecast_adjustments_total == 1
+
+    async def shown() -> tuple[int, bool]:
+        await other_stub.GetBatchSize(pb.GetBatchSizeRequest(operation="etl"))
+        seen = other.core.operations["etl"]
+        return seen.forecast_adjustments_total, bool(seen.events) and seen.events[-1].forecast
+
+    await wait_for(shown, lambda pair: pair == (1, True), "the forecast adjustment on the other replica")

@@ -125,9 +125,11 @@ class Peers:
             return
         self._published[name] = (answer, now)
         # With the history, so every replica's GetLoadStatus shows the owner's adjustments.
-        history = [[e.at_wall, e.previous_size, e.new_size, e.reason, e.load_score] for e in operation.events]
+        history = [
+            [e.at_wall, e.previous_size, e.new_size, e.reason, e.load_score, e.forecast] for e in operation.events
+        ]
         body = [name, answer.size, answer.load_score, answer.level, answer.reason, answer.fallback]
-        body += [operation.adjustments_total, operation.last_load, history]
+        body += [operation.adjustments_total, operation.last_load, history, operation.forecast_adjustments_total]
         self._publish(f"Z {self._replica} {json.dumps(body, separators=(',', ':'))}")
 
     def batches_elsewhere(self, reports: Sequence[BatchReportIn]) -> list[BatchReportIn]:
@@ -195,13 +197,15 @@ class Peers:
                         answer.reason,
                         answer.fallback,
                     )
-                    if len(history) == 3:  # the owner's adjustments (an older replica sends none)
-                        total, last_load, events = history
+                    if len(history) in (3, 4):  # the owner's adjustments (an older replica sends none)
+                        total, last_load, events = history[:3]
                         operation.adjustments_total, operation.last_load = int(total), float(last_load)
+                        if len(history) == 4:  # and how many were made ahead of a forecast
+                            operation.forecast_adjustments_total = int(history[3])
                         operation.events.clear()
                         operation.events.extend(
-                            Adjustment(float(at), int(old), int(new), str(why), float(score))
-                            for at, old, new, why, score in events
+                            Adjustment(float(at), int(old), int(new), str(why), float(score), bool(ahead and ahead[0]))
+                            for at, old, new, why, score, *ahead in events
                         )
             elif kind == "R" and sender == self._replica:  # addressed to this replica
                 reports = [BatchReportIn(str(op), int(n), float(ms), bool(ok)) for op, n, ms, ok in json.loads(payload)]
