@@ -277,7 +277,9 @@ async def test_the_other_replica_sees_which_adjustments_were_made_ahead_of_a_for
     for running, _ in started:
         assert isinstance(running.core.peers, Peers)
         await wait_for(functools.partial(_owner, running.core.peers, "etl"), lambda o: o is not None, "an owner")
-    owner_prefix = started[0][0].core.peers.batch_owner("etl")  # type: ignore[union-attr]
+    peers = started[0][0].core.peers
+    assert isinstance(peers, Peers)
+    owner_prefix = peers.batch_owner("etl")
     (owner, owner_stub), (other, other_stub) = sorted(started, key=lambda s: s[0].core.ids.prefix != owner_prefix)
     report = common.LoadReport(pool="p", server_id="s1", cpu_percent=10.0)
     await owner_stub.ReportLoad(pb.ReportLoadRequest(reports=[report]))

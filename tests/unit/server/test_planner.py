@@ -225,7 +225,7 @@ async def test_overlapping_refreshes_take_turns_so_the_newest_read_of_the_histor
             assert release.wait(10.0)
         return out
 
-    planner._series = series  # type: ignore[method-assign]
+    planner._series = series  # type: ignore[method-assign,assignment]  # stands in for the history read, to hold it
     older = asyncio.ensure_future(planner.refresh())
     assert await asyncio.to_thread(first_read.wait, 10.0)
     setup.play(3_600.0, lambda t: 45.0)  # the history fills while the first refresh is under way
